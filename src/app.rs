@@ -1,0 +1,148 @@
+//! Wiring: the embedded broker when none is configured, topics, the producer, and the roles this
+//! instance runs (ingest, engine, dispatch), started together and stopped in order.
+
+use std::future::Future;
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::bus::embedded::EmbeddedKafka;
+use crate::bus::producer::Producer;
+use crate::bus::{self, Topics, admin};
+use crate::config::Config;
+use crate::dispatch::Dispatcher;
+use crate::dispatch::retry::RetryPolicy;
+use crate::engine::Engine;
+use crate::engine::runner::EngineRunner;
+use crate::ingest::{Ingest, Source};
+use crate::telemetry::Metrics;
+
+/// Runs the daemon on `listener` until `shutdown` resolves, then stops within the grace period:
+/// stop accepting HTTP, finish in-flight work, commit, flush, exit.
+pub async fn run(
+    config: Config,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()>,
+) -> anyhow::Result<()> {
+    let metrics = Arc::new(Metrics::new());
+    let topics = Topics::new(&config.kafka.topic_prefix);
+
+    let embedded;
+    let bootstrap = if config.kafka.is_embedded() {
+        let specs: Vec<(String, i32)> = topics
+            .all()
+            .iter()
+            .map(|(t, _)| (t.to_string(), config.kafka.partitions))
+            .collect();
+        let kafka = EmbeddedKafka::start(&specs)?;
+        tracing::warn!(
+            bootstrap = kafka.bootstrap(),
+            "no kafka.brokers configured: running on the EMBEDDED in-memory Kafka (librdkafka's mock \
+             cluster). Events, lead state and alerts live in memory only, only the most recent are \
+             kept, and all of it is gone when the daemon stops. Set kafka.brokers for production."
+        );
+        let bootstrap = kafka.bootstrap().to_string();
+        embedded = Some(kafka);
+        bootstrap
+    } else {
+        embedded = None;
+        config.kafka.brokers.clone()
+    };
+    let base = bus::client_config(&config.kafka, &bootstrap);
+    if embedded.is_none() {
+        admin::ensure_topics(
+            &base,
+            &topics,
+            config.kafka.partitions,
+            config.kafka.replication_factor,
+        )
+        .await
+        .context("preparing the Kafka topics")?;
+    }
+
+    let producer = Producer::new(&base, metrics.clone()).context("creating the Kafka producer")?;
+    let stop_http = CancellationToken::new();
+    let stop_work = CancellationToken::new();
+    let stop_supervisor = CancellationToken::new();
+    let grace = config.shutdown_grace;
+    let supervisor = tokio::spawn(
+        producer
+            .clone()
+            .supervise(topics.events.clone(), stop_supervisor.clone()),
+    );
+
+    let mut workers = Vec::new();
+    if config.roles.engine {
+        let runner = EngineRunner {
+            engine: Engine::new(Arc::new(config.rules.clone()), metrics.clone()),
+            producer: producer.clone(),
+            base: base.clone(),
+            kafka: config.kafka.clone(),
+            topics: topics.clone(),
+            config: config.engine.clone(),
+            metrics: metrics.clone(),
+        };
+        let stop = stop_work.clone();
+        workers.push(("engine", tokio::spawn(async move { runner.run(stop, grace).await })));
+    }
+    if config.roles.dispatch {
+        let sinks = Dispatcher::sinks_from_config(&config.sinks, &config.dispatch)
+            .context("building the HTTP client for sinks")?;
+        let dispatcher = Dispatcher {
+            sinks: Arc::new(sinks),
+            policy: RetryPolicy::from(&config.dispatch),
+            base: base.clone(),
+            kafka: config.kafka.clone(),
+            topics: topics.clone(),
+            config: config.dispatch.clone(),
+            metrics: metrics.clone(),
+        };
+        let stop = stop_work.clone();
+        workers.push(("dispatch", tokio::spawn(async move { dispatcher.run(stop, grace).await })));
+    }
+
+    let ingest = config.roles.ingest.then(|| {
+        Arc::new(Ingest {
+            sources: config
+                .sources
+                .iter()
+                .map(|(name, cfg)| (name.clone(), Source::from_config(name, cfg)))
+                .collect(),
+            producer: producer.clone(),
+            events_topic: topics.events.clone(),
+            server: config.server.clone(),
+            metrics: metrics.clone(),
+        })
+    });
+    let app = crate::http::router(ingest, producer.clone(), metrics.clone());
+    tracing::info!(listen = %listener.local_addr()?, "listening");
+    let http = tokio::spawn(crate::http::serve(
+        listener,
+        app,
+        config.server.header_read_timeout.0,
+        stop_http.clone(),
+        grace,
+    ));
+
+    shutdown.await;
+    tracing::info!(?grace, "shutting down");
+    stop_http.cancel();
+    let _ = http.await;
+    stop_work.cancel();
+    for (role, worker) in workers {
+        match worker.await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::error!(role, error = %e, "stopped with an error"),
+            Err(e) => tracing::error!(role, error = %e, "task failed"),
+        }
+    }
+    producer.flush(grace).await;
+    stop_supervisor.cancel();
+    let _ = supervisor.await;
+    drop(producer);
+    drop(embedded);
+    tracing::info!("stopped");
+    Ok(())
+}

@@ -1,0 +1,137 @@
+//! Consumer groups: at-least-once (offsets stored by the caller only after the work a message
+//! caused is in Kafka, then auto-committed), rebalances reported to the owning loop, and lag
+//! published as a metric.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer};
+use rdkafka::error::KafkaError;
+use rdkafka::statistics::Statistics;
+use rdkafka::{ClientConfig, ClientContext, TopicPartitionList};
+use tokio::sync::mpsc;
+
+use crate::config::KafkaConfig;
+use crate::telemetry::Metrics;
+
+/// A change of which partitions this member owns.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Assignment {
+    Assigned(Vec<i32>),
+    Revoked(Vec<i32>),
+}
+
+/// Forwards rebalances to the loop that owns the consumer, and reports lag.
+pub struct GroupContext {
+    group: String,
+    topic: String,
+    metrics: Arc<Metrics>,
+    assignments: mpsc::UnboundedSender<Assignment>,
+}
+
+impl ClientContext for GroupContext {
+    fn stats(&self, stats: Statistics) {
+        if let Some(topic) = stats.topics.get(&self.topic) {
+            let lag: i64 = topic
+                .partitions
+                .values()
+                .filter(|p| p.partition >= 0 && p.consumer_lag >= 0)
+                .map(|p| p.consumer_lag)
+                .sum();
+            self.metrics.set_consumer_lag(&self.group, lag);
+        }
+    }
+}
+
+fn partitions(tpl: &TopicPartitionList) -> Vec<i32> {
+    tpl.elements().iter().map(|e| e.partition()).collect()
+}
+
+impl ConsumerContext for GroupContext {
+    fn pre_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let Rebalance::Revoke(tpl) = rebalance {
+            let _ = self.assignments.send(Assignment::Revoked(partitions(tpl)));
+        }
+    }
+
+    fn post_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        match rebalance {
+            Rebalance::Assign(tpl) => {
+                let _ = self.assignments.send(Assignment::Assigned(partitions(tpl)));
+            }
+            Rebalance::Error(e) => tracing::warn!(group = %self.group, error = %e, "rebalance error"),
+            Rebalance::Revoke(_) => {}
+        }
+    }
+
+    fn commit_callback(&self, result: rdkafka::error::KafkaResult<()>, _: &TopicPartitionList) {
+        if let Err(e) = result
+            && !matches!(e, KafkaError::ConsumerCommit(rdkafka::error::RDKafkaErrorCode::NoOffset))
+        {
+            tracing::warn!(group = %self.group, error = %e, "offset commit failed");
+        }
+    }
+}
+
+pub type GroupConsumer = StreamConsumer<GroupContext>;
+
+/// Joins `group` and subscribes to `topic`.
+pub fn subscribe(
+    base: &ClientConfig,
+    kafka: &KafkaConfig,
+    group: &str,
+    topic: &str,
+    metrics: Arc<Metrics>,
+) -> Result<(GroupConsumer, mpsc::UnboundedReceiver<Assignment>), KafkaError> {
+    let session_ms = kafka.session_timeout.as_millis().max(1000);
+    let mut cfg = ClientConfig::new();
+    // Defaults a user may change in `[kafka.options]` …
+    cfg.set("auto.commit.interval.ms", "1000");
+    cfg.set("statistics.interval.ms", "5000");
+    for (k, v) in base.config_map() {
+        cfg.set(k, v);
+    }
+    // … and what at-least-once processing rests on.
+    cfg.set("group.id", group)
+        .set("enable.auto.commit", "true")
+        .set("enable.auto.offset.store", "false")
+        // A partition with no committed offset is read from its start, never skipped.
+        .set("auto.offset.reset", "earliest")
+        .set("session.timeout.ms", session_ms.to_string())
+        .set("heartbeat.interval.ms", (session_ms / 3).max(100).to_string());
+    let (tx, rx) = mpsc::unbounded_channel();
+    let ctx = GroupContext {
+        group: group.to_string(),
+        topic: topic.to_string(),
+        metrics,
+        assignments: tx,
+    };
+    let consumer: GroupConsumer = cfg.create_with_context(ctx)?;
+    consumer.subscribe(&[topic])?;
+    Ok((consumer, rx))
+}
+
+/// Stores `offset` (of a message whose work is done) for the next auto-commit.
+pub fn store(consumer: &GroupConsumer, topic: &str, partition: i32, offset: i64) {
+    if let Err(e) = consumer.store_offset(topic, partition, offset) {
+        // The partition was revoked meanwhile: its new owner redoes the work.
+        tracing::debug!(topic, partition, offset, error = %e, "offset not stored");
+    }
+}
+
+/// Commits stored offsets synchronously and leaves the group (shutdown).
+pub async fn close(consumer: GroupConsumer, timeout: Duration) {
+    let _ = tokio::time::timeout(
+        timeout,
+        tokio::task::spawn_blocking(move || {
+            if let Err(e) = consumer.commit_consumer_state(CommitMode::Sync)
+                && !matches!(e, KafkaError::ConsumerCommit(rdkafka::error::RDKafkaErrorCode::NoOffset))
+            {
+                tracing::warn!(error = %e, "final offset commit failed");
+            }
+            consumer.unsubscribe();
+            drop(consumer);
+        }),
+    )
+    .await;
+}

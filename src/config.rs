@@ -1,0 +1,886 @@
+//! Typed configuration: loaded with the `config` crate (built-in defaults → TOML file →
+//! `LEADWATCH__SECTION__KEY` environment variables), deserialized with every problem collected
+//! (not just the first), then validated as a whole. `leadwatch check-config` prints the problems
+//! one per line as `<file>:<key.path>: <message>` and exits 64.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+use url::Url;
+
+use crate::engine::rules::Rules;
+use crate::signature::WebhookSecret;
+
+/// One problem found in a configuration or rules file, with where it is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    pub file: PathBuf,
+    /// Dotted key path, e.g. `sinks.alerts.url`; empty for the file as a whole.
+    pub key: String,
+    pub message: String,
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}: {}", self.file.display(), self.key, self.message)
+    }
+}
+
+/// Every problem found, in file order as far as they could be found.
+#[derive(Debug, thiserror::Error)]
+#[error("{} configuration problem(s):\n{}", .0.len(), .0.iter().map(|p| p.to_string()).collect::<Vec<_>>().join("\n"))]
+pub struct Problems(pub Vec<Problem>);
+
+/// The daemon's whole configuration, validated.
+#[derive(Debug)]
+pub struct Config {
+    pub server: ServerConfig,
+    pub kafka: KafkaConfig,
+    pub engine: EngineConfig,
+    pub dispatch: DispatchConfig,
+    pub roles: Roles,
+    /// How long shutdown may take before in-flight work is abandoned (it is re-done on restart).
+    pub shutdown_grace: Duration,
+    pub sources: BTreeMap<String, SourceConfig>,
+    pub sinks: BTreeMap<String, SinkConfig>,
+    /// Where the rules were read from (resolved against the config file's folder).
+    pub rules_path: PathBuf,
+    pub rules: Rules,
+}
+
+/// The file's shape. Every section and field has a default except sources and sinks.
+#[derive(Debug, eserde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    #[serde(default)]
+    server: ServerConfig,
+    #[serde(default)]
+    kafka: RawKafkaConfig,
+    #[serde(default)]
+    engine: EngineConfig,
+    #[serde(default)]
+    dispatch: DispatchConfig,
+    /// Which roles this instance runs; all three by default.
+    #[serde(default = "default_roles")]
+    roles: Vec<Role>,
+    /// Read before deserialization (so its problems are listed too); declared so it is a known key.
+    #[serde(default = "default_rules")]
+    #[allow(dead_code)]
+    rules: String,
+    #[serde(default = "default_grace")]
+    #[eserde(compat)]
+    shutdown_grace: HumanDuration,
+    #[serde(default)]
+    sources: BTreeMap<String, SourceConfig>,
+    #[serde(default)]
+    sinks: BTreeMap<String, SinkConfig>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, eserde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    Ingest,
+    Engine,
+    Dispatch,
+}
+
+/// Which of the three roles this instance runs.
+#[derive(Debug, Clone, Copy)]
+pub struct Roles {
+    pub ingest: bool,
+    pub engine: bool,
+    pub dispatch: bool,
+}
+
+fn default_roles() -> Vec<Role> {
+    vec![Role::Ingest, Role::Engine, Role::Dispatch]
+}
+fn default_rules() -> String {
+    "rules.toml".into()
+}
+fn default_grace() -> HumanDuration {
+    HumanDuration(Duration::from_secs(20))
+}
+
+/// The HTTP surface.
+#[derive(Debug, Clone, eserde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerConfig {
+    /// Address to listen on.
+    #[serde(default = "default_listen")]
+    #[eserde(compat)]
+    pub listen: SocketAddr,
+    /// Largest accepted request body; larger gets 413.
+    #[serde(default = "default_max_body")]
+    pub max_body_bytes: u64,
+    /// A client must send its request headers within this time, or the connection is closed.
+    #[serde(default = "default_header_timeout")]
+    #[eserde(compat)]
+    pub header_read_timeout: HumanDuration,
+    /// A client must send its whole body within this time, or gets 408.
+    #[serde(default = "default_body_timeout")]
+    #[eserde(compat)]
+    pub body_timeout: HumanDuration,
+    /// How long ingest waits for Kafka to acknowledge a request's events before answering 503.
+    /// Senders give up quickly (HubSpot counts 5 s as a failure), so keep it a few seconds.
+    #[serde(default = "default_ack_timeout")]
+    #[eserde(compat)]
+    pub ack_timeout: HumanDuration,
+    /// The `Retry-After` sent with a 503.
+    #[serde(default = "default_retry_after")]
+    #[eserde(compat)]
+    pub retry_after: HumanDuration,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            listen: default_listen(),
+            max_body_bytes: default_max_body(),
+            header_read_timeout: default_header_timeout(),
+            body_timeout: default_body_timeout(),
+            ack_timeout: default_ack_timeout(),
+            retry_after: default_retry_after(),
+        }
+    }
+}
+
+fn default_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 8080))
+}
+fn default_max_body() -> u64 {
+    1024 * 1024
+}
+fn default_header_timeout() -> HumanDuration {
+    HumanDuration(Duration::from_secs(5))
+}
+fn default_body_timeout() -> HumanDuration {
+    HumanDuration(Duration::from_secs(10))
+}
+fn default_ack_timeout() -> HumanDuration {
+    HumanDuration(Duration::from_secs(3))
+}
+fn default_retry_after() -> HumanDuration {
+    HumanDuration(Duration::from_secs(5))
+}
+
+#[derive(Debug, eserde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawKafkaConfig {
+    #[serde(default)]
+    brokers: String,
+    #[serde(default = "default_prefix")]
+    topic_prefix: String,
+    #[serde(default = "default_group")]
+    group_id: String,
+    #[serde(default = "default_partitions")]
+    partitions: i32,
+    #[serde(default = "default_replication")]
+    replication_factor: i32,
+    #[serde(default = "default_session_timeout")]
+    #[eserde(compat)]
+    session_timeout: HumanDuration,
+    #[serde(default)]
+    #[eserde(compat)]
+    options: KafkaOptions,
+}
+
+impl Default for RawKafkaConfig {
+    fn default() -> Self {
+        Self {
+            brokers: String::new(),
+            topic_prefix: default_prefix(),
+            group_id: default_group(),
+            partitions: default_partitions(),
+            replication_factor: default_replication(),
+            session_timeout: default_session_timeout(),
+            options: Default::default(),
+        }
+    }
+}
+
+fn default_prefix() -> String {
+    "leadwatch".into()
+}
+fn default_group() -> String {
+    "leadwatch".into()
+}
+fn default_partitions() -> i32 {
+    6
+}
+fn default_replication() -> i32 {
+    -1
+}
+fn default_session_timeout() -> HumanDuration {
+    HumanDuration(Duration::from_secs(10))
+}
+
+/// Kafka connection and topics.
+#[derive(Clone)]
+pub struct KafkaConfig {
+    /// `host:port,host:port`; empty means the embedded in-memory broker.
+    pub brokers: String,
+    pub topic_prefix: String,
+    /// Consumer group of the engine; the dispatcher uses `{group_id}.dispatch`.
+    pub group_id: String,
+    /// Partitions of the topics the daemon creates.
+    pub partitions: i32,
+    /// Replication factor of created topics; -1 takes the broker's default.
+    pub replication_factor: i32,
+    /// Consumer group session timeout: how long a dead member keeps its partitions.
+    pub session_timeout: Duration,
+    /// Passed through to librdkafka as they are (`security.protocol`, `sasl.*`, `ssl.*` …).
+    /// Nested tables are joined with dots, so `[kafka.options.sasl] mechanism = "PLAIN"` works.
+    pub options: BTreeMap<String, String>,
+}
+
+/// Option keys whose values may be secrets, redacted in `Debug`.
+fn is_secret_option(key: &str) -> bool {
+    key.contains("password") || key.contains("secret") || key.contains("key") || key.contains("jaas")
+}
+
+impl fmt::Debug for KafkaConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let options: BTreeMap<&str, &str> = self
+            .options
+            .iter()
+            .map(|(k, v)| {
+                let shown = if is_secret_option(k) { "<redacted>" } else { v.as_str() };
+                (k.as_str(), shown)
+            })
+            .collect();
+        f.debug_struct("KafkaConfig")
+            .field("brokers", &self.brokers)
+            .field("topic_prefix", &self.topic_prefix)
+            .field("group_id", &self.group_id)
+            .field("partitions", &self.partitions)
+            .field("replication_factor", &self.replication_factor)
+            .field("session_timeout", &self.session_timeout)
+            .field("options", &options)
+            .finish()
+    }
+}
+
+impl KafkaConfig {
+    pub fn is_embedded(&self) -> bool {
+        self.brokers.trim().is_empty()
+    }
+}
+
+/// The SLA engine.
+#[derive(Debug, Clone, eserde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EngineConfig {
+    /// Most events whose outputs are waiting for Kafka's acknowledgement at once.
+    #[serde(default = "default_in_flight")]
+    pub max_in_flight: usize,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        Self {
+            max_in_flight: default_in_flight(),
+        }
+    }
+}
+
+fn default_in_flight() -> usize {
+    10_000
+}
+
+/// Alert delivery.
+#[derive(Debug, Clone, eserde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DispatchConfig {
+    /// Most alerts being delivered at once.
+    #[serde(default = "default_dispatch_in_flight")]
+    pub max_in_flight: usize,
+    /// Timeout of one HTTP request to a sink.
+    #[serde(default = "default_request_timeout")]
+    #[eserde(compat)]
+    pub request_timeout: HumanDuration,
+    /// First retry delay; doubles (with jitter) up to `retry_max_delay`.
+    #[serde(default = "default_retry_min")]
+    #[eserde(compat)]
+    pub retry_min_delay: HumanDuration,
+    #[serde(default = "default_retry_max")]
+    #[eserde(compat)]
+    pub retry_max_delay: HumanDuration,
+    /// Retries after the first attempt before an alert is given up for that sink.
+    #[serde(default = "default_retries")]
+    pub max_retries: usize,
+}
+
+impl Default for DispatchConfig {
+    fn default() -> Self {
+        Self {
+            max_in_flight: default_dispatch_in_flight(),
+            request_timeout: default_request_timeout(),
+            retry_min_delay: default_retry_min(),
+            retry_max_delay: default_retry_max(),
+            max_retries: default_retries(),
+        }
+    }
+}
+
+fn default_dispatch_in_flight() -> usize {
+    256
+}
+fn default_request_timeout() -> HumanDuration {
+    HumanDuration(Duration::from_secs(10))
+}
+fn default_retry_min() -> HumanDuration {
+    HumanDuration(Duration::from_secs(1))
+}
+fn default_retry_max() -> HumanDuration {
+    HumanDuration(Duration::from_secs(300))
+}
+fn default_retries() -> usize {
+    20
+}
+
+/// A webhook endpoint, `POST /webhooks/NAME`.
+#[derive(Debug, Clone, eserde::Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+pub enum SourceConfig {
+    /// The canonical event format, signed per Standard Webhooks.
+    Generic {
+        /// `whsec_…`, or a list of them while rotating.
+        #[eserde(compat)]
+        secret: Secrets,
+    },
+}
+
+/// Where alerts go.
+#[derive(Debug, Clone, eserde::Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+pub enum SinkConfig {
+    /// A Standard Webhooks-signed JSON POST.
+    Webhook {
+        #[eserde(compat)]
+        url: Url,
+        #[eserde(compat)]
+        secret: Secrets,
+    },
+    /// One JSON line per alert on stdout.
+    Log {},
+}
+
+/// One or more signing secrets (`secret = "whsec_…"` or `secret = ["whsec_new", "whsec_old"]`).
+#[derive(Clone)]
+pub struct Secrets(pub Vec<WebhookSecret>);
+
+impl fmt::Debug for Secrets {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Secrets(<{} redacted>)", self.0.len())
+    }
+}
+
+impl<'de> Deserialize<'de> for Secrets {
+    fn deserialize<D: serde::Deserializer<'de>>(de: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum OneOrMany {
+            One(String),
+            Many(Vec<String>),
+        }
+        let raw = match OneOrMany::deserialize(de)
+            .map_err(|_| serde::de::Error::custom("expected a `whsec_…` string or a list of them"))?
+        {
+            OneOrMany::One(s) => vec![s],
+            OneOrMany::Many(v) => v,
+        };
+        if raw.is_empty() {
+            return Err(serde::de::Error::custom("at least one secret is needed"));
+        }
+        raw.iter()
+            .enumerate()
+            .map(|(i, s)| {
+                s.parse::<WebhookSecret>().map_err(|e| {
+                    let which = if raw.len() > 1 { format!("secret #{}: ", i + 1) } else { String::new() };
+                    serde::de::Error::custom(format!("{which}{e}"))
+                })
+            })
+            .collect::<Result<_, _>>()
+            .map(Secrets)
+    }
+}
+
+/// A duration written the human way: `250ms`, `90s`, `4h`, `2days`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct HumanDuration(pub Duration);
+
+impl std::ops::Deref for HumanDuration {
+    type Target = Duration;
+    fn deref(&self) -> &Duration {
+        &self.0
+    }
+}
+
+impl<'de> Deserialize<'de> for HumanDuration {
+    fn deserialize<D: serde::Deserializer<'de>>(de: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(de)
+            .map_err(|_| serde::de::Error::custom("expected a duration such as \"90s\" or \"4h\""))?;
+        parse_duration(&s).map(HumanDuration).map_err(serde::de::Error::custom)
+    }
+}
+
+/// Parses a humantime duration that must be positive.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let d = humantime::parse_duration(s.trim())
+        .map_err(|e| format!("`{s}` is not a duration such as \"90s\" or \"4h\": {e}"))?;
+    if d.is_zero() {
+        return Err(format!("`{s}` must be longer than zero"));
+    }
+    Ok(d)
+}
+
+/// librdkafka options as the user wrote them, flattened and checked.
+#[derive(Default)]
+struct KafkaOptions(BTreeMap<String, String>);
+
+impl fmt::Debug for KafkaOptions {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "KafkaOptions({} options)", self.0.len())
+    }
+}
+
+impl<'de> Deserialize<'de> for KafkaOptions {
+    fn deserialize<D: serde::Deserializer<'de>>(de: D) -> Result<Self, D::Error> {
+        let map = serde_json::Map::<String, serde_json::Value>::deserialize(de)?;
+        let mut options = BTreeMap::new();
+        let mut problems = Vec::new();
+        flatten_options("", &map, &mut options, &mut problems);
+        for (key, why) in PINNED_OPTIONS {
+            if options.contains_key(*key) {
+                problems.push((key.to_string(), format!("may not be overridden: {why}")));
+            }
+        }
+        if problems.is_empty() {
+            Ok(KafkaOptions(options))
+        } else {
+            let text: Vec<String> = problems.iter().map(|(k, m)| format!("`{k}` {m}")).collect();
+            Err(serde::de::Error::custom(text.join("; ")))
+        }
+    }
+}
+
+/// Turns `{ sasl: { mechanism: "PLAIN" }, "linger.ms": 5 }` into `sasl.mechanism=PLAIN`, `linger.ms=5`.
+fn flatten_options(
+    prefix: &str,
+    map: &serde_json::Map<String, serde_json::Value>,
+    out: &mut BTreeMap<String, String>,
+    problems: &mut Vec<(String, String)>,
+) {
+    for (k, v) in map {
+        let key = if prefix.is_empty() { k.clone() } else { format!("{prefix}.{k}") };
+        match v {
+            serde_json::Value::Object(inner) => flatten_options(&key, inner, out, problems),
+            serde_json::Value::String(s) => {
+                out.insert(key, s.clone());
+            }
+            serde_json::Value::Number(n) => {
+                out.insert(key, n.to_string());
+            }
+            serde_json::Value::Bool(b) => {
+                out.insert(key, b.to_string());
+            }
+            _ => problems.push((key, "must be a string, number or boolean".into())),
+        }
+    }
+}
+
+/// librdkafka options the daemon's guarantees depend on; a user may not turn them off.
+const PINNED_OPTIONS: &[(&str, &str)] = &[
+    ("enable.idempotence", "ingest's 2xx promises an idempotent producer"),
+    ("acks", "ingest's 2xx promises acks=all"),
+    ("enable.auto.offset.store", "offsets are stored only after an event's outputs are in Kafka"),
+    ("group.id", "set `kafka.group_id` instead"),
+    ("bootstrap.servers", "set `kafka.brokers` instead"),
+];
+
+impl Config {
+    /// Loads and validates `path` (and the rules file it names), with the environment on top.
+    pub fn load(path: &Path) -> Result<Config, Problems> {
+        Self::load_with_env(path, std::env::vars())
+    }
+
+    /// As [`Config::load`], with the environment passed in (tests).
+    pub fn load_with_env(
+        path: &Path,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Config, Problems> {
+        let whole = |message: String| {
+            Problems(vec![Problem {
+                file: path.to_path_buf(),
+                key: String::new(),
+                message,
+            }])
+        };
+        let env: std::collections::HashMap<String, String> = env
+            .into_iter()
+            .filter(|(k, _)| k.starts_with("LEADWATCH__"))
+            .collect();
+        let layered = config::Config::builder()
+            .add_source(config::File::from(path).format(config::FileFormat::Toml).required(true))
+            .add_source(
+                config::Environment::with_prefix("LEADWATCH")
+                    .prefix_separator("__")
+                    .separator("__")
+                    .try_parsing(true)
+                    .source(Some(env)),
+            )
+            .build()
+            .map_err(|e| whole(e.to_string()))?;
+        let value: serde_json::Value = layered
+            .try_deserialize()
+            .map_err(|e| whole(e.to_string()))?;
+        let parsed: Result<RawConfig, _> = from_value(&value);
+
+        // The rules file is checked even when the config file has problems, so one run lists all.
+        let rules_name = value
+            .get("rules")
+            .and_then(|v| v.as_str())
+            .map(str::to_string)
+            .unwrap_or_else(default_rules);
+        let rules_path = path.parent().unwrap_or(Path::new(".")).join(rules_name);
+        let rules = Rules::load(&rules_path);
+
+        match parsed {
+            Ok(raw) => Self::validate(path, raw, rules_path, rules),
+            Err(errors) => {
+                let mut problems: Vec<Problem> = errors
+                    .into_iter()
+                    .map(|(key, message)| Problem {
+                        file: path.to_path_buf(),
+                        key,
+                        message,
+                    })
+                    .collect();
+                if let Err(Problems(mut more)) = rules {
+                    problems.append(&mut more);
+                }
+                Err(Problems(problems))
+            }
+        }
+    }
+
+    fn validate(
+        path: &Path,
+        raw: RawConfig,
+        rules_path: PathBuf,
+        rules: Result<Rules, Problems>,
+    ) -> Result<Config, Problems> {
+        let mut problems = Vec::new();
+        let mut problem = |key: String, message: String| {
+            problems.push(Problem {
+                file: path.to_path_buf(),
+                key,
+                message,
+            })
+        };
+
+        if raw.kafka.topic_prefix.is_empty()
+            || !raw
+                .kafka
+                .topic_prefix
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c))
+        {
+            problem(
+                "kafka.topic_prefix".into(),
+                "must be non-empty and use only letters, digits, `.`, `_` and `-`".into(),
+            );
+        }
+        if raw.kafka.group_id.trim().is_empty() {
+            problem("kafka.group_id".into(), "must not be empty".into());
+        }
+        if raw.kafka.partitions < 1 {
+            problem("kafka.partitions".into(), "must be at least 1".into());
+        }
+        if raw.kafka.replication_factor == 0 || raw.kafka.replication_factor < -1 {
+            problem(
+                "kafka.replication_factor".into(),
+                "must be at least 1, or -1 for the broker's default".into(),
+            );
+        }
+        if raw.server.max_body_bytes == 0 {
+            problem("server.max_body_bytes".into(), "must be larger than zero".into());
+        }
+        if raw.engine.max_in_flight == 0 {
+            problem("engine.max_in_flight".into(), "must be at least 1".into());
+        }
+        if raw.dispatch.max_in_flight == 0 {
+            problem("dispatch.max_in_flight".into(), "must be at least 1".into());
+        }
+        if raw.dispatch.retry_min_delay > raw.dispatch.retry_max_delay {
+            problem(
+                "dispatch.retry_min_delay".into(),
+                "must not be longer than `dispatch.retry_max_delay`".into(),
+            );
+        }
+        if raw.roles.is_empty() {
+            problem("roles".into(), "name at least one of ingest, engine, dispatch".into());
+        }
+        for name in raw.sources.keys() {
+            if !valid_name(name) {
+                problem(
+                    format!("sources.{name}"),
+                    "a source name becomes a URL path: use only letters, digits, `_` and `-`".into(),
+                );
+            }
+        }
+        for (name, sink) in &raw.sinks {
+            if !valid_name(name) {
+                problem(
+                    format!("sinks.{name}"),
+                    "use only letters, digits, `_` and `-`".into(),
+                );
+            }
+            if let SinkConfig::Webhook { url, .. } = sink
+                && !matches!(url.scheme(), "http" | "https")
+            {
+                problem(format!("sinks.{name}.url"), "must be an http or https URL".into());
+            }
+        }
+        let roles = Roles {
+            ingest: raw.roles.contains(&Role::Ingest),
+            engine: raw.roles.contains(&Role::Engine),
+            dispatch: raw.roles.contains(&Role::Dispatch),
+        };
+        if roles.ingest && raw.sources.is_empty() {
+            problem("sources".into(), "ingest runs, but no `[sources.NAME]` is configured".into());
+        }
+        if roles.dispatch && raw.sinks.is_empty() {
+            problem("sinks".into(), "dispatch runs, but no `[sinks.NAME]` is configured".into());
+        }
+
+        let rules = match rules {
+            Ok(rules) => Some(rules),
+            Err(Problems(mut rule_problems)) => {
+                problems.append(&mut rule_problems);
+                None
+            }
+        };
+
+        match rules {
+            Some(rules) if problems.is_empty() => Ok(Config {
+                server: raw.server,
+                kafka: KafkaConfig {
+                    brokers: raw.kafka.brokers,
+                    topic_prefix: raw.kafka.topic_prefix,
+                    group_id: raw.kafka.group_id,
+                    partitions: raw.kafka.partitions,
+                    replication_factor: raw.kafka.replication_factor,
+                    session_timeout: raw.kafka.session_timeout.0,
+                    options: raw.kafka.options.0,
+                },
+                engine: raw.engine,
+                dispatch: raw.dispatch,
+                roles,
+                shutdown_grace: raw.shutdown_grace.0,
+                sources: raw.sources,
+                sinks: raw.sinks,
+                rules_path,
+                rules,
+            }),
+            _ => Err(Problems(problems)),
+        }
+    }
+}
+
+/// Reads a TOML file into a JSON value (the form [`from_value`] checks).
+pub(crate) fn read_toml(path: &Path) -> Result<serde_json::Value, String> {
+    config::Config::builder()
+        .add_source(config::File::from(path).format(config::FileFormat::Toml).required(true))
+        .build()
+        .and_then(|c| c.try_deserialize::<serde_json::Value>())
+        .map_err(|e| e.to_string())
+}
+
+/// Deserializes `value`, or lists every problem as `(key path, message)` — not just the first.
+///
+/// `eserde` collects the errors, but an unknown key derails what it reports after it (wrong
+/// paths, lost errors). So: keep the errors up to the first unknown key, remove that key, and
+/// look again, until a pass finds no unknown key; that pass's errors are all sound.
+pub(crate) fn from_value<T>(value: &serde_json::Value) -> Result<T, Vec<(String, String)>>
+where
+    T: for<'de> eserde::EDeserialize<'de>,
+{
+    if let Ok(v) = T::deserialize(value) {
+        return Ok(v);
+    }
+    let mut value = value.clone();
+    let mut problems: Vec<(String, String)> = Vec::new();
+    // Each pass removes one key, so this ends; the bound only guards against a surprise.
+    for _ in 0..64 {
+        let text = value.to_string();
+        let errors = match eserde::json::from_str::<T>(&text) {
+            Ok(_) => return Err(problems),
+            Err(errors) => errors,
+        };
+        let mut unknown = None;
+        for e in errors.iter() {
+            let key = e.path().map(|p| p.to_string()).unwrap_or_default();
+            let message = strip_position(e.message());
+            let is_unknown = message.starts_with("unknown field `");
+            if !problems.contains(&(key.clone(), message.clone())) {
+                problems.push((key.clone(), message));
+            }
+            if is_unknown {
+                unknown = Some(key);
+                break;
+            }
+        }
+        match unknown {
+            Some(key) if remove_path(&mut value, &key) => {
+                // Keep only the unknown keys: the next pass finds the other errors again.
+                problems.retain(|(_, m)| m.starts_with("unknown field `"));
+            }
+            _ => return Err(problems),
+        }
+    }
+    Err(problems)
+}
+
+/// Removes the key at a dotted path; false when there is none.
+fn remove_path(value: &mut serde_json::Value, path: &str) -> bool {
+    let mut parts: Vec<&str> = path.split('.').collect();
+    let Some(last) = parts.pop() else {
+        return false;
+    };
+    let mut node = value;
+    for part in parts {
+        match node.get_mut(part) {
+            Some(next) => node = next,
+            None => return false,
+        }
+    }
+    node.as_object_mut().is_some_and(|m| m.remove(last).is_some())
+}
+
+fn valid_name(name: &str) -> bool {
+    !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+}
+
+/// serde_json appends where in the (re-serialized) document an error sits; the key path says it better.
+pub(crate) fn strip_position(message: &str) -> String {
+    match message.rfind(" at line ") {
+        Some(i) if message[i..].contains(" column ") => message[..i].to_string(),
+        _ => message.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
+        let p = dir.join(name);
+        std::fs::write(&p, text).unwrap();
+        p
+    }
+
+    const RULES: &str = r#"
+[lifecycle]
+sales_ready = 'lead.stage == "sales_ready"'
+[first_touch]
+within = "4h"
+"#;
+
+    const GOOD: &str = r#"
+[server]
+listen = "127.0.0.1:9999"
+[kafka]
+brokers = "127.0.0.1:9092"
+[kafka.options]
+"security.protocol" = "SASL_SSL"
+sasl = { mechanism = "PLAIN", password = "hunter2" }
+"linger.ms" = 5
+[sources.web]
+kind = "generic"
+secret = "whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD"
+[sinks.hook]
+kind = "webhook"
+url = "http://127.0.0.1:1/alerts"
+secret = ["whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD", "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"]
+[sinks.stdout]
+kind = "log"
+"#;
+
+    #[test]
+    fn a_good_file_loads_with_defaults_and_flattened_options() {
+        let dir = tempfile::tempdir().unwrap();
+        write(dir.path(), "rules.toml", RULES);
+        let path = write(dir.path(), "leadwatch.toml", GOOD);
+        let cfg = Config::load_with_env(&path, Vec::new()).unwrap();
+        assert_eq!(cfg.server.listen.port(), 9999);
+        assert_eq!(cfg.server.max_body_bytes, 1024 * 1024);
+        assert_eq!(cfg.kafka.topic_prefix, "leadwatch");
+        assert_eq!(cfg.kafka.options["security.protocol"], "SASL_SSL");
+        assert_eq!(cfg.kafka.options["sasl.mechanism"], "PLAIN");
+        assert_eq!(cfg.kafka.options["linger.ms"], "5");
+        assert!(cfg.roles.ingest && cfg.roles.engine && cfg.roles.dispatch);
+        assert_eq!(cfg.sinks.len(), 2);
+        // No secret in Debug output.
+        let debug = format!("{cfg:?}");
+        assert!(!debug.contains("hunter2"), "{debug}");
+        assert!(!debug.contains("C2FVsBQ"), "{debug}");
+    }
+
+    #[test]
+    fn the_environment_overrides_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        write(dir.path(), "rules.toml", RULES);
+        let path = write(dir.path(), "leadwatch.toml", GOOD);
+        let env = vec![
+            ("LEADWATCH__KAFKA__BROKERS".to_string(), "broker-a:9093,broker-b:9093".to_string()),
+            ("LEADWATCH__SERVER__MAX_BODY_BYTES".to_string(), "2048".to_string()),
+        ];
+        let cfg = Config::load_with_env(&path, env).unwrap();
+        assert_eq!(cfg.kafka.brokers, "broker-a:9093,broker-b:9093");
+        assert_eq!(cfg.server.max_body_bytes, 2048);
+    }
+
+    #[test]
+    fn every_problem_is_reported_with_its_key_path() {
+        let dir = tempfile::tempdir().unwrap();
+        write(dir.path(), "rules.toml", RULES);
+        let path = write(
+            dir.path(),
+            "leadwatch.toml",
+            r#"
+[server]
+listen = "not an address"
+max_body_bytez = 5
+[kafka.options]
+"enable.idempotence" = false
+[sources.web]
+kind = "generic"
+secret = "hunter2"
+[sinks.hook]
+kind = "webhook"
+url = "http://127.0.0.1:1/alerts"
+secret = "whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD"
+"#,
+        );
+        let Problems(problems) = Config::load_with_env(&path, Vec::new()).unwrap_err();
+        let keys: Vec<&str> = problems.iter().map(|p| p.key.as_str()).collect();
+        assert!(keys.contains(&"server.listen"), "{problems:?}");
+        assert!(keys.contains(&"server.max_body_bytez"), "{problems:?}");
+        assert!(keys.contains(&"kafka.options"), "{problems:?}");
+        assert_eq!(problems.len(), 4, "{problems:?}");
+        // Inside a `kind`-tagged table the path stops at the table; the message names the secret.
+        assert!(keys.contains(&"sources.web"), "{problems:?}");
+        assert!(
+            problems.iter().any(|p| p.message.contains("max_body_bytez")),
+            "{problems:?}"
+        );
+        // Secrets are not echoed back in errors.
+        assert!(!problems.iter().any(|p| p.message.contains("hunter2")), "{problems:?}");
+    }
+}

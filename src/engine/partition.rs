@@ -1,0 +1,93 @@
+//! One Kafka partition's leads and their deadlines: all deadlines in one ordered set, so the
+//! runner sleeps until the earliest (mini-redis' expiry pattern), never a task per lead.
+
+use std::collections::{BTreeSet, HashMap};
+
+use jiff::Timestamp;
+
+use super::{Applied, Engine, LeadState};
+use crate::alert::Alert;
+use crate::event::LeadEvent;
+
+#[derive(Debug, Default)]
+pub struct PartitionState {
+    leads: HashMap<String, LeadState>,
+    /// `(deadline, lead)` for every lead with something due.
+    timers: BTreeSet<(Timestamp, String)>,
+    /// The deadline each lead is armed at, to find its entry in `timers`.
+    armed: HashMap<String, Timestamp>,
+}
+
+impl PartitionState {
+    pub fn len(&self) -> usize {
+        self.leads.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.leads.is_empty()
+    }
+
+    pub fn lead(&self, key: &str) -> Option<&LeadState> {
+        self.leads.get(key)
+    }
+
+    /// Applies an event; returns the lead's new state when it changed.
+    pub fn apply(&mut self, engine: &Engine, event: &LeadEvent) -> Option<&LeadState> {
+        let state = self.leads.entry(event.lead.clone()).or_default();
+        match engine.apply(state, event) {
+            Applied::Duplicate => None,
+            Applied::Changed => {
+                self.rearm(engine, &event.lead);
+                self.leads.get(&event.lead)
+            }
+        }
+    }
+
+    /// Puts a lead's state back as it was known (restore from the changelog).
+    pub fn restore(&mut self, engine: &Engine, key: String, state: LeadState) {
+        self.leads.insert(key.clone(), state);
+        self.rearm(engine, &key);
+    }
+
+    fn rearm(&mut self, engine: &Engine, key: &str) {
+        if let Some(old) = self.armed.remove(key) {
+            self.timers.remove(&(old, key.to_string()));
+        }
+        if let Some(deadline) = self.leads.get(key).and_then(|s| engine.next_deadline(s)) {
+            self.timers.insert((deadline, key.to_string()));
+            self.armed.insert(key.to_string(), deadline);
+        }
+    }
+
+    /// The earliest deadline in this partition.
+    pub fn next_deadline(&self) -> Option<Timestamp> {
+        self.timers.first().map(|(t, _)| *t)
+    }
+
+    /// Fires everything due at `now`: the alerts, each with its lead's new state.
+    pub fn fire_due(&mut self, engine: &Engine, now: Timestamp) -> Vec<(Alert, LeadState)> {
+        let mut fired = Vec::new();
+        while let Some((deadline, key)) = self.timers.first().cloned() {
+            if deadline > now {
+                break;
+            }
+            self.timers.pop_first();
+            self.armed.remove(&key);
+            if let Some(state) = self.leads.get_mut(&key) {
+                for alert in engine.fire_due(&key, state, now) {
+                    fired.push((alert, state.clone()));
+                }
+            }
+            self.rearm(engine, &key);
+        }
+        fired
+    }
+
+    /// Lets `alert` fire again (its write to Kafka failed).
+    pub fn unfire(&mut self, engine: &Engine, alert: &Alert) {
+        if let Some(state) = self.leads.get_mut(&alert.data.lead) {
+            engine.unfire(state, alert);
+            self.rearm(engine, &alert.data.lead);
+        }
+    }
+}

@@ -1,0 +1,25 @@
+//! leadwatch holds sales and marketing to the lead-management rules they agreed on.
+//!
+//! Data flow (see DESIGN.md): webhooks → [`ingest`] (verify, parse, normalise into
+//! [`event::LeadEvent`]) → Kafka `{prefix}.events` → [`engine`] (per-lead state, SLA deadlines,
+//! rules) → Kafka `{prefix}.alerts` → [`dispatch`] (sinks, retries) → people.
+//!
+//! - [`config`]: typed configuration, loaded and validated with every problem reported.
+//! - [`signature`]: Standard Webhooks signing and verification.
+//! - [`bus`]: Kafka producer, consumer groups, topics, the embedded broker.
+//! - [`engine`]: the pure state machine ([`engine::Engine`]) and its Kafka shell ([`engine::runner`]).
+//! - [`dispatch`]: sinks ([`dispatch::sink`]) and retries ([`dispatch::retry`]).
+//! - [`http`] / [`app`]: serving and wiring; [`telemetry`]: logs and metrics.
+#![forbid(unsafe_code)]
+
+pub mod alert;
+pub mod app;
+pub mod bus;
+pub mod config;
+pub mod dispatch;
+pub mod engine;
+pub mod event;
+pub mod http;
+pub mod ingest;
+pub mod signature;
+pub mod telemetry;

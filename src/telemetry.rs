@@ -1,0 +1,205 @@
+//! Logs (tracing, to stderr: stdout belongs to the `log` sink) and Prometheus metrics.
+//! Metric labels take few values: source, sink, outcome, alert type — never a lead id.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+
+/// Sets up logging: `RUST_LOG` filters (default `info`), `LEADWATCH_LOG_FORMAT=json` for JSON lines.
+pub fn init_tracing() {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let json = std::env::var("LEADWATCH_LOG_FORMAT").is_ok_and(|f| f == "json");
+    // A second init (tests start several daemons in one process) keeps the first.
+    let _ = if json { builder.json().try_init() } else { builder.try_init() };
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct SourceOutcome {
+    source: String,
+    outcome: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct SourceLabel {
+    source: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OutcomeLabel {
+    outcome: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TypeLabel {
+    r#type: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct SinkOutcome {
+    sink: String,
+    outcome: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RuleLabel {
+    rule: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct GroupLabel {
+    group: String,
+}
+
+/// Every metric the daemon exports.
+pub struct Metrics {
+    registry: Registry,
+    webhook_requests: Family<SourceOutcome, Counter>,
+    events_produced: Family<SourceLabel, Counter>,
+    engine_events: Family<OutcomeLabel, Counter>,
+    alerts_fired: Family<TypeLabel, Counter>,
+    deliveries: Family<SinkOutcome, Counter>,
+    rule_errors: Family<RuleLabel, Counter>,
+    consumer_lag: Family<GroupLabel, Gauge>,
+    leads: Gauge,
+    producer_ready: Gauge,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Metrics")
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("leadwatch");
+        let webhook_requests = Family::default();
+        registry.register(
+            "webhook_requests",
+            "Webhook requests by source and outcome (accepted, unauthorized, too_large, malformed, unavailable, …)",
+            webhook_requests.clone(),
+        );
+        let events_produced = Family::default();
+        registry.register(
+            "events_produced",
+            "Lead events acknowledged by Kafka, by source",
+            events_produced.clone(),
+        );
+        let engine_events = Family::default();
+        registry.register(
+            "engine_events",
+            "Events the engine consumed, by outcome (applied, duplicate, invalid)",
+            engine_events.clone(),
+        );
+        let alerts_fired = Family::default();
+        registry.register("alerts_fired", "Alerts the engine fired, by type", alerts_fired.clone());
+        let deliveries = Family::default();
+        registry.register(
+            "alert_deliveries",
+            "Alert deliveries by sink and outcome (delivered, failed, retried)",
+            deliveries.clone(),
+        );
+        let rule_errors = Family::default();
+        registry.register(
+            "rule_errors",
+            "Rule expressions that failed to evaluate and counted as false",
+            rule_errors.clone(),
+        );
+        let consumer_lag = Family::default();
+        registry.register(
+            "consumer_lag_messages",
+            "Messages not yet consumed, summed over this instance's partitions, by consumer group",
+            consumer_lag.clone(),
+        );
+        let leads = Gauge::default();
+        registry.register("engine_leads", "Leads held by this instance's engine", leads.clone());
+        let producer_ready = Gauge::default();
+        registry.register(
+            "producer_ready",
+            "1 when the Kafka producer is healthy and the cluster answers",
+            producer_ready.clone(),
+        );
+        Self {
+            registry,
+            webhook_requests,
+            events_produced,
+            engine_events,
+            alerts_fired,
+            deliveries,
+            rule_errors,
+            consumer_lag,
+            leads,
+            producer_ready,
+        }
+    }
+
+    pub fn webhook_request(&self, source: &str, outcome: &str) {
+        self.webhook_requests
+            .get_or_create(&SourceOutcome {
+                source: source.into(),
+                outcome: outcome.into(),
+            })
+            .inc();
+    }
+
+    pub fn events_produced(&self, source: &str, n: u64) {
+        self.events_produced
+            .get_or_create(&SourceLabel { source: source.into() })
+            .inc_by(n);
+    }
+
+    pub fn engine_event(&self, outcome: &str) {
+        self.engine_events
+            .get_or_create(&OutcomeLabel { outcome: outcome.into() })
+            .inc();
+    }
+
+    pub fn alert_fired(&self, kind: &str) {
+        self.alerts_fired.get_or_create(&TypeLabel { r#type: kind.into() }).inc();
+    }
+
+    pub fn delivery(&self, sink: &str, outcome: &str) {
+        self.deliveries
+            .get_or_create(&SinkOutcome {
+                sink: sink.into(),
+                outcome: outcome.into(),
+            })
+            .inc();
+    }
+
+    pub fn rule_errors(&self, rule: &str) {
+        self.rule_errors.get_or_create(&RuleLabel { rule: rule.into() }).inc();
+    }
+
+    pub fn set_consumer_lag(&self, group: &str, lag: i64) {
+        self.consumer_lag.get_or_create(&GroupLabel { group: group.into() }).set(lag);
+    }
+
+    pub fn set_leads(&self, n: i64) {
+        self.leads.set(n);
+    }
+
+    pub fn set_producer_ready(&self, ready: bool) {
+        self.producer_ready.set(ready as i64);
+    }
+
+    /// The Prometheus text exposition.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &self.registry)
+            .expect("writing to a String cannot fail");
+        out
+    }
+}
