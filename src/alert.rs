@@ -45,7 +45,12 @@ impl Alert {
 /// on the deadline, so editing the rules never makes an alert that already fired fire again.
 pub fn alert_id(lead: &str, rule: &str, level: u32, clock_started_at: Timestamp) -> String {
     let mut h = Sha256::new();
-    for part in [lead, rule, &level.to_string(), &clock_started_at.to_string()] {
+    for part in [
+        lead,
+        rule,
+        &level.to_string(),
+        &clock_started_at.to_string(),
+    ] {
         h.update((part.len() as u64).to_be_bytes());
         h.update(part.as_bytes());
     }
@@ -67,7 +72,15 @@ mod tests {
         assert_ne!(a, alert_id("L-2", "first_touch", 0, t));
         assert_ne!(a, alert_id("L-1", "handoff", 0, t));
         assert_ne!(a, alert_id("L-1", "first_touch", 1, t));
-        assert_ne!(a, alert_id("L-1", "first_touch", 0, t + jiff::SignedDuration::from_secs(1)));
+        assert_ne!(
+            a,
+            alert_id(
+                "L-1",
+                "first_touch",
+                0,
+                t + jiff::SignedDuration::from_secs(1)
+            )
+        );
         // Length-prefixed parts: moving a character between parts changes the id.
         assert_ne!(alert_id("L-1f", "irst_touch", 0, t), a);
     }

@@ -85,7 +85,10 @@ pub async fn run(
             metrics: metrics.clone(),
         };
         let stop = stop_work.clone();
-        workers.push(("engine", tokio::spawn(async move { runner.run(stop, grace).await })));
+        workers.push((
+            "engine",
+            tokio::spawn(async move { runner.run(stop, grace).await }),
+        ));
     }
     if config.roles.dispatch {
         let sinks = Dispatcher::sinks_from_config(&config.sinks, &config.dispatch)
@@ -100,7 +103,10 @@ pub async fn run(
             metrics: metrics.clone(),
         };
         let stop = stop_work.clone();
-        workers.push(("dispatch", tokio::spawn(async move { dispatcher.run(stop, grace).await })));
+        workers.push((
+            "dispatch",
+            tokio::spawn(async move { dispatcher.run(stop, grace).await }),
+        ));
     }
 
     let ingest = config.roles.ingest.then(|| {

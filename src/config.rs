@@ -240,7 +240,10 @@ pub struct KafkaConfig {
 
 /// Option keys whose values may be secrets, redacted in `Debug`.
 fn is_secret_option(key: &str) -> bool {
-    key.contains("password") || key.contains("secret") || key.contains("key") || key.contains("jaas")
+    key.contains("password")
+        || key.contains("secret")
+        || key.contains("key")
+        || key.contains("jaas")
 }
 
 impl fmt::Debug for KafkaConfig {
@@ -249,7 +252,11 @@ impl fmt::Debug for KafkaConfig {
             .options
             .iter()
             .map(|(k, v)| {
-                let shown = if is_secret_option(k) { "<redacted>" } else { v.as_str() };
+                let shown = if is_secret_option(k) {
+                    "<redacted>"
+                } else {
+                    v.as_str()
+                };
                 (k.as_str(), shown)
             })
             .collect();
@@ -388,9 +395,9 @@ impl<'de> Deserialize<'de> for Secrets {
             One(String),
             Many(Vec<String>),
         }
-        let raw = match OneOrMany::deserialize(de)
-            .map_err(|_| serde::de::Error::custom("expected a `whsec_…` string or a list of them"))?
-        {
+        let raw = match OneOrMany::deserialize(de).map_err(|_| {
+            serde::de::Error::custom("expected a `whsec_…` string or a list of them")
+        })? {
             OneOrMany::One(s) => vec![s],
             OneOrMany::Many(v) => v,
         };
@@ -401,7 +408,11 @@ impl<'de> Deserialize<'de> for Secrets {
             .enumerate()
             .map(|(i, s)| {
                 s.parse::<WebhookSecret>().map_err(|e| {
-                    let which = if raw.len() > 1 { format!("secret #{}: ", i + 1) } else { String::new() };
+                    let which = if raw.len() > 1 {
+                        format!("secret #{}: ", i + 1)
+                    } else {
+                        String::new()
+                    };
                     serde::de::Error::custom(format!("{which}{e}"))
                 })
             })
@@ -423,9 +434,12 @@ impl std::ops::Deref for HumanDuration {
 
 impl<'de> Deserialize<'de> for HumanDuration {
     fn deserialize<D: serde::Deserializer<'de>>(de: D) -> Result<Self, D::Error> {
-        let s = String::deserialize(de)
-            .map_err(|_| serde::de::Error::custom("expected a duration such as \"90s\" or \"4h\""))?;
-        parse_duration(&s).map(HumanDuration).map_err(serde::de::Error::custom)
+        let s = String::deserialize(de).map_err(|_| {
+            serde::de::Error::custom("expected a duration such as \"90s\" or \"4h\"")
+        })?;
+        parse_duration(&s)
+            .map(HumanDuration)
+            .map_err(serde::de::Error::custom)
     }
 }
 
@@ -477,7 +491,11 @@ fn flatten_options(
     problems: &mut Vec<(String, String)>,
 ) {
     for (k, v) in map {
-        let key = if prefix.is_empty() { k.clone() } else { format!("{prefix}.{k}") };
+        let key = if prefix.is_empty() {
+            k.clone()
+        } else {
+            format!("{prefix}.{k}")
+        };
         match v {
             serde_json::Value::Object(inner) => flatten_options(&key, inner, out, problems),
             serde_json::Value::String(s) => {
@@ -496,9 +514,15 @@ fn flatten_options(
 
 /// librdkafka options the daemon's guarantees depend on; a user may not turn them off.
 const PINNED_OPTIONS: &[(&str, &str)] = &[
-    ("enable.idempotence", "ingest's 2xx promises an idempotent producer"),
+    (
+        "enable.idempotence",
+        "ingest's 2xx promises an idempotent producer",
+    ),
     ("acks", "ingest's 2xx promises acks=all"),
-    ("enable.auto.offset.store", "offsets are stored only after an event's outputs are in Kafka"),
+    (
+        "enable.auto.offset.store",
+        "offsets are stored only after an event's outputs are in Kafka",
+    ),
     ("group.id", "set `kafka.group_id` instead"),
     ("bootstrap.servers", "set `kafka.brokers` instead"),
 ];
@@ -526,7 +550,11 @@ impl Config {
             .filter(|(k, _)| k.starts_with("LEADWATCH__"))
             .collect();
         let layered = config::Config::builder()
-            .add_source(config::File::from(path).format(config::FileFormat::Toml).required(true))
+            .add_source(
+                config::File::from(path)
+                    .format(config::FileFormat::Toml)
+                    .required(true),
+            )
             .add_source(
                 config::Environment::with_prefix("LEADWATCH")
                     .prefix_separator("__")
@@ -609,7 +637,10 @@ impl Config {
             );
         }
         if raw.server.max_body_bytes == 0 {
-            problem("server.max_body_bytes".into(), "must be larger than zero".into());
+            problem(
+                "server.max_body_bytes".into(),
+                "must be larger than zero".into(),
+            );
         }
         if raw.engine.max_in_flight == 0 {
             problem("engine.max_in_flight".into(), "must be at least 1".into());
@@ -624,13 +655,17 @@ impl Config {
             );
         }
         if raw.roles.is_empty() {
-            problem("roles".into(), "name at least one of ingest, engine, dispatch".into());
+            problem(
+                "roles".into(),
+                "name at least one of ingest, engine, dispatch".into(),
+            );
         }
         for name in raw.sources.keys() {
             if !valid_name(name) {
                 problem(
                     format!("sources.{name}"),
-                    "a source name becomes a URL path: use only letters, digits, `_` and `-`".into(),
+                    "a source name becomes a URL path: use only letters, digits, `_` and `-`"
+                        .into(),
                 );
             }
         }
@@ -644,7 +679,10 @@ impl Config {
             if let SinkConfig::Webhook { url, .. } = sink
                 && !matches!(url.scheme(), "http" | "https")
             {
-                problem(format!("sinks.{name}.url"), "must be an http or https URL".into());
+                problem(
+                    format!("sinks.{name}.url"),
+                    "must be an http or https URL".into(),
+                );
             }
         }
         let roles = Roles {
@@ -653,10 +691,16 @@ impl Config {
             dispatch: raw.roles.contains(&Role::Dispatch),
         };
         if roles.ingest && raw.sources.is_empty() {
-            problem("sources".into(), "ingest runs, but no `[sources.NAME]` is configured".into());
+            problem(
+                "sources".into(),
+                "ingest runs, but no `[sources.NAME]` is configured".into(),
+            );
         }
         if roles.dispatch && raw.sinks.is_empty() {
-            problem("sinks".into(), "dispatch runs, but no `[sinks.NAME]` is configured".into());
+            problem(
+                "sinks".into(),
+                "dispatch runs, but no `[sinks.NAME]` is configured".into(),
+            );
         }
 
         let rules = match rules {
@@ -696,7 +740,11 @@ impl Config {
 /// Reads a TOML file into a JSON value (the form [`from_value`] checks).
 pub(crate) fn read_toml(path: &Path) -> Result<serde_json::Value, String> {
     config::Config::builder()
-        .add_source(config::File::from(path).format(config::FileFormat::Toml).required(true))
+        .add_source(
+            config::File::from(path)
+                .format(config::FileFormat::Toml)
+                .required(true),
+        )
         .build()
         .and_then(|c| c.try_deserialize::<serde_json::Value>())
         .map_err(|e| e.to_string())
@@ -760,11 +808,15 @@ fn remove_path(value: &mut serde_json::Value, path: &str) -> bool {
             None => return false,
         }
     }
-    node.as_object_mut().is_some_and(|m| m.remove(last).is_some())
+    node.as_object_mut()
+        .is_some_and(|m| m.remove(last).is_some())
 }
 
 fn valid_name(name: &str) -> bool {
-    !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+    !name.is_empty()
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
 }
 
 /// serde_json appends where in the (re-serialized) document an error sits; the key path says it better.
@@ -838,8 +890,14 @@ kind = "log"
         write(dir.path(), "rules.toml", RULES);
         let path = write(dir.path(), "leadwatch.toml", GOOD);
         let env = vec![
-            ("LEADWATCH__KAFKA__BROKERS".to_string(), "broker-a:9093,broker-b:9093".to_string()),
-            ("LEADWATCH__SERVER__MAX_BODY_BYTES".to_string(), "2048".to_string()),
+            (
+                "LEADWATCH__KAFKA__BROKERS".to_string(),
+                "broker-a:9093,broker-b:9093".to_string(),
+            ),
+            (
+                "LEADWATCH__SERVER__MAX_BODY_BYTES".to_string(),
+                "2048".to_string(),
+            ),
         ];
         let cfg = Config::load_with_env(&path, env).unwrap();
         assert_eq!(cfg.kafka.brokers, "broker-a:9093,broker-b:9093");
@@ -877,10 +935,15 @@ secret = "whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD"
         // Inside a `kind`-tagged table the path stops at the table; the message names the secret.
         assert!(keys.contains(&"sources.web"), "{problems:?}");
         assert!(
-            problems.iter().any(|p| p.message.contains("max_body_bytez")),
+            problems
+                .iter()
+                .any(|p| p.message.contains("max_body_bytez")),
             "{problems:?}"
         );
         // Secrets are not echoed back in errors.
-        assert!(!problems.iter().any(|p| p.message.contains("hunter2")), "{problems:?}");
+        assert!(
+            !problems.iter().any(|p| p.message.contains("hunter2")),
+            "{problems:?}"
+        );
     }
 }

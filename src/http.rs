@@ -27,7 +27,11 @@ struct Health {
 }
 
 /// The routes; webhooks only when this instance runs ingest.
-pub fn router(ingest: Option<Arc<Ingest>>, producer: Arc<Producer>, metrics: Arc<Metrics>) -> Router {
+pub fn router(
+    ingest: Option<Arc<Ingest>>,
+    producer: Arc<Producer>,
+    metrics: Arc<Metrics>,
+) -> Router {
     let health = Router::new()
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(ready))
@@ -55,7 +59,10 @@ async fn ready(State(h): State<Health>) -> impl IntoResponse {
 
 async fn metrics_text(State(h): State<Health>) -> impl IntoResponse {
     (
-        [(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")],
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
         h.metrics.encode(),
     )
 }
@@ -70,7 +77,8 @@ pub async fn serve(
 ) {
     let graceful = GracefulShutdown::new();
     let mut http = hyper::server::conn::http1::Builder::new();
-    http.timer(TokioTimer::new()).header_read_timeout(header_read_timeout);
+    http.timer(TokioTimer::new())
+        .header_read_timeout(header_read_timeout);
     loop {
         let stream = tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -94,7 +102,10 @@ pub async fn serve(
         });
     }
     drop(listener);
-    if tokio::time::timeout(grace, graceful.shutdown()).await.is_err() {
+    if tokio::time::timeout(grace, graceful.shutdown())
+        .await
+        .is_err()
+    {
         tracing::warn!("open HTTP connections did not finish within the grace period");
     }
 }

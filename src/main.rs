@@ -11,7 +11,11 @@ use leadwatch::config::Config;
 const EXIT_CONFIG: u8 = 64;
 
 #[derive(Parser)]
-#[command(name = "leadwatch", version, about = "Holds sales and marketing to their lead-management rules")]
+#[command(
+    name = "leadwatch",
+    version,
+    about = "Holds sales and marketing to their lead-management rules"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -129,7 +133,11 @@ fn dev_broker(partitions: i32, prefix: &str, port: Option<u16>) -> ExitCode {
         return ExitCode::from(EXIT_CONFIG);
     }
     let topics = Topics::new(prefix);
-    let specs: Vec<(String, i32)> = topics.all().iter().map(|(t, _)| (t.to_string(), partitions)).collect();
+    let specs: Vec<(String, i32)> = topics
+        .all()
+        .iter()
+        .map(|(t, _)| (t.to_string(), partitions))
+        .collect();
     let kafka = match EmbeddedKafka::start(&specs) {
         Ok(k) => k,
         Err(e) => {

@@ -43,9 +43,7 @@ impl FromStr for WebhookSecret {
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let encoded = s.strip_prefix("whsec_").ok_or(SecretError::MissingPrefix)?;
-        let key = BASE64
-            .decode(encoded)
-            .map_err(|_| SecretError::NotBase64)?;
+        let key = BASE64.decode(encoded).map_err(|_| SecretError::NotBase64)?;
         if key.is_empty() {
             return Err(SecretError::Empty);
         }
@@ -108,7 +106,10 @@ pub fn verify(
     let sigs = headers
         .signature
         .ok_or(VerifyError::MissingHeader("webhook-signature"))?;
-    let ts: i64 = ts_raw.trim().parse().map_err(|_| VerifyError::BadTimestamp)?;
+    let ts: i64 = ts_raw
+        .trim()
+        .parse()
+        .map_err(|_| VerifyError::BadTimestamp)?;
     if ts < now - tolerance_secs {
         return Err(VerifyError::TooOld(tolerance_secs));
     }
@@ -162,7 +163,10 @@ mod tests {
     #[test]
     fn verifies_the_published_vector() {
         let ts = TS.to_string();
-        assert_eq!(verify(&[secret()], &headers(&ts, SIG), BODY, TS, 300), Ok(()));
+        assert_eq!(
+            verify(&[secret()], &headers(&ts, SIG), BODY, TS, 300),
+            Ok(())
+        );
     }
 
     #[test]
@@ -181,11 +185,20 @@ mod tests {
         let other: WebhookSecret = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw".parse().unwrap();
         let both = format!("{} {}", other.sign(ID, TS, BODY), SIG);
         // The receiver knows only the old secret; the sender signed with both.
-        assert_eq!(verify(&[secret()], &headers(&ts, &both), BODY, TS, 300), Ok(()));
+        assert_eq!(
+            verify(&[secret()], &headers(&ts, &both), BODY, TS, 300),
+            Ok(())
+        );
         // The receiver rotated: it accepts the new and the old secret at once.
         let only_new = other.sign(ID, TS, BODY);
         assert_eq!(
-            verify(&[secret(), other.clone()], &headers(&ts, &only_new), BODY, TS, 300),
+            verify(
+                &[secret(), other.clone()],
+                &headers(&ts, &only_new),
+                BODY,
+                TS,
+                300
+            ),
             Ok(())
         );
         // A secret it does not hold is refused.
@@ -221,15 +234,27 @@ mod tests {
             Err(VerifyError::MissingHeader("webhook-signature"))
         );
         let h = headers("yesterday", SIG);
-        assert_eq!(verify(&[secret()], &h, BODY, TS, 300), Err(VerifyError::BadTimestamp));
+        assert_eq!(
+            verify(&[secret()], &h, BODY, TS, 300),
+            Err(VerifyError::BadTimestamp)
+        );
         let h = headers(&ts, "v1,not-base64!! v2,abc");
-        assert_eq!(verify(&[secret()], &h, BODY, TS, 300), Err(VerifyError::NoMatch));
+        assert_eq!(
+            verify(&[secret()], &h, BODY, TS, 300),
+            Err(VerifyError::NoMatch)
+        );
     }
 
     #[test]
     fn secrets_are_parsed_strictly_and_never_printed() {
-        assert_eq!("C2FV".parse::<WebhookSecret>(), Err(SecretError::MissingPrefix));
-        assert_eq!("whsec_***".parse::<WebhookSecret>(), Err(SecretError::NotBase64));
+        assert_eq!(
+            "C2FV".parse::<WebhookSecret>(),
+            Err(SecretError::MissingPrefix)
+        );
+        assert_eq!(
+            "whsec_***".parse::<WebhookSecret>(),
+            Err(SecretError::NotBase64)
+        );
         assert_eq!("whsec_".parse::<WebhookSecret>(), Err(SecretError::Empty));
         assert!(!format!("{:?}", secret()).contains("C2FV"));
     }

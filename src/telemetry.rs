@@ -16,7 +16,11 @@ pub fn init_tracing() {
         .with_writer(std::io::stderr);
     let json = std::env::var("LEADWATCH_LOG_FORMAT").is_ok_and(|f| f == "json");
     // A second init (tests start several daemons in one process) keeps the first.
-    let _ = if json { builder.json().try_init() } else { builder.try_init() };
+    let _ = if json {
+        builder.json().try_init()
+    } else {
+        builder.try_init()
+    };
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -104,7 +108,11 @@ impl Metrics {
             engine_events.clone(),
         );
         let alerts_fired = Family::default();
-        registry.register("alerts_fired", "Alerts the engine fired, by type", alerts_fired.clone());
+        registry.register(
+            "alerts_fired",
+            "Alerts the engine fired, by type",
+            alerts_fired.clone(),
+        );
         let deliveries = Family::default();
         registry.register(
             "alert_deliveries",
@@ -124,7 +132,11 @@ impl Metrics {
             consumer_lag.clone(),
         );
         let leads = Gauge::default();
-        registry.register("engine_leads", "Leads held by this instance's engine", leads.clone());
+        registry.register(
+            "engine_leads",
+            "Leads held by this instance's engine",
+            leads.clone(),
+        );
         let producer_ready = Gauge::default();
         registry.register(
             "producer_ready",
@@ -156,18 +168,26 @@ impl Metrics {
 
     pub fn events_produced(&self, source: &str, n: u64) {
         self.events_produced
-            .get_or_create(&SourceLabel { source: source.into() })
+            .get_or_create(&SourceLabel {
+                source: source.into(),
+            })
             .inc_by(n);
     }
 
     pub fn engine_event(&self, outcome: &str) {
         self.engine_events
-            .get_or_create(&OutcomeLabel { outcome: outcome.into() })
+            .get_or_create(&OutcomeLabel {
+                outcome: outcome.into(),
+            })
             .inc();
     }
 
     pub fn alert_fired(&self, kind: &str) {
-        self.alerts_fired.get_or_create(&TypeLabel { r#type: kind.into() }).inc();
+        self.alerts_fired
+            .get_or_create(&TypeLabel {
+                r#type: kind.into(),
+            })
+            .inc();
     }
 
     pub fn delivery(&self, sink: &str, outcome: &str) {
@@ -180,11 +200,17 @@ impl Metrics {
     }
 
     pub fn rule_errors(&self, rule: &str) {
-        self.rule_errors.get_or_create(&RuleLabel { rule: rule.into() }).inc();
+        self.rule_errors
+            .get_or_create(&RuleLabel { rule: rule.into() })
+            .inc();
     }
 
     pub fn set_consumer_lag(&self, group: &str, lag: i64) {
-        self.consumer_lag.get_or_create(&GroupLabel { group: group.into() }).set(lag);
+        self.consumer_lag
+            .get_or_create(&GroupLabel {
+                group: group.into(),
+            })
+            .set(lag);
     }
 
     pub fn set_leads(&self, n: i64) {

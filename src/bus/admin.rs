@@ -1,12 +1,12 @@
 //! Creates the daemon's topics at start when missing, with the right settings (compaction for
-//! state and deliveries); where the broker does not allow it, checks that they exist.
+//! state and deliveries); where the broker does not allow it, says which topic is missing.
 
 use std::time::Duration;
 
+use rdkafka::ClientConfig;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::error::RDKafkaErrorCode;
-use rdkafka::ClientConfig;
 use rdkafka::producer::{BaseProducer, Producer as _};
 
 use super::Topics;
@@ -21,6 +21,31 @@ pub enum TopicError {
     Metadata(#[source] rdkafka::error::KafkaError),
 }
 
+/// The topics of `topics` the cluster does not have yet.
+async fn missing(base: &ClientConfig, topics: &Topics) -> Result<Vec<(String, bool)>, TopicError> {
+    let base = base.clone();
+    let metadata = tokio::task::spawn_blocking(move || {
+        let client: BaseProducer = base.create()?;
+        client
+            .client()
+            .fetch_metadata(None, Duration::from_secs(10))
+    })
+    .await
+    .expect("metadata task panicked")
+    .map_err(TopicError::Metadata)?;
+    Ok(topics
+        .all()
+        .iter()
+        .filter(|(name, _)| {
+            !metadata
+                .topics()
+                .iter()
+                .any(|t| t.name() == *name && t.error().is_none() && !t.partitions().is_empty())
+        })
+        .map(|(name, compacted)| (name.to_string(), *compacted))
+        .collect())
+}
+
 /// Creates missing topics; existing ones are left as they are.
 pub async fn ensure_topics(
     base: &ClientConfig,
@@ -28,9 +53,12 @@ pub async fn ensure_topics(
     partitions: i32,
     replication: i32,
 ) -> Result<(), TopicError> {
+    let wanted = missing(base, topics).await?;
+    if wanted.is_empty() {
+        return Ok(());
+    }
     let admin: AdminClient<DefaultClientContext> = base.create().map_err(TopicError::Client)?;
-    let new: Vec<NewTopic<'_>> = topics
-        .all()
+    let new: Vec<NewTopic<'_>> = wanted
         .iter()
         .map(|(name, compacted)| {
             let topic = NewTopic::new(name, partitions, TopicReplication::Fixed(replication));
@@ -41,54 +69,28 @@ pub async fn ensure_topics(
             }
         })
         .collect();
-    let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
-    let results = match admin.create_topics(new.iter(), &opts).await {
-        Ok(results) => results,
-        Err(e) => {
-            tracing::warn!(error = %e, "the broker did not create topics; checking they exist");
-            return check_exist(base, topics, &e.to_string()).await;
+    let opts = AdminOptions::new()
+        .operation_timeout(Some(Duration::from_secs(10)))
+        .request_timeout(Some(Duration::from_secs(15)));
+    let reason = match admin.create_topics(new.iter(), &opts).await {
+        Ok(results) => {
+            let mut refused = Vec::new();
+            for result in results {
+                match result {
+                    Ok(topic) => tracing::info!(%topic, "created topic"),
+                    Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+                    Err((topic, code)) => refused.push(format!("{topic}: {code}")),
+                }
+            }
+            if refused.is_empty() {
+                return Ok(());
+            }
+            refused.join(", ")
         }
+        Err(e) => e.to_string(),
     };
-    let mut refused = Vec::new();
-    for result in results {
-        match result {
-            Ok(topic) => tracing::info!(%topic, "created topic"),
-            Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
-            Err((topic, code)) => refused.push((topic, code.to_string())),
-        }
+    match missing(base, topics).await?.into_iter().next() {
+        None => Ok(()),
+        Some((topic, _)) => Err(TopicError::Missing { topic, reason }),
     }
-    if refused.is_empty() {
-        return Ok(());
-    }
-    let reason = refused
-        .iter()
-        .map(|(t, c)| format!("{t}: {c}"))
-        .collect::<Vec<_>>()
-        .join(", ");
-    tracing::warn!(%reason, "topic creation refused; checking they exist");
-    check_exist(base, topics, &reason).await
-}
-
-async fn check_exist(base: &ClientConfig, topics: &Topics, reason: &str) -> Result<(), TopicError> {
-    let base = base.clone();
-    let metadata = tokio::task::spawn_blocking(move || {
-        let client: BaseProducer = base.create()?;
-        client.client().fetch_metadata(None, Duration::from_secs(10))
-    })
-    .await
-    .expect("metadata task panicked")
-    .map_err(TopicError::Metadata)?;
-    for (name, _) in topics.all() {
-        let found = metadata
-            .topics()
-            .iter()
-            .any(|t| t.name() == name && t.error().is_none() && !t.partitions().is_empty());
-        if !found {
-            return Err(TopicError::Missing {
-                topic: name.to_string(),
-                reason: reason.to_string(),
-            });
-        }
-    }
-    Ok(())
 }

@@ -5,7 +5,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer};
+use rdkafka::consumer::{
+    BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer,
+};
 use rdkafka::error::KafkaError;
 use rdkafka::statistics::Statistics;
 use rdkafka::{ClientConfig, ClientContext, TopicPartitionList};
@@ -59,14 +61,19 @@ impl ConsumerContext for GroupContext {
             Rebalance::Assign(tpl) => {
                 let _ = self.assignments.send(Assignment::Assigned(partitions(tpl)));
             }
-            Rebalance::Error(e) => tracing::warn!(group = %self.group, error = %e, "rebalance error"),
+            Rebalance::Error(e) => {
+                tracing::warn!(group = %self.group, error = %e, "rebalance error")
+            }
             Rebalance::Revoke(_) => {}
         }
     }
 
     fn commit_callback(&self, result: rdkafka::error::KafkaResult<()>, _: &TopicPartitionList) {
         if let Err(e) = result
-            && !matches!(e, KafkaError::ConsumerCommit(rdkafka::error::RDKafkaErrorCode::NoOffset))
+            && !matches!(
+                e,
+                KafkaError::ConsumerCommit(rdkafka::error::RDKafkaErrorCode::NoOffset)
+            )
         {
             tracing::warn!(group = %self.group, error = %e, "offset commit failed");
         }
@@ -98,7 +105,10 @@ pub fn subscribe(
         // A partition with no committed offset is read from its start, never skipped.
         .set("auto.offset.reset", "earliest")
         .set("session.timeout.ms", session_ms.to_string())
-        .set("heartbeat.interval.ms", (session_ms / 3).max(100).to_string());
+        .set(
+            "heartbeat.interval.ms",
+            (session_ms / 3).max(100).to_string(),
+        );
     let (tx, rx) = mpsc::unbounded_channel();
     let ctx = GroupContext {
         group: group.to_string(),
@@ -125,7 +135,10 @@ pub async fn close(consumer: GroupConsumer, timeout: Duration) {
         timeout,
         tokio::task::spawn_blocking(move || {
             if let Err(e) = consumer.commit_consumer_state(CommitMode::Sync)
-                && !matches!(e, KafkaError::ConsumerCommit(rdkafka::error::RDKafkaErrorCode::NoOffset))
+                && !matches!(
+                    e,
+                    KafkaError::ConsumerCommit(rdkafka::error::RDKafkaErrorCode::NoOffset)
+                )
             {
                 tracing::warn!(error = %e, "final offset commit failed");
             }

@@ -21,7 +21,9 @@ pub struct EmbeddedKafka {
 
 impl std::fmt::Debug for EmbeddedKafka {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("EmbeddedKafka").field("bootstrap", &self.bootstrap).finish()
+        f.debug_struct("EmbeddedKafka")
+            .field("bootstrap", &self.bootstrap)
+            .finish()
     }
 }
 

@@ -73,7 +73,10 @@ impl Producer {
         // Defaults a user may change in `[kafka.options]` …
         config.set("linger.ms", "5");
         config.set("message.timeout.ms", "60000");
-        config.set("queue.buffering.max.messages", QUEUE_MAX_MESSAGES.to_string());
+        config.set(
+            "queue.buffering.max.messages",
+            QUEUE_MAX_MESSAGES.to_string(),
+        );
         for (k, v) in base.config_map() {
             config.set(k, v);
         }
@@ -102,7 +105,12 @@ impl Producer {
     }
 
     /// Queues one record; the future resolves on Kafka's delivery report.
-    pub fn enqueue(&self, topic: &str, key: &str, payload: &[u8]) -> Result<DeliveryFuture, SendError> {
+    pub fn enqueue(
+        &self,
+        topic: &str,
+        key: &str,
+        payload: &[u8],
+    ) -> Result<DeliveryFuture, SendError> {
         let (inner, fatal) = self.inner();
         if fatal {
             return Err(SendError::Fatal);
@@ -171,9 +179,9 @@ impl Producer {
             .with_max_delay(Duration::from_secs(10))
             .with_jitter()
             .without_max_times();
-        let retried = attempt
-            .retry(backoff)
-            .notify(|e, after| tracing::warn!(error = %e, ?after, topic, "write to Kafka failed; retrying"));
+        let retried = attempt.retry(backoff).notify(
+            |e, after| tracing::warn!(error = %e, ?after, topic, "write to Kafka failed; retrying"),
+        );
         tokio::select! {
             result = retried => result.is_ok(),
             _ = cancel.cancelled() => false,

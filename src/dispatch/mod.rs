@@ -67,7 +67,8 @@ impl Dispatcher {
         )?;
         tracing::info!(%group, topic = %self.topics.alerts, sinks = self.sinks.len(), "dispatcher started");
         let abandon = CancellationToken::new();
-        let mut pending: FuturesOrdered<BoxFuture<'static, Option<(i32, i64)>>> = FuturesOrdered::new();
+        let mut pending: FuturesOrdered<BoxFuture<'static, Option<(i32, i64)>>> =
+            FuturesOrdered::new();
 
         loop {
             tokio::select! {

@@ -135,7 +135,12 @@ pub fn retry_after(headers: &HeaderMap) -> Option<Duration> {
 
 /// A URL as it may be logged: no user info, no query (tokens live there).
 fn redact(url: &Url) -> String {
-    format!("{}://{}{}", url.scheme(), url.host_str().unwrap_or(""), url.path())
+    format!(
+        "{}://{}{}",
+        url.scheme(),
+        url.host_str().unwrap_or(""),
+        url.path()
+    )
 }
 
 fn without_url(e: reqwest::Error) -> String {

@@ -182,9 +182,12 @@ impl Engine {
     }
 
     fn first_touch_deadline(&self, clock: &Clock) -> Timestamp {
-        let within = SignedDuration::try_from(self.rules.first_touch.within)
-            .unwrap_or(SignedDuration::MAX);
-        clock.started_at.saturating_add(within).unwrap_or(Timestamp::MAX)
+        let within =
+            SignedDuration::try_from(self.rules.first_touch.within).unwrap_or(SignedDuration::MAX);
+        clock
+            .started_at
+            .saturating_add(within)
+            .unwrap_or(Timestamp::MAX)
     }
 
     /// Alerts due at `now` for this lead; marks them fired in the state.

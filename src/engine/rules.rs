@@ -57,7 +57,9 @@ struct RawFirstTouch {
 }
 
 fn default_touch_kinds() -> Vec<String> {
-    ["call", "email", "meeting", "sms"].map(String::from).to_vec()
+    ["call", "email", "meeting", "sms"]
+        .map(String::from)
+        .to_vec()
 }
 
 impl Rules {
@@ -68,11 +70,14 @@ impl Rules {
             key: key.to_string(),
             message,
         };
-        let value = read_toml(path)
-            .map_err(|e| Problems(vec![problem("", format!("cannot read the rules file: {e}"))]))?;
-        Self::from_value(&value).map_err(|ps| {
-            Problems(ps.into_iter().map(|(k, m)| problem(&k, m)).collect())
-        })
+        let value = read_toml(path).map_err(|e| {
+            Problems(vec![problem(
+                "",
+                format!("cannot read the rules file: {e}"),
+            )])
+        })?;
+        Self::from_value(&value)
+            .map_err(|ps| Problems(ps.into_iter().map(|(k, m)| problem(&k, m)).collect()))
     }
 
     /// Compiles rules from TOML text; problems are `(key path, message)`.
@@ -199,7 +204,10 @@ within = "4h"
         )
         .unwrap();
         assert_eq!(rules.first_touch.within, Duration::from_secs(4 * 3600));
-        assert_eq!(rules.first_touch.touch_kinds, ["call", "email", "meeting", "sms"]);
+        assert_eq!(
+            rules.first_touch.touch_kinds,
+            ["call", "email", "meeting", "sms"]
+        );
         let p = &rules.sales_ready;
         assert!(p.eval(&fields(json!({"stage": "sales_ready"}))).unwrap());
         assert!(!p.eval(&fields(json!({"stage": "new"}))).unwrap());
@@ -209,7 +217,10 @@ within = "4h"
 
     #[test]
     fn sub_second_and_day_durations() {
-        for (text, want) in [("250ms", Duration::from_millis(250)), ("2days", Duration::from_secs(172_800))] {
+        for (text, want) in [
+            ("250ms", Duration::from_millis(250)),
+            ("2days", Duration::from_secs(172_800)),
+        ] {
             let rules = Rules::parse(&format!(
                 "[lifecycle]\nsales_ready = 'true'\n[first_touch]\nwithin = \"{text}\"\n"
             ))
@@ -232,7 +243,10 @@ extra = 1
         .unwrap_err();
         let keys: Vec<&str> = problems.iter().map(|(k, _)| k.as_str()).collect();
         assert!(keys.contains(&"first_touch.within"), "{problems:?}");
-        assert!(problems.iter().any(|(_, m)| m.contains("extra")), "{problems:?}");
+        assert!(
+            problems.iter().any(|(_, m)| m.contains("extra")),
+            "{problems:?}"
+        );
         // A bad expression is reported along with the rest once the shape is right.
         let problems = Rules::parse(
             "[lifecycle]\nsales_ready = 'lead.stage == '\n[first_touch]\nwithin = \"4h\"\n",

@@ -62,14 +62,20 @@ impl EngineRunner {
             config,
             metrics,
         } = self;
-        let (consumer, mut assignments) =
-            consumer::subscribe(&base, &kafka, &kafka.group_id, &topics.events, metrics.clone())?;
+        let (consumer, mut assignments) = consumer::subscribe(
+            &base,
+            &kafka,
+            &kafka.group_id,
+            &topics.events,
+            metrics.clone(),
+        )?;
         tracing::info!(group = %kafka.group_id, topic = %topics.events, "engine started");
 
         let abandon = CancellationToken::new();
         let mut partitions: HashMap<i32, PartitionState> = HashMap::new();
         // Per consumed event, resolves to its offset once what it caused is acknowledged.
-        let mut pending: FuturesOrdered<BoxFuture<'static, Option<(i32, i64)>>> = FuturesOrdered::new();
+        let mut pending: FuturesOrdered<BoxFuture<'static, Option<(i32, i64)>>> =
+            FuturesOrdered::new();
         // Fired alerts on their way to Kafka; an error hands the alert back to be fired again.
         let mut firing: FuturesUnordered<BoxFuture<'static, Result<(), (i32, Alert)>>> =
             FuturesUnordered::new();
@@ -187,7 +193,9 @@ impl EngineRunner {
             while firing.next().await.is_some() {}
         };
         if tokio::time::timeout(grace, drain).await.is_err() {
-            tracing::warn!("grace period over; unfinished engine work will be redone after restart");
+            tracing::warn!(
+                "grace period over; unfinished engine work will be redone after restart"
+            );
             abandon.cancel();
         }
         consumer::close(consumer, Duration::from_secs(5)).await;

@@ -24,7 +24,12 @@ pub struct GenericSource {
 
 impl GenericSource {
     /// Checks the signature over the raw bytes, before anything is parsed.
-    pub fn verify(&self, headers: &HeaderMap, body: &[u8], now: Timestamp) -> Result<(), IngestError> {
+    pub fn verify(
+        &self,
+        headers: &HeaderMap,
+        body: &[u8],
+        now: Timestamp,
+    ) -> Result<(), IngestError> {
         let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
         let signed = SignedHeaders {
             id: header("webhook-id"),
@@ -42,7 +47,11 @@ impl GenericSource {
     }
 
     /// Turns an authentic body into events, or names every malformed field.
-    pub fn parse(&self, body: &[u8], received_at: Timestamp) -> Result<Vec<LeadEvent>, IngestError> {
+    pub fn parse(
+        &self,
+        body: &[u8],
+        received_at: Timestamp,
+    ) -> Result<Vec<LeadEvent>, IngestError> {
         let value: Value = serde_json::from_slice(body).map_err(|e| {
             IngestError::Malformed(vec![FieldProblem::new("", format!("not valid JSON: {e}"))])
         })?;
@@ -51,7 +60,10 @@ impl GenericSource {
             other => (vec![other], false),
         };
         if items.is_empty() {
-            return Err(IngestError::Malformed(vec![FieldProblem::new("", "the array holds no events")]));
+            return Err(IngestError::Malformed(vec![FieldProblem::new(
+                "",
+                "the array holds no events",
+            )]));
         }
         if items.len() > MAX_BATCH {
             return Err(IngestError::TooManyEvents(items.len()));
@@ -83,7 +95,10 @@ impl GenericSource {
 
     fn event(&self, item: Value, received_at: Timestamp) -> Result<LeadEvent, Vec<FieldProblem>> {
         let Value::Object(mut obj) = item else {
-            return Err(vec![FieldProblem::new("", "an event must be a JSON object")]);
+            return Err(vec![FieldProblem::new(
+                "",
+                "an event must be a JSON object",
+            )]);
         };
         let mut problems = Vec::new();
         let id = key_string(&obj, "id", &mut problems);
@@ -91,10 +106,18 @@ impl GenericSource {
         let occurred_at = match obj.get("occurred_at") {
             Some(Value::String(s)) => s
                 .parse::<Timestamp>()
-                .map_err(|e| problems.push(FieldProblem::new("occurred_at", format!("not an RFC 3339 timestamp: {e}"))))
+                .map_err(|e| {
+                    problems.push(FieldProblem::new(
+                        "occurred_at",
+                        format!("not an RFC 3339 timestamp: {e}"),
+                    ))
+                })
                 .ok(),
             Some(_) => {
-                problems.push(FieldProblem::new("occurred_at", "must be an RFC 3339 timestamp string"));
+                problems.push(FieldProblem::new(
+                    "occurred_at",
+                    "must be an RFC 3339 timestamp string",
+                ));
                 None
             }
             None => {
@@ -106,7 +129,10 @@ impl GenericSource {
             Some("lead.updated") => match obj.remove("fields") {
                 Some(Value::Object(fields)) => Some(Change::Updated { fields }),
                 Some(_) => {
-                    problems.push(FieldProblem::new("fields", "must be an object of field values"));
+                    problems.push(FieldProblem::new(
+                        "fields",
+                        "must be an object of field values",
+                    ));
                     None
                 }
                 None => {
@@ -123,29 +149,41 @@ impl GenericSource {
                 None
             }
             None => {
-                problems.push(FieldProblem::new("type", "is required: lead.updated or lead.activity"));
+                problems.push(FieldProblem::new(
+                    "type",
+                    "is required: lead.updated or lead.activity",
+                ));
                 None
             }
         };
         match (id, lead, occurred_at, change) {
-            (Some(id), Some(lead), Some(occurred_at), Some(change)) if problems.is_empty() => Ok(LeadEvent {
-                id,
-                source: self.name.clone(),
-                lead,
-                occurred_at,
-                received_at,
-                change,
-            }),
+            (Some(id), Some(lead), Some(occurred_at), Some(change)) if problems.is_empty() => {
+                Ok(LeadEvent {
+                    id,
+                    source: self.name.clone(),
+                    lead,
+                    occurred_at,
+                    received_at,
+                    change,
+                })
+            }
             _ => Err(problems),
         }
     }
 }
 
-fn key_string(obj: &Map<String, Value>, field: &str, problems: &mut Vec<FieldProblem>) -> Option<String> {
+fn key_string(
+    obj: &Map<String, Value>,
+    field: &str,
+    problems: &mut Vec<FieldProblem>,
+) -> Option<String> {
     match obj.get(field) {
         Some(Value::String(s)) if !s.trim().is_empty() && s.len() <= MAX_KEY_LEN => Some(s.clone()),
         Some(Value::String(s)) if s.len() > MAX_KEY_LEN => {
-            problems.push(FieldProblem::new(field, format!("is longer than {MAX_KEY_LEN} bytes")));
+            problems.push(FieldProblem::new(
+                field,
+                format!("is longer than {MAX_KEY_LEN} bytes"),
+            ));
             None
         }
         Some(Value::String(_)) => {
@@ -174,7 +212,10 @@ fn activity(value: Option<&Value>, problems: &mut Vec<FieldProblem>) -> Option<C
     let kind = match obj.get("kind") {
         Some(Value::String(k)) if !k.trim().is_empty() => Some(k.trim().to_string()),
         _ => {
-            problems.push(FieldProblem::new("activity.kind", "must be a non-empty string such as \"call\""));
+            problems.push(FieldProblem::new(
+                "activity.kind",
+                "must be a non-empty string such as \"call\"",
+            ));
             None
         }
     };
@@ -216,8 +257,12 @@ mod tests {
         assert_eq!(events.len(), 2);
         assert_eq!(events[0].lead, "L-1");
         assert_eq!(events[0].source, "web");
-        assert!(matches!(&events[0].change, Change::Updated { fields } if fields["stage"] == "sales_ready"));
-        assert!(matches!(&events[1].change, Change::Activity { activity } if activity.kind == "call"));
+        assert!(
+            matches!(&events[0].change, Change::Updated { fields } if fields["stage"] == "sales_ready")
+        );
+        assert!(
+            matches!(&events[1].change, Change::Activity { activity } if activity.kind == "call")
+        );
         // One object alone is a batch of one.
         let one = br#"{"id":"e","type":"lead.activity","lead":"L","occurred_at":"2026-11-22T10:30:00Z","activity":{"kind":"email"}}"#;
         assert_eq!(source().parse(one, now()).unwrap().len(), 1);
@@ -236,7 +281,13 @@ mod tests {
         let fields: Vec<&str> = problems.iter().map(|p| p.field.as_str()).collect();
         assert_eq!(
             fields,
-            ["[0].occurred_at", "[1].id", "[1].lead", "[1].activity.kind", "[2].type"]
+            [
+                "[0].occurred_at",
+                "[1].id",
+                "[1].lead",
+                "[1].activity.kind",
+                "[2].type"
+            ]
         );
     }
 
@@ -244,8 +295,17 @@ mod tests {
     fn refuses_more_than_a_hundred_events_and_non_json() {
         let one = r#"{"id":"e","type":"lead.activity","lead":"L","occurred_at":"2026-11-22T10:30:00Z","activity":{"kind":"email"}}"#;
         let body = format!("[{}]", vec![one; 101].join(","));
-        assert!(matches!(source().parse(body.as_bytes(), now()), Err(IngestError::TooManyEvents(101))));
-        assert!(matches!(source().parse(b"{not json", now()), Err(IngestError::Malformed(_))));
-        assert!(matches!(source().parse(b"[]", now()), Err(IngestError::Malformed(_))));
+        assert!(matches!(
+            source().parse(body.as_bytes(), now()),
+            Err(IngestError::TooManyEvents(101))
+        ));
+        assert!(matches!(
+            source().parse(b"{not json", now()),
+            Err(IngestError::Malformed(_))
+        ));
+        assert!(matches!(
+            source().parse(b"[]", now()),
+            Err(IngestError::Malformed(_))
+        ));
     }
 }

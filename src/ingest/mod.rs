@@ -139,9 +139,10 @@ fn refuse(error: &IngestError, retry_after: Duration) -> Response {
     let mut response = (error.status(), Json(body)).into_response();
     if matches!(error, IngestError::Unavailable(_)) {
         let secs = retry_after.as_secs().max(1).to_string();
-        response
-            .headers_mut()
-            .insert(header::RETRY_AFTER, HeaderValue::from_str(&secs).expect("digits"));
+        response.headers_mut().insert(
+            header::RETRY_AFTER,
+            HeaderValue::from_str(&secs).expect("digits"),
+        );
     }
     response
 }
@@ -167,7 +168,9 @@ pub async fn receive(
         Err(e) => {
             ingest.metrics.webhook_request(&name, e.outcome());
             match &e {
-                IngestError::Unavailable(_) => tracing::warn!(source = %name, error = %e, "answered 503"),
+                IngestError::Unavailable(_) => {
+                    tracing::warn!(source = %name, error = %e, "answered 503")
+                }
                 _ => tracing::info!(source = %name, error = %e, "request refused"),
             }
             refuse(&e, ingest.server.retry_after.0)
@@ -176,14 +179,24 @@ pub async fn receive(
 }
 
 impl Ingest {
-    async fn accept(&self, source: &Source, headers: &HeaderMap, body: Body) -> Result<usize, IngestError> {
+    async fn accept(
+        &self,
+        source: &Source,
+        headers: &HeaderMap,
+        body: Body,
+    ) -> Result<usize, IngestError> {
         let body = self.read_body(headers, body).await?;
         let now = Timestamp::now();
         source.verify(headers, &body, now)?;
         let events = source.parse(&body, now)?;
         let payloads: Vec<(String, Vec<u8>)> = events
             .iter()
-            .map(|e| (e.lead.clone(), serde_json::to_vec(e).expect("events serialize")))
+            .map(|e| {
+                (
+                    e.lead.clone(),
+                    serde_json::to_vec(e).expect("events serialize"),
+                )
+            })
             .collect();
         let records: Vec<(&str, &str, Vec<u8>)> = payloads
             .iter()

@@ -1,0 +1,301 @@
+//! The pipeline end to end: signed webhook → Kafka (a real Kafka-protocol endpoint) → first-touch
+//! SLA → signed alert at a real HTTP receiver.
+
+mod support;
+
+use std::time::Duration;
+
+use leadwatch::signature::{self, SignedHeaders, WebhookSecret};
+use rdkafka::Message;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use serde_json::json;
+use support::*;
+
+const PATIENCE: Duration = Duration::from_secs(60);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_untouched_lead_gets_one_signed_breach_alert_and_a_touched_one_none() {
+    let kafka = kafka(3);
+    let receiver = Receiver::start().await;
+    let daemon = Daemon::start(
+        &config_text(kafka.bootstrap(), &receiver.url, ""),
+        &rules_text("3s"),
+    )
+    .await;
+    let url = daemon.url("/webhooks/web");
+
+    // L-touched: sales-ready, then a call a moment later. L-ignored: sales-ready later still,
+    // so its deadline is the later one; nobody calls.
+    let (status, _, body) = post_signed(
+        &url,
+        SOURCE_SECRET,
+        &ready_event("e1", "L-touched", &now_plus(0)),
+    )
+    .await;
+    assert_eq!((status, body), (202, json!({"accepted": 1})));
+    let batch = json!([
+        call_event("e2", "L-touched", &now_plus(100)),
+        ready_event("e3", "L-ignored", &now_plus(200)),
+    ]);
+    let (status, _, body) = post_signed(&url, SOURCE_SECRET, &batch).await;
+    assert_eq!((status, body), (202, json!({"accepted": 2})));
+
+    wait_for("the breach alert", PATIENCE, || async {
+        receiver.count() >= 1
+    })
+    .await;
+    let got = receiver.all();
+    let alert = got[0].json();
+    assert_eq!(alert["type"], "sla.first_touch.breached");
+    assert_eq!(alert["data"]["lead"], "L-ignored");
+    assert_eq!(alert["data"]["owner"], "alice@example.com");
+    assert_eq!(alert["data"]["rule"], "first_touch");
+    assert_eq!(alert["data"]["level"], 0);
+    let alert_id = alert["data"]["alert_id"].as_str().unwrap();
+    assert!(alert_id.starts_with("alert_"));
+    // Deadline = sales-ready + 3 s, in event time.
+    let ready_at: jiff::Timestamp = alert["data"]["sales_ready_at"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let deadline: jiff::Timestamp = alert["data"]["deadline"].as_str().unwrap().parse().unwrap();
+    assert_eq!(
+        deadline.duration_since(ready_at),
+        jiff::SignedDuration::from_secs(3)
+    );
+    let fired_at: jiff::Timestamp = alert["timestamp"].as_str().unwrap().parse().unwrap();
+    assert!(
+        fired_at >= deadline,
+        "fired {fired_at} before the deadline {deadline}"
+    );
+
+    // Signed per Standard Webhooks with the sink's secret, webhook-id = the alert id.
+    assert_eq!(got[0].header("webhook-id"), alert_id);
+    let secret: WebhookSecret = SINK_SECRET.parse().unwrap();
+    let headers = SignedHeaders {
+        id: Some(got[0].header("webhook-id")),
+        timestamp: Some(got[0].header("webhook-timestamp")),
+        signature: Some(got[0].header("webhook-signature")),
+    };
+    let now = jiff::Timestamp::now().as_second();
+    assert_eq!(
+        signature::verify(&[secret], &headers, &got[0].body, now, 300),
+        Ok(())
+    );
+
+    // L-touched's deadline came first, so had it fired it would be counted by now.
+    assert_eq!(
+        daemon
+            .metric("leadwatch_alerts_fired_total{type=\"sla.first_touch.breached\"}")
+            .await,
+        1.0
+    );
+    daemon.stop().await;
+    // Nothing more arrived while stopping, either.
+    assert_eq!(receiver.count(), 1, "{:?}", receiver.all());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bad_signature_gets_401_and_nothing_reaches_kafka() {
+    let kafka = kafka(1);
+    let receiver = Receiver::start().await;
+    let daemon = Daemon::start(
+        &config_text(kafka.bootstrap(), &receiver.url, ""),
+        &rules_text("1h"),
+    )
+    .await;
+    let url = daemon.url("/webhooks/web");
+
+    let forged = ready_event("forged", "L-1", &now_plus(0));
+    let wrong = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+    let (status, _, body) = post_signed(&url, wrong, &forged).await;
+    assert_eq!(status, 401);
+    assert_eq!(body["error"], "unauthorized");
+
+    // Stale timestamp: signed correctly, but 10 minutes ago.
+    let bytes = serde_json::to_vec(&forged).unwrap();
+    let secret: WebhookSecret = SOURCE_SECRET.parse().unwrap();
+    let old = jiff::Timestamp::now().as_second() - 600;
+    let resp = reqwest::Client::new()
+        .post(&url)
+        .header("webhook-id", "msg_old")
+        .header("webhook-timestamp", old.to_string())
+        .header("webhook-signature", secret.sign("msg_old", old, &bytes))
+        .body(bytes)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 401);
+
+    // Then a genuine event for the same lead (same partition): it is the first message there.
+    let (status, _, _) = post_signed(
+        &url,
+        SOURCE_SECRET,
+        &ready_event("genuine", "L-1", &now_plus(0)),
+    )
+    .await;
+    assert_eq!(status, 202);
+    let bootstrap = kafka.bootstrap().to_string();
+    let first = tokio::task::spawn_blocking(move || {
+        let consumer: BaseConsumer = rdkafka::ClientConfig::new()
+            .set("bootstrap.servers", &bootstrap)
+            .set("group.id", "lwtest-inspect")
+            .set("auto.offset.reset", "earliest")
+            .create()
+            .unwrap();
+        let mut tpl = rdkafka::TopicPartitionList::new();
+        tpl.add_partition_offset("lwtest.events", 0, rdkafka::Offset::Beginning)
+            .unwrap();
+        consumer.assign(&tpl).unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while std::time::Instant::now() < deadline {
+            if let Some(Ok(msg)) = consumer.poll(Duration::from_millis(500)) {
+                return serde_json::from_slice::<serde_json::Value>(msg.payload().unwrap())
+                    .unwrap();
+            }
+        }
+        panic!("no event reached Kafka");
+    })
+    .await
+    .unwrap();
+    assert_eq!(first["id"], "genuine");
+    assert_eq!(first["source"], "web");
+    assert_eq!(
+        daemon
+            .metric("leadwatch_webhook_requests_total{source=\"web\",outcome=\"unauthorized\"}")
+            .await,
+        2.0
+    );
+    daemon.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_the_broker_down_ingest_answers_503_and_recovers_when_it_returns() {
+    let kafka = kafka(1);
+    let receiver = Receiver::start().await;
+    let daemon = Daemon::start(
+        &config_text(kafka.bootstrap(), &receiver.url, ""),
+        &rules_text("1h"),
+    )
+    .await;
+    let url = daemon.url("/webhooks/web");
+    wait_for("readiness", PATIENCE, || async {
+        reqwest::get(daemon.url("/readyz")).await.unwrap().status() == 200
+    })
+    .await;
+    let (status, _, _) = post_signed(
+        &url,
+        SOURCE_SECRET,
+        &ready_event("before", "L-1", &now_plus(0)),
+    )
+    .await;
+    assert_eq!(status, 202);
+
+    kafka.broker_down();
+    let (status, headers, body) = post_signed(
+        &url,
+        SOURCE_SECRET,
+        &ready_event("during", "L-2", &now_plus(0)),
+    )
+    .await;
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(body["error"], "unavailable");
+    assert_eq!(headers.get("retry-after").unwrap(), "2");
+    wait_for("readiness to turn off", PATIENCE, || async {
+        reqwest::get(daemon.url("/readyz")).await.unwrap().status() == 503
+    })
+    .await;
+    // Liveness is not readiness: the process itself is fine.
+    assert_eq!(
+        reqwest::get(daemon.url("/healthz")).await.unwrap().status(),
+        200
+    );
+
+    kafka.broker_up();
+    // The sender retries, as told by Retry-After, until it is accepted.
+    wait_for("a 202 after the broker returned", PATIENCE, || async {
+        post_signed(
+            &url,
+            SOURCE_SECRET,
+            &ready_event("during", "L-2", &now_plus(0)),
+        )
+        .await
+        .0 == 202
+    })
+    .await;
+    wait_for("readiness to return", PATIENCE, || async {
+        reqwest::get(daemon.url("/readyz")).await.unwrap().status() == 200
+    })
+    .await;
+    daemon.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_requests_get_precise_errors() {
+    let kafka = kafka(1);
+    let receiver = Receiver::start().await;
+    let daemon = Daemon::start(
+        &config_text(kafka.bootstrap(), &receiver.url, "[server.extra]\n")
+            .replace("[server.extra]\n", "")
+            .replace(
+                "ack_timeout = \"1s\"",
+                "ack_timeout = \"1s\"\nmax_body_bytes = 2048",
+            ),
+        &rules_text("1h"),
+    )
+    .await;
+    let url = daemon.url("/webhooks/web");
+
+    // Unknown source.
+    let (status, _, body) =
+        post_signed(&daemon.url("/webhooks/nope"), SOURCE_SECRET, &json!({})).await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (404, Some("unknown_source"))
+    );
+
+    // Too large, refused before reading it all.
+    let big = json!({"id": "x", "pad": "a".repeat(4096)});
+    let (status, _, body) = post_signed(&url, SOURCE_SECRET, &big).await;
+    assert_eq!((status, body["error"].as_str()), (413, Some("too_large")));
+
+    // Malformed: every bad field named.
+    let bad = json!([
+        {"id": "e1", "type": "lead.updated", "lead": "L-1", "occurred_at": "yesterday", "fields": {}},
+        {"id": "e2", "type": "lead.activity", "lead": "L-1", "occurred_at": now_plus(0)}
+    ]);
+    let (status, _, body) = post_signed(&url, SOURCE_SECRET, &bad).await;
+    assert_eq!(status, 400);
+    assert_eq!(body["error"], "malformed");
+    let fields: Vec<&str> = body["problems"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["field"].as_str().unwrap())
+        .collect();
+    assert_eq!(fields, ["[0].occurred_at", "[1].activity"]);
+
+    // Missing signature headers.
+    let resp = reqwest::Client::new()
+        .post(&url)
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 401);
+    let body: serde_json::Value = resp.json().await.unwrap();
+    assert_eq!(body["message"], "missing header `webhook-id`");
+
+    // The pipeline still works.
+    let (status, _, _) =
+        post_signed(&url, SOURCE_SECRET, &ready_event("ok", "L-1", &now_plus(0))).await;
+    assert_eq!(status, 202);
+    assert_eq!(
+        daemon
+            .metric("leadwatch_webhook_requests_total{source=\"web\",outcome=\"malformed\"}")
+            .await,
+        1.0
+    );
+    daemon.stop().await;
+}

@@ -1,0 +1,282 @@
+//! What the end-to-end tests share: a real Kafka-protocol endpoint (librdkafka's mock cluster on
+//! its own thread), the daemon started in-process on 127.0.0.1:0, a real HTTP receiver for
+//! alerts, and helpers to sign, post and wait on conditions with a deadline.
+#![allow(dead_code)]
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::routing::post;
+use leadwatch::bus::Topics;
+use leadwatch::bus::embedded::EmbeddedKafka;
+use leadwatch::config::Config;
+use leadwatch::signature::WebhookSecret;
+use tokio::sync::oneshot;
+
+pub const SOURCE_SECRET: &str = "whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD";
+pub const SINK_SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+pub const PREFIX: &str = "lwtest";
+
+/// Starts the mock cluster with the daemon's topics.
+pub fn kafka(partitions: i32) -> EmbeddedKafka {
+    let topics = Topics::new(PREFIX);
+    let specs: Vec<(String, i32)> = topics
+        .all()
+        .iter()
+        .map(|(t, _)| (t.to_string(), partitions))
+        .collect();
+    EmbeddedKafka::start(&specs).expect("mock cluster")
+}
+
+/// Waits until `check` holds, polling; fails the test after `deadline`.
+pub async fn wait_for<F, Fut>(what: &str, deadline: Duration, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let start = tokio::time::Instant::now();
+    loop {
+        if check().await {
+            return;
+        }
+        assert!(
+            start.elapsed() < deadline,
+            "timed out after {deadline:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// One request the receiver got.
+#[derive(Debug, Clone)]
+pub struct Received {
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+impl Received {
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body).expect("alert body is JSON")
+    }
+    pub fn header(&self, name: &str) -> &str {
+        self.headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+    }
+}
+
+/// A real HTTP server on 127.0.0.1 standing in for an alert endpoint.
+pub struct Receiver {
+    pub url: String,
+    received: Arc<Mutex<Vec<Received>>>,
+    _stop: oneshot::Sender<()>,
+}
+
+impl Receiver {
+    pub async fn start() -> Self {
+        let received = Arc::new(Mutex::new(Vec::new()));
+        let app = Router::new()
+            .route("/alerts", post(record))
+            .with_state(received.clone());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (stop, stopped) = oneshot::channel::<()>();
+        tokio::spawn(async move {
+            axum::serve(listener, app)
+                .with_graceful_shutdown(async {
+                    let _ = stopped.await;
+                })
+                .await
+                .unwrap();
+        });
+        Self {
+            url: format!("http://{addr}/alerts"),
+            received,
+            _stop: stop,
+        }
+    }
+
+    pub fn all(&self) -> Vec<Received> {
+        self.received.lock().unwrap().clone()
+    }
+
+    pub fn count(&self) -> usize {
+        self.received.lock().unwrap().len()
+    }
+}
+
+async fn record(
+    State(received): State<Arc<Mutex<Vec<Received>>>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> StatusCode {
+    received.lock().unwrap().push(Received { headers, body });
+    StatusCode::NO_CONTENT
+}
+
+/// The daemon, running in-process against `bootstrap`.
+pub struct Daemon {
+    pub addr: SocketAddr,
+    pub dir: tempfile::TempDir,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
+}
+
+/// The test configuration: the generic source `web`, a webhook sink to `receiver_url`, and
+/// `within` as the first-touch SLA.
+pub fn config_text(bootstrap: &str, receiver_url: &str, extra: &str) -> String {
+    format!(
+        r#"
+shutdown_grace = "5s"
+[server]
+listen = "127.0.0.1:0"
+ack_timeout = "1s"
+retry_after = "2s"
+[kafka]
+brokers = "{bootstrap}"
+topic_prefix = "{PREFIX}"
+group_id = "lwtest"
+session_timeout = "6s"
+[dispatch]
+retry_min_delay = "100ms"
+retry_max_delay = "1s"
+[sources.web]
+kind = "generic"
+secret = "{SOURCE_SECRET}"
+[sinks.receiver]
+kind = "webhook"
+url = "{receiver_url}"
+secret = "{SINK_SECRET}"
+{extra}
+"#
+    )
+}
+
+pub fn rules_text(within: &str) -> String {
+    format!(
+        r#"
+[lifecycle]
+sales_ready = 'lead.stage == "sales_ready"'
+[first_touch]
+within = "{within}"
+"#
+    )
+}
+
+impl Daemon {
+    pub async fn start(config: &str, rules: &str) -> Self {
+        leadwatch::telemetry::init_tracing();
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("rules.toml"), rules).unwrap();
+        let path: PathBuf = dir.path().join("leadwatch.toml");
+        std::fs::write(&path, config).unwrap();
+        let cfg = Config::load_with_env(&path, Vec::new()).expect("valid test config");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(leadwatch::app::run(cfg, listener, async {
+            let _ = stopped.await;
+        }));
+        Self {
+            addr,
+            dir,
+            stop: Some(stop),
+            task: Some(task),
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    /// Graceful stop, as on SIGTERM.
+    pub async fn stop(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(task) = self.task.take() {
+            task.await.unwrap().unwrap();
+        }
+    }
+
+    /// The value of one metric line (exact match of name and labels), or 0.
+    pub async fn metric(&self, line_prefix: &str) -> f64 {
+        let text = reqwest::get(self.url("/metrics"))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        text.lines()
+            .find_map(|l| {
+                l.strip_prefix(line_prefix)
+                    .and_then(|rest| rest.trim().parse().ok())
+            })
+            .unwrap_or(0.0)
+    }
+}
+
+/// Signs `body` per Standard Webhooks with `secret`, now.
+pub fn signed_headers(secret: &str, id: &str, body: &[u8]) -> Vec<(String, String)> {
+    let secret: WebhookSecret = secret.parse().unwrap();
+    let ts = jiff::Timestamp::now().as_second();
+    vec![
+        ("webhook-id".into(), id.into()),
+        ("webhook-timestamp".into(), ts.to_string()),
+        ("webhook-signature".into(), secret.sign(id, ts, body)),
+        ("content-type".into(), "application/json".into()),
+    ]
+}
+
+/// POSTs a signed body; returns the status and the JSON answer.
+pub async fn post_signed(
+    url: &str,
+    secret: &str,
+    body: &serde_json::Value,
+) -> (u16, HeaderMap, serde_json::Value) {
+    let bytes = serde_json::to_vec(body).unwrap();
+    let id = format!("msg_{}", uuid_like(&bytes));
+    let mut req = reqwest::Client::new().post(url).body(bytes.clone());
+    for (k, v) in signed_headers(secret, &id, &bytes) {
+        req = req.header(k, v);
+    }
+    let resp = req.send().await.unwrap();
+    let status = resp.status().as_u16();
+    let headers = resp.headers().clone();
+    let json = resp.json().await.unwrap_or(serde_json::Value::Null);
+    (status, headers, json)
+}
+
+fn uuid_like(bytes: &[u8]) -> String {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    bytes.hash(&mut h);
+    format!("{:016x}", h.finish())
+}
+
+/// RFC 3339 of now plus `millis`.
+pub fn now_plus(millis: i64) -> String {
+    (jiff::Timestamp::now() + jiff::SignedDuration::from_millis(millis)).to_string()
+}
+
+pub fn ready_event(id: &str, lead: &str, at: &str) -> serde_json::Value {
+    serde_json::json!({
+        "id": id, "type": "lead.updated", "lead": lead, "occurred_at": at,
+        "fields": {"stage": "sales_ready", "owner": "alice@example.com"}
+    })
+}
+
+pub fn call_event(id: &str, lead: &str, at: &str) -> serde_json::Value {
+    serde_json::json!({
+        "id": id, "type": "lead.activity", "lead": lead, "occurred_at": at,
+        "activity": {"kind": "call", "by": "alice@example.com"}
+    })
+}
