@@ -299,3 +299,43 @@ async fn bad_requests_get_precise_errors() {
     );
     daemon.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_never_finishes_its_headers_is_disconnected() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let kafka = kafka(1);
+    let receiver = Receiver::start().await;
+    let daemon = Daemon::start(
+        &config_text(kafka.bootstrap(), &receiver.url, "").replace(
+            "ack_timeout = \"1s\"",
+            "ack_timeout = \"1s\"\nheader_read_timeout = \"1s\"",
+        ),
+        &rules_text("1h"),
+    )
+    .await;
+    let mut slow = tokio::net::TcpStream::connect(daemon.addr).await.unwrap();
+    slow.write_all(b"POST /webhooks/web HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .unwrap();
+    // The server closes the connection (read returns 0 or an error) instead of waiting forever.
+    let mut buf = [0u8; 1024];
+    let closed = tokio::time::timeout(Duration::from_secs(15), async {
+        loop {
+            match slow.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => continue, // a 408 may come first
+            }
+        }
+    })
+    .await;
+    assert!(
+        closed.is_ok(),
+        "a client stalling in its headers held the connection open"
+    );
+    // Others are still served.
+    assert_eq!(
+        reqwest::get(daemon.url("/healthz")).await.unwrap().status(),
+        200
+    );
+    daemon.stop().await;
+}

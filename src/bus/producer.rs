@@ -245,3 +245,41 @@ impl Producer {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn base(options: &[(&str, &str)]) -> ClientConfig {
+        let mut cfg = ClientConfig::new();
+        cfg.set("bootstrap.servers", "127.0.0.1:1");
+        for (k, v) in options {
+            cfg.set(*k, *v);
+        }
+        cfg
+    }
+
+    #[test]
+    fn tls_sasl_and_zstd_options_reach_librdkafka() {
+        // librdkafka refuses these at creation unless built with OpenSSL and zstd.
+        let ok = Producer::new(
+            &base(&[
+                ("security.protocol", "SASL_SSL"),
+                ("sasl.mechanisms", "PLAIN"),
+                ("sasl.username", "user"),
+                ("sasl.password", "secret"),
+                ("compression.type", "zstd"),
+            ]),
+            Arc::new(Metrics::new()),
+        );
+        assert!(ok.is_ok(), "{:?}", ok.err());
+        // And they are really passed: a wrong value is librdkafka's error, naming the property.
+        let err = Producer::new(
+            &base(&[("security.protocol", "carrier_pigeon")]),
+            Arc::new(Metrics::new()),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("security.protocol"), "{err}");
+    }
+}

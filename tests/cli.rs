@@ -1,0 +1,162 @@
+//! The command line as a user meets it: `check-config` and `dev-broker`.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use rdkafka::consumer::{BaseConsumer, Consumer};
+
+fn leadwatch() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_leadwatch"))
+}
+
+#[test]
+fn check_config_lists_every_problem_with_its_key_path_and_exits_64() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("leadwatch.toml");
+    let rules = dir.path().join("rules.toml");
+    std::fs::write(
+        &config,
+        r#"
+[server]
+lisen = "0.0.0.0:8080"
+[kafka]
+partitions = "six"
+[sources.web]
+kind = "generic"
+secret = "whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD"
+[sinks.log]
+kind = "log"
+"#,
+    )
+    .unwrap();
+    std::fs::write(
+        &rules,
+        "[lifecycle]\nsales_ready = 'lead.stage == \"sales_ready\"'\n[first_touch]\nwithin = \"soon\"\n",
+    )
+    .unwrap();
+    let out = leadwatch()
+        .args(["check-config", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(64));
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
+    let c = config.display().to_string();
+    let r = rules.display().to_string();
+    assert_eq!(lines.len(), 3, "{stderr}");
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.starts_with(&format!("{c}:server.lisen: unknown field `lisen`"))),
+        "{stderr}"
+    );
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.starts_with(&format!("{c}:kafka.partitions: "))),
+        "{stderr}"
+    );
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.starts_with(&format!("{r}:first_touch.within: `soon` is not a duration"))),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn check_config_accepts_the_shipped_example() {
+    let example = concat!(env!("CARGO_MANIFEST_DIR"), "/config/leadwatch.toml");
+    let out = leadwatch()
+        .args(["check-config", "--config", example])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn an_environment_variable_overrides_the_file_and_is_checked_too() {
+    let example = concat!(env!("CARGO_MANIFEST_DIR"), "/config/leadwatch.toml");
+    let out = leadwatch()
+        .args(["check-config", "--config", example])
+        .env("LEADWATCH__KAFKA__TOPIC_PREFIX", "bad prefix!")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(64));
+    assert!(String::from_utf8_lossy(&out.stderr).contains(":kafka.topic_prefix: "));
+}
+
+#[test]
+fn dev_broker_prints_its_bootstrap_first_serves_the_topics_and_stops_on_sigterm() {
+    let mut child = leadwatch()
+        .args([
+            "dev-broker",
+            "--partitions",
+            "3",
+            "--topic-prefix",
+            "devtest",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut first = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut first)
+        .unwrap();
+    let bootstrap = first
+        .trim()
+        .strip_prefix("bootstrap=127.0.0.1:")
+        .map(|port| {
+            assert!(port.parse::<u16>().is_ok(), "{first}");
+            format!("127.0.0.1:{port}")
+        });
+    let bootstrap = bootstrap.unwrap_or_else(|| panic!("first line was {first:?}"));
+
+    let consumer: BaseConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", &bootstrap)
+        .create()
+        .unwrap();
+    let metadata = consumer
+        .fetch_metadata(None, Duration::from_secs(10))
+        .unwrap();
+    for topic in [
+        "events",
+        "raw",
+        "state",
+        "alerts",
+        "delivered",
+        "alerts.dlq",
+    ] {
+        let name = format!("devtest.{topic}");
+        let t = metadata.topics().iter().find(|t| t.name() == name);
+        assert_eq!(t.map(|t| t.partitions().len()), Some(3), "{name}");
+    }
+
+    let pid = child.id().to_string();
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let status = child.wait().unwrap();
+    assert!(status.success(), "{status:?}");
+}
+
+#[test]
+fn dev_broker_refuses_a_port_it_cannot_pin() {
+    let out = leadwatch()
+        .args(["dev-broker", "--port", "9092"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(64));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("random"));
+}
