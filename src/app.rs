@@ -96,6 +96,8 @@ pub async fn run(
         let dispatcher = Dispatcher {
             sinks: Arc::new(sinks),
             policy: RetryPolicy::from(&config.dispatch),
+            producer: producer.clone(),
+            restore_timeout: config.engine.restore_timeout.0,
             base: base.clone(),
             kafka: config.kafka.clone(),
             topics: topics.clone(),

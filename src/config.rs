@@ -285,14 +285,40 @@ pub struct EngineConfig {
     /// Most events whose outputs are waiting for Kafka's acknowledgement at once.
     #[serde(default = "default_in_flight")]
     pub max_in_flight: usize,
+    /// A lead with nothing pending and no event for this long is dropped from the state
+    /// (tombstoned in `{prefix}.state`).
+    #[serde(default = "default_retention")]
+    #[eserde(compat)]
+    pub state_retention: HumanDuration,
+    /// How often leads past their retention are looked for.
+    #[serde(default = "default_sweep")]
+    #[eserde(compat)]
+    pub sweep_interval: HumanDuration,
+    /// Longest a partition's state restore may take before it is retried.
+    #[serde(default = "default_restore_timeout")]
+    #[eserde(compat)]
+    pub restore_timeout: HumanDuration,
 }
 
 impl Default for EngineConfig {
     fn default() -> Self {
         Self {
             max_in_flight: default_in_flight(),
+            state_retention: default_retention(),
+            sweep_interval: default_sweep(),
+            restore_timeout: default_restore_timeout(),
         }
     }
+}
+
+fn default_retention() -> HumanDuration {
+    HumanDuration(Duration::from_secs(30 * 24 * 3600))
+}
+fn default_sweep() -> HumanDuration {
+    HumanDuration(Duration::from_secs(60))
+}
+fn default_restore_timeout() -> HumanDuration {
+    HumanDuration(Duration::from_secs(600))
 }
 
 fn default_in_flight() -> usize {

@@ -33,6 +33,9 @@ pub enum Change {
     /// Something a person did to the lead (a call, an email, a meeting …).
     #[serde(rename = "lead.activity")]
     Activity { activity: Activity },
+    /// Erase everything leadwatch holds on the lead (a data-protection request; `leadwatch forget`).
+    #[serde(rename = "lead.forgotten")]
+    Forgotten {},
 }
 
 /// A logged activity on a lead.

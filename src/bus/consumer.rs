@@ -23,12 +23,23 @@ pub enum Assignment {
     Revoked(Vec<i32>),
 }
 
+/// What a member does when partitions move.
+#[derive(Default)]
+pub struct RebalanceHooks {
+    /// Pause newly assigned partitions; the owning loop resumes each once its state is restored.
+    pub pause_on_assign: bool,
+    /// Runs on revocation before the partitions move, on the consumer's thread: keep it bounded
+    /// (flushing the producer, so the next owner reads every state change written so far).
+    pub on_revoke: Option<Box<dyn Fn() + Send + Sync>>,
+}
+
 /// Forwards rebalances to the loop that owns the consumer, and reports lag.
 pub struct GroupContext {
     group: String,
     topic: String,
     metrics: Arc<Metrics>,
     assignments: mpsc::UnboundedSender<Assignment>,
+    hooks: RebalanceHooks,
 }
 
 impl ClientContext for GroupContext {
@@ -52,13 +63,22 @@ fn partitions(tpl: &TopicPartitionList) -> Vec<i32> {
 impl ConsumerContext for GroupContext {
     fn pre_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         if let Rebalance::Revoke(tpl) = rebalance {
+            if let Some(hook) = &self.hooks.on_revoke {
+                hook();
+            }
             let _ = self.assignments.send(Assignment::Revoked(partitions(tpl)));
         }
     }
 
-    fn post_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+    fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         match rebalance {
             Rebalance::Assign(tpl) => {
+                if self.hooks.pause_on_assign
+                    && tpl.count() > 0
+                    && let Err(e) = consumer.pause(tpl)
+                {
+                    tracing::error!(group = %self.group, error = %e, "pausing assigned partitions failed");
+                }
                 let _ = self.assignments.send(Assignment::Assigned(partitions(tpl)));
             }
             Rebalance::Error(e) => {
@@ -89,6 +109,7 @@ pub fn subscribe(
     group: &str,
     topic: &str,
     metrics: Arc<Metrics>,
+    hooks: RebalanceHooks,
 ) -> Result<(GroupConsumer, mpsc::UnboundedReceiver<Assignment>), KafkaError> {
     let session_ms = kafka.session_timeout.as_millis().max(1000);
     let mut cfg = ClientConfig::new();
@@ -115,6 +136,7 @@ pub fn subscribe(
         topic: topic.to_string(),
         metrics,
         assignments: tx,
+        hooks,
     };
     let consumer: GroupConsumer = cfg.create_with_context(ctx)?;
     consumer.subscribe(&[topic])?;
@@ -126,6 +148,15 @@ pub fn store(consumer: &GroupConsumer, topic: &str, partition: i32, offset: i64)
     if let Err(e) = consumer.store_offset(topic, partition, offset) {
         // The partition was revoked meanwhile: its new owner redoes the work.
         tracing::debug!(topic, partition, offset, error = %e, "offset not stored");
+    }
+}
+
+/// Resumes fetching one partition (after its state was restored).
+pub fn resume(consumer: &GroupConsumer, topic: &str, partition: i32) {
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition(topic, partition);
+    if let Err(e) = consumer.resume(&tpl) {
+        tracing::warn!(topic, partition, error = %e, "resuming a partition failed");
     }
 }
 

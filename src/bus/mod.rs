@@ -2,6 +2,7 @@
 //! embedded in-memory broker.
 
 pub mod admin;
+pub mod changelog;
 pub mod consumer;
 pub mod embedded;
 pub mod producer;

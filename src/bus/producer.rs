@@ -104,18 +104,21 @@ impl Producer {
         !fatal && self.reachable.load(Ordering::SeqCst)
     }
 
-    /// Queues one record; the future resolves on Kafka's delivery report.
+    /// Queues one record (no payload: a tombstone); the future resolves on Kafka's delivery report.
     pub fn enqueue(
         &self,
         topic: &str,
         key: &str,
-        payload: &[u8],
+        payload: Option<&[u8]>,
     ) -> Result<DeliveryFuture, SendError> {
         let (inner, fatal) = self.inner();
         if fatal {
             return Err(SendError::Fatal);
         }
-        let record = FutureRecord::to(topic).key(key).payload(payload);
+        let mut record: FutureRecord<'_, str, [u8]> = FutureRecord::to(topic).key(key);
+        if let Some(payload) = payload {
+            record = record.payload(payload);
+        }
         inner.send_result(record).map_err(|(e, _)| match e {
             KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull) => SendError::QueueFull,
             e => SendError::Kafka(e),
@@ -141,7 +144,7 @@ impl Producer {
         }
         let futures = records
             .iter()
-            .map(|(topic, key, payload)| self.enqueue(topic, key, payload))
+            .map(|(topic, key, payload)| self.enqueue(topic, key, Some(payload.as_slice())))
             .collect::<Result<Vec<_>, _>>()?;
         let reports = tokio::time::timeout(deadline, futures::future::join_all(futures))
             .await
@@ -163,7 +166,7 @@ impl Producer {
         &self,
         topic: &str,
         key: &str,
-        payload: &[u8],
+        payload: Option<&[u8]>,
         cancel: &CancellationToken,
     ) -> bool {
         let attempt = || async {
@@ -185,6 +188,14 @@ impl Producer {
         tokio::select! {
             result = retried => result.is_ok(),
             _ = cancel.cancelled() => false,
+        }
+    }
+
+    /// As [`Producer::flush`], blocking the calling thread (rebalance callbacks).
+    pub fn flush_blocking(&self, timeout: Duration) {
+        let (inner, _) = self.inner();
+        if let Err(e) = inner.flush(timeout) {
+            tracing::warn!(error = %e, "flush did not finish");
         }
     }
 

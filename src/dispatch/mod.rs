@@ -1,9 +1,12 @@
 //! The dispatcher: consumes `{prefix}.alerts` as its own consumer group and delivers each alert
-//! to every sink, retrying transient failures; an alert's offset is stored once every sink has it.
+//! to every sink that does not have it yet ([`ledger`]), retrying transient failures; an alert's
+//! offset is stored once every sink has it and that is recorded in `{prefix}.delivered`.
 
+pub mod ledger;
 pub mod retry;
 pub mod sink;
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -12,24 +15,33 @@ use futures::future::BoxFuture;
 use futures::stream::FuturesOrdered;
 use futures::{FutureExt, StreamExt};
 use rdkafka::{ClientConfig, Message};
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::alert::Alert;
 use crate::bus::Topics;
-use crate::bus::consumer;
+use crate::bus::changelog::{Restored, Restorer};
+use crate::bus::consumer::{self, Assignment, RebalanceHooks};
+use crate::bus::producer::Producer;
 use crate::config::{DispatchConfig, KafkaConfig};
 use crate::telemetry::Metrics;
+use ledger::Ledger;
 use retry::RetryPolicy;
 use sink::Sink;
+
+type Slot = crate::bus::changelog::Slot<Ledger, (i64, Alert, Bytes)>;
+type Pending = FuturesOrdered<BoxFuture<'static, Option<(i32, i64)>>>;
 
 /// The sinks by name, and how to retry them.
 pub struct Dispatcher {
     pub sinks: Arc<Vec<(String, Sink)>>,
     pub policy: RetryPolicy,
+    pub producer: Arc<Producer>,
     pub base: ClientConfig,
     pub kafka: KafkaConfig,
     pub topics: Topics,
     pub config: DispatchConfig,
+    pub restore_timeout: Duration,
     pub metrics: Arc<Metrics>,
 }
 
@@ -58,23 +70,84 @@ impl Dispatcher {
         grace: Duration,
     ) -> Result<(), rdkafka::error::KafkaError> {
         let group = format!("{}.dispatch", self.kafka.group_id);
+        let producer = self.producer.clone();
+        let hooks = RebalanceHooks {
+            pause_on_assign: true,
+            on_revoke: Some(Box::new(move || {
+                producer.flush_blocking(Duration::from_secs(5))
+            })),
+        };
         let (consumer, mut assignments) = consumer::subscribe(
             &self.base,
             &self.kafka,
             &group,
             &self.topics.alerts,
             self.metrics.clone(),
+            hooks,
         )?;
         tracing::info!(%group, topic = %self.topics.alerts, sinks = self.sinks.len(), "dispatcher started");
+        let restorer = Restorer {
+            base: self.base.clone(),
+            topic: self.topics.delivered.clone(),
+            timeout: self.restore_timeout,
+        };
+        let (restored_tx, mut restored_rx) = mpsc::unbounded_channel::<Restored>();
+        let mut slots: HashMap<i32, Slot> = HashMap::new();
+        let mut generation = 0u64;
         let abandon = CancellationToken::new();
-        let mut pending: FuturesOrdered<BoxFuture<'static, Option<(i32, i64)>>> =
-            FuturesOrdered::new();
+        let mut pending: Pending = FuturesOrdered::new();
 
         loop {
             tokio::select! {
                 biased;
                 _ = shutdown.cancelled() => break,
-                Some(change) = assignments.recv() => tracing::info!(?change, "dispatcher rebalance"),
+                Some(change) = assignments.recv() => match change {
+                    Assignment::Assigned(ps) => {
+                        tracing::info!(partitions = ?ps, "dispatcher assigned partitions; restoring deliveries");
+                        for p in ps {
+                            generation += 1;
+                            let waiting = match slots.remove(&p) {
+                                Some(Slot::Restoring { waiting, .. }) => waiting,
+                                _ => Vec::new(),
+                            };
+                            slots.insert(p, Slot::Restoring { generation, waiting });
+                            restorer.spawn(p, generation, Duration::ZERO, restored_tx.clone());
+                        }
+                    }
+                    Assignment::Revoked(ps) => {
+                        tracing::info!(partitions = ?ps, "dispatcher partitions revoked");
+                        for p in ps {
+                            slots.remove(&p);
+                        }
+                    }
+                },
+                Some(Restored { partition, generation: g, result }) = restored_rx.recv() => {
+                    if !matches!(slots.get(&partition), Some(Slot::Restoring { generation, .. }) if *generation == g) {
+                        continue;
+                    }
+                    let ledger = match result {
+                        Ok(snapshot) => {
+                            let (ledger, broken) = Ledger::from_snapshot(snapshot);
+                            if broken > 0 {
+                                tracing::error!(partition, broken, "delivery records could not be read");
+                            }
+                            ledger
+                        }
+                        Err(e) => {
+                            tracing::error!(partition, error = %e, "restoring deliveries failed; retrying");
+                            restorer.spawn(partition, g, Duration::from_secs(1), restored_tx.clone());
+                            continue;
+                        }
+                    };
+                    tracing::info!(partition, leads = ledger.len(), "deliveries restored");
+                    if let Some(Slot::Restoring { waiting, .. }) = slots.remove(&partition) {
+                        for (offset, alert, body) in waiting {
+                            pending.push_back(self.deliver(&ledger, partition, offset, alert, body, &abandon));
+                        }
+                    }
+                    slots.insert(partition, Slot::Ready(ledger));
+                    consumer::resume(&consumer, &self.topics.alerts, partition);
+                }
                 Some(done) = pending.next(), if !pending.is_empty() => {
                     if let Some((partition, offset)) = done {
                         consumer::store(&consumer, &self.topics.alerts, partition, offset);
@@ -98,23 +171,13 @@ impl Dispatcher {
                             continue;
                         }
                     };
-                    let deliver = deliver_everywhere(
-                        self.sinks.clone(),
-                        self.policy.clone(),
-                        self.metrics.clone(),
-                        alert,
-                        payload,
-                    );
-                    let abandon = abandon.clone();
-                    pending.push_back(
-                        async move {
-                            tokio::select! {
-                                _ = deliver => Some((partition, offset)),
-                                _ = abandon.cancelled() => None,
-                            }
+                    match slots.entry(partition).or_insert_with(|| Slot::Restoring { generation: 0, waiting: Vec::new() }) {
+                        Slot::Restoring { waiting, .. } => waiting.push((offset, alert, payload)),
+                        Slot::Ready(ledger) => {
+                            let ledger = ledger.clone();
+                            pending.push_back(self.deliver(&ledger, partition, offset, alert, payload, &abandon));
                         }
-                        .boxed(),
-                    );
+                    }
                 }
             }
         }
@@ -135,30 +198,53 @@ impl Dispatcher {
         tracing::info!("dispatcher stopped");
         Ok(())
     }
-}
 
-/// Delivers one alert to every sink at once; a slow sink does not hold back the others' requests.
-async fn deliver_everywhere(
-    sinks: Arc<Vec<(String, Sink)>>,
-    policy: RetryPolicy,
-    metrics: Arc<Metrics>,
-    alert: Alert,
-    body: Bytes,
-) {
-    let each = sinks.iter().map(|(name, sink)| {
-        let (policy, metrics, alert, body) = (&policy, &metrics, &alert, &body);
+    /// Delivers one alert to every sink that does not have it yet, all at once (a slow sink does
+    /// not hold back the others), recording each delivery; resolves to the offset to store.
+    fn deliver(
+        &self,
+        ledger: &Ledger,
+        partition: i32,
+        offset: i64,
+        alert: Alert,
+        body: Bytes,
+        abandon: &CancellationToken,
+    ) -> BoxFuture<'static, Option<(i32, i64)>> {
+        let (sinks, policy, metrics, producer) = (
+            self.sinks.clone(),
+            self.policy.clone(),
+            self.metrics.clone(),
+            self.producer.clone(),
+        );
+        let (ledger, topic, abandon) = (
+            ledger.clone(),
+            self.topics.delivered.clone(),
+            abandon.clone(),
+        );
         async move {
-            match policy.deliver(name, sink, alert, body, metrics).await {
-                Ok(()) => {
-                    metrics.delivery(name, "delivered");
-                    tracing::info!(sink = %name, alert_id = %alert.id(), "alert delivered");
+            let lead = alert.data.lead.clone();
+            let already = ledger.delivered(&lead, alert.id());
+            let each = sinks.iter().filter(|(name, _)| !already.contains(name)).map(|(name, sink)| {
+                let (policy, metrics, alert, body, ledger, producer, topic, abandon, lead) =
+                    (&policy, &metrics, &alert, &body, &ledger, &producer, &topic, &abandon, &lead);
+                async move {
+                    match policy.deliver(name, sink, alert, body, metrics).await {
+                        Ok(()) => {
+                            metrics.delivery(name, "delivered");
+                            tracing::info!(sink = %name, alert_id = %alert.id(), "alert delivered");
+                            ledger.record(producer, topic, lead, alert.id(), name, abandon).await
+                        }
+                        Err(e) => {
+                            metrics.delivery(name, "failed");
+                            tracing::error!(sink = %name, alert_id = %alert.id(), error = %e, "alert not delivered; giving up on this sink");
+                            true
+                        }
+                    }
                 }
-                Err(e) => {
-                    metrics.delivery(name, "failed");
-                    tracing::error!(sink = %name, alert_id = %alert.id(), error = %e, "alert not delivered; giving up on this sink");
-                }
-            }
+            });
+            let all_recorded = futures::future::join_all(each).await.into_iter().all(|ok| ok);
+            all_recorded.then_some((partition, offset))
         }
-    });
-    futures::future::join_all(each).await;
+        .boxed()
+    }
 }

@@ -6,7 +6,7 @@ pub mod partition;
 pub mod rules;
 pub mod runner;
 
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
 
 use jiff::{SignedDuration, Timestamp};
@@ -38,9 +38,50 @@ pub struct LeadState {
     /// The first-touch SLA clock, running while the lead is sales-ready and owned.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub first_touch: Option<Clock>,
+    /// When each field was last set, in event time: a patch that arrives late does not
+    /// overwrite a newer value.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub field_at: BTreeMap<String, Timestamp>,
+    /// The newest event time seen (retention counts from it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_event_at: Option<Timestamp>,
     /// Ids of the most recent events applied, newest last.
     #[serde(default)]
     pub recent_events: VecDeque<String>,
+    /// Alerts already fired, as (rule, level, clock start) — what their ids are made of — newest
+    /// last. Nothing fires twice under one id, whatever order events arrive in.
+    #[serde(default, skip_serializing_if = "VecDeque::is_empty")]
+    pub fired: VecDeque<Fired>,
+}
+
+/// One alert that fired.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Fired {
+    pub rule: String,
+    pub level: u32,
+    pub clock: Timestamp,
+}
+
+/// How many fired alerts a lead remembers.
+const FIRED_REMEMBERED: usize = 32;
+
+impl LeadState {
+    pub fn has_fired(&self, rule: &str, level: u32, clock: Timestamp) -> bool {
+        self.fired
+            .iter()
+            .any(|f| f.rule == rule && f.level == level && f.clock == clock)
+    }
+
+    fn mark_fired(&mut self, rule: &str, level: u32, clock: Timestamp) {
+        if self.fired.len() == FIRED_REMEMBERED {
+            self.fired.pop_front();
+        }
+        self.fired.push_back(Fired {
+            rule: rule.to_string(),
+            level,
+            clock,
+        });
+    }
 }
 
 /// One SLA clock of one lead.
@@ -53,9 +94,6 @@ pub struct Clock {
     /// The first touch at or after `started_at`, if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub touched_at: Option<Timestamp>,
-    /// Levels already fired for this clock (0 = breach).
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub fired: Vec<u32>,
 }
 
 /// What applying an event did.
@@ -65,6 +103,8 @@ pub enum Applied {
     Changed,
     /// The event id was already applied; nothing changed.
     Duplicate,
+    /// The lead is to be erased (tombstone it).
+    Forget,
 }
 
 /// The rules, compiled, and what is needed to evaluate them.
@@ -93,16 +133,28 @@ impl Engine {
         }
         state.recent_events.push_back(event.id.clone());
 
+        state.last_event_at = Some(match state.last_event_at {
+            Some(t) => t.max(event.occurred_at),
+            None => event.occurred_at,
+        });
+
         match &event.change {
+            Change::Forgotten {} => return Applied::Forget,
             Change::Updated { fields } => {
+                let at = event.occurred_at;
                 for (k, v) in fields {
+                    // Applied by event time: a late patch does not undo a newer one.
+                    if state.field_at.get(k).is_some_and(|newer| *newer > at) {
+                        continue;
+                    }
+                    state.field_at.insert(k.clone(), at);
                     if v.is_null() {
                         state.fields.remove(k);
                     } else {
                         state.fields.insert(k.clone(), v.clone());
                     }
                 }
-                self.update_lifecycle(state, event.occurred_at);
+                self.update_lifecycle(state, at);
             }
             Change::Activity { activity } => {
                 let kind = activity.kind.to_lowercase();
@@ -154,24 +206,43 @@ impl Engine {
 
         match (&state.sales_ready_at, &state.owner, &state.owner_since) {
             (Some(ready_at), Some(owner), Some(owner_since)) => {
-                let restart = state.first_touch.as_ref().is_none_or(|c| &c.owner != owner);
-                if restart {
-                    state.first_touch = Some(Clock {
-                        started_at: (*ready_at).max(*owner_since),
-                        owner: owner.clone(),
-                        touched_at: None,
-                        fired: Vec::new(),
-                    });
+                let started_at = (*ready_at).max(*owner_since);
+                match state.first_touch.as_mut() {
+                    Some(clock) if &clock.owner == owner => {}
+                    // Events that arrived out of order corrected who owned the lead when this
+                    // clock started: the same clock (same start, same alert ids), another owner.
+                    Some(clock) if clock.started_at == started_at => clock.owner = owner.clone(),
+                    _ => {
+                        state.first_touch = Some(Clock {
+                            started_at,
+                            owner: owner.clone(),
+                            touched_at: None,
+                        })
+                    }
                 }
             }
             _ => state.first_touch = None,
         }
     }
 
+    /// Whether a lead can be dropped: nothing pending, and no event for `retention`.
+    pub fn expired(
+        &self,
+        state: &LeadState,
+        now: Timestamp,
+        retention: std::time::Duration,
+    ) -> bool {
+        let retention = SignedDuration::try_from(retention).unwrap_or(SignedDuration::MAX);
+        self.next_deadline(state).is_none()
+            && state
+                .last_event_at
+                .is_none_or(|t| t.saturating_add(retention).unwrap_or(Timestamp::MAX) <= now)
+    }
+
     /// The next instant at which [`Engine::fire_due`] has something to do for this lead.
     pub fn next_deadline(&self, state: &LeadState) -> Option<Timestamp> {
         let clock = state.first_touch.as_ref()?;
-        if clock.fired.contains(&0) {
+        if state.has_fired("first_touch", 0, clock.started_at) {
             return None;
         }
         let deadline = self.first_touch_deadline(clock);
@@ -199,10 +270,10 @@ impl Engine {
             return Vec::new();
         }
         let sales_ready_at = state.sales_ready_at.unwrap_or(deadline);
-        let Some(clock) = state.first_touch.as_mut() else {
+        let Some(clock) = state.first_touch.clone() else {
             return Vec::new();
         };
-        clock.fired.push(0);
+        state.mark_fired("first_touch", 0, clock.started_at);
         let within = humantime::format_duration(self.rules.first_touch.within);
         let message = format!(
             "Lead {lead} has been sales-ready and owned by {} since {}, with no touch within {within}: \
@@ -228,11 +299,10 @@ impl Engine {
 
     /// Undoes the firing of `alert` (its write to Kafka failed for good), so it fires again.
     pub fn unfire(&self, state: &mut LeadState, alert: &Alert) {
-        if let Some(clock) = state.first_touch.as_mut()
-            && clock.started_at == alert.data.clock_started_at
-        {
-            clock.fired.retain(|l| *l != alert.data.level);
-        }
+        let d = &alert.data;
+        state
+            .fired
+            .retain(|f| !(f.rule == d.rule && f.level == d.level && f.clock == d.clock_started_at));
     }
 }
 

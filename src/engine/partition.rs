@@ -9,6 +9,17 @@ use super::{Applied, Engine, LeadState};
 use crate::alert::Alert;
 use crate::event::LeadEvent;
 
+/// What an applied event means for the changelog.
+#[derive(Debug, PartialEq)]
+pub enum Write<'a> {
+    /// Nothing changed (a duplicate).
+    Nothing,
+    /// Write the lead's new state.
+    State(&'a LeadState),
+    /// Erase the lead.
+    Tombstone,
+}
+
 #[derive(Debug, Default)]
 pub struct PartitionState {
     leads: HashMap<String, LeadState>,
@@ -31,16 +42,50 @@ impl PartitionState {
         self.leads.get(key)
     }
 
-    /// Applies an event; returns the lead's new state when it changed.
-    pub fn apply(&mut self, engine: &Engine, event: &LeadEvent) -> Option<&LeadState> {
+    /// Applies an event; says what to write to the changelog.
+    pub fn apply(&mut self, engine: &Engine, event: &LeadEvent) -> Write<'_> {
         let state = self.leads.entry(event.lead.clone()).or_default();
         match engine.apply(state, event) {
-            Applied::Duplicate => None,
+            Applied::Duplicate => Write::Nothing,
+            Applied::Forget => {
+                self.remove(&event.lead);
+                Write::Tombstone
+            }
             Applied::Changed => {
                 self.rearm(engine, &event.lead);
-                self.leads.get(&event.lead)
+                match self.leads.get(&event.lead) {
+                    Some(state) => Write::State(state),
+                    None => Write::Nothing,
+                }
             }
         }
+    }
+
+    fn remove(&mut self, key: &str) {
+        self.leads.remove(key);
+        if let Some(old) = self.armed.remove(key) {
+            self.timers.remove(&(old, key.to_string()));
+        }
+    }
+
+    /// Drops leads with nothing pending and no event for `retention`; returns their keys (to
+    /// tombstone).
+    pub fn expire(
+        &mut self,
+        engine: &Engine,
+        now: Timestamp,
+        retention: std::time::Duration,
+    ) -> Vec<String> {
+        let gone: Vec<String> = self
+            .leads
+            .iter()
+            .filter(|(_, s)| engine.expired(s, now, retention))
+            .map(|(k, _)| k.clone())
+            .collect();
+        for key in &gone {
+            self.remove(key);
+        }
+        gone
     }
 
     /// Puts a lead's state back as it was known (restore from the changelog).

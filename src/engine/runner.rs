@@ -1,6 +1,12 @@
 //! The engine's shell: consumes `{prefix}.events` as a consumer group, applies each event to its
-//! partition's state, writes each changed lead state to `{prefix}.state`, fires due deadlines
-//! into `{prefix}.alerts`, and stores an event's offset only after what it caused is in Kafka.
+//! partition's state, writes each changed lead state to the compacted `{prefix}.state`, fires due
+//! deadlines into `{prefix}.alerts`, and stores an event's offset only after what it caused is in
+//! Kafka.
+//!
+//! Partitions move between members: a newly assigned partition is paused (in the rebalance
+//! callback), its leads are read back from `{prefix}.state` (same partition number: both topics
+//! are keyed by lead) by an assigned consumer on a blocking thread, and only then resumed. Its
+//! deadlines come back with the state, so those that passed meanwhile fire at once.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -12,13 +18,15 @@ use futures::{FutureExt, StreamExt};
 use jiff::Timestamp;
 use rdkafka::ClientConfig;
 use rdkafka::Message;
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use super::Engine;
-use super::partition::PartitionState;
+use super::partition::{PartitionState, Write};
+use super::{Engine, LeadState};
 use crate::alert::Alert;
 use crate::bus::Topics;
-use crate::bus::consumer::{self, Assignment};
+use crate::bus::changelog::{Restored, Restorer};
+use crate::bus::consumer::{self, Assignment, RebalanceHooks};
 use crate::bus::producer::Producer;
 use crate::config::{EngineConfig, KafkaConfig};
 use crate::event::LeadEvent;
@@ -45,6 +53,10 @@ fn until(t: Timestamp) -> Duration {
     }
 }
 
+type Slot = crate::bus::changelog::Slot<PartitionState, (i64, LeadEvent)>;
+type Pending = FuturesOrdered<BoxFuture<'static, Option<(i32, i64)>>>;
+type Firing = FuturesUnordered<BoxFuture<'static, Result<(), (i32, Alert)>>>;
+
 impl EngineRunner {
     /// Runs until `shutdown`; then finishes in-flight writes within `grace`, commits, and leaves
     /// the group. Work abandoned at the grace limit has no stored offset and is redone later.
@@ -53,66 +65,84 @@ impl EngineRunner {
         shutdown: CancellationToken,
         grace: Duration,
     ) -> Result<(), rdkafka::error::KafkaError> {
-        let Self {
-            engine,
-            producer,
-            base,
-            kafka,
-            topics,
-            config,
-            metrics,
-        } = self;
+        let producer_for_revoke = self.producer.clone();
+        let hooks = RebalanceHooks {
+            pause_on_assign: true,
+            // Before partitions move, make every state change written so far durable, so the
+            // next owner's restore sees it.
+            on_revoke: Some(Box::new(move || {
+                producer_for_revoke.flush_blocking(Duration::from_secs(5))
+            })),
+        };
         let (consumer, mut assignments) = consumer::subscribe(
-            &base,
-            &kafka,
-            &kafka.group_id,
-            &topics.events,
-            metrics.clone(),
+            &self.base,
+            &self.kafka,
+            &self.kafka.group_id,
+            &self.topics.events,
+            self.metrics.clone(),
+            hooks,
         )?;
-        tracing::info!(group = %kafka.group_id, topic = %topics.events, "engine started");
+        tracing::info!(group = %self.kafka.group_id, topic = %self.topics.events, "engine started");
 
         let abandon = CancellationToken::new();
-        let mut partitions: HashMap<i32, PartitionState> = HashMap::new();
+        let (restored_tx, mut restored_rx) = mpsc::unbounded_channel::<Restored>();
+        let mut slots: HashMap<i32, Slot> = HashMap::new();
+        let mut generation = 0u64;
         // Per consumed event, resolves to its offset once what it caused is acknowledged.
-        let mut pending: FuturesOrdered<BoxFuture<'static, Option<(i32, i64)>>> =
-            FuturesOrdered::new();
+        let mut pending: Pending = FuturesOrdered::new();
         // Fired alerts on their way to Kafka; an error hands the alert back to be fired again.
-        let mut firing: FuturesUnordered<BoxFuture<'static, Result<(), (i32, Alert)>>> =
-            FuturesUnordered::new();
+        let mut firing: Firing = FuturesUnordered::new();
+        let mut sweep = tokio::time::interval(self.config.sweep_interval.0);
+        sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
 
         loop {
-            let next = partitions.values().filter_map(|p| p.next_deadline()).min();
+            let next = slots
+                .values()
+                .filter_map(|s| match s {
+                    Slot::Ready(p) => p.next_deadline(),
+                    Slot::Restoring { .. } => None,
+                })
+                .min();
             let wake = next.map(until).unwrap_or(Duration::from_secs(3600));
             tokio::select! {
                 biased;
                 _ = shutdown.cancelled() => break,
                 Some(change) = assignments.recv() => match change {
                     Assignment::Assigned(ps) => {
-                        tracing::info!(partitions = ?ps, "engine assigned partitions");
+                        tracing::info!(partitions = ?ps, "engine assigned partitions; restoring their state");
                         for p in ps {
-                            partitions.entry(p).or_default();
+                            generation += 1;
+                            let waiting = match slots.remove(&p) {
+                                Some(Slot::Restoring { waiting, .. }) => waiting,
+                                _ => Vec::new(),
+                            };
+                            slots.insert(p, Slot::Restoring { generation, waiting });
+                            self.spawn_restore(p, generation, restored_tx.clone());
                         }
                     }
                     Assignment::Revoked(ps) => {
                         tracing::info!(partitions = ?ps, "engine partitions revoked");
                         for p in ps {
-                            partitions.remove(&p);
+                            slots.remove(&p);
                         }
                     }
                 },
+                Some(done) = restored_rx.recv() => {
+                    self.on_restored(done, &mut slots, &consumer, &mut pending, &restored_tx, &abandon);
+                }
                 Some(done) = pending.next(), if !pending.is_empty() => {
                     if let Some((partition, offset)) = done {
-                        consumer::store(&consumer, &topics.events, partition, offset);
+                        consumer::store(&consumer, &self.topics.events, partition, offset);
                     }
                 }
                 Some(result) = firing.next(), if !firing.is_empty() => {
                     if let Err((partition, alert)) = result
-                        && let Some(ps) = partitions.get_mut(&partition)
+                        && let Some(Slot::Ready(ps)) = slots.get_mut(&partition)
                     {
-                        ps.unfire(&engine, &alert);
+                        ps.unfire(&self.engine, &alert);
                     }
                 }
-                received = consumer.recv(), if pending.len() < config.max_in_flight => {
+                received = consumer.recv(), if pending.len() < self.config.max_in_flight => {
                     let msg = match received {
                         Ok(msg) => msg,
                         Err(e) => {
@@ -129,33 +159,28 @@ impl EngineRunner {
                         Ok(event) => event,
                         Err(error) => {
                             // Not ours to fix: count it, log where it is, and move on.
-                            metrics.engine_event("invalid");
+                            self.metrics.engine_event("invalid");
                             tracing::error!(partition, offset, %error, "skipping an event that is not a LeadEvent");
                             pending.push_back(futures::future::ready(Some((partition, offset))).boxed());
                             continue;
                         }
                     };
-                    let ps = partitions.entry(partition).or_default();
-                    match ps.apply(&engine, &event) {
-                        None => {
-                            metrics.engine_event("duplicate");
-                            pending.push_back(futures::future::ready(Some((partition, offset))).boxed());
+                    match slots.entry(partition).or_insert_with(|| Slot::Restoring { generation: 0, waiting: Vec::new() }) {
+                        Slot::Restoring { waiting, .. } => waiting.push((offset, event)),
+                        Slot::Ready(ps) => {
+                            let write = self.apply(ps, partition, offset, event, &abandon);
+                            pending.push_back(write);
                         }
-                        Some(state) => {
-                            metrics.engine_event("applied");
-                            let payload = serde_json::to_vec(state).expect("lead state serializes");
-                            let producer = producer.clone();
-                            let topic = topics.state.clone();
-                            let abandon = abandon.clone();
-                            pending.push_back(
-                                async move {
-                                    producer
-                                        .send_until_acked(&topic, &event.lead, &payload, &abandon)
-                                        .await
-                                        .then_some((partition, offset))
-                                }
-                                .boxed(),
-                            );
+                    }
+                }
+                _ = sweep.tick() => {
+                    let now = Timestamp::now();
+                    for (&partition, slot) in slots.iter_mut() {
+                        if let Slot::Ready(ps) = slot {
+                            for lead in ps.expire(&self.engine, now, self.config.state_retention.0) {
+                                tracing::debug!(partition, %lead, "lead state retention over; tombstoned");
+                                self.spawn_tombstone(&mut firing, lead, &abandon);
+                            }
                         }
                     }
                 }
@@ -165,13 +190,14 @@ impl EngineRunner {
             // Fire whatever is due, also under a steady stream of events.
             if next.is_some_and(|t| t <= Timestamp::now()) {
                 let now = Timestamp::now();
-                for (&partition, ps) in partitions.iter_mut() {
-                    for (alert, state) in ps.fire_due(&engine, now) {
-                        metrics.alert_fired(&alert.kind);
+                for (&partition, slot) in slots.iter_mut() {
+                    let Slot::Ready(ps) = slot else { continue };
+                    for (alert, state) in ps.fire_due(&self.engine, now) {
+                        self.metrics.alert_fired(&alert.kind);
                         tracing::info!(alert_id = %alert.id(), lead = %alert.data.lead, kind = %alert.kind, "alert fired");
                         firing.push(write_alert(
-                            producer.clone(),
-                            topics.clone(),
+                            self.producer.clone(),
+                            self.topics.clone(),
                             partition,
                             alert,
                             state,
@@ -180,14 +206,22 @@ impl EngineRunner {
                     }
                 }
             }
-            metrics.set_leads(partitions.values().map(|p| p.len() as i64).sum());
+            self.metrics.set_leads(
+                slots
+                    .values()
+                    .map(|s| match s {
+                        Slot::Ready(p) => p.len() as i64,
+                        Slot::Restoring { .. } => 0,
+                    })
+                    .sum(),
+            );
         }
 
         tracing::info!(in_flight = pending.len() + firing.len(), "engine stopping");
         let drain = async {
             while let Some(done) = pending.next().await {
                 if let Some((partition, offset)) = done {
-                    consumer::store(&consumer, &topics.events, partition, offset);
+                    consumer::store(&consumer, &self.topics.events, partition, offset);
                 }
             }
             while firing.next().await.is_some() {}
@@ -202,6 +236,135 @@ impl EngineRunner {
         tracing::info!("engine stopped");
         Ok(())
     }
+
+    fn spawn_restore(
+        &self,
+        partition: i32,
+        generation: u64,
+        done: mpsc::UnboundedSender<Restored>,
+    ) {
+        self.restorer()
+            .spawn(partition, generation, Duration::ZERO, done);
+    }
+
+    fn on_restored(
+        &self,
+        done: Restored,
+        slots: &mut HashMap<i32, Slot>,
+        consumer: &consumer::GroupConsumer,
+        pending: &mut Pending,
+        restored_tx: &mpsc::UnboundedSender<Restored>,
+        abandon: &CancellationToken,
+    ) {
+        let Restored {
+            partition,
+            generation,
+            result,
+        } = done;
+        // Revoked (or revoked and assigned again) meanwhile: this restore is stale.
+        if !matches!(slots.get(&partition), Some(Slot::Restoring { generation: g, .. }) if *g == generation)
+        {
+            return;
+        }
+        let snapshot = match result {
+            Ok(snapshot) => snapshot,
+            Err(e) => {
+                tracing::error!(partition, error = %e, "restoring lead state failed; retrying");
+                self.restorer().spawn(
+                    partition,
+                    generation,
+                    Duration::from_secs(1),
+                    restored_tx.clone(),
+                );
+                return;
+            }
+        };
+        let mut ps = PartitionState::default();
+        let mut broken = 0usize;
+        for (key, bytes) in snapshot {
+            match serde_json::from_slice::<LeadState>(&bytes) {
+                Ok(state) => ps.restore(&self.engine, key, state),
+                Err(_) => broken += 1,
+            }
+        }
+        if broken > 0 {
+            tracing::error!(
+                partition,
+                broken,
+                "lead states in the changelog could not be read; those leads start afresh"
+            );
+        }
+        tracing::info!(partition, leads = ps.len(), "lead state restored");
+        let waiting = match slots.remove(&partition) {
+            Some(Slot::Restoring { waiting, .. }) => waiting,
+            _ => Vec::new(),
+        };
+        for (offset, event) in waiting {
+            pending.push_back(self.apply(&mut ps, partition, offset, event, abandon));
+        }
+        slots.insert(partition, Slot::Ready(ps));
+        consumer::resume(consumer, &self.topics.events, partition);
+    }
+
+    fn restorer(&self) -> Restorer {
+        Restorer {
+            base: self.base.clone(),
+            topic: self.topics.state.clone(),
+            timeout: self.config.restore_timeout.0,
+        }
+    }
+
+    /// Applies one event; the returned future resolves to its offset once its state write is acked.
+    fn apply(
+        &self,
+        ps: &mut PartitionState,
+        partition: i32,
+        offset: i64,
+        event: LeadEvent,
+        abandon: &CancellationToken,
+    ) -> BoxFuture<'static, Option<(i32, i64)>> {
+        let payload = match ps.apply(&self.engine, &event) {
+            Write::Nothing => {
+                self.metrics.engine_event("duplicate");
+                return futures::future::ready(Some((partition, offset))).boxed();
+            }
+            Write::State(state) => {
+                self.metrics.engine_event("applied");
+                Some(serde_json::to_vec(state).expect("lead state serializes"))
+            }
+            Write::Tombstone => {
+                self.metrics.engine_event("forgotten");
+                tracing::info!(lead = %event.lead, "lead forgotten on request; state tombstoned");
+                None
+            }
+        };
+        let producer = self.producer.clone();
+        let topic = self.topics.state.clone();
+        let abandon = abandon.clone();
+        async move {
+            producer
+                .send_until_acked(&topic, &event.lead, payload.as_deref(), &abandon)
+                .await
+                .then_some((partition, offset))
+        }
+        .boxed()
+    }
+
+    /// Tombstones a lead's state outside of an event (retention).
+    fn spawn_tombstone(&self, firing: &mut Firing, lead: String, abandon: &CancellationToken) {
+        let producer = self.producer.clone();
+        let topic = self.topics.state.clone();
+        let abandon = abandon.clone();
+        firing.push(
+            async move {
+                producer
+                    .send_until_acked(&topic, &lead, None, &abandon)
+                    .await;
+                Ok(())
+            }
+            .boxed(),
+        );
+    }
 }
 
 /// Writes a fired alert, then (only once the alert is in Kafka) the state that says it fired:
@@ -211,21 +374,21 @@ fn write_alert(
     topics: Topics,
     partition: i32,
     alert: Alert,
-    state: super::LeadState,
+    state: LeadState,
     abandon: CancellationToken,
 ) -> BoxFuture<'static, Result<(), (i32, Alert)>> {
     async move {
         let lead = alert.data.lead.clone();
         let payload = serde_json::to_vec(&alert).expect("alert serializes");
         if !producer
-            .send_until_acked(&topics.alerts, &lead, &payload, &abandon)
+            .send_until_acked(&topics.alerts, &lead, Some(&payload), &abandon)
             .await
         {
             return Err((partition, alert));
         }
         let state = serde_json::to_vec(&state).expect("lead state serializes");
         producer
-            .send_until_acked(&topics.state, &lead, &state, &abandon)
+            .send_until_acked(&topics.state, &lead, Some(&state), &abandon)
             .await;
         Ok(())
     }

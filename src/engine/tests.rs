@@ -5,7 +5,7 @@ use std::sync::Arc;
 use jiff::{SignedDuration, Timestamp};
 use serde_json::json;
 
-use super::partition::PartitionState;
+use super::partition::{PartitionState, Write};
 use super::rules::Rules;
 use super::*;
 use crate::event::{Activity, Change, LeadEvent};
@@ -240,7 +240,7 @@ fn a_partition_fires_leads_in_deadline_order_and_rearms() {
         let mut ev = ready_owned(at);
         ev.lead = lead.into();
         ev.id = format!("ready-{lead}");
-        assert!(p.apply(&e, &ev).is_some());
+        assert!(matches!(p.apply(&e, &ev), Write::State(_)));
     }
     assert_eq!(p.next_deadline(), Some(t("13:00:00")));
     let fired = p.fire_due(&e, t("14:30:00"));
@@ -249,7 +249,7 @@ fn a_partition_fires_leads_in_deadline_order_and_rearms() {
     assert!(
         fired
             .iter()
-            .all(|(_, s)| s.first_touch.as_ref().unwrap().fired == [0])
+            .all(|(a, s)| s.has_fired("first_touch", 0, a.data.clock_started_at))
     );
     assert_eq!(p.next_deadline(), Some(t("15:00:00")));
     // A touch disarms L-c.
@@ -293,4 +293,168 @@ fn a_rule_that_errors_counts_as_false_and_is_counted() {
             .encode()
             .contains("leadwatch_rule_errors_total{rule=\"lifecycle.sales_ready\"} 1")
     );
+}
+
+#[test]
+fn a_late_patch_does_not_overwrite_a_newer_value() {
+    let e = engine();
+    let mut s = LeadState::default();
+    e.apply(&mut s, &ready_owned("10:00:00"));
+    e.apply(&mut s, &update("e2", "12:00:00", json!({"owner": "bob"})));
+    // Sent at 11:00, arrives after the 12:00 change: bob stays the owner, the clock stays his.
+    e.apply(
+        &mut s,
+        &update("e3", "11:00:00", json!({"owner": "carol", "score": 10})),
+    );
+    assert_eq!(s.owner.as_deref(), Some("bob"));
+    assert_eq!(
+        s.fields["score"], 10,
+        "fields it does not contradict still apply"
+    );
+    assert_eq!(e.next_deadline(&s), Some(t("16:00:00")));
+    // A late "not ready" older than the sales-ready change does not end the episode.
+    e.apply(&mut s, &update("e4", "09:00:00", json!({"stage": "new"})));
+    assert!(s.sales_ready_at.is_some());
+}
+
+#[test]
+fn forgetting_a_lead_erases_it_and_its_deadline() {
+    let e = engine();
+    let mut p = PartitionState::default();
+    assert!(matches!(
+        p.apply(&e, &ready_owned("10:00:00")),
+        Write::State(_)
+    ));
+    let forget = LeadEvent {
+        id: "forget-1".into(),
+        source: "cli".into(),
+        lead: "L-1".into(),
+        occurred_at: t("10:05:00"),
+        received_at: t("10:05:00"),
+        change: Change::Forgotten {},
+    };
+    assert_eq!(p.apply(&e, &forget), Write::Tombstone);
+    assert!(p.lead("L-1").is_none());
+    assert_eq!(p.next_deadline(), None);
+}
+
+#[test]
+fn leads_with_nothing_pending_expire_after_the_retention() {
+    let e = engine();
+    let mut p = PartitionState::default();
+    let mut quiet = update("q", "10:00:00", json!({"stage": "new"}));
+    quiet.lead = "L-quiet".into();
+    p.apply(&e, &quiet);
+    p.apply(&e, &ready_owned("10:00:00")); // L-1: a deadline pending at 14:00
+    let day = std::time::Duration::from_secs(86_400);
+    assert!(p.expire(&e, t("12:00:00"), day).is_empty());
+    let tomorrow: Timestamp = "2026-11-23T10:00:00Z".parse().unwrap();
+    assert_eq!(p.expire(&e, tomorrow, day), ["L-quiet"]);
+    assert!(
+        p.lead("L-1").is_some(),
+        "a lead with a deadline pending is kept"
+    );
+}
+
+mod properties {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// A random event on one of three leads within one day.
+    fn event() -> impl Strategy<Value = LeadEvent> {
+        (0u32..3, 0u32..20, 0i64..86_400, 0u32..6).prop_map(|(lead, id, secs, kind)| {
+            let at = t("00:00:00") + SignedDuration::from_secs(secs);
+            let change = match kind {
+                0 => Change::Updated {
+                    fields: json!({"stage": "sales_ready"}).as_object().unwrap().clone(),
+                },
+                1 => Change::Updated {
+                    fields: json!({"stage": "nurture"}).as_object().unwrap().clone(),
+                },
+                2 => Change::Updated {
+                    fields: json!({"owner": "alice"}).as_object().unwrap().clone(),
+                },
+                3 => Change::Updated {
+                    fields: json!({"owner": "bob"}).as_object().unwrap().clone(),
+                },
+                4 => Change::Activity {
+                    activity: Activity {
+                        kind: "call".into(),
+                        by: None,
+                    },
+                },
+                _ => Change::Activity {
+                    activity: Activity {
+                        kind: "note".into(),
+                        by: None,
+                    },
+                },
+            };
+            LeadEvent {
+                id: format!("e{lead}-{id}-{secs}-{kind}"),
+                source: "p".into(),
+                lead: format!("L-{lead}"),
+                occurred_at: at,
+                received_at: at,
+                change,
+            }
+        })
+    }
+
+    fn run(
+        events: &[LeadEvent],
+        ticks: &[i64],
+    ) -> (Vec<crate::alert::Alert>, Vec<(String, LeadState)>) {
+        let e = engine();
+        let mut p = PartitionState::default();
+        let mut alerts = Vec::new();
+        for (i, ev) in events.iter().enumerate() {
+            p.apply(&e, ev);
+            if let Some(secs) = ticks.get(i) {
+                let now = t("00:00:00") + SignedDuration::from_secs(*secs);
+                alerts.extend(p.fire_due(&e, now).into_iter().map(|(a, _)| a));
+            }
+        }
+        alerts.extend(p.fire_due(&e, Timestamp::MAX).into_iter().map(|(a, _)| a));
+        let mut states: Vec<(String, LeadState)> = ["L-0", "L-1", "L-2"]
+            .iter()
+            .filter_map(|k| p.lead(k).map(|s| (k.to_string(), s.clone())))
+            .collect();
+        states.sort_by(|a, b| a.0.cmp(&b.0));
+        (alerts, states)
+    }
+
+    proptest! {
+        /// The same inputs always give the same state and alerts.
+        #[test]
+        fn transitions_are_deterministic(events in proptest::collection::vec(event(), 0..40),
+                                         ticks in proptest::collection::vec(0i64..100_000, 0..40)) {
+            prop_assert_eq!(run(&events, &ticks), run(&events, &ticks));
+        }
+
+        /// Applying every event twice (a replay, a retried request) changes nothing.
+        #[test]
+        fn applying_an_event_twice_changes_nothing(events in proptest::collection::vec(event(), 0..40),
+                                                   ticks in proptest::collection::vec(0i64..100_000, 0..40)) {
+            let doubled: Vec<LeadEvent> = events.iter().flat_map(|e| [e.clone(), e.clone()]).collect();
+            let doubled_ticks: Vec<i64> = ticks.iter().flat_map(|t| [*t, *t]).collect();
+            let (a1, s1) = run(&events, &ticks);
+            let (a2, s2) = run(&doubled, &doubled_ticks);
+            prop_assert_eq!(a1, a2);
+            let strip = |v: Vec<(String, LeadState)>| v.into_iter().map(|(k, mut s)| { s.recent_events.clear(); (k, s) }).collect::<Vec<_>>();
+            prop_assert_eq!(strip(s1), strip(s2));
+        }
+
+        /// Never the same (lead, rule, level) twice for one clock.
+        #[test]
+        fn an_alert_id_fires_at_most_once(events in proptest::collection::vec(event(), 0..60),
+                                          ticks in proptest::collection::vec(0i64..100_000, 0..60)) {
+            let (alerts, _) = run(&events, &ticks);
+            let mut ids: Vec<&str> = alerts.iter().map(|a| a.data.alert_id.as_str()).collect();
+            let n = ids.len();
+            ids.sort();
+            ids.dedup();
+            prop_assert_eq!(ids.len(), n);
+        }
+    }
 }

@@ -1,0 +1,151 @@
+//! Compacted changelog topics (`{prefix}.state`, `{prefix}.delivered`): reading one partition back
+//! into memory when it is assigned (Kafka Streams' restore), with an assigned — not subscribed —
+//! consumer, so the group member doing the restore is never ejected for it.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::KafkaError;
+use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
+
+#[derive(Debug, thiserror::Error)]
+pub enum RestoreError {
+    #[error("reading {topic}[{partition}]: {source}")]
+    Kafka {
+        topic: String,
+        partition: i32,
+        #[source]
+        source: KafkaError,
+    },
+    #[error("reading {topic}[{partition}] did not reach offset {end} within {timeout:?} (at {at})")]
+    Timeout {
+        topic: String,
+        partition: i32,
+        end: i64,
+        at: i64,
+        timeout: Duration,
+    },
+}
+
+/// What a partition held: the latest value of every key that is not tombstoned.
+pub type Snapshot = HashMap<String, Vec<u8>>;
+
+/// Reads `topic[partition]` from its start up to its end offset as of this call (blocking: run it
+/// with `spawn_blocking`). Later records win; a record without a value (tombstone) removes its key.
+pub fn read_partition(
+    base: &ClientConfig,
+    topic: &str,
+    partition: i32,
+    timeout: Duration,
+) -> Result<Snapshot, RestoreError> {
+    let kafka = |source| RestoreError::Kafka {
+        topic: topic.to_string(),
+        partition,
+        source,
+    };
+    let mut cfg = base.clone();
+    cfg.set("group.id", format!("{topic}.restore"))
+        .set("enable.auto.commit", "false")
+        // The end of the partition is reported, so offsets the consumer never sees (the last
+        // record compacted away, control records) cannot keep the restore waiting.
+        .set("enable.partition.eof", "true")
+        .set("fetch.max.bytes", "52428800")
+        .set("max.partition.fetch.bytes", "10485760");
+    let consumer: BaseConsumer = cfg.create().map_err(kafka)?;
+    let (low, high) = consumer
+        .fetch_watermarks(topic, partition, Duration::from_secs(10))
+        .map_err(kafka)?;
+    let mut snapshot = Snapshot::new();
+    if high <= low {
+        return Ok(snapshot);
+    }
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition_offset(topic, partition, Offset::Beginning)
+        .map_err(kafka)?;
+    consumer.assign(&tpl).map_err(kafka)?;
+    let started = Instant::now();
+    let mut at = low;
+    while at < high - 1 {
+        if started.elapsed() > timeout {
+            return Err(RestoreError::Timeout {
+                topic: topic.to_string(),
+                partition,
+                end: high,
+                at,
+                timeout,
+            });
+        }
+        let Some(result) = consumer.poll(Duration::from_millis(200)) else {
+            continue;
+        };
+        let msg = match result {
+            Ok(msg) => msg,
+            Err(KafkaError::PartitionEOF(_)) => break,
+            Err(e) => return Err(kafka(e)),
+        };
+        at = msg.offset();
+        let Some(key) = msg.key().and_then(|k| std::str::from_utf8(k).ok()) else {
+            continue;
+        };
+        match msg.payload() {
+            Some(value) => {
+                snapshot.insert(key.to_string(), value.to_vec());
+            }
+            None => {
+                snapshot.remove(key);
+            }
+        }
+    }
+    Ok(snapshot)
+}
+
+/// One assigned partition of a loop that keeps state per partition: restoring (with the
+/// messages that arrived meanwhile, in order) or ready.
+pub enum Slot<S, W> {
+    Restoring { generation: u64, waiting: Vec<W> },
+    Ready(S),
+}
+
+/// A restore that finished (or failed) on its blocking thread.
+pub struct Restored {
+    pub partition: i32,
+    /// Which assignment it was started for: a partition revoked and assigned again meanwhile
+    /// makes an older restore stale.
+    pub generation: u64,
+    pub result: Result<Snapshot, RestoreError>,
+}
+
+/// Starts restores of one changelog topic on blocking threads.
+#[derive(Clone)]
+pub struct Restorer {
+    pub base: ClientConfig,
+    pub topic: String,
+    pub timeout: Duration,
+}
+
+impl Restorer {
+    /// Reads `partition` on a blocking thread and sends the outcome to `done`, after `delay`.
+    pub fn spawn(
+        &self,
+        partition: i32,
+        generation: u64,
+        delay: Duration,
+        done: tokio::sync::mpsc::UnboundedSender<Restored>,
+    ) {
+        let this = self.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(delay).await;
+            let result = tokio::task::spawn_blocking(move || {
+                read_partition(&this.base, &this.topic, partition, this.timeout)
+            })
+            .await
+            .expect("restore task panicked");
+            let _ = done.send(Restored {
+                partition,
+                generation,
+                result,
+            });
+        });
+    }
+}

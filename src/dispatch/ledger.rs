@@ -1,0 +1,139 @@
+//! What each sink has received: per lead, alert id → sinks. The whole entry of a lead is written
+//! to the compacted `{prefix}.delivered` (keyed by lead, so co-partitioned with the alerts) after
+//! each delivery and before the alert's offset is stored; a partition's ledger is read back when
+//! it is assigned. A replayed alert is therefore not sent again to a sink that has it.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use backon::{ExponentialBuilder, Retryable};
+use jiff::Timestamp;
+use serde::{Deserialize, Serialize};
+use tokio_util::sync::CancellationToken;
+
+use crate::bus::producer::{Producer, SendError};
+
+/// How many alerts a lead's entry remembers (the oldest are forgotten first).
+const ALERTS_PER_LEAD: usize = 256;
+
+/// One lead's deliveries.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct LeadDeliveries {
+    pub alerts: BTreeMap<String, Delivery>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Delivery {
+    /// Sinks that have the alert.
+    pub sinks: BTreeSet<String>,
+    /// When the alert first reached a sink.
+    pub first_at: Timestamp,
+}
+
+/// One partition's ledger, shared by the deliveries in flight.
+#[derive(Debug, Clone, Default)]
+pub struct Ledger {
+    leads: Arc<Mutex<HashMap<String, LeadDeliveries>>>,
+}
+
+impl Ledger {
+    pub fn from_snapshot(snapshot: crate::bus::changelog::Snapshot) -> (Ledger, usize) {
+        let mut broken = 0;
+        let leads = snapshot
+            .into_iter()
+            .filter_map(|(k, v)| match serde_json::from_slice(&v) {
+                Ok(d) => Some((k, d)),
+                Err(_) => {
+                    broken += 1;
+                    None
+                }
+            })
+            .collect();
+        (
+            Ledger {
+                leads: Arc::new(Mutex::new(leads)),
+            },
+            broken,
+        )
+    }
+
+    pub fn len(&self) -> usize {
+        self.leads.lock().expect("ledger lock").len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Sinks that already have `alert_id`.
+    pub fn delivered(&self, lead: &str, alert_id: &str) -> BTreeSet<String> {
+        self.leads
+            .lock()
+            .expect("ledger lock")
+            .get(lead)
+            .and_then(|d| d.alerts.get(alert_id))
+            .map(|d| d.sinks.clone())
+            .unwrap_or_default()
+    }
+
+    /// Records that `sink` has `alert_id` and makes it durable; returns once Kafka has it (or
+    /// false when abandoned at shutdown).
+    pub async fn record(
+        &self,
+        producer: &Producer,
+        topic: &str,
+        lead: &str,
+        alert_id: &str,
+        sink: &str,
+        abandon: &CancellationToken,
+    ) -> bool {
+        {
+            let mut leads = self.leads.lock().expect("ledger lock");
+            let entry = leads.entry(lead.to_string()).or_default();
+            entry
+                .alerts
+                .entry(alert_id.to_string())
+                .or_insert_with(|| Delivery {
+                    sinks: BTreeSet::new(),
+                    first_at: Timestamp::now(),
+                })
+                .sinks
+                .insert(sink.to_string());
+            while entry.alerts.len() > ALERTS_PER_LEAD {
+                let oldest = entry
+                    .alerts
+                    .iter()
+                    .min_by_key(|(_, d)| d.first_at)
+                    .map(|(id, _)| id.clone());
+                match oldest {
+                    Some(id) => entry.alerts.remove(&id),
+                    None => break,
+                };
+            }
+        }
+        // The snapshot is taken and queued under the lock, so writes of one lead reach Kafka in
+        // the order of their snapshots and the last one holds every mark; a retry snapshots anew.
+        let attempt = || async {
+            let delivery = {
+                let leads = self.leads.lock().expect("ledger lock");
+                let bytes = serde_json::to_vec(&leads[lead]).expect("ledger serializes");
+                producer.enqueue(topic, lead, Some(&bytes))?
+            };
+            match delivery.await {
+                Ok(Ok(_)) => Ok(()),
+                Ok(Err((e, _))) => Err(SendError::Kafka(e)),
+                Err(_) => Err(SendError::Kafka(rdkafka::error::KafkaError::Canceled)),
+            }
+        };
+        let backoff = ExponentialBuilder::default()
+            .with_min_delay(Duration::from_millis(100))
+            .with_max_delay(Duration::from_secs(10))
+            .with_jitter()
+            .without_max_times();
+        tokio::select! {
+            result = attempt.retry(backoff) => result.is_ok(),
+            _ = abandon.cancelled() => false,
+        }
+    }
+}
