@@ -31,6 +31,9 @@ pub struct RebalanceHooks {
     /// Runs on revocation before the partitions move, on the consumer's thread: keep it bounded
     /// (flushing the producer, so the next owner reads every state change written so far).
     pub on_revoke: Option<Box<dyn Fn() + Send + Sync>>,
+    /// Report reaching the end of a partition (`KafkaError::PartitionEOF`), so the owner knows it
+    /// has read everything accepted so far.
+    pub report_end: bool,
 }
 
 /// Forwards rebalances to the loop that owns the consumer, and reports lag.
@@ -129,7 +132,8 @@ pub fn subscribe(
         .set(
             "heartbeat.interval.ms",
             (session_ms / 3).max(100).to_string(),
-        );
+        )
+        .set("enable.partition.eof", hooks.report_end.to_string());
     let (tx, rx) = mpsc::unbounded_channel();
     let ctx = GroupContext {
         group: group.to_string(),

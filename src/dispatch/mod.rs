@@ -73,6 +73,7 @@ impl Dispatcher {
         let producer = self.producer.clone();
         let hooks = RebalanceHooks {
             pause_on_assign: true,
+            report_end: false,
             on_revoke: Some(Box::new(move || {
                 producer.flush_blocking(Duration::from_secs(5))
             })),

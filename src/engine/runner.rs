@@ -53,7 +53,28 @@ fn until(t: Timestamp) -> Duration {
     }
 }
 
-type Slot = crate::bus::changelog::Slot<PartitionState, (i64, LeadEvent)>;
+type Slot = crate::bus::changelog::Slot<Owned, (i64, LeadEvent)>;
+
+/// A partition this member owns, with how far its events have been read.
+struct Owned {
+    leads: PartitionState,
+    /// Newest `received_at` applied: every event received before it has been read.
+    seen_until: Option<Timestamp>,
+}
+
+impl Owned {
+    /// Deadlines up to this instant may fire. `at_end`: every event accepted so far has been
+    /// applied. Otherwise the engine is behind, and a touch that happened in time but still waits
+    /// in the partition must get its chance to cancel the breach first.
+    fn horizon(&self, at_end: bool, now: Timestamp) -> Option<Timestamp> {
+        if at_end {
+            Some(now)
+        } else {
+            self.seen_until.map(|t| t.min(now))
+        }
+    }
+}
+
 type Pending = FuturesOrdered<BoxFuture<'static, Option<(i32, i64)>>>;
 type Firing = FuturesUnordered<BoxFuture<'static, Result<(), (i32, Alert)>>>;
 
@@ -68,6 +89,7 @@ impl EngineRunner {
         let producer_for_revoke = self.producer.clone();
         let hooks = RebalanceHooks {
             pause_on_assign: true,
+            report_end: true,
             // Before partitions move, make every state change written so far durable, so the
             // next owner's restore sees it.
             on_revoke: Some(Box::new(move || {
@@ -87,6 +109,8 @@ impl EngineRunner {
         let abandon = CancellationToken::new();
         let (restored_tx, mut restored_rx) = mpsc::unbounded_channel::<Restored>();
         let mut slots: HashMap<i32, Slot> = HashMap::new();
+        // Partitions whose end was reached with no message since (every event read).
+        let mut at_end: HashMap<i32, bool> = HashMap::new();
         let mut generation = 0u64;
         // Per consumed event, resolves to its offset once what it caused is acknowledged.
         let mut pending: Pending = FuturesOrdered::new();
@@ -96,11 +120,14 @@ impl EngineRunner {
         sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
 
         loop {
+            // A partition that is behind wakes the loop with its messages instead.
             let next = slots
-                .values()
-                .filter_map(|s| match s {
-                    Slot::Ready(p) => p.next_deadline(),
-                    Slot::Restoring { .. } => None,
+                .iter()
+                .filter_map(|(partition, s)| match s {
+                    Slot::Ready(p) if at_end.get(partition).copied().unwrap_or(false) => {
+                        p.leads.next_deadline()
+                    }
+                    _ => None,
                 })
                 .min();
             let wake = next.map(until).unwrap_or(Duration::from_secs(3600));
@@ -124,6 +151,7 @@ impl EngineRunner {
                         tracing::info!(partitions = ?ps, "engine partitions revoked");
                         for p in ps {
                             slots.remove(&p);
+                            at_end.remove(&p);
                         }
                     }
                 },
@@ -137,20 +165,26 @@ impl EngineRunner {
                 }
                 Some(result) = firing.next(), if !firing.is_empty() => {
                     if let Err((partition, alert)) = result
-                        && let Some(Slot::Ready(ps)) = slots.get_mut(&partition)
+                        && let Some(Slot::Ready(p)) = slots.get_mut(&partition)
                     {
-                        ps.unfire(&self.engine, &alert);
+                        p.leads.unfire(&self.engine, &alert);
                     }
                 }
                 received = consumer.recv(), if pending.len() < self.config.max_in_flight => {
                     let msg = match received {
                         Ok(msg) => msg,
+                        Err(rdkafka::error::KafkaError::PartitionEOF(partition)) => {
+                            tracing::debug!(partition, "engine read to the end of a partition");
+                            at_end.insert(partition, true);
+                            continue;
+                        }
                         Err(e) => {
                             tracing::warn!(error = %e, "engine consumer error");
                             continue;
                         }
                     };
                     let (partition, offset) = (msg.partition(), msg.offset());
+                    at_end.insert(partition, false);
                     let event = msg
                         .payload()
                         .ok_or_else(|| "empty message".to_string())
@@ -167,8 +201,8 @@ impl EngineRunner {
                     };
                     match slots.entry(partition).or_insert_with(|| Slot::Restoring { generation: 0, waiting: Vec::new() }) {
                         Slot::Restoring { waiting, .. } => waiting.push((offset, event)),
-                        Slot::Ready(ps) => {
-                            let write = self.apply(ps, partition, offset, event, &abandon);
+                        Slot::Ready(p) => {
+                            let write = self.apply(p, partition, offset, event, &abandon);
                             pending.push_back(write);
                         }
                     }
@@ -176,8 +210,8 @@ impl EngineRunner {
                 _ = sweep.tick() => {
                     let now = Timestamp::now();
                     for (&partition, slot) in slots.iter_mut() {
-                        if let Slot::Ready(ps) = slot {
-                            for lead in ps.expire(&self.engine, now, self.config.state_retention.0) {
+                        if let Slot::Ready(p) = slot {
+                            for lead in p.leads.expire(&self.engine, now, self.config.state_retention.0) {
                                 tracing::debug!(partition, %lead, "lead state retention over; tombstoned");
                                 self.spawn_tombstone(&mut firing, lead, &abandon);
                             }
@@ -188,11 +222,19 @@ impl EngineRunner {
             }
 
             // Fire whatever is due, also under a steady stream of events.
-            if next.is_some_and(|t| t <= Timestamp::now()) {
-                let now = Timestamp::now();
-                for (&partition, slot) in slots.iter_mut() {
-                    let Slot::Ready(ps) = slot else { continue };
-                    for (alert, state) in ps.fire_due(&self.engine, now) {
+            let now = Timestamp::now();
+            for (&partition, slot) in slots.iter_mut() {
+                let Slot::Ready(p) = slot else { continue };
+                let end = at_end.get(&partition).copied().unwrap_or(false);
+                let Some(horizon) = p.horizon(end, now) else {
+                    continue;
+                };
+                if p.leads.next_deadline().is_none_or(|d| d > horizon) {
+                    continue;
+                }
+                {
+                    for (mut alert, state) in p.leads.fire_due(&self.engine, horizon) {
+                        alert.timestamp = now;
                         self.metrics.alert_fired(&alert.kind);
                         tracing::info!(alert_id = %alert.id(), lead = %alert.data.lead, kind = %alert.kind, "alert fired");
                         firing.push(write_alert(
@@ -210,7 +252,7 @@ impl EngineRunner {
                 slots
                     .values()
                     .map(|s| match s {
-                        Slot::Ready(p) => p.len() as i64,
+                        Slot::Ready(p) => p.leads.len() as i64,
                         Slot::Restoring { .. } => 0,
                     })
                     .sum(),
@@ -299,10 +341,14 @@ impl EngineRunner {
             Some(Slot::Restoring { waiting, .. }) => waiting,
             _ => Vec::new(),
         };
+        let mut owned = Owned {
+            leads: ps,
+            seen_until: None,
+        };
         for (offset, event) in waiting {
-            pending.push_back(self.apply(&mut ps, partition, offset, event, abandon));
+            pending.push_back(self.apply(&mut owned, partition, offset, event, abandon));
         }
-        slots.insert(partition, Slot::Ready(ps));
+        slots.insert(partition, Slot::Ready(owned));
         consumer::resume(consumer, &self.topics.events, partition);
     }
 
@@ -317,13 +363,18 @@ impl EngineRunner {
     /// Applies one event; the returned future resolves to its offset once its state write is acked.
     fn apply(
         &self,
-        ps: &mut PartitionState,
+        owned: &mut Owned,
         partition: i32,
         offset: i64,
         event: LeadEvent,
         abandon: &CancellationToken,
     ) -> BoxFuture<'static, Option<(i32, i64)>> {
-        let payload = match ps.apply(&self.engine, &event) {
+        owned.seen_until = Some(
+            owned
+                .seen_until
+                .map_or(event.received_at, |t| t.max(event.received_at)),
+        );
+        let payload = match owned.leads.apply(&self.engine, &event) {
             Write::Nothing => {
                 self.metrics.engine_event("duplicate");
                 return futures::future::ready(Some((partition, offset))).boxed();

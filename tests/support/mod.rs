@@ -24,6 +24,16 @@ pub const SOURCE_SECRET: &str = "whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD";
 pub const SINK_SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
 pub const PREFIX: &str = "lwtest";
 
+/// Logs go through the test harness (shown for failing tests only).
+pub fn init_test_logs() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_test_writer()
+        .try_init();
+}
+
 /// Starts the mock cluster with the daemon's topics.
 pub fn kafka(partitions: i32) -> EmbeddedKafka {
     let topics = Topics::new(PREFIX);
@@ -145,6 +155,8 @@ brokers = "{bootstrap}"
 topic_prefix = "{PREFIX}"
 group_id = "lwtest"
 session_timeout = "6s"
+[engine]
+restore_timeout = "20s"
 [dispatch]
 retry_min_delay = "100ms"
 retry_max_delay = "1s"
@@ -173,7 +185,7 @@ within = "{within}"
 
 impl Daemon {
     pub async fn start(config: &str, rules: &str) -> Self {
-        leadwatch::telemetry::init_tracing();
+        init_test_logs();
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("rules.toml"), rules).unwrap();
         let path: PathBuf = dir.path().join("leadwatch.toml");
