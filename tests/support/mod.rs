@@ -20,6 +20,8 @@ use leadwatch::config::Config;
 use leadwatch::signature::WebhookSecret;
 use tokio::sync::oneshot;
 
+pub mod process;
+
 pub const SOURCE_SECRET: &str = "whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD";
 pub const SINK_SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
 pub const PREFIX: &str = "lwtest";
@@ -92,10 +94,16 @@ pub struct Receiver {
 
 impl Receiver {
     pub async fn start() -> Self {
+        Self::start_slow(Duration::ZERO).await
+    }
+
+    /// A receiver that takes `delay` to answer each request (a slow endpoint); requests are
+    /// recorded as they arrive.
+    pub async fn start_slow(delay: Duration) -> Self {
         let received = Arc::new(Mutex::new(Vec::new()));
         let app = Router::new()
             .route("/alerts", post(record))
-            .with_state(received.clone());
+            .with_state((received.clone(), delay));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (stop, stopped) = oneshot::channel::<()>();
@@ -121,14 +129,31 @@ impl Receiver {
     pub fn count(&self) -> usize {
         self.received.lock().unwrap().len()
     }
+
+    /// Distinct alert ids received.
+    pub fn distinct(&self) -> usize {
+        let mut ids: Vec<String> = self
+            .all()
+            .iter()
+            .map(|r| r.header("webhook-id").to_string())
+            .collect();
+        ids.sort();
+        ids.dedup();
+        ids.len()
+    }
 }
 
+type ReceiverState = (Arc<Mutex<Vec<Received>>>, Duration);
+
 async fn record(
-    State(received): State<Arc<Mutex<Vec<Received>>>>,
+    State((received, delay)): State<ReceiverState>,
     headers: HeaderMap,
     body: Bytes,
 ) -> StatusCode {
     received.lock().unwrap().push(Received { headers, body });
+    if !delay.is_zero() {
+        tokio::time::sleep(delay).await;
+    }
     StatusCode::NO_CONTENT
 }
 
