@@ -60,6 +60,9 @@ pub async fn run(
         )
         .await
         .context("preparing the Kafka topics")?;
+        admin::check_copartitioned(&base, &topics)
+            .await
+            .context("checking the Kafka topics")?;
     }
 
     let producer = Producer::new(&base, metrics.clone()).context("creating the Kafka producer")?;

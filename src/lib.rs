@@ -19,6 +19,7 @@ pub mod config;
 pub mod dispatch;
 pub mod engine;
 pub mod event;
+pub mod forget;
 pub mod http;
 pub mod ingest;
 pub mod signature;

@@ -33,6 +33,14 @@ enum Command {
         #[arg(long, short)]
         config: PathBuf,
     },
+    /// Erase one lead's state (a data-protection request) and say what still holds it.
+    Forget {
+        #[arg(long, short)]
+        config: PathBuf,
+        /// The lead key, e.g. `hubspot:123`.
+        #[arg(long)]
+        lead: String,
+    },
     /// Run a standalone embedded Kafka-protocol broker (in memory) for development and tests.
     DevBroker {
         /// Partitions of each topic.
@@ -80,6 +88,23 @@ fn main() -> ExitCode {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("leadwatch: {e:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Command::Forget { config, lead } => {
+            let cfg = match Config::load(&config) {
+                Ok(cfg) => cfg,
+                Err(problems) => return print_problems(&problems),
+            };
+            let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
+            match runtime.block_on(leadwatch::forget::forget(&cfg.kafka, &lead)) {
+                Ok(report) => {
+                    print!("{report}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("leadwatch forget: {e:#}");
                     ExitCode::FAILURE
                 }
             }

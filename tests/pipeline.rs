@@ -339,3 +339,82 @@ async fn a_client_that_never_finishes_its_headers_is_disconnected() {
     );
     daemon.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forgetting_a_lead_erases_its_state_and_cancels_its_alerts() {
+    let kafka = kafka(1);
+    let receiver = Receiver::start().await;
+    let daemon = Daemon::start(
+        &config_text(kafka.bootstrap(), &receiver.url, ""),
+        &rules_text("10s"),
+    )
+    .await;
+    let url = daemon.url("/webhooks/web");
+    let batch = json!([
+        ready_event("f1", "L-forget", &now_plus(0)),
+        ready_event("f2", "L-keep", &now_plus(100)),
+    ]);
+    assert_eq!(post_signed(&url, SOURCE_SECRET, &batch).await.0, 202);
+    wait_for("both leads applied", PATIENCE, || async {
+        daemon
+            .metric("leadwatch_engine_events_total{outcome=\"applied\"}")
+            .await
+            >= 2.0
+    })
+    .await;
+
+    let cfg = leadwatch::config::Config::load_with_env(
+        &daemon.dir.path().join("leadwatch.toml"),
+        Vec::new(),
+    )
+    .unwrap();
+    let report = leadwatch::forget::forget(&cfg.kafka, "L-forget")
+        .await
+        .unwrap();
+    assert!(report.contains("lwtest.events"), "{report}");
+    assert!(report.contains("lwtest.raw"), "{report}");
+    wait_for("the engine to drop the lead", PATIENCE, || async {
+        daemon
+            .metric("leadwatch_engine_events_total{outcome=\"forgotten\"}")
+            .await
+            >= 1.0
+    })
+    .await;
+    assert!(
+        receiver
+            .all()
+            .iter()
+            .all(|r| r.json()["data"]["lead"] == "L-keep"),
+        "the forgotten lead was alerted on"
+    );
+
+    wait_for("L-keep's alert", PATIENCE, || async {
+        receiver.count() >= 1
+    })
+    .await;
+    assert_eq!(receiver.count(), 1);
+    assert_eq!(receiver.all()[0].json()["data"]["lead"], "L-keep");
+    assert_eq!(
+        daemon
+            .metric("leadwatch_alerts_fired_total{type=\"sla.first_touch.breached\"}")
+            .await,
+        1.0,
+        "the forgotten lead's deadline came first and must not have fired"
+    );
+    daemon.stop().await;
+
+    let bootstrap = kafka.bootstrap().to_string();
+    let state = tokio::task::spawn_blocking(move || {
+        let mut base = rdkafka::ClientConfig::new();
+        base.set("bootstrap.servers", &bootstrap);
+        leadwatch::bus::changelog::read_partition(&base, "lwtest.state", 0, Duration::from_secs(30))
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    assert!(
+        !state.contains_key("L-forget"),
+        "the state changelog still holds the lead"
+    );
+    assert!(state.contains_key("L-keep"));
+}

@@ -19,6 +19,52 @@ pub enum TopicError {
     Missing { topic: String, reason: String },
     #[error("listing topics: {0}")]
     Metadata(#[source] rdkafka::error::KafkaError),
+    #[error(
+        "`{a}` has {a_n} partitions but `{b}` has {b_n}: they must match, because a lead's \
+         state is read back from the partition with the number of its events' partition"
+    )]
+    NotCoPartitioned {
+        a: String,
+        a_n: usize,
+        b: String,
+        b_n: usize,
+    },
+}
+
+/// Checks that each input topic and its changelog have the same number of partitions.
+pub async fn check_copartitioned(base: &ClientConfig, topics: &Topics) -> Result<(), TopicError> {
+    let base = base.clone();
+    let metadata = tokio::task::spawn_blocking(move || {
+        let client: BaseProducer = base.create()?;
+        client
+            .client()
+            .fetch_metadata(None, Duration::from_secs(10))
+    })
+    .await
+    .expect("metadata task panicked")
+    .map_err(TopicError::Metadata)?;
+    let count = |name: &str| {
+        metadata
+            .topics()
+            .iter()
+            .find(|t| t.name() == name)
+            .map_or(0, |t| t.partitions().len())
+    };
+    for (a, b) in [
+        (&topics.events, &topics.state),
+        (&topics.alerts, &topics.delivered),
+    ] {
+        let (a_n, b_n) = (count(a), count(b));
+        if a_n != b_n {
+            return Err(TopicError::NotCoPartitioned {
+                a: a.clone(),
+                a_n,
+                b: b.clone(),
+                b_n,
+            });
+        }
+    }
+    Ok(())
 }
 
 /// The topics of `topics` the cluster does not have yet.
