@@ -81,7 +81,18 @@ pub fn read_partition(
         };
         let msg = match result {
             Ok(msg) => msg,
-            Err(KafkaError::PartitionEOF(_)) => break,
+            // The end as the fetcher sees it: done once it is at (or past) the end taken above;
+            // a broker may report it early, before the fetches catch up.
+            Err(KafkaError::PartitionEOF(_)) => {
+                let position = consumer.position().ok().and_then(|tpl| {
+                    tpl.find_partition(topic, partition)
+                        .and_then(|e| e.offset().to_raw())
+                });
+                if position.is_some_and(|next| next >= high) {
+                    break;
+                }
+                continue;
+            }
             Err(e) => return Err(kafka(e)),
         };
         at = msg.offset();
@@ -97,6 +108,15 @@ pub fn read_partition(
             }
         }
     }
+    tracing::debug!(
+        topic,
+        partition,
+        low,
+        high,
+        at,
+        keys = snapshot.len(),
+        "changelog partition read"
+    );
     Ok(snapshot)
 }
 
