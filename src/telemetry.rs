@@ -72,6 +72,7 @@ pub struct Metrics {
     consumer_lag: Family<GroupLabel, Gauge>,
     leads: Gauge,
     producer_ready: Gauge,
+    producer_rebuilds: Counter,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -143,7 +144,14 @@ impl Metrics {
             "1 when the Kafka producer is healthy and the cluster answers",
             producer_ready.clone(),
         );
+        let producer_rebuilds = Counter::default();
+        registry.register(
+            "producer_rebuilds",
+            "Kafka producers rebuilt after a fatal error",
+            producer_rebuilds.clone(),
+        );
         Self {
+            producer_rebuilds,
             registry,
             webhook_requests,
             events_produced,
@@ -215,6 +223,10 @@ impl Metrics {
 
     pub fn set_leads(&self, n: i64) {
         self.leads.set(n);
+    }
+
+    pub fn producer_rebuilt(&self) {
+        self.producer_rebuilds.inc();
     }
 
     pub fn set_producer_ready(&self, ready: bool) {

@@ -418,3 +418,43 @@ async fn forgetting_a_lead_erases_its_state_and_cancels_its_alerts() {
     );
     assert!(state.contains_key("L-keep"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fatal_producer_error_turns_readiness_off_and_the_producer_is_rebuilt() {
+    use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
+    let kafka = kafka(1);
+    // The idempotent producer's first producer-id request is refused for good: librdkafka
+    // raises a fatal error, after which that producer instance can never deliver again.
+    kafka.request_errors(
+        RDKafkaApiKey::InitProducerId,
+        &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_CLUSTER_AUTHORIZATION_FAILED],
+    );
+    let receiver = Receiver::start().await;
+    let daemon = Daemon::start(
+        &config_text(kafka.bootstrap(), &receiver.url, ""),
+        &rules_text("1h"),
+    )
+    .await;
+    let url = daemon.url("/webhooks/web");
+    // Never a 2xx from the broken producer: 503 until the rebuilt one delivers.
+    let statuses = std::sync::Mutex::new(Vec::new());
+    wait_for("a 202 from the rebuilt producer", PATIENCE, || async {
+        let status = post_signed(&url, SOURCE_SECRET, &ready_event("e1", "L-1", &now_plus(0)))
+            .await
+            .0;
+        statuses.lock().unwrap().push(status);
+        status == 202
+    })
+    .await;
+    let statuses = statuses.into_inner().unwrap();
+    assert!(
+        statuses.iter().all(|s| *s == 202 || *s == 503),
+        "{statuses:?}"
+    );
+    assert!(daemon.metric("leadwatch_producer_rebuilds_total").await >= 1.0);
+    assert_eq!(
+        reqwest::get(daemon.url("/readyz")).await.unwrap().status(),
+        200
+    );
+    daemon.stop().await;
+}

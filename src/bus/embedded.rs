@@ -5,10 +5,12 @@ use std::sync::mpsc;
 use std::thread::JoinHandle;
 
 use rdkafka::mocking::MockCluster;
+use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
 
 enum Command {
     BrokerDown,
     BrokerUp,
+    RequestErrors(RDKafkaApiKey, Vec<RDKafkaRespErr>),
     Stop,
 }
 
@@ -62,6 +64,10 @@ impl EmbeddedKafka {
                     let result = match cmd {
                         Command::BrokerDown => mock.broker_down(BROKER),
                         Command::BrokerUp => mock.broker_up(BROKER),
+                        Command::RequestErrors(api, errors) => {
+                            mock.request_errors(api, &errors);
+                            Ok(())
+                        }
                         Command::Stop => break,
                     };
                     if let Err(e) = result {
@@ -93,6 +99,13 @@ impl EmbeddedKafka {
 
     pub fn broker_up(&self) {
         let _ = self.commands.send(Command::BrokerUp);
+    }
+
+    /// The next requests of kind `api` fail with `errors`, one each, in order (failure tests).
+    pub fn request_errors(&self, api: RDKafkaApiKey, errors: &[RDKafkaRespErr]) {
+        let _ = self
+            .commands
+            .send(Command::RequestErrors(api, errors.to_vec()));
     }
 }
 

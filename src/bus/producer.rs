@@ -121,8 +121,18 @@ impl Producer {
         }
         inner.send_result(record).map_err(|(e, _)| match e {
             KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull) => SendError::QueueFull,
+            KafkaError::MessageProduction(RDKafkaErrorCode::Fatal) => {
+                self.mark_fatal();
+                SendError::Fatal
+            }
             e => SendError::Kafka(e),
         })
+    }
+
+    /// This producer instance can never deliver again: stop using it and rebuild.
+    fn mark_fatal(&self) {
+        let guard = self.current.read().expect("producer lock poisoned");
+        guard.1.fatal.store(true, Ordering::SeqCst);
     }
 
     /// Whether `n` more messages would push the queue past 90 % (ingest answers 503 rather than
@@ -215,7 +225,11 @@ impl Producer {
                 _ = cancel.cancelled() => return,
             }
             let (inner, fatal) = self.inner();
-            if fatal {
+            // librdkafka reports some fatal errors under their own code (e.g. an authorization
+            // failure while acquiring the idempotence PID): ask it directly too.
+            if fatal || inner.client().fatal_error().is_some() {
+                self.mark_fatal();
+                self.metrics.set_producer_ready(false);
                 self.rebuild();
                 continue;
             }
@@ -249,6 +263,7 @@ impl Producer {
                     std::mem::replace(&mut *guard, (Arc::new(fresh), ctx))
                 };
                 tracing::info!("producer rebuilt after a fatal error");
+                self.metrics.producer_rebuilt();
                 // Dropping a producer waits on librdkafka; do it off the runtime.
                 std::thread::spawn(move || drop(old));
             }
