@@ -127,6 +127,103 @@ pub enum Slot<S, W> {
     Ready(S),
 }
 
+/// The partitions a loop owns, each restoring or ready.
+pub struct Slots<S, W> {
+    pub slots: std::collections::HashMap<i32, Slot<S, W>>,
+    generation: u64,
+}
+
+impl<S, W> Default for Slots<S, W> {
+    fn default() -> Self {
+        Self {
+            slots: Default::default(),
+            generation: 0,
+        }
+    }
+}
+
+impl<S, W> Slots<S, W> {
+    /// Marks newly assigned partitions as restoring (keeping messages that already wait for
+    /// them) and starts their restores.
+    pub fn assigned(
+        &mut self,
+        partitions: Vec<i32>,
+        restorer: &Restorer,
+        done: &tokio::sync::mpsc::UnboundedSender<Restored>,
+    ) {
+        for p in partitions {
+            self.generation += 1;
+            let waiting = match self.slots.remove(&p) {
+                Some(Slot::Restoring { waiting, .. }) => waiting,
+                _ => Vec::new(),
+            };
+            self.slots.insert(
+                p,
+                Slot::Restoring {
+                    generation: self.generation,
+                    waiting,
+                },
+            );
+            restorer.spawn(p, self.generation, Duration::ZERO, done.clone());
+        }
+    }
+
+    pub fn revoked(&mut self, partitions: &[i32]) {
+        for p in partitions {
+            self.slots.remove(p);
+        }
+    }
+
+    /// Whether `done` is the restore the partition waits for (not one made stale by a
+    /// revocation and a new assignment meanwhile).
+    pub fn is_current(&self, done: &Restored) -> bool {
+        matches!(self.slots.get(&done.partition), Some(Slot::Restoring { generation, .. }) if *generation == done.generation)
+    }
+
+    /// Makes a restored partition ready; returns the messages that waited for it, in order.
+    pub fn ready(&mut self, partition: i32, state: S) -> Vec<W> {
+        let waiting = match self.slots.remove(&partition) {
+            Some(Slot::Restoring { waiting, .. }) => waiting,
+            _ => Vec::new(),
+        };
+        self.slots.insert(partition, Slot::Ready(state));
+        waiting
+    }
+
+    /// Where a message for `partition` goes: its state, or (while it is restoring, or before
+    /// its assignment is seen) the queue of messages waiting for it.
+    pub fn route(&mut self, partition: i32) -> &mut Slot<S, W> {
+        self.slots
+            .entry(partition)
+            .or_insert_with(|| Slot::Restoring {
+                generation: 0,
+                waiting: Vec::new(),
+            })
+    }
+
+    pub fn ready_mut(&mut self, partition: i32) -> Option<&mut S> {
+        match self.slots.get_mut(&partition) {
+            Some(Slot::Ready(s)) => Some(s),
+            _ => None,
+        }
+    }
+
+    /// Every ready partition.
+    pub fn iter_ready_mut(&mut self) -> impl Iterator<Item = (i32, &mut S)> {
+        self.slots.iter_mut().filter_map(|(p, s)| match s {
+            Slot::Ready(s) => Some((*p, s)),
+            Slot::Restoring { .. } => None,
+        })
+    }
+
+    pub fn iter_ready(&self) -> impl Iterator<Item = (i32, &S)> {
+        self.slots.iter().filter_map(|(p, s)| match s {
+            Slot::Ready(s) => Some((*p, s)),
+            Slot::Restoring { .. } => None,
+        })
+    }
+}
+
 /// A restore that finished (or failed) on its blocking thread.
 pub struct Restored {
     pub partition: i32,

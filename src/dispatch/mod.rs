@@ -6,7 +6,6 @@ pub mod ledger;
 pub mod retry;
 pub mod sink;
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -29,7 +28,8 @@ use ledger::Ledger;
 use retry::RetryPolicy;
 use sink::Sink;
 
-type Slot = crate::bus::changelog::Slot<Ledger, (i64, Alert, Bytes)>;
+type Slots = crate::bus::changelog::Slots<Ledger, (i64, Alert, Bytes)>;
+use crate::bus::changelog::Slot;
 type Pending = FuturesOrdered<BoxFuture<'static, Option<(i32, i64)>>>;
 
 /// The sinks by name, and how to retry them.
@@ -93,8 +93,7 @@ impl Dispatcher {
             timeout: self.restore_timeout,
         };
         let (restored_tx, mut restored_rx) = mpsc::unbounded_channel::<Restored>();
-        let mut slots: HashMap<i32, Slot> = HashMap::new();
-        let mut generation = 0u64;
+        let mut slots: Slots = Slots::default();
         let abandon = CancellationToken::new();
         let mut pending: Pending = FuturesOrdered::new();
 
@@ -105,27 +104,18 @@ impl Dispatcher {
                 Some(change) = assignments.recv() => match change {
                     Assignment::Assigned(ps) => {
                         tracing::info!(partitions = ?ps, "dispatcher assigned partitions; restoring deliveries");
-                        for p in ps {
-                            generation += 1;
-                            let waiting = match slots.remove(&p) {
-                                Some(Slot::Restoring { waiting, .. }) => waiting,
-                                _ => Vec::new(),
-                            };
-                            slots.insert(p, Slot::Restoring { generation, waiting });
-                            restorer.spawn(p, generation, Duration::ZERO, restored_tx.clone());
-                        }
+                        slots.assigned(ps, &restorer, &restored_tx);
                     }
                     Assignment::Revoked(ps) => {
                         tracing::info!(partitions = ?ps, "dispatcher partitions revoked");
-                        for p in ps {
-                            slots.remove(&p);
-                        }
+                        slots.revoked(&ps);
                     }
                 },
-                Some(Restored { partition, generation: g, result }) = restored_rx.recv() => {
-                    if !matches!(slots.get(&partition), Some(Slot::Restoring { generation, .. }) if *generation == g) {
+                Some(done) = restored_rx.recv() => {
+                    if !slots.is_current(&done) {
                         continue;
                     }
+                    let Restored { partition, generation, result } = done;
                     let ledger = match result {
                         Ok(snapshot) => {
                             let (ledger, broken) = Ledger::from_snapshot(snapshot);
@@ -136,17 +126,14 @@ impl Dispatcher {
                         }
                         Err(e) => {
                             tracing::error!(partition, error = %e, "restoring deliveries failed; retrying");
-                            restorer.spawn(partition, g, Duration::from_secs(1), restored_tx.clone());
+                            restorer.spawn(partition, generation, Duration::from_secs(1), restored_tx.clone());
                             continue;
                         }
                     };
                     tracing::info!(partition, leads = ledger.len(), "deliveries restored");
-                    if let Some(Slot::Restoring { waiting, .. }) = slots.remove(&partition) {
-                        for (offset, alert, body) in waiting {
-                            pending.push_back(self.deliver(&ledger, partition, offset, alert, body, &abandon));
-                        }
+                    for (offset, alert, body) in slots.ready(partition, ledger.clone()) {
+                        pending.push_back(self.deliver(&ledger, partition, offset, alert, body, &abandon));
                     }
-                    slots.insert(partition, Slot::Ready(ledger));
                     consumer::resume(&consumer, &self.topics.alerts, partition);
                 }
                 Some(done) = pending.next(), if !pending.is_empty() => {
@@ -172,7 +159,7 @@ impl Dispatcher {
                             continue;
                         }
                     };
-                    match slots.entry(partition).or_insert_with(|| Slot::Restoring { generation: 0, waiting: Vec::new() }) {
+                    match slots.route(partition) {
                         Slot::Restoring { waiting, .. } => waiting.push((offset, alert, payload)),
                         Slot::Ready(ledger) => {
                             let ledger = ledger.clone();

@@ -53,7 +53,8 @@ fn until(t: Timestamp) -> Duration {
     }
 }
 
-type Slot = crate::bus::changelog::Slot<Owned, (i64, LeadEvent)>;
+type Slots = crate::bus::changelog::Slots<Owned, (i64, LeadEvent)>;
+use crate::bus::changelog::Slot;
 
 /// A partition this member owns, with how far its events have been read.
 struct Owned {
@@ -108,10 +109,10 @@ impl EngineRunner {
 
         let abandon = CancellationToken::new();
         let (restored_tx, mut restored_rx) = mpsc::unbounded_channel::<Restored>();
-        let mut slots: HashMap<i32, Slot> = HashMap::new();
+        let mut slots = Slots::default();
+        let restorer = self.restorer();
         // Partitions whose end was reached with no message since (every event read).
         let mut at_end: HashMap<i32, bool> = HashMap::new();
-        let mut generation = 0u64;
         // Per consumed event, resolves to its offset once what it caused is acknowledged.
         let mut pending: Pending = FuturesOrdered::new();
         // Fired alerts on their way to Kafka; an error hands the alert back to be fired again.
@@ -122,13 +123,9 @@ impl EngineRunner {
         loop {
             // A partition that is behind wakes the loop with its messages instead.
             let next = slots
-                .iter()
-                .filter_map(|(partition, s)| match s {
-                    Slot::Ready(p) if at_end.get(partition).copied().unwrap_or(false) => {
-                        p.leads.next_deadline()
-                    }
-                    _ => None,
-                })
+                .iter_ready()
+                .filter(|(partition, _)| at_end.get(partition).copied().unwrap_or(false))
+                .filter_map(|(_, p)| p.leads.next_deadline())
                 .min();
             let wake = next.map(until).unwrap_or(Duration::from_secs(3600));
             tokio::select! {
@@ -137,26 +134,18 @@ impl EngineRunner {
                 Some(change) = assignments.recv() => match change {
                     Assignment::Assigned(ps) => {
                         tracing::info!(partitions = ?ps, "engine assigned partitions; restoring their state");
-                        for p in ps {
-                            generation += 1;
-                            let waiting = match slots.remove(&p) {
-                                Some(Slot::Restoring { waiting, .. }) => waiting,
-                                _ => Vec::new(),
-                            };
-                            slots.insert(p, Slot::Restoring { generation, waiting });
-                            self.spawn_restore(p, generation, restored_tx.clone());
-                        }
+                        slots.assigned(ps, &restorer, &restored_tx);
                     }
                     Assignment::Revoked(ps) => {
                         tracing::info!(partitions = ?ps, "engine partitions revoked");
+                        slots.revoked(&ps);
                         for p in ps {
-                            slots.remove(&p);
                             at_end.remove(&p);
                         }
                     }
                 },
                 Some(done) = restored_rx.recv() => {
-                    self.on_restored(done, &mut slots, &consumer, &mut pending, &restored_tx, &abandon);
+                    self.on_restored(done, &mut slots, &consumer, &mut pending, &restorer, &restored_tx, &abandon);
                 }
                 Some(done) = pending.next(), if !pending.is_empty() => {
                     if let Some((partition, offset)) = done {
@@ -165,7 +154,7 @@ impl EngineRunner {
                 }
                 Some(result) = firing.next(), if !firing.is_empty() => {
                     if let Err((partition, alert)) = result
-                        && let Some(Slot::Ready(p)) = slots.get_mut(&partition)
+                        && let Some(p) = slots.ready_mut(partition)
                     {
                         p.leads.unfire(&self.engine, &alert);
                     }
@@ -199,7 +188,7 @@ impl EngineRunner {
                             continue;
                         }
                     };
-                    match slots.entry(partition).or_insert_with(|| Slot::Restoring { generation: 0, waiting: Vec::new() }) {
+                    match slots.route(partition) {
                         Slot::Restoring { waiting, .. } => waiting.push((offset, event)),
                         Slot::Ready(p) => {
                             let write = self.apply(p, partition, offset, event, &abandon);
@@ -209,12 +198,10 @@ impl EngineRunner {
                 }
                 _ = sweep.tick() => {
                     let now = Timestamp::now();
-                    for (&partition, slot) in slots.iter_mut() {
-                        if let Slot::Ready(p) = slot {
-                            for lead in p.leads.expire(&self.engine, now, self.config.state_retention.0) {
-                                tracing::debug!(partition, %lead, "lead state retention over; tombstoned");
-                                self.spawn_tombstone(&mut firing, lead, &abandon);
-                            }
+                    for (partition, p) in slots.iter_ready_mut() {
+                        for lead in p.leads.expire(&self.engine, now, self.config.state_retention.0) {
+                            tracing::debug!(partition, %lead, "lead state retention over; tombstoned");
+                            self.spawn_tombstone(&mut firing, lead, &abandon);
                         }
                     }
                 }
@@ -223,8 +210,7 @@ impl EngineRunner {
 
             // Fire whatever is due, also under a steady stream of events.
             let now = Timestamp::now();
-            for (&partition, slot) in slots.iter_mut() {
-                let Slot::Ready(p) = slot else { continue };
+            for (partition, p) in slots.iter_ready_mut() {
                 let end = at_end.get(&partition).copied().unwrap_or(false);
                 let Some(horizon) = p.horizon(end, now) else {
                     continue;
@@ -232,31 +218,22 @@ impl EngineRunner {
                 if p.leads.next_deadline().is_none_or(|d| d > horizon) {
                     continue;
                 }
-                {
-                    for (mut alert, state) in p.leads.fire_due(&self.engine, horizon) {
-                        alert.timestamp = now;
-                        self.metrics.alert_fired(&alert.kind);
-                        tracing::info!(alert_id = %alert.id(), lead = %alert.data.lead, kind = %alert.kind, "alert fired");
-                        firing.push(write_alert(
-                            self.producer.clone(),
-                            self.topics.clone(),
-                            partition,
-                            alert,
-                            state,
-                            abandon.clone(),
-                        ));
-                    }
+                for (mut alert, state) in p.leads.fire_due(&self.engine, horizon) {
+                    alert.timestamp = now;
+                    self.metrics.alert_fired(&alert.kind);
+                    tracing::info!(alert_id = %alert.id(), lead = %alert.data.lead, kind = %alert.kind, "alert fired");
+                    firing.push(write_alert(
+                        self.producer.clone(),
+                        self.topics.clone(),
+                        partition,
+                        alert,
+                        state,
+                        abandon.clone(),
+                    ));
                 }
             }
-            self.metrics.set_leads(
-                slots
-                    .values()
-                    .map(|s| match s {
-                        Slot::Ready(p) => p.leads.len() as i64,
-                        Slot::Restoring { .. } => 0,
-                    })
-                    .sum(),
-            );
+            self.metrics
+                .set_leads(slots.iter_ready().map(|(_, p)| p.leads.len() as i64).sum());
         }
 
         tracing::info!(in_flight = pending.len() + firing.len(), "engine stopping");
@@ -279,40 +256,32 @@ impl EngineRunner {
         Ok(())
     }
 
-    fn spawn_restore(
-        &self,
-        partition: i32,
-        generation: u64,
-        done: mpsc::UnboundedSender<Restored>,
-    ) {
-        self.restorer()
-            .spawn(partition, generation, Duration::ZERO, done);
-    }
-
+    /// A restore finished: make the partition ready (applying what waited for it) and resume
+    /// it, or retry a failed restore.
+    #[allow(clippy::too_many_arguments)]
     fn on_restored(
         &self,
         done: Restored,
-        slots: &mut HashMap<i32, Slot>,
+        slots: &mut Slots,
         consumer: &consumer::GroupConsumer,
         pending: &mut Pending,
+        restorer: &Restorer,
         restored_tx: &mpsc::UnboundedSender<Restored>,
         abandon: &CancellationToken,
     ) {
+        if !slots.is_current(&done) {
+            return;
+        }
         let Restored {
             partition,
             generation,
             result,
         } = done;
-        // Revoked (or revoked and assigned again) meanwhile: this restore is stale.
-        if !matches!(slots.get(&partition), Some(Slot::Restoring { generation: g, .. }) if *g == generation)
-        {
-            return;
-        }
         let snapshot = match result {
             Ok(snapshot) => snapshot,
             Err(e) => {
                 tracing::error!(partition, error = %e, "restoring lead state failed; retrying");
-                self.restorer().spawn(
+                restorer.spawn(
                     partition,
                     generation,
                     Duration::from_secs(1),
@@ -321,11 +290,11 @@ impl EngineRunner {
                 return;
             }
         };
-        let mut ps = PartitionState::default();
+        let mut leads = PartitionState::default();
         let mut broken = 0usize;
         for (key, bytes) in snapshot {
             match serde_json::from_slice::<LeadState>(&bytes) {
-                Ok(state) => ps.restore(&self.engine, key, state),
+                Ok(state) => leads.restore(&self.engine, key, state),
                 Err(_) => broken += 1,
             }
         }
@@ -336,19 +305,19 @@ impl EngineRunner {
                 "lead states in the changelog could not be read; those leads start afresh"
             );
         }
-        tracing::info!(partition, leads = ps.len(), "lead state restored");
-        let waiting = match slots.remove(&partition) {
-            Some(Slot::Restoring { waiting, .. }) => waiting,
-            _ => Vec::new(),
-        };
-        let mut owned = Owned {
-            leads: ps,
-            seen_until: None,
-        };
-        for (offset, event) in waiting {
-            pending.push_back(self.apply(&mut owned, partition, offset, event, abandon));
+        tracing::info!(partition, leads = leads.len(), "lead state restored");
+        let waiting = slots.ready(
+            partition,
+            Owned {
+                leads,
+                seen_until: None,
+            },
+        );
+        if let Some(owned) = slots.ready_mut(partition) {
+            for (offset, event) in waiting {
+                pending.push_back(self.apply(owned, partition, offset, event, abandon));
+            }
         }
-        slots.insert(partition, Slot::Ready(owned));
         consumer::resume(consumer, &self.topics.events, partition);
     }
 
