@@ -119,6 +119,9 @@ pub fn subscribe(
     // Defaults a user may change in `[kafka.options]` …
     cfg.set("auto.commit.interval.ms", "1000");
     cfg.set("statistics.interval.ms", "5000");
+    // Incremental rebalancing: a member joining or leaving moves only the partitions that must
+    // move, so only those are restored, instead of every partition of every member.
+    cfg.set("partition.assignment.strategy", "cooperative-sticky");
     for (k, v) in base.config_map() {
         cfg.set(k, v);
     }
