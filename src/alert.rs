@@ -1,5 +1,9 @@
 //! Alerts: what the engine decides and the dispatcher delivers. The JSON form is exactly the body
 //! a webhook sink receives.
+//!
+//! Types (`type`): `lead.unassigned`, `sla.first_touch.reminder`, `sla.first_touch.breached`,
+//! `sla.first_touch.escalated`, `follow_up.insufficient_attempts`, `disposition.missing_reason`,
+//! `disposition.unknown_reason`, `disposition.vague_reason`, `disposition.late`.
 
 use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
@@ -16,41 +20,163 @@ pub struct Alert {
     pub data: AlertData,
 }
 
+/// What an alert says. Fields that do not apply to an alert type are left out of the JSON.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct AlertData {
     /// Deterministic: the same after any retry, restart, replay or rules edit (see [`alert_id`]).
     pub alert_id: String,
+    /// The lead key (`hubspot:123`, `salesforce:00Q…`, or a generic source's key verbatim).
     pub lead: String,
+    /// The lead's owner when the alert fired (the CRM's owner id, as the source sends it).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub owner: Option<String>,
-    /// The rule of the rules file that was broken (`first_touch`, …).
+    /// The rule of the rules file that was broken: `handoff`, `first_touch`, `follow_up`,
+    /// `disposition`.
     pub rule: String,
-    /// 0 for the breach itself, n for the n-th escalation step.
+    /// 0 for the breach itself (and for every non-ladder alert), n for the n-th escalation step;
+    /// the reminder before a deadline is level 0 of its own type.
     pub level: u32,
-    pub sales_ready_at: Timestamp,
-    /// When this SLA clock started (the later of sales-ready and owned; an owner change restarts it).
+    /// The roles the alert is addressed to: `owner`, `manager`, `marketing_ops`, `queue`, or any
+    /// role named in the rules' `[recipients]`. Routes choose sinks by these.
+    #[serde(default = "default_to")]
+    pub to: Vec<String>,
+    /// The people behind those roles, as far as the rules' `[directory]` and `[recipients]` know
+    /// them (chat handles for mentions, emails). May be empty.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub recipients: Vec<Recipient>,
+    /// When the current sales-ready episode began.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sales_ready_at: Option<Timestamp>,
+    /// When this SLA clock started: for first touch the later of sales-ready and owned (an owner
+    /// change restarts it); for handoff the start of the episode; for close-out rules the close.
     pub clock_started_at: Timestamp,
+    /// The instant the rule was due (the SLA deadline; for close-out rules, the close itself).
     pub deadline: Timestamp,
+    /// Who should take the lead over (escalation steps with `reassign = true`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub suggested_owner: Option<String>,
+    /// How the lead was closed out (close-out rules).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disposition: Option<Disposition>,
+    /// What identifies the lead to a person, from its fields.
+    #[serde(default, skip_serializing_if = "LeadInfo::is_empty")]
+    pub lead_info: LeadInfo,
+    /// A link to the lead in its CRM, when the source names a link template.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub link: Option<String>,
     /// One sentence a person can act on.
     pub message: String,
+}
+
+fn default_to() -> Vec<String> {
+    vec!["owner".into()]
+}
+
+/// A person (or channel) an alert is addressed to.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Recipient {
+    /// The role they are addressed in (`owner`, `manager`, `marketing_ops`, …).
+    pub role: String,
+    /// Their id: the CRM owner id, an email, or a name from `[recipients]`.
+    pub id: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub email: Option<String>,
+    /// Slack member id (`U024BE7LH`) or handle, for a mention.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub slack: Option<String>,
+    /// Teams user (email or AAD id), for a mention.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub teams: Option<String>,
+}
+
+/// How a lead was closed out, for the close-out rules.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Disposition {
+    /// The lead's `disposition_reason` at the close, as written.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
+    /// Attempts (touches) logged in the episode before the close.
+    pub attempts: u32,
+    pub closed_at: Timestamp,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_activity_at: Option<Timestamp>,
+}
+
+/// The lead as a person recognises it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LeadInfo {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub email: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub company: Option<String>,
+    /// The configured source the lead came through (`[sources.NAME]`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<String>,
+}
+
+impl LeadInfo {
+    pub fn is_empty(&self) -> bool {
+        self == &LeadInfo::default()
+    }
 }
 
 impl Alert {
     pub fn id(&self) -> &str {
         &self.data.alert_id
     }
+
+    /// The lead's id in its own system: `123` of `hubspot:123`; a key without a system prefix
+    /// is returned whole.
+    pub fn object_id(&self) -> &str {
+        split_lead_key(&self.data.lead).1
+    }
 }
 
-/// The id of an alert: a hash of (lead, rule, level, start of that SLA clock). It does not depend
+/// Splits a lead key `"{system}:{object id}"` into its parts; a key without a known system
+/// prefix has no system.
+pub fn split_lead_key(lead: &str) -> (Option<&str>, &str) {
+    match lead.split_once(':') {
+        Some((system, id))
+            if matches!(
+                system,
+                "hubspot" | "salesforce" | "marketo" | "pipedrive" | "zoho" | "dynamics"
+            ) =>
+        {
+            (Some(system), id)
+        }
+        _ => (None, lead),
+    }
+}
+
+/// The id of an alert: a hash of (lead, rule, level, start of that SLA clock) and, for the
+/// types that share a rule and level (the reminder and the breach), the type. It does not depend
 /// on the deadline, so editing the rules never makes an alert that already fired fire again.
 pub fn alert_id(lead: &str, rule: &str, level: u32, clock_started_at: Timestamp) -> String {
+    alert_id_of(lead, rule, level, clock_started_at, None)
+}
+
+/// As [`alert_id`], for a second alert type under the same (rule, level), e.g. the reminder.
+pub fn alert_id_of(
+    lead: &str,
+    rule: &str,
+    level: u32,
+    clock_started_at: Timestamp,
+    variant: Option<&str>,
+) -> String {
     let mut h = Sha256::new();
-    for part in [
-        lead,
-        rule,
-        &level.to_string(),
-        &clock_started_at.to_string(),
-    ] {
+    let level = level.to_string();
+    let clock = clock_started_at.to_string();
+    let mut parts = vec![lead, rule, &level, &clock];
+    if let Some(v) = variant {
+        parts.push(v);
+    }
+    for part in parts {
         h.update((part.len() as u64).to_be_bytes());
         h.update(part.as_bytes());
     }
@@ -83,5 +209,17 @@ mod tests {
         );
         // Length-prefixed parts: moving a character between parts changes the id.
         assert_ne!(alert_id("L-1f", "irst_touch", 0, t), a);
+        assert_ne!(alert_id_of("L-1", "first_touch", 0, t, Some("reminder")), a);
+    }
+
+    #[test]
+    fn lead_keys_split_into_system_and_object_id() {
+        assert_eq!(split_lead_key("hubspot:123"), (Some("hubspot"), "123"));
+        assert_eq!(
+            split_lead_key("salesforce:00Q5g000001"),
+            (Some("salesforce"), "00Q5g000001")
+        );
+        assert_eq!(split_lead_key("L-1"), (None, "L-1"));
+        assert_eq!(split_lead_key("urn:x:1"), (None, "urn:x:1"));
     }
 }

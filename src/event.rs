@@ -33,6 +33,13 @@ pub enum Change {
     /// Something a person did to the lead (a call, an email, a meeting …).
     #[serde(rename = "lead.activity")]
     Activity { activity: Activity },
+    /// The lead was deleted in its system: its episode ends, and its state is tombstoned after
+    /// the retention.
+    #[serde(rename = "lead.deleted")]
+    Deleted {},
+    /// The lead was merged into another record (`into`, a lead key): as deleted, for this key.
+    #[serde(rename = "lead.merged")]
+    Merged { into: String },
     /// Erase everything leadwatch holds on the lead (a data-protection request; `leadwatch forget`).
     #[serde(rename = "lead.forgotten")]
     Forgotten {},

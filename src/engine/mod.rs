@@ -140,6 +140,10 @@ impl Engine {
 
         match &event.change {
             Change::Forgotten {} => return Applied::Forget,
+            Change::Deleted {} | Change::Merged { .. } => {
+                state.sales_ready_at = None;
+                state.first_touch = None;
+            }
             Change::Updated { fields } => {
                 let at = event.occurred_at;
                 for (k, v) in fields {
@@ -269,7 +273,7 @@ impl Engine {
         if deadline > now {
             return Vec::new();
         }
-        let sales_ready_at = state.sales_ready_at.unwrap_or(deadline);
+        let sales_ready_at = state.sales_ready_at;
         let Some(clock) = state.first_touch.clone() else {
             return Vec::new();
         };
@@ -289,9 +293,15 @@ impl Engine {
                 owner: Some(clock.owner.clone()),
                 rule: "first_touch".into(),
                 level: 0,
+                to: vec!["owner".into()],
+                recipients: Vec::new(),
                 sales_ready_at,
                 clock_started_at: clock.started_at,
                 deadline,
+                suggested_owner: None,
+                disposition: None,
+                lead_info: Default::default(),
+                link: None,
                 message,
             },
         }]

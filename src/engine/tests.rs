@@ -80,7 +80,7 @@ fn an_untouched_lead_breaches_exactly_at_the_deadline() {
     assert_eq!(a.data.owner.as_deref(), Some("alice"));
     assert_eq!(a.data.level, 0);
     assert_eq!(a.data.deadline, t("14:00:00"));
-    assert_eq!(a.data.sales_ready_at, t("10:00:00"));
+    assert_eq!(a.data.sales_ready_at, Some(t("10:00:00")));
     assert_eq!(
         a.data.alert_id,
         crate::alert::alert_id("L-1", "first_touch", 0, t("10:00:00"))
@@ -151,7 +151,7 @@ fn the_clock_starts_when_the_lead_is_both_ready_and_owned() {
     e.apply(&mut s, &update("e2", "11:00:00", json!({"owner": "alice"})));
     assert_eq!(e.next_deadline(&s), Some(t("15:00:00")));
     let a = e.fire_due("L-1", &mut s, t("15:00:00"));
-    assert_eq!(a[0].data.sales_ready_at, t("10:00:00"));
+    assert_eq!(a[0].data.sales_ready_at, Some(t("10:00:00")));
     assert_eq!(a[0].data.clock_started_at, t("11:00:00"));
 }
 
