@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use anyhow::Context as _;
 use tokio::net::TcpListener;
+use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
 use crate::bus::embedded::EmbeddedKafka;
@@ -15,6 +16,7 @@ use crate::config::Config;
 use crate::dispatch::Dispatcher;
 use crate::dispatch::retry::RetryPolicy;
 use crate::engine::Engine;
+use crate::engine::rules::Rules;
 use crate::engine::runner::EngineRunner;
 use crate::ingest::{Ingest, Source};
 use crate::telemetry::Metrics;
@@ -26,7 +28,40 @@ pub async fn run(
     listener: TcpListener,
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
+    let (_never, reloads) = mpsc::unbounded_channel();
+    run_with_reloads(config, listener, shutdown, reloads).await
+}
+
+/// As [`run`]; each message on `reloads` (SIGHUP) reads the rules file again. Valid rules apply
+/// to open leads at once; invalid ones are logged with every problem and the old rules stay.
+pub async fn run_with_reloads(
+    config: Config,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()>,
+    mut reloads: mpsc::UnboundedReceiver<()>,
+) -> anyhow::Result<()> {
     let metrics = Arc::new(Metrics::new());
+    let (rules_tx, rules_rx) = watch::channel(Arc::new(config.rules.clone()));
+    let reloader = {
+        let (path, metrics) = (config.rules_path.clone(), metrics.clone());
+        tokio::spawn(async move {
+            while reloads.recv().await.is_some() {
+                match Rules::load(&path) {
+                    Ok(rules) => {
+                        tracing::info!(rules = %path.display(), "rules reloaded");
+                        metrics.rules_reload("applied");
+                        let _ = rules_tx.send(Arc::new(rules));
+                    }
+                    Err(problems) => {
+                        for p in &problems.0 {
+                            tracing::error!(problem = %p, "rules not reloaded");
+                        }
+                        metrics.rules_reload("invalid");
+                    }
+                }
+            }
+        })
+    };
     let topics = Topics::new(&config.kafka.topic_prefix);
 
     let embedded;
@@ -79,7 +114,9 @@ pub async fn run(
     let mut workers = Vec::new();
     if config.roles.engine {
         let runner = EngineRunner {
-            engine: Engine::new(Arc::new(config.rules.clone()), metrics.clone()),
+            engine: Engine::new(Arc::new(config.rules.clone()), metrics.clone())
+                .with_reorder_window(config.engine.reorder_window.0),
+            rules: rules_rx.clone(),
             producer: producer.clone(),
             base: base.clone(),
             kafka: config.kafka.clone(),
@@ -152,6 +189,7 @@ pub async fn run(
     producer.flush(grace).await;
     stop_supervisor.cancel();
     let _ = supervisor.await;
+    reloader.abort();
     drop(producer);
     drop(embedded);
     tracing::info!("stopped");

@@ -298,6 +298,11 @@ pub struct EngineConfig {
     #[serde(default = "default_restore_timeout")]
     #[eserde(compat)]
     pub restore_timeout: HumanDuration,
+    /// How far back in event time a late event still takes its place among a lead's events (and
+    /// can change an outcome); older ones are applied as they come.
+    #[serde(default = "default_reorder_window")]
+    #[eserde(compat)]
+    pub reorder_window: HumanDuration,
 }
 
 impl Default for EngineConfig {
@@ -307,6 +312,7 @@ impl Default for EngineConfig {
             state_retention: default_retention(),
             sweep_interval: default_sweep(),
             restore_timeout: default_restore_timeout(),
+            reorder_window: default_reorder_window(),
         }
     }
 }
@@ -316,6 +322,9 @@ fn default_retention() -> HumanDuration {
 }
 fn default_sweep() -> HumanDuration {
     HumanDuration(Duration::from_secs(60))
+}
+fn default_reorder_window() -> HumanDuration {
+    HumanDuration(crate::engine::DEFAULT_REORDER_WINDOW)
 }
 fn default_restore_timeout() -> HumanDuration {
     HumanDuration(Duration::from_secs(600))
@@ -821,15 +830,36 @@ where
     Err(problems)
 }
 
-/// Removes the key at a dotted path; false when there is none.
+/// Removes the key at a dotted path (`segments[1].extra`); false when there is none.
 fn remove_path(value: &mut serde_json::Value, path: &str) -> bool {
-    let mut parts: Vec<&str> = path.split('.').collect();
-    let Some(last) = parts.pop() else {
+    // `a.b[1][2].c` → steps a, b, [1], [2], c.
+    let mut steps: Vec<Result<usize, &str>> = Vec::new();
+    for part in path.split('.') {
+        let (name, mut rest) = part.split_at(part.find('[').unwrap_or(part.len()));
+        if !name.is_empty() {
+            steps.push(Err(name));
+        }
+        while let Some(open) = rest.strip_prefix('[') {
+            let Some((index, after)) = open.split_once(']') else {
+                return false;
+            };
+            match index.parse() {
+                Ok(i) => steps.push(Ok(i)),
+                Err(_) => return false,
+            }
+            rest = after;
+        }
+    }
+    let Some(Err(last)) = steps.pop() else {
         return false;
     };
     let mut node = value;
-    for part in parts {
-        match node.get_mut(part) {
+    for step in steps {
+        let next = match step {
+            Ok(i) => node.get_mut(i),
+            Err(key) => node.get_mut(key),
+        };
+        match next {
             Some(next) => node = next,
             None => return false,
         }

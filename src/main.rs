@@ -41,6 +41,23 @@ enum Command {
         #[arg(long)]
         lead: String,
     },
+    /// Run a rules file over past events (one canonical JSON event per line) with a simulated
+    /// clock: every alert as a JSON line on stdout, a scorecard (JSON) on stderr or to a file.
+    Simulate {
+        /// The rules file to test.
+        #[arg(long)]
+        rules: PathBuf,
+        /// Past events, JSON lines, any order (applied by `occurred_at`).
+        #[arg(long)]
+        events: PathBuf,
+        /// Stop here (RFC 3339): later events are not applied; deadlines up to it fire. Default:
+        /// the last event's time.
+        #[arg(long)]
+        until: Option<jiff::Timestamp>,
+        /// Write the scorecard here instead of stderr.
+        #[arg(long)]
+        scorecard: Option<PathBuf>,
+    },
     /// Run a standalone embedded Kafka-protocol broker (in memory) for development and tests.
     DevBroker {
         /// Partitions of each topic.
@@ -82,7 +99,8 @@ fn main() -> ExitCode {
                 let listener = tokio::net::TcpListener::bind(cfg.server.listen)
                     .await
                     .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", cfg.server.listen))?;
-                leadwatch::app::run(cfg, listener, shutdown_signal()).await
+                leadwatch::app::run_with_reloads(cfg, listener, shutdown_signal(), reload_signals())
+                    .await
             });
             match result {
                 Ok(()) => ExitCode::SUCCESS,
@@ -109,6 +127,12 @@ fn main() -> ExitCode {
                 }
             }
         }
+        Command::Simulate {
+            rules,
+            events,
+            until,
+            scorecard,
+        } => simulate(&rules, &events, until, scorecard.as_deref()),
         Command::DevBroker {
             partitions,
             topic_prefix,
@@ -134,6 +158,21 @@ async fn shutdown_signal() {
     });
 }
 
+/// One message per SIGHUP: read the rules file again.
+fn reload_signals() -> tokio::sync::mpsc::UnboundedReceiver<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    let mut hup = signal(SignalKind::hangup()).expect("SIGHUP handler");
+    tokio::spawn(async move {
+        while hup.recv().await.is_some() {
+            if tx.send(()).is_err() {
+                break;
+            }
+        }
+    });
+    rx
+}
+
 async fn wait_for_signal() {
     use tokio::signal::unix::{SignalKind, signal};
     let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
@@ -142,6 +181,69 @@ async fn wait_for_signal() {
         _ = term.recv() => {}
         _ = int.recv() => {}
     }
+}
+
+fn simulate(
+    rules: &std::path::Path,
+    events: &std::path::Path,
+    until: Option<jiff::Timestamp>,
+    scorecard: Option<&std::path::Path>,
+) -> ExitCode {
+    use leadwatch::engine::{Engine, simulate};
+    use std::io::Write;
+    let rules = match leadwatch::engine::rules::Rules::load(rules) {
+        Ok(rules) => rules,
+        Err(problems) => return print_problems(&problems),
+    };
+    let file = match std::fs::File::open(events) {
+        Ok(f) => std::io::BufReader::new(f),
+        Err(e) => {
+            eprintln!("leadwatch simulate: cannot read {}: {e}", events.display());
+            return ExitCode::from(66);
+        }
+    };
+    let (events_read, bad) = match simulate::read_events(file) {
+        Ok(read) => read,
+        Err(e) => {
+            eprintln!("leadwatch simulate: reading {}: {e}", events.display());
+            return ExitCode::from(66);
+        }
+    };
+    for b in &bad {
+        eprintln!("{}:{}: skipped: {}", events.display(), b.line, b.message);
+    }
+    let metrics = std::sync::Arc::new(leadwatch::telemetry::Metrics::new());
+    let engine = Engine::new(std::sync::Arc::new(rules), metrics);
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    let mut failed = None;
+    let card = simulate::run(&engine, events_read, until, |alert| {
+        let line = simulate::Fired {
+            alert,
+            fired_at: alert.timestamp,
+        };
+        if failed.is_none()
+            && let Err(e) = serde_json::to_writer(&mut out, &line)
+                .map_err(std::io::Error::from)
+                .and_then(|_| out.write_all(b"\n"))
+        {
+            failed = Some(e);
+        }
+    });
+    if let Some(e) = failed.or_else(|| out.flush().err()) {
+        eprintln!("leadwatch simulate: writing alerts: {e}");
+        return ExitCode::FAILURE;
+    }
+    let text = serde_json::to_string_pretty(&card).expect("scorecard serializes");
+    match scorecard {
+        Some(path) => {
+            if let Err(e) = std::fs::write(path, text + "\n") {
+                eprintln!("leadwatch simulate: writing {}: {e}", path.display());
+                return ExitCode::FAILURE;
+            }
+        }
+        None => eprintln!("{text}"),
+    }
+    ExitCode::SUCCESS
 }
 
 fn dev_broker(partitions: i32, prefix: &str, port: Option<u16>) -> ExitCode {

@@ -73,6 +73,7 @@ pub struct Metrics {
     leads: Gauge,
     producer_ready: Gauge,
     producer_rebuilds: Counter,
+    rules_reloads: Family<OutcomeLabel, Counter>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -150,7 +151,14 @@ impl Metrics {
             "Kafka producers rebuilt after a fatal error",
             producer_rebuilds.clone(),
         );
+        let rules_reloads = Family::default();
+        registry.register(
+            "rules_reloads",
+            "Rules reloads (SIGHUP) by outcome: applied, or invalid (the old rules stay)",
+            rules_reloads.clone(),
+        );
         Self {
+            rules_reloads,
             producer_rebuilds,
             registry,
             webhook_requests,
@@ -231,6 +239,14 @@ impl Metrics {
 
     pub fn set_producer_ready(&self, ready: bool) {
         self.producer_ready.set(ready as i64);
+    }
+
+    pub fn rules_reload(&self, outcome: &str) {
+        self.rules_reloads
+            .get_or_create(&OutcomeLabel {
+                outcome: outcome.into(),
+            })
+            .inc();
     }
 
     /// The Prometheus text exposition.

@@ -188,8 +188,10 @@ async fn main() -> anyhow::Result<()> {
                 "wrote {events} events in {:.1} s",
                 started.elapsed().as_secs_f64()
             );
+            let (_rules_tx, rules) = tokio::sync::watch::channel(Arc::new(engine.rules().clone()));
             let runner = EngineRunner {
                 engine,
+                rules,
                 producer: producer.clone(),
                 base: base.clone(),
                 kafka,

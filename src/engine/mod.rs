@@ -1,100 +1,39 @@
 //! The SLA engine. [`Engine`] is pure: `(state, event)` → new state, and `(state, now)` → alerts.
-//! No I/O and no clock reads, so the same code runs live ([`runner`]) and over past events.
-//! [`partition::PartitionState`] holds one Kafka partition's leads and their deadlines.
+//! No I/O and no clock reads, so the same code runs live ([`runner`]) and over past events
+//! ([`simulate`]).
+//!
+//! - [`rules`]: the rules file, compiled and validated; [`rules::cel`] evaluates its predicates.
+//! - [`state`]: a lead's state and its event-time fold; [`Engine::apply`] changes it.
+//! - [`calendar`]: business time. [`deadlines`]: where each SLA deadline is computed.
+//! - [`alerts`]: an owed alert turned into what people receive (recipients, message).
+//! - [`partition`]: one Kafka partition's leads and their deadlines in one ordered set.
+//! - [`runner`]: the Kafka shell around it; [`simulate`]: the same engine over a file, with a
+//!   scorecard.
 
+pub mod alerts;
+pub mod calendar;
+pub mod deadlines;
 pub mod partition;
 pub mod rules;
 pub mod runner;
+pub mod simulate;
+pub mod state;
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::Duration;
 
 use jiff::{SignedDuration, Timestamp};
-use serde::{Deserialize, Serialize};
-use serde_json::{Map, Value};
 
-use crate::alert::{Alert, AlertData, alert_id};
+use crate::alert::Alert;
 use crate::event::{Change, LeadEvent};
 use crate::telemetry::Metrics;
-use rules::Rules;
+use deadlines::Due;
+use rules::{Facts, Predicate, Rules, Settings};
+pub use state::{Closeout, Episode, Lead, LeadState, Logged};
 
-/// How many recent event ids a lead remembers, to ignore re-sent events.
-const RECENT_EVENT_IDS: usize = 64;
-
-/// Everything the engine knows about one lead. Serialized as-is to the state changelog.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct LeadState {
-    /// The lead's fields, every patch merged in.
-    pub fields: Map<String, Value>,
-    /// When the current sales-ready episode began; `None` when the lead is not sales-ready.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub sales_ready_at: Option<Timestamp>,
-    /// The current owner, from the `owner` field.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub owner: Option<String>,
-    /// When the current owner was assigned.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub owner_since: Option<Timestamp>,
-    /// The first-touch SLA clock, running while the lead is sales-ready and owned.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub first_touch: Option<Clock>,
-    /// When each field was last set, in event time: a patch that arrives late does not
-    /// overwrite a newer value.
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub field_at: BTreeMap<String, Timestamp>,
-    /// The newest event time seen (retention counts from it).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub last_event_at: Option<Timestamp>,
-    /// Ids of the most recent events applied, newest last.
-    #[serde(default)]
-    pub recent_events: VecDeque<String>,
-    /// Alerts already fired, as (rule, level, clock start) — what their ids are made of — newest
-    /// last. Nothing fires twice under one id, whatever order events arrive in.
-    #[serde(default, skip_serializing_if = "VecDeque::is_empty")]
-    pub fired: VecDeque<Fired>,
-}
-
-/// One alert that fired.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Fired {
-    pub rule: String,
-    pub level: u32,
-    pub clock: Timestamp,
-}
-
-/// How many fired alerts a lead remembers.
-const FIRED_REMEMBERED: usize = 32;
-
-impl LeadState {
-    pub fn has_fired(&self, rule: &str, level: u32, clock: Timestamp) -> bool {
-        self.fired
-            .iter()
-            .any(|f| f.rule == rule && f.level == level && f.clock == clock)
-    }
-
-    fn mark_fired(&mut self, rule: &str, level: u32, clock: Timestamp) {
-        if self.fired.len() == FIRED_REMEMBERED {
-            self.fired.pop_front();
-        }
-        self.fired.push_back(Fired {
-            rule: rule.to_string(),
-            level,
-            clock,
-        });
-    }
-}
-
-/// One SLA clock of one lead.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Clock {
-    /// When it started: the later of sales-ready and owned (event time).
-    pub started_at: Timestamp,
-    /// The owner it runs for; a new owner restarts the clock.
-    pub owner: String,
-    /// The first touch at or after `started_at`, if any.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub touched_at: Option<Timestamp>,
-}
+/// Default reorder window: how far back in event time a late event still takes its place.
+pub const DEFAULT_REORDER_WINDOW: Duration = Duration::from_secs(3600);
 
 /// What applying an event did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -112,207 +51,344 @@ pub enum Applied {
 pub struct Engine {
     rules: Arc<Rules>,
     metrics: Arc<Metrics>,
+    reorder_window: SignedDuration,
+    /// Source name → link template (`https://…/{id}`) into the CRM.
+    links: Arc<HashMap<String, String>>,
 }
 
 impl Engine {
     pub fn new(rules: Arc<Rules>, metrics: Arc<Metrics>) -> Self {
-        Self { rules, metrics }
+        Self {
+            rules,
+            metrics,
+            reorder_window: SignedDuration::try_from(DEFAULT_REORDER_WINDOW).expect("fits"),
+            links: Arc::new(HashMap::new()),
+        }
+    }
+
+    /// How far back in event time a late event still takes its place in the fold.
+    pub fn with_reorder_window(mut self, window: Duration) -> Self {
+        self.reorder_window = SignedDuration::try_from(window).unwrap_or(SignedDuration::MAX);
+        self
+    }
+
+    /// Link templates into the CRM, by source name.
+    pub fn with_links(mut self, links: HashMap<String, String>) -> Self {
+        self.links = Arc::new(links);
+        self
+    }
+
+    /// The same engine under other rules (a reload).
+    pub fn with_rules(&self, rules: Arc<Rules>) -> Self {
+        Self {
+            rules,
+            ..self.clone()
+        }
     }
 
     pub fn rules(&self) -> &Rules {
         &self.rules
     }
 
+    fn eval(&self, p: &Predicate, facts: &Facts) -> bool {
+        match p.eval(&self.rules.cel, facts) {
+            Ok(b) => b,
+            Err(e) => {
+                tracing::debug!(rule = %p.key, error = %e, "rule counted as false");
+                self.metrics.rule_errors(&p.key);
+                false
+            }
+        }
+    }
+
+    /// The settings (top level or segment) that apply to a lead now.
+    pub fn settings(&self, lead: &Lead) -> Arc<Settings> {
+        if self.rules.segments.is_empty() {
+            return self.rules.base.clone();
+        }
+        let facts = Facts::new(&lead.fields);
+        self.rules
+            .settings_for(&facts, |key| self.metrics.rule_errors(key))
+            .clone()
+    }
+
     /// Applies one event to a lead's state.
     pub fn apply(&self, state: &mut LeadState, event: &LeadEvent) -> Applied {
-        if state.recent_events.iter().any(|id| id == &event.id) {
+        if !state.remember(&event.id) {
             return Applied::Duplicate;
         }
-        if state.recent_events.len() == RECENT_EVENT_IDS {
-            state.recent_events.pop_front();
+        if matches!(event.change, Change::Forgotten {}) {
+            return Applied::Forget;
         }
-        state.recent_events.push_back(event.id.clone());
-
-        state.last_event_at = Some(match state.last_event_at {
-            Some(t) => t.max(event.occurred_at),
-            None => event.occurred_at,
-        });
-
-        match &event.change {
-            Change::Forgotten {} => return Applied::Forget,
-            Change::Deleted {} | Change::Merged { .. } => {
-                state.sales_ready_at = None;
-                state.first_touch = None;
-            }
-            Change::Updated { fields } => {
-                let at = event.occurred_at;
-                for (k, v) in fields {
-                    // Applied by event time: a late patch does not undo a newer one.
-                    if state.field_at.get(k).is_some_and(|newer| *newer > at) {
-                        continue;
-                    }
-                    state.field_at.insert(k.clone(), at);
-                    if v.is_null() {
-                        state.fields.remove(k);
-                    } else {
-                        state.fields.insert(k.clone(), v.clone());
-                    }
-                }
-                self.update_lifecycle(state, at);
-            }
-            Change::Activity { activity } => {
-                let kind = activity.kind.to_lowercase();
-                let counts = self.rules.first_touch.touch_kinds.contains(&kind);
-                if let Some(clock) = state.first_touch.as_mut()
-                    && counts
-                    && event.occurred_at >= clock.started_at
-                {
-                    clock.touched_at = Some(match clock.touched_at {
-                        Some(t) => t.min(event.occurred_at),
-                        None => event.occurred_at,
-                    });
-                }
-            }
+        state.seq += 1;
+        let entry = Logged {
+            at: event.occurred_at,
+            seq: state.seq,
+            source: event.source.clone(),
+            change: event.change.clone(),
+        };
+        let at = state.position(entry.at);
+        if at == state.log.len() {
+            // In order: one more step.
+            self.step(&mut state.lead, &entry);
+            state.log.push(entry);
+        } else {
+            // Late: in its place, and the window folded again.
+            state.log.insert(at, entry);
+            self.rebuild(state);
         }
+        self.trim(state);
         Applied::Changed
     }
 
-    fn update_lifecycle(&self, state: &mut LeadState, at: Timestamp) {
-        let owner = state
-            .fields
-            .get("owner")
-            .and_then(Value::as_str)
-            .map(str::trim)
-            .filter(|s| !s.is_empty())
-            .map(str::to_string);
-        if owner != state.owner {
-            state.owner_since = owner.as_ref().map(|_| at);
-            state.owner = owner;
+    /// Recomputes the lead from `base` and the window (after a restore, a late event, a rules
+    /// reload).
+    pub fn rebuild(&self, state: &mut LeadState) {
+        let mut lead = state.base.clone();
+        for entry in &state.log {
+            self.step(&mut lead, entry);
         }
+        state.lead = lead;
+    }
 
-        let ready = match self.rules.sales_ready.eval(&state.fields) {
-            Ok(ready) => ready,
-            Err(e) => {
-                tracing::debug!(error = %e, "lifecycle.sales_ready counted as false");
-                self.metrics.rule_errors("lifecycle.sales_ready");
-                false
-            }
+    /// Folds events older than the reorder window into `base`.
+    fn trim(&self, state: &mut LeadState) {
+        let Some(newest) = state.log.last().map(|e| e.at) else {
+            return;
         };
-        match (ready, state.sales_ready_at) {
-            (true, None) => state.sales_ready_at = Some(at),
-            (false, Some(_)) => {
-                // The episode ends: no clock runs for a lead that is not sales-ready.
-                state.sales_ready_at = None;
-                state.first_touch = None;
-            }
-            _ => {}
+        let horizon = newest
+            .saturating_sub(self.reorder_window)
+            .unwrap_or(Timestamp::MIN);
+        let old = state
+            .log
+            .iter()
+            .take_while(|e| e.at < horizon)
+            .count()
+            .max(state.log.len().saturating_sub(state::LOG_MAX));
+        if old == 0 {
+            return;
         }
-
-        match (&state.sales_ready_at, &state.owner, &state.owner_since) {
-            (Some(ready_at), Some(owner), Some(owner_since)) => {
-                let started_at = (*ready_at).max(*owner_since);
-                match state.first_touch.as_mut() {
-                    Some(clock) if &clock.owner == owner => {}
-                    // Events that arrived out of order corrected who owned the lead when this
-                    // clock started: the same clock (same start, same alert ids), another owner.
-                    Some(clock) if clock.started_at == started_at => clock.owner = owner.clone(),
-                    _ => {
-                        state.first_touch = Some(Clock {
-                            started_at,
-                            owner: owner.clone(),
-                            touched_at: None,
-                        })
-                    }
-                }
-            }
-            _ => state.first_touch = None,
+        if old == state.log.len() {
+            // Everything is folded: the base is the lead.
+            state.base = state.lead.clone();
+            state.log.clear();
+            return;
+        }
+        for entry in state.log.drain(..old) {
+            self.step(&mut state.base, &entry);
         }
     }
 
-    /// Whether a lead can be dropped: nothing pending, and no event for `retention`.
-    pub fn expired(
-        &self,
-        state: &LeadState,
-        now: Timestamp,
-        retention: std::time::Duration,
-    ) -> bool {
-        let retention = SignedDuration::try_from(retention).unwrap_or(SignedDuration::MAX);
-        self.next_deadline(state).is_none()
-            && state
-                .last_event_at
-                .is_none_or(|t| t.saturating_add(retention).unwrap_or(Timestamp::MAX) <= now)
+    /// One event folded into a lead, in event-time order.
+    fn step(&self, lead: &mut Lead, e: &Logged) {
+        let at = e.at;
+        lead.last_event_at = Some(lead.last_event_at.map_or(at, |t| t.max(at)));
+        lead.source = Some(e.source.clone());
+        lead.origin.get_or_insert_with(|| e.source.clone());
+        match &e.change {
+            Change::Updated { fields } => {
+                let touch_rule = self.rules.lifecycle.touch.as_ref();
+                let touch_before = touch_rule.map(|p| self.eval(p, &Facts::new(&lead.fields)));
+                for (k, v) in fields {
+                    // A patch older than the value it would replace does not undo it.
+                    if lead.field_at.get(k).is_some_and(|newer| *newer > at) {
+                        continue;
+                    }
+                    lead.field_at.insert(k.clone(), at);
+                    if v.is_null() {
+                        lead.fields.remove(k);
+                    } else {
+                        lead.fields.insert(k.clone(), v.clone());
+                    }
+                }
+                let facts = Facts::with_change(&lead.fields, fields);
+                self.lifecycle(lead, at, &facts);
+                if let (Some(p), Some(false)) = (touch_rule, touch_before)
+                    && self.eval(p, &facts)
+                {
+                    lead.add_touch(at);
+                }
+            }
+            Change::Activity { activity } => {
+                lead.last_activity_at = Some(lead.last_activity_at.map_or(at, |t| t.max(at)));
+                if self
+                    .rules
+                    .touch_kinds
+                    .iter()
+                    .any(|k| k.eq_ignore_ascii_case(activity.kind.trim()))
+                {
+                    lead.add_touch(at);
+                }
+            }
+            Change::Deleted {} | Change::Merged { .. } => {
+                lead.deleted_at = Some(at);
+                lead.ended_at = Some(at);
+                lead.episode = None;
+            }
+            Change::Forgotten {} => {}
+        }
+        // A close-out is judged on the lead as it was at that moment: what events stamped with
+        // the same instant (applied after it) set counts too.
+        if let Some(c) = lead.closeouts.last()
+            && c.closed_at == at
+        {
+            let (reason, detail) = (
+                lead.text("disposition_reason"),
+                lead.text("disposition_detail"),
+            );
+            let attempts = lead.touches_between(c.sales_ready_at, at);
+            let last_activity_at = lead.last_activity_at;
+            let c = lead.closeouts.last_mut().expect("checked");
+            c.reason = reason;
+            c.detail = detail;
+            c.attempts = attempts;
+            c.last_activity_at = last_activity_at;
+        }
+    }
+
+    /// Owner, sales-readiness, close and conversion after a patch, and what they mean for the
+    /// episode and its clocks.
+    fn lifecycle(&self, lead: &mut Lead, at: Timestamp, facts: &Facts) {
+        let owner = lead.text("owner");
+        if owner != lead.owner || lead.owner_since.is_none() {
+            lead.owner = owner;
+            lead.owner_since = Some(at);
+        }
+        let l = &self.rules.lifecycle;
+        let ready = self.eval(&l.sales_ready, facts);
+        let closed = l.closed.as_ref().is_some_and(|p| self.eval(p, facts));
+        let converted = l.converted.as_ref().is_some_and(|p| self.eval(p, facts));
+        if closed || converted {
+            lead.ended_at.get_or_insert(at);
+        } else if lead.deleted_at.is_none() {
+            lead.ended_at = None;
+        }
+        let active = ready && !closed && !converted && lead.deleted_at.is_none();
+
+        if !active && let Some(episode) = lead.episode.take() {
+            // Closing (not converting) a lead that was sales-ready is judged by the close-out
+            // rules.
+            if closed && !converted {
+                let closeout = Closeout {
+                    closed_at: at,
+                    owner: lead.owner.clone(),
+                    sales_ready_at: episode.started_at,
+                    reason: lead.text("disposition_reason"),
+                    detail: lead.text("disposition_detail"),
+                    attempts: lead.touches_between(episode.started_at, at),
+                    last_activity_at: lead.last_activity_at,
+                };
+                lead.push_closeout(closeout);
+            }
+        }
+        if active && lead.episode.is_none() {
+            lead.episode = Some(Episode {
+                started_at: at,
+                unassigned_since: None,
+                clock: None,
+                handed_off_at: None,
+            });
+        }
+        let owner_since = lead.owner_since.unwrap_or(at);
+        if let Some(episode) = lead.episode.as_mut() {
+            match &lead.owner {
+                None => {
+                    episode.clock = None;
+                    episode
+                        .unassigned_since
+                        .get_or_insert(episode.started_at.max(owner_since));
+                }
+                Some(owner) => {
+                    episode.unassigned_since = None;
+                    if episode.clock.as_ref().is_none_or(|c| &c.owner != owner) {
+                        let started_at = episode.started_at.max(owner_since);
+                        episode.handed_off_at.get_or_insert(started_at);
+                        episode.clock = Some(state::Clock {
+                            started_at,
+                            owner: owner.clone(),
+                        });
+                    }
+                }
+            }
+        }
+    }
+
+    /// Every alert the lead is still owed (not fired, not cancelled), earliest first.
+    fn pending(&self, state: &LeadState, settings: &Settings) -> Vec<Due> {
+        let mut owed: Vec<Due> = deadlines::owed(&state.lead, settings)
+            .into_iter()
+            .filter(|d| !state.has_fired(d.rule, d.level, d.clock, d.variant))
+            .collect();
+        owed.sort_by_key(|d| (d.fire_at, d.level));
+        owed
     }
 
     /// The next instant at which [`Engine::fire_due`] has something to do for this lead.
     pub fn next_deadline(&self, state: &LeadState) -> Option<Timestamp> {
-        let clock = state.first_touch.as_ref()?;
-        if state.has_fired("first_touch", 0, clock.started_at) {
+        if state.lead.episode.is_none() && state.lead.closeouts.is_empty() {
             return None;
         }
-        let deadline = self.first_touch_deadline(clock);
-        match clock.touched_at {
-            Some(t) if t <= deadline => None,
-            _ => Some(deadline),
-        }
+        let settings = self.settings(&state.lead);
+        self.pending(state, &settings).first().map(|d| d.fire_at)
     }
 
-    fn first_touch_deadline(&self, clock: &Clock) -> Timestamp {
-        let within =
-            SignedDuration::try_from(self.rules.first_touch.within).unwrap_or(SignedDuration::MAX);
-        clock
-            .started_at
-            .saturating_add(within)
-            .unwrap_or(Timestamp::MAX)
-    }
-
-    /// Alerts due at `now` for this lead; marks them fired in the state.
-    pub fn fire_due(&self, lead: &str, state: &mut LeadState, now: Timestamp) -> Vec<Alert> {
-        let Some(deadline) = self.next_deadline(state) else {
-            return Vec::new();
-        };
-        if deadline > now {
-            return Vec::new();
+    /// Alerts due at `now` for this lead, earliest first; marks them fired in the state. A
+    /// reminder whose deadline has also passed (the daemon was down) is superseded by the breach.
+    pub fn fire_due(&self, key: &str, state: &mut LeadState, now: Timestamp) -> Vec<Alert> {
+        let settings = self.settings(&state.lead);
+        let due: Vec<Due> = self
+            .pending(state, &settings)
+            .into_iter()
+            .filter(|d| d.fire_at <= now)
+            .collect();
+        let mut alerts = Vec::new();
+        for d in &due {
+            state.mark_fired(d.rule, d.level, d.clock, d.variant);
+            let superseded = d.kind == deadlines::REMINDER
+                && due
+                    .iter()
+                    .any(|b| b.kind == deadlines::BREACHED && b.clock == d.clock);
+            if superseded {
+                continue;
+            }
+            let link = state
+                .lead
+                .source
+                .as_ref()
+                .and_then(|s| self.links.get(s))
+                .map(String::as_str);
+            alerts.push(alerts::build(
+                &self.rules,
+                &settings,
+                key,
+                &state.lead,
+                d,
+                now,
+                link,
+            ));
         }
-        let sales_ready_at = state.sales_ready_at;
-        let Some(clock) = state.first_touch.clone() else {
-            return Vec::new();
-        };
-        state.mark_fired("first_touch", 0, clock.started_at);
-        let within = humantime::format_duration(self.rules.first_touch.within);
-        let message = format!(
-            "Lead {lead} has been sales-ready and owned by {} since {}, with no touch within {within}: \
-             the first-touch deadline passed at {deadline}.",
-            clock.owner, clock.started_at
-        );
-        vec![Alert {
-            kind: "sla.first_touch.breached".into(),
-            timestamp: now,
-            data: AlertData {
-                alert_id: alert_id(lead, "first_touch", 0, clock.started_at),
-                lead: lead.to_string(),
-                owner: Some(clock.owner.clone()),
-                rule: "first_touch".into(),
-                level: 0,
-                to: vec!["owner".into()],
-                recipients: Vec::new(),
-                sales_ready_at,
-                clock_started_at: clock.started_at,
-                deadline,
-                suggested_owner: None,
-                disposition: None,
-                lead_info: Default::default(),
-                link: None,
-                message,
-            },
-        }]
+        alerts
     }
 
     /// Undoes the firing of `alert` (its write to Kafka failed for good), so it fires again.
     pub fn unfire(&self, state: &mut LeadState, alert: &Alert) {
         let d = &alert.data;
-        state
-            .fired
-            .retain(|f| !(f.rule == d.rule && f.level == d.level && f.clock == d.clock_started_at));
+        state.unmark_fired(
+            &d.rule,
+            d.level,
+            d.clock_started_at,
+            deadlines::variant_of(&alert.kind),
+        );
+    }
+
+    /// Whether a lead can be dropped: nothing pending, and no event for `retention`.
+    pub fn expired(&self, state: &LeadState, now: Timestamp, retention: Duration) -> bool {
+        let retention = SignedDuration::try_from(retention).unwrap_or(SignedDuration::MAX);
+        self.next_deadline(state).is_none()
+            && state
+                .lead
+                .last_event_at
+                .is_none_or(|t| t.saturating_add(retention).unwrap_or(Timestamp::MAX) <= now)
     }
 }
 

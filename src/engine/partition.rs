@@ -89,9 +89,28 @@ impl PartitionState {
     }
 
     /// Puts a lead's state back as it was known (restore from the changelog).
-    pub fn restore(&mut self, engine: &Engine, key: String, state: LeadState) {
+    pub fn restore(&mut self, engine: &Engine, key: String, mut state: LeadState) {
+        engine.rebuild(&mut state);
         self.leads.insert(key.clone(), state);
         self.rearm(engine, &key);
+    }
+
+    /// New rules: every lead folded again under them, and its deadlines recomputed.
+    pub fn reload(&mut self, engine: &Engine) {
+        self.timers.clear();
+        self.armed.clear();
+        let keys: Vec<String> = self.leads.keys().cloned().collect();
+        for key in keys {
+            if let Some(state) = self.leads.get_mut(&key) {
+                engine.rebuild(state);
+            }
+            self.rearm(engine, &key);
+        }
+    }
+
+    /// Every lead and its state.
+    pub fn iter(&self) -> impl Iterator<Item = (&String, &LeadState)> {
+        self.leads.iter()
     }
 
     fn rearm(&mut self, engine: &Engine, key: &str) {

@@ -22,6 +22,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::partition::{PartitionState, Write};
+use super::rules::Rules;
 use super::{Engine, LeadState};
 use crate::alert::Alert;
 use crate::bus::Topics;
@@ -35,6 +36,8 @@ use crate::telemetry::Metrics;
 /// Everything the engine loop needs.
 pub struct EngineRunner {
     pub engine: Engine,
+    /// New rules (a reload on SIGHUP): open leads get deadlines under them.
+    pub rules: tokio::sync::watch::Receiver<Arc<Rules>>,
     pub producer: Arc<Producer>,
     pub base: ClientConfig,
     pub kafka: KafkaConfig,
@@ -77,13 +80,17 @@ impl Owned {
 }
 
 type Pending = FuturesOrdered<BoxFuture<'static, Option<(i32, i64)>>>;
+
+/// Messages already fetched that are applied before deadlines fire: events of one request
+/// (a status change and its reason, sent as two events) are judged together.
+const DRAIN_BATCH: usize = 500;
 type Firing = FuturesUnordered<BoxFuture<'static, Result<(), (i32, Alert)>>>;
 
 impl EngineRunner {
     /// Runs until `shutdown`; then finishes in-flight writes within `grace`, commits, and leaves
     /// the group. Work abandoned at the grace limit has no stored offset and is redone later.
     pub async fn run(
-        self,
+        mut self,
         shutdown: CancellationToken,
         grace: Duration,
     ) -> Result<(), rdkafka::error::KafkaError> {
@@ -159,40 +166,28 @@ impl EngineRunner {
                         p.leads.unfire(&self.engine, &alert);
                     }
                 }
+                Ok(()) = self.rules.changed() => {
+                    let rules = self.rules.borrow_and_update().clone();
+                    self.engine = self.engine.with_rules(rules);
+                    let mut leads = 0;
+                    for (_, p) in slots.iter_ready_mut() {
+                        p.leads.reload(&self.engine);
+                        leads += p.leads.len();
+                    }
+                    tracing::info!(leads, "rules reloaded; open leads have deadlines under the new rules");
+                }
                 received = consumer.recv(), if pending.len() < self.config.max_in_flight => {
-                    let msg = match received {
-                        Ok(msg) => msg,
-                        Err(rdkafka::error::KafkaError::PartitionEOF(partition)) => {
-                            tracing::debug!(partition, "engine read to the end of a partition");
-                            at_end.insert(partition, true);
-                            continue;
+                    self.received(received, &mut slots, &mut at_end, &mut pending, &abandon);
+                    // What was fetched with it is applied before anything fires.
+                    for _ in 0..DRAIN_BATCH {
+                        if pending.len() >= self.config.max_in_flight {
+                            break;
                         }
-                        Err(e) => {
-                            tracing::warn!(error = %e, "engine consumer error");
-                            continue;
-                        }
-                    };
-                    let (partition, offset) = (msg.partition(), msg.offset());
-                    at_end.insert(partition, false);
-                    let event = msg
-                        .payload()
-                        .ok_or_else(|| "empty message".to_string())
-                        .and_then(|p| serde_json::from_slice::<LeadEvent>(p).map_err(|e| e.to_string()));
-                    let event = match event {
-                        Ok(event) => event,
-                        Err(error) => {
-                            // Not ours to fix: count it, log where it is, and move on.
-                            self.metrics.engine_event("invalid");
-                            tracing::error!(partition, offset, %error, "skipping an event that is not a LeadEvent");
-                            pending.push_back(futures::future::ready(Some((partition, offset))).boxed());
-                            continue;
-                        }
-                    };
-                    match slots.route(partition) {
-                        Slot::Restoring { waiting, .. } => waiting.push((offset, event)),
-                        Slot::Ready(p) => {
-                            let write = self.apply(p, partition, offset, event, &abandon);
-                            pending.push_back(write);
+                        match consumer.recv().now_or_never() {
+                            Some(received) => {
+                                self.received(received, &mut slots, &mut at_end, &mut pending, &abandon)
+                            }
+                            None => break,
                         }
                     }
                 }
@@ -254,6 +249,52 @@ impl EngineRunner {
         consumer::close(consumer, Duration::from_secs(5)).await;
         tracing::info!("engine stopped");
         Ok(())
+    }
+
+    /// One message (or consumer error) from the events topic.
+    fn received(
+        &self,
+        received: Result<rdkafka::message::BorrowedMessage<'_>, rdkafka::error::KafkaError>,
+        slots: &mut Slots,
+        at_end: &mut HashMap<i32, bool>,
+        pending: &mut Pending,
+        abandon: &CancellationToken,
+    ) {
+        let msg = match received {
+            Ok(msg) => msg,
+            Err(rdkafka::error::KafkaError::PartitionEOF(partition)) => {
+                tracing::debug!(partition, "engine read to the end of a partition");
+                at_end.insert(partition, true);
+                return;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "engine consumer error");
+                return;
+            }
+        };
+        let (partition, offset) = (msg.partition(), msg.offset());
+        at_end.insert(partition, false);
+        let event = msg
+            .payload()
+            .ok_or_else(|| "empty message".to_string())
+            .and_then(|p| serde_json::from_slice::<LeadEvent>(p).map_err(|e| e.to_string()));
+        let event = match event {
+            Ok(event) => event,
+            Err(error) => {
+                // Not ours to fix: count it, log where it is, and move on.
+                self.metrics.engine_event("invalid");
+                tracing::error!(partition, offset, %error, "skipping an event that is not a LeadEvent");
+                pending.push_back(futures::future::ready(Some((partition, offset))).boxed());
+                return;
+            }
+        };
+        match slots.route(partition) {
+            Slot::Restoring { waiting, .. } => waiting.push((offset, event)),
+            Slot::Ready(p) => {
+                let write = self.apply(p, partition, offset, event, abandon);
+                pending.push_back(write);
+            }
+        }
     }
 
     /// A restore finished: make the partition ready (applying what waited for it) and resume

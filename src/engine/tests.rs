@@ -1,4 +1,4 @@
-//! The first-touch state machine, at its edges. Pure: no Kafka, time passed in.
+//! The state machine at its edges. Pure: no Kafka, time passed in.
 
 use std::sync::Arc;
 
@@ -17,37 +17,95 @@ sales_ready = 'lead.stage == "sales_ready"'
 within = "4h"
 "#;
 
-fn engine() -> Engine {
+/// Every rule on, around the clock (no calendar), so times read plainly.
+const ALL_RULES: &str = r#"
+pool = ["alice", "bob", "dave"]
+
+[lifecycle]
+sales_ready = 'lead.stage == "MQL"'
+closed      = 'lead.status in ["Unqualified", "Closed - Not Converted"]'
+converted   = 'lead.status == "Converted"'
+touch       = 'lead.status == "Working - Contacted"'
+
+[handoff]
+assign_within = "15m"
+
+[first_touch]
+within        = "4h"
+remind_before = "1h"
+escalate = [ { after = "8h", notify = "manager" },
+             { after = "24h", notify = "marketing_ops", reassign = true } ]
+
+[follow_up]
+min_attempts = 3
+
+[disposition]
+reasons          = ["No budget", "Wrong contact", "Competitor chosen"]
+vague            = ["Not interested", "Not a fit", "Other"]
+detail_min_chars = 20
+feedback_within  = "5d"
+
+[directory.alice]
+name = "Alice Adams"
+manager = "carol"
+slack = "U0ALICE"
+[directory.bob]
+away = true
+[directory.carol]
+name = "Carol Chen"
+slack = "U0CAROL"
+
+[recipients]
+marketing_ops = ["mops@example.com"]
+queue = ["sdr@example.com"]
+"#;
+
+fn engine_with(text: &str) -> Engine {
     Engine::new(
-        Arc::new(Rules::parse(RULES).unwrap()),
+        Arc::new(Rules::parse(text).unwrap()),
         Arc::new(Metrics::new()),
     )
+}
+
+fn engine() -> Engine {
+    engine_with(RULES)
 }
 
 fn t(s: &str) -> Timestamp {
     format!("2026-11-22T{s}Z").parse().unwrap()
 }
 
-fn update(id: &str, at: &str, fields: serde_json::Value) -> LeadEvent {
+/// `"10:00:00"` on 2026-11-22, or `"+2d 10:00:00"` days later.
+fn at(s: &str) -> Timestamp {
+    match s.strip_prefix('+') {
+        Some(rest) => {
+            let (days, time) = rest.split_once("d ").unwrap();
+            t(time) + SignedDuration::from_hours(24 * days.parse::<i64>().unwrap())
+        }
+        None => t(s),
+    }
+}
+
+fn update(id: &str, when: &str, fields: serde_json::Value) -> LeadEvent {
     LeadEvent {
         id: id.into(),
         source: "test".into(),
         lead: "L-1".into(),
-        occurred_at: t(at),
-        received_at: t(at),
+        occurred_at: at(when),
+        received_at: at(when),
         change: Change::Updated {
             fields: fields.as_object().unwrap().clone(),
         },
     }
 }
 
-fn activity(id: &str, at: &str, kind: &str) -> LeadEvent {
+fn activity(id: &str, when: &str, kind: &str) -> LeadEvent {
     LeadEvent {
         id: id.into(),
         source: "test".into(),
         lead: "L-1".into(),
-        occurred_at: t(at),
-        received_at: t(at),
+        occurred_at: at(when),
+        received_at: at(when),
         change: Change::Activity {
             activity: Activity {
                 kind: kind.into(),
@@ -57,10 +115,10 @@ fn activity(id: &str, at: &str, kind: &str) -> LeadEvent {
     }
 }
 
-fn ready_owned(at: &str) -> LeadEvent {
+fn ready_owned(when: &str) -> LeadEvent {
     update(
         "e-ready",
-        at,
+        when,
         json!({"stage": "sales_ready", "owner": "alice"}),
     )
 }
@@ -79,6 +137,7 @@ fn an_untouched_lead_breaches_exactly_at_the_deadline() {
     assert_eq!(a.data.lead, "L-1");
     assert_eq!(a.data.owner.as_deref(), Some("alice"));
     assert_eq!(a.data.level, 0);
+    assert_eq!(a.data.to, ["owner"]);
     assert_eq!(a.data.deadline, t("14:00:00"));
     assert_eq!(a.data.sales_ready_at, Some(t("10:00:00")));
     assert_eq!(
@@ -209,7 +268,7 @@ fn a_null_field_clears_it_and_a_blank_owner_is_no_owner() {
     let mut s = LeadState::default();
     e.apply(&mut s, &ready_owned("10:00:00"));
     e.apply(&mut s, &update("e2", "10:30:00", json!({"owner": null})));
-    assert!(!s.fields.contains_key("owner"));
+    assert!(!s.lead.fields.contains_key("owner"));
     assert_eq!(e.next_deadline(&s), None);
     e.apply(&mut s, &update("e3", "10:40:00", json!({"owner": "  "})));
     assert_eq!(e.next_deadline(&s), None);
@@ -232,12 +291,12 @@ fn the_same_event_twice_changes_nothing() {
 fn a_partition_fires_leads_in_deadline_order_and_rearms() {
     let e = engine();
     let mut p = PartitionState::default();
-    for (lead, at) in [
+    for (lead, when) in [
         ("L-b", "10:00:00"),
         ("L-a", "09:00:00"),
         ("L-c", "11:00:00"),
     ] {
-        let mut ev = ready_owned(at);
+        let mut ev = ready_owned(when);
         ev.lead = lead.into();
         ev.id = format!("ready-{lead}");
         assert!(matches!(p.apply(&e, &ev), Write::State(_)));
@@ -246,11 +305,12 @@ fn a_partition_fires_leads_in_deadline_order_and_rearms() {
     let fired = p.fire_due(&e, t("14:30:00"));
     let leads: Vec<&str> = fired.iter().map(|(a, _)| a.data.lead.as_str()).collect();
     assert_eq!(leads, ["L-a", "L-b"]);
-    assert!(
-        fired
-            .iter()
-            .all(|(a, s)| s.has_fired("first_touch", 0, a.data.clock_started_at))
-    );
+    assert!(fired.iter().all(|(a, s)| s.has_fired(
+        "first_touch",
+        0,
+        a.data.clock_started_at,
+        None
+    )));
     assert_eq!(p.next_deadline(), Some(t("15:00:00")));
     // A touch disarms L-c.
     let mut touch = activity("touch-c", "12:00:00", "email");
@@ -267,11 +327,9 @@ fn a_partition_fires_leads_in_deadline_order_and_rearms() {
 
 #[test]
 fn deadlines_are_event_time_plus_within_with_sub_second_precision() {
-    let rules = Rules::parse(
+    let e = engine_with(
         "[lifecycle]\nsales_ready = 'lead.stage == \"sales_ready\"'\n[first_touch]\nwithin = \"1500ms\"\n",
-    )
-    .unwrap();
-    let e = Engine::new(Arc::new(rules), Arc::new(Metrics::new()));
+    );
     let mut s = LeadState::default();
     e.apply(&mut s, &ready_owned("10:00:00"));
     assert_eq!(
@@ -287,7 +345,7 @@ fn a_rule_that_errors_counts_as_false_and_is_counted() {
     let mut s = LeadState::default();
     // No `stage` at all: the expression errors; the lead is simply not sales-ready.
     e.apply(&mut s, &update("e1", "10:00:00", json!({"owner": "alice"})));
-    assert_eq!(s.sales_ready_at, None);
+    assert!(s.lead.episode.is_none());
     assert!(
         metrics
             .encode()
@@ -306,15 +364,15 @@ fn a_late_patch_does_not_overwrite_a_newer_value() {
         &mut s,
         &update("e3", "11:00:00", json!({"owner": "carol", "score": 10})),
     );
-    assert_eq!(s.owner.as_deref(), Some("bob"));
+    assert_eq!(s.lead.owner.as_deref(), Some("bob"));
     assert_eq!(
-        s.fields["score"], 10,
+        s.lead.fields["score"], 10,
         "fields it does not contradict still apply"
     );
     assert_eq!(e.next_deadline(&s), Some(t("16:00:00")));
     // A late "not ready" older than the sales-ready change does not end the episode.
     e.apply(&mut s, &update("e4", "09:00:00", json!({"stage": "new"})));
-    assert!(s.sales_ready_at.is_some());
+    assert!(s.lead.episode.is_some());
 }
 
 #[test]
@@ -339,6 +397,25 @@ fn forgetting_a_lead_erases_it_and_its_deadline() {
 }
 
 #[test]
+fn a_deleted_or_merged_lead_owes_nothing_more() {
+    for change in [
+        Change::Deleted {},
+        Change::Merged {
+            into: "hubspot:2".into(),
+        },
+    ] {
+        let e = engine();
+        let mut s = LeadState::default();
+        e.apply(&mut s, &ready_owned("10:00:00"));
+        let mut gone = update("gone", "11:00:00", json!({}));
+        gone.change = change;
+        e.apply(&mut s, &gone);
+        assert_eq!(e.next_deadline(&s), None);
+        assert!(s.lead.deleted_at.is_some());
+    }
+}
+
+#[test]
 fn leads_with_nothing_pending_expire_after_the_retention() {
     let e = engine();
     let mut p = PartitionState::default();
@@ -356,33 +433,314 @@ fn leads_with_nothing_pending_expire_after_the_retention() {
     );
 }
 
+#[test]
+fn a_restored_state_is_rebuilt_from_its_base_and_window() {
+    let e = engine();
+    let mut s = LeadState::default();
+    e.apply(&mut s, &ready_owned("10:00:00"));
+    e.apply(&mut s, &activity("n", "10:30:00", "note"));
+    let stored = serde_json::to_vec(&s).unwrap();
+    let mut back: LeadState = serde_json::from_slice(&stored).unwrap();
+    assert_ne!(back.lead, s.lead, "the derived lead is not stored");
+    e.rebuild(&mut back);
+    assert_eq!(back, s);
+    assert_eq!(e.next_deadline(&back), Some(t("14:00:00")));
+}
+
+/// The alerts (type, level) that a lead with `events` (applied in this order) has fired by `now`,
+/// firing once at `now`.
+fn fired_by(events: &[LeadEvent], now: &str) -> Vec<(String, u32)> {
+    let e = engine_with(ALL_RULES);
+    let mut s = LeadState::default();
+    for ev in events {
+        e.apply(&mut s, ev);
+    }
+    e.fire_due("L-1", &mut s, at(now))
+        .into_iter()
+        .map(|a| (a.kind, a.data.level))
+        .collect()
+}
+
+fn kinds(v: &[(&str, u32)]) -> Vec<(String, u32)> {
+    v.iter().map(|(k, l)| (k.to_string(), *l)).collect()
+}
+
+fn mql(when: &str, owner: Option<&str>) -> LeadEvent {
+    let mut fields = json!({"stage": "MQL", "name": "Jane Doe", "company": "Acme"});
+    if let Some(o) = owner {
+        fields["owner"] = json!(o);
+    }
+    update("mql", when, fields)
+}
+
+fn close(id: &str, when: &str, reason: Option<&str>, detail: Option<&str>) -> LeadEvent {
+    let mut fields = json!({"status": "Unqualified"});
+    if let Some(r) = reason {
+        fields["disposition_reason"] = json!(r);
+    }
+    if let Some(d) = detail {
+        fields["disposition_detail"] = json!(d);
+    }
+    update(id, when, fields)
+}
+
+fn calls(n: usize, from: &str) -> Vec<LeadEvent> {
+    (0..n)
+        .map(|i| {
+            let mut c = activity(&format!("call-{i}"), from, "call");
+            c.occurred_at += SignedDuration::from_secs(i as i64);
+            c
+        })
+        .collect()
+}
+
+#[test]
+fn every_alert_type_at_its_edges() {
+    use deadlines::*;
+    let ready = mql("10:00:00", Some("alice"));
+    let unowned = mql("10:00:00", None);
+    let three_calls = calls(3, "10:30:00");
+    let two_calls = calls(2, "10:30:00");
+    let with = |mut events: Vec<LeadEvent>, more: &[LeadEvent]| {
+        events.extend_from_slice(more);
+        events
+    };
+    /// (what, events in arrival order, when to fire, what fires)
+    type Case<'a> = (&'a str, Vec<LeadEvent>, &'a str, Vec<(&'a str, u32)>);
+    #[rustfmt::skip]
+    let cases: Vec<Case> = vec![
+        ("unassigned, a second early", vec![unowned.clone()], "10:14:59", vec![]),
+        ("unassigned, at the deadline", vec![unowned.clone()], "10:15:00", vec![(UNASSIGNED, 0)]),
+        ("assigned at the deadline", vec![unowned.clone(), update("o", "10:15:00", json!({"owner": "alice"}))], "10:15:00", vec![]),
+        ("reminder, a second early", vec![ready.clone()], "12:59:59", vec![]),
+        ("reminder, an hour before", vec![ready.clone()], "13:00:00", vec![(REMINDER, 0)]),
+        ("breach, a second early", vec![ready.clone()], "13:59:59", vec![(REMINDER, 0)]),
+        ("breach supersedes a missed reminder", vec![ready.clone()], "14:00:00", vec![(BREACHED, 0)]),
+        ("first escalation, a second early", vec![ready.clone()], "17:59:59", vec![(BREACHED, 0)]),
+        ("first escalation", vec![ready.clone()], "18:00:00", vec![(BREACHED, 0), (ESCALATED, 1)]),
+        ("second escalation", vec![ready.clone()], "+1d 10:00:00", vec![(BREACHED, 0), (ESCALATED, 1), (ESCALATED, 2)]),
+        ("a call before the reminder cancels all", vec![ready.clone(), activity("c", "12:59:59", "call")], "+2d 10:00:00", vec![]),
+        ("a call after the reminder cancels the breach", vec![ready.clone(), activity("c", "13:30:00", "call")], "+2d 10:00:00", vec![(REMINDER, 0)]),
+        ("a call after the breach cancels the escalations", vec![ready.clone(), activity("c", "14:00:01", "call")], "+2d 10:00:00", vec![(BREACHED, 0)]),
+        ("a touching field change counts", vec![ready.clone(), update("w", "11:00:00", json!({"status": "Working - Contacted"}))], "+2d 10:00:00", vec![]),
+        ("closing ends the clock", vec![ready.clone(), close("x", "11:00:00", Some("No budget"), None)], "+2d 10:00:00", vec![(INSUFFICIENT_ATTEMPTS, 0)]),
+        ("enough attempts, an agreed reason", with(vec![ready.clone()], &with(three_calls.clone(), &[close("x", "11:00:00", Some(" no budget "), None)])), "+2d 10:00:00", vec![]),
+        ("too few attempts, at the close", with(vec![ready.clone()], &with(two_calls.clone(), &[close("x", "11:00:00", Some("No budget"), None)])), "11:00:00", vec![(INSUFFICIENT_ATTEMPTS, 0)]),
+        ("too few attempts, a second before the close", with(vec![ready.clone()], &with(two_calls.clone(), &[close("x", "11:00:00", Some("No budget"), None)])), "10:59:59", vec![]),
+        ("no reason", with(vec![ready.clone()], &with(three_calls.clone(), &[close("x", "11:00:00", None, None)])), "11:00:00", vec![(MISSING_REASON, 0)]),
+        ("a blank reason is no reason", with(vec![ready.clone()], &with(three_calls.clone(), &[close("x", "11:00:00", Some("   "), None)])), "11:00:00", vec![(MISSING_REASON, 0)]),
+        ("a reason off the list", with(vec![ready.clone()], &with(three_calls.clone(), &[close("x", "11:00:00", Some("Bad timing"), None)])), "11:00:00", vec![(UNKNOWN_REASON, 0)]),
+        ("vague without detail", with(vec![ready.clone()], &with(three_calls.clone(), &[close("x", "11:00:00", Some("NOT INTERESTED "), None)])), "11:00:00", vec![(VAGUE_REASON, 0)]),
+        ("vague, detail one short", with(vec![ready.clone()], &with(three_calls.clone(), &[close("x", "11:00:00", Some("Other"), Some("  nineteen characters  "))])), "11:00:00", vec![(VAGUE_REASON, 0)]),
+        ("vague, detail long enough", with(vec![ready.clone()], &with(three_calls.clone(), &[close("x", "11:00:00", Some("Other"), Some("twenty characters ok"))])), "11:00:00", vec![]),
+        ("both attempts and reason", with(vec![ready.clone()], &[close("x", "11:00:00", None, None)]), "11:00:00", vec![(INSUFFICIENT_ATTEMPTS, 0), (MISSING_REASON, 0)]),
+        ("closed exactly at the feedback limit", with(vec![ready.clone()], &with(three_calls.clone(), &[close("x", "+5d 10:30:02", Some("No budget"), None)])), "+6d 10:00:00", vec![]),
+        ("closed a second after it", with(vec![ready.clone()], &with(three_calls.clone(), &[close("x", "+5d 10:30:03", Some("No budget"), None)])), "+6d 10:00:00", vec![(LATE, 0)]),
+        ("converting owes nothing", vec![ready.clone(), update("cv", "11:00:00", json!({"status": "Converted"}))], "+6d 10:00:00", vec![]),
+        ("closing a lead never sales-ready owes nothing", vec![close("x", "11:00:00", None, None)], "+6d 10:00:00", vec![]),
+        ("removing the owner puts it back under the handoff rule", vec![ready.clone(), activity("c", "10:30:00", "call"), update("u", "11:00:00", json!({"owner": null}))], "11:15:00", vec![(UNASSIGNED, 0)]),
+    ];
+    for (name, events, now, want) in cases {
+        let mut got = fired_by(&events, now);
+        let mut want = kinds(&want);
+        got.sort();
+        want.sort();
+        assert_eq!(got, want, "{name}");
+    }
+}
+
+#[test]
+fn the_reason_is_the_lead_field_at_the_moment_it_closes() {
+    use deadlines::*;
+    let ready = mql("10:00:00", Some("alice"));
+    let reason = |when: &str| update("r", when, json!({"disposition_reason": "Wrong contact"}));
+    let mut base = vec![ready];
+    base.extend(calls(3, "10:30:00"));
+    let close = close("x", "11:00:00", None, None);
+    // Set by an earlier event.
+    let mut earlier = base.clone();
+    earlier.extend([reason("10:45:00"), close.clone()]);
+    assert_eq!(fired_by(&earlier, "+1d 10:00:00"), []);
+    // By another event stamped with the same instant, arriving after the close.
+    let mut same = base.clone();
+    same.extend([close.clone(), reason("11:00:00")]);
+    assert_eq!(fired_by(&same, "+1d 10:00:00"), []);
+    // A second later is too late.
+    let mut later = base.clone();
+    later.extend([close.clone(), reason("11:00:01")]);
+    assert_eq!(
+        fired_by(&later, "+1d 10:00:00"),
+        kinds(&[(MISSING_REASON, 0)])
+    );
+}
+
+#[test]
+fn alerts_name_their_recipients_and_suggest_a_new_owner() {
+    let e = engine_with(ALL_RULES);
+    let mut s = LeadState::default();
+    e.apply(&mut s, &mql("10:00:00", Some("alice")));
+    let alerts = e.fire_due("L-1", &mut s, at("+1d 10:00:00"));
+    let by_kind = |level: u32| alerts.iter().find(|a| a.data.level == level).unwrap();
+    let breach = by_kind(0);
+    assert_eq!(breach.data.recipients[0].slack.as_deref(), Some("U0ALICE"));
+    assert_eq!(breach.data.lead_info.name.as_deref(), Some("Jane Doe"));
+    assert!(
+        breach.data.message.contains("Jane Doe, Acme")
+            && breach.data.message.contains("Alice Adams"),
+        "{}",
+        breach.data.message
+    );
+    let manager = by_kind(1);
+    assert_eq!(manager.data.to, ["manager"]);
+    assert_eq!(manager.data.recipients[0].id, "carol");
+    assert_eq!(manager.data.recipients[0].slack.as_deref(), Some("U0CAROL"));
+    let mops = by_kind(2);
+    assert_eq!(mops.data.to, ["marketing_ops"]);
+    assert_eq!(
+        mops.data.recipients[0].email.as_deref(),
+        Some("mops@example.com")
+    );
+    // Not the owner (alice), not away (bob): dave.
+    assert_eq!(mops.data.suggested_owner.as_deref(), Some("dave"));
+    assert!(manager.data.suggested_owner.is_none());
+}
+
+#[test]
+fn suggested_owners_rotate_through_the_pool() {
+    let rules = ALL_RULES.replace(
+        "pool = [\"alice\", \"bob\", \"dave\"]",
+        "pool = [\"p1\", \"p2\", \"p3\", \"p4\"]",
+    );
+    let e = engine_with(&rules);
+    let mut counts = std::collections::BTreeMap::new();
+    for i in 0..400 {
+        let mut s = LeadState::default();
+        let mut ev = mql("10:00:00", Some("alice"));
+        ev.lead = format!("L-{i}");
+        e.apply(&mut s, &ev);
+        for a in e.fire_due(&ev.lead, &mut s, at("+2d 10:00:00")) {
+            if let Some(o) = a.data.suggested_owner {
+                *counts.entry(o).or_insert(0) += 1;
+            }
+        }
+    }
+    assert_eq!(counts.len(), 4, "{counts:?}");
+    assert!(
+        counts.values().all(|n| (60..=140).contains(n)),
+        "{counts:?}"
+    );
+}
+
+#[test]
+fn business_time_and_segments_through_the_engine() {
+    let rules = r#"
+default_calendar = "us"
+[lifecycle]
+sales_ready = 'lead.stage == "MQL"'
+[first_touch]
+within = "4h"
+[calendars.us]
+time_zone = "America/New_York"
+hours = { mon = "09:00-17:00", tue = "09:00-17:00", wed = "09:00-17:00", thu = "09:00-17:00", fri = "09:00-17:00" }
+holidays = ["2026-11-26"]
+[calendars.emea]
+time_zone = "Europe/Berlin"
+hours = { mon = "09:00-18:00", tue = "09:00-18:00", wed = "09:00-18:00", thu = "09:00-18:00", fri = "09:00-18:00" }
+[[segments]]
+when = 'lead.region == "EMEA"'
+calendar = "emea"
+first_touch = { within = "2h" }
+"#;
+    let e = engine_with(rules);
+    // Friday 2026-11-20 16:30 New York (21:30 UTC): due Monday 12:30 New York.
+    let mut s = LeadState::default();
+    let mut ev = update("r", "10:00:00", json!({"stage": "MQL", "owner": "alice"}));
+    ev.occurred_at = "2026-11-20T21:30:00Z".parse().unwrap();
+    e.apply(&mut s, &ev);
+    assert_eq!(
+        e.next_deadline(&s),
+        Some("2026-11-23T17:30:00Z".parse().unwrap())
+    );
+    let a = e.fire_due("L-1", &mut s, "2026-11-23T17:30:00Z".parse().unwrap());
+    assert!(a[0].data.message.contains("EST"), "{}", a[0].data.message);
+    // EMEA: Friday 17:30 Berlin (16:30 UTC) + 2h → Monday 10:30 Berlin.
+    let mut s = LeadState::default();
+    ev.id = "r2".into();
+    ev.change = Change::Updated {
+        fields: json!({"stage": "MQL", "owner": "alice", "region": "EMEA"})
+            .as_object()
+            .unwrap()
+            .clone(),
+    };
+    ev.occurred_at = "2026-11-20T16:30:00Z".parse().unwrap();
+    e.apply(&mut s, &ev);
+    assert_eq!(
+        e.next_deadline(&s),
+        Some("2026-11-23T09:30:00Z".parse().unwrap())
+    );
+}
+
+#[test]
+fn edited_rules_move_open_deadlines_and_never_re_fire() {
+    let e = engine();
+    let mut p = PartitionState::default();
+    let mut a = ready_owned("10:00:00");
+    a.lead = "L-a".into();
+    let mut b = ready_owned("10:00:00");
+    b.lead = "L-b".into();
+    b.id = "rb".into();
+    p.apply(&e, &a);
+    p.apply(&e, &b);
+    let fired = p.fire_due(&e, t("14:00:00"));
+    assert_eq!(fired.len(), 2);
+    // Shorter or longer now: the breaches already fired in this episode do not fire again.
+    for within in ["2h", "6h"] {
+        let edited = e.with_rules(Arc::new(
+            Rules::parse(&RULES.replace("\"4h\"", &format!("\"{within}\""))).unwrap(),
+        ));
+        p.reload(&edited);
+        assert_eq!(p.next_deadline(), None, "{within}");
+        assert!(p.fire_due(&edited, t("23:00:00")).is_empty(), "{within}");
+    }
+    let shorter = e.with_rules(Arc::new(
+        Rules::parse(&RULES.replace("\"4h\"", "\"2h\"")).unwrap(),
+    ));
+
+    // An open lead gets its deadline under the new rules.
+    let mut c = ready_owned("15:00:00");
+    c.lead = "L-c".into();
+    c.id = "rc".into();
+    p.apply(&e, &c);
+    assert_eq!(p.next_deadline(), Some(t("19:00:00")));
+    p.reload(&shorter);
+    assert_eq!(p.next_deadline(), Some(t("17:00:00")));
+}
+
 mod properties {
     use super::*;
     use proptest::prelude::*;
 
     /// A random event on one of three leads within one day.
     fn event() -> impl Strategy<Value = LeadEvent> {
-        (0u32..3, 0u32..20, 0i64..86_400, 0u32..6).prop_map(|(lead, id, secs, kind)| {
+        (0u32..3, 0u32..20, 0i64..86_400, 0u32..9).prop_map(|(lead, id, secs, kind)| {
             let at = t("00:00:00") + SignedDuration::from_secs(secs);
+            let fields = |v: serde_json::Value| Change::Updated {
+                fields: v.as_object().unwrap().clone(),
+            };
             let change = match kind {
-                0 => Change::Updated {
-                    fields: json!({"stage": "sales_ready"}).as_object().unwrap().clone(),
-                },
-                1 => Change::Updated {
-                    fields: json!({"stage": "nurture"}).as_object().unwrap().clone(),
-                },
-                2 => Change::Updated {
-                    fields: json!({"owner": "alice"}).as_object().unwrap().clone(),
-                },
-                3 => Change::Updated {
-                    fields: json!({"owner": "bob"}).as_object().unwrap().clone(),
-                },
+                0 => fields(json!({"stage": "MQL"})),
+                1 => fields(json!({"stage": "nurture"})),
+                2 => fields(json!({"owner": "alice"})),
+                3 => fields(json!({"owner": "bob"})),
                 4 => Change::Activity {
                     activity: Activity {
                         kind: "call".into(),
                         by: None,
                     },
                 },
+                5 => fields(json!({"status": "Unqualified", "disposition_reason": "Other"})),
+                6 => fields(json!({"status": "Working - Contacted"})),
+                7 => fields(json!({"owner": null})),
                 _ => Change::Activity {
                     activity: Activity {
                         kind: "note".into(),
@@ -401,21 +759,25 @@ mod properties {
         })
     }
 
+    fn prop_engine() -> Engine {
+        engine_with(ALL_RULES).with_reorder_window(std::time::Duration::from_secs(3 * 86_400))
+    }
+
     fn run(
+        e: &Engine,
         events: &[LeadEvent],
         ticks: &[i64],
     ) -> (Vec<crate::alert::Alert>, Vec<(String, LeadState)>) {
-        let e = engine();
         let mut p = PartitionState::default();
         let mut alerts = Vec::new();
         for (i, ev) in events.iter().enumerate() {
-            p.apply(&e, ev);
+            p.apply(e, ev);
             if let Some(secs) = ticks.get(i) {
                 let now = t("00:00:00") + SignedDuration::from_secs(*secs);
-                alerts.extend(p.fire_due(&e, now).into_iter().map(|(a, _)| a));
+                alerts.extend(p.fire_due(e, now).into_iter().map(|(a, _)| a));
             }
         }
-        alerts.extend(p.fire_due(&e, Timestamp::MAX).into_iter().map(|(a, _)| a));
+        alerts.extend(p.fire_due(e, Timestamp::MAX).into_iter().map(|(a, _)| a));
         let mut states: Vec<(String, LeadState)> = ["L-0", "L-1", "L-2"]
             .iter()
             .filter_map(|k| p.lead(k).map(|s| (k.to_string(), s.clone())))
@@ -424,37 +786,118 @@ mod properties {
         (alerts, states)
     }
 
+    fn ids(alerts: &[crate::alert::Alert]) -> Vec<(String, String)> {
+        let mut v: Vec<(String, String)> = alerts
+            .iter()
+            .map(|a| (a.data.alert_id.clone(), a.kind.clone()))
+            .collect();
+        v.sort();
+        v
+    }
+
     proptest! {
         /// The same inputs always give the same state and alerts.
         #[test]
         fn transitions_are_deterministic(events in proptest::collection::vec(event(), 0..40),
                                          ticks in proptest::collection::vec(0i64..100_000, 0..40)) {
-            prop_assert_eq!(run(&events, &ticks), run(&events, &ticks));
+            let e = prop_engine();
+            prop_assert_eq!(run(&e, &events, &ticks), run(&e, &events, &ticks));
         }
 
         /// Applying every event twice (a replay, a retried request) changes nothing.
         #[test]
         fn applying_an_event_twice_changes_nothing(events in proptest::collection::vec(event(), 0..40),
                                                    ticks in proptest::collection::vec(0i64..100_000, 0..40)) {
+            let e = prop_engine();
             let doubled: Vec<LeadEvent> = events.iter().flat_map(|e| [e.clone(), e.clone()]).collect();
             let doubled_ticks: Vec<i64> = ticks.iter().flat_map(|t| [*t, *t]).collect();
-            let (a1, s1) = run(&events, &ticks);
-            let (a2, s2) = run(&doubled, &doubled_ticks);
+            let (a1, s1) = run(&e, &events, &ticks);
+            let (a2, s2) = run(&e, &doubled, &doubled_ticks);
             prop_assert_eq!(a1, a2);
             let strip = |v: Vec<(String, LeadState)>| v.into_iter().map(|(k, mut s)| { s.recent_events.clear(); (k, s) }).collect::<Vec<_>>();
             prop_assert_eq!(strip(s1), strip(s2));
         }
 
-        /// Never the same (lead, rule, level) twice for one clock.
+        /// Never the same (lead, rule, level, clock) twice.
         #[test]
         fn an_alert_id_fires_at_most_once(events in proptest::collection::vec(event(), 0..60),
                                           ticks in proptest::collection::vec(0i64..100_000, 0..60)) {
-            let (alerts, _) = run(&events, &ticks);
+            let (alerts, _) = run(&prop_engine(), &events, &ticks);
             let mut ids: Vec<&str> = alerts.iter().map(|a| a.data.alert_id.as_str()).collect();
             let n = ids.len();
             ids.sort();
             ids.dedup();
             prop_assert_eq!(ids.len(), n);
+        }
+
+        /// A touch at or before a first-touch deadline always cancels it, whatever else happens
+        /// to the lead and whatever order the events arrive in, as long as the touch arrives
+        /// before the alert would fire.
+        #[test]
+        fn a_touch_before_a_deadline_always_cancels_it(
+            touch_at in 0i64..(2 * 86_400),
+            noise in proptest::collection::vec((0i64..(2 * 86_400), 0u32..3), 0..10),
+            touch_arrives in 0usize..12,
+            ticks in proptest::collection::vec(0i64..(3 * 86_400), 0..12),
+        ) {
+            let e = prop_engine();
+            let secs = |s: i64| t("00:00:00") + SignedDuration::from_secs(s);
+            let mut events = vec![mql("00:00:00", Some("alice"))];
+            for (i, (at, kind)) in noise.iter().enumerate() {
+                let mut ev = match kind {
+                    0 => activity(&format!("n{i}"), "00:00:00", "note"),
+                    1 => update(&format!("n{i}"), "00:00:00", json!({"score": i})),
+                    _ => update(&format!("n{i}"), "00:00:00", json!({"stage": "MQL"})),
+                };
+                ev.occurred_at = secs(*at);
+                events.push(ev);
+            }
+            let mut touch = activity("touch", "00:00:00", "call");
+            touch.occurred_at = secs(touch_at);
+            let arrives = touch_arrives.min(events.len());
+            events.insert(arrives, touch);
+            let mut s = LeadState::default();
+            let mut fired = Vec::new();
+            for (i, ev) in events.iter().enumerate() {
+                e.apply(&mut s, ev);
+                if let Some(tick) = ticks.get(i) {
+                    fired.extend(e.fire_due("L-1", &mut s, secs(*tick)).into_iter().map(|a| (a, i >= arrives)));
+                }
+            }
+            fired.extend(e.fire_due("L-1", &mut s, Timestamp::MAX).into_iter().map(|a| (a, true)));
+            for (a, touch_applied) in fired {
+                let due = match a.kind.as_str() {
+                    "sla.first_touch.reminder" => a.data.deadline - SignedDuration::from_hours(1),
+                    _ => a.data.deadline,
+                };
+                prop_assert!(
+                    !(touch_applied && secs(touch_at) <= due),
+                    "{} (due {}) fired despite a touch at {}", a.kind, due, secs(touch_at)
+                );
+            }
+        }
+
+        /// Alerts are the same whether a lead's events arrive in order or shuffled, as long as
+        /// they all arrive before the first deadline they affect.
+        #[test]
+        fn arrival_order_does_not_matter(events in proptest::collection::vec(event(), 0..40),
+                                         seed in any::<u64>()) {
+            // Distinct instants: events stamped alike apply in arrival order by design.
+            let mut seen = std::collections::HashSet::new();
+            let events: Vec<LeadEvent> = events.into_iter().filter(|e| seen.insert(e.occurred_at)).collect();
+            let mut in_order = events.clone();
+            in_order.sort_by_key(|e| e.occurred_at);
+            let mut shuffled = events.clone();
+            // A deterministic shuffle from the seed.
+            let mut x = seed | 1;
+            for i in (1..shuffled.len()).rev() {
+                x ^= x << 13; x ^= x >> 7; x ^= x << 17;
+                shuffled.swap(i, (x % (i as u64 + 1)) as usize);
+            }
+            let e = prop_engine();
+            let (a1, _) = run(&e, &in_order, &[]);
+            let (a2, _) = run(&e, &shuffled, &[]);
+            prop_assert_eq!(ids(&a1), ids(&a2));
         }
     }
 }

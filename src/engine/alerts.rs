@@ -1,0 +1,314 @@
+//! Turning an owed alert ([`Due`]) into the alert people receive: its id, recipients from the
+//! directory, a suggested new owner, and one sentence a person can act on.
+
+use std::time::Duration;
+
+use jiff::Timestamp;
+use sha2::{Digest, Sha256};
+
+use super::deadlines::{self, Due, What};
+use super::rules::{Rules, Settings};
+use super::state::Lead;
+use crate::alert::{
+    Alert, AlertData, Disposition, LeadInfo, Recipient, alert_id_of, split_lead_key,
+};
+
+/// Builds the alert for `due`, fired at `now`.
+pub fn build(
+    rules: &Rules,
+    settings: &Settings,
+    key: &str,
+    lead: &Lead,
+    due: &Due,
+    now: Timestamp,
+    link: Option<&str>,
+) -> Alert {
+    let owner = match &due.what {
+        What::FirstTouch { owner, .. } => Some(owner.clone()),
+        What::Closeout(c) => c.owner.clone(),
+        What::Unassigned => None,
+    };
+    let step = match &due.what {
+        What::FirstTouch { step: Some(i), .. } => settings
+            .first_touch
+            .as_ref()
+            .and_then(|f| f.escalate.get(*i)),
+        _ => None,
+    };
+    let suggested_owner = step
+        .filter(|s| s.reassign)
+        .and_then(|_| suggest_owner(rules, settings, key, owner.as_deref(), due.clock));
+    let recipients = due
+        .to
+        .iter()
+        .flat_map(|role| recipients(rules, settings, role, owner.as_deref()))
+        .collect();
+    let info = lead_info(lead);
+    let disposition = match &due.what {
+        What::Closeout(c) => Some(Disposition {
+            reason: c.reason.clone(),
+            detail: c.detail.clone(),
+            attempts: c.attempts,
+            closed_at: c.closed_at,
+            last_activity_at: c.last_activity_at,
+        }),
+        _ => None,
+    };
+    let sales_ready_at = match &due.what {
+        What::Closeout(c) => Some(c.sales_ready_at),
+        _ => lead.episode.as_ref().map(|e| e.started_at),
+    };
+    let message = message(
+        rules,
+        settings,
+        key,
+        &info,
+        owner.as_deref(),
+        due,
+        suggested_owner.as_deref(),
+    );
+    Alert {
+        kind: due.kind.to_string(),
+        timestamp: now,
+        data: AlertData {
+            alert_id: alert_id_of(key, due.rule, due.level, due.clock, due.variant),
+            lead: key.to_string(),
+            owner,
+            rule: due.rule.to_string(),
+            level: due.level,
+            to: due.to.clone(),
+            recipients,
+            sales_ready_at,
+            clock_started_at: due.clock,
+            deadline: due.deadline,
+            suggested_owner,
+            disposition,
+            lead_info: info,
+            link: link.map(|template| template.replace("{id}", split_lead_key(key).1)),
+            message,
+        },
+    }
+}
+
+/// The people behind a role: the owner and their manager from the directory; other roles from
+/// `[recipients]`, each looked up in the directory.
+fn recipients(
+    rules: &Rules,
+    settings: &Settings,
+    role: &str,
+    owner: Option<&str>,
+) -> Vec<Recipient> {
+    let person = |id: &str| {
+        let p = rules.directory.get(id);
+        Recipient {
+            role: role.to_string(),
+            id: id.to_string(),
+            name: p.and_then(|p| p.name.clone()),
+            email: p
+                .and_then(|p| p.email.clone())
+                .or_else(|| id.contains('@').then(|| id.to_string())),
+            slack: p.and_then(|p| p.slack.clone()),
+            teams: p.and_then(|p| p.teams.clone()),
+        }
+    };
+    match role {
+        "owner" => owner.map(person).into_iter().collect(),
+        "manager" => owner
+            .and_then(|o| rules.directory.get(o))
+            .and_then(|p| p.manager.as_deref())
+            .map(person)
+            .into_iter()
+            .collect(),
+        other => settings
+            .recipients
+            .get(other)
+            .into_iter()
+            .flatten()
+            .map(|id| person(id))
+            .collect(),
+    }
+}
+
+/// The next owner in the segment's pool, round-robin from a position drawn from the lead and its
+/// clock (so the live daemon, a replay and `simulate` suggest the same person), skipping the
+/// current owner and anyone the directory marks away.
+fn suggest_owner(
+    rules: &Rules,
+    settings: &Settings,
+    key: &str,
+    owner: Option<&str>,
+    clock: Timestamp,
+) -> Option<String> {
+    let pool = &settings.pool;
+    if pool.is_empty() {
+        return None;
+    }
+    let digest = Sha256::new()
+        .chain_update(key.as_bytes())
+        .chain_update(clock.to_string().as_bytes())
+        .finalize();
+    let start = u64::from_be_bytes(digest[..8].try_into().expect("8 bytes")) as usize % pool.len();
+    (0..pool.len())
+        .map(|i| &pool[(start + i) % pool.len()])
+        .find(|candidate| {
+            Some(candidate.as_str()) != owner
+                && !rules.directory.get(*candidate).is_some_and(|p| p.away)
+        })
+        .cloned()
+}
+
+/// Who the lead is, from its fields.
+pub fn lead_info(lead: &Lead) -> LeadInfo {
+    let name = lead.text("name").or_else(|| {
+        let parts: Vec<String> = ["first_name", "last_name"]
+            .iter()
+            .filter_map(|f| lead.text(f))
+            .collect();
+        (!parts.is_empty()).then(|| parts.join(" "))
+    });
+    LeadInfo {
+        name,
+        email: lead.text("email"),
+        company: lead.text("company"),
+        source: lead.source.clone(),
+    }
+}
+
+/// A time as people read it: in the calendar's zone, or UTC.
+fn when(settings: &Settings, t: Timestamp) -> String {
+    let tz = settings
+        .calendar
+        .as_ref()
+        .map(|c| c.time_zone().clone())
+        .unwrap_or(jiff::tz::TimeZone::UTC);
+    t.to_zoned(tz).strftime("%a %Y-%m-%d %H:%M %Z").to_string()
+}
+
+fn span(d: Duration) -> String {
+    // Whole minutes read better than "3h 59m 59s 999ms".
+    let secs = d.as_secs();
+    let rounded = if secs >= 120 { secs / 60 * 60 } else { secs };
+    humantime::format_duration(Duration::from_secs(rounded)).to_string()
+}
+
+fn name_of(rules: &Rules, id: &str) -> String {
+    rules
+        .directory
+        .get(id)
+        .and_then(|p| p.name.clone())
+        .unwrap_or_else(|| id.to_string())
+}
+
+#[allow(clippy::too_many_arguments)]
+fn message(
+    rules: &Rules,
+    settings: &Settings,
+    key: &str,
+    info: &LeadInfo,
+    owner: Option<&str>,
+    due: &Due,
+    suggested: Option<&str>,
+) -> String {
+    let who = {
+        let known: Vec<&str> = [info.name.as_deref(), info.company.as_deref()]
+            .into_iter()
+            .flatten()
+            .collect();
+        if known.is_empty() {
+            format!("Lead {key}")
+        } else {
+            format!("Lead {key} ({})", known.join(", "))
+        }
+    };
+    let owner_name = owner.map_or_else(|| "its owner".to_string(), |o| name_of(rules, o));
+    let at = |t| when(settings, t);
+    let cal = settings.calendar.as_deref();
+    let late_by = |from, to| span(super::calendar::between(cal, from, to));
+    match (&due.what, due.kind) {
+        (What::Unassigned, _) => {
+            let within = settings
+                .handoff
+                .as_ref()
+                .map(|h| h.assign_within.to_string());
+            format!(
+                "{who} has been sales-ready since {} with no owner; it had to be assigned within {} \
+                 (by {}). Assign it now.",
+                at(due.clock),
+                within.unwrap_or_default(),
+                at(due.deadline)
+            )
+        }
+        (What::FirstTouch { .. }, deadlines::REMINDER) => format!(
+            "Reminder for {owner_name}: {who} needs a first touch by {} (it has been theirs since {}).",
+            at(due.deadline),
+            at(due.clock)
+        ),
+        (What::FirstTouch { .. }, deadlines::BREACHED) => {
+            let within = settings.first_touch.as_ref().map(|f| f.within.to_string());
+            format!(
+                "{who}, sales-ready and owned by {owner_name} since {}, got no touch within {}: the \
+                 first-touch deadline passed at {}. Call or email them now.",
+                at(due.clock),
+                within.unwrap_or_default(),
+                at(due.deadline)
+            )
+        }
+        (What::FirstTouch { step, .. }, _) => {
+            let breach = settings.first_touch.as_ref().map_or(due.deadline, |f| {
+                super::calendar::add(cal, due.clock, f.within)
+            });
+            let suggestion = suggested
+                .map(|s| format!(" Suggested new owner: {}.", name_of(rules, s)))
+                .unwrap_or_default();
+            format!(
+                "Escalation {}: {who}, owned by {owner_name} since {}, still has no first touch, {} \
+                 past its deadline.{suggestion}",
+                step.map_or(1, |s| s + 1),
+                at(due.clock),
+                late_by(breach, due.deadline),
+            )
+        }
+        (What::Closeout(c), kind) => {
+            let closer = c
+                .owner
+                .as_deref()
+                .map_or_else(|| "someone".to_string(), |o| name_of(rules, o));
+            let d = settings.disposition.as_ref();
+            let agreed = d.map(|d| d.reasons.join(", ")).unwrap_or_default();
+            match kind {
+                deadlines::INSUFFICIENT_ATTEMPTS => format!(
+                    "{who} was closed by {closer} at {} after {} attempt(s); the agreement is at least {} \
+                     before a lead is disqualified.",
+                    at(c.closed_at),
+                    c.attempts,
+                    settings.follow_up.as_ref().map_or(0, |f| f.min_attempts)
+                ),
+                deadlines::MISSING_REASON => format!(
+                    "{who} was closed by {closer} at {} without a reason. Give one of: {agreed}.",
+                    at(c.closed_at)
+                ),
+                deadlines::UNKNOWN_REASON => format!(
+                    "{who} was closed by {closer} with the reason \"{}\", which is not on the agreed \
+                     list: {agreed}.",
+                    c.reason.as_deref().unwrap_or_default()
+                ),
+                deadlines::VAGUE_REASON => format!(
+                    "{who} was closed by {closer} as \"{}\" without a written detail (at least {} \
+                     characters). Say why, so marketing can learn from it.",
+                    c.reason.as_deref().unwrap_or_default(),
+                    d.map_or(1, |d| d.detail_min_chars)
+                ),
+                _ => format!(
+                    "{who} was closed by {closer} at {}, {} after the close-out was due ({}, {} \
+                     after its last activity).",
+                    at(c.closed_at),
+                    late_by(due.deadline, c.closed_at),
+                    at(due.deadline),
+                    d.and_then(|d| d.feedback_within)
+                        .map(|f| f.to_string())
+                        .unwrap_or_default()
+                ),
+            }
+        }
+    }
+}

@@ -1,0 +1,217 @@
+//! Where every SLA deadline is computed: from a lead's state and the rules that apply to it, the
+//! alerts it is owed and when each is due. Nothing here is stored; deadlines always derive from
+//! the state, so a restore or a rules edit recomputes them.
+//!
+//! - `lead.unassigned` (rule `handoff`): sales-ready without an owner for `assign_within`.
+//! - `sla.first_touch.reminder` / `.breached` / `.escalated` (rule `first_touch`, levels 0, 0, n):
+//!   no touch by `within - remind_before`, `within`, and each step's `after`, all counted from
+//!   the clock start in the segment's calendar; a touch at or before one cancels it.
+//! - `follow_up.insufficient_attempts` and `disposition.*`: judged at the close.
+
+use jiff::Timestamp;
+
+use super::calendar::{self, Calendar};
+use super::rules::Settings;
+use super::state::{Closeout, Lead};
+
+/// One alert a lead is owed, with when it is due.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Due {
+    /// The alert type.
+    pub kind: &'static str,
+    pub rule: &'static str,
+    pub level: u32,
+    /// Distinguishes alert types that share (rule, level): the reminder, the close-out reasons.
+    pub variant: Option<&'static str>,
+    /// The clock start the alert id is made of.
+    pub clock: Timestamp,
+    /// The deadline the alert reports.
+    pub deadline: Timestamp,
+    /// When it fires (the deadline, a reminder's lead time before it, or the close).
+    pub fire_at: Timestamp,
+    /// The roles it is addressed to.
+    pub to: Vec<String>,
+    pub what: What,
+}
+
+/// What the alert is about, for its body.
+#[derive(Debug, Clone, PartialEq)]
+pub enum What {
+    Unassigned,
+    FirstTouch {
+        owner: String,
+        /// The escalation step (0-based), for levels above 0.
+        step: Option<usize>,
+    },
+    Closeout(Closeout),
+}
+
+pub const REMINDER: &str = "sla.first_touch.reminder";
+pub const BREACHED: &str = "sla.first_touch.breached";
+pub const ESCALATED: &str = "sla.first_touch.escalated";
+pub const UNASSIGNED: &str = "lead.unassigned";
+pub const INSUFFICIENT_ATTEMPTS: &str = "follow_up.insufficient_attempts";
+pub const MISSING_REASON: &str = "disposition.missing_reason";
+pub const UNKNOWN_REASON: &str = "disposition.unknown_reason";
+pub const VAGUE_REASON: &str = "disposition.vague_reason";
+pub const LATE: &str = "disposition.late";
+
+/// Every alert type the engine fires.
+pub const ALERT_TYPES: [&str; 9] = [
+    UNASSIGNED,
+    REMINDER,
+    BREACHED,
+    ESCALATED,
+    INSUFFICIENT_ATTEMPTS,
+    MISSING_REASON,
+    UNKNOWN_REASON,
+    VAGUE_REASON,
+    LATE,
+];
+
+/// The variant part of an alert's id, from its type.
+pub fn variant_of(kind: &str) -> Option<&'static str> {
+    match kind {
+        REMINDER => Some("reminder"),
+        MISSING_REASON => Some(MISSING_REASON),
+        UNKNOWN_REASON => Some(UNKNOWN_REASON),
+        VAGUE_REASON => Some(VAGUE_REASON),
+        LATE => Some(LATE),
+        _ => None,
+    }
+}
+
+/// Every alert the lead is owed under `settings`, cancelled ones left out, fired ones included
+/// (the caller knows which fired).
+pub fn owed(lead: &Lead, settings: &Settings) -> Vec<Due> {
+    let cal = settings.calendar.as_deref();
+    let mut out = Vec::new();
+    if let Some(episode) = &lead.episode {
+        if let (Some(since), Some(handoff)) = (episode.unassigned_since, &settings.handoff) {
+            let deadline = calendar::add(cal, since, handoff.assign_within);
+            out.push(Due {
+                kind: UNASSIGNED,
+                rule: "handoff",
+                level: 0,
+                variant: None,
+                clock: since,
+                deadline,
+                fire_at: deadline,
+                to: vec!["queue".into()],
+                what: What::Unassigned,
+            });
+        }
+        if let (Some(clock), Some(ft)) = (&episode.clock, &settings.first_touch) {
+            let touched = lead.first_touch_since(clock.started_at);
+            let cancelled = |at: Timestamp| touched.is_some_and(|t| t <= at);
+            let start = clock.started_at;
+            let deadline = calendar::add(cal, start, ft.within);
+            let first_touch = |step| What::FirstTouch {
+                owner: clock.owner.clone(),
+                step,
+            };
+            if let Some(before) = ft.remind_before {
+                let at = calendar::sub(cal, deadline, before).max(start);
+                if !cancelled(at) {
+                    out.push(Due {
+                        kind: REMINDER,
+                        rule: "first_touch",
+                        level: 0,
+                        variant: Some("reminder"),
+                        clock: start,
+                        deadline,
+                        fire_at: at,
+                        to: vec!["owner".into()],
+                        what: first_touch(None),
+                    });
+                }
+            }
+            if !cancelled(deadline) {
+                out.push(Due {
+                    kind: BREACHED,
+                    rule: "first_touch",
+                    level: 0,
+                    variant: None,
+                    clock: start,
+                    deadline,
+                    fire_at: deadline,
+                    to: vec!["owner".into()],
+                    what: first_touch(None),
+                });
+            }
+            // Each step no earlier than the one before, whatever the calendar does to them.
+            let mut previous = deadline;
+            for (i, step) in ft.escalate.iter().enumerate() {
+                let at = calendar::add(cal, start, step.after).max(previous);
+                previous = at;
+                if !cancelled(at) {
+                    out.push(Due {
+                        kind: ESCALATED,
+                        rule: "first_touch",
+                        level: i as u32 + 1,
+                        variant: None,
+                        clock: start,
+                        deadline: at,
+                        fire_at: at,
+                        to: vec![step.notify.clone()],
+                        what: first_touch(Some(i)),
+                    });
+                }
+            }
+        }
+    }
+    for closeout in &lead.closeouts {
+        closeout_alerts(closeout, settings, cal, &mut out);
+    }
+    out
+}
+
+/// What a close-out owes: too few attempts, a missing, unknown or vague reason, a late close.
+fn closeout_alerts(c: &Closeout, settings: &Settings, cal: Option<&Calendar>, out: &mut Vec<Due>) {
+    let to = || vec!["owner".to_string(), "marketing_ops".to_string()];
+    let due = |kind, rule, variant, deadline| Due {
+        kind,
+        rule,
+        level: 0,
+        variant,
+        clock: c.closed_at,
+        deadline,
+        fire_at: c.closed_at,
+        to: to(),
+        what: What::Closeout(c.clone()),
+    };
+    if let Some(f) = &settings.follow_up
+        && c.attempts < f.min_attempts
+    {
+        out.push(due(INSUFFICIENT_ATTEMPTS, "follow_up", None, c.closed_at));
+    }
+    let Some(d) = &settings.disposition else {
+        return;
+    };
+    if let Some(kind) = reason_problem(c, d) {
+        out.push(due(kind, "disposition", Some(kind), c.closed_at));
+    }
+    if let Some(within) = d.feedback_within {
+        let from = c.last_activity_at.unwrap_or(c.sales_ready_at);
+        let due_by = calendar::add(cal, from, within);
+        if c.closed_at > due_by {
+            out.push(due(LATE, "disposition", Some(LATE), due_by));
+        }
+    }
+}
+
+/// Which reason alert a close-out gets, if any. Reasons match trimmed and case-insensitively.
+pub fn reason_problem(c: &Closeout, d: &super::rules::DispositionRules) -> Option<&'static str> {
+    let same = |a: &str, b: &str| a.trim().to_lowercase() == b.trim().to_lowercase();
+    let Some(reason) = c.reason.as_deref().filter(|r| !r.trim().is_empty()) else {
+        return Some(MISSING_REASON);
+    };
+    if d.vague.iter().any(|v| same(v, reason)) {
+        let detail = c.detail.as_deref().map_or(0, |s| s.trim().chars().count());
+        return (detail < d.detail_min_chars).then_some(VAGUE_REASON);
+    }
+    if d.reasons.iter().any(|r| same(r, reason)) {
+        return None;
+    }
+    Some(UNKNOWN_REASON)
+}

@@ -1,0 +1,271 @@
+//! What the engine knows about one lead, and how an event changes it.
+//!
+//! A lead's state is a fold of its events in event-time order (ties in arrival order). Events
+//! arrive out of order (CRM batches, retries, a slow MAP), so the state keeps the events of a
+//! recent window ([`LeadState::log`]) on top of everything older folded into [`LeadState::base`];
+//! an event that arrives late inside the window is put in its place and the window is folded
+//! again. The outcome is the same whatever the arrival order, as long as the events arrive before
+//! the deadlines they affect fire. An event older than the window is folded in after `base`,
+//! where a field it sets is not taken when a newer value exists.
+//!
+//! Alerts that fired are remembered by what their ids are made of (rule, level, clock start,
+//! variant), outside the fold: re-folding never makes one fire twice.
+
+use std::collections::{BTreeMap, VecDeque};
+
+use jiff::Timestamp;
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+use crate::event::Change;
+
+/// How many recent event ids a lead remembers, to ignore re-sent events.
+pub const RECENT_EVENT_IDS: usize = 64;
+/// How many fired alerts a lead remembers.
+pub const FIRED_REMEMBERED: usize = 64;
+/// The most events the reorder window holds, whatever their times.
+pub const LOG_MAX: usize = 64;
+/// How many touch times a lead keeps (attempts are counted from them).
+pub const TOUCHES_KEPT: usize = 64;
+/// How many close-outs a lead keeps (their alerts are derived from them).
+pub const CLOSEOUTS_KEPT: usize = 4;
+
+/// Everything the engine knows about one lead. Serialized as-is to the state changelog.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct LeadState {
+    /// The lead with every event older than the reorder window folded in.
+    #[serde(default)]
+    pub base: Lead,
+    /// The events of the reorder window, in event-time order (ties in arrival order).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub log: Vec<Logged>,
+    /// `base` with `log` folded in: what the rules look at. Not stored: rebuilt on restore.
+    #[serde(skip)]
+    pub lead: Lead,
+    /// Arrival counter: orders events with the same timestamp.
+    #[serde(default)]
+    pub seq: u64,
+    /// Ids of the most recent events applied, newest last.
+    #[serde(default)]
+    pub recent_events: VecDeque<String>,
+    /// Alerts already fired, newest last.
+    #[serde(default, skip_serializing_if = "VecDeque::is_empty")]
+    pub fired: VecDeque<Fired>,
+}
+
+/// One alert that fired: what its id is made of.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Fired {
+    pub rule: String,
+    pub level: u32,
+    pub clock: Timestamp,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub variant: Option<String>,
+}
+
+/// An event kept in the reorder window.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Logged {
+    pub at: Timestamp,
+    pub seq: u64,
+    pub source: String,
+    #[serde(flatten)]
+    pub change: Change,
+}
+
+/// The lead as the rules see it.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Lead {
+    /// Every field, each patch merged in.
+    #[serde(default)]
+    pub fields: Map<String, Value>,
+    /// When each field was last set (event time).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub field_at: BTreeMap<String, Timestamp>,
+    /// The configured source of its latest event.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<String>,
+    /// The configured source of its first event: where the lead came from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub origin: Option<String>,
+    /// The current owner, from the `owner` field.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner: Option<String>,
+    /// Since when it has had this owner (or none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner_since: Option<Timestamp>,
+    /// The current sales-ready episode.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub episode: Option<Episode>,
+    /// Deleted or merged away in its system.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deleted_at: Option<Timestamp>,
+    /// When it last stopped being workable (closed, converted, deleted), for retention.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ended_at: Option<Timestamp>,
+    /// Touch times (activities of a touch kind, field changes matching `lifecycle.touch`),
+    /// ascending, the newest [`TOUCHES_KEPT`].
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub touches: Vec<Timestamp>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_activity_at: Option<Timestamp>,
+    /// The latest close-outs of sales-ready episodes, oldest first.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub closeouts: Vec<Closeout>,
+    /// The newest event time seen.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_event_at: Option<Timestamp>,
+}
+
+/// A sales-ready episode: from becoming sales-ready to being closed, converted, deleted or no
+/// longer sales-ready.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Episode {
+    /// When the lead became sales-ready.
+    pub started_at: Timestamp,
+    /// Since when it has been sales-ready without an owner (the handoff clock).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unassigned_since: Option<Timestamp>,
+    /// The first-touch clock, running while it has an owner.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub clock: Option<Clock>,
+    /// The first owner's clock start: when the lead was handed off (for the scorecard).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub handed_off_at: Option<Timestamp>,
+}
+
+/// The first-touch clock of one owner.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Clock {
+    /// The later of sales-ready and owned; an owner change restarts the clock.
+    pub started_at: Timestamp,
+    pub owner: String,
+}
+
+/// A close of a lead that was sales-ready in that episode: what the close-out rules judge.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Closeout {
+    pub closed_at: Timestamp,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner: Option<String>,
+    pub sales_ready_at: Timestamp,
+    /// The lead's `disposition_reason` and `disposition_detail` at the close.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
+    /// Touches from the start of the episode to the close.
+    pub attempts: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_activity_at: Option<Timestamp>,
+}
+
+impl LeadState {
+    pub fn has_fired(
+        &self,
+        rule: &str,
+        level: u32,
+        clock: Timestamp,
+        variant: Option<&str>,
+    ) -> bool {
+        self.fired.iter().any(|f| {
+            f.rule == rule
+                && f.level == level
+                && f.clock == clock
+                && f.variant.as_deref() == variant
+        })
+    }
+
+    pub fn mark_fired(&mut self, rule: &str, level: u32, clock: Timestamp, variant: Option<&str>) {
+        if self.has_fired(rule, level, clock, variant) {
+            return;
+        }
+        if self.fired.len() == FIRED_REMEMBERED {
+            self.fired.pop_front();
+        }
+        self.fired.push_back(Fired {
+            rule: rule.to_string(),
+            level,
+            clock,
+            variant: variant.map(str::to_string),
+        });
+    }
+
+    pub fn unmark_fired(
+        &mut self,
+        rule: &str,
+        level: u32,
+        clock: Timestamp,
+        variant: Option<&str>,
+    ) {
+        self.fired.retain(|f| {
+            !(f.rule == rule
+                && f.level == level
+                && f.clock == clock
+                && f.variant.as_deref() == variant)
+        });
+    }
+
+    /// Remembers an event id; false when it was already applied.
+    pub fn remember(&mut self, id: &str) -> bool {
+        if self.recent_events.iter().any(|seen| seen == id) {
+            return false;
+        }
+        if self.recent_events.len() == RECENT_EVENT_IDS {
+            self.recent_events.pop_front();
+        }
+        self.recent_events.push_back(id.to_string());
+        true
+    }
+
+    /// Where an event at `at` goes in the log (after every event at or before `at`).
+    pub fn position(&self, at: Timestamp) -> usize {
+        self.log.partition_point(|e| e.at <= at)
+    }
+}
+
+impl Lead {
+    /// A string field, trimmed, `None` when absent or blank.
+    pub fn text(&self, name: &str) -> Option<String> {
+        text(&self.fields, name)
+    }
+
+    /// Records a touch at `at`.
+    pub fn add_touch(&mut self, at: Timestamp) {
+        let i = self.touches.partition_point(|t| *t <= at);
+        self.touches.insert(i, at);
+        if self.touches.len() > TOUCHES_KEPT {
+            self.touches.remove(0);
+        }
+    }
+
+    /// The first touch at or after `from`.
+    pub fn first_touch_since(&self, from: Timestamp) -> Option<Timestamp> {
+        let i = self.touches.partition_point(|t| *t < from);
+        self.touches.get(i).copied()
+    }
+
+    /// Touches in `[from, to]`.
+    pub fn touches_between(&self, from: Timestamp, to: Timestamp) -> u32 {
+        self.touches
+            .iter()
+            .filter(|t| **t >= from && **t <= to)
+            .count() as u32
+    }
+
+    pub fn push_closeout(&mut self, c: Closeout) {
+        self.closeouts.push(c);
+        if self.closeouts.len() > CLOSEOUTS_KEPT {
+            self.closeouts.remove(0);
+        }
+    }
+}
+
+/// A string field, trimmed, `None` when absent or blank; numbers are written out.
+pub fn text(fields: &Map<String, Value>, name: &str) -> Option<String> {
+    match fields.get(name)? {
+        Value::String(s) => Some(s.trim().to_string()).filter(|s| !s.is_empty()),
+        Value::Number(n) => Some(n.to_string()),
+        _ => None,
+    }
+}
