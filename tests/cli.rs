@@ -160,3 +160,86 @@ fn dev_broker_refuses_a_port_it_cannot_pin() {
     assert_eq!(out.status.code(), Some(64));
     assert!(String::from_utf8_lossy(&out.stderr).contains("random"));
 }
+
+#[test]
+fn simulate_prints_only_alerts_on_stdout_and_the_scorecard_apart() {
+    let dir = tempfile::tempdir().unwrap();
+    let events = dir.path().join("events.jsonl");
+    // Friday 16:30 New York: with the shipped rules (business hours, 4 h) A is due Monday 12:30;
+    // B is called on Monday morning, in time; a bad line is skipped and named.
+    std::fs::write(
+        &events,
+        r#"{"id":"1","type":"lead.updated","lead":"A","occurred_at":"2026-11-20T21:30:00Z","fields":{"stage":"sales_ready","owner":"alice@example.com"},"source":"hs"}
+{"id":"2","type":"lead.updated","lead":"B","occurred_at":"2026-11-20T21:30:00Z","fields":{"stage":"sales_ready","owner":"dave@example.com"},"source":"web"}
+{"id":"3","type":"lead.activity","lead":"B","occurred_at":"2026-11-23T14:30:00Z","activity":{"kind":"call"}}
+{"id":"4","type":"lead.updated","lead":"A"}
+"#,
+    )
+    .unwrap();
+    let card = dir.path().join("card.json");
+    let out = leadwatch()
+        .args(["simulate", "--rules"])
+        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/config/rules.toml"))
+        .arg("--events")
+        .arg(&events)
+        .args(["--until", "2026-11-23T18:00:00Z", "--scorecard"])
+        .arg(&card)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("events.jsonl:4: skipped"), "{stderr}");
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    let alerts: Vec<serde_json::Value> = stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("every stdout line is an alert"))
+        .collect();
+    let fired: Vec<(&str, &str)> = alerts
+        .iter()
+        .map(|a| (a["type"].as_str().unwrap(), a["fired_at"].as_str().unwrap()))
+        .collect();
+    assert_eq!(
+        fired,
+        [
+            ("sla.first_touch.reminder", "2026-11-23T16:30:00Z"),
+            ("sla.first_touch.breached", "2026-11-23T17:30:00Z"),
+        ]
+    );
+    assert!(alerts.iter().all(|a| a["data"]["lead"] == "A"));
+    let card: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&card).unwrap()).unwrap();
+    assert_eq!(card["total"]["handed_off"], 2);
+    assert_eq!(card["by_owner"]["dave@example.com"]["touched_within_sla"], 1);
+    assert_eq!(card["by_source"]["hs"]["never_touched"], 1);
+}
+
+#[test]
+fn simulate_refuses_broken_rules_with_every_problem() {
+    let dir = tempfile::tempdir().unwrap();
+    let rules = dir.path().join("rules.toml");
+    std::fs::write(
+        &rules,
+        "[lifecycle]\nsales_ready = 'lead.stage =='\n[first_touch]\nwithin = \"4h\"\nescalate = [{ after = \"1h\", notify = \"boss\" }]\n",
+    )
+    .unwrap();
+    let events = dir.path().join("events.jsonl");
+    std::fs::write(&events, "").unwrap();
+    let out = leadwatch()
+        .args(["simulate", "--rules"])
+        .arg(&rules)
+        .arg("--events")
+        .arg(&events)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(64));
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    let r = rules.display().to_string();
+    for key in [
+        "lifecycle.sales_ready",
+        "first_touch.escalate[0].after",
+        "first_touch.escalate[0].notify",
+    ] {
+        assert!(stderr.contains(&format!("{r}:{key}: ")), "{key}: {stderr}");
+    }
+    assert!(out.stdout.is_empty());
+}

@@ -210,6 +210,15 @@ within = "{within}"
 
 impl Daemon {
     pub async fn start(config: &str, rules: &str) -> Self {
+        Self::start_with_reloads(config, rules).await.0
+    }
+
+    /// As [`Daemon::start`]; a message on the returned sender is a SIGHUP (the rules file,
+    /// `dir/rules.toml`, is read again).
+    pub async fn start_with_reloads(
+        config: &str,
+        rules: &str,
+    ) -> (Self, tokio::sync::mpsc::UnboundedSender<()>) {
         init_test_logs();
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("rules.toml"), rules).unwrap();
@@ -219,15 +228,22 @@ impl Daemon {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(leadwatch::app::run(cfg, listener, async {
-            let _ = stopped.await;
-        }));
-        Self {
+        let (reload, reloads) = tokio::sync::mpsc::unbounded_channel();
+        let task = tokio::spawn(leadwatch::app::run_with_reloads(
+            cfg,
+            listener,
+            async {
+                let _ = stopped.await;
+            },
+            reloads,
+        ));
+        let daemon = Self {
             addr,
             dir,
             stop: Some(stop),
             task: Some(task),
-        }
+        };
+        (daemon, reload)
     }
 
     pub fn url(&self, path: &str) -> String {

@@ -1,0 +1,295 @@
+//! The rules on a running daemon: the live pipeline and `simulate` give the same alerts for the
+//! same events (one code path), and a rules edit applies on SIGHUP without a restart.
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use jiff::{SignedDuration, Timestamp};
+use leadwatch::engine::Engine;
+use leadwatch::engine::rules::Rules;
+use leadwatch::engine::simulate;
+use leadwatch::telemetry::Metrics;
+use serde_json::{Value, json};
+use support::*;
+
+const PATIENCE: Duration = Duration::from_secs(60);
+
+const RULES: &str = r#"
+pool = ["dave@example.com", "erin@example.com"]
+
+[lifecycle]
+sales_ready = 'lead.stage == "MQL"'
+closed      = 'lead.status == "Unqualified"'
+
+[handoff]
+assign_within = "3s"
+
+[first_touch]
+within        = "4s"
+remind_before = "1s"
+escalate      = [ { after = "6s", notify = "manager", reassign = true } ]
+
+[follow_up]
+min_attempts = 2
+
+[disposition]
+reasons = ["No budget"]
+vague   = ["Other"]
+
+[directory."alice@example.com"]
+name    = "Alice Adams"
+manager = "carol@example.com"
+slack   = "U0ALICE"
+[directory."carol@example.com"]
+slack   = "U0CAROL"
+
+[recipients]
+marketing_ops = ["mops@example.com"]
+queue         = ["sdr@example.com"]
+"#;
+
+fn at(t0: Timestamp, millis: i64) -> String {
+    (t0 + SignedDuration::from_millis(millis)).to_string()
+}
+
+fn event(id: &str, lead: &str, when: String, fields: Value) -> Value {
+    json!({"id": id, "type": "lead.updated", "lead": lead, "occurred_at": when, "fields": fields})
+}
+
+fn call(id: &str, lead: &str, when: String) -> Value {
+    json!({"id": id, "type": "lead.activity", "lead": lead, "occurred_at": when,
+           "activity": {"kind": "call", "by": "alice@example.com"}})
+}
+
+/// An alert without the instant it fired (the live one fires on the wall clock).
+fn comparable(mut alert: Value) -> (String, Value) {
+    alert.as_object_mut().unwrap().remove("timestamp");
+    alert.as_object_mut().unwrap().remove("fired_at");
+    (
+        alert["data"]["alert_id"].as_str().unwrap().to_string(),
+        alert,
+    )
+}
+
+/// Waits until the daemon's engine holds its partitions: a first event is applied.
+async fn warm_up(daemon: &Daemon) {
+    let now = now_plus(0);
+    let (status, _, _) = post_signed(
+        &daemon.url("/webhooks/web"),
+        SOURCE_SECRET,
+        &event("warm", "L-warm", now, json!({"stage": "new"})),
+    )
+    .await;
+    assert_eq!(status, 202);
+    wait_for("the engine to apply a first event", PATIENCE, || async {
+        daemon
+            .metric("leadwatch_engine_events_total{outcome=\"applied\"}")
+            .await
+            >= 1.0
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn simulate_and_the_live_daemon_give_the_same_alerts() {
+    let kafka = kafka(3);
+    let receiver = Receiver::start().await;
+    let daemon = Daemon::start(&config_text(kafka.bootstrap(), &receiver.url, ""), RULES).await;
+    warm_up(&daemon).await;
+
+    let t0 = Timestamp::now() + SignedDuration::from_millis(500);
+    let owned = || json!({"stage": "MQL", "owner": "alice@example.com"});
+    let events = vec![
+        // A: untouched — reminder at 3 s, breach at 4 s, escalation (with a new owner) at 6 s.
+        event(
+            "a1",
+            "L-a",
+            at(t0, 0),
+            json!({"stage": "MQL", "owner": "alice@example.com", "name": "Ann Able", "company": "Acme"}),
+        ),
+        // B: nobody owns it — unassigned at 3 s.
+        event("b1", "L-b", at(t0, 0), json!({"stage": "MQL"})),
+        // C: called in time — nothing.
+        event("c1", "L-c", at(t0, 0), owned()),
+        call("c2", "L-c", at(t0, 1000)),
+        // D: one call, then closed as "Other" without a detail — too few attempts, vague reason.
+        event("d1", "L-d", at(t0, 0), owned()),
+        call("d2", "L-d", at(t0, 500)),
+        event(
+            "d3",
+            "L-d",
+            at(t0, 1000),
+            json!({"status": "Unqualified", "disposition_reason": "Other"}),
+        ),
+    ];
+    let (status, _, body) =
+        post_signed(&daemon.url("/webhooks/web"), SOURCE_SECRET, &json!(events)).await;
+    assert_eq!(status, 202, "{body}");
+
+    wait_for("six alerts", PATIENCE, || async {
+        receiver.distinct() >= 6
+    })
+    .await;
+    // Nothing else is owed: wait out the last deadline (6 s) before counting.
+    let end = t0 + SignedDuration::from_secs(8);
+    wait_for("the last deadline to pass", PATIENCE, || async {
+        Timestamp::now() > end
+    })
+    .await;
+    let live: BTreeMap<String, Value> = receiver
+        .all()
+        .iter()
+        .map(|r| comparable(r.json()))
+        .collect();
+    assert_eq!(live.len(), 6, "{live:#?}");
+    assert_eq!(receiver.count(), 6, "an alert was delivered twice");
+
+    // The same events through `simulate`, as a file of JSON lines.
+    let lines: String = events
+        .iter()
+        .map(|e| {
+            let mut e = e.clone();
+            e["source"] = json!("web");
+            e.to_string() + "\n"
+        })
+        .collect();
+    let (read, bad) = simulate::read_events(lines.as_bytes()).unwrap();
+    assert!(bad.is_empty());
+    let engine = Engine::new(
+        Arc::new(Rules::parse(RULES).unwrap()),
+        Arc::new(Metrics::new()),
+    );
+    let mut simulated = BTreeMap::new();
+    simulate::run(&engine, read, Some(end), |alert| {
+        let (id, body) = comparable(serde_json::to_value(alert).unwrap());
+        simulated.insert(id, body);
+    });
+    assert_eq!(simulated, live);
+
+    let kinds: Vec<(&str, &str)> = live
+        .values()
+        .map(|a| {
+            (
+                a["data"]["lead"].as_str().unwrap(),
+                a["type"].as_str().unwrap(),
+            )
+        })
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            ("L-a", "sla.first_touch.breached"),
+            ("L-a", "sla.first_touch.escalated"),
+            ("L-a", "sla.first_touch.reminder"),
+            ("L-b", "lead.unassigned"),
+            ("L-d", "disposition.vague_reason"),
+            ("L-d", "follow_up.insufficient_attempts"),
+        ]
+    );
+    let escalation = live
+        .values()
+        .find(|a| a["type"] == "sla.first_touch.escalated")
+        .unwrap();
+    assert_eq!(escalation["data"]["to"], json!(["manager"]));
+    assert_eq!(escalation["data"]["recipients"][0]["slack"], "U0CAROL");
+    assert!(escalation["data"]["suggested_owner"].is_string());
+    daemon.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn edited_rules_apply_on_reload_and_bad_ones_are_refused() {
+    let kafka = kafka(3);
+    let receiver = Receiver::start().await;
+    let (daemon, reload) = Daemon::start_with_reloads(
+        &config_text(kafka.bootstrap(), &receiver.url, ""),
+        &rules_text("1h"),
+    )
+    .await;
+    warm_up(&daemon).await;
+    let url = daemon.url("/webhooks/web");
+
+    // Under the 1 h rule this lead would wait an hour.
+    let ready_at: Timestamp = now_plus(0).parse().unwrap();
+    let (status, _, _) = post_signed(
+        &url,
+        SOURCE_SECRET,
+        &ready_event("r1", "L-r", &ready_at.to_string()),
+    )
+    .await;
+    assert_eq!(status, 202);
+    wait_for("the lead applied", PATIENCE, || async {
+        daemon
+            .metric("leadwatch_engine_events_total{outcome=\"applied\"}")
+            .await
+            >= 2.0
+    })
+    .await;
+
+    // The agreement changes to 2 s: the open lead's deadline moves, and its alert comes now.
+    std::fs::write(daemon.dir.path().join("rules.toml"), rules_text("2s")).unwrap();
+    reload.send(()).unwrap();
+    wait_for("the breach under the edited rules", PATIENCE, || async {
+        receiver.count() >= 1
+    })
+    .await;
+    let alert = receiver.all()[0].json();
+    assert_eq!(alert["data"]["lead"], "L-r");
+    let deadline: Timestamp = alert["data"]["deadline"].as_str().unwrap().parse().unwrap();
+    assert_eq!(deadline, ready_at + SignedDuration::from_secs(2));
+    assert_eq!(
+        daemon
+            .metric("leadwatch_rules_reloads_total{outcome=\"applied\"}")
+            .await,
+        1.0
+    );
+
+    // A broken file is refused and counted; the rules in force stay (2 s).
+    std::fs::write(
+        daemon.dir.path().join("rules.toml"),
+        "[lifecycle]\nsales_ready = 'lead.stage == '\n",
+    )
+    .unwrap();
+    reload.send(()).unwrap();
+    wait_for("the refused reload counted", PATIENCE, || async {
+        daemon
+            .metric("leadwatch_rules_reloads_total{outcome=\"invalid\"}")
+            .await
+            == 1.0
+    })
+    .await;
+    let (status, _, _) =
+        post_signed(&url, SOURCE_SECRET, &ready_event("s1", "L-s", &now_plus(0))).await;
+    assert_eq!(status, 202);
+    wait_for(
+        "a breach under the rules still in force",
+        PATIENCE,
+        || async { receiver.distinct() >= 2 },
+    )
+    .await;
+    let second = receiver
+        .all()
+        .iter()
+        .map(|r| r.json())
+        .find(|a| a["data"]["lead"] == "L-s")
+        .unwrap();
+    let (ready, deadline): (Timestamp, Timestamp) = (
+        second["data"]["sales_ready_at"]
+            .as_str()
+            .unwrap()
+            .parse()
+            .unwrap(),
+        second["data"]["deadline"]
+            .as_str()
+            .unwrap()
+            .parse()
+            .unwrap(),
+    );
+    assert_eq!(deadline, ready + SignedDuration::from_secs(2));
+    assert_eq!(receiver.count(), 2, "the first lead's breach came again");
+    daemon.stop().await;
+}
