@@ -206,10 +206,12 @@ fn simulate_prints_only_alerts_on_stdout_and_the_scorecard_apart() {
         ]
     );
     assert!(alerts.iter().all(|a| a["data"]["lead"] == "A"));
-    let card: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(&card).unwrap()).unwrap();
+    let card: serde_json::Value = serde_json::from_slice(&std::fs::read(&card).unwrap()).unwrap();
     assert_eq!(card["total"]["handed_off"], 2);
-    assert_eq!(card["by_owner"]["dave@example.com"]["touched_within_sla"], 1);
+    assert_eq!(
+        card["by_owner"]["dave@example.com"]["touched_within_sla"],
+        1
+    );
     assert_eq!(card["by_source"]["hs"]["never_touched"], 1);
 }
 

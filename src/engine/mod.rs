@@ -46,6 +46,14 @@ pub enum Applied {
     Forget,
 }
 
+/// What `[lifecycle]` says of a lead after a patch.
+#[derive(Debug, Clone, Copy)]
+struct Verdict {
+    ready: bool,
+    closed: bool,
+    converted: bool,
+}
+
 /// The rules, compiled, and what is needed to evaluate them.
 #[derive(Clone)]
 pub struct Engine {
@@ -128,6 +136,10 @@ impl Engine {
             change: event.change.clone(),
         };
         let at = state.position(entry.at);
+        if state.log.is_empty() {
+            // The window opens: keep the lead as it was before it, to fold again from.
+            state.base = Some(Box::new(state.lead.clone()));
+        }
         if at == state.log.len() {
             // In order: one more step.
             self.step(&mut state.lead, &entry);
@@ -141,22 +153,34 @@ impl Engine {
         Applied::Changed
     }
 
-    /// Recomputes the lead from `base` and the window (after a restore, a late event, a rules
-    /// reload).
+    /// Recomputes the lead from `base` and the window (after a late event, a rules reload).
     pub fn rebuild(&self, state: &mut LeadState) {
-        let mut lead = state.base.clone();
+        let Some(base) = &state.base else {
+            return;
+        };
+        let mut lead = (**base).clone();
         for entry in &state.log {
             self.step(&mut lead, entry);
         }
         state.lead = lead;
     }
 
-    /// Folds events older than the reorder window into `base`.
+    /// Folds the events that are out of the reorder window by now (`now` minus the window) into
+    /// `base`; a lead with none left keeps one copy of itself. Returns whether a window remains.
+    pub fn settle(&self, state: &mut LeadState, now: Timestamp) -> bool {
+        self.trim_before(state, now);
+        !state.log.is_empty()
+    }
+
+    /// Folds events older than the reorder window (counted back from the newest) into `base`.
     fn trim(&self, state: &mut LeadState) {
-        let Some(newest) = state.log.last().map(|e| e.at) else {
-            return;
-        };
-        let horizon = newest
+        if let Some(newest) = state.log.last().map(|e| e.at) {
+            self.trim_before(state, newest);
+        }
+    }
+
+    fn trim_before(&self, state: &mut LeadState, now: Timestamp) {
+        let horizon = now
             .saturating_sub(self.reorder_window)
             .unwrap_or(Timestamp::MIN);
         let old = state
@@ -169,13 +193,15 @@ impl Engine {
             return;
         }
         if old == state.log.len() {
-            // Everything is folded: the base is the lead.
-            state.base = state.lead.clone();
             state.log.clear();
+            state.base = None;
             return;
         }
+        let base = state
+            .base
+            .get_or_insert_with(|| Box::new(state.lead.clone()));
         for entry in state.log.drain(..old) {
-            self.step(&mut state.base, &entry);
+            self.step(base, &entry);
         }
     }
 
@@ -183,7 +209,9 @@ impl Engine {
     fn step(&self, lead: &mut Lead, e: &Logged) {
         let at = e.at;
         lead.last_event_at = Some(lead.last_event_at.map_or(at, |t| t.max(at)));
-        lead.source = Some(e.source.clone());
+        if lead.source.as_deref() != Some(e.source.as_str()) {
+            lead.source = Some(e.source.clone());
+        }
         lead.origin.get_or_insert_with(|| e.source.clone());
         match &e.change {
             Change::Updated { fields } => {
@@ -202,10 +230,18 @@ impl Engine {
                     }
                 }
                 let facts = Facts::with_change(&lead.fields, fields);
-                self.lifecycle(lead, at, &facts);
-                if let (Some(p), Some(false)) = (touch_rule, touch_before)
-                    && self.eval(p, &facts)
-                {
+                let l = &self.rules.lifecycle;
+                let verdict = Verdict {
+                    ready: self.eval(&l.sales_ready, &facts),
+                    closed: l.closed.as_ref().is_some_and(|p| self.eval(p, &facts)),
+                    converted: l.converted.as_ref().is_some_and(|p| self.eval(p, &facts)),
+                };
+                let touched = match (touch_rule, touch_before) {
+                    (Some(p), Some(false)) => self.eval(p, &facts),
+                    _ => false,
+                };
+                self.lifecycle(lead, at, verdict);
+                if touched {
                     lead.add_touch(at);
                 }
             }
@@ -248,16 +284,17 @@ impl Engine {
 
     /// Owner, sales-readiness, close and conversion after a patch, and what they mean for the
     /// episode and its clocks.
-    fn lifecycle(&self, lead: &mut Lead, at: Timestamp, facts: &Facts) {
+    fn lifecycle(&self, lead: &mut Lead, at: Timestamp, verdict: Verdict) {
         let owner = lead.text("owner");
         if owner != lead.owner || lead.owner_since.is_none() {
             lead.owner = owner;
             lead.owner_since = Some(at);
         }
-        let l = &self.rules.lifecycle;
-        let ready = self.eval(&l.sales_ready, facts);
-        let closed = l.closed.as_ref().is_some_and(|p| self.eval(p, facts));
-        let converted = l.converted.as_ref().is_some_and(|p| self.eval(p, facts));
+        let Verdict {
+            ready,
+            closed,
+            converted,
+        } = verdict;
         if closed || converted {
             lead.ended_at.get_or_insert(at);
         } else if lead.deleted_at.is_none() {

@@ -27,6 +27,8 @@ pub struct PartitionState {
     timers: BTreeSet<(Timestamp, String)>,
     /// The deadline each lead is armed at, to find its entry in `timers`.
     armed: HashMap<String, Timestamp>,
+    /// Leads with events in their reorder window (two copies of themselves until it closes).
+    windowed: std::collections::HashSet<String>,
 }
 
 impl PartitionState {
@@ -52,6 +54,7 @@ impl PartitionState {
                 Write::Tombstone
             }
             Applied::Changed => {
+                self.windowed.insert(event.lead.clone());
                 self.rearm(engine, &event.lead);
                 match self.leads.get(&event.lead) {
                     Some(state) => Write::State(state),
@@ -61,7 +64,20 @@ impl PartitionState {
         }
     }
 
+    /// Closes the reorder windows that `now` has left behind, so quiet leads hold one copy of
+    /// themselves; returns how many leads still have one open.
+    pub fn settle(&mut self, engine: &Engine, now: Timestamp) -> usize {
+        let leads = &mut self.leads;
+        self.windowed.retain(|key| {
+            leads
+                .get_mut(key)
+                .is_some_and(|state| engine.settle(state, now))
+        });
+        self.windowed.len()
+    }
+
     fn remove(&mut self, key: &str) {
+        self.windowed.remove(key);
         self.leads.remove(key);
         if let Some(old) = self.armed.remove(key) {
             self.timers.remove(&(old, key.to_string()));
@@ -89,8 +105,10 @@ impl PartitionState {
     }
 
     /// Puts a lead's state back as it was known (restore from the changelog).
-    pub fn restore(&mut self, engine: &Engine, key: String, mut state: LeadState) {
-        engine.rebuild(&mut state);
+    pub fn restore(&mut self, engine: &Engine, key: String, state: LeadState) {
+        if !state.log.is_empty() {
+            self.windowed.insert(key.clone());
+        }
         self.leads.insert(key.clone(), state);
         self.rearm(engine, &key);
     }
@@ -128,8 +146,9 @@ impl PartitionState {
         self.timers.first().map(|(t, _)| *t)
     }
 
-    /// Fires everything due at `now`: the alerts, each with its lead's new state.
-    pub fn fire_due(&mut self, engine: &Engine, now: Timestamp) -> Vec<(Alert, LeadState)> {
+    /// Fires everything due at `now`: per lead, its key and alerts. The lead's state now records
+    /// them as fired; write it ([`PartitionState::lead`]) only after they are written.
+    pub fn fire_due(&mut self, engine: &Engine, now: Timestamp) -> Vec<(String, Vec<Alert>)> {
         let mut fired = Vec::new();
         while let Some((deadline, key)) = self.timers.first().cloned() {
             if deadline > now {
@@ -138,8 +157,9 @@ impl PartitionState {
             self.timers.pop_first();
             self.armed.remove(&key);
             if let Some(state) = self.leads.get_mut(&key) {
-                for alert in engine.fire_due(&key, state, now) {
-                    fired.push((alert, state.clone()));
+                let alerts = engine.fire_due(&key, state, now);
+                if !alerts.is_empty() {
+                    fired.push((key.clone(), alerts));
                 }
             }
             self.rearm(engine, &key);

@@ -84,7 +84,7 @@ type Pending = FuturesOrdered<BoxFuture<'static, Option<(i32, i64)>>>;
 /// Messages already fetched that are applied before deadlines fire: events of one request
 /// (a status change and its reason, sent as two events) are judged together.
 const DRAIN_BATCH: usize = 500;
-type Firing = FuturesUnordered<BoxFuture<'static, Result<(), (i32, Alert)>>>;
+type Firing = FuturesUnordered<BoxFuture<'static, Result<(), (i32, Vec<Alert>)>>>;
 
 impl EngineRunner {
     /// Runs until `shutdown`; then finishes in-flight writes within `grace`, commits, and leaves
@@ -160,10 +160,12 @@ impl EngineRunner {
                     }
                 }
                 Some(result) = firing.next(), if !firing.is_empty() => {
-                    if let Err((partition, alert)) = result
+                    if let Err((partition, alerts)) = result
                         && let Some(p) = slots.ready_mut(partition)
                     {
-                        p.leads.unfire(&self.engine, &alert);
+                        for alert in &alerts {
+                            p.leads.unfire(&self.engine, alert);
+                        }
                     }
                 }
                 Ok(()) = self.rules.changed() => {
@@ -194,6 +196,7 @@ impl EngineRunner {
                 _ = sweep.tick() => {
                     let now = Timestamp::now();
                     for (partition, p) in slots.iter_ready_mut() {
+                        p.leads.settle(&self.engine, now);
                         for lead in p.leads.expire(&self.engine, now, self.config.state_retention.0) {
                             tracing::debug!(partition, %lead, "lead state retention over; tombstoned");
                             self.spawn_tombstone(&mut firing, lead, &abandon);
@@ -213,15 +216,25 @@ impl EngineRunner {
                 if p.leads.next_deadline().is_none_or(|d| d > horizon) {
                     continue;
                 }
-                for (mut alert, state) in p.leads.fire_due(&self.engine, horizon) {
-                    alert.timestamp = now;
-                    self.metrics.alert_fired(&alert.kind);
-                    tracing::info!(alert_id = %alert.id(), lead = %alert.data.lead, kind = %alert.kind, "alert fired");
-                    firing.push(write_alert(
+                for (lead, mut alerts) in p.leads.fire_due(&self.engine, horizon) {
+                    // The state as it is now, recording these alerts as fired.
+                    let Some(state) = p
+                        .leads
+                        .lead(&lead)
+                        .map(|s| serde_json::to_vec(s).expect("lead state serializes"))
+                    else {
+                        continue;
+                    };
+                    for alert in &mut alerts {
+                        alert.timestamp = now;
+                        self.metrics.alert_fired(&alert.kind);
+                        tracing::info!(alert_id = %alert.id(), lead = %alert.data.lead, kind = %alert.kind, "alert fired");
+                    }
+                    firing.push(write_alerts(
                         self.producer.clone(),
                         self.topics.clone(),
                         partition,
-                        alert,
+                        alerts,
                         state,
                         abandon.clone(),
                     ));
@@ -428,26 +441,32 @@ impl EngineRunner {
     }
 }
 
-/// Writes a fired alert, then (only once the alert is in Kafka) the state that says it fired:
-/// a crash in between makes it fire again under the same id, never lose it.
-fn write_alert(
+/// Writes a lead's fired alerts, then (only once they are all in Kafka) the state that says they
+/// fired: a crash in between makes them fire again under the same ids, never lose them.
+fn write_alerts(
     producer: Arc<Producer>,
     topics: Topics,
     partition: i32,
-    alert: Alert,
-    state: LeadState,
+    alerts: Vec<Alert>,
+    state: Vec<u8>,
     abandon: CancellationToken,
-) -> BoxFuture<'static, Result<(), (i32, Alert)>> {
+) -> BoxFuture<'static, Result<(), (i32, Vec<Alert>)>> {
     async move {
-        let lead = alert.data.lead.clone();
-        let payload = serde_json::to_vec(&alert).expect("alert serializes");
-        if !producer
-            .send_until_acked(&topics.alerts, &lead, Some(&payload), &abandon)
-            .await
-        {
-            return Err((partition, alert));
+        let Some(lead) = alerts.first().map(|a| a.data.lead.clone()) else {
+            return Ok(());
+        };
+        let payloads: Vec<Vec<u8>> = alerts
+            .iter()
+            .map(|a| serde_json::to_vec(a).expect("alert serializes"))
+            .collect();
+        // Queued together, in order: one lead's alerts keep their order in its partition.
+        let written = futures::future::join_all(payloads.iter().map(|payload| {
+            producer.send_until_acked(&topics.alerts, &lead, Some(payload), &abandon)
+        }))
+        .await;
+        if written.iter().any(|ok| !ok) {
+            return Err((partition, alerts));
         }
-        let state = serde_json::to_vec(&state).expect("lead state serializes");
         producer
             .send_until_acked(&topics.state, &lead, Some(&state), &abandon)
             .await;

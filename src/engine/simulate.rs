@@ -102,9 +102,11 @@ pub fn run(
                 if d > limit || (d == limit && !inclusive) {
                     break;
                 }
-                for (alert, _) in p.fire_due(engine, d) {
-                    card.alert(&alert);
-                    emit(&alert);
+                for (_, alerts) in p.fire_due(engine, d) {
+                    for alert in &alerts {
+                        card.alert(alert);
+                        emit(alert);
+                    }
                 }
             }
         };

@@ -33,21 +33,22 @@ pub const CLOSEOUTS_KEPT: usize = 4;
 /// Everything the engine knows about one lead. Serialized as-is to the state changelog.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct LeadState {
-    /// The lead with every event older than the reorder window folded in.
-    #[serde(default)]
-    pub base: Lead,
+    /// The lead with every event older than the reorder window folded in; `None` while the
+    /// window is empty (the lead itself is then the base, and is what is stored).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub base: Option<Box<Lead>>,
     /// The events of the reorder window, in event-time order (ties in arrival order).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub log: Vec<Logged>,
-    /// `base` with `log` folded in: what the rules look at. Not stored: rebuilt on restore.
-    #[serde(skip)]
+    /// `base` with `log` folded in: what the rules look at.
+    #[serde(default)]
     pub lead: Lead,
     /// Arrival counter: orders events with the same timestamp.
     #[serde(default)]
     pub seq: u64,
-    /// Ids of the most recent events applied, newest last.
+    /// The most recent events applied (a stable 64-bit hash of each id), newest last.
     #[serde(default)]
-    pub recent_events: VecDeque<String>,
+    pub recent_events: VecDeque<u64>,
     /// Alerts already fired, newest last.
     #[serde(default, skip_serializing_if = "VecDeque::is_empty")]
     pub fired: VecDeque<Fired>,
@@ -208,13 +209,14 @@ impl LeadState {
 
     /// Remembers an event id; false when it was already applied.
     pub fn remember(&mut self, id: &str) -> bool {
-        if self.recent_events.iter().any(|seen| seen == id) {
+        let h = id_hash(id);
+        if self.recent_events.contains(&h) {
             return false;
         }
         if self.recent_events.len() == RECENT_EVENT_IDS {
             self.recent_events.pop_front();
         }
-        self.recent_events.push_back(id.to_string());
+        self.recent_events.push_back(h);
         true
     }
 
@@ -259,6 +261,13 @@ impl Lead {
             self.closeouts.remove(0);
         }
     }
+}
+
+/// A stable hash of an event id (the same in every build and version: it is stored).
+fn id_hash(id: &str) -> u64 {
+    use sha2::{Digest, Sha256};
+    let digest = Sha256::digest(id.as_bytes());
+    u64::from_be_bytes(digest[..8].try_into().expect("8 bytes"))
 }
 
 /// A string field, trimmed, `None` when absent or blank; numbers are written out.

@@ -302,7 +302,14 @@ fn a_partition_fires_leads_in_deadline_order_and_rearms() {
         assert!(matches!(p.apply(&e, &ev), Write::State(_)));
     }
     assert_eq!(p.next_deadline(), Some(t("13:00:00")));
-    let fired = p.fire_due(&e, t("14:30:00"));
+    let due = p.fire_due(&e, t("14:30:00"));
+    let fired: Vec<(crate::alert::Alert, LeadState)> = due
+        .into_iter()
+        .flat_map(|(lead, alerts)| {
+            let s = p.lead(&lead).unwrap().clone();
+            alerts.into_iter().map(move |a| (a, s.clone()))
+        })
+        .collect();
     let leads: Vec<&str> = fired.iter().map(|(a, _)| a.data.lead.as_str()).collect();
     assert_eq!(leads, ["L-a", "L-b"]);
     assert!(fired.iter().all(|(a, s)| s.has_fired(
@@ -322,7 +329,7 @@ fn a_partition_fires_leads_in_deadline_order_and_rearms() {
     p.unfire(&e, alert);
     let again = p.fire_due(&e, t("14:31:00"));
     assert_eq!(again.len(), 1);
-    assert_eq!(again[0].0.data.alert_id, alert.data.alert_id);
+    assert_eq!(again[0].1[0].data.alert_id, alert.data.alert_id);
 }
 
 #[test]
@@ -434,17 +441,32 @@ fn leads_with_nothing_pending_expire_after_the_retention() {
 }
 
 #[test]
-fn a_restored_state_is_rebuilt_from_its_base_and_window() {
+fn a_restored_state_keeps_its_window_for_late_events() {
     let e = engine();
     let mut s = LeadState::default();
     e.apply(&mut s, &ready_owned("10:00:00"));
-    e.apply(&mut s, &activity("n", "10:30:00", "note"));
+    e.apply(&mut s, &update("o", "10:30:00", json!({"owner": "bob"})));
     let stored = serde_json::to_vec(&s).unwrap();
     let mut back: LeadState = serde_json::from_slice(&stored).unwrap();
-    assert_ne!(back.lead, s.lead, "the derived lead is not stored");
-    e.rebuild(&mut back);
     assert_eq!(back, s);
-    assert_eq!(e.next_deadline(&back), Some(t("14:00:00")));
+    // A late event still takes its place after the restore: alice was called at 10:15, before
+    // bob took over, and bob's clock is what remains.
+    for state in [&mut s, &mut back] {
+        e.apply(state, &activity("late", "10:15:00", "call"));
+    }
+    assert_eq!(back, s);
+    assert_eq!(back.lead.touches, [t("10:15:00")]);
+    assert_eq!(e.next_deadline(&back), Some(t("14:30:00")));
+    // Once the window has passed, a quiet lead holds (and stores) one copy of itself.
+    let mut quiet = LeadState::default();
+    e.apply(&mut quiet, &ready_owned("10:00:00"));
+    e.apply(&mut quiet, &update("x", "12:00:00", json!({"score": 1})));
+    assert!(e.settle(&mut quiet, t("12:59:59")));
+    assert!(quiet.base.is_some() && quiet.log.len() == 1);
+    let before = quiet.lead.clone();
+    assert!(!e.settle(&mut quiet, t("13:00:01")));
+    assert!(quiet.base.is_none() && quiet.log.is_empty());
+    assert_eq!(quiet.lead, before);
 }
 
 /// The alerts (type, level) that a lead with `events` (applied in this order) has fired by `now`,
@@ -774,10 +796,14 @@ mod properties {
             p.apply(e, ev);
             if let Some(secs) = ticks.get(i) {
                 let now = t("00:00:00") + SignedDuration::from_secs(*secs);
-                alerts.extend(p.fire_due(e, now).into_iter().map(|(a, _)| a));
+                alerts.extend(p.fire_due(e, now).into_iter().flat_map(|(_, a)| a));
             }
         }
-        alerts.extend(p.fire_due(e, Timestamp::MAX).into_iter().map(|(a, _)| a));
+        alerts.extend(
+            p.fire_due(e, Timestamp::MAX)
+                .into_iter()
+                .flat_map(|(_, a)| a),
+        );
         let mut states: Vec<(String, LeadState)> = ["L-0", "L-1", "L-2"]
             .iter()
             .filter_map(|k| p.lead(k).map(|s| (k.to_string(), s.clone())))

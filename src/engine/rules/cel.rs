@@ -9,6 +9,12 @@
 use std::fmt;
 use std::sync::Arc;
 
+use cel::ExecutionError;
+use cel::common::traits::{Container, Indexer, Sizer};
+use cel::common::types::{
+    CelBool, CelDouble, CelInt, CelList, CelNull, CelString, CelUInt, MAP_TYPE, Type,
+};
+use cel::common::value::{CowVal, Val};
 use serde_json::{Map, Value};
 
 /// Canonical fields that are numbers, whatever the vendor sent.
@@ -60,22 +66,29 @@ pub enum PredicateError {
     NotBool { expr: String, got: String },
 }
 
-/// What a predicate looks at, converted once per evaluation round.
-pub struct Facts {
-    lead: cel::Value,
-    change: cel::Value,
+/// What a predicate looks at: the lead's fields and the patch being applied, borrowed — CEL
+/// reads them in place ([`FieldsVal`]), converting only the fields an expression touches.
+#[derive(Clone, Copy)]
+pub struct Facts<'a> {
+    lead: &'a Map<String, Value>,
+    change: &'a Map<String, Value>,
 }
 
-impl Facts {
+static NO_CHANGE: std::sync::LazyLock<Map<String, Value>> = std::sync::LazyLock::new(Map::new);
+
+impl<'a> Facts<'a> {
     /// The lead's fields, with no change being applied.
-    pub fn new(fields: &Map<String, Value>) -> Self {
-        Self::with_change(fields, &Map::new())
+    pub fn new(fields: &'a Map<String, Value>) -> Self {
+        Self {
+            lead: fields,
+            change: &NO_CHANGE,
+        }
     }
 
-    pub fn with_change(fields: &Map<String, Value>, change: &Map<String, Value>) -> Self {
+    pub fn with_change(fields: &'a Map<String, Value>, change: &'a Map<String, Value>) -> Self {
         Self {
-            lead: fields_value(fields),
-            change: fields_value(change),
+            lead: fields,
+            change,
         }
     }
 }
@@ -99,10 +112,11 @@ impl Predicate {
 
     /// Evaluates over the facts. A missing field inside `||`/`&&` is absorbed by CEL; one that
     /// still fails the whole expression is an error (the caller counts it as false).
-    pub fn eval(&self, cel: &Cel, facts: &Facts) -> Result<bool, PredicateError> {
-        let mut scope = cel.root.new_inner_scope();
-        scope.add_variable_from_value("lead", facts.lead.clone());
-        scope.add_variable_from_value("change", facts.change.clone());
+    pub fn eval(&self, cel: &Cel, facts: &Facts<'_>) -> Result<bool, PredicateError> {
+        let root: &cel::Context<'_, '_> = &cel.root;
+        let mut scope = root.new_inner_scope();
+        scope.add_variable_as_val("lead", Box::new(FieldsVal::top(facts.lead)));
+        scope.add_variable_as_val("change", Box::new(FieldsVal::top(facts.change)));
         match self.program.execute(&scope) {
             Ok(cel::Value::Bool(b)) => Ok(b),
             Ok(other) => Err(PredicateError::NotBool {
@@ -117,53 +131,143 @@ impl Predicate {
     }
 }
 
-/// The lead's fields as a CEL map, canonical numeric fields made numbers.
-fn fields_value(fields: &Map<String, Value>) -> cel::Value {
-    let map: std::collections::HashMap<cel::objects::Key, cel::Value> = fields
-        .iter()
-        .map(|(k, v)| {
-            let value = if NUMERIC_FIELDS.contains(&k.as_str()) {
-                numeric(v).unwrap_or_else(|| json_to_cel(v))
-            } else {
-                json_to_cel(v)
-            };
-            (cel::objects::Key::String(Arc::new(k.clone())), value)
-        })
-        .collect();
-    cel::Value::Map(cel::objects::Map { map: Arc::new(map) })
+/// A JSON object seen as a CEL `map(string, dyn)` in place: `lead.stage`, `has(lead.score)`,
+/// `"x" in lead` and `size(lead)` read the fields without copying the map; a value is converted
+/// only when an expression touches it. At the top level, canonical numeric fields are numbers
+/// even when the vendor sent strings.
+#[derive(Debug, Clone, Copy)]
+pub struct FieldsVal<'v> {
+    fields: &'v Map<String, Value>,
+    top: bool,
 }
 
-/// A number, or a string holding one (`"60"`, `" 1200.5 "`, `"1,200"`).
-pub fn numeric(v: &Value) -> Option<cel::Value> {
+impl<'v> FieldsVal<'v> {
+    fn top(fields: &'v Map<String, Value>) -> Self {
+        Self { fields, top: true }
+    }
+
+    fn key(idx: &dyn Val) -> Option<&str> {
+        idx.downcast_ref::<CelString>().map(|s| s.inner())
+    }
+}
+
+impl<'v> Val for FieldsVal<'v> {
+    fn get_type(&self) -> &Type {
+        &MAP_TYPE
+    }
+
+    fn cel_type() -> &'static Type {
+        &MAP_TYPE
+    }
+
+    fn as_indexer<'b, 'w>(&'b self) -> Option<&'b (dyn Indexer + 'w)>
+    where
+        Self: 'w,
+    {
+        Some(self)
+    }
+
+    fn as_container(&self) -> Option<&dyn Container> {
+        Some(self)
+    }
+
+    fn as_sizer(&self) -> Option<&dyn Sizer> {
+        Some(self)
+    }
+
+    fn clone_as_boxed<'w>(&self) -> Box<dyn Val + 'w>
+    where
+        Self: 'w,
+    {
+        Box::new(*self)
+    }
+}
+
+impl<'v> Indexer for FieldsVal<'v> {
+    fn get<'b, 'w>(&'b self, idx: &dyn Val) -> Result<CowVal<'b, 'w>, ExecutionError>
+    where
+        Self: 'w,
+    {
+        let Some(key) = Self::key(idx) else {
+            return Err(ExecutionError::no_such_key("(not a string key)"));
+        };
+        let Some(value) = self.fields.get(key) else {
+            return Err(ExecutionError::no_such_key(key));
+        };
+        let coerced = (self.top && NUMERIC_FIELDS.contains(&key))
+            .then(|| numeric_val(value))
+            .flatten();
+        Ok(CowVal::Owned(coerced.unwrap_or_else(|| json_val(value))))
+    }
+
+    fn steal<'w>(self: Box<Self>, idx: &dyn Val) -> Result<Box<dyn Val + 'w>, ExecutionError>
+    where
+        Self: 'w,
+    {
+        self.get(idx).map(CowVal::into_owned)
+    }
+}
+
+impl Container for FieldsVal<'_> {
+    fn contains(&self, idx: &dyn Val) -> Result<bool, ExecutionError> {
+        Ok(Self::key(idx).is_some_and(|k| self.fields.contains_key(k)))
+    }
+}
+
+impl Sizer for FieldsVal<'_> {
+    fn size(&self) -> CelInt {
+        CelInt::from(self.fields.len() as i64)
+    }
+}
+
+/// A number, or a string holding one (`"60"`, `" 1200.5 "`, `"1,200"`), as a CEL number.
+fn numeric_val<'w>(v: &Value) -> Option<Box<dyn Val + 'w>> {
+    let number = |n: &serde_json::Number| -> Box<dyn Val + 'w> {
+        match n.as_i64() {
+            Some(i) => Box::new(CelInt::from(i)),
+            None => Box::new(CelDouble::from(n.as_f64().unwrap_or(f64::NAN))),
+        }
+    };
     match v {
-        Value::Number(n) => Some(
-            n.as_i64()
-                .map(cel::Value::Int)
-                .unwrap_or_else(|| cel::Value::Float(n.as_f64().unwrap_or(f64::NAN))),
-        ),
+        Value::Number(n) => Some(number(n)),
         Value::String(s) => {
             let s = s.trim().replace(',', "");
-            s.parse::<i64>()
-                .map(cel::Value::Int)
-                .ok()
-                .or_else(|| s.parse::<f64>().ok().map(cel::Value::Float))
+            if let Ok(i) = s.parse::<i64>() {
+                Some(Box::new(CelInt::from(i)))
+            } else {
+                s.parse::<f64>()
+                    .ok()
+                    .map(|f| Box::new(CelDouble::from(f)) as Box<dyn Val + 'w>)
+            }
         }
         _ => None,
     }
 }
 
-fn json_to_cel(v: &Value) -> cel::Value {
+/// A JSON value as a CEL value; strings and objects are borrowed, not copied.
+fn json_val<'v, 'w>(v: &'v Value) -> Box<dyn Val + 'w>
+where
+    'v: 'w,
+{
     match v {
-        Value::Null => cel::Value::Null,
-        Value::Bool(b) => cel::Value::Bool(*b),
+        Value::Null => Box::new(CelNull),
+        Value::Bool(b) => Box::new(CelBool::from(*b)),
         Value::Number(n) => match (n.as_i64(), n.as_u64()) {
-            (Some(i), _) => cel::Value::Int(i),
-            (None, Some(u)) => cel::Value::UInt(u),
-            _ => cel::Value::Float(n.as_f64().unwrap_or(f64::NAN)),
+            (Some(i), _) => Box::new(CelInt::from(i)),
+            (None, Some(u)) => Box::new(CelUInt::from(u)),
+            _ => Box::new(CelDouble::from(n.as_f64().unwrap_or(f64::NAN))),
         },
-        Value::String(s) => cel::Value::String(Arc::new(s.clone())),
-        Value::Array(items) => cel::Value::List(Arc::new(items.iter().map(json_to_cel).collect())),
-        Value::Object(obj) => fields_value(obj),
+        Value::String(s) => Box::new(CelString::from(s.as_str())),
+        Value::Array(items) => Box::new(CelList::from(
+            items
+                .iter()
+                .map(json_val)
+                .collect::<Vec<Box<dyn Val + 'w>>>(),
+        )),
+        Value::Object(obj) => Box::new(FieldsVal {
+            fields: obj,
+            top: false,
+        }),
     }
 }
 

@@ -71,8 +71,8 @@ marketing_ops = ["mops@example.com"]
 queue = "sdr-queue@example.com"
 "#;
 
-fn facts(v: Value) -> Facts {
-    Facts::new(v.as_object().unwrap())
+fn fields(v: Value) -> serde_json::Map<String, Value> {
+    v.as_object().unwrap().clone()
 }
 
 #[test]
@@ -88,7 +88,7 @@ fn the_full_sketch_compiles_with_segments_merged_over_the_top_level() {
     assert_eq!(base.disposition.as_ref().unwrap().detail_min_chars, 20);
 
     let none = |_: &str| {};
-    let emea = rules.settings_for(&facts(json!({"region": "EMEA"})), none);
+    let emea = rules.settings_for(&Facts::new(&fields(json!({"region": "EMEA"}))), none);
     assert_eq!(emea.segment.as_deref(), Some("emea"));
     assert_eq!(emea.calendar.as_ref().unwrap().name, "emea");
     let ft = emea.first_touch.as_ref().unwrap();
@@ -98,13 +98,16 @@ fn the_full_sketch_compiles_with_segments_merged_over_the_top_level() {
     assert_eq!(ft.escalate.len(), 2);
 
     // The first matching segment in file order applies.
-    let both = rules.settings_for(&facts(json!({"region": "EMEA", "employees": 5000})), none);
+    let both = rules.settings_for(
+        &Facts::new(&fields(json!({"region": "EMEA", "employees": 5000}))),
+        none,
+    );
     assert_eq!(both.segment.as_deref(), Some("emea"));
-    let ent = rules.settings_for(&facts(json!({"employees": "5000"})), none);
+    let ent = rules.settings_for(&Facts::new(&fields(json!({"employees": "5000"}))), none);
     assert_eq!(ent.segment.as_deref(), Some("enterprise"));
     assert_eq!(ent.calendar.as_ref().unwrap().name, "us");
     assert_eq!(ent.pool, ["erin"]);
-    let other = rules.settings_for(&facts(json!({})), none);
+    let other = rules.settings_for(&Facts::new(&fields(json!({}))), none);
     assert!(other.segment.is_none());
 }
 
@@ -113,7 +116,7 @@ fn a_segment_when_that_errors_does_not_match_and_is_counted() {
     let rules = Rules::parse(FULL).unwrap();
     let mut errors = Vec::new();
     // `employees` is absent: the enterprise segment's comparison errors.
-    let s = rules.settings_for(&facts(json!({"region": "US"})), |k| {
+    let s = rules.settings_for(&Facts::new(&fields(json!({"region": "US"}))), |k| {
         errors.push(k.to_string())
     });
     assert!(s.segment.is_none());
