@@ -80,7 +80,7 @@ fn life(i: usize, start: Timestamp) -> Vec<LeadEvent> {
                 "firstname": "Jane", "lastname": format!("Doe {i}"), "first_name": "Jane", "last_name": format!("Doe {i}"),
                 "email": format!("jane.doe{i}@example.org"), "company": format!("Company {}", i % 5000),
                 "employees": (i * 37 % 3000).to_string(), "annual_revenue": "2500000", "industry": "Software",
-                "region": if i % 4 == 0 { "EMEA" } else { "NA" }, "job_title": "VP Marketing",
+                "region": if i.is_multiple_of(4) { "EMEA" } else { "NA" }, "job_title": "VP Marketing",
                 "lifecyclestage": "lead", "stage": "lead", "score": "20", "hs_lead_status": "NEW", "status": "New",
                 "country": "US", "phone": "+1 555 0100", "hs_analytics_source": "ORGANIC_SEARCH",
             })),
@@ -143,7 +143,7 @@ fn main() -> anyhow::Result<()> {
     let started = Instant::now();
     for (i, event) in events.iter().enumerate() {
         // The live engine closes passed reorder windows once a minute.
-        if i % 2_000 == 0 {
+        if i.is_multiple_of(2_000) {
             p.settle(&engine, event.occurred_at);
         }
         while let Some(d) = p.next_deadline() {
