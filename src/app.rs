@@ -16,7 +16,7 @@ use crate::dispatch::Dispatcher;
 use crate::dispatch::retry::RetryPolicy;
 use crate::engine::Engine;
 use crate::engine::runner::EngineRunner;
-use crate::ingest::{Ingest, Source};
+use crate::ingest::Ingest;
 use crate::telemetry::Metrics;
 
 /// Runs the daemon on `listener` until `shutdown` resolves, then stops within the grace period:
@@ -115,17 +115,13 @@ pub async fn run(
     }
 
     let ingest = config.roles.ingest.then(|| {
-        Arc::new(Ingest {
-            sources: config
-                .sources
-                .iter()
-                .map(|(name, cfg)| (name.clone(), Source::from_config(name, cfg)))
-                .collect(),
-            producer: producer.clone(),
-            events_topic: topics.events.clone(),
-            server: config.server.clone(),
-            metrics: metrics.clone(),
-        })
+        Arc::new(Ingest::new(
+            &config.sources,
+            producer.clone(),
+            &topics,
+            &config.server,
+            metrics.clone(),
+        ))
     });
     let app = crate::http::router(ingest, producer.clone(), metrics.clone());
     tracing::info!(listen = %listener.local_addr()?, "listening");

@@ -134,6 +134,14 @@ pub struct ServerConfig {
     #[serde(default = "default_retry_after")]
     #[eserde(compat)]
     pub retry_after: HumanDuration,
+    /// A vendor's event id seen again within this window is not produced again (vendors retry
+    /// for up to a day); a source may set its own `dedupe_window`.
+    #[serde(default = "default_dedupe_window")]
+    #[eserde(compat)]
+    pub dedupe_window: HumanDuration,
+    /// Most event ids remembered for deduplication (the oldest are forgotten first).
+    #[serde(default = "default_dedupe_capacity")]
+    pub dedupe_capacity: usize,
 }
 
 impl Default for ServerConfig {
@@ -145,6 +153,8 @@ impl Default for ServerConfig {
             body_timeout: default_body_timeout(),
             ack_timeout: default_ack_timeout(),
             retry_after: default_retry_after(),
+            dedupe_window: default_dedupe_window(),
+            dedupe_capacity: default_dedupe_capacity(),
         }
     }
 }
@@ -166,6 +176,12 @@ fn default_ack_timeout() -> HumanDuration {
 }
 fn default_retry_after() -> HumanDuration {
     HumanDuration(Duration::from_secs(5))
+}
+fn default_dedupe_window() -> HumanDuration {
+    HumanDuration(Duration::from_secs(24 * 3600))
+}
+fn default_dedupe_capacity() -> usize {
+    100_000
 }
 
 #[derive(Debug, eserde::Deserialize)]
@@ -376,7 +392,8 @@ fn default_retries() -> usize {
     20
 }
 
-/// A webhook endpoint, `POST /webhooks/NAME`.
+/// A webhook endpoint, `POST /webhooks/NAME`. Every kind takes `link` (a template of a link
+/// into the CRM, `{id}` standing for the object id) and `dedupe_window` (overrides the server's).
 #[derive(Debug, Clone, eserde::Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
 pub enum SourceConfig {
@@ -385,7 +402,266 @@ pub enum SourceConfig {
         /// `whsec_…`, or a list of them while rotating.
         #[eserde(compat)]
         secret: Secrets,
+        #[serde(default)]
+        link: Option<String>,
+        #[serde(default)]
+        #[eserde(compat)]
+        dedupe_window: Option<HumanDuration>,
     },
+    /// HubSpot webhook subscriptions (a JSON array of up to 100 events), signed with the app's
+    /// client secret.
+    Hubspot {
+        /// The app's client secret, or a list while rotating.
+        #[eserde(compat)]
+        secret: PlainSecrets,
+        /// The URL HubSpot calls (its v3 signature covers it; behind an ingress our Host differs).
+        #[eserde(compat)]
+        public_url: Url,
+        /// Also accept the older `X-HubSpot-Signature` (v1, v2), which carry no timestamp.
+        #[serde(default)]
+        legacy_signatures: bool,
+        /// When set, only these HubSpot accounts (portal ids) are accepted; others get 403.
+        #[serde(default)]
+        portal_ids: Vec<u64>,
+        #[serde(default)]
+        link: Option<String>,
+        #[serde(default)]
+        #[eserde(compat)]
+        dedupe_window: Option<HumanDuration>,
+        /// Canonical field name → HubSpot property name, over the defaults.
+        #[serde(default)]
+        fields: BTreeMap<String, String>,
+    },
+    /// Salesforce Outbound Messages (SOAP).
+    Salesforce {
+        /// The org ids (15 or 18 characters, `00D…`) whose messages are accepted; others get 403.
+        organization_ids: Vec<String>,
+        /// Basic auth, when the endpoint URL carries `user:password@`.
+        #[serde(default)]
+        username: Option<String>,
+        #[serde(default)]
+        #[eserde(compat)]
+        password: Option<PlainSecrets>,
+        /// A secret last path segment: `POST /webhooks/NAME/SECRET`.
+        #[serde(default)]
+        #[eserde(compat)]
+        path_secret: Option<PlainSecrets>,
+        #[serde(default)]
+        link: Option<String>,
+        #[serde(default)]
+        #[eserde(compat)]
+        dedupe_window: Option<HumanDuration>,
+        /// Canonical field name → Salesforce field API name, over the defaults.
+        #[serde(default)]
+        fields: BTreeMap<String, String>,
+    },
+    /// Marketo "Call Webhook" flow steps: a JSON body templated by the admin, authenticated by a
+    /// header that carries a shared secret.
+    Marketo {
+        /// The request header that carries the secret, e.g. `X-Leadwatch-Token`.
+        header: String,
+        #[eserde(compat)]
+        secret: PlainSecrets,
+        #[serde(default)]
+        link: Option<String>,
+        #[serde(default)]
+        #[eserde(compat)]
+        dedupe_window: Option<HumanDuration>,
+        /// JSON pointers into the templated body: `lead` (required by default `/leadId`), `id`,
+        /// `occurred_at`, `activity`, `activity_by`, and canonical field names.
+        #[serde(default)]
+        fields: BTreeMap<String, String>,
+    },
+    /// Pipedrive webhooks v2, with HTTP basic auth.
+    Pipedrive {
+        username: String,
+        #[eserde(compat)]
+        password: PlainSecrets,
+        #[serde(default)]
+        link: Option<String>,
+        #[serde(default)]
+        #[eserde(compat)]
+        dedupe_window: Option<HumanDuration>,
+        /// Canonical field name → Pipedrive field key (custom fields by their hash key).
+        #[serde(default)]
+        fields: BTreeMap<String, String>,
+    },
+}
+
+impl SourceConfig {
+    /// The template of a link into the source's CRM (`{id}` = the object id of the lead key).
+    pub fn link(&self) -> Option<&str> {
+        match self {
+            Self::Generic { link, .. }
+            | Self::Hubspot { link, .. }
+            | Self::Salesforce { link, .. }
+            | Self::Marketo { link, .. }
+            | Self::Pipedrive { link, .. } => link.as_deref(),
+        }
+    }
+
+    /// The source's own deduplication window, if it sets one.
+    pub fn dedupe_window(&self) -> Option<Duration> {
+        match self {
+            Self::Generic { dedupe_window, .. }
+            | Self::Hubspot { dedupe_window, .. }
+            | Self::Salesforce { dedupe_window, .. }
+            | Self::Marketo { dedupe_window, .. }
+            | Self::Pipedrive { dedupe_window, .. } => dedupe_window.map(|d| d.0),
+        }
+    }
+
+    /// The `kind` as written in the file.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::Generic { .. } => "generic",
+            Self::Hubspot { .. } => "hubspot",
+            Self::Salesforce { .. } => "salesforce",
+            Self::Marketo { .. } => "marketo",
+            Self::Pipedrive { .. } => "pipedrive",
+        }
+    }
+
+    /// Every problem of this source's settings, as `(key below sources.NAME, message)`.
+    fn problems(&self) -> Vec<(String, String)> {
+        let mut problems = Vec::new();
+        if let Some(link) = self.link() {
+            let ok = Url::parse(&link.replace("{id}", "x"))
+                .is_ok_and(|u| matches!(u.scheme(), "http" | "https"));
+            if !ok || !link.contains("{id}") {
+                problems.push((
+                    "link".into(),
+                    "must be an http(s) URL template containing `{id}`".into(),
+                ));
+            }
+        }
+        let field_keys = |fields: &BTreeMap<String, String>,
+                          extra: &[&str],
+                          problems: &mut Vec<(String, String)>| {
+            for key in fields.keys() {
+                if !crate::ingest::fields::is_canonical(key) && !extra.contains(&key.as_str()) {
+                    let mut known: Vec<&str> = crate::ingest::fields::CANONICAL
+                        .iter()
+                        .map(|(n, _)| *n)
+                        .collect();
+                    known.extend_from_slice(extra);
+                    problems.push((
+                        format!("fields.{key}"),
+                        format!("unknown field name; expected one of {}", known.join(", ")),
+                    ));
+                }
+            }
+        };
+        match self {
+            Self::Generic { .. } => {}
+            Self::Hubspot {
+                public_url, fields, ..
+            } => {
+                if !matches!(public_url.scheme(), "http" | "https") {
+                    problems.push(("public_url".into(), "must be an http(s) URL".into()));
+                }
+                field_keys(fields, &[], &mut problems);
+            }
+            Self::Salesforce {
+                organization_ids,
+                username,
+                password,
+                fields,
+                ..
+            } => {
+                if organization_ids.is_empty() {
+                    problems.push((
+                        "organization_ids".into(),
+                        "name at least one org id (Setup → Company Information)".into(),
+                    ));
+                }
+                for (i, id) in organization_ids.iter().enumerate() {
+                    let ok = (id.len() == 15 || id.len() == 18)
+                        && id.starts_with("00D")
+                        && id.chars().all(|c| c.is_ascii_alphanumeric());
+                    if !ok {
+                        problems.push((
+                            format!("organization_ids.{i}"),
+                            format!(
+                                "`{id}` is not a Salesforce org id (15 or 18 characters, `00D…`)"
+                            ),
+                        ));
+                    }
+                }
+                if username.is_some() != password.is_some() {
+                    problems.push((
+                        "username".into(),
+                        "basic auth needs both `username` and `password`".into(),
+                    ));
+                }
+                field_keys(fields, &[], &mut problems);
+            }
+            Self::Marketo { header, fields, .. } => {
+                if http::HeaderName::from_bytes(header.as_bytes()).is_err() {
+                    problems.push(("header".into(), format!("`{header}` is not a header name")));
+                }
+                field_keys(fields, crate::ingest::marketo::STRUCTURAL, &mut problems);
+                for (key, pointer) in fields {
+                    if !pointer.is_empty() && !pointer.starts_with('/') {
+                        problems.push((
+                            format!("fields.{key}"),
+                            format!("`{pointer}` is not a JSON pointer such as \"/leadId\""),
+                        ));
+                    }
+                }
+                if fields.get("lead").is_some_and(|p| p.is_empty()) {
+                    problems.push((
+                        "fields.lead".into(),
+                        "the lead id is required: give its JSON pointer".into(),
+                    ));
+                }
+            }
+            Self::Pipedrive {
+                username, fields, ..
+            } => {
+                if username.is_empty() {
+                    problems.push(("username".into(), "must not be empty".into()));
+                }
+                field_keys(fields, &[], &mut problems);
+            }
+        }
+        problems
+    }
+}
+
+/// Secrets compared as they are (a HubSpot client secret, a password, a token): one string or a
+/// list while rotating. Never shown in `Debug`.
+#[derive(Clone)]
+pub struct PlainSecrets(pub Vec<String>);
+
+impl fmt::Debug for PlainSecrets {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "PlainSecrets(<{} redacted>)", self.0.len())
+    }
+}
+
+impl<'de> Deserialize<'de> for PlainSecrets {
+    fn deserialize<D: serde::Deserializer<'de>>(de: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum OneOrMany {
+            One(String),
+            Many(Vec<String>),
+        }
+        let raw = match OneOrMany::deserialize(de)
+            .map_err(|_| serde::de::Error::custom("expected a secret string or a list of them"))?
+        {
+            OneOrMany::One(s) => vec![s],
+            OneOrMany::Many(v) => v,
+        };
+        if raw.is_empty() {
+            return Err(serde::de::Error::custom("at least one secret is needed"));
+        }
+        if raw.iter().any(|s| s.trim().is_empty()) {
+            return Err(serde::de::Error::custom("a secret must not be empty"));
+        }
+        Ok(PlainSecrets(raw))
+    }
 }
 
 /// Where alerts go.
@@ -686,7 +962,7 @@ impl Config {
                 "name at least one of ingest, engine, dispatch".into(),
             );
         }
-        for name in raw.sources.keys() {
+        for (name, source) in &raw.sources {
             if !valid_name(name) {
                 problem(
                     format!("sources.{name}"),
@@ -694,6 +970,12 @@ impl Config {
                         .into(),
                 );
             }
+            for (key, message) in source.problems() {
+                problem(format!("sources.{name}.{key}"), message);
+            }
+        }
+        if raw.server.dedupe_capacity == 0 {
+            problem("server.dedupe_capacity".into(), "must be at least 1".into());
         }
         for (name, sink) in &raw.sinks {
             if !valid_name(name) {
