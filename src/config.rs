@@ -1212,6 +1212,134 @@ kind = "log"
         assert_eq!(cfg.server.max_body_bytes, 2048);
     }
 
+    const VENDORS: &str = r#"
+[sources.hs]
+kind = "hubspot"
+secret = ["hs-new-secret", "hs-old-secret"]
+public_url = "https://hooks.example.com/webhooks/hs"
+portal_ids = [62515]
+link = "https://app.hubspot.com/contacts/62515/record/0-1/{id}"
+dedupe_window = "2h"
+[sources.hs.fields]
+score = "predictive_score"
+[sources.sf]
+kind = "salesforce"
+organization_ids = ["00D5g000004Xq2R", "00D5g000004Xq2REAS"]
+username = "sf"
+password = "sf-password"
+path_secret = "sf-path-secret"
+[sources.mk]
+kind = "marketo"
+header = "X-Leadwatch-Token"
+secret = "mk-token"
+[sources.mk.fields]
+lead = "/leadId"
+email = "/email"
+[sources.pd]
+kind = "pipedrive"
+username = "pd"
+password = "pd-password"
+"#;
+
+    #[test]
+    fn vendor_sources_load_with_links_windows_and_no_secret_in_debug() {
+        let dir = tempfile::tempdir().unwrap();
+        write(dir.path(), "rules.toml", RULES);
+        let path = write(dir.path(), "leadwatch.toml", &format!("{GOOD}{VENDORS}"));
+        let cfg = Config::load_with_env(&path, Vec::new()).unwrap();
+        let kinds: Vec<&str> = cfg.sources.values().map(|s| s.kind()).collect();
+        assert_eq!(
+            kinds,
+            ["hubspot", "marketo", "pipedrive", "salesforce", "generic"]
+        );
+        assert_eq!(
+            cfg.sources["hs"].link(),
+            Some("https://app.hubspot.com/contacts/62515/record/0-1/{id}")
+        );
+        assert_eq!(cfg.sources["sf"].link(), None);
+        assert_eq!(
+            cfg.sources["hs"].dedupe_window(),
+            Some(Duration::from_secs(7200))
+        );
+        assert_eq!(cfg.server.dedupe_window.0, Duration::from_secs(24 * 3600));
+        let debug = format!("{cfg:?}");
+        for secret in [
+            "hs-new-secret",
+            "hs-old-secret",
+            "sf-password",
+            "sf-path-secret",
+            "mk-token",
+            "pd-password",
+        ] {
+            assert!(!debug.contains(secret), "{secret} in {debug}");
+        }
+    }
+
+    #[test]
+    fn vendor_source_problems_name_their_key() {
+        let dir = tempfile::tempdir().unwrap();
+        write(dir.path(), "rules.toml", RULES);
+        let bad = r#"
+[sources.hs]
+kind = "hubspot"
+secret = "s"
+public_url = "ftp://hooks.example.com/hs"
+link = "https://app.hubspot.com/contacts/1/record/0-1/"
+[sources.hs.fields]
+scor = "hubspotscore"
+[sources.sf]
+kind = "salesforce"
+organization_ids = ["00Dshort", "00D5g000004Xq2R"]
+username = "only-a-user"
+[sources.mk]
+kind = "marketo"
+header = "bad header"
+secret = "t"
+[sources.mk.fields]
+lead = ""
+email = "email"
+[sources.pd]
+kind = "pipedrive"
+username = ""
+password = "p"
+"#;
+        let path = write(dir.path(), "leadwatch.toml", &format!("{GOOD}{bad}"));
+        let Problems(problems) = Config::load_with_env(&path, Vec::new()).unwrap_err();
+        let keys: Vec<&str> = problems.iter().map(|p| p.key.as_str()).collect();
+        assert_eq!(
+            keys,
+            [
+                "sources.hs.link",
+                "sources.hs.public_url",
+                "sources.hs.fields.scor",
+                "sources.mk.header",
+                "sources.mk.fields.email",
+                "sources.mk.fields.lead",
+                "sources.pd.username",
+                "sources.sf.organization_ids.0",
+                "sources.sf.username",
+            ],
+            "{problems:#?}"
+        );
+        assert!(problems[2].message.contains("stage"), "{problems:#?}");
+
+        // An unknown key inside a source is an error too, and so is a missing required one.
+        let path = write(
+            dir.path(),
+            "leadwatch.toml",
+            &format!(
+                "{GOOD}\n[sources.pd]\nkind = \"pipedrive\"\nusername = \"u\"\npasword = \"p\"\n"
+            ),
+        );
+        let Problems(problems) = Config::load_with_env(&path, Vec::new()).unwrap_err();
+        assert!(
+            problems
+                .iter()
+                .any(|p| p.key == "sources.pd" && p.message.contains("pasword")),
+            "{problems:#?}"
+        );
+    }
+
     #[test]
     fn every_problem_is_reported_with_its_key_path() {
         let dir = tempfile::tempdir().unwrap();

@@ -522,6 +522,36 @@ mod tests {
         );
         let fault = soap_fault(&IngestError::malformed("bad <xml>"), Duration::from_secs(5));
         assert_eq!(fault.status(), StatusCode::BAD_REQUEST);
+        // Kafka did not take the events: a server fault, so Salesforce retries.
+        let busy = soap_fault(
+            &IngestError::Unavailable(crate::bus::producer::SendError::Timeout),
+            Duration::from_secs(7),
+        );
+        assert_eq!(busy.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(busy.headers()[header::RETRY_AFTER], "7");
+        let body = tokio::runtime::Runtime::new().unwrap().block_on(async {
+            let bytes = axum::body::to_bytes(fault.into_body(), 10_000)
+                .await
+                .unwrap();
+            let busy = axum::body::to_bytes(busy.into_body(), 10_000)
+                .await
+                .unwrap();
+            (
+                String::from_utf8(bytes.to_vec()).unwrap(),
+                String::from_utf8(busy.to_vec()).unwrap(),
+            )
+        });
+        assert!(
+            body.0.contains("<faultcode>soapenv:Client</faultcode>"),
+            "{}",
+            body.0
+        );
+        assert!(body.0.contains("bad &lt;xml&gt;"), "{}", body.0);
+        assert!(
+            body.1.contains("<faultcode>soapenv:Server</faultcode>"),
+            "{}",
+            body.1
+        );
     }
 
     proptest::proptest! {
