@@ -427,7 +427,7 @@ impl Ingest {
             &handler.secret_headers(),
             &body,
         );
-        let parsed = match handler.parse(&source.name, &body, now) {
+        let parsed = match handler.parse(&source.name, &body, now).and_then(check_keys) {
             Ok(parsed) => parsed,
             Err(e @ (IngestError::Malformed(_) | IngestError::TooManyEvents(_)))
                 if handler.authentic_before_parse() =>
@@ -532,6 +532,24 @@ impl Ingest {
     }
 }
 
+/// Longest lead key or event id produced (a Kafka key; vendors' ids are far shorter).
+pub const MAX_KEY_LEN: usize = 600;
+
+/// A vendor body could name a lead with megabytes: refuse it as malformed.
+fn check_keys(parsed: Parsed) -> Result<Parsed, IngestError> {
+    for e in &parsed.events {
+        for (what, value) in [("lead", &e.lead), ("id", &e.id)] {
+            if value.len() > MAX_KEY_LEN || value.trim().is_empty() {
+                return Err(IngestError::Malformed(vec![FieldProblem::new(
+                    what,
+                    format!("the {what} must be 1 to {MAX_KEY_LEN} bytes long"),
+                )]));
+            }
+        }
+    }
+    Ok(parsed)
+}
+
 fn dedupe_key(source: &str, id: &str) -> String {
     format!("{source}\u{0}{id}")
 }
@@ -586,6 +604,32 @@ pub(crate) mod tests {
         }
         let body = body.strip_suffix('\n').unwrap_or(body);
         (method, uri, headers, body.as_bytes().to_vec())
+    }
+
+    #[test]
+    fn absurdly_long_lead_keys_are_malformed() {
+        use crate::event::{Change, LeadEvent};
+        let event = |lead: String| LeadEvent {
+            id: "e".into(),
+            source: "s".into(),
+            lead,
+            occurred_at: jiff::Timestamp::UNIX_EPOCH,
+            received_at: jiff::Timestamp::UNIX_EPOCH,
+            change: Change::Deleted {},
+        };
+        let ok = super::Parsed {
+            events: vec![event("marketo:1".into())],
+            ..Default::default()
+        };
+        assert!(super::check_keys(ok).is_ok());
+        let long = super::Parsed {
+            events: vec![event(format!("marketo:{}", "9".repeat(700)))],
+            ..Default::default()
+        };
+        assert!(matches!(
+            super::check_keys(long),
+            Err(super::IngestError::Malformed(ps)) if ps[0].field == "lead"
+        ));
     }
 
     /// Keys the vendor parsers look for, so arbitrary JSON reaches deep into them.
