@@ -18,7 +18,7 @@ use crate::dispatch::retry::RetryPolicy;
 use crate::engine::Engine;
 use crate::engine::rules::Rules;
 use crate::engine::runner::EngineRunner;
-use crate::ingest::{Ingest, Source};
+use crate::ingest::Ingest;
 use crate::telemetry::Metrics;
 
 /// Runs the daemon on `listener` until `shutdown` resolves, then stops within the grace period:
@@ -115,7 +115,14 @@ pub async fn run_with_reloads(
     if config.roles.engine {
         let runner = EngineRunner {
             engine: Engine::new(Arc::new(config.rules.clone()), metrics.clone())
-                .with_reorder_window(config.engine.reorder_window.0),
+                .with_reorder_window(config.engine.reorder_window.0)
+                .with_links(
+                    config
+                        .sources
+                        .iter()
+                        .filter_map(|(name, s)| Some((name.clone(), s.link()?.to_string())))
+                        .collect(),
+                ),
             rules: rules_rx.clone(),
             producer: producer.clone(),
             base: base.clone(),
@@ -152,17 +159,13 @@ pub async fn run_with_reloads(
     }
 
     let ingest = config.roles.ingest.then(|| {
-        Arc::new(Ingest {
-            sources: config
-                .sources
-                .iter()
-                .map(|(name, cfg)| (name.clone(), Source::from_config(name, cfg)))
-                .collect(),
-            producer: producer.clone(),
-            events_topic: topics.events.clone(),
-            server: config.server.clone(),
-            metrics: metrics.clone(),
-        })
+        Arc::new(Ingest::new(
+            &config.sources,
+            producer.clone(),
+            &topics,
+            &config.server,
+            metrics.clone(),
+        ))
     });
     let app = crate::http::router(ingest, producer.clone(), metrics.clone());
     tracing::info!(listen = %listener.local_addr()?, "listening");

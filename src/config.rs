@@ -134,6 +134,14 @@ pub struct ServerConfig {
     #[serde(default = "default_retry_after")]
     #[eserde(compat)]
     pub retry_after: HumanDuration,
+    /// A vendor's event id seen again within this window is not produced again (vendors retry
+    /// for up to a day); a source may set its own `dedupe_window`.
+    #[serde(default = "default_dedupe_window")]
+    #[eserde(compat)]
+    pub dedupe_window: HumanDuration,
+    /// Most event ids remembered for deduplication (the oldest are forgotten first).
+    #[serde(default = "default_dedupe_capacity")]
+    pub dedupe_capacity: usize,
 }
 
 impl Default for ServerConfig {
@@ -145,6 +153,8 @@ impl Default for ServerConfig {
             body_timeout: default_body_timeout(),
             ack_timeout: default_ack_timeout(),
             retry_after: default_retry_after(),
+            dedupe_window: default_dedupe_window(),
+            dedupe_capacity: default_dedupe_capacity(),
         }
     }
 }
@@ -166,6 +176,12 @@ fn default_ack_timeout() -> HumanDuration {
 }
 fn default_retry_after() -> HumanDuration {
     HumanDuration(Duration::from_secs(5))
+}
+fn default_dedupe_window() -> HumanDuration {
+    HumanDuration(Duration::from_secs(24 * 3600))
+}
+fn default_dedupe_capacity() -> usize {
+    100_000
 }
 
 #[derive(Debug, eserde::Deserialize)]
@@ -385,7 +401,8 @@ fn default_retries() -> usize {
     20
 }
 
-/// A webhook endpoint, `POST /webhooks/NAME`.
+/// A webhook endpoint, `POST /webhooks/NAME`. Every kind takes `link` (a template of a link
+/// into the CRM, `{id}` standing for the object id) and `dedupe_window` (overrides the server's).
 #[derive(Debug, Clone, eserde::Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
 pub enum SourceConfig {
@@ -394,7 +411,266 @@ pub enum SourceConfig {
         /// `whsec_…`, or a list of them while rotating.
         #[eserde(compat)]
         secret: Secrets,
+        #[serde(default)]
+        link: Option<String>,
+        #[serde(default)]
+        #[eserde(compat)]
+        dedupe_window: Option<HumanDuration>,
     },
+    /// HubSpot webhook subscriptions (a JSON array of up to 100 events), signed with the app's
+    /// client secret.
+    Hubspot {
+        /// The app's client secret, or a list while rotating.
+        #[eserde(compat)]
+        secret: PlainSecrets,
+        /// The URL HubSpot calls (its v3 signature covers it; behind an ingress our Host differs).
+        #[eserde(compat)]
+        public_url: Url,
+        /// Also accept the older `X-HubSpot-Signature` (v1, v2), which carry no timestamp.
+        #[serde(default)]
+        legacy_signatures: bool,
+        /// When set, only these HubSpot accounts (portal ids) are accepted; others get 403.
+        #[serde(default)]
+        portal_ids: Vec<u64>,
+        #[serde(default)]
+        link: Option<String>,
+        #[serde(default)]
+        #[eserde(compat)]
+        dedupe_window: Option<HumanDuration>,
+        /// Canonical field name → HubSpot property name, over the defaults.
+        #[serde(default)]
+        fields: BTreeMap<String, String>,
+    },
+    /// Salesforce Outbound Messages (SOAP).
+    Salesforce {
+        /// The org ids (15 or 18 characters, `00D…`) whose messages are accepted; others get 403.
+        organization_ids: Vec<String>,
+        /// Basic auth, when the endpoint URL carries `user:password@`.
+        #[serde(default)]
+        username: Option<String>,
+        #[serde(default)]
+        #[eserde(compat)]
+        password: Option<PlainSecrets>,
+        /// A secret last path segment: `POST /webhooks/NAME/SECRET`.
+        #[serde(default)]
+        #[eserde(compat)]
+        path_secret: Option<PlainSecrets>,
+        #[serde(default)]
+        link: Option<String>,
+        #[serde(default)]
+        #[eserde(compat)]
+        dedupe_window: Option<HumanDuration>,
+        /// Canonical field name → Salesforce field API name, over the defaults.
+        #[serde(default)]
+        fields: BTreeMap<String, String>,
+    },
+    /// Marketo "Call Webhook" flow steps: a JSON body templated by the admin, authenticated by a
+    /// header that carries a shared secret.
+    Marketo {
+        /// The request header that carries the secret, e.g. `X-Leadwatch-Token`.
+        header: String,
+        #[eserde(compat)]
+        secret: PlainSecrets,
+        #[serde(default)]
+        link: Option<String>,
+        #[serde(default)]
+        #[eserde(compat)]
+        dedupe_window: Option<HumanDuration>,
+        /// JSON pointers into the templated body: `lead` (required by default `/leadId`), `id`,
+        /// `occurred_at`, `activity`, `activity_by`, and canonical field names.
+        #[serde(default)]
+        fields: BTreeMap<String, String>,
+    },
+    /// Pipedrive webhooks v2, with HTTP basic auth.
+    Pipedrive {
+        username: String,
+        #[eserde(compat)]
+        password: PlainSecrets,
+        #[serde(default)]
+        link: Option<String>,
+        #[serde(default)]
+        #[eserde(compat)]
+        dedupe_window: Option<HumanDuration>,
+        /// Canonical field name → Pipedrive field key (custom fields by their hash key).
+        #[serde(default)]
+        fields: BTreeMap<String, String>,
+    },
+}
+
+impl SourceConfig {
+    /// The template of a link into the source's CRM (`{id}` = the object id of the lead key).
+    pub fn link(&self) -> Option<&str> {
+        match self {
+            Self::Generic { link, .. }
+            | Self::Hubspot { link, .. }
+            | Self::Salesforce { link, .. }
+            | Self::Marketo { link, .. }
+            | Self::Pipedrive { link, .. } => link.as_deref(),
+        }
+    }
+
+    /// The source's own deduplication window, if it sets one.
+    pub fn dedupe_window(&self) -> Option<Duration> {
+        match self {
+            Self::Generic { dedupe_window, .. }
+            | Self::Hubspot { dedupe_window, .. }
+            | Self::Salesforce { dedupe_window, .. }
+            | Self::Marketo { dedupe_window, .. }
+            | Self::Pipedrive { dedupe_window, .. } => dedupe_window.map(|d| d.0),
+        }
+    }
+
+    /// The `kind` as written in the file.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::Generic { .. } => "generic",
+            Self::Hubspot { .. } => "hubspot",
+            Self::Salesforce { .. } => "salesforce",
+            Self::Marketo { .. } => "marketo",
+            Self::Pipedrive { .. } => "pipedrive",
+        }
+    }
+
+    /// Every problem of this source's settings, as `(key below sources.NAME, message)`.
+    fn problems(&self) -> Vec<(String, String)> {
+        let mut problems = Vec::new();
+        if let Some(link) = self.link() {
+            let ok = Url::parse(&link.replace("{id}", "x"))
+                .is_ok_and(|u| matches!(u.scheme(), "http" | "https"));
+            if !ok || !link.contains("{id}") {
+                problems.push((
+                    "link".into(),
+                    "must be an http(s) URL template containing `{id}`".into(),
+                ));
+            }
+        }
+        let field_keys = |fields: &BTreeMap<String, String>,
+                          extra: &[&str],
+                          problems: &mut Vec<(String, String)>| {
+            for key in fields.keys() {
+                if !crate::ingest::fields::is_canonical(key) && !extra.contains(&key.as_str()) {
+                    let mut known: Vec<&str> = crate::ingest::fields::CANONICAL
+                        .iter()
+                        .map(|(n, _)| *n)
+                        .collect();
+                    known.extend_from_slice(extra);
+                    problems.push((
+                        format!("fields.{key}"),
+                        format!("unknown field name; expected one of {}", known.join(", ")),
+                    ));
+                }
+            }
+        };
+        match self {
+            Self::Generic { .. } => {}
+            Self::Hubspot {
+                public_url, fields, ..
+            } => {
+                if !matches!(public_url.scheme(), "http" | "https") {
+                    problems.push(("public_url".into(), "must be an http(s) URL".into()));
+                }
+                field_keys(fields, &[], &mut problems);
+            }
+            Self::Salesforce {
+                organization_ids,
+                username,
+                password,
+                fields,
+                ..
+            } => {
+                if organization_ids.is_empty() {
+                    problems.push((
+                        "organization_ids".into(),
+                        "name at least one org id (Setup → Company Information)".into(),
+                    ));
+                }
+                for (i, id) in organization_ids.iter().enumerate() {
+                    let ok = (id.len() == 15 || id.len() == 18)
+                        && id.starts_with("00D")
+                        && id.chars().all(|c| c.is_ascii_alphanumeric());
+                    if !ok {
+                        problems.push((
+                            format!("organization_ids.{i}"),
+                            format!(
+                                "`{id}` is not a Salesforce org id (15 or 18 characters, `00D…`)"
+                            ),
+                        ));
+                    }
+                }
+                if username.is_some() != password.is_some() {
+                    problems.push((
+                        "username".into(),
+                        "basic auth needs both `username` and `password`".into(),
+                    ));
+                }
+                field_keys(fields, &[], &mut problems);
+            }
+            Self::Marketo { header, fields, .. } => {
+                if http::HeaderName::from_bytes(header.as_bytes()).is_err() {
+                    problems.push(("header".into(), format!("`{header}` is not a header name")));
+                }
+                field_keys(fields, crate::ingest::marketo::STRUCTURAL, &mut problems);
+                for (key, pointer) in fields {
+                    if !pointer.is_empty() && !pointer.starts_with('/') {
+                        problems.push((
+                            format!("fields.{key}"),
+                            format!("`{pointer}` is not a JSON pointer such as \"/leadId\""),
+                        ));
+                    }
+                }
+                if fields.get("lead").is_some_and(|p| p.is_empty()) {
+                    problems.push((
+                        "fields.lead".into(),
+                        "the lead id is required: give its JSON pointer".into(),
+                    ));
+                }
+            }
+            Self::Pipedrive {
+                username, fields, ..
+            } => {
+                if username.is_empty() {
+                    problems.push(("username".into(), "must not be empty".into()));
+                }
+                field_keys(fields, &[], &mut problems);
+            }
+        }
+        problems
+    }
+}
+
+/// Secrets compared as they are (a HubSpot client secret, a password, a token): one string or a
+/// list while rotating. Never shown in `Debug`.
+#[derive(Clone)]
+pub struct PlainSecrets(pub Vec<String>);
+
+impl fmt::Debug for PlainSecrets {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "PlainSecrets(<{} redacted>)", self.0.len())
+    }
+}
+
+impl<'de> Deserialize<'de> for PlainSecrets {
+    fn deserialize<D: serde::Deserializer<'de>>(de: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum OneOrMany {
+            One(String),
+            Many(Vec<String>),
+        }
+        let raw = match OneOrMany::deserialize(de)
+            .map_err(|_| serde::de::Error::custom("expected a secret string or a list of them"))?
+        {
+            OneOrMany::One(s) => vec![s],
+            OneOrMany::Many(v) => v,
+        };
+        if raw.is_empty() {
+            return Err(serde::de::Error::custom("at least one secret is needed"));
+        }
+        if raw.iter().any(|s| s.trim().is_empty()) {
+            return Err(serde::de::Error::custom("a secret must not be empty"));
+        }
+        Ok(PlainSecrets(raw))
+    }
 }
 
 /// Where alerts go.
@@ -695,7 +971,7 @@ impl Config {
                 "name at least one of ingest, engine, dispatch".into(),
             );
         }
-        for name in raw.sources.keys() {
+        for (name, source) in &raw.sources {
             if !valid_name(name) {
                 problem(
                     format!("sources.{name}"),
@@ -703,6 +979,12 @@ impl Config {
                         .into(),
                 );
             }
+            for (key, message) in source.problems() {
+                problem(format!("sources.{name}.{key}"), message);
+            }
+        }
+        if raw.server.dedupe_capacity == 0 {
+            problem("server.dedupe_capacity".into(), "must be at least 1".into());
         }
         for (name, sink) in &raw.sinks {
             if !valid_name(name) {
@@ -958,6 +1240,134 @@ kind = "log"
         let cfg = Config::load_with_env(&path, env).unwrap();
         assert_eq!(cfg.kafka.brokers, "broker-a:9093,broker-b:9093");
         assert_eq!(cfg.server.max_body_bytes, 2048);
+    }
+
+    const VENDORS: &str = r#"
+[sources.hs]
+kind = "hubspot"
+secret = ["hs-new-secret", "hs-old-secret"]
+public_url = "https://hooks.example.com/webhooks/hs"
+portal_ids = [62515]
+link = "https://app.hubspot.com/contacts/62515/record/0-1/{id}"
+dedupe_window = "2h"
+[sources.hs.fields]
+score = "predictive_score"
+[sources.sf]
+kind = "salesforce"
+organization_ids = ["00D5g000004Xq2R", "00D5g000004Xq2REAS"]
+username = "sf"
+password = "sf-password"
+path_secret = "sf-path-secret"
+[sources.mk]
+kind = "marketo"
+header = "X-Leadwatch-Token"
+secret = "mk-token"
+[sources.mk.fields]
+lead = "/leadId"
+email = "/email"
+[sources.pd]
+kind = "pipedrive"
+username = "pd"
+password = "pd-password"
+"#;
+
+    #[test]
+    fn vendor_sources_load_with_links_windows_and_no_secret_in_debug() {
+        let dir = tempfile::tempdir().unwrap();
+        write(dir.path(), "rules.toml", RULES);
+        let path = write(dir.path(), "leadwatch.toml", &format!("{GOOD}{VENDORS}"));
+        let cfg = Config::load_with_env(&path, Vec::new()).unwrap();
+        let kinds: Vec<&str> = cfg.sources.values().map(|s| s.kind()).collect();
+        assert_eq!(
+            kinds,
+            ["hubspot", "marketo", "pipedrive", "salesforce", "generic"]
+        );
+        assert_eq!(
+            cfg.sources["hs"].link(),
+            Some("https://app.hubspot.com/contacts/62515/record/0-1/{id}")
+        );
+        assert_eq!(cfg.sources["sf"].link(), None);
+        assert_eq!(
+            cfg.sources["hs"].dedupe_window(),
+            Some(Duration::from_secs(7200))
+        );
+        assert_eq!(cfg.server.dedupe_window.0, Duration::from_secs(24 * 3600));
+        let debug = format!("{cfg:?}");
+        for secret in [
+            "hs-new-secret",
+            "hs-old-secret",
+            "sf-password",
+            "sf-path-secret",
+            "mk-token",
+            "pd-password",
+        ] {
+            assert!(!debug.contains(secret), "{secret} in {debug}");
+        }
+    }
+
+    #[test]
+    fn vendor_source_problems_name_their_key() {
+        let dir = tempfile::tempdir().unwrap();
+        write(dir.path(), "rules.toml", RULES);
+        let bad = r#"
+[sources.hs]
+kind = "hubspot"
+secret = "s"
+public_url = "ftp://hooks.example.com/hs"
+link = "https://app.hubspot.com/contacts/1/record/0-1/"
+[sources.hs.fields]
+scor = "hubspotscore"
+[sources.sf]
+kind = "salesforce"
+organization_ids = ["00Dshort", "00D5g000004Xq2R"]
+username = "only-a-user"
+[sources.mk]
+kind = "marketo"
+header = "bad header"
+secret = "t"
+[sources.mk.fields]
+lead = ""
+email = "email"
+[sources.pd]
+kind = "pipedrive"
+username = ""
+password = "p"
+"#;
+        let path = write(dir.path(), "leadwatch.toml", &format!("{GOOD}{bad}"));
+        let Problems(problems) = Config::load_with_env(&path, Vec::new()).unwrap_err();
+        let keys: Vec<&str> = problems.iter().map(|p| p.key.as_str()).collect();
+        assert_eq!(
+            keys,
+            [
+                "sources.hs.link",
+                "sources.hs.public_url",
+                "sources.hs.fields.scor",
+                "sources.mk.header",
+                "sources.mk.fields.email",
+                "sources.mk.fields.lead",
+                "sources.pd.username",
+                "sources.sf.organization_ids.0",
+                "sources.sf.username",
+            ],
+            "{problems:#?}"
+        );
+        assert!(problems[2].message.contains("stage"), "{problems:#?}");
+
+        // An unknown key inside a source is an error too, and so is a missing required one.
+        let path = write(
+            dir.path(),
+            "leadwatch.toml",
+            &format!(
+                "{GOOD}\n[sources.pd]\nkind = \"pipedrive\"\nusername = \"u\"\npasword = \"p\"\n"
+            ),
+        );
+        let Problems(problems) = Config::load_with_env(&path, Vec::new()).unwrap_err();
+        assert!(
+            problems
+                .iter()
+                .any(|p| p.key == "sources.pd" && p.message.contains("pasword")),
+            "{problems:#?}"
+        );
     }
 
     #[test]

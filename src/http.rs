@@ -41,6 +41,10 @@ pub fn router(
         Some(ingest) => health.merge(
             Router::new()
                 .route("/webhooks/{name}", post(ingest::receive))
+                .route(
+                    "/webhooks/{name}/{secret}",
+                    post(ingest::receive_with_secret),
+                )
                 .with_state(ingest),
         ),
         None => health,

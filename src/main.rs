@@ -58,6 +58,21 @@ enum Command {
         #[arg(long)]
         scorecard: Option<PathBuf>,
     },
+    /// Re-normalise one source's raw requests (`{prefix}.raw`) with the current configuration
+    /// and produce the events again, marked as replayed (after a mapping was corrected).
+    Replay {
+        #[arg(long, short)]
+        config: PathBuf,
+        /// The source name (`[sources.NAME]`).
+        #[arg(long)]
+        source: String,
+        /// Only requests received at or after this instant (RFC 3339).
+        #[arg(long)]
+        from: Option<jiff::Timestamp>,
+        /// Only requests received before this instant (RFC 3339).
+        #[arg(long)]
+        until: Option<jiff::Timestamp>,
+    },
     /// Run a standalone embedded Kafka-protocol broker (in memory) for development and tests.
     DevBroker {
         /// Partitions of each topic.
@@ -133,6 +148,30 @@ fn main() -> ExitCode {
             until,
             scorecard,
         } => simulate(&rules, &events, until, scorecard.as_deref()),
+        Command::Replay {
+            config,
+            source,
+            from,
+            until,
+        } => {
+            let cfg = match Config::load(&config) {
+                Ok(cfg) => cfg,
+                Err(problems) => return print_problems(&problems),
+            };
+            let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
+            match runtime.block_on(leadwatch::ingest::replay::replay(
+                &cfg, &source, from, until,
+            )) {
+                Ok(report) => {
+                    print!("{report}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("leadwatch replay: {e:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
         Command::DevBroker {
             partitions,
             topic_prefix,

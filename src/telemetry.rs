@@ -74,6 +74,8 @@ pub struct Metrics {
     producer_ready: Gauge,
     producer_rebuilds: Counter,
     rules_reloads: Family<OutcomeLabel, Counter>,
+    ingest_events: Family<SourceOutcome, Counter>,
+    raw_records: Family<SourceOutcome, Counter>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -157,8 +159,22 @@ impl Metrics {
             "Rules reloads (SIGHUP) by outcome: applied, or invalid (the old rules stay)",
             rules_reloads.clone(),
         );
+        let ingest_events = Family::default();
+        registry.register(
+            "ingest_events",
+            "Vendor events by source and outcome (produced, duplicate, ignored, forbidden)",
+            ingest_events.clone(),
+        );
+        let raw_records = Family::default();
+        registry.register(
+            "raw_records",
+            "Authentic requests kept in the raw topic, by source and outcome (parsed, unparsed)",
+            raw_records.clone(),
+        );
         Self {
             rules_reloads,
+            ingest_events,
+            raw_records,
             producer_rebuilds,
             registry,
             webhook_requests,
@@ -188,6 +204,29 @@ impl Metrics {
                 source: source.into(),
             })
             .inc_by(n);
+    }
+
+    /// Counts `n` vendor events of a source by outcome (nothing when `n` is 0).
+    pub fn ingest_events(&self, source: &str, outcome: &str, n: usize) {
+        if n == 0 {
+            return;
+        }
+        self.ingest_events
+            .get_or_create(&SourceOutcome {
+                source: source.into(),
+                outcome: outcome.into(),
+            })
+            .inc_by(n as u64);
+    }
+
+    /// Counts a request kept in the raw topic.
+    pub fn raw_captured(&self, source: &str, parsed: bool) {
+        self.raw_records
+            .get_or_create(&SourceOutcome {
+                source: source.into(),
+                outcome: if parsed { "parsed" } else { "unparsed" }.into(),
+            })
+            .inc();
     }
 
     pub fn engine_event(&self, outcome: &str) {

@@ -162,6 +162,97 @@ fn dev_broker_refuses_a_port_it_cannot_pin() {
 }
 
 #[test]
+fn check_config_names_vendor_source_problems_by_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("leadwatch.toml");
+    std::fs::write(
+        dir.path().join("rules.toml"),
+        "[lifecycle]\nsales_ready = 'lead.stage == \"salesqualifiedlead\"'\n[first_touch]\nwithin = \"4h\"\n",
+    )
+    .unwrap();
+    std::fs::write(
+        &config,
+        r#"
+roles = ["ingest"]
+[sources.sf]
+kind = "salesforce"
+organization_ids = ["12345"]
+[sources.hs]
+kind = "hubspot"
+secret = "client-secret"
+public_url = "https://hooks.example.com/webhooks/hs"
+[sources.hs.fields]
+lifecycle = "lifecyclestage"
+"#,
+    )
+    .unwrap();
+    let out = leadwatch()
+        .args(["check-config", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(64));
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    let c = config.display().to_string();
+    assert!(
+        stderr.contains(&format!(
+            "{c}:sources.hs.fields.lifecycle: unknown field name"
+        )),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains(&format!(
+            "{c}:sources.sf.organization_ids.0: `12345` is not a Salesforce org id"
+        )),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("client-secret"), "{stderr}");
+}
+
+#[test]
+fn replay_explains_what_it_cannot_do() {
+    let example = concat!(env!("CARGO_MANIFEST_DIR"), "/config/leadwatch.toml");
+    let out = leadwatch()
+        .args(["replay", "--config", example, "--source", "nope"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("no `[sources.nope]`"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // The example runs on the embedded broker, which lives inside the daemon only.
+    let out = leadwatch()
+        .args([
+            "replay",
+            "--config",
+            example,
+            "--source",
+            "web",
+            "--from",
+            "2026-01-01T00:00:00Z",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("kafka.brokers"));
+    let out = leadwatch()
+        .args([
+            "replay",
+            "--config",
+            example,
+            "--source",
+            "web",
+            "--from",
+            "yesterday",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "clap refuses a bad timestamp");
+}
+
+#[test]
 fn simulate_prints_only_alerts_on_stdout_and_the_scorecard_apart() {
     let dir = tempfile::tempdir().unwrap();
     let events = dir.path().join("events.jsonl");

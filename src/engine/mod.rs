@@ -388,11 +388,11 @@ impl Engine {
             if superseded {
                 continue;
             }
-            let link = state
-                .lead
-                .source
-                .as_ref()
-                .and_then(|s| self.links.get(s))
+            // The link of the system the lead came from (its key names that system).
+            let link = [&state.lead.origin, &state.lead.source]
+                .into_iter()
+                .flatten()
+                .find_map(|s| self.links.get(s))
                 .map(String::as_str);
             alerts.push(alerts::build(
                 &self.rules,

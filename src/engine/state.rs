@@ -232,9 +232,13 @@ impl Lead {
         text(&self.fields, name)
     }
 
-    /// Records a touch at `at`.
+    /// Records a touch at `at`. One instant counts once: an activity replayed from the raw topic
+    /// (under a new event id) is not a second attempt.
     pub fn add_touch(&mut self, at: Timestamp) {
-        let i = self.touches.partition_point(|t| *t <= at);
+        let i = self.touches.partition_point(|t| *t < at);
+        if self.touches.get(i) == Some(&at) {
+            return;
+        }
         self.touches.insert(i, at);
         if self.touches.len() > TOUCHES_KEPT {
             self.touches.remove(0);

@@ -572,6 +572,23 @@ fn every_alert_type_at_its_edges() {
 }
 
 #[test]
+fn a_replayed_activity_is_not_a_second_attempt() {
+    use deadlines::*;
+    let mut events = vec![mql("10:00:00", Some("alice"))];
+    events.extend(calls(2, "10:30:00"));
+    // The same two calls again, replayed from the raw topic under new ids.
+    for mut c in calls(2, "10:30:00") {
+        c.id = format!("replay:1:{}", c.id);
+        events.push(c);
+    }
+    events.push(close("x", "11:00:00", Some("No budget"), None));
+    assert_eq!(
+        fired_by(&events, "11:00:00"),
+        kinds(&[(INSUFFICIENT_ATTEMPTS, 0)])
+    );
+}
+
+#[test]
 fn the_reason_is_the_lead_field_at_the_moment_it_closes() {
     use deadlines::*;
     let ready = mql("10:00:00", Some("alice"));

@@ -4,22 +4,50 @@
 //! Body: one event or an array of up to 100:
 //! `{"id":"evt-1","type":"lead.updated","lead":"L-1","occurred_at":"…","fields":{…}}`
 //! `{"id":"evt-2","type":"lead.activity","lead":"L-1","occurred_at":"…","activity":{"kind":"call","by":"…"}}`
+//! `{"id":"evt-3","type":"lead.deleted","lead":"L-1","occurred_at":"…"}`
+//! `{"id":"evt-4","type":"lead.merged","lead":"L-1","occurred_at":"…","into":"L-2"}`
+//!
+//! Lead keys are taken verbatim.
 
 use http::HeaderMap;
 use jiff::Timestamp;
 use serde_json::{Map, Value};
 
-use super::{FieldProblem, IngestError, MAX_BATCH};
+use super::{FieldProblem, Handler, IngestError, MAX_BATCH, Parsed, Request};
 use crate::event::{Activity, Change, LeadEvent};
 use crate::signature::{self, SignedHeaders, WebhookSecret};
 
 /// Longest id or lead key accepted.
 const MAX_KEY_LEN: usize = 512;
 
+/// The accepted `type`s.
+const TYPES: &str = "lead.updated, lead.activity, lead.deleted, lead.merged";
+
 #[derive(Debug)]
 pub struct GenericSource {
-    pub name: String,
     pub secrets: Vec<WebhookSecret>,
+}
+
+impl Handler for GenericSource {
+    fn kind(&self) -> &'static str {
+        "generic"
+    }
+
+    fn authenticate(&self, req: &Request<'_>) -> Result<(), IngestError> {
+        self.verify(req.headers, req.body, req.now)
+    }
+
+    fn parse(
+        &self,
+        source: &str,
+        body: &[u8],
+        received_at: Timestamp,
+    ) -> Result<Parsed, IngestError> {
+        Ok(Parsed {
+            events: self.events(source, body, received_at)?,
+            ..Parsed::default()
+        })
+    }
 }
 
 impl GenericSource {
@@ -47,8 +75,9 @@ impl GenericSource {
     }
 
     /// Turns an authentic body into events, or names every malformed field.
-    pub fn parse(
+    pub fn events(
         &self,
+        source: &str,
         body: &[u8],
         received_at: Timestamp,
     ) -> Result<Vec<LeadEvent>, IngestError> {
@@ -76,7 +105,7 @@ impl GenericSource {
                 (true, false) => format!("[{i}].{field}"),
                 (false, _) => field.to_string(),
             };
-            match self.event(item, received_at) {
+            match event(source, item, received_at) {
                 Ok(event) => events.push(event),
                 Err(mut ps) => {
                     for p in &mut ps {
@@ -92,83 +121,91 @@ impl GenericSource {
             Err(IngestError::Malformed(problems))
         }
     }
+}
 
-    fn event(&self, item: Value, received_at: Timestamp) -> Result<LeadEvent, Vec<FieldProblem>> {
-        let Value::Object(mut obj) = item else {
-            return Err(vec![FieldProblem::new(
-                "",
-                "an event must be a JSON object",
-            )]);
-        };
-        let mut problems = Vec::new();
-        let id = key_string(&obj, "id", &mut problems);
-        let lead = key_string(&obj, "lead", &mut problems);
-        let occurred_at = match obj.get("occurred_at") {
-            Some(Value::String(s)) => s
-                .parse::<Timestamp>()
-                .map_err(|e| {
-                    problems.push(FieldProblem::new(
-                        "occurred_at",
-                        format!("not an RFC 3339 timestamp: {e}"),
-                    ))
-                })
-                .ok(),
-            Some(_) => {
+fn event(
+    source: &str,
+    item: Value,
+    received_at: Timestamp,
+) -> Result<LeadEvent, Vec<FieldProblem>> {
+    let Value::Object(mut obj) = item else {
+        return Err(vec![FieldProblem::new(
+            "",
+            "an event must be a JSON object",
+        )]);
+    };
+    let mut problems = Vec::new();
+    let id = key_string(&obj, "id", &mut problems);
+    let lead = key_string(&obj, "lead", &mut problems);
+    let occurred_at = match obj.get("occurred_at") {
+        Some(Value::String(s)) => s
+            .parse::<Timestamp>()
+            .map_err(|e| {
                 problems.push(FieldProblem::new(
                     "occurred_at",
-                    "must be an RFC 3339 timestamp string",
-                ));
-                None
-            }
-            None => {
-                problems.push(FieldProblem::new("occurred_at", "is required"));
-                None
-            }
-        };
-        let change = match obj.get("type").and_then(Value::as_str) {
-            Some("lead.updated") => match obj.remove("fields") {
-                Some(Value::Object(fields)) => Some(Change::Updated { fields }),
-                Some(_) => {
-                    problems.push(FieldProblem::new(
-                        "fields",
-                        "must be an object of field values",
-                    ));
-                    None
-                }
-                None => {
-                    problems.push(FieldProblem::new("fields", "is required for lead.updated"));
-                    None
-                }
-            },
-            Some("lead.activity") => activity(obj.get("activity"), &mut problems),
-            Some(other) => {
-                problems.push(FieldProblem::new(
-                    "type",
-                    format!("`{other}` is not one of lead.updated, lead.activity"),
-                ));
-                None
-            }
-            None => {
-                problems.push(FieldProblem::new(
-                    "type",
-                    "is required: lead.updated or lead.activity",
-                ));
-                None
-            }
-        };
-        match (id, lead, occurred_at, change) {
-            (Some(id), Some(lead), Some(occurred_at), Some(change)) if problems.is_empty() => {
-                Ok(LeadEvent {
-                    id,
-                    source: self.name.clone(),
-                    lead,
-                    occurred_at,
-                    received_at,
-                    change,
-                })
-            }
-            _ => Err(problems),
+                    format!("not an RFC 3339 timestamp: {e}"),
+                ))
+            })
+            .ok(),
+        Some(_) => {
+            problems.push(FieldProblem::new(
+                "occurred_at",
+                "must be an RFC 3339 timestamp string",
+            ));
+            None
         }
+        None => {
+            problems.push(FieldProblem::new("occurred_at", "is required"));
+            None
+        }
+    };
+    let change = match obj.get("type").and_then(Value::as_str) {
+        Some("lead.updated") => match obj.remove("fields") {
+            Some(Value::Object(fields)) => Some(Change::Updated { fields }),
+            Some(_) => {
+                problems.push(FieldProblem::new(
+                    "fields",
+                    "must be an object of field values",
+                ));
+                None
+            }
+            None => {
+                problems.push(FieldProblem::new("fields", "is required for lead.updated"));
+                None
+            }
+        },
+        Some("lead.activity") => activity(obj.get("activity"), &mut problems),
+        Some("lead.deleted") => Some(Change::Deleted {}),
+        Some("lead.merged") => {
+            key_string(&obj, "into", &mut problems).map(|into| Change::Merged { into })
+        }
+        Some(other) => {
+            problems.push(FieldProblem::new(
+                "type",
+                format!("`{other}` is not one of {TYPES}"),
+            ));
+            None
+        }
+        None => {
+            problems.push(FieldProblem::new(
+                "type",
+                format!("is required: one of {TYPES}"),
+            ));
+            None
+        }
+    };
+    match (id, lead, occurred_at, change) {
+        (Some(id), Some(lead), Some(occurred_at), Some(change)) if problems.is_empty() => {
+            Ok(LeadEvent {
+                id,
+                source: source.to_string(),
+                lead,
+                occurred_at,
+                received_at,
+                change,
+            })
+        }
+        _ => Err(problems),
     }
 }
 
@@ -238,7 +275,6 @@ mod tests {
 
     fn source() -> GenericSource {
         GenericSource {
-            name: "web".into(),
             secrets: vec!["whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD".parse().unwrap()],
         }
     }
@@ -253,7 +289,7 @@ mod tests {
           {"id":"evt-1","type":"lead.updated","lead":"L-1","occurred_at":"2026-11-22T10:00:00Z","fields":{"stage":"sales_ready","owner":"alice@example.com"}},
           {"id":"evt-2","type":"lead.activity","lead":"L-1","occurred_at":"2026-11-22T10:30:00Z","activity":{"kind":"call","by":"alice@example.com"}}
         ]"#;
-        let events = source().parse(body, now()).unwrap();
+        let events = source().events("web", body, now()).unwrap();
         assert_eq!(events.len(), 2);
         assert_eq!(events[0].lead, "L-1");
         assert_eq!(events[0].source, "web");
@@ -265,7 +301,7 @@ mod tests {
         );
         // One object alone is a batch of one.
         let one = br#"{"id":"e","type":"lead.activity","lead":"L","occurred_at":"2026-11-22T10:30:00Z","activity":{"kind":"email"}}"#;
-        assert_eq!(source().parse(one, now()).unwrap().len(), 1);
+        assert_eq!(source().events("web", one, now()).unwrap().len(), 1);
     }
 
     #[test]
@@ -273,9 +309,10 @@ mod tests {
         let body = br#"[
           {"id":"evt-1","type":"lead.updated","lead":"L-1","occurred_at":"yesterday","fields":{}},
           {"type":"lead.activity","lead":"","occurred_at":"2026-11-22T10:30:00Z","activity":{}},
-          {"id":"x","type":"lead.deleted","lead":"L","occurred_at":"2026-11-22T10:30:00Z"}
+          {"id":"x","type":"lead.exploded","lead":"L","occurred_at":"2026-11-22T10:30:00Z"},
+          {"id":"y","type":"lead.merged","lead":"L","occurred_at":"2026-11-22T10:30:00Z"}
         ]"#;
-        let Err(IngestError::Malformed(problems)) = source().parse(body, now()) else {
+        let Err(IngestError::Malformed(problems)) = source().events("web", body, now()) else {
             panic!("expected malformed");
         };
         let fields: Vec<&str> = problems.iter().map(|p| p.field.as_str()).collect();
@@ -286,9 +323,34 @@ mod tests {
                 "[1].id",
                 "[1].lead",
                 "[1].activity.kind",
-                "[2].type"
+                "[2].type",
+                "[3].into"
             ]
         );
+    }
+
+    #[test]
+    fn deletions_and_merges_are_events_too() {
+        let body = br#"[
+          {"id":"d1","type":"lead.deleted","lead":"L-1","occurred_at":"2026-11-22T10:00:00Z"},
+          {"id":"m1","type":"lead.merged","lead":"L-2","occurred_at":"2026-11-22T10:00:00Z","into":"L-3"}
+        ]"#;
+        let events = source().events("web", body, now()).unwrap();
+        assert_eq!(events[0].change, Change::Deleted {});
+        assert_eq!(events[1].change, Change::Merged { into: "L-3".into() });
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn arbitrary_bytes_never_panic(body in proptest::collection::vec(proptest::num::u8::ANY, 0..512)) {
+            let _ = source().events("web", &body, now());
+        }
+
+        #[test]
+        fn arbitrary_json_never_panics(value in crate::ingest::tests::json_value()) {
+            let body = serde_json::to_vec(&value).unwrap();
+            let _ = source().events("web", &body, now());
+        }
     }
 
     #[test]
@@ -296,15 +358,15 @@ mod tests {
         let one = r#"{"id":"e","type":"lead.activity","lead":"L","occurred_at":"2026-11-22T10:30:00Z","activity":{"kind":"email"}}"#;
         let body = format!("[{}]", vec![one; 101].join(","));
         assert!(matches!(
-            source().parse(body.as_bytes(), now()),
+            source().events("web", body.as_bytes(), now()),
             Err(IngestError::TooManyEvents(101))
         ));
         assert!(matches!(
-            source().parse(b"{not json", now()),
+            source().events("web", b"{not json", now()),
             Err(IngestError::Malformed(_))
         ));
         assert!(matches!(
-            source().parse(b"[]", now()),
+            source().events("web", b"[]", now()),
             Err(IngestError::Malformed(_))
         ));
     }

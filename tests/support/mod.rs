@@ -333,3 +333,102 @@ pub fn call_event(id: &str, lead: &str, at: &str) -> serde_json::Value {
         "activity": {"kind": "call", "by": "alice@example.com"}
     })
 }
+
+/// A vendor fixture (`tests/fixtures/VENDOR/NAME`): an HTTP request as text. Returns its headers
+/// (without Host) and its body.
+pub fn fixture(vendor: &str, name: &str) -> (Vec<(String, String)>, String) {
+    let path = format!(
+        "{}/tests/fixtures/{vendor}/{name}",
+        env!("CARGO_MANIFEST_DIR")
+    );
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
+    let (head, body) = text
+        .split_once("\n\n")
+        .expect("a blank line after the headers");
+    let headers = head
+        .lines()
+        .skip(1)
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
+        .filter(|(k, _)| !k.eq_ignore_ascii_case("host"))
+        .collect();
+    let body = body.strip_suffix('\n').unwrap_or(body).to_string();
+    (headers, body)
+}
+
+/// POSTs `body` with `headers`; returns the status, the headers and the body as text.
+pub async fn post_with(
+    url: &str,
+    headers: &[(String, String)],
+    body: impl Into<Vec<u8>>,
+) -> (u16, HeaderMap, String) {
+    let mut req = reqwest::Client::new().post(url).body(body.into());
+    for (k, v) in headers {
+        req = req.header(k, v);
+    }
+    let resp = req.send().await.unwrap();
+    let status = resp.status().as_u16();
+    let headers = resp.headers().clone();
+    (status, headers, resp.text().await.unwrap())
+}
+
+/// HubSpot's v3 signature headers for a POST of `body` to `public_url`, signed now.
+pub fn hubspot_v3(secret: &str, public_url: &str, body: &str) -> Vec<(String, String)> {
+    use base64::Engine as _;
+    use hmac::{KeyInit, Mac};
+    let ts = jiff::Timestamp::now().as_millisecond().to_string();
+    let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(secret.as_bytes()).unwrap();
+    mac.update(format!("POST{public_url}{body}{ts}").as_bytes());
+    let sig = base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes());
+    vec![
+        ("X-HubSpot-Signature-v3".into(), sig),
+        ("X-HubSpot-Request-Timestamp".into(), ts),
+    ]
+}
+
+/// Reads every record of one topic (all its partitions), waiting until at least `min` arrived.
+pub async fn read_topic(
+    bootstrap: &str,
+    topic: &str,
+    min: usize,
+) -> Vec<(String, serde_json::Value)> {
+    use rdkafka::Message;
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    let bootstrap = bootstrap.to_string();
+    let topic = topic.to_string();
+    tokio::task::spawn_blocking(move || {
+        let consumer: BaseConsumer = rdkafka::ClientConfig::new()
+            .set("bootstrap.servers", &bootstrap)
+            .set("group.id", "lwtest-read")
+            .create()
+            .unwrap();
+        let md = consumer
+            .fetch_metadata(Some(&topic), Duration::from_secs(10))
+            .unwrap();
+        let mut tpl = rdkafka::TopicPartitionList::new();
+        for p in md.topics()[0].partitions() {
+            tpl.add_partition_offset(&topic, p.id(), rdkafka::Offset::Beginning)
+                .unwrap();
+        }
+        consumer.assign(&tpl).unwrap();
+        let mut out = Vec::new();
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            match consumer.poll(Duration::from_millis(300)) {
+                Some(Ok(m)) => out.push((
+                    String::from_utf8_lossy(m.key().unwrap_or_default()).into_owned(),
+                    serde_json::from_slice(m.payload().unwrap_or_default())
+                        .unwrap_or(serde_json::Value::Null),
+                )),
+                _ if out.len() >= min => return out,
+                _ => assert!(
+                    std::time::Instant::now() < deadline,
+                    "only {} record(s) on {topic}, wanted {min}",
+                    out.len()
+                ),
+            }
+        }
+    })
+    .await
+    .unwrap()
+}

@@ -1,0 +1,360 @@
+//! The `marketo` source: a Marketo webhook (Admin → Webhooks, called by a smart campaign's
+//! "Call Webhook" flow step).
+//!
+//! Marketo cannot sign: the webhook sends a configured header (`header`) with a shared secret,
+//! compared in constant time (a list rotates). Its body is whatever template the admin wrote,
+//! so `[sources.NAME.fields]` gives JSON pointers into it. The suggested template:
+//!
+//! ```json
+//! {"leadId": {{lead.Id}}, "email": "{{lead.Email Address}}", "score": "{{lead.Lead Score}}",
+//!  "stage": "{{lead.Lead Status}}", "owner": "{{lead.Lead Owner Email Address}}"}
+//! ```
+//!
+//! - `lead` (default `/leadId`): the Marketo lead id; the key is `marketo:{id}`;
+//! - `id` (no default): a unique id of the call, for deduplication; without one the id is derived
+//!   from the body and the time it arrived (Marketo does not retry, so nothing is lost);
+//! - `occurred_at` (default `/occurred_at`): RFC 3339 or Unix milliseconds; else arrival time;
+//! - `activity` (default `/activity`): when it holds a kind (`email`, `call` …) the call is an
+//!   activity (by `activity_by`, default `/activity_by`) instead of a patch;
+//! - canonical names (default `/{name}`, e.g. `score` → `/score`): aliases added to the patch,
+//!   which also holds every top-level member of the body under its own name.
+//!
+//! Marketo waits for the answer and does not retry: ingest answers as soon as Kafka has the
+//! event, and an unparseable body is kept in `{prefix}.raw` for a replay.
+
+use jiff::Timestamp;
+use serde_json::{Map, Value};
+
+use super::fields::{CANONICAL, Mapping};
+use super::{FieldProblem, Handler, IngestError, Parsed, Request, auth, hashed_id};
+use crate::config::{PlainSecrets, SourceConfig};
+use crate::event::{Activity, Change, LeadEvent};
+
+/// Keys of `[sources.NAME.fields]` besides the canonical names.
+pub const STRUCTURAL: &[&str] = &["lead", "id", "occurred_at", "activity", "activity_by"];
+
+#[derive(Debug)]
+pub struct MarketoSource {
+    header: String,
+    secrets: PlainSecrets,
+    lead: String,
+    id: Option<String>,
+    occurred_at: String,
+    activity: String,
+    activity_by: String,
+    mapping: Mapping,
+}
+
+impl MarketoSource {
+    pub fn from_config(cfg: &SourceConfig) -> Self {
+        let SourceConfig::Marketo {
+            header,
+            secret,
+            fields,
+            ..
+        } = cfg
+        else {
+            unreachable!("a marketo source is built from marketo settings");
+        };
+        let pointer = |key: &str, default: &str| {
+            fields
+                .get(key)
+                .cloned()
+                .unwrap_or_else(|| default.to_string())
+        };
+        let defaults: Vec<(String, String)> = CANONICAL
+            .iter()
+            .map(|(name, _)| (name.to_string(), format!("/{name}")))
+            .collect();
+        let defaults: Vec<(&str, &str)> = defaults
+            .iter()
+            .map(|(a, b)| (a.as_str(), b.as_str()))
+            .collect();
+        Self {
+            header: header.to_ascii_lowercase(),
+            secrets: secret.clone(),
+            lead: pointer("lead", "/leadId"),
+            id: fields.get("id").filter(|p| !p.is_empty()).cloned(),
+            occurred_at: pointer("occurred_at", "/occurred_at"),
+            activity: pointer("activity", "/activity"),
+            activity_by: pointer("activity_by", "/activity_by"),
+            mapping: Mapping::new(&defaults, fields),
+        }
+    }
+}
+
+/// The text of a scalar (Marketo tokens are strings or bare numbers).
+fn scalar(v: &Value) -> Option<String> {
+    match v {
+        Value::String(s) if !s.trim().is_empty() => Some(s.trim().to_string()),
+        Value::Number(n) => Some(n.to_string()),
+        _ => None,
+    }
+}
+
+fn at(body: &Value, pointer: &str) -> Option<Value> {
+    if pointer.is_empty() {
+        return None;
+    }
+    body.pointer(pointer).cloned()
+}
+
+impl Handler for MarketoSource {
+    fn kind(&self) -> &'static str {
+        "marketo"
+    }
+
+    fn authenticate(&self, req: &Request<'_>) -> Result<(), IngestError> {
+        let Some(given) = req.headers.get(self.header.as_str()) else {
+            return Err(IngestError::Unauthorized(format!(
+                "missing header `{}`",
+                self.header
+            )));
+        };
+        if auth::matches_any(given.as_bytes(), &self.secrets.0) {
+            Ok(())
+        } else {
+            Err(IngestError::Unauthorized(format!(
+                "wrong secret in header `{}`",
+                self.header
+            )))
+        }
+    }
+
+    fn secret_headers(&self) -> Vec<String> {
+        vec![self.header.clone()]
+    }
+
+    fn parse(
+        &self,
+        source: &str,
+        body: &[u8],
+        received_at: Timestamp,
+    ) -> Result<Parsed, IngestError> {
+        let value: Value = serde_json::from_slice(body)
+            .map_err(|e| IngestError::malformed(format!("not valid JSON: {e}")))?;
+        let Value::Object(members) = &value else {
+            return Err(IngestError::malformed(
+                "the webhook template must make a JSON object",
+            ));
+        };
+        let mut problems = Vec::new();
+        let lead = at(&value, &self.lead).as_ref().and_then(scalar);
+        if lead.is_none() {
+            problems.push(FieldProblem::new(
+                "lead",
+                format!(
+                    "no lead id at `{}` (set `fields.lead` to its JSON pointer)",
+                    self.lead
+                ),
+            ));
+        }
+        let occurred_at = match at(&value, &self.occurred_at) {
+            None | Some(Value::Null) => Some(received_at),
+            Some(Value::String(s)) if s.trim().is_empty() => Some(received_at),
+            Some(Value::String(s)) => s.trim().parse::<Timestamp>().ok().or_else(|| {
+                problems.push(FieldProblem::new(
+                    "occurred_at",
+                    format!("`{s}` is not an RFC 3339 timestamp"),
+                ));
+                None
+            }),
+            Some(Value::Number(n)) => n
+                .as_i64()
+                .and_then(|ms| Timestamp::from_millisecond(ms).ok())
+                .or_else(|| {
+                    problems.push(FieldProblem::new("occurred_at", "is not Unix milliseconds"));
+                    None
+                }),
+            Some(_) => {
+                problems.push(FieldProblem::new(
+                    "occurred_at",
+                    "must be a timestamp string or Unix milliseconds",
+                ));
+                None
+            }
+        };
+        let (Some(lead), Some(occurred_at)) = (lead, occurred_at) else {
+            return Err(IngestError::Malformed(problems));
+        };
+        let id = match self
+            .id
+            .as_deref()
+            .and_then(|p| at(&value, p))
+            .as_ref()
+            .and_then(scalar)
+        {
+            Some(id) => format!("marketo:{id}"),
+            None => hashed_id(
+                "marketo",
+                &[
+                    &lead,
+                    &String::from_utf8_lossy(body),
+                    &received_at.to_string(),
+                ],
+            ),
+        };
+        let change = match at(&value, &self.activity).as_ref().and_then(scalar) {
+            Some(kind) => Change::Activity {
+                activity: Activity {
+                    kind: kind.to_lowercase(),
+                    by: at(&value, &self.activity_by).as_ref().and_then(scalar),
+                },
+            },
+            None => {
+                let mut fields: Map<String, Value> = members.clone();
+                self.mapping
+                    .add_aliases(|pointer| value.pointer(pointer), &mut fields);
+                Change::Updated { fields }
+            }
+        };
+        Ok(Parsed {
+            events: vec![LeadEvent {
+                id,
+                source: source.to_string(),
+                lead: format!("marketo:{lead}"),
+                occurred_at,
+                received_at,
+                change,
+            }],
+            ..Parsed::default()
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ingest::tests::{fixture, json_value};
+    use serde_json::json;
+
+    fn source(fields: &str) -> MarketoSource {
+        let text = format!(
+            "kind = \"marketo\"\nheader = \"X-Leadwatch-Token\"\nsecret = [\"t0k3n-new\", \"t0k3n-old\"]\n[fields]\n{fields}"
+        );
+        let value: serde_json::Value = config::Config::builder()
+            .add_source(config::File::from_str(&text, config::FileFormat::Toml))
+            .build()
+            .unwrap()
+            .try_deserialize()
+            .unwrap();
+        MarketoSource::from_config(&serde_json::from_value(value).unwrap())
+    }
+
+    fn now() -> Timestamp {
+        "2026-11-25T10:00:00Z".parse().unwrap()
+    }
+
+    #[test]
+    fn the_suggested_template_becomes_a_patch_with_numbers() {
+        let text = std::fs::read_to_string(format!(
+            "{}/tests/fixtures/marketo/lead_mql.http",
+            env!("CARGO_MANIFEST_DIR")
+        ))
+        .unwrap();
+        let (_, _, headers, body) = fixture(&text);
+        let s = source("id = \"/eventId\"");
+        let method = http::Method::POST;
+        let uri: http::Uri = "/webhooks/mk".parse().unwrap();
+        let req = |headers: &http::HeaderMap| {
+            s.authenticate(&Request {
+                method: &method,
+                uri: &uri,
+                headers,
+                body: &body,
+                path_secret: None,
+                now: now(),
+            })
+        };
+        assert!(req(&headers).is_ok());
+        let mut wrong = headers.clone();
+        wrong.insert("x-leadwatch-token", "guess".parse().unwrap());
+        assert!(matches!(req(&wrong), Err(IngestError::Unauthorized(_))));
+        assert!(matches!(
+            req(&http::HeaderMap::new()),
+            Err(IngestError::Unauthorized(m)) if m.contains("missing")
+        ));
+
+        let parsed = s.parse("mk", &body, now()).unwrap();
+        let e = &parsed.events[0];
+        assert_eq!(e.lead, "marketo:318581");
+        assert_eq!(e.id, "marketo:mkto-318581-1764064800");
+        let Change::Updated { fields } = &e.change else {
+            panic!("{e:?}")
+        };
+        assert_eq!(
+            fields["score"],
+            json!(92),
+            "a number, though the token is a string"
+        );
+        assert_eq!(fields["stage"], json!("sales_ready"));
+        assert_eq!(fields["Lead Source Detail"], json!("Webinar 11/2026"));
+        assert_eq!(
+            e.occurred_at,
+            "2026-11-25T09:20:00Z".parse::<Timestamp>().unwrap()
+        );
+    }
+
+    #[test]
+    fn pointers_are_configurable_and_activities_are_recognised() {
+        let s = source(
+            "lead = \"/lead/id\"\nemail = \"/lead/mail\"\nscore = \"\"\nactivity = \"/what\"",
+        );
+        let body = json!({"lead": {"id": 7, "mail": "a@b.example"}, "score": "5", "what": "Email"});
+        let parsed = s.parse("mk", body.to_string().as_bytes(), now()).unwrap();
+        assert_eq!(parsed.events[0].lead, "marketo:7");
+        assert!(
+            matches!(&parsed.events[0].change, Change::Activity { activity } if activity.kind == "email")
+        );
+        let body = json!({"lead": {"id": "7", "mail": "a@b.example"}, "score": "5"});
+        let parsed = s.parse("mk", body.to_string().as_bytes(), now()).unwrap();
+        let Change::Updated { fields } = &parsed.events[0].change else {
+            panic!()
+        };
+        assert_eq!(fields["email"], json!("a@b.example"));
+        assert_eq!(
+            fields["score"],
+            json!("5"),
+            "the default alias is off: only the vendor's own field"
+        );
+        // The id is derived from the body and its arrival: another arrival is another event.
+        let later = s
+            .parse(
+                "mk",
+                body.to_string().as_bytes(),
+                now() + jiff::SignedDuration::from_secs(1),
+            )
+            .unwrap();
+        assert_ne!(later.events[0].id, parsed.events[0].id);
+    }
+
+    #[test]
+    fn a_body_without_a_lead_id_is_malformed() {
+        let s = source("");
+        let Err(IngestError::Malformed(ps)) = s.parse("mk", br#"{"email":"x"}"#, now()) else {
+            panic!()
+        };
+        assert_eq!(ps[0].field, "lead");
+        assert!(matches!(
+            s.parse("mk", b"[1]", now()),
+            Err(IngestError::Malformed(_))
+        ));
+        assert!(matches!(
+            s.parse("mk", br#"{"leadId":1,"occurred_at":"tuesday"}"#, now()),
+            Err(IngestError::Malformed(_))
+        ));
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn arbitrary_bytes_never_panic(body in proptest::collection::vec(proptest::num::u8::ANY, 0..512)) {
+            let _ = source("").parse("mk", &body, now());
+        }
+
+        #[test]
+        fn arbitrary_json_never_panics(value in json_value()) {
+            let body = serde_json::to_vec(&value).unwrap();
+            let _ = source("id = \"/id\"\nactivity = \"/kind\"").parse("mk", &body, now());
+        }
+    }
+}

@@ -1,0 +1,574 @@
+//! The `salesforce` source: Salesforce Outbound Messages.
+//!
+//! A workflow rule or flow sends a SOAP `notifications` message: the org id, the action id and up
+//! to 100 `Notification`s, each with its own `Id` (the same on every retry) and an `sObject` of
+//! the fields the admin selected, with their current values. Salesforce wants the SOAP
+//! `notificationsResponse` `<Ack>true</Ack>` back; anything else (we send a SOAP fault) makes it
+//! retry for up to 24 hours.
+//!
+//! There is no signature. A message is accepted when its `OrganizationId` is one of
+//! `organization_ids` (403 otherwise), and, where configured, the request carries the basic-auth
+//! credentials (`https://user:password@host/…` in the endpoint URL) or the path secret
+//! (`/webhooks/NAME/SECRET`); 401 otherwise. Restrict the endpoint further by Salesforce's IP
+//! ranges or its client certificate at the ingress (README).
+//!
+//! Mapping:
+//! - `Lead` and `Contact` → a patch of every field sent (current values; `xsi:nil` → null) plus
+//!   canonical aliases, on `salesforce:{Id}`, at `LastModifiedDate` when sent;
+//! - `Task` and `Event` → an activity on `salesforce:{WhoId}` (the lead or contact): a Task's
+//!   kind is its `TaskSubtype` or `Type` (`call`, `email` …), an Event is a `meeting`; a Task
+//!   still open (`Status` other than `Completed`, or `IsClosed` false) is not an activity yet;
+//! - other sObjects concern no lead: ignored.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use jiff::Timestamp;
+use serde::Deserialize;
+use serde::de::{MapAccess, Visitor};
+use serde_json::{Map, Value};
+
+use super::fields::Mapping;
+use super::{Handler, IngestError, MAX_BATCH, Parsed, Request, auth, set_retry_after};
+use crate::config::{PlainSecrets, SourceConfig};
+use crate::event::{Activity, Change, LeadEvent};
+
+/// Canonical name → Lead/Contact field API name.
+pub const DEFAULT_FIELDS: &[(&str, &str)] = &[
+    ("stage", "Status"),
+    ("status", "Status"),
+    ("owner", "OwnerId"),
+    ("email", "Email"),
+    ("phone", "Phone"),
+    ("company", "Company"),
+    ("first_name", "FirstName"),
+    ("last_name", "LastName"),
+    ("name", "Name"),
+    ("job_title", "Title"),
+    ("employees", "NumberOfEmployees"),
+    ("annual_revenue", "AnnualRevenue"),
+    ("industry", "Industry"),
+    ("region", "State"),
+    ("country", "Country"),
+    ("lead_source", "LeadSource"),
+];
+
+const ACK: &str = r#"<?xml version="1.0" encoding="UTF-8"?>
+<soapenv:Envelope xmlns:soapenv="http://schemas.xmlsoap.org/soap/envelope/"><soapenv:Body><notificationsResponse xmlns="http://soap.sforce.com/2005/09/outbound"><Ack>true</Ack></notificationsResponse></soapenv:Body></soapenv:Envelope>"#;
+
+#[derive(Debug)]
+pub struct SalesforceSource {
+    organization_ids: Vec<String>,
+    basic: Option<(String, PlainSecrets)>,
+    path_secret: Option<PlainSecrets>,
+    mapping: Mapping,
+}
+
+impl SalesforceSource {
+    pub fn from_config(cfg: &SourceConfig) -> Self {
+        let SourceConfig::Salesforce {
+            organization_ids,
+            username,
+            password,
+            path_secret,
+            fields,
+            ..
+        } = cfg
+        else {
+            unreachable!("a salesforce source is built from salesforce settings");
+        };
+        Self {
+            organization_ids: organization_ids.clone(),
+            basic: username.clone().zip(password.clone()),
+            path_secret: path_secret.clone(),
+            mapping: Mapping::new(DEFAULT_FIELDS, fields),
+        }
+    }
+
+    /// An 18-character org id matches its 15-character form (Setup shows the 15).
+    fn org_allowed(&self, org: &str) -> bool {
+        self.organization_ids.iter().any(|allowed| {
+            allowed == org || (allowed.len() == 15 && org.len() == 18 && org.starts_with(allowed))
+        })
+    }
+}
+
+impl Handler for SalesforceSource {
+    fn kind(&self) -> &'static str {
+        "salesforce"
+    }
+
+    fn authenticate(&self, req: &Request<'_>) -> Result<(), IngestError> {
+        if let Some(secrets) = &self.path_secret {
+            let given = req.path_secret.unwrap_or("");
+            if !auth::matches_any(given.as_bytes(), &secrets.0) {
+                return Err(IngestError::Unauthorized(
+                    "the URL's secret path segment is missing or wrong".into(),
+                ));
+            }
+        }
+        if let Some((user, passwords)) = &self.basic {
+            auth::check_basic(req.headers, user, &passwords.0)
+                .map_err(IngestError::Unauthorized)?;
+        }
+        Ok(())
+    }
+
+    fn authentic_before_parse(&self) -> bool {
+        self.basic.is_some() || self.path_secret.is_some()
+    }
+
+    fn takes_path_secret(&self) -> bool {
+        self.path_secret.is_some()
+    }
+
+    fn parse(
+        &self,
+        source: &str,
+        body: &[u8],
+        received_at: Timestamp,
+    ) -> Result<Parsed, IngestError> {
+        let text = std::str::from_utf8(body)
+            .map_err(|_| IngestError::malformed("the body is not UTF-8 XML"))?;
+        let envelope: Envelope = quick_xml::de::from_str(text)
+            .map_err(|e| IngestError::malformed(format!("not a SOAP Outbound Message: {e}")))?;
+        let n = envelope.body.notifications;
+        let org = n.organization_id.trim();
+        if !self.org_allowed(org) {
+            return Err(IngestError::Forbidden(format!(
+                "organization `{org}` is not in `organization_ids`"
+            )));
+        }
+        if n.notification.len() > MAX_BATCH {
+            return Err(IngestError::TooManyEvents(n.notification.len()));
+        }
+        let mut parsed = Parsed::default();
+        for notification in n.notification {
+            match self.event(source, org, notification, received_at)? {
+                Some(event) => parsed.events.push(event),
+                None => parsed.ignored += 1,
+            }
+        }
+        Ok(parsed)
+    }
+
+    fn accepted(&self, _accepted: usize, _duplicates: usize) -> Response {
+        (
+            StatusCode::OK,
+            [(header::CONTENT_TYPE, "text/xml; charset=utf-8")],
+            ACK,
+        )
+            .into_response()
+    }
+
+    fn refused(&self, error: &IngestError, retry_after: Duration) -> Response {
+        soap_fault(error, retry_after)
+    }
+}
+
+use std::time::Duration;
+
+/// A SOAP fault with the status of the error: Salesforce shows the `faultstring` in its
+/// outbound message queue, and retries.
+pub fn soap_fault(error: &IngestError, retry_after: Duration) -> Response {
+    let code = if error.status().is_server_error() {
+        "soapenv:Server"
+    } else {
+        "soapenv:Client"
+    };
+    let text = format!(
+        r#"<?xml version="1.0" encoding="UTF-8"?>
+<soapenv:Envelope xmlns:soapenv="http://schemas.xmlsoap.org/soap/envelope/"><soapenv:Body><soapenv:Fault><faultcode>{code}</faultcode><faultstring>{}: {}</faultstring></soapenv:Fault></soapenv:Body></soapenv:Envelope>"#,
+        error.outcome(),
+        quick_xml::escape::escape(error.describe()),
+    );
+    let mut response = (
+        error.status(),
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/xml; charset=utf-8"),
+        )],
+        text,
+    )
+        .into_response();
+    if matches!(error, IngestError::Unavailable(_)) {
+        set_retry_after(&mut response, retry_after);
+    }
+    response
+}
+
+impl SalesforceSource {
+    fn event(
+        &self,
+        source: &str,
+        org: &str,
+        n: Notification,
+        received_at: Timestamp,
+    ) -> Result<Option<LeadEvent>, IngestError> {
+        let object = n.sobject;
+        let kind = object
+            .r#type
+            .as_deref()
+            .map(|t| t.rsplit(':').next().unwrap_or(t))
+            .unwrap_or("");
+        let text = |name: &str| object.fields.get(name).and_then(Value::as_str);
+        let at = |name: &str| text(name).and_then(|s| s.parse::<Timestamp>().ok());
+        let id = format!("salesforce:{org}:{}", n.id.trim());
+        let (lead, change, occurred_at) = match kind {
+            "Lead" | "Contact" => {
+                let Some(record) = text("Id") else {
+                    return Err(IngestError::malformed(format!(
+                        "notification {}: the {kind} has no Id field",
+                        n.id
+                    )));
+                };
+                let mut fields = object.fields.clone();
+                self.mapping.add_aliases_from(&object.fields, &mut fields);
+                let occurred = at("LastModifiedDate").or_else(|| at("SystemModstamp"));
+                (record.to_string(), Change::Updated { fields }, occurred)
+            }
+            "Task" | "Event" => {
+                let Some(who) = text("WhoId") else {
+                    return Ok(None);
+                };
+                // A Task is a to-do until it is closed; without either field we take it as done
+                // (a logged call is created completed).
+                let done = match (text("IsClosed"), text("Status")) {
+                    (Some(closed), _) => closed.eq_ignore_ascii_case("true"),
+                    (None, Some(status)) => status.eq_ignore_ascii_case("completed"),
+                    (None, None) => true,
+                };
+                if kind == "Task" && !done {
+                    return Ok(None);
+                }
+                let activity_kind = if kind == "Event" {
+                    "meeting".to_string()
+                } else {
+                    text("TaskSubtype")
+                        .filter(|s| !s.eq_ignore_ascii_case("task"))
+                        .or_else(|| text("Type"))
+                        .unwrap_or("task")
+                        .to_lowercase()
+                };
+                let occurred = at("CompletedDateTime")
+                    .or_else(|| at("CreatedDate"))
+                    .or_else(|| at("LastModifiedDate"));
+                let change = Change::Activity {
+                    activity: Activity {
+                        kind: activity_kind,
+                        by: text("OwnerId").map(str::to_string),
+                    },
+                };
+                (who.to_string(), change, occurred)
+            }
+            _ => return Ok(None),
+        };
+        Ok(Some(LeadEvent {
+            id,
+            source: source.to_string(),
+            lead: format!("salesforce:{lead}"),
+            occurred_at: occurred_at.unwrap_or(received_at),
+            received_at,
+            change,
+        }))
+    }
+}
+
+#[derive(Debug, Deserialize)]
+struct Envelope {
+    #[serde(rename = "Body")]
+    body: Body,
+}
+
+#[derive(Debug, Deserialize)]
+struct Body {
+    notifications: Notifications,
+}
+
+#[derive(Debug, Deserialize)]
+struct Notifications {
+    #[serde(rename = "OrganizationId")]
+    organization_id: String,
+    #[serde(rename = "Notification", default)]
+    notification: Vec<Notification>,
+}
+
+#[derive(Debug, Deserialize)]
+struct Notification {
+    #[serde(rename = "Id")]
+    id: String,
+    #[serde(rename = "sObject")]
+    sobject: SObject,
+}
+
+/// An sObject: its `xsi:type` and its fields by name (any the admin selected).
+#[derive(Debug, Default)]
+struct SObject {
+    r#type: Option<String>,
+    fields: Map<String, Value>,
+}
+
+/// One field element: its text, or `xsi:nil="true"`.
+#[derive(Debug, Deserialize)]
+struct FieldElement {
+    #[serde(rename = "@nil", alias = "@xsi:nil", default)]
+    nil: Option<String>,
+    #[serde(rename = "$text", default)]
+    text: Option<String>,
+}
+
+impl<'de> Deserialize<'de> for SObject {
+    fn deserialize<D: serde::Deserializer<'de>>(de: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = SObject;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("an sObject element")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<SObject, A::Error> {
+                let mut object = SObject::default();
+                let mut seen: BTreeMap<String, ()> = BTreeMap::new();
+                while let Some(key) = map.next_key::<String>()? {
+                    let local = key.rsplit(':').next().unwrap_or(&key).to_string();
+                    if let Some(attr) = key.strip_prefix('@') {
+                        let value: String = map.next_value()?;
+                        if attr == "type" || attr.ends_with(":type") {
+                            object.r#type = Some(value);
+                        }
+                        continue;
+                    }
+                    let element: FieldElement = map.next_value()?;
+                    let value = match element {
+                        FieldElement { nil: Some(n), .. } if n == "true" => Value::Null,
+                        FieldElement { text, .. } => Value::String(text.unwrap_or_default()),
+                    };
+                    // A field repeated (it should not be) keeps its first value.
+                    if seen.insert(local.clone(), ()).is_none() {
+                        object.fields.insert(local, value);
+                    }
+                }
+                Ok(object)
+            }
+        }
+        de.deserialize_map(V)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ingest::tests::fixture;
+    use serde_json::json;
+
+    fn source(extra: &str) -> SalesforceSource {
+        let text =
+            format!("kind = \"salesforce\"\norganization_ids = [\"00D5g000004Xq2R\"]\n{extra}");
+        let value: serde_json::Value = config::Config::builder()
+            .add_source(config::File::from_str(&text, config::FileFormat::Toml))
+            .build()
+            .unwrap()
+            .try_deserialize()
+            .unwrap();
+        SalesforceSource::from_config(&serde_json::from_value(value).unwrap())
+    }
+
+    fn now() -> Timestamp {
+        "2026-11-25T10:00:00Z".parse().unwrap()
+    }
+
+    fn body(name: &str) -> Vec<u8> {
+        let text = std::fs::read_to_string(format!(
+            "{}/tests/fixtures/salesforce/{name}",
+            env!("CARGO_MANIFEST_DIR")
+        ))
+        .unwrap();
+        fixture(&text).3
+    }
+
+    #[test]
+    fn a_lead_message_becomes_a_patch_of_current_values() {
+        let parsed = source("")
+            .parse("sf", &body("lead_sales_ready.http"), now())
+            .unwrap();
+        assert_eq!(parsed.events.len(), 1);
+        let e = &parsed.events[0];
+        assert_eq!(e.lead, "salesforce:00Q5g00000ABCDEEA2");
+        assert_eq!(e.id, "salesforce:00D5g000004Xq2REAS:04l5g00000ZZ1aAAAT");
+        assert_eq!(
+            e.occurred_at,
+            "2026-11-25T09:58:12Z".parse::<Timestamp>().unwrap()
+        );
+        let Change::Updated { fields } = &e.change else {
+            panic!("{e:?}")
+        };
+        assert_eq!(fields["Status"], json!("Open - Not Contacted"));
+        assert_eq!(fields["stage"], json!("Open - Not Contacted"));
+        assert_eq!(fields["OwnerId"], json!("0055g00000OWNR1AAA"));
+        assert_eq!(fields["owner"], json!("0055g00000OWNR1AAA"));
+        assert_eq!(fields["NumberOfEmployees"], json!("250"));
+        assert_eq!(fields["employees"], json!(250));
+        assert_eq!(fields["annual_revenue"], json!(5000000));
+        assert_eq!(fields["Industry"], Value::Null, "xsi:nil is null");
+        assert_eq!(fields["Disqualified_Reason__c"], Value::Null);
+    }
+
+    #[test]
+    fn a_completed_call_task_is_a_touch_on_its_who_and_open_tasks_are_not() {
+        let parsed = source("")
+            .parse("sf", &body("task_call.http"), now())
+            .unwrap();
+        assert_eq!(parsed.events.len(), 2, "{parsed:?}");
+        assert_eq!(parsed.ignored, 2, "the open task and the account");
+        let call = &parsed.events[0];
+        assert_eq!(call.lead, "salesforce:00Q5g00000ABCDEEA2");
+        assert_eq!(
+            call.change,
+            Change::Activity {
+                activity: Activity {
+                    kind: "call".into(),
+                    by: Some("0055g00000OWNR1AAA".into())
+                }
+            }
+        );
+        let meeting = &parsed.events[1];
+        assert!(
+            matches!(&meeting.change, Change::Activity { activity } if activity.kind == "meeting")
+        );
+    }
+
+    #[test]
+    fn another_org_is_forbidden_and_a_15_character_org_id_matches_its_18() {
+        let b = body("lead_sales_ready.http");
+        let other = source("").parse(
+            "sf",
+            &String::from_utf8(b.clone())
+                .unwrap()
+                .replace("00D5g000004Xq2REAS", "00D000000000001AAA")
+                .into_bytes(),
+            now(),
+        );
+        assert!(matches!(other, Err(IngestError::Forbidden(_))));
+        let eighteen = {
+            let mut s = source("");
+            s.organization_ids = vec!["00D5g000004Xq2REAS".into()];
+            s
+        };
+        assert!(eighteen.parse("sf", &b, now()).is_ok());
+    }
+
+    #[test]
+    fn malformed_xml_is_named() {
+        for bad in [
+            &b"<soapenv:Envelope><oops"[..],
+            b"not xml",
+            b"\xff\xfe",
+            b"<a/>",
+        ] {
+            let r = source("").parse("sf", bad, now());
+            assert!(matches!(r, Err(IngestError::Malformed(_))), "{r:?}");
+        }
+    }
+
+    #[test]
+    fn more_than_a_hundred_notifications_are_too_many() {
+        let text = String::from_utf8(body("lead_sales_ready.http")).unwrap();
+        let start = text.find("<Notification>").unwrap();
+        let end = text.find("</Notification>").unwrap() + "</Notification>".len();
+        let one = &text[start..end];
+        let many = format!("{}{}{}", &text[..start], one.repeat(101), &text[end..]);
+        assert!(matches!(
+            source("").parse("sf", many.as_bytes(), now()),
+            Err(IngestError::TooManyEvents(101))
+        ));
+    }
+
+    #[test]
+    fn credentials_are_checked_before_anything_is_parsed() {
+        let s = source("username = \"sf\"\npassword = [\"new\", \"old\"]\npath_secret = \"p4th\"");
+        let method = http::Method::POST;
+        let uri: http::Uri = "/webhooks/sf/p4th".parse().unwrap();
+        let check = |auth: Option<&str>, path: Option<&str>| {
+            let mut h = http::HeaderMap::new();
+            if let Some(a) = auth {
+                h.insert(http::header::AUTHORIZATION, a.parse().unwrap());
+            }
+            s.authenticate(&Request {
+                method: &method,
+                uri: &uri,
+                headers: &h,
+                body: b"",
+                path_secret: path,
+                now: now(),
+            })
+        };
+        // sf:old
+        assert!(check(Some("Basic c2Y6b2xk"), Some("p4th")).is_ok());
+        assert!(check(Some("Basic c2Y6b2xk"), None).is_err());
+        assert!(check(None, Some("p4th")).is_err());
+        assert!(check(Some("Basic c2Y6d3Jvbmc="), Some("p4th")).is_err());
+        assert!(s.authentic_before_parse());
+        assert!(!source("").authentic_before_parse());
+    }
+
+    #[test]
+    fn the_ack_and_the_fault_are_soap() {
+        let ok = source("").accepted(1, 0);
+        assert_eq!(ok.status(), StatusCode::OK);
+        assert_eq!(
+            ok.headers()[header::CONTENT_TYPE],
+            "text/xml; charset=utf-8"
+        );
+        let fault = soap_fault(&IngestError::malformed("bad <xml>"), Duration::from_secs(5));
+        assert_eq!(fault.status(), StatusCode::BAD_REQUEST);
+        // Kafka did not take the events: a server fault, so Salesforce retries.
+        let busy = soap_fault(
+            &IngestError::Unavailable(crate::bus::producer::SendError::Timeout),
+            Duration::from_secs(7),
+        );
+        assert_eq!(busy.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(busy.headers()[header::RETRY_AFTER], "7");
+        let body = tokio::runtime::Runtime::new().unwrap().block_on(async {
+            let bytes = axum::body::to_bytes(fault.into_body(), 10_000)
+                .await
+                .unwrap();
+            let busy = axum::body::to_bytes(busy.into_body(), 10_000)
+                .await
+                .unwrap();
+            (
+                String::from_utf8(bytes.to_vec()).unwrap(),
+                String::from_utf8(busy.to_vec()).unwrap(),
+            )
+        });
+        assert!(
+            body.0.contains("<faultcode>soapenv:Client</faultcode>"),
+            "{}",
+            body.0
+        );
+        assert!(body.0.contains("bad &lt;xml&gt;"), "{}", body.0);
+        assert!(
+            body.1.contains("<faultcode>soapenv:Server</faultcode>"),
+            "{}",
+            body.1
+        );
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn arbitrary_bytes_never_panic(body in proptest::collection::vec(proptest::num::u8::ANY, 0..512)) {
+            let _ = source("").parse("sf", &body, now());
+        }
+
+        #[test]
+        fn a_mangled_message_never_panics(cut in 0usize..4000, insert in ".{0,8}") {
+            let text = String::from_utf8(body("task_call.http")).unwrap();
+            let mut at = cut.min(text.len());
+            while !text.is_char_boundary(at) {
+                at -= 1;
+            }
+            let mangled = format!("{}{insert}{}", &text[..at], &text[at..]);
+            let _ = source("").parse("sf", mangled.as_bytes(), now());
+        }
+    }
+}
