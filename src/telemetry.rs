@@ -74,6 +74,7 @@ pub struct Metrics {
     producer_ready: Gauge,
     producer_rebuilds: Counter,
     rules_reloads: Family<OutcomeLabel, Counter>,
+    rule_missing_fields: Family<RuleLabel, Counter>,
     ingest_events: Family<SourceOutcome, Counter>,
     raw_records: Family<SourceOutcome, Counter>,
 }
@@ -153,6 +154,13 @@ impl Metrics {
             "Kafka producers rebuilt after a fatal error",
             producer_rebuilds.clone(),
         );
+        let rule_missing_fields = Family::default();
+        registry.register(
+            "rule_missing_fields",
+            "Rule evaluations that were false because the lead lacks a field the rule names \
+             (a mistyped field name shows here)",
+            rule_missing_fields.clone(),
+        );
         let rules_reloads = Family::default();
         registry.register(
             "rules_reloads",
@@ -172,6 +180,7 @@ impl Metrics {
             raw_records.clone(),
         );
         Self {
+            rule_missing_fields,
             rules_reloads,
             ingest_events,
             raw_records,
@@ -278,6 +287,12 @@ impl Metrics {
 
     pub fn set_producer_ready(&self, ready: bool) {
         self.producer_ready.set(ready as i64);
+    }
+
+    pub fn rule_missing_field(&self, rule: &str) {
+        self.rule_missing_fields
+            .get_or_create(&RuleLabel { rule: rule.into() })
+            .inc();
     }
 
     pub fn rules_reload(&self, outcome: &str) {

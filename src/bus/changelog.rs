@@ -52,7 +52,9 @@ pub fn read_partition(
         .set("enable.partition.eof", "true")
         .set("fetch.max.bytes", "52428800")
         .set("max.partition.fetch.bytes", "10485760");
-    let consumer: BaseConsumer = cfg.create().map_err(kafka)?;
+    let consumer: BaseConsumer<super::QuietContext> = cfg
+        .create_with_context(super::QuietContext)
+        .map_err(kafka)?;
     let (low, high) = consumer
         .fetch_watermarks(topic, partition, Duration::from_secs(10))
         .map_err(kafka)?;

@@ -46,6 +46,10 @@ pub struct GroupContext {
 }
 
 impl ClientContext for GroupContext {
+    fn error(&self, error: KafkaError, reason: &str) {
+        super::log_client_error(&self.group, error, reason);
+    }
+
     fn stats(&self, stats: Statistics) {
         if let Some(topic) = stats.topics.get(&self.topic) {
             let lag: i64 = topic

@@ -53,6 +53,30 @@ impl Topics {
     }
 }
 
+/// Logs a librdkafka client error at its real weight: reaching the end of a partition (reported
+/// because the engine asks for it) is not an error at all.
+pub fn log_client_error(client: &str, error: rdkafka::error::KafkaError, reason: &str) {
+    use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+    match error {
+        KafkaError::PartitionEOF(_) | KafkaError::Global(RDKafkaErrorCode::PartitionEOF) => {
+            tracing::trace!(client, reason, "end of partition")
+        }
+        e => tracing::warn!(client, error = %e, reason, "Kafka client error"),
+    }
+}
+
+/// A client context for short-lived consumers (changelog restore): quiet about partition ends.
+#[derive(Clone, Default)]
+pub struct QuietContext;
+
+impl rdkafka::ClientContext for QuietContext {
+    fn error(&self, error: rdkafka::error::KafkaError, reason: &str) {
+        log_client_error("restore", error, reason);
+    }
+}
+
+impl rdkafka::consumer::ConsumerContext for QuietContext {}
+
 /// Settings every client shares: the brokers, then the user's `[kafka.options]` (TLS, SASL …).
 pub fn client_config(kafka: &KafkaConfig, bootstrap: &str) -> ClientConfig {
     let mut cfg = ClientConfig::new();

@@ -101,6 +101,11 @@ impl Engine {
     fn eval(&self, p: &Predicate, facts: &Facts) -> bool {
         match p.eval(&self.rules.cel, facts) {
             Ok(b) => b,
+            Err(rules::PredicateError::MissingField { field, .. }) => {
+                tracing::trace!(rule = %p.key, %field, "missing field: rule false");
+                self.metrics.rule_missing_field(&p.key);
+                false
+            }
             Err(e) => {
                 tracing::debug!(rule = %p.key, error = %e, "rule counted as false");
                 self.metrics.rule_errors(&p.key);
@@ -116,7 +121,13 @@ impl Engine {
         }
         let facts = Facts::new(&lead.fields);
         self.rules
-            .settings_for(&facts, |key| self.metrics.rule_errors(key))
+            .settings_for(&facts, |key, missing| {
+                if missing {
+                    self.metrics.rule_missing_field(key)
+                } else {
+                    self.metrics.rule_errors(key)
+                }
+            })
             .clone()
     }
 

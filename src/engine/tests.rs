@@ -348,15 +348,30 @@ fn deadlines_are_event_time_plus_within_with_sub_second_precision() {
 #[test]
 fn a_rule_that_errors_counts_as_false_and_is_counted() {
     let metrics = Arc::new(Metrics::new());
-    let e = Engine::new(Arc::new(Rules::parse(RULES).unwrap()), metrics.clone());
+    let rules = "[lifecycle]\nsales_ready = 'lead.stage == \"sales_ready\" && lead.score > 50'\n[first_touch]\nwithin = \"4h\"\n";
+    let e = Engine::new(Arc::new(Rules::parse(rules).unwrap()), metrics.clone());
     let mut s = LeadState::default();
-    // No `stage` at all: the expression errors; the lead is simply not sales-ready.
+    // No `stage` at all: the comparison is false — counted apart, as a missing field.
     e.apply(&mut s, &update("e1", "10:00:00", json!({"owner": "alice"})));
     assert!(s.lead.episode.is_none());
+    // A score that cannot be compared with a number: an error, counted, and false.
+    e.apply(
+        &mut s,
+        &update(
+            "e2",
+            "10:01:00",
+            json!({"stage": "sales_ready", "score": [1]}),
+        ),
+    );
+    assert!(s.lead.episode.is_none());
+    let text = metrics.encode();
     assert!(
-        metrics
-            .encode()
-            .contains("leadwatch_rule_errors_total{rule=\"lifecycle.sales_ready\"} 1")
+        text.contains("leadwatch_rule_missing_fields_total{rule=\"lifecycle.sales_ready\"} 1"),
+        "{text}"
+    );
+    assert!(
+        text.contains("leadwatch_rule_errors_total{rule=\"lifecycle.sales_ready\"} 1"),
+        "{text}"
     );
 }
 

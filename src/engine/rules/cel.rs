@@ -64,6 +64,10 @@ pub enum PredicateError {
     Execution { expr: String, message: String },
     #[error("`{expr}` gave {got}, not a boolean")]
     NotBool { expr: String, got: String },
+    /// The lead has no such field (and neither `||`, `&&` nor `has()` decided without it): the
+    /// comparison is false. Not a fault of the rule, but worth seeing when a name is mistyped.
+    #[error("`{expr}`: the lead has no field `{field}`")]
+    MissingField { expr: String, field: String },
 }
 
 /// What a predicate looks at: the lead's fields and the patch being applied, borrowed — CEL
@@ -122,6 +126,10 @@ impl Predicate {
             Ok(other) => Err(PredicateError::NotBool {
                 expr: self.source.clone(),
                 got: format!("{other:?}"),
+            }),
+            Err(ExecutionError::NoSuchKey(field)) => Err(PredicateError::MissingField {
+                expr: self.source.clone(),
+                field: field.to_string(),
             }),
             Err(e) => Err(PredicateError::Execution {
                 expr: self.source.clone(),
@@ -308,7 +316,14 @@ mod tests {
             .unwrap()
         );
         assert!(!eval("has(lead.score) && lead.score >= 60", json!({})).unwrap());
-        assert!(eval("lead.score >= 60", json!({})).is_err());
+        assert!(matches!(
+            eval("lead.score >= 60", json!({})),
+            Err(PredicateError::MissingField { field, .. }) if field == "score"
+        ));
+        assert!(matches!(
+            eval("lead.score > \"high\"", json!({"score": 3})),
+            Err(PredicateError::Execution { .. })
+        ));
         assert!(matches!(
             eval("lead.stage", json!({"stage": "x"})),
             Err(PredicateError::NotBool { .. })

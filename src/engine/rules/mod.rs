@@ -553,13 +553,21 @@ impl Rules {
     }
 
     /// The settings that apply to a lead: the first segment whose `when` holds, else the top
-    /// level. A `when` that cannot be evaluated does not match (`on_error` counts it).
-    pub fn settings_for(&self, facts: &Facts, mut on_error: impl FnMut(&str)) -> &Arc<Settings> {
+    /// level. A `when` that cannot be evaluated does not match; `on_error` hears of it, with
+    /// whether it was only a missing field.
+    pub fn settings_for(
+        &self,
+        facts: &Facts,
+        mut on_error: impl FnMut(&str, bool),
+    ) -> &Arc<Settings> {
         for s in &self.segments {
             match s.when.eval(&self.cel, facts) {
                 Ok(true) => return &s.settings,
                 Ok(false) => {}
-                Err(_) => on_error(&s.when.key),
+                Err(e) => on_error(
+                    &s.when.key,
+                    matches!(e, PredicateError::MissingField { .. }),
+                ),
             }
         }
         &self.base

@@ -87,7 +87,7 @@ fn the_full_sketch_compiles_with_segments_merged_over_the_top_level() {
     assert_eq!(base.recipients["queue"], ["sdr-queue@example.com"]);
     assert_eq!(base.disposition.as_ref().unwrap().detail_min_chars, 20);
 
-    let none = |_: &str| {};
+    let none = |_: &str, _: bool| {};
     let emea = rules.settings_for(&Facts::new(&fields(json!({"region": "EMEA"}))), none);
     assert_eq!(emea.segment.as_deref(), Some("emea"));
     assert_eq!(emea.calendar.as_ref().unwrap().name, "emea");
@@ -116,11 +116,12 @@ fn a_segment_when_that_errors_does_not_match_and_is_counted() {
     let rules = Rules::parse(FULL).unwrap();
     let mut errors = Vec::new();
     // `employees` is absent: the enterprise segment's comparison errors.
-    let s = rules.settings_for(&Facts::new(&fields(json!({"region": "US"}))), |k| {
-        errors.push(k.to_string())
-    });
+    let s = rules.settings_for(
+        &Facts::new(&fields(json!({"region": "US"}))),
+        |k, missing| errors.push((k.to_string(), missing)),
+    );
     assert!(s.segment.is_none());
-    assert_eq!(errors, ["segments[1].when"]);
+    assert_eq!(errors, [("segments[1].when".to_string(), true)]);
 }
 
 #[test]
