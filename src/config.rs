@@ -301,11 +301,15 @@ pub struct EngineConfig {
     /// Most events whose outputs are waiting for Kafka's acknowledgement at once.
     #[serde(default = "default_in_flight")]
     pub max_in_flight: usize,
-    /// A lead with nothing pending and no event for this long is dropped from the state
-    /// (tombstoned in `{prefix}.state`).
+    /// A lead that was closed, converted, deleted or merged, with nothing pending, is dropped from
+    /// the state (tombstoned in `{prefix}.state`) this long after it ended.
     #[serde(default = "default_retention")]
     #[eserde(compat)]
     pub state_retention: HumanDuration,
+    /// Any other lead with nothing pending is dropped after this long without an event.
+    #[serde(default = "default_idle_retention")]
+    #[eserde(compat)]
+    pub idle_retention: HumanDuration,
     /// How often leads past their retention are looked for.
     #[serde(default = "default_sweep")]
     #[eserde(compat)]
@@ -326,6 +330,7 @@ impl Default for EngineConfig {
         Self {
             max_in_flight: default_in_flight(),
             state_retention: default_retention(),
+            idle_retention: default_idle_retention(),
             sweep_interval: default_sweep(),
             restore_timeout: default_restore_timeout(),
             reorder_window: default_reorder_window(),
@@ -335,6 +340,9 @@ impl Default for EngineConfig {
 
 fn default_retention() -> HumanDuration {
     HumanDuration(Duration::from_secs(30 * 24 * 3600))
+}
+fn default_idle_retention() -> HumanDuration {
+    HumanDuration(Duration::from_secs(365 * 24 * 3600))
 }
 fn default_sweep() -> HumanDuration {
     HumanDuration(Duration::from_secs(60))

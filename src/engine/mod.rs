@@ -35,6 +35,15 @@ pub use state::{Closeout, Episode, Lead, LeadState, Logged};
 /// Default reorder window: how far back in event time a late event still takes its place.
 pub const DEFAULT_REORDER_WINDOW: Duration = Duration::from_secs(3600);
 
+/// How long a lead's state is kept once nothing is pending for it.
+#[derive(Debug, Clone, Copy)]
+pub struct Retention {
+    /// After it was closed, converted, deleted or merged.
+    pub ended: Duration,
+    /// After its last event, otherwise.
+    pub idle: Duration,
+}
+
 /// What applying an event did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Applied {
@@ -429,14 +438,18 @@ impl Engine {
         );
     }
 
-    /// Whether a lead can be dropped: nothing pending, and no event for `retention`.
-    pub fn expired(&self, state: &LeadState, now: Timestamp, retention: Duration) -> bool {
-        let retention = SignedDuration::try_from(retention).unwrap_or(SignedDuration::MAX);
-        self.next_deadline(state).is_none()
-            && state
-                .lead
-                .last_event_at
-                .is_none_or(|t| t.saturating_add(retention).unwrap_or(Timestamp::MAX) <= now)
+    /// Whether a lead can be dropped: nothing pending, and either it ended (closed, converted,
+    /// deleted, merged) `retention.ended` ago, or it has had no event for `retention.idle`.
+    pub fn expired(&self, state: &LeadState, now: Timestamp, retention: Retention) -> bool {
+        let past = |t: Option<Timestamp>, d: Duration| {
+            let d = SignedDuration::try_from(d).unwrap_or(SignedDuration::MAX);
+            t.is_some_and(|t| t.saturating_add(d).unwrap_or(Timestamp::MAX) <= now)
+        };
+        let lead = &state.lead;
+        let due = past(lead.ended_at, retention.ended)
+            || past(lead.last_event_at, retention.idle)
+            || lead.last_event_at.is_none();
+        due && self.next_deadline(state).is_none()
     }
 }
 

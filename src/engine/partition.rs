@@ -84,13 +84,13 @@ impl PartitionState {
         }
     }
 
-    /// Drops leads with nothing pending and no event for `retention`; returns their keys (to
+    /// Drops leads past their retention (see [`Engine::expired`]); returns their keys (to
     /// tombstone).
     pub fn expire(
         &mut self,
         engine: &Engine,
         now: Timestamp,
-        retention: std::time::Duration,
+        retention: super::Retention,
     ) -> Vec<String> {
         let gone: Vec<String> = self
             .leads

@@ -197,7 +197,7 @@ impl EngineRunner {
                     let now = Timestamp::now();
                     for (partition, p) in slots.iter_ready_mut() {
                         p.leads.settle(&self.engine, now);
-                        for lead in p.leads.expire(&self.engine, now, self.config.state_retention.0) {
+                        for lead in p.leads.expire(&self.engine, now, super::Retention { ended: self.config.state_retention.0, idle: self.config.idle_retention.0 }) {
                             tracing::debug!(partition, %lead, "lead state retention over; tombstoned");
                             self.spawn_tombstone(&mut firing, lead, &abandon);
                         }

@@ -438,19 +438,50 @@ fn a_deleted_or_merged_lead_owes_nothing_more() {
 }
 
 #[test]
-fn leads_with_nothing_pending_expire_after_the_retention() {
-    let e = engine();
+fn leads_with_nothing_pending_expire_after_their_retention() {
+    let e = engine_with(ALL_RULES);
     let mut p = PartitionState::default();
-    let mut quiet = update("q", "10:00:00", json!({"stage": "new"}));
-    quiet.lead = "L-quiet".into();
-    p.apply(&e, &quiet);
-    p.apply(&e, &ready_owned("10:00:00")); // L-1: a deadline pending at 14:00
     let day = std::time::Duration::from_secs(86_400);
-    assert!(p.expire(&e, t("12:00:00"), day).is_empty());
-    let tomorrow: Timestamp = "2026-11-23T10:00:00Z".parse().unwrap();
-    assert_eq!(p.expire(&e, tomorrow, day), ["L-quiet"]);
+    let retention = Retention {
+        ended: day,
+        idle: 10 * day,
+    };
+    let lead = |key: &str, mut ev: LeadEvent| {
+        ev.lead = key.into();
+        ev.id = format!("{key}-{}", ev.id);
+        ev
+    };
+    // Ended: converted, and deleted.
+    p.apply(&e, &lead("L-won", mql("10:00:00", Some("alice"))));
+    p.apply(
+        &e,
+        &lead(
+            "L-won",
+            update("c", "10:30:00", json!({"status": "Converted"})),
+        ),
+    );
+    let mut gone = update("d", "10:30:00", json!({}));
+    gone.change = Change::Deleted {};
+    p.apply(&e, &lead("L-gone", gone));
+    // Open and waiting on its rep (a deadline pending), and open but quiet (nurture).
+    p.apply(&e, &lead("L-open", mql("10:00:00", Some("alice"))));
+    p.apply(
+        &e,
+        &lead(
+            "L-nurture",
+            update("n", "10:00:00", json!({"stage": "nurture"})),
+        ),
+    );
+
+    assert!(p.expire(&e, at("+1d 10:29:59"), retention).is_empty());
+    let mut ended = p.expire(&e, at("+1d 10:30:00"), retention);
+    ended.sort();
+    assert_eq!(ended, ["L-gone", "L-won"]);
+    // A quiet lead that never ended is kept much longer, its fields intact for its next event.
+    assert!(p.expire(&e, at("+9d 10:00:00"), retention).is_empty());
+    assert_eq!(p.expire(&e, at("+10d 10:00:00"), retention), ["L-nurture"]);
     assert!(
-        p.lead("L-1").is_some(),
+        p.lead("L-open").is_some(),
         "a lead with a deadline pending is kept"
     );
 }
