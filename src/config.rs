@@ -469,7 +469,7 @@ pub enum SinkConfig {
         /// Escalations that suggest a new owner reassign the lead in Salesforce.
         #[serde(default)]
         apply_reassignment: bool,
-        /// The task is due this long after the alert (its ActivityDate is that day, UTC).
+        /// The task is due this long after the alert fired (its ActivityDate is that day, UTC).
         #[serde(default = "default_due_in")]
         #[eserde(compat)]
         due_in: HumanDuration0,

@@ -14,7 +14,6 @@
 
 use std::time::Duration;
 
-use jiff::Timestamp;
 use reqwest::Method;
 use reqwest::header::HeaderMap;
 use serde_json::{Value, json};
@@ -165,7 +164,7 @@ impl HubspotSink {
         }
         lines.push(format!("leadwatch alert id: {}", a.alert.id()));
         let mut properties = json!({
-            "hs_timestamp": (Timestamp::now() + self.due_in).to_string(),
+            "hs_timestamp": (a.alert.timestamp + self.due_in).to_string(),
             "hs_task_subject": truncate(&m.title, 255),
             "hs_task_body": truncate(&lines.join("\n"), 65_000),
             "hs_task_status": "NOT_STARTED",

@@ -14,7 +14,6 @@
 
 use std::time::Duration;
 
-use jiff::Timestamp;
 use reqwest::Method;
 use serde_json::{Value, json};
 use tokio::sync::Mutex;
@@ -252,7 +251,7 @@ impl SalesforceSink {
                 a.alert.id()
             ),
         };
-        let due = (Timestamp::now() + self.due_in)
+        let due = (a.alert.timestamp + self.due_in)
             .to_zoned(jiff::tz::TimeZone::UTC)
             .date();
         let mut lines = vec![m.text.clone(), String::new()];
