@@ -1208,4 +1208,72 @@ secret = "whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD"
             "{problems:?}"
         );
     }
+
+    #[test]
+    fn chat_and_crm_sinks_load_with_defaults_and_keep_their_secrets_out_of_debug() {
+        let dir = tempfile::tempdir().unwrap();
+        write(dir.path(), "rules.toml", RULES);
+        let path = write(
+            dir.path(),
+            "leadwatch.toml",
+            r#"
+roles = ["dispatch"]
+[dispatch]
+retry_schedule = ["1s", "1m"]
+[sinks.chat]
+kind = "slack"
+webhook_url = "https://hooks.slack.com/services/T0/B0/slacksecret"
+[sinks.ms]
+kind = "teams"
+webhook_url = "https://prod.westeurope.logic.azure.com/workflows/x?sig=teamssecret"
+[sinks.sf]
+kind = "salesforce"
+instance_url = "https://example.my.salesforce.com"
+token_url = "https://login.salesforce.com/services/oauth2/token"
+client_id = "cid"
+client_secret = "sfsecret"
+external_id_field = "Leadwatch_Alert_Id__c"
+apply_reassignment = true
+due_in = "1h"
+[sinks.hs]
+kind = "hubspot"
+token = "pat-na1-hubsecret"
+[[routes]]
+alerts = ["sla.*"]
+to = ["owner"]
+sinks = ["chat", "sf"]
+title = "{{ lead }}"
+"#,
+        );
+        let cfg = Config::load_with_env(&path, Vec::new()).unwrap();
+        assert_eq!(cfg.sinks["chat"].max_per_second(), Some(1.0));
+        assert_eq!(cfg.sinks["hs"].kind(), "hubspot");
+        match &cfg.sinks["hs"] {
+            SinkConfig::Hubspot { base_url, .. } => {
+                assert_eq!(base_url.as_str(), "https://api.hubapi.com/")
+            }
+            other => panic!("{other:?}"),
+        }
+        match &cfg.sinks["sf"] {
+            SinkConfig::Salesforce {
+                api_version,
+                due_in,
+                ..
+            } => {
+                assert_eq!(api_version, "62.0");
+                assert_eq!(due_in.0, Duration::from_secs(3600));
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(cfg.routes.len(), 1);
+        assert_eq!(
+            crate::dispatch::retry::Schedule::from(&cfg.dispatch).delays,
+            [Duration::from_secs(1), Duration::from_secs(60)]
+        );
+        let debug = format!("{cfg:?}");
+        for secret in ["slacksecret", "teamssecret", "sfsecret", "hubsecret"] {
+            assert!(!debug.contains(secret), "{secret} in {debug}");
+        }
+        assert!(debug.contains("hooks.slack.com"), "{debug}");
+    }
 }
