@@ -119,6 +119,9 @@ async fn slack_teams_salesforce_and_hubspot_get_what_their_apis_expect() {
             ("POST", "/services/data/v62.0/sobjects/Task") => {
                 Answer::new(201, r#"{"id":"00T000000000001","success":true,"errors":[]}"#)
             }
+            ("PATCH", p) if p.starts_with("/services/data/v62.0/sobjects/Lead/") => {
+                Answer::new(204, "")
+            }
             ("GET", "/services/data/v62.0/query") => {
                 Answer::new(200, r#"{"totalSize":0,"done":true,"records":[]}"#)
             }
@@ -165,6 +168,7 @@ instance_url = "{sf}"
 token_url = "{sf}/services/oauth2/token"
 client_id = "leadwatch-client"
 client_secret = "sfsecret"
+apply_reassignment = true
 [sinks.hubspot]
 kind = "hubspot"
 token = "pat-na1-hubsecret"
@@ -182,7 +186,7 @@ sinks = ["team_slack"]
 [[routes]]
 alerts = ["sla.first_touch.escalated"]
 to = ["manager"]
-sinks = ["teams", "hubspot"]
+sinks = ["teams", "hubspot", "crm"]
 title = "Escalated: {{{{ lead }}}} ({{{{ company }}}})"
 "#,
         slack = slack.base,
@@ -446,6 +450,44 @@ title = "Escalated: {{{{ lead }}}} ({{{{ company }}}})"
     );
     assert_eq!(content["actions"][0]["url"], c.data.link.clone().unwrap());
 
+    // The HubSpot contact's escalation also went to the Salesforce sink: not its lead, skipped.
+    wait_for(
+        "the HubSpot lead skipped by Salesforce",
+        PATIENCE,
+        || async {
+            daemon
+                .metric("leadwatch_alert_deliveries_total{sink=\"crm\",outcome=\"skipped\"}")
+                .await
+                == 1.0
+        },
+    )
+    .await;
+    assert_eq!(salesforce.count(), 7);
+
+    // An escalation of a Salesforce lead reassigns it, and the task goes to the new owner.
+    let mut e = alert("sla.first_touch.escalated", "salesforce:00Q5g00000E", 5);
+    e.data.suggested_owner = Some("005A0000009".into());
+    produce(kafka.bootstrap(), &e).await;
+    wait_for("the reassignment and its task", PATIENCE, || async {
+        delivered(&daemon, "crm").await >= 3.0 && delivered(&daemon, "teams").await >= 2.0
+    })
+    .await;
+    let sf = salesforce.requests();
+    assert_eq!(
+        lines(&sf[7..]),
+        [
+            "PATCH /services/data/v62.0/sobjects/Lead/00Q5g00000E",
+            "POST /services/data/v62.0/sobjects/Task",
+        ]
+    );
+    assert_eq!(sf[7].json(), serde_json::json!({"OwnerId": "005A0000009"}));
+    let task = sf[8].json();
+    assert_eq!(task["OwnerId"], "005A0000009");
+    assert_eq!(
+        task["Subject"],
+        format!("Escalated: Jane Doe (Acme) [{}]", e.id())
+    );
+
     // A close-out alert for marketing ops: no route takes it; logged and counted.
     let d = alert("disposition.late", "salesforce:00Q5g00000D", 4);
     produce(kafka.bootstrap(), &d).await;
@@ -463,13 +505,13 @@ title = "Escalated: {{{{ lead }}}} ({{{{ company }}}})"
         .await
         .unwrap();
     assert!(
-        metrics.contains("leadwatch_alert_delivery_latency_seconds_count{sink=\"crm\"} 2"),
+        metrics.contains("leadwatch_alert_delivery_latency_seconds_count{sink=\"crm\"} 3"),
         "{metrics}"
     );
     daemon.stop().await;
-    assert_eq!(salesforce.count(), 7);
-    assert_eq!(hubspot.count(), 5);
-    assert_eq!(teams.count(), 1);
+    assert_eq!(salesforce.count(), 9);
+    assert_eq!(hubspot.count(), 5, "the Salesforce lead is not HubSpot's");
+    assert_eq!(teams.count(), 2);
     assert_eq!(slack.count(), 3);
 }
 
