@@ -48,6 +48,9 @@ struct Args {
     /// Partitions of the topics.
     #[arg(long, default_value_t = 6)]
     partitions: i32,
+    /// librdkafka options for the daemon's clients, `key=value` (e.g. `fetch.wait.max.ms=10`).
+    #[arg(long = "kafka-option")]
+    kafka_options: Vec<String>,
 }
 
 /// (arrival, deadline) of every alert received.
@@ -102,6 +105,13 @@ async fn main() -> anyhow::Result<()> {
             args.within.as_millis()
         ),
     )?;
+    let mut options = String::new();
+    for o in &args.kafka_options {
+        let (k, v) = o
+            .split_once('=')
+            .ok_or_else(|| anyhow::anyhow!("--kafka-option takes key=value"))?;
+        options.push_str(&format!("\"{k}\" = \"{v}\"\n"));
+    }
     let config_path = dir.join("leadwatch.toml");
     std::fs::write(
         &config_path,
@@ -112,6 +122,8 @@ roles = {roles}
 brokers = "{bootstrap}"
 topic_prefix = "{PREFIX}"
 partitions = {partitions}
+[kafka.options]
+{options}
 [sources.web]
 kind = "generic"
 secret = "{SECRET}"
