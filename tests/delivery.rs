@@ -721,3 +721,82 @@ retry_schedule = ["300ms", "1s", "2s", "5s", "10s", "10s", "10s", "10s", "10s", 
     b.stop().await;
     assert_eq!(hook.count(), N as usize);
 }
+
+/// The daemon as a child process, killed with SIGKILL while its retry backlog waits for a
+/// receiver that is down: the next daemon delivers every alert, once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_with_a_retry_backlog_loses_and_doubles_nothing() {
+    use support::process::DaemonProcess;
+    const N: u32 = 8;
+    let kafka = kafka(2);
+    let down = std::net::SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let dir = tempfile::tempdir().unwrap();
+    let start = |name: &str| {
+        let port = free_port();
+        let config = dispatch_config(
+            kafka.bootstrap(),
+            "lwkill",
+            r#"retry_schedule = ["300ms", "1s", "2s", "5s", "10s", "10s", "10s", "10s", "10s", "10s"]"#,
+            &format!(
+                "[sinks.hook]\nkind = \"webhook\"\nurl = \"http://{down}/alerts\"\nsecret = \"{SINK_SECRET}\"\n"
+            ),
+        )
+        .replace("listen = \"127.0.0.1:0\"", &format!("listen = \"127.0.0.1:{port}\""));
+        DaemonProcess::start(dir.path(), name, port, &config, &rules_text("1h"))
+    };
+    let backlog = |d: &DaemonProcess| {
+        let url = d.url("/metrics");
+        async move {
+            let Ok(r) = reqwest::get(url).await else {
+                return -1.0;
+            };
+            let text = r.text().await.unwrap_or_default();
+            text.lines()
+                .find_map(|l| {
+                    l.strip_prefix("leadwatch_delivery_retry_backlog{sink=\"hook\"}")
+                        .and_then(|v| v.trim().parse::<f64>().ok())
+                })
+                .unwrap_or(-1.0)
+        }
+    };
+    let a = start("a");
+    wait_for("daemon a ready", PATIENCE, || a.ready()).await;
+    let alerts: Vec<Alert> = (0..N)
+        .map(|i| alert("sla.first_touch.breached", &format!("K-{i}"), 200 + i))
+        .collect();
+    for alert in &alerts {
+        produce(kafka.bootstrap(), alert).await;
+    }
+    wait_for("the backlog in daemon a", PATIENCE, || async {
+        backlog(&a).await == N as f64
+    })
+    .await;
+    a.kill();
+
+    let b = start("b");
+    wait_for("the backlog restored in daemon b", PATIENCE, || async {
+        backlog(&b).await == N as f64
+    })
+    .await;
+    let hook = Api::start_on(down, |_, _| Answer::new(204, "")).await;
+    wait_for(
+        "every alert once the receiver is back",
+        PATIENCE,
+        || async { hook.count() >= N as usize },
+    )
+    .await;
+    wait_for("the backlog to empty", PATIENCE, || async {
+        backlog(&b).await == 0.0
+    })
+    .await;
+    b.terminate();
+    let mut ids: Vec<String> = hook
+        .requests()
+        .iter()
+        .map(|r| r.header("webhook-id").to_string())
+        .collect();
+    ids.sort();
+    let mut want: Vec<String> = alerts.iter().map(|a| a.id().to_string()).collect();
+    want.sort();
+    assert_eq!(ids, want, "each alert exactly once");
+}
