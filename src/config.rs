@@ -3,6 +3,10 @@
 //! (not just the first), then validated as a whole. `leadwatch check-config` prints the problems
 //! one per line as `<file>:<key.path>: <message>` and exits 64.
 
+// `SinkConfig` (and the type eserde derives from it) has one large variant: it is loaded once
+// at start, so a few hundred bytes per sink do not matter.
+#![allow(clippy::large_enum_variant)]
+
 use std::collections::BTreeMap;
 use std::fmt;
 use std::net::SocketAddr;
@@ -457,8 +461,22 @@ pub enum SinkConfig {
         #[eserde(compat)]
         token_url: Url,
         client_id: String,
+        /// The client-credentials flow: the connected app's secret.
+        #[serde(default)]
         #[eserde(compat)]
-        client_secret: SecretString,
+        client_secret: Option<SecretString>,
+        /// The JWT bearer flow instead (no secret): the user the integration acts as …
+        #[serde(default)]
+        username: Option<String>,
+        /// … and the PEM of the RSA key whose certificate the connected app holds (from the
+        /// environment, e.g. `LEADWATCH__SINKS__CRM__PRIVATE_KEY`, rather than the file).
+        #[serde(default)]
+        #[eserde(compat)]
+        private_key: Option<SecretString>,
+        /// The JWT's audience: `https://login.salesforce.com`, or `https://test.salesforce.com`
+        /// for a sandbox.
+        #[serde(default = "default_salesforce_audience")]
+        audience: String,
         #[serde(default = "default_salesforce_version")]
         api_version: String,
         /// A unique external-id field on Task (e.g. `Leadwatch_Alert_Id__c`): tasks are upserted
@@ -506,6 +524,9 @@ fn default_teams_rate() -> Option<f64> {
 }
 fn default_hubspot_rate() -> Option<f64> {
     Some(9.0)
+}
+fn default_salesforce_audience() -> String {
+    "https://login.salesforce.com".into()
 }
 fn default_salesforce_version() -> String {
     "62.0".into()

@@ -800,3 +800,95 @@ async fn kill_9_with_a_retry_backlog_loses_and_doubles_nothing() {
     want.sort();
     assert_eq!(ids, want, "each alert exactly once");
 }
+
+/// The JWT bearer flow, sink alone (no Kafka): the token endpoint gets an RS256 assertion its
+/// public key verifies, and the task goes out with the token it answered.
+#[tokio::test]
+async fn salesforce_jwt_bearer_gets_its_token_with_a_signed_assertion() {
+    use base64::Engine as _;
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    use leadwatch::config::SinkConfig;
+    use leadwatch::dispatch::sinks::{Attempt, Delivered, Sink};
+    use leadwatch::dispatch::template::{Style, Templates};
+
+    let rsa = openssl::rsa::Rsa::generate(2048).unwrap();
+    let pem = String::from_utf8(rsa.private_key_to_pem().unwrap()).unwrap();
+    let public =
+        openssl::pkey::PKey::public_key_from_pem(&rsa.public_key_to_pem().unwrap()).unwrap();
+    let salesforce = Api::start(move |r, _| match r.path.as_str() {
+        "/services/oauth2/token" => {
+            let form: BTreeMap<String, String> =
+                url::form_urlencoded::parse(&r.body).into_owned().collect();
+            let jwt = form.get("assertion").cloned().unwrap_or_default();
+            let parts: Vec<&str> = jwt.split('.').collect();
+            let verified = parts.len() == 3 && {
+                let mut v =
+                    openssl::sign::Verifier::new(openssl::hash::MessageDigest::sha256(), &public)
+                        .unwrap();
+                v.update(format!("{}.{}", parts[0], parts[1]).as_bytes())
+                    .unwrap();
+                v.verify(&URL_SAFE_NO_PAD.decode(parts[2]).unwrap_or_default())
+                    .unwrap_or(false)
+            };
+            if form.get("grant_type").map(String::as_str)
+                == Some("urn:ietf:params:oauth:grant-type:jwt-bearer")
+                && verified
+            {
+                Answer::new(200, r#"{"access_token":"jwt-token","token_type":"Bearer"}"#)
+            } else {
+                Answer::new(400, r#"{"error":"invalid_grant"}"#)
+            }
+        }
+        "/services/data/v62.0/sobjects/Task" => Answer::new(201, r#"{"id":"00T1","success":true}"#),
+        _ => Answer::new(404, ""),
+    })
+    .await;
+    let cfg: SinkConfig = serde_json::from_value(serde_json::json!({
+        "kind": "salesforce",
+        "instance_url": salesforce.base,
+        "token_url": format!("{}/services/oauth2/token", salesforce.base),
+        "client_id": "3MVG9-client",
+        "username": "integration@example.com",
+        "private_key": pem,
+    }))
+    .unwrap();
+    assert!(leadwatch::dispatch::sinks::check_config(&cfg).is_empty());
+    assert!(!format!("{cfg:?}").contains("PRIVATE KEY"));
+    let sink = Sink::from_config(&cfg, reqwest::Client::new());
+    let alert = sample_alert("sla.first_touch.breached");
+    let message = Templates::new(&[])
+        .unwrap()
+        .render(&alert, None, Style::Plain);
+    let body = bytes::Bytes::from(serde_json::to_vec(&alert).unwrap());
+    let outcome = sink
+        .deliver(&Attempt {
+            alert: &alert,
+            body: &body,
+            attempt: 1,
+            message: &message,
+        })
+        .await;
+    assert_eq!(outcome.unwrap(), Delivered::Sent);
+    let got = salesforce.requests();
+    assert_eq!(
+        lines(&got),
+        [
+            "POST /services/oauth2/token",
+            "POST /services/data/v62.0/sobjects/Task"
+        ]
+    );
+    let form: BTreeMap<String, String> = url::form_urlencoded::parse(&got[0].body)
+        .into_owned()
+        .collect();
+    assert!(!form.contains_key("client_secret"));
+    let claims: serde_json::Value = serde_json::from_slice(
+        &URL_SAFE_NO_PAD
+            .decode(form["assertion"].split('.').nth(1).unwrap())
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(claims["iss"], "3MVG9-client");
+    assert_eq!(claims["sub"], "integration@example.com");
+    assert_eq!(claims["aud"], "https://login.salesforce.com");
+    assert_eq!(got[1].header("authorization"), "Bearer jwt-token");
+}

@@ -114,7 +114,7 @@ pub enum Sink {
     Log,
     Slack(slack::SlackSink),
     Teams(teams::TeamsSink),
-    Salesforce(salesforce::SalesforceSink),
+    Salesforce(Box<salesforce::SalesforceSink>),
     Hubspot(hubspot::HubspotSink),
 }
 
@@ -139,9 +139,9 @@ impl Sink {
             SinkConfig::Teams { webhook_url, .. } => {
                 Sink::Teams(teams::TeamsSink::new(webhook_url.clone(), client))
             }
-            SinkConfig::Salesforce { .. } => {
-                Sink::Salesforce(salesforce::SalesforceSink::from_config(cfg, client))
-            }
+            SinkConfig::Salesforce { .. } => Sink::Salesforce(Box::new(
+                salesforce::SalesforceSink::from_config(cfg, client),
+            )),
             SinkConfig::Hubspot { .. } => {
                 Sink::Hubspot(hubspot::HubspotSink::from_config(cfg, client))
             }
@@ -195,8 +195,37 @@ pub fn check_config(cfg: &SinkConfig) -> Vec<(String, String)> {
             token_url,
             api_version,
             external_id_field,
+            client_secret,
+            username,
+            private_key,
             ..
         } => {
+            match (client_secret, private_key) {
+                (Some(_), Some(_)) => problems.push((
+                    "private_key".into(),
+                    "give `client_secret` (client credentials) or `private_key` (JWT bearer), \
+                     not both"
+                        .into(),
+                )),
+                (None, None) => problems.push((
+                    "client_secret".into(),
+                    "give `client_secret` (client credentials) or `username` and `private_key` \
+                     (JWT bearer)"
+                        .into(),
+                )),
+                (None, Some(key)) => {
+                    if username.as_deref().is_none_or(|u| u.trim().is_empty()) {
+                        problems.push((
+                            "username".into(),
+                            "the JWT bearer flow needs the username the integration acts as".into(),
+                        ));
+                    }
+                    if let Err(e) = salesforce::RsaKey::from_pem(&key.0) {
+                        problems.push(("private_key".into(), e));
+                    }
+                }
+                (Some(_), None) => {}
+            }
             for (key, url) in [("instance_url", instance_url), ("token_url", token_url)] {
                 if !matches!(url.scheme(), "http" | "https") {
                     problems.push((key.into(), "must be an http or https URL".into()));
@@ -283,5 +312,49 @@ pub fn truncate(s: &str, max: usize) -> String {
         let mut t: String = s.chars().take(max.saturating_sub(1)).collect();
         t.push('…');
         t
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn salesforce(extra: serde_json::Value) -> SinkConfig {
+        let mut v = serde_json::json!({
+            "kind": "salesforce",
+            "instance_url": "https://example.my.salesforce.com",
+            "token_url": "https://login.salesforce.com/services/oauth2/token",
+            "client_id": "cid",
+        });
+        v.as_object_mut()
+            .unwrap()
+            .extend(extra.as_object().unwrap().clone());
+        serde_json::from_value(v).unwrap()
+    }
+
+    fn keys(cfg: &SinkConfig) -> Vec<String> {
+        check_config(cfg).into_iter().map(|(k, _)| k).collect()
+    }
+
+    #[test]
+    fn salesforce_needs_exactly_one_way_to_its_token() {
+        assert!(keys(&salesforce(serde_json::json!({"client_secret": "s"}))).is_empty());
+        assert_eq!(keys(&salesforce(serde_json::json!({}))), ["client_secret"]);
+        assert_eq!(
+            keys(&salesforce(
+                serde_json::json!({"client_secret": "s", "private_key": "k"})
+            )),
+            ["private_key"]
+        );
+        assert_eq!(
+            keys(&salesforce(serde_json::json!({"private_key": "not a key"}))),
+            ["username", "private_key"]
+        );
+        assert_eq!(
+            keys(&salesforce(
+                serde_json::json!({"client_secret": "s", "api_version": "v62", "external_id_field": "x-y", "max_per_second": 0.0})
+            )),
+            ["max_per_second", "api_version", "external_id_field"]
+        );
     }
 }

@@ -1,8 +1,10 @@
 //! Salesforce: a Task on the lead through the REST API, authenticated with the OAuth 2.0
 //! client-credentials flow.
 //!
-//! - The access token is fetched from `token_url`, cached, and refreshed once when Salesforce
-//!   answers 401 (an expired session); a second 401 is permanent.
+//! - The access token is fetched from `token_url` with the client-credentials flow
+//!   (`client_secret`) or the JWT bearer flow (`username` + `private_key`: an RS256-signed
+//!   assertion, no secret on the wire), cached, and refreshed once when Salesforce answers 401
+//!   (an expired session); a second 401 is permanent.
 //! - `403 REQUEST_LIMIT_EXCEEDED` (the org's daily API limit) is retriable: it backs off, it is
 //!   never dropped.
 //! - Idempotency: with `external_id_field` the task is upserted by alert id
@@ -19,6 +21,10 @@ use serde_json::{Value, json};
 use tokio::sync::Mutex;
 use url::Url;
 
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use jiff::Timestamp;
+
 use super::{Attempt, Delivered, DeliveryError, truncate};
 use crate::alert::split_lead_key;
 use crate::config::{SecretString, SinkConfig};
@@ -28,7 +34,7 @@ pub struct SalesforceSink {
     instance_url: Url,
     token_url: Url,
     client_id: String,
-    client_secret: SecretString,
+    auth: Auth,
     api_version: String,
     external_id_field: Option<String>,
     apply_reassignment: bool,
@@ -45,6 +51,9 @@ impl SalesforceSink {
             token_url,
             client_id,
             client_secret,
+            username,
+            private_key,
+            audience,
             api_version,
             external_id_field,
             apply_reassignment,
@@ -58,7 +67,16 @@ impl SalesforceSink {
             instance_url: instance_url.clone(),
             token_url: token_url.clone(),
             client_id: client_id.clone(),
-            client_secret: client_secret.clone(),
+            auth: match (client_secret, private_key) {
+                (_, Some(pem)) => Auth::JwtBearer {
+                    username: username.clone().unwrap_or_default(),
+                    key: RsaKey::from_pem(&pem.0).expect("checked when the config loaded"),
+                    audience: audience.clone(),
+                },
+                (secret, None) => {
+                    Auth::ClientCredentials(secret.clone().unwrap_or(SecretString(String::new())))
+                }
+            },
             api_version: api_version.clone(),
             external_id_field: external_id_field.clone(),
             apply_reassignment: *apply_reassignment,
@@ -87,11 +105,7 @@ impl SalesforceSink {
         let response = self
             .client
             .post(self.token_url.clone())
-            .form(&[
-                ("grant_type", "client_credentials"),
-                ("client_id", self.client_id.as_str()),
-                ("client_secret", self.client_secret.0.as_str()),
-            ])
+            .form(&self.token_form()?)
             .send()
             .await
             .map_err(|e| DeliveryError::transport(&what, e))?;
@@ -110,6 +124,32 @@ impl SalesforceSink {
             .to_string();
         *cached = Some(token.clone());
         Ok(token)
+    }
+
+    /// The token request's form for the configured flow.
+    fn token_form(&self) -> Result<Vec<(&'static str, String)>, DeliveryError> {
+        Ok(match &self.auth {
+            Auth::ClientCredentials(secret) => vec![
+                ("grant_type", "client_credentials".into()),
+                ("client_id", self.client_id.clone()),
+                ("client_secret", secret.0.clone()),
+            ],
+            Auth::JwtBearer {
+                username,
+                key,
+                audience,
+            } => vec![
+                (
+                    "grant_type",
+                    "urn:ietf:params:oauth:grant-type:jwt-bearer".into(),
+                ),
+                (
+                    "assertion",
+                    key.assertion(&self.client_id, username, audience, Timestamp::now())
+                        .map_err(DeliveryError::permanent)?,
+                ),
+            ],
+        })
     }
 
     /// Forgets `used` if it is still the cached token (another request may have refreshed it).
@@ -284,4 +324,114 @@ impl SalesforceSink {
 
 fn soql_escape(s: &str) -> String {
     s.replace('\\', "\\\\").replace('\'', "\\'")
+}
+
+/// How the sink gets its access token.
+enum Auth {
+    ClientCredentials(SecretString),
+    JwtBearer {
+        username: String,
+        key: RsaKey,
+        audience: String,
+    },
+}
+
+/// The RSA key that signs JWT bearer assertions. Its `Debug` shows nothing of it.
+pub struct RsaKey(openssl::pkey::PKey<openssl::pkey::Private>);
+
+impl std::fmt::Debug for RsaKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("RsaKey(<redacted>)")
+    }
+}
+
+impl RsaKey {
+    /// From a PEM (PKCS#1 or PKCS#8); the error never repeats the key.
+    pub fn from_pem(pem: &str) -> Result<Self, String> {
+        let key = openssl::pkey::PKey::private_key_from_pem(pem.trim().as_bytes())
+            .map_err(|_| "is not a PEM-encoded private key".to_string())?;
+        if key.rsa().is_err() {
+            return Err("must be an RSA key (Salesforce signs with RS256)".into());
+        }
+        Ok(Self(key))
+    }
+
+    /// The signed assertion of the OAuth 2.0 JWT bearer flow: `iss` the connected app's client
+    /// id, `sub` the user, `aud` the login URL, valid for three minutes.
+    pub fn assertion(
+        &self,
+        client_id: &str,
+        username: &str,
+        audience: &str,
+        now: Timestamp,
+    ) -> Result<String, String> {
+        let header = URL_SAFE_NO_PAD.encode(br#"{"alg":"RS256"}"#);
+        let claims = json!({
+            "iss": client_id,
+            "sub": username,
+            "aud": audience,
+            "exp": now.as_second() + 180,
+        });
+        let claims = URL_SAFE_NO_PAD.encode(claims.to_string());
+        let signed = format!("{header}.{claims}");
+        let mut signer =
+            openssl::sign::Signer::new(openssl::hash::MessageDigest::sha256(), &self.0)
+                .map_err(|e| format!("signing the assertion: {e}"))?;
+        signer
+            .update(signed.as_bytes())
+            .map_err(|e| format!("signing the assertion: {e}"))?;
+        let signature = signer
+            .sign_to_vec()
+            .map_err(|e| format!("signing the assertion: {e}"))?;
+        Ok(format!("{signed}.{}", URL_SAFE_NO_PAD.encode(signature)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_assertion_is_an_rs256_jwt_the_public_key_verifies() {
+        let rsa = openssl::rsa::Rsa::generate(2048).unwrap();
+        let pem = String::from_utf8(rsa.private_key_to_pem().unwrap()).unwrap();
+        let key = RsaKey::from_pem(&pem).unwrap();
+        let now = Timestamp::from_second(1_800_000_000).unwrap();
+        let jwt = key
+            .assertion(
+                "3MVG9-client",
+                "integration@example.com",
+                "https://login.salesforce.com",
+                now,
+            )
+            .unwrap();
+        let parts: Vec<&str> = jwt.split('.').collect();
+        assert_eq!(parts.len(), 3);
+        let header: Value =
+            serde_json::from_slice(&URL_SAFE_NO_PAD.decode(parts[0]).unwrap()).unwrap();
+        assert_eq!(header, json!({"alg": "RS256"}));
+        let claims: Value =
+            serde_json::from_slice(&URL_SAFE_NO_PAD.decode(parts[1]).unwrap()).unwrap();
+        assert_eq!(
+            claims,
+            json!({"iss": "3MVG9-client", "sub": "integration@example.com", "aud": "https://login.salesforce.com", "exp": 1_800_000_180})
+        );
+        let public =
+            openssl::pkey::PKey::public_key_from_pem(&rsa.public_key_to_pem().unwrap()).unwrap();
+        let mut verifier =
+            openssl::sign::Verifier::new(openssl::hash::MessageDigest::sha256(), &public).unwrap();
+        verifier
+            .update(format!("{}.{}", parts[0], parts[1]).as_bytes())
+            .unwrap();
+        assert!(
+            verifier
+                .verify(&URL_SAFE_NO_PAD.decode(parts[2]).unwrap())
+                .unwrap()
+        );
+        assert!(format!("{key:?}").contains("redacted"));
+        assert!(
+            RsaKey::from_pem("-----BEGIN PRIVATE KEY-----\nnope\n-----END PRIVATE KEY-----")
+                .is_err()
+        );
+    }
 }
