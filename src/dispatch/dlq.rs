@@ -129,12 +129,13 @@ fn read_new(
     let mut done = TopicPartitionList::new();
     for e in committed.elements() {
         let p = e.partition();
-        let (_, high) = consumer
+        let (low, high) = consumer
             .fetch_watermarks(topic, p, timeout)
             .context("reading the dead-letter topic's end")?;
+        // From where the last replay stopped, or the oldest letter retention kept.
         let start = match e.offset() {
-            Offset::Offset(o) => o,
-            _ => 0,
+            Offset::Offset(o) => o.max(low),
+            _ => low,
         };
         done.add_partition_offset(topic, p, Offset::Offset(high))?;
         if start < high {
