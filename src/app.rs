@@ -14,7 +14,6 @@ use crate::bus::producer::Producer;
 use crate::bus::{self, Topics, admin};
 use crate::config::Config;
 use crate::dispatch::Dispatcher;
-use crate::dispatch::retry::RetryPolicy;
 use crate::engine::Engine;
 use crate::engine::rules::Rules;
 use crate::engine::runner::EngineRunner;
@@ -138,19 +137,14 @@ pub async fn run_with_reloads(
         ));
     }
     if config.roles.dispatch {
-        let sinks = Dispatcher::sinks_from_config(&config.sinks, &config.dispatch)
-            .context("building the HTTP client for sinks")?;
-        let dispatcher = Dispatcher {
-            sinks: Arc::new(sinks),
-            policy: RetryPolicy::from(&config.dispatch),
-            producer: producer.clone(),
-            restore_timeout: config.engine.restore_timeout.0,
-            base: base.clone(),
-            kafka: config.kafka.clone(),
-            topics: topics.clone(),
-            config: config.dispatch.clone(),
-            metrics: metrics.clone(),
-        };
+        let dispatcher = Dispatcher::new(
+            &config,
+            producer.clone(),
+            base.clone(),
+            topics.clone(),
+            metrics.clone(),
+        )
+        .context("building the sinks")?;
         let stop = stop_work.clone();
         workers.push((
             "dispatch",

@@ -3,6 +3,10 @@
 //! (not just the first), then validated as a whole. `leadwatch check-config` prints the problems
 //! one per line as `<file>:<key.path>: <message>` and exits 64.
 
+// `SinkConfig` (and the type eserde derives from it) has one large variant: it is loaded once
+// at start, so a few hundred bytes per sink do not matter.
+#![allow(clippy::large_enum_variant)]
+
 use std::collections::BTreeMap;
 use std::fmt;
 use std::net::SocketAddr;
@@ -47,6 +51,8 @@ pub struct Config {
     pub shutdown_grace: Duration,
     pub sources: BTreeMap<String, SourceConfig>,
     pub sinks: BTreeMap<String, SinkConfig>,
+    /// `[[routes]]`, checked against the sinks and alert types, templates compiled and tried.
+    pub routes: Vec<RouteConfig>,
     /// Where the rules were read from (resolved against the config file's folder).
     pub rules_path: PathBuf,
     pub rules: Rules,
@@ -78,6 +84,9 @@ struct RawConfig {
     sources: BTreeMap<String, SourceConfig>,
     #[serde(default)]
     sinks: BTreeMap<String, SinkConfig>,
+    /// Which alerts go to which sinks; none: every alert to every sink.
+    #[serde(default)]
+    routes: Vec<RouteConfig>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, eserde::Deserialize)]
@@ -362,23 +371,40 @@ fn default_in_flight() -> usize {
 #[derive(Debug, Clone, eserde::Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DispatchConfig {
-    /// Most alerts being delivered at once.
+    /// Most alerts being fanned out to their sinks at once (each waits until every sink has it,
+    /// or has it durably queued for a retry, before its offset is stored).
     #[serde(default = "default_dispatch_in_flight")]
     pub max_in_flight: usize,
     /// Timeout of one HTTP request to a sink.
     #[serde(default = "default_request_timeout")]
     #[eserde(compat)]
     pub request_timeout: HumanDuration,
-    /// First retry delay; doubles (with jitter) up to `retry_max_delay`.
-    #[serde(default = "default_retry_min")]
+    /// Requests one sink may have open at once.
+    #[serde(default = "default_sink_concurrency")]
+    pub sink_concurrency: usize,
+    /// Delays before each retry after the first attempt (which is immediate); after the last one
+    /// fails the alert is dead-lettered for that sink. Default: 5s, 5m, 30m, 2h, 5h, 10h, 10h
+    /// (about 28 hours in all).
+    #[serde(default)]
     #[eserde(compat)]
-    pub retry_min_delay: HumanDuration,
-    #[serde(default = "default_retry_max")]
+    pub retry_schedule: Option<Vec<HumanDuration>>,
+    /// The older exponential form, instead of `retry_schedule`: the first retry delay, doubling
+    /// up to `retry_max_delay`, `max_retries` times.
+    #[serde(default)]
     #[eserde(compat)]
-    pub retry_max_delay: HumanDuration,
-    /// Retries after the first attempt before an alert is given up for that sink.
-    #[serde(default = "default_retries")]
-    pub max_retries: usize,
+    pub retry_min_delay: Option<HumanDuration>,
+    #[serde(default)]
+    #[eserde(compat)]
+    pub retry_max_delay: Option<HumanDuration>,
+    #[serde(default)]
+    pub max_retries: Option<usize>,
+    /// Each delay is moved by up to this fraction either way, so retries of many alerts spread.
+    #[serde(default = "default_retry_jitter")]
+    pub retry_jitter: f64,
+    /// The longest `Retry-After` honoured; a sink asking for more gets this.
+    #[serde(default = "default_max_retry_after")]
+    #[eserde(compat)]
+    pub max_retry_after: HumanDuration,
 }
 
 impl Default for DispatchConfig {
@@ -386,9 +412,13 @@ impl Default for DispatchConfig {
         Self {
             max_in_flight: default_dispatch_in_flight(),
             request_timeout: default_request_timeout(),
-            retry_min_delay: default_retry_min(),
-            retry_max_delay: default_retry_max(),
-            max_retries: default_retries(),
+            sink_concurrency: default_sink_concurrency(),
+            retry_schedule: None,
+            retry_min_delay: None,
+            retry_max_delay: None,
+            max_retries: None,
+            retry_jitter: default_retry_jitter(),
+            max_retry_after: default_max_retry_after(),
         }
     }
 }
@@ -399,14 +429,14 @@ fn default_dispatch_in_flight() -> usize {
 fn default_request_timeout() -> HumanDuration {
     HumanDuration(Duration::from_secs(10))
 }
-fn default_retry_min() -> HumanDuration {
-    HumanDuration(Duration::from_secs(1))
+fn default_sink_concurrency() -> usize {
+    16
 }
-fn default_retry_max() -> HumanDuration {
-    HumanDuration(Duration::from_secs(300))
+fn default_retry_jitter() -> f64 {
+    0.2
 }
-fn default_retries() -> usize {
-    20
+fn default_max_retry_after() -> HumanDuration {
+    HumanDuration(Duration::from_secs(3600))
 }
 
 /// A webhook endpoint, `POST /webhooks/NAME`. Every kind takes `link` (a template of a link
@@ -691,9 +721,232 @@ pub enum SinkConfig {
         url: Url,
         #[eserde(compat)]
         secret: Secrets,
+        /// At most this many requests per second (none: no limit).
+        #[serde(default)]
+        max_per_second: Option<f64>,
     },
     /// One JSON line per alert on stdout.
     Log {},
+    /// A Slack incoming webhook: text plus blocks, the recipient mentioned.
+    Slack {
+        /// `https://hooks.slack.com/services/…` (a secret: whoever has it can post).
+        #[eserde(compat)]
+        webhook_url: SecretUrl,
+        /// Slack allows one message per second per webhook; bursts wait their turn.
+        #[serde(default = "default_slack_rate")]
+        max_per_second: Option<f64>,
+    },
+    /// A Microsoft Teams Workflows webhook ("Post to a channel when a webhook request is
+    /// received"), carrying an Adaptive Card.
+    Teams {
+        /// The workflow's HTTP trigger URL (a secret: it carries its signature).
+        #[eserde(compat)]
+        webhook_url: SecretUrl,
+        #[serde(default = "default_teams_rate")]
+        max_per_second: Option<f64>,
+    },
+    /// A Task on the lead in Salesforce (REST API), OAuth 2.0 client credentials.
+    Salesforce {
+        /// `https://yourorg.my.salesforce.com`
+        #[eserde(compat)]
+        instance_url: Url,
+        /// `https://login.salesforce.com/services/oauth2/token` or the org's My Domain.
+        #[eserde(compat)]
+        token_url: Url,
+        client_id: String,
+        /// The client-credentials flow: the connected app's secret.
+        #[serde(default)]
+        #[eserde(compat)]
+        client_secret: Option<SecretString>,
+        /// The JWT bearer flow instead (no secret): the user the integration acts as …
+        #[serde(default)]
+        username: Option<String>,
+        /// … and the PEM of the RSA key whose certificate the connected app holds (from the
+        /// environment, e.g. `LEADWATCH__SINKS__CRM__PRIVATE_KEY`, rather than the file).
+        #[serde(default)]
+        #[eserde(compat)]
+        private_key: Option<SecretString>,
+        /// The JWT's audience: `https://login.salesforce.com`, or `https://test.salesforce.com`
+        /// for a sandbox.
+        #[serde(default = "default_salesforce_audience")]
+        audience: String,
+        #[serde(default = "default_salesforce_version")]
+        api_version: String,
+        /// A unique external-id field on Task (e.g. `Leadwatch_Alert_Id__c`): tasks are upserted
+        /// by alert id, so no retry or replay can create a second one. Without it the alert id is
+        /// put in the Subject and looked up (SOQL) before a retry creates the task again.
+        #[serde(default)]
+        external_id_field: Option<String>,
+        /// Escalations that suggest a new owner reassign the lead in Salesforce.
+        #[serde(default)]
+        apply_reassignment: bool,
+        /// The task is due this long after the alert fired (its ActivityDate is that day, UTC).
+        #[serde(default = "default_due_in")]
+        #[eserde(compat)]
+        due_in: HumanDuration0,
+        #[serde(default)]
+        max_per_second: Option<f64>,
+    },
+    /// A task associated with the contact in HubSpot (CRM v3), private-app token.
+    Hubspot {
+        #[eserde(compat)]
+        token: SecretString,
+        #[serde(default = "default_hubspot_url")]
+        #[eserde(compat)]
+        base_url: Url,
+        /// A task property holding the alert id (searched before a retry re-creates the task);
+        /// without it the id is written into the task body and searched there.
+        #[serde(default)]
+        alert_id_property: Option<String>,
+        #[serde(default)]
+        apply_reassignment: bool,
+        #[serde(default = "default_due_in")]
+        #[eserde(compat)]
+        due_in: HumanDuration0,
+        /// HubSpot allows 100–190 requests per 10 s per app; stay under it.
+        #[serde(default = "default_hubspot_rate")]
+        max_per_second: Option<f64>,
+    },
+}
+
+fn default_slack_rate() -> Option<f64> {
+    Some(1.0)
+}
+fn default_teams_rate() -> Option<f64> {
+    Some(4.0)
+}
+fn default_hubspot_rate() -> Option<f64> {
+    Some(9.0)
+}
+fn default_salesforce_audience() -> String {
+    "https://login.salesforce.com".into()
+}
+fn default_salesforce_version() -> String {
+    "62.0".into()
+}
+fn default_due_in() -> HumanDuration0 {
+    HumanDuration0(Duration::ZERO)
+}
+fn default_hubspot_url() -> Url {
+    Url::parse("https://api.hubapi.com").expect("a valid URL")
+}
+
+impl SinkConfig {
+    /// The `kind` as written in the file.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            SinkConfig::Webhook { .. } => "webhook",
+            SinkConfig::Log {} => "log",
+            SinkConfig::Slack { .. } => "slack",
+            SinkConfig::Teams { .. } => "teams",
+            SinkConfig::Salesforce { .. } => "salesforce",
+            SinkConfig::Hubspot { .. } => "hubspot",
+        }
+    }
+
+    /// The configured request rate limit, if any.
+    pub fn max_per_second(&self) -> Option<f64> {
+        match self {
+            SinkConfig::Webhook { max_per_second, .. }
+            | SinkConfig::Slack { max_per_second, .. }
+            | SinkConfig::Teams { max_per_second, .. }
+            | SinkConfig::Salesforce { max_per_second, .. }
+            | SinkConfig::Hubspot { max_per_second, .. } => *max_per_second,
+            SinkConfig::Log {} => None,
+        }
+    }
+}
+
+/// Which alerts go to which sinks (`[[routes]]`).
+#[derive(Debug, Clone, Default, eserde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteConfig {
+    /// Alert types (`sla.first_touch.breached`, or a prefix such as `disposition.*`); empty:
+    /// every type.
+    #[serde(default)]
+    pub alerts: Vec<String>,
+    /// Roles the alert must be addressed to (any of them; `data.to`); empty: any.
+    #[serde(default)]
+    pub to: Vec<String>,
+    /// Sinks (names of `[sinks.NAME]`).
+    pub sinks: Vec<String>,
+    /// A minijinja template for the message's title (chat header, CRM task subject).
+    #[serde(default)]
+    pub title: Option<String>,
+    /// A minijinja template for the message's text (chat body, CRM task description).
+    #[serde(default)]
+    pub text: Option<String>,
+}
+
+/// A secret string (a token, a client secret): never shown in `Debug` or logs.
+#[derive(Clone, PartialEq, Eq)]
+pub struct SecretString(pub String);
+
+impl fmt::Debug for SecretString {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+impl<'de> Deserialize<'de> for SecretString {
+    fn deserialize<D: serde::Deserializer<'de>>(de: D) -> Result<Self, D::Error> {
+        let s =
+            String::deserialize(de).map_err(|_| serde::de::Error::custom("expected a string"))?;
+        if s.trim().is_empty() {
+            return Err(serde::de::Error::custom("must not be empty"));
+        }
+        Ok(SecretString(s))
+    }
+}
+
+/// A URL that is itself a secret (Slack and Teams webhook URLs): `Debug` shows the host only.
+#[derive(Clone, PartialEq, Eq)]
+pub struct SecretUrl(pub Url);
+
+impl fmt::Debug for SecretUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "SecretUrl({})", self.redacted())
+    }
+}
+
+impl SecretUrl {
+    /// `scheme://host/…`: what may be logged.
+    pub fn redacted(&self) -> String {
+        format!(
+            "{}://{}/…",
+            self.0.scheme(),
+            self.0.host_str().unwrap_or("")
+        )
+    }
+}
+
+impl<'de> Deserialize<'de> for SecretUrl {
+    fn deserialize<D: serde::Deserializer<'de>>(de: D) -> Result<Self, D::Error> {
+        // The message never repeats the value: it is a secret.
+        let s = String::deserialize(de)
+            .map_err(|_| serde::de::Error::custom("expected a URL string"))?;
+        let url =
+            Url::parse(&s).map_err(|e| serde::de::Error::custom(format!("not a URL: {e}")))?;
+        if !matches!(url.scheme(), "http" | "https") {
+            return Err(serde::de::Error::custom("must be an http or https URL"));
+        }
+        Ok(SecretUrl(url))
+    }
+}
+
+/// A duration that may be zero (`"0s"`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct HumanDuration0(pub Duration);
+
+impl<'de> Deserialize<'de> for HumanDuration0 {
+    fn deserialize<D: serde::Deserializer<'de>>(de: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(de).map_err(|_| {
+            serde::de::Error::custom("expected a duration such as \"0s\" or \"4h\"")
+        })?;
+        humantime::parse_duration(s.trim())
+            .map(HumanDuration0)
+            .map_err(|e| serde::de::Error::custom(format!("`{s}` is not a duration: {e}")))
+    }
 }
 
 /// One or more signing secrets (`secret = "whsec_…"` or `secret = ["whsec_new", "whsec_old"]`).
@@ -967,11 +1220,8 @@ impl Config {
         if raw.dispatch.max_in_flight == 0 {
             problem("dispatch.max_in_flight".into(), "must be at least 1".into());
         }
-        if raw.dispatch.retry_min_delay > raw.dispatch.retry_max_delay {
-            problem(
-                "dispatch.retry_min_delay".into(),
-                "must not be longer than `dispatch.retry_max_delay`".into(),
-            );
+        for (key, message) in crate::dispatch::retry::check_config(&raw.dispatch) {
+            problem(key, message);
         }
         if raw.roles.is_empty() {
             problem(
@@ -1009,6 +1259,12 @@ impl Config {
                     "must be an http or https URL".into(),
                 );
             }
+            for (key, message) in crate::dispatch::sinks::check_config(sink) {
+                problem(format!("sinks.{name}.{key}"), message);
+            }
+        }
+        for (key, message) in crate::dispatch::routes::check_config(&raw.routes, &raw.sinks) {
+            problem(key, message);
         }
         let roles = Roles {
             ingest: raw.roles.contains(&Role::Ingest),
@@ -1054,6 +1310,7 @@ impl Config {
                 shutdown_grace: raw.shutdown_grace.0,
                 sources: raw.sources,
                 sinks: raw.sinks,
+                routes: raw.routes,
                 rules_path,
                 rules,
             }),
@@ -1419,5 +1676,73 @@ secret = "whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD"
             !problems.iter().any(|p| p.message.contains("hunter2")),
             "{problems:?}"
         );
+    }
+
+    #[test]
+    fn chat_and_crm_sinks_load_with_defaults_and_keep_their_secrets_out_of_debug() {
+        let dir = tempfile::tempdir().unwrap();
+        write(dir.path(), "rules.toml", RULES);
+        let path = write(
+            dir.path(),
+            "leadwatch.toml",
+            r#"
+roles = ["dispatch"]
+[dispatch]
+retry_schedule = ["1s", "1m"]
+[sinks.chat]
+kind = "slack"
+webhook_url = "https://hooks.slack.com/services/T0/B0/slacksecret"
+[sinks.ms]
+kind = "teams"
+webhook_url = "https://prod.westeurope.logic.azure.com/workflows/x?sig=teamssecret"
+[sinks.sf]
+kind = "salesforce"
+instance_url = "https://example.my.salesforce.com"
+token_url = "https://login.salesforce.com/services/oauth2/token"
+client_id = "cid"
+client_secret = "sfsecret"
+external_id_field = "Leadwatch_Alert_Id__c"
+apply_reassignment = true
+due_in = "1h"
+[sinks.hs]
+kind = "hubspot"
+token = "pat-na1-hubsecret"
+[[routes]]
+alerts = ["sla.*"]
+to = ["owner"]
+sinks = ["chat", "sf"]
+title = "{{ lead }}"
+"#,
+        );
+        let cfg = Config::load_with_env(&path, Vec::new()).unwrap();
+        assert_eq!(cfg.sinks["chat"].max_per_second(), Some(1.0));
+        assert_eq!(cfg.sinks["hs"].kind(), "hubspot");
+        match &cfg.sinks["hs"] {
+            SinkConfig::Hubspot { base_url, .. } => {
+                assert_eq!(base_url.as_str(), "https://api.hubapi.com/")
+            }
+            other => panic!("{other:?}"),
+        }
+        match &cfg.sinks["sf"] {
+            SinkConfig::Salesforce {
+                api_version,
+                due_in,
+                ..
+            } => {
+                assert_eq!(api_version, "62.0");
+                assert_eq!(due_in.0, Duration::from_secs(3600));
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(cfg.routes.len(), 1);
+        assert_eq!(
+            crate::dispatch::retry::Schedule::from(&cfg.dispatch).delays,
+            [Duration::from_secs(1), Duration::from_secs(60)]
+        );
+        let debug = format!("{cfg:?}");
+        for secret in ["slacksecret", "teamssecret", "sfsecret", "hubsecret"] {
+            assert!(!debug.contains(secret), "{secret} in {debug}");
+        }
+        assert!(debug.contains("hooks.slack.com"), "{debug}");
     }
 }

@@ -40,6 +40,7 @@ pub async fn forget(kafka: &KafkaConfig, lead: &str) -> anyhow::Result<String> {
     let writes = [
         producer.enqueue(&topics.state, lead, None),
         producer.enqueue(&topics.delivered, lead, None),
+        producer.enqueue(&topics.retry, lead, None),
         producer.enqueue(&topics.events, lead, Some(&payload)),
     ];
     for write in writes {
@@ -53,17 +54,22 @@ pub async fn forget(kafka: &KafkaConfig, lead: &str) -> anyhow::Result<String> {
         }
     }
 
-    let retention = retention_of(&base, &[&topics.events, &topics.raw, &topics.alerts]).await;
+    let retention = retention_of(
+        &base,
+        &[&topics.events, &topics.raw, &topics.alerts, &topics.dlq],
+    )
+    .await;
     let mut report = format!(
-        "lead `{lead}` erased: tombstones written to {} and {} (compaction removes the older \
-         records), and the running engine drops it from memory when it reads the request.\n\
+        "lead `{lead}` erased: tombstones written to {}, {} and {} (compaction removes the \
+         older records), and the running engine drops it from memory when it reads the request.\n\
          Still held until their retention ends:\n",
-        topics.state, topics.delivered
+        topics.state, topics.delivered, topics.retry
     );
     for (topic, what) in [
         (&topics.events, "the lead's events"),
         (&topics.raw, "the raw requests that carried them"),
         (&topics.alerts, "alerts about the lead"),
+        (&topics.dlq, "dead-lettered alerts about the lead"),
     ] {
         let until = retention
             .iter()

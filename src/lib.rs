@@ -8,7 +8,8 @@
 //! - [`signature`]: Standard Webhooks signing and verification.
 //! - [`bus`]: Kafka producer, consumer groups, topics, the embedded broker.
 //! - [`engine`]: the pure state machine ([`engine::Engine`]) and its Kafka shell ([`engine::runner`]).
-//! - [`dispatch`]: sinks ([`dispatch::sink`]) and retries ([`dispatch::retry`]).
+//! - [`dispatch`]: routes, templates, sinks ([`dispatch::sinks`]), per-sink queues, durable
+//!   retries ([`dispatch::backlog`], [`dispatch::retry`]) and dead letters ([`dispatch::dlq`]).
 //! - [`http`] / [`app`]: serving and wiring; [`telemetry`]: logs and metrics.
 #![forbid(unsafe_code)]
 

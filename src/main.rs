@@ -73,6 +73,11 @@ enum Command {
         #[arg(long)]
         until: Option<jiff::Timestamp>,
     },
+    /// Dead-lettered alerts (`{prefix}.alerts.dlq`).
+    Dlq {
+        #[command(subcommand)]
+        action: DlqAction,
+    },
     /// Run a standalone embedded Kafka-protocol broker (in memory) for development and tests.
     DevBroker {
         /// Partitions of each topic.
@@ -84,6 +89,18 @@ enum Command {
         /// Pin the listening port. The mock cluster binds a random port, so this is refused.
         #[arg(long)]
         port: Option<u16>,
+    },
+}
+
+#[derive(Subcommand)]
+enum DlqAction {
+    /// Re-send one sink's dead letters (those not replayed before) and say how many.
+    Replay {
+        #[arg(long, short)]
+        config: PathBuf,
+        /// The sink (`[sinks.NAME]`) whose dead letters to re-send.
+        #[arg(long)]
+        sink: String,
     },
 }
 
@@ -168,6 +185,29 @@ fn main() -> ExitCode {
                 }
                 Err(e) => {
                     eprintln!("leadwatch replay: {e:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Command::Dlq {
+            action: DlqAction::Replay { config, sink },
+        } => {
+            let cfg = match Config::load(&config) {
+                Ok(cfg) => cfg,
+                Err(problems) => return print_problems(&problems),
+            };
+            let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
+            match runtime.block_on(leadwatch::dispatch::dlq::replay(&cfg, &sink)) {
+                Ok(report) => {
+                    println!("{report}");
+                    if report.dead_again > 0 {
+                        ExitCode::from(2)
+                    } else {
+                        ExitCode::SUCCESS
+                    }
+                }
+                Err(e) => {
+                    eprintln!("leadwatch dlq replay: {e:#}");
                     ExitCode::FAILURE
                 }
             }

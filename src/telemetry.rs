@@ -5,6 +5,7 @@ use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
 /// Sets up logging: `RUST_LOG` filters (default `info`), `LEADWATCH_LOG_FORMAT=json` for JSON lines.
@@ -51,6 +52,19 @@ struct SinkOutcome {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct SinkLabel {
+    sink: String,
+}
+
+/// Delivery latency buckets, seconds: from a quarter second to a day (retries span that).
+fn latency_histogram() -> Histogram {
+    Histogram::new([
+        0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 1800.0, 7200.0, 21600.0,
+        86400.0,
+    ])
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RuleLabel {
     rule: String,
 }
@@ -68,6 +82,9 @@ pub struct Metrics {
     engine_events: Family<OutcomeLabel, Counter>,
     alerts_fired: Family<TypeLabel, Counter>,
     deliveries: Family<SinkOutcome, Counter>,
+    unrouted: Family<TypeLabel, Counter>,
+    retry_backlog: Family<SinkLabel, Gauge>,
+    delivery_latency: Family<SinkLabel, Histogram, fn() -> Histogram>,
     rule_errors: Family<RuleLabel, Counter>,
     consumer_lag: Family<GroupLabel, Gauge>,
     leads: Gauge,
@@ -121,8 +138,29 @@ impl Metrics {
         let deliveries = Family::default();
         registry.register(
             "alert_deliveries",
-            "Alert deliveries by sink and outcome (delivered, failed, retried)",
+            "Alert deliveries by sink and outcome (delivered, already_there, retry_scheduled, dead_lettered, skipped)",
             deliveries.clone(),
+        );
+        let unrouted = Family::default();
+        registry.register(
+            "alerts_unrouted",
+            "Alerts no route matched (logged, not delivered), by type",
+            unrouted.clone(),
+        );
+        let retry_backlog = Family::default();
+        registry.register(
+            "delivery_retry_backlog",
+            "Deliveries waiting for a retry in this instance's partitions, by sink",
+            retry_backlog.clone(),
+        );
+        let delivery_latency =
+            Family::<SinkLabel, Histogram, fn() -> Histogram>::new_with_constructor(
+                latency_histogram,
+            );
+        registry.register(
+            "alert_delivery_latency_seconds",
+            "From an alert's deadline (a reminder: its firing) to its delivery, by sink",
+            delivery_latency.clone(),
         );
         let rule_errors = Family::default();
         registry.register(
@@ -191,6 +229,9 @@ impl Metrics {
             engine_events,
             alerts_fired,
             deliveries,
+            unrouted,
+            retry_backlog,
+            delivery_latency,
             rule_errors,
             consumer_lag,
             leads,
@@ -261,6 +302,26 @@ impl Metrics {
                 outcome: outcome.into(),
             })
             .inc();
+    }
+
+    pub fn unrouted(&self, kind: &str) {
+        self.unrouted
+            .get_or_create(&TypeLabel {
+                r#type: kind.into(),
+            })
+            .inc();
+    }
+
+    pub fn set_retry_backlog(&self, sink: &str, n: i64) {
+        self.retry_backlog
+            .get_or_create(&SinkLabel { sink: sink.into() })
+            .set(n);
+    }
+
+    pub fn delivery_latency(&self, sink: &str, seconds: f64) {
+        self.delivery_latency
+            .get_or_create(&SinkLabel { sink: sink.into() })
+            .observe(seconds);
     }
 
     pub fn rule_errors(&self, rule: &str) {

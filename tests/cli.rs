@@ -133,6 +133,7 @@ fn dev_broker_prints_its_bootstrap_first_serves_the_topics_and_stops_on_sigterm(
         "alerts",
         "delivered",
         "alerts.dlq",
+        "alerts.retry",
     ] {
         let name = format!("devtest.{topic}");
         let t = metadata.topics().iter().find(|t| t.name() == name);
@@ -335,4 +336,80 @@ fn simulate_refuses_broken_rules_with_every_problem() {
         assert!(stderr.contains(&format!("{r}:{key}: ")), "{key}: {stderr}");
     }
     assert!(out.stdout.is_empty());
+}
+
+#[test]
+fn check_config_names_unknown_sinks_types_and_broken_templates_in_routes() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("leadwatch.toml");
+    std::fs::write(
+        dir.path().join("rules.toml"),
+        "[lifecycle]\nsales_ready = 'lead.stage == \"sales_ready\"'\n[first_touch]\nwithin = \"4h\"\n",
+    )
+    .unwrap();
+    std::fs::write(
+        &config,
+        r#"
+roles = ["dispatch"]
+[sinks.team_slack]
+kind = "slack"
+webhook_url = "https://hooks.slack.com/services/T0/B0/verysecretpart"
+[sinks.crm]
+kind = "salesforce"
+instance_url = "https://example.my.salesforce.com"
+token_url = "https://login.salesforce.com/services/oauth2/token"
+client_id = "id"
+client_secret = "topsecret"
+api_version = "v62"
+[[routes]]
+alerts = ["sla.first_touch.breached", "sla.first_touch.breachd"]
+to = ["owner"]
+sinks = ["team_slack", "crmm"]
+[[routes]]
+alerts = ["disposition.*"]
+sinks = ["crm"]
+text = "{{ lead }} closed: {{ reasn }}"
+"#,
+    )
+    .unwrap();
+    let out = leadwatch()
+        .args(["check-config", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(64));
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    let c = config.display().to_string();
+    let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert_eq!(lines.len(), 4, "{stderr}");
+    for key in [
+        "sinks.crm.api_version",
+        "routes[0].sinks[1]",
+        "routes[0].alerts[1]",
+        "routes[1].text",
+    ] {
+        assert!(
+            lines.iter().any(|l| l.starts_with(&format!("{c}:{key}: "))),
+            "{key} missing from:\n{stderr}"
+        );
+    }
+    assert!(
+        !stderr.contains("verysecretpart") && !stderr.contains("topsecret"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn dlq_replay_needs_a_real_broker_and_a_known_sink() {
+    let example = concat!(env!("CARGO_MANIFEST_DIR"), "/config/leadwatch.toml");
+    let out = leadwatch()
+        .args(["dlq", "replay", "--config", example, "--sink", "stdout"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("needs `kafka.brokers`"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }

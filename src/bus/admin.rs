@@ -53,6 +53,7 @@ pub async fn check_copartitioned(base: &ClientConfig, topics: &Topics) -> Result
     for (a, b) in [
         (&topics.events, &topics.state),
         (&topics.alerts, &topics.delivered),
+        (&topics.alerts, &topics.retry),
     ] {
         let (a_n, b_n) = (count(a), count(b));
         if a_n != b_n {

@@ -26,6 +26,8 @@ pub struct Topics {
     pub delivered: String,
     /// Alerts a sink refused for good or that exhausted retries.
     pub dlq: String,
+    /// Deliveries waiting for a retry, per lead, compacted (the dispatcher's durable backlog).
+    pub retry: String,
 }
 
 impl Topics {
@@ -37,11 +39,12 @@ impl Topics {
             alerts: format!("{prefix}.alerts"),
             delivered: format!("{prefix}.delivered"),
             dlq: format!("{prefix}.alerts.dlq"),
+            retry: format!("{prefix}.alerts.retry"),
         }
     }
 
     /// Every topic with whether it is compacted.
-    pub fn all(&self) -> [(&str, bool); 6] {
+    pub fn all(&self) -> [(&str, bool); 7] {
         [
             (&self.events, false),
             (&self.raw, false),
@@ -49,6 +52,7 @@ impl Topics {
             (&self.alerts, false),
             (&self.delivered, true),
             (&self.dlq, false),
+            (&self.retry, true),
         ]
     }
 }

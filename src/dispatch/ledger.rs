@@ -27,6 +27,11 @@ pub struct LeadDeliveries {
 pub struct Delivery {
     /// Sinks that have the alert.
     pub sinks: BTreeSet<String>,
+    /// Sinks that refused it for good, or ran out of retries: it is in the dead-letter topic
+    /// for them, and a replayed alert is not sent there again (`leadwatch dlq replay` is the
+    /// way to re-send it).
+    #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
+    pub dead_lettered: BTreeSet<String>,
     /// When the alert first reached a sink.
     pub first_at: Timestamp,
 }
@@ -77,6 +82,17 @@ impl Ledger {
             .unwrap_or_default()
     }
 
+    /// Sinks that are done with `alert_id`: they have it, or it was dead-lettered for them.
+    pub fn settled(&self, lead: &str, alert_id: &str) -> BTreeSet<String> {
+        self.leads
+            .lock()
+            .expect("ledger lock")
+            .get(lead)
+            .and_then(|d| d.alerts.get(alert_id))
+            .map(|d| d.sinks.union(&d.dead_lettered).cloned().collect())
+            .unwrap_or_default()
+    }
+
     /// Records that `sink` has `alert_id` and makes it durable; returns once Kafka has it (or
     /// false when abandoned at shutdown).
     pub async fn record(
@@ -88,6 +104,35 @@ impl Ledger {
         sink: &str,
         abandon: &CancellationToken,
     ) -> bool {
+        self.mark(producer, topic, lead, alert_id, sink, false, abandon)
+            .await
+    }
+
+    /// Records that `alert_id` was dead-lettered for `sink`, durably.
+    pub async fn record_dead(
+        &self,
+        producer: &Producer,
+        topic: &str,
+        lead: &str,
+        alert_id: &str,
+        sink: &str,
+        abandon: &CancellationToken,
+    ) -> bool {
+        self.mark(producer, topic, lead, alert_id, sink, true, abandon)
+            .await
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn mark(
+        &self,
+        producer: &Producer,
+        topic: &str,
+        lead: &str,
+        alert_id: &str,
+        sink: &str,
+        dead: bool,
+        abandon: &CancellationToken,
+    ) -> bool {
         {
             let mut leads = self.leads.lock().expect("ledger lock");
             let entry = leads.entry(lead.to_string()).or_default();
@@ -96,10 +141,15 @@ impl Ledger {
                 .entry(alert_id.to_string())
                 .or_insert_with(|| Delivery {
                     sinks: BTreeSet::new(),
+                    dead_lettered: BTreeSet::new(),
                     first_at: Timestamp::now(),
-                })
-                .sinks
-                .insert(sink.to_string());
+                });
+            let marks = entry.alerts.get_mut(alert_id).expect("just inserted");
+            if dead {
+                marks.dead_lettered.insert(sink.to_string());
+            } else {
+                marks.sinks.insert(sink.to_string());
+            }
             while entry.alerts.len() > ALERTS_PER_LEAD {
                 let oldest = entry
                     .alerts

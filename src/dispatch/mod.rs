@@ -1,76 +1,185 @@
-//! The dispatcher: consumes `{prefix}.alerts` as its own consumer group and delivers each alert
-//! to every sink that does not have it yet ([`ledger`]), retrying transient failures; an alert's
-//! offset is stored once every sink has it and that is recorded in `{prefix}.delivered`.
+//! The dispatcher: consumes `{prefix}.alerts` as its own consumer group and brings each alert to
+//! the sinks its routes name ([`routes`]), in the words of its templates ([`template`]), through
+//! one queue per sink ([`queue`]), retrying on a durable schedule ([`retry`], [`backlog`]) and
+//! dead-lettering what cannot be delivered ([`dlq`]).
+//!
+//! # Why the queues and the backlog look like this
+//!
+//! Two requirements pull against each other. An alert's offset may be stored only once nothing
+//! can be lost if the process dies (at-least-once), yet a sink that is down for hours must not
+//! hold back the alerts of the other sinks. Waiting for every sink's delivery before storing an
+//! offset (the first design) meets the first and fails the second: once `max_in_flight` alerts
+//! wait on a dead sink, nothing moves.
+//!
+//! So an alert's offset waits only until each of its sinks is *settled*: delivered and recorded
+//! in `{prefix}.delivered` (the ledger), dead-lettered, or written to the retry backlog in
+//! `{prefix}.alerts.retry`. The backlog takes over from there. A healthy sink with room in its
+//! queue gets the first attempt at once, inline (no extra hop, lowest latency); a failing or
+//! busy sink (its queue holding about a second's worth) gets the alert written straight to the
+//! backlog, so the offset moves on after one Kafka write whatever the sink does.
+//!
+//! The backlog is a compacted changelog keyed by lead, like the ledger, and partitioned like
+//! the alerts. It is not consumed as a stream but restored per partition on assignment, with the
+//! ledger: a consumed retry topic would need its own group, whose partitions need not land on
+//! the member holding the same partition of the ledger (two members writing one lead's ledger
+//! entry would lose marks), and holding records with far-off due times would pin its committed
+//! offset for a day. Restored, the backlog is exactly as durable and always co-located. Each
+//! partition's backlog keeps its entries in due-time order; one timer in the loop wakes for the
+//! earliest, hands the due entries to their sinks' queues, and each outcome is written back
+//! (the next due time, or removal on delivery or dead-lettering). A sink that answers again after
+//! failing gets its whole backlog pulled forward to now, so a recovered receiver catches up in
+//! seconds, not at each alert's next scheduled retry.
+//!
+//! Before every attempt the ledger is consulted, so an alert replayed after a crash, or a retry
+//! whose removal from the backlog did not reach Kafka, is not delivered again to a sink that has
+//! it. Only an attempt in flight at the moment of a crash can reach a sink twice, under the same
+//! idempotency key (the webhook-id; the alert id in a CRM task).
 
+pub mod backlog;
+pub mod dlq;
 pub mod ledger;
+pub mod queue;
 pub mod retry;
-pub mod sink;
+pub mod routes;
+pub mod sinks;
+pub mod template;
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use futures::future::BoxFuture;
-use futures::stream::FuturesOrdered;
+use futures::stream::{FuturesOrdered, FuturesUnordered};
 use futures::{FutureExt, StreamExt};
+use jiff::Timestamp;
 use rdkafka::{ClientConfig, Message};
-use tokio::sync::mpsc;
+use tokio::sync::{Notify, mpsc};
 use tokio_util::sync::CancellationToken;
 
 use crate::alert::Alert;
 use crate::bus::Topics;
-use crate::bus::changelog::{Restored, Restorer};
+use crate::bus::changelog::{Restored, Restorer, Slot, Snapshot};
 use crate::bus::consumer::{self, Assignment, RebalanceHooks};
 use crate::bus::producer::Producer;
-use crate::config::{DispatchConfig, KafkaConfig};
+use crate::config::{Config, DispatchConfig, KafkaConfig};
 use crate::telemetry::Metrics;
+use backlog::{Backlog, Pending};
 use ledger::Ledger;
-use retry::RetryPolicy;
-use sink::Sink;
+use queue::SinkQueue;
+use retry::Schedule;
+use routes::Routes;
+use sinks::{Attempt, Delivered, DeliveryError, Sink};
+use template::Templates;
 
-type Slots = crate::bus::changelog::Slots<Ledger, (i64, Alert, Bytes)>;
-use crate::bus::changelog::Slot;
-type Pending = FuturesOrdered<BoxFuture<'static, Option<(i32, i64)>>>;
+/// One partition's delivery state.
+#[derive(Clone)]
+struct Work {
+    partition: i32,
+    ledger: Ledger,
+    backlog: Backlog,
+    /// Cancelled when the partition is revoked: its deliveries in flight stop writing.
+    revoked: CancellationToken,
+}
 
-/// The sinks by name, and how to retry them.
+type Slots = crate::bus::changelog::Slots<Work, (i64, Alert, Bytes)>;
+type Pendings = FuturesOrdered<BoxFuture<'static, Option<(i32, i64)>>>;
+
+/// What every delivery shares.
+struct Shared {
+    queues: HashMap<String, Arc<SinkQueue>>,
+    routes: Routes,
+    templates: Templates,
+    schedule: Schedule,
+    producer: Arc<Producer>,
+    topics: Topics,
+    metrics: Arc<Metrics>,
+    /// Set when a backlog gained an entry (the loop's timer may need to wake earlier).
+    changed: Notify,
+    /// Sinks that answered again after failing.
+    recovered: mpsc::UnboundedSender<String>,
+    /// Cancelled when the grace period is over.
+    abandon: CancellationToken,
+}
+
+/// The HTTP client every sink shares: timeouts per request, our user agent.
+pub fn http_client(config: &DispatchConfig) -> Result<reqwest::Client, reqwest::Error> {
+    reqwest::Client::builder()
+        .timeout(*config.request_timeout)
+        .connect_timeout(*config.request_timeout)
+        .user_agent(concat!("leadwatch/", env!("CARGO_PKG_VERSION")))
+        .build()
+}
+
+/// The dispatcher, ready to run.
 pub struct Dispatcher {
-    pub sinks: Arc<Vec<(String, Sink)>>,
-    pub policy: RetryPolicy,
-    pub producer: Arc<Producer>,
-    pub base: ClientConfig,
-    pub kafka: KafkaConfig,
-    pub topics: Topics,
-    pub config: DispatchConfig,
-    pub restore_timeout: Duration,
-    pub metrics: Arc<Metrics>,
+    shared: Arc<Shared>,
+    recovered_rx: mpsc::UnboundedReceiver<String>,
+    base: ClientConfig,
+    kafka: KafkaConfig,
+    config: DispatchConfig,
+    restore_timeout: Duration,
 }
 
 impl Dispatcher {
-    /// Builds the sinks of `[sinks.*]`.
-    pub fn sinks_from_config(
-        sinks: &std::collections::BTreeMap<String, crate::config::SinkConfig>,
-        config: &DispatchConfig,
-    ) -> Result<Vec<(String, Sink)>, reqwest::Error> {
-        let client = reqwest::Client::builder()
-            .timeout(*config.request_timeout)
-            .connect_timeout(*config.request_timeout)
-            .user_agent(concat!("leadwatch/", env!("CARGO_PKG_VERSION")))
-            .build()?;
-        Ok(sinks
+    /// Builds the sinks of `[sinks.*]`, the routes and the templates.
+    pub fn new(
+        config: &Config,
+        producer: Arc<Producer>,
+        base: ClientConfig,
+        topics: Topics,
+        metrics: Arc<Metrics>,
+    ) -> anyhow::Result<Self> {
+        let client = http_client(&config.dispatch)?;
+        let queues = config
+            .sinks
             .iter()
-            .map(|(name, cfg)| (name.clone(), Sink::from_config(cfg, client.clone())))
-            .collect())
+            .map(|(name, cfg)| {
+                let queue = SinkQueue::new(
+                    name.clone(),
+                    Sink::from_config(cfg, client.clone()),
+                    config.dispatch.sink_concurrency,
+                    cfg.max_per_second(),
+                    config.dispatch.request_timeout.0,
+                );
+                (name.clone(), Arc::new(queue))
+            })
+            .collect();
+        let templates = Templates::new(&config.routes)
+            .map_err(|p| anyhow::anyhow!("route templates: {p:?}"))?;
+        let (recovered, recovered_rx) = mpsc::unbounded_channel();
+        Ok(Self {
+            shared: Arc::new(Shared {
+                queues,
+                routes: Routes::new(config.routes.clone(), config.sinks.keys().cloned()),
+                templates,
+                schedule: Schedule::from(&config.dispatch),
+                producer,
+                topics,
+                metrics,
+                changed: Notify::new(),
+                recovered,
+                abandon: CancellationToken::new(),
+            }),
+            recovered_rx,
+            base,
+            kafka: config.kafka.clone(),
+            config: config.dispatch.clone(),
+            restore_timeout: config.engine.restore_timeout.0,
+        })
     }
 
-    /// Runs until `shutdown`; deliveries still retrying after `grace` are abandoned unacknowledged
-    /// and redone (same webhook-id) after a restart.
+    /// Runs until `shutdown`; deliveries still in flight after `grace` are abandoned (the alert's
+    /// offset or its backlog entry is still there, so they are redone after a restart).
     pub async fn run(
-        self,
+        mut self,
         shutdown: CancellationToken,
         grace: Duration,
     ) -> Result<(), rdkafka::error::KafkaError> {
+        let shared = self.shared.clone();
+        let topics = shared.topics.clone();
         let group = format!("{}.dispatch", self.kafka.group_id);
-        let producer = self.producer.clone();
+        let producer = shared.producer.clone();
         let hooks = RebalanceHooks {
             pause_on_assign: true,
             report_end: false,
@@ -82,63 +191,105 @@ impl Dispatcher {
             &self.base,
             &self.kafka,
             &group,
-            &self.topics.alerts,
-            self.metrics.clone(),
+            &topics.alerts,
+            shared.metrics.clone(),
             hooks,
         )?;
-        tracing::info!(%group, topic = %self.topics.alerts, sinks = self.sinks.len(), "dispatcher started");
-        let restorer = Restorer {
+        tracing::info!(%group, topic = %topics.alerts, sinks = shared.queues.len(), routes = shared.routes.configs().len(), "dispatcher started");
+        let ledger_restorer = Restorer {
             base: self.base.clone(),
-            topic: self.topics.delivered.clone(),
+            topic: topics.delivered.clone(),
             timeout: self.restore_timeout,
         };
-        let (restored_tx, mut restored_rx) = mpsc::unbounded_channel::<Restored>();
-        let mut slots: Slots = Slots::default();
-        let abandon = CancellationToken::new();
-        let mut pending: Pending = FuturesOrdered::new();
+        let backlog_restorer = Restorer {
+            base: self.base.clone(),
+            topic: topics.retry.clone(),
+            timeout: self.restore_timeout,
+        };
+        let (ledger_tx, mut ledger_rx) = mpsc::unbounded_channel::<Restored>();
+        let (backlog_tx, mut backlog_rx) = mpsc::unbounded_channel::<Restored>();
+        // Restores finished for the current generation of a partition: (ledger, backlog).
+        let mut halves: HashMap<i32, (u64, Option<Snapshot>, Option<Snapshot>)> = HashMap::new();
+        let mut slots = Slots::default();
+        let mut pending: Pendings = FuturesOrdered::new();
+        let mut retrying: FuturesUnordered<BoxFuture<'static, ()>> = FuturesUnordered::new();
+        let mut gauge = tokio::time::interval(Duration::from_secs(1));
+        gauge.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
 
         loop {
+            let next_due = slots
+                .iter_ready()
+                .filter_map(|(_, w)| w.backlog.next_due())
+                .min();
+            let wake = next_due.map(until).unwrap_or(Duration::from_secs(3600));
             tokio::select! {
                 biased;
                 _ = shutdown.cancelled() => break,
                 Some(change) = assignments.recv() => match change {
                     Assignment::Assigned(ps) => {
-                        tracing::info!(partitions = ?ps, "dispatcher assigned partitions; restoring deliveries");
-                        slots.assigned(ps, &restorer, &restored_tx);
+                        tracing::info!(partitions = ?ps, "dispatcher assigned partitions; restoring deliveries and retries");
+                        slots.assigned(ps.clone(), &ledger_restorer, &ledger_tx);
+                        for p in ps {
+                            if let Some(Slot::Restoring { generation, .. }) = slots.slots.get(&p) {
+                                halves.insert(p, (*generation, None, None));
+                                backlog_restorer.spawn(p, *generation, Duration::ZERO, backlog_tx.clone());
+                            }
+                        }
                     }
                     Assignment::Revoked(ps) => {
                         tracing::info!(partitions = ?ps, "dispatcher partitions revoked");
+                        for p in &ps {
+                            if let Some(w) = slots.ready_mut(*p) {
+                                w.revoked.cancel();
+                            }
+                            halves.remove(p);
+                        }
                         slots.revoked(&ps);
                     }
                 },
-                Some(done) = restored_rx.recv() => {
-                    if !slots.is_current(&done) {
-                        continue;
+                Some(done) = ledger_rx.recv() => {
+                    if let Some(half) = Self::restored(&slots, &mut halves, done, 0, &ledger_restorer, &ledger_tx) {
+                        self.ready(half, &mut slots, &mut halves, &consumer, &mut pending);
                     }
-                    let Restored { partition, generation, result } = done;
-                    let ledger = match result {
-                        Ok(snapshot) => {
-                            let (ledger, broken) = Ledger::from_snapshot(snapshot);
-                            if broken > 0 {
-                                tracing::error!(partition, broken, "delivery records could not be read");
-                            }
-                            ledger
-                        }
-                        Err(e) => {
-                            tracing::error!(partition, error = %e, "restoring deliveries failed; retrying");
-                            restorer.spawn(partition, generation, Duration::from_secs(1), restored_tx.clone());
-                            continue;
-                        }
-                    };
-                    tracing::info!(partition, leads = ledger.len(), "deliveries restored");
-                    for (offset, alert, body) in slots.ready(partition, ledger.clone()) {
-                        pending.push_back(self.deliver(&ledger, partition, offset, alert, body, &abandon));
+                }
+                Some(done) = backlog_rx.recv() => {
+                    if let Some(half) = Self::restored(&slots, &mut halves, done, 1, &backlog_restorer, &backlog_tx) {
+                        self.ready(half, &mut slots, &mut halves, &consumer, &mut pending);
                     }
-                    consumer::resume(&consumer, &self.topics.alerts, partition);
                 }
                 Some(done) = pending.next(), if !pending.is_empty() => {
                     if let Some((partition, offset)) = done {
-                        consumer::store(&consumer, &self.topics.alerts, partition, offset);
+                        consumer::store(&consumer, &topics.alerts, partition, offset);
+                    }
+                }
+                Some(()) = retrying.next(), if !retrying.is_empty() => {}
+                Some(sink) = self.recovered_rx.recv() => {
+                    let now = Timestamp::now();
+                    let moved: usize = slots.iter_ready().map(|(_, w)| w.backlog.pull_forward(&sink, now)).sum();
+                    if moved > 0 {
+                        tracing::info!(%sink, moved, "sink answers again; its backlog goes now");
+                    }
+                }
+                _ = tokio::time::sleep(wake) => {
+                    let now = Timestamp::now();
+                    for (_, work) in slots.iter_ready() {
+                        for (lead, entry) in work.backlog.take_due(now) {
+                            retrying.push(retry_one(shared.clone(), work.clone(), lead, entry).boxed());
+                        }
+                    }
+                }
+                _ = shared.changed.notified() => {}
+                _ = gauge.tick() => {
+                    let mut per_sink: HashMap<&str, i64> = shared.queues.keys().map(|k| (k.as_str(), 0)).collect();
+                    for (_, work) in slots.iter_ready() {
+                        for (sink, n) in work.backlog.per_sink() {
+                            if let Some(total) = per_sink.get_mut(sink.as_str()) {
+                                *total += n as i64;
+                            }
+                        }
+                    }
+                    for (sink, n) in per_sink {
+                        shared.metrics.set_retry_backlog(sink, n);
                     }
                 }
                 received = consumer.recv(), if pending.len() < self.config.max_in_flight => {
@@ -161,78 +312,386 @@ impl Dispatcher {
                     };
                     match slots.route(partition) {
                         Slot::Restoring { waiting, .. } => waiting.push((offset, alert, payload)),
-                        Slot::Ready(ledger) => {
-                            let ledger = ledger.clone();
-                            pending.push_back(self.deliver(&ledger, partition, offset, alert, payload, &abandon));
+                        Slot::Ready(work) => {
+                            pending.push_back(fan_out(shared.clone(), work.clone(), offset, alert, payload).boxed());
                         }
                     }
                 }
             }
         }
 
-        tracing::info!(in_flight = pending.len(), "dispatcher stopping");
+        tracing::info!(
+            in_flight = pending.len(),
+            retrying = retrying.len(),
+            "dispatcher stopping"
+        );
         let drain = async {
-            while let Some(done) = pending.next().await {
-                if let Some((partition, offset)) = done {
-                    consumer::store(&consumer, &self.topics.alerts, partition, offset);
+            loop {
+                tokio::select! {
+                    Some(done) = pending.next(), if !pending.is_empty() => {
+                        if let Some((partition, offset)) = done {
+                            consumer::store(&consumer, &topics.alerts, partition, offset);
+                        }
+                    }
+                    Some(()) = retrying.next(), if !retrying.is_empty() => {}
+                    else => break,
                 }
             }
         };
         if tokio::time::timeout(grace, drain).await.is_err() {
-            tracing::warn!("grace period over; undelivered alerts will be delivered after restart");
-            abandon.cancel();
+            tracing::warn!("grace period over; unfinished deliveries are redone after a restart");
+            shared.abandon.cancel();
         }
         consumer::close(consumer, Duration::from_secs(5)).await;
         tracing::info!("dispatcher stopped");
         Ok(())
     }
 
-    /// Delivers one alert to every sink that does not have it yet, all at once (a slow sink does
-    /// not hold back the others), recording each delivery; resolves to the offset to store.
-    fn deliver(
+    /// Files a finished restore (`which`: 0 ledger, 1 backlog); returns the partition once both
+    /// halves of its current generation are in.
+    fn restored(
+        slots: &Slots,
+        halves: &mut HashMap<i32, (u64, Option<Snapshot>, Option<Snapshot>)>,
+        done: Restored,
+        which: usize,
+        restorer: &Restorer,
+        again: &mpsc::UnboundedSender<Restored>,
+    ) -> Option<i32> {
+        if !slots.is_current(&done) {
+            return None;
+        }
+        let Restored {
+            partition,
+            generation,
+            result,
+        } = done;
+        let snapshot = match result {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::error!(partition, topic = %restorer.topic, error = %e, "restore failed; retrying");
+                restorer.spawn(partition, generation, Duration::from_secs(1), again.clone());
+                return None;
+            }
+        };
+        let half = halves.get_mut(&partition)?;
+        if half.0 != generation {
+            return None;
+        }
+        if which == 0 {
+            half.1 = Some(snapshot);
+        } else {
+            half.2 = Some(snapshot);
+        }
+        (half.1.is_some() && half.2.is_some()).then_some(partition)
+    }
+
+    /// Makes a restored partition ready: its waiting alerts are fanned out, it is resumed.
+    fn ready(
         &self,
-        ledger: &Ledger,
         partition: i32,
-        offset: i64,
-        alert: Alert,
-        body: Bytes,
-        abandon: &CancellationToken,
-    ) -> BoxFuture<'static, Option<(i32, i64)>> {
-        let (sinks, policy, metrics, producer) = (
-            self.sinks.clone(),
-            self.policy.clone(),
-            self.metrics.clone(),
-            self.producer.clone(),
+        slots: &mut Slots,
+        halves: &mut HashMap<i32, (u64, Option<Snapshot>, Option<Snapshot>)>,
+        consumer: &consumer::GroupConsumer,
+        pending: &mut Pendings,
+    ) {
+        let Some((_, Some(ledger), Some(backlog))) = halves.remove(&partition) else {
+            return;
+        };
+        let (ledger, broken) = Ledger::from_snapshot(ledger);
+        if broken > 0 {
+            tracing::error!(partition, broken, "delivery records could not be read");
+        }
+        let (backlog, broken) = Backlog::from_snapshot(backlog);
+        if broken > 0 {
+            tracing::error!(partition, broken, "retry records could not be read");
+        }
+        tracing::info!(
+            partition,
+            leads = ledger.len(),
+            retries = backlog.len(),
+            "deliveries and retries restored"
         );
-        let (ledger, topic, abandon) = (
-            ledger.clone(),
-            self.topics.delivered.clone(),
-            abandon.clone(),
+        let work = Work {
+            partition,
+            ledger,
+            backlog,
+            revoked: CancellationToken::new(),
+        };
+        for (offset, alert, body) in slots.ready(partition, work.clone()) {
+            pending
+                .push_back(fan_out(self.shared.clone(), work.clone(), offset, alert, body).boxed());
+        }
+        consumer::resume(consumer, &self.shared.topics.alerts, partition);
+    }
+}
+
+/// How long until `t`, from the wall clock.
+fn until(t: Timestamp) -> Duration {
+    let now = Timestamp::now();
+    if t <= now {
+        Duration::ZERO
+    } else {
+        Duration::try_from(t.duration_since(now)).unwrap_or(Duration::MAX)
+    }
+}
+
+/// Brings one alert from `{prefix}.alerts` to each of its sinks, or to the backlog; resolves to
+/// the offset to store once every sink is settled (None: not all of them, e.g. the partition was
+/// revoked — its next owner redoes the alert).
+async fn fan_out(
+    shared: Arc<Shared>,
+    work: Work,
+    offset: i64,
+    alert: Alert,
+    body: Bytes,
+) -> Option<(i32, i64)> {
+    let targets = shared.routes.targets(&alert);
+    if targets.is_empty() {
+        shared.metrics.unrouted(&alert.kind);
+        tracing::warn!(
+            alert_id = %alert.id(), r#type = %alert.kind, lead = %alert.data.lead,
+            alert = %String::from_utf8_lossy(&body),
+            "no route matches this alert; it is not delivered anywhere"
         );
-        async move {
-            let lead = alert.data.lead.clone();
-            let already = ledger.delivered(&lead, alert.id());
-            let each = sinks.iter().filter(|(name, _)| !already.contains(name)).map(|(name, sink)| {
-                let (policy, metrics, alert, body, ledger, producer, topic, abandon, lead) =
-                    (&policy, &metrics, &alert, &body, &ledger, &producer, &topic, &abandon, &lead);
-                async move {
-                    match policy.deliver(name, sink, alert, body, metrics).await {
-                        Ok(()) => {
-                            metrics.delivery(name, "delivered");
-                            tracing::info!(sink = %name, alert_id = %alert.id(), "alert delivered");
-                            ledger.record(producer, topic, lead, alert.id(), name, abandon).await
-                        }
-                        Err(e) => {
-                            metrics.delivery(name, "failed");
-                            tracing::error!(sink = %name, alert_id = %alert.id(), error = %e, "alert not delivered; giving up on this sink");
-                            true
-                        }
+        return Some((work.partition, offset));
+    }
+    let lead = alert.data.lead.clone();
+    let settled = work.ledger.settled(&lead, alert.id());
+    let each = targets
+        .into_iter()
+        .filter(|t| !settled.contains(&t.sink) && !work.backlog.contains(&lead, alert.id(), &t.sink))
+        .map(|t| {
+            let (shared, work, alert, body, lead) =
+                (shared.clone(), work.clone(), &alert, &body, &lead);
+            async move {
+                let Some(queue) = shared.queues.get(&t.sink).cloned() else {
+                    return true;
+                };
+                let mut entry = Pending {
+                    alert_id: alert.id().to_string(),
+                    sink: t.sink.clone(),
+                    body: String::from_utf8_lossy(body).into_owned(),
+                    attempts: 0,
+                    not_before: Timestamp::now(),
+                    last_status: None,
+                    last_error: String::new(),
+                    excerpt: String::new(),
+                };
+                if !queue.has_room_inline() {
+                    // Busy or failing: the backlog takes it, the offset moves on.
+                    let reason = if queue.is_failing() { "failing" } else { "busy" };
+                    tracing::debug!(sink = %t.sink, alert_id = %alert.id(), reason, "handed to the backlog");
+                    return schedule(&shared, &work, lead, entry).await;
+                }
+                entry.attempts = 1;
+                let outcome = attempt(&shared, &queue, alert, body, 1).await;
+                settle(&shared, &work, lead, alert, entry, outcome, false).await
+            }
+        });
+    let all = futures::future::join_all(each).await;
+    all.into_iter()
+        .all(|ok| ok)
+        .then_some((work.partition, offset))
+}
+
+/// One attempt through the sink's queue; reports a recovered sink to the loop.
+async fn attempt(
+    shared: &Shared,
+    queue: &SinkQueue,
+    alert: &Alert,
+    body: &Bytes,
+    n: u32,
+) -> Result<Delivered, DeliveryError> {
+    let message = shared.templates.render(
+        alert,
+        shared.routes.route_for(alert, &queue.name),
+        queue.sink.style(),
+    );
+    let a = Attempt {
+        alert,
+        body,
+        attempt: n,
+        message: &message,
+    };
+    let outcome = queue.attempt(&a).await;
+    if outcome.recovered {
+        let _ = shared.recovered.send(queue.name.clone());
+    }
+    outcome.result
+}
+
+/// A backlog entry whose time has come.
+async fn retry_one(shared: Arc<Shared>, work: Work, lead: String, mut entry: Pending) {
+    if work
+        .ledger
+        .settled(&lead, &entry.alert_id)
+        .contains(&entry.sink)
+    {
+        // Done before (its removal from the backlog did not reach Kafka).
+        remove(&shared, &work, &lead, &entry).await;
+        return;
+    }
+    let body = Bytes::from(entry.body.clone());
+    let alert: Alert = match serde_json::from_slice(&body) {
+        Ok(a) => a,
+        Err(e) => {
+            tracing::error!(alert_id = %entry.alert_id, error = %e, "a backlog entry's alert is unreadable; dropped");
+            remove(&shared, &work, &lead, &entry).await;
+            return;
+        }
+    };
+    let outcome = match shared.queues.get(&entry.sink).cloned() {
+        Some(queue) => {
+            entry.attempts += 1;
+            attempt(&shared, &queue, &alert, &body, entry.attempts).await
+        }
+        None => Err(DeliveryError::permanent(format!(
+            "sink `{}` is no longer configured",
+            entry.sink
+        ))),
+    };
+    settle(&shared, &work, &lead, &alert, entry, outcome, true).await;
+}
+
+/// Records what an attempt came to: delivered (ledger), retry (backlog), or dead letter.
+/// Returns whether it is durably settled.
+async fn settle(
+    shared: &Shared,
+    work: &Work,
+    lead: &str,
+    alert: &Alert,
+    mut entry: Pending,
+    outcome: Result<Delivered, DeliveryError>,
+    from_backlog: bool,
+) -> bool {
+    if work.revoked.is_cancelled() {
+        // Another member owns the partition now and redoes what is not recorded.
+        return false;
+    }
+    let sink = entry.sink.clone();
+    let (producer, topics, abandon) = (&shared.producer, &shared.topics, &shared.abandon);
+    match outcome {
+        Ok(delivered) => {
+            match &delivered {
+                Delivered::Sent | Delivered::AlreadyThere => {
+                    let outcome = if delivered == Delivered::Sent {
+                        "delivered"
+                    } else {
+                        "already_there"
+                    };
+                    shared.metrics.delivery(&sink, outcome);
+                    shared.metrics.delivery_latency(&sink, latency(alert));
+                    tracing::info!(%sink, alert_id = %alert.id(), attempts = entry.attempts, outcome, "alert delivered");
+                }
+                Delivered::Skipped(why) => {
+                    shared.metrics.delivery(&sink, "skipped");
+                    tracing::warn!(%sink, alert_id = %alert.id(), %why, "alert not for this sink; skipped");
+                }
+            }
+            let ok = work
+                .ledger
+                .record(
+                    producer,
+                    &topics.delivered,
+                    lead,
+                    alert.id(),
+                    &sink,
+                    abandon,
+                )
+                .await;
+            if from_backlog {
+                remove(shared, work, lead, &entry).await && ok
+            } else {
+                ok
+            }
+        }
+        Err(e) => {
+            entry.last_status = e.status;
+            entry.last_error = e.message.clone();
+            entry.excerpt = e.excerpt.chars().take(200).collect();
+            let next = e
+                .retriable
+                .then(|| {
+                    shared
+                        .schedule
+                        .next_delay(entry.attempts.max(1), e.retry_after)
+                })
+                .flatten();
+            match next {
+                Some(delay) => {
+                    shared.metrics.delivery(&sink, "retry_scheduled");
+                    tracing::warn!(%sink, alert_id = %alert.id(), attempt = entry.attempts, error = %e, ?delay, "delivery failed; retry scheduled");
+                    entry.not_before = Timestamp::now()
+                        + jiff::SignedDuration::try_from(delay).unwrap_or_default();
+                    schedule(shared, work, lead, entry).await
+                }
+                None => {
+                    shared.metrics.delivery(&sink, "dead_lettered");
+                    tracing::error!(%sink, alert_id = %alert.id(), attempts = entry.attempts, status = ?e.status, error = %e, "alert dead-lettered");
+                    let letter =
+                        dlq::DeadLetter::new(&sink, entry.body.as_bytes(), entry.attempts, &e);
+                    if !dlq::write(producer, &topics.dlq, &letter, abandon).await {
+                        return false;
+                    }
+                    let ok = work
+                        .ledger
+                        .record_dead(
+                            producer,
+                            &topics.delivered,
+                            lead,
+                            alert.id(),
+                            &sink,
+                            abandon,
+                        )
+                        .await;
+                    if from_backlog {
+                        remove(shared, work, lead, &entry).await && ok
+                    } else {
+                        ok
                     }
                 }
-            });
-            let all_recorded = futures::future::join_all(each).await.into_iter().all(|ok| ok);
-            all_recorded.then_some((partition, offset))
+            }
         }
-        .boxed()
     }
+}
+
+/// From an alert's deadline (or, for an alert fired before it, its firing) to now, in seconds.
+fn latency(alert: &Alert) -> f64 {
+    let due = alert.data.deadline.min(alert.timestamp);
+    Timestamp::now().duration_since(due).as_secs_f64().max(0.0)
+}
+
+/// Puts an entry in the backlog and writes it; true once Kafka has it.
+async fn schedule(shared: &Shared, work: &Work, lead: &str, entry: Pending) -> bool {
+    if work.revoked.is_cancelled() {
+        return false;
+    }
+    work.backlog.schedule(lead, entry);
+    shared.changed.notify_one();
+    write_backlog(shared, work, lead).await
+}
+
+async fn remove(shared: &Shared, work: &Work, lead: &str, entry: &Pending) -> bool {
+    if work.revoked.is_cancelled() {
+        return false;
+    }
+    work.backlog.remove(lead, &entry.alert_id, &entry.sink);
+    write_backlog(shared, work, lead).await
+}
+
+/// Writes the lead's current backlog entry (a tombstone once empty).
+async fn write_backlog(shared: &Shared, work: &Work, lead: &str) -> bool {
+    let snapshot = || {
+        // The entry as it is when the write is queued: a later write carries later state.
+        let b = &work.backlog;
+        b.contains_lead(lead).then(|| b.serialize_lead(lead))
+    };
+    backlog::persist(
+        &shared.producer,
+        &shared.topics.retry,
+        lead,
+        snapshot,
+        &shared.abandon,
+    )
+    .await
 }

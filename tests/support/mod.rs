@@ -20,6 +20,7 @@ use leadwatch::config::Config;
 use leadwatch::signature::WebhookSecret;
 use tokio::sync::oneshot;
 
+pub mod api;
 pub mod process;
 
 pub const SOURCE_SECRET: &str = "whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD";

@@ -1,0 +1,314 @@
+//! Dead letters: an alert a sink refused for good (a 4xx other than 408/409/425/429, a second
+//! 401 after a token refresh) or that ran out of retries goes to `{prefix}.alerts.dlq`, keyed by
+//! alert id, with the sink, the attempts, the last status, error and body excerpt — and is counted
+//! (`leadwatch_alert_deliveries_total{outcome="dead_lettered"}`).
+//!
+//! `leadwatch dlq replay --config PATH --sink NAME` re-sends one sink's dead letters after the
+//! cause is fixed. It reads the topic from where the previous replay for that sink stopped (its
+//! own consumer group, `{group_id}.dlq-replay.{sink}`, so replaying one sink never skips another's
+//! letters), delivers each with a few quick retries, writes those that fail again back to the
+//! topic, commits, and says how many of each.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use backon::Retryable;
+use bytes::Bytes;
+use jiff::Timestamp;
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
+use rdkafka::{Message as _, Offset, TopicPartitionList};
+use serde::{Deserialize, Serialize};
+
+use super::queue::SinkQueue;
+use super::retry::Schedule;
+use super::routes::Routes;
+use super::sinks::{Attempt, Delivered, DeliveryError};
+use super::template::Templates;
+use crate::alert::Alert;
+use crate::bus::producer::Producer;
+use crate::bus::{self, Topics};
+use crate::config::Config;
+use crate::telemetry::Metrics;
+
+/// One record of `{prefix}.alerts.dlq`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DeadLetter {
+    /// The sink that did not take it.
+    pub sink: String,
+    /// The alert as delivered.
+    pub alert: serde_json::Value,
+    /// Attempts made before giving up.
+    pub attempts: u32,
+    /// The last HTTP status, when there was an answer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<u16>,
+    /// What went wrong, without secrets.
+    pub error: String,
+    /// The start of the last answer's body.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub body_excerpt: String,
+    pub dead_at: Timestamp,
+}
+
+impl DeadLetter {
+    pub fn new(sink: &str, body: &[u8], attempts: u32, e: &DeliveryError) -> Self {
+        Self {
+            sink: sink.to_string(),
+            alert: serde_json::from_slice(body).unwrap_or(serde_json::Value::Null),
+            attempts,
+            status: e.status,
+            error: e.message.clone(),
+            body_excerpt: e.excerpt.clone(),
+            dead_at: Timestamp::now(),
+        }
+    }
+
+    fn alert_id(&self) -> String {
+        self.alert["data"]["alert_id"]
+            .as_str()
+            .unwrap_or("unknown")
+            .to_string()
+    }
+}
+
+/// Writes a dead letter and waits for Kafka (retrying, until `abandon`).
+pub async fn write(
+    producer: &Producer,
+    topic: &str,
+    letter: &DeadLetter,
+    abandon: &tokio_util::sync::CancellationToken,
+) -> bool {
+    let bytes = serde_json::to_vec(letter).expect("a dead letter serializes");
+    producer
+        .send_until_acked(topic, &letter.alert_id(), Some(&bytes), abandon)
+        .await
+}
+
+/// What a replay did.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct ReplayReport {
+    pub sink: String,
+    /// Dead letters of this sink read.
+    pub found: usize,
+    pub delivered: usize,
+    /// Failed again: written back to the dead-letter topic.
+    pub dead_again: usize,
+    /// Dead letters of other sinks passed over.
+    pub other_sinks: usize,
+}
+
+impl std::fmt::Display for ReplayReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "replayed {} dead letter(s) to sink `{}`: {} delivered, {} failed again (back in the \
+             dead-letter topic); {} for other sinks left as they are",
+            self.found, self.sink, self.delivered, self.dead_again, self.other_sinks
+        )
+    }
+}
+
+/// Reads every dead letter of `partitions` from `group`'s committed offsets to the current end.
+fn read_new(
+    consumer: &BaseConsumer,
+    topic: &str,
+    partitions: usize,
+) -> anyhow::Result<(Vec<DeadLetter>, TopicPartitionList, usize)> {
+    let timeout = Duration::from_secs(30);
+    let mut all = TopicPartitionList::new();
+    for p in 0..partitions as i32 {
+        all.add_partition(topic, p);
+    }
+    let committed = consumer
+        .committed_offsets(all, timeout)
+        .context("reading the replay's committed offsets")?;
+    let mut assign = TopicPartitionList::new();
+    let mut ends = BTreeMap::new();
+    let mut done = TopicPartitionList::new();
+    for e in committed.elements() {
+        let p = e.partition();
+        let (low, high) = consumer
+            .fetch_watermarks(topic, p, timeout)
+            .context("reading the dead-letter topic's end")?;
+        // From where the last replay stopped, or the oldest letter retention kept.
+        let start = match e.offset() {
+            Offset::Offset(o) => o.max(low),
+            _ => low,
+        };
+        done.add_partition_offset(topic, p, Offset::Offset(high))?;
+        if start < high {
+            assign.add_partition_offset(topic, p, Offset::Offset(start))?;
+            ends.insert(p, high);
+        }
+    }
+    let mut letters = Vec::new();
+    let mut unreadable = 0;
+    if ends.is_empty() {
+        return Ok((letters, done, unreadable));
+    }
+    consumer.assign(&assign)?;
+    let started = std::time::Instant::now();
+    while !ends.is_empty() {
+        anyhow::ensure!(
+            started.elapsed() < Duration::from_secs(120),
+            "the dead-letter topic could not be read to its end within 2 minutes"
+        );
+        let Some(msg) = consumer.poll(Duration::from_millis(200)) else {
+            continue;
+        };
+        let msg = msg.context("reading the dead-letter topic")?;
+        match msg.payload().map(serde_json::from_slice::<DeadLetter>) {
+            Some(Ok(letter)) => letters.push(letter),
+            _ => unreadable += 1,
+        }
+        if let Some(end) = ends.get(&msg.partition())
+            && msg.offset() + 1 >= *end
+        {
+            ends.remove(&msg.partition());
+        }
+    }
+    Ok((letters, done, unreadable))
+}
+
+/// `leadwatch dlq replay`: re-sends `sink`'s dead letters.
+pub async fn replay(config: &Config, sink_name: &str) -> anyhow::Result<ReplayReport> {
+    anyhow::ensure!(
+        !config.kafka.is_embedded(),
+        "dlq replay needs `kafka.brokers`: the embedded broker lives inside the running daemon"
+    );
+    let sink_config = config.sinks.get(sink_name).with_context(|| {
+        let known: Vec<&str> = config.sinks.keys().map(String::as_str).collect();
+        format!("no sink `{sink_name}` (configured: {})", known.join(", "))
+    })?;
+    let topics = Topics::new(&config.kafka.topic_prefix);
+    let base = bus::client_config(&config.kafka, &config.kafka.brokers);
+    let metrics = Arc::new(Metrics::new());
+    let producer = Producer::new(&base, metrics.clone()).context("creating the producer")?;
+    let client = super::http_client(&config.dispatch).context("building the HTTP client")?;
+    let queue = SinkQueue::new(
+        sink_name.to_string(),
+        super::sinks::Sink::from_config(sink_config, client),
+        config.dispatch.sink_concurrency,
+        sink_config.max_per_second(),
+        config.dispatch.request_timeout.0,
+    );
+    let routes = Routes::new(config.routes.clone(), config.sinks.keys().cloned());
+    let templates =
+        Templates::new(&config.routes).map_err(|p| anyhow::anyhow!("templates: {p:?}"))?;
+
+    let group = format!("{}.dlq-replay.{sink_name}", config.kafka.group_id);
+    let mut cfg = base.clone();
+    cfg.set("group.id", &group)
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        .set("auto.offset.reset", "earliest");
+    let consumer: BaseConsumer = cfg.create().context("creating the consumer")?;
+    let topic = topics.dlq.clone();
+    let (consumer, (letters, done, unreadable)) = tokio::task::spawn_blocking(move || {
+        let partitions = consumer
+            .fetch_metadata(Some(&topic), Duration::from_secs(30))
+            .context("reading the dead-letter topic's metadata")?
+            .topics()
+            .first()
+            .map_or(0, |t| t.partitions().len());
+        anyhow::ensure!(partitions > 0, "topic `{topic}` does not exist");
+        let read = read_new(&consumer, &topic, partitions)?;
+        Ok((consumer, read))
+    })
+    .await
+    .expect("the reading task panicked")?;
+    if unreadable > 0 {
+        tracing::warn!(
+            unreadable,
+            "records in the dead-letter topic could not be read"
+        );
+    }
+
+    let mut report = ReplayReport {
+        sink: sink_name.to_string(),
+        ..Default::default()
+    };
+    // A few quick retries, honouring Retry-After up to a minute.
+    let schedule = Schedule {
+        delays: vec![
+            Duration::from_secs(1),
+            Duration::from_secs(5),
+            Duration::from_secs(30),
+        ],
+        jitter: 0.2,
+        max_retry_after: Duration::from_secs(60),
+    };
+    let never = tokio_util::sync::CancellationToken::new();
+    for letter in letters {
+        if letter.sink != sink_name {
+            report.other_sinks += 1;
+            continue;
+        }
+        report.found += 1;
+        let body = Bytes::from(serde_json::to_vec(&letter.alert)?);
+        let alert: Alert = match serde_json::from_slice(&body) {
+            Ok(a) => a,
+            Err(e) => {
+                tracing::error!(error = %e, "a dead letter's alert is unreadable; skipped");
+                continue;
+            }
+        };
+        let message = templates.render(
+            &alert,
+            routes.route_for(&alert, sink_name),
+            queue.sink.style(),
+        );
+        let attempts = std::sync::atomic::AtomicU32::new(letter.attempts);
+        let result = (|| async {
+            let n = attempts.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
+            let a = Attempt {
+                alert: &alert,
+                body: &body,
+                attempt: n,
+                message: &message,
+            };
+            queue.attempt(&a).await.result
+        })
+        .retry(schedule.clone())
+        .when(|e: &DeliveryError| e.retriable)
+        .adjust(|e: &DeliveryError, planned| {
+            planned.map(|p| {
+                e.retry_after
+                    .map_or(p, |asked| asked.min(Duration::from_secs(60)))
+            })
+        })
+        .await;
+        match result {
+            Ok(Delivered::Skipped(why)) => {
+                tracing::warn!(alert_id = %alert.id(), %why, "not for this sink; dropped from the dead letters");
+                report.delivered += 1;
+            }
+            Ok(_) => {
+                tracing::info!(alert_id = %alert.id(), sink = sink_name, "dead letter re-sent");
+                report.delivered += 1;
+            }
+            Err(e) => {
+                tracing::error!(alert_id = %alert.id(), sink = sink_name, error = %e, "failed again");
+                let again = DeadLetter::new(
+                    sink_name,
+                    &body,
+                    attempts.load(std::sync::atomic::Ordering::SeqCst),
+                    &e,
+                );
+                anyhow::ensure!(
+                    write(&producer, &topics.dlq, &again, &never).await,
+                    "could not write a dead letter back"
+                );
+                report.dead_again += 1;
+            }
+        }
+    }
+    producer.flush(Duration::from_secs(30)).await;
+    tokio::task::spawn_blocking(move || consumer.commit(&done, CommitMode::Sync))
+        .await
+        .expect("the commit task panicked")
+        .context("committing the replay's position")?;
+    Ok(report)
+}

@@ -1,0 +1,224 @@
+//! HubSpot: a task associated with the contact (CRM v3 `objects/tasks`), authenticated with a
+//! private app's token.
+//!
+//! - 429 is retriable: `Retry-After` when HubSpot sends one, otherwise the window its
+//!   `X-HubSpot-RateLimit-Interval-Milliseconds` names once `…-Remaining` is 0; the whole sink
+//!   waits that long. The sink's own pace (`max_per_second`, default 9) keeps it under the
+//!   ten-second limit to begin with.
+//! - Idempotency: the alert id is stored in the task (`alert_id_property`, or the task body) and
+//!   an attempt after an earlier one searches for it before creating the task again. HubSpot's
+//!   search index lags writes by a few seconds, so the first retry is best kept a few seconds
+//!   after the first attempt (the default schedule waits 5 s).
+//! - `apply_reassignment`: an escalation's `suggested_owner` becomes the contact's
+//!   `hubspot_owner_id` (and the task's owner).
+
+use std::time::Duration;
+
+use reqwest::Method;
+use reqwest::header::HeaderMap;
+use serde_json::{Value, json};
+use url::Url;
+
+use super::{Attempt, Delivered, DeliveryError, truncate};
+use crate::alert::split_lead_key;
+use crate::config::{SecretString, SinkConfig};
+use crate::dispatch::template::addressed;
+
+/// HubSpot's association type for task → contact.
+const TASK_TO_CONTACT: u32 = 204;
+
+pub struct HubspotSink {
+    token: SecretString,
+    base_url: Url,
+    alert_id_property: Option<String>,
+    apply_reassignment: bool,
+    due_in: Duration,
+    client: reqwest::Client,
+}
+
+impl HubspotSink {
+    pub fn from_config(cfg: &SinkConfig, client: reqwest::Client) -> Self {
+        let SinkConfig::Hubspot {
+            token,
+            base_url,
+            alert_id_property,
+            apply_reassignment,
+            due_in,
+            ..
+        } = cfg
+        else {
+            unreachable!("a hubspot sink from a hubspot config")
+        };
+        Self {
+            token: token.clone(),
+            base_url: base_url.clone(),
+            alert_id_property: alert_id_property.clone(),
+            apply_reassignment: *apply_reassignment,
+            due_in: due_in.0,
+            client,
+        }
+    }
+
+    fn url(&self, path: &str) -> Url {
+        let base = self.base_url.as_str().trim_end_matches('/');
+        Url::parse(&format!("{base}/crm/v3/{path}")).expect("a valid HubSpot URL")
+    }
+
+    async fn call(&self, method: Method, url: Url, body: &Value) -> Result<Value, DeliveryError> {
+        let what = format!("{method} {}", super::redact(&url));
+        let response = self
+            .client
+            .request(method, url)
+            .bearer_auth(&self.token.0)
+            .json(body)
+            .send()
+            .await
+            .map_err(|e| DeliveryError::transport(&what, e))?;
+        if response.status().is_success() {
+            return Ok(response.json().await.unwrap_or(Value::Null));
+        }
+        let status = response.status().as_u16();
+        let wait = rate_limit_wait(response.headers());
+        let mut e = DeliveryError::from_response(&what, response).await;
+        if status == 429 {
+            e.retry_after = e.retry_after.or(wait);
+            e.pause_sink = e.retry_after;
+        }
+        Err(e)
+    }
+
+    pub async fn deliver(&self, a: &Attempt<'_>) -> Result<Delivered, DeliveryError> {
+        let (system, contact_id) = split_lead_key(&a.alert.data.lead);
+        if system.is_some_and(|s| s != "hubspot") {
+            return Ok(Delivered::Skipped(format!(
+                "lead {} is not a HubSpot record",
+                a.alert.data.lead
+            )));
+        }
+        let d = &a.alert.data;
+        let reassign_to = d
+            .suggested_owner
+            .as_deref()
+            .filter(|_| self.apply_reassignment);
+        if let Some(owner) = reassign_to {
+            self.call(
+                Method::PATCH,
+                self.url(&format!("objects/contacts/{contact_id}")),
+                &json!({"properties": {"hubspot_owner_id": owner}}),
+            )
+            .await?;
+        }
+        if a.attempt > 1 && self.exists(a.alert.id()).await? {
+            return Ok(Delivered::AlreadyThere);
+        }
+        self.call(
+            Method::POST,
+            self.url("objects/tasks"),
+            &self.task(a, contact_id, reassign_to),
+        )
+        .await?;
+        Ok(Delivered::Sent)
+    }
+
+    /// Whether a task carrying `alert_id` exists.
+    async fn exists(&self, alert_id: &str) -> Result<bool, DeliveryError> {
+        let filter = match &self.alert_id_property {
+            Some(p) => json!({"propertyName": p, "operator": "EQ", "value": alert_id}),
+            None => {
+                json!({"propertyName": "hs_task_body", "operator": "CONTAINS_TOKEN", "value": alert_id})
+            }
+        };
+        let found = self
+            .call(
+                Method::POST,
+                self.url("objects/tasks/search"),
+                &json!({"filterGroups": [{"filters": [filter]}], "properties": ["hs_task_subject"], "limit": 1}),
+            )
+            .await?;
+        Ok(found["total"].as_u64().unwrap_or(0) > 0)
+    }
+
+    fn task(&self, a: &Attempt<'_>, contact_id: &str, reassigned: Option<&str>) -> Value {
+        let d = &a.alert.data;
+        let m = a.message;
+        let numeric = |s: &&str| !s.is_empty() && s.chars().all(|c| c.is_ascii_digit());
+        let owner = reassigned
+            .or_else(|| {
+                addressed(a.alert, &[])
+                    .iter()
+                    .map(|r| r.id.as_str())
+                    .find(numeric)
+            })
+            .or(d.owner.as_deref().filter(numeric));
+        let mut lines = vec![m.text.clone(), String::new()];
+        lines.push(format!("Lead: {}", m.lead));
+        if !m.owner.is_empty() {
+            lines.push(format!("Owner: {}", m.owner));
+        }
+        lines.push(format!("Deadline: {}", m.deadline));
+        if !m.late.is_empty() {
+            lines.push(format!("Late by: {}", m.late));
+        }
+        if !m.link.is_empty() {
+            lines.push(m.link.clone());
+        }
+        lines.push(format!("leadwatch alert id: {}", a.alert.id()));
+        let mut properties = json!({
+            "hs_timestamp": (a.alert.timestamp + self.due_in).to_string(),
+            "hs_task_subject": truncate(&m.title, 255),
+            "hs_task_body": truncate(&lines.join("\n"), 65_000),
+            "hs_task_status": "NOT_STARTED",
+            "hs_task_priority": if a.alert.kind.ends_with(".reminder") { "MEDIUM" } else { "HIGH" },
+            "hs_task_type": "TODO",
+        });
+        if let Some(owner) = owner {
+            properties["hubspot_owner_id"] = json!(owner);
+        }
+        if let Some(p) = &self.alert_id_property {
+            properties[p] = json!(a.alert.id());
+        }
+        json!({
+            "properties": properties,
+            "associations": [{
+                "to": {"id": contact_id},
+                "types": [{"associationCategory": "HUBSPOT_DEFINED", "associationTypeId": TASK_TO_CONTACT}],
+            }],
+        })
+    }
+}
+
+/// How long HubSpot's rate-limit headers say to wait: the rolling window, when nothing remains
+/// in it (the daily limit: until midnight UTC is not worth computing; the schedule takes over).
+pub fn rate_limit_wait(headers: &HeaderMap) -> Option<Duration> {
+    let get = |name: &str| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok())
+    };
+    let remaining = get("x-hubspot-ratelimit-remaining")?;
+    if remaining > 0 {
+        return None;
+    }
+    get("x-hubspot-ratelimit-interval-milliseconds").map(Duration::from_millis)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_rolling_window_is_waited_only_when_nothing_remains() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            "x-hubspot-ratelimit-interval-milliseconds",
+            "10000".parse().unwrap(),
+        );
+        h.insert("x-hubspot-ratelimit-max", "100".parse().unwrap());
+        h.insert("x-hubspot-ratelimit-remaining", "3".parse().unwrap());
+        assert_eq!(rate_limit_wait(&h), None);
+        h.insert("x-hubspot-ratelimit-remaining", "0".parse().unwrap());
+        assert_eq!(rate_limit_wait(&h), Some(Duration::from_secs(10)));
+        assert_eq!(rate_limit_wait(&HeaderMap::new()), None);
+    }
+}

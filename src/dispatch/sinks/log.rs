@@ -1,0 +1,21 @@
+//! One JSON line per alert on stdout (logs go to stderr).
+
+use std::io::Write;
+
+use super::{Attempt, Delivered, DeliveryError};
+
+pub fn deliver(a: &Attempt<'_>) -> Result<Delivered, DeliveryError> {
+    let mut out = std::io::stdout().lock();
+    out.write_all(a.body)
+        .and_then(|_| out.write_all(b"\n"))
+        .and_then(|_| out.flush())
+        .map(|_| Delivered::Sent)
+        .map_err(|e| DeliveryError {
+            retriable: true,
+            retry_after: None,
+            pause_sink: None,
+            status: None,
+            message: format!("writing to stdout: {e}"),
+            excerpt: String::new(),
+        })
+}

@@ -1,0 +1,360 @@
+//! Where alerts go: one module per kind of sink. Each turns one attempt at one alert into the
+//! request(s) its API wants and classifies the answer; when to try again is
+//! [`super::retry`]'s business, queueing and rate limits [`super::queue`]'s.
+//!
+//! Every sink treats the alert id as the idempotency key: the `webhook-id` of signed webhooks,
+//! an external id (or a looked-up marker) in CRM tasks. Secrets (tokens, client secrets, chat
+//! webhook URLs) never appear in errors, logs or `Debug`.
+
+pub mod hubspot;
+pub mod log;
+pub mod salesforce;
+pub mod slack;
+pub mod teams;
+pub mod webhook;
+
+use std::time::Duration;
+
+use bytes::Bytes;
+
+use super::retry::{is_retriable, retry_after};
+use super::template::{Message, Style};
+use crate::alert::Alert;
+use crate::config::SinkConfig;
+
+/// One attempt at delivering one alert to one sink.
+pub struct Attempt<'a> {
+    pub alert: &'a Alert,
+    /// The alert's JSON, the same bytes on every attempt.
+    pub body: &'a Bytes,
+    /// 1 for the first attempt. After an earlier attempt whose outcome is unknown (a timeout, a
+    /// 5xx), CRM sinks look for what it may have created before creating it again.
+    pub attempt: u32,
+    /// The rendered message (title, text, facts) for this sink.
+    pub message: &'a Message,
+}
+
+/// What a successful attempt did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Delivered {
+    /// The sink has the alert.
+    Sent,
+    /// It was already there (a CRM task an earlier, uncertain attempt created).
+    AlreadyThere,
+    /// Not for this sink (e.g. a HubSpot lead routed to Salesforce); logged and counted.
+    Skipped(String),
+}
+
+/// Why one delivery attempt failed.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{message}")]
+pub struct DeliveryError {
+    /// Worth trying again (timeouts, 5xx, 408/409/425/429, API limits); otherwise permanent.
+    pub retriable: bool,
+    /// What the sink asked us to wait (`Retry-After`, or its rate-limit headers).
+    pub retry_after: Option<Duration>,
+    /// Hold every request to this sink for this long (the whole endpoint is rate-limited).
+    pub pause_sink: Option<Duration>,
+    pub status: Option<u16>,
+    /// What failed, without secrets.
+    pub message: String,
+    /// The start of the answer's body.
+    pub excerpt: String,
+}
+
+impl DeliveryError {
+    /// A transport failure (connect, timeout, reset): the request may or may not have arrived.
+    pub fn transport(what: &str, e: reqwest::Error) -> Self {
+        Self {
+            retriable: true,
+            retry_after: None,
+            pause_sink: None,
+            status: None,
+            message: format!("{what}: {}", without_url(e)),
+            excerpt: String::new(),
+        }
+    }
+
+    pub fn permanent(message: impl Into<String>) -> Self {
+        Self {
+            retriable: false,
+            retry_after: None,
+            pause_sink: None,
+            status: None,
+            message: message.into(),
+            excerpt: String::new(),
+        }
+    }
+
+    /// From a non-2xx answer: retriable as [`is_retriable`] says, `Retry-After` honoured.
+    pub async fn from_response(what: &str, response: reqwest::Response) -> Self {
+        let status = response.status().as_u16();
+        let retry_after = retry_after(response.headers());
+        let excerpt = excerpt(response).await;
+        Self {
+            retriable: is_retriable(status),
+            retry_after,
+            pause_sink: if status == 429 { retry_after } else { None },
+            status: Some(status),
+            message: format!("{what} answered {status}"),
+            excerpt,
+        }
+    }
+}
+
+/// The first 500 characters of a response body.
+pub async fn excerpt(response: reqwest::Response) -> String {
+    let text = response.text().await.unwrap_or_default();
+    text.chars().take(500).collect()
+}
+
+/// A configured sink.
+pub enum Sink {
+    Webhook(webhook::WebhookSink),
+    Log,
+    Slack(slack::SlackSink),
+    Teams(teams::TeamsSink),
+    Salesforce(Box<salesforce::SalesforceSink>),
+    Hubspot(hubspot::HubspotSink),
+}
+
+impl std::fmt::Debug for Sink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Sink({})", self.kind())
+    }
+}
+
+impl Sink {
+    pub fn from_config(cfg: &SinkConfig, client: reqwest::Client) -> Sink {
+        match cfg {
+            SinkConfig::Webhook { url, secret, .. } => Sink::Webhook(webhook::WebhookSink::new(
+                url.clone(),
+                secret.clone(),
+                client,
+            )),
+            SinkConfig::Log {} => Sink::Log,
+            SinkConfig::Slack { webhook_url, .. } => {
+                Sink::Slack(slack::SlackSink::new(webhook_url.clone(), client))
+            }
+            SinkConfig::Teams { webhook_url, .. } => {
+                Sink::Teams(teams::TeamsSink::new(webhook_url.clone(), client))
+            }
+            SinkConfig::Salesforce { .. } => Sink::Salesforce(Box::new(
+                salesforce::SalesforceSink::from_config(cfg, client),
+            )),
+            SinkConfig::Hubspot { .. } => {
+                Sink::Hubspot(hubspot::HubspotSink::from_config(cfg, client))
+            }
+        }
+    }
+
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Sink::Webhook(_) => "webhook",
+            Sink::Log => "log",
+            Sink::Slack(_) => "slack",
+            Sink::Teams(_) => "teams",
+            Sink::Salesforce(_) => "salesforce",
+            Sink::Hubspot(_) => "hubspot",
+        }
+    }
+
+    /// How this sink writes messages.
+    pub fn style(&self) -> Style {
+        match self {
+            Sink::Slack(_) => Style::Slack,
+            Sink::Teams(_) => Style::Teams,
+            _ => Style::Plain,
+        }
+    }
+
+    /// One attempt.
+    pub async fn deliver(&self, a: &Attempt<'_>) -> Result<Delivered, DeliveryError> {
+        match self {
+            Sink::Webhook(s) => s.deliver(a).await,
+            Sink::Log => log::deliver(a),
+            Sink::Slack(s) => s.deliver(a).await,
+            Sink::Teams(s) => s.deliver(a).await,
+            Sink::Salesforce(s) => s.deliver(a).await,
+            Sink::Hubspot(s) => s.deliver(a).await,
+        }
+    }
+}
+
+/// Problems in one `[sinks.NAME]` beyond its types, as (key under the sink, message).
+pub fn check_config(cfg: &SinkConfig) -> Vec<(String, String)> {
+    let mut problems = Vec::new();
+    if let Some(rate) = cfg.max_per_second()
+        && !(rate > 0.0 && rate.is_finite())
+    {
+        problems.push(("max_per_second".into(), "must be larger than zero".into()));
+    }
+    match cfg {
+        SinkConfig::Salesforce {
+            instance_url,
+            token_url,
+            api_version,
+            external_id_field,
+            client_secret,
+            username,
+            private_key,
+            ..
+        } => {
+            match (client_secret, private_key) {
+                (Some(_), Some(_)) => problems.push((
+                    "private_key".into(),
+                    "give `client_secret` (client credentials) or `private_key` (JWT bearer), \
+                     not both"
+                        .into(),
+                )),
+                (None, None) => problems.push((
+                    "client_secret".into(),
+                    "give `client_secret` (client credentials) or `username` and `private_key` \
+                     (JWT bearer)"
+                        .into(),
+                )),
+                (None, Some(key)) => {
+                    if username.as_deref().is_none_or(|u| u.trim().is_empty()) {
+                        problems.push((
+                            "username".into(),
+                            "the JWT bearer flow needs the username the integration acts as".into(),
+                        ));
+                    }
+                    if let Err(e) = salesforce::RsaKey::from_pem(&key.0) {
+                        problems.push(("private_key".into(), e));
+                    }
+                }
+                (Some(_), None) => {}
+            }
+            for (key, url) in [("instance_url", instance_url), ("token_url", token_url)] {
+                if !matches!(url.scheme(), "http" | "https") {
+                    problems.push((key.into(), "must be an http or https URL".into()));
+                }
+            }
+            if !api_version
+                .split('.')
+                .all(|p| !p.is_empty() && p.chars().all(|c| c.is_ascii_digit()))
+            {
+                problems.push((
+                    "api_version".into(),
+                    "must look like `62.0` (no `v`)".into(),
+                ));
+            }
+            if let Some(field) = external_id_field
+                && !is_api_name(field)
+            {
+                problems.push((
+                    "external_id_field".into(),
+                    "must be a field's API name, e.g. `Leadwatch_Alert_Id__c`".into(),
+                ));
+            }
+        }
+        SinkConfig::Hubspot {
+            base_url,
+            alert_id_property,
+            ..
+        } => {
+            if !matches!(base_url.scheme(), "http" | "https") {
+                problems.push(("base_url".into(), "must be an http or https URL".into()));
+            }
+            if let Some(p) = alert_id_property
+                && !is_api_name(p)
+            {
+                problems.push((
+                    "alert_id_property".into(),
+                    "must be a property's internal name, e.g. `leadwatch_alert_id`".into(),
+                ));
+            }
+        }
+        _ => {}
+    }
+    problems
+}
+
+fn is_api_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+        && s.chars().next().is_some_and(|c| c.is_ascii_alphabetic())
+}
+
+/// A reqwest error's text without the URL (which may carry a secret), with its causes.
+pub fn without_url(e: reqwest::Error) -> String {
+    let timeout = e.is_timeout();
+    let e = e.without_url();
+    let mut text = e.to_string();
+    let mut source = std::error::Error::source(&e);
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    if timeout && !text.contains("timed out") {
+        text.push_str(" (timed out)");
+    }
+    text
+}
+
+/// A URL as it may be logged: no user info, no query.
+pub fn redact(url: &url::Url) -> String {
+    format!(
+        "{}://{}{}",
+        url.scheme(),
+        url.host_str().unwrap_or(""),
+        url.path()
+    )
+}
+
+/// Truncates to at most `max` characters (CRM fields have limits).
+pub fn truncate(s: &str, max: usize) -> String {
+    if s.chars().count() <= max {
+        s.to_string()
+    } else {
+        let mut t: String = s.chars().take(max.saturating_sub(1)).collect();
+        t.push('…');
+        t
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn salesforce(extra: serde_json::Value) -> SinkConfig {
+        let mut v = serde_json::json!({
+            "kind": "salesforce",
+            "instance_url": "https://example.my.salesforce.com",
+            "token_url": "https://login.salesforce.com/services/oauth2/token",
+            "client_id": "cid",
+        });
+        v.as_object_mut()
+            .unwrap()
+            .extend(extra.as_object().unwrap().clone());
+        serde_json::from_value(v).unwrap()
+    }
+
+    fn keys(cfg: &SinkConfig) -> Vec<String> {
+        check_config(cfg).into_iter().map(|(k, _)| k).collect()
+    }
+
+    #[test]
+    fn salesforce_needs_exactly_one_way_to_its_token() {
+        assert!(keys(&salesforce(serde_json::json!({"client_secret": "s"}))).is_empty());
+        assert_eq!(keys(&salesforce(serde_json::json!({}))), ["client_secret"]);
+        assert_eq!(
+            keys(&salesforce(
+                serde_json::json!({"client_secret": "s", "private_key": "k"})
+            )),
+            ["private_key"]
+        );
+        assert_eq!(
+            keys(&salesforce(serde_json::json!({"private_key": "not a key"}))),
+            ["username", "private_key"]
+        );
+        assert_eq!(
+            keys(&salesforce(
+                serde_json::json!({"client_secret": "s", "api_version": "v62", "external_id_field": "x-y", "max_per_second": 0.0})
+            )),
+            ["max_per_second", "api_version", "external_id_field"]
+        );
+    }
+}

@@ -1,0 +1,437 @@
+//! Salesforce: a Task on the lead through the REST API, authenticated with the OAuth 2.0
+//! client-credentials flow.
+//!
+//! - The access token is fetched from `token_url` with the client-credentials flow
+//!   (`client_secret`) or the JWT bearer flow (`username` + `private_key`: an RS256-signed
+//!   assertion, no secret on the wire), cached, and refreshed once when Salesforce answers 401
+//!   (an expired session); a second 401 is permanent.
+//! - `403 REQUEST_LIMIT_EXCEEDED` (the org's daily API limit) is retriable: it backs off, it is
+//!   never dropped.
+//! - Idempotency: with `external_id_field` the task is upserted by alert id
+//!   (`PATCH …/sobjects/Task/{field}/{alert id}`), so no retry can create a second one. Without
+//!   it the alert id ends the Subject, and an attempt after an earlier one looks it up with SOQL
+//!   before creating the task again.
+//! - `apply_reassignment`: an escalation's `suggested_owner` becomes the lead's owner (and the
+//!   task's).
+
+use std::time::Duration;
+
+use reqwest::Method;
+use serde_json::{Value, json};
+use tokio::sync::Mutex;
+use url::Url;
+
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use jiff::Timestamp;
+
+use super::{Attempt, Delivered, DeliveryError, truncate};
+use crate::alert::split_lead_key;
+use crate::config::{SecretString, SinkConfig};
+use crate::dispatch::template::addressed;
+
+pub struct SalesforceSink {
+    instance_url: Url,
+    token_url: Url,
+    client_id: String,
+    auth: Auth,
+    api_version: String,
+    external_id_field: Option<String>,
+    apply_reassignment: bool,
+    due_in: Duration,
+    client: reqwest::Client,
+    /// The cached access token.
+    token: Mutex<Option<String>>,
+}
+
+impl SalesforceSink {
+    pub fn from_config(cfg: &SinkConfig, client: reqwest::Client) -> Self {
+        let SinkConfig::Salesforce {
+            instance_url,
+            token_url,
+            client_id,
+            client_secret,
+            username,
+            private_key,
+            audience,
+            api_version,
+            external_id_field,
+            apply_reassignment,
+            due_in,
+            ..
+        } = cfg
+        else {
+            unreachable!("a salesforce sink from a salesforce config")
+        };
+        Self {
+            instance_url: instance_url.clone(),
+            token_url: token_url.clone(),
+            client_id: client_id.clone(),
+            auth: match (client_secret, private_key) {
+                (_, Some(pem)) => Auth::JwtBearer {
+                    username: username.clone().unwrap_or_default(),
+                    key: RsaKey::from_pem(&pem.0).expect("checked when the config loaded"),
+                    audience: audience.clone(),
+                },
+                (secret, None) => {
+                    Auth::ClientCredentials(secret.clone().unwrap_or(SecretString(String::new())))
+                }
+            },
+            api_version: api_version.clone(),
+            external_id_field: external_id_field.clone(),
+            apply_reassignment: *apply_reassignment,
+            due_in: due_in.0,
+            client,
+            token: Mutex::new(None),
+        }
+    }
+
+    fn url(&self, path: &str) -> Url {
+        let base = self.instance_url.as_str().trim_end_matches('/');
+        Url::parse(&format!(
+            "{base}/services/data/v{}/{path}",
+            self.api_version
+        ))
+        .expect("a valid Salesforce URL")
+    }
+
+    /// The cached token, or a new one.
+    async fn token(&self) -> Result<String, DeliveryError> {
+        let mut cached = self.token.lock().await;
+        if let Some(t) = &*cached {
+            return Ok(t.clone());
+        }
+        let what = format!("POST {}", super::redact(&self.token_url));
+        let response = self
+            .client
+            .post(self.token_url.clone())
+            .form(&self.token_form()?)
+            .send()
+            .await
+            .map_err(|e| DeliveryError::transport(&what, e))?;
+        if !response.status().is_success() {
+            let mut e = DeliveryError::from_response(&what, response).await;
+            e.message = format!("getting an access token: {}", e.message);
+            return Err(e);
+        }
+        let body: Value = response
+            .json()
+            .await
+            .map_err(|e| DeliveryError::transport(&what, e))?;
+        let token = body["access_token"]
+            .as_str()
+            .ok_or_else(|| DeliveryError::permanent("the token answer has no access_token"))?
+            .to_string();
+        *cached = Some(token.clone());
+        Ok(token)
+    }
+
+    /// The token request's form for the configured flow.
+    fn token_form(&self) -> Result<Vec<(&'static str, String)>, DeliveryError> {
+        Ok(match &self.auth {
+            Auth::ClientCredentials(secret) => vec![
+                ("grant_type", "client_credentials".into()),
+                ("client_id", self.client_id.clone()),
+                ("client_secret", secret.0.clone()),
+            ],
+            Auth::JwtBearer {
+                username,
+                key,
+                audience,
+            } => vec![
+                (
+                    "grant_type",
+                    "urn:ietf:params:oauth:grant-type:jwt-bearer".into(),
+                ),
+                (
+                    "assertion",
+                    key.assertion(&self.client_id, username, audience, Timestamp::now())
+                        .map_err(DeliveryError::permanent)?,
+                ),
+            ],
+        })
+    }
+
+    /// Forgets `used` if it is still the cached token (another request may have refreshed it).
+    async fn invalidate(&self, used: &str) {
+        let mut cached = self.token.lock().await;
+        if cached.as_deref() == Some(used) {
+            *cached = None;
+        }
+    }
+
+    /// One API call; on 401 the token is refreshed and the call made once more.
+    async fn call(
+        &self,
+        method: Method,
+        url: Url,
+        body: Option<&Value>,
+    ) -> Result<reqwest::Response, DeliveryError> {
+        let what = format!("{method} {}", super::redact(&url));
+        let mut refreshed = false;
+        loop {
+            let token = self.token().await?;
+            let mut request = self
+                .client
+                .request(method.clone(), url.clone())
+                .bearer_auth(&token);
+            if let Some(body) = body {
+                request = request.json(body);
+            }
+            let response = request
+                .send()
+                .await
+                .map_err(|e| DeliveryError::transport(&what, e))?;
+            let status = response.status().as_u16();
+            if status == 401 && !refreshed {
+                tracing::info!("Salesforce answered 401; refreshing the access token");
+                self.invalidate(&token).await;
+                refreshed = true;
+                continue;
+            }
+            if response.status().is_success() {
+                return Ok(response);
+            }
+            let mut e = DeliveryError::from_response(&what, response).await;
+            if status == 403 && e.excerpt.contains("REQUEST_LIMIT_EXCEEDED") {
+                // The org's API limit: later, not never.
+                e.retriable = true;
+                e.message = format!("{what}: the org's API request limit is exhausted");
+            }
+            if status == 401 {
+                e.message = format!("{what} answered 401 even with a fresh token");
+            }
+            return Err(e);
+        }
+    }
+
+    pub async fn deliver(&self, a: &Attempt<'_>) -> Result<Delivered, DeliveryError> {
+        let (system, lead_id) = split_lead_key(&a.alert.data.lead);
+        if system.is_some_and(|s| s != "salesforce") {
+            return Ok(Delivered::Skipped(format!(
+                "lead {} is not a Salesforce record",
+                a.alert.data.lead
+            )));
+        }
+        let d = &a.alert.data;
+        let reassign_to = d
+            .suggested_owner
+            .as_deref()
+            .filter(|_| self.apply_reassignment);
+        if let Some(owner) = reassign_to {
+            let object = if lead_id.starts_with("003") {
+                "Contact"
+            } else {
+                "Lead"
+            };
+            self.call(
+                Method::PATCH,
+                self.url(&format!("sobjects/{object}/{lead_id}")),
+                Some(&json!({ "OwnerId": owner })),
+            )
+            .await?;
+        }
+        let task = self.task(a, lead_id, reassign_to);
+        match &self.external_id_field {
+            Some(field) => {
+                self.call(
+                    Method::PATCH,
+                    self.url(&format!("sobjects/Task/{field}/{}", a.alert.id())),
+                    Some(&task),
+                )
+                .await?;
+                Ok(Delivered::Sent)
+            }
+            None => {
+                if a.attempt > 1 && self.exists(lead_id, a.alert.id()).await? {
+                    return Ok(Delivered::AlreadyThere);
+                }
+                self.call(Method::POST, self.url("sobjects/Task"), Some(&task))
+                    .await?;
+                Ok(Delivered::Sent)
+            }
+        }
+    }
+
+    /// Whether a task of this lead already carries `alert_id` in its Subject.
+    async fn exists(&self, lead_id: &str, alert_id: &str) -> Result<bool, DeliveryError> {
+        let soql = format!(
+            "SELECT Id FROM Task WHERE WhoId = '{}' AND Subject LIKE '%{}%' LIMIT 1",
+            soql_escape(lead_id),
+            soql_escape(alert_id)
+        );
+        let mut url = self.url("query");
+        url.query_pairs_mut().append_pair("q", &soql);
+        let response = self.call(Method::GET, url, None).await?;
+        let body: Value = response
+            .json()
+            .await
+            .map_err(|e| DeliveryError::transport("reading the SOQL answer", e))?;
+        Ok(body["totalSize"].as_u64().unwrap_or(0) > 0)
+    }
+
+    fn task(&self, a: &Attempt<'_>, lead_id: &str, reassigned: Option<&str>) -> Value {
+        let d = &a.alert.data;
+        let m = a.message;
+        let is_user = |s: &&str| s.starts_with("005");
+        let owner = reassigned
+            .or_else(|| {
+                addressed(a.alert, &[])
+                    .iter()
+                    .map(|r| r.id.as_str())
+                    .find(is_user)
+            })
+            .or(d.owner.as_deref().filter(is_user));
+        let subject = match &self.external_id_field {
+            Some(_) => truncate(&m.title, 255),
+            // The alert id is how a retry finds the task an uncertain attempt created.
+            None => format!(
+                "{} [{}]",
+                truncate(&m.title, 255 - a.alert.id().len() - 3),
+                a.alert.id()
+            ),
+        };
+        let due = (a.alert.timestamp + self.due_in)
+            .to_zoned(jiff::tz::TimeZone::UTC)
+            .date();
+        let mut lines = vec![m.text.clone(), String::new()];
+        lines.push(format!("Lead: {}", m.lead));
+        if !m.owner.is_empty() {
+            lines.push(format!("Owner: {}", m.owner));
+        }
+        lines.push(format!("Deadline: {}", m.deadline));
+        if !m.late.is_empty() {
+            lines.push(format!("Late by: {}", m.late));
+        }
+        if !m.link.is_empty() {
+            lines.push(m.link.clone());
+        }
+        lines.push(format!("leadwatch alert id: {}", a.alert.id()));
+        let mut task = json!({
+            "WhoId": lead_id,
+            "Subject": subject,
+            "Description": truncate(&lines.join("\n"), 32_000),
+            "ActivityDate": due.to_string(),
+            "Priority": if a.alert.kind.ends_with(".reminder") { "Normal" } else { "High" },
+            "Status": "Not Started",
+        });
+        if let Some(owner) = owner {
+            task["OwnerId"] = json!(owner);
+        }
+        task
+    }
+}
+
+fn soql_escape(s: &str) -> String {
+    s.replace('\\', "\\\\").replace('\'', "\\'")
+}
+
+/// How the sink gets its access token.
+enum Auth {
+    ClientCredentials(SecretString),
+    JwtBearer {
+        username: String,
+        key: RsaKey,
+        audience: String,
+    },
+}
+
+/// The RSA key that signs JWT bearer assertions. Its `Debug` shows nothing of it.
+pub struct RsaKey(openssl::pkey::PKey<openssl::pkey::Private>);
+
+impl std::fmt::Debug for RsaKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("RsaKey(<redacted>)")
+    }
+}
+
+impl RsaKey {
+    /// From a PEM (PKCS#1 or PKCS#8); the error never repeats the key.
+    pub fn from_pem(pem: &str) -> Result<Self, String> {
+        let key = openssl::pkey::PKey::private_key_from_pem(pem.trim().as_bytes())
+            .map_err(|_| "is not a PEM-encoded private key".to_string())?;
+        if key.rsa().is_err() {
+            return Err("must be an RSA key (Salesforce signs with RS256)".into());
+        }
+        Ok(Self(key))
+    }
+
+    /// The signed assertion of the OAuth 2.0 JWT bearer flow: `iss` the connected app's client
+    /// id, `sub` the user, `aud` the login URL, valid for three minutes.
+    pub fn assertion(
+        &self,
+        client_id: &str,
+        username: &str,
+        audience: &str,
+        now: Timestamp,
+    ) -> Result<String, String> {
+        let header = URL_SAFE_NO_PAD.encode(br#"{"alg":"RS256"}"#);
+        let claims = json!({
+            "iss": client_id,
+            "sub": username,
+            "aud": audience,
+            "exp": now.as_second() + 180,
+        });
+        let claims = URL_SAFE_NO_PAD.encode(claims.to_string());
+        let signed = format!("{header}.{claims}");
+        let mut signer =
+            openssl::sign::Signer::new(openssl::hash::MessageDigest::sha256(), &self.0)
+                .map_err(|e| format!("signing the assertion: {e}"))?;
+        signer
+            .update(signed.as_bytes())
+            .map_err(|e| format!("signing the assertion: {e}"))?;
+        let signature = signer
+            .sign_to_vec()
+            .map_err(|e| format!("signing the assertion: {e}"))?;
+        Ok(format!("{signed}.{}", URL_SAFE_NO_PAD.encode(signature)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_assertion_is_an_rs256_jwt_the_public_key_verifies() {
+        let rsa = openssl::rsa::Rsa::generate(2048).unwrap();
+        let pem = String::from_utf8(rsa.private_key_to_pem().unwrap()).unwrap();
+        let key = RsaKey::from_pem(&pem).unwrap();
+        let now = Timestamp::from_second(1_800_000_000).unwrap();
+        let jwt = key
+            .assertion(
+                "3MVG9-client",
+                "integration@example.com",
+                "https://login.salesforce.com",
+                now,
+            )
+            .unwrap();
+        let parts: Vec<&str> = jwt.split('.').collect();
+        assert_eq!(parts.len(), 3);
+        let header: Value =
+            serde_json::from_slice(&URL_SAFE_NO_PAD.decode(parts[0]).unwrap()).unwrap();
+        assert_eq!(header, json!({"alg": "RS256"}));
+        let claims: Value =
+            serde_json::from_slice(&URL_SAFE_NO_PAD.decode(parts[1]).unwrap()).unwrap();
+        assert_eq!(
+            claims,
+            json!({"iss": "3MVG9-client", "sub": "integration@example.com", "aud": "https://login.salesforce.com", "exp": 1_800_000_180})
+        );
+        let public =
+            openssl::pkey::PKey::public_key_from_pem(&rsa.public_key_to_pem().unwrap()).unwrap();
+        let mut verifier =
+            openssl::sign::Verifier::new(openssl::hash::MessageDigest::sha256(), &public).unwrap();
+        verifier
+            .update(format!("{}.{}", parts[0], parts[1]).as_bytes())
+            .unwrap();
+        assert!(
+            verifier
+                .verify(&URL_SAFE_NO_PAD.decode(parts[2]).unwrap())
+                .unwrap()
+        );
+        assert!(format!("{key:?}").contains("redacted"));
+        assert!(
+            RsaKey::from_pem("-----BEGIN PRIVATE KEY-----\nnope\n-----END PRIVATE KEY-----")
+                .is_err()
+        );
+    }
+}

@@ -1,0 +1,76 @@
+//! Slack incoming webhooks: a `text` (the notification and fallback) plus Block Kit `blocks`
+//! (header, the message with the recipient mentioned, the lead's facts, a button into the CRM).
+//!
+//! Slack allows about one message per second per webhook and answers 429 with `Retry-After`
+//! beyond it: the sink's queue paces requests (`max_per_second`, default 1) and a 429 holds the
+//! whole webhook for as long as Slack asks. Errors such as 404 `channel_not_found` or 410
+//! `channel_is_archived` are permanent. The webhook URL is a secret and is never logged.
+
+use serde_json::{Value, json};
+
+use super::{Attempt, Delivered, DeliveryError};
+use crate::config::SecretUrl;
+use crate::dispatch::template::slack_escape;
+
+pub struct SlackSink {
+    url: SecretUrl,
+    client: reqwest::Client,
+}
+
+impl SlackSink {
+    pub fn new(url: SecretUrl, client: reqwest::Client) -> Self {
+        Self { url, client }
+    }
+
+    pub async fn deliver(&self, a: &Attempt<'_>) -> Result<Delivered, DeliveryError> {
+        let what = format!("POST {}", self.url.redacted());
+        let response = self
+            .client
+            .post(self.url.0.clone())
+            .json(&payload(a))
+            .send()
+            .await
+            .map_err(|e| DeliveryError::transport(&what, e))?;
+        if response.status().is_success() {
+            return Ok(Delivered::Sent);
+        }
+        Err(DeliveryError::from_response(&what, response).await)
+    }
+}
+
+/// The JSON Slack receives.
+pub fn payload(a: &Attempt<'_>) -> Value {
+    let m = a.message;
+    let mut fields = vec![
+        json!({"type": "mrkdwn", "text": format!("*Lead*\n{}", m_or_dash(&slack_escape(&m.lead)))}),
+    ];
+    fields.push(json!({"type": "mrkdwn", "text": format!("*Owner*\n{}", m_or_dash(&slack_escape(&m.owner)))}));
+    fields.push(json!({"type": "mrkdwn", "text": format!("*Deadline*\n{}", m.deadline)}));
+    if !m.late.is_empty() {
+        fields.push(json!({"type": "mrkdwn", "text": format!("*Late by*\n{}", m.late)}));
+    }
+    let mut blocks = vec![
+        json!({"type": "header", "text": {"type": "plain_text", "text": super::truncate(&m.title, 150), "emoji": true}}),
+        json!({"type": "section", "text": {"type": "mrkdwn", "text": super::truncate(&m.text, 3000)}}),
+        json!({"type": "section", "fields": fields}),
+    ];
+    if !m.link.is_empty() {
+        blocks.push(json!({"type": "actions", "elements": [{
+            "type": "button",
+            "text": {"type": "plain_text", "text": "Open in CRM"},
+            "url": m.link,
+        }]}));
+    }
+    blocks.push(json!({"type": "context", "elements": [{
+        "type": "mrkdwn",
+        "text": format!("{} · {}", a.alert.kind, a.alert.id()),
+    }]}));
+    json!({
+        "text": format!("{}\n{}", slack_escape(&m.title), m.text),
+        "blocks": blocks,
+    })
+}
+
+fn m_or_dash(s: &str) -> &str {
+    if s.is_empty() { "–" } else { s }
+}

@@ -1,0 +1,51 @@
+//! A Standard Webhooks-signed POST of the alert's JSON; `webhook-id` is the alert id, so a
+//! receiver can drop a repeat.
+
+use url::Url;
+
+use super::{Attempt, Delivered, DeliveryError, redact};
+use crate::config::Secrets;
+
+pub struct WebhookSink {
+    url: Url,
+    secrets: Secrets,
+    client: reqwest::Client,
+}
+
+impl WebhookSink {
+    pub fn new(url: Url, secrets: Secrets, client: reqwest::Client) -> Self {
+        Self {
+            url,
+            secrets,
+            client,
+        }
+    }
+
+    pub async fn deliver(&self, a: &Attempt<'_>) -> Result<Delivered, DeliveryError> {
+        // Re-signed on every attempt with a fresh timestamp; the body never changes.
+        let ts = jiff::Timestamp::now().as_second();
+        let signature = self
+            .secrets
+            .0
+            .iter()
+            .map(|s| s.sign(a.alert.id(), ts, a.body))
+            .collect::<Vec<_>>()
+            .join(" ");
+        let what = format!("POST {}", redact(&self.url));
+        let response = self
+            .client
+            .post(self.url.clone())
+            .header("content-type", "application/json")
+            .header("webhook-id", a.alert.id())
+            .header("webhook-timestamp", ts.to_string())
+            .header("webhook-signature", signature)
+            .body(a.body.clone())
+            .send()
+            .await
+            .map_err(|e| DeliveryError::transport(&what, e))?;
+        if response.status().is_success() {
+            return Ok(Delivered::Sent);
+        }
+        Err(DeliveryError::from_response(&what, response).await)
+    }
+}

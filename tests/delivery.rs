@@ -1,0 +1,894 @@
+//! Alerts reaching people: the dispatcher alone (`roles = ["dispatch"]`) against a real
+//! Kafka-protocol endpoint, alerts produced straight into `{prefix}.alerts`, and local HTTP
+//! servers that behave like Slack, Teams, Salesforce, HubSpot and webhook receivers — rate
+//! limits, expired tokens, API limits, outages and refusals included. Every request each server
+//! received is checked.
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use leadwatch::alert::{Alert, Recipient};
+use leadwatch::dispatch::template::sample_alert;
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use support::api::{Answer, Api, ApiRequest};
+use support::process::free_port;
+use support::*;
+
+const PATIENCE: Duration = Duration::from_secs(60);
+
+fn dispatch_config(bootstrap: &str, group: &str, dispatch: &str, sinks: &str) -> String {
+    format!(
+        r#"
+roles = ["dispatch"]
+shutdown_grace = "5s"
+[server]
+listen = "127.0.0.1:0"
+[kafka]
+brokers = "{bootstrap}"
+topic_prefix = "{PREFIX}"
+group_id = "{group}"
+session_timeout = "6s"
+[engine]
+restore_timeout = "20s"
+[dispatch]
+request_timeout = "2s"
+retry_jitter = 0.0
+{dispatch}
+{sinks}
+"#
+    )
+}
+
+/// An alert of `kind` about `lead`, with a fresh id.
+fn alert(kind: &str, lead: &str, n: u32) -> Alert {
+    let mut a = sample_alert(kind);
+    a.data.lead = lead.to_string();
+    a.data.alert_id = format!("alert_{:032x}", 0xfeed_0000u64 + n as u64);
+    a.timestamp = jiff::Timestamp::now();
+    a.data.deadline = a.timestamp - jiff::SignedDuration::from_secs(90);
+    a
+}
+
+async fn produce(bootstrap: &str, alert: &Alert) {
+    let producer: FutureProducer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .create()
+        .unwrap();
+    let body = serde_json::to_vec(alert).unwrap();
+    producer
+        .send(
+            FutureRecord::to(&format!("{PREFIX}.alerts"))
+                .key(&alert.data.lead)
+                .payload(&body),
+            Duration::from_secs(10),
+        )
+        .await
+        .unwrap();
+}
+
+fn lines(requests: &[ApiRequest]) -> Vec<String> {
+    requests.iter().map(|r| r.line()).collect()
+}
+
+async fn delivered(daemon: &Daemon, sink: &str) -> f64 {
+    daemon
+        .metric(&format!(
+            "leadwatch_alert_deliveries_total{{sink=\"{sink}\",outcome=\"delivered\"}}"
+        ))
+        .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slack_teams_salesforce_and_hubspot_get_what_their_apis_expect() {
+    let kafka = kafka(2);
+    // Slack: the first message is rate-limited for 2 s, then everything is fine.
+    let slack = Api::start(|_, before| {
+        if before.is_empty() {
+            Answer::new(429, "rate_limited").header("retry-after", "2")
+        } else {
+            Answer::new(200, "ok")
+        }
+    })
+    .await;
+    let teams = Api::start(|_, _| Answer::new(202, "")).await;
+    // Salesforce: tokens tok-1, tok-2 …; the first Task POST finds the session expired, the
+    // third hits the org's daily API limit.
+    let salesforce = Api::start(|r, before| {
+        let tokens = before.iter().filter(|b| b.path.ends_with("/oauth2/token")).count();
+        let tasks = before.iter().filter(|b| b.path.ends_with("/sobjects/Task")).count();
+        match (r.method.as_str(), r.path.as_str()) {
+            ("POST", "/services/oauth2/token") => Answer::new(
+                200,
+                format!(
+                    r#"{{"access_token":"tok-{}","instance_url":"x","token_type":"Bearer"}}"#,
+                    tokens + 1
+                ),
+            ),
+            ("POST", "/services/data/v62.0/sobjects/Task") if tasks == 0 => Answer::new(
+                401,
+                r#"[{"message":"Session expired or invalid","errorCode":"INVALID_SESSION_ID"}]"#,
+            ),
+            ("POST", "/services/data/v62.0/sobjects/Task") if tasks == 2 => Answer::new(
+                403,
+                r#"[{"message":"TotalRequests Limit exceeded.","errorCode":"REQUEST_LIMIT_EXCEEDED"}]"#,
+            ),
+            ("POST", "/services/data/v62.0/sobjects/Task") => {
+                Answer::new(201, r#"{"id":"00T000000000001","success":true,"errors":[]}"#)
+            }
+            ("PATCH", p) if p.starts_with("/services/data/v62.0/sobjects/Lead/") => {
+                Answer::new(204, "")
+            }
+            ("GET", "/services/data/v62.0/query") => {
+                Answer::new(200, r#"{"totalSize":0,"done":true,"records":[]}"#)
+            }
+            _ => Answer::new(404, "[]"),
+        }
+    })
+    .await;
+    // HubSpot: the first task POST is over the ten-second limit (no Retry-After, as HubSpot
+    // does it: its rate-limit headers say the window).
+    let hubspot = Api::start(|r, before| {
+        let tasks = before
+            .iter()
+            .filter(|b| b.path == "/crm/v3/objects/tasks")
+            .count();
+        match (r.method.as_str(), r.path.as_str()) {
+            ("PATCH", "/crm/v3/objects/contacts/901") => Answer::new(200, r#"{"id":"901"}"#),
+            ("POST", "/crm/v3/objects/tasks/search") => {
+                Answer::new(200, r#"{"total":0,"results":[]}"#)
+            }
+            ("POST", "/crm/v3/objects/tasks") if tasks == 0 => Answer::new(
+                429,
+                r#"{"status":"error","message":"You have reached your ten_secondly_rolling limit.","errorType":"RATE_LIMIT","policyName":"TEN_SECONDLY_ROLLING"}"#,
+            )
+            .header("x-hubspot-ratelimit-interval-milliseconds", "1000")
+            .header("x-hubspot-ratelimit-max", "100")
+            .header("x-hubspot-ratelimit-remaining", "0"),
+            ("POST", "/crm/v3/objects/tasks") => Answer::new(201, r#"{"id":"t-1"}"#),
+            _ => Answer::new(404, "{}"),
+        }
+    })
+    .await;
+
+    let sinks = format!(
+        r#"
+[sinks.team_slack]
+kind = "slack"
+webhook_url = "{slack}/services/T000/B000/slacksecret"
+[sinks.teams]
+kind = "teams"
+webhook_url = "{teams}/workflows/abc/triggers/manual/paths/invoke?sig=teamssecret"
+[sinks.crm]
+kind = "salesforce"
+instance_url = "{sf}"
+token_url = "{sf}/services/oauth2/token"
+client_id = "leadwatch-client"
+client_secret = "sfsecret"
+apply_reassignment = true
+[sinks.hubspot]
+kind = "hubspot"
+token = "pat-na1-hubsecret"
+base_url = "{hs}"
+apply_reassignment = true
+max_per_second = 50
+
+[[routes]]
+alerts = ["sla.first_touch.reminder", "sla.first_touch.breached"]
+to = ["owner"]
+sinks = ["team_slack", "crm"]
+[[routes]]
+alerts = ["sla.first_touch.breached"]
+sinks = ["team_slack"]
+[[routes]]
+alerts = ["sla.first_touch.escalated"]
+to = ["manager"]
+sinks = ["teams", "hubspot", "crm"]
+title = "Escalated: {{{{ lead }}}} ({{{{ company }}}})"
+"#,
+        slack = slack.base,
+        teams = teams.base,
+        sf = salesforce.base,
+        hs = hubspot.base,
+    );
+    let daemon = Daemon::start(
+        &dispatch_config(
+            kafka.bootstrap(),
+            "lwvendors",
+            r#"retry_schedule = ["300ms", "600ms", "1s", "1s"]"#,
+            &sinks,
+        ),
+        &rules_text("1h"),
+    )
+    .await;
+
+    // A breach for a Salesforce lead: Slack (429, then as told 2 s later) and a Task (401, one
+    // token refresh, created).
+    let a = alert("sla.first_touch.breached", "salesforce:00Q5g00000A", 1);
+    produce(kafka.bootstrap(), &a).await;
+    wait_for("the breach in Slack and Salesforce", PATIENCE, || async {
+        delivered(&daemon, "team_slack").await >= 1.0 && delivered(&daemon, "crm").await >= 1.0
+    })
+    .await;
+
+    let got = slack.requests();
+    assert_eq!(
+        lines(&got),
+        ["POST /services/T000/B000/slacksecret"; 2],
+        "two routes name the Slack sink, it gets the alert once (plus the one retry)"
+    );
+    let gap = got[1].at - got[0].at;
+    assert!(
+        gap >= Duration::from_secs(2) && gap < Duration::from_secs(8),
+        "the retry came {gap:?} after the 429 that said Retry-After: 2"
+    );
+    assert_eq!(got[0].body, got[1].body);
+    let msg = got[1].json();
+    assert_eq!(
+        msg["text"].as_str().unwrap().lines().next(),
+        Some("First-touch SLA missed: Jane Doe")
+    );
+    let blocks = msg["blocks"].as_array().unwrap();
+    assert_eq!(blocks[0]["type"], "header");
+    assert_eq!(
+        blocks[0]["text"]["text"],
+        "First-touch SLA missed: Jane Doe"
+    );
+    let said = blocks[1]["text"]["text"].as_str().unwrap();
+    assert!(said.starts_with("<@U024BE7LH>: Lead Jane Doe"), "{said}");
+    let fields: Vec<&str> = blocks[2]["fields"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["text"].as_str().unwrap())
+        .collect();
+    assert_eq!(fields[0], "*Lead*\nJane Doe");
+    assert_eq!(fields[1], "*Owner*\nAlice Rep");
+    assert!(fields[2].starts_with("*Deadline*\n20"), "{fields:?}");
+    assert_eq!(
+        fields[3], "*Late by*\n1m",
+        "how late: deadline 90 s before firing"
+    );
+    assert_eq!(
+        blocks[3]["elements"][0]["url"],
+        a.data.link.clone().unwrap()
+    );
+
+    let sf = salesforce.requests();
+    assert_eq!(
+        lines(&sf),
+        [
+            "POST /services/oauth2/token",
+            "POST /services/data/v62.0/sobjects/Task",
+            "POST /services/oauth2/token",
+            "POST /services/data/v62.0/sobjects/Task",
+        ]
+    );
+    let form = String::from_utf8(sf[0].body.to_vec()).unwrap();
+    assert_eq!(
+        form,
+        "grant_type=client_credentials&client_id=leadwatch-client&client_secret=sfsecret"
+    );
+    assert_eq!(sf[1].header("authorization"), "Bearer tok-1");
+    assert_eq!(
+        sf[3].header("authorization"),
+        "Bearer tok-2",
+        "refreshed once after the 401"
+    );
+    let task = sf[3].json();
+    assert_eq!(task["WhoId"], "00Q5g00000A");
+    assert_eq!(task["OwnerId"], "005A0000001");
+    assert_eq!(
+        task["Subject"],
+        format!("First-touch SLA missed: Jane Doe [{}]", a.id())
+    );
+    assert_eq!(task["Priority"], "High");
+    assert_eq!(task["Status"], "Not Started");
+    let today = jiff::Timestamp::now()
+        .to_zoned(jiff::tz::TimeZone::UTC)
+        .date()
+        .to_string();
+    assert_eq!(task["ActivityDate"], today);
+    let description = task["Description"].as_str().unwrap();
+    assert!(
+        description.contains(&format!("leadwatch alert id: {}", a.id())),
+        "{description}"
+    );
+    assert!(description.contains("Owner: Alice Rep"), "{description}");
+
+    // A second breach: the org is over its API limit once; the retry first looks for a task
+    // the failed attempt might have made, then creates it. No new token.
+    let b = alert("sla.first_touch.breached", "salesforce:00Q5g00000B", 2);
+    produce(kafka.bootstrap(), &b).await;
+    wait_for("the second breach in Salesforce", PATIENCE, || async {
+        delivered(&daemon, "crm").await >= 2.0 && delivered(&daemon, "team_slack").await >= 2.0
+    })
+    .await;
+    let sf = salesforce.requests();
+    assert_eq!(
+        lines(&sf[4..]),
+        [
+            "POST /services/data/v62.0/sobjects/Task",
+            "GET /services/data/v62.0/query",
+            "POST /services/data/v62.0/sobjects/Task",
+        ]
+    );
+    assert!(
+        sf[4..]
+            .iter()
+            .all(|r| r.header("authorization") == "Bearer tok-2")
+    );
+    let q: String = url::form_urlencoded::parse(sf[5].query.as_bytes())
+        .find(|(k, _)| k == "q")
+        .map(|(_, v)| v.into_owned())
+        .unwrap();
+    assert_eq!(
+        q,
+        format!(
+            "SELECT Id FROM Task WHERE WhoId = '00Q5g00000B' AND Subject LIKE '%{}%' LIMIT 1",
+            b.id()
+        )
+    );
+    assert_eq!(sf[6].json()["WhoId"], "00Q5g00000B");
+    assert_eq!(
+        daemon
+            .metric("leadwatch_alert_deliveries_total{sink=\"crm\",outcome=\"retry_scheduled\"}")
+            .await,
+        1.0,
+        "the 401 is handled inside its attempt; only the API limit needed a retry"
+    );
+    assert_eq!(slack.count(), 3);
+
+    // An escalation for a HubSpot contact, addressed to the manager, suggesting a new owner:
+    // a Teams card and a HubSpot task (reassigning the contact first), rate-limited once.
+    let mut c = alert("sla.first_touch.escalated", "hubspot:901", 3);
+    c.data.owner = Some("55".into());
+    c.data.suggested_owner = Some("77".into());
+    c.data.recipients = vec![
+        Recipient {
+            role: "owner".into(),
+            id: "55".into(),
+            name: Some("Alice Rep".into()),
+            email: None,
+            slack: None,
+            teams: Some("alice@example.com".into()),
+        },
+        Recipient {
+            role: "manager".into(),
+            id: "66".into(),
+            name: Some("Mona Manager".into()),
+            email: None,
+            slack: None,
+            teams: Some("mona@example.com".into()),
+        },
+    ];
+    produce(kafka.bootstrap(), &c).await;
+    wait_for("the escalation in Teams and HubSpot", PATIENCE, || async {
+        delivered(&daemon, "teams").await >= 1.0 && delivered(&daemon, "hubspot").await >= 1.0
+    })
+    .await;
+    let hs = hubspot.requests();
+    assert_eq!(
+        lines(&hs),
+        [
+            "PATCH /crm/v3/objects/contacts/901",
+            "POST /crm/v3/objects/tasks",
+            "PATCH /crm/v3/objects/contacts/901",
+            "POST /crm/v3/objects/tasks/search",
+            "POST /crm/v3/objects/tasks",
+        ]
+    );
+    assert!(
+        hs.iter()
+            .all(|r| r.header("authorization") == "Bearer pat-na1-hubsecret")
+    );
+    let waited = hs[2].at - hs[1].at;
+    assert!(
+        waited >= Duration::from_secs(1),
+        "the retry came {waited:?} after a 429 whose window was 1000 ms"
+    );
+    assert_eq!(
+        hs[0].json(),
+        serde_json::json!({"properties": {"hubspot_owner_id": "77"}})
+    );
+    let search = hs[3].json();
+    assert_eq!(
+        search["filterGroups"][0]["filters"][0],
+        serde_json::json!({"propertyName": "hs_task_body", "operator": "CONTAINS_TOKEN", "value": c.id()})
+    );
+    let task = hs[4].json();
+    let p = &task["properties"];
+    assert_eq!(
+        p["hs_task_subject"], "Escalated: Jane Doe (Acme)",
+        "the route's own title"
+    );
+    assert_eq!(
+        p["hubspot_owner_id"], "77",
+        "the task goes to the new owner"
+    );
+    assert_eq!(p["hs_task_priority"], "HIGH");
+    assert_eq!(p["hs_task_status"], "NOT_STARTED");
+    assert!(
+        p["hs_timestamp"]
+            .as_str()
+            .unwrap()
+            .parse::<jiff::Timestamp>()
+            .is_ok()
+    );
+    assert!(p["hs_task_body"].as_str().unwrap().contains(c.id()));
+    assert_eq!(
+        task["associations"][0],
+        serde_json::json!({"to": {"id": "901"}, "types": [{"associationCategory": "HUBSPOT_DEFINED", "associationTypeId": 204}]})
+    );
+    assert_eq!(hs[1].body, hs[4].body);
+
+    let t = teams.requests();
+    assert_eq!(
+        lines(&t),
+        ["POST /workflows/abc/triggers/manual/paths/invoke"]
+    );
+    assert_eq!(t[0].query, "sig=teamssecret");
+    let card = t[0].json();
+    assert_eq!(card["type"], "message");
+    let att = &card["attachments"][0];
+    assert_eq!(
+        att["contentType"],
+        "application/vnd.microsoft.card.adaptive"
+    );
+    let content = &att["content"];
+    assert_eq!(content["type"], "AdaptiveCard");
+    assert_eq!(content["body"][0]["text"], "Escalated: Jane Doe (Acme)");
+    let text = content["body"][1]["text"].as_str().unwrap();
+    assert!(text.starts_with("<at>Mona Manager</at>: "), "{text}");
+    assert!(text.ends_with("Suggested new owner: 77."), "{text}");
+    assert_eq!(
+        content["msteams"]["entities"],
+        serde_json::json!([{"type": "mention", "text": "<at>Mona Manager</at>", "mentioned": {"id": "mona@example.com", "name": "Mona Manager"}}])
+    );
+    assert_eq!(content["actions"][0]["url"], c.data.link.clone().unwrap());
+
+    // The HubSpot contact's escalation also went to the Salesforce sink: not its lead, skipped.
+    wait_for(
+        "the HubSpot lead skipped by Salesforce",
+        PATIENCE,
+        || async {
+            daemon
+                .metric("leadwatch_alert_deliveries_total{sink=\"crm\",outcome=\"skipped\"}")
+                .await
+                == 1.0
+        },
+    )
+    .await;
+    assert_eq!(salesforce.count(), 7);
+
+    // An escalation of a Salesforce lead reassigns it, and the task goes to the new owner.
+    let mut e = alert("sla.first_touch.escalated", "salesforce:00Q5g00000E", 5);
+    e.data.suggested_owner = Some("005A0000009".into());
+    produce(kafka.bootstrap(), &e).await;
+    wait_for("the reassignment and its task", PATIENCE, || async {
+        delivered(&daemon, "crm").await >= 3.0 && delivered(&daemon, "teams").await >= 2.0
+    })
+    .await;
+    let sf = salesforce.requests();
+    assert_eq!(
+        lines(&sf[7..]),
+        [
+            "PATCH /services/data/v62.0/sobjects/Lead/00Q5g00000E",
+            "POST /services/data/v62.0/sobjects/Task",
+        ]
+    );
+    assert_eq!(sf[7].json(), serde_json::json!({"OwnerId": "005A0000009"}));
+    let task = sf[8].json();
+    assert_eq!(task["OwnerId"], "005A0000009");
+    assert_eq!(
+        task["Subject"],
+        format!("Escalated: Jane Doe (Acme) [{}]", e.id())
+    );
+
+    // A close-out alert for marketing ops: no route takes it; logged and counted.
+    let d = alert("disposition.late", "salesforce:00Q5g00000D", 4);
+    produce(kafka.bootstrap(), &d).await;
+    wait_for("the unrouted alert to be counted", PATIENCE, || async {
+        daemon
+            .metric("leadwatch_alerts_unrouted_total{type=\"disposition.late\"}")
+            .await
+            == 1.0
+    })
+    .await;
+    let metrics = reqwest::get(daemon.url("/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("leadwatch_alert_delivery_latency_seconds_count{sink=\"crm\"} 3"),
+        "{metrics}"
+    );
+    daemon.stop().await;
+    assert_eq!(salesforce.count(), 9);
+    assert_eq!(hubspot.count(), 5, "the Salesforce lead is not HubSpot's");
+    assert_eq!(teams.count(), 2);
+    assert_eq!(slack.count(), 3);
+}
+
+/// Reads every record of the dead-letter topic.
+async fn dead_letters(bootstrap: &str, partitions: i32) -> Vec<serde_json::Value> {
+    let bootstrap = bootstrap.to_string();
+    tokio::task::spawn_blocking(move || {
+        let mut base = rdkafka::ClientConfig::new();
+        base.set("bootstrap.servers", &bootstrap);
+        let mut out = Vec::new();
+        for p in 0..partitions {
+            let snapshot = leadwatch::bus::changelog::read_partition(
+                &base,
+                &format!("{PREFIX}.alerts.dlq"),
+                p,
+                Duration::from_secs(30),
+            )
+            .unwrap();
+            out.extend(
+                snapshot
+                    .values()
+                    .map(|v| serde_json::from_slice::<serde_json::Value>(v).unwrap()),
+            );
+        }
+        out
+    })
+    .await
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_receiver_down_across_a_restart_gets_everything_once_and_refusals_are_dead_lettered_then_replayed()
+ {
+    const N: u32 = 5;
+    let kafka = kafka(2);
+    let side = Api::start(|_, _| Answer::new(204, "")).await;
+    let accept = Arc::new(AtomicBool::new(false));
+    let strict = {
+        let accept = accept.clone();
+        Api::start(move |_, _| {
+            if accept.load(Ordering::SeqCst) {
+                Answer::new(204, "")
+            } else {
+                Answer::new(400, r#"{"error":"invalid payload: unknown field `lead`"}"#)
+            }
+        })
+        .await
+    };
+    // Nothing listens here yet: connections are refused.
+    let down = std::net::SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let sinks = format!(
+        r#"
+[sinks.hook]
+kind = "webhook"
+url = "http://{down}/alerts"
+secret = "{SINK_SECRET}"
+[sinks.side]
+kind = "webhook"
+url = "{side}/alerts"
+secret = "{SINK_SECRET}"
+[sinks.strict]
+kind = "webhook"
+url = "{strict}/alerts"
+secret = "{SINK_SECRET}"
+"#,
+        side = side.base,
+        strict = strict.base,
+    );
+    let config = dispatch_config(
+        kafka.bootstrap(),
+        "lwoutage",
+        // Two alerts in flight at most: were their offsets held until the dead sink had them,
+        // the healthy sinks would see two alerts, not five, until it came back.
+        r#"max_in_flight = 2
+retry_schedule = ["300ms", "1s", "2s", "5s", "10s", "10s", "10s", "10s", "10s", "10s"]"#,
+        &sinks,
+    );
+    let a = Daemon::start(&config, &rules_text("1h")).await;
+    let alerts: Vec<Alert> = (0..N)
+        .map(|i| alert("sla.first_touch.breached", &format!("L-{i}"), 100 + i))
+        .collect();
+    for alert in &alerts {
+        produce(kafka.bootstrap(), alert).await;
+    }
+
+    // The other sinks do not wait for the dead one.
+    wait_for("every alert at the healthy sink", PATIENCE, || async {
+        side.count() >= N as usize
+    })
+    .await;
+    wait_for("every refusal dead-lettered", PATIENCE, || async {
+        a.metric("leadwatch_alert_deliveries_total{sink=\"strict\",outcome=\"dead_lettered\"}")
+            .await
+            >= N as f64
+    })
+    .await;
+    wait_for("the outage's backlog", PATIENCE, || async {
+        a.metric("leadwatch_delivery_retry_backlog{sink=\"hook\"}")
+            .await
+            == N as f64
+    })
+    .await;
+    assert_eq!(strict.count(), N as usize, "a 400 is not retried");
+    // Counted as they are decided; written a moment later.
+    wait_for("every dead letter in the topic", PATIENCE, || async {
+        dead_letters(kafka.bootstrap(), 2).await.len() >= N as usize
+    })
+    .await;
+    let letters = dead_letters(kafka.bootstrap(), 2).await;
+    assert_eq!(letters.len(), N as usize);
+    for l in &letters {
+        assert_eq!(l["sink"], "strict");
+        assert_eq!(l["status"], 400);
+        assert_eq!(l["attempts"], 1);
+        assert_eq!(
+            l["body_excerpt"],
+            r#"{"error":"invalid payload: unknown field `lead`"}"#
+        );
+        assert!(
+            l["alert"]["data"]["alert_id"]
+                .as_str()
+                .unwrap()
+                .starts_with("alert_")
+        );
+    }
+
+    // Stopped and started again while the receiver is still down: the backlog comes back
+    // from Kafka, not from memory.
+    a.stop().await;
+    let b = Daemon::start(&config, &rules_text("1h")).await;
+    wait_for("the backlog restored", PATIENCE, || async {
+        b.metric("leadwatch_delivery_retry_backlog{sink=\"hook\"}")
+            .await
+            == N as f64
+    })
+    .await;
+    let back = Instant::now();
+    let hook = Api::start_on(down, |_, _| Answer::new(204, "")).await;
+    wait_for(
+        "every alert at the receiver that came back",
+        PATIENCE,
+        || async { hook.count() >= N as usize },
+    )
+    .await;
+    let caught_up = back.elapsed();
+    wait_for("the backlog to empty", PATIENCE, || async {
+        b.metric("leadwatch_delivery_retry_backlog{sink=\"hook\"}")
+            .await
+            == 0.0
+    })
+    .await;
+    let got = hook.requests();
+    let mut ids: Vec<&str> = got.iter().map(|r| r.header("webhook-id")).collect();
+    ids.sort();
+    let mut want: Vec<&str> = alerts.iter().map(|a| a.id()).collect();
+    want.sort();
+    assert_eq!(ids, want, "each alert exactly once");
+    // Re-signed with a fresh timestamp, verifiable with the sink's secret.
+    let secret: leadwatch::signature::WebhookSecret = SINK_SECRET.parse().unwrap();
+    for r in &got {
+        let headers = leadwatch::signature::SignedHeaders {
+            id: Some(r.header("webhook-id")),
+            timestamp: Some(r.header("webhook-timestamp")),
+            signature: Some(r.header("webhook-signature")),
+        };
+        let now = jiff::Timestamp::now().as_second();
+        assert_eq!(
+            leadwatch::signature::verify(std::slice::from_ref(&secret), &headers, &r.body, now, 60),
+            Ok(())
+        );
+    }
+    assert!(caught_up < Duration::from_secs(30), "took {caught_up:?}");
+    assert_eq!(side.count(), N as usize, "nothing doubled by the restart");
+
+    // The cause of the refusals is fixed; the dead letters are re-sent, once.
+    accept.store(true, Ordering::SeqCst);
+    let cfg =
+        leadwatch::config::Config::load_with_env(&b.dir.path().join("leadwatch.toml"), Vec::new())
+            .unwrap();
+    let report = leadwatch::dispatch::dlq::replay(&cfg, "strict")
+        .await
+        .unwrap();
+    assert_eq!(
+        (
+            report.found,
+            report.delivered,
+            report.dead_again,
+            report.other_sinks
+        ),
+        (N as usize, N as usize, 0, 0),
+        "{report}"
+    );
+    let replayed: BTreeMap<String, usize> =
+        strict.requests()[N as usize..]
+            .iter()
+            .fold(BTreeMap::new(), |mut m, r| {
+                *m.entry(r.header("webhook-id").to_string()).or_default() += 1;
+                m
+            });
+    assert_eq!(replayed.len(), N as usize);
+    assert!(replayed.values().all(|n| *n == 1));
+    let again = leadwatch::dispatch::dlq::replay(&cfg, "strict")
+        .await
+        .unwrap();
+    assert_eq!(again.found, 0, "{again}");
+    assert_eq!(strict.count(), 2 * N as usize);
+    b.stop().await;
+    assert_eq!(hook.count(), N as usize);
+}
+
+/// The daemon as a child process, killed with SIGKILL while its retry backlog waits for a
+/// receiver that is down: the next daemon delivers every alert, once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_with_a_retry_backlog_loses_and_doubles_nothing() {
+    use support::process::DaemonProcess;
+    const N: u32 = 8;
+    let kafka = kafka(2);
+    let down = std::net::SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let dir = tempfile::tempdir().unwrap();
+    let start = |name: &str| {
+        let port = free_port();
+        let config = dispatch_config(
+            kafka.bootstrap(),
+            "lwkill",
+            r#"retry_schedule = ["300ms", "1s", "2s", "5s", "10s", "10s", "10s", "10s", "10s", "10s"]"#,
+            &format!(
+                "[sinks.hook]\nkind = \"webhook\"\nurl = \"http://{down}/alerts\"\nsecret = \"{SINK_SECRET}\"\n"
+            ),
+        )
+        .replace("listen = \"127.0.0.1:0\"", &format!("listen = \"127.0.0.1:{port}\""));
+        DaemonProcess::start(dir.path(), name, port, &config, &rules_text("1h"))
+    };
+    let backlog = |d: &DaemonProcess| {
+        let url = d.url("/metrics");
+        async move {
+            let Ok(r) = reqwest::get(url).await else {
+                return -1.0;
+            };
+            let text = r.text().await.unwrap_or_default();
+            text.lines()
+                .find_map(|l| {
+                    l.strip_prefix("leadwatch_delivery_retry_backlog{sink=\"hook\"}")
+                        .and_then(|v| v.trim().parse::<f64>().ok())
+                })
+                .unwrap_or(-1.0)
+        }
+    };
+    let a = start("a");
+    wait_for("daemon a ready", PATIENCE, || a.ready()).await;
+    let alerts: Vec<Alert> = (0..N)
+        .map(|i| alert("sla.first_touch.breached", &format!("K-{i}"), 200 + i))
+        .collect();
+    for alert in &alerts {
+        produce(kafka.bootstrap(), alert).await;
+    }
+    wait_for("the backlog in daemon a", PATIENCE, || async {
+        backlog(&a).await == N as f64
+    })
+    .await;
+    a.kill();
+
+    let b = start("b");
+    wait_for("the backlog restored in daemon b", PATIENCE, || async {
+        backlog(&b).await == N as f64
+    })
+    .await;
+    let hook = Api::start_on(down, |_, _| Answer::new(204, "")).await;
+    wait_for(
+        "every alert once the receiver is back",
+        PATIENCE,
+        || async { hook.count() >= N as usize },
+    )
+    .await;
+    wait_for("the backlog to empty", PATIENCE, || async {
+        backlog(&b).await == 0.0
+    })
+    .await;
+    b.terminate();
+    let mut ids: Vec<String> = hook
+        .requests()
+        .iter()
+        .map(|r| r.header("webhook-id").to_string())
+        .collect();
+    ids.sort();
+    let mut want: Vec<String> = alerts.iter().map(|a| a.id().to_string()).collect();
+    want.sort();
+    assert_eq!(ids, want, "each alert exactly once");
+}
+
+/// The JWT bearer flow, sink alone (no Kafka): the token endpoint gets an RS256 assertion its
+/// public key verifies, and the task goes out with the token it answered.
+#[tokio::test]
+async fn salesforce_jwt_bearer_gets_its_token_with_a_signed_assertion() {
+    use base64::Engine as _;
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    use leadwatch::config::SinkConfig;
+    use leadwatch::dispatch::sinks::{Attempt, Delivered, Sink};
+    use leadwatch::dispatch::template::{Style, Templates};
+
+    let rsa = openssl::rsa::Rsa::generate(2048).unwrap();
+    let pem = String::from_utf8(rsa.private_key_to_pem().unwrap()).unwrap();
+    let public =
+        openssl::pkey::PKey::public_key_from_pem(&rsa.public_key_to_pem().unwrap()).unwrap();
+    let salesforce = Api::start(move |r, _| match r.path.as_str() {
+        "/services/oauth2/token" => {
+            let form: BTreeMap<String, String> =
+                url::form_urlencoded::parse(&r.body).into_owned().collect();
+            let jwt = form.get("assertion").cloned().unwrap_or_default();
+            let parts: Vec<&str> = jwt.split('.').collect();
+            let verified = parts.len() == 3 && {
+                let mut v =
+                    openssl::sign::Verifier::new(openssl::hash::MessageDigest::sha256(), &public)
+                        .unwrap();
+                v.update(format!("{}.{}", parts[0], parts[1]).as_bytes())
+                    .unwrap();
+                v.verify(&URL_SAFE_NO_PAD.decode(parts[2]).unwrap_or_default())
+                    .unwrap_or(false)
+            };
+            if form.get("grant_type").map(String::as_str)
+                == Some("urn:ietf:params:oauth:grant-type:jwt-bearer")
+                && verified
+            {
+                Answer::new(200, r#"{"access_token":"jwt-token","token_type":"Bearer"}"#)
+            } else {
+                Answer::new(400, r#"{"error":"invalid_grant"}"#)
+            }
+        }
+        "/services/data/v62.0/sobjects/Task" => Answer::new(201, r#"{"id":"00T1","success":true}"#),
+        _ => Answer::new(404, ""),
+    })
+    .await;
+    let cfg: SinkConfig = serde_json::from_value(serde_json::json!({
+        "kind": "salesforce",
+        "instance_url": salesforce.base,
+        "token_url": format!("{}/services/oauth2/token", salesforce.base),
+        "client_id": "3MVG9-client",
+        "username": "integration@example.com",
+        "private_key": pem,
+    }))
+    .unwrap();
+    assert!(leadwatch::dispatch::sinks::check_config(&cfg).is_empty());
+    assert!(!format!("{cfg:?}").contains("PRIVATE KEY"));
+    let sink = Sink::from_config(&cfg, reqwest::Client::new());
+    let alert = sample_alert("sla.first_touch.breached");
+    let message = Templates::new(&[])
+        .unwrap()
+        .render(&alert, None, Style::Plain);
+    let body = bytes::Bytes::from(serde_json::to_vec(&alert).unwrap());
+    let outcome = sink
+        .deliver(&Attempt {
+            alert: &alert,
+            body: &body,
+            attempt: 1,
+            message: &message,
+        })
+        .await;
+    assert_eq!(outcome.unwrap(), Delivered::Sent);
+    let got = salesforce.requests();
+    assert_eq!(
+        lines(&got),
+        [
+            "POST /services/oauth2/token",
+            "POST /services/data/v62.0/sobjects/Task"
+        ]
+    );
+    let form: BTreeMap<String, String> = url::form_urlencoded::parse(&got[0].body)
+        .into_owned()
+        .collect();
+    assert!(!form.contains_key("client_secret"));
+    let claims: serde_json::Value = serde_json::from_slice(
+        &URL_SAFE_NO_PAD
+            .decode(form["assertion"].split('.').nth(1).unwrap())
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(claims["iss"], "3MVG9-client");
+    assert_eq!(claims["sub"], "integration@example.com");
+    assert_eq!(claims["aud"], "https://login.salesforce.com");
+    assert_eq!(got[1].header("authorization"), "Bearer jwt-token");
+}
