@@ -689,18 +689,7 @@ impl fmt::Debug for PlainSecrets {
 
 impl<'de> Deserialize<'de> for PlainSecrets {
     fn deserialize<D: serde::Deserializer<'de>>(de: D) -> Result<Self, D::Error> {
-        #[derive(Deserialize)]
-        #[serde(untagged)]
-        enum OneOrMany {
-            One(String),
-            Many(Vec<String>),
-        }
-        let raw = match OneOrMany::deserialize(de)
-            .map_err(|_| serde::de::Error::custom("expected a secret string or a list of them"))?
-        {
-            OneOrMany::One(s) => vec![s],
-            OneOrMany::Many(v) => v,
-        };
+        let raw = one_or_many(de, "expected a secret string or a list of them")?;
         if raw.is_empty() {
             return Err(serde::de::Error::custom("at least one secret is needed"));
         }
@@ -961,18 +950,7 @@ impl fmt::Debug for Secrets {
 
 impl<'de> Deserialize<'de> for Secrets {
     fn deserialize<D: serde::Deserializer<'de>>(de: D) -> Result<Self, D::Error> {
-        #[derive(Deserialize)]
-        #[serde(untagged)]
-        enum OneOrMany {
-            One(String),
-            Many(Vec<String>),
-        }
-        let raw = match OneOrMany::deserialize(de).map_err(|_| {
-            serde::de::Error::custom("expected a `whsec_…` string or a list of them")
-        })? {
-            OneOrMany::One(s) => vec![s],
-            OneOrMany::Many(v) => v,
-        };
+        let raw = one_or_many(de, "expected a `whsec_…` string or a list of them")?;
         if raw.is_empty() {
             return Err(serde::de::Error::custom("at least one secret is needed"));
         }
@@ -990,6 +968,24 @@ impl<'de> Deserialize<'de> for Secrets {
             })
             .collect::<Result<_, _>>()
             .map(Secrets)
+    }
+}
+
+/// `"x"` or `["x", "y"]` as a list; `expected` is the error when it is neither.
+pub(crate) fn one_or_many<'de, D: serde::Deserializer<'de>>(
+    de: D,
+    expected: &str,
+) -> Result<Vec<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum OneOrMany {
+        One(String),
+        Many(Vec<String>),
+    }
+    match OneOrMany::deserialize(de) {
+        Ok(OneOrMany::One(s)) => Ok(vec![s]),
+        Ok(OneOrMany::Many(v)) => Ok(v),
+        Err(_) => Err(serde::de::Error::custom(expected)),
     }
 }
 

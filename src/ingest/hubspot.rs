@@ -559,13 +559,7 @@ mod tests {
     }
 
     fn toml_source(text: &str) -> SourceConfig {
-        let value: serde_json::Value = config::Config::builder()
-            .add_source(config::File::from_str(text, config::FileFormat::Toml))
-            .build()
-            .unwrap()
-            .try_deserialize()
-            .unwrap();
-        serde_json::from_value(value).unwrap()
+        crate::ingest::tests::source_config(text)
     }
 
     fn check(

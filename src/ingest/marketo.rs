@@ -232,13 +232,7 @@ mod tests {
         let text = format!(
             "kind = \"marketo\"\nheader = \"X-Leadwatch-Token\"\nsecret = [\"t0k3n-new\", \"t0k3n-old\"]\n[fields]\n{fields}"
         );
-        let value: serde_json::Value = config::Config::builder()
-            .add_source(config::File::from_str(&text, config::FileFormat::Toml))
-            .build()
-            .unwrap()
-            .try_deserialize()
-            .unwrap();
-        MarketoSource::from_config(&serde_json::from_value(value).unwrap())
+        MarketoSource::from_config(&crate::ingest::tests::source_config(&text))
     }
 
     fn now() -> Timestamp {

@@ -583,6 +583,17 @@ pub(crate) mod tests {
     use proptest::prelude::*;
     use serde_json::Value;
 
+    /// A source's config from TOML text (what `[sources.NAME]` holds), ready to deserialize.
+    pub fn source_config<T: serde::de::DeserializeOwned>(text: &str) -> T {
+        let value: Value = config::Config::builder()
+            .add_source(config::File::from_str(text, config::FileFormat::Toml))
+            .build()
+            .unwrap()
+            .try_deserialize()
+            .unwrap();
+        serde_json::from_value(value).unwrap()
+    }
+
     /// Parses a fixture: an HTTP/1.1 request as text (request line, headers, a blank line, the
     /// body; one final newline of the file is not part of the body).
     pub fn fixture(text: &str) -> (Method, Uri, HeaderMap, Vec<u8>) {

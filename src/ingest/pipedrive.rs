@@ -345,13 +345,7 @@ mod tests {
         let text = format!(
             "kind = \"pipedrive\"\nusername = \"pd\"\npassword = \"s3cret\"\n[fields]\n{fields}"
         );
-        let value: serde_json::Value = config::Config::builder()
-            .add_source(config::File::from_str(&text, config::FileFormat::Toml))
-            .build()
-            .unwrap()
-            .try_deserialize()
-            .unwrap();
-        PipedriveSource::from_config(&serde_json::from_value(value).unwrap())
+        PipedriveSource::from_config(&crate::ingest::tests::source_config(&text))
     }
 
     fn now() -> Timestamp {

@@ -365,13 +365,7 @@ mod tests {
     fn source(extra: &str) -> SalesforceSource {
         let text =
             format!("kind = \"salesforce\"\norganization_ids = [\"00D5g000004Xq2R\"]\n{extra}");
-        let value: serde_json::Value = config::Config::builder()
-            .add_source(config::File::from_str(&text, config::FileFormat::Toml))
-            .build()
-            .unwrap()
-            .try_deserialize()
-            .unwrap();
-        SalesforceSource::from_config(&serde_json::from_value(value).unwrap())
+        SalesforceSource::from_config(&crate::ingest::tests::source_config(&text))
     }
 
     fn now() -> Timestamp {

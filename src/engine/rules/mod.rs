@@ -192,19 +192,7 @@ struct OneOrMany(Vec<String>);
 
 impl<'de> Deserialize<'de> for OneOrMany {
     fn deserialize<D: serde::Deserializer<'de>>(de: D) -> Result<Self, D::Error> {
-        #[derive(Deserialize)]
-        #[serde(untagged)]
-        enum Raw {
-            One(String),
-            Many(Vec<String>),
-        }
-        match Raw::deserialize(de) {
-            Ok(Raw::One(s)) => Ok(OneOrMany(vec![s])),
-            Ok(Raw::Many(v)) => Ok(OneOrMany(v)),
-            Err(_) => Err(serde::de::Error::custom(
-                "expected a name or a list of names",
-            )),
-        }
+        crate::config::one_or_many(de, "expected a name or a list of names").map(OneOrMany)
     }
 }
 
@@ -613,56 +601,53 @@ fn resolve_recipients(
     out
 }
 
-fn merge_handoff(base: Option<&RawHandoff>, over: Option<&RawHandoff>) -> Option<RawHandoff> {
+/// A segment's table over the top level's: what the segment names wins, field by field.
+fn merge<T: Clone>(
+    base: Option<&T>,
+    over: Option<&T>,
+    fields: impl FnOnce(&T, &T) -> T,
+) -> Option<T> {
     match (base, over) {
         (b, None) => b.cloned(),
         (None, Some(o)) => Some(o.clone()),
-        (Some(b), Some(o)) => Some(RawHandoff {
-            assign_within: o.assign_within.or(b.assign_within),
-        }),
+        (Some(b), Some(o)) => Some(fields(b, o)),
     }
+}
+
+fn merge_handoff(base: Option<&RawHandoff>, over: Option<&RawHandoff>) -> Option<RawHandoff> {
+    merge(base, over, |b, o| RawHandoff {
+        assign_within: o.assign_within.or(b.assign_within),
+    })
 }
 
 fn merge_first_touch(
     base: Option<&RawFirstTouch>,
     over: Option<&RawFirstTouch>,
 ) -> Option<RawFirstTouch> {
-    match (base, over) {
-        (b, None) => b.cloned(),
-        (None, Some(o)) => Some(o.clone()),
-        (Some(b), Some(o)) => Some(RawFirstTouch {
-            within: o.within.or(b.within),
-            remind_before: o.remind_before.or(b.remind_before),
-            escalate: o.escalate.clone().or_else(|| b.escalate.clone()),
-            touch_kinds: None,
-        }),
-    }
+    merge(base, over, |b, o| RawFirstTouch {
+        within: o.within.or(b.within),
+        remind_before: o.remind_before.or(b.remind_before),
+        escalate: o.escalate.clone().or_else(|| b.escalate.clone()),
+        touch_kinds: None,
+    })
 }
 
 fn merge_follow_up(base: Option<&RawFollowUp>, over: Option<&RawFollowUp>) -> Option<RawFollowUp> {
-    match (base, over) {
-        (b, None) => b.cloned(),
-        (None, Some(o)) => Some(o.clone()),
-        (Some(b), Some(o)) => Some(RawFollowUp {
-            min_attempts: o.min_attempts.or(b.min_attempts),
-        }),
-    }
+    merge(base, over, |b, o| RawFollowUp {
+        min_attempts: o.min_attempts.or(b.min_attempts),
+    })
 }
 
 fn merge_disposition(
     base: Option<&RawDisposition>,
     over: Option<&RawDisposition>,
 ) -> Option<RawDisposition> {
-    match (base, over) {
-        (b, None) => b.cloned(),
-        (None, Some(o)) => Some(o.clone()),
-        (Some(b), Some(o)) => Some(RawDisposition {
-            reasons: o.reasons.clone().or_else(|| b.reasons.clone()),
-            vague: o.vague.clone().or_else(|| b.vague.clone()),
-            detail_min_chars: o.detail_min_chars.or(b.detail_min_chars),
-            feedback_within: o.feedback_within.or(b.feedback_within),
-        }),
-    }
+    merge(base, over, |b, o| RawDisposition {
+        reasons: o.reasons.clone().or_else(|| b.reasons.clone()),
+        vague: o.vague.clone().or_else(|| b.vague.clone()),
+        detail_min_chars: o.detail_min_chars.or(b.detail_min_chars),
+        feedback_within: o.feedback_within.or(b.feedback_within),
+    })
 }
 
 /// Builds and checks one set of settings; `at` prefixes key paths (`""` or `segments[2].`).
