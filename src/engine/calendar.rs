@@ -328,11 +328,32 @@ impl Calendar {
         Timestamp::MIN
     }
 
-    /// The same local time `days` working days after `start`'s date, moved into that day's
-    /// working hours (to its opening when earlier, its close when later, the next range when in
-    /// a break).
+    /// `t` when it is working time, else the start of the next working range.
+    pub fn next_working(&self, t: Timestamp) -> Timestamp {
+        let first = self.local_date(t);
+        for offset in 0..MAX_DAYS {
+            let Ok(date) = first.checked_add(offset.days()) else {
+                break;
+            };
+            for (a, b) in self.intervals(date) {
+                if t < b {
+                    return a.max(t);
+                }
+            }
+        }
+        Timestamp::MAX
+    }
+
+    /// The same local time `days` working days later, counted from the first working instant at
+    /// or after `start` (a lead handed off on Saturday has all of Monday for `1d`), moved into
+    /// that day's working hours (to its opening when earlier, its close when later, the next
+    /// range when in a break).
     pub fn add_days(&self, start: Timestamp, days: u32) -> Timestamp {
         if days == 0 {
+            return start;
+        }
+        let start = self.next_working(start);
+        if start == Timestamp::MAX {
             return start;
         }
         let local = start.to_zoned(self.tz.clone());
@@ -416,6 +437,11 @@ pub fn add(calendar: Option<&Calendar>, start: Timestamp, d: SlaDuration) -> Tim
             start.saturating_add(total).unwrap_or(Timestamp::MAX)
         }
     }
+}
+
+/// The first working instant at or after `t` (`t` itself without a calendar).
+pub fn next_working(calendar: Option<&Calendar>, t: Timestamp) -> Timestamp {
+    calendar.map_or(t, |c| c.next_working(t))
 }
 
 /// Subtracts working time (a reminder before a deadline); days count as 24 h without a calendar.
@@ -575,15 +601,27 @@ mod tests {
             add(Some(&c), at(NY, "2026-11-20T10:15:30"), d("1d")),
             at(NY, "2026-11-23T10:15:30")
         );
-        // Saturday morning + 1d: Monday, moved to the opening.
-        assert_eq!(
-            add(Some(&c), at(NY, "2026-11-21T07:00"), d("1d")),
-            at(NY, "2026-11-23T09:00")
-        );
-        // Evening + 2d: moved back to the close of that day.
+        // Outside working hours the days count from the next opening: handed off on Saturday
+        // (morning or evening) or on Sunday night, `1d` is all of Monday.
+        for start in ["2026-11-21T07:00", "2026-11-21T10:00", "2026-11-22T20:00"] {
+            assert_eq!(
+                add(Some(&c), at(NY, start), d("1d")),
+                at(NY, "2026-11-24T09:00"),
+                "{start}"
+            );
+        }
+        // Monday evening + 2d: Tuesday and Wednesday.
         assert_eq!(
             add(Some(&c), at(NY, "2026-11-23T20:00"), d("2d")),
-            at(NY, "2026-11-25T17:00")
+            at(NY, "2026-11-26T09:00")
+        );
+        // A day whose hours are shorter: moved back to its close.
+        let mut hours = weekdays("09:00-17:00");
+        hours.insert("fri".into(), "09:00-13:00".into());
+        let short_friday = Calendar::new("x", NY, &hours, &[]).unwrap();
+        assert_eq!(
+            add(Some(&short_friday), at(NY, "2026-11-19T15:00"), d("1d")),
+            at(NY, "2026-11-20T13:00")
         );
         // Days, then hours.
         assert_eq!(

@@ -10,9 +10,9 @@
 
 use jiff::Timestamp;
 
-use super::calendar::{self, Calendar};
+use super::calendar;
 use super::rules::Settings;
-use super::state::{Closeout, Lead};
+use super::state::{Closeout, Lead, Owed};
 
 /// One alert a lead is owed, with when it is due.
 #[derive(Debug, Clone, PartialEq)]
@@ -111,7 +111,10 @@ pub fn owed(lead: &Lead, settings: &Settings) -> Vec<Due> {
                 step,
             };
             if let Some(before) = ft.remind_before {
-                let at = calendar::sub(cal, deadline, before).max(start);
+                // Never before the clock can first run (a handoff on Saturday is reminded of on
+                // Monday, not on Saturday).
+                let at =
+                    calendar::sub(cal, deadline, before).max(calendar::next_working(cal, start));
                 if !cancelled(at) {
                     out.push(Due {
                         kind: REMINDER,
@@ -160,44 +163,65 @@ pub fn owed(lead: &Lead, settings: &Settings) -> Vec<Due> {
             }
         }
     }
-    for closeout in &lead.closeouts {
-        closeout_alerts(closeout, settings, cal, &mut out);
+    for c in &lead.closeouts {
+        for owed in &c.owes {
+            let (kind, rule, variant) = match owed.kind.as_str() {
+                INSUFFICIENT_ATTEMPTS => (INSUFFICIENT_ATTEMPTS, "follow_up", None),
+                MISSING_REASON => (MISSING_REASON, "disposition", Some(MISSING_REASON)),
+                UNKNOWN_REASON => (UNKNOWN_REASON, "disposition", Some(UNKNOWN_REASON)),
+                VAGUE_REASON => (VAGUE_REASON, "disposition", Some(VAGUE_REASON)),
+                LATE => (LATE, "disposition", Some(LATE)),
+                _ => continue,
+            };
+            out.push(Due {
+                kind,
+                rule,
+                level: 0,
+                variant,
+                clock: c.closed_at,
+                deadline: owed.deadline,
+                fire_at: c.closed_at,
+                to: vec!["owner".into(), "marketing_ops".into()],
+                what: What::Closeout(c.clone()),
+            });
+        }
     }
     out
 }
 
-/// What a close-out owes: too few attempts, a missing, unknown or vague reason, a late close.
-fn closeout_alerts(c: &Closeout, settings: &Settings, cal: Option<&Calendar>, out: &mut Vec<Due>) {
-    let to = || vec!["owner".to_string(), "marketing_ops".to_string()];
-    let due = |kind, rule, variant, deadline| Due {
-        kind,
-        rule,
-        level: 0,
-        variant,
-        clock: c.closed_at,
+/// What a close-out owes under the rules in force when it happens: too few attempts, a missing,
+/// unknown or vague reason, a late close. Judged once, at the close: a later edit of the rules
+/// does not reopen a month of past close-outs.
+pub fn judge(c: &Closeout, settings: &Settings) -> Vec<Owed> {
+    let cal = settings.calendar.as_deref();
+    let mut owes = Vec::new();
+    let owed = |kind: &str, deadline| Owed {
+        kind: kind.to_string(),
         deadline,
-        fire_at: c.closed_at,
-        to: to(),
-        what: What::Closeout(c.clone()),
     };
     if let Some(f) = &settings.follow_up
         && c.attempts < f.min_attempts
     {
-        out.push(due(INSUFFICIENT_ATTEMPTS, "follow_up", None, c.closed_at));
+        owes.push(owed(INSUFFICIENT_ATTEMPTS, c.closed_at));
     }
     let Some(d) = &settings.disposition else {
-        return;
+        return owes;
     };
     if let Some(kind) = reason_problem(c, d) {
-        out.push(due(kind, "disposition", Some(kind), c.closed_at));
+        owes.push(owed(kind, c.closed_at));
     }
     if let Some(within) = d.feedback_within {
-        let from = c.last_activity_at.unwrap_or(c.sales_ready_at);
+        // The last activity of this episode; an older one (a call last quarter) is not feedback.
+        let from = c
+            .last_activity_at
+            .filter(|t| *t >= c.sales_ready_at)
+            .unwrap_or(c.sales_ready_at);
         let due_by = calendar::add(cal, from, within);
         if c.closed_at > due_by {
-            out.push(due(LATE, "disposition", Some(LATE), due_by));
+            owes.push(owed(LATE, due_by));
         }
     }
+    owes
 }
 
 /// Which reason alert a close-out gets, if any. Reasons match trimmed and case-insensitively.

@@ -152,6 +152,7 @@ impl Engine {
         let entry = Logged {
             at: event.occurred_at,
             seq: state.seq,
+            event: state::event_key(&event.id),
             source: event.source.clone(),
             change: event.change.clone(),
         };
@@ -183,6 +184,33 @@ impl Engine {
             self.step(&mut lead, entry);
         }
         state.lead = lead;
+    }
+
+    /// New rules for a lead as it stands: `[lifecycle]` asked again of its current fields at
+    /// `now` — an episode the new rules no longer see ends, one they now see begins (its clocks
+    /// from `now`). Nothing is folded again: past close-outs stay judged as they were, and a close
+    /// this reveals is not judged (it did not happen now).
+    pub fn reevaluate(&self, state: &mut LeadState, now: Timestamp) {
+        let lead = &mut state.lead;
+        if lead.fields.is_empty() {
+            return;
+        }
+        let at = lead.last_event_at.map_or(now, |t| t.max(now));
+        let facts = Facts::new(&lead.fields);
+        let l = &self.rules.lifecycle;
+        let verdict = Verdict {
+            ready: self.eval(&l.sales_ready, &facts),
+            closed: l.closed.as_ref().is_some_and(|p| self.eval(p, &facts)),
+            converted: l.converted.as_ref().is_some_and(|p| self.eval(p, &facts)),
+        };
+        let before = (lead.episode.is_some(), lead.ended_at.is_some());
+        let after = (
+            verdict.ready && !verdict.closed && !verdict.converted && lead.deleted_at.is_none(),
+            verdict.closed || verdict.converted,
+        );
+        if before != after {
+            self.lifecycle(lead, at, verdict, false);
+        }
     }
 
     /// Folds the events that are out of the reorder window by now (`now` minus the window) into
@@ -235,6 +263,10 @@ impl Engine {
         lead.origin.get_or_insert_with(|| e.source.clone());
         match &e.change {
             Change::Updated { fields } => {
+                // A change after a deletion is the record back (HubSpot's restore, an undelete).
+                if lead.deleted_at.is_some_and(|d| at > d) {
+                    lead.deleted_at = None;
+                }
                 let touch_rule = self.rules.lifecycle.touch.as_ref();
                 let touch_before = touch_rule.map(|p| self.eval(p, &Facts::new(&lead.fields)));
                 for (k, v) in fields {
@@ -260,9 +292,9 @@ impl Engine {
                     (Some(p), Some(false)) => self.eval(p, &facts),
                     _ => false,
                 };
-                self.lifecycle(lead, at, verdict);
+                self.lifecycle(lead, at, verdict, true);
                 if touched {
-                    lead.add_touch(at);
+                    lead.add_touch(state::Touch { at, event: e.event });
                 }
             }
             Change::Activity { activity } => {
@@ -273,7 +305,7 @@ impl Engine {
                     .iter()
                     .any(|k| k.eq_ignore_ascii_case(activity.kind.trim()))
                 {
-                    lead.add_touch(at);
+                    lead.add_touch(state::Touch { at, event: e.event });
                 }
             }
             Change::Deleted {} | Change::Merged { .. } => {
@@ -294,17 +326,21 @@ impl Engine {
             );
             let attempts = lead.touches_between(c.sales_ready_at, at);
             let last_activity_at = lead.last_activity_at;
+            let settings = self.settings(lead);
             let c = lead.closeouts.last_mut().expect("checked");
             c.reason = reason;
             c.detail = detail;
             c.attempts = attempts;
             c.last_activity_at = last_activity_at;
+            c.owes = deadlines::judge(c, &settings);
         }
     }
 
     /// Owner, sales-readiness, close and conversion after a patch, and what they mean for the
     /// episode and its clocks.
-    fn lifecycle(&self, lead: &mut Lead, at: Timestamp, verdict: Verdict) {
+    /// `judge`: a close is judged by the close-out rules (not when new rules are applied to a
+    /// lead that had no event).
+    fn lifecycle(&self, lead: &mut Lead, at: Timestamp, verdict: Verdict, judge: bool) {
         let owner = lead.text("owner");
         if owner != lead.owner || lead.owner_since.is_none() {
             lead.owner = owner;
@@ -325,7 +361,7 @@ impl Engine {
         if !active && let Some(episode) = lead.episode.take() {
             // Closing (not converting) a lead that was sales-ready is judged by the close-out
             // rules.
-            if closed && !converted {
+            if judge && closed && !converted {
                 let closeout = Closeout {
                     closed_at: at,
                     owner: lead.owner.clone(),
@@ -334,6 +370,7 @@ impl Engine {
                     detail: lead.text("disposition_detail"),
                     attempts: lead.touches_between(episode.started_at, at),
                     last_activity_at: lead.last_activity_at,
+                    owes: Vec::new(),
                 };
                 lead.push_closeout(closeout);
             }
@@ -401,10 +438,9 @@ impl Engine {
         let mut alerts = Vec::new();
         for d in &due {
             state.mark_fired(d.rule, d.level, d.clock, d.variant);
-            let superseded = d.kind == deadlines::REMINDER
-                && due
-                    .iter()
-                    .any(|b| b.kind == deadlines::BREACHED && b.clock == d.clock);
+            // A reminder of a deadline already passed (the daemon was down, the rules changed)
+            // is no use: the breach says it.
+            let superseded = d.kind == deadlines::REMINDER && d.deadline <= now;
             if superseded {
                 continue;
             }

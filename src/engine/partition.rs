@@ -113,14 +113,15 @@ impl PartitionState {
         self.rearm(engine, &key);
     }
 
-    /// New rules: every lead folded again under them, and its deadlines recomputed.
-    pub fn reload(&mut self, engine: &Engine) {
+    /// New rules at `now`: every lead looked at again under them (see [`Engine::reevaluate`]),
+    /// and its deadlines recomputed.
+    pub fn reload(&mut self, engine: &Engine, now: Timestamp) {
         self.timers.clear();
         self.armed.clear();
         let keys: Vec<String> = self.leads.keys().cloned().collect();
         for key in keys {
             if let Some(state) = self.leads.get_mut(&key) {
-                engine.rebuild(state);
+                engine.reevaluate(state, now);
             }
             self.rearm(engine, &key);
         }

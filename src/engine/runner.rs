@@ -173,7 +173,7 @@ impl EngineRunner {
                     self.engine = self.engine.with_rules(rules);
                     let mut leads = 0;
                     for (_, p) in slots.iter_ready_mut() {
-                        p.leads.reload(&self.engine);
+                        p.leads.reload(&self.engine, Timestamp::now());
                         leads += p.leads.len();
                     }
                     tracing::info!(leads, "rules reloaded; open leads have deadlines under the new rules");

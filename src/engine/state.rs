@@ -64,11 +64,23 @@ pub struct Fired {
     pub variant: Option<String>,
 }
 
+/// One touch of a lead.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Touch {
+    pub at: Timestamp,
+    /// The event it came from ([`event_key`]): an event replayed under a new id is the same
+    /// touch, two calls logged in the same second are two.
+    pub event: u64,
+}
+
 /// An event kept in the reorder window.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Logged {
     pub at: Timestamp,
     pub seq: u64,
+    /// [`event_key`] of its id.
+    #[serde(default)]
+    pub event: u64,
     pub source: String,
     #[serde(flatten)]
     pub change: Change,
@@ -104,10 +116,10 @@ pub struct Lead {
     /// When it last stopped being workable (closed, converted, deleted), for retention.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ended_at: Option<Timestamp>,
-    /// Touch times (activities of a touch kind, field changes matching `lifecycle.touch`),
+    /// Touches (activities of a touch kind, field changes matching `lifecycle.touch`), by time
     /// ascending, the newest [`TOUCHES_KEPT`].
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub touches: Vec<Timestamp>,
+    pub touches: Vec<Touch>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_activity_at: Option<Timestamp>,
     /// The latest close-outs of sales-ready episodes, oldest first.
@@ -159,6 +171,18 @@ pub struct Closeout {
     pub attempts: u32,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_activity_at: Option<Timestamp>,
+    /// The alerts it owes, judged at the close under the rules then in force.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub owes: Vec<Owed>,
+}
+
+/// One alert a close-out owes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Owed {
+    /// The alert type.
+    pub kind: String,
+    /// The deadline it reports (for `disposition.late`, when the close was due).
+    pub deadline: Timestamp,
 }
 
 impl LeadState {
@@ -232,14 +256,13 @@ impl Lead {
         text(&self.fields, name)
     }
 
-    /// Records a touch at `at`. One instant counts once: an activity replayed from the raw topic
-    /// (under a new event id) is not a second attempt.
-    pub fn add_touch(&mut self, at: Timestamp) {
-        let i = self.touches.partition_point(|t| *t < at);
-        if self.touches.get(i) == Some(&at) {
+    /// Records a touch; one event counts once, however often it is replayed.
+    pub fn add_touch(&mut self, touch: Touch) {
+        if self.touches.iter().any(|t| t.event == touch.event) {
             return;
         }
-        self.touches.insert(i, at);
+        let i = self.touches.partition_point(|t| t.at <= touch.at);
+        self.touches.insert(i, touch);
         if self.touches.len() > TOUCHES_KEPT {
             self.touches.remove(0);
         }
@@ -247,15 +270,15 @@ impl Lead {
 
     /// The first touch at or after `from`.
     pub fn first_touch_since(&self, from: Timestamp) -> Option<Timestamp> {
-        let i = self.touches.partition_point(|t| *t < from);
-        self.touches.get(i).copied()
+        let i = self.touches.partition_point(|t| t.at < from);
+        self.touches.get(i).map(|t| t.at)
     }
 
     /// Touches in `[from, to]`.
     pub fn touches_between(&self, from: Timestamp, to: Timestamp) -> u32 {
         self.touches
             .iter()
-            .filter(|t| **t >= from && **t <= to)
+            .filter(|t| t.at >= from && t.at <= to)
             .count() as u32
     }
 
@@ -265,6 +288,16 @@ impl Lead {
             self.closeouts.remove(0);
         }
     }
+}
+
+/// What identifies an event across replays: a stable hash of its id without the
+/// `replay:{run}:` a replay from the raw topic puts in front.
+pub fn event_key(id: &str) -> u64 {
+    let original = id
+        .strip_prefix("replay:")
+        .and_then(|rest| rest.split_once(':'))
+        .map_or(id, |(_, original)| original);
+    id_hash(original)
 }
 
 /// A stable hash of an event id (the same in every build and version: it is stored).

@@ -77,13 +77,13 @@ fn t(s: &str) -> Timestamp {
 
 /// `"10:00:00"` on 2026-11-22, or `"+2d 10:00:00"` days later.
 fn at(s: &str) -> Timestamp {
-    match s.strip_prefix('+') {
-        Some(rest) => {
-            let (days, time) = rest.split_once("d ").unwrap();
-            t(time) + SignedDuration::from_hours(24 * days.parse::<i64>().unwrap())
-        }
-        None => t(s),
-    }
+    let (sign, rest) = match (s.strip_prefix('+'), s.strip_prefix('-')) {
+        (Some(rest), _) => (1, rest),
+        (_, Some(rest)) => (-1, rest),
+        _ => return t(s),
+    };
+    let (days, time) = rest.split_once("d ").unwrap();
+    t(time) + SignedDuration::from_hours(sign * 24 * days.parse::<i64>().unwrap())
 }
 
 fn update(id: &str, when: &str, fields: serde_json::Value) -> LeadEvent {
@@ -501,7 +501,10 @@ fn a_restored_state_keeps_its_window_for_late_events() {
         e.apply(state, &activity("late", "10:15:00", "call"));
     }
     assert_eq!(back, s);
-    assert_eq!(back.lead.touches, [t("10:15:00")]);
+    assert_eq!(
+        back.lead.touches.iter().map(|t| t.at).collect::<Vec<_>>(),
+        [t("10:15:00")]
+    );
     assert_eq!(e.next_deadline(&back), Some(t("14:30:00")));
     // Once the window has passed, a quiet lead holds (and stores) one copy of itself.
     let mut quiet = LeadState::default();
@@ -586,9 +589,11 @@ fn every_alert_type_at_its_edges() {
         ("breach supersedes a missed reminder", vec![ready.clone()], "14:00:00", vec![(BREACHED, 0)]),
         ("first escalation, a second early", vec![ready.clone()], "17:59:59", vec![(BREACHED, 0)]),
         ("first escalation", vec![ready.clone()], "18:00:00", vec![(BREACHED, 0), (ESCALATED, 1)]),
+        ("second escalation, a second early", vec![ready.clone()], "+1d 09:59:59", vec![(BREACHED, 0), (ESCALATED, 1)]),
         ("second escalation", vec![ready.clone()], "+1d 10:00:00", vec![(BREACHED, 0), (ESCALATED, 1), (ESCALATED, 2)]),
         ("a call before the reminder cancels all", vec![ready.clone(), activity("c", "12:59:59", "call")], "+2d 10:00:00", vec![]),
-        ("a call after the reminder cancels the breach", vec![ready.clone(), activity("c", "13:30:00", "call")], "+2d 10:00:00", vec![(REMINDER, 0)]),
+        ("a call after the reminder cancels the breach", vec![ready.clone(), activity("c", "13:30:00", "call")], "13:59:59", vec![(REMINDER, 0)]),
+        ("a reminder late for its deadline is dropped", vec![ready.clone(), activity("c", "13:30:00", "call")], "+2d 10:00:00", vec![]),
         ("a call after the breach cancels the escalations", vec![ready.clone(), activity("c", "14:00:01", "call")], "+2d 10:00:00", vec![(BREACHED, 0)]),
         ("a touching field change counts", vec![ready.clone(), update("w", "11:00:00", json!({"status": "Working - Contacted"}))], "+2d 10:00:00", vec![]),
         ("closing ends the clock", vec![ready.clone(), close("x", "11:00:00", Some("No budget"), None)], "+2d 10:00:00", vec![(INSUFFICIENT_ATTEMPTS, 0)]),
@@ -631,6 +636,50 @@ fn a_replayed_activity_is_not_a_second_attempt() {
     assert_eq!(
         fired_by(&events, "11:00:00"),
         kinds(&[(INSUFFICIENT_ATTEMPTS, 0)])
+    );
+}
+
+#[test]
+fn two_calls_in_the_same_second_are_two_attempts() {
+    let mut events = vec![mql("10:00:00", Some("alice"))];
+    let mut email = activity("email", "10:30:00", "email");
+    email.occurred_at = at("10:30:00");
+    events.push(activity("call", "10:30:00", "call"));
+    events.push(email);
+    events.push(activity("sms", "10:30:00", "sms"));
+    events.push(close("x", "11:00:00", Some("No budget"), None));
+    assert_eq!(fired_by(&events, "11:00:00"), []);
+}
+
+#[test]
+fn lateness_counts_from_this_episode_not_a_call_last_quarter() {
+    let events = vec![
+        activity("old-call", "-80d 10:00:00", "call"),
+        mql("10:00:00", Some("alice")),
+        activity("c1", "10:10:00", "call"),
+        activity("c2", "10:20:00", "call"),
+        activity("c3", "10:30:00", "call"),
+        close("x", "+1d 10:00:00", Some("No budget"), None),
+    ];
+    assert_eq!(fired_by(&events, "+1d 10:00:00"), []);
+}
+
+#[test]
+fn a_lead_restored_after_its_deletion_is_judged_again() {
+    let e = engine_with(ALL_RULES);
+    let mut s = LeadState::default();
+    e.apply(&mut s, &mql("10:00:00", Some("alice")));
+    let mut gone = update("del", "10:10:00", json!({}));
+    gone.change = Change::Deleted {};
+    e.apply(&mut s, &gone);
+    assert_eq!(e.next_deadline(&s), None);
+    // HubSpot's restore is an empty patch after the deletion; the lead is back, still an MQL.
+    e.apply(&mut s, &update("restore", "11:00:00", json!({})));
+    assert!(s.lead.deleted_at.is_none());
+    assert_eq!(
+        e.next_deadline(&s),
+        Some(t("14:00:00")),
+        "reminder at 14:00"
     );
 }
 
@@ -783,7 +832,7 @@ fn edited_rules_move_open_deadlines_and_never_re_fire() {
         let edited = e.with_rules(Arc::new(
             Rules::parse(&RULES.replace("\"4h\"", &format!("\"{within}\""))).unwrap(),
         ));
-        p.reload(&edited);
+        p.reload(&edited, t("15:00:00"));
         assert_eq!(p.next_deadline(), None, "{within}");
         assert!(p.fire_due(&edited, t("23:00:00")).is_empty(), "{within}");
     }
@@ -797,8 +846,112 @@ fn edited_rules_move_open_deadlines_and_never_re_fire() {
     c.id = "rc".into();
     p.apply(&e, &c);
     assert_eq!(p.next_deadline(), Some(t("19:00:00")));
-    p.reload(&shorter);
+    p.reload(&shorter, t("15:00:01"));
     assert_eq!(p.next_deadline(), Some(t("17:00:00")));
+}
+
+#[test]
+fn a_rules_edit_does_not_reopen_past_close_outs() {
+    // Closed after one call with an agreed reason: nothing owed under the rules of the day.
+    let lenient = ALL_RULES.replace("min_attempts = 3", "min_attempts = 1");
+    let e = engine_with(&lenient);
+    let mut p = PartitionState::default();
+    for ev in [
+        mql("10:00:00", Some("alice")),
+        activity("c", "10:30:00", "call"),
+        close("x", "11:00:00", Some("No budget"), None),
+    ] {
+        p.apply(&e, &ev);
+    }
+    assert!(p.fire_due(&e, t("11:00:00")).is_empty());
+    // Then three attempts become the rule and "No budget" leaves the list: the old close stays
+    // judged as it was.
+    let strict = engine_with(&ALL_RULES.replace("\"No budget\", ", ""));
+    p.reload(&strict, t("23:00:00"));
+    assert_eq!(p.next_deadline(), None);
+    assert!(p.fire_due(&strict, t("23:00:00")).is_empty());
+}
+
+#[test]
+fn a_rules_edit_applies_the_lifecycle_to_leads_as_they_stand() {
+    let e = engine_with(ALL_RULES);
+    let mut p = PartitionState::default();
+    let mut low = update(
+        "low",
+        "10:00:00",
+        json!({"stage": "MQL", "score": 40, "owner": "alice"}),
+    );
+    low.lead = "L-low".into();
+    let mut nurture = update("n", "10:00:00", json!({"stage": "nurture", "owner": "bob"}));
+    nurture.lead = "L-nurture".into();
+    p.apply(&e, &low);
+    p.apply(&e, &nurture);
+    assert!(p.lead("L-low").unwrap().lead.episode.is_some());
+    // Sales-ready now means MQL with a score of 60, or nurture: L-low's episode ends, L-nurture's
+    // begins at the reload, with its clock from then.
+    let edited = engine_with(&ALL_RULES.replace(
+        "sales_ready = 'lead.stage == \"MQL\"'",
+        "sales_ready = '(lead.stage == \"MQL\" && lead.score >= 60) || lead.stage == \"nurture\"'",
+    ));
+    p.reload(&edited, t("12:00:00"));
+    assert!(p.lead("L-low").unwrap().lead.episode.is_none());
+    let started = p.lead("L-nurture").unwrap().lead.episode.clone().unwrap();
+    assert_eq!(started.started_at, t("12:00:00"));
+    let fired = p.fire_due(&edited, at("+2d 10:00:00"));
+    assert_eq!(fired.len(), 1);
+    assert_eq!(fired[0].0, "L-nurture");
+}
+
+#[test]
+fn no_reminder_after_its_deadline() {
+    let e = engine();
+    let mut s = LeadState::default();
+    e.apply(&mut s, &ready_owned("10:00:00"));
+    assert_eq!(e.fire_due("L-1", &mut s, t("14:00:00")).len(), 1);
+    // A reminder added after the breach fired would be about a deadline already passed.
+    let with_reminder = e.with_rules(Arc::new(
+        Rules::parse(&RULES.replace("within = \"4h\"", "within = \"4h\"\nremind_before = \"1h\""))
+            .unwrap(),
+    ));
+    assert!(
+        with_reminder
+            .fire_due("L-1", &mut s, t("15:00:00"))
+            .is_empty()
+    );
+    assert_eq!(with_reminder.next_deadline(&s), None);
+}
+
+#[test]
+fn a_weekend_handoff_counts_working_days_and_reminds_on_monday() {
+    let rules = r#"
+default_calendar = "us"
+[lifecycle]
+sales_ready = 'lead.stage == "MQL"'
+[first_touch]
+within = "1d"
+remind_before = "1h"
+[calendars.us]
+time_zone = "America/New_York"
+hours = { mon = "09:00-17:00", tue = "09:00-17:00", wed = "09:00-17:00", thu = "09:00-17:00", fri = "09:00-17:00" }
+"#;
+    let e = engine_with(rules);
+    let mut s = LeadState::default();
+    let mut ev = mql("10:00:00", Some("alice"));
+    // Saturday 2026-11-21 07:00 New York.
+    ev.occurred_at = "2026-11-21T12:00:00Z".parse().unwrap();
+    e.apply(&mut s, &ev);
+    // Reminded Monday 16:00 (an hour of Monday's working time before the end), due Tuesday 09:00.
+    assert_eq!(
+        e.next_deadline(&s),
+        Some("2026-11-23T21:00:00Z".parse().unwrap())
+    );
+    let due = e.fire_due("L-1", &mut s, "2026-11-24T14:00:00Z".parse().unwrap());
+    assert_eq!(due.len(), 1);
+    assert_eq!(due[0].kind, "sla.first_touch.breached");
+    assert_eq!(
+        due[0].data.deadline,
+        "2026-11-24T14:00:00Z".parse::<Timestamp>().unwrap()
+    );
 }
 
 mod properties {
