@@ -1135,7 +1135,7 @@ impl Config {
         let value: serde_json::Value = layered
             .try_deserialize()
             .map_err(|e| whole(e.to_string()))?;
-        let parsed: Result<RawConfig, _> = from_value(&value);
+        let parsed: Result<(RawConfig, _), _> = from_value_lenient(&value);
 
         // The rules file is checked even when the config file has problems, so one run lists all.
         let rules_name = value
@@ -1147,7 +1147,17 @@ impl Config {
         let rules = Rules::load(&rules_path);
 
         match parsed {
-            Ok(raw) => Self::validate(path, raw, rules_path, rules),
+            Ok((raw, unknown)) => {
+                let early = unknown
+                    .into_iter()
+                    .map(|(key, message)| Problem {
+                        file: path.to_path_buf(),
+                        key,
+                        message,
+                    })
+                    .collect();
+                Self::validate(path, raw, rules_path, rules, early)
+            }
             Err(errors) => {
                 let mut problems: Vec<Problem> = errors
                     .into_iter()
@@ -1165,13 +1175,15 @@ impl Config {
         }
     }
 
+    /// Checks the whole; `early` are problems already found (unknown keys) to list with the rest.
     fn validate(
         path: &Path,
         raw: RawConfig,
         rules_path: PathBuf,
         rules: Result<Rules, Problems>,
+        early: Vec<Problem>,
     ) -> Result<Config, Problems> {
-        let mut problems = Vec::new();
+        let mut problems = early;
         let mut problem = |key: String, message: String| {
             problems.push(Problem {
                 file: path.to_path_buf(),
@@ -1333,12 +1345,17 @@ pub(crate) fn read_toml(path: &Path) -> Result<serde_json::Value, String> {
 /// `eserde` collects the errors, but an unknown key derails what it reports after it (wrong
 /// paths, lost errors). So: keep the errors up to the first unknown key, remove that key, and
 /// look again, until a pass finds no unknown key; that pass's errors are all sound.
-pub(crate) fn from_value<T>(value: &serde_json::Value) -> Result<T, Vec<(String, String)>>
+///
+/// A value whose only problems are unknown keys is still returned, with them: the checks that
+/// need the value can then run too, and one pass lists everything.
+pub(crate) fn from_value_lenient<T>(
+    value: &serde_json::Value,
+) -> Result<(T, Vec<(String, String)>), Vec<(String, String)>>
 where
     T: for<'de> eserde::EDeserialize<'de>,
 {
     if let Ok(v) = T::deserialize(value) {
-        return Ok(v);
+        return Ok((v, Vec::new()));
     }
     let mut value = value.clone();
     let mut problems: Vec<(String, String)> = Vec::new();
@@ -1346,7 +1363,7 @@ where
     for _ in 0..64 {
         let text = value.to_string();
         let errors = match eserde::json::from_str::<T>(&text) {
-            Ok(_) => return Err(problems),
+            Ok(v) => return Ok((v, problems)),
             Err(errors) => errors,
         };
         let mut unknown = None;

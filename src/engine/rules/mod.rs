@@ -57,8 +57,8 @@ use std::sync::Arc;
 
 use serde::Deserialize;
 
-use super::calendar::{Calendar, SlaDuration};
-use crate::config::{Problem, Problems, from_value, read_toml};
+use super::calendar::{self, Calendar, SlaDuration};
+use crate::config::{Problem, Problems, from_value_lenient, read_toml};
 pub use cel::{Cel, Facts, Predicate, PredicateError};
 
 /// Roles every lead has without `[recipients]`: its owner and the owner's manager.
@@ -173,16 +173,29 @@ pub struct Person {
     pub away: bool,
 }
 
-/// A duration in the rules: working time or working days (see [`SlaDuration`]).
-#[derive(Debug, Clone, Copy, PartialEq)]
-struct Sla(SlaDuration);
+/// A duration in the rules: working time or working days (see [`SlaDuration`]). Read leniently,
+/// so a mistyped duration is reported with every other problem of the file (see [`sla`]).
+#[derive(Debug, Clone, PartialEq)]
+struct Sla(Result<SlaDuration, String>);
 
 impl<'de> Deserialize<'de> for Sla {
     fn deserialize<D: serde::Deserializer<'de>>(de: D) -> Result<Self, D::Error> {
         let s = String::deserialize(de).map_err(|_| {
             serde::de::Error::custom("expected a duration such as \"30m\", \"4h\" or \"2d\"")
         })?;
-        s.parse().map(Sla).map_err(serde::de::Error::custom)
+        Ok(Sla(s.parse()))
+    }
+}
+
+/// The duration at `key`, or a problem.
+fn sla(value: &Option<Sla>, key: String, problems: &mut Found) -> Option<SlaDuration> {
+    match value {
+        Some(Sla(Ok(d))) => Some(*d),
+        Some(Sla(Err(message))) => {
+            problems.push((key, message.clone()));
+            None
+        }
+        None => None,
     }
 }
 
@@ -263,7 +276,8 @@ struct RawFirstTouch {
 struct RawStep {
     #[eserde(compat)]
     after: Sla,
-    notify: String,
+    #[serde(default)]
+    notify: Option<String>,
     #[serde(default)]
     reassign: bool,
 }
@@ -360,8 +374,8 @@ impl Rules {
     }
 
     fn from_value(value: &serde_json::Value) -> Result<Rules, Found> {
-        let raw: RawRules = from_value(value)?;
-        let mut problems: Found = Vec::new();
+        // Unknown keys are listed with everything else the rest of the file shows.
+        let (raw, mut problems): (RawRules, Found) = from_value_lenient(value)?;
         let cel = Cel::default();
         let compile = |key: &str, source: &str, problems: &mut Found| {
             Predicate::compile(&cel, key, source)
@@ -616,7 +630,7 @@ fn merge<T: Clone>(
 
 fn merge_handoff(base: Option<&RawHandoff>, over: Option<&RawHandoff>) -> Option<RawHandoff> {
     merge(base, over, |b, o| RawHandoff {
-        assign_within: o.assign_within.or(b.assign_within),
+        assign_within: o.assign_within.clone().or_else(|| b.assign_within.clone()),
     })
 }
 
@@ -625,8 +639,8 @@ fn merge_first_touch(
     over: Option<&RawFirstTouch>,
 ) -> Option<RawFirstTouch> {
     merge(base, over, |b, o| RawFirstTouch {
-        within: o.within.or(b.within),
-        remind_before: o.remind_before.or(b.remind_before),
+        within: o.within.clone().or_else(|| b.within.clone()),
+        remind_before: o.remind_before.clone().or_else(|| b.remind_before.clone()),
         escalate: o.escalate.clone().or_else(|| b.escalate.clone()),
         touch_kinds: None,
     })
@@ -646,7 +660,10 @@ fn merge_disposition(
         reasons: o.reasons.clone().or_else(|| b.reasons.clone()),
         vague: o.vague.clone().or_else(|| b.vague.clone()),
         detail_min_chars: o.detail_min_chars.or(b.detail_min_chars),
-        feedback_within: o.feedback_within.or(b.feedback_within),
+        feedback_within: o
+            .feedback_within
+            .clone()
+            .or_else(|| b.feedback_within.clone()),
     })
 }
 
@@ -664,6 +681,51 @@ fn settings(
     recipients: BTreeMap<String, Vec<String>>,
     problems: &mut Found,
 ) -> Settings {
+    // Durations first, each problem under its key.
+    let assign_within = handoff.and_then(|h| {
+        sla(
+            &h.assign_within,
+            format!("{at}handoff.assign_within"),
+            problems,
+        )
+    });
+    let within =
+        first_touch.and_then(|f| sla(&f.within, format!("{at}first_touch.within"), problems));
+    let remind_before = first_touch.and_then(|f| {
+        sla(
+            &f.remind_before,
+            format!("{at}first_touch.remind_before"),
+            problems,
+        )
+    });
+    let afters: Vec<Option<SlaDuration>> = first_touch
+        .and_then(|f| f.escalate.as_ref())
+        .into_iter()
+        .flatten()
+        .enumerate()
+        .map(|(i, s)| {
+            sla(
+                &Some(s.after.clone()),
+                format!("{at}first_touch.escalate[{i}].after"),
+                problems,
+            )
+        })
+        .collect();
+    let feedback_within = disposition.and_then(|d| {
+        sla(
+            &d.feedback_within,
+            format!("{at}disposition.feedback_within"),
+            problems,
+        )
+    });
+    // Durations are compared as the calendar runs them, from a Monday morning: in 09:00–17:00,
+    // `1d` is about 8 working hours, not 24.
+    let reference = calendar::next_working(
+        calendar.as_deref(),
+        "2030-01-07T00:00:00Z".parse().expect("a valid instant"),
+    );
+    let span = |d: SlaDuration| calendar::add(calendar.as_deref(), reference, d);
+
     let mut problem = |key: String, message: String| problems.push((format!("{at}{key}"), message));
     let role_exists = |role: &str| BUILTIN_ROLES.contains(&role) || recipients.contains_key(role);
     let roles_known = || {
@@ -672,15 +734,16 @@ fn settings(
         all.join(", ")
     };
 
-    let handoff = handoff.and_then(|h| match h.assign_within {
-        None => {
+    let handoff = handoff.and_then(|h| match (&h.assign_within, assign_within) {
+        (None, _) => {
             problem(
                 "handoff.assign_within".into(),
                 "is required: how soon a sales-ready lead must have an owner".into(),
             );
             None
         }
-        Some(Sla(assign_within)) => {
+        (Some(_), None) => None,
+        (Some(_), Some(assign_within)) => {
             if !role_exists("queue") {
                 problem(
                     "handoff".into(),
@@ -693,14 +756,17 @@ fn settings(
     });
 
     let first_touch = first_touch.and_then(|f| {
-        let Some(Sla(within)) = f.within else {
-            problem(
-                "first_touch.within".into(),
-                "is required: how soon the owner must touch a sales-ready lead".into(),
-            );
-            return None;
+        let within = match (&f.within, within) {
+            (Some(_), Some(within)) => within,
+            (Some(_), None) => return None,
+            (None, _) => {
+                problem(
+                    "first_touch.within".into(),
+                    "is required: how soon the owner must touch a sales-ready lead".into(),
+                );
+                return None;
+            }
         };
-        let remind_before = f.remind_before.map(|Sla(r)| r);
         if let Some(r) = remind_before
             && r.nominal() >= within.nominal()
         {
@@ -713,7 +779,10 @@ fn settings(
         let mut previous = within;
         for (i, s) in f.escalate.iter().flatten().enumerate() {
             let key = format!("first_touch.escalate[{i}]");
-            if s.after.0.nominal() <= previous.nominal() {
+            let Some(after) = afters.get(i).copied().flatten() else {
+                continue;
+            };
+            if span(after) <= span(previous) {
                 let what = if i == 0 {
                     format!("`within` ({within})")
                 } else {
@@ -721,16 +790,28 @@ fn settings(
                 };
                 problem(
                     format!("{key}.after"),
-                    format!("must be later than {what}: steps strictly increase"),
+                    format!(
+                        "must be later than {what}: steps strictly increase{}",
+                        if calendar.is_some() {
+                            " in the calendar's working time"
+                        } else {
+                            ""
+                        }
+                    ),
                 );
             }
-            previous = s.after.0;
-            if !role_exists(&s.notify) {
+            previous = after;
+            let notify = s.notify.clone().unwrap_or_default();
+            if s.notify.is_none() {
+                problem(
+                    format!("{key}.notify"),
+                    format!("is required: the role to notify, one of {}", roles_known()),
+                );
+            } else if !role_exists(&notify) {
                 problem(
                     format!("{key}.notify"),
                     format!(
-                        "no role `{}`: use one of {}, or add it to [recipients]",
-                        s.notify,
+                        "no role `{notify}`: use one of {}, or add it to [recipients]",
                         roles_known()
                     ),
                 );
@@ -742,8 +823,8 @@ fn settings(
                 );
             }
             escalate.push(Step {
-                after: s.after.0,
-                notify: s.notify.clone(),
+                after,
+                notify,
                 reassign: s.reassign,
             });
         }
@@ -793,7 +874,7 @@ fn settings(
             reasons,
             vague,
             detail_min_chars: d.detail_min_chars.unwrap_or(1).max(1) as usize,
-            feedback_within: d.feedback_within.map(|Sla(s)| s),
+            feedback_within,
         }
     });
     if (follow_up.is_some() || disposition.is_some()) && !role_exists("marketing_ops") {

@@ -216,6 +216,58 @@ manager = "nobody"
 }
 
 #[test]
+fn one_pass_lists_shape_and_meaning_problems_together() {
+    // A mistyped key, a bad duration, a bad expression, an unknown time zone and a ladder out of
+    // order: all five at once, not one fix at a time.
+    let text = r#"
+[lifecycle]
+sales_ready = 'lead.stage =='
+sales_reddy = 'true'
+[first_touch]
+within = "soon"
+escalate = [ { after = "2h", notify = "manager" } ]
+remind_before = "1h"
+[calendars.us]
+time_zone = "US/Gotham"
+hours = { mon = "09:00-17:00" }
+"#;
+    assert_eq!(
+        keys(text),
+        [
+            "calendars.us.time_zone",
+            "first_touch.within",
+            "lifecycle.sales_ready",
+            "lifecycle.sales_reddy",
+        ]
+    );
+    let ladder = text.replace("\"soon\"", "\"4h\"");
+    assert!(keys(&ladder).contains(&"first_touch.escalate[0].after".to_string()));
+}
+
+#[test]
+fn days_and_hours_are_compared_in_the_calendar() {
+    let rules = |within: &str, after: &str| {
+        format!(
+            r#"
+default_calendar = "us"
+[lifecycle]
+sales_ready = 'true'
+[first_touch]
+within = "{within}"
+escalate = [ {{ after = "{after}", notify = "manager" }} ]
+[calendars.us]
+time_zone = "America/New_York"
+hours = {{ mon = "09:00-17:00", tue = "09:00-17:00", wed = "09:00-17:00", thu = "09:00-17:00", fri = "09:00-17:00" }}
+"#
+        )
+    };
+    // 20 working hours are two and a half working days: a step at 1d would come first.
+    assert_eq!(keys(&rules("20h", "1d")), ["first_touch.escalate[0].after"]);
+    // 9 working hours are more than a working day.
+    assert!(Rules::parse(&rules("1d", "9h")).is_ok());
+}
+
+#[test]
 fn shape_problems_are_listed_too() {
     let text = r#"
 [lifecycle]
