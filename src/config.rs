@@ -1340,6 +1340,9 @@ pub(crate) fn read_toml(path: &Path) -> Result<serde_json::Value, String> {
         .map_err(|e| e.to_string())
 }
 
+/// Problems as `(key path, message)`.
+pub(crate) type KeyProblems = Vec<(String, String)>;
+
 /// Deserializes `value`, or lists every problem as `(key path, message)` — not just the first.
 ///
 /// `eserde` collects the errors, but an unknown key derails what it reports after it (wrong
@@ -1350,7 +1353,7 @@ pub(crate) fn read_toml(path: &Path) -> Result<serde_json::Value, String> {
 /// need the value can then run too, and one pass lists everything.
 pub(crate) fn from_value_lenient<T>(
     value: &serde_json::Value,
-) -> Result<(T, Vec<(String, String)>), Vec<(String, String)>>
+) -> Result<(T, KeyProblems), KeyProblems>
 where
     T: for<'de> eserde::EDeserialize<'de>,
 {
@@ -1358,7 +1361,7 @@ where
         return Ok((v, Vec::new()));
     }
     let mut value = value.clone();
-    let mut problems: Vec<(String, String)> = Vec::new();
+    let mut problems: KeyProblems = Vec::new();
     // Each pass removes one key, so this ends; the bound only guards against a surprise.
     for _ in 0..64 {
         let text = value.to_string();
