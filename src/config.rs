@@ -532,7 +532,22 @@ pub enum SourceConfig {
         /// Canonical field name → Pipedrive field key (custom fields by their hash key).
         #[serde(default)]
         fields: BTreeMap<String, String>,
+        /// Which record's owner is the lead's `owner`: `person` (the default), `lead` (Leads
+        /// Inbox) or `deal`. The others' owners are `person_owner`, `lead_owner`, `deal_owner`.
+        #[serde(default)]
+        #[eserde(compat)]
+        owner_from: PipedriveOwner,
     },
+}
+
+/// Which Pipedrive record's owner owns the lead.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PipedriveOwner {
+    #[default]
+    Person,
+    Lead,
+    Deal,
 }
 
 impl SourceConfig {

@@ -25,7 +25,7 @@ use serde_json::{Map, Value};
 
 use super::fields::Mapping;
 use super::{FieldProblem, Handler, IngestError, Parsed, Request, auth};
-use crate::config::{PlainSecrets, SourceConfig};
+use crate::config::{PipedriveOwner, PlainSecrets, SourceConfig};
 use crate::event::{Activity, Change, LeadEvent};
 
 /// Canonical name → Pipedrive field key (of the person, lead or deal the event is about).
@@ -47,14 +47,22 @@ pub struct PipedriveSource {
     username: String,
     passwords: PlainSecrets,
     mapping: Mapping,
+    owner_from: PipedriveOwner,
 }
 
 impl PipedriveSource {
+    #[cfg(test)]
+    fn with_owner_from(mut self, owner_from: PipedriveOwner) -> Self {
+        self.owner_from = owner_from;
+        self
+    }
+
     pub fn from_config(cfg: &SourceConfig) -> Self {
         let SourceConfig::Pipedrive {
             username,
             password,
             fields,
+            owner_from,
             ..
         } = cfg
         else {
@@ -64,6 +72,7 @@ impl PipedriveSource {
             username: username.clone(),
             passwords: password.clone(),
             mapping: Mapping::new(DEFAULT_FIELDS, fields),
+            owner_from: *owner_from,
         }
     }
 }
@@ -213,10 +222,25 @@ impl Handler for PipedriveSource {
             received_at,
             change,
         };
+        // A person, its Pipedrive leads (nested under `lead`) and its deals (under `deal`) each
+        // have an owner; only the record `owner_from` names gives the lead's `owner` — were
+        // they all written to it, every edit of a deal owned by someone else would hand the
+        // person over and restart its first-touch clock. The others' are `{entity}_owner`.
+        let owner_entity = match self.owner_from {
+            PipedriveOwner::Person => "person",
+            PipedriveOwner::Lead => "lead",
+            PipedriveOwner::Deal => "deal",
+        };
         let patch = |nested: Option<&str>, data: &Map<String, Value>| {
             let flat = flatten(data);
             let mut fields = Map::new();
             self.mapping.add_aliases_from(&flat, &mut fields);
+            let entity = nested.unwrap_or("person");
+            if entity != owner_entity
+                && let Some(owner) = fields.remove("owner")
+            {
+                fields.insert(format!("{entity}_owner"), owner);
+            }
             match nested {
                 Some(key) => {
                     fields.insert(key.to_string(), Value::Object(flat));
@@ -451,8 +475,16 @@ mod tests {
         let Change::Updated { fields } = &e.change else {
             panic!()
         };
-        assert_eq!(fields["owner"], json!("88002"));
+        // The person's owner is the lead's owner (by default): the Pipedrive lead's is apart.
+        assert_eq!(fields["lead_owner"], json!("88002"));
+        assert!(!fields.contains_key("owner"));
         assert_eq!(fields["lead"]["title"], json!("Initech lead"));
+        let by_lead = source("").with_owner_from(PipedriveOwner::Lead);
+        let parsed = by_lead.parse("pd", lead.to_string().as_bytes(), now()).unwrap();
+        let Change::Updated { fields } = &parsed.events[0].change else {
+            panic!()
+        };
+        assert_eq!(fields["owner"], json!("88002"));
 
         let orphan = json!({"meta": {"id": "m2", "action": "create", "entity": "lead", "entity_id": "abc-uuid", "version": "2.0"},
             "data": {"id": "abc-uuid", "title": "No person", "owner_id": 1}, "previous": null});
