@@ -93,6 +93,13 @@ pub trait Handler: Send + Sync + fmt::Debug {
         true
     }
 
+    /// Whether a request whose body could not be parsed is authentic all the same (so it is
+    /// captured). By default, what [`Handler::authentic_before_parse`] says; a source that finds
+    /// its credentials in the body says whether they were there.
+    fn authentic_unparsed(&self, _body: &[u8]) -> bool {
+        self.authentic_before_parse()
+    }
+
     /// Turns an authentic body into events. `source` is the configured name.
     fn parse(
         &self,
@@ -430,7 +437,7 @@ impl Ingest {
         let parsed = match handler.parse(&source.name, &body, now).and_then(check_keys) {
             Ok(parsed) => parsed,
             Err(e @ (IngestError::Malformed(_) | IngestError::TooManyEvents(_)))
-                if handler.authentic_before_parse() =>
+                if handler.authentic_unparsed(&body) =>
             {
                 // Authentic but not understood: kept (marked unparsed) for a corrected replay.
                 record.error = Some(e.body());

@@ -480,7 +480,9 @@ mod tests {
         assert!(!fields.contains_key("owner"));
         assert_eq!(fields["lead"]["title"], json!("Initech lead"));
         let by_lead = source("").with_owner_from(PipedriveOwner::Lead);
-        let parsed = by_lead.parse("pd", lead.to_string().as_bytes(), now()).unwrap();
+        let parsed = by_lead
+            .parse("pd", lead.to_string().as_bytes(), now())
+            .unwrap();
         let Change::Updated { fields } = &parsed.events[0].change else {
             panic!()
         };

@@ -120,6 +120,31 @@ impl Handler for SalesforceSource {
         self.basic.is_some() || self.path_secret.is_some()
     }
 
+    /// Without a secret, a message from an allowed org is as authentic as Salesforce makes it:
+    /// one whose notifications cannot be read is kept for a replay, not lost once Salesforce
+    /// stops retrying.
+    fn authentic_unparsed(&self, body: &[u8]) -> bool {
+        #[derive(Deserialize)]
+        struct Envelope {
+            #[serde(rename = "Body")]
+            body: Body,
+        }
+        #[derive(Deserialize)]
+        struct Body {
+            notifications: Org,
+        }
+        #[derive(Deserialize)]
+        struct Org {
+            #[serde(rename = "OrganizationId")]
+            organization_id: String,
+        }
+        self.authentic_before_parse()
+            || std::str::from_utf8(body)
+                .ok()
+                .and_then(|text| quick_xml::de::from_str::<Envelope>(text).ok())
+                .is_some_and(|e| self.org_allowed(e.body.notifications.organization_id.trim()))
+    }
+
     fn takes_path_secret(&self) -> bool {
         self.path_secret.is_some()
     }
@@ -226,6 +251,17 @@ impl SalesforceSource {
                 };
                 let mut fields = object.fields.clone();
                 self.mapping.add_aliases_from(&object.fields, &mut fields);
+                // A lead waiting in a queue (an owner id starting `00G`) has no one on it yet:
+                // it is under the handoff rule, and the queue is kept as `owner_queue`.
+                if let Some(queue) = fields
+                    .get("owner")
+                    .and_then(Value::as_str)
+                    .filter(|o| o.starts_with("00G"))
+                    .map(str::to_string)
+                {
+                    fields.insert("owner".into(), Value::Null);
+                    fields.insert("owner_queue".into(), Value::String(queue));
+                }
                 let occurred = at("LastModifiedDate").or_else(|| at("SystemModstamp"));
                 (record.to_string(), Change::Updated { fields }, occurred)
             }
@@ -252,9 +288,11 @@ impl SalesforceSource {
                         .unwrap_or("task")
                         .to_lowercase()
                 };
+                // When it was done: its completion, else its last change (a to-do closed days
+                // after it was created is not an on-time touch), else its creation.
                 let occurred = at("CompletedDateTime")
-                    .or_else(|| at("CreatedDate"))
-                    .or_else(|| at("LastModifiedDate"));
+                    .or_else(|| at("LastModifiedDate"))
+                    .or_else(|| at("CreatedDate"));
                 let change = Change::Activity {
                     activity: Activity {
                         kind: activity_kind,
@@ -406,6 +444,53 @@ mod tests {
         assert_eq!(fields["annual_revenue"], json!(5000000));
         assert_eq!(fields["Industry"], Value::Null, "xsi:nil is null");
         assert_eq!(fields["Disqualified_Reason__c"], Value::Null);
+    }
+
+    #[test]
+    fn a_lead_in_a_queue_has_no_owner_yet() {
+        let queued = String::from_utf8(body("lead_sales_ready.http"))
+            .unwrap()
+            .replace("0055g00000OWNR1AAA", "00G5g00000QUEUEAAA");
+        let parsed = source("").parse("sf", queued.as_bytes(), now()).unwrap();
+        let Change::Updated { fields } = &parsed.events[0].change else {
+            panic!()
+        };
+        assert_eq!(fields["owner"], Value::Null);
+        assert_eq!(fields["owner_queue"], json!("00G5g00000QUEUEAAA"));
+        assert_eq!(fields["OwnerId"], json!("00G5g00000QUEUEAAA"));
+    }
+
+    #[test]
+    fn a_task_closed_later_is_dated_by_its_last_change_not_its_creation() {
+        let text = String::from_utf8(body("task_call.http")).unwrap();
+        assert!(
+            text.contains("<sf:CreatedDate>"),
+            "the fixture dates its tasks"
+        );
+        let later = text.replacen(
+            "<sf:CreatedDate>",
+            "<sf:LastModifiedDate>2026-11-27T15:00:00.000Z</sf:LastModifiedDate><sf:CreatedDate>",
+            1,
+        );
+        let parsed = source("").parse("sf", later.as_bytes(), now()).unwrap();
+        assert_eq!(
+            parsed.events[0].occurred_at,
+            "2026-11-27T15:00:00Z".parse::<Timestamp>().unwrap()
+        );
+    }
+
+    #[test]
+    fn without_a_secret_a_message_of_an_allowed_org_counts_as_authentic_when_unreadable() {
+        let s = source("");
+        assert!(!s.authentic_before_parse());
+        let broken = String::from_utf8(body("lead_sales_ready.http"))
+            .unwrap()
+            .replace("<sf:Id>00Q5g00000ABCDEEA2</sf:Id>", "");
+        assert!(s.parse("sf", broken.as_bytes(), now()).is_err());
+        assert!(s.authentic_unparsed(broken.as_bytes()));
+        let other_org = broken.replace("00D5g000004Xq2REAS", "00D000000000000AAA");
+        assert!(!s.authentic_unparsed(other_org.as_bytes()));
+        assert!(!s.authentic_unparsed(b"<not even xml"));
     }
 
     #[test]
