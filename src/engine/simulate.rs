@@ -138,7 +138,20 @@ struct Handoff {
     source: String,
     /// Business time from the clock start to the first touch, when it was touched.
     to_first_touch: Option<Duration>,
-    within_sla: bool,
+    outcome: Outcome,
+}
+
+/// How a first-touch clock ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Outcome {
+    /// Touched by the deadline.
+    InTime,
+    /// Touched, after the deadline.
+    Late,
+    /// The deadline passed with no touch.
+    NeverTouched,
+    /// Not judged: still running at the end of the period, or handed on before its deadline.
+    Pending,
 }
 
 #[derive(Debug, Default)]
@@ -198,16 +211,21 @@ impl Recorder {
         let touch = lead
             .first_touch_since(clock.started_at)
             .filter(|t| *t <= ended);
-        let within_sla = match (touch, &settings.first_touch) {
-            (Some(t), Some(ft)) => t <= calendar::add(cal, clock.started_at, ft.within),
-            (Some(_), None) => true,
-            (None, _) => false,
+        let deadline = settings
+            .first_touch
+            .as_ref()
+            .map(|ft| calendar::add(cal, clock.started_at, ft.within));
+        let outcome = match (touch, deadline) {
+            (Some(t), Some(d)) if t > d => Outcome::Late,
+            (Some(_), _) => Outcome::InTime,
+            (None, Some(d)) if d <= ended => Outcome::NeverTouched,
+            (None, _) => Outcome::Pending,
         };
         self.handoffs.push(Handoff {
             owner: clock.owner.clone(),
             source: lead.origin.clone().unwrap_or_default(),
             to_first_touch: touch.map(|t| calendar::between(cal, clock.started_at, t)),
-            within_sla,
+            outcome,
         });
     }
 
@@ -259,7 +277,9 @@ impl Recorder {
 struct Tally {
     handed_off: u64,
     within_sla: u64,
+    late: u64,
     never_touched: u64,
+    pending: u64,
     to_first_touch: Vec<Duration>,
     closed: u64,
     attempts: Vec<u32>,
@@ -269,10 +289,14 @@ struct Tally {
 impl Tally {
     fn handoff(&mut self, h: &Handoff) {
         self.handed_off += 1;
-        self.within_sla += u64::from(h.within_sla);
-        match h.to_first_touch {
-            Some(d) => self.to_first_touch.push(d),
-            None => self.never_touched += 1,
+        match h.outcome {
+            Outcome::InTime => self.within_sla += 1,
+            Outcome::Late => self.late += 1,
+            Outcome::NeverTouched => self.never_touched += 1,
+            Outcome::Pending => self.pending += 1,
+        }
+        if let Some(d) = h.to_first_touch {
+            self.to_first_touch.push(d);
         }
     }
 
@@ -299,12 +323,15 @@ impl Tally {
         let secs = |d: Option<Duration>| d.map(|d| d.as_secs_f64());
         let median = pct(&self.to_first_touch, 0.5);
         let p90 = pct(&self.to_first_touch, 0.9);
+        let judged = self.within_sla + self.late + self.never_touched;
         Report {
             handed_off: self.handed_off,
             touched_within_sla: self.within_sla,
-            touched_within_sla_pct: (self.handed_off > 0)
-                .then(|| (self.within_sla as f64 * 1000.0 / self.handed_off as f64).round() / 10.0),
+            touched_within_sla_pct: (judged > 0)
+                .then(|| (self.within_sla as f64 * 1000.0 / judged as f64).round() / 10.0),
+            touched_late: self.late,
             never_touched: self.never_touched,
+            pending: self.pending,
             median_business_time_to_first_touch_secs: secs(median),
             p90_business_time_to_first_touch_secs: secs(p90),
             median_business_time_to_first_touch: median
@@ -339,8 +366,14 @@ pub struct Report {
     /// First-touch clocks started: leads handed to an owner (a new owner is a new handoff).
     pub handed_off: u64,
     pub touched_within_sla: u64,
+    /// Of the handoffs whose deadline has passed (`handed_off - pending`).
     pub touched_within_sla_pct: Option<f64>,
+    pub touched_late: u64,
+    /// The deadline passed and nobody touched the lead by the end of the period.
     pub never_touched: u64,
+    /// Not judged: the deadline is after the end of the period, or the lead went to another
+    /// owner before it.
+    pub pending: u64,
     pub median_business_time_to_first_touch_secs: Option<f64>,
     pub p90_business_time_to_first_touch_secs: Option<f64>,
     pub median_business_time_to_first_touch: Option<String>,
@@ -408,7 +441,11 @@ not json
 
     #[test]
     fn events_apply_in_time_order_and_an_event_at_a_deadline_comes_first() {
-        let (fired, _, bad) = simulate(None);
+        let (fired, card, bad) = simulate(None);
+        // C, handed off at 16:00 when the file ends, is not judged yet.
+        let alice = &card.by_owner["alice"];
+        assert_eq!((alice.handed_off, alice.pending), (2, 1));
+        assert_eq!(alice.touched_within_sla_pct, Some(100.0));
         assert_eq!(
             bad,
             [BadLine {
