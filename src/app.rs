@@ -115,13 +115,7 @@ pub async fn run_with_reloads(
         let runner = EngineRunner {
             engine: Engine::new(Arc::new(config.rules.clone()), metrics.clone())
                 .with_reorder_window(config.engine.reorder_window.0)
-                .with_links(
-                    config
-                        .sources
-                        .iter()
-                        .filter_map(|(name, s)| Some((name.clone(), s.link()?.to_string())))
-                        .collect(),
-                ),
+                .with_links(config.source_links()),
             rules: rules_rx.clone(),
             producer: producer.clone(),
             base: base.clone(),

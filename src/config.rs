@@ -1111,6 +1111,14 @@ const PINNED_OPTIONS: &[(&str, &str)] = &[
 ];
 
 impl Config {
+    /// The sources' link templates into their CRM, by source name.
+    pub fn source_links(&self) -> std::collections::HashMap<String, String> {
+        self.sources
+            .iter()
+            .filter_map(|(name, s)| Some((name.clone(), s.link()?.to_string())))
+            .collect()
+    }
+
     /// Loads and validates `path` (and the rules file it names), with the environment on top.
     pub fn load(path: &Path) -> Result<Config, Problems> {
         Self::load_with_env(path, std::env::vars())

@@ -45,8 +45,12 @@ enum Command {
     /// clock: every alert as a JSON line on stdout, a scorecard (JSON) on stderr or to a file.
     Simulate {
         /// The rules file to test.
-        #[arg(long)]
-        rules: PathBuf,
+        #[arg(long, required_unless_present = "config")]
+        rules: Option<PathBuf>,
+        /// A daemon configuration: its rules file (unless --rules names another) and its sources'
+        /// links into the CRM, so the alerts are exactly what the daemon would send.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
         /// Past events, JSON lines, any order (applied by `occurred_at`).
         #[arg(long)]
         events: PathBuf,
@@ -161,10 +165,17 @@ fn main() -> ExitCode {
         }
         Command::Simulate {
             rules,
+            config,
             events,
             until,
             scorecard,
-        } => simulate(&rules, &events, until, scorecard.as_deref()),
+        } => simulate(
+            rules.as_deref(),
+            config.as_deref(),
+            &events,
+            until,
+            scorecard.as_deref(),
+        ),
         Command::Replay {
             config,
             source,
@@ -263,66 +274,39 @@ async fn wait_for_signal() {
 }
 
 fn simulate(
-    rules: &std::path::Path,
+    rules: Option<&std::path::Path>,
+    config: Option<&std::path::Path>,
     events: &std::path::Path,
     until: Option<jiff::Timestamp>,
     scorecard: Option<&std::path::Path>,
 ) -> ExitCode {
-    use leadwatch::engine::{Engine, simulate};
-    use std::io::Write;
-    let rules = match leadwatch::engine::rules::Rules::load(rules) {
-        Ok(rules) => rules,
-        Err(problems) => return print_problems(&problems),
+    use leadwatch::engine::simulate::{self, FileError};
+    // The rules: `--rules`, or those `--config` names (with its sources' links into the CRM).
+    let (rules, links) = match (rules, config) {
+        (Some(path), _) => match leadwatch::engine::rules::Rules::load(path) {
+            Ok(rules) => (rules, Default::default()),
+            Err(problems) => return print_problems(&problems),
+        },
+        (None, Some(path)) => match Config::load(path) {
+            Ok(cfg) => (cfg.rules.clone(), cfg.source_links()),
+            Err(problems) => return print_problems(&problems),
+        },
+        (None, None) => {
+            eprintln!("leadwatch simulate: name the rules with --rules FILE or --config FILE");
+            return ExitCode::from(EXIT_CONFIG);
+        }
     };
-    let file = match std::fs::File::open(events) {
-        Ok(f) => std::io::BufReader::new(f),
+    match simulate::run_files(rules, links, events, until, scorecard) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e @ FileError::Events { .. }) => {
+            eprintln!("leadwatch simulate: {e}");
+            ExitCode::from(66)
+        }
         Err(e) => {
-            eprintln!("leadwatch simulate: cannot read {}: {e}", events.display());
-            return ExitCode::from(66);
+            eprintln!("leadwatch simulate: {e}");
+            ExitCode::FAILURE
         }
-    };
-    let (events_read, bad) = match simulate::read_events(file) {
-        Ok(read) => read,
-        Err(e) => {
-            eprintln!("leadwatch simulate: reading {}: {e}", events.display());
-            return ExitCode::from(66);
-        }
-    };
-    for b in &bad {
-        eprintln!("{}:{}: skipped: {}", events.display(), b.line, b.message);
     }
-    let metrics = std::sync::Arc::new(leadwatch::telemetry::Metrics::new());
-    let engine = Engine::new(std::sync::Arc::new(rules), metrics);
-    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
-    let mut failed = None;
-    let card = simulate::run(&engine, events_read, until, |alert| {
-        let line = simulate::Fired {
-            alert,
-            fired_at: alert.timestamp,
-        };
-        if failed.is_none()
-            && let Err(e) = serde_json::to_writer(&mut out, &line)
-                .map_err(std::io::Error::from)
-                .and_then(|_| out.write_all(b"\n"))
-        {
-            failed = Some(e);
-        }
-    });
-    if let Some(e) = failed.or_else(|| out.flush().err()) {
-        eprintln!("leadwatch simulate: writing alerts: {e}");
-        return ExitCode::FAILURE;
-    }
-    let text = serde_json::to_string_pretty(&card).expect("scorecard serializes");
-    match scorecard {
-        Some(path) => {
-            if let Err(e) = std::fs::write(path, text + "\n") {
-                eprintln!("leadwatch simulate: writing {}: {e}", path.display());
-                return ExitCode::FAILURE;
-            }
-        }
-        None => eprintln!("{text}"),
-    }
-    ExitCode::SUCCESS
 }
 
 fn dev_broker(partitions: i32, prefix: &str, port: Option<u16>) -> ExitCode {

@@ -413,3 +413,60 @@ fn dlq_replay_needs_a_real_broker_and_a_known_sink() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+#[test]
+fn simulate_with_a_config_gives_the_alerts_the_daemon_would_send_links_included() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("rules.toml"),
+        "[lifecycle]\nsales_ready = 'lead.stage == \"salesqualifiedlead\"'\n[first_touch]\nwithin = \"1h\"\n",
+    )
+    .unwrap();
+    let config = dir.path().join("leadwatch.toml");
+    std::fs::write(
+        &config,
+        r#"
+[sources.hs]
+kind = "hubspot"
+secret = "client-secret"
+public_url = "https://hooks.example.com/webhooks/hs"
+link = "https://app.hubspot.com/contacts/62515/record/0-1/{id}"
+[sinks.stdout]
+kind = "log"
+"#,
+    )
+    .unwrap();
+    let events = dir.path().join("events.jsonl");
+    std::fs::write(
+        &events,
+        r#"{"id":"1","type":"lead.updated","lead":"hubspot:123","occurred_at":"2026-11-20T10:00:00Z","fields":{"stage":"salesqualifiedlead","owner":"77"},"source":"hs"}
+"#,
+    )
+    .unwrap();
+    let out = leadwatch()
+        .args(["simulate", "--config"])
+        .arg(&config)
+        .arg("--events")
+        .arg(&events)
+        .args(["--until", "2026-11-20T12:00:00Z"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let alert: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(alert["type"], "sla.first_touch.breached");
+    assert_eq!(
+        alert["data"]["link"],
+        "https://app.hubspot.com/contacts/62515/record/0-1/123"
+    );
+    // Neither rules nor a config: told what to give.
+    let out = leadwatch()
+        .args(["simulate", "--events"])
+        .arg(&events)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "clap refuses it");
+}

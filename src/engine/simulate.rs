@@ -131,6 +131,78 @@ pub fn run(
     card.scorecard(from, until)
 }
 
+/// Why `simulate` over files could not finish.
+#[derive(Debug, thiserror::Error)]
+pub enum FileError {
+    #[error("reading {}: {source}", path.display())]
+    Events {
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("writing the alerts: {0}")]
+    Alerts(#[source] std::io::Error),
+    #[error("writing the scorecard to {}: {source}", path.display())]
+    Scorecard {
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// `leadwatch simulate`: reads the events file, prints every alert as a JSON line on stdout
+/// (with `fired_at`), names unreadable lines on stderr, and writes the scorecard to `scorecard`
+/// (or stderr). `links` are the sources' link templates into the CRM, by source name.
+pub fn run_files(
+    rules: super::rules::Rules,
+    links: std::collections::HashMap<String, String>,
+    events: &std::path::Path,
+    until: Option<Timestamp>,
+    scorecard: Option<&std::path::Path>,
+) -> Result<(), FileError> {
+    use std::io::Write;
+    let events_error = |source| FileError::Events {
+        path: events.to_path_buf(),
+        source,
+    };
+    let file = std::fs::File::open(events).map_err(events_error)?;
+    let (read, bad) = read_events(std::io::BufReader::new(file)).map_err(events_error)?;
+    for b in &bad {
+        eprintln!("{}:{}: skipped: {}", events.display(), b.line, b.message);
+    }
+    let metrics = std::sync::Arc::new(crate::telemetry::Metrics::new());
+    let engine = Engine::new(std::sync::Arc::new(rules), metrics).with_links(links);
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    let mut failed = None;
+    let card = run(&engine, read, until, |alert| {
+        let line = Fired {
+            alert,
+            fired_at: alert.timestamp,
+        };
+        if failed.is_none()
+            && let Err(e) = serde_json::to_writer(&mut out, &line)
+                .map_err(std::io::Error::from)
+                .and_then(|_| out.write_all(b"\n"))
+        {
+            failed = Some(e);
+        }
+    });
+    if let Some(e) = failed.or_else(|| out.flush().err()) {
+        return Err(FileError::Alerts(e));
+    }
+    let text = serde_json::to_string_pretty(&card).expect("scorecard serializes");
+    match scorecard {
+        Some(path) => std::fs::write(path, text + "\n").map_err(|source| FileError::Scorecard {
+            path: path.to_path_buf(),
+            source,
+        }),
+        None => {
+            eprintln!("{text}");
+            Ok(())
+        }
+    }
+}
+
 /// One first-touch clock: a lead handed to an owner.
 #[derive(Debug, Clone)]
 struct Handoff {
