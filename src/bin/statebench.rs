@@ -150,7 +150,10 @@ async fn main() -> anyhow::Result<()> {
                 .await??;
                 let mut ps = PartitionState::default();
                 for (key, value) in snapshot {
-                    ps.restore(&engine, key, serde_json::from_slice(&value)?);
+                    anyhow::ensure!(
+                        ps.restore_record(&engine, key, &value),
+                        "a record of the changelog could not be read"
+                    );
                 }
                 restored.push(ps);
             }

@@ -111,11 +111,25 @@ impl Producer {
         key: &str,
         payload: Option<&[u8]>,
     ) -> Result<DeliveryFuture, SendError> {
+        self.enqueue_at(topic, None, key, payload)
+    }
+
+    /// As [`Producer::enqueue`], to a given partition (else the key's).
+    pub fn enqueue_at(
+        &self,
+        topic: &str,
+        partition: Option<i32>,
+        key: &str,
+        payload: Option<&[u8]>,
+    ) -> Result<DeliveryFuture, SendError> {
         let (inner, fatal) = self.inner();
         if fatal {
             return Err(SendError::Fatal);
         }
         let mut record: FutureRecord<'_, str, [u8]> = FutureRecord::to(topic).key(key);
+        if let Some(partition) = partition {
+            record = record.partition(partition);
+        }
         if let Some(payload) = payload {
             record = record.payload(payload);
         }
@@ -179,8 +193,21 @@ impl Producer {
         payload: Option<&[u8]>,
         cancel: &CancellationToken,
     ) -> bool {
+        self.send_until_acked_at(topic, None, key, payload, cancel)
+            .await
+    }
+
+    /// As [`Producer::send_until_acked`], to a given partition (else the key's).
+    pub async fn send_until_acked_at(
+        &self,
+        topic: &str,
+        partition: Option<i32>,
+        key: &str,
+        payload: Option<&[u8]>,
+        cancel: &CancellationToken,
+    ) -> bool {
         let attempt = || async {
-            let delivery = self.enqueue(topic, key, payload)?;
+            let delivery = self.enqueue_at(topic, partition, key, payload)?;
             match delivery.await {
                 Ok(Ok(_)) => Ok(()),
                 Ok(Err((e, _))) => Err(SendError::Kafka(e)),

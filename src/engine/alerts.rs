@@ -4,7 +4,6 @@
 use std::time::Duration;
 
 use jiff::Timestamp;
-use sha2::{Digest, Sha256};
 
 use super::deadlines::{self, Due, What};
 use super::rules::{Rules, Settings};
@@ -14,6 +13,7 @@ use crate::alert::{
 };
 
 /// Builds the alert for `due`, fired at `now`.
+#[allow(clippy::too_many_arguments)]
 pub fn build(
     rules: &Rules,
     settings: &Settings,
@@ -22,6 +22,7 @@ pub fn build(
     due: &Due,
     now: Timestamp,
     link: Option<&str>,
+    rotation: &mut Rotation,
 ) -> Alert {
     let owner = match &due.what {
         What::FirstTouch { owner, .. } => Some(owner.clone()),
@@ -37,7 +38,7 @@ pub fn build(
     };
     let suggested_owner = step
         .filter(|s| s.reassign)
-        .and_then(|_| suggest_owner(rules, settings, key, owner.as_deref(), due.clock));
+        .and_then(|_| suggest_owner(rules, settings, owner.as_deref(), rotation));
     let recipients = due
         .to
         .iter()
@@ -129,32 +130,35 @@ fn recipients(
     }
 }
 
-/// The next owner in the segment's pool, round-robin from a position drawn from the lead and its
-/// clock (so the live daemon, a replay and `simulate` suggest the same person), skipping the
-/// current owner and anyone the directory marks away.
+/// Where each pool's round-robin stands: the index of the next owner to suggest, by segment
+/// (`""` for the top level). One per partition of the events topic; kept in the state changelog.
+pub type Rotation = std::collections::BTreeMap<String, u64>;
+
+/// The next owner in the segment's pool, round-robin, skipping the current owner and anyone the
+/// directory marks away; the rotation moves past whoever is suggested.
 fn suggest_owner(
     rules: &Rules,
     settings: &Settings,
-    key: &str,
     owner: Option<&str>,
-    clock: Timestamp,
+    rotation: &mut Rotation,
 ) -> Option<String> {
     let pool = &settings.pool;
     if pool.is_empty() {
         return None;
     }
-    let digest = Sha256::new()
-        .chain_update(key.as_bytes())
-        .chain_update(clock.to_string().as_bytes())
-        .finalize();
-    let start = u64::from_be_bytes(digest[..8].try_into().expect("8 bytes")) as usize % pool.len();
-    (0..pool.len())
-        .map(|i| &pool[(start + i) % pool.len()])
-        .find(|candidate| {
+    let next = rotation
+        .entry(settings.segment.clone().unwrap_or_default())
+        .or_insert(0);
+    let start = (*next % pool.len() as u64) as usize;
+    let (i, chosen) = (0..pool.len())
+        .map(|i| (start + i) % pool.len())
+        .map(|i| (i, &pool[i]))
+        .find(|(_, candidate)| {
             Some(candidate.as_str()) != owner
                 && !rules.directory.get(*candidate).is_some_and(|p| p.away)
-        })
-        .cloned()
+        })?;
+    *next = i as u64 + 1;
+    Some(chosen.clone())
 }
 
 /// Who the lead is, from its fields.

@@ -426,9 +426,21 @@ impl Engine {
         self.pending(state, &settings).first().map(|d| d.fire_at)
     }
 
+    /// As [`Engine::fire_due_with`], with a rotation of its own (one lead at a time).
+    pub fn fire_due(&self, key: &str, state: &mut LeadState, now: Timestamp) -> Vec<Alert> {
+        self.fire_due_with(key, state, now, &mut alerts::Rotation::new())
+    }
+
     /// Alerts due at `now` for this lead, earliest first; marks them fired in the state. A
     /// reminder whose deadline has also passed (the daemon was down) is superseded by the breach.
-    pub fn fire_due(&self, key: &str, state: &mut LeadState, now: Timestamp) -> Vec<Alert> {
+    /// Suggested new owners come from `rotation`, which moves on.
+    pub fn fire_due_with(
+        &self,
+        key: &str,
+        state: &mut LeadState,
+        now: Timestamp,
+        rotation: &mut alerts::Rotation,
+    ) -> Vec<Alert> {
         let settings = self.settings(&state.lead);
         let due: Vec<Due> = self
             .pending(state, &settings)
@@ -458,6 +470,7 @@ impl Engine {
                 d,
                 now,
                 link,
+                rotation,
             ));
         }
         alerts

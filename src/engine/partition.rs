@@ -29,7 +29,15 @@ pub struct PartitionState {
     armed: HashMap<String, Timestamp>,
     /// Leads with events in their reorder window (two copies of themselves until it closes).
     windowed: std::collections::HashSet<String>,
+    /// Where the pools' round-robin stands in this partition.
+    rotation: super::alerts::Rotation,
+    /// The rotation moved since it was last written.
+    rotation_moved: bool,
 }
+
+/// The key of the partition's own record in the state changelog (the round-robin of the pools).
+/// Starts with a control character, which no lead key has (ingest refuses them).
+pub const ROTATION_KEY: &str = "\u{1}leadwatch.rotation";
 
 impl PartitionState {
     pub fn len(&self) -> usize {
@@ -104,6 +112,34 @@ impl PartitionState {
         gone
     }
 
+    /// The rotation to write to the changelog (under [`ROTATION_KEY`], in this partition), when
+    /// it moved since the last call.
+    pub fn take_rotation(&mut self) -> Option<Vec<u8>> {
+        std::mem::take(&mut self.rotation_moved)
+            .then(|| serde_json::to_vec(&self.rotation).expect("rotation serializes"))
+    }
+
+    /// Puts back a record read from the changelog: a lead's state, or the partition's rotation.
+    /// Returns false when it cannot be read.
+    pub fn restore_record(&mut self, engine: &Engine, key: String, bytes: &[u8]) -> bool {
+        if key == ROTATION_KEY {
+            return match serde_json::from_slice(bytes) {
+                Ok(rotation) => {
+                    self.rotation = rotation;
+                    true
+                }
+                Err(_) => false,
+            };
+        }
+        match serde_json::from_slice::<LeadState>(bytes) {
+            Ok(state) => {
+                self.restore(engine, key, state);
+                true
+            }
+            Err(_) => false,
+        }
+    }
+
     /// Puts a lead's state back as it was known (restore from the changelog).
     pub fn restore(&mut self, engine: &Engine, key: String, state: LeadState) {
         if !state.log.is_empty() {
@@ -158,7 +194,9 @@ impl PartitionState {
             self.timers.pop_first();
             self.armed.remove(&key);
             if let Some(state) = self.leads.get_mut(&key) {
-                let alerts = engine.fire_due(&key, state, now);
+                let before = self.rotation.clone();
+                let alerts = engine.fire_due_with(&key, state, now, &mut self.rotation);
+                self.rotation_moved |= self.rotation != before;
                 if !alerts.is_empty() {
                     fired.push((key.clone(), alerts));
                 }

@@ -21,9 +21,9 @@ use rdkafka::Message;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use super::partition::{PartitionState, Write};
+use super::Engine;
+use super::partition::{PartitionState, ROTATION_KEY, Write};
 use super::rules::Rules;
-use super::{Engine, LeadState};
 use crate::alert::Alert;
 use crate::bus::Topics;
 use crate::bus::changelog::{Restored, Restorer};
@@ -239,6 +239,30 @@ impl EngineRunner {
                         abandon.clone(),
                     ));
                 }
+                // The pools' round-robin moved: kept in this partition of the changelog, so the
+                // next owner of the partition goes on from there.
+                if let Some(rotation) = p.leads.take_rotation() {
+                    let (producer, topic, abandon) = (
+                        self.producer.clone(),
+                        self.topics.state.clone(),
+                        abandon.clone(),
+                    );
+                    firing.push(
+                        async move {
+                            producer
+                                .send_until_acked_at(
+                                    &topic,
+                                    Some(partition),
+                                    ROTATION_KEY,
+                                    Some(&rotation),
+                                    &abandon,
+                                )
+                                .await;
+                            Ok(())
+                        }
+                        .boxed(),
+                    );
+                }
             }
             self.metrics
                 .set_leads(slots.iter_ready().map(|(_, p)| p.leads.len() as i64).sum());
@@ -347,9 +371,8 @@ impl EngineRunner {
         let mut leads = PartitionState::default();
         let mut broken = 0usize;
         for (key, bytes) in snapshot {
-            match serde_json::from_slice::<LeadState>(&bytes) {
-                Ok(state) => leads.restore(&self.engine, key, state),
-                Err(_) => broken += 1,
+            if !leads.restore_record(&self.engine, key, &bytes) {
+                broken += 1;
             }
         }
         if broken > 0 {

@@ -552,6 +552,14 @@ fn check_keys(parsed: Parsed) -> Result<Parsed, IngestError> {
                     format!("the {what} must be 1 to {MAX_KEY_LEN} bytes long"),
                 )]));
             }
+            // Control characters are no part of a CRM id (and the engine keeps its own records
+            // in the state changelog under keys that start with one).
+            if value.chars().any(char::is_control) {
+                return Err(IngestError::Malformed(vec![FieldProblem::new(
+                    what,
+                    format!("the {what} must not contain control characters"),
+                )]));
+            }
         }
     }
     Ok(parsed)
