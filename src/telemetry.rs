@@ -92,6 +92,7 @@ pub struct Metrics {
     producer_rebuilds: Counter,
     rules_reloads: Family<OutcomeLabel, Counter>,
     rule_missing_fields: Family<RuleLabel, Counter>,
+    alerts_without_recipients: Family<TypeLabel, Counter>,
     ingest_events: Family<SourceOutcome, Counter>,
     raw_records: Family<SourceOutcome, Counter>,
 }
@@ -192,6 +193,12 @@ impl Metrics {
             "Kafka producers rebuilt after a fatal error",
             producer_rebuilds.clone(),
         );
+        let alerts_without_recipients = Family::default();
+        registry.register(
+            "alerts_without_recipients",
+            "Alerts fired that name no person (an owner or manager missing from [directory]), by type",
+            alerts_without_recipients.clone(),
+        );
         let rule_missing_fields = Family::default();
         registry.register(
             "rule_missing_fields",
@@ -218,6 +225,7 @@ impl Metrics {
             raw_records.clone(),
         );
         Self {
+            alerts_without_recipients,
             rule_missing_fields,
             rules_reloads,
             ingest_events,
@@ -348,6 +356,14 @@ impl Metrics {
 
     pub fn set_producer_ready(&self, ready: bool) {
         self.producer_ready.set(ready as i64);
+    }
+
+    pub fn alert_without_recipients(&self, kind: &str) {
+        self.alerts_without_recipients
+            .get_or_create(&TypeLabel {
+                r#type: kind.into(),
+            })
+            .inc();
     }
 
     pub fn rule_missing_field(&self, rule: &str) {

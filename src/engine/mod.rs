@@ -462,7 +462,7 @@ impl Engine {
                 .flatten()
                 .find_map(|s| self.links.get(s))
                 .map(String::as_str);
-            alerts.push(alerts::build(
+            let alert = alerts::build(
                 &self.rules,
                 &settings,
                 key,
@@ -471,7 +471,14 @@ impl Engine {
                 now,
                 link,
                 rotation,
-            ));
+            );
+            if alert.data.recipients.is_empty() {
+                // Still delivered (routes go by role), but no one is named: an owner missing
+                // from `[directory]`, or a manager nobody recorded.
+                tracing::warn!(lead = %key, kind = %alert.kind, to = ?alert.data.to, "alert names no recipient; add them to [directory] or [recipients]");
+                self.metrics.alert_without_recipients(&alert.kind);
+            }
+            alerts.push(alert);
         }
         alerts
     }
