@@ -1133,6 +1133,57 @@ mod properties {
             }
         }
 
+        /// The same in business time, with the shipped rules (calendars, segments, ladder,
+        /// close-outs) and the default reorder window: a lead's events within an hour, in any
+        /// order, give the same alerts.
+        #[test]
+        fn arrival_order_does_not_matter_in_business_time(
+            events in proptest::collection::vec(event(), 0..30),
+            start in 0i64..(7 * 86_400),
+            seed in any::<u64>(),
+        ) {
+            let rules = Rules::load(std::path::Path::new(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/config/rules.toml"
+            )))
+            .unwrap();
+            let e = Engine::new(Arc::new(rules), Arc::new(Metrics::new()));
+            // Squeeze the day of generated times into one hour of a random week.
+            let base = t("00:00:00") + SignedDuration::from_secs(start);
+            let mut seen = std::collections::HashSet::new();
+            let events: Vec<LeadEvent> = events
+                .into_iter()
+                .map(|mut ev| {
+                    let secs = ev.occurred_at.duration_since(t("00:00:00")).as_secs() / 24;
+                    ev.occurred_at = base + SignedDuration::from_secs(secs);
+                    ev.received_at = ev.occurred_at;
+                    if let Change::Updated { fields } = &mut ev.change {
+                        if fields.get("stage") == Some(&json!("MQL")) {
+                            fields.insert("score".into(), json!(70));
+                        }
+                        for v in fields.values_mut() {
+                            if v == &json!("alice") || v == &json!("bob") {
+                                *v = json!(format!("{}@example.com", v.as_str().unwrap()));
+                            }
+                        }
+                    }
+                    ev
+                })
+                .filter(|ev| seen.insert(ev.occurred_at))
+                .collect();
+            let mut in_order = events.clone();
+            in_order.sort_by_key(|e| e.occurred_at);
+            let mut shuffled = events;
+            let mut x = seed | 1;
+            for i in (1..shuffled.len()).rev() {
+                x ^= x << 13; x ^= x >> 7; x ^= x << 17;
+                shuffled.swap(i, (x % (i as u64 + 1)) as usize);
+            }
+            let (a1, _) = run(&e, &in_order, &[]);
+            let (a2, _) = run(&e, &shuffled, &[]);
+            prop_assert_eq!(ids(&a1), ids(&a2));
+        }
+
         /// Alerts are the same whether a lead's events arrive in order or shuffled, as long as
         /// they all arrive before the first deadline they affect.
         #[test]
