@@ -103,7 +103,10 @@ pub async fn run_with_reloads(
     let stop_http = CancellationToken::new();
     let stop_work = CancellationToken::new();
     let stop_supervisor = CancellationToken::new();
+    // One shutdown deadline for all stages: the roles drain their in-flight work within most of
+    // it, leaving the rest to leave the group and flush the producer.
     let grace = config.shutdown_grace;
+    let drain = grace.mul_f64(0.7);
     let supervisor = tokio::spawn(
         producer
             .clone()
@@ -127,7 +130,7 @@ pub async fn run_with_reloads(
         let stop = stop_work.clone();
         workers.push((
             "engine",
-            tokio::spawn(async move { runner.run(stop, grace).await }),
+            tokio::spawn(async move { runner.run(stop, drain).await }),
         ));
     }
     if config.roles.dispatch {
@@ -142,7 +145,7 @@ pub async fn run_with_reloads(
         let stop = stop_work.clone();
         workers.push((
             "dispatch",
-            tokio::spawn(async move { dispatcher.run(stop, grace).await }),
+            tokio::spawn(async move { dispatcher.run(stop, drain).await }),
         ));
     }
 
@@ -157,32 +160,83 @@ pub async fn run_with_reloads(
     });
     let app = crate::http::router(ingest, producer.clone(), metrics.clone());
     tracing::info!(listen = %listener.local_addr()?, "listening");
-    let http = tokio::spawn(crate::http::serve(
+    let mut http = tokio::spawn(crate::http::serve(
         listener,
         app,
         config.server.header_read_timeout.0,
         stop_http.clone(),
-        grace,
+        drain,
     ));
 
-    shutdown.await;
-    tracing::info!(?grace, "shutting down");
-    stop_http.cancel();
-    let _ = http.await;
-    stop_work.cancel();
-    for (role, worker) in workers {
-        match worker.await {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => tracing::error!(role, error = %e, "stopped with an error"),
-            Err(e) => tracing::error!(role, error = %e, "task failed"),
+    // Run until asked to stop — or until a role stops on its own (a panic, a fatal error): then
+    // the daemon stops too, and exits with an error, rather than stay up and ready while doing
+    // nothing (a supervisor such as Kubernetes restarts it).
+    let mut failed: Option<anyhow::Error> = None;
+    let mut http_done = false;
+    {
+        let roles = async {
+            if workers.is_empty() {
+                // An instance that only takes webhooks.
+                return std::future::pending().await;
+            }
+            futures::future::select_all(
+                workers
+                    .iter_mut()
+                    .map(|(role, task)| Box::pin(async move { (*role, task.await) })),
+            )
+            .await
+            .0
+        };
+        tokio::select! {
+            _ = shutdown => {}
+            (role, result) = roles => {
+                let error = match result {
+                    Ok(Ok(())) => anyhow::anyhow!("the {role} role stopped on its own"),
+                    Ok(Err(e)) => anyhow::anyhow!("the {role} role failed: {e}"),
+                    Err(e) => anyhow::anyhow!("the {role} role panicked: {e}"),
+                };
+                tracing::error!(error = %error, "stopping the daemon");
+                failed = Some(error);
+            }
+            served = &mut http => {
+                http_done = true;
+                let error = anyhow::anyhow!("the HTTP server stopped on its own: {served:?}");
+                tracing::error!(error = %error, "stopping the daemon");
+                failed = Some(error);
+            }
         }
     }
-    producer.flush(grace).await;
+    let deadline = tokio::time::Instant::now() + grace;
+    tracing::info!(?grace, "shutting down");
+    // Stop taking webhooks and stop the roles together: each drains within `drain`.
+    stop_http.cancel();
+    stop_work.cancel();
+    if !http_done {
+        let _ = tokio::time::timeout_at(deadline, &mut http).await;
+    }
+    for (role, worker) in workers {
+        if worker.is_finished() && failed.is_some() {
+            continue;
+        }
+        match tokio::time::timeout_at(deadline, worker).await {
+            Ok(Ok(Ok(()))) => {}
+            Ok(Ok(Err(e))) => tracing::error!(role, error = %e, "stopped with an error"),
+            Ok(Err(e)) => tracing::error!(role, error = %e, "task failed"),
+            Err(_) => tracing::warn!(role, "did not stop within the grace period"),
+        }
+    }
+    let left = deadline
+        .saturating_duration_since(tokio::time::Instant::now())
+        .max(std::time::Duration::from_secs(1));
+    producer.flush(left).await;
     stop_supervisor.cancel();
     let _ = supervisor.await;
     reloader.abort();
     drop(producer);
     drop(embedded);
     tracing::info!("stopped");
-    Ok(())
+    match failed {
+        Some(e) => Err(e),
+        None => Ok(()),
+    }
 }

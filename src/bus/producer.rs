@@ -228,11 +228,22 @@ impl Producer {
         }
     }
 
-    /// As [`Producer::flush`], blocking the calling thread (rebalance callbacks).
+    /// As [`Producer::flush`], blocking the calling thread (rebalance callbacks, which run inside
+    /// a consumer's poll on a runtime worker: the runtime is told, so its other tasks — ingest
+    /// answering webhooks — move to another worker meanwhile).
     pub fn flush_blocking(&self, timeout: Duration) {
         let (inner, _) = self.inner();
-        if let Err(e) = inner.flush(timeout) {
-            tracing::warn!(error = %e, "flush did not finish");
+        let flush = || {
+            if let Err(e) = inner.flush(timeout) {
+                tracing::warn!(error = %e, "flush did not finish");
+            }
+        };
+        let multi_thread = tokio::runtime::Handle::try_current()
+            .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
+        if multi_thread {
+            tokio::task::block_in_place(flush);
+        } else {
+            flush();
         }
     }
 

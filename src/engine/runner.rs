@@ -12,7 +12,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::future::BoxFuture;
+use futures::future::{BoxFuture, Shared};
 use futures::stream::{FuturesOrdered, FuturesUnordered};
 use futures::{FutureExt, StreamExt};
 use jiff::Timestamp;
@@ -64,6 +64,58 @@ struct Owned {
     leads: PartitionState,
     /// Newest `received_at` applied: every event received before it has been read.
     seen_until: Option<Timestamp>,
+    /// Its writes to Kafka, in order per lead.
+    writes: Writes,
+}
+
+/// A write to Kafka that resolves to whether it was acknowledged.
+type Acked = Shared<BoxFuture<'static, bool>>;
+
+/// The writes of one owned partition, chained per lead: each waits for the lead's write before
+/// it, so a lead's records reach Kafka in the order they were made — an alert before the state
+/// that marks it fired, an older state never after a newer one — and a write whose predecessor
+/// failed is not made at all (its event's offset is then not stored, and the event is read
+/// again). Revoking the partition cancels `token`: nothing is written for it any more, so the
+/// next owner's restore cannot be overwritten by a late write of ours.
+struct Writes {
+    tails: HashMap<String, Acked>,
+    token: CancellationToken,
+}
+
+impl Writes {
+    fn new(abandon: &CancellationToken) -> Self {
+        Self {
+            tails: HashMap::new(),
+            token: abandon.child_token(),
+        }
+    }
+
+    /// Runs `write` (given the partition's token) after every earlier write of `key`.
+    fn chain(
+        &mut self,
+        key: &str,
+        write: impl FnOnce(CancellationToken) -> BoxFuture<'static, bool> + Send + 'static,
+    ) -> Acked {
+        let before = self.tails.get(key).cloned();
+        let token = self.token.clone();
+        let acked = async move {
+            if let Some(before) = before
+                && !before.await
+            {
+                return false;
+            }
+            write(token).await
+        }
+        .boxed()
+        .shared();
+        self.tails.insert(key.to_string(), acked.clone());
+        acked
+    }
+
+    /// Forgets the writes that are done (they no longer hold back anything).
+    fn prune(&mut self) {
+        self.tails.retain(|_, acked| acked.peek().is_none());
+    }
 }
 
 impl Owned {
@@ -145,6 +197,11 @@ impl EngineRunner {
                     }
                     Assignment::Revoked(ps) => {
                         tracing::info!(partitions = ?ps, "engine partitions revoked");
+                        for p in &ps {
+                            if let Some(owned) = slots.ready_mut(*p) {
+                                owned.writes.token.cancel();
+                            }
+                        }
                         slots.revoked(&ps);
                         for p in ps {
                             at_end.remove(&p);
@@ -179,7 +236,7 @@ impl EngineRunner {
                     tracing::info!(leads, "rules reloaded; open leads have deadlines under the new rules");
                 }
                 received = consumer.recv(), if pending.len() < self.config.max_in_flight => {
-                    self.received(received, &mut slots, &mut at_end, &mut pending, &abandon);
+                    self.received(received, &mut slots, &mut at_end, &mut pending);
                     // What was fetched with it is applied before anything fires.
                     for _ in 0..DRAIN_BATCH {
                         if pending.len() >= self.config.max_in_flight {
@@ -187,7 +244,7 @@ impl EngineRunner {
                         }
                         match consumer.recv().now_or_never() {
                             Some(received) => {
-                                self.received(received, &mut slots, &mut at_end, &mut pending, &abandon)
+                                self.received(received, &mut slots, &mut at_end, &mut pending)
                             }
                             None => break,
                         }
@@ -196,10 +253,11 @@ impl EngineRunner {
                 _ = sweep.tick() => {
                     let now = Timestamp::now();
                     for (partition, p) in slots.iter_ready_mut() {
+                        p.writes.prune();
                         p.leads.settle(&self.engine, now);
                         for lead in p.leads.expire(&self.engine, now, super::Retention { ended: self.config.state_retention.0, idle: self.config.idle_retention.0 }) {
                             tracing::debug!(partition, %lead, "lead state retention over; tombstoned");
-                            self.spawn_tombstone(&mut firing, lead, &abandon);
+                            self.spawn_tombstone(&mut firing, p, lead);
                         }
                     }
                 }
@@ -233,10 +291,10 @@ impl EngineRunner {
                     firing.push(write_alerts(
                         self.producer.clone(),
                         self.topics.clone(),
+                        p,
                         partition,
                         alerts,
                         state,
-                        abandon.clone(),
                     ));
                 }
                 // The pools' round-robin moved: kept in this partition of the changelog, so the
@@ -295,7 +353,6 @@ impl EngineRunner {
         slots: &mut Slots,
         at_end: &mut HashMap<i32, bool>,
         pending: &mut Pending,
-        abandon: &CancellationToken,
     ) {
         let msg = match received {
             Ok(msg) => msg,
@@ -328,7 +385,7 @@ impl EngineRunner {
         match slots.route(partition) {
             Slot::Restoring { waiting, .. } => waiting.push((offset, event)),
             Slot::Ready(p) => {
-                let write = self.apply(p, partition, offset, event, abandon);
+                let write = self.apply(p, partition, offset, event);
                 pending.push_back(write);
             }
         }
@@ -388,11 +445,12 @@ impl EngineRunner {
             Owned {
                 leads,
                 seen_until: None,
+                writes: Writes::new(abandon),
             },
         );
         if let Some(owned) = slots.ready_mut(partition) {
             for (offset, event) in waiting {
-                pending.push_back(self.apply(owned, partition, offset, event, abandon));
+                pending.push_back(self.apply(owned, partition, offset, event));
             }
         }
         consumer::resume(consumer, &self.topics.events, partition);
@@ -413,7 +471,6 @@ impl EngineRunner {
         partition: i32,
         offset: i64,
         event: LeadEvent,
-        abandon: &CancellationToken,
     ) -> BoxFuture<'static, Option<(i32, i64)>> {
         owned.seen_until = Some(
             owned
@@ -437,63 +494,140 @@ impl EngineRunner {
         };
         let producer = self.producer.clone();
         let topic = self.topics.state.clone();
-        let abandon = abandon.clone();
-        async move {
-            producer
-                .send_until_acked(&topic, &event.lead, payload.as_deref(), &abandon)
-                .await
-                .then_some((partition, offset))
-        }
-        .boxed()
-    }
-
-    /// Tombstones a lead's state outside of an event (retention).
-    fn spawn_tombstone(&self, firing: &mut Firing, lead: String, abandon: &CancellationToken) {
-        let producer = self.producer.clone();
-        let topic = self.topics.state.clone();
-        let abandon = abandon.clone();
-        firing.push(
+        let lead = event.lead.clone();
+        let acked = owned.writes.chain(&event.lead, move |token| {
             async move {
                 producer
-                    .send_until_acked(&topic, &lead, None, &abandon)
-                    .await;
-                Ok(())
+                    .send_until_acked(&topic, &lead, payload.as_deref(), &token)
+                    .await
             }
-            .boxed(),
-        );
+            .boxed()
+        });
+        acked
+            .map(move |ok| ok.then_some((partition, offset)))
+            .boxed()
+    }
+
+    /// Tombstones a lead's state outside of an event (retention), after its other writes.
+    fn spawn_tombstone(&self, firing: &mut Firing, owned: &mut Owned, lead: String) {
+        let producer = self.producer.clone();
+        let topic = self.topics.state.clone();
+        let key = lead.clone();
+        let acked = owned.writes.chain(&key, move |token| {
+            async move { producer.send_until_acked(&topic, &lead, None, &token).await }.boxed()
+        });
+        firing.push(acked.map(|_| Ok(())).boxed());
     }
 }
 
 /// Writes a lead's fired alerts, then (only once they are all in Kafka) the state that says they
-/// fired: a crash in between makes them fire again under the same ids, never lose them.
+/// fired: a crash in between makes them fire again under the same ids, never lose them. Chained
+/// after the lead's earlier writes, so any later state (which also says they fired) waits for
+/// them.
 fn write_alerts(
     producer: Arc<Producer>,
     topics: Topics,
+    owned: &mut Owned,
     partition: i32,
     alerts: Vec<Alert>,
     state: Vec<u8>,
-    abandon: CancellationToken,
 ) -> BoxFuture<'static, Result<(), (i32, Vec<Alert>)>> {
-    async move {
-        let Some(lead) = alerts.first().map(|a| a.data.lead.clone()) else {
-            return Ok(());
-        };
-        let payloads: Vec<Vec<u8>> = alerts
-            .iter()
-            .map(|a| serde_json::to_vec(a).expect("alert serializes"))
-            .collect();
-        // Queued together, in order: one lead's alerts keep their order in its partition.
-        let written = futures::future::join_all(payloads.iter().map(|payload| {
-            producer.send_until_acked(&topics.alerts, &lead, Some(payload), &abandon)
-        }))
-        .await;
-        if written.iter().any(|ok| !ok) {
-            return Err((partition, alerts));
-        }
-        producer
-            .send_until_acked(&topics.state, &lead, Some(&state), &abandon)
+    let Some(lead) = alerts.first().map(|a| a.data.lead.clone()) else {
+        return futures::future::ready(Ok(())).boxed();
+    };
+    let payloads: Vec<Vec<u8>> = alerts
+        .iter()
+        .map(|a| serde_json::to_vec(a).expect("alert serializes"))
+        .collect();
+    let key = lead.clone();
+    let acked = owned.writes.chain(&key, move |token| {
+        async move {
+            // Queued together, in order: one lead's alerts keep their order in its partition.
+            let written = futures::future::join_all(payloads.iter().map(|payload| {
+                producer.send_until_acked(&topics.alerts, &lead, Some(payload), &token)
+            }))
             .await;
-        Ok(())
+            if written.iter().any(|ok| !ok) {
+                return false;
+            }
+            producer
+                .send_until_acked(&topics.state, &lead, Some(&state), &token)
+                .await
+        }
+        .boxed()
+    });
+    async move {
+        if acked.await {
+            Ok(())
+        } else {
+            // Not written (abandoned, or the partition moved): fire them again if it is ours.
+            Err((partition, alerts))
+        }
     }
     .boxed()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Arc, Mutex};
+
+    use tokio::sync::oneshot;
+
+    use super::*;
+
+    /// A write that records when it runs and finishes with what the test sends it.
+    fn write(
+        log: &Arc<Mutex<Vec<&'static str>>>,
+        name: &'static str,
+    ) -> (
+        oneshot::Sender<bool>,
+        impl FnOnce(CancellationToken) -> BoxFuture<'static, bool> + Send + 'static,
+    ) {
+        let (tx, rx) = oneshot::channel::<bool>();
+        let log = log.clone();
+        (tx, move |_token| {
+            async move {
+                log.lock().unwrap().push(name);
+                rx.await.unwrap_or(false)
+            }
+            .boxed()
+        })
+    }
+
+    #[tokio::test]
+    async fn a_leads_writes_reach_kafka_in_order_and_stop_after_a_failure() {
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let abandon = CancellationToken::new();
+        let mut writes = Writes::new(&abandon);
+        // The alert (and the state that marks it fired), then the state of a later event of the
+        // same lead, then a write of another lead.
+        let (alert_done, alert) = write(&log, "alert");
+        let (_, later) = write(&log, "later-state");
+        let (other_done, other) = write(&log, "other-lead");
+        let alert = tokio::spawn(writes.chain("L-1", alert));
+        let later = tokio::spawn(writes.chain("L-1", later));
+        let other = tokio::spawn(writes.chain("L-2", other));
+        other_done.send(true).unwrap();
+        assert!(other.await.unwrap(), "other leads do not wait");
+        tokio::task::yield_now().await;
+        assert_eq!(*log.lock().unwrap(), ["alert", "other-lead"]);
+        // The alert could not be written: the later state (which says it fired) is not either.
+        alert_done.send(false).unwrap();
+        assert!(!alert.await.unwrap());
+        assert!(!later.await.unwrap());
+        assert_eq!(*log.lock().unwrap(), ["alert", "other-lead"]);
+    }
+
+    #[tokio::test]
+    async fn revoking_the_partition_stops_its_writes() {
+        let abandon = CancellationToken::new();
+        let mut writes = Writes::new(&abandon);
+        writes.token.cancel();
+        let seen = writes.chain("L-1", |token| async move { !token.is_cancelled() }.boxed());
+        assert!(!seen.await, "the write is handed a cancelled token");
+        assert!(!abandon.is_cancelled(), "only this partition's writes");
+        // Finished writes are forgotten.
+        writes.prune();
+        assert!(writes.tails.is_empty());
+    }
 }
