@@ -518,6 +518,10 @@ pub enum SourceConfig {
         /// `occurred_at`, `activity`, `activity_by`, and canonical field names.
         #[serde(default)]
         fields: BTreeMap<String, String>,
+        /// The IANA time zone of an `occurred_at` without an offset (Marketo's
+        /// `{{system.dateTime}}` is `2026-11-25 09:30:00` in the instance's zone); default UTC.
+        #[serde(default)]
+        time_zone: Option<String>,
     },
     /// Pipedrive webhooks v2, with HTTP basic auth.
     Pipedrive {
@@ -658,9 +662,22 @@ impl SourceConfig {
                 }
                 field_keys(fields, &[], &mut problems);
             }
-            Self::Marketo { header, fields, .. } => {
+            Self::Marketo {
+                header,
+                fields,
+                time_zone,
+                ..
+            } => {
                 if http::HeaderName::from_bytes(header.as_bytes()).is_err() {
                     problems.push(("header".into(), format!("`{header}` is not a header name")));
+                }
+                if let Some(tz) = time_zone
+                    && jiff::tz::TimeZone::get(tz).is_err()
+                {
+                    problems.push((
+                        "time_zone".into(),
+                        format!("`{tz}` is not an IANA time zone such as \"America/Chicago\""),
+                    ));
                 }
                 field_keys(fields, crate::ingest::marketo::STRUCTURAL, &mut problems);
                 for (key, pointer) in fields {

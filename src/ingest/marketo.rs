@@ -43,6 +43,8 @@ pub struct MarketoSource {
     activity: String,
     activity_by: String,
     mapping: Mapping,
+    /// Of an `occurred_at` without an offset.
+    time_zone: jiff::tz::TimeZone,
 }
 
 impl MarketoSource {
@@ -51,6 +53,7 @@ impl MarketoSource {
             header,
             secret,
             fields,
+            time_zone,
             ..
         } = cfg
         else {
@@ -73,6 +76,11 @@ impl MarketoSource {
         Self {
             header: header.to_ascii_lowercase(),
             secrets: secret.clone(),
+            // Checked when the config is loaded.
+            time_zone: time_zone
+                .as_deref()
+                .and_then(|tz| jiff::tz::TimeZone::get(tz).ok())
+                .unwrap_or(jiff::tz::TimeZone::UTC),
             lead: pointer("lead", "/leadId"),
             id: fields.get("id").filter(|p| !p.is_empty()).cloned(),
             occurred_at: pointer("occurred_at", "/occurred_at"),
@@ -152,13 +160,29 @@ impl Handler for MarketoSource {
         let occurred_at = match at(&value, &self.occurred_at) {
             None | Some(Value::Null) => Some(received_at),
             Some(Value::String(s)) if s.trim().is_empty() => Some(received_at),
-            Some(Value::String(s)) => s.trim().parse::<Timestamp>().ok().or_else(|| {
-                problems.push(FieldProblem::new(
-                    "occurred_at",
-                    format!("`{s}` is not an RFC 3339 timestamp"),
-                ));
-                None
-            }),
+            Some(Value::String(s)) => {
+                let s = s.trim();
+                s.parse::<Timestamp>()
+                    .ok()
+                    // `2026-11-25 09:30:00` (Marketo's `{{system.dateTime}}`): local time in the
+                    // source's `time_zone`.
+                    .or_else(|| {
+                        s.parse::<jiff::civil::DateTime>()
+                            .ok()
+                            .and_then(|local| local.to_zoned(self.time_zone.clone()).ok())
+                            .map(|z| z.timestamp())
+                    })
+                    .or_else(|| {
+                        problems.push(FieldProblem::new(
+                            "occurred_at",
+                            format!(
+                                "`{s}` is not an RFC 3339 timestamp nor a local date and time \
+                                 such as `2026-11-25 09:30:00`"
+                            ),
+                        ));
+                        None
+                    })
+            }
             Some(Value::Number(n)) => n
                 .as_i64()
                 .and_then(|ms| Timestamp::from_millisecond(ms).ok())
@@ -337,6 +361,23 @@ mod tests {
             s.parse("mk", br#"{"leadId":1,"occurred_at":"tuesday"}"#, now()),
             Err(IngestError::Malformed(_))
         ));
+    }
+
+    #[test]
+    fn a_local_date_and_time_is_read_in_the_sources_zone() {
+        let body = br#"{"leadId":1,"occurred_at":"2026-11-25 09:30:00"}"#;
+        let utc = source("").parse("mk", body, now()).unwrap();
+        assert_eq!(
+            utc.events[0].occurred_at,
+            "2026-11-25T09:30:00Z".parse::<Timestamp>().unwrap()
+        );
+        let mut chicago = source("");
+        chicago.time_zone = jiff::tz::TimeZone::get("America/Chicago").unwrap();
+        let local = chicago.parse("mk", body, now()).unwrap();
+        assert_eq!(
+            local.events[0].occurred_at,
+            "2026-11-25T15:30:00Z".parse::<Timestamp>().unwrap()
+        );
     }
 
     proptest::proptest! {
