@@ -462,8 +462,8 @@ pub enum SourceConfig {
         #[eserde(compat)]
         secret: PlainSecrets,
         /// The URL HubSpot calls (its v3 signature covers it; behind an ingress our Host differs).
-        #[eserde(compat)]
-        public_url: Url,
+        /// Kept as written: HubSpot signs the string it was given, not a normalised URL.
+        public_url: String,
         /// Also accept the older `X-HubSpot-Signature` (v1, v2), which carry no timestamp.
         #[serde(default)]
         legacy_signatures: bool,
@@ -623,8 +623,10 @@ impl SourceConfig {
             Self::Hubspot {
                 public_url, fields, ..
             } => {
-                if !matches!(public_url.scheme(), "http" | "https") {
-                    problems.push(("public_url".into(), "must be an http(s) URL".into()));
+                match Url::parse(public_url.trim()) {
+                    Ok(url) if matches!(url.scheme(), "http" | "https") => {}
+                    Ok(_) => problems.push(("public_url".into(), "must be an http(s) URL".into())),
+                    Err(e) => problems.push(("public_url".into(), format!("not a URL: {e}"))),
                 }
                 field_keys(fields, &[], &mut problems);
             }

@@ -110,10 +110,11 @@ pub fn verify(
         .trim()
         .parse()
         .map_err(|_| VerifyError::BadTimestamp)?;
-    if ts < now - tolerance_secs {
+    // Saturating: the timestamp is the sender's, and i64::MIN must not overflow.
+    if ts < now.saturating_sub(tolerance_secs) {
         return Err(VerifyError::TooOld(tolerance_secs));
     }
-    if ts > now + tolerance_secs {
+    if ts > now.saturating_add(tolerance_secs) {
         return Err(VerifyError::TooNew(tolerance_secs));
     }
     let candidates: Vec<Vec<u8>> = sigs

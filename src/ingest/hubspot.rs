@@ -29,7 +29,6 @@ use jiff::Timestamp;
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
-use url::Url;
 
 use super::fields::Mapping;
 use super::{
@@ -83,7 +82,7 @@ const V3_DECODED: &[(&str, char)] = &[
 #[derive(Debug)]
 pub struct HubspotSource {
     secrets: crate::config::PlainSecrets,
-    public_url: Url,
+    public_url: String,
     legacy_signatures: bool,
     portal_ids: Vec<u64>,
     mapping: Mapping,
@@ -104,7 +103,7 @@ impl HubspotSource {
         };
         Self {
             secrets: secret.clone(),
-            public_url: public_url.clone(),
+            public_url: public_url.trim().to_string(),
             legacy_signatures: *legacy_signatures,
             portal_ids: portal_ids.clone(),
             mapping: Mapping::new(DEFAULT_FIELDS, fields),
@@ -113,8 +112,8 @@ impl HubspotSource {
 
     /// The URI HubSpot signed: the public URL, with the request's query if the URL has none.
     fn signed_uri(&self, req: &Request<'_>) -> String {
-        let mut uri = self.public_url.as_str().to_string();
-        if self.public_url.query().is_none()
+        let mut uri = self.public_url.clone();
+        if !uri.contains('?')
             && let Some(q) = req.uri.query()
         {
             uri.push('?');
@@ -132,10 +131,11 @@ impl HubspotSource {
             .parse()
             .map_err(|_| "`X-HubSpot-Request-Timestamp` is not Unix milliseconds")?;
         let now = req.now.as_millisecond();
-        if now - ts > TOLERANCE_MS {
+        // Saturating: the header is the sender's, and i64::MIN must not overflow.
+        if now.saturating_sub(ts) > TOLERANCE_MS {
             return Err("`X-HubSpot-Request-Timestamp` is more than 5 minutes old".into());
         }
-        if ts - now > TOLERANCE_MS {
+        if ts.saturating_sub(now) > TOLERANCE_MS {
             return Err("`X-HubSpot-Request-Timestamp` is more than 5 minutes ahead".into());
         }
         let given = BASE64
@@ -650,6 +650,10 @@ mod tests {
         assert!(check(&s, "POST", &h, body, 15_000_000 + TOLERANCE_MS).is_ok());
         let stale = check(&s, "POST", &h, body, 15_000_000 + TOLERANCE_MS + 1);
         assert!(matches!(stale, Err(IngestError::Unauthorized(m)) if m.contains("5 minutes old")));
+        let ahead = check(&s, "POST", &h, body, 15_000_000 - TOLERANCE_MS - 1);
+        assert!(
+            matches!(ahead, Err(IngestError::Unauthorized(m)) if m.contains("5 minutes ahead"))
+        );
         // Another body, or a secret we do not hold, does not verify.
         assert!(check(&s, "POST", &h, b"{}", 15_000_000).is_err());
         let other = source("").secrets;
@@ -836,6 +840,21 @@ mod tests {
         fn arbitrary_json_never_panics(value in json_value()) {
             let body = serde_json::to_vec(&Value::Array(vec![value])).unwrap();
             let _ = source("").parse("hs", &body, now());
+        }
+
+        #[test]
+        fn arbitrary_signature_headers_never_panic(
+            ts in proptest::prop_oneof![
+                proptest::strategy::Just(i64::MIN.to_string()),
+                proptest::strategy::Just(i64::MAX.to_string()),
+                proptest::strategy::Strategy::prop_map(proptest::num::i64::ANY, |n| n.to_string()),
+                "[ -~]{0,24}",
+            ],
+            sig in "[ -~]{0,64}",
+            now_ms in -300_000_000_000_000i64..250_000_000_000_000,
+        ) {
+            let h = [("x-hubspot-signature-v3", sig.as_str()), ("x-hubspot-request-timestamp", ts.as_str())];
+            proptest::prop_assert!(check(&source(""), "POST", &h, b"[]", now_ms).is_err());
         }
     }
 }

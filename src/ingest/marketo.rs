@@ -19,6 +19,9 @@
 //! - canonical names (default `/{name}`, e.g. `score` → `/score`): aliases added to the patch,
 //!   which also holds every top-level member of the body under its own name.
 //!
+//! A form-encoded template (`leadId={{lead.Id}}&score={{lead.Lead Score}}`) is read as a flat
+//! object of its fields, so the same pointers (`/leadId`) name them.
+//!
 //! Marketo waits for the answer and does not retry: ingest answers as soon as Kafka has the
 //! event, and an unparseable body is kept in `{prefix}.raw` for a replay.
 
@@ -29,6 +32,21 @@ use super::fields::{CANONICAL, Mapping};
 use super::{FieldProblem, Handler, IngestError, Parsed, Request, auth, hashed_id};
 use crate::config::{PlainSecrets, SourceConfig};
 use crate::event::{Activity, Change, LeadEvent};
+
+/// A form-encoded template (`leadId={{lead.Id}}&email={{lead.Email Address}}`, Marketo's
+/// "Form/Url" request encoding) as a flat JSON object of strings, so the same pointers
+/// (`/leadId`) name its fields. `None` when the body is not one.
+fn form_body(body: &[u8]) -> Option<Value> {
+    let text = std::str::from_utf8(body).ok()?.trim();
+    if text.is_empty() || text.starts_with(['{', '[', '"']) || !text.contains('=') {
+        return None;
+    }
+    let members: Map<String, Value> = url::form_urlencoded::parse(text.as_bytes())
+        .filter(|(k, _)| !k.is_empty())
+        .map(|(k, v)| (k.into_owned(), Value::String(v.into_owned())))
+        .collect();
+    (!members.is_empty()).then_some(Value::Object(members))
+}
 
 /// Keys of `[sources.NAME.fields]` besides the canonical names.
 pub const STRUCTURAL: &[&str] = &["lead", "id", "occurred_at", "activity", "activity_by"];
@@ -139,8 +157,11 @@ impl Handler for MarketoSource {
         body: &[u8],
         received_at: Timestamp,
     ) -> Result<Parsed, IngestError> {
-        let value: Value = serde_json::from_slice(body)
-            .map_err(|e| IngestError::malformed(format!("not valid JSON: {e}")))?;
+        let value: Value = match serde_json::from_slice(body) {
+            Ok(v) => v,
+            Err(e) => form_body(body)
+                .ok_or_else(|| IngestError::malformed(format!("not valid JSON: {e}")))?,
+        };
         let Value::Object(members) = &value else {
             return Err(IngestError::malformed(
                 "the webhook template must make a JSON object",
@@ -261,6 +282,28 @@ mod tests {
 
     fn now() -> Timestamp {
         "2026-11-25T10:00:00Z".parse().unwrap()
+    }
+
+    #[test]
+    fn a_form_encoded_template_is_read_by_the_same_pointers_and_garbage_is_malformed() {
+        let s = source("");
+        let body = b"leadId=318581&email=ann%40example.com&score=92&stage=MQL&owner=Bob+Rep";
+        let parsed = s.parse("mk", body, now()).unwrap();
+        let e = &parsed.events[0];
+        assert_eq!(e.lead, "marketo:318581");
+        let Change::Updated { fields } = &e.change else {
+            panic!("{e:?}")
+        };
+        assert_eq!(fields["email"], json!("ann@example.com"));
+        assert_eq!(fields["score"], json!(92));
+        assert_eq!(fields["owner"], json!("Bob Rep"));
+        // Neither JSON nor a form: 400 with the JSON error, never a guess.
+        for bad in [&b"{\"leadId\": 1"[..], b"just text", b"", b"\xff\xfe="] {
+            assert!(
+                matches!(s.parse("mk", bad, now()), Err(IngestError::Malformed(p)) if p[0].message.contains("not valid JSON")),
+                "{bad:?}"
+            );
+        }
     }
 
     #[test]

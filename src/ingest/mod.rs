@@ -113,6 +113,12 @@ pub trait Handler: Send + Sync + fmt::Debug {
         Vec::new()
     }
 
+    /// The body as it may be kept in `{prefix}.raw`: a source whose vendor can put a credential
+    /// in the body (Salesforce's session id) blanks it here. `None` keeps the body as it came.
+    fn redact_body(&self, _body: &[u8]) -> Option<Vec<u8>> {
+        None
+    }
+
     /// Whether `/webhooks/NAME/SECRET` is this source's URL.
     fn takes_path_secret(&self) -> bool {
         false
@@ -196,6 +202,16 @@ impl Ingest {
                     "Salesforce source without basic auth or a path secret: only the org id \
                      (not a secret) guards it. Restrict it by IP allowlist or client certificate \
                      at the ingress (see README)."
+                );
+            }
+            if let SourceConfig::Hubspot { portal_ids, .. } = cfg
+                && portal_ids.is_empty()
+            {
+                tracing::warn!(
+                    source = %name,
+                    "HubSpot source without `portal_ids`: every account that installs the app \
+                     sends requests signed with its secret, and they would all write to the same \
+                     `hubspot:{{id}}` leads. List your portal id."
                 );
             }
         }
@@ -426,13 +442,14 @@ impl Ingest {
             path_secret,
             now,
         })?;
+        let redacted = handler.redact_body(&body);
         let mut record = RawRecord::capture(
             &source.name,
             handler.kind(),
             now,
             headers,
             &handler.secret_headers(),
-            &body,
+            redacted.as_deref().unwrap_or(&body),
         );
         let parsed = match handler.parse(&source.name, &body, now).and_then(check_keys) {
             Ok(parsed) => parsed,
@@ -457,7 +474,9 @@ impl Ingest {
             ignored,
             forbidden,
         } = parsed;
-        if events.is_empty() && forbidden > 0 && ignored == 0 {
+        // Nothing from an allowed account: refused, even if the batch also held events that
+        // concern no lead (those would be ignored anyway).
+        if events.is_empty() && forbidden > 0 {
             self.metrics
                 .ingest_events(&source.name, "forbidden", forbidden);
             return Err(IngestError::Forbidden(
@@ -485,7 +504,11 @@ impl Ingest {
         for (lead, payload) in &payloads {
             records.push((self.events_topic.as_str(), lead.as_str(), payload.clone()));
         }
-        self.send_owned(&records).await?;
+        if let Err(e) = self.send_owned(&records).await {
+            self.metrics
+                .ingest_events(&source.name, "unavailable", events.len());
+            return Err(e);
+        }
         // Only ids now in Kafka count as seen: a failed request's retry must get through.
         let keys: Vec<String> = events
             .iter()
@@ -543,7 +566,7 @@ impl Ingest {
 pub const MAX_KEY_LEN: usize = 600;
 
 /// A vendor body could name a lead with megabytes: refuse it as malformed.
-fn check_keys(parsed: Parsed) -> Result<Parsed, IngestError> {
+pub(crate) fn check_keys(parsed: Parsed) -> Result<Parsed, IngestError> {
     for e in &parsed.events {
         for (what, value) in [("lead", &e.lead), ("id", &e.id)] {
             if value.len() > MAX_KEY_LEN || value.trim().is_empty() {
@@ -736,6 +759,7 @@ pub(crate) mod tests {
             Just(Value::Null),
             any::<bool>().prop_map(Value::Bool),
             any::<i64>().prop_map(Value::from),
+            prop::sample::select(vec![i64::MIN, i64::MAX, -1, 0]).prop_map(Value::from),
             (-1.0e12f64..1.0e12).prop_map(Value::from),
             prop::sample::select(WORDS).prop_map(Value::from),
             ".{0,12}".prop_map(Value::String),

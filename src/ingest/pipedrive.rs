@@ -101,7 +101,7 @@ fn time_of(v: Option<&Value>) -> Option<Timestamp> {
         }
         Value::Number(n) => {
             let n = n.as_i64()?;
-            if n.abs() < 100_000_000_000 {
+            if n.unsigned_abs() < 100_000_000_000 {
                 Timestamp::from_second(n).ok()
             } else {
                 Timestamp::from_millisecond(n).ok()

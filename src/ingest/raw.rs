@@ -14,6 +14,38 @@ use serde::{Deserialize, Serialize};
 /// cut and marked `truncated` (its events were still produced; it cannot be replayed).
 pub const MAX_RAW_BODY: usize = 900_000;
 
+/// The body as kept: text when it is UTF-8, base64 otherwise, cut so that its encoded form
+/// (JSON escapes, base64) stays within [`MAX_RAW_BODY`] — a record Kafka refuses would turn
+/// every retry of an authentic request into a 503.
+fn kept_body(body: &[u8]) -> (Option<String>, Option<String>, bool) {
+    let encoded = |b: &[u8]| match std::str::from_utf8(b) {
+        Ok(s) => {
+            // Less the two quotes.
+            let escaped = serde_json::to_string(s).expect("strings serialize").len() - 2;
+            (Some(s.to_string()), None, escaped)
+        }
+        Err(_) => {
+            let b64 = BASE64.encode(b);
+            let len = b64.len();
+            (None, Some(b64), len)
+        }
+    };
+    let mut cut = body.len().min(MAX_RAW_BODY);
+    loop {
+        let mut end = cut;
+        // Cut on a character boundary, so UTF-8 text stays text.
+        while end > 0 && end < body.len() && (body[end] & 0xC0) == 0x80 {
+            end -= 1;
+        }
+        let (text, b64, len) = encoded(&body[..end]);
+        if len <= MAX_RAW_BODY || end == 0 {
+            return (text, b64, end < body.len());
+        }
+        // Shrink in proportion to the overshoot (escapes at most 6×, base64 4/3).
+        cut = end * MAX_RAW_BODY / len;
+    }
+}
+
 /// Headers never kept, whatever the source.
 const ALWAYS_SECRET: &[&str] = &[
     "authorization",
@@ -95,12 +127,7 @@ impl RawRecord {
                 )
             })
             .collect();
-        let truncated = body.len() > MAX_RAW_BODY;
-        let body = &body[..body.len().min(MAX_RAW_BODY)];
-        let (text, b64) = match std::str::from_utf8(body) {
-            Ok(s) => (Some(s.to_string()), None),
-            Err(_) => (None, Some(BASE64.encode(body))),
-        };
+        let (text, b64, truncated) = kept_body(body);
         Self {
             source: source.to_string(),
             kind: kind.to_string(),
@@ -115,7 +142,7 @@ impl RawRecord {
         }
     }
 
-    /// The body bytes as captured.
+    /// The body bytes as captured (a cut body only up to its cut).
     pub fn body_bytes(&self) -> Result<Vec<u8>, String> {
         match (&self.body, &self.body_base64) {
             (Some(text), _) => Ok(text.clone().into_bytes()),
@@ -195,5 +222,18 @@ mod tests {
         let r = RawRecord::capture("s", "generic", Timestamp::UNIX_EPOCH, &h, &[], &big);
         assert!(r.truncated);
         assert_eq!(r.body_bytes().unwrap().len(), MAX_RAW_BODY);
+        // A body of characters JSON escapes (or of bytes base64 widens) is cut by its encoded
+        // size, so the record stays under Kafka's 1 MB default however it was made.
+        for body in [
+            "\u{1}".repeat(300_000).into_bytes(),
+            "é\"".repeat(300_000).into_bytes(),
+            vec![0xff; 800_000],
+        ] {
+            let r = RawRecord::capture("s", "generic", Timestamp::UNIX_EPOCH, &h, &[], &body);
+            let encoded = serde_json::to_vec(&r).unwrap().len();
+            assert!(r.truncated && encoded < 1_000_000, "{encoded}");
+            assert!(r.body_bytes().unwrap().len() > 100_000);
+            assert!(body.starts_with(&r.body_bytes().unwrap()));
+        }
     }
 }

@@ -115,7 +115,22 @@ pub async fn replay(
                 continue;
             }
         };
-        let parsed = match handler.handler.parse(source, &body, record.received_at) {
+        if record.kind != handler.handler.kind() {
+            report.failed.push((
+                record.received_at,
+                format!(
+                    "captured from a `{}` source; `{source}` is now `{}`",
+                    record.kind,
+                    handler.handler.kind()
+                ),
+            ));
+            continue;
+        }
+        let parsed = match handler
+            .handler
+            .parse(source, &body, record.received_at)
+            .and_then(super::check_keys)
+        {
             Ok(p) => p,
             Err(e) => {
                 report.failed.push((record.received_at, e.describe()));

@@ -100,6 +100,12 @@ impl Handler for SalesforceSource {
         "salesforce"
     }
 
+    /// "Send Session ID" puts a live API session of the sending user in the message: it never
+    /// reaches `{prefix}.raw`.
+    fn redact_body(&self, body: &[u8]) -> Option<Vec<u8>> {
+        redact_session_ids(body)
+    }
+
     fn authenticate(&self, req: &Request<'_>) -> Result<(), IngestError> {
         if let Some(secrets) = &self.path_secret {
             let given = req.path_secret.unwrap_or("");
@@ -240,10 +246,15 @@ impl SalesforceSource {
             .unwrap_or("");
         let text = |name: &str| object.fields.get(name).and_then(Value::as_str);
         let at = |name: &str| text(name).and_then(|s| s.parse::<Timestamp>().ok());
+        if n.id.trim().is_empty() {
+            return Err(IngestError::malformed(
+                "a notification has an empty Id (it is how Salesforce retries are recognised)",
+            ));
+        }
         let id = format!("salesforce:{org}:{}", n.id.trim());
         let (lead, change, occurred_at) = match kind {
             "Lead" | "Contact" => {
-                let Some(record) = text("Id") else {
+                let Some(record) = text("Id").map(str::trim).filter(|s| !s.is_empty()) else {
                     return Err(IngestError::malformed(format!(
                         "notification {}: the {kind} has no Id field",
                         n.id
@@ -266,7 +277,8 @@ impl SalesforceSource {
                 (record.to_string(), Change::Updated { fields }, occurred)
             }
             "Task" | "Event" => {
-                let Some(who) = text("WhoId") else {
+                // A task on no one (or on an account only) concerns no lead.
+                let Some(who) = text("WhoId").map(str::trim).filter(|s| !s.is_empty()) else {
                     return Ok(None);
                 };
                 // A Task is a to-do until it is closed; without either field we take it as done
@@ -323,6 +335,53 @@ struct Envelope {
 #[derive(Debug, Deserialize)]
 struct Body {
     notifications: Notifications,
+}
+
+/// The body with the text of every `SessionId` element (any namespace prefix) replaced by
+/// `REDACTED`; `None` when there is none.
+fn redact_session_ids(body: &[u8]) -> Option<Vec<u8>> {
+    const NAME: &[u8] = b"SessionId";
+    let mut out: Vec<u8> = Vec::new();
+    let mut copied = 0;
+    let mut at = 0;
+    while let Some(found) = find(&body[at..], NAME).map(|i| i + at) {
+        at = found + NAME.len();
+        // An opening tag: `<SessionId` or `<prefix:SessionId`, then attributes or `>`.
+        let tag_start = body[..found].iter().rposition(|&b| b == b'<');
+        let Some(tag_start) = tag_start else { continue };
+        let prefix = &body[tag_start + 1..found];
+        let is_open = prefix
+            .iter()
+            .all(|&b| b.is_ascii_alphanumeric() || b == b':' || b == b'_' || b == b'-')
+            && (prefix.is_empty() || prefix.ends_with(b":"));
+        if !is_open || !matches!(body.get(at), Some(b'>' | b' ' | b'\t' | b'\r' | b'\n')) {
+            continue;
+        }
+        let Some(gt) = body[at..].iter().position(|&b| b == b'>').map(|i| i + at) else {
+            break;
+        };
+        if body[gt - 1] == b'/' {
+            continue; // `<SessionId/>`: empty.
+        }
+        let Some(end) = body[gt..].iter().position(|&b| b == b'<').map(|i| i + gt) else {
+            break;
+        };
+        if end > gt + 1 {
+            out.extend_from_slice(&body[copied..=gt]);
+            out.extend_from_slice(b"REDACTED");
+            copied = end;
+        }
+        at = end;
+    }
+    if copied == 0 {
+        return None;
+    }
+    out.extend_from_slice(&body[copied..]);
+    Some(out)
+}
+
+fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+    haystack.windows(needle.len()).position(|w| w == needle)
 }
 
 #[derive(Debug, Deserialize)]
@@ -404,6 +463,36 @@ mod tests {
         let text =
             format!("kind = \"salesforce\"\norganization_ids = [\"00D5g000004Xq2R\"]\n{extra}");
         SalesforceSource::from_config(&crate::ingest::tests::source_config(&text))
+    }
+
+    #[test]
+    fn a_session_id_never_reaches_the_raw_topic() {
+        let text = include_str!("../../tests/fixtures/salesforce/lead_sales_ready.http");
+        let (_, _, _, body) = fixture(text);
+        // The fixture's session id is nil: nothing to blank, the body is kept as it came.
+        assert_eq!(redact_session_ids(&body), None);
+        let with = String::from_utf8(body.clone()).unwrap().replace(
+            r#"<SessionId xsi:nil="true"/>"#,
+            "<SessionId>00D5g000004Xq2R!AQ4AQFhf.live.token</SessionId>",
+        );
+        let redacted = String::from_utf8(redact_session_ids(with.as_bytes()).unwrap()).unwrap();
+        assert!(!redacted.contains("live.token"), "{redacted}");
+        assert!(redacted.contains("<SessionId>REDACTED</SessionId>"));
+        // Everything else is untouched, and the message still parses to the same events.
+        assert_eq!(
+            redacted.len(),
+            with.len() - "00D5g000004Xq2R!AQ4AQFhf.live.token".len() + 8
+        );
+        let s = source("");
+        let a = s.parse("sf", &body, now()).unwrap();
+        let b = s.parse("sf", redacted.as_bytes(), now()).unwrap();
+        assert_eq!(a.events, b.events);
+        // A namespace prefix is blanked too; a field merely named like it is not an element.
+        let ns = b"<n:SessionId>secret</n:SessionId><Note>SessionId</Note>";
+        assert_eq!(
+            redact_session_ids(ns).unwrap(),
+            b"<n:SessionId>REDACTED</n:SessionId><Note>SessionId</Note>"
+        );
     }
 
     fn now() -> Timestamp {
