@@ -287,7 +287,9 @@ title = "Escalated: {{{{ lead }}}} ({{{{ company }}}})"
     );
     assert_eq!(task["Priority"], "High");
     assert_eq!(task["Status"], "Not Started");
-    let today = jiff::Timestamp::now()
+    // Due the day the alert fired (not "today": the test may run across midnight).
+    let today = a
+        .timestamp
         .to_zoned(jiff::tz::TimeZone::UTC)
         .date()
         .to_string();
@@ -891,4 +893,177 @@ async fn salesforce_jwt_bearer_gets_its_token_with_a_signed_assertion() {
     assert_eq!(claims["sub"], "integration@example.com");
     assert_eq!(claims["aud"], "https://login.salesforce.com");
     assert_eq!(got[1].header("authorization"), "Bearer jwt-token");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sink_that_says_when_to_retry_is_waited_for_without_using_up_the_schedule() {
+    let kafka = kafka(2);
+    // Busy for five requests, each answered 503 with `Retry-After: 1`, then accepting.
+    let hook = Api::start(|_, earlier| {
+        if earlier.len() < 5 {
+            Answer::new(503, "busy").header("retry-after", "1")
+        } else {
+            Answer::new(204, "")
+        }
+    })
+    .await;
+    let sinks = format!(
+        "[sinks.hook]\nkind = \"webhook\"\nurl = \"{}/alerts\"\nsecret = \"{SINK_SECRET}\"\n",
+        hook.base
+    );
+    // Two attempts in all by the schedule: were each throttled answer a step of it, the alert
+    // would be dead-lettered after the second request.
+    let config = dispatch_config(
+        kafka.bootstrap(),
+        "lwthrottled",
+        r#"retry_schedule = ["200ms"]"#,
+        &sinks,
+    );
+    let d = Daemon::start(&config, &rules_text("1h")).await;
+    let a = alert("sla.first_touch.breached", "L-1", 1);
+    produce(kafka.bootstrap(), &a).await;
+    wait_for(
+        "delivered once the sink stops throttling",
+        PATIENCE,
+        || async {
+            d.metric("leadwatch_alert_deliveries_total{sink=\"hook\",outcome=\"delivered\"}")
+                .await
+                >= 1.0
+        },
+    )
+    .await;
+    let got = hook.requests();
+    assert_eq!(got.len(), 6, "{:?}", lines(&got));
+    assert_eq!(
+        d.metric("leadwatch_alert_deliveries_total{sink=\"hook\",outcome=\"dead_lettered\"}")
+            .await,
+        0.0
+    );
+    let secret: leadwatch::signature::WebhookSecret = SINK_SECRET.parse().unwrap();
+    for pair in got.windows(2) {
+        // The wait the sink asked for was kept …
+        let waited = pair[1].at - pair[0].at;
+        assert!(waited >= Duration::from_millis(950), "{waited:?}");
+        // … and each attempt is the same alert, signed afresh.
+        assert_eq!(pair[0].header("webhook-id"), a.id());
+        assert_eq!(pair[1].header("webhook-id"), a.id());
+    }
+    let stamps: Vec<i64> = got
+        .iter()
+        .map(|r| r.header("webhook-timestamp").parse().unwrap())
+        .collect();
+    assert!(stamps.windows(2).all(|w| w[0] <= w[1]), "{stamps:?}");
+    assert!(
+        stamps[5] > stamps[0],
+        "a fresh timestamp per attempt: {stamps:?}"
+    );
+    let last = &got[5];
+    let headers = leadwatch::signature::SignedHeaders {
+        id: Some(last.header("webhook-id")),
+        timestamp: Some(last.header("webhook-timestamp")),
+        signature: Some(last.header("webhook-signature")),
+    };
+    let now = jiff::Timestamp::now().as_second();
+    assert_eq!(
+        leadwatch::signature::verify(std::slice::from_ref(&secret), &headers, &last.body, now, 60),
+        Ok(())
+    );
+}
+
+/// A reassignment the CRM refuses for good does not cost the rep the task; a second 401 (after a
+/// fresh token) and a 403 that is not the API limit are permanent.
+#[tokio::test]
+async fn salesforce_refusals_that_are_final_and_one_that_is_not() {
+    use leadwatch::config::SinkConfig;
+    use leadwatch::dispatch::sinks::{Attempt, Delivered, Sink};
+    use leadwatch::dispatch::template::{Style, Templates};
+    use std::sync::atomic::AtomicU8;
+
+    // 0: the PATCH is refused (the lead was converted); 1: every data call is 401;
+    // 2: the Task is refused with a 403 other than the API limit.
+    let mode = Arc::new(AtomicU8::new(0));
+    let m = mode.clone();
+    let salesforce = Api::start(move |r, _| match (r.method.as_str(), r.path.as_str()) {
+        ("POST", "/services/oauth2/token") => {
+            Answer::new(200, r#"{"access_token":"tok","token_type":"Bearer"}"#)
+        }
+        _ if m.load(Ordering::SeqCst) == 1 => {
+            Answer::new(401, r#"[{"errorCode":"INVALID_SESSION_ID"}]"#)
+        }
+        ("PATCH", _) => Answer::new(
+            400,
+            r#"[{"errorCode":"CANNOT_UPDATE_CONVERTED_LEAD","message":"converted"}]"#,
+        ),
+        ("GET", "/services/data/v62.0/query") => {
+            Answer::new(200, r#"{"totalSize":0,"records":[]}"#)
+        }
+        ("POST", "/services/data/v62.0/sobjects/Task") if m.load(Ordering::SeqCst) == 2 => {
+            Answer::new(
+                403,
+                r#"[{"errorCode":"INSUFFICIENT_ACCESS","message":"no"}]"#,
+            )
+        }
+        ("POST", "/services/data/v62.0/sobjects/Task") => {
+            Answer::new(201, r#"{"id":"00T1","success":true}"#)
+        }
+        _ => Answer::new(404, ""),
+    })
+    .await;
+    let cfg: SinkConfig = serde_json::from_value(serde_json::json!({
+        "kind": "salesforce",
+        "instance_url": salesforce.base,
+        "token_url": format!("{}/services/oauth2/token", salesforce.base),
+        "client_id": "3MVG9-client",
+        "client_secret": "s3cret",
+        "apply_reassignment": true,
+    }))
+    .unwrap();
+    let sink = Sink::from_config(&cfg, reqwest::Client::new());
+    let alert = sample_alert("sla.first_touch.escalated");
+    assert_eq!(alert.data.suggested_owner.as_deref(), Some("005A0000003"));
+    let message = Templates::new(&[])
+        .unwrap()
+        .render(&alert, None, Style::Plain);
+    let body = bytes::Bytes::from(serde_json::to_vec(&alert).unwrap());
+    let attempt = Attempt {
+        alert: &alert,
+        body: &body,
+        attempt: 1,
+        message: &message,
+    };
+    let deliver = || sink.deliver(&attempt);
+
+    assert_eq!(deliver().await.unwrap(), Delivered::Sent);
+    let got = salesforce.requests();
+    assert_eq!(
+        lines(&got),
+        [
+            "POST /services/oauth2/token",
+            "PATCH /services/data/v62.0/sobjects/Lead/00Q5g000001",
+            "POST /services/data/v62.0/sobjects/Task"
+        ]
+    );
+    let task = got[2].json();
+    assert_eq!(task["WhoId"], "00Q5g000001");
+    // Still the current owner's task: the new one was never set.
+    assert_ne!(task["OwnerId"], "005A0000003", "{task}");
+
+    mode.store(1, Ordering::SeqCst);
+    let e = deliver().await.unwrap_err();
+    assert!(!e.retriable, "{e}");
+    assert_eq!(e.status, Some(401));
+    let got = salesforce.requests();
+    assert_eq!(
+        got.iter()
+            .filter(|r| r.path == "/services/oauth2/token")
+            .count(),
+        2,
+        "one token refresh, then it is final: {:?}",
+        lines(&got)
+    );
+
+    mode.store(2, Ordering::SeqCst);
+    let e = deliver().await.unwrap_err();
+    assert!(!e.retriable, "{e}");
+    assert_eq!(e.status, Some(403));
 }

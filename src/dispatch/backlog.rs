@@ -34,6 +34,21 @@ pub struct Pending {
     pub last_error: String,
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub excerpt: String,
+    /// Failed attempts that did not use up a step of the schedule: those the sink answered with
+    /// a `Retry-After` (it said when), and those made early because the sink answered again.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub free: u32,
+    /// When the first attempt failed: however the failures came, a delivery failing for twice
+    /// the schedule's span is dead-lettered.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failing_since: Option<Timestamp>,
+    /// Moved forward because the sink answered again (its next failure is free).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub early: bool,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 /// A lead's entry in `{prefix}.alerts.retry`.
@@ -190,6 +205,7 @@ impl Backlog {
                 .and_then(|m| m.get_mut(&(alert_id.clone(), sink.clone())))
             {
                 p.not_before = now;
+                p.early = true;
             }
             inner.due.insert((now, lead, alert_id, sink));
         }
@@ -300,6 +316,9 @@ mod tests {
             last_status: Some(503),
             last_error: "down".into(),
             excerpt: String::new(),
+            free: 0,
+            failing_since: None,
+            early: false,
         }
     }
 

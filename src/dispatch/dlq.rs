@@ -193,7 +193,8 @@ pub async fn replay(config: &Config, sink_name: &str) -> anyhow::Result<ReplayRe
         config.dispatch.sink_concurrency,
         sink_config.max_per_second(),
         config.dispatch.request_timeout.0,
-    );
+    )
+    .with_max_pause(config.dispatch.max_retry_after.0);
     let routes = Routes::new(config.routes.clone(), config.sinks.keys().cloned());
     let templates =
         Templates::new(&config.routes).map_err(|p| anyhow::anyhow!("templates: {p:?}"))?;

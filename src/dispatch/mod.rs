@@ -141,7 +141,8 @@ impl Dispatcher {
                     config.dispatch.sink_concurrency,
                     cfg.max_per_second(),
                     config.dispatch.request_timeout.0,
-                );
+                )
+                .with_max_pause(config.dispatch.max_retry_after.0);
                 (name.clone(), Arc::new(queue))
             })
             .collect();
@@ -306,6 +307,7 @@ impl Dispatcher {
                         Ok(alert) => alert,
                         Err(error) => {
                             tracing::error!(partition, offset, %error, "skipping a message that is not an alert");
+                            shared.metrics.delivery("", "unreadable_alert");
                             pending.push_back(futures::future::ready(Some((partition, offset))).boxed());
                             continue;
                         }
@@ -476,6 +478,9 @@ async fn fan_out(
                     last_status: None,
                     last_error: String::new(),
                     excerpt: String::new(),
+                    free: 0,
+                    failing_since: None,
+                    early: false,
                 };
                 if !queue.has_room_inline() {
                     // Busy or failing: the backlog takes it, the offset moves on.
@@ -536,6 +541,7 @@ async fn retry_one(shared: Arc<Shared>, work: Work, lead: String, mut entry: Pen
         Ok(a) => a,
         Err(e) => {
             tracing::error!(alert_id = %entry.alert_id, error = %e, "a backlog entry's alert is unreadable; dropped");
+            shared.metrics.delivery(&entry.sink, "unreadable_alert");
             remove(&shared, &work, &lead, &entry).await;
             return;
         }
@@ -609,20 +615,21 @@ async fn settle(
             entry.last_status = e.status;
             entry.last_error = e.message.clone();
             entry.excerpt = e.excerpt.chars().take(200).collect();
-            let next = e
-                .retriable
-                .then(|| {
-                    shared
-                        .schedule
-                        .next_delay(entry.attempts.max(1), e.retry_after)
-                })
+            let now = Timestamp::now();
+            let since = *entry.failing_since.get_or_insert(now);
+            if e.retry_after.is_some() | std::mem::take(&mut entry.early) {
+                entry.free += 1;
+            }
+            let step = entry.attempts.saturating_sub(entry.free).max(1);
+            let next = (e.retriable && !shared.schedule.given_up(since, now))
+                .then(|| shared.schedule.next_delay(step, e.retry_after))
                 .flatten();
             match next {
                 Some(delay) => {
                     shared.metrics.delivery(&sink, "retry_scheduled");
                     tracing::warn!(%sink, alert_id = %alert.id(), attempt = entry.attempts, error = %e, ?delay, "delivery failed; retry scheduled");
-                    entry.not_before = Timestamp::now()
-                        + jiff::SignedDuration::try_from(delay).unwrap_or_default();
+                    entry.not_before =
+                        now + jiff::SignedDuration::try_from(delay).unwrap_or_default();
                     schedule(shared, work, lead, entry).await
                 }
                 None => {

@@ -84,6 +84,8 @@ pub struct SinkQueue {
     inline_capacity: usize,
     /// Bound on one attempt (a CRM sink makes up to four requests in one).
     attempt_timeout: Duration,
+    /// The longest a rate-limit answer may hold the whole sink (`dispatch.max_retry_after`).
+    max_pause: Duration,
 }
 
 impl std::fmt::Debug for SinkQueue {
@@ -116,7 +118,14 @@ impl SinkQueue {
             failing: AtomicBool::new(false),
             inline_capacity,
             attempt_timeout: request_timeout * 4 + Duration::from_secs(1),
+            max_pause: Duration::from_secs(3600),
         }
+    }
+
+    /// Caps how long one `Retry-After` may hold the whole sink, as it caps one retry's wait.
+    pub fn with_max_pause(mut self, max_pause: Duration) -> Self {
+        self.max_pause = max_pause;
+        self
     }
 
     /// Whether a new alert may be attempted right away rather than go to the backlog.
@@ -155,7 +164,7 @@ impl SinkQueue {
             Ok(_) => self.failing.swap(false, Ordering::SeqCst),
             Err(e) => {
                 if let Some(d) = e.pause_sink {
-                    self.limiter.pause(d);
+                    self.limiter.pause(d.min(self.max_pause));
                 }
                 if e.retriable {
                     self.failing.store(true, Ordering::SeqCst);

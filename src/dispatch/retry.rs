@@ -4,8 +4,11 @@
 //! fails (retriably) attempt `n + 1` is due after the `n`-th delay of the [`Schedule`]. The
 //! default schedule spans about a day (5 s, 5 min, 30 min, 2 h, 5 h, 10 h, 10 h), each delay
 //! moved by a random jitter so the retries of many alerts spread out. A sink's `Retry-After` is
-//! honoured instead (clamped to `dispatch.max_retry_after`). After the last delay's attempt fails
-//! the delivery is dead-lettered.
+//! honoured instead (clamped to `dispatch.max_retry_after`), and such an attempt does not use up
+//! a step of the schedule (nor does one made early because the sink answered again): a sink that
+//! says "retry in 1 s" during an outage must not exhaust a day's schedule in seconds. After the
+//! last step's attempt fails, or once a delivery has been failing for twice the schedule's span,
+//! it is dead-lettered.
 //!
 //! The schedule is computed per attempt number because the retries are durable: between two
 //! attempts an alert sits in the Kafka-backed backlog ([`super::backlog`]), possibly across a
@@ -110,6 +113,15 @@ impl Schedule {
     pub fn span(&self) -> Duration {
         self.delays.iter().sum()
     }
+
+    /// Whether a delivery failing since `since` has failed long enough to give up whatever its
+    /// attempts: twice the span, so that free attempts (answered with `Retry-After`, or made
+    /// early) cannot keep an alert out of the dead letters forever.
+    pub fn given_up(&self, since: jiff::Timestamp, now: jiff::Timestamp) -> bool {
+        let limit = self.span().saturating_mul(2).max(self.max_retry_after);
+        now.duration_since(since)
+            >= jiff::SignedDuration::try_from(limit).unwrap_or(jiff::SignedDuration::MAX)
+    }
 }
 
 /// The delays as a `backon` backoff, for retry loops within one task.
@@ -189,6 +201,24 @@ pub fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
 mod tests {
     use super::*;
     use crate::config::HumanDuration;
+
+    #[test]
+    fn a_delivery_failing_for_twice_the_span_is_given_up_however_it_failed() {
+        let s = Schedule::default();
+        let since: jiff::Timestamp = "2026-11-25T10:00:00Z".parse().unwrap();
+        let span = jiff::SignedDuration::try_from(s.span()).unwrap();
+        assert!(!s.given_up(since, since));
+        assert!(!s.given_up(since, since + span));
+        assert!(!s.given_up(since, since + span * 2 - jiff::SignedDuration::from_secs(1)));
+        assert!(s.given_up(since, since + span * 2));
+        // A schedule shorter than the longest Retry-After still waits one of those out.
+        let short = Schedule {
+            delays: vec![Duration::from_millis(100)],
+            ..Schedule::default()
+        };
+        assert!(!short.given_up(since, since + jiff::SignedDuration::from_secs(60)));
+        assert!(short.given_up(since, since + jiff::SignedDuration::from_secs(3600)));
+    }
 
     #[test]
     fn the_default_schedule_spans_about_a_day_and_ends() {

@@ -100,14 +100,19 @@ impl HubspotSink {
             .suggested_owner
             .as_deref()
             .filter(|_| self.apply_reassignment);
-        if let Some(owner) = reassign_to {
-            self.call(
-                Method::PATCH,
-                self.url(&format!("objects/contacts/{contact_id}")),
-                &json!({"properties": {"hubspot_owner_id": owner}}),
-            )
-            .await?;
-        }
+        let reassign_to = match reassign_to {
+            Some(owner) => {
+                let patched = self
+                    .call(
+                        Method::PATCH,
+                        self.url(&format!("objects/contacts/{contact_id}")),
+                        &json!({"properties": {"hubspot_owner_id": owner}}),
+                    )
+                    .await;
+                super::reassigned(a, owner, patched)?
+            }
+            None => None,
+        };
         if a.attempt > 1 && self.exists(a.alert.id()).await? {
             return Ok(Delivered::AlreadyThere);
         }

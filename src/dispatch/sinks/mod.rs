@@ -34,6 +34,33 @@ pub struct Attempt<'a> {
     pub message: &'a Message,
 }
 
+/// The outcome of applying a suggested reassignment before the task is created: the new owner
+/// when the CRM took it; `None` when it refused for good (a converted lead, an owner id it does
+/// not know) — logged, and the task is still created, for the current owner. A failure worth
+/// retrying fails the attempt.
+pub fn reassigned<'o, T>(
+    a: &Attempt<'_>,
+    owner: &'o str,
+    patched: Result<T, DeliveryError>,
+) -> Result<Option<&'o str>, DeliveryError> {
+    match patched {
+        Ok(_) => Ok(Some(owner)),
+        // Retriable, or our credentials (a 401 after a fresh token): not the reassignment's fault.
+        Err(e) if e.retriable || e.status == Some(401) => Err(e),
+        Err(e) => {
+            tracing::warn!(
+                alert_id = %a.alert.id(),
+                lead = %a.alert.data.lead,
+                status = ?e.status,
+                error = %e,
+                excerpt = %e.excerpt,
+                "the CRM refused the suggested reassignment; the task is created without it"
+            );
+            Ok(None)
+        }
+    }
+}
+
 /// What a successful attempt did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Delivered {

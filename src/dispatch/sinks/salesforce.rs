@@ -218,19 +218,24 @@ impl SalesforceSink {
             .suggested_owner
             .as_deref()
             .filter(|_| self.apply_reassignment);
-        if let Some(owner) = reassign_to {
-            let object = if lead_id.starts_with("003") {
-                "Contact"
-            } else {
-                "Lead"
-            };
-            self.call(
-                Method::PATCH,
-                self.url(&format!("sobjects/{object}/{lead_id}")),
-                Some(&json!({ "OwnerId": owner })),
-            )
-            .await?;
-        }
+        let reassign_to = match reassign_to {
+            Some(owner) => {
+                let object = if lead_id.starts_with("003") {
+                    "Contact"
+                } else {
+                    "Lead"
+                };
+                let patched = self
+                    .call(
+                        Method::PATCH,
+                        self.url(&format!("sobjects/{object}/{lead_id}")),
+                        Some(&json!({ "OwnerId": owner })),
+                    )
+                    .await;
+                super::reassigned(a, owner, patched)?
+            }
+            None => None,
+        };
         let task = self.task(a, lead_id, reassign_to);
         match &self.external_id_field {
             Some(field) => {
