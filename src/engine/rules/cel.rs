@@ -103,6 +103,28 @@ impl Predicate {
             .env
             .compile(source)
             .map_err(|e| format!("not a valid CEL expression: {e}"))?;
+        // A misspelt `lead` would compile and then fail on every evaluation: refused here.
+        let mut bound = vec!["lead", "change"];
+        comprehension_vars(program.expression(), &mut bound);
+        let references = program.references();
+        let mut unknown: Vec<&str> = references
+            .variables()
+            .into_iter()
+            .filter(|v| !bound.contains(v))
+            .collect();
+        if !unknown.is_empty() {
+            unknown.sort_unstable();
+            return Err(format!(
+                "unknown name{} {}: an expression sees `lead` (its fields, e.g. `lead.stage`) \
+                 and `change` (the fields being changed)",
+                if unknown.len() > 1 { "s" } else { "" },
+                unknown
+                    .iter()
+                    .map(|v| format!("`{v}`"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ));
+        }
         Ok(Predicate {
             key: key.to_string(),
             source: source.to_string(),
@@ -136,6 +158,48 @@ impl Predicate {
                 message: e.to_string(),
             }),
         }
+    }
+}
+
+/// The names macros bind (`x` in `lead.tags.exists(x, x == "vip")`), anywhere in `expr`.
+fn comprehension_vars<'e>(expr: &'e cel::IdedExpr, out: &mut Vec<&'e str>) {
+    use cel::common::ast::{EntryExpr, Expr};
+    match &expr.expr {
+        Expr::Unspecified | Expr::Ident(_) | Expr::Literal(_) => {}
+        Expr::Call(call) => {
+            if let Some(target) = &call.target {
+                comprehension_vars(target, out);
+            }
+            for arg in &call.args {
+                comprehension_vars(arg, out);
+            }
+        }
+        Expr::Comprehension(c) => {
+            out.push(&c.iter_var);
+            if let Some(v) = &c.iter_var2 {
+                out.push(v);
+            }
+            out.push(&c.accu_var);
+            for e in [&c.iter_range, &c.accu_init, &c.loop_cond, &c.loop_step, &c.result] {
+                comprehension_vars(e, out);
+            }
+        }
+        Expr::List(list) => list.elements.iter().for_each(|e| comprehension_vars(e, out)),
+        Expr::Map(map) => map.entries.iter().for_each(|e| match &e.expr {
+            EntryExpr::MapEntry(m) => {
+                comprehension_vars(&m.key, out);
+                comprehension_vars(&m.value, out);
+            }
+            EntryExpr::StructField(f) => comprehension_vars(&f.value, out),
+        }),
+        Expr::Struct(st) => st.entries.iter().for_each(|e| match &e.expr {
+            EntryExpr::MapEntry(m) => {
+                comprehension_vars(&m.key, out);
+                comprehension_vars(&m.value, out);
+            }
+            EntryExpr::StructField(f) => comprehension_vars(&f.value, out),
+        }),
+        Expr::Select(select) => comprehension_vars(&select.operand, out),
     }
 }
 
@@ -328,6 +392,34 @@ mod tests {
             eval("lead.stage", json!({"stage": "x"})),
             Err(PredicateError::NotBool { .. })
         ));
+    }
+
+    #[test]
+    fn a_misspelt_name_is_refused_at_load_and_macro_variables_are_not() {
+        let cel = Cel::default();
+        let e = Predicate::compile(&cel, "t", "leed.stage == \"MQL\" || stage == 1").unwrap_err();
+        assert!(e.contains("unknown names `leed`, `stage`"), "{e}");
+        for fine in [
+            "lead.tags.exists(t, t == \"vip\")",
+            "lead.tags.all(t, lead.emails.exists(e, e.endsWith(t)))",
+            "[1, 2].map(x, x * 2).size() == 2 && has(change.stage)",
+        ] {
+            assert!(Predicate::compile(&cel, "t", fine).is_ok(), "{fine}");
+        }
+    }
+
+    /// The documented trap: an absent field fails its comparison, and a negation does not turn
+    /// that into true; `has()` says what is meant.
+    #[test]
+    fn an_absent_field_under_a_negation_is_false_until_guarded_with_has() {
+        let absent = json!({"stage": "MQL"});
+        assert!(matches!(
+            eval("lead.stage == \"MQL\" && !(lead.status in [\"Unqualified\"])", absent.clone()),
+            Err(PredicateError::MissingField { field, .. }) if field == "status"
+        ));
+        let guarded = "lead.stage == \"MQL\" && (!has(lead.status) || !(lead.status in [\"Unqualified\"]))";
+        assert!(eval(guarded, absent).unwrap());
+        assert!(!eval(guarded, json!({"stage": "MQL", "status": "Unqualified"})).unwrap());
     }
 
     #[test]

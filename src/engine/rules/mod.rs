@@ -862,6 +862,12 @@ fn settings(
                 "list the agreed close-out reasons".into(),
             );
         }
+        if d.detail_min_chars == Some(0) && !vague.is_empty() {
+            problem(
+                "disposition.detail_min_chars".into(),
+                "must be at least 1: a vague reason needs a written detail".into(),
+            );
+        }
         for v in &vague {
             if reasons.iter().any(|r| r.eq_ignore_ascii_case(v)) {
                 problem(
@@ -873,7 +879,7 @@ fn settings(
         DispositionRules {
             reasons,
             vague,
-            detail_min_chars: d.detail_min_chars.unwrap_or(1).max(1) as usize,
+            detail_min_chars: d.detail_min_chars.unwrap_or(1) as usize,
             feedback_within,
         }
     });

@@ -162,6 +162,7 @@ default_calendar = "nowhere"
 [lifecycle]
 sales_ready = 'lead.stage == '
 closed = 'lead.status in ['
+converted = 'leed.status == "Converted"'
 
 [handoff]
 
@@ -177,6 +178,7 @@ min_attempts = 0
 [disposition]
 reasons = ["No budget", "Other"]
 vague = ["other"]
+detail_min_chars = 0
 
 [calendars.us]
 time_zone = "America/Gotham"
@@ -197,6 +199,7 @@ manager = "nobody"
             "calendars.us.time_zone",
             "default_calendar",
             "directory.alice.manager",
+            "disposition.detail_min_chars",
             "disposition.vague",
             "first_touch.escalate[0].after",
             "first_touch.escalate[1].after",
@@ -206,6 +209,7 @@ manager = "nobody"
             "follow_up.min_attempts",
             "handoff.assign_within",
             "lifecycle.closed",
+            "lifecycle.converted",
             "lifecycle.sales_ready",
             "recipients",
             "segments[0].calendar",
