@@ -234,8 +234,11 @@ fn default_prefix() -> String {
 fn default_group() -> String {
     "leadwatch".into()
 }
+/// Partitions of the daemon's topics when `kafka.partitions` is not set.
+pub const DEFAULT_PARTITIONS: i32 = 6;
+
 fn default_partitions() -> i32 {
-    6
+    DEFAULT_PARTITIONS
 }
 fn default_replication() -> i32 {
     -1
@@ -1124,6 +1127,10 @@ const PINNED_OPTIONS: &[(&str, &str)] = &[
     (
         "enable.auto.offset.store",
         "offsets are stored only after an event's outputs are in Kafka",
+    ),
+    (
+        "partitioner",
+        "a lead's state lives where its events go: every producer (and `simulate`) places keys by murmur2",
     ),
     ("group.id", "set `kafka.group_id` instead"),
     ("bootstrap.servers", "set `kafka.brokers` instead"),

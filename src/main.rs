@@ -61,6 +61,10 @@ enum Command {
         /// Write the scorecard here instead of stderr.
         #[arg(long)]
         scorecard: Option<PathBuf>,
+        /// Partitions of the events topic, for the pools' round-robin (kept per partition, as
+        /// the daemon does). Default: `kafka.partitions` of --config, else 6.
+        #[arg(long)]
+        partitions: Option<u16>,
     },
     /// Re-normalise one source's raw requests (`{prefix}.raw`) with the current configuration
     /// and produce the events again, marked as replayed (after a mapping was corrected).
@@ -169,11 +173,13 @@ fn main() -> ExitCode {
             events,
             until,
             scorecard,
+            partitions,
         } => simulate(
             rules.as_deref(),
             config.as_deref(),
             &events,
             until,
+            partitions,
             scorecard.as_deref(),
         ),
         Command::Replay {
@@ -278,17 +284,22 @@ fn simulate(
     config: Option<&std::path::Path>,
     events: &std::path::Path,
     until: Option<jiff::Timestamp>,
+    partitions: Option<u16>,
     scorecard: Option<&std::path::Path>,
 ) -> ExitCode {
     use leadwatch::engine::simulate::{self, FileError};
     // The rules: `--rules`, or those `--config` names (with its sources' links into the CRM).
-    let (rules, links) = match (rules, config) {
+    let (rules, links, configured) = match (rules, config) {
         (Some(path), _) => match leadwatch::engine::rules::Rules::load(path) {
-            Ok(rules) => (rules, Default::default()),
+            Ok(rules) => (rules, Default::default(), None),
             Err(problems) => return print_problems(&problems),
         },
         (None, Some(path)) => match Config::load(path) {
-            Ok(cfg) => (cfg.rules.clone(), cfg.source_links()),
+            Ok(cfg) => (
+                cfg.rules.clone(),
+                cfg.source_links(),
+                Some(cfg.kafka.partitions),
+            ),
             Err(problems) => return print_problems(&problems),
         },
         (None, None) => {
@@ -296,7 +307,11 @@ fn simulate(
             return ExitCode::from(EXIT_CONFIG);
         }
     };
-    match simulate::run_files(rules, links, events, until, scorecard) {
+    let partitions = partitions
+        .map(i32::from)
+        .or(configured)
+        .unwrap_or(leadwatch::config::DEFAULT_PARTITIONS);
+    match simulate::run_files(rules, links, events, until, partitions, scorecard) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e @ FileError::Events { .. }) => {
             eprintln!("leadwatch simulate: {e}");

@@ -489,3 +489,36 @@ async fn a_role_that_fails_stops_the_daemon_with_an_error() {
     let error = ran.expect_err("an error, for a non-zero exit").to_string();
     assert!(error.contains("role failed"), "{error}");
 }
+
+/// `simulate` places leads on partitions by `leadwatch::bus::partition_for`; librdkafka's
+/// partitioner, as the producers are configured, must agree key for key.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_land_on_the_partition_simulate_computes() {
+    use rdkafka::producer::{FutureProducer, FutureRecord};
+    let kafka = kafka(6);
+    let producer: FutureProducer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", kafka.bootstrap())
+        .set("partitioner", leadwatch::bus::PARTITIONER)
+        .create()
+        .unwrap();
+    let topic = leadwatch::bus::Topics::new(PREFIX).events;
+    let mut seen = std::collections::BTreeSet::new();
+    for i in 0..60 {
+        let key = format!("salesforce:00Q5g00000{i}");
+        let partition = producer
+            .send(
+                FutureRecord::to(&topic).key(&key).payload("{}"),
+                Duration::from_secs(10),
+            )
+            .await
+            .unwrap()
+            .partition;
+        assert_eq!(
+            partition,
+            leadwatch::bus::partition_for(key.as_bytes(), 6),
+            "{key}"
+        );
+        seen.insert(partition);
+    }
+    assert_eq!(seen.len(), 6, "the keys spread over every partition");
+}

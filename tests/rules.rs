@@ -102,7 +102,7 @@ async fn simulate_and_the_live_daemon_give_the_same_alerts() {
 
     let t0 = Timestamp::now() + SignedDuration::from_millis(500);
     let owned = || json!({"stage": "MQL", "owner": "alice@example.com"});
-    let events = vec![
+    let mut events = vec![
         // A: untouched — reminder at 3 s, breach at 4 s, escalation (with a new owner) at 6 s.
         event(
             "a1",
@@ -125,12 +125,23 @@ async fn simulate_and_the_live_daemon_give_the_same_alerts() {
             json!({"status": "Unqualified", "disposition_reason": "Other"}),
         ),
     ];
+    // E0…E5: untouched like A; with A, seven escalations suggest new owners from the pool's
+    // round-robin, which runs per partition: `simulate` must place leads as the daemon does.
+    for i in 0..6 {
+        events.push(event(
+            &format!("e{i}"),
+            &format!("L-e{i}"),
+            at(t0, 0),
+            owned(),
+        ));
+    }
     let (status, _, body) =
         post_signed(&daemon.url("/webhooks/web"), SOURCE_SECRET, &json!(events)).await;
     assert_eq!(status, 202, "{body}");
 
-    wait_for("six alerts", PATIENCE, || async {
-        receiver.distinct() >= 6
+    const ALERTS: usize = 6 + 6 * 3;
+    wait_for("every alert", PATIENCE, || async {
+        receiver.distinct() >= ALERTS
     })
     .await;
     // Nothing else is owed: wait out the last deadline (6 s) before counting.
@@ -144,8 +155,8 @@ async fn simulate_and_the_live_daemon_give_the_same_alerts() {
         .iter()
         .map(|r| comparable(r.json()))
         .collect();
-    assert_eq!(live.len(), 6, "{live:#?}");
-    assert_eq!(receiver.count(), 6, "an alert was delivered twice");
+    assert_eq!(live.len(), ALERTS, "{live:#?}");
+    assert_eq!(receiver.count(), ALERTS, "an alert was delivered twice");
 
     // The same events through `simulate`, as a file of JSON lines.
     let lines: String = events
@@ -163,14 +174,24 @@ async fn simulate_and_the_live_daemon_give_the_same_alerts() {
         Arc::new(Metrics::new()),
     );
     let mut simulated = BTreeMap::new();
-    simulate::run(&engine, read, Some(end), |alert| {
+    simulate::run(&engine, read, Some(end), 3, |alert| {
         let (id, body) = comparable(serde_json::to_value(alert).unwrap());
         simulated.insert(id, body);
     });
     assert_eq!(simulated, live);
 
+    let suggested: std::collections::BTreeSet<&str> = live
+        .values()
+        .filter_map(|a| a["data"]["suggested_owner"].as_str())
+        .collect();
+    assert_eq!(
+        suggested.into_iter().collect::<Vec<_>>(),
+        ["dave@example.com", "erin@example.com"],
+        "the pool rotates"
+    );
     let kinds: Vec<(&str, &str)> = live
         .values()
+        .filter(|a| !a["data"]["lead"].as_str().unwrap().starts_with("L-e"))
         .map(|a| {
             (
                 a["data"]["lead"].as_str().unwrap(),

@@ -82,10 +82,14 @@ pub struct Fired<'a> {
 
 /// Runs the events through the engine up to `until` (default: the last event's time), handing
 /// each alert to `emit` as it fires; returns the scorecard.
+///
+/// Leads are placed on `partitions` partitions as the daemon's producers place them (the pools'
+/// round-robin is kept per partition), so suggested owners are the daemon's too.
 pub fn run(
     engine: &Engine,
     mut events: Vec<LeadEvent>,
     until: Option<Timestamp>,
+    partitions: i32,
     mut emit: impl FnMut(&Alert),
 ) -> Scorecard {
     // Stable: events stamped alike keep their file order.
@@ -94,15 +98,22 @@ pub fn run(
         .or_else(|| events.last().map(|e| e.occurred_at))
         .unwrap_or(Timestamp::UNIX_EPOCH);
     let from = events.first().map(|e| e.occurred_at);
-    let mut p = PartitionState::default();
+    let partitions = partitions.max(1);
+    let mut parts: Vec<PartitionState> = (0..partitions).map(|_| Default::default()).collect();
     let mut card = Recorder::default();
+    // Every partition's deadlines, earliest first (ties: the lower partition first).
     let mut fire_before =
-        |p: &mut PartitionState, card: &mut Recorder, limit: Timestamp, inclusive: bool| {
-            while let Some(d) = p.next_deadline() {
+        |parts: &mut [PartitionState], card: &mut Recorder, limit: Timestamp, inclusive: bool| {
+            while let Some((d, i)) = parts
+                .iter()
+                .enumerate()
+                .filter_map(|(i, p)| Some((p.next_deadline()?, i)))
+                .min()
+            {
                 if d > limit || (d == limit && !inclusive) {
                     break;
                 }
-                for (_, alerts) in p.fire_due(engine, d) {
+                for (_, alerts) in parts[i].fire_due(engine, d) {
                     for alert in &alerts {
                         card.alert(alert);
                         emit(alert);
@@ -111,7 +122,8 @@ pub fn run(
             }
         };
     for event in events.iter().filter(|e| e.occurred_at <= until) {
-        fire_before(&mut p, &mut card, event.occurred_at, false);
+        fire_before(&mut parts, &mut card, event.occurred_at, false);
+        let p = &mut parts[crate::bus::partition_for(event.lead.as_bytes(), partitions) as usize];
         let before = p.lead(&event.lead).cloned().unwrap_or_default();
         p.apply(engine, event);
         if let Some(after) = p.lead(&event.lead) {
@@ -124,8 +136,8 @@ pub fn run(
             );
         }
     }
-    fire_before(&mut p, &mut card, until, true);
-    for (key, state) in p.iter() {
+    fire_before(&mut parts, &mut card, until, true);
+    for (key, state) in parts.iter().flat_map(PartitionState::iter) {
         card.finish(engine, key, &state.lead, until);
     }
     card.scorecard(from, until)
@@ -158,6 +170,7 @@ pub fn run_files(
     links: std::collections::HashMap<String, String>,
     events: &std::path::Path,
     until: Option<Timestamp>,
+    partitions: i32,
     scorecard: Option<&std::path::Path>,
 ) -> Result<(), FileError> {
     use std::io::Write;
@@ -174,7 +187,7 @@ pub fn run_files(
     let engine = Engine::new(std::sync::Arc::new(rules), metrics).with_links(links);
     let mut out = std::io::BufWriter::new(std::io::stdout().lock());
     let mut failed = None;
-    let card = run(&engine, read, until, |alert| {
+    let card = run(&engine, read, until, partitions, |alert| {
         let line = Fired {
             alert,
             fired_at: alert.timestamp,
@@ -501,9 +514,13 @@ not json
     ) -> (Vec<(String, String, Timestamp)>, Scorecard, Vec<BadLine>) {
         let (events, bad) = read_events(EVENTS.as_bytes()).unwrap();
         let mut fired = Vec::new();
-        let card = run(&engine(), events, until.map(|u| u.parse().unwrap()), |a| {
-            fired.push((a.data.lead.clone(), a.kind.clone(), a.timestamp))
-        });
+        let card = run(
+            &engine(),
+            events,
+            until.map(|u| u.parse().unwrap()),
+            6,
+            |a| fired.push((a.data.lead.clone(), a.kind.clone(), a.timestamp)),
+        );
         (fired, card, bad)
     }
 

@@ -180,11 +180,20 @@ fn comprehension_vars<'e>(expr: &'e cel::IdedExpr, out: &mut Vec<&'e str>) {
                 out.push(v);
             }
             out.push(&c.accu_var);
-            for e in [&c.iter_range, &c.accu_init, &c.loop_cond, &c.loop_step, &c.result] {
+            for e in [
+                &c.iter_range,
+                &c.accu_init,
+                &c.loop_cond,
+                &c.loop_step,
+                &c.result,
+            ] {
                 comprehension_vars(e, out);
             }
         }
-        Expr::List(list) => list.elements.iter().for_each(|e| comprehension_vars(e, out)),
+        Expr::List(list) => list
+            .elements
+            .iter()
+            .for_each(|e| comprehension_vars(e, out)),
         Expr::Map(map) => map.entries.iter().for_each(|e| match &e.expr {
             EntryExpr::MapEntry(m) => {
                 comprehension_vars(&m.key, out);
@@ -417,7 +426,8 @@ mod tests {
             eval("lead.stage == \"MQL\" && !(lead.status in [\"Unqualified\"])", absent.clone()),
             Err(PredicateError::MissingField { field, .. }) if field == "status"
         ));
-        let guarded = "lead.stage == \"MQL\" && (!has(lead.status) || !(lead.status in [\"Unqualified\"]))";
+        let guarded =
+            "lead.stage == \"MQL\" && (!has(lead.status) || !(lead.status in [\"Unqualified\"]))";
         assert!(eval(guarded, absent).unwrap());
         assert!(!eval(guarded, json!({"stage": "MQL", "status": "Unqualified"})).unwrap());
     }
