@@ -347,8 +347,33 @@ impl Calendar {
     /// The same local time `days` working days later, counted from the first working instant at
     /// or after `start` (a lead handed off on Saturday has all of Monday for `1d`), moved into
     /// that day's working hours (to its opening when earlier, its close when later, the next
-    /// range when in a break).
+    /// range when in a break). A result at a day's opening is the close of the working day
+    /// before: that is the instant the working time was used up (Saturday + `1d` is due Monday
+    /// at close, not Tuesday morning; as 13:00 + `4h` is 17:00, not 09:00 the next day).
     pub fn add_days(&self, start: Timestamp, days: u32) -> Timestamp {
+        let due = self.add_days_to_opening(start, days);
+        if days == 0 || due == Timestamp::MAX {
+            return due;
+        }
+        let date = due.to_zoned(self.tz.clone()).date();
+        let opening = self.intervals(date).next().map(|(a, _)| a);
+        if opening != Some(due) {
+            return due;
+        }
+        let mut day = date;
+        for _ in 0..MAX_DAYS {
+            let Ok(before) = day.yesterday() else {
+                return due;
+            };
+            day = before;
+            if let Some((_, close)) = self.intervals(day).last() {
+                return close;
+            }
+        }
+        due
+    }
+
+    fn add_days_to_opening(&self, start: Timestamp, days: u32) -> Timestamp {
         if days == 0 {
             return start;
         }
@@ -602,18 +627,38 @@ mod tests {
             at(NY, "2026-11-23T10:15:30")
         );
         // Outside working hours the days count from the next opening: handed off on Saturday
-        // (morning or evening) or on Sunday night, `1d` is all of Monday.
+        // (morning or evening) or on Sunday night, `1d` is all of Monday, used up at its close.
         for start in ["2026-11-21T07:00", "2026-11-21T10:00", "2026-11-22T20:00"] {
             assert_eq!(
                 add(Some(&c), at(NY, start), d("1d")),
-                at(NY, "2026-11-24T09:00"),
+                at(NY, "2026-11-23T17:00"),
                 "{start}"
             );
         }
-        // Monday evening + 2d: Tuesday and Wednesday.
+        // Handed off at the opening: the same, a whole working day.
+        assert_eq!(
+            add(Some(&c), at(NY, "2026-11-23T09:00"), d("1d")),
+            at(NY, "2026-11-23T17:00")
+        );
+        // A second later, the same time next working day.
+        assert_eq!(
+            add(Some(&c), at(NY, "2026-11-23T09:00:01"), d("1d")),
+            at(NY, "2026-11-24T09:00:01")
+        );
+        // Monday evening + 2d: Tuesday and Wednesday, up at Wednesday's close …
         assert_eq!(
             add(Some(&c), at(NY, "2026-11-23T20:00"), d("2d")),
-            at(NY, "2026-11-26T09:00")
+            at(NY, "2026-11-25T17:00")
+        );
+        // … and over a holiday and a weekend, Friday's close before a Monday.
+        let thanksgiving = cal(NY, &["2026-11-26"]);
+        assert_eq!(
+            add(Some(&thanksgiving), at(NY, "2026-11-25T18:00"), d("1d")),
+            at(NY, "2026-11-27T17:00")
+        );
+        assert_eq!(
+            add(Some(&thanksgiving), at(NY, "2026-11-27T18:00"), d("1d")),
+            at(NY, "2026-11-30T17:00")
         );
         // A day whose hours are shorter: moved back to its close.
         let mut hours = weekdays("09:00-17:00");

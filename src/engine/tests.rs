@@ -954,17 +954,26 @@ hours = { mon = "09:00-17:00", tue = "09:00-17:00", wed = "09:00-17:00", thu = "
     // Saturday 2026-11-21 07:00 New York.
     ev.occurred_at = "2026-11-21T12:00:00Z".parse().unwrap();
     e.apply(&mut s, &ev);
-    // Reminded Monday 16:00 (an hour of Monday's working time before the end), due Tuesday 09:00.
+    // Reminded Monday 16:00 (an hour of Monday's working time before the end), due when
+    // Monday's working time is used up: 17:00.
     assert_eq!(
         e.next_deadline(&s),
         Some("2026-11-23T21:00:00Z".parse().unwrap())
     );
-    let due = e.fire_due("L-1", &mut s, "2026-11-24T14:00:00Z".parse().unwrap());
+    let reminded = e.fire_due("L-1", &mut s, "2026-11-23T21:00:00Z".parse().unwrap());
+    assert_eq!(reminded.len(), 1);
+    assert_eq!(reminded[0].kind, "sla.first_touch.reminder");
+    // One second before the deadline, nothing; at it, the breach.
+    assert!(
+        e.fire_due("L-1", &mut s, "2026-11-23T21:59:59Z".parse().unwrap())
+            .is_empty()
+    );
+    let due = e.fire_due("L-1", &mut s, "2026-11-23T22:00:00Z".parse().unwrap());
     assert_eq!(due.len(), 1);
     assert_eq!(due[0].kind, "sla.first_touch.breached");
     assert_eq!(
         due[0].data.deadline,
-        "2026-11-24T14:00:00Z".parse::<Timestamp>().unwrap()
+        "2026-11-23T22:00:00Z".parse::<Timestamp>().unwrap()
     );
 }
 
