@@ -314,3 +314,58 @@ async fn edited_rules_apply_on_reload_and_bad_ones_are_refused() {
     assert_eq!(receiver.count(), 2, "the first lead's breach came again");
     daemon.stop().await;
 }
+
+/// Rules edited while the daemon was down apply at its restart: a lead that the new rules make
+/// sales-ready starts its clock then, without waiting for its next event.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rules_edited_across_a_restart_apply_to_leads_as_they_stand() {
+    let kafka = kafka(3);
+    let receiver = Receiver::start().await;
+    let config = config_text(kafka.bootstrap(), &receiver.url, "");
+    let a = Daemon::start(&config, &rules_text("2s")).await;
+    warm_up(&a).await;
+    // Not sales-ready under these rules (`stage == "sales_ready"`).
+    let (status, _, _) = post_signed(
+        &a.url("/webhooks/web"),
+        SOURCE_SECRET,
+        &event(
+            "q1",
+            "L-q",
+            now_plus(0),
+            json!({"stage": "SQL", "owner": "alice@example.com"}),
+        ),
+    )
+    .await;
+    assert_eq!(status, 202);
+    wait_for("the lead applied", PATIENCE, || async {
+        a.metric("leadwatch_engine_events_total{outcome=\"applied\"}")
+            .await
+            >= 2.0
+    })
+    .await;
+    a.stop().await;
+    assert_eq!(receiver.count(), 0);
+
+    // The agreement now counts SQLs as sales-ready; the daemon starts again.
+    let rules = rules_text("2s").replace(
+        r#"lead.stage == "sales_ready""#,
+        r#"lead.stage in ["sales_ready", "SQL"]"#,
+    );
+    let restarted_at = Timestamp::now();
+    let b = Daemon::start(&config, &rules).await;
+    wait_for("the breach under the edited rules", PATIENCE, || async {
+        receiver.count() >= 1
+    })
+    .await;
+    let alert = receiver.all()[0].json();
+    assert_eq!(alert["data"]["lead"], "L-q");
+    assert_eq!(alert["type"], "sla.first_touch.breached");
+    // The clock started when the new rules took effect, not when the lead last changed.
+    let started: Timestamp = alert["data"]["clock_started_at"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(started >= restarted_at, "{started} < {restarted_at}");
+    b.stop().await;
+}

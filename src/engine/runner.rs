@@ -439,6 +439,9 @@ impl EngineRunner {
                 "lead states in the changelog could not be read; those leads start afresh"
             );
         }
+        // The rules may have been edited while the daemon was down: every lead is looked at
+        // again under the rules now in force, as on a reload (a no-op for unchanged rules).
+        leads.reload(&self.engine, Timestamp::now());
         tracing::info!(partition, leads = leads.len(), "lead state restored");
         let waiting = slots.ready(
             partition,

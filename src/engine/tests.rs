@@ -1061,6 +1061,40 @@ mod properties {
     }
 
     proptest! {
+        /// A restart under the same rules changes nothing: the restored leads, looked at again
+        /// under the rules (as after every restore), keep their state and owe the same alerts.
+        #[test]
+        fn a_restore_under_the_same_rules_changes_nothing(events in proptest::collection::vec(event(), 0..40),
+                                                          ticks in proptest::collection::vec(0i64..100_000, 0..40),
+                                                          later in 0i64..200_000) {
+            let e = prop_engine();
+            let mut p = PartitionState::default();
+            for (i, ev) in events.iter().enumerate() {
+                p.apply(&e, ev);
+                if let Some(secs) = ticks.get(i) {
+                    p.fire_due(&e, t("00:00:00") + SignedDuration::from_secs(*secs));
+                }
+            }
+            let mut q = PartitionState::default();
+            for (key, state) in p.iter() {
+                prop_assert!(q.restore_record(&e, key.clone(), &serde_json::to_vec(state).unwrap()));
+            }
+            q.reload(&e, t("00:00:00") + SignedDuration::from_secs(later));
+            let states = |p: &PartitionState| {
+                let mut v: Vec<(String, String)> = p
+                    .iter()
+                    .map(|(k, s)| (k.clone(), serde_json::to_string(s).unwrap()))
+                    .collect();
+                v.sort();
+                v
+            };
+            prop_assert_eq!(states(&p), states(&q));
+            let rest = |p: &mut PartitionState| -> Vec<_> {
+                p.fire_due(&e, Timestamp::MAX).into_iter().flat_map(|(_, a)| a).collect()
+            };
+            prop_assert_eq!(ids(&rest(&mut p)), ids(&rest(&mut q)));
+        }
+
         /// The same inputs always give the same state and alerts.
         #[test]
         fn transitions_are_deterministic(events in proptest::collection::vec(event(), 0..40),
