@@ -219,6 +219,7 @@ pub fn run_files(
 /// One first-touch clock: a lead handed to an owner.
 #[derive(Debug, Clone)]
 struct Handoff {
+    lead: String,
     owner: String,
     source: String,
     /// Business time from the clock start to the first touch, when it was touched.
@@ -233,7 +234,8 @@ enum Outcome {
     InTime,
     /// Touched, after the deadline.
     Late,
-    /// The deadline passed with no touch.
+    /// The deadline passed with no touch, or the lead left sales (closed, converted, back to
+    /// marketing) before anyone touched it.
     NeverTouched,
     /// Not judged: still running at the end of the period, or handed on before its deadline.
     Pending,
@@ -265,7 +267,9 @@ impl Recorder {
         if let Some(old) = old
             && new != Some(old)
         {
-            self.clock_ended(engine, key, after, old, at);
+            // No episode left: the lead left sales, and the clock with it.
+            let left_sales = after.episode.is_none();
+            self.clock_ended(engine, key, after, old, at, left_sales);
         }
         if (after.closeouts.len() > before.closeouts.len()
             || after.closeouts.last() != before.closeouts.last())
@@ -279,17 +283,31 @@ impl Recorder {
                 self.closeouts.pop();
             }
             let source = after.origin.clone().unwrap_or_default();
-            self.closeouts.push((key.to_string(), source, c.clone()));
+            let mut c = c.clone();
+            // Counted under the agreed spelling ("no budget" is "No budget").
+            if let (Some(reason), Some(d)) = (&c.reason, &engine.settings(after).disposition) {
+                let trimmed = reason.trim();
+                c.reason = Some(
+                    d.reasons
+                        .iter()
+                        .chain(&d.vague)
+                        .find(|r| r.eq_ignore_ascii_case(trimmed))
+                        .cloned()
+                        .unwrap_or_else(|| trimmed.to_string()),
+                );
+            }
+            self.closeouts.push((key.to_string(), source, c));
         }
     }
 
     fn clock_ended(
         &mut self,
         engine: &Engine,
-        _key: &str,
+        key: &str,
         lead: &super::Lead,
         clock: &super::state::Clock,
         ended: Timestamp,
+        left_sales: bool,
     ) {
         let settings = engine.settings(lead);
         let cal = settings.calendar.as_deref();
@@ -304,9 +322,11 @@ impl Recorder {
             (Some(t), Some(d)) if t > d => Outcome::Late,
             (Some(_), _) => Outcome::InTime,
             (None, Some(d)) if d <= ended => Outcome::NeverTouched,
+            (None, _) if left_sales => Outcome::NeverTouched,
             (None, _) => Outcome::Pending,
         };
         self.handoffs.push(Handoff {
+            lead: key.to_string(),
             owner: clock.owner.clone(),
             source: lead.origin.clone().unwrap_or_default(),
             to_first_touch: touch.map(|t| calendar::between(cal, clock.started_at, t)),
@@ -317,7 +337,7 @@ impl Recorder {
     /// Clocks still running at the end.
     fn finish(&mut self, engine: &Engine, key: &str, lead: &super::Lead, until: Timestamp) {
         if let Some(clock) = lead.episode.as_ref().and_then(|e| e.clock.as_ref()) {
-            self.clock_ended(engine, key, lead, clock, until);
+            self.clock_ended(engine, key, lead, clock, until, false);
         }
     }
 
@@ -360,6 +380,9 @@ impl Recorder {
 
 #[derive(Debug, Default)]
 struct Tally {
+    leads: std::collections::BTreeSet<String>,
+    touched_leads: std::collections::BTreeSet<String>,
+    untouched_leads: std::collections::BTreeSet<String>,
     handed_off: u64,
     within_sla: u64,
     late: u64,
@@ -374,6 +397,16 @@ struct Tally {
 impl Tally {
     fn handoff(&mut self, h: &Handoff) {
         self.handed_off += 1;
+        self.leads.insert(h.lead.clone());
+        match h.outcome {
+            Outcome::InTime | Outcome::Late => {
+                self.touched_leads.insert(h.lead.clone());
+            }
+            Outcome::NeverTouched => {
+                self.untouched_leads.insert(h.lead.clone());
+            }
+            Outcome::Pending => {}
+        }
         match h.outcome {
             Outcome::InTime => self.within_sla += 1,
             Outcome::Late => self.late += 1,
@@ -410,6 +443,9 @@ impl Tally {
         let p90 = pct(&self.to_first_touch, 0.9);
         let judged = self.within_sla + self.late + self.never_touched;
         Report {
+            leads_handed_off: self.leads.len() as u64,
+            leads_never_touched: self.untouched_leads.difference(&self.touched_leads).count()
+                as u64,
             handed_off: self.handed_off,
             touched_within_sla: self.within_sla,
             touched_within_sla_pct: (judged > 0)
@@ -448,13 +484,19 @@ pub struct Scorecard {
 /// One owner's, one source's, or everyone's figures.
 #[derive(Debug, Serialize, PartialEq)]
 pub struct Report {
+    /// Distinct leads handed to an owner.
+    pub leads_handed_off: u64,
+    /// Of those, leads nobody touched in any of their handoffs, though a deadline passed or
+    /// the lead left sales (closed, converted, back to marketing) first.
+    pub leads_never_touched: u64,
     /// First-touch clocks started: leads handed to an owner (a new owner is a new handoff).
     pub handed_off: u64,
     pub touched_within_sla: u64,
     /// Of the handoffs whose deadline has passed (`handed_off - pending`).
     pub touched_within_sla_pct: Option<f64>,
     pub touched_late: u64,
-    /// The deadline passed and nobody touched the lead by the end of the period.
+    /// The deadline passed and nobody touched the lead by the end of the period, or the lead
+    /// left sales before anyone touched it.
     pub never_touched: u64,
     /// Not judged: the deadline is after the end of the period, or the lead went to another
     /// owner before it.
@@ -581,6 +623,63 @@ not json
         assert!(fired.is_empty());
         assert_eq!(card.total.closed, 0);
         assert_eq!(card.total.handed_off, 2);
+    }
+
+    fn run_text(text: &str, until: &str) -> (Vec<Alert>, Scorecard) {
+        let (events, bad) = read_events(text.as_bytes()).unwrap();
+        assert!(bad.is_empty(), "{bad:?}");
+        let mut fired = Vec::new();
+        let card = run(&engine(), events, Some(until.parse().unwrap()), 6, |a| {
+            fired.push(a.clone())
+        });
+        (fired, card)
+    }
+
+    #[test]
+    fn a_lead_closed_before_anyone_touched_it_was_never_touched_and_leads_count_once() {
+        let text = r#"
+{"id":"d1","type":"lead.updated","lead":"D","occurred_at":"2026-11-22T10:00:00Z","fields":{"stage":"MQL","owner":"alice"},"source":"hs"}
+{"id":"d2","type":"lead.updated","lead":"D","occurred_at":"2026-11-22T11:00:00Z","fields":{"status":"Unqualified","disposition_reason":"  no BUDGET "},"source":"hs"}
+{"id":"e1","type":"lead.updated","lead":"E","occurred_at":"2026-11-22T10:00:00Z","fields":{"stage":"MQL","owner":"alice"},"source":"hs"}
+{"id":"e2","type":"lead.updated","lead":"E","occurred_at":"2026-11-22T15:00:00Z","fields":{"owner":"bob"},"source":"hs"}
+{"id":"e3","type":"lead.activity","lead":"E","occurred_at":"2026-11-22T16:00:00Z","activity":{"kind":"call"},"source":"hs"}
+"#;
+        let (_, card) = run_text(text, "2026-11-23T00:00:00Z");
+        let alice = &card.by_owner["alice"];
+        // D closed at 11:00 with its deadline (14:00) still ahead and no touch: never touched,
+        // not pending. E breached under alice.
+        assert_eq!((alice.never_touched, alice.pending), (2, 0));
+        assert_eq!((alice.leads_handed_off, alice.leads_never_touched), (2, 2));
+        // For the source, E was touched in the end (by bob): one lead never touched, D.
+        let hs = &card.by_source["hs"];
+        assert_eq!((hs.handed_off, hs.leads_handed_off), (3, 2));
+        assert_eq!(hs.leads_never_touched, 1);
+        // The reason is counted under the agreed spelling.
+        assert_eq!(hs.close_reasons.keys().collect::<Vec<_>>(), ["No budget"]);
+    }
+
+    #[test]
+    fn events_stamped_alike_apply_in_file_order() {
+        // The same instant: the owner arrives, then the lead is closed; in the other order the
+        // close comes first and the owner is set on a closed lead.
+        let first = r#"
+{"id":"1","type":"lead.updated","lead":"F","occurred_at":"2026-11-22T10:00:00Z","fields":{"stage":"MQL"}}
+{"id":"2","type":"lead.updated","lead":"F","occurred_at":"2026-11-22T10:00:00Z","fields":{"owner":"alice"}}
+{"id":"3","type":"lead.updated","lead":"F","occurred_at":"2026-11-22T10:00:00Z","fields":{"status":"Unqualified","disposition_reason":"No budget"}}
+"#;
+        let (fired, _) = run_text(first, "2026-11-23T00:00:00Z");
+        let kinds: Vec<&str> = fired.iter().map(|a| a.kind.as_str()).collect();
+        assert_eq!(kinds, ["follow_up.insufficient_attempts"]);
+        assert_eq!(fired[0].data.owner.as_deref(), Some("alice"));
+        let swapped = first
+            .replace(r#""id":"2""#, r#""id":"x""#)
+            .replace(r#""id":"3""#, r#""id":"2""#)
+            .replace(r#""id":"x""#, r#""id":"3""#);
+        let lines: Vec<&str> = swapped.trim().lines().collect();
+        let reordered = format!("{}\n{}\n{}\n", lines[0], lines[2], lines[1]);
+        let (fired, _) = run_text(&reordered, "2026-11-23T00:00:00Z");
+        assert_eq!(fired.len(), 1, "{fired:?}");
+        assert_eq!(fired[0].data.owner, None, "closed before it had an owner");
     }
 
     #[test]
