@@ -176,10 +176,15 @@ fn main() -> anyhow::Result<()> {
         n as f64 / elapsed.as_secs_f64(),
         elapsed.as_secs_f64() * 1e6 / n as f64
     );
+    let held = live_after.saturating_sub(live_before) as f64;
     println!(
         "memory: {:.0} bytes allocated per lead held, windows closed ({} leads, {open} of them in an open episode)",
-        live_after.saturating_sub(live_before) as f64 / p.len().max(1) as f64,
+        held / p.len().max(1) as f64,
         p.len(),
+    );
+    println!(
+        "memory: {:.0} bytes per open lead (everything held, closed leads included, over the open ones)",
+        held / open.max(1) as f64,
     );
     println!(
         "changelog: {:.0} bytes per lead state (JSON)",
