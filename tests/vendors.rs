@@ -541,3 +541,42 @@ async fn replay_re_normalises_raw_requests_with_a_corrected_mapping() {
 }
 
 use axum::http::HeaderMap;
+
+/// With Kafka down, Salesforce gets a SOAP fault with a 5xx (so its outbound message queue
+/// retries) and, once Kafka is back, the Ack; nothing is acknowledged that is not in Kafka.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn salesforce_gets_a_soap_fault_while_kafka_is_down_and_the_ack_after() {
+    let kafka = kafka(1);
+    let daemon = ingest_only(&kafka, "").await;
+    let url = daemon.url("/webhooks/sf/s3gment");
+    let (_, lead) = fixture("salesforce", "lead_sales_ready.http");
+    wait_for("readiness", PATIENCE, || async {
+        reqwest::get(daemon.url("/readyz")).await.unwrap().status() == 200
+    })
+    .await;
+
+    kafka.broker_down();
+    let (status, headers, text) = post_with(&url, &salesforce_headers(), lead.clone()).await;
+    assert_eq!(status, 503, "{text}");
+    assert!(
+        headers["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/xml")
+    );
+    assert!(headers.contains_key("retry-after"));
+    assert!(
+        text.contains("<soapenv:Fault>") || text.contains(":Fault>"),
+        "{text}"
+    );
+    assert!(text.contains("faultstring"), "{text}");
+    assert!(!text.contains("<Ack>true</Ack>"), "{text}");
+
+    kafka.broker_up();
+    wait_for("the Ack once Kafka is back", PATIENCE, || async {
+        let (status, _, text) = post_with(&url, &salesforce_headers(), lead.clone()).await;
+        status == 200 && text.contains("<Ack>true</Ack>")
+    })
+    .await;
+    daemon.stop().await;
+}

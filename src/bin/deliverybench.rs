@@ -53,17 +53,39 @@ struct Args {
     kafka_options: Vec<String>,
 }
 
-/// (arrival, deadline) of every alert received.
-type Arrivals = Arc<Mutex<Vec<(Timestamp, Timestamp)>>>;
+/// What the receiver got: (arrival, deadline) of each alert's first delivery, and how many
+/// came again (a doubled delivery must not count as throughput).
+#[derive(Default)]
+struct Received {
+    first: Vec<(Timestamp, Timestamp)>,
+    ids: std::collections::HashSet<String>,
+    duplicates: usize,
+}
 
-async fn receive(State(arrivals): State<Arrivals>, body: Bytes) -> StatusCode {
+type Arrivals = Arc<Mutex<Received>>;
+
+async fn receive(
+    State(arrivals): State<Arrivals>,
+    headers: axum::http::HeaderMap,
+    body: Bytes,
+) -> StatusCode {
     let now = Timestamp::now();
     let alert: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+    let id = headers
+        .get("webhook-id")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_string();
     if let Some(deadline) = alert["data"]["deadline"]
         .as_str()
         .and_then(|d| d.parse::<Timestamp>().ok())
     {
-        arrivals.lock().expect("lock").push((now, deadline));
+        let mut got = arrivals.lock().expect("lock");
+        if got.ids.insert(id) {
+            got.first.push((now, deadline));
+        } else {
+            got.duplicates += 1;
+        }
     }
     StatusCode::NO_CONTENT
 }
@@ -231,15 +253,18 @@ secret = "{SECRET}"
     let posted = Timestamp::now().duration_since(started);
 
     let deadline = std::time::Instant::now() + Duration::from_secs(600) + args.within + args.spread;
-    while arrivals.lock().expect("lock").len() < n {
+    while arrivals.lock().expect("lock").first.len() < n {
         anyhow::ensure!(
             std::time::Instant::now() < deadline,
             "only {} of {n} alerts arrived",
-            arrivals.lock().expect("lock").len()
+            arrivals.lock().expect("lock").first.len()
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let got = arrivals.lock().expect("lock").clone();
+    let (got, duplicates) = {
+        let r = arrivals.lock().expect("lock");
+        (r.first.clone(), r.duplicates)
+    };
     let _ = stop.send(());
     let _ = daemon.await;
 
@@ -273,6 +298,7 @@ secret = "{SECRET}"
         last.duration_since(first_due).as_secs_f64(),
         got.len() as f64 / last.duration_since(first_due).as_secs_f64().max(1e-9),
     );
+    println!("delivered twice: {duplicates}");
     println!(
         "deadline → arrival: p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
         pct(0.5),
