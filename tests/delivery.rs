@@ -968,6 +968,7 @@ async fn a_sink_that_says_when_to_retry_is_waited_for_without_using_up_the_sched
         leadwatch::signature::verify(std::slice::from_ref(&secret), &headers, &last.body, now, 60),
         Ok(())
     );
+    d.stop().await;
 }
 
 /// A reassignment the CRM refuses for good does not cost the rep the task; a second 401 (after a
