@@ -34,8 +34,8 @@ pub struct Pending {
     pub last_error: String,
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub excerpt: String,
-    /// Failed attempts that did not use up a step of the schedule: those the sink answered with
-    /// a `Retry-After` (it said when), and those made early because the sink answered again.
+    /// Failed attempts that did not use up a step of the schedule: those made early because the
+    /// sink answered again (at most as many as the schedule has attempts).
     #[serde(default, skip_serializing_if = "is_zero")]
     pub free: u32,
     /// When the first attempt failed: however the failures came, a delivery failing for twice

@@ -617,7 +617,9 @@ async fn settle(
             entry.excerpt = e.excerpt.chars().take(200).collect();
             let now = Timestamp::now();
             let since = *entry.failing_since.get_or_insert(now);
-            if e.retry_after.is_some() | std::mem::take(&mut entry.early) {
+            // An attempt made early (the sink answered again) does not use up a step, up to one
+            // per step: a flapping sink cannot turn the backlog into a storm.
+            if std::mem::take(&mut entry.early) && entry.free < shared.schedule.attempts() {
                 entry.free += 1;
             }
             let step = entry.attempts.saturating_sub(entry.free).max(1);

@@ -4,11 +4,11 @@
 //! fails (retriably) attempt `n + 1` is due after the `n`-th delay of the [`Schedule`]. The
 //! default schedule spans about a day (5 s, 5 min, 30 min, 2 h, 5 h, 10 h, 10 h), each delay
 //! moved by a random jitter so the retries of many alerts spread out. A sink's `Retry-After` is
-//! honoured instead (clamped to `dispatch.max_retry_after`), and such an attempt does not use up
-//! a step of the schedule (nor does one made early because the sink answered again): a sink that
-//! says "retry in 1 s" during an outage must not exhaust a day's schedule in seconds. After the
-//! last step's attempt fails, or once a delivery has been failing for twice the schedule's span,
-//! it is dead-lettered.
+//! honoured when it asks for longer (clamped to `dispatch.max_retry_after`), never for shorter:
+//! a sink that says "retry in 1 s" through an outage must not exhaust a day's schedule in
+//! seconds. An attempt made early because the sink answered again does not use up a step (up to
+//! one such attempt per step). After the last step's attempt fails, or once a delivery has been
+//! failing for twice the schedule's span, it is dead-lettered.
 //!
 //! The schedule is computed per attempt number because the retries are durable: between two
 //! attempts an alert sits in the Kafka-backed backlog ([`super::backlog`]), possibly across a
@@ -91,13 +91,14 @@ impl Schedule {
         self.delays.get(attempt.checked_sub(1)? as usize).copied()
     }
 
-    /// The delay after attempt `attempt` failed: the sink's `Retry-After` (clamped) if it gave
-    /// one, else the schedule's with jitter; `None` when no attempt is left.
+    /// The delay after attempt `attempt` failed: the schedule's (with jitter), or the sink's
+    /// `Retry-After` (clamped) when that is longer — a sink may ask for more time, never for
+    /// less, so the schedule keeps its span; `None` when no attempt is left.
     pub fn next_delay(&self, attempt: u32, retry_after: Option<Duration>) -> Option<Duration> {
-        let planned = self.planned(attempt)?;
+        let planned = self.jittered(self.planned(attempt)?);
         Some(match retry_after {
-            Some(asked) => asked.min(self.max_retry_after),
-            None => self.jittered(planned),
+            Some(asked) => asked.min(self.max_retry_after).max(planned),
+            None => planned,
         })
     }
 
@@ -115,8 +116,8 @@ impl Schedule {
     }
 
     /// Whether a delivery failing since `since` has failed long enough to give up whatever its
-    /// attempts: twice the span, so that free attempts (answered with `Retry-After`, or made
-    /// early) cannot keep an alert out of the dead letters forever.
+    /// attempts: twice the span, so that free attempts (made early) and long `Retry-After`s
+    /// cannot keep an alert out of the dead letters much longer than the schedule says.
     pub fn given_up(&self, since: jiff::Timestamp, now: jiff::Timestamp) -> bool {
         let limit = self.span().saturating_mul(2).max(self.max_retry_after);
         now.duration_since(since)
@@ -257,16 +258,27 @@ mod tests {
     }
 
     #[test]
-    fn retry_after_replaces_the_planned_delay_but_is_clamped() {
-        let s = Schedule::default();
+    fn retry_after_may_lengthen_the_wait_never_shorten_it_and_is_clamped() {
+        let s = Schedule {
+            jitter: 0.0,
+            ..Schedule::default()
+        };
+        // Longer than planned (5 s): the sink's.
+        assert_eq!(
+            s.next_delay(1, Some(Duration::from_secs(60))),
+            Some(Duration::from_secs(60))
+        );
+        // Shorter than planned (30 min): the schedule's, so it keeps its day-long span.
         assert_eq!(
             s.next_delay(3, Some(Duration::from_secs(2))),
-            Some(Duration::from_secs(2))
+            Some(Duration::from_secs(1800))
         );
+        // Clamped to max_retry_after, and never past the last step.
         assert_eq!(
             s.next_delay(1, Some(Duration::from_secs(86_400))),
             Some(Duration::from_secs(3600))
         );
+        assert_eq!(s.next_delay(8, Some(Duration::from_secs(1))), None);
     }
 
     #[test]

@@ -355,22 +355,36 @@ impl Calendar {
         if days == 0 || due == Timestamp::MAX {
             return due;
         }
-        let date = due.to_zoned(self.tz.clone()).date();
-        let opening = self.intervals(date).next().map(|(a, _)| a);
-        if opening != Some(due) {
+        // Only a clock that started at an opening (its own, or the next one, when it started
+        // out of hours) ends at one: then the working time ran out at the close before. A due
+        // time moved up to an opening because that day opens later is what it is.
+        if !self.is_opening(self.next_working(start)) || !self.is_opening(due) {
             return due;
         }
-        let mut day = date;
+        self.close_before(due).unwrap_or(due)
+    }
+
+    /// Whether `t` is the start of a working range (a day's opening, or the end of a break).
+    fn is_opening(&self, t: Timestamp) -> bool {
+        let date = t.to_zoned(self.tz.clone()).date();
+        self.intervals(date).any(|(a, _)| a == t)
+    }
+
+    /// The end of the last working range that ends at or before `t`.
+    fn close_before(&self, t: Timestamp) -> Option<Timestamp> {
+        let mut day = t.to_zoned(self.tz.clone()).date();
         for _ in 0..MAX_DAYS {
-            let Ok(before) = day.yesterday() else {
-                return due;
-            };
-            day = before;
-            if let Some((_, close)) = self.intervals(day).last() {
-                return close;
+            if let Some(close) = self
+                .intervals(day)
+                .map(|(_, b)| b)
+                .filter(|b| *b <= t)
+                .last()
+            {
+                return Some(close);
             }
+            day = day.yesterday().ok()?;
         }
-        due
+        None
     }
 
     fn add_days_to_opening(&self, start: Timestamp, days: u32) -> Timestamp {
@@ -660,6 +674,20 @@ mod tests {
             add(Some(&thanksgiving), at(NY, "2026-11-27T18:00"), d("1d")),
             at(NY, "2026-11-30T17:00")
         );
+        // A day that opens later: a due time moved up to its opening is not a close.
+        let mut hours = weekdays("09:00-17:00");
+        hours.insert("mon".into(), "10:00-17:00".into());
+        let late_monday = Calendar::new("x", NY, &hours, &[]).unwrap();
+        assert_eq!(
+            add(Some(&late_monday), at(NY, "2026-11-20T09:30"), d("1d")),
+            at(NY, "2026-11-23T10:00")
+        );
+        // After a lunch break: a clock started at the reopening ends before the next lunch.
+        let lunch = Calendar::new("x", NY, &weekdays("09:00-12:00, 13:00-17:00"), &[]).unwrap();
+        assert_eq!(
+            add(Some(&lunch), at(NY, "2026-11-23T13:00"), d("1d")),
+            at(NY, "2026-11-24T12:00")
+        );
         // A day whose hours are shorter: moved back to its close.
         let mut hours = weekdays("09:00-17:00");
         hours.insert("fri".into(), "09:00-13:00".into());
@@ -768,10 +796,11 @@ mod tests {
             add(Some(&c), at(NY, "2026-11-24T11:00"), d("2h")),
             at(NY, "2026-11-24T14:00")
         );
-        // Days landing in the break move to the afternoon's start.
+        // Started in the break, the clock runs from the afternoon's start: a working day later
+        // is the next morning's close.
         assert_eq!(
             add(Some(&c), at(NY, "2026-11-24T12:30"), d("1d")),
-            at(NY, "2026-11-25T13:00")
+            at(NY, "2026-11-25T12:00")
         );
     }
 }

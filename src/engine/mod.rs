@@ -195,9 +195,22 @@ impl Engine {
         if lead.fields.is_empty() {
             return;
         }
+        let l = &self.rules.lifecycle;
+        // A rule that reads `change` is judged at events only: with no event, `change` is
+        // empty, and asking it now would end or start episodes no event did.
+        if [
+            Some(&l.sales_ready),
+            l.closed.as_ref(),
+            l.converted.as_ref(),
+        ]
+        .into_iter()
+        .flatten()
+        .any(Predicate::uses_change)
+        {
+            return;
+        }
         let at = lead.last_event_at.map_or(now, |t| t.max(now));
         let facts = Facts::new(&lead.fields);
-        let l = &self.rules.lifecycle;
         let verdict = Verdict {
             ready: self.eval(&l.sales_ready, &facts),
             closed: l.closed.as_ref().is_some_and(|p| self.eval(p, &facts)),

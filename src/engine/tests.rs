@@ -977,6 +977,35 @@ hours = { mon = "09:00-17:00", tue = "09:00-17:00", wed = "09:00-17:00", thu = "
     );
 }
 
+#[test]
+fn rules_that_read_the_change_are_not_asked_again_without_an_event() {
+    let rules = r#"
+[lifecycle]
+sales_ready = 'lead.stage == "MQL"'
+closed      = 'has(change.status) && change.status == "Unqualified"'
+[first_touch]
+within = "4h"
+"#;
+    let e = engine_with(rules);
+    let mut p = PartitionState::default();
+    p.apply(&e, &mql("10:00:00", Some("alice")));
+    p.apply(
+        &e,
+        &update("u1", "11:00:00", json!({"status": "Unqualified"})),
+    );
+    assert!(p.lead("L-1").unwrap().lead.episode.is_none(), "closed");
+    // A reload (or a restore) has no event: `change` is empty, and the close stands.
+    p.reload(&e, t("12:00:00"));
+    assert!(p.lead("L-1").unwrap().lead.episode.is_none(), "reopened");
+    let fired: Vec<String> = p
+        .fire_due(&e, Timestamp::MAX)
+        .into_iter()
+        .flat_map(|(_, a)| a)
+        .map(|a| a.kind)
+        .collect();
+    assert!(fired.is_empty(), "{fired:?}");
+}
+
 mod properties {
     use super::*;
     use proptest::prelude::*;

@@ -30,11 +30,12 @@ fn kept_body(body: &[u8]) -> (Option<String>, Option<String>, bool) {
             (None, Some(b64), len)
         }
     };
+    let utf8 = std::str::from_utf8(body).is_ok();
     let mut cut = body.len().min(MAX_RAW_BODY);
     loop {
         let mut end = cut;
-        // Cut on a character boundary, so UTF-8 text stays text.
-        while end > 0 && end < body.len() && (body[end] & 0xC0) == 0x80 {
+        // Text is cut on a character boundary, so it stays text.
+        while utf8 && end > 0 && end < body.len() && (body[end] & 0xC0) == 0x80 {
             end -= 1;
         }
         let (text, b64, len) = encoded(&body[..end]);
@@ -42,7 +43,7 @@ fn kept_body(body: &[u8]) -> (Option<String>, Option<String>, bool) {
             return (text, b64, end < body.len());
         }
         // Shrink in proportion to the overshoot (escapes at most 6×, base64 4/3).
-        cut = end * MAX_RAW_BODY / len;
+        cut = (end as u64 * MAX_RAW_BODY as u64 / len as u64) as usize;
     }
 }
 
@@ -228,6 +229,7 @@ mod tests {
             "\u{1}".repeat(300_000).into_bytes(),
             "é\"".repeat(300_000).into_bytes(),
             vec![0xff; 800_000],
+            vec![0x80; 1_000_000],
         ] {
             let r = RawRecord::capture("s", "generic", Timestamp::UNIX_EPOCH, &h, &[], &body);
             let encoded = serde_json::to_vec(&r).unwrap().len();

@@ -337,24 +337,32 @@ struct Body {
     notifications: Notifications,
 }
 
-/// The body with the text of every `SessionId` element (any namespace prefix) replaced by
-/// `REDACTED`; `None` when there is none.
+/// The body with the content of every `SessionId` element (any namespace prefix, CDATA and
+/// comments included; to the end of the body when it is never closed) replaced by `REDACTED`;
+/// `None` when there is none.
 fn redact_session_ids(body: &[u8]) -> Option<Vec<u8>> {
     const NAME: &[u8] = b"SessionId";
+    // `<` then an optional `prefix:` (no space, `<`, `>` or `/` in it) right before the name.
+    let tag_start = |name_at: usize| -> Option<usize> {
+        let lt = body[..name_at].iter().rposition(|&b| b == b'<')?;
+        let between = &body[lt + 1..name_at];
+        let prefix_ok = between.is_empty()
+            || (between.ends_with(b":")
+                && !between
+                    .iter()
+                    .any(|b| b.is_ascii_whitespace() || matches!(b, b'<' | b'>' | b'/')));
+        prefix_ok.then_some(lt)
+    };
+    let ends_name = |at: usize| {
+        matches!(body.get(at), Some(b'>' | b'/') | None)
+            || body.get(at).is_some_and(u8::is_ascii_whitespace)
+    };
     let mut out: Vec<u8> = Vec::new();
     let mut copied = 0;
     let mut at = 0;
     while let Some(found) = find(&body[at..], NAME).map(|i| i + at) {
         at = found + NAME.len();
-        // An opening tag: `<SessionId` or `<prefix:SessionId`, then attributes or `>`.
-        let tag_start = body[..found].iter().rposition(|&b| b == b'<');
-        let Some(tag_start) = tag_start else { continue };
-        let prefix = &body[tag_start + 1..found];
-        let is_open = prefix
-            .iter()
-            .all(|&b| b.is_ascii_alphanumeric() || b == b':' || b == b'_' || b == b'-')
-            && (prefix.is_empty() || prefix.ends_with(b":"));
-        if !is_open || !matches!(body.get(at), Some(b'>' | b' ' | b'\t' | b'\r' | b'\n')) {
+        if tag_start(found).is_none() || !ends_name(at) {
             continue;
         }
         let Some(gt) = body[at..].iter().position(|&b| b == b'>').map(|i| i + at) else {
@@ -363,15 +371,26 @@ fn redact_session_ids(body: &[u8]) -> Option<Vec<u8>> {
         if body[gt - 1] == b'/' {
             continue; // `<SessionId/>`: empty.
         }
-        let Some(end) = body[gt..].iter().position(|&b| b == b'<').map(|i| i + gt) else {
-            break;
-        };
+        // The closing tag: `</SessionId>` or `</prefix:SessionId>`; else the rest of the body.
+        let mut end = body.len();
+        let mut search = gt + 1;
+        while let Some(close) = find(&body[search..], NAME).map(|i| i + search) {
+            search = close + NAME.len();
+            if let Some(lt) = body[..close].iter().rposition(|&b| b == b'<')
+                && lt > gt
+                && body.get(lt + 1) == Some(&b'/')
+                && ends_name(search)
+            {
+                end = lt;
+                break;
+            }
+        }
         if end > gt + 1 {
             out.extend_from_slice(&body[copied..=gt]);
             out.extend_from_slice(b"REDACTED");
             copied = end;
         }
-        at = end;
+        at = end.max(at);
     }
     if copied == 0 {
         return None;
@@ -493,6 +512,41 @@ mod tests {
             redact_session_ids(ns).unwrap(),
             b"<n:SessionId>REDACTED</n:SessionId><Note>SessionId</Note>"
         );
+        // CDATA, comments, odd prefixes, a space before `>`, and a body cut off inside it.
+        for (given, kept) in [
+            (
+                &b"<SessionId><![CDATA[00D!tok]]></SessionId>"[..],
+                &b"<SessionId>REDACTED</SessionId>"[..],
+            ),
+            (
+                b"<SessionId><!--x-->00D!tok</SessionId>",
+                b"<SessionId>REDACTED</SessionId>",
+            ),
+            (
+                b"<ns.1:SessionId >00D!tok</ns.1:SessionId>",
+                b"<ns.1:SessionId >REDACTED</ns.1:SessionId>",
+            ),
+            (b"<x><SessionId>00D!tok", b"<x><SessionId>REDACTED"),
+        ] {
+            assert_eq!(
+                String::from_utf8_lossy(&redact_session_ids(given).unwrap()),
+                String::from_utf8_lossy(kept)
+            );
+        }
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn redaction_never_panics_and_never_keeps_a_marked_token(
+            before in "[ -~]{0,40}", token in "[A-Za-z0-9!.]{1,20}", after in "[ -~]{0,40}",
+        ) {
+            let body = format!("{before}<SessionId>{token}TOKEN</SessionId>{after}");
+            let out = redact_session_ids(body.as_bytes()).unwrap();
+            let out = String::from_utf8(out).unwrap();
+            let marked = format!("{}TOKEN", token);
+            proptest::prop_assert!(!out.contains(&marked) || before.contains("TOKEN") || after.contains("TOKEN"));
+            let _ = redact_session_ids(before.as_bytes());
+        }
     }
 
     fn now() -> Timestamp {

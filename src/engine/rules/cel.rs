@@ -49,6 +49,9 @@ pub struct Predicate {
     pub key: String,
     source: String,
     program: Arc<cel::Program>,
+    /// It reads `change` (the fields of the event being applied): it can only be judged at an
+    /// event, not of a lead as it stands.
+    uses_change: bool,
 }
 
 impl fmt::Debug for Predicate {
@@ -104,7 +107,25 @@ impl Predicate {
             .compile(source)
             .map_err(|e| format!("not a valid CEL expression: {e}"))?;
         // A misspelt `lead` would compile and then fail on every evaluation: refused here.
-        let mut bound = vec!["lead", "change"];
+        // The standard library's type names (`type(x) == string`) and namespaces
+        // (`optional.of(x)`) are names too.
+        let mut bound = vec![
+            "lead",
+            "change",
+            "int",
+            "uint",
+            "double",
+            "bool",
+            "string",
+            "bytes",
+            "list",
+            "map",
+            "null_type",
+            "type",
+            "dyn",
+            "optional",
+            "google",
+        ];
         comprehension_vars(program.expression(), &mut bound);
         let references = program.references();
         let mut unknown: Vec<&str> = references
@@ -125,15 +146,22 @@ impl Predicate {
                     .join(", ")
             ));
         }
+        let uses_change = references.has_variable("change");
         Ok(Predicate {
             key: key.to_string(),
             source: source.to_string(),
             program: Arc::new(program),
+            uses_change,
         })
     }
 
     pub fn source(&self) -> &str {
         &self.source
+    }
+
+    /// Whether it reads `change`, so only an event can make it true.
+    pub fn uses_change(&self) -> bool {
+        self.uses_change
     }
 
     /// Evaluates over the facts. A missing field inside `||`/`&&` is absorbed by CEL; one that
@@ -409,6 +437,7 @@ mod tests {
         let e = Predicate::compile(&cel, "t", "leed.stage == \"MQL\" || stage == 1").unwrap_err();
         assert!(e.contains("unknown names `leed`, `stage`"), "{e}");
         for fine in [
+            "type(lead.score) == int || type(lead.score) == string",
             "lead.tags.exists(t, t == \"vip\")",
             "lead.tags.all(t, lead.emails.exists(e, e.endsWith(t)))",
             "[1, 2].map(x, x * 2).size() == 2 && has(change.stage)",
