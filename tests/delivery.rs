@@ -1063,3 +1063,43 @@ async fn salesforce_refusals_that_are_final_and_one_that_is_not() {
     assert!(!e.retriable, "{e}");
     assert_eq!(e.status, Some(403));
 }
+
+/// The same alert twice in `{prefix}.alerts` (the engine fired it again after a crash, before
+/// the state that marked it fired was written), the copies arriving while the first is still
+/// being delivered: the receiver gets it once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_copy_of_an_alert_in_flight_is_not_delivered_again() {
+    let kafka = kafka(2);
+    let receiver = Receiver::start_slow(Duration::from_secs(3)).await;
+    let sinks = format!(
+        "[sinks.hook]\nkind = \"webhook\"\nurl = \"{}\"\nsecret = \"{SINK_SECRET}\"\n",
+        receiver.url
+    );
+    let d = Daemon::start(
+        &dispatch_config(kafka.bootstrap(), "lwcopies", "", &sinks),
+        &rules_text("1h"),
+    )
+    .await;
+    let first = alert("sla.first_touch.breached", "L-1", 1);
+    let mut again = first.clone();
+    again.timestamp = first.timestamp + jiff::SignedDuration::from_secs(8);
+    let next = alert("sla.first_touch.breached", "L-1", 2);
+    produce(kafka.bootstrap(), &first).await;
+    wait_for("the first copy at the receiver", PATIENCE, || async {
+        receiver.count() >= 1
+    })
+    .await;
+    produce(kafka.bootstrap(), &again).await;
+    produce(kafka.bootstrap(), &next).await;
+    wait_for("the next alert of the lead", PATIENCE, || async {
+        receiver.distinct() >= 2
+    })
+    .await;
+    let ids: Vec<String> = receiver
+        .all()
+        .iter()
+        .map(|r| r.header("webhook-id").to_string())
+        .collect();
+    assert_eq!(ids, [first.id(), next.id()], "the copy was delivered too");
+    d.stop().await;
+}

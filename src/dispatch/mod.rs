@@ -44,7 +44,7 @@ pub mod routes;
 pub mod sinks;
 pub mod template;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -80,6 +80,40 @@ struct Work {
     backlog: Backlog,
     /// Cancelled when the partition is revoked: its deliveries in flight stop writing.
     revoked: CancellationToken,
+    /// (alert id, sink) being delivered from `{prefix}.alerts` right now. The same alert can
+    /// be in the topic twice (the engine fired it again after a crash, before the state that
+    /// marked it fired was written); the later copy leaves it to the earlier one, whose outcome
+    /// is settled before the later copy's offset can be stored.
+    in_flight: Arc<std::sync::Mutex<HashSet<(String, String)>>>,
+}
+
+/// A claim on delivering one (alert, sink); released when dropped.
+struct Claim {
+    in_flight: Arc<std::sync::Mutex<HashSet<(String, String)>>>,
+    key: (String, String),
+}
+
+impl Work {
+    fn claim(&self, alert_id: &str, sink: &str) -> Option<Claim> {
+        let key = (alert_id.to_string(), sink.to_string());
+        let fresh = self
+            .in_flight
+            .lock()
+            .expect("in-flight lock")
+            .insert(key.clone());
+        fresh.then(|| Claim {
+            in_flight: self.in_flight.clone(),
+            key,
+        })
+    }
+}
+
+impl Drop for Claim {
+    fn drop(&mut self) {
+        if let Ok(mut set) = self.in_flight.lock() {
+            set.remove(&self.key);
+        }
+    }
 }
 
 type Slots = crate::bus::changelog::Slots<Work, (i64, Alert, Bytes)>;
@@ -418,6 +452,7 @@ impl Dispatcher {
             ledger,
             backlog,
             revoked: CancellationToken::new(),
+            in_flight: Default::default(),
         };
         for (offset, alert, body) in slots.ready(partition, work.clone()) {
             pending
@@ -462,10 +497,18 @@ async fn fan_out(
     let each = targets
         .into_iter()
         .filter(|t| !settled.contains(&t.sink) && !work.backlog.contains(&lead, alert.id(), &t.sink))
-        .map(|t| {
+        .filter_map(|t| {
+            let claim = work.claim(alert.id(), &t.sink);
+            if claim.is_none() {
+                tracing::debug!(sink = %t.sink, alert_id = %alert.id(), "a copy of this alert is being delivered; left to it");
+            }
+            Some((t, claim?))
+        })
+        .map(|(t, claim)| {
             let (shared, work, alert, body, lead) =
                 (shared.clone(), work.clone(), &alert, &body, &lead);
             async move {
+                let _claim = claim;
                 let Some(queue) = shared.queues.get(&t.sink).cloned() else {
                     return true;
                 };
