@@ -171,11 +171,15 @@ pub fn resume(consumer: &GroupConsumer, topic: &str, partition: i32) {
     }
 }
 
-/// Commits stored offsets synchronously and leaves the group (shutdown).
+/// Commits stored offsets synchronously and leaves the group (shutdown), for at most
+/// `timeout`. The work runs on a thread of its own, not tokio's blocking pool: with the brokers
+/// gone, librdkafka's close never finishes, and a runtime shutting down waits for its blocking
+/// tasks — the process would hang at exit.
 pub async fn close(consumer: GroupConsumer, timeout: Duration) {
-    let _ = tokio::time::timeout(
-        timeout,
-        tokio::task::spawn_blocking(move || {
+    let (done, closed) = tokio::sync::oneshot::channel::<()>();
+    let spawned = std::thread::Builder::new()
+        .name("consumer-close".into())
+        .spawn(move || {
             if let Err(e) = consumer.commit_consumer_state(CommitMode::Sync)
                 && !matches!(
                     e,
@@ -186,7 +190,17 @@ pub async fn close(consumer: GroupConsumer, timeout: Duration) {
             }
             consumer.unsubscribe();
             drop(consumer);
-        }),
-    )
-    .await;
+            let _ = done.send(());
+        });
+    match spawned {
+        Ok(_) => {
+            if tokio::time::timeout(timeout, closed).await.is_err() {
+                tracing::warn!(
+                    ?timeout,
+                    "leaving the consumer group did not finish in time"
+                );
+            }
+        }
+        Err(e) => tracing::warn!(error = %e, "could not start the consumer close"),
+    }
 }

@@ -268,6 +268,7 @@ pub async fn replay(config: &Config, sink_name: &str) -> anyhow::Result<ReplayRe
                 alert: &alert,
                 body: &body,
                 attempt: n,
+                maybe_attempted: true,
                 message: &message,
             };
             queue.attempt(&a).await.result

@@ -80,6 +80,8 @@ struct Work {
     backlog: Backlog,
     /// Cancelled when the partition is revoked: its deliveries in flight stop writing.
     revoked: CancellationToken,
+    /// When this dispatcher took the partition (restored and ready).
+    assigned_at: Timestamp,
     /// (alert id, sink) being delivered from `{prefix}.alerts` right now. The same alert can
     /// be in the topic twice (the engine fired it again after a crash, before the state that
     /// marked it fired was written); the later copy leaves it to the earlier one, whose outcome
@@ -452,6 +454,7 @@ impl Dispatcher {
             ledger,
             backlog,
             revoked: CancellationToken::new(),
+            assigned_at: Timestamp::now(),
             in_flight: Default::default(),
         };
         for (offset, alert, body) in slots.ready(partition, work.clone()) {
@@ -532,7 +535,11 @@ async fn fan_out(
                     return schedule(&shared, &work, lead, entry).await;
                 }
                 entry.attempts = 1;
-                let outcome = attempt(&shared, &queue, alert, body, 1).await;
+                // Fired before this dispatcher took the partition: its earlier owner may have
+                // attempted it (the alert's own time: engine and dispatcher share a clock, or
+                // NTP keeps theirs close).
+                let maybe_attempted = alert.timestamp < work.assigned_at;
+                let outcome = attempt(&shared, &queue, alert, body, 1, maybe_attempted).await;
                 settle(&shared, &work, lead, alert, entry, outcome, false).await
             }
         });
@@ -549,6 +556,7 @@ async fn attempt(
     alert: &Alert,
     body: &Bytes,
     n: u32,
+    maybe_attempted: bool,
 ) -> Result<Delivered, DeliveryError> {
     let message = shared.templates.render(
         alert,
@@ -559,6 +567,7 @@ async fn attempt(
         alert,
         body,
         attempt: n,
+        maybe_attempted,
         message: &message,
     };
     let outcome = queue.attempt(&a).await;
@@ -592,7 +601,7 @@ async fn retry_one(shared: Arc<Shared>, work: Work, lead: String, mut entry: Pen
     let outcome = match shared.queues.get(&entry.sink).cloned() {
         Some(queue) => {
             entry.attempts += 1;
-            attempt(&shared, &queue, &alert, &body, entry.attempts).await
+            attempt(&shared, &queue, &alert, &body, entry.attempts, true).await
         }
         None => Err(DeliveryError::permanent(format!(
             "sink `{}` is no longer configured",

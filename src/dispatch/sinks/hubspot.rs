@@ -113,7 +113,7 @@ impl HubspotSink {
             }
             None => None,
         };
-        if a.attempt > 1 && self.exists(a.alert.id()).await? {
+        if a.may_exist() && self.exists(a.alert.id()).await? {
             return Ok(Delivered::AlreadyThere);
         }
         self.call(

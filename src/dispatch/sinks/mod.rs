@@ -30,6 +30,10 @@ pub struct Attempt<'a> {
     /// 1 for the first attempt. After an earlier attempt whose outcome is unknown (a timeout, a
     /// 5xx), CRM sinks look for what it may have created before creating it again.
     pub attempt: u32,
+    /// The alert was in `{prefix}.alerts` before this dispatcher took its partition: whoever
+    /// had it before (this process before a restart, another member before a rebalance) may
+    /// have attempted it when it stopped, so CRM sinks look before creating, as on a retry.
+    pub maybe_attempted: bool,
     /// The rendered message (title, text, facts) for this sink.
     pub message: &'a Message,
 }
@@ -58,6 +62,14 @@ pub fn reassigned<'o, T>(
             );
             Ok(None)
         }
+    }
+}
+
+impl Attempt<'_> {
+    /// Whether an earlier attempt may have reached the sink (a retry, or an alert an earlier
+    /// owner of its partition may have attempted): CRM sinks look before creating.
+    pub fn may_exist(&self) -> bool {
+        self.attempt > 1 || self.maybe_attempted
     }
 }
 

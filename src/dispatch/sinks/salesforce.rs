@@ -248,7 +248,7 @@ impl SalesforceSink {
                 Ok(Delivered::Sent)
             }
             None => {
-                if a.attempt > 1 && self.exists(lead_id, a.alert.id()).await? {
+                if a.may_exist() && self.exists(lead_id, a.alert.id()).await? {
                     return Ok(Delivered::AlreadyThere);
                 }
                 self.call(Method::POST, self.url("sobjects/Task"), Some(&task))
