@@ -44,7 +44,7 @@ pub mod routes;
 pub mod sinks;
 pub mod template;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -82,40 +82,6 @@ struct Work {
     revoked: CancellationToken,
     /// When this dispatcher took the partition (restored and ready).
     assigned_at: Timestamp,
-    /// (alert id, sink) being delivered from `{prefix}.alerts` right now. The same alert can
-    /// be in the topic twice (the engine fired it again after a crash, before the state that
-    /// marked it fired was written); the later copy leaves it to the earlier one, whose outcome
-    /// is settled before the later copy's offset can be stored.
-    in_flight: Arc<std::sync::Mutex<HashSet<(String, String)>>>,
-}
-
-/// A claim on delivering one (alert, sink); released when dropped.
-struct Claim {
-    in_flight: Arc<std::sync::Mutex<HashSet<(String, String)>>>,
-    key: (String, String),
-}
-
-impl Work {
-    fn claim(&self, alert_id: &str, sink: &str) -> Option<Claim> {
-        let key = (alert_id.to_string(), sink.to_string());
-        let fresh = self
-            .in_flight
-            .lock()
-            .expect("in-flight lock")
-            .insert(key.clone());
-        fresh.then(|| Claim {
-            in_flight: self.in_flight.clone(),
-            key,
-        })
-    }
-}
-
-impl Drop for Claim {
-    fn drop(&mut self) {
-        if let Ok(mut set) = self.in_flight.lock() {
-            set.remove(&self.key);
-        }
-    }
 }
 
 type Slots = crate::bus::changelog::Slots<Work, (i64, Alert, Bytes)>;
@@ -136,6 +102,59 @@ struct Shared {
     recovered: mpsc::UnboundedSender<String>,
     /// Cancelled when the grace period is over.
     abandon: CancellationToken,
+    /// One delivery of an (alert, sink) at a time, across the generations of a partition.
+    deliveries: Deliveries,
+}
+
+/// A lock per (alert id, sink) being delivered. The same alert can be in `{prefix}.alerts`
+/// twice (the engine fired it again after a crash, before the state that marked it fired was
+/// written), and a partition taken back can meet an alert its previous generation is still
+/// attempting: the later copy waits for the earlier delivery to end, then looks at the ledger
+/// and the backlog again.
+#[derive(Default)]
+struct Deliveries {
+    locks: std::sync::Mutex<HashMap<DeliveryKey, Arc<tokio::sync::Mutex<()>>>>,
+}
+
+/// (alert id, sink)
+type DeliveryKey = (String, String);
+
+/// Holds one (alert, sink); the entry goes when its last holder or waiter does.
+struct Turn {
+    shared: Arc<Shared>,
+    key: DeliveryKey,
+    _guard: tokio::sync::OwnedMutexGuard<()>,
+}
+
+impl Deliveries {
+    async fn turn(shared: &Arc<Shared>, alert_id: &str, sink: &str) -> Turn {
+        let key = (alert_id.to_string(), sink.to_string());
+        let lock = shared
+            .deliveries
+            .locks
+            .lock()
+            .expect("deliveries lock")
+            .entry(key.clone())
+            .or_default()
+            .clone();
+        Turn {
+            shared: shared.clone(),
+            key,
+            _guard: lock.lock_owned().await,
+        }
+    }
+}
+
+impl Drop for Turn {
+    fn drop(&mut self) {
+        if let Ok(mut locks) = self.shared.deliveries.locks.lock()
+            && locks
+                .get(&self.key)
+                .is_some_and(|l| Arc::strong_count(l) == 1)
+        {
+            locks.remove(&self.key);
+        }
+    }
 }
 
 /// The HTTP client every sink shares: timeouts per request, our user agent.
@@ -197,6 +216,7 @@ impl Dispatcher {
                 changed: Notify::new(),
                 recovered,
                 abandon: CancellationToken::new(),
+                deliveries: Deliveries::default(),
             }),
             recovered_rx,
             base,
@@ -455,7 +475,6 @@ impl Dispatcher {
             backlog,
             revoked: CancellationToken::new(),
             assigned_at: Timestamp::now(),
-            in_flight: Default::default(),
         };
         for (offset, alert, body) in slots.ready(partition, work.clone()) {
             pending
@@ -493,25 +512,24 @@ async fn fan_out(
             alert = %String::from_utf8_lossy(&body),
             "no route matches this alert; it is not delivered anywhere"
         );
-        return Some((work.partition, offset));
+        return (!work.revoked.is_cancelled()).then_some((work.partition, offset));
     }
     let lead = alert.data.lead.clone();
     let settled = work.ledger.settled(&lead, alert.id());
     let each = targets
         .into_iter()
         .filter(|t| !settled.contains(&t.sink) && !work.backlog.contains(&lead, alert.id(), &t.sink))
-        .filter_map(|t| {
-            let claim = work.claim(alert.id(), &t.sink);
-            if claim.is_none() {
-                tracing::debug!(sink = %t.sink, alert_id = %alert.id(), "a copy of this alert is being delivered; left to it");
-            }
-            Some((t, claim?))
-        })
-        .map(|(t, claim)| {
+        .map(|t| {
             let (shared, work, alert, body, lead) =
                 (shared.clone(), work.clone(), &alert, &body, &lead);
             async move {
-                let _claim = claim;
+                // A copy of this alert being delivered goes first; then look again.
+                let _turn = Deliveries::turn(&shared, alert.id(), &t.sink).await;
+                if work.ledger.settled(lead, alert.id()).contains(&t.sink)
+                    || work.backlog.contains(lead, alert.id(), &t.sink)
+                {
+                    return true;
+                }
                 let Some(queue) = shared.queues.get(&t.sink).cloned() else {
                     return true;
                 };
@@ -544,8 +562,9 @@ async fn fan_out(
             }
         });
     let all = futures::future::join_all(each).await;
-    all.into_iter()
-        .all(|ok| ok)
+    // A revoked partition's offsets are its next owner's to store: what this generation skipped
+    // may hang on a delivery it abandoned.
+    (all.into_iter().all(|ok| ok) && !work.revoked.is_cancelled())
         .then_some((work.partition, offset))
 }
 
@@ -579,6 +598,7 @@ async fn attempt(
 
 /// A backlog entry whose time has come.
 async fn retry_one(shared: Arc<Shared>, work: Work, lead: String, mut entry: Pending) {
+    let _turn = Deliveries::turn(&shared, &entry.alert_id, &entry.sink).await;
     if work
         .ledger
         .settled(&lead, &entry.alert_id)
