@@ -74,6 +74,22 @@ fn lines(requests: &[ApiRequest]) -> Vec<String> {
     requests.iter().map(|r| r.line()).collect()
 }
 
+/// The request carries a Standard Webhooks signature, made within the last minute with the
+/// sink's secret.
+fn assert_signed_now(r: &ApiRequest) {
+    let secret: leadwatch::signature::WebhookSecret = SINK_SECRET.parse().unwrap();
+    let headers = leadwatch::signature::SignedHeaders {
+        id: Some(r.header("webhook-id")),
+        timestamp: Some(r.header("webhook-timestamp")),
+        signature: Some(r.header("webhook-signature")),
+    };
+    let now = jiff::Timestamp::now().as_second();
+    assert_eq!(
+        leadwatch::signature::verify(std::slice::from_ref(&secret), &headers, &r.body, now, 60),
+        Ok(())
+    );
+}
+
 async fn delivered(daemon: &Daemon, sink: &str) -> f64 {
     daemon
         .metric(&format!(
@@ -674,18 +690,8 @@ retry_schedule = ["300ms", "1s", "2s", "5s", "10s", "10s", "10s", "10s", "10s", 
     want.sort();
     assert_eq!(ids, want, "each alert exactly once");
     // Re-signed with a fresh timestamp, verifiable with the sink's secret.
-    let secret: leadwatch::signature::WebhookSecret = SINK_SECRET.parse().unwrap();
     for r in &got {
-        let headers = leadwatch::signature::SignedHeaders {
-            id: Some(r.header("webhook-id")),
-            timestamp: Some(r.header("webhook-timestamp")),
-            signature: Some(r.header("webhook-signature")),
-        };
-        let now = jiff::Timestamp::now().as_second();
-        assert_eq!(
-            leadwatch::signature::verify(std::slice::from_ref(&secret), &headers, &r.body, now, 60),
-            Ok(())
-        );
+        assert_signed_now(r);
     }
     assert!(caught_up < Duration::from_secs(30), "took {caught_up:?}");
     assert_eq!(side.count(), N as usize, "nothing doubled by the restart");
@@ -941,7 +947,6 @@ async fn a_sink_that_says_when_to_retry_is_waited_for_but_cannot_shorten_the_sch
             .await,
         0.0
     );
-    let secret: leadwatch::signature::WebhookSecret = SINK_SECRET.parse().unwrap();
     // Each attempt is the same alert, signed afresh.
     for r in &got {
         assert_eq!(r.header("webhook-id"), a.id());
@@ -955,17 +960,7 @@ async fn a_sink_that_says_when_to_retry_is_waited_for_but_cannot_shorten_the_sch
         stamps[2] > stamps[0],
         "a fresh timestamp per attempt: {stamps:?}"
     );
-    let last = &got[2];
-    let headers = leadwatch::signature::SignedHeaders {
-        id: Some(last.header("webhook-id")),
-        timestamp: Some(last.header("webhook-timestamp")),
-        signature: Some(last.header("webhook-signature")),
-    };
-    let now = jiff::Timestamp::now().as_second();
-    assert_eq!(
-        leadwatch::signature::verify(std::slice::from_ref(&secret), &headers, &last.body, now, 60),
-        Ok(())
-    );
+    assert_signed_now(&got[2]);
     d.stop().await;
 }
 

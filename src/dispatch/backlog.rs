@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 use crate::bus::producer::Producer;
 
 /// One delivery waiting for a retry.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Pending {
     pub alert_id: String,
     pub sink: String,
@@ -315,10 +315,7 @@ mod tests {
             not_before: t(at),
             last_status: Some(503),
             last_error: "down".into(),
-            excerpt: String::new(),
-            free: 0,
-            failing_since: None,
-            early: false,
+            ..Pending::default()
         }
     }
 

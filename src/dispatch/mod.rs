@@ -515,15 +515,12 @@ async fn fan_out(
         return (!work.revoked.is_cancelled()).then_some((work.partition, offset));
     }
     let lead = alert.data.lead.clone();
-    let settled = work.ledger.settled(&lead, alert.id());
-    let each = targets
-        .into_iter()
-        .filter(|t| !settled.contains(&t.sink) && !work.backlog.contains(&lead, alert.id(), &t.sink))
-        .map(|t| {
+    let each = targets.into_iter().map(|t| {
             let (shared, work, alert, body, lead) =
                 (shared.clone(), work.clone(), &alert, &body, &lead);
             async move {
-                // A copy of this alert being delivered goes first; then look again.
+                // A copy of this alert being delivered goes first; settled or in the backlog
+                // (by it, or before), nothing is left to do.
                 let _turn = Deliveries::turn(&shared, alert.id(), &t.sink).await;
                 if work.ledger.settled(lead, alert.id()).contains(&t.sink)
                     || work.backlog.contains(lead, alert.id(), &t.sink)
@@ -537,14 +534,8 @@ async fn fan_out(
                     alert_id: alert.id().to_string(),
                     sink: t.sink.clone(),
                     body: String::from_utf8_lossy(body).into_owned(),
-                    attempts: 0,
                     not_before: Timestamp::now(),
-                    last_status: None,
-                    last_error: String::new(),
-                    excerpt: String::new(),
-                    free: 0,
-                    failing_since: None,
-                    early: false,
+                    ..Pending::default()
                 };
                 if !queue.has_room_inline() {
                     // Busy or failing: the backlog takes it, the offset moves on.

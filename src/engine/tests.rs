@@ -1080,6 +1080,24 @@ mod properties {
         (alerts, states)
     }
 
+    /// The events in time order, and in an arrival order shuffled deterministically from `seed`.
+    fn in_order_and_shuffled(
+        events: Vec<LeadEvent>,
+        seed: u64,
+    ) -> (Vec<LeadEvent>, Vec<LeadEvent>) {
+        let mut in_order = events.clone();
+        in_order.sort_by_key(|e| e.occurred_at);
+        let mut shuffled = events;
+        let mut x = seed | 1;
+        for i in (1..shuffled.len()).rev() {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            shuffled.swap(i, (x % (i as u64 + 1)) as usize);
+        }
+        (in_order, shuffled)
+    }
+
     fn ids(alerts: &[crate::alert::Alert]) -> Vec<(String, String)> {
         let mut v: Vec<(String, String)> = alerts
             .iter()
@@ -1243,14 +1261,7 @@ mod properties {
                 })
                 .filter(|ev| seen.insert(ev.occurred_at))
                 .collect();
-            let mut in_order = events.clone();
-            in_order.sort_by_key(|e| e.occurred_at);
-            let mut shuffled = events;
-            let mut x = seed | 1;
-            for i in (1..shuffled.len()).rev() {
-                x ^= x << 13; x ^= x >> 7; x ^= x << 17;
-                shuffled.swap(i, (x % (i as u64 + 1)) as usize);
-            }
+            let (in_order, shuffled) = in_order_and_shuffled(events, seed);
             let (a1, _) = run(&e, &in_order, &[]);
             let (a2, _) = run(&e, &shuffled, &[]);
             prop_assert_eq!(ids(&a1), ids(&a2));
@@ -1311,14 +1322,7 @@ mod properties {
         ) {
             let mut seen = std::collections::HashSet::new();
             let events: Vec<LeadEvent> = events.into_iter().filter(|e| seen.insert(e.occurred_at)).collect();
-            let mut in_order = events.clone();
-            in_order.sort_by_key(|e| e.occurred_at);
-            let mut shuffled = events;
-            let mut x = seed | 1;
-            for i in (1..shuffled.len()).rev() {
-                x ^= x << 13; x ^= x >> 7; x ^= x << 17;
-                shuffled.swap(i, (x % (i as u64 + 1)) as usize);
-            }
+            let (in_order, shuffled) = in_order_and_shuffled(events, seed);
             // The instants a clock can stand at after each arrival, in the shuffled order.
             let stands = |arrivals: &[LeadEvent]| -> Vec<Option<Timestamp>> {
                 let mut newest = Timestamp::MIN;
@@ -1373,15 +1377,7 @@ mod properties {
             // Distinct instants: events stamped alike apply in arrival order by design.
             let mut seen = std::collections::HashSet::new();
             let events: Vec<LeadEvent> = events.into_iter().filter(|e| seen.insert(e.occurred_at)).collect();
-            let mut in_order = events.clone();
-            in_order.sort_by_key(|e| e.occurred_at);
-            let mut shuffled = events.clone();
-            // A deterministic shuffle from the seed.
-            let mut x = seed | 1;
-            for i in (1..shuffled.len()).rev() {
-                x ^= x << 13; x ^= x >> 7; x ^= x << 17;
-                shuffled.swap(i, (x % (i as u64 + 1)) as usize);
-            }
+            let (in_order, shuffled) = in_order_and_shuffled(events, seed);
             let e = prop_engine();
             let (a1, _) = run(&e, &in_order, &[]);
             let (a2, _) = run(&e, &shuffled, &[]);

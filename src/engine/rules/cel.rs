@@ -191,7 +191,7 @@ impl Predicate {
 
 /// The names macros bind (`x` in `lead.tags.exists(x, x == "vip")`), anywhere in `expr`.
 fn comprehension_vars<'e>(expr: &'e cel::IdedExpr, out: &mut Vec<&'e str>) {
-    use cel::common::ast::{EntryExpr, Expr};
+    use cel::common::ast::{EntryExpr, Expr, MapExpr, StructExpr};
     match &expr.expr {
         Expr::Unspecified | Expr::Ident(_) | Expr::Literal(_) => {}
         Expr::Call(call) => {
@@ -222,20 +222,17 @@ fn comprehension_vars<'e>(expr: &'e cel::IdedExpr, out: &mut Vec<&'e str>) {
             .elements
             .iter()
             .for_each(|e| comprehension_vars(e, out)),
-        Expr::Map(map) => map.entries.iter().for_each(|e| match &e.expr {
-            EntryExpr::MapEntry(m) => {
-                comprehension_vars(&m.key, out);
-                comprehension_vars(&m.value, out);
+        Expr::Map(MapExpr { entries }) | Expr::Struct(StructExpr { entries, .. }) => {
+            for e in entries {
+                match &e.expr {
+                    EntryExpr::MapEntry(m) => {
+                        comprehension_vars(&m.key, out);
+                        comprehension_vars(&m.value, out);
+                    }
+                    EntryExpr::StructField(f) => comprehension_vars(&f.value, out),
+                }
             }
-            EntryExpr::StructField(f) => comprehension_vars(&f.value, out),
-        }),
-        Expr::Struct(st) => st.entries.iter().for_each(|e| match &e.expr {
-            EntryExpr::MapEntry(m) => {
-                comprehension_vars(&m.key, out);
-                comprehension_vars(&m.value, out);
-            }
-            EntryExpr::StructField(f) => comprehension_vars(&f.value, out),
-        }),
+        }
         Expr::Select(select) => comprehension_vars(&select.operand, out),
     }
 }
