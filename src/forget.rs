@@ -8,9 +8,9 @@ use jiff::Timestamp;
 use rdkafka::admin::{AdminClient, AdminOptions, ResourceSpecifier};
 use rdkafka::client::DefaultClientContext;
 
+use crate::bus::KafkaConfig;
 use crate::bus::producer::Producer;
 use crate::bus::{self, Topics};
-use crate::config::KafkaConfig;
 use crate::event::{Change, LeadEvent};
 use crate::telemetry::Metrics;
 

@@ -16,12 +16,11 @@
 pub mod alert;
 pub mod app;
 pub mod bus;
-pub mod config;
+pub mod conf;
 pub mod dispatch;
 pub mod engine;
 pub mod event;
 pub mod forget;
-pub mod http;
 pub mod ingest;
 pub mod signature;
 pub mod telemetry;

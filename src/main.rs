@@ -4,8 +4,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use leadwatch::app::Config;
 use leadwatch::bus::{Topics, embedded::EmbeddedKafka};
-use leadwatch::config::Config;
 
 /// Exit code for a configuration error (sysexits' EX_CONFIG is 78; we follow EX_USAGE, 64).
 const EXIT_CONFIG: u8 = 64;
@@ -194,7 +194,12 @@ fn main() -> ExitCode {
             };
             let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
             match runtime.block_on(leadwatch::ingest::replay::replay(
-                &cfg, &source, from, until,
+                &cfg.kafka,
+                &cfg.server,
+                &cfg.sources,
+                &source,
+                from,
+                until,
             )) {
                 Ok(report) => {
                     print!("{report}");
@@ -214,7 +219,11 @@ fn main() -> ExitCode {
                 Err(problems) => return print_problems(&problems),
             };
             let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
-            match runtime.block_on(leadwatch::dispatch::dlq::replay(&cfg, &sink)) {
+            match runtime.block_on(leadwatch::dispatch::dlq::replay(
+                &cfg.kafka,
+                cfg.dispatch_sections(),
+                &sink,
+            )) {
                 Ok(report) => {
                     println!("{report}");
                     if report.dead_again > 0 {
@@ -237,7 +246,7 @@ fn main() -> ExitCode {
     }
 }
 
-fn print_problems(problems: &leadwatch::config::Problems) -> ExitCode {
+fn print_problems(problems: &leadwatch::conf::Problems) -> ExitCode {
     for p in &problems.0 {
         eprintln!("{p}");
     }
@@ -310,7 +319,7 @@ fn simulate(
     let partitions = partitions
         .map(i32::from)
         .or(configured)
-        .unwrap_or(leadwatch::config::DEFAULT_PARTITIONS);
+        .unwrap_or(leadwatch::bus::DEFAULT_PARTITIONS);
     match simulate::run_files(rules, links, events, until, partitions, scorecard) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e @ FileError::Events { .. }) => {

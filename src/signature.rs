@@ -133,6 +133,39 @@ pub fn verify(
     Err(VerifyError::NoMatch)
 }
 
+/// One or more signing secrets (`secret = "whsec_…"` or `secret = ["whsec_new", "whsec_old"]`).
+#[derive(Clone)]
+pub struct Secrets(pub Vec<WebhookSecret>);
+
+impl fmt::Debug for Secrets {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Secrets(<{} redacted>)", self.0.len())
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Secrets {
+    fn deserialize<D: serde::Deserializer<'de>>(de: D) -> Result<Self, D::Error> {
+        let raw = crate::conf::one_or_many(de, "expected a `whsec_…` string or a list of them")?;
+        if raw.is_empty() {
+            return Err(serde::de::Error::custom("at least one secret is needed"));
+        }
+        raw.iter()
+            .enumerate()
+            .map(|(i, s)| {
+                s.parse::<WebhookSecret>().map_err(|e| {
+                    let which = if raw.len() > 1 {
+                        format!("secret #{}: ", i + 1)
+                    } else {
+                        String::new()
+                    };
+                    serde::de::Error::custom(format!("{which}{e}"))
+                })
+            })
+            .collect::<Result<_, _>>()
+            .map(Secrets)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

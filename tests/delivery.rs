@@ -699,9 +699,9 @@ retry_schedule = ["300ms", "1s", "2s", "5s", "10s", "10s", "10s", "10s", "10s", 
     // The cause of the refusals is fixed; the dead letters are re-sent, once.
     accept.store(true, Ordering::SeqCst);
     let cfg =
-        leadwatch::config::Config::load_with_env(&b.dir.path().join("leadwatch.toml"), Vec::new())
+        leadwatch::app::Config::load_with_env(&b.dir.path().join("leadwatch.toml"), Vec::new())
             .unwrap();
-    let report = leadwatch::dispatch::dlq::replay(&cfg, "strict")
+    let report = leadwatch::dispatch::dlq::replay(&cfg.kafka, cfg.dispatch_sections(), "strict")
         .await
         .unwrap();
     assert_eq!(
@@ -723,7 +723,7 @@ retry_schedule = ["300ms", "1s", "2s", "5s", "10s", "10s", "10s", "10s", "10s", 
             });
     assert_eq!(replayed.len(), N as usize);
     assert!(replayed.values().all(|n| *n == 1));
-    let again = leadwatch::dispatch::dlq::replay(&cfg, "strict")
+    let again = leadwatch::dispatch::dlq::replay(&cfg.kafka, cfg.dispatch_sections(), "strict")
         .await
         .unwrap();
     assert_eq!(again.found, 0, "{again}");
@@ -817,7 +817,7 @@ async fn kill_9_with_a_retry_backlog_loses_and_doubles_nothing() {
 async fn salesforce_jwt_bearer_gets_its_token_with_a_signed_assertion() {
     use base64::Engine as _;
     use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-    use leadwatch::config::SinkConfig;
+    use leadwatch::dispatch::sinks::SinkConfig;
     use leadwatch::dispatch::sinks::{Attempt, Delivered, Sink};
     use leadwatch::dispatch::template::{Style, Templates};
 
@@ -862,7 +862,7 @@ async fn salesforce_jwt_bearer_gets_its_token_with_a_signed_assertion() {
         "private_key": pem,
     }))
     .unwrap();
-    assert!(leadwatch::dispatch::sinks::check_config(&cfg).is_empty());
+    assert!(cfg.problems().is_empty());
     assert!(!format!("{cfg:?}").contains("PRIVATE KEY"));
     let sink = Sink::from_config(&cfg, reqwest::Client::new());
     let alert = sample_alert("sla.first_touch.breached");
@@ -968,7 +968,7 @@ async fn a_sink_that_says_when_to_retry_is_waited_for_but_cannot_shorten_the_sch
 /// fresh token) and a 403 that is not the API limit are permanent.
 #[tokio::test]
 async fn salesforce_refusals_that_are_final_and_one_that_is_not() {
-    use leadwatch::config::SinkConfig;
+    use leadwatch::dispatch::sinks::SinkConfig;
     use leadwatch::dispatch::sinks::{Attempt, Delivered, Sink};
     use leadwatch::dispatch::template::{Style, Templates};
     use std::sync::atomic::AtomicU8;

@@ -363,7 +363,7 @@ async fn forgetting_a_lead_erases_its_state_and_cancels_its_alerts() {
     })
     .await;
 
-    let cfg = leadwatch::config::Config::load_with_env(
+    let cfg = leadwatch::app::Config::load_with_env(
         &daemon.dir.path().join("leadwatch.toml"),
         Vec::new(),
     )
@@ -478,7 +478,7 @@ async fn a_role_that_fails_stops_the_daemon_with_an_error() {
         ),
     )
     .unwrap();
-    let cfg = leadwatch::config::Config::load_with_env(&path, Vec::new()).unwrap();
+    let cfg = leadwatch::app::Config::load_with_env(&path, Vec::new()).unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let ran = tokio::time::timeout(
         PATIENCE,

@@ -506,10 +506,11 @@ async fn replay_re_normalises_raw_requests_with_a_corrected_mapping() {
         );
     let path = daemon.dir.path().join("corrected.toml");
     std::fs::write(&path, corrected).unwrap();
-    let cfg = leadwatch::config::Config::load_with_env(&path, Vec::new()).unwrap();
-    let report = leadwatch::ingest::replay::replay(&cfg, "hs", None, None)
-        .await
-        .unwrap();
+    let cfg = leadwatch::app::Config::load_with_env(&path, Vec::new()).unwrap();
+    let report =
+        leadwatch::ingest::replay::replay(&cfg.kafka, &cfg.server, &cfg.sources, "hs", None, None)
+            .await
+            .unwrap();
     assert_eq!(
         (report.records, report.events, report.failed.len()),
         (2, 1, 1),
@@ -533,9 +534,16 @@ async fn replay_re_normalises_raw_requests_with_a_corrected_mapping() {
 
     // A time range that holds nothing replays nothing.
     let future = jiff::Timestamp::now() + jiff::SignedDuration::from_hours(1);
-    let report = leadwatch::ingest::replay::replay(&cfg, "hs", Some(future), None)
-        .await
-        .unwrap();
+    let report = leadwatch::ingest::replay::replay(
+        &cfg.kafka,
+        &cfg.server,
+        &cfg.sources,
+        "hs",
+        Some(future),
+        None,
+    )
+    .await
+    .unwrap();
     assert_eq!((report.records, report.events), (0, 0));
     daemon.stop().await;
 }

@@ -158,8 +158,7 @@ secret = "{SECRET}"
             partitions = args.partitions,
         ),
     )?;
-    let config =
-        leadwatch::config::Config::load(&config_path).map_err(|p| anyhow::anyhow!("{p}"))?;
+    let config = leadwatch::app::Config::load(&config_path).map_err(|p| anyhow::anyhow!("{p}"))?;
     let daemon_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let ingest = format!("http://{}/webhooks/web", daemon_listener.local_addr()?);
     let health = format!("http://{}/readyz", daemon_listener.local_addr()?);

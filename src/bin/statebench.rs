@@ -13,10 +13,11 @@ use std::time::{Duration, Instant};
 
 use clap::{Parser, Subcommand};
 use jiff::Timestamp;
+use leadwatch::bus::KafkaConfig;
 use leadwatch::bus::changelog;
 use leadwatch::bus::producer::Producer;
 use leadwatch::bus::{self, Topics, admin};
-use leadwatch::config::{EngineConfig, KafkaConfig};
+use leadwatch::engine::EngineConfig;
 use leadwatch::engine::partition::PartitionState;
 use leadwatch::engine::rules::Rules;
 use leadwatch::engine::runner::EngineRunner;

@@ -13,7 +13,7 @@ use rdkafka::statistics::Statistics;
 use rdkafka::{ClientConfig, ClientContext, TopicPartitionList};
 use tokio::sync::mpsc;
 
-use crate::config::KafkaConfig;
+use super::KafkaConfig;
 use crate::telemetry::Metrics;
 
 /// A change of which partitions this member owns.

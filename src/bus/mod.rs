@@ -3,13 +3,14 @@
 
 pub mod admin;
 pub mod changelog;
+pub mod config;
 pub mod consumer;
 pub mod embedded;
 pub mod producer;
 
 use rdkafka::ClientConfig;
 
-use crate::config::KafkaConfig;
+pub use config::{DEFAULT_PARTITIONS, KafkaConfig, RawKafkaConfig};
 
 /// The daemon's topics, named from `kafka.topic_prefix`.
 #[derive(Debug, Clone)]

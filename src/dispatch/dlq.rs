@@ -21,15 +21,16 @@ use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use rdkafka::{Message as _, Offset, TopicPartitionList};
 use serde::{Deserialize, Serialize};
 
+use super::DispatchSections;
 use super::queue::SinkQueue;
 use super::retry::Schedule;
 use super::routes::Routes;
 use super::sinks::{Attempt, Delivered, DeliveryError};
 use super::template::Templates;
 use crate::alert::Alert;
+use crate::bus::KafkaConfig;
 use crate::bus::producer::Producer;
 use crate::bus::{self, Topics};
-use crate::config::Config;
 use crate::telemetry::Metrics;
 
 /// One record of `{prefix}.alerts.dlq`.
@@ -173,20 +174,24 @@ fn read_new(
 }
 
 /// `leadwatch dlq replay`: re-sends `sink`'s dead letters.
-pub async fn replay(config: &Config, sink_name: &str) -> anyhow::Result<ReplayReport> {
+pub async fn replay(
+    kafka: &KafkaConfig,
+    config: DispatchSections<'_>,
+    sink_name: &str,
+) -> anyhow::Result<ReplayReport> {
     anyhow::ensure!(
-        !config.kafka.is_embedded(),
+        !kafka.is_embedded(),
         "dlq replay needs `kafka.brokers`: the embedded broker lives inside the running daemon"
     );
     let sink_config = config.sinks.get(sink_name).with_context(|| {
         let known: Vec<&str> = config.sinks.keys().map(String::as_str).collect();
         format!("no sink `{sink_name}` (configured: {})", known.join(", "))
     })?;
-    let topics = Topics::new(&config.kafka.topic_prefix);
-    let base = bus::client_config(&config.kafka, &config.kafka.brokers);
+    let topics = Topics::new(&kafka.topic_prefix);
+    let base = bus::client_config(kafka, &kafka.brokers);
     let metrics = Arc::new(Metrics::new());
     let producer = Producer::new(&base, metrics.clone()).context("creating the producer")?;
-    let client = super::http_client(&config.dispatch).context("building the HTTP client")?;
+    let client = super::http_client(config.dispatch).context("building the HTTP client")?;
     let queue = SinkQueue::new(
         sink_name.to_string(),
         super::sinks::Sink::from_config(sink_config, client),
@@ -195,11 +200,11 @@ pub async fn replay(config: &Config, sink_name: &str) -> anyhow::Result<ReplayRe
         config.dispatch.request_timeout.0,
     )
     .with_max_pause(config.dispatch.max_retry_after.0);
-    let routes = Routes::new(config.routes.clone(), config.sinks.keys().cloned());
+    let routes = Routes::new(config.routes.to_vec(), config.sinks.keys().cloned());
     let templates =
-        Templates::new(&config.routes).map_err(|p| anyhow::anyhow!("templates: {p:?}"))?;
+        Templates::new(config.routes).map_err(|p| anyhow::anyhow!("templates: {p:?}"))?;
 
-    let group = format!("{}.dlq-replay.{sink_name}", config.kafka.group_id);
+    let group = format!("{}.dlq-replay.{sink_name}", kafka.group_id);
     let mut cfg = base.clone();
     cfg.set("group.id", &group)
         .set("enable.auto.commit", "false")

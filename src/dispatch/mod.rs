@@ -36,6 +36,7 @@
 //! idempotency key (the webhook-id; the alert id in a CRM task).
 
 pub mod backlog;
+pub mod config;
 pub mod dlq;
 pub mod ledger;
 pub mod queue;
@@ -58,13 +59,14 @@ use tokio::sync::{Notify, mpsc};
 use tokio_util::sync::CancellationToken;
 
 use crate::alert::Alert;
+use crate::bus::KafkaConfig;
 use crate::bus::Topics;
 use crate::bus::changelog::{Restored, Restorer, Slot, Snapshot};
 use crate::bus::consumer::{self, Assignment, RebalanceHooks};
 use crate::bus::producer::Producer;
-use crate::config::{Config, DispatchConfig, KafkaConfig};
 use crate::telemetry::Metrics;
 use backlog::{Backlog, Pending};
+pub use config::{DispatchConfig, DispatchSections};
 use ledger::Ledger;
 use queue::SinkQueue;
 use retry::Schedule;
@@ -177,15 +179,18 @@ pub struct Dispatcher {
 }
 
 impl Dispatcher {
-    /// Builds the sinks of `[sinks.*]`, the routes and the templates.
+    /// Builds the sinks of `[sinks.*]`, the routes and the templates. `restore_timeout`: the
+    /// longest a partition's restore of its ledger and backlog may take before it is retried.
     pub fn new(
-        config: &Config,
+        config: DispatchSections<'_>,
+        kafka: &KafkaConfig,
+        restore_timeout: Duration,
         producer: Arc<Producer>,
         base: ClientConfig,
         topics: Topics,
         metrics: Arc<Metrics>,
     ) -> anyhow::Result<Self> {
-        let client = http_client(&config.dispatch)?;
+        let client = http_client(config.dispatch)?;
         let queues = config
             .sinks
             .iter()
@@ -201,15 +206,15 @@ impl Dispatcher {
                 (name.clone(), Arc::new(queue))
             })
             .collect();
-        let templates = Templates::new(&config.routes)
-            .map_err(|p| anyhow::anyhow!("route templates: {p:?}"))?;
+        let templates =
+            Templates::new(config.routes).map_err(|p| anyhow::anyhow!("route templates: {p:?}"))?;
         let (recovered, recovered_rx) = mpsc::unbounded_channel();
         Ok(Self {
             shared: Arc::new(Shared {
                 queues,
-                routes: Routes::new(config.routes.clone(), config.sinks.keys().cloned()),
+                routes: Routes::new(config.routes.to_vec(), config.sinks.keys().cloned()),
                 templates,
-                schedule: Schedule::from(&config.dispatch),
+                schedule: Schedule::from(config.dispatch),
                 producer,
                 topics,
                 metrics,
@@ -220,9 +225,9 @@ impl Dispatcher {
             }),
             recovered_rx,
             base,
-            kafka: config.kafka.clone(),
+            kafka: kafka.clone(),
             config: config.dispatch.clone(),
-            restore_timeout: config.engine.restore_timeout.0,
+            restore_timeout,
         })
     }
 

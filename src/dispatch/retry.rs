@@ -17,7 +17,7 @@
 
 use std::time::Duration;
 
-use crate::config::DispatchConfig;
+use super::config::DispatchConfig;
 
 /// The default delays before retries 1, 2, …: about a day in all, like Svix's.
 pub const DEFAULT_SCHEDULE: [Duration; 7] = [
@@ -137,42 +137,6 @@ impl backon::BackoffBuilder for Schedule {
     }
 }
 
-/// Problems in `[dispatch]`'s retry settings, as (key path, message).
-pub fn check_config(c: &DispatchConfig) -> Vec<(String, String)> {
-    let mut problems = Vec::new();
-    let exponential =
-        c.retry_min_delay.is_some() || c.retry_max_delay.is_some() || c.max_retries.is_some();
-    if c.retry_schedule.is_some() && exponential {
-        problems.push((
-            "dispatch.retry_schedule".into(),
-            "give either `retry_schedule` or `retry_min_delay`/`retry_max_delay`/`max_retries`, \
-             not both"
-                .into(),
-        ));
-    }
-    if let (Some(min), Some(max)) = (c.retry_min_delay, c.retry_max_delay)
-        && min > max
-    {
-        problems.push((
-            "dispatch.retry_min_delay".into(),
-            "must not be longer than `dispatch.retry_max_delay`".into(),
-        ));
-    }
-    if !(0.0..=1.0).contains(&c.retry_jitter) {
-        problems.push((
-            "dispatch.retry_jitter".into(),
-            "must be between 0 and 1 (a fraction of each delay)".into(),
-        ));
-    }
-    if c.sink_concurrency == 0 {
-        problems.push((
-            "dispatch.sink_concurrency".into(),
-            "must be at least 1".into(),
-        ));
-    }
-    problems
-}
-
 /// 5xx and the 4xx that mean "later" are worth retrying; other 4xx are permanent.
 pub fn is_retriable(status: u16) -> bool {
     status >= 500 || matches!(status, 408 | 409 | 425 | 429)
@@ -201,7 +165,7 @@ pub fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::HumanDuration;
+    use crate::conf::HumanDuration;
 
     #[test]
     fn a_delivery_failing_for_twice_the_span_is_given_up_however_it_failed() {
@@ -292,11 +256,11 @@ mod tests {
         let s = Schedule::from(&c);
         let ms: Vec<u128> = s.delays.iter().map(|d| d.as_millis()).collect();
         assert_eq!(ms, [100, 200, 400, 500, 500]);
-        assert!(check_config(&c).is_empty());
+        assert!(c.problems().is_empty());
         c.retry_schedule = Some(vec![HumanDuration(Duration::from_secs(1))]);
-        let problems = check_config(&c);
+        let problems = c.problems();
         assert_eq!(problems.len(), 1, "{problems:?}");
-        assert_eq!(problems[0].0, "dispatch.retry_schedule");
+        assert_eq!(problems[0].0, "retry_schedule");
         let only_list = DispatchConfig {
             retry_schedule: Some(vec![
                 HumanDuration(Duration::from_secs(1)),

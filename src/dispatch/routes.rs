@@ -7,12 +7,31 @@
 //! message template. An alert no route matches is logged and counted, never silently dropped.
 //! With no routes at all, every alert goes to every sink.
 
-use std::collections::BTreeMap;
-
 use crate::alert::Alert;
-use crate::config::{RouteConfig, SinkConfig};
+use crate::conf::KeyProblems;
 
 use super::template::ALERT_TYPES;
+
+/// Which alerts go to which sinks (`[[routes]]`).
+#[derive(Debug, Clone, Default, eserde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteConfig {
+    /// Alert types (`sla.first_touch.breached`, or a prefix such as `disposition.*`); empty:
+    /// every type.
+    #[serde(default)]
+    pub alerts: Vec<String>,
+    /// Roles the alert must be addressed to (any of them; `data.to`); empty: any.
+    #[serde(default)]
+    pub to: Vec<String>,
+    /// Sinks (names of `[sinks.NAME]`).
+    pub sinks: Vec<String>,
+    /// A minijinja template for the message's title (chat header, CRM task subject).
+    #[serde(default)]
+    pub title: Option<String>,
+    /// A minijinja template for the message's text (chat body, CRM task description).
+    #[serde(default)]
+    pub text: Option<String>,
+}
 
 /// One sink an alert goes to, and the route that chose it (none: there are no routes).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -97,25 +116,24 @@ impl Routes {
     }
 }
 
-/// Problems in `[[routes]]`, as (key path, message): unknown sinks and alert types, empty
-/// lists, and templates that do not compile or render.
-pub fn check_config(
+/// Problems in `[[routes]]`, keys relative to the list (`[0].sinks`): unknown sinks (`sinks`
+/// are the configured names) and alert types, empty lists, and templates that do not compile
+/// or render.
+pub fn problems<'a>(
     routes: &[RouteConfig],
-    sinks: &BTreeMap<String, SinkConfig>,
-) -> Vec<(String, String)> {
+    sinks: impl IntoIterator<Item = &'a str>,
+) -> KeyProblems {
+    let sinks: Vec<&str> = sinks.into_iter().collect();
     let mut problems = Vec::new();
     for (i, route) in routes.iter().enumerate() {
         if route.sinks.is_empty() {
-            problems.push((
-                format!("routes[{i}].sinks"),
-                "name at least one sink".into(),
-            ));
+            problems.push((format!("[{i}].sinks"), "name at least one sink".into()));
         }
         for (j, sink) in route.sinks.iter().enumerate() {
-            if !sinks.contains_key(sink) {
-                let known: Vec<&str> = sinks.keys().map(String::as_str).collect();
+            if !sinks.contains(&sink.as_str()) {
+                let known = &sinks;
                 problems.push((
-                    format!("routes[{i}].sinks[{j}]"),
+                    format!("[{i}].sinks[{j}]"),
                     format!("no sink `{sink}` (configured: {})", known.join(", ")),
                 ));
             }
@@ -127,7 +145,7 @@ pub fn check_config(
             };
             if !known {
                 problems.push((
-                    format!("routes[{i}].alerts[{j}]"),
+                    format!("[{i}].alerts[{j}]"),
                     format!(
                         "unknown alert type `{kind}` (known: {}, or a prefix such as `disposition.*`)",
                         ALERT_TYPES.join(", ")
@@ -137,7 +155,7 @@ pub fn check_config(
         }
         for (j, role) in route.to.iter().enumerate() {
             if role.trim().is_empty() {
-                problems.push((format!("routes[{i}].to[{j}]"), "must not be empty".into()));
+                problems.push((format!("[{i}].to[{j}]"), "must not be empty".into()));
             }
         }
     }
@@ -232,9 +250,7 @@ mod tests {
 
     #[test]
     fn unknown_sinks_and_types_are_problems_with_key_paths() {
-        let configured: BTreeMap<String, SinkConfig> =
-            [("slack".to_string(), SinkConfig::Log {})].into();
-        let problems = check_config(
+        let problems = super::problems(
             &[
                 route(&["sla.first_touch.breached"], &["owner"], &["slack"]),
                 route(
@@ -244,17 +260,17 @@ mod tests {
                 ),
                 route(&[], &[], &[]),
             ],
-            &configured,
+            ["slack"],
         );
         let keys: Vec<&str> = problems.iter().map(|(k, _)| k.as_str()).collect();
         assert_eq!(
             keys,
             [
-                "routes[1].sinks[0]",
-                "routes[1].alerts[0]",
-                "routes[1].alerts[1]",
-                "routes[1].to[0]",
-                "routes[2].sinks"
+                "[1].sinks[0]",
+                "[1].alerts[0]",
+                "[1].alerts[1]",
+                "[1].to[0]",
+                "[2].sinks"
             ],
             "{problems:?}"
         );

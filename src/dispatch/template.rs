@@ -22,8 +22,8 @@ use jiff::Timestamp;
 use minijinja::{Environment, UndefinedBehavior};
 use serde::Serialize;
 
+use super::routes::RouteConfig;
 use crate::alert::{Alert, Recipient};
-use crate::config::RouteConfig;
 
 /// The alert types the rules fire: the engine's list, so a new type is known to routes at once.
 pub const ALERT_TYPES: &[&str] = &crate::engine::deadlines::ALERT_TYPES;
@@ -115,7 +115,7 @@ impl Templates {
                     && let Err(e) =
                         env.add_template_owned(format!("route.{i}.{field}"), source.clone())
                 {
-                    problems.push((format!("routes[{i}].{field}"), describe(&e)));
+                    problems.push((format!("[{i}].{field}"), describe(&e)));
                 }
             }
             flags.push((route.title.is_some(), route.text.is_some()));
@@ -142,7 +142,7 @@ impl Templates {
                         }
                         let name = format!("route.{i}.{field}");
                         if let Err(e) = templates.render_one(&name, &ctx) {
-                            let key = format!("routes[{i}].{field}");
+                            let key = format!("[{i}].{field}");
                             if !problems.iter().any(|(k, _)| *k == key) {
                                 problems.push((
                                     key,
@@ -550,7 +550,7 @@ mod tests {
         .unwrap_err();
         let keys: Vec<&str> = problems.iter().map(|(k, _)| k.as_str()).collect();
         // Syntax errors are found first; the rest once everything compiles.
-        assert_eq!(keys, ["routes[0].title"], "{problems:?}");
+        assert_eq!(keys, ["[0].title"], "{problems:?}");
         let problems = Templates::new(&[
             route(&["sla.first_touch.breached"], None, Some("{{ leed }}")),
             route(
@@ -571,11 +571,7 @@ mod tests {
         ])
         .unwrap_err();
         let keys: Vec<&str> = problems.iter().map(|(k, _)| k.as_str()).collect();
-        assert_eq!(
-            keys,
-            ["routes[0].text", "routes[2].text", "routes[3].text"],
-            "{problems:?}"
-        );
+        assert_eq!(keys, ["[0].text", "[2].text", "[3].text"], "{problems:?}");
         assert!(
             problems[0].1.contains("sla.first_touch.breached"),
             "{problems:?}"

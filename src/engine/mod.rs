@@ -12,6 +12,7 @@
 
 pub mod alerts;
 pub mod calendar;
+pub mod config;
 pub mod deadlines;
 pub mod partition;
 pub mod rules;
@@ -28,12 +29,10 @@ use jiff::{SignedDuration, Timestamp};
 use crate::alert::Alert;
 use crate::event::{Change, LeadEvent};
 use crate::telemetry::Metrics;
+pub use config::{DEFAULT_REORDER_WINDOW, EngineConfig};
 use deadlines::Due;
 use rules::{Facts, Predicate, Rules, Settings};
 pub use state::{Closeout, Episode, Lead, LeadState, Logged};
-
-/// Default reorder window: how far back in event time a late event still takes its place.
-pub const DEFAULT_REORDER_WINDOW: Duration = Duration::from_secs(3600);
 
 /// How long a lead's state is kept once nothing is pending for it.
 #[derive(Debug, Clone, Copy)]

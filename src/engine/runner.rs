@@ -22,14 +22,15 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::Engine;
+use super::EngineConfig;
 use super::partition::{PartitionState, ROTATION_KEY, Write};
 use super::rules::Rules;
 use crate::alert::Alert;
+use crate::bus::KafkaConfig;
 use crate::bus::Topics;
 use crate::bus::changelog::{Restored, Restorer};
 use crate::bus::consumer::{self, Assignment, RebalanceHooks};
 use crate::bus::producer::Producer;
-use crate::config::{EngineConfig, KafkaConfig};
 use crate::event::LeadEvent;
 use crate::telemetry::Metrics;
 
@@ -255,7 +256,7 @@ impl EngineRunner {
                     for (partition, p) in slots.iter_ready_mut() {
                         p.writes.prune();
                         p.leads.settle(&self.engine, now);
-                        for lead in p.leads.expire(&self.engine, now, super::Retention { ended: self.config.state_retention.0, idle: self.config.idle_retention.0 }) {
+                        for lead in p.leads.expire(&self.engine, now, self.config.retention()) {
                             tracing::debug!(partition, %lead, "lead state retention over; tombstoned");
                             self.spawn_tombstone(&mut firing, p, lead);
                         }

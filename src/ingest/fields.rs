@@ -46,6 +46,26 @@ pub fn is_canonical(name: &str) -> bool {
     CANONICAL.iter().any(|(n, _)| *n == name)
 }
 
+/// `[sources.NAME.fields]` keys that are neither canonical names nor one of `extra` (a
+/// source's own structural keys), as problems keyed `fields.KEY`.
+pub fn unknown_names(
+    fields: &std::collections::BTreeMap<String, String>,
+    extra: &[&str],
+) -> crate::conf::KeyProblems {
+    let mut problems = Vec::new();
+    for key in fields.keys() {
+        if !is_canonical(key) && !extra.contains(&key.as_str()) {
+            let mut known: Vec<&str> = CANONICAL.iter().map(|(n, _)| *n).collect();
+            known.extend_from_slice(extra);
+            problems.push((
+                format!("fields.{key}"),
+                format!("unknown field name; expected one of {}", known.join(", ")),
+            ));
+        }
+    }
+    problems
+}
+
 fn kind_of(name: &str) -> Kind {
     CANONICAL
         .iter()

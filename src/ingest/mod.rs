@@ -17,6 +17,7 @@
 //!    captured too (marked unparsed) before its 400.
 
 pub mod auth;
+pub mod config;
 pub mod dedupe;
 pub mod fields;
 pub mod generic;
@@ -45,9 +46,9 @@ use serde_json::{Value, json};
 
 use crate::bus::Topics;
 use crate::bus::producer::{Producer, SendError};
-use crate::config::{ServerConfig, SourceConfig};
 use crate::event::LeadEvent;
 use crate::telemetry::Metrics;
+pub use config::{ServerConfig, SourceConfig};
 use dedupe::Dedupe;
 use raw::RawRecord;
 
@@ -151,17 +152,13 @@ pub struct Source {
 impl Source {
     pub fn from_config(name: &str, cfg: &SourceConfig, server: &ServerConfig) -> Source {
         let handler: Box<dyn Handler> = match cfg {
-            SourceConfig::Generic { secret, .. } => Box::new(generic::GenericSource {
-                secrets: secret.0.clone(),
+            SourceConfig::Generic(c) => Box::new(generic::GenericSource {
+                secrets: c.secret.0.clone(),
             }),
-            SourceConfig::Hubspot { .. } => Box::new(hubspot::HubspotSource::from_config(cfg)),
-            SourceConfig::Salesforce { .. } => {
-                Box::new(salesforce::SalesforceSource::from_config(cfg))
-            }
-            SourceConfig::Marketo { .. } => Box::new(marketo::MarketoSource::from_config(cfg)),
-            SourceConfig::Pipedrive { .. } => {
-                Box::new(pipedrive::PipedriveSource::from_config(cfg))
-            }
+            SourceConfig::Hubspot(c) => Box::new(hubspot::HubspotSource::from_config(c)),
+            SourceConfig::Salesforce(c) => Box::new(salesforce::SalesforceSource::from_config(c)),
+            SourceConfig::Marketo(c) => Box::new(marketo::MarketoSource::from_config(c)),
+            SourceConfig::Pipedrive(c) => Box::new(pipedrive::PipedriveSource::from_config(c)),
         };
         Source {
             name: name.to_string(),
@@ -191,11 +188,9 @@ impl Ingest {
         metrics: Arc<Metrics>,
     ) -> Self {
         for (name, cfg) in sources {
-            if let SourceConfig::Salesforce {
-                username: None,
-                path_secret: None,
-                ..
-            } = cfg
+            if let SourceConfig::Salesforce(c) = cfg
+                && c.username.is_none()
+                && c.path_secret.is_none()
             {
                 tracing::warn!(
                     source = %name,
@@ -204,8 +199,8 @@ impl Ingest {
                      at the ingress (see README)."
                 );
             }
-            if let SourceConfig::Hubspot { portal_ids, .. } = cfg
-                && portal_ids.is_empty()
+            if let SourceConfig::Hubspot(c) = cfg
+                && c.portal_ids.is_empty()
             {
                 tracing::warn!(
                     source = %name,

@@ -22,9 +22,10 @@ use rdkafka::{Message, Offset, TopicPartitionList};
 
 use super::Source;
 use super::raw::RawRecord;
+use super::{ServerConfig, SourceConfig};
+use crate::bus::KafkaConfig;
 use crate::bus::producer::Producer;
 use crate::bus::{self, Topics};
-use crate::config::Config;
 use crate::telemetry::Metrics;
 
 /// What a replay did.
@@ -64,24 +65,26 @@ pub fn replay_id(run: &str, original: &str) -> String {
 
 /// Replays the raw records of `source` received in `[from, until)`.
 pub async fn replay(
-    config: &Config,
+    kafka: &KafkaConfig,
+    server: &ServerConfig,
+    sources: &std::collections::BTreeMap<String, SourceConfig>,
     source: &str,
     from: Option<Timestamp>,
     until: Option<Timestamp>,
 ) -> anyhow::Result<ReplayReport> {
-    let Some(source_cfg) = config.sources.get(source) else {
+    let Some(source_cfg) = sources.get(source) else {
         bail!("no `[sources.{source}]` in the configuration");
     };
-    if config.kafka.is_embedded() {
+    if kafka.is_embedded() {
         bail!(
             "replay reads `{}.raw` from `kafka.brokers`; the embedded broker lives only inside a \
              running daemon",
-            config.kafka.topic_prefix
+            kafka.topic_prefix
         );
     }
-    let handler = Source::from_config(source, source_cfg, &config.server);
-    let topics = Topics::new(&config.kafka.topic_prefix);
-    let base = bus::client_config(&config.kafka, &config.kafka.brokers);
+    let handler = Source::from_config(source, source_cfg, server);
+    let topics = Topics::new(&kafka.topic_prefix);
+    let base = bus::client_config(kafka, &kafka.brokers);
     let run = Timestamp::now().as_millisecond().to_string();
 
     let records = {

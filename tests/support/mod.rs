@@ -14,9 +14,9 @@ use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::routing::post;
+use leadwatch::app::Config;
 use leadwatch::bus::Topics;
 use leadwatch::bus::embedded::EmbeddedKafka;
-use leadwatch::config::Config;
 use leadwatch::signature::WebhookSecret;
 use tokio::sync::oneshot;
 

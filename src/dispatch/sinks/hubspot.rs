@@ -21,7 +21,7 @@ use url::Url;
 
 use super::{Attempt, Delivered, DeliveryError, truncate};
 use crate::alert::split_lead_key;
-use crate::config::{SecretString, SinkConfig};
+use crate::conf::{HumanDuration0, KeyProblems, SecretString};
 use crate::dispatch::template::addressed;
 
 /// HubSpot's association type for task → contact.
@@ -37,18 +37,15 @@ pub struct HubspotSink {
 }
 
 impl HubspotSink {
-    pub fn from_config(cfg: &SinkConfig, client: reqwest::Client) -> Self {
-        let SinkConfig::Hubspot {
+    pub fn from_config(cfg: &HubspotConfig, client: reqwest::Client) -> Self {
+        let HubspotConfig {
             token,
             base_url,
             alert_id_property,
             apply_reassignment,
             due_in,
             ..
-        } = cfg
-        else {
-            unreachable!("a hubspot sink from a hubspot config")
-        };
+        } = cfg;
         Self {
             token: token.clone(),
             base_url: base_url.clone(),
@@ -206,6 +203,60 @@ pub fn rate_limit_wait(headers: &HeaderMap) -> Option<Duration> {
         return None;
     }
     get("x-hubspot-ratelimit-interval-milliseconds").map(Duration::from_millis)
+}
+
+/// A task associated with the contact in HubSpot (CRM v3), private-app token.
+#[derive(Debug, Clone, eserde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HubspotConfig {
+    #[eserde(compat)]
+    pub token: SecretString,
+    #[serde(default = "default_hubspot_url")]
+    #[eserde(compat)]
+    pub base_url: Url,
+    /// A task property holding the alert id (searched before a retry re-creates the task);
+    /// without it the id is written into the task body and searched there.
+    #[serde(default)]
+    pub alert_id_property: Option<String>,
+    #[serde(default)]
+    pub apply_reassignment: bool,
+    #[serde(default = "default_due_in")]
+    #[eserde(compat)]
+    pub due_in: HumanDuration0,
+    /// HubSpot allows 100–190 requests per 10 s per app; stay under it.
+    #[serde(default = "default_hubspot_rate")]
+    pub max_per_second: Option<f64>,
+}
+
+fn default_hubspot_rate() -> Option<f64> {
+    Some(9.0)
+}
+
+fn default_due_in() -> HumanDuration0 {
+    HumanDuration0(Duration::ZERO)
+}
+
+fn default_hubspot_url() -> Url {
+    Url::parse("https://api.hubapi.com").expect("a valid URL")
+}
+
+impl HubspotConfig {
+    /// Every problem beyond the types, keys relative to `sinks.NAME`.
+    pub fn problems(&self) -> KeyProblems {
+        let mut problems = KeyProblems::new();
+        if !matches!(self.base_url.scheme(), "http" | "https") {
+            problems.push(("base_url".into(), "must be an http or https URL".into()));
+        }
+        if let Some(p) = &self.alert_id_property
+            && !super::is_api_name(p)
+        {
+            problems.push((
+                "alert_id_property".into(),
+                "must be a property's internal name, e.g. `leadwatch_alert_id`".into(),
+            ));
+        }
+        problems
+    }
 }
 
 #[cfg(test)]

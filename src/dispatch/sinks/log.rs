@@ -19,3 +19,8 @@ pub fn deliver(a: &Attempt<'_>) -> Result<Delivered, DeliveryError> {
             excerpt: String::new(),
         })
 }
+
+/// One JSON line per alert on stdout.
+#[derive(Debug, Clone, eserde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogConfig {}

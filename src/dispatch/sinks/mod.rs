@@ -6,6 +6,7 @@
 //! an external id (or a looked-up marker) in CRM tasks. Secrets (tokens, client secrets, chat
 //! webhook URLs) never appear in errors, logs or `Debug`.
 
+pub mod config;
 pub mod hubspot;
 pub mod log;
 pub mod salesforce;
@@ -20,7 +21,7 @@ use bytes::Bytes;
 use super::retry::{is_retriable, retry_after};
 use super::template::{Message, Style};
 use crate::alert::Alert;
-use crate::config::SinkConfig;
+pub use config::SinkConfig;
 
 /// One attempt at delivering one alert to one sink.
 pub struct Attempt<'a> {
@@ -166,24 +167,22 @@ impl std::fmt::Debug for Sink {
 impl Sink {
     pub fn from_config(cfg: &SinkConfig, client: reqwest::Client) -> Sink {
         match cfg {
-            SinkConfig::Webhook { url, secret, .. } => Sink::Webhook(webhook::WebhookSink::new(
-                url.clone(),
-                secret.clone(),
+            SinkConfig::Webhook(c) => Sink::Webhook(webhook::WebhookSink::new(
+                c.url.clone(),
+                c.secret.clone(),
                 client,
             )),
-            SinkConfig::Log {} => Sink::Log,
-            SinkConfig::Slack { webhook_url, .. } => {
-                Sink::Slack(slack::SlackSink::new(webhook_url.clone(), client))
+            SinkConfig::Log(_) => Sink::Log,
+            SinkConfig::Slack(c) => {
+                Sink::Slack(slack::SlackSink::new(c.webhook_url.clone(), client))
             }
-            SinkConfig::Teams { webhook_url, .. } => {
-                Sink::Teams(teams::TeamsSink::new(webhook_url.clone(), client))
+            SinkConfig::Teams(c) => {
+                Sink::Teams(teams::TeamsSink::new(c.webhook_url.clone(), client))
             }
-            SinkConfig::Salesforce { .. } => Sink::Salesforce(Box::new(
-                salesforce::SalesforceSink::from_config(cfg, client),
-            )),
-            SinkConfig::Hubspot { .. } => {
-                Sink::Hubspot(hubspot::HubspotSink::from_config(cfg, client))
+            SinkConfig::Salesforce(c) => {
+                Sink::Salesforce(Box::new(salesforce::SalesforceSink::from_config(c, client)))
             }
+            SinkConfig::Hubspot(c) => Sink::Hubspot(hubspot::HubspotSink::from_config(c, client)),
         }
     }
 
@@ -220,96 +219,7 @@ impl Sink {
     }
 }
 
-/// Problems in one `[sinks.NAME]` beyond its types, as (key under the sink, message).
-pub fn check_config(cfg: &SinkConfig) -> Vec<(String, String)> {
-    let mut problems = Vec::new();
-    if let Some(rate) = cfg.max_per_second()
-        && !(rate > 0.0 && rate.is_finite())
-    {
-        problems.push(("max_per_second".into(), "must be larger than zero".into()));
-    }
-    match cfg {
-        SinkConfig::Salesforce {
-            instance_url,
-            token_url,
-            api_version,
-            external_id_field,
-            client_secret,
-            username,
-            private_key,
-            ..
-        } => {
-            match (client_secret, private_key) {
-                (Some(_), Some(_)) => problems.push((
-                    "private_key".into(),
-                    "give `client_secret` (client credentials) or `private_key` (JWT bearer), \
-                     not both"
-                        .into(),
-                )),
-                (None, None) => problems.push((
-                    "client_secret".into(),
-                    "give `client_secret` (client credentials) or `username` and `private_key` \
-                     (JWT bearer)"
-                        .into(),
-                )),
-                (None, Some(key)) => {
-                    if username.as_deref().is_none_or(|u| u.trim().is_empty()) {
-                        problems.push((
-                            "username".into(),
-                            "the JWT bearer flow needs the username the integration acts as".into(),
-                        ));
-                    }
-                    if let Err(e) = salesforce::RsaKey::from_pem(&key.0) {
-                        problems.push(("private_key".into(), e));
-                    }
-                }
-                (Some(_), None) => {}
-            }
-            for (key, url) in [("instance_url", instance_url), ("token_url", token_url)] {
-                if !matches!(url.scheme(), "http" | "https") {
-                    problems.push((key.into(), "must be an http or https URL".into()));
-                }
-            }
-            if !api_version
-                .split('.')
-                .all(|p| !p.is_empty() && p.chars().all(|c| c.is_ascii_digit()))
-            {
-                problems.push((
-                    "api_version".into(),
-                    "must look like `62.0` (no `v`)".into(),
-                ));
-            }
-            if let Some(field) = external_id_field
-                && !is_api_name(field)
-            {
-                problems.push((
-                    "external_id_field".into(),
-                    "must be a field's API name, e.g. `Leadwatch_Alert_Id__c`".into(),
-                ));
-            }
-        }
-        SinkConfig::Hubspot {
-            base_url,
-            alert_id_property,
-            ..
-        } => {
-            if !matches!(base_url.scheme(), "http" | "https") {
-                problems.push(("base_url".into(), "must be an http or https URL".into()));
-            }
-            if let Some(p) = alert_id_property
-                && !is_api_name(p)
-            {
-                problems.push((
-                    "alert_id_property".into(),
-                    "must be a property's internal name, e.g. `leadwatch_alert_id`".into(),
-                ));
-            }
-        }
-        _ => {}
-    }
-    problems
-}
-
+/// A CRM field's or property's API name (`Leadwatch_Alert_Id__c`).
 fn is_api_name(s: &str) -> bool {
     !s.is_empty()
         && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
@@ -372,7 +282,7 @@ mod tests {
     }
 
     fn keys(cfg: &SinkConfig) -> Vec<String> {
-        check_config(cfg).into_iter().map(|(k, _)| k).collect()
+        cfg.problems().into_iter().map(|(k, _)| k).collect()
     }
 
     #[test]

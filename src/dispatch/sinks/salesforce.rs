@@ -27,7 +27,7 @@ use jiff::Timestamp;
 
 use super::{Attempt, Delivered, DeliveryError, truncate};
 use crate::alert::split_lead_key;
-use crate::config::{SecretString, SinkConfig};
+use crate::conf::{HumanDuration0, KeyProblems, SecretString};
 use crate::dispatch::template::addressed;
 
 pub struct SalesforceSink {
@@ -45,8 +45,8 @@ pub struct SalesforceSink {
 }
 
 impl SalesforceSink {
-    pub fn from_config(cfg: &SinkConfig, client: reqwest::Client) -> Self {
-        let SinkConfig::Salesforce {
+    pub fn from_config(cfg: &SalesforceConfig, client: reqwest::Client) -> Self {
+        let SalesforceConfig {
             instance_url,
             token_url,
             client_id,
@@ -59,10 +59,7 @@ impl SalesforceSink {
             apply_reassignment,
             due_in,
             ..
-        } = cfg
-        else {
-            unreachable!("a salesforce sink from a salesforce config")
-        };
+        } = cfg;
         Self {
             instance_url: instance_url.clone(),
             token_url: token_url.clone(),
@@ -389,6 +386,123 @@ impl RsaKey {
             .sign_to_vec()
             .map_err(|e| format!("signing the assertion: {e}"))?;
         Ok(format!("{signed}.{}", URL_SAFE_NO_PAD.encode(signature)))
+    }
+}
+
+/// A Task on the lead in Salesforce (REST API), OAuth 2.0 client credentials.
+#[derive(Debug, Clone, eserde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SalesforceConfig {
+    /// `https://yourorg.my.salesforce.com`
+    #[eserde(compat)]
+    pub instance_url: Url,
+    /// `https://login.salesforce.com/services/oauth2/token` or the org's My Domain.
+    #[eserde(compat)]
+    pub token_url: Url,
+    pub client_id: String,
+    /// The client-credentials flow: the connected app's secret.
+    #[serde(default)]
+    #[eserde(compat)]
+    pub client_secret: Option<SecretString>,
+    /// The JWT bearer flow instead (no secret): the user the integration acts as …
+    #[serde(default)]
+    pub username: Option<String>,
+    /// … and the PEM of the RSA key whose certificate the connected app holds (from the
+    /// environment, e.g. `LEADWATCH__SINKS__CRM__PRIVATE_KEY`, rather than the file).
+    #[serde(default)]
+    #[eserde(compat)]
+    pub private_key: Option<SecretString>,
+    /// The JWT's audience: `https://login.salesforce.com`, or `https://test.salesforce.com`
+    /// for a sandbox.
+    #[serde(default = "default_salesforce_audience")]
+    pub audience: String,
+    #[serde(default = "default_salesforce_version")]
+    pub api_version: String,
+    /// A unique external-id field on Task (e.g. `Leadwatch_Alert_Id__c`): tasks are upserted
+    /// by alert id, so no retry or replay can create a second one. Without it the alert id is
+    /// put in the Subject and looked up (SOQL) before a retry creates the task again.
+    #[serde(default)]
+    pub external_id_field: Option<String>,
+    /// Escalations that suggest a new owner reassign the lead in Salesforce.
+    #[serde(default)]
+    pub apply_reassignment: bool,
+    /// The task is due this long after the alert fired (its ActivityDate is that day, UTC).
+    #[serde(default = "default_due_in")]
+    #[eserde(compat)]
+    pub due_in: HumanDuration0,
+    #[serde(default)]
+    pub max_per_second: Option<f64>,
+}
+
+fn default_salesforce_audience() -> String {
+    "https://login.salesforce.com".into()
+}
+
+fn default_salesforce_version() -> String {
+    "62.0".into()
+}
+
+fn default_due_in() -> HumanDuration0 {
+    HumanDuration0(Duration::ZERO)
+}
+
+impl SalesforceConfig {
+    /// Every problem beyond the types, keys relative to `sinks.NAME`.
+    pub fn problems(&self) -> KeyProblems {
+        let mut problems = KeyProblems::new();
+        match (&self.client_secret, &self.private_key) {
+            (Some(_), Some(_)) => problems.push((
+                "private_key".into(),
+                "give `client_secret` (client credentials) or `private_key` (JWT bearer), \
+                 not both"
+                    .into(),
+            )),
+            (None, None) => problems.push((
+                "client_secret".into(),
+                "give `client_secret` (client credentials) or `username` and `private_key` \
+                 (JWT bearer)"
+                    .into(),
+            )),
+            (None, Some(key)) => {
+                if self.username.as_deref().is_none_or(|u| u.trim().is_empty()) {
+                    problems.push((
+                        "username".into(),
+                        "the JWT bearer flow needs the username the integration acts as".into(),
+                    ));
+                }
+                if let Err(e) = RsaKey::from_pem(&key.0) {
+                    problems.push(("private_key".into(), e));
+                }
+            }
+            (Some(_), None) => {}
+        }
+        for (key, url) in [
+            ("instance_url", &self.instance_url),
+            ("token_url", &self.token_url),
+        ] {
+            if !matches!(url.scheme(), "http" | "https") {
+                problems.push((key.into(), "must be an http or https URL".into()));
+            }
+        }
+        if !self
+            .api_version
+            .split('.')
+            .all(|p| !p.is_empty() && p.chars().all(|c| c.is_ascii_digit()))
+        {
+            problems.push((
+                "api_version".into(),
+                "must look like `62.0` (no `v`)".into(),
+            ));
+        }
+        if let Some(field) = &self.external_id_field
+            && !super::is_api_name(field)
+        {
+            problems.push((
+                "external_id_field".into(),
+                "must be a field's API name, e.g. `Leadwatch_Alert_Id__c`".into(),
+            ));
+        }
+        problems
     }
 }
 

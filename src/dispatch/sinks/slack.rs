@@ -9,7 +9,7 @@
 use serde_json::{Value, json};
 
 use super::{Attempt, Delivered, DeliveryError};
-use crate::config::SecretUrl;
+use crate::conf::SecretUrl;
 use crate::dispatch::template::slack_escape;
 
 pub struct SlackSink {
@@ -73,4 +73,20 @@ pub fn payload(a: &Attempt<'_>) -> Value {
 
 fn m_or_dash(s: &str) -> &str {
     if s.is_empty() { "–" } else { s }
+}
+
+/// A Slack incoming webhook: text plus blocks, the recipient mentioned.
+#[derive(Debug, Clone, eserde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SlackConfig {
+    /// `https://hooks.slack.com/services/…` (a secret: whoever has it can post).
+    #[eserde(compat)]
+    pub webhook_url: SecretUrl,
+    /// Slack allows one message per second per webhook; bursts wait their turn.
+    #[serde(default = "default_slack_rate")]
+    pub max_per_second: Option<f64>,
+}
+
+fn default_slack_rate() -> Option<f64> {
+    Some(1.0)
 }

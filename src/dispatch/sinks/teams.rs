@@ -6,7 +6,7 @@
 use serde_json::{Value, json};
 
 use super::{Attempt, Delivered, DeliveryError};
-use crate::config::SecretUrl;
+use crate::conf::SecretUrl;
 
 pub struct TeamsSink {
     url: SecretUrl,
@@ -84,4 +84,20 @@ pub fn payload(a: &Attempt<'_>) -> Value {
             "content": card,
         }],
     })
+}
+
+/// A Microsoft Teams Workflows webhook ("Post to a channel when a webhook request is
+/// received"), carrying an Adaptive Card.
+#[derive(Debug, Clone, eserde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TeamsConfig {
+    /// The workflow's HTTP trigger URL (a secret: it carries its signature).
+    #[eserde(compat)]
+    pub webhook_url: SecretUrl,
+    #[serde(default = "default_teams_rate")]
+    pub max_per_second: Option<f64>,
+}
+
+fn default_teams_rate() -> Option<f64> {
+    Some(4.0)
 }

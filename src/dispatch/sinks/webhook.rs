@@ -4,7 +4,8 @@
 use url::Url;
 
 use super::{Attempt, Delivered, DeliveryError, redact};
-use crate::config::Secrets;
+use crate::conf::KeyProblems;
+use crate::signature::Secrets;
 
 pub struct WebhookSink {
     url: Url,
@@ -47,5 +48,29 @@ impl WebhookSink {
             return Ok(Delivered::Sent);
         }
         Err(DeliveryError::from_response(&what, response).await)
+    }
+}
+
+/// A Standard Webhooks-signed JSON POST.
+#[derive(Debug, Clone, eserde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebhookConfig {
+    #[eserde(compat)]
+    pub url: Url,
+    #[eserde(compat)]
+    pub secret: Secrets,
+    /// At most this many requests per second (none: no limit).
+    #[serde(default)]
+    pub max_per_second: Option<f64>,
+}
+
+impl WebhookConfig {
+    /// Every problem beyond the types, keys relative to `sinks.NAME`.
+    pub fn problems(&self) -> KeyProblems {
+        let mut problems = KeyProblems::new();
+        if !matches!(self.url.scheme(), "http" | "https") {
+            problems.push(("url".into(), "must be an http or https URL".into()));
+        }
+        problems
     }
 }

@@ -58,7 +58,7 @@ use std::sync::Arc;
 use serde::Deserialize;
 
 use super::calendar::{self, Calendar, SlaDuration};
-use crate::config::{Problem, Problems, from_value_lenient, read_toml};
+use crate::conf::{Problem, Problems, from_value_lenient, read_toml};
 pub use cel::{Cel, Facts, Predicate, PredicateError};
 
 /// Roles every lead has without `[recipients]`: its owner and the owner's manager.
@@ -205,7 +205,7 @@ struct OneOrMany(Vec<String>);
 
 impl<'de> Deserialize<'de> for OneOrMany {
     fn deserialize<D: serde::Deserializer<'de>>(de: D) -> Result<Self, D::Error> {
-        crate::config::one_or_many(de, "expected a name or a list of names").map(OneOrMany)
+        crate::conf::one_or_many(de, "expected a name or a list of names").map(OneOrMany)
     }
 }
 

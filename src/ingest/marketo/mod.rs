@@ -25,13 +25,16 @@
 //! Marketo waits for the answer and does not retry: ingest answers as soon as Kafka has the
 //! event, and an unparseable body is kept in `{prefix}.raw` for a replay.
 
+pub mod config;
+
 use jiff::Timestamp;
 use serde_json::{Map, Value};
 
 use super::fields::{CANONICAL, Mapping};
 use super::{FieldProblem, Handler, IngestError, Parsed, Request, auth, hashed_id};
-use crate::config::{PlainSecrets, SourceConfig};
+use crate::conf::PlainSecrets;
 use crate::event::{Activity, Change, LeadEvent};
+use config::MarketoConfig;
 
 /// A form-encoded template (`leadId={{lead.Id}}&email={{lead.Email Address}}`, Marketo's
 /// "Form/Url" request encoding) as a flat JSON object of strings, so the same pointers
@@ -66,17 +69,14 @@ pub struct MarketoSource {
 }
 
 impl MarketoSource {
-    pub fn from_config(cfg: &SourceConfig) -> Self {
-        let SourceConfig::Marketo {
+    pub fn from_config(cfg: &MarketoConfig) -> Self {
+        let MarketoConfig {
             header,
             secret,
             fields,
             time_zone,
             ..
-        } = cfg
-        else {
-            unreachable!("a marketo source is built from marketo settings");
-        };
+        } = cfg;
         let pointer = |key: &str, default: &str| {
             fields
                 .get(key)
@@ -275,7 +275,7 @@ mod tests {
 
     fn source(fields: &str) -> MarketoSource {
         let text = format!(
-            "kind = \"marketo\"\nheader = \"X-Leadwatch-Token\"\nsecret = [\"t0k3n-new\", \"t0k3n-old\"]\n[fields]\n{fields}"
+            "header = \"X-Leadwatch-Token\"\nsecret = [\"t0k3n-new\", \"t0k3n-old\"]\n[fields]\n{fields}"
         );
         MarketoSource::from_config(&crate::ingest::tests::source_config(&text))
     }

@@ -9,6 +9,8 @@
 //!
 //! Lead keys are taken verbatim.
 
+pub mod config;
+
 use http::HeaderMap;
 use jiff::Timestamp;
 use serde_json::{Map, Value};

@@ -1,5 +1,6 @@
 //! Wiring: the embedded broker when none is configured, topics, the producer, and the roles this
-//! instance runs (ingest, engine, dispatch), started together and stopped in order.
+//! instance runs (ingest, engine, dispatch), started together and stopped in order. The root
+//! configuration ([`config`]) and the HTTP listener ([`http`]) live here too.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -12,13 +13,17 @@ use tokio_util::sync::CancellationToken;
 use crate::bus::embedded::EmbeddedKafka;
 use crate::bus::producer::Producer;
 use crate::bus::{self, Topics, admin};
-use crate::config::Config;
 use crate::dispatch::Dispatcher;
 use crate::engine::Engine;
 use crate::engine::rules::Rules;
 use crate::engine::runner::EngineRunner;
 use crate::ingest::Ingest;
 use crate::telemetry::Metrics;
+
+pub mod config;
+pub mod http;
+
+pub use config::{Config, Role, Roles};
 
 /// Runs the daemon on `listener` until `shutdown` resolves, then stops within the grace period:
 /// stop accepting HTTP, finish in-flight work, commit, flush, exit.
@@ -135,7 +140,9 @@ pub async fn run_with_reloads(
     }
     if config.roles.dispatch {
         let dispatcher = Dispatcher::new(
-            &config,
+            config.dispatch_sections(),
+            &config.kafka,
+            config.engine.restore_timeout.0,
             producer.clone(),
             base.clone(),
             topics.clone(),
@@ -158,9 +165,9 @@ pub async fn run_with_reloads(
             metrics.clone(),
         ))
     });
-    let app = crate::http::router(ingest, producer.clone(), metrics.clone());
+    let app = http::router(ingest, producer.clone(), metrics.clone());
     tracing::info!(listen = %listener.local_addr()?, "listening");
-    let mut http = tokio::spawn(crate::http::serve(
+    let mut http = tokio::spawn(http::serve(
         listener,
         app,
         config.server.header_read_timeout.0,

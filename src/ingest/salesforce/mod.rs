@@ -20,6 +20,8 @@
 //!   still open (`Status` other than `Completed`, or `IsClosed` false) is not an activity yet;
 //! - other sObjects concern no lead: ignored.
 
+pub mod config;
+
 use std::collections::BTreeMap;
 use std::fmt;
 
@@ -32,8 +34,9 @@ use serde_json::{Map, Value};
 
 use super::fields::Mapping;
 use super::{Handler, IngestError, MAX_BATCH, Parsed, Request, auth, set_retry_after};
-use crate::config::{PlainSecrets, SourceConfig};
+use crate::conf::PlainSecrets;
 use crate::event::{Activity, Change, LeadEvent};
+use config::SalesforceConfig;
 
 /// Canonical name → Lead/Contact field API name.
 pub const DEFAULT_FIELDS: &[(&str, &str)] = &[
@@ -67,18 +70,15 @@ pub struct SalesforceSource {
 }
 
 impl SalesforceSource {
-    pub fn from_config(cfg: &SourceConfig) -> Self {
-        let SourceConfig::Salesforce {
+    pub fn from_config(cfg: &SalesforceConfig) -> Self {
+        let SalesforceConfig {
             organization_ids,
             username,
             password,
             path_secret,
             fields,
             ..
-        } = cfg
-        else {
-            unreachable!("a salesforce source is built from salesforce settings");
-        };
+        } = cfg;
         Self {
             organization_ids: organization_ids.clone(),
             basic: username.clone().zip(password.clone()),
@@ -479,14 +479,13 @@ mod tests {
     use serde_json::json;
 
     fn source(extra: &str) -> SalesforceSource {
-        let text =
-            format!("kind = \"salesforce\"\norganization_ids = [\"00D5g000004Xq2R\"]\n{extra}");
+        let text = format!("organization_ids = [\"00D5g000004Xq2R\"]\n{extra}");
         SalesforceSource::from_config(&crate::ingest::tests::source_config(&text))
     }
 
     #[test]
     fn a_session_id_never_reaches_the_raw_topic() {
-        let text = include_str!("../../tests/fixtures/salesforce/lead_sales_ready.http");
+        let text = include_str!("../../../tests/fixtures/salesforce/lead_sales_ready.http");
         let (_, _, _, body) = fixture(text);
         // The fixture's session id is nil: nothing to blank, the body is kept as it came.
         assert_eq!(redact_session_ids(&body), None);

@@ -22,6 +22,8 @@
 //!   `{prefix}.raw` and counted as ignored (a company's lifecycle stage would otherwise raise SLA
 //!   alerts nobody can clear with a call on the contact).
 
+pub mod config;
+
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use hmac::{KeyInit, Mac};
@@ -34,8 +36,9 @@ use super::fields::Mapping;
 use super::{
     FieldProblem, Handler, IngestError, MAX_BATCH, Parsed, Request, from_millis, hashed_id,
 };
-use crate::config::SourceConfig;
+use crate::conf::PlainSecrets;
 use crate::event::{Activity, Change, LeadEvent};
+use config::HubspotConfig;
 
 type HmacSha256 = hmac::Hmac<Sha256>;
 
@@ -81,7 +84,7 @@ const V3_DECODED: &[(&str, char)] = &[
 
 #[derive(Debug)]
 pub struct HubspotSource {
-    secrets: crate::config::PlainSecrets,
+    secrets: PlainSecrets,
     public_url: String,
     legacy_signatures: bool,
     portal_ids: Vec<u64>,
@@ -89,18 +92,15 @@ pub struct HubspotSource {
 }
 
 impl HubspotSource {
-    pub fn from_config(cfg: &SourceConfig) -> Self {
-        let SourceConfig::Hubspot {
+    pub fn from_config(cfg: &HubspotConfig) -> Self {
+        let HubspotConfig {
             secret,
             public_url,
             legacy_signatures,
             portal_ids,
             fields,
             ..
-        } = cfg
-        else {
-            unreachable!("a hubspot source is built from hubspot settings");
-        };
+        } = cfg;
         Self {
             secrets: secret.clone(),
             public_url: public_url.trim().to_string(),
@@ -552,14 +552,9 @@ mod tests {
 
     fn source(extra: &str) -> HubspotSource {
         let text = format!(
-            "kind = \"hubspot\"\nsecret = [\"other-secret\", \"{SECRET}\"]\npublic_url = \"https://www.example.com/webhook_uri\"\n{extra}"
+            "secret = [\"other-secret\", \"{SECRET}\"]\npublic_url = \"https://www.example.com/webhook_uri\"\n{extra}"
         );
-        let cfg: SourceConfig = toml_source(&text);
-        HubspotSource::from_config(&cfg)
-    }
-
-    fn toml_source(text: &str) -> SourceConfig {
-        crate::ingest::tests::source_config(text)
+        HubspotSource::from_config(&crate::ingest::tests::source_config(&text))
     }
 
     fn check(
@@ -591,7 +586,7 @@ mod tests {
     #[test]
     fn hubspots_published_v1_example_verifies() {
         let (_, _, headers, body) = fixture(include_str!(
-            "../../tests/fixtures/hubspot/v1_contact_creation.http"
+            "../../../tests/fixtures/hubspot/v1_contact_creation.http"
         ));
         let s = source("legacy_signatures = true");
         let h: Vec<(String, String)> = headers
@@ -659,7 +654,7 @@ mod tests {
         let other = source("").secrets;
         assert_eq!(other.0.len(), 2);
         let mut wrong = source("");
-        wrong.secrets = crate::config::PlainSecrets(vec!["not-the-secret".into()]);
+        wrong.secrets = PlainSecrets(vec!["not-the-secret".into()]);
         assert!(check(&wrong, "POST", &h, body, 15_000_000).is_err());
         // Without the header there is nothing to check.
         assert!(matches!(

@@ -20,13 +20,16 @@
 //!   anything else about activities is ignored;
 //! - other entities (organization, product, note …) are ignored.
 
+pub mod config;
+
 use jiff::Timestamp;
 use serde_json::{Map, Value};
 
 use super::fields::Mapping;
 use super::{FieldProblem, Handler, IngestError, Parsed, Request, auth};
-use crate::config::{PipedriveOwner, PlainSecrets, SourceConfig};
+use crate::conf::PlainSecrets;
 use crate::event::{Activity, Change, LeadEvent};
+use config::{PipedriveConfig, PipedriveOwner};
 
 /// Canonical name → Pipedrive field key (of the person, lead or deal the event is about).
 pub const DEFAULT_FIELDS: &[(&str, &str)] = &[
@@ -57,17 +60,14 @@ impl PipedriveSource {
         self
     }
 
-    pub fn from_config(cfg: &SourceConfig) -> Self {
-        let SourceConfig::Pipedrive {
+    pub fn from_config(cfg: &PipedriveConfig) -> Self {
+        let PipedriveConfig {
             username,
             password,
             fields,
             owner_from,
             ..
-        } = cfg
-        else {
-            unreachable!("a pipedrive source is built from pipedrive settings");
-        };
+        } = cfg;
         Self {
             username: username.clone(),
             passwords: password.clone(),
@@ -366,9 +366,7 @@ mod tests {
     use serde_json::json;
 
     fn source(fields: &str) -> PipedriveSource {
-        let text = format!(
-            "kind = \"pipedrive\"\nusername = \"pd\"\npassword = \"s3cret\"\n[fields]\n{fields}"
-        );
+        let text = format!("username = \"pd\"\npassword = \"s3cret\"\n[fields]\n{fields}");
         PipedriveSource::from_config(&crate::ingest::tests::source_config(&text))
     }
 

@@ -1,0 +1,128 @@
+//! `[dispatch]`: how alerts are delivered — how many at once, request timeouts, per-sink
+//! concurrency, and the retry schedule ([`super::retry::Schedule`] is built from it).
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use super::routes::RouteConfig;
+use super::sinks::SinkConfig;
+use crate::conf::{HumanDuration, KeyProblems};
+
+/// The sections delivery reads: `[dispatch]`, `[sinks.NAME]` and `[[routes]]`.
+#[derive(Debug, Clone, Copy)]
+pub struct DispatchSections<'a> {
+    pub dispatch: &'a DispatchConfig,
+    pub sinks: &'a BTreeMap<String, SinkConfig>,
+    pub routes: &'a [RouteConfig],
+}
+
+/// Alert delivery.
+#[derive(Debug, Clone, eserde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DispatchConfig {
+    /// Most alerts being fanned out to their sinks at once (each waits until every sink has it,
+    /// or has it durably queued for a retry, before its offset is stored).
+    #[serde(default = "default_dispatch_in_flight")]
+    pub max_in_flight: usize,
+    /// Timeout of one HTTP request to a sink.
+    #[serde(default = "default_request_timeout")]
+    #[eserde(compat)]
+    pub request_timeout: HumanDuration,
+    /// Requests one sink may have open at once.
+    #[serde(default = "default_sink_concurrency")]
+    pub sink_concurrency: usize,
+    /// Delays before each retry after the first attempt (which is immediate); after the last one
+    /// fails the alert is dead-lettered for that sink. Default: 5s, 5m, 30m, 2h, 5h, 10h, 10h
+    /// (about 28 hours in all).
+    #[serde(default)]
+    #[eserde(compat)]
+    pub retry_schedule: Option<Vec<HumanDuration>>,
+    /// The older exponential form, instead of `retry_schedule`: the first retry delay, doubling
+    /// up to `retry_max_delay`, `max_retries` times.
+    #[serde(default)]
+    #[eserde(compat)]
+    pub retry_min_delay: Option<HumanDuration>,
+    #[serde(default)]
+    #[eserde(compat)]
+    pub retry_max_delay: Option<HumanDuration>,
+    #[serde(default)]
+    pub max_retries: Option<usize>,
+    /// Each delay is moved by up to this fraction either way, so retries of many alerts spread.
+    #[serde(default = "default_retry_jitter")]
+    pub retry_jitter: f64,
+    /// The longest `Retry-After` honoured; a sink asking for more gets this.
+    #[serde(default = "default_max_retry_after")]
+    #[eserde(compat)]
+    pub max_retry_after: HumanDuration,
+}
+
+impl Default for DispatchConfig {
+    fn default() -> Self {
+        Self {
+            max_in_flight: default_dispatch_in_flight(),
+            request_timeout: default_request_timeout(),
+            sink_concurrency: default_sink_concurrency(),
+            retry_schedule: None,
+            retry_min_delay: None,
+            retry_max_delay: None,
+            max_retries: None,
+            retry_jitter: default_retry_jitter(),
+            max_retry_after: default_max_retry_after(),
+        }
+    }
+}
+
+fn default_dispatch_in_flight() -> usize {
+    256
+}
+fn default_request_timeout() -> HumanDuration {
+    HumanDuration(Duration::from_secs(10))
+}
+fn default_sink_concurrency() -> usize {
+    16
+}
+fn default_retry_jitter() -> f64 {
+    0.2
+}
+fn default_max_retry_after() -> HumanDuration {
+    HumanDuration(Duration::from_secs(3600))
+}
+
+impl DispatchConfig {
+    /// Every problem of `[dispatch]` beyond its types, keys relative to the section.
+    pub fn problems(&self) -> KeyProblems {
+        let mut problems = KeyProblems::new();
+        if self.max_in_flight == 0 {
+            problems.push(("max_in_flight".into(), "must be at least 1".into()));
+        }
+        let exponential = self.retry_min_delay.is_some()
+            || self.retry_max_delay.is_some()
+            || self.max_retries.is_some();
+        if self.retry_schedule.is_some() && exponential {
+            problems.push((
+                "retry_schedule".into(),
+                "give either `retry_schedule` or `retry_min_delay`/`retry_max_delay`/`max_retries`, \
+                 not both"
+                    .into(),
+            ));
+        }
+        if let (Some(min), Some(max)) = (self.retry_min_delay, self.retry_max_delay)
+            && min > max
+        {
+            problems.push((
+                "retry_min_delay".into(),
+                "must not be longer than `dispatch.retry_max_delay`".into(),
+            ));
+        }
+        if !(0.0..=1.0).contains(&self.retry_jitter) {
+            problems.push((
+                "retry_jitter".into(),
+                "must be between 0 and 1 (a fraction of each delay)".into(),
+            ));
+        }
+        if self.sink_concurrency == 0 {
+            problems.push(("sink_concurrency".into(), "must be at least 1".into()));
+        }
+        problems
+    }
+}

@@ -1,0 +1,92 @@
+//! `[engine]`: how the engine holds lead state — its reorder window, retention and the sweep
+//! that applies it — and how much work it keeps in flight.
+
+use std::time::Duration;
+
+use crate::conf::{HumanDuration, KeyProblems};
+
+/// Default reorder window: how far back in event time a late event still takes its place.
+pub const DEFAULT_REORDER_WINDOW: Duration = Duration::from_secs(3600);
+
+/// The SLA engine.
+#[derive(Debug, Clone, eserde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EngineConfig {
+    /// Most events whose outputs are waiting for Kafka's acknowledgement at once.
+    #[serde(default = "default_in_flight")]
+    pub max_in_flight: usize,
+    /// A lead that was closed, converted, deleted or merged, with nothing pending, is dropped from
+    /// the state (tombstoned in `{prefix}.state`) this long after it ended.
+    #[serde(default = "default_retention")]
+    #[eserde(compat)]
+    pub state_retention: HumanDuration,
+    /// Any other lead with nothing pending is dropped after this long without an event.
+    #[serde(default = "default_idle_retention")]
+    #[eserde(compat)]
+    pub idle_retention: HumanDuration,
+    /// How often leads past their retention are looked for.
+    #[serde(default = "default_sweep")]
+    #[eserde(compat)]
+    pub sweep_interval: HumanDuration,
+    /// Longest a partition's state restore may take before it is retried.
+    #[serde(default = "default_restore_timeout")]
+    #[eserde(compat)]
+    pub restore_timeout: HumanDuration,
+    /// How far back in event time a late event still takes its place among a lead's events (and
+    /// can change an outcome); older ones are applied as they come.
+    #[serde(default = "default_reorder_window")]
+    #[eserde(compat)]
+    pub reorder_window: HumanDuration,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        Self {
+            max_in_flight: default_in_flight(),
+            state_retention: default_retention(),
+            idle_retention: default_idle_retention(),
+            sweep_interval: default_sweep(),
+            restore_timeout: default_restore_timeout(),
+            reorder_window: default_reorder_window(),
+        }
+    }
+}
+
+fn default_retention() -> HumanDuration {
+    HumanDuration(Duration::from_secs(30 * 24 * 3600))
+}
+fn default_idle_retention() -> HumanDuration {
+    HumanDuration(Duration::from_secs(365 * 24 * 3600))
+}
+fn default_sweep() -> HumanDuration {
+    HumanDuration(Duration::from_secs(60))
+}
+fn default_reorder_window() -> HumanDuration {
+    HumanDuration(DEFAULT_REORDER_WINDOW)
+}
+fn default_restore_timeout() -> HumanDuration {
+    HumanDuration(Duration::from_secs(600))
+}
+
+fn default_in_flight() -> usize {
+    10_000
+}
+
+impl EngineConfig {
+    /// Every problem of `[engine]` beyond its types, keys relative to the section.
+    pub fn problems(&self) -> KeyProblems {
+        let mut problems = KeyProblems::new();
+        if self.max_in_flight == 0 {
+            problems.push(("max_in_flight".into(), "must be at least 1".into()));
+        }
+        problems
+    }
+
+    /// How long a lead's state is kept once nothing is pending for it.
+    pub fn retention(&self) -> super::Retention {
+        super::Retention {
+            ended: self.state_retention.0,
+            idle: self.idle_retention.0,
+        }
+    }
+}
