@@ -16,6 +16,7 @@
 pub mod alert;
 pub mod app;
 pub mod bus;
+pub mod clock;
 pub mod conf;
 pub mod dispatch;
 pub mod engine;
