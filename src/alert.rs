@@ -9,6 +9,29 @@ use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+pub const REMINDER: &str = "sla.first_touch.reminder";
+pub const BREACHED: &str = "sla.first_touch.breached";
+pub const ESCALATED: &str = "sla.first_touch.escalated";
+pub const UNASSIGNED: &str = "lead.unassigned";
+pub const INSUFFICIENT_ATTEMPTS: &str = "follow_up.insufficient_attempts";
+pub const MISSING_REASON: &str = "disposition.missing_reason";
+pub const UNKNOWN_REASON: &str = "disposition.unknown_reason";
+pub const VAGUE_REASON: &str = "disposition.vague_reason";
+pub const LATE: &str = "disposition.late";
+
+/// Every alert type.
+pub const ALERT_TYPES: [&str; 9] = [
+    UNASSIGNED,
+    REMINDER,
+    BREACHED,
+    ESCALATED,
+    INSUFFICIENT_ATTEMPTS,
+    MISSING_REASON,
+    UNKNOWN_REASON,
+    VAGUE_REASON,
+    LATE,
+];
+
 /// One alert, as delivered: `{"type":…,"timestamp":…,"data":{…}}`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Alert {

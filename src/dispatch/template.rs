@@ -26,7 +26,7 @@ use super::routes::RouteConfig;
 use crate::alert::{Alert, Recipient};
 
 /// The alert types the rules fire: the engine's list, so a new type is known to routes at once.
-pub const ALERT_TYPES: &[&str] = &crate::engine::deadlines::ALERT_TYPES;
+pub const ALERT_TYPES: &[&str] = &crate::alert::ALERT_TYPES;
 
 fn default_title(kind: &str) -> &'static str {
     match kind {

@@ -46,28 +46,10 @@ pub enum What {
     Closeout(Closeout),
 }
 
-pub const REMINDER: &str = "sla.first_touch.reminder";
-pub const BREACHED: &str = "sla.first_touch.breached";
-pub const ESCALATED: &str = "sla.first_touch.escalated";
-pub const UNASSIGNED: &str = "lead.unassigned";
-pub const INSUFFICIENT_ATTEMPTS: &str = "follow_up.insufficient_attempts";
-pub const MISSING_REASON: &str = "disposition.missing_reason";
-pub const UNKNOWN_REASON: &str = "disposition.unknown_reason";
-pub const VAGUE_REASON: &str = "disposition.vague_reason";
-pub const LATE: &str = "disposition.late";
-
-/// Every alert type the engine fires.
-pub const ALERT_TYPES: [&str; 9] = [
-    UNASSIGNED,
-    REMINDER,
-    BREACHED,
-    ESCALATED,
-    INSUFFICIENT_ATTEMPTS,
-    MISSING_REASON,
-    UNKNOWN_REASON,
-    VAGUE_REASON,
-    LATE,
-];
+pub use crate::alert::{
+    ALERT_TYPES, BREACHED, ESCALATED, INSUFFICIENT_ATTEMPTS, LATE, MISSING_REASON, REMINDER,
+    UNASSIGNED, UNKNOWN_REASON, VAGUE_REASON,
+};
 
 /// The variant part of an alert's id, from its type.
 pub fn variant_of(kind: &str) -> Option<&'static str> {
