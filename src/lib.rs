@@ -16,6 +16,7 @@
 pub mod alert;
 pub mod app;
 pub mod bus;
+pub mod cli;
 pub mod clock;
 pub mod conf;
 pub mod dispatch;
