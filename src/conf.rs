@@ -67,10 +67,7 @@ impl fmt::Debug for PlainSecrets {
 
 impl<'de> Deserialize<'de> for PlainSecrets {
     fn deserialize<D: serde::Deserializer<'de>>(de: D) -> Result<Self, D::Error> {
-        let raw = one_or_many(de, "expected a secret string or a list of them")?;
-        if raw.is_empty() {
-            return Err(serde::de::Error::custom("at least one secret is needed"));
-        }
+        let raw = secret_list(de, "expected a secret string or a list of them")?;
         if raw.iter().any(|s| s.trim().is_empty()) {
             return Err(serde::de::Error::custom("a secret must not be empty"));
         }
@@ -147,6 +144,19 @@ impl<'de> Deserialize<'de> for HumanDuration0 {
             .map(HumanDuration0)
             .map_err(|e| serde::de::Error::custom(format!("`{s}` is not a duration: {e}")))
     }
+}
+
+/// One secret or a list of them (while rotating), at least one; `expected` is the error when it
+/// is neither a string nor a list of strings.
+pub fn secret_list<'de, D: serde::Deserializer<'de>>(
+    de: D,
+    expected: &str,
+) -> Result<Vec<String>, D::Error> {
+    let raw = one_or_many(de, expected)?;
+    if raw.is_empty() {
+        return Err(serde::de::Error::custom("at least one secret is needed"));
+    }
+    Ok(raw)
 }
 
 /// `"x"` or `["x", "y"]` as a list; `expected` is the error when it is neither.

@@ -145,10 +145,7 @@ impl fmt::Debug for Secrets {
 
 impl<'de> serde::Deserialize<'de> for Secrets {
     fn deserialize<D: serde::Deserializer<'de>>(de: D) -> Result<Self, D::Error> {
-        let raw = crate::conf::one_or_many(de, "expected a `whsec_…` string or a list of them")?;
-        if raw.is_empty() {
-            return Err(serde::de::Error::custom("at least one secret is needed"));
-        }
+        let raw = crate::conf::secret_list(de, "expected a `whsec_…` string or a list of them")?;
         raw.iter()
             .enumerate()
             .map(|(i, s)| {

@@ -31,10 +31,10 @@ pub enum TopicError {
     },
 }
 
-/// Checks that each input topic and its changelog have the same number of partitions.
-pub async fn check_copartitioned(base: &ClientConfig, topics: &Topics) -> Result<(), TopicError> {
+/// The cluster's metadata: every topic and its partitions.
+async fn metadata(base: &ClientConfig) -> Result<rdkafka::metadata::Metadata, TopicError> {
     let base = base.clone();
-    let metadata = tokio::task::spawn_blocking(move || {
+    tokio::task::spawn_blocking(move || {
         let client: BaseProducer = base.create()?;
         client
             .client()
@@ -42,7 +42,12 @@ pub async fn check_copartitioned(base: &ClientConfig, topics: &Topics) -> Result
     })
     .await
     .expect("metadata task panicked")
-    .map_err(TopicError::Metadata)?;
+    .map_err(TopicError::Metadata)
+}
+
+/// Checks that each input topic and its changelog have the same number of partitions.
+pub async fn check_copartitioned(base: &ClientConfig, topics: &Topics) -> Result<(), TopicError> {
+    let metadata = metadata(base).await?;
     let count = |name: &str| {
         metadata
             .topics()
@@ -70,16 +75,7 @@ pub async fn check_copartitioned(base: &ClientConfig, topics: &Topics) -> Result
 
 /// The topics of `topics` the cluster does not have yet.
 async fn missing(base: &ClientConfig, topics: &Topics) -> Result<Vec<(String, bool)>, TopicError> {
-    let base = base.clone();
-    let metadata = tokio::task::spawn_blocking(move || {
-        let client: BaseProducer = base.create()?;
-        client
-            .client()
-            .fetch_metadata(None, Duration::from_secs(10))
-    })
-    .await
-    .expect("metadata task panicked")
-    .map_err(TopicError::Metadata)?;
+    let metadata = metadata(base).await?;
     Ok(topics
         .all()
         .iter()
