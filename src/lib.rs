@@ -24,5 +24,6 @@ pub mod engine;
 pub mod event;
 pub mod forget;
 pub mod ingest;
+pub mod runner;
 pub mod signature;
 pub mod telemetry;

@@ -155,21 +155,33 @@ impl<S, W> Slots<S, W> {
         restorer: &Restorer,
         done: &tokio::sync::mpsc::UnboundedSender<Restored>,
     ) {
-        for p in partitions {
-            self.generation += 1;
-            let waiting = match self.slots.remove(&p) {
-                Some(Slot::Restoring { waiting, .. }) => waiting,
-                _ => Vec::new(),
-            };
-            self.slots.insert(
-                p,
-                Slot::Restoring {
-                    generation: self.generation,
-                    waiting,
-                },
-            );
-            restorer.spawn(p, self.generation, Duration::ZERO, done.clone());
+        for (p, generation) in self.assign(partitions) {
+            restorer.spawn(p, generation, Duration::ZERO, done.clone());
         }
+    }
+
+    /// Marks newly assigned partitions as restoring, each under a new generation (keeping
+    /// messages that already wait for them); returns each with its generation, whose restores
+    /// the caller starts.
+    pub fn assign(&mut self, partitions: Vec<i32>) -> Vec<(i32, u64)> {
+        partitions
+            .into_iter()
+            .map(|p| {
+                self.generation += 1;
+                let waiting = match self.slots.remove(&p) {
+                    Some(Slot::Restoring { waiting, .. }) => waiting,
+                    _ => Vec::new(),
+                };
+                self.slots.insert(
+                    p,
+                    Slot::Restoring {
+                        generation: self.generation,
+                        waiting,
+                    },
+                );
+                (p, self.generation)
+            })
+            .collect()
     }
 
     pub fn revoked(&mut self, partitions: &[i32]) {

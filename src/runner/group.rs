@@ -1,0 +1,487 @@
+//! The consumer-group skeleton every stage runs on, written once: join the group, and for each
+//! partition this member is given: pause it (in the rebalance callback) → read its changelogs
+//! back → hand the stage the snapshots to build its state from → resume it → hand the stage its
+//! messages → store each message's offset once the stage says its work is done (in order per
+//! partition, then auto-committed) → on revocation, hand the state back to the stage to stop.
+//! Only the processing is the stage's.
+//!
+//! A stage (the engine, the dispatcher) keeps its own `select!` loop: one arm awaits
+//! [`Group::next`], which handles assignments, restores and stored offsets by itself and returns
+//! what the stage must act on ([`Event`]); the stage's other arms (timers, reloads, retries) sit
+//! beside it. [`Group::next`] is cancel-safe, so losing a `select!` race loses nothing.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+use futures::stream::FuturesOrdered;
+use futures::{FutureExt, StreamExt};
+use rdkafka::Message;
+use rdkafka::error::KafkaError;
+use rdkafka::message::BorrowedMessage;
+use tokio::sync::mpsc;
+
+use crate::bus::changelog::{Restored, Restorer, Slot, Slots, Snapshot};
+use crate::bus::consumer::{self, Assignment, GroupConsumer};
+
+/// What the stage must act on.
+pub enum Event<P, M> {
+    /// The partition's changelogs were read back, one snapshot per changelog in the order given
+    /// to [`Group::new`]: build its state and give it to [`Group::ready`].
+    Restored {
+        partition: i32,
+        snapshots: Vec<Snapshot>,
+    },
+    /// A message of a ready partition: process it and [`Group::track`] its offset.
+    Message {
+        partition: i32,
+        offset: i64,
+        message: M,
+    },
+    /// A message the stage's decoder refused. Its offset is stored (it is not ours to fix);
+    /// the stage counts it and says where it is.
+    Unreadable {
+        partition: i32,
+        offset: i64,
+        error: String,
+    },
+    /// Every message of the partition accepted so far has been read (only when the consumer
+    /// was asked to report partition ends).
+    End { partition: i32 },
+    /// Partitions taken away, with the state of those that were ready: stop their work (what is
+    /// not done, the next owner redoes).
+    Revoked(Vec<(i32, Option<P>)>),
+    /// A consumer error (the group goes on; the stage logs it).
+    Error(KafkaError),
+}
+
+/// Turns a message's payload into the stage's message, or says why it cannot.
+pub type Decode<M> = fn(Option<&[u8]>) -> Result<M, String>;
+
+/// A joined consumer group and the partitions it gave this member.
+pub struct Group<P, M> {
+    consumer: GroupConsumer,
+    topic: String,
+    assignments: mpsc::UnboundedReceiver<Assignment>,
+    /// One per changelog read back on assignment.
+    restorers: Vec<Restorer>,
+    restored_tx: mpsc::UnboundedSender<(usize, Restored)>,
+    restored_rx: mpsc::UnboundedReceiver<(usize, Restored)>,
+    /// Per restoring partition: its generation, and each changelog's snapshot once read.
+    restoring: HashMap<i32, (u64, Vec<Option<Snapshot>>)>,
+    slots: Slots<P, (i64, M)>,
+    /// Per processed message, resolves to its offset once its work is done (`None`: it was not,
+    /// e.g. the partition moved; its next owner redoes it). In order, so an offset is stored
+    /// only once every earlier message's work is done.
+    pending: FuturesOrdered<BoxFuture<'static, Option<(i32, i64)>>>,
+    max_in_flight: usize,
+    decode: Decode<M>,
+    /// Messages already fetched that may still be handed out before anything else.
+    batch: usize,
+}
+
+/// A message as it came: (partition, offset, decoded or why not), or a consumer error.
+type Received<M> = Result<(i32, i64, Result<M, String>), KafkaError>;
+
+/// Decodes a fetched message, so the consumer is no longer borrowed.
+fn decoded<M>(received: Result<BorrowedMessage<'_>, KafkaError>, decode: Decode<M>) -> Received<M> {
+    received.map(|msg| (msg.partition(), msg.offset(), decode(msg.payload())))
+}
+
+/// Messages already fetched that are handed out before the stage's other work runs (events of
+/// one request — a status change and its reason — are processed together).
+const BATCH: usize = 500;
+
+impl<P, M> Group<P, M> {
+    /// Takes over a consumer subscribed to `topic` ([`consumer::subscribe`]) whose rebalances
+    /// arrive on `assignments`; each assigned partition's state is read back from `changelogs`
+    /// (partitioned like `topic`). At most `max_in_flight` messages' work is pending at once.
+    pub fn new(
+        (consumer, assignments): (GroupConsumer, mpsc::UnboundedReceiver<Assignment>),
+        topic: &str,
+        changelogs: Vec<Restorer>,
+        max_in_flight: usize,
+        decode: Decode<M>,
+    ) -> Self {
+        let (restored_tx, restored_rx) = mpsc::unbounded_channel();
+        Self {
+            consumer,
+            topic: topic.to_string(),
+            assignments,
+            restorers: changelogs,
+            restored_tx,
+            restored_rx,
+            restoring: HashMap::new(),
+            slots: Slots::default(),
+            pending: FuturesOrdered::new(),
+            max_in_flight: max_in_flight.max(1),
+            decode,
+            batch: 0,
+        }
+    }
+
+    /// The next thing the stage must act on. Cancel-safe.
+    pub async fn next(&mut self) -> Event<P, M> {
+        loop {
+            // What was fetched with a message is handed out at once.
+            while self.batch > 0 && self.pending.len() < self.max_in_flight {
+                self.batch -= 1;
+                let Some(received) = self.consumer.recv().now_or_never() else {
+                    self.batch = 0;
+                    break;
+                };
+                let received = decoded(received, self.decode);
+                if let Some(event) = self.received(received) {
+                    return event;
+                }
+            }
+            let room = self.pending.len() < self.max_in_flight;
+            tokio::select! {
+                biased;
+                Some(change) = self.assignments.recv() => match change {
+                    Assignment::Assigned(ps) => self.assigned(ps),
+                    Assignment::Revoked(ps) => return Event::Revoked(self.revoked(&ps)),
+                },
+                Some((which, done)) = self.restored_rx.recv() => {
+                    if let Some(event) = self.restored(which, done) {
+                        return event;
+                    }
+                }
+                Some(done) = self.pending.next(), if !self.pending.is_empty() => {
+                    if let Some((partition, offset)) = done {
+                        consumer::store(&self.consumer, &self.topic, partition, offset);
+                    }
+                }
+                received = self.consumer.recv(), if room => {
+                    let received = decoded(received, self.decode);
+                    self.batch = BATCH;
+                    if let Some(event) = self.received(received) {
+                        return event;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Makes a restored partition ready with the stage's `state` and resumes it; returns the
+    /// messages that arrived while it restored, in order, for the stage to process first.
+    pub fn ready(&mut self, partition: i32, state: P) -> Vec<(i64, M)> {
+        let waiting = self.slots.ready(partition, state);
+        consumer::resume(&self.consumer, &self.topic, partition);
+        waiting
+    }
+
+    /// Stores `offset` once `done` resolves to true (in order with the partition's other
+    /// messages); false: the work was not done, the offset is not stored.
+    pub fn track(
+        &mut self,
+        partition: i32,
+        offset: i64,
+        done: impl Future<Output = bool> + Send + 'static,
+    ) {
+        self.pending.push_back(
+            done.map(move |ok| ok.then_some((partition, offset)))
+                .boxed(),
+        );
+    }
+
+    /// Messages whose work is pending.
+    pub fn in_flight(&self) -> usize {
+        self.pending.len()
+    }
+
+    /// A ready partition's state.
+    pub fn partition_mut(&mut self, partition: i32) -> Option<&mut P> {
+        self.slots.ready_mut(partition)
+    }
+
+    /// Every ready partition.
+    pub fn partitions_mut(&mut self) -> impl Iterator<Item = (i32, &mut P)> {
+        self.slots.iter_ready_mut()
+    }
+
+    /// Every ready partition.
+    pub fn partitions(&self) -> impl Iterator<Item = (i32, &P)> {
+        self.slots.iter_ready()
+    }
+
+    /// At shutdown: waits, for at most `grace`, until every pending message's work and `also`
+    /// (the stage's own work in flight) are done, storing offsets as they are. False when the
+    /// grace ran out (the rest is redone after a restart).
+    pub async fn drain(&mut self, grace: Duration, also: impl Future<Output = ()>) -> bool {
+        let (consumer, topic, pending) = (&self.consumer, &self.topic, &mut self.pending);
+        let offsets = async {
+            while let Some(done) = pending.next().await {
+                if let Some((partition, offset)) = done {
+                    consumer::store(consumer, topic, partition, offset);
+                }
+            }
+        };
+        tokio::time::timeout(grace, futures::future::join(offsets, also))
+            .await
+            .is_ok()
+    }
+
+    /// Commits the stored offsets and leaves the group, for at most `timeout`.
+    pub async fn close(self, timeout: Duration) {
+        consumer::close(self.consumer, timeout).await;
+    }
+
+    fn assigned(&mut self, partitions: Vec<i32>) {
+        for (partition, generation) in self.slots.assign(partitions) {
+            self.restoring
+                .insert(partition, (generation, vec![None; self.restorers.len()]));
+            for which in 0..self.restorers.len() {
+                self.restore(which, partition, generation, Duration::ZERO);
+            }
+        }
+    }
+
+    /// Reads one changelog's partition on a blocking thread, after `delay`.
+    fn restore(&self, which: usize, partition: i32, generation: u64, delay: Duration) {
+        let (done_tx, mut done_rx) = mpsc::unbounded_channel();
+        self.restorers[which].spawn(partition, generation, delay, done_tx);
+        let tx = self.restored_tx.clone();
+        tokio::spawn(async move {
+            if let Some(done) = done_rx.recv().await {
+                let _ = tx.send((which, done));
+            }
+        });
+    }
+
+    fn revoked(&mut self, partitions: &[i32]) -> Vec<(i32, Option<P>)> {
+        partitions
+            .iter()
+            .map(|p| {
+                self.restoring.remove(p);
+                let state = match self.slots.slots.remove(p) {
+                    Some(Slot::Ready(state)) => Some(state),
+                    _ => None,
+                };
+                (*p, state)
+            })
+            .collect()
+    }
+
+    /// Files a finished restore; the partition's snapshots once every changelog is in.
+    fn restored(&mut self, which: usize, done: Restored) -> Option<Event<P, M>> {
+        if !self.slots.is_current(&done) {
+            return None;
+        }
+        let Restored {
+            partition,
+            generation,
+            result,
+        } = done;
+        let snapshot = match result {
+            Ok(snapshot) => snapshot,
+            Err(e) => {
+                tracing::error!(partition, topic = %self.restorers[which].topic, error = %e, "restoring a partition failed; retrying");
+                self.restore(which, partition, generation, Duration::from_secs(1));
+                return None;
+            }
+        };
+        let (current, snapshots) = self.restoring.get_mut(&partition)?;
+        if *current != generation {
+            return None;
+        }
+        snapshots[which] = Some(snapshot);
+        if snapshots.iter().any(Option::is_none) {
+            return None;
+        }
+        let (_, snapshots) = self.restoring.remove(&partition)?;
+        Some(Event::Restored {
+            partition,
+            snapshots: snapshots.into_iter().flatten().collect(),
+        })
+    }
+
+    /// One message (or consumer error) from the topic.
+    fn received(&mut self, received: Received<M>) -> Option<Event<P, M>> {
+        let (partition, offset, decoded) = match received {
+            Ok(msg) => msg,
+            Err(KafkaError::PartitionEOF(partition)) => return Some(Event::End { partition }),
+            Err(e) => return Some(Event::Error(e)),
+        };
+        let message = match decoded {
+            Ok(message) => message,
+            Err(error) => {
+                self.track(partition, offset, futures::future::ready(true));
+                return Some(Event::Unreadable {
+                    partition,
+                    offset,
+                    error,
+                });
+            }
+        };
+        match self.slots.route(partition) {
+            Slot::Restoring { waiting, .. } => {
+                waiting.push((offset, message));
+                None
+            }
+            Slot::Ready(_) => Some(Event::Message {
+                partition,
+                offset,
+                message,
+            }),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use rdkafka::ClientConfig;
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    use rdkafka::producer::{BaseProducer, BaseRecord, Producer as _};
+    use rdkafka::{Offset, TopicPartitionList};
+
+    use super::*;
+    use crate::bus::KafkaConfig;
+    use crate::bus::consumer::RebalanceHooks;
+    use crate::bus::embedded::EmbeddedKafka;
+    use crate::telemetry::Metrics;
+
+    fn decode(payload: Option<&[u8]>) -> Result<String, String> {
+        let bytes = payload.ok_or("empty")?;
+        let text = std::str::from_utf8(bytes).map_err(|e| e.to_string())?;
+        if text == "garbage" {
+            return Err("not a message".into());
+        }
+        Ok(text.to_string())
+    }
+
+    fn kafka(bootstrap: &str) -> KafkaConfig {
+        KafkaConfig {
+            brokers: bootstrap.to_string(),
+            topic_prefix: "t".into(),
+            group_id: "g".into(),
+            partitions: 2,
+            replication_factor: -1,
+            session_timeout: Duration::from_secs(3),
+            options: Default::default(),
+        }
+    }
+
+    /// A partition is restored from its changelogs before its messages are handed out; a
+    /// message is done only when its work is; offsets are committed at close up to the last
+    /// done message, so a member joining after gets exactly the rest.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_partition_is_restored_then_processed_and_its_done_offsets_committed() {
+        let broker =
+            EmbeddedKafka::start(&[("in".into(), 1), ("log".into(), 1), ("other".into(), 1)])
+                .unwrap();
+        let mut base = ClientConfig::new();
+        base.set("bootstrap.servers", broker.bootstrap());
+        let producer: BaseProducer = base.create().unwrap();
+        producer
+            .send(BaseRecord::to("log").key("lead").payload("state"))
+            .unwrap();
+        for text in ["one", "garbage", "two", "three"] {
+            producer
+                .send(BaseRecord::to("in").key("lead").payload(text))
+                .unwrap();
+        }
+        producer.flush(Duration::from_secs(10)).unwrap();
+
+        let restorer = |topic: &str| Restorer {
+            base: base.clone(),
+            topic: topic.into(),
+            timeout: Duration::from_secs(30),
+        };
+        let hooks = RebalanceHooks {
+            pause_on_assign: true,
+            ..RebalanceHooks::default()
+        };
+        let subscribed = consumer::subscribe(
+            &base,
+            &kafka(broker.bootstrap()),
+            "g",
+            "in",
+            Arc::new(Metrics::new()),
+            hooks,
+        )
+        .unwrap();
+        let mut group: Group<Vec<String>, String> = Group::new(
+            subscribed,
+            "in",
+            vec![restorer("log"), restorer("other")],
+            10,
+            decode,
+        );
+
+        let mut seen = Vec::new();
+        let mut unreadable = Vec::new();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        while seen.len() < 3 {
+            let event = tokio::time::timeout_at(deadline, group.next())
+                .await
+                .expect("the partition's messages within a minute");
+            match event {
+                Event::Restored {
+                    partition,
+                    snapshots,
+                } => {
+                    assert_eq!(snapshots.len(), 2, "one snapshot per changelog");
+                    assert_eq!(snapshots[0]["lead"], b"state");
+                    assert!(snapshots[1].is_empty());
+                    assert!(seen.is_empty(), "restored before any message");
+                    for (offset, message) in group.ready(partition, vec!["restored".into()]) {
+                        seen.push((offset, message));
+                    }
+                }
+                Event::Message {
+                    partition,
+                    offset,
+                    message,
+                } => {
+                    group
+                        .partition_mut(partition)
+                        .expect("ready")
+                        .push(message.clone());
+                    // The last message's work never finishes: its offset stays unstored.
+                    group.track(
+                        partition,
+                        offset,
+                        futures::future::ready(message != "three"),
+                    );
+                    seen.push((offset, message));
+                }
+                Event::Unreadable { offset, error, .. } => unreadable.push((offset, error)),
+                Event::Revoked(_) | Event::End { .. } | Event::Error(_) => {}
+            }
+        }
+        assert_eq!(
+            seen,
+            [
+                (0, "one".to_string()),
+                (2, "two".into()),
+                (3, "three".into())
+            ]
+        );
+        assert_eq!(unreadable, [(1, "not a message".to_string())]);
+        assert_eq!(
+            group.partitions().map(|(_, s)| s.len()).sum::<usize>(),
+            4,
+            "the stage's state holds what it processed"
+        );
+        assert!(group.drain(Duration::from_secs(10), async {}).await);
+        group.close(Duration::from_secs(10)).await;
+
+        // The group's committed offset: after "two", before "three".
+        let mut cfg = base.clone();
+        cfg.set("group.id", "g");
+        let check: BaseConsumer = cfg.create().unwrap();
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition("in", 0);
+        let committed = check
+            .committed_offsets(tpl, Duration::from_secs(10))
+            .unwrap();
+        assert_eq!(
+            committed.find_partition("in", 0).unwrap().offset(),
+            Offset::Offset(3)
+        );
+    }
+}
