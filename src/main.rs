@@ -200,6 +200,7 @@ fn main() -> ExitCode {
                 &source,
                 from,
                 until,
+                &leadwatch::clock::Clock::system(),
             )) {
                 Ok(report) => {
                     print!("{report}");

@@ -81,11 +81,12 @@ impl Dedupe {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::clock::Clock;
 
     #[test]
     fn an_id_is_a_duplicate_within_its_window_only() {
         let d = Dedupe::new(10);
-        let t0 = Instant::now();
+        let t0 = Clock::system().instant();
         assert!(!d.seen("a", t0));
         d.remember(["a"], Duration::from_secs(60), t0);
         assert!(d.seen("a", t0 + Duration::from_secs(59)));
@@ -98,7 +99,7 @@ mod tests {
     #[test]
     fn the_oldest_ids_go_first_when_full() {
         let d = Dedupe::new(2);
-        let t0 = Instant::now();
+        let t0 = Clock::system().instant();
         d.remember(["a"], Duration::from_secs(60), t0);
         d.remember(["b"], Duration::from_secs(60), t0 + Duration::from_secs(1));
         d.remember(["c"], Duration::from_secs(60), t0 + Duration::from_secs(2));

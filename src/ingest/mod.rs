@@ -46,6 +46,7 @@ use serde_json::{Value, json};
 
 use crate::bus::Topics;
 use crate::bus::producer::{Producer, SendError};
+use crate::clock::Clock;
 use crate::event::LeadEvent;
 use crate::telemetry::Metrics;
 pub use config::{ServerConfig, SourceConfig};
@@ -177,6 +178,8 @@ pub struct Ingest {
     pub server: ServerConfig,
     pub metrics: Arc<Metrics>,
     pub dedupe: Dedupe,
+    /// Arrival times (`received_at`, signature tolerances) and deduplication windows read it.
+    pub clock: Clock,
 }
 
 impl Ingest {
@@ -186,6 +189,7 @@ impl Ingest {
         topics: &Topics,
         server: &ServerConfig,
         metrics: Arc<Metrics>,
+        clock: Clock,
     ) -> Self {
         for (name, cfg) in sources {
             if let SourceConfig::Salesforce(c) = cfg
@@ -221,6 +225,7 @@ impl Ingest {
             server: server.clone(),
             metrics,
             dedupe: Dedupe::new(server.dedupe_capacity),
+            clock,
         }
     }
 }
@@ -427,7 +432,7 @@ impl Ingest {
         body: Body,
     ) -> Result<Accepted, IngestError> {
         let body = self.read_body(headers, body).await?;
-        let now = Timestamp::now();
+        let now = self.clock.now();
         let handler = source.handler.as_ref();
         handler.authenticate(&Request {
             method,
@@ -487,8 +492,8 @@ impl Ingest {
         let mut in_batch = HashSet::new();
         events.retain(|e| in_batch.insert(e.id.clone()));
         events.sort_by_key(|e| e.occurred_at);
-        let clock = tokio::time::Instant::now();
-        events.retain(|e| !self.dedupe.seen(&dedupe_key(&source.name, &e.id), clock));
+        let at = self.clock.instant();
+        events.retain(|e| !self.dedupe.seen(&dedupe_key(&source.name, &e.id), at));
         let duplicates = total - events.len();
 
         let raw_payload = encode(&record);
@@ -512,7 +517,7 @@ impl Ingest {
         self.dedupe.remember(
             keys.iter().map(String::as_str),
             source.dedupe_window,
-            tokio::time::Instant::now(),
+            self.clock.instant(),
         );
         self.metrics.raw_captured(&source.name, true);
         self.metrics
