@@ -78,6 +78,11 @@ impl Dedupe {
     }
 }
 
+/// The key an event id is remembered under: ids are the vendor's, so two sources may share one.
+pub fn dedupe_key(source: &str, id: &str) -> String {
+    format!("{source}\u{0}{id}")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -132,11 +132,7 @@ pub async fn replay(
             ));
             continue;
         }
-        let parsed = match handler
-            .handler
-            .parse(source, &body, record.received_at)
-            .and_then(super::check_keys)
-        {
+        let parsed = match handler.parse(&body, record.received_at) {
             Ok(p) => p,
             Err(e) => {
                 report.failed.push((record.received_at, e.describe()));

@@ -349,7 +349,7 @@ mod tests {
         }
 
         #[test]
-        fn arbitrary_json_never_panics(value in crate::ingest::tests::json_value()) {
+        fn arbitrary_json_never_panics(value in crate::ingest::testing::json_value()) {
             let body = serde_json::to_vec(&value).unwrap();
             let _ = source().events("web", &body, now());
         }

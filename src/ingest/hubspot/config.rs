@@ -46,4 +46,13 @@ impl HubspotConfig {
         problems.extend(fields::unknown_names(&self.fields, &[]));
         problems
     }
+
+    /// Without `portal_ids`, any account's requests are taken (logged at start).
+    pub fn warning(&self) -> Option<&'static str> {
+        self.portal_ids.is_empty().then_some(
+            "HubSpot source without `portal_ids`: every account that installs the app sends \
+             requests signed with its secret, and they would all write to the same \
+             `hubspot:{id}` leads. List your portal id.",
+        )
+    }
 }

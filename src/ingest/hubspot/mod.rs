@@ -33,9 +33,7 @@ use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
 use super::fields::Mapping;
-use super::{
-    FieldProblem, Handler, IngestError, MAX_BATCH, Parsed, Request, from_millis, hashed_id,
-};
+use super::{FieldProblem, Handler, IngestError, MAX_BATCH, Parsed, Request, hashed_id};
 use crate::conf::PlainSecrets;
 use crate::event::{Activity, Change, LeadEvent};
 use config::HubspotConfig;
@@ -295,6 +293,11 @@ enum Outcome {
     Forbidden,
 }
 
+/// A timestamp in epoch milliseconds (`occurredAt`).
+fn from_millis(ms: i64) -> Option<Timestamp> {
+    Timestamp::from_millisecond(ms).ok()
+}
+
 /// The object type of a HubSpot type id (`0-1`) or name (`contact`, `CALL`).
 fn object_type(id_or_name: &str) -> Option<&'static str> {
     Some(match id_or_name.to_ascii_lowercase().as_str() {
@@ -544,7 +547,7 @@ fn merge(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ingest::tests::{fixture, json_value};
+    use crate::ingest::testing::{fixture, json_value};
     use serde_json::json;
 
     /// HubSpot's documentation and SDK examples use this client secret.
@@ -554,7 +557,7 @@ mod tests {
         let text = format!(
             "secret = [\"other-secret\", \"{SECRET}\"]\npublic_url = \"https://www.example.com/webhook_uri\"\n{extra}"
         );
-        HubspotSource::from_config(&crate::ingest::tests::source_config(&text))
+        HubspotSource::from_config(&crate::ingest::testing::source_config(&text))
     }
 
     fn check(

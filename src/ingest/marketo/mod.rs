@@ -270,14 +270,14 @@ impl Handler for MarketoSource {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ingest::tests::{fixture, json_value};
+    use crate::ingest::testing::{fixture, json_value};
     use serde_json::json;
 
     fn source(fields: &str) -> MarketoSource {
         let text = format!(
             "header = \"X-Leadwatch-Token\"\nsecret = [\"t0k3n-new\", \"t0k3n-old\"]\n[fields]\n{fields}"
         );
-        MarketoSource::from_config(&crate::ingest::tests::source_config(&text))
+        MarketoSource::from_config(&crate::ingest::testing::source_config(&text))
     }
 
     fn now() -> Timestamp {

@@ -362,12 +362,12 @@ fn missing_id() -> IngestError {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ingest::tests::{fixture, json_value};
+    use crate::ingest::testing::{fixture, json_value};
     use serde_json::json;
 
     fn source(fields: &str) -> PipedriveSource {
         let text = format!("username = \"pd\"\npassword = \"s3cret\"\n[fields]\n{fields}");
-        PipedriveSource::from_config(&crate::ingest::tests::source_config(&text))
+        PipedriveSource::from_config(&crate::ingest::testing::source_config(&text))
     }
 
     fn now() -> Timestamp {

@@ -475,12 +475,12 @@ impl<'de> Deserialize<'de> for SObject {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ingest::tests::fixture;
+    use crate::ingest::testing::fixture;
     use serde_json::json;
 
     fn source(extra: &str) -> SalesforceSource {
         let text = format!("organization_ids = [\"00D5g000004Xq2R\"]\n{extra}");
-        SalesforceSource::from_config(&crate::ingest::tests::source_config(&text))
+        SalesforceSource::from_config(&crate::ingest::testing::source_config(&text))
     }
 
     #[test]
