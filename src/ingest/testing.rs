@@ -1,9 +1,16 @@
-//! Test support for ingest and its vendors: configs from TOML text, HTTP fixtures, and arbitrary
-//! bodies built from the vendors' vocabulary.
+//! Test support for ingest and its vendors: configs from TOML text, HTTP fixtures, arbitrary
+//! bodies built from the vendors' vocabulary, and the property every handler holds
+//! ([`parse_never_panics`]).
+
+use std::panic::Location;
 
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Uri};
+use jiff::Timestamp;
 use proptest::prelude::*;
+use proptest::test_runner::{Config, TestRunner};
 use serde_json::Value;
+
+use super::Handler;
 
 /// A source's config from TOML text (what `[sources.NAME]` holds), ready to deserialize.
 pub fn source_config<T: serde::de::DeserializeOwned>(text: &str) -> T {
@@ -37,6 +44,48 @@ pub fn fixture(text: &str) -> (Method, Uri, HeaderMap, Vec<u8>) {
     }
     let body = body.strip_suffix('\n').unwrap_or(body);
     (method, uri, headers, body.as_bytes().to_vec())
+}
+
+/// A fixture file of `tests/fixtures/{vendor}/`, parsed by [`fixture`].
+pub fn fixture_file(vendor: &str, name: &str) -> (Method, Uri, HeaderMap, Vec<u8>) {
+    let path = format!(
+        "{}/tests/fixtures/{vendor}/{name}",
+        env!("CARGO_MANIFEST_DIR")
+    );
+    fixture(&std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}")))
+}
+
+/// The property every handler holds: whatever a sender posts, parsing answers (events or an
+/// error) and never panics. Runs as `proptest!` would (cases, shrinking, `PROPTEST_*`
+/// settings), with failing seeds kept beside the calling test's file.
+#[track_caller]
+pub fn parse_never_panics(
+    handler: &dyn Handler,
+    source: &str,
+    now: Timestamp,
+    bodies: impl Strategy<Value = Vec<u8>>,
+) {
+    let mut runner = TestRunner::new(Config {
+        source_file: Some(Location::caller().file()),
+        ..Config::default()
+    });
+    let result = runner.run(&bodies, |body| {
+        let _ = handler.parse(source, &body, now);
+        Ok(())
+    });
+    if let Err(e) = result {
+        panic!("{e}\n{runner}");
+    }
+}
+
+/// Any bytes, up to 512 of them.
+pub fn arbitrary_bytes() -> impl Strategy<Value = Vec<u8>> {
+    proptest::collection::vec(proptest::num::u8::ANY, 0..512)
+}
+
+/// [`json_value`]s as bodies, each put in the vendor's envelope by `wrap`.
+pub fn json_bodies(wrap: fn(Value) -> Value) -> impl Strategy<Value = Vec<u8>> {
+    json_value().prop_map(move |value| serde_json::to_vec(&wrap(value)).expect("JSON serializes"))
 }
 
 /// Keys the vendor parsers look for, so arbitrary JSON reaches deep into them.

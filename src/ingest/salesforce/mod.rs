@@ -475,7 +475,8 @@ impl<'de> Deserialize<'de> for SObject {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ingest::testing::fixture;
+    use crate::ingest::testing::{arbitrary_bytes, fixture, fixture_file, parse_never_panics};
+    use proptest::strategy::Strategy;
     use serde_json::json;
 
     fn source(extra: &str) -> SalesforceSource {
@@ -553,12 +554,7 @@ mod tests {
     }
 
     fn body(name: &str) -> Vec<u8> {
-        let text = std::fs::read_to_string(format!(
-            "{}/tests/fixtures/salesforce/{name}",
-            env!("CARGO_MANIFEST_DIR")
-        ))
-        .unwrap();
-        fixture(&text).3
+        fixture_file("salesforce", name).3
     }
 
     #[test]
@@ -775,21 +771,21 @@ mod tests {
         );
     }
 
-    proptest::proptest! {
-        #[test]
-        fn arbitrary_bytes_never_panic(body in proptest::collection::vec(proptest::num::u8::ANY, 0..512)) {
-            let _ = source("").parse("sf", &body, now());
-        }
+    #[test]
+    fn arbitrary_bytes_never_panic() {
+        parse_never_panics(&source(""), "sf", now(), arbitrary_bytes());
+    }
 
-        #[test]
-        fn a_mangled_message_never_panics(cut in 0usize..4000, insert in ".{0,8}") {
-            let text = String::from_utf8(body("task_call.http")).unwrap();
+    #[test]
+    fn a_mangled_message_never_panics() {
+        let text = String::from_utf8(body("task_call.http")).unwrap();
+        let mangled = (0usize..4000, ".{0,8}").prop_map(move |(cut, insert)| {
             let mut at = cut.min(text.len());
             while !text.is_char_boundary(at) {
                 at -= 1;
             }
-            let mangled = format!("{}{insert}{}", &text[..at], &text[at..]);
-            let _ = source("").parse("sf", mangled.as_bytes(), now());
-        }
+            format!("{}{insert}{}", &text[..at], &text[at..]).into_bytes()
+        });
+        parse_never_panics(&source(""), "sf", now(), mangled);
     }
 }
