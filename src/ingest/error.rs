@@ -27,6 +27,16 @@ impl FieldProblem {
             message: message.into(),
         }
     }
+
+    /// The problem as found in item `i` of a batch: at `[i]`, or `[i].field`.
+    pub fn in_item(self, i: usize) -> Self {
+        let field = if self.field.is_empty() {
+            format!("[{i}]")
+        } else {
+            format!("[{i}].{}", self.field)
+        };
+        Self { field, ..self }
+    }
 }
 
 /// Why a request was not accepted; each maps to one status and a body.
@@ -114,17 +124,20 @@ impl IngestError {
 
 /// The JSON answer to a refused request; `retry_after` goes with 503.
 pub fn refuse(error: &IngestError, retry_after: Duration) -> Response {
-    let mut response = (error.status(), Json(error.body())).into_response();
-    if matches!(error, IngestError::Unavailable(_)) {
-        set_retry_after(&mut response, retry_after);
-    }
-    response
+    let response = (error.status(), Json(error.body())).into_response();
+    error.with_retry_after(response, retry_after)
 }
 
-pub fn set_retry_after(response: &mut Response, retry_after: Duration) {
-    let secs = retry_after.as_secs().max(1).to_string();
-    response.headers_mut().insert(
-        header::RETRY_AFTER,
-        HeaderValue::from_str(&secs).expect("digits"),
-    );
+impl IngestError {
+    /// The answer to this error, with `Retry-After` (whole seconds, at least 1) when it is a 503:
+    /// the sender is to come back.
+    pub fn with_retry_after(&self, mut response: Response, retry_after: Duration) -> Response {
+        if matches!(self, IngestError::Unavailable(_)) {
+            response.headers_mut().insert(
+                header::RETRY_AFTER,
+                HeaderValue::from(retry_after.as_secs().max(1)),
+            );
+        }
+        response
+    }
 }

@@ -8,13 +8,26 @@ use axum::Json;
 use axum::http::{HeaderMap, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use jiff::Timestamp;
-use serde_json::json;
+use serde_json::{Value, json};
 
 use super::error::{IngestError, refuse};
 use crate::event::LeadEvent;
 
 /// Most events one request may carry.
 pub const MAX_BATCH: usize = 100;
+
+/// A batch of `len` vendor events is within [`MAX_BATCH`] (413 past it).
+pub fn check_batch(len: usize) -> Result<(), IngestError> {
+    if len > MAX_BATCH {
+        return Err(IngestError::TooManyEvents(len));
+    }
+    Ok(())
+}
+
+/// A body that must be JSON, parsed (400 naming the JSON error otherwise).
+pub fn json_body(body: &[u8]) -> Result<Value, IngestError> {
+    serde_json::from_slice(body).map_err(|e| IngestError::malformed(format!("not valid JSON: {e}")))
+}
 
 /// What a handler sees of a request before anything is parsed.
 pub struct Request<'a> {

@@ -60,8 +60,8 @@ use crate::clock::Clock;
 use crate::telemetry::Metrics;
 pub use config::{ServerConfig, SourceConfig};
 use dedupe::Dedupe;
-pub use error::{FieldProblem, IngestError, refuse, set_retry_after};
-pub use handler::{Handler, MAX_BATCH, Parsed, Request};
+pub use error::{FieldProblem, IngestError, refuse};
+pub use handler::{Handler, MAX_BATCH, Parsed, Request, check_batch, json_body};
 pub use keys::{MAX_KEY_LEN, hashed_id};
 pub use receive::{WebhookPath, receive};
 

@@ -15,7 +15,7 @@ use http::HeaderMap;
 use jiff::Timestamp;
 use serde_json::{Map, Value};
 
-use super::{FieldProblem, Handler, IngestError, MAX_BATCH, Parsed, Request};
+use super::{FieldProblem, Handler, IngestError, Parsed, Request, check_batch, json_body};
 use crate::event::{Activity, Change, LeadEvent};
 use crate::signature::{self, SignedHeaders, WebhookSecret};
 
@@ -83,38 +83,21 @@ impl GenericSource {
         body: &[u8],
         received_at: Timestamp,
     ) -> Result<Vec<LeadEvent>, IngestError> {
-        let value: Value = serde_json::from_slice(body).map_err(|e| {
-            IngestError::Malformed(vec![FieldProblem::new("", format!("not valid JSON: {e}"))])
-        })?;
-        let (items, batch) = match value {
+        let (items, batch) = match json_body(body)? {
             Value::Array(items) => (items, true),
             other => (vec![other], false),
         };
         if items.is_empty() {
-            return Err(IngestError::Malformed(vec![FieldProblem::new(
-                "",
-                "the array holds no events",
-            )]));
+            return Err(IngestError::malformed("the array holds no events"));
         }
-        if items.len() > MAX_BATCH {
-            return Err(IngestError::TooManyEvents(items.len()));
-        }
+        check_batch(items.len())?;
         let mut events = Vec::with_capacity(items.len());
         let mut problems = Vec::new();
         for (i, item) in items.into_iter().enumerate() {
-            let at = |field: &str| match (batch, field.is_empty()) {
-                (true, true) => format!("[{i}]"),
-                (true, false) => format!("[{i}].{field}"),
-                (false, _) => field.to_string(),
-            };
             match event(source, item, received_at) {
                 Ok(event) => events.push(event),
-                Err(mut ps) => {
-                    for p in &mut ps {
-                        p.field = at(&p.field);
-                    }
-                    problems.append(&mut ps);
-                }
+                Err(ps) if batch => problems.extend(ps.into_iter().map(|p| p.in_item(i))),
+                Err(ps) => problems.extend(ps),
             }
         }
         if problems.is_empty() {

@@ -33,7 +33,9 @@ use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
 use super::fields::Mapping;
-use super::{FieldProblem, Handler, IngestError, MAX_BATCH, Parsed, Request, hashed_id};
+use super::{
+    FieldProblem, Handler, IngestError, Parsed, Request, check_batch, hashed_id, json_body,
+};
 use crate::conf::PlainSecrets;
 use crate::event::{Activity, Change, LeadEvent};
 use config::HubspotConfig;
@@ -251,16 +253,12 @@ impl Handler for HubspotSource {
         body: &[u8],
         received_at: Timestamp,
     ) -> Result<Parsed, IngestError> {
-        let value: Value = serde_json::from_slice(body)
-            .map_err(|e| IngestError::malformed(format!("not valid JSON: {e}")))?;
-        let Value::Array(items) = value else {
+        let Value::Array(items) = json_body(body)? else {
             return Err(IngestError::malformed(
                 "HubSpot sends a JSON array of events",
             ));
         };
-        if items.len() > MAX_BATCH {
-            return Err(IngestError::TooManyEvents(items.len()));
-        }
+        check_batch(items.len())?;
         let mut parsed = Parsed::default();
         let mut problems = Vec::new();
         for (i, item) in items.iter().enumerate() {
@@ -268,14 +266,7 @@ impl Handler for HubspotSource {
                 Ok(Outcome::Events(mut events)) => parsed.events.append(&mut events),
                 Ok(Outcome::Ignored) => parsed.ignored += 1,
                 Ok(Outcome::Forbidden) => parsed.forbidden += 1,
-                Err(ps) => problems.extend(ps.into_iter().map(|p| FieldProblem {
-                    field: if p.field.is_empty() {
-                        format!("[{i}]")
-                    } else {
-                        format!("[{i}].{}", p.field)
-                    },
-                    message: p.message,
-                })),
+                Err(ps) => problems.extend(ps.into_iter().map(|p| p.in_item(i))),
             }
         }
         if problems.is_empty() {

@@ -31,7 +31,7 @@ use jiff::Timestamp;
 use serde_json::{Map, Value};
 
 use super::fields::{CANONICAL, Mapping};
-use super::{FieldProblem, Handler, IngestError, Parsed, Request, auth, hashed_id};
+use super::{FieldProblem, Handler, IngestError, Parsed, Request, auth, hashed_id, json_body};
 use crate::conf::PlainSecrets;
 use crate::event::{Activity, Change, LeadEvent};
 use config::MarketoConfig;
@@ -157,10 +157,9 @@ impl Handler for MarketoSource {
         body: &[u8],
         received_at: Timestamp,
     ) -> Result<Parsed, IngestError> {
-        let value: Value = match serde_json::from_slice(body) {
+        let value = match json_body(body) {
             Ok(v) => v,
-            Err(e) => form_body(body)
-                .ok_or_else(|| IngestError::malformed(format!("not valid JSON: {e}")))?,
+            Err(not_json) => form_body(body).ok_or(not_json)?,
         };
         let Value::Object(members) = &value else {
             return Err(IngestError::malformed(

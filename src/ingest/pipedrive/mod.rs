@@ -26,7 +26,7 @@ use jiff::Timestamp;
 use serde_json::{Map, Value};
 
 use super::fields::Mapping;
-use super::{FieldProblem, Handler, IngestError, Parsed, Request, auth};
+use super::{FieldProblem, Handler, IngestError, Parsed, Request, auth, json_body};
 use crate::conf::PlainSecrets;
 use crate::event::{Activity, Change, LeadEvent};
 use config::{PipedriveConfig, PipedriveOwner};
@@ -149,8 +149,7 @@ impl Handler for PipedriveSource {
         body: &[u8],
         received_at: Timestamp,
     ) -> Result<Parsed, IngestError> {
-        let value: Value = serde_json::from_slice(body)
-            .map_err(|e| IngestError::malformed(format!("not valid JSON: {e}")))?;
+        let value = json_body(body)?;
         let Some(meta) = value.get("meta").and_then(Value::as_object) else {
             return Err(IngestError::Malformed(vec![FieldProblem::new(
                 "meta",

@@ -33,7 +33,7 @@ use serde::de::{MapAccess, Visitor};
 use serde_json::{Map, Value};
 
 use super::fields::Mapping;
-use super::{Handler, IngestError, MAX_BATCH, Parsed, Request, auth, set_retry_after};
+use super::{Handler, IngestError, Parsed, Request, auth, check_batch};
 use crate::conf::PlainSecrets;
 use crate::event::{Activity, Change, LeadEvent};
 use config::SalesforceConfig;
@@ -172,9 +172,7 @@ impl Handler for SalesforceSource {
                 "organization `{org}` is not in `organization_ids`"
             )));
         }
-        if n.notification.len() > MAX_BATCH {
-            return Err(IngestError::TooManyEvents(n.notification.len()));
-        }
+        check_batch(n.notification.len())?;
         let mut parsed = Parsed::default();
         for notification in n.notification {
             match self.event(source, org, notification, received_at)? {
@@ -215,7 +213,7 @@ pub fn soap_fault(error: &IngestError, retry_after: Duration) -> Response {
         error.outcome(),
         quick_xml::escape::escape(error.describe()),
     );
-    let mut response = (
+    let response = (
         error.status(),
         [(
             header::CONTENT_TYPE,
@@ -224,10 +222,7 @@ pub fn soap_fault(error: &IngestError, retry_after: Duration) -> Response {
         text,
     )
         .into_response();
-    if matches!(error, IngestError::Unavailable(_)) {
-        set_retry_after(&mut response, retry_after);
-    }
-    response
+    error.with_retry_after(response, retry_after)
 }
 
 impl SalesforceSource {
