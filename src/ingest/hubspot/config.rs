@@ -56,3 +56,17 @@ impl HubspotConfig {
         )
     }
 }
+
+/// HubSpot's documentation and SDK examples sign with this client secret.
+#[cfg(test)]
+pub(super) const EXAMPLE_SECRET: &str = "yyyyyyyy-yyyy-yyyy-yyyy-yyyyyyyyyyyy";
+
+/// Settings for tests: the documented client secret (after another, as while rotating), the
+/// documented target URL, and `extra` lines.
+#[cfg(test)]
+pub(super) fn example(extra: &str) -> HubspotConfig {
+    crate::ingest::testing::source_config(&format!(
+        "secret = [\"other-secret\", \"{EXAMPLE_SECRET}\"]\n\
+         public_url = \"https://www.example.com/webhook_uri\"\n{extra}"
+    ))
+}
