@@ -77,9 +77,7 @@ pub struct Source {
 impl Source {
     pub fn from_config(name: &str, cfg: &SourceConfig, server: &ServerConfig) -> Source {
         let handler: Box<dyn Handler> = match cfg {
-            SourceConfig::Generic(c) => Box::new(generic::GenericSource {
-                secrets: c.secret.0.clone(),
-            }),
+            SourceConfig::Generic(c) => Box::new(generic::GenericSource::from_config(c)),
             SourceConfig::Hubspot(c) => Box::new(hubspot::HubspotSource::from_config(c)),
             SourceConfig::Salesforce(c) => Box::new(salesforce::SalesforceSource::from_config(c)),
             SourceConfig::Marketo(c) => Box::new(marketo::MarketoSource::from_config(c)),
