@@ -1,11 +1,22 @@
-//! Lead keys and event ids: they become Kafka keys, so how long they may be is checked once for
+//! Lead keys and event ids: they become Kafka keys, so how long they may be is decided here for
 //! every source; and the hashed id sources derive when their vendor gives none.
+//!
+//! Two limits stand today, and they differ: every produced key is checked against
+//! [`MAX_KEY_LEN`] (600 bytes, prefix included) once the body is parsed; keys a sender gives to
+//! be taken verbatim (the generic source's `id`, `lead` and `into`) against
+//! [`MAX_VERBATIM_KEY_LEN`] (512 bytes) while the body is read, so its 400 names the field.
 
 use super::error::{FieldProblem, IngestError};
 use super::handler::Parsed;
 
-/// Longest lead key or event id produced (a Kafka key; vendors' ids are far shorter).
+/// Longest lead key or event id any source produces (a Kafka key; vendors' ids are far
+/// shorter): [`check_keys`] refuses a longer one as malformed.
 pub const MAX_KEY_LEN: usize = 600;
+
+/// Longest key a sender gives to be taken verbatim: the generic source's `id`, `lead` and
+/// `into`, checked field by field while its body is read. Stricter than [`MAX_KEY_LEN`], so for
+/// the generic source it is the limit that applies.
+pub const MAX_VERBATIM_KEY_LEN: usize = 512;
 
 /// A vendor body could name a lead with megabytes: refuse it as malformed.
 pub(super) fn check_keys(parsed: Parsed) -> Result<Parsed, IngestError> {
@@ -72,5 +83,25 @@ mod tests {
             check_keys(long),
             Err(IngestError::Malformed(ps)) if ps[0].field == "lead"
         ));
+    }
+
+    #[test]
+    fn a_produced_key_may_be_max_key_len_bytes_and_no_more() {
+        use crate::event::{Change, LeadEvent};
+        let parsed = |lead: String| Parsed {
+            events: vec![LeadEvent {
+                id: "e".into(),
+                source: "s".into(),
+                lead,
+                occurred_at: jiff::Timestamp::UNIX_EPOCH,
+                received_at: jiff::Timestamp::UNIX_EPOCH,
+                change: Change::Deleted {},
+            }],
+            ..Default::default()
+        };
+        let prefix = "marketo:";
+        let longest = format!("{prefix}{}", "9".repeat(MAX_KEY_LEN - prefix.len()));
+        assert!(check_keys(parsed(longest.clone())).is_ok());
+        assert!(check_keys(parsed(format!("{longest}9"))).is_err());
     }
 }

@@ -62,7 +62,7 @@ pub use config::{ServerConfig, SourceConfig};
 use dedupe::Dedupe;
 pub use error::{FieldProblem, IngestError, refuse};
 pub use handler::{Handler, MAX_BATCH, Parsed, Request, check_batch, json_body};
-pub use keys::{MAX_KEY_LEN, hashed_id};
+pub use keys::{MAX_KEY_LEN, MAX_VERBATIM_KEY_LEN, hashed_id};
 pub use receive::{WebhookPath, receive};
 
 /// A configured source.

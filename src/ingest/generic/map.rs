@@ -5,10 +5,7 @@ use jiff::Timestamp;
 use serde_json::{Map, Value};
 
 use crate::event::{Activity, Change, LeadEvent};
-use crate::ingest::{FieldProblem, IngestError, check_batch, json_body};
-
-/// Longest id or lead key accepted.
-const MAX_KEY_LEN: usize = 512;
+use crate::ingest::{FieldProblem, IngestError, MAX_VERBATIM_KEY_LEN, check_batch, json_body};
 
 /// The accepted `type`s.
 const TYPES: &str = "lead.updated, lead.activity, lead.deleted, lead.merged";
@@ -135,11 +132,13 @@ fn key_string(
     problems: &mut Vec<FieldProblem>,
 ) -> Option<String> {
     match obj.get(field) {
-        Some(Value::String(s)) if !s.trim().is_empty() && s.len() <= MAX_KEY_LEN => Some(s.clone()),
-        Some(Value::String(s)) if s.len() > MAX_KEY_LEN => {
+        Some(Value::String(s)) if !s.trim().is_empty() && s.len() <= MAX_VERBATIM_KEY_LEN => {
+            Some(s.clone())
+        }
+        Some(Value::String(s)) if s.len() > MAX_VERBATIM_KEY_LEN => {
             problems.push(FieldProblem::new(
                 field,
-                format!("is longer than {MAX_KEY_LEN} bytes"),
+                format!("is longer than {MAX_VERBATIM_KEY_LEN} bytes"),
             ));
             None
         }
@@ -270,5 +269,23 @@ mod tests {
             lead_events("web", b"[]", now()),
             Err(IngestError::Malformed(_))
         ));
+    }
+
+    #[test]
+    fn a_verbatim_key_may_be_max_verbatim_key_len_bytes_and_no_more() {
+        let body = |lead: &str| {
+            serde_json::json!({"id": "e", "type": "lead.deleted", "lead": lead,
+                "occurred_at": "2026-11-22T10:00:00Z"})
+            .to_string()
+        };
+        let longest = "L".repeat(MAX_VERBATIM_KEY_LEN);
+        assert!(lead_events("web", body(&longest).as_bytes(), now()).is_ok());
+        let Err(IngestError::Malformed(ps)) =
+            lead_events("web", body(&format!("{longest}L")).as_bytes(), now())
+        else {
+            panic!("expected malformed");
+        };
+        assert_eq!(ps[0].field, "lead");
+        assert_eq!(ps[0].message, "is longer than 512 bytes");
     }
 }
