@@ -58,37 +58,11 @@ pub fn hashed_id(prefix: &str, parts: &[&str]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::event::{Change, LeadEvent};
 
-    #[test]
-    fn absurdly_long_lead_keys_are_malformed() {
-        use crate::event::{Change, LeadEvent};
-        let event = |lead: String| LeadEvent {
-            id: "e".into(),
-            source: "s".into(),
-            lead,
-            occurred_at: jiff::Timestamp::UNIX_EPOCH,
-            received_at: jiff::Timestamp::UNIX_EPOCH,
-            change: Change::Deleted {},
-        };
-        let ok = Parsed {
-            events: vec![event("marketo:1".into())],
-            ..Default::default()
-        };
-        assert!(check_keys(ok).is_ok());
-        let long = Parsed {
-            events: vec![event(format!("marketo:{}", "9".repeat(700)))],
-            ..Default::default()
-        };
-        assert!(matches!(
-            check_keys(long),
-            Err(IngestError::Malformed(ps)) if ps[0].field == "lead"
-        ));
-    }
-
-    #[test]
-    fn a_produced_key_may_be_max_key_len_bytes_and_no_more() {
-        use crate::event::{Change, LeadEvent};
-        let parsed = |lead: String| Parsed {
+    /// What a parse made: one event on `lead`.
+    fn one_event_on(lead: String) -> Parsed {
+        Parsed {
             events: vec![LeadEvent {
                 id: "e".into(),
                 source: "s".into(),
@@ -98,10 +72,25 @@ mod tests {
                 change: Change::Deleted {},
             }],
             ..Default::default()
-        };
+        }
+    }
+
+    #[test]
+    fn absurdly_long_lead_keys_are_malformed() {
+        let ok = one_event_on("marketo:1".into());
+        assert!(check_keys(ok).is_ok());
+        let long = one_event_on(format!("marketo:{}", "9".repeat(700)));
+        assert!(matches!(
+            check_keys(long),
+            Err(IngestError::Malformed(ps)) if ps[0].field == "lead"
+        ));
+    }
+
+    #[test]
+    fn a_produced_key_may_be_max_key_len_bytes_and_no_more() {
         let prefix = "marketo:";
         let longest = format!("{prefix}{}", "9".repeat(MAX_KEY_LEN - prefix.len()));
-        assert!(check_keys(parsed(longest.clone())).is_ok());
-        assert!(check_keys(parsed(format!("{longest}9"))).is_err());
+        assert!(check_keys(one_event_on(longest.clone())).is_ok());
+        assert!(check_keys(one_event_on(format!("{longest}9"))).is_err());
     }
 }

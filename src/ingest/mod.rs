@@ -21,14 +21,21 @@
 //!   turns into ([`Parsed`]), the batch limit;
 //! - `error.rs`: [`IngestError`] and [`FieldProblem`], and the status, metric outcome and body
 //!   each answers with;
-//! - `keys.rs`: lead keys and event ids (how long they may be, hashed ids);
+//! - `keys.rs`: lead keys and event ids: how long they may be, hashed ids;
 //! - `dedupe.rs`: the event ids produced within the dedupe window;
 //! - `raw.rs`: the raw record kept of every authentic request; `replay.rs`: `leadwatch replay`;
 //! - `auth.rs`: credential checks sources share (constant-time comparison, basic auth);
 //! - `fields.rs`: the canonical field names and each source's mapping onto them;
 //! - `config.rs`: `[server]` and `[sources.NAME]` (each vendor's settings in its folder);
-//! - `generic/`, `hubspot/`, `salesforce/`, `marketo/`, `pipedrive/`: one folder per vendor;
-//! - `testing.rs`: test support (configs, fixtures, arbitrary bodies).
+//! - `testing.rs`: test support (configs, fixtures, arbitrary bodies, the never-panics property).
+//!
+//! One folder per vendor (`generic/`, `hubspot/`, `salesforce/`, `marketo/`, `pipedrive/`), each
+//! alike: `mod.rs` says what the vendor sends and wires its [`Handler`] (verify → parse → map);
+//! `config.rs` holds its settings; `verify.rs` checks that a request is the vendor's;
+//! `map.rs` turns its body into lead events (default field mapping, event ids). Salesforce adds
+//! `soap.rs` (the envelope, the Ack and fault) and `redact.rs` (its session id). So a HubSpot
+//! payload is parsed in `hubspot/map.rs`, a Salesforce message authenticated in
+//! `salesforce/verify.rs`.
 //!
 //! This file builds [`Ingest`] from the configuration.
 

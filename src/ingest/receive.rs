@@ -236,6 +236,7 @@ impl Ingest {
     }
 }
 
-fn encode<T: Serialize>(value: &T) -> Vec<u8> {
+/// A record's bytes on `{prefix}.events` or `{prefix}.raw` (live and replayed alike).
+pub(super) fn encode<T: Serialize>(value: &T) -> Vec<u8> {
     serde_json::to_vec(value).expect("events and raw records serialize")
 }

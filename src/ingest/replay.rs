@@ -22,6 +22,7 @@ use rdkafka::{Message, Offset, TopicPartitionList};
 
 use super::Source;
 use super::raw::RawRecord;
+use super::receive::encode;
 use super::{ServerConfig, SourceConfig};
 use crate::bus::KafkaConfig;
 use crate::bus::producer::Producer;
@@ -144,7 +145,7 @@ pub async fn replay(
             .into_iter()
             .map(|mut e| {
                 e.id = replay_id(&run, &e.id);
-                let payload = serde_json::to_vec(&e).expect("events serialize");
+                let payload = encode(&e);
                 (e.lead, payload)
             })
             .collect();

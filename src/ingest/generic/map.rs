@@ -191,10 +191,7 @@ fn activity(value: Option<&Value>, problems: &mut Vec<FieldProblem>) -> Option<C
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn now() -> Timestamp {
-        "2026-11-22T12:00:00Z".parse().unwrap()
-    }
+    use crate::ingest::generic::tests::now;
 
     #[test]
     fn parses_the_documented_examples() {

@@ -64,13 +64,13 @@ mod tests {
     use super::*;
     use crate::ingest::testing::{arbitrary_bytes, json_bodies, parse_never_panics};
 
-    fn source() -> GenericSource {
+    pub(super) fn source() -> GenericSource {
         GenericSource::from_config(&crate::ingest::testing::source_config(
             "secret = \"whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD\"",
         ))
     }
 
-    fn now() -> Timestamp {
+    pub(super) fn now() -> Timestamp {
         "2026-11-22T12:00:00Z".parse().unwrap()
     }
 

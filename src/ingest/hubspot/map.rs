@@ -348,18 +348,13 @@ fn merge(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ingest::Handler;
+    use crate::ingest::hubspot::HubspotSource;
+    use crate::ingest::hubspot::tests::{now, source};
     use crate::ingest::testing::fixture_file;
     use serde_json::json;
 
-    fn source(extra: &str) -> Mapper {
-        Mapper::from_config(&crate::ingest::hubspot::config::example(extra))
-    }
-
-    fn now() -> Timestamp {
-        "2026-11-22T12:00:00Z".parse().unwrap()
-    }
-
-    fn fixture_events(name: &str, s: &Mapper) -> Parsed {
+    fn fixture_events(name: &str, s: &HubspotSource) -> Parsed {
         let (_, _, _, body) = fixture_file("hubspot", name);
         s.parse("hs", &body, now()).unwrap()
     }

@@ -63,11 +63,11 @@ mod tests {
     use crate::ingest::testing::{arbitrary_bytes, json_bodies, parse_never_panics};
     use serde_json::Value;
 
-    fn source(extra: &str) -> HubspotSource {
+    pub(super) fn source(extra: &str) -> HubspotSource {
         HubspotSource::from_config(&config::example(extra))
     }
 
-    fn now() -> Timestamp {
+    pub(super) fn now() -> Timestamp {
         "2026-11-22T12:00:00Z".parse().unwrap()
     }
 

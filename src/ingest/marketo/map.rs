@@ -218,18 +218,10 @@ fn at(body: &Value, pointer: &str) -> Option<Value> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ingest::marketo::{MarketoSource, config};
+    use crate::ingest::marketo::tests::{now, source};
     use crate::ingest::testing::fixture_file;
     use crate::ingest::{Handler, Request};
     use serde_json::json;
-
-    fn source(fields: &str) -> MarketoSource {
-        MarketoSource::from_config(&config::example(fields))
-    }
-
-    fn now() -> Timestamp {
-        "2026-11-25T10:00:00Z".parse().unwrap()
-    }
 
     #[test]
     fn a_form_encoded_template_is_read_by_the_same_pointers_and_garbage_is_malformed() {

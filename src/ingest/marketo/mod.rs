@@ -70,11 +70,11 @@ mod tests {
     use super::*;
     use crate::ingest::testing::{arbitrary_bytes, json_bodies, parse_never_panics};
 
-    fn source(fields: &str) -> MarketoSource {
+    pub(super) fn source(fields: &str) -> MarketoSource {
         MarketoSource::from_config(&config::example(fields))
     }
 
-    fn now() -> Timestamp {
+    pub(super) fn now() -> Timestamp {
         "2026-11-25T10:00:00Z".parse().unwrap()
     }
 

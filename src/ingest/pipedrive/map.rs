@@ -329,23 +329,16 @@ fn missing_id() -> IngestError {
 mod tests {
     use super::*;
     use crate::ingest::pipedrive::PipedriveSource;
+    use crate::ingest::pipedrive::tests::{now, source};
     use crate::ingest::testing::fixture_file;
     use crate::ingest::{Handler, Request};
     use serde_json::json;
-
-    fn source(fields: &str) -> PipedriveSource {
-        PipedriveSource::from_config(&crate::ingest::pipedrive::config::example(fields))
-    }
 
     impl PipedriveSource {
         fn with_owner_from(mut self, owner_from: PipedriveOwner) -> Self {
             self.mapper.owner_from = owner_from;
             self
         }
-    }
-
-    fn now() -> Timestamp {
-        "2026-11-25T10:00:00Z".parse().unwrap()
     }
 
     fn load(name: &str) -> (http::HeaderMap, Vec<u8>) {

@@ -61,11 +61,11 @@ mod tests {
     use crate::ingest::testing::{arbitrary_bytes, json_value, parse_never_panics};
     use proptest::strategy::Strategy;
 
-    fn source(fields: &str) -> PipedriveSource {
+    pub(super) fn source(fields: &str) -> PipedriveSource {
         PipedriveSource::from_config(&config::example(fields))
     }
 
-    fn now() -> Timestamp {
+    pub(super) fn now() -> Timestamp {
         "2026-11-25T10:00:00Z".parse().unwrap()
     }
 
