@@ -1,5 +1,6 @@
 //! What a source is to the plumbing: the [`Handler`] each vendor implements, what it sees of a
-//! request ([`Request`]) and what a body turns into ([`Parsed`]).
+//! request ([`Request`]) and what a body turns into ([`Parsed`]); and what every handler's
+//! parsing shares: the batch limit ([`check_batch`]) and reading a JSON body ([`json_body`]).
 
 use std::fmt;
 use std::time::Duration;
@@ -38,7 +39,7 @@ pub struct Request<'a> {
     pub body: &'a [u8],
     /// The last path segment of `/webhooks/NAME/SECRET`, when the request has one.
     pub path_secret: Option<&'a str>,
-    /// Our clock, for timestamp tolerances.
+    /// Now, by ingest's clock: for timestamp tolerances.
     pub now: Timestamp,
 }
 

@@ -10,7 +10,7 @@ use super::error::{FieldProblem, IngestError};
 use super::handler::Parsed;
 
 /// Longest lead key or event id any source produces (a Kafka key; vendors' ids are far
-/// shorter): [`check_keys`] refuses a longer one as malformed.
+/// shorter): `check_keys` refuses a longer one as malformed, whatever the source.
 pub const MAX_KEY_LEN: usize = 600;
 
 /// Longest key a sender gives to be taken verbatim: the generic source's `id`, `lead` and
