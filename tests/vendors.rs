@@ -507,10 +507,17 @@ async fn replay_re_normalises_raw_requests_with_a_corrected_mapping() {
     let path = daemon.dir.path().join("corrected.toml");
     std::fs::write(&path, corrected).unwrap();
     let cfg = leadwatch::app::Config::load_with_env(&path, Vec::new()).unwrap();
-    let report =
-        leadwatch::ingest::replay::replay(&cfg.kafka, &cfg.server, &cfg.sources, "hs", None, None)
-            .await
-            .unwrap();
+    let report = leadwatch::ingest::replay::replay(
+        &cfg.kafka,
+        &cfg.server,
+        &cfg.sources,
+        "hs",
+        None,
+        None,
+        &leadwatch::clock::Clock::system(),
+    )
+    .await
+    .unwrap();
     assert_eq!(
         (report.records, report.events, report.failed.len()),
         (2, 1, 1),
@@ -541,6 +548,7 @@ async fn replay_re_normalises_raw_requests_with_a_corrected_mapping() {
         "hs",
         Some(future),
         None,
+        &leadwatch::clock::Clock::system(),
     )
     .await
     .unwrap();

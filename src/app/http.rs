@@ -41,10 +41,7 @@ pub fn router(
         Some(ingest) => health.merge(
             Router::new()
                 .route("/webhooks/{name}", post(ingest::receive))
-                .route(
-                    "/webhooks/{name}/{secret}",
-                    post(ingest::receive_with_secret),
-                )
+                .route("/webhooks/{name}/{secret}", post(ingest::receive))
                 .with_state(ingest),
         ),
         None => health,

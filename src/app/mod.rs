@@ -13,6 +13,7 @@ use tokio_util::sync::CancellationToken;
 use crate::bus::embedded::EmbeddedKafka;
 use crate::bus::producer::Producer;
 use crate::bus::{self, Topics, admin};
+use crate::clock::Clock;
 use crate::dispatch::Dispatcher;
 use crate::engine::Engine;
 use crate::engine::rules::Rules;
@@ -163,6 +164,7 @@ pub async fn run_with_reloads(
             &topics,
             &config.server,
             metrics.clone(),
+            Clock::system(),
         ))
     });
     let app = http::router(ingest, producer.clone(), metrics.clone());

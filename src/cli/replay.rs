@@ -32,6 +32,7 @@ impl Replay {
                 &self.source,
                 self.from,
                 self.until,
+                &crate::clock::Clock::system(),
             ),
         )?;
         print!("{report}");

@@ -148,6 +148,16 @@ impl SourceConfig {
         }
     }
 
+    /// What an operator should hear at start about settings that are valid but leave the
+    /// source weakly guarded.
+    pub fn warning(&self) -> Option<&'static str> {
+        match self {
+            Self::Hubspot(c) => c.warning(),
+            Self::Salesforce(c) => c.warning(),
+            Self::Generic(_) | Self::Marketo(_) | Self::Pipedrive(_) => None,
+        }
+    }
+
     /// Every problem of this source's settings, keys relative to `sources.NAME`.
     pub fn problems(&self) -> KeyProblems {
         let mut problems = KeyProblems::new();

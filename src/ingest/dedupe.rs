@@ -78,14 +78,20 @@ impl Dedupe {
     }
 }
 
+/// The key an event id is remembered under: ids are the vendor's, so two sources may share one.
+pub fn dedupe_key(source: &str, id: &str) -> String {
+    format!("{source}\u{0}{id}")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::clock::Clock;
 
     #[test]
     fn an_id_is_a_duplicate_within_its_window_only() {
         let d = Dedupe::new(10);
-        let t0 = Instant::now();
+        let t0 = Clock::system().instant();
         assert!(!d.seen("a", t0));
         d.remember(["a"], Duration::from_secs(60), t0);
         assert!(d.seen("a", t0 + Duration::from_secs(59)));
@@ -98,7 +104,7 @@ mod tests {
     #[test]
     fn the_oldest_ids_go_first_when_full() {
         let d = Dedupe::new(2);
-        let t0 = Instant::now();
+        let t0 = Clock::system().instant();
         d.remember(["a"], Duration::from_secs(60), t0);
         d.remember(["b"], Duration::from_secs(60), t0 + Duration::from_secs(1));
         d.remember(["c"], Duration::from_secs(60), t0 + Duration::from_secs(2));

@@ -22,10 +22,12 @@ use rdkafka::{Message, Offset, TopicPartitionList};
 
 use super::Source;
 use super::raw::RawRecord;
+use super::receive::encode;
 use super::{ServerConfig, SourceConfig};
 use crate::bus::KafkaConfig;
 use crate::bus::producer::Producer;
 use crate::bus::{self, Topics};
+use crate::clock::Clock;
 use crate::telemetry::Metrics;
 
 /// What a replay did.
@@ -63,7 +65,7 @@ pub fn replay_id(run: &str, original: &str) -> String {
     format!("replay:{run}:{original}")
 }
 
-/// Replays the raw records of `source` received in `[from, until)`.
+/// Replays the raw records of `source` received in `[from, until)`; `clock` names the run.
 pub async fn replay(
     kafka: &KafkaConfig,
     server: &ServerConfig,
@@ -71,6 +73,7 @@ pub async fn replay(
     source: &str,
     from: Option<Timestamp>,
     until: Option<Timestamp>,
+    clock: &Clock,
 ) -> anyhow::Result<ReplayReport> {
     let Some(source_cfg) = sources.get(source) else {
         bail!("no `[sources.{source}]` in the configuration");
@@ -85,13 +88,14 @@ pub async fn replay(
     let handler = Source::from_config(source, source_cfg, server);
     let topics = Topics::new(&kafka.topic_prefix);
     let base = bus::client_config(kafka, &kafka.brokers);
-    let run = Timestamp::now().as_millisecond().to_string();
+    let run = clock.now().as_millisecond().to_string();
 
     let records = {
         let base = base.clone();
         let topic = topics.raw.clone();
         let source = source.to_string();
-        tokio::task::spawn_blocking(move || read_raw(&base, &topic, &source, from, until))
+        let clock = clock.clone();
+        tokio::task::spawn_blocking(move || read_raw(&base, &topic, &source, from, until, &clock))
             .await
             .context("reading the raw topic")??
     };
@@ -129,11 +133,7 @@ pub async fn replay(
             ));
             continue;
         }
-        let parsed = match handler
-            .handler
-            .parse(source, &body, record.received_at)
-            .and_then(super::check_keys)
-        {
+        let parsed = match handler.parse(&body, record.received_at) {
             Ok(p) => p,
             Err(e) => {
                 report.failed.push((record.received_at, e.describe()));
@@ -145,7 +145,7 @@ pub async fn replay(
             .into_iter()
             .map(|mut e| {
                 e.id = replay_id(&run, &e.id);
-                let payload = serde_json::to_vec(&e).expect("events serialize");
+                let payload = encode(&e);
                 (e.lead, payload)
             })
             .collect();
@@ -171,11 +171,12 @@ fn read_raw(
     source: &str,
     from: Option<Timestamp>,
     until: Option<Timestamp>,
+    clock: &Clock,
 ) -> anyhow::Result<Vec<RawRecord>> {
     let mut cfg = base.clone();
     cfg.set(
         "group.id",
-        format!("leadwatch-replay-{}", Timestamp::now().as_millisecond()),
+        format!("leadwatch-replay-{}", clock.now().as_millisecond()),
     )
     .set("enable.auto.commit", "false")
     .set("enable.auto.offset.store", "false")
@@ -222,11 +223,11 @@ fn read_raw(
     }
     consumer.assign(&assignment)?;
     let mut records = Vec::new();
-    let mut last_progress = std::time::Instant::now();
+    let mut last_progress = clock.instant();
     while !ends.is_empty() {
         match consumer.poll(Duration::from_millis(500)) {
             Some(Ok(msg)) => {
-                last_progress = std::time::Instant::now();
+                last_progress = clock.instant();
                 let partition = msg.partition();
                 if let Some(end) = ends.get(&partition)
                     && msg.offset() + 1 >= *end
@@ -250,7 +251,7 @@ fn read_raw(
             }
             Some(Err(e)) => return Err(e).context("reading the raw topic"),
             None => {
-                if last_progress.elapsed() > Duration::from_secs(30) {
+                if clock.instant().duration_since(last_progress) > Duration::from_secs(30) {
                     bail!("no progress reading `{topic}` for 30 s");
                 }
             }

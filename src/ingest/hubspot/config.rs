@@ -46,4 +46,27 @@ impl HubspotConfig {
         problems.extend(fields::unknown_names(&self.fields, &[]));
         problems
     }
+
+    /// Without `portal_ids`, any account's requests are taken (logged at start).
+    pub fn warning(&self) -> Option<&'static str> {
+        self.portal_ids.is_empty().then_some(
+            "HubSpot source without `portal_ids`: every account that installs the app sends \
+             requests signed with its secret, and they would all write to the same \
+             `hubspot:{id}` leads. List your portal id.",
+        )
+    }
+}
+
+/// HubSpot's documentation and SDK examples sign with this client secret.
+#[cfg(test)]
+pub(super) const EXAMPLE_SECRET: &str = "yyyyyyyy-yyyy-yyyy-yyyy-yyyyyyyyyyyy";
+
+/// Settings for tests: the documented client secret (after another, as while rotating), the
+/// documented target URL, and `extra` lines.
+#[cfg(test)]
+pub(super) fn example(extra: &str) -> HubspotConfig {
+    crate::ingest::testing::source_config(&format!(
+        "secret = [\"other-secret\", \"{EXAMPLE_SECRET}\"]\n\
+         public_url = \"https://www.example.com/webhook_uri\"\n{extra}"
+    ))
 }

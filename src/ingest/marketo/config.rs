@@ -5,6 +5,9 @@ use std::collections::BTreeMap;
 use crate::conf::{HumanDuration, KeyProblems, PlainSecrets};
 use crate::ingest::fields;
 
+/// Keys of `[sources.NAME.fields]` besides the canonical names.
+pub const STRUCTURAL: &[&str] = &["lead", "id", "occurred_at", "activity", "activity_by"];
+
 /// Marketo "Call Webhook" flow steps: a JSON body templated by the admin, authenticated by a
 /// header that carries a shared secret.
 #[derive(Debug, Clone, eserde::Deserialize)]
@@ -45,7 +48,7 @@ impl MarketoConfig {
                 format!("`{tz}` is not an IANA time zone such as \"America/Chicago\""),
             ));
         }
-        problems.extend(fields::unknown_names(&self.fields, super::STRUCTURAL));
+        problems.extend(fields::unknown_names(&self.fields, STRUCTURAL));
         for (key, pointer) in &self.fields {
             if !pointer.is_empty() && !pointer.starts_with('/') {
                 problems.push((
@@ -62,4 +65,14 @@ impl MarketoConfig {
         }
         problems
     }
+}
+
+/// Settings for tests: header `X-Leadwatch-Token` with two secrets (rotating), and `fields`
+/// lines under `[fields]`.
+#[cfg(test)]
+pub(super) fn example(fields: &str) -> MarketoConfig {
+    crate::ingest::testing::source_config(&format!(
+        "header = \"X-Leadwatch-Token\"\nsecret = [\"t0k3n-new\", \"t0k3n-old\"]\n\
+         [fields]\n{fields}"
+    ))
 }

@@ -50,3 +50,11 @@ impl PipedriveConfig {
         problems
     }
 }
+
+/// Settings for tests: basic auth `pd` / `s3cret`, and `fields` lines under `[fields]`.
+#[cfg(test)]
+pub(super) fn example(fields: &str) -> PipedriveConfig {
+    crate::ingest::testing::source_config(&format!(
+        "username = \"pd\"\npassword = \"s3cret\"\n[fields]\n{fields}"
+    ))
+}

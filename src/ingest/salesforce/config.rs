@@ -61,4 +61,13 @@ impl SalesforceConfig {
         problems.extend(fields::unknown_names(&self.fields, &[]));
         problems
     }
+
+    /// Without basic auth or a path secret, only the org id guards the source (logged at start).
+    pub fn warning(&self) -> Option<&'static str> {
+        (self.username.is_none() && self.path_secret.is_none()).then_some(
+            "Salesforce source without basic auth or a path secret: only the org id (not a \
+             secret) guards it. Restrict it by IP allowlist or client certificate at the \
+             ingress (see README).",
+        )
+    }
 }

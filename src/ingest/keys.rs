@@ -1,0 +1,96 @@
+//! Lead keys and event ids: they become Kafka keys, so how long they may be is decided here for
+//! every source; and the hashed id sources derive when their vendor gives none.
+//!
+//! Two limits stand today, and they differ: every produced key is checked against
+//! [`MAX_KEY_LEN`] (600 bytes, prefix included) once the body is parsed; keys a sender gives to
+//! be taken verbatim (the generic source's `id`, `lead` and `into`) against
+//! [`MAX_VERBATIM_KEY_LEN`] (512 bytes) while the body is read, so its 400 names the field.
+
+use super::error::{FieldProblem, IngestError};
+use super::handler::Parsed;
+
+/// Longest lead key or event id any source produces (a Kafka key; vendors' ids are far
+/// shorter): `check_keys` refuses a longer one as malformed, whatever the source.
+pub const MAX_KEY_LEN: usize = 600;
+
+/// Longest key a sender gives to be taken verbatim: the generic source's `id`, `lead` and
+/// `into`, checked field by field while its body is read. Stricter than [`MAX_KEY_LEN`], so for
+/// the generic source it is the limit that applies.
+pub const MAX_VERBATIM_KEY_LEN: usize = 512;
+
+/// A vendor body could name a lead with megabytes: refuse it as malformed.
+pub(super) fn check_keys(parsed: Parsed) -> Result<Parsed, IngestError> {
+    for e in &parsed.events {
+        for (what, value) in [("lead", &e.lead), ("id", &e.id)] {
+            if value.len() > MAX_KEY_LEN || value.trim().is_empty() {
+                return Err(IngestError::Malformed(vec![FieldProblem::new(
+                    what,
+                    format!("the {what} must be 1 to {MAX_KEY_LEN} bytes long"),
+                )]));
+            }
+            // Control characters are no part of a CRM id (and the engine keeps its own records
+            // in the state changelog under keys that start with one).
+            if value.chars().any(char::is_control) {
+                return Err(IngestError::Malformed(vec![FieldProblem::new(
+                    what,
+                    format!("the {what} must not contain control characters"),
+                )]));
+            }
+        }
+    }
+    Ok(parsed)
+}
+
+/// A stable event id from parts: `{prefix}:{first 32 hex digits of a hash of the parts}`. The
+/// parts are length-prefixed, so moving a character between parts changes the id.
+pub fn hashed_id(prefix: &str, parts: &[&str]) -> String {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    for part in parts {
+        h.update((part.len() as u64).to_be_bytes());
+        h.update(part.as_bytes());
+    }
+    let digest = h.finalize();
+    let hex: String = digest[..16].iter().map(|b| format!("{b:02x}")).collect();
+    format!("{prefix}:{hex}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::{Change, LeadEvent};
+
+    /// What a parse made: one event on `lead`.
+    fn one_event_on(lead: String) -> Parsed {
+        Parsed {
+            events: vec![LeadEvent {
+                id: "e".into(),
+                source: "s".into(),
+                lead,
+                occurred_at: jiff::Timestamp::UNIX_EPOCH,
+                received_at: jiff::Timestamp::UNIX_EPOCH,
+                change: Change::Deleted {},
+            }],
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn absurdly_long_lead_keys_are_malformed() {
+        let ok = one_event_on("marketo:1".into());
+        assert!(check_keys(ok).is_ok());
+        let long = one_event_on(format!("marketo:{}", "9".repeat(700)));
+        assert!(matches!(
+            check_keys(long),
+            Err(IngestError::Malformed(ps)) if ps[0].field == "lead"
+        ));
+    }
+
+    #[test]
+    fn a_produced_key_may_be_max_key_len_bytes_and_no_more() {
+        let prefix = "marketo:";
+        let longest = format!("{prefix}{}", "9".repeat(MAX_KEY_LEN - prefix.len()));
+        assert!(check_keys(one_event_on(longest.clone())).is_ok());
+        assert!(check_keys(one_event_on(format!("{longest}9"))).is_err());
+    }
+}

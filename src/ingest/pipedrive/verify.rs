@@ -1,0 +1,27 @@
+//! Whether a request is Pipedrive's: the HTTP basic auth given when the webhook was created
+//! (`http_auth_user`, `http_auth_password`), checked in constant time.
+
+use super::config::PipedriveConfig;
+use crate::conf::PlainSecrets;
+use crate::ingest::{IngestError, Request, auth};
+
+/// The basic-auth credentials a Pipedrive request must carry (any of the passwords).
+#[derive(Debug)]
+pub struct Credentials {
+    username: String,
+    passwords: PlainSecrets,
+}
+
+impl Credentials {
+    pub fn from_config(cfg: &PipedriveConfig) -> Self {
+        Self {
+            username: cfg.username.clone(),
+            passwords: cfg.password.clone(),
+        }
+    }
+
+    pub fn authenticate(&self, req: &Request<'_>) -> Result<(), IngestError> {
+        auth::check_basic(req.headers, &self.username, &self.passwords.0)
+            .map_err(IngestError::Unauthorized)
+    }
+}
