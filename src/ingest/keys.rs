@@ -1,22 +1,26 @@
 //! Lead keys and event ids: they become Kafka keys, so how long they may be is decided here for
 //! every source; and the hashed id sources derive when their vendor gives none.
 //!
-//! Two limits stand today, and they differ: every produced key is checked against
-//! [`MAX_KEY_LEN`] (600 bytes, prefix included) once the body is parsed; keys a sender gives to
-//! be taken verbatim (the generic source's `id`, `lead` and `into`) against
-//! [`MAX_VERBATIM_KEY_LEN`] (512 bytes) while the body is read, so its 400 names the field.
+//! One limit, in two places: a key a sender gives to be taken verbatim (the generic source's
+//! `id`, `lead` and `into`) may be [`MAX_VERBATIM_KEY_LEN`] bytes, checked while the body is
+//! read so its 400 names the field; a key leadwatch produces may be longer by the prefixes it
+//! adds (a system name such as `salesforce:`, a replay's `replay:{run}:`), up to
+//! [`MAX_KEY_LEN`], checked for every source once the body is parsed.
 
 use super::error::{FieldProblem, IngestError};
 use super::handler::Parsed;
 
-/// Longest lead key or event id any source produces (a Kafka key; vendors' ids are far
-/// shorter): `check_keys` refuses a longer one as malformed, whatever the source.
-pub const MAX_KEY_LEN: usize = 600;
-
 /// Longest key a sender gives to be taken verbatim: the generic source's `id`, `lead` and
-/// `into`, checked field by field while its body is read. Stricter than [`MAX_KEY_LEN`], so for
-/// the generic source it is the limit that applies.
+/// `into`, checked field by field while its body is read.
 pub const MAX_VERBATIM_KEY_LEN: usize = 512;
+
+/// Room for the prefixes leadwatch puts before a key (`salesforce:`, `replay:{run}:` …).
+const PREFIX_ROOM: usize = 88;
+
+/// Longest lead key or event id any source produces (a Kafka key; vendors' ids are far
+/// shorter): a verbatim key and the prefixes leadwatch adds. `check_keys` refuses a longer one
+/// as malformed, whatever the source.
+pub const MAX_KEY_LEN: usize = MAX_VERBATIM_KEY_LEN + PREFIX_ROOM;
 
 /// A vendor body could name a lead with megabytes: refuse it as malformed.
 pub(super) fn check_keys(parsed: Parsed) -> Result<Parsed, IngestError> {
