@@ -14,6 +14,7 @@ use std::sync::{Arc, Mutex};
 use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
 
+use super::retry::Tries;
 use crate::bus::producer::Producer;
 
 /// One delivery waiting for a retry.
@@ -45,6 +46,30 @@ pub struct Pending {
     /// Moved forward because the sink answered again (its next failure is free).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub early: bool,
+}
+
+impl Pending {
+    /// Its past, as [`super::retry::decide`] wants it.
+    pub fn tries(&self) -> Tries {
+        Tries {
+            attempts: self.attempts,
+            free: self.free,
+            early: self.early,
+            failing_since: self.failing_since,
+        }
+    }
+
+    /// Takes the past [`super::retry::decide`] handed back.
+    pub fn set_tries(&mut self, tries: Tries) {
+        let Tries {
+            attempts,
+            free,
+            early,
+            failing_since,
+        } = tries;
+        (self.attempts, self.free, self.early, self.failing_since) =
+            (attempts, free, early, failing_since);
+    }
 }
 
 fn is_zero(n: &u32) -> bool {

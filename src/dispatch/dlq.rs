@@ -14,7 +14,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use backon::Retryable;
 use bytes::Bytes;
 use jiff::Timestamp;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
@@ -23,7 +22,7 @@ use serde::{Deserialize, Serialize};
 
 use super::DispatchSections;
 use super::queue::SinkQueue;
-use super::retry::Schedule;
+use super::retry::{self, Decision, Schedule, Tries};
 use super::routes::Routes;
 use super::sinks::{Attempt, Delivered, DeliveryError};
 use super::template::Templates;
@@ -236,7 +235,7 @@ pub async fn replay(
         sink: sink_name.to_string(),
         ..Default::default()
     };
-    // A few quick retries, honouring Retry-After up to a minute.
+    // A few quick retries, a Retry-After honoured up to a minute.
     let schedule = Schedule {
         delays: vec![
             Duration::from_secs(1),
@@ -266,27 +265,30 @@ pub async fn replay(
             routes.route_for(&alert, sink_name),
             queue.sink.style(),
         );
-        let attempts = std::sync::atomic::AtomicU32::new(letter.attempts);
-        let result = (|| async {
-            let n = attempts.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
+        // The same decision as live delivery's, on the replay's own quick schedule; the sink
+        // sees the attempts numbered on from the letter's.
+        let mut tries = Tries::default();
+        let result = loop {
+            tries.attempts += 1;
             let a = Attempt {
                 alert: &alert,
                 body: &body,
-                attempt: n,
+                attempt: letter.attempts + tries.attempts,
                 maybe_attempted: true,
                 message: &message,
             };
-            queue.attempt(&a).await.result
-        })
-        .retry(schedule.clone())
-        .when(|e: &DeliveryError| e.retriable)
-        .adjust(|e: &DeliveryError, planned| {
-            planned.map(|p| {
-                e.retry_after
-                    .map_or(p, |asked| asked.min(Duration::from_secs(60)))
-            })
-        })
-        .await;
+            let outcome = queue.attempt(&a).await.result;
+            match retry::decide(tries, outcome, &schedule, Timestamp::now()) {
+                Decision::Done(delivered) => break Ok(delivered),
+                Decision::RetryAt {
+                    after, tries: t, ..
+                } => {
+                    tries = t;
+                    tokio::time::sleep(after).await;
+                }
+                Decision::DeadLetter(e) => break Err(e),
+            }
+        };
         match result {
             Ok(Delivered::Skipped(why)) => {
                 tracing::warn!(alert_id = %alert.id(), %why, "not for this sink; dropped from the dead letters");
@@ -298,12 +300,7 @@ pub async fn replay(
             }
             Err(e) => {
                 tracing::error!(alert_id = %alert.id(), sink = sink_name, error = %e, "failed again");
-                let again = DeadLetter::new(
-                    sink_name,
-                    &body,
-                    attempts.load(std::sync::atomic::Ordering::SeqCst),
-                    &e,
-                );
+                let again = DeadLetter::new(sink_name, &body, letter.attempts + tries.attempts, &e);
                 anyhow::ensure!(
                     write(&producer, &topics.dlq, &again, &never).await,
                     "could not write a dead letter back"

@@ -69,7 +69,7 @@ use backlog::{Backlog, Pending};
 pub use config::{DispatchConfig, DispatchSections};
 use ledger::Ledger;
 use queue::SinkQueue;
-use retry::Schedule;
+use retry::{Decision, Schedule};
 use routes::Routes;
 use sinks::{Attempt, Delivered, DeliveryError, Sink};
 use template::Templates;
@@ -644,8 +644,9 @@ async fn settle(
     }
     let sink = entry.sink.clone();
     let (producer, topics, abandon) = (&shared.producer, &shared.topics, &shared.abandon);
-    match outcome {
-        Ok(delivered) => {
+    let now = Timestamp::now();
+    match retry::decide(entry.tries(), outcome, &shared.schedule, now) {
+        Decision::Done(delivered) => {
             match &delivered {
                 Delivered::Sent | Delivered::AlreadyThere => {
                     let outcome = if delivered == Delivered::Sent {
@@ -679,54 +680,43 @@ async fn settle(
                 ok
             }
         }
-        Err(e) => {
+        Decision::RetryAt {
+            at,
+            after,
+            tries,
+            error: e,
+        } => {
+            entry.set_tries(tries);
             entry.last_status = e.status;
             entry.last_error = e.message.clone();
             entry.excerpt = e.excerpt.chars().take(200).collect();
-            let now = Timestamp::now();
-            let since = *entry.failing_since.get_or_insert(now);
-            // An attempt made early (the sink answered again) does not use up a step, up to one
-            // per step: a flapping sink cannot turn the backlog into a storm.
-            if std::mem::take(&mut entry.early) && entry.free < shared.schedule.attempts() {
-                entry.free += 1;
+            shared.metrics.delivery(&sink, "retry_scheduled");
+            tracing::warn!(%sink, alert_id = %alert.id(), attempt = entry.attempts, error = %e, delay = ?after, "delivery failed; retry scheduled");
+            entry.not_before = at;
+            schedule(shared, work, lead, entry).await
+        }
+        Decision::DeadLetter(e) => {
+            shared.metrics.delivery(&sink, "dead_lettered");
+            tracing::error!(%sink, alert_id = %alert.id(), attempts = entry.attempts, status = ?e.status, error = %e, "alert dead-lettered");
+            let letter = dlq::DeadLetter::new(&sink, entry.body.as_bytes(), entry.attempts, &e);
+            if !dlq::write(producer, &topics.dlq, &letter, abandon).await {
+                return false;
             }
-            let step = entry.attempts.saturating_sub(entry.free).max(1);
-            let next = (e.retriable && !shared.schedule.given_up(since, now))
-                .then(|| shared.schedule.next_delay(step, e.retry_after))
-                .flatten();
-            match next {
-                Some(delay) => {
-                    shared.metrics.delivery(&sink, "retry_scheduled");
-                    tracing::warn!(%sink, alert_id = %alert.id(), attempt = entry.attempts, error = %e, ?delay, "delivery failed; retry scheduled");
-                    entry.not_before =
-                        now + jiff::SignedDuration::try_from(delay).unwrap_or_default();
-                    schedule(shared, work, lead, entry).await
-                }
-                None => {
-                    shared.metrics.delivery(&sink, "dead_lettered");
-                    tracing::error!(%sink, alert_id = %alert.id(), attempts = entry.attempts, status = ?e.status, error = %e, "alert dead-lettered");
-                    let letter =
-                        dlq::DeadLetter::new(&sink, entry.body.as_bytes(), entry.attempts, &e);
-                    if !dlq::write(producer, &topics.dlq, &letter, abandon).await {
-                        return false;
-                    }
-                    let ok = work
-                        .ledger
-                        .record_dead(
-                            producer,
-                            &topics.delivered,
-                            lead,
-                            alert.id(),
-                            &sink,
-                            abandon,
-                        )
-                        .await;
-                    if from_backlog {
-                        remove(shared, work, lead, &entry).await && ok
-                    } else {
-                        ok
-                    }
-                }
+            let ok = work
+                .ledger
+                .record_dead(
+                    producer,
+                    &topics.delivered,
+                    lead,
+                    alert.id(),
+                    &sink,
+                    abandon,
+                )
+                .await;
+            if from_backlog {
+                remove(shared, work, lead, &entry).await && ok
+            } else {
+                ok
             }
         }
     }

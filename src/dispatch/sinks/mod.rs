@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 
-use super::retry::{is_retriable, retry_after};
+use super::retry::{self, is_retriable, retry_after};
 use super::template::{Message, Style};
 use crate::alert::Alert;
 pub use config::SinkConfig;
@@ -139,6 +139,15 @@ impl DeliveryError {
             message: format!("{what} answered {status}"),
             excerpt,
         }
+    }
+}
+
+impl retry::Failure for DeliveryError {
+    fn retriable(&self) -> bool {
+        self.retriable
+    }
+    fn retry_after(&self) -> Option<Duration> {
+        self.retry_after
     }
 }
 
