@@ -1,0 +1,373 @@
+//! Delivery: one alert to each of its sinks. The per-message work of the dispatcher
+//! ([`fan_out`]: the inline first attempt, or the backlog), the per-due-entry work
+//! ([`retry_one`]), and carrying out what [`super::retry::decide`] decided for an attempt
+//! ([`settle`]: the ledger mark, the backlog entry, or the dead letter). One (alert, sink) is
+//! delivered at a time ([`Deliveries`]), and the ledger and the backlog are consulted under that
+//! lock.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use jiff::Timestamp;
+use tokio::sync::{Notify, mpsc};
+use tokio_util::sync::CancellationToken;
+
+use super::backlog::{self, Backlog, Pending};
+use super::dlq;
+use super::ledger::Ledger;
+use super::queue::SinkQueue;
+use super::retry::{self, Decision, Schedule};
+use super::routes::Routes;
+use super::sinks::{Attempt, Delivered, DeliveryError};
+use super::template::Templates;
+use crate::alert::Alert;
+use crate::bus::Topics;
+use crate::bus::producer::Producer;
+use crate::telemetry::Metrics;
+
+/// One partition's delivery state.
+#[derive(Clone)]
+pub(crate) struct Work {
+    pub(crate) partition: i32,
+    pub(crate) ledger: Ledger,
+    pub(crate) backlog: Backlog,
+    /// Cancelled when the partition is revoked: its deliveries in flight stop writing.
+    pub(crate) revoked: CancellationToken,
+    /// When this dispatcher took the partition (restored and ready).
+    pub(crate) assigned_at: Timestamp,
+}
+
+/// What every delivery shares.
+pub(crate) struct Shared {
+    pub(crate) queues: HashMap<String, Arc<SinkQueue>>,
+    pub(crate) routes: Routes,
+    pub(crate) templates: Templates,
+    pub(crate) schedule: Schedule,
+    pub(crate) producer: Arc<Producer>,
+    pub(crate) topics: Topics,
+    pub(crate) metrics: Arc<Metrics>,
+    /// Set when a backlog gained an entry (the loop's timer may need to wake earlier).
+    pub(crate) changed: Notify,
+    /// Sinks that answered again after failing.
+    pub(crate) recovered: mpsc::UnboundedSender<String>,
+    /// Cancelled when the grace period is over.
+    pub(crate) abandon: CancellationToken,
+    /// One delivery of an (alert, sink) at a time, across the generations of a partition.
+    pub(crate) deliveries: Deliveries,
+}
+
+/// A lock per (alert id, sink) being delivered. The same alert can be in `{prefix}.alerts`
+/// twice (the engine fired it again after a crash, before the state that marked it fired was
+/// written), and a partition taken back can meet an alert its previous generation is still
+/// attempting: the later copy waits for the earlier delivery to end, then looks at the ledger
+/// and the backlog again.
+#[derive(Default)]
+pub(crate) struct Deliveries {
+    locks: std::sync::Mutex<HashMap<DeliveryKey, Arc<tokio::sync::Mutex<()>>>>,
+}
+
+/// (alert id, sink)
+type DeliveryKey = (String, String);
+
+/// Holds one (alert, sink); the entry goes when its last holder or waiter does.
+struct Turn {
+    shared: Arc<Shared>,
+    key: DeliveryKey,
+    _guard: tokio::sync::OwnedMutexGuard<()>,
+}
+
+impl Deliveries {
+    async fn turn(shared: &Arc<Shared>, alert_id: &str, sink: &str) -> Turn {
+        let key = (alert_id.to_string(), sink.to_string());
+        let lock = shared
+            .deliveries
+            .locks
+            .lock()
+            .expect("deliveries lock")
+            .entry(key.clone())
+            .or_default()
+            .clone();
+        Turn {
+            shared: shared.clone(),
+            key,
+            _guard: lock.lock_owned().await,
+        }
+    }
+}
+
+impl Drop for Turn {
+    fn drop(&mut self) {
+        if let Ok(mut locks) = self.shared.deliveries.locks.lock()
+            && locks
+                .get(&self.key)
+                .is_some_and(|l| Arc::strong_count(l) == 1)
+        {
+            locks.remove(&self.key);
+        }
+    }
+}
+
+/// Brings one alert from `{prefix}.alerts` to each of its sinks, or to the backlog; resolves to
+/// the offset to store once every sink is settled (None: not all of them, e.g. the partition was
+/// revoked — its next owner redoes the alert).
+pub(crate) async fn fan_out(
+    shared: Arc<Shared>,
+    work: Work,
+    offset: i64,
+    alert: Alert,
+    body: Bytes,
+) -> Option<(i32, i64)> {
+    let targets = shared.routes.targets(&alert);
+    if targets.is_empty() {
+        shared.metrics.unrouted(&alert.kind);
+        tracing::warn!(
+            alert_id = %alert.id(), r#type = %alert.kind, lead = %alert.data.lead,
+            alert = %String::from_utf8_lossy(&body),
+            "no route matches this alert; it is not delivered anywhere"
+        );
+        return (!work.revoked.is_cancelled()).then_some((work.partition, offset));
+    }
+    let lead = alert.data.lead.clone();
+    let each = targets.into_iter().map(|t| {
+            let (shared, work, alert, body, lead) =
+                (shared.clone(), work.clone(), &alert, &body, &lead);
+            async move {
+                // A copy of this alert being delivered goes first; settled or in the backlog
+                // (by it, or before), nothing is left to do.
+                let _turn = Deliveries::turn(&shared, alert.id(), &t.sink).await;
+                if work.ledger.settled(lead, alert.id()).contains(&t.sink)
+                    || work.backlog.contains(lead, alert.id(), &t.sink)
+                {
+                    return true;
+                }
+                let Some(queue) = shared.queues.get(&t.sink).cloned() else {
+                    return true;
+                };
+                let mut entry = Pending {
+                    alert_id: alert.id().to_string(),
+                    sink: t.sink.clone(),
+                    body: String::from_utf8_lossy(body).into_owned(),
+                    not_before: Timestamp::now(),
+                    ..Pending::default()
+                };
+                if !queue.has_room_inline() {
+                    // Busy or failing: the backlog takes it, the offset moves on.
+                    let reason = if queue.is_failing() { "failing" } else { "busy" };
+                    tracing::debug!(sink = %t.sink, alert_id = %alert.id(), reason, "handed to the backlog");
+                    return schedule(&shared, &work, lead, entry).await;
+                }
+                entry.attempts = 1;
+                // Fired before this dispatcher took the partition: its earlier owner may have
+                // attempted it (the alert's own time: engine and dispatcher share a clock, or
+                // NTP keeps theirs close).
+                let maybe_attempted = alert.timestamp < work.assigned_at;
+                let outcome = attempt(&shared, &queue, alert, body, 1, maybe_attempted).await;
+                settle(&shared, &work, lead, alert, entry, outcome, false).await
+            }
+        });
+    let all = futures::future::join_all(each).await;
+    // A revoked partition's offsets are its next owner's to store: what this generation skipped
+    // may hang on a delivery it abandoned.
+    (all.into_iter().all(|ok| ok) && !work.revoked.is_cancelled())
+        .then_some((work.partition, offset))
+}
+
+/// One attempt through the sink's queue; reports a recovered sink to the loop.
+async fn attempt(
+    shared: &Shared,
+    queue: &SinkQueue,
+    alert: &Alert,
+    body: &Bytes,
+    n: u32,
+    maybe_attempted: bool,
+) -> Result<Delivered, DeliveryError> {
+    let message = shared.templates.render(
+        alert,
+        shared.routes.route_for(alert, &queue.name),
+        queue.sink.style(),
+    );
+    let a = Attempt {
+        alert,
+        body,
+        attempt: n,
+        maybe_attempted,
+        message: &message,
+    };
+    let outcome = queue.attempt(&a).await;
+    if outcome.recovered {
+        let _ = shared.recovered.send(queue.name.clone());
+    }
+    outcome.result
+}
+
+/// A backlog entry whose time has come.
+pub(crate) async fn retry_one(shared: Arc<Shared>, work: Work, lead: String, mut entry: Pending) {
+    let _turn = Deliveries::turn(&shared, &entry.alert_id, &entry.sink).await;
+    if work
+        .ledger
+        .settled(&lead, &entry.alert_id)
+        .contains(&entry.sink)
+    {
+        // Done before (its removal from the backlog did not reach Kafka).
+        remove(&shared, &work, &lead, &entry).await;
+        return;
+    }
+    let body = Bytes::from(entry.body.clone());
+    let alert: Alert = match serde_json::from_slice(&body) {
+        Ok(a) => a,
+        Err(e) => {
+            tracing::error!(alert_id = %entry.alert_id, error = %e, "a backlog entry's alert is unreadable; dropped");
+            shared.metrics.delivery(&entry.sink, "unreadable_alert");
+            remove(&shared, &work, &lead, &entry).await;
+            return;
+        }
+    };
+    let outcome = match shared.queues.get(&entry.sink).cloned() {
+        Some(queue) => {
+            entry.attempts += 1;
+            attempt(&shared, &queue, &alert, &body, entry.attempts, true).await
+        }
+        None => Err(DeliveryError::permanent(format!(
+            "sink `{}` is no longer configured",
+            entry.sink
+        ))),
+    };
+    settle(&shared, &work, &lead, &alert, entry, outcome, true).await;
+}
+
+/// Records what an attempt came to: delivered (ledger), retry (backlog), or dead letter.
+/// Returns whether it is durably settled.
+async fn settle(
+    shared: &Shared,
+    work: &Work,
+    lead: &str,
+    alert: &Alert,
+    mut entry: Pending,
+    outcome: Result<Delivered, DeliveryError>,
+    from_backlog: bool,
+) -> bool {
+    if work.revoked.is_cancelled() {
+        // Another member owns the partition now and redoes what is not recorded.
+        return false;
+    }
+    let sink = entry.sink.clone();
+    let (producer, topics, abandon) = (&shared.producer, &shared.topics, &shared.abandon);
+    let now = Timestamp::now();
+    match retry::decide(entry.tries(), outcome, &shared.schedule, now) {
+        Decision::Done(delivered) => {
+            match &delivered {
+                Delivered::Sent | Delivered::AlreadyThere => {
+                    let outcome = if delivered == Delivered::Sent {
+                        "delivered"
+                    } else {
+                        "already_there"
+                    };
+                    shared.metrics.delivery(&sink, outcome);
+                    shared.metrics.delivery_latency(&sink, latency(alert));
+                    tracing::info!(%sink, alert_id = %alert.id(), attempts = entry.attempts, outcome, "alert delivered");
+                }
+                Delivered::Skipped(why) => {
+                    shared.metrics.delivery(&sink, "skipped");
+                    tracing::warn!(%sink, alert_id = %alert.id(), %why, "alert not for this sink; skipped");
+                }
+            }
+            let ok = work
+                .ledger
+                .record(
+                    producer,
+                    &topics.delivered,
+                    lead,
+                    alert.id(),
+                    &sink,
+                    abandon,
+                )
+                .await;
+            if from_backlog {
+                remove(shared, work, lead, &entry).await && ok
+            } else {
+                ok
+            }
+        }
+        Decision::RetryAt {
+            at,
+            after,
+            tries,
+            error: e,
+        } => {
+            entry.set_tries(tries);
+            entry.last_status = e.status;
+            entry.last_error = e.message.clone();
+            entry.excerpt = e.excerpt.chars().take(200).collect();
+            shared.metrics.delivery(&sink, "retry_scheduled");
+            tracing::warn!(%sink, alert_id = %alert.id(), attempt = entry.attempts, error = %e, delay = ?after, "delivery failed; retry scheduled");
+            entry.not_before = at;
+            schedule(shared, work, lead, entry).await
+        }
+        Decision::DeadLetter(e) => {
+            shared.metrics.delivery(&sink, "dead_lettered");
+            tracing::error!(%sink, alert_id = %alert.id(), attempts = entry.attempts, status = ?e.status, error = %e, "alert dead-lettered");
+            let letter = dlq::DeadLetter::new(&sink, entry.body.as_bytes(), entry.attempts, &e);
+            if !dlq::write(producer, &topics.dlq, &letter, abandon).await {
+                return false;
+            }
+            let ok = work
+                .ledger
+                .record_dead(
+                    producer,
+                    &topics.delivered,
+                    lead,
+                    alert.id(),
+                    &sink,
+                    abandon,
+                )
+                .await;
+            if from_backlog {
+                remove(shared, work, lead, &entry).await && ok
+            } else {
+                ok
+            }
+        }
+    }
+}
+
+/// From an alert's deadline (or, for an alert fired before it, its firing) to now, in seconds.
+fn latency(alert: &Alert) -> f64 {
+    let due = alert.data.deadline.min(alert.timestamp);
+    Timestamp::now().duration_since(due).as_secs_f64().max(0.0)
+}
+
+/// Puts an entry in the backlog and writes it; true once Kafka has it.
+async fn schedule(shared: &Shared, work: &Work, lead: &str, entry: Pending) -> bool {
+    if work.revoked.is_cancelled() {
+        return false;
+    }
+    work.backlog.schedule(lead, entry);
+    shared.changed.notify_one();
+    write_backlog(shared, work, lead).await
+}
+
+async fn remove(shared: &Shared, work: &Work, lead: &str, entry: &Pending) -> bool {
+    if work.revoked.is_cancelled() {
+        return false;
+    }
+    work.backlog.remove(lead, &entry.alert_id, &entry.sink);
+    write_backlog(shared, work, lead).await
+}
+
+/// Writes the lead's current backlog entry (a tombstone once empty).
+async fn write_backlog(shared: &Shared, work: &Work, lead: &str) -> bool {
+    let snapshot = || {
+        // The entry as it is when the write is queued: a later write carries later state.
+        let b = &work.backlog;
+        b.contains_lead(lead).then(|| b.serialize_lead(lead))
+    };
+    backlog::persist(
+        &shared.producer,
+        &shared.topics.retry,
+        lead,
+        snapshot,
+        &shared.abandon,
+    )
+    .await
+}
