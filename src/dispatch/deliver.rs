@@ -13,16 +13,18 @@ use jiff::Timestamp;
 use tokio::sync::{Notify, mpsc};
 use tokio_util::sync::CancellationToken;
 
+use super::DispatchSections;
 use super::backlog::{self, Backlog, Pending};
 use super::dlq;
 use super::ledger::Ledger;
 use super::queue::SinkQueue;
 use super::retry::{self, Decision, Schedule};
 use super::routes::Routes;
-use super::sinks::{Attempt, Delivered, DeliveryError};
+use super::sinks::{Attempt, Delivered, DeliveryError, http_client};
 use super::template::Templates;
 use crate::alert::Alert;
 use crate::bus::Topics;
+use crate::bus::changelog::Snapshot;
 use crate::bus::producer::Producer;
 use crate::telemetry::Metrics;
 
@@ -36,6 +38,39 @@ pub(crate) struct Work {
     pub(crate) revoked: CancellationToken,
     /// When this dispatcher took the partition (restored and ready).
     pub(crate) assigned_at: Timestamp,
+}
+
+impl Work {
+    /// A partition's delivery state from its restored ledger (`{prefix}.delivered`) and backlog
+    /// (`{prefix}.alerts.retry`), taken at `assigned_at`; unreadable records are logged.
+    pub(crate) fn restore(
+        partition: i32,
+        ledger: Snapshot,
+        backlog: Snapshot,
+        assigned_at: Timestamp,
+    ) -> Work {
+        let (ledger, broken) = Ledger::from_snapshot(ledger);
+        if broken > 0 {
+            tracing::error!(partition, broken, "delivery records could not be read");
+        }
+        let (backlog, broken) = Backlog::from_snapshot(backlog);
+        if broken > 0 {
+            tracing::error!(partition, broken, "retry records could not be read");
+        }
+        tracing::info!(
+            partition,
+            leads = ledger.len(),
+            retries = backlog.len(),
+            "deliveries and retries restored"
+        );
+        Work {
+            partition,
+            ledger,
+            backlog,
+            revoked: CancellationToken::new(),
+            assigned_at,
+        }
+    }
 }
 
 /// What every delivery shares.
@@ -57,6 +92,60 @@ pub(crate) struct Shared {
     pub(crate) deliveries: Deliveries,
 }
 
+impl Shared {
+    /// Builds the sinks of `[sinks.*]` with their queues, the routes and the templates. The
+    /// receiver hears of every sink that answers again after failing (its backlog may go now).
+    pub(crate) fn new(
+        config: DispatchSections<'_>,
+        producer: Arc<Producer>,
+        topics: Topics,
+        metrics: Arc<Metrics>,
+    ) -> anyhow::Result<(Arc<Shared>, mpsc::UnboundedReceiver<String>)> {
+        let client = http_client(config.dispatch.request_timeout.0)?;
+        let queues = config
+            .sinks
+            .iter()
+            .map(|(name, cfg)| {
+                let queue = SinkQueue::from_config(name, cfg, config.dispatch, client.clone());
+                (name.clone(), Arc::new(queue))
+            })
+            .collect();
+        let templates =
+            Templates::new(config.routes).map_err(|p| anyhow::anyhow!("route templates: {p:?}"))?;
+        let (recovered, recovered_rx) = mpsc::unbounded_channel();
+        let shared = Shared {
+            queues,
+            routes: Routes::new(config.routes.to_vec(), config.sinks.keys().cloned()),
+            templates,
+            schedule: Schedule::from(config.dispatch),
+            producer,
+            topics,
+            metrics,
+            changed: Notify::new(),
+            recovered,
+            abandon: CancellationToken::new(),
+            deliveries: Deliveries::default(),
+        };
+        Ok((Arc::new(shared), recovered_rx))
+    }
+
+    /// Sets `leadwatch_delivery_retry_backlog{sink}` from the backlogs of `works`.
+    pub(crate) fn report_backlog<'a>(&self, works: impl Iterator<Item = &'a Work>) {
+        let mut per_sink: HashMap<&str, i64> =
+            self.queues.keys().map(|k| (k.as_str(), 0)).collect();
+        for work in works {
+            for (sink, n) in work.backlog.per_sink() {
+                if let Some(total) = per_sink.get_mut(sink.as_str()) {
+                    *total += n as i64;
+                }
+            }
+        }
+        for (sink, n) in per_sink {
+            self.metrics.set_retry_backlog(sink, n);
+        }
+    }
+}
+
 /// A lock per (alert id, sink) being delivered. The same alert can be in `{prefix}.alerts`
 /// twice (the engine fired it again after a crash, before the state that marked it fired was
 /// written), and a partition taken back can meet an alert its previous generation is still
@@ -64,24 +153,25 @@ pub(crate) struct Shared {
 /// and the backlog again.
 #[derive(Default)]
 pub(crate) struct Deliveries {
-    locks: std::sync::Mutex<HashMap<DeliveryKey, Arc<tokio::sync::Mutex<()>>>>,
+    locks: Arc<std::sync::Mutex<HashMap<DeliveryKey, Arc<tokio::sync::Mutex<()>>>>>,
 }
 
 /// (alert id, sink)
 type DeliveryKey = (String, String);
 
 /// Holds one (alert, sink); the entry goes when its last holder or waiter does.
-struct Turn {
-    shared: Arc<Shared>,
+pub(crate) struct Turn {
+    locks: Arc<std::sync::Mutex<HashMap<DeliveryKey, Arc<tokio::sync::Mutex<()>>>>>,
     key: DeliveryKey,
     _guard: tokio::sync::OwnedMutexGuard<()>,
 }
 
 impl Deliveries {
-    async fn turn(shared: &Arc<Shared>, alert_id: &str, sink: &str) -> Turn {
+    /// Waits until no one else delivers `alert_id` to `sink`, then holds it until the turn is
+    /// dropped.
+    pub(crate) async fn turn(&self, alert_id: &str, sink: &str) -> Turn {
         let key = (alert_id.to_string(), sink.to_string());
-        let lock = shared
-            .deliveries
+        let lock = self
             .locks
             .lock()
             .expect("deliveries lock")
@@ -89,7 +179,7 @@ impl Deliveries {
             .or_default()
             .clone();
         Turn {
-            shared: shared.clone(),
+            locks: self.locks.clone(),
             key,
             _guard: lock.lock_owned().await,
         }
@@ -98,7 +188,7 @@ impl Deliveries {
 
 impl Drop for Turn {
     fn drop(&mut self) {
-        if let Ok(mut locks) = self.shared.deliveries.locks.lock()
+        if let Ok(mut locks) = self.locks.lock()
             && locks
                 .get(&self.key)
                 .is_some_and(|l| Arc::strong_count(l) == 1)
@@ -135,7 +225,7 @@ pub(crate) async fn fan_out(
             async move {
                 // A copy of this alert being delivered goes first; settled or in the backlog
                 // (by it, or before), nothing is left to do.
-                let _turn = Deliveries::turn(&shared, alert.id(), &t.sink).await;
+                let _turn = shared.deliveries.turn(alert.id(), &t.sink).await;
                 if work.ledger.settled(lead, alert.id()).contains(&t.sink)
                     || work.backlog.contains(lead, alert.id(), &t.sink)
                 {
@@ -203,7 +293,7 @@ async fn attempt(
 
 /// A backlog entry whose time has come.
 pub(crate) async fn retry_one(shared: Arc<Shared>, work: Work, lead: String, mut entry: Pending) {
-    let _turn = Deliveries::turn(&shared, &entry.alert_id, &entry.sink).await;
+    let _turn = shared.deliveries.turn(&entry.alert_id, &entry.sink).await;
     if work
         .ledger
         .settled(&lead, &entry.alert_id)
@@ -370,4 +460,206 @@ async fn write_backlog(shared: &Shared, work: &Work, lead: &str) -> bool {
         &shared.abandon,
     )
     .await
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use futures::FutureExt;
+
+    use super::*;
+    use crate::dispatch::backlog::LeadBacklog;
+    use crate::dispatch::config::DispatchConfig;
+    use crate::dispatch::ledger::{Delivery, LeadDeliveries};
+    use crate::dispatch::routes::RouteConfig;
+    use crate::dispatch::sinks::SinkConfig;
+    use crate::dispatch::template::sample_alert;
+
+    fn t0() -> Timestamp {
+        "2026-11-22T15:00:00Z".parse().unwrap()
+    }
+
+    /// Shares of a dispatcher with one webhook sink, `hook`, and `routes`, whose Kafka is
+    /// nowhere and whose writes give up at once: a test that needs no write passes, one that
+    /// would write sees it fail.
+    fn shared(routes: &[RouteConfig]) -> Arc<Shared> {
+        let sinks: BTreeMap<String, SinkConfig> = [(
+            "hook".to_string(),
+            serde_json::from_value(serde_json::json!({
+                "kind": "webhook",
+                "url": "http://127.0.0.1:1/hook",
+                "secret": "whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD",
+            }))
+            .unwrap(),
+        )]
+        .into();
+        let mut nowhere = rdkafka::ClientConfig::new();
+        nowhere.set("bootstrap.servers", "127.0.0.1:1");
+        let metrics = Arc::new(Metrics::new());
+        let sections = DispatchSections {
+            dispatch: &DispatchConfig::default(),
+            sinks: &sinks,
+            routes,
+        };
+        let producer = Producer::new(&nowhere, metrics.clone()).unwrap();
+        let (shared, _) = Shared::new(sections, producer, Topics::new("t"), metrics).unwrap();
+        shared.abandon.cancel();
+        shared
+    }
+
+    /// A partition whose ledger says `hook` has `alert` and whose backlog holds `pending`.
+    fn work(delivered: Option<&Alert>, pending: &[Pending]) -> Work {
+        let mut ledger = Snapshot::new();
+        if let Some(alert) = delivered {
+            let entry = LeadDeliveries {
+                alerts: [(
+                    alert.id().to_string(),
+                    Delivery {
+                        sinks: ["hook".to_string()].into(),
+                        dead_lettered: Default::default(),
+                        first_at: t0(),
+                    },
+                )]
+                .into(),
+            };
+            ledger.insert(alert.data.lead.clone(), serde_json::to_vec(&entry).unwrap());
+        }
+        let mut backlog = Snapshot::new();
+        for p in pending {
+            let lead = serde_json::from_str::<Alert>(&p.body)
+                .map_or_else(|_| "L-unreadable".to_string(), |a| a.data.lead);
+            let entry = LeadBacklog {
+                pending: vec![p.clone()],
+            };
+            backlog.insert(lead, serde_json::to_vec(&entry).unwrap());
+        }
+        Work::restore(3, ledger, backlog, t0())
+    }
+
+    fn breach() -> Alert {
+        sample_alert("sla.first_touch.breached")
+    }
+
+    fn body(alert: &Alert) -> Bytes {
+        Bytes::from(serde_json::to_vec(alert).unwrap())
+    }
+
+    fn pending(alert: &Alert, body: &str) -> Pending {
+        Pending {
+            alert_id: alert.id().to_string(),
+            sink: "hook".into(),
+            body: body.to_string(),
+            attempts: 1,
+            not_before: t0(),
+            ..Pending::default()
+        }
+    }
+
+    #[tokio::test]
+    async fn one_delivery_of_an_alert_to_a_sink_at_a_time() {
+        let deliveries = Deliveries::default();
+        let first = deliveries.turn("a1", "hook").await;
+        let mut copy = Box::pin(deliveries.turn("a1", "hook"));
+        assert!(futures::poll!(copy.as_mut()).is_pending(), "the copy waits");
+        // Another sink, another alert: no wait.
+        assert!(deliveries.turn("a1", "crm").now_or_never().is_some());
+        assert!(deliveries.turn("a2", "hook").now_or_never().is_some());
+        drop(first);
+        let _copy = copy.await;
+    }
+
+    #[tokio::test]
+    async fn an_alert_no_route_matches_is_counted_and_its_offset_stored_unless_revoked() {
+        let routes = [RouteConfig {
+            alerts: vec!["disposition.*".into()],
+            sinks: vec!["hook".into()],
+            ..RouteConfig::default()
+        }];
+        let shared = shared(&routes);
+        let alert = breach();
+        let w = work(None, &[]);
+        let done = fan_out(shared.clone(), w.clone(), 7, alert.clone(), body(&alert)).await;
+        assert_eq!(done, Some((3, 7)));
+        assert!(
+            shared
+                .metrics
+                .encode()
+                .contains(r#"leadwatch_alerts_unrouted_total{type="sla.first_touch.breached"} 1"#),
+            "{}",
+            shared.metrics.encode()
+        );
+        w.revoked.cancel();
+        let done = fan_out(shared, w, 8, alert.clone(), body(&alert)).await;
+        assert_eq!(
+            done, None,
+            "a revoked partition's offsets are its next owner's"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_sink_that_has_the_alert_or_holds_it_in_the_backlog_is_not_attempted_again() {
+        let shared = shared(&[]);
+        let alert = breach();
+        // Any attempt would fail (nothing listens) and its write to the backlog would give up:
+        // the offset is stored only because nothing was left to do.
+        let delivered = work(Some(&alert), &[]);
+        let done = fan_out(shared.clone(), delivered, 1, alert.clone(), body(&alert)).await;
+        assert_eq!(done, Some((3, 1)));
+        let waiting = work(
+            None,
+            &[pending(&alert, &String::from_utf8_lossy(&body(&alert)))],
+        );
+        let done = fan_out(shared.clone(), waiting, 2, alert.clone(), body(&alert)).await;
+        assert_eq!(done, Some((3, 2)));
+        let nowhere = work(None, &[]);
+        let done = fan_out(shared, nowhere, 3, alert.clone(), body(&alert)).await;
+        assert_eq!(
+            done, None,
+            "the attempt failed and its retry was not written"
+        );
+    }
+
+    #[tokio::test]
+    async fn every_retry_looks_at_the_ledger_first_and_unreadable_entries_go() {
+        let shared = shared(&[]);
+        let alert = breach();
+        let entry = pending(&alert, &String::from_utf8_lossy(&body(&alert)));
+        // Delivered before (its removal from the backlog did not reach Kafka): not sent again.
+        let w = work(Some(&alert), std::slice::from_ref(&entry));
+        let due = w.backlog.take_due(t0());
+        assert_eq!(due.len(), 1);
+        for (lead, entry) in due {
+            retry_one(shared.clone(), w.clone(), lead, entry).await;
+        }
+        assert!(w.backlog.is_empty());
+        assert!(!shared.metrics.encode().contains("outcome=\"delivered\""));
+        // An entry whose alert cannot be read is dropped and counted.
+        let w = work(None, &[pending(&alert, "{")]);
+        for (lead, entry) in w.backlog.take_due(t0()) {
+            retry_one(shared.clone(), w.clone(), lead, entry).await;
+        }
+        assert!(w.backlog.is_empty());
+        assert!(
+            shared.metrics.encode().contains(
+                r#"leadwatch_alert_deliveries_total{sink="hook",outcome="unreadable_alert"} 1"#
+            ),
+            "{}",
+            shared.metrics.encode()
+        );
+    }
+
+    #[test]
+    fn a_restored_partition_knows_its_deliveries_and_retries() {
+        let alert = breach();
+        let entry = pending(&alert, &String::from_utf8_lossy(&body(&alert)));
+        let w = work(Some(&alert), &[entry]);
+        assert_eq!(w.partition, 3);
+        assert_eq!(w.assigned_at, t0());
+        let lead = &alert.data.lead;
+        assert!(w.ledger.settled(lead, alert.id()).contains("hook"));
+        assert!(w.backlog.contains(lead, alert.id(), "hook"));
+        assert_eq!(w.backlog.next_due(), Some(t0()));
+        assert!(!w.revoked.is_cancelled());
+    }
 }

@@ -24,7 +24,7 @@ use super::DispatchSections;
 use super::queue::SinkQueue;
 use super::retry::{self, Decision, Schedule, Tries};
 use super::routes::Routes;
-use super::sinks::{Attempt, Delivered, DeliveryError};
+use super::sinks::{Attempt, Delivered, DeliveryError, http_client};
 use super::template::Templates;
 use crate::alert::Alert;
 use crate::bus::KafkaConfig;
@@ -190,15 +190,9 @@ pub async fn replay(
     let base = bus::client_config(kafka, &kafka.brokers);
     let metrics = Arc::new(Metrics::new());
     let producer = Producer::new(&base, metrics.clone()).context("creating the producer")?;
-    let client = super::http_client(config.dispatch).context("building the HTTP client")?;
-    let queue = SinkQueue::new(
-        sink_name.to_string(),
-        super::sinks::Sink::from_config(sink_config, client),
-        config.dispatch.sink_concurrency,
-        sink_config.max_per_second(),
-        config.dispatch.request_timeout.0,
-    )
-    .with_max_pause(config.dispatch.max_retry_after.0);
+    let client =
+        http_client(config.dispatch.request_timeout.0).context("building the HTTP client")?;
+    let queue = SinkQueue::from_config(sink_name, sink_config, config.dispatch, client);
     let routes = Routes::new(config.routes.to_vec(), config.sinks.keys().cloned());
     let templates =
         Templates::new(config.routes).map_err(|p| anyhow::anyhow!("templates: {p:?}"))?;

@@ -56,7 +56,7 @@ use futures::stream::{FuturesOrdered, FuturesUnordered};
 use futures::{FutureExt, StreamExt};
 use jiff::Timestamp;
 use rdkafka::{ClientConfig, Message};
-use tokio::sync::{Notify, mpsc};
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::alert::Alert;
@@ -66,26 +66,11 @@ use crate::bus::changelog::{Restored, Restorer, Slot, Snapshot};
 use crate::bus::consumer::{self, Assignment, RebalanceHooks};
 use crate::bus::producer::Producer;
 use crate::telemetry::Metrics;
-use backlog::Backlog;
 pub use config::{DispatchConfig, DispatchSections};
-use deliver::{Deliveries, Shared, Work, fan_out, retry_one};
-use ledger::Ledger;
-use queue::SinkQueue;
-use retry::Schedule;
-use routes::Routes;
-use sinks::Sink;
-use template::Templates;
+use deliver::{Shared, Work, fan_out, retry_one};
+
 type Slots = crate::bus::changelog::Slots<Work, (i64, Alert, Bytes)>;
 type Pendings = FuturesOrdered<BoxFuture<'static, Option<(i32, i64)>>>;
-
-/// The HTTP client every sink shares: timeouts per request, our user agent.
-pub fn http_client(config: &DispatchConfig) -> Result<reqwest::Client, reqwest::Error> {
-    reqwest::Client::builder()
-        .timeout(*config.request_timeout)
-        .connect_timeout(*config.request_timeout)
-        .user_agent(concat!("leadwatch/", env!("CARGO_PKG_VERSION")))
-        .build()
-}
 
 /// The dispatcher, ready to run.
 pub struct Dispatcher {
@@ -109,39 +94,9 @@ impl Dispatcher {
         topics: Topics,
         metrics: Arc<Metrics>,
     ) -> anyhow::Result<Self> {
-        let client = http_client(config.dispatch)?;
-        let queues = config
-            .sinks
-            .iter()
-            .map(|(name, cfg)| {
-                let queue = SinkQueue::new(
-                    name.clone(),
-                    Sink::from_config(cfg, client.clone()),
-                    config.dispatch.sink_concurrency,
-                    cfg.max_per_second(),
-                    config.dispatch.request_timeout.0,
-                )
-                .with_max_pause(config.dispatch.max_retry_after.0);
-                (name.clone(), Arc::new(queue))
-            })
-            .collect();
-        let templates =
-            Templates::new(config.routes).map_err(|p| anyhow::anyhow!("route templates: {p:?}"))?;
-        let (recovered, recovered_rx) = mpsc::unbounded_channel();
+        let (shared, recovered_rx) = Shared::new(config, producer, topics, metrics)?;
         Ok(Self {
-            shared: Arc::new(Shared {
-                queues,
-                routes: Routes::new(config.routes.to_vec(), config.sinks.keys().cloned()),
-                templates,
-                schedule: Schedule::from(config.dispatch),
-                producer,
-                topics,
-                metrics,
-                changed: Notify::new(),
-                recovered,
-                abandon: CancellationToken::new(),
-                deliveries: Deliveries::default(),
-            }),
+            shared,
             recovered_rx,
             base,
             kafka: kafka.clone(),
@@ -260,19 +215,7 @@ impl Dispatcher {
                     }
                 }
                 _ = shared.changed.notified() => {}
-                _ = gauge.tick() => {
-                    let mut per_sink: HashMap<&str, i64> = shared.queues.keys().map(|k| (k.as_str(), 0)).collect();
-                    for (_, work) in slots.iter_ready() {
-                        for (sink, n) in work.backlog.per_sink() {
-                            if let Some(total) = per_sink.get_mut(sink.as_str()) {
-                                *total += n as i64;
-                            }
-                        }
-                    }
-                    for (sink, n) in per_sink {
-                        shared.metrics.set_retry_backlog(sink, n);
-                    }
-                }
+                _ = gauge.tick() => shared.report_backlog(slots.iter_ready().map(|(_, w)| w)),
                 received = consumer.recv(), if pending.len() < self.config.max_in_flight => {
                     let msg = match received {
                         Ok(msg) => msg,
@@ -379,27 +322,7 @@ impl Dispatcher {
         let Some((_, Some(ledger), Some(backlog))) = halves.remove(&partition) else {
             return;
         };
-        let (ledger, broken) = Ledger::from_snapshot(ledger);
-        if broken > 0 {
-            tracing::error!(partition, broken, "delivery records could not be read");
-        }
-        let (backlog, broken) = Backlog::from_snapshot(backlog);
-        if broken > 0 {
-            tracing::error!(partition, broken, "retry records could not be read");
-        }
-        tracing::info!(
-            partition,
-            leads = ledger.len(),
-            retries = backlog.len(),
-            "deliveries and retries restored"
-        );
-        let work = Work {
-            partition,
-            ledger,
-            backlog,
-            revoked: CancellationToken::new(),
-            assigned_at: Timestamp::now(),
-        };
+        let work = Work::restore(partition, ledger, backlog, Timestamp::now());
         for (offset, alert, body) in slots.ready(partition, work.clone()) {
             pending
                 .push_back(fan_out(self.shared.clone(), work.clone(), offset, alert, body).boxed());

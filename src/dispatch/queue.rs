@@ -14,7 +14,8 @@ use std::time::Duration;
 use tokio::sync::Semaphore;
 use tokio::time::Instant;
 
-use super::sinks::{Attempt, Delivered, DeliveryError, Sink};
+use super::config::DispatchConfig;
+use super::sinks::{Attempt, Delivered, DeliveryError, Sink, SinkConfig};
 
 /// Paces requests: at most one per `interval`, and none before a pause ends.
 #[derive(Debug)]
@@ -98,34 +99,32 @@ impl std::fmt::Debug for SinkQueue {
 }
 
 impl SinkQueue {
-    pub fn new(
-        name: String,
-        sink: Sink,
-        concurrency: usize,
-        max_per_second: Option<f64>,
-        request_timeout: Duration,
+    /// The sink `name` of `[sinks.NAME]` with its queue, as `[dispatch]` sets queues up: its
+    /// concurrency, its pace, a bound on one attempt, and a `Retry-After` holding the whole sink
+    /// no longer than one retry's wait may be (`max_retry_after`).
+    pub fn from_config(
+        name: &str,
+        cfg: &SinkConfig,
+        dispatch: &DispatchConfig,
+        client: reqwest::Client,
     ) -> Self {
+        let max_per_second = cfg.max_per_second();
+        let concurrency = dispatch.sink_concurrency;
         let inline_capacity = match max_per_second {
             Some(rate) => (rate.ceil() as usize).max(1),
             None => concurrency * 2,
         };
         Self {
-            name,
-            sink,
+            name: name.to_string(),
+            sink: Sink::from_config(cfg, client),
             permits: Semaphore::new(concurrency.max(1)),
             limiter: RateLimiter::new(max_per_second),
             waiting: AtomicUsize::new(0),
             failing: AtomicBool::new(false),
             inline_capacity,
-            attempt_timeout: request_timeout * 4 + Duration::from_secs(1),
-            max_pause: Duration::from_secs(3600),
+            attempt_timeout: dispatch.request_timeout.0 * 4 + Duration::from_secs(1),
+            max_pause: dispatch.max_retry_after.0,
         }
-    }
-
-    /// Caps how long one `Retry-After` may hold the whole sink, as it caps one retry's wait.
-    pub fn with_max_pause(mut self, max_pause: Duration) -> Self {
-        self.max_pause = max_pause;
-        self
     }
 
     /// Whether a new alert may be attempted right away rather than go to the backlog.

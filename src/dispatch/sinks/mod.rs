@@ -23,6 +23,16 @@ use super::template::{Message, Style};
 use crate::alert::Alert;
 pub use config::SinkConfig;
 
+/// The HTTP client every sink shares: `request_timeout` per request (and to connect), our user
+/// agent.
+pub fn http_client(request_timeout: Duration) -> Result<reqwest::Client, reqwest::Error> {
+    reqwest::Client::builder()
+        .timeout(request_timeout)
+        .connect_timeout(request_timeout)
+        .user_agent(concat!("leadwatch/", env!("CARGO_PKG_VERSION")))
+        .build()
+}
+
 /// One attempt at delivering one alert to one sink.
 pub struct Attempt<'a> {
     pub alert: &'a Alert,
