@@ -223,6 +223,7 @@ fn main() -> ExitCode {
                 &cfg.kafka,
                 cfg.dispatch_sections(),
                 &sink,
+                &leadwatch::clock::Clock::system(),
             )) {
                 Ok(report) => {
                     println!("{report}");

@@ -20,12 +20,13 @@ use super::ledger::Ledger;
 use super::queue::SinkQueue;
 use super::retry::{self, Decision, Schedule};
 use super::routes::Routes;
-use super::sinks::{Attempt, Delivered, DeliveryError, http_client};
+use super::sinks::{Attempt, Delivered, DeliveryError, Http};
 use super::template::Templates;
 use crate::alert::Alert;
 use crate::bus::Topics;
 use crate::bus::changelog::Snapshot;
 use crate::bus::producer::Producer;
+use crate::clock::Clock;
 use crate::telemetry::Metrics;
 
 /// One partition's delivery state.
@@ -82,6 +83,8 @@ pub(crate) struct Shared {
     pub(crate) producer: Arc<Producer>,
     pub(crate) topics: Topics,
     pub(crate) metrics: Arc<Metrics>,
+    /// The time of attempts, retries and records.
+    pub(crate) clock: Clock,
     /// Set when a backlog gained an entry (the loop's timer may need to wake earlier).
     pub(crate) changed: Notify,
     /// Sinks that answered again after failing.
@@ -100,13 +103,14 @@ impl Shared {
         producer: Arc<Producer>,
         topics: Topics,
         metrics: Arc<Metrics>,
+        clock: Clock,
     ) -> anyhow::Result<(Arc<Shared>, mpsc::UnboundedReceiver<String>)> {
-        let client = http_client(config.dispatch.request_timeout.0)?;
+        let http = Http::new(config.dispatch.request_timeout.0, clock.clone())?;
         let queues = config
             .sinks
             .iter()
             .map(|(name, cfg)| {
-                let queue = SinkQueue::from_config(name, cfg, config.dispatch, client.clone());
+                let queue = SinkQueue::from_config(name, cfg, config.dispatch, http.clone());
                 (name.clone(), Arc::new(queue))
             })
             .collect();
@@ -121,6 +125,7 @@ impl Shared {
             producer,
             topics,
             metrics,
+            clock,
             changed: Notify::new(),
             recovered,
             abandon: CancellationToken::new(),
@@ -238,7 +243,7 @@ pub(crate) async fn fan_out(
                     alert_id: alert.id().to_string(),
                     sink: t.sink.clone(),
                     body: String::from_utf8_lossy(body).into_owned(),
-                    not_before: Timestamp::now(),
+                    not_before: shared.clock.now(),
                     ..Pending::default()
                 };
                 if !queue.has_room_inline() {
@@ -343,7 +348,7 @@ async fn settle(
     }
     let sink = entry.sink.clone();
     let (producer, topics, abandon) = (&shared.producer, &shared.topics, &shared.abandon);
-    let now = Timestamp::now();
+    let now = shared.clock.now();
     match retry::decide(entry.tries(), outcome, &shared.schedule, now) {
         Decision::Done(delivered) => {
             match &delivered {
@@ -354,7 +359,7 @@ async fn settle(
                         "already_there"
                     };
                     shared.metrics.delivery(&sink, outcome);
-                    shared.metrics.delivery_latency(&sink, latency(alert));
+                    shared.metrics.delivery_latency(&sink, latency(alert, now));
                     tracing::info!(%sink, alert_id = %alert.id(), attempts = entry.attempts, outcome, "alert delivered");
                 }
                 Delivered::Skipped(why) => {
@@ -370,6 +375,7 @@ async fn settle(
                     lead,
                     alert.id(),
                     &sink,
+                    now,
                     abandon,
                 )
                 .await;
@@ -397,7 +403,8 @@ async fn settle(
         Decision::DeadLetter(e) => {
             shared.metrics.delivery(&sink, "dead_lettered");
             tracing::error!(%sink, alert_id = %alert.id(), attempts = entry.attempts, status = ?e.status, error = %e, "alert dead-lettered");
-            let letter = dlq::DeadLetter::new(&sink, entry.body.as_bytes(), entry.attempts, &e);
+            let letter =
+                dlq::DeadLetter::new(&sink, entry.body.as_bytes(), entry.attempts, &e, now);
             if !dlq::write(producer, &topics.dlq, &letter, abandon).await {
                 return false;
             }
@@ -409,6 +416,7 @@ async fn settle(
                     lead,
                     alert.id(),
                     &sink,
+                    now,
                     abandon,
                 )
                 .await;
@@ -421,10 +429,10 @@ async fn settle(
     }
 }
 
-/// From an alert's deadline (or, for an alert fired before it, its firing) to now, in seconds.
-fn latency(alert: &Alert) -> f64 {
+/// From an alert's deadline (or, for an alert fired before it, its firing) to `now`, in seconds.
+fn latency(alert: &Alert, now: Timestamp) -> f64 {
     let due = alert.data.deadline.min(alert.timestamp);
-    Timestamp::now().duration_since(due).as_secs_f64().max(0.0)
+    now.duration_since(due).as_secs_f64().max(0.0)
 }
 
 /// Puts an entry in the backlog and writes it; true once Kafka has it.
@@ -503,7 +511,9 @@ mod tests {
             routes,
         };
         let producer = Producer::new(&nowhere, metrics.clone()).unwrap();
-        let (shared, _) = Shared::new(sections, producer, Topics::new("t"), metrics).unwrap();
+        let clock = Clock::manual(t0());
+        let (shared, _) =
+            Shared::new(sections, producer, Topics::new("t"), metrics, clock).unwrap();
         shared.abandon.cancel();
         shared
     }

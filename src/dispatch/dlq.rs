@@ -24,12 +24,13 @@ use super::DispatchSections;
 use super::queue::SinkQueue;
 use super::retry::{self, Decision, Schedule, Tries};
 use super::routes::Routes;
-use super::sinks::{Attempt, Delivered, DeliveryError, http_client};
+use super::sinks::{Attempt, Delivered, DeliveryError, Http};
 use super::template::Templates;
 use crate::alert::Alert;
 use crate::bus::KafkaConfig;
 use crate::bus::producer::Producer;
 use crate::bus::{self, Topics};
+use crate::clock::Clock;
 use crate::telemetry::Metrics;
 
 /// One record of `{prefix}.alerts.dlq`.
@@ -53,7 +54,8 @@ pub struct DeadLetter {
 }
 
 impl DeadLetter {
-    pub fn new(sink: &str, body: &[u8], attempts: u32, e: &DeliveryError) -> Self {
+    /// The letter of `body` (the alert's JSON) that `sink` did not take by `now`.
+    pub fn new(sink: &str, body: &[u8], attempts: u32, e: &DeliveryError, now: Timestamp) -> Self {
         Self {
             sink: sink.to_string(),
             alert: serde_json::from_slice(body).unwrap_or(serde_json::Value::Null),
@@ -61,7 +63,7 @@ impl DeadLetter {
             status: e.status,
             error: e.message.clone(),
             body_excerpt: e.excerpt.clone(),
-            dead_at: Timestamp::now(),
+            dead_at: now,
         }
     }
 
@@ -112,6 +114,7 @@ impl std::fmt::Display for ReplayReport {
 
 /// Reads every dead letter of `partitions` from `group`'s committed offsets to the current end.
 fn read_new(
+    clock: &Clock,
     consumer: &BaseConsumer,
     topic: &str,
     partitions: usize,
@@ -149,10 +152,10 @@ fn read_new(
         return Ok((letters, done, unreadable));
     }
     consumer.assign(&assign)?;
-    let started = std::time::Instant::now();
+    let started = clock.instant();
     while !ends.is_empty() {
         anyhow::ensure!(
-            started.elapsed() < Duration::from_secs(120),
+            clock.instant() - started < Duration::from_secs(120),
             "the dead-letter topic could not be read to its end within 2 minutes"
         );
         let Some(msg) = consumer.poll(Duration::from_millis(200)) else {
@@ -177,6 +180,7 @@ pub async fn replay(
     kafka: &KafkaConfig,
     config: DispatchSections<'_>,
     sink_name: &str,
+    clock: &Clock,
 ) -> anyhow::Result<ReplayReport> {
     anyhow::ensure!(
         !kafka.is_embedded(),
@@ -190,9 +194,9 @@ pub async fn replay(
     let base = bus::client_config(kafka, &kafka.brokers);
     let metrics = Arc::new(Metrics::new());
     let producer = Producer::new(&base, metrics.clone()).context("creating the producer")?;
-    let client =
-        http_client(config.dispatch.request_timeout.0).context("building the HTTP client")?;
-    let queue = SinkQueue::from_config(sink_name, sink_config, config.dispatch, client);
+    let http = Http::new(config.dispatch.request_timeout.0, clock.clone())
+        .context("building the HTTP client")?;
+    let queue = SinkQueue::from_config(sink_name, sink_config, config.dispatch, http);
     let routes = Routes::new(config.routes.to_vec(), config.sinks.keys().cloned());
     let templates =
         Templates::new(config.routes).map_err(|p| anyhow::anyhow!("templates: {p:?}"))?;
@@ -205,6 +209,7 @@ pub async fn replay(
         .set("auto.offset.reset", "earliest");
     let consumer: BaseConsumer = cfg.create().context("creating the consumer")?;
     let topic = topics.dlq.clone();
+    let reading_clock = clock.clone();
     let (consumer, (letters, done, unreadable)) = tokio::task::spawn_blocking(move || {
         let partitions = consumer
             .fetch_metadata(Some(&topic), Duration::from_secs(30))
@@ -213,7 +218,7 @@ pub async fn replay(
             .first()
             .map_or(0, |t| t.partitions().len());
         anyhow::ensure!(partitions > 0, "topic `{topic}` does not exist");
-        let read = read_new(&consumer, &topic, partitions)?;
+        let read = read_new(&reading_clock, &consumer, &topic, partitions)?;
         Ok((consumer, read))
     })
     .await
@@ -272,7 +277,7 @@ pub async fn replay(
                 message: &message,
             };
             let outcome = queue.attempt(&a).await.result;
-            match retry::decide(tries, outcome, &schedule, Timestamp::now()) {
+            match retry::decide(tries, outcome, &schedule, clock.now()) {
                 Decision::Done(delivered) => break Ok(delivered),
                 Decision::RetryAt {
                     after, tries: t, ..
@@ -294,7 +299,13 @@ pub async fn replay(
             }
             Err(e) => {
                 tracing::error!(alert_id = %alert.id(), sink = sink_name, error = %e, "failed again");
-                let again = DeadLetter::new(sink_name, &body, letter.attempts + tries.attempts, &e);
+                let again = DeadLetter::new(
+                    sink_name,
+                    &body,
+                    letter.attempts + tries.attempts,
+                    &e,
+                    clock.now(),
+                );
                 anyhow::ensure!(
                     write(&producer, &topics.dlq, &again, &never).await,
                     "could not write a dead letter back"

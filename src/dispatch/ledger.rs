@@ -93,8 +93,9 @@ impl Ledger {
             .unwrap_or_default()
     }
 
-    /// Records that `sink` has `alert_id` and makes it durable; returns once Kafka has it (or
-    /// false when abandoned at shutdown).
+    /// Records that `sink` has `alert_id` (at `now`) and makes it durable; returns once Kafka
+    /// has it (or false when abandoned at shutdown).
+    #[allow(clippy::too_many_arguments)]
     pub async fn record(
         &self,
         producer: &Producer,
@@ -102,13 +103,15 @@ impl Ledger {
         lead: &str,
         alert_id: &str,
         sink: &str,
+        now: Timestamp,
         abandon: &CancellationToken,
     ) -> bool {
-        self.mark(producer, topic, lead, alert_id, sink, false, abandon)
+        self.mark(producer, topic, lead, alert_id, sink, false, now, abandon)
             .await
     }
 
-    /// Records that `alert_id` was dead-lettered for `sink`, durably.
+    /// Records that `alert_id` was dead-lettered for `sink` (at `now`), durably.
+    #[allow(clippy::too_many_arguments)]
     pub async fn record_dead(
         &self,
         producer: &Producer,
@@ -116,9 +119,10 @@ impl Ledger {
         lead: &str,
         alert_id: &str,
         sink: &str,
+        now: Timestamp,
         abandon: &CancellationToken,
     ) -> bool {
-        self.mark(producer, topic, lead, alert_id, sink, true, abandon)
+        self.mark(producer, topic, lead, alert_id, sink, true, now, abandon)
             .await
     }
 
@@ -131,6 +135,7 @@ impl Ledger {
         alert_id: &str,
         sink: &str,
         dead: bool,
+        now: Timestamp,
         abandon: &CancellationToken,
     ) -> bool {
         {
@@ -142,7 +147,7 @@ impl Ledger {
                 .or_insert_with(|| Delivery {
                     sinks: BTreeSet::new(),
                     dead_lettered: BTreeSet::new(),
-                    first_at: Timestamp::now(),
+                    first_at: now,
                 });
             let marks = entry.alerts.get_mut(alert_id).expect("just inserted");
             if dead {

@@ -54,7 +54,6 @@ use bytes::Bytes;
 use futures::future::BoxFuture;
 use futures::stream::{FuturesOrdered, FuturesUnordered};
 use futures::{FutureExt, StreamExt};
-use jiff::Timestamp;
 use rdkafka::{ClientConfig, Message};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -65,6 +64,7 @@ use crate::bus::Topics;
 use crate::bus::changelog::{Restored, Restorer, Slot, Snapshot};
 use crate::bus::consumer::{self, Assignment, RebalanceHooks};
 use crate::bus::producer::Producer;
+use crate::clock::Clock;
 use crate::telemetry::Metrics;
 pub use config::{DispatchConfig, DispatchSections};
 use deliver::{Shared, Work, fan_out, retry_one};
@@ -84,7 +84,9 @@ pub struct Dispatcher {
 
 impl Dispatcher {
     /// Builds the sinks of `[sinks.*]`, the routes and the templates. `restore_timeout`: the
-    /// longest a partition's restore of its ledger and backlog may take before it is retried.
+    /// longest a partition's restore of its ledger and backlog may take before it is retried;
+    /// `clock`: the time of everything the dispatcher does.
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         config: DispatchSections<'_>,
         kafka: &KafkaConfig,
@@ -93,8 +95,9 @@ impl Dispatcher {
         base: ClientConfig,
         topics: Topics,
         metrics: Arc<Metrics>,
+        clock: Clock,
     ) -> anyhow::Result<Self> {
-        let (shared, recovered_rx) = Shared::new(config, producer, topics, metrics)?;
+        let (shared, recovered_rx) = Shared::new(config, producer, topics, metrics, clock)?;
         Ok(Self {
             shared,
             recovered_rx,
@@ -157,7 +160,9 @@ impl Dispatcher {
                 .iter_ready()
                 .filter_map(|(_, w)| w.backlog.next_due())
                 .min();
-            let wake = next_due.map(until).unwrap_or(Duration::from_secs(3600));
+            let wake = next_due
+                .map(|t| shared.clock.until(t))
+                .unwrap_or(Duration::from_secs(3600));
             tokio::select! {
                 biased;
                 _ = shutdown.cancelled() => break,
@@ -200,14 +205,14 @@ impl Dispatcher {
                 }
                 Some(()) = retrying.next(), if !retrying.is_empty() => {}
                 Some(sink) = self.recovered_rx.recv() => {
-                    let now = Timestamp::now();
+                    let now = shared.clock.now();
                     let moved: usize = slots.iter_ready().map(|(_, w)| w.backlog.pull_forward(&sink, now)).sum();
                     if moved > 0 {
                         tracing::info!(%sink, moved, "sink answers again; its backlog goes now");
                     }
                 }
                 _ = tokio::time::sleep(wake) => {
-                    let now = Timestamp::now();
+                    let now = shared.clock.now();
                     for (_, work) in slots.iter_ready() {
                         for (lead, entry) in work.backlog.take_due(now) {
                             retrying.push(retry_one(shared.clone(), work.clone(), lead, entry).boxed());
@@ -322,21 +327,11 @@ impl Dispatcher {
         let Some((_, Some(ledger), Some(backlog))) = halves.remove(&partition) else {
             return;
         };
-        let work = Work::restore(partition, ledger, backlog, Timestamp::now());
+        let work = Work::restore(partition, ledger, backlog, self.shared.clock.now());
         for (offset, alert, body) in slots.ready(partition, work.clone()) {
             pending
                 .push_back(fan_out(self.shared.clone(), work.clone(), offset, alert, body).boxed());
         }
         consumer::resume(consumer, &self.shared.topics.alerts, partition);
-    }
-}
-
-/// How long until `t`, from the wall clock.
-fn until(t: Timestamp) -> Duration {
-    let now = Timestamp::now();
-    if t <= now {
-        Duration::ZERO
-    } else {
-        Duration::try_from(t.duration_since(now)).unwrap_or(Duration::MAX)
     }
 }

@@ -15,11 +15,13 @@ use tokio::sync::Semaphore;
 use tokio::time::Instant;
 
 use super::config::DispatchConfig;
-use super::sinks::{Attempt, Delivered, DeliveryError, Sink, SinkConfig};
+use super::sinks::{Attempt, Delivered, DeliveryError, Http, Sink, SinkConfig};
+use crate::clock::Clock;
 
 /// Paces requests: at most one per `interval`, and none before a pause ends.
 #[derive(Debug)]
 pub struct RateLimiter {
+    clock: Clock,
     interval: Option<Duration>,
     /// When the next request may start.
     next: tokio::sync::Mutex<Instant>,
@@ -28,12 +30,13 @@ pub struct RateLimiter {
 }
 
 impl RateLimiter {
-    pub fn new(max_per_second: Option<f64>) -> Self {
+    pub fn new(max_per_second: Option<f64>, clock: Clock) -> Self {
         Self {
+            next: tokio::sync::Mutex::new(clock.instant()),
+            clock,
             interval: max_per_second
                 .filter(|r| *r > 0.0 && r.is_finite())
                 .map(|r| Duration::from_secs_f64(1.0 / r)),
-            next: tokio::sync::Mutex::new(Instant::now()),
             paused_until: Mutex::new(None),
         }
     }
@@ -44,19 +47,19 @@ impl RateLimiter {
         loop {
             let paused = *self.paused_until.lock().expect("limiter lock");
             let at = paused.map_or(*next, |p| p.max(*next));
-            if at <= Instant::now() {
+            if at <= self.clock.instant() {
                 break;
             }
             tokio::time::sleep_until(at).await;
         }
         if let Some(interval) = self.interval {
-            *next = Instant::now() + interval;
+            *next = self.clock.instant() + interval;
         }
     }
 
     /// Holds every request for `d` from now (a 429 for the whole endpoint).
     pub fn pause(&self, d: Duration) {
-        let until = Instant::now() + d;
+        let until = self.clock.instant() + d;
         let mut paused = self.paused_until.lock().expect("limiter lock");
         if paused.is_none_or(|p| p < until) {
             *paused = Some(until);
@@ -106,7 +109,7 @@ impl SinkQueue {
         name: &str,
         cfg: &SinkConfig,
         dispatch: &DispatchConfig,
-        client: reqwest::Client,
+        http: Http,
     ) -> Self {
         let max_per_second = cfg.max_per_second();
         let concurrency = dispatch.sink_concurrency;
@@ -116,9 +119,9 @@ impl SinkQueue {
         };
         Self {
             name: name.to_string(),
-            sink: Sink::from_config(cfg, client),
+            limiter: RateLimiter::new(max_per_second, http.clock.clone()),
+            sink: Sink::from_config(cfg, http),
             permits: Semaphore::new(concurrency.max(1)),
-            limiter: RateLimiter::new(max_per_second),
             waiting: AtomicUsize::new(0),
             failing: AtomicBool::new(false),
             inline_capacity,
@@ -182,15 +185,16 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_burst_is_paced_not_dropped_and_keeps_its_order() {
-        let limiter = Arc::new(RateLimiter::new(Some(1.0)));
-        let start = Instant::now();
+        let clock = Clock::system();
+        let limiter = Arc::new(RateLimiter::new(Some(1.0), clock.clone()));
+        let start = clock.instant();
         let order = Arc::new(Mutex::new(Vec::new()));
         let mut tasks = Vec::new();
         for i in 0..5 {
-            let (limiter, order) = (limiter.clone(), order.clone());
+            let (limiter, order, clock) = (limiter.clone(), order.clone(), clock.clone());
             tasks.push(tokio::spawn(async move {
                 limiter.until_ready().await;
-                order.lock().unwrap().push((i, start.elapsed()));
+                order.lock().unwrap().push((i, clock.instant() - start));
             }));
             // Arrival order is spawn order.
             tokio::task::yield_now().await;
@@ -206,15 +210,16 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_pause_holds_every_request_until_it_ends() {
-        let limiter = RateLimiter::new(None);
-        let start = Instant::now();
+        let clock = Clock::system();
+        let limiter = RateLimiter::new(None, clock.clone());
+        let start = clock.instant();
         limiter.until_ready().await;
-        assert_eq!(start.elapsed(), Duration::ZERO, "no limit, no wait");
+        assert_eq!(clock.instant() - start, Duration::ZERO, "no limit, no wait");
         limiter.pause(Duration::from_secs(30));
         limiter.pause(Duration::from_secs(5)); // a shorter pause does not shorten it
         limiter.until_ready().await;
-        assert_eq!(start.elapsed(), Duration::from_secs(30));
+        assert_eq!(clock.instant() - start, Duration::from_secs(30));
         limiter.until_ready().await;
-        assert_eq!(start.elapsed(), Duration::from_secs(30));
+        assert_eq!(clock.instant() - start, Duration::from_secs(30));
     }
 }

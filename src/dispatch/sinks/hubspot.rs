@@ -19,7 +19,7 @@ use reqwest::header::HeaderMap;
 use serde_json::{Value, json};
 use url::Url;
 
-use super::{Attempt, Delivered, DeliveryError, truncate};
+use super::{Attempt, Delivered, DeliveryError, Http, truncate};
 use crate::alert::split_lead_key;
 use crate::conf::{HumanDuration0, KeyProblems, SecretString};
 use crate::dispatch::template::addressed;
@@ -33,11 +33,11 @@ pub struct HubspotSink {
     alert_id_property: Option<String>,
     apply_reassignment: bool,
     due_in: Duration,
-    client: reqwest::Client,
+    http: Http,
 }
 
 impl HubspotSink {
-    pub fn from_config(cfg: &HubspotConfig, client: reqwest::Client) -> Self {
+    pub fn from_config(cfg: &HubspotConfig, http: Http) -> Self {
         let HubspotConfig {
             token,
             base_url,
@@ -52,7 +52,7 @@ impl HubspotSink {
             alert_id_property: alert_id_property.clone(),
             apply_reassignment: *apply_reassignment,
             due_in: due_in.0,
-            client,
+            http,
         }
     }
 
@@ -64,6 +64,7 @@ impl HubspotSink {
     async fn call(&self, method: Method, url: Url, body: &Value) -> Result<Value, DeliveryError> {
         let what = format!("{method} {}", super::redact(&url));
         let response = self
+            .http
             .client
             .request(method, url)
             .bearer_auth(&self.token.0)
@@ -76,7 +77,7 @@ impl HubspotSink {
         }
         let status = response.status().as_u16();
         let wait = rate_limit_wait(response.headers());
-        let mut e = DeliveryError::from_response(&what, response).await;
+        let mut e = DeliveryError::from_response(&what, response, self.http.clock.now()).await;
         if status == 429 {
             e.retry_after = e.retry_after.or(wait);
             e.pause_sink = e.retry_after;

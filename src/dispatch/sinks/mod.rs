@@ -17,20 +17,34 @@ pub mod webhook;
 use std::time::Duration;
 
 use bytes::Bytes;
+use jiff::Timestamp;
 
 use super::retry::{self, is_retriable, retry_after};
 use super::template::{Message, Style};
 use crate::alert::Alert;
+use crate::clock::Clock;
 pub use config::SinkConfig;
 
-/// The HTTP client every sink shares: `request_timeout` per request (and to connect), our user
-/// agent.
-pub fn http_client(request_timeout: Duration) -> Result<reqwest::Client, reqwest::Error> {
-    reqwest::Client::builder()
-        .timeout(request_timeout)
-        .connect_timeout(request_timeout)
-        .user_agent(concat!("leadwatch/", env!("CARGO_PKG_VERSION")))
-        .build()
+/// What every sink sends through: the HTTP client they share, and the clock that dates what
+/// they send (webhook signatures, token assertions) and reads what comes back (`Retry-After`
+/// dates).
+#[derive(Debug, Clone)]
+pub struct Http {
+    pub client: reqwest::Client,
+    pub clock: Clock,
+}
+
+impl Http {
+    /// The client every sink shares: `request_timeout` per request (and to connect), our user
+    /// agent.
+    pub fn new(request_timeout: Duration, clock: Clock) -> Result<Http, reqwest::Error> {
+        let client = reqwest::Client::builder()
+            .timeout(request_timeout)
+            .connect_timeout(request_timeout)
+            .user_agent(concat!("leadwatch/", env!("CARGO_PKG_VERSION")))
+            .build()?;
+        Ok(Http { client, clock })
+    }
 }
 
 /// One attempt at delivering one alert to one sink.
@@ -136,10 +150,11 @@ impl DeliveryError {
         }
     }
 
-    /// From a non-2xx answer: retriable as [`is_retriable`] says, `Retry-After` honoured.
-    pub async fn from_response(what: &str, response: reqwest::Response) -> Self {
+    /// From a non-2xx answer received at `now`: retriable as [`is_retriable`] says,
+    /// `Retry-After` honoured.
+    pub async fn from_response(what: &str, response: reqwest::Response, now: Timestamp) -> Self {
         let status = response.status().as_u16();
-        let retry_after = retry_after(response.headers());
+        let retry_after = retry_after(response.headers(), now);
         let excerpt = excerpt(response).await;
         Self {
             retriable: is_retriable(status),
@@ -184,24 +199,20 @@ impl std::fmt::Debug for Sink {
 }
 
 impl Sink {
-    pub fn from_config(cfg: &SinkConfig, client: reqwest::Client) -> Sink {
+    pub fn from_config(cfg: &SinkConfig, http: Http) -> Sink {
         match cfg {
             SinkConfig::Webhook(c) => Sink::Webhook(webhook::WebhookSink::new(
                 c.url.clone(),
                 c.secret.clone(),
-                client,
+                http,
             )),
             SinkConfig::Log(_) => Sink::Log,
-            SinkConfig::Slack(c) => {
-                Sink::Slack(slack::SlackSink::new(c.webhook_url.clone(), client))
-            }
-            SinkConfig::Teams(c) => {
-                Sink::Teams(teams::TeamsSink::new(c.webhook_url.clone(), client))
-            }
+            SinkConfig::Slack(c) => Sink::Slack(slack::SlackSink::new(c.webhook_url.clone(), http)),
+            SinkConfig::Teams(c) => Sink::Teams(teams::TeamsSink::new(c.webhook_url.clone(), http)),
             SinkConfig::Salesforce(c) => {
-                Sink::Salesforce(Box::new(salesforce::SalesforceSink::from_config(c, client)))
+                Sink::Salesforce(Box::new(salesforce::SalesforceSink::from_config(c, http)))
             }
-            SinkConfig::Hubspot(c) => Sink::Hubspot(hubspot::HubspotSink::from_config(c, client)),
+            SinkConfig::Hubspot(c) => Sink::Hubspot(hubspot::HubspotSink::from_config(c, http)),
         }
     }
 

@@ -25,7 +25,7 @@ use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use jiff::Timestamp;
 
-use super::{Attempt, Delivered, DeliveryError, truncate};
+use super::{Attempt, Delivered, DeliveryError, Http, truncate};
 use crate::alert::split_lead_key;
 use crate::conf::{HumanDuration0, KeyProblems, SecretString};
 use crate::dispatch::template::addressed;
@@ -39,13 +39,13 @@ pub struct SalesforceSink {
     external_id_field: Option<String>,
     apply_reassignment: bool,
     due_in: Duration,
-    client: reqwest::Client,
+    http: Http,
     /// The cached access token.
     token: Mutex<Option<String>>,
 }
 
 impl SalesforceSink {
-    pub fn from_config(cfg: &SalesforceConfig, client: reqwest::Client) -> Self {
+    pub fn from_config(cfg: &SalesforceConfig, http: Http) -> Self {
         let SalesforceConfig {
             instance_url,
             token_url,
@@ -78,7 +78,7 @@ impl SalesforceSink {
             external_id_field: external_id_field.clone(),
             apply_reassignment: *apply_reassignment,
             due_in: due_in.0,
-            client,
+            http,
             token: Mutex::new(None),
         }
     }
@@ -100,6 +100,7 @@ impl SalesforceSink {
         }
         let what = format!("POST {}", super::redact(&self.token_url));
         let response = self
+            .http
             .client
             .post(self.token_url.clone())
             .form(&self.token_form()?)
@@ -107,7 +108,7 @@ impl SalesforceSink {
             .await
             .map_err(|e| DeliveryError::transport(&what, e))?;
         if !response.status().is_success() {
-            let mut e = DeliveryError::from_response(&what, response).await;
+            let mut e = DeliveryError::from_response(&what, response, self.http.clock.now()).await;
             e.message = format!("getting an access token: {}", e.message);
             return Err(e);
         }
@@ -142,7 +143,7 @@ impl SalesforceSink {
                 ),
                 (
                     "assertion",
-                    key.assertion(&self.client_id, username, audience, Timestamp::now())
+                    key.assertion(&self.client_id, username, audience, self.http.clock.now())
                         .map_err(DeliveryError::permanent)?,
                 ),
             ],
@@ -169,6 +170,7 @@ impl SalesforceSink {
         loop {
             let token = self.token().await?;
             let mut request = self
+                .http
                 .client
                 .request(method.clone(), url.clone())
                 .bearer_auth(&token);
@@ -189,7 +191,7 @@ impl SalesforceSink {
             if response.status().is_success() {
                 return Ok(response);
             }
-            let mut e = DeliveryError::from_response(&what, response).await;
+            let mut e = DeliveryError::from_response(&what, response, self.http.clock.now()).await;
             if status == 403 && e.excerpt.contains("REQUEST_LIMIT_EXCEEDED") {
                 // The org's API limit: later, not never.
                 e.retriable = true;

@@ -5,22 +5,23 @@
 
 use serde_json::{Value, json};
 
-use super::{Attempt, Delivered, DeliveryError};
+use super::{Attempt, Delivered, DeliveryError, Http};
 use crate::conf::SecretUrl;
 
 pub struct TeamsSink {
     url: SecretUrl,
-    client: reqwest::Client,
+    http: Http,
 }
 
 impl TeamsSink {
-    pub fn new(url: SecretUrl, client: reqwest::Client) -> Self {
-        Self { url, client }
+    pub fn new(url: SecretUrl, http: Http) -> Self {
+        Self { url, http }
     }
 
     pub async fn deliver(&self, a: &Attempt<'_>) -> Result<Delivered, DeliveryError> {
         let what = format!("POST {}", self.url.redacted());
         let response = self
+            .http
             .client
             .post(self.url.0.clone())
             .json(&payload(a))
@@ -30,7 +31,7 @@ impl TeamsSink {
         if response.status().is_success() {
             return Ok(Delivered::Sent);
         }
-        Err(DeliveryError::from_response(&what, response).await)
+        Err(DeliveryError::from_response(&what, response, self.http.clock.now()).await)
     }
 }
 

@@ -3,28 +3,24 @@
 
 use url::Url;
 
-use super::{Attempt, Delivered, DeliveryError, redact};
+use super::{Attempt, Delivered, DeliveryError, Http, redact};
 use crate::conf::KeyProblems;
 use crate::signature::Secrets;
 
 pub struct WebhookSink {
     url: Url,
     secrets: Secrets,
-    client: reqwest::Client,
+    http: Http,
 }
 
 impl WebhookSink {
-    pub fn new(url: Url, secrets: Secrets, client: reqwest::Client) -> Self {
-        Self {
-            url,
-            secrets,
-            client,
-        }
+    pub fn new(url: Url, secrets: Secrets, http: Http) -> Self {
+        Self { url, secrets, http }
     }
 
     pub async fn deliver(&self, a: &Attempt<'_>) -> Result<Delivered, DeliveryError> {
         // Re-signed on every attempt with a fresh timestamp; the body never changes.
-        let ts = jiff::Timestamp::now().as_second();
+        let ts = self.http.clock.now().as_second();
         let signature = self
             .secrets
             .0
@@ -34,6 +30,7 @@ impl WebhookSink {
             .join(" ");
         let what = format!("POST {}", redact(&self.url));
         let response = self
+            .http
             .client
             .post(self.url.clone())
             .header("content-type", "application/json")
@@ -47,7 +44,7 @@ impl WebhookSink {
         if response.status().is_success() {
             return Ok(Delivered::Sent);
         }
-        Err(DeliveryError::from_response(&what, response).await)
+        Err(DeliveryError::from_response(&what, response, self.http.clock.now()).await)
     }
 }
 
