@@ -168,7 +168,9 @@ type DeliveryKey = (String, String);
 pub(crate) struct Turn {
     locks: Arc<std::sync::Mutex<HashMap<DeliveryKey, Arc<tokio::sync::Mutex<()>>>>>,
     key: DeliveryKey,
-    _guard: tokio::sync::OwnedMutexGuard<()>,
+    /// Released first when the turn ends, so that only the map's own reference is left to
+    /// count when no one else holds or waits.
+    guard: Option<tokio::sync::OwnedMutexGuard<()>>,
 }
 
 impl Deliveries {
@@ -186,13 +188,16 @@ impl Deliveries {
         Turn {
             locks: self.locks.clone(),
             key,
-            _guard: lock.lock_owned().await,
+            guard: Some(lock.lock_owned().await),
         }
     }
 }
 
 impl Drop for Turn {
     fn drop(&mut self) {
+        // The guard holds a reference to the lock too: while it lived, the count below could
+        // never come down to the map's alone, and every (alert, sink) ever delivered stayed.
+        drop(self.guard.take());
         if let Ok(mut locks) = self.locks.lock()
             && locks
                 .get(&self.key)
@@ -576,7 +581,19 @@ mod tests {
         assert!(deliveries.turn("a1", "crm").now_or_never().is_some());
         assert!(deliveries.turn("a2", "hook").now_or_never().is_some());
         drop(first);
-        let _copy = copy.await;
+        assert_eq!(
+            deliveries.locks.lock().unwrap().len(),
+            1,
+            "kept for its waiter"
+        );
+        let copy = copy.await;
+        // The entry goes with its last holder.
+        drop(copy);
+        assert_eq!(
+            deliveries.locks.lock().unwrap().len(),
+            0,
+            "a lock left behind"
+        );
     }
 
     #[tokio::test]
