@@ -7,6 +7,7 @@
 //! webhook URLs) never appear in errors, logs or `Debug`.
 
 pub mod config;
+pub mod crm;
 pub mod hubspot;
 pub mod log;
 pub mod salesforce;
@@ -23,6 +24,7 @@ use super::retry::{self, is_retriable, retry_after};
 use super::template::{Message, Style};
 use crate::alert::Alert;
 use crate::clock::Clock;
+use crate::conf::SecretUrl;
 pub use config::SinkConfig;
 
 /// What every sink sends through: the HTTP client they share, and the clock that dates what
@@ -45,6 +47,48 @@ impl Http {
             .build()?;
         Ok(Http { client, clock })
     }
+
+    /// Sends one request (`what` names it in errors, without secrets): a 2xx is the answer,
+    /// anything else the error it makes ([`DeliveryError::from_response`]).
+    pub async fn send(
+        &self,
+        what: &str,
+        request: reqwest::RequestBuilder,
+    ) -> Result<reqwest::Response, DeliveryError> {
+        let response = request
+            .send()
+            .await
+            .map_err(|e| DeliveryError::transport(what, e))?;
+        if response.status().is_success() {
+            return Ok(response);
+        }
+        Err(DeliveryError::from_response(what, response, self.clock.now()).await)
+    }
+}
+
+/// A chat's incoming webhook (Slack, Teams): the message as that chat's JSON (`payload`),
+/// POSTed to a URL that is itself a secret and never logged.
+pub struct ChatWebhook {
+    url: SecretUrl,
+    http: Http,
+    payload: fn(&Attempt<'_>) -> serde_json::Value,
+}
+
+impl ChatWebhook {
+    pub fn new(url: SecretUrl, http: Http, payload: fn(&Attempt<'_>) -> serde_json::Value) -> Self {
+        Self { url, http, payload }
+    }
+
+    pub async fn deliver(&self, a: &Attempt<'_>) -> Result<Delivered, DeliveryError> {
+        let what = format!("POST {}", self.url.redacted());
+        let request = self
+            .http
+            .client
+            .post(self.url.0.clone())
+            .json(&(self.payload)(a));
+        self.http.send(&what, request).await?;
+        Ok(Delivered::Sent)
+    }
 }
 
 /// One attempt at delivering one alert to one sink.
@@ -61,33 +105,6 @@ pub struct Attempt<'a> {
     pub maybe_attempted: bool,
     /// The rendered message (title, text, facts) for this sink.
     pub message: &'a Message,
-}
-
-/// The outcome of applying a suggested reassignment before the task is created: the new owner
-/// when the CRM took it; `None` when it refused for good (a converted lead, an owner id it does
-/// not know) — logged, and the task is still created, for the current owner. A failure worth
-/// retrying fails the attempt.
-pub fn reassigned<'o, T>(
-    a: &Attempt<'_>,
-    owner: &'o str,
-    patched: Result<T, DeliveryError>,
-) -> Result<Option<&'o str>, DeliveryError> {
-    match patched {
-        Ok(_) => Ok(Some(owner)),
-        // Retriable, or our credentials (a 401 after a fresh token): not the reassignment's fault.
-        Err(e) if e.retriable || e.status == Some(401) => Err(e),
-        Err(e) => {
-            tracing::warn!(
-                alert_id = %a.alert.id(),
-                lead = %a.alert.data.lead,
-                status = ?e.status,
-                error = %e,
-                excerpt = %e.excerpt,
-                "the CRM refused the suggested reassignment; the task is created without it"
-            );
-            Ok(None)
-        }
-    }
 }
 
 impl Attempt<'_> {
@@ -186,8 +203,8 @@ pub async fn excerpt(response: reqwest::Response) -> String {
 pub enum Sink {
     Webhook(webhook::WebhookSink),
     Log,
-    Slack(slack::SlackSink),
-    Teams(teams::TeamsSink),
+    Slack(ChatWebhook),
+    Teams(ChatWebhook),
     Salesforce(Box<salesforce::SalesforceSink>),
     Hubspot(hubspot::HubspotSink),
 }
@@ -207,8 +224,16 @@ impl Sink {
                 http,
             )),
             SinkConfig::Log(_) => Sink::Log,
-            SinkConfig::Slack(c) => Sink::Slack(slack::SlackSink::new(c.webhook_url.clone(), http)),
-            SinkConfig::Teams(c) => Sink::Teams(teams::TeamsSink::new(c.webhook_url.clone(), http)),
+            SinkConfig::Slack(c) => Sink::Slack(ChatWebhook::new(
+                c.webhook_url.clone(),
+                http,
+                slack::payload,
+            )),
+            SinkConfig::Teams(c) => Sink::Teams(ChatWebhook::new(
+                c.webhook_url.clone(),
+                http,
+                teams::payload,
+            )),
             SinkConfig::Salesforce(c) => {
                 Sink::Salesforce(Box::new(salesforce::SalesforceSink::from_config(c, http)))
             }
@@ -247,13 +272,6 @@ impl Sink {
             Sink::Hubspot(s) => s.deliver(a).await,
         }
     }
-}
-
-/// A CRM field's or property's API name (`Leadwatch_Alert_Id__c`).
-fn is_api_name(s: &str) -> bool {
-    !s.is_empty()
-        && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
-        && s.chars().next().is_some_and(|c| c.is_ascii_alphabetic())
 }
 
 /// A reqwest error's text without the URL (which may carry a secret), with its causes.

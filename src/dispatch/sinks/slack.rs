@@ -8,36 +8,9 @@
 
 use serde_json::{Value, json};
 
-use super::{Attempt, Delivered, DeliveryError, Http};
+use super::Attempt;
 use crate::conf::SecretUrl;
 use crate::dispatch::template::slack_escape;
-
-pub struct SlackSink {
-    url: SecretUrl,
-    http: Http,
-}
-
-impl SlackSink {
-    pub fn new(url: SecretUrl, http: Http) -> Self {
-        Self { url, http }
-    }
-
-    pub async fn deliver(&self, a: &Attempt<'_>) -> Result<Delivered, DeliveryError> {
-        let what = format!("POST {}", self.url.redacted());
-        let response = self
-            .http
-            .client
-            .post(self.url.0.clone())
-            .json(&payload(a))
-            .send()
-            .await
-            .map_err(|e| DeliveryError::transport(&what, e))?;
-        if response.status().is_success() {
-            return Ok(Delivered::Sent);
-        }
-        Err(DeliveryError::from_response(&what, response, self.http.clock.now()).await)
-    }
-}
 
 /// The JSON Slack receives.
 pub fn payload(a: &Attempt<'_>) -> Value {

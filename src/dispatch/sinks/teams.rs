@@ -5,35 +5,8 @@
 
 use serde_json::{Value, json};
 
-use super::{Attempt, Delivered, DeliveryError, Http};
+use super::Attempt;
 use crate::conf::SecretUrl;
-
-pub struct TeamsSink {
-    url: SecretUrl,
-    http: Http,
-}
-
-impl TeamsSink {
-    pub fn new(url: SecretUrl, http: Http) -> Self {
-        Self { url, http }
-    }
-
-    pub async fn deliver(&self, a: &Attempt<'_>) -> Result<Delivered, DeliveryError> {
-        let what = format!("POST {}", self.url.redacted());
-        let response = self
-            .http
-            .client
-            .post(self.url.0.clone())
-            .json(&payload(a))
-            .send()
-            .await
-            .map_err(|e| DeliveryError::transport(&what, e))?;
-        if response.status().is_success() {
-            return Ok(Delivered::Sent);
-        }
-        Err(DeliveryError::from_response(&what, response, self.http.clock.now()).await)
-    }
-}
 
 /// The JSON the workflow receives.
 pub fn payload(a: &Attempt<'_>) -> Value {

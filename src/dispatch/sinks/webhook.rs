@@ -29,7 +29,7 @@ impl WebhookSink {
             .collect::<Vec<_>>()
             .join(" ");
         let what = format!("POST {}", redact(&self.url));
-        let response = self
+        let request = self
             .http
             .client
             .post(self.url.clone())
@@ -37,14 +37,9 @@ impl WebhookSink {
             .header("webhook-id", a.alert.id())
             .header("webhook-timestamp", ts.to_string())
             .header("webhook-signature", signature)
-            .body(a.body.clone())
-            .send()
-            .await
-            .map_err(|e| DeliveryError::transport(&what, e))?;
-        if response.status().is_success() {
-            return Ok(Delivered::Sent);
-        }
-        Err(DeliveryError::from_response(&what, response, self.http.clock.now()).await)
+            .body(a.body.clone());
+        self.http.send(&what, request).await?;
+        Ok(Delivered::Sent)
     }
 }
 
