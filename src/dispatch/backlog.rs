@@ -14,6 +14,7 @@ use std::sync::{Arc, Mutex};
 use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
 
+use super::durable;
 use super::retry::Tries;
 use crate::bus::producer::Producer;
 
@@ -299,28 +300,8 @@ pub async fn persist(
     snapshot: impl Fn() -> Option<Vec<u8>>,
     abandon: &tokio_util::sync::CancellationToken,
 ) -> bool {
-    use backon::{ExponentialBuilder, Retryable};
-    use std::time::Duration;
-    let attempt = || async {
-        let bytes = snapshot();
-        let delivery = producer.enqueue(topic, lead, bytes.as_deref())?;
-        match delivery.await {
-            Ok(Ok(_)) => Ok(()),
-            Ok(Err((e, _))) => Err(crate::bus::producer::SendError::Kafka(e)),
-            Err(_) => Err(crate::bus::producer::SendError::Kafka(
-                rdkafka::error::KafkaError::Canceled,
-            )),
-        }
-    };
-    let backoff = ExponentialBuilder::default()
-        .with_min_delay(Duration::from_millis(100))
-        .with_max_delay(Duration::from_secs(10))
-        .with_jitter()
-        .without_max_times();
-    tokio::select! {
-        r = attempt.retry(backoff).notify(|e, after| tracing::warn!(error = %e, ?after, topic, "write to Kafka failed; retrying")) => r.is_ok(),
-        _ = abandon.cancelled() => false,
-    }
+    let enqueue = || producer.enqueue(topic, lead, snapshot().as_deref());
+    durable::until_acked(topic, enqueue, abandon).await
 }
 
 #[cfg(test)]

@@ -16,7 +16,7 @@ use tokio_util::sync::CancellationToken;
 use super::DispatchSections;
 use super::backlog::{self, Backlog, Pending};
 use super::dlq;
-use super::ledger::Ledger;
+use super::ledger::{Ledger, Mark};
 use super::queue::SinkQueue;
 use super::retry::{self, Decision, Schedule};
 use super::routes::Routes;
@@ -372,23 +372,17 @@ async fn settle(
                     tracing::warn!(%sink, alert_id = %alert.id(), %why, "alert not for this sink; skipped");
                 }
             }
-            let ok = work
-                .ledger
-                .record(
-                    producer,
-                    &topics.delivered,
-                    lead,
-                    alert.id(),
-                    &sink,
-                    now,
-                    abandon,
-                )
-                .await;
-            if from_backlog {
-                remove(shared, work, lead, &entry).await && ok
-            } else {
-                ok
-            }
+            done(
+                shared,
+                work,
+                lead,
+                alert,
+                &entry,
+                Mark::Delivered,
+                now,
+                from_backlog,
+            )
+            .await
         }
         Decision::RetryAt {
             at,
@@ -413,24 +407,54 @@ async fn settle(
             if !dlq::write(producer, &topics.dlq, &letter, abandon).await {
                 return false;
             }
-            let ok = work
-                .ledger
-                .record_dead(
-                    producer,
-                    &topics.delivered,
-                    lead,
-                    alert.id(),
-                    &sink,
-                    now,
-                    abandon,
-                )
-                .await;
-            if from_backlog {
-                remove(shared, work, lead, &entry).await && ok
-            } else {
-                ok
-            }
+            done(
+                shared,
+                work,
+                lead,
+                alert,
+                &entry,
+                Mark::DeadLettered,
+                now,
+                from_backlog,
+            )
+            .await
         }
+    }
+}
+
+/// Records in the ledger what a sink is done with an alert by, then, for a delivery that came
+/// from the backlog, removes its entry there (in that order: a crash in between leaves an entry
+/// whose retry finds the ledger's mark). True once both are in Kafka.
+#[allow(clippy::too_many_arguments)]
+async fn done(
+    shared: &Shared,
+    work: &Work,
+    lead: &str,
+    alert: &Alert,
+    entry: &Pending,
+    mark: Mark,
+    now: Timestamp,
+    from_backlog: bool,
+) -> bool {
+    let (alert_id, sink) = (alert.id(), &entry.sink);
+    let topic = &shared.topics.delivered;
+    let ok = work
+        .ledger
+        .record(
+            &shared.producer,
+            topic,
+            lead,
+            alert_id,
+            sink,
+            mark,
+            now,
+            &shared.abandon,
+        )
+        .await;
+    if from_backlog {
+        remove(shared, work, lead, entry).await && ok
+    } else {
+        ok
     }
 }
 

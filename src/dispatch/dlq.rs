@@ -22,7 +22,7 @@ use serde::{Deserialize, Serialize};
 
 use super::DispatchSections;
 use super::queue::SinkQueue;
-use super::retry::{self, Decision, Schedule, Tries};
+use super::retry::{self, DEFAULT_JITTER, Decision, Schedule, Tries};
 use super::routes::Routes;
 use super::sinks::{Attempt, Delivered, DeliveryError, Http};
 use super::template::Templates;
@@ -32,6 +32,12 @@ use crate::bus::producer::Producer;
 use crate::bus::{self, Topics};
 use crate::clock::Clock;
 use crate::telemetry::Metrics;
+
+/// How long one call to Kafka (metadata, offsets, the final flush) may take in a replay.
+const KAFKA_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// How long reading the dead-letter topic to its end may take (2 minutes, as its error says).
+const READ_DEADLINE: Duration = Duration::from_secs(120);
 
 /// One record of `{prefix}.alerts.dlq`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -119,7 +125,7 @@ fn read_new(
     topic: &str,
     partitions: usize,
 ) -> anyhow::Result<(Vec<DeadLetter>, TopicPartitionList, usize)> {
-    let timeout = Duration::from_secs(30);
+    let timeout = KAFKA_TIMEOUT;
     let mut all = TopicPartitionList::new();
     for p in 0..partitions as i32 {
         all.add_partition(topic, p);
@@ -155,7 +161,7 @@ fn read_new(
     let started = clock.instant();
     while !ends.is_empty() {
         anyhow::ensure!(
-            clock.instant() - started < Duration::from_secs(120),
+            clock.instant() - started < READ_DEADLINE,
             "the dead-letter topic could not be read to its end within 2 minutes"
         );
         let Some(msg) = consumer.poll(Duration::from_millis(200)) else {
@@ -212,7 +218,7 @@ pub async fn replay(
     let reading_clock = clock.clone();
     let (consumer, (letters, done, unreadable)) = tokio::task::spawn_blocking(move || {
         let partitions = consumer
-            .fetch_metadata(Some(&topic), Duration::from_secs(30))
+            .fetch_metadata(Some(&topic), KAFKA_TIMEOUT)
             .context("reading the dead-letter topic's metadata")?
             .topics()
             .first()
@@ -241,7 +247,7 @@ pub async fn replay(
             Duration::from_secs(5),
             Duration::from_secs(30),
         ],
-        jitter: 0.2,
+        jitter: DEFAULT_JITTER,
         max_retry_after: Duration::from_secs(60),
     };
     let never = tokio_util::sync::CancellationToken::new();
@@ -314,7 +320,7 @@ pub async fn replay(
             }
         }
     }
-    producer.flush(Duration::from_secs(30)).await;
+    producer.flush(KAFKA_TIMEOUT).await;
     tokio::task::spawn_blocking(move || consumer.commit(&done, CommitMode::Sync))
         .await
         .expect("the commit task panicked")

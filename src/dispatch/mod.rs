@@ -39,6 +39,7 @@ pub mod backlog;
 pub mod config;
 pub mod deliver;
 pub mod dlq;
+pub mod durable;
 pub mod ledger;
 pub mod queue;
 pub mod retry;
