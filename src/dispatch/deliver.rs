@@ -13,13 +13,13 @@ use jiff::Timestamp;
 use tokio::sync::{Notify, mpsc};
 use tokio_util::sync::CancellationToken;
 
-use super::DispatchSections;
 use super::backlog::{self, Backlog, Pending};
+use super::config::DispatchSections;
 use super::dlq;
 use super::ledger::{Ledger, Mark};
 use super::queue::SinkQueue;
 use super::retry::{self, Decision, Schedule};
-use super::routes::Routes;
+use super::routes::{self, Routes};
 use super::sinks::{Attempt, Delivered, DeliveryError, Http};
 use super::template::Templates;
 use crate::alert::Alert;
@@ -114,8 +114,8 @@ impl Shared {
                 (name.clone(), Arc::new(queue))
             })
             .collect();
-        let templates =
-            Templates::new(config.routes).map_err(|p| anyhow::anyhow!("route templates: {p:?}"))?;
+        let templates = routes::templates(config.routes)
+            .map_err(|p| anyhow::anyhow!("route templates: {p:?}"))?;
         let (recovered, recovered_rx) = mpsc::unbounded_channel();
         let shared = Shared {
             queues,

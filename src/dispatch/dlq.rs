@@ -20,12 +20,11 @@ use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use rdkafka::{Message as _, Offset, TopicPartitionList};
 use serde::{Deserialize, Serialize};
 
-use super::DispatchSections;
+use super::config::DispatchSections;
 use super::queue::SinkQueue;
 use super::retry::{self, DEFAULT_JITTER, Decision, Schedule, Tries};
-use super::routes::Routes;
+use super::routes::{self, Routes};
 use super::sinks::{Attempt, Delivered, DeliveryError, Http};
-use super::template::Templates;
 use crate::alert::Alert;
 use crate::bus::KafkaConfig;
 use crate::bus::producer::Producer;
@@ -205,7 +204,7 @@ pub async fn replay(
     let queue = SinkQueue::from_config(sink_name, sink_config, config.dispatch, http);
     let routes = Routes::new(config.routes.to_vec(), config.sinks.keys().cloned());
     let templates =
-        Templates::new(config.routes).map_err(|p| anyhow::anyhow!("templates: {p:?}"))?;
+        routes::templates(config.routes).map_err(|p| anyhow::anyhow!("templates: {p:?}"))?;
 
     let group = format!("{}.dlq-replay.{sink_name}", kafka.group_id);
     let mut cfg = base.clone();
