@@ -4,7 +4,7 @@
 
 use std::future::Future;
 
-use super::{Attempt, Delivered, DeliveryError};
+use super::attempt::{Attempt, Delivered, DeliveryError};
 use crate::alert::split_lead_key;
 use crate::dispatch::template::addressed;
 

@@ -19,7 +19,8 @@ use reqwest::header::HeaderMap;
 use serde_json::{Value, json};
 use url::Url;
 
-use super::{Attempt, Delivered, DeliveryError, Http, crm, truncate};
+use super::attempt::{Attempt, Delivered, DeliveryError, Http, redact, truncate};
+use super::crm;
 use crate::conf::{HumanDuration0, KeyProblems, SecretString};
 
 /// HubSpot's association type for task → contact.
@@ -60,7 +61,7 @@ impl HubspotSink {
     }
 
     async fn call(&self, method: Method, url: Url, body: &Value) -> Result<Value, DeliveryError> {
-        let what = format!("{method} {}", super::redact(&url));
+        let what = format!("{method} {}", redact(&url));
         let response = self
             .http
             .client

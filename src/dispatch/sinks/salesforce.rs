@@ -25,7 +25,8 @@ use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use jiff::Timestamp;
 
-use super::{Attempt, Delivered, DeliveryError, Http, crm, truncate};
+use super::attempt::{Attempt, Delivered, DeliveryError, Http, redact, truncate};
+use super::crm;
 use crate::conf::{HumanDuration0, KeyProblems, SecretString};
 
 pub struct SalesforceSink {
@@ -96,7 +97,7 @@ impl SalesforceSink {
         if let Some(t) = &*cached {
             return Ok(t.clone());
         }
-        let what = format!("POST {}", super::redact(&self.token_url));
+        let what = format!("POST {}", redact(&self.token_url));
         let response = self
             .http
             .client
@@ -163,7 +164,7 @@ impl SalesforceSink {
         url: Url,
         body: Option<&Value>,
     ) -> Result<reqwest::Response, DeliveryError> {
-        let what = format!("{method} {}", super::redact(&url));
+        let what = format!("{method} {}", redact(&url));
         let mut refreshed = false;
         loop {
             let token = self.token().await?;

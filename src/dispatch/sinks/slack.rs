@@ -8,7 +8,7 @@
 
 use serde_json::{Value, json};
 
-use super::Attempt;
+use super::attempt::{Attempt, truncate};
 use crate::conf::SecretUrl;
 use crate::dispatch::template::slack_escape;
 
@@ -24,8 +24,8 @@ pub fn payload(a: &Attempt<'_>) -> Value {
         fields.push(json!({"type": "mrkdwn", "text": format!("*Late by*\n{}", m.late)}));
     }
     let mut blocks = vec![
-        json!({"type": "header", "text": {"type": "plain_text", "text": super::truncate(&m.title, 150), "emoji": true}}),
-        json!({"type": "section", "text": {"type": "mrkdwn", "text": super::truncate(&m.text, 3000)}}),
+        json!({"type": "header", "text": {"type": "plain_text", "text": truncate(&m.title, 150), "emoji": true}}),
+        json!({"type": "section", "text": {"type": "mrkdwn", "text": truncate(&m.text, 3000)}}),
         json!({"type": "section", "fields": fields}),
     ];
     if !m.link.is_empty() {

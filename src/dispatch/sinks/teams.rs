@@ -5,7 +5,7 @@
 
 use serde_json::{Value, json};
 
-use super::Attempt;
+use super::attempt::Attempt;
 use crate::conf::SecretUrl;
 
 /// The JSON the workflow receives.

@@ -3,7 +3,7 @@
 
 use url::Url;
 
-use super::{Attempt, Delivered, DeliveryError, Http, redact};
+use super::attempt::{Attempt, Delivered, DeliveryError, Http, redact};
 use crate::conf::KeyProblems;
 use crate::signature::Secrets;
 
