@@ -5,8 +5,10 @@
 //! backlog is read back when the partition is assigned, exactly like its delivery ledger, so a
 //! retry survives a restart or a move to another member.
 //!
-//! Times are wall-clock [`Timestamp`]s (they outlive the process) and are passed in, so the
-//! bookkeeping is tested without a clock.
+//! This is the durable wait of a retry: when an entry is due is decided by
+//! [`super::retry::decide`], and a due entry is attempted by `deliver::retry_one`. Times are
+//! wall-clock [`Timestamp`]s (they outlive the process) and are passed in, so the bookkeeping is
+//! tested without a clock.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::{Arc, Mutex};

@@ -1,9 +1,12 @@
 //! Delivery: one alert to each of its sinks. The per-message work of the dispatcher
-//! ([`fan_out`]: the inline first attempt, or the backlog), the per-due-entry work
-//! ([`retry_one`]), and carrying out what [`super::retry::decide`] decided for an attempt
-//! ([`settle`]: the ledger mark, the backlog entry, or the dead letter). One (alert, sink) is
-//! delivered at a time ([`Deliveries`]), and the ledger and the backlog are consulted under that
-//! lock.
+//! (`fan_out`: the inline first attempt, or the backlog), the per-due-entry work (`retry_one`),
+//! a partition's state restored from its ledger and backlog (`Work::restore`), and carrying out
+//! what [`super::retry::decide`] decided for an attempt (`settle`: the ledger mark, the backlog
+//! entry, or the dead letter, in that order of writes). One (alert, sink) is delivered at a time
+//! (`Deliveries`), and the ledger and the backlog are consulted under that lock.
+//!
+//! Nothing here depends on the consumer-group loop in [`super`]: it hands in the partition's
+//! `Work`, the message, or the due entry, and stores the offset `fan_out` resolves to.
 
 use std::collections::HashMap;
 use std::sync::Arc;

@@ -6,8 +6,9 @@
 //! `leadwatch dlq replay --config PATH --sink NAME` re-sends one sink's dead letters after the
 //! cause is fixed. It reads the topic from where the previous replay for that sink stopped (its
 //! own consumer group, `{group_id}.dlq-replay.{sink}`, so replaying one sink never skips another's
-//! letters), delivers each with a few quick retries, writes those that fail again back to the
-//! topic, commits, and says how many of each.
+//! letters), delivers each with a few quick retries (decided by [`super::retry::decide`], as live
+//! delivery's are, on a short schedule of its own, waiting in the task), writes those that fail
+//! again back to the topic, commits, and says how many of each.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;

@@ -3,6 +3,23 @@
 //! one queue per sink ([`queue`]), retrying on a durable schedule ([`retry`], [`backlog`]) and
 //! dead-lettering what cannot be delivered ([`dlq`]).
 //!
+//! # Where things are
+//!
+//! - This file: the consumer-group loop and nothing else — assignments and revocations, the two
+//!   restores of each partition (ledger and backlog), the timer of due retries, storing offsets,
+//!   the drain at shutdown. What it does per message, per due backlog entry and per restored
+//!   partition is [`deliver`]'s (`fan_out`, `retry_one`, `Work::restore`), which depend on no
+//!   state of the loop, so the loop can become the shared consumer-group skeleton.
+//! - [`deliver`]: one alert to each of its sinks — the inline first attempt or the backlog, one
+//!   delivery of an (alert, sink) at a time with the ledger and backlog checked under that lock,
+//!   and carrying out what the retry decision says (ledger mark, backlog entry, dead letter).
+//! - [`retry`]: whether and when a failed attempt is tried again (`retry::decide`, pure; live
+//!   delivery and `dlq replay` both ask it), and where the other parts of a retry live.
+//! - [`backlog`] and [`ledger`]: the two per-lead changelogs of a partition, written through
+//!   `durable`; [`queue`]: one per sink (concurrency, pace, the pause on 429, health);
+//!   [`sinks`]: one module per kind, what they share in `sinks::attempt` and `sinks::crm`;
+//!   [`dlq`]: dead letters and their replay; [`config`]: `[dispatch]`.
+//!
 //! # Why the queues and the backlog look like this
 //!
 //! Two requirements pull against each other. An alert's offset may be stored only once nothing
@@ -39,7 +56,7 @@ pub mod backlog;
 pub mod config;
 pub mod deliver;
 pub mod dlq;
-pub mod durable;
+mod durable;
 pub mod ledger;
 pub mod queue;
 pub mod retry;

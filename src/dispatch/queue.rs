@@ -6,6 +6,9 @@
 //! rate-limited webhook is sent at its pace, not dropped. When a sink is failing, or its queue
 //! already holds about a second's worth of work, new alerts for it are not attempted inline but
 //! handed to the durable backlog (see [`super`]), so the alerts topic keeps moving.
+//!
+//! The pause on 429 holds the whole sink; whether and when the alert that got the 429 is tried
+//! again is [`super::retry`]'s decision, like any failure's.
 
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
