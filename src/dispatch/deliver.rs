@@ -598,6 +598,11 @@ mod tests {
         }
     }
 
+    /// `alert`'s delivery to `hook`, waiting in the backlog.
+    fn queued(alert: &Alert) -> Pending {
+        pending(alert, &String::from_utf8_lossy(&body(alert)))
+    }
+
     #[tokio::test]
     async fn one_delivery_of_an_alert_to_a_sink_at_a_time() {
         let deliveries = Deliveries::default();
@@ -623,6 +628,32 @@ mod tests {
         );
     }
 
+    /// Fans the sample breach out at `offset`.
+    async fn fan(shared: &Arc<Shared>, work: &Work, offset: i64) -> Option<(i32, i64)> {
+        let alert = breach();
+        fan_out(
+            shared.clone(),
+            work.clone(),
+            offset,
+            alert.clone(),
+            body(&alert),
+        )
+        .await
+    }
+
+    /// Runs every backlog entry due by `t0`.
+    async fn retry_due(shared: &Arc<Shared>, work: &Work) {
+        for (lead, entry) in work.backlog.take_due(t0()) {
+            retry_one(shared.clone(), work.clone(), lead, entry).await;
+        }
+    }
+
+    /// Whether the metrics have `line`.
+    fn counted(shared: &Shared, line: &str) -> bool {
+        let metrics = shared.metrics.encode();
+        metrics.contains(line) || panic!("no `{line}` in\n{metrics}")
+    }
+
     #[tokio::test]
     async fn an_alert_no_route_matches_is_counted_and_its_offset_stored_unless_revoked() {
         let routes = [RouteConfig {
@@ -631,22 +662,16 @@ mod tests {
             ..RouteConfig::default()
         }];
         let shared = shared(&routes);
-        let alert = breach();
         let w = work(None, &[]);
-        let done = fan_out(shared.clone(), w.clone(), 7, alert.clone(), body(&alert)).await;
-        assert_eq!(done, Some((3, 7)));
-        assert!(
-            shared
-                .metrics
-                .encode()
-                .contains(r#"leadwatch_alerts_unrouted_total{type="sla.first_touch.breached"} 1"#),
-            "{}",
-            shared.metrics.encode()
-        );
+        assert_eq!(fan(&shared, &w, 7).await, Some((3, 7)));
+        assert!(counted(
+            &shared,
+            r#"leadwatch_alerts_unrouted_total{type="sla.first_touch.breached"} 1"#
+        ));
         w.revoked.cancel();
-        let done = fan_out(shared, w, 8, alert.clone(), body(&alert)).await;
         assert_eq!(
-            done, None,
+            fan(&shared, &w, 8).await,
+            None,
             "a revoked partition's offsets are its next owner's"
         );
     }
@@ -657,19 +682,15 @@ mod tests {
         let alert = breach();
         // Any attempt would fail (nothing listens) and its write to the backlog would give up:
         // the offset is stored only because nothing was left to do.
-        let delivered = work(Some(&alert), &[]);
-        let done = fan_out(shared.clone(), delivered, 1, alert.clone(), body(&alert)).await;
-        assert_eq!(done, Some((3, 1)));
-        let waiting = work(
-            None,
-            &[pending(&alert, &String::from_utf8_lossy(&body(&alert)))],
-        );
-        let done = fan_out(shared.clone(), waiting, 2, alert.clone(), body(&alert)).await;
-        assert_eq!(done, Some((3, 2)));
-        let nowhere = work(None, &[]);
-        let done = fan_out(shared, nowhere, 3, alert.clone(), body(&alert)).await;
         assert_eq!(
-            done, None,
+            fan(&shared, &work(Some(&alert), &[]), 1).await,
+            Some((3, 1))
+        );
+        let waiting = work(None, &[queued(&alert)]);
+        assert_eq!(fan(&shared, &waiting, 2).await, Some((3, 2)));
+        assert_eq!(
+            fan(&shared, &work(None, &[]), 3).await,
+            None,
             "the attempt failed and its retry was not written"
         );
     }
@@ -678,36 +699,26 @@ mod tests {
     async fn every_retry_looks_at_the_ledger_first_and_unreadable_entries_go() {
         let shared = shared(&[]);
         let alert = breach();
-        let entry = pending(&alert, &String::from_utf8_lossy(&body(&alert)));
         // Delivered before (its removal from the backlog did not reach Kafka): not sent again.
-        let w = work(Some(&alert), std::slice::from_ref(&entry));
-        let due = w.backlog.take_due(t0());
-        assert_eq!(due.len(), 1);
-        for (lead, entry) in due {
-            retry_one(shared.clone(), w.clone(), lead, entry).await;
-        }
+        let w = work(Some(&alert), &[queued(&alert)]);
+        assert_eq!(w.backlog.len(), 1);
+        retry_due(&shared, &w).await;
         assert!(w.backlog.is_empty());
         assert!(!shared.metrics.encode().contains("outcome=\"delivered\""));
         // An entry whose alert cannot be read is dropped and counted.
         let w = work(None, &[pending(&alert, "{")]);
-        for (lead, entry) in w.backlog.take_due(t0()) {
-            retry_one(shared.clone(), w.clone(), lead, entry).await;
-        }
+        retry_due(&shared, &w).await;
         assert!(w.backlog.is_empty());
-        assert!(
-            shared.metrics.encode().contains(
-                r#"leadwatch_alert_deliveries_total{sink="hook",outcome="unreadable_alert"} 1"#
-            ),
-            "{}",
-            shared.metrics.encode()
-        );
+        assert!(counted(
+            &shared,
+            r#"leadwatch_alert_deliveries_total{sink="hook",outcome="unreadable_alert"} 1"#
+        ));
     }
 
     #[test]
     fn a_restored_partition_knows_its_deliveries_and_retries() {
         let alert = breach();
-        let entry = pending(&alert, &String::from_utf8_lossy(&body(&alert)));
-        let w = work(Some(&alert), &[entry]);
+        let w = work(Some(&alert), &[queued(&alert)]);
         assert_eq!(w.partition, 3);
         assert_eq!(w.assigned_at, t0());
         let lead = &alert.data.lead;
