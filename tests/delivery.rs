@@ -12,6 +12,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use leadwatch::alert::{Alert, Recipient};
+use leadwatch::clock::Clock;
 use leadwatch::dispatch::template::sample_alert;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use support::api::{Answer, Api, ApiRequest};
@@ -701,9 +702,14 @@ retry_schedule = ["300ms", "1s", "2s", "5s", "10s", "10s", "10s", "10s", "10s", 
     let cfg =
         leadwatch::app::Config::load_with_env(&b.dir.path().join("leadwatch.toml"), Vec::new())
             .unwrap();
-    let report = leadwatch::dispatch::dlq::replay(&cfg.kafka, cfg.dispatch_sections(), "strict")
-        .await
-        .unwrap();
+    let report = leadwatch::dispatch::dlq::replay(
+        &cfg.kafka,
+        cfg.dispatch_sections(),
+        "strict",
+        &Clock::system(),
+    )
+    .await
+    .unwrap();
     assert_eq!(
         (
             report.found,
@@ -723,9 +729,14 @@ retry_schedule = ["300ms", "1s", "2s", "5s", "10s", "10s", "10s", "10s", "10s", 
             });
     assert_eq!(replayed.len(), N as usize);
     assert!(replayed.values().all(|n| *n == 1));
-    let again = leadwatch::dispatch::dlq::replay(&cfg.kafka, cfg.dispatch_sections(), "strict")
-        .await
-        .unwrap();
+    let again = leadwatch::dispatch::dlq::replay(
+        &cfg.kafka,
+        cfg.dispatch_sections(),
+        "strict",
+        &Clock::system(),
+    )
+    .await
+    .unwrap();
     assert_eq!(again.found, 0, "{again}");
     assert_eq!(strict.count(), 2 * N as usize);
     b.stop().await;
@@ -818,7 +829,7 @@ async fn salesforce_jwt_bearer_gets_its_token_with_a_signed_assertion() {
     use base64::Engine as _;
     use base64::engine::general_purpose::URL_SAFE_NO_PAD;
     use leadwatch::dispatch::sinks::SinkConfig;
-    use leadwatch::dispatch::sinks::{Attempt, Delivered, Sink};
+    use leadwatch::dispatch::sinks::{Attempt, Delivered, Http, Sink};
     use leadwatch::dispatch::template::{Style, Templates};
 
     let rsa = openssl::rsa::Rsa::generate(2048).unwrap();
@@ -864,7 +875,13 @@ async fn salesforce_jwt_bearer_gets_its_token_with_a_signed_assertion() {
     .unwrap();
     assert!(cfg.problems().is_empty());
     assert!(!format!("{cfg:?}").contains("PRIVATE KEY"));
-    let sink = Sink::from_config(&cfg, reqwest::Client::new());
+    let sink = Sink::from_config(
+        &cfg,
+        Http {
+            client: reqwest::Client::new(),
+            clock: Clock::system(),
+        },
+    );
     let alert = sample_alert("sla.first_touch.breached");
     let message = Templates::new(&[])
         .unwrap()
@@ -969,7 +986,7 @@ async fn a_sink_that_says_when_to_retry_is_waited_for_but_cannot_shorten_the_sch
 #[tokio::test]
 async fn salesforce_refusals_that_are_final_and_one_that_is_not() {
     use leadwatch::dispatch::sinks::SinkConfig;
-    use leadwatch::dispatch::sinks::{Attempt, Delivered, Sink};
+    use leadwatch::dispatch::sinks::{Attempt, Delivered, Http, Sink};
     use leadwatch::dispatch::template::{Style, Templates};
     use std::sync::atomic::AtomicU8;
 
@@ -1012,7 +1029,13 @@ async fn salesforce_refusals_that_are_final_and_one_that_is_not() {
         "apply_reassignment": true,
     }))
     .unwrap();
-    let sink = Sink::from_config(&cfg, reqwest::Client::new());
+    let sink = Sink::from_config(
+        &cfg,
+        Http {
+            client: reqwest::Client::new(),
+            clock: Clock::system(),
+        },
+    );
     let alert = sample_alert("sla.first_touch.escalated");
     assert_eq!(alert.data.suggested_owner.as_deref(), Some("005A0000003"));
     let message = Templates::new(&[])

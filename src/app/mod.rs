@@ -148,6 +148,7 @@ pub async fn run_with_reloads(
             base.clone(),
             topics.clone(),
             metrics.clone(),
+            crate::clock::Clock::system(),
         )
         .context("building the sinks")?;
         let stop = stop_work.clone();

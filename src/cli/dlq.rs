@@ -23,7 +23,12 @@ impl DlqAction {
         let cfg = super::load(&config)?;
         let report = super::block_on(
             "dlq replay",
-            crate::dispatch::dlq::replay(&cfg.kafka, cfg.dispatch_sections(), &sink),
+            crate::dispatch::dlq::replay(
+                &cfg.kafka,
+                cfg.dispatch_sections(),
+                &sink,
+                &crate::clock::Clock::system(),
+            ),
         )?;
         println!("{report}");
         // Exit 2 when some went to the dead letters again, so a script notices.

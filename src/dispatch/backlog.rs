@@ -5,8 +5,10 @@
 //! backlog is read back when the partition is assigned, exactly like its delivery ledger, so a
 //! retry survives a restart or a move to another member.
 //!
-//! Times are wall-clock [`Timestamp`]s (they outlive the process) and are passed in, so the
-//! bookkeeping is tested without a clock.
+//! This is the durable wait of a retry: when an entry is due is decided by
+//! [`super::retry::decide`], and a due entry is attempted by `deliver::retry_one`. Times are
+//! wall-clock [`Timestamp`]s (they outlive the process) and are passed in, so the bookkeeping is
+//! tested without a clock.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
@@ -14,6 +16,8 @@ use std::sync::{Arc, Mutex};
 use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
 
+use super::durable;
+use super::retry::Tries;
 use crate::bus::producer::Producer;
 
 /// One delivery waiting for a retry.
@@ -45,6 +49,30 @@ pub struct Pending {
     /// Moved forward because the sink answered again (its next failure is free).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub early: bool,
+}
+
+impl Pending {
+    /// Its past, as [`super::retry::decide`] wants it.
+    pub fn tries(&self) -> Tries {
+        Tries {
+            attempts: self.attempts,
+            free: self.free,
+            early: self.early,
+            failing_since: self.failing_since,
+        }
+    }
+
+    /// Takes the past [`super::retry::decide`] handed back.
+    pub fn set_tries(&mut self, tries: Tries) {
+        let Tries {
+            attempts,
+            free,
+            early,
+            failing_since,
+        } = tries;
+        (self.attempts, self.free, self.early, self.failing_since) =
+            (attempts, free, early, failing_since);
+    }
 }
 
 fn is_zero(n: &u32) -> bool {
@@ -274,28 +302,8 @@ pub async fn persist(
     snapshot: impl Fn() -> Option<Vec<u8>>,
     abandon: &tokio_util::sync::CancellationToken,
 ) -> bool {
-    use backon::{ExponentialBuilder, Retryable};
-    use std::time::Duration;
-    let attempt = || async {
-        let bytes = snapshot();
-        let delivery = producer.enqueue(topic, lead, bytes.as_deref())?;
-        match delivery.await {
-            Ok(Ok(_)) => Ok(()),
-            Ok(Err((e, _))) => Err(crate::bus::producer::SendError::Kafka(e)),
-            Err(_) => Err(crate::bus::producer::SendError::Kafka(
-                rdkafka::error::KafkaError::Canceled,
-            )),
-        }
-    };
-    let backoff = ExponentialBuilder::default()
-        .with_min_delay(Duration::from_millis(100))
-        .with_max_delay(Duration::from_secs(10))
-        .with_jitter()
-        .without_max_times();
-    tokio::select! {
-        r = attempt.retry(backoff).notify(|e, after| tracing::warn!(error = %e, ?after, topic, "write to Kafka failed; retrying")) => r.is_ok(),
-        _ = abandon.cancelled() => false,
-    }
+    let enqueue = || producer.enqueue(topic, lead, snapshot().as_deref());
+    durable::until_acked(topic, enqueue, abandon).await
 }
 
 #[cfg(test)]

@@ -1,9 +1,11 @@
 //! `[dispatch]`: how alerts are delivered — how many at once, request timeouts, per-sink
-//! concurrency, and the retry schedule ([`super::retry::Schedule`] is built from it).
+//! concurrency, and the retry schedule (the [`Schedule`] is built from it here; what it means is
+//! [`super::retry`]'s business).
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use super::retry::{DEFAULT_JITTER, DEFAULT_MAX_RETRY_AFTER, DEFAULT_SCHEDULE, Schedule};
 use super::routes::RouteConfig;
 use super::sinks::SinkConfig;
 use crate::conf::{HumanDuration, KeyProblems};
@@ -82,10 +84,38 @@ fn default_sink_concurrency() -> usize {
     16
 }
 fn default_retry_jitter() -> f64 {
-    0.2
+    DEFAULT_JITTER
 }
 fn default_max_retry_after() -> HumanDuration {
-    HumanDuration(Duration::from_secs(3600))
+    HumanDuration(DEFAULT_MAX_RETRY_AFTER)
+}
+
+impl From<&DispatchConfig> for Schedule {
+    fn from(c: &DispatchConfig) -> Self {
+        let delays = match (&c.retry_schedule, c.retry_min_delay, c.retry_max_delay) {
+            (Some(list), _, _) => list.iter().map(|d| d.0).collect(),
+            (None, None, None) if c.max_retries.is_none() => DEFAULT_SCHEDULE.to_vec(),
+            (None, min, max) => {
+                // The exponential form: min, 2·min, 4·min … capped at max, `max_retries` times.
+                let min = min.map_or(Duration::from_secs(1), |d| d.0);
+                let max = max.map_or(Duration::from_secs(300), |d| d.0);
+                let n = c.max_retries.unwrap_or(20);
+                let mut delay = min;
+                (0..n)
+                    .map(|_| {
+                        let this = delay.min(max);
+                        delay = delay.saturating_mul(2);
+                        this
+                    })
+                    .collect()
+            }
+        };
+        Self {
+            delays,
+            jitter: c.retry_jitter,
+            max_retry_after: c.max_retry_after.0,
+        }
+    }
 }
 
 impl DispatchConfig {
@@ -124,5 +154,40 @@ impl DispatchConfig {
             problems.push(("sink_concurrency".into(), "must be at least 1".into()));
         }
         problems
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_exponential_form_and_the_list_both_configure_it() {
+        let mut c = DispatchConfig {
+            retry_min_delay: Some(HumanDuration(Duration::from_millis(100))),
+            retry_max_delay: Some(HumanDuration(Duration::from_millis(500))),
+            max_retries: Some(5),
+            ..DispatchConfig::default()
+        };
+        let s = Schedule::from(&c);
+        let ms: Vec<u128> = s.delays.iter().map(|d| d.as_millis()).collect();
+        assert_eq!(ms, [100, 200, 400, 500, 500]);
+        assert!(c.problems().is_empty());
+        c.retry_schedule = Some(vec![HumanDuration(Duration::from_secs(1))]);
+        let problems = c.problems();
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert_eq!(problems[0].0, "retry_schedule");
+        let only_list = DispatchConfig {
+            retry_schedule: Some(vec![
+                HumanDuration(Duration::from_secs(1)),
+                HumanDuration(Duration::from_secs(7)),
+            ]),
+            ..DispatchConfig::default()
+        };
+        assert_eq!(
+            Schedule::from(&only_list).delays,
+            [Duration::from_secs(1), Duration::from_secs(7)]
+        );
+        assert_eq!(Schedule::from(&DispatchConfig::default()).attempts(), 8);
     }
 }

@@ -6,32 +6,38 @@
 //! `leadwatch dlq replay --config PATH --sink NAME` re-sends one sink's dead letters after the
 //! cause is fixed. It reads the topic from where the previous replay for that sink stopped (its
 //! own consumer group, `{group_id}.dlq-replay.{sink}`, so replaying one sink never skips another's
-//! letters), delivers each with a few quick retries, writes those that fail again back to the
-//! topic, commits, and says how many of each.
+//! letters), delivers each with a few quick retries (decided by [`super::retry::decide`], as live
+//! delivery's are, on a short schedule of its own, waiting in the task), writes those that fail
+//! again back to the topic, commits, and says how many of each.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use backon::Retryable;
 use bytes::Bytes;
 use jiff::Timestamp;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use rdkafka::{Message as _, Offset, TopicPartitionList};
 use serde::{Deserialize, Serialize};
 
-use super::DispatchSections;
+use super::config::DispatchSections;
 use super::queue::SinkQueue;
-use super::retry::Schedule;
-use super::routes::Routes;
-use super::sinks::{Attempt, Delivered, DeliveryError};
-use super::template::Templates;
+use super::retry::{self, DEFAULT_JITTER, Decision, Schedule, Tries};
+use super::routes::{self, Routes};
+use super::sinks::{Attempt, Delivered, DeliveryError, Http};
 use crate::alert::Alert;
 use crate::bus::KafkaConfig;
 use crate::bus::producer::Producer;
 use crate::bus::{self, Topics};
+use crate::clock::Clock;
 use crate::telemetry::Metrics;
+
+/// How long one call to Kafka (metadata, offsets, the final flush) may take in a replay.
+const KAFKA_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// How long reading the dead-letter topic to its end may take (2 minutes, as its error says).
+const READ_DEADLINE: Duration = Duration::from_secs(120);
 
 /// One record of `{prefix}.alerts.dlq`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -54,7 +60,8 @@ pub struct DeadLetter {
 }
 
 impl DeadLetter {
-    pub fn new(sink: &str, body: &[u8], attempts: u32, e: &DeliveryError) -> Self {
+    /// The letter of `body` (the alert's JSON) that `sink` did not take by `now`.
+    pub fn new(sink: &str, body: &[u8], attempts: u32, e: &DeliveryError, now: Timestamp) -> Self {
         Self {
             sink: sink.to_string(),
             alert: serde_json::from_slice(body).unwrap_or(serde_json::Value::Null),
@@ -62,7 +69,7 @@ impl DeadLetter {
             status: e.status,
             error: e.message.clone(),
             body_excerpt: e.excerpt.clone(),
-            dead_at: Timestamp::now(),
+            dead_at: now,
         }
     }
 
@@ -113,11 +120,12 @@ impl std::fmt::Display for ReplayReport {
 
 /// Reads every dead letter of `partitions` from `group`'s committed offsets to the current end.
 fn read_new(
+    clock: &Clock,
     consumer: &BaseConsumer,
     topic: &str,
     partitions: usize,
 ) -> anyhow::Result<(Vec<DeadLetter>, TopicPartitionList, usize)> {
-    let timeout = Duration::from_secs(30);
+    let timeout = KAFKA_TIMEOUT;
     let mut all = TopicPartitionList::new();
     for p in 0..partitions as i32 {
         all.add_partition(topic, p);
@@ -150,10 +158,10 @@ fn read_new(
         return Ok((letters, done, unreadable));
     }
     consumer.assign(&assign)?;
-    let started = std::time::Instant::now();
+    let started = clock.instant();
     while !ends.is_empty() {
         anyhow::ensure!(
-            started.elapsed() < Duration::from_secs(120),
+            clock.instant() - started < READ_DEADLINE,
             "the dead-letter topic could not be read to its end within 2 minutes"
         );
         let Some(msg) = consumer.poll(Duration::from_millis(200)) else {
@@ -178,6 +186,7 @@ pub async fn replay(
     kafka: &KafkaConfig,
     config: DispatchSections<'_>,
     sink_name: &str,
+    clock: &Clock,
 ) -> anyhow::Result<ReplayReport> {
     anyhow::ensure!(
         !kafka.is_embedded(),
@@ -191,18 +200,12 @@ pub async fn replay(
     let base = bus::client_config(kafka, &kafka.brokers);
     let metrics = Arc::new(Metrics::new());
     let producer = Producer::new(&base, metrics.clone()).context("creating the producer")?;
-    let client = super::http_client(config.dispatch).context("building the HTTP client")?;
-    let queue = SinkQueue::new(
-        sink_name.to_string(),
-        super::sinks::Sink::from_config(sink_config, client),
-        config.dispatch.sink_concurrency,
-        sink_config.max_per_second(),
-        config.dispatch.request_timeout.0,
-    )
-    .with_max_pause(config.dispatch.max_retry_after.0);
+    let http = Http::new(config.dispatch.request_timeout.0, clock.clone())
+        .context("building the HTTP client")?;
+    let queue = SinkQueue::from_config(sink_name, sink_config, config.dispatch, http);
     let routes = Routes::new(config.routes.to_vec(), config.sinks.keys().cloned());
     let templates =
-        Templates::new(config.routes).map_err(|p| anyhow::anyhow!("templates: {p:?}"))?;
+        routes::templates(config.routes).map_err(|p| anyhow::anyhow!("templates: {p:?}"))?;
 
     let group = format!("{}.dlq-replay.{sink_name}", kafka.group_id);
     let mut cfg = base.clone();
@@ -212,15 +215,16 @@ pub async fn replay(
         .set("auto.offset.reset", "earliest");
     let consumer: BaseConsumer = cfg.create().context("creating the consumer")?;
     let topic = topics.dlq.clone();
+    let reading_clock = clock.clone();
     let (consumer, (letters, done, unreadable)) = tokio::task::spawn_blocking(move || {
         let partitions = consumer
-            .fetch_metadata(Some(&topic), Duration::from_secs(30))
+            .fetch_metadata(Some(&topic), KAFKA_TIMEOUT)
             .context("reading the dead-letter topic's metadata")?
             .topics()
             .first()
             .map_or(0, |t| t.partitions().len());
         anyhow::ensure!(partitions > 0, "topic `{topic}` does not exist");
-        let read = read_new(&consumer, &topic, partitions)?;
+        let read = read_new(&reading_clock, &consumer, &topic, partitions)?;
         Ok((consumer, read))
     })
     .await
@@ -236,14 +240,14 @@ pub async fn replay(
         sink: sink_name.to_string(),
         ..Default::default()
     };
-    // A few quick retries, honouring Retry-After up to a minute.
+    // A few quick retries, a Retry-After honoured up to a minute.
     let schedule = Schedule {
         delays: vec![
             Duration::from_secs(1),
             Duration::from_secs(5),
             Duration::from_secs(30),
         ],
-        jitter: 0.2,
+        jitter: DEFAULT_JITTER,
         max_retry_after: Duration::from_secs(60),
     };
     let never = tokio_util::sync::CancellationToken::new();
@@ -266,27 +270,30 @@ pub async fn replay(
             routes.route_for(&alert, sink_name),
             queue.sink.style(),
         );
-        let attempts = std::sync::atomic::AtomicU32::new(letter.attempts);
-        let result = (|| async {
-            let n = attempts.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
+        // The same decision as live delivery's, on the replay's own quick schedule; the sink
+        // sees the attempts numbered on from the letter's.
+        let mut tries = Tries::default();
+        let result = loop {
+            tries.attempts += 1;
             let a = Attempt {
                 alert: &alert,
                 body: &body,
-                attempt: n,
+                attempt: letter.attempts + tries.attempts,
                 maybe_attempted: true,
                 message: &message,
             };
-            queue.attempt(&a).await.result
-        })
-        .retry(schedule.clone())
-        .when(|e: &DeliveryError| e.retriable)
-        .adjust(|e: &DeliveryError, planned| {
-            planned.map(|p| {
-                e.retry_after
-                    .map_or(p, |asked| asked.min(Duration::from_secs(60)))
-            })
-        })
-        .await;
+            let outcome = queue.attempt(&a).await.result;
+            match retry::decide(tries, outcome, &schedule, clock.now()) {
+                Decision::Done(delivered) => break Ok(delivered),
+                Decision::RetryAt {
+                    after, tries: t, ..
+                } => {
+                    tries = t;
+                    tokio::time::sleep(after).await;
+                }
+                Decision::DeadLetter(e) => break Err(e),
+            }
+        };
         match result {
             Ok(Delivered::Skipped(why)) => {
                 tracing::warn!(alert_id = %alert.id(), %why, "not for this sink; dropped from the dead letters");
@@ -301,8 +308,9 @@ pub async fn replay(
                 let again = DeadLetter::new(
                     sink_name,
                     &body,
-                    attempts.load(std::sync::atomic::Ordering::SeqCst),
+                    letter.attempts + tries.attempts,
                     &e,
+                    clock.now(),
                 );
                 anyhow::ensure!(
                     write(&producer, &topics.dlq, &again, &never).await,
@@ -312,7 +320,7 @@ pub async fn replay(
             }
         }
     }
-    producer.flush(Duration::from_secs(30)).await;
+    producer.flush(KAFKA_TIMEOUT).await;
     tokio::task::spawn_blocking(move || consumer.commit(&done, CommitMode::Sync))
         .await
         .expect("the commit task panicked")

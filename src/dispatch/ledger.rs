@@ -5,14 +5,13 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
-use backon::{ExponentialBuilder, Retryable};
 use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
-use crate::bus::producer::{Producer, SendError};
+use super::durable;
+use crate::bus::producer::Producer;
 
 /// How many alerts a lead's entry remembers (the oldest are forgotten first).
 const ALERTS_PER_LEAD: usize = 256;
@@ -34,6 +33,15 @@ pub struct Delivery {
     pub dead_lettered: BTreeSet<String>,
     /// When the alert first reached a sink.
     pub first_at: Timestamp,
+}
+
+/// What a sink is done with an alert by.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mark {
+    /// The sink has it.
+    Delivered,
+    /// The sink refused it for good, or it ran out of retries: it is in the dead letters.
+    DeadLettered,
 }
 
 /// One partition's ledger, shared by the deliveries in flight.
@@ -93,8 +101,9 @@ impl Ledger {
             .unwrap_or_default()
     }
 
-    /// Records that `sink` has `alert_id` and makes it durable; returns once Kafka has it (or
-    /// false when abandoned at shutdown).
+    /// Records `mark` for `alert_id` and `sink` (at `now`) and makes it durable; returns once
+    /// Kafka has it (or false when abandoned at shutdown).
+    #[allow(clippy::too_many_arguments)]
     pub async fn record(
         &self,
         producer: &Producer,
@@ -102,35 +111,8 @@ impl Ledger {
         lead: &str,
         alert_id: &str,
         sink: &str,
-        abandon: &CancellationToken,
-    ) -> bool {
-        self.mark(producer, topic, lead, alert_id, sink, false, abandon)
-            .await
-    }
-
-    /// Records that `alert_id` was dead-lettered for `sink`, durably.
-    pub async fn record_dead(
-        &self,
-        producer: &Producer,
-        topic: &str,
-        lead: &str,
-        alert_id: &str,
-        sink: &str,
-        abandon: &CancellationToken,
-    ) -> bool {
-        self.mark(producer, topic, lead, alert_id, sink, true, abandon)
-            .await
-    }
-
-    #[allow(clippy::too_many_arguments)]
-    async fn mark(
-        &self,
-        producer: &Producer,
-        topic: &str,
-        lead: &str,
-        alert_id: &str,
-        sink: &str,
-        dead: bool,
+        mark: Mark,
+        now: Timestamp,
         abandon: &CancellationToken,
     ) -> bool {
         {
@@ -142,14 +124,13 @@ impl Ledger {
                 .or_insert_with(|| Delivery {
                     sinks: BTreeSet::new(),
                     dead_lettered: BTreeSet::new(),
-                    first_at: Timestamp::now(),
+                    first_at: now,
                 });
             let marks = entry.alerts.get_mut(alert_id).expect("just inserted");
-            if dead {
-                marks.dead_lettered.insert(sink.to_string());
-            } else {
-                marks.sinks.insert(sink.to_string());
-            }
+            match mark {
+                Mark::Delivered => marks.sinks.insert(sink.to_string()),
+                Mark::DeadLettered => marks.dead_lettered.insert(sink.to_string()),
+            };
             while entry.alerts.len() > ALERTS_PER_LEAD {
                 let oldest = entry
                     .alerts
@@ -164,26 +145,11 @@ impl Ledger {
         }
         // The snapshot is taken and queued under the lock, so writes of one lead reach Kafka in
         // the order of their snapshots and the last one holds every mark; a retry snapshots anew.
-        let attempt = || async {
-            let delivery = {
-                let leads = self.leads.lock().expect("ledger lock");
-                let bytes = serde_json::to_vec(&leads[lead]).expect("ledger serializes");
-                producer.enqueue(topic, lead, Some(&bytes))?
-            };
-            match delivery.await {
-                Ok(Ok(_)) => Ok(()),
-                Ok(Err((e, _))) => Err(SendError::Kafka(e)),
-                Err(_) => Err(SendError::Kafka(rdkafka::error::KafkaError::Canceled)),
-            }
+        let enqueue = || {
+            let leads = self.leads.lock().expect("ledger lock");
+            let bytes = serde_json::to_vec(&leads[lead]).expect("ledger serializes");
+            producer.enqueue(topic, lead, Some(&bytes))
         };
-        let backoff = ExponentialBuilder::default()
-            .with_min_delay(Duration::from_millis(100))
-            .with_max_delay(Duration::from_secs(10))
-            .with_jitter()
-            .without_max_times();
-        tokio::select! {
-            result = attempt.retry(backoff) => result.is_ok(),
-            _ = abandon.cancelled() => false,
-        }
+        durable::until_acked(topic, enqueue, abandon).await
     }
 }

@@ -3,6 +3,23 @@
 //! one queue per sink ([`queue`]), retrying on a durable schedule ([`retry`], [`backlog`]) and
 //! dead-lettering what cannot be delivered ([`dlq`]).
 //!
+//! # Where things are
+//!
+//! - This file: the consumer-group loop and nothing else — assignments and revocations, the two
+//!   restores of each partition (ledger and backlog), the timer of due retries, storing offsets,
+//!   the drain at shutdown. What it does per message, per due backlog entry and per restored
+//!   partition is [`deliver`]'s (`fan_out`, `retry_one`, `Work::restore`), which depend on no
+//!   state of the loop, so the loop can become the shared consumer-group skeleton.
+//! - [`deliver`]: one alert to each of its sinks — the inline first attempt or the backlog, one
+//!   delivery of an (alert, sink) at a time with the ledger and backlog checked under that lock,
+//!   and carrying out what the retry decision says (ledger mark, backlog entry, dead letter).
+//! - [`retry`]: whether and when a failed attempt is tried again (`retry::decide`, pure; live
+//!   delivery and `dlq replay` both ask it), and where the other parts of a retry live.
+//! - [`backlog`] and [`ledger`]: the two per-lead changelogs of a partition, written through
+//!   `durable`; [`queue`]: one per sink (concurrency, pace, the pause on 429, health);
+//!   [`sinks`]: one module per kind, what they share in `sinks::attempt` and `sinks::crm`;
+//!   [`dlq`]: dead letters and their replay; [`config`]: `[dispatch]`.
+//!
 //! # Why the queues and the backlog look like this
 //!
 //! Two requirements pull against each other. An alert's offset may be stored only once nothing
@@ -37,7 +54,9 @@
 
 pub mod backlog;
 pub mod config;
+pub mod deliver;
 pub mod dlq;
+mod durable;
 pub mod ledger;
 pub mod queue;
 pub mod retry;
@@ -53,9 +72,8 @@ use bytes::Bytes;
 use futures::future::BoxFuture;
 use futures::stream::{FuturesOrdered, FuturesUnordered};
 use futures::{FutureExt, StreamExt};
-use jiff::Timestamp;
 use rdkafka::{ClientConfig, Message};
-use tokio::sync::{Notify, mpsc};
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::alert::Alert;
@@ -64,109 +82,13 @@ use crate::bus::Topics;
 use crate::bus::changelog::{Restored, Restorer, Slot, Snapshot};
 use crate::bus::consumer::{self, Assignment, RebalanceHooks};
 use crate::bus::producer::Producer;
+use crate::clock::Clock;
 use crate::telemetry::Metrics;
-use backlog::{Backlog, Pending};
 pub use config::{DispatchConfig, DispatchSections};
-use ledger::Ledger;
-use queue::SinkQueue;
-use retry::Schedule;
-use routes::Routes;
-use sinks::{Attempt, Delivered, DeliveryError, Sink};
-use template::Templates;
-
-/// One partition's delivery state.
-#[derive(Clone)]
-struct Work {
-    partition: i32,
-    ledger: Ledger,
-    backlog: Backlog,
-    /// Cancelled when the partition is revoked: its deliveries in flight stop writing.
-    revoked: CancellationToken,
-    /// When this dispatcher took the partition (restored and ready).
-    assigned_at: Timestamp,
-}
+use deliver::{Shared, Work, fan_out, retry_one};
 
 type Slots = crate::bus::changelog::Slots<Work, (i64, Alert, Bytes)>;
 type Pendings = FuturesOrdered<BoxFuture<'static, Option<(i32, i64)>>>;
-
-/// What every delivery shares.
-struct Shared {
-    queues: HashMap<String, Arc<SinkQueue>>,
-    routes: Routes,
-    templates: Templates,
-    schedule: Schedule,
-    producer: Arc<Producer>,
-    topics: Topics,
-    metrics: Arc<Metrics>,
-    /// Set when a backlog gained an entry (the loop's timer may need to wake earlier).
-    changed: Notify,
-    /// Sinks that answered again after failing.
-    recovered: mpsc::UnboundedSender<String>,
-    /// Cancelled when the grace period is over.
-    abandon: CancellationToken,
-    /// One delivery of an (alert, sink) at a time, across the generations of a partition.
-    deliveries: Deliveries,
-}
-
-/// A lock per (alert id, sink) being delivered. The same alert can be in `{prefix}.alerts`
-/// twice (the engine fired it again after a crash, before the state that marked it fired was
-/// written), and a partition taken back can meet an alert its previous generation is still
-/// attempting: the later copy waits for the earlier delivery to end, then looks at the ledger
-/// and the backlog again.
-#[derive(Default)]
-struct Deliveries {
-    locks: std::sync::Mutex<HashMap<DeliveryKey, Arc<tokio::sync::Mutex<()>>>>,
-}
-
-/// (alert id, sink)
-type DeliveryKey = (String, String);
-
-/// Holds one (alert, sink); the entry goes when its last holder or waiter does.
-struct Turn {
-    shared: Arc<Shared>,
-    key: DeliveryKey,
-    _guard: tokio::sync::OwnedMutexGuard<()>,
-}
-
-impl Deliveries {
-    async fn turn(shared: &Arc<Shared>, alert_id: &str, sink: &str) -> Turn {
-        let key = (alert_id.to_string(), sink.to_string());
-        let lock = shared
-            .deliveries
-            .locks
-            .lock()
-            .expect("deliveries lock")
-            .entry(key.clone())
-            .or_default()
-            .clone();
-        Turn {
-            shared: shared.clone(),
-            key,
-            _guard: lock.lock_owned().await,
-        }
-    }
-}
-
-impl Drop for Turn {
-    fn drop(&mut self) {
-        if let Ok(mut locks) = self.shared.deliveries.locks.lock()
-            && locks
-                .get(&self.key)
-                .is_some_and(|l| Arc::strong_count(l) == 1)
-        {
-            locks.remove(&self.key);
-        }
-    }
-}
-
-/// The HTTP client every sink shares: timeouts per request, our user agent.
-pub fn http_client(config: &DispatchConfig) -> Result<reqwest::Client, reqwest::Error> {
-    reqwest::Client::builder()
-        .timeout(*config.request_timeout)
-        .connect_timeout(*config.request_timeout)
-        .user_agent(concat!("leadwatch/", env!("CARGO_PKG_VERSION")))
-        .build()
-}
 
 /// The dispatcher, ready to run.
 pub struct Dispatcher {
@@ -180,7 +102,9 @@ pub struct Dispatcher {
 
 impl Dispatcher {
     /// Builds the sinks of `[sinks.*]`, the routes and the templates. `restore_timeout`: the
-    /// longest a partition's restore of its ledger and backlog may take before it is retried.
+    /// longest a partition's restore of its ledger and backlog may take before it is retried;
+    /// `clock`: the time of everything the dispatcher does.
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         config: DispatchSections<'_>,
         kafka: &KafkaConfig,
@@ -189,40 +113,11 @@ impl Dispatcher {
         base: ClientConfig,
         topics: Topics,
         metrics: Arc<Metrics>,
+        clock: Clock,
     ) -> anyhow::Result<Self> {
-        let client = http_client(config.dispatch)?;
-        let queues = config
-            .sinks
-            .iter()
-            .map(|(name, cfg)| {
-                let queue = SinkQueue::new(
-                    name.clone(),
-                    Sink::from_config(cfg, client.clone()),
-                    config.dispatch.sink_concurrency,
-                    cfg.max_per_second(),
-                    config.dispatch.request_timeout.0,
-                )
-                .with_max_pause(config.dispatch.max_retry_after.0);
-                (name.clone(), Arc::new(queue))
-            })
-            .collect();
-        let templates =
-            Templates::new(config.routes).map_err(|p| anyhow::anyhow!("route templates: {p:?}"))?;
-        let (recovered, recovered_rx) = mpsc::unbounded_channel();
+        let (shared, recovered_rx) = Shared::new(config, producer, topics, metrics, clock)?;
         Ok(Self {
-            shared: Arc::new(Shared {
-                queues,
-                routes: Routes::new(config.routes.to_vec(), config.sinks.keys().cloned()),
-                templates,
-                schedule: Schedule::from(config.dispatch),
-                producer,
-                topics,
-                metrics,
-                changed: Notify::new(),
-                recovered,
-                abandon: CancellationToken::new(),
-                deliveries: Deliveries::default(),
-            }),
+            shared,
             recovered_rx,
             base,
             kafka: kafka.clone(),
@@ -283,7 +178,9 @@ impl Dispatcher {
                 .iter_ready()
                 .filter_map(|(_, w)| w.backlog.next_due())
                 .min();
-            let wake = next_due.map(until).unwrap_or(Duration::from_secs(3600));
+            let wake = next_due
+                .map(|t| shared.clock.until(t))
+                .unwrap_or(Duration::from_secs(3600));
             tokio::select! {
                 biased;
                 _ = shutdown.cancelled() => break,
@@ -326,14 +223,14 @@ impl Dispatcher {
                 }
                 Some(()) = retrying.next(), if !retrying.is_empty() => {}
                 Some(sink) = self.recovered_rx.recv() => {
-                    let now = Timestamp::now();
+                    let now = shared.clock.now();
                     let moved: usize = slots.iter_ready().map(|(_, w)| w.backlog.pull_forward(&sink, now)).sum();
                     if moved > 0 {
                         tracing::info!(%sink, moved, "sink answers again; its backlog goes now");
                     }
                 }
                 _ = tokio::time::sleep(wake) => {
-                    let now = Timestamp::now();
+                    let now = shared.clock.now();
                     for (_, work) in slots.iter_ready() {
                         for (lead, entry) in work.backlog.take_due(now) {
                             retrying.push(retry_one(shared.clone(), work.clone(), lead, entry).boxed());
@@ -341,19 +238,7 @@ impl Dispatcher {
                     }
                 }
                 _ = shared.changed.notified() => {}
-                _ = gauge.tick() => {
-                    let mut per_sink: HashMap<&str, i64> = shared.queues.keys().map(|k| (k.as_str(), 0)).collect();
-                    for (_, work) in slots.iter_ready() {
-                        for (sink, n) in work.backlog.per_sink() {
-                            if let Some(total) = per_sink.get_mut(sink.as_str()) {
-                                *total += n as i64;
-                            }
-                        }
-                    }
-                    for (sink, n) in per_sink {
-                        shared.metrics.set_retry_backlog(sink, n);
-                    }
-                }
+                _ = gauge.tick() => shared.report_backlog(slots.iter_ready().map(|(_, w)| w)),
                 received = consumer.recv(), if pending.len() < self.config.max_in_flight => {
                     let msg = match received {
                         Ok(msg) => msg,
@@ -460,315 +345,11 @@ impl Dispatcher {
         let Some((_, Some(ledger), Some(backlog))) = halves.remove(&partition) else {
             return;
         };
-        let (ledger, broken) = Ledger::from_snapshot(ledger);
-        if broken > 0 {
-            tracing::error!(partition, broken, "delivery records could not be read");
-        }
-        let (backlog, broken) = Backlog::from_snapshot(backlog);
-        if broken > 0 {
-            tracing::error!(partition, broken, "retry records could not be read");
-        }
-        tracing::info!(
-            partition,
-            leads = ledger.len(),
-            retries = backlog.len(),
-            "deliveries and retries restored"
-        );
-        let work = Work {
-            partition,
-            ledger,
-            backlog,
-            revoked: CancellationToken::new(),
-            assigned_at: Timestamp::now(),
-        };
+        let work = Work::restore(partition, ledger, backlog, self.shared.clock.now());
         for (offset, alert, body) in slots.ready(partition, work.clone()) {
             pending
                 .push_back(fan_out(self.shared.clone(), work.clone(), offset, alert, body).boxed());
         }
         consumer::resume(consumer, &self.shared.topics.alerts, partition);
     }
-}
-
-/// How long until `t`, from the wall clock.
-fn until(t: Timestamp) -> Duration {
-    let now = Timestamp::now();
-    if t <= now {
-        Duration::ZERO
-    } else {
-        Duration::try_from(t.duration_since(now)).unwrap_or(Duration::MAX)
-    }
-}
-
-/// Brings one alert from `{prefix}.alerts` to each of its sinks, or to the backlog; resolves to
-/// the offset to store once every sink is settled (None: not all of them, e.g. the partition was
-/// revoked — its next owner redoes the alert).
-async fn fan_out(
-    shared: Arc<Shared>,
-    work: Work,
-    offset: i64,
-    alert: Alert,
-    body: Bytes,
-) -> Option<(i32, i64)> {
-    let targets = shared.routes.targets(&alert);
-    if targets.is_empty() {
-        shared.metrics.unrouted(&alert.kind);
-        tracing::warn!(
-            alert_id = %alert.id(), r#type = %alert.kind, lead = %alert.data.lead,
-            alert = %String::from_utf8_lossy(&body),
-            "no route matches this alert; it is not delivered anywhere"
-        );
-        return (!work.revoked.is_cancelled()).then_some((work.partition, offset));
-    }
-    let lead = alert.data.lead.clone();
-    let each = targets.into_iter().map(|t| {
-            let (shared, work, alert, body, lead) =
-                (shared.clone(), work.clone(), &alert, &body, &lead);
-            async move {
-                // A copy of this alert being delivered goes first; settled or in the backlog
-                // (by it, or before), nothing is left to do.
-                let _turn = Deliveries::turn(&shared, alert.id(), &t.sink).await;
-                if work.ledger.settled(lead, alert.id()).contains(&t.sink)
-                    || work.backlog.contains(lead, alert.id(), &t.sink)
-                {
-                    return true;
-                }
-                let Some(queue) = shared.queues.get(&t.sink).cloned() else {
-                    return true;
-                };
-                let mut entry = Pending {
-                    alert_id: alert.id().to_string(),
-                    sink: t.sink.clone(),
-                    body: String::from_utf8_lossy(body).into_owned(),
-                    not_before: Timestamp::now(),
-                    ..Pending::default()
-                };
-                if !queue.has_room_inline() {
-                    // Busy or failing: the backlog takes it, the offset moves on.
-                    let reason = if queue.is_failing() { "failing" } else { "busy" };
-                    tracing::debug!(sink = %t.sink, alert_id = %alert.id(), reason, "handed to the backlog");
-                    return schedule(&shared, &work, lead, entry).await;
-                }
-                entry.attempts = 1;
-                // Fired before this dispatcher took the partition: its earlier owner may have
-                // attempted it (the alert's own time: engine and dispatcher share a clock, or
-                // NTP keeps theirs close).
-                let maybe_attempted = alert.timestamp < work.assigned_at;
-                let outcome = attempt(&shared, &queue, alert, body, 1, maybe_attempted).await;
-                settle(&shared, &work, lead, alert, entry, outcome, false).await
-            }
-        });
-    let all = futures::future::join_all(each).await;
-    // A revoked partition's offsets are its next owner's to store: what this generation skipped
-    // may hang on a delivery it abandoned.
-    (all.into_iter().all(|ok| ok) && !work.revoked.is_cancelled())
-        .then_some((work.partition, offset))
-}
-
-/// One attempt through the sink's queue; reports a recovered sink to the loop.
-async fn attempt(
-    shared: &Shared,
-    queue: &SinkQueue,
-    alert: &Alert,
-    body: &Bytes,
-    n: u32,
-    maybe_attempted: bool,
-) -> Result<Delivered, DeliveryError> {
-    let message = shared.templates.render(
-        alert,
-        shared.routes.route_for(alert, &queue.name),
-        queue.sink.style(),
-    );
-    let a = Attempt {
-        alert,
-        body,
-        attempt: n,
-        maybe_attempted,
-        message: &message,
-    };
-    let outcome = queue.attempt(&a).await;
-    if outcome.recovered {
-        let _ = shared.recovered.send(queue.name.clone());
-    }
-    outcome.result
-}
-
-/// A backlog entry whose time has come.
-async fn retry_one(shared: Arc<Shared>, work: Work, lead: String, mut entry: Pending) {
-    let _turn = Deliveries::turn(&shared, &entry.alert_id, &entry.sink).await;
-    if work
-        .ledger
-        .settled(&lead, &entry.alert_id)
-        .contains(&entry.sink)
-    {
-        // Done before (its removal from the backlog did not reach Kafka).
-        remove(&shared, &work, &lead, &entry).await;
-        return;
-    }
-    let body = Bytes::from(entry.body.clone());
-    let alert: Alert = match serde_json::from_slice(&body) {
-        Ok(a) => a,
-        Err(e) => {
-            tracing::error!(alert_id = %entry.alert_id, error = %e, "a backlog entry's alert is unreadable; dropped");
-            shared.metrics.delivery(&entry.sink, "unreadable_alert");
-            remove(&shared, &work, &lead, &entry).await;
-            return;
-        }
-    };
-    let outcome = match shared.queues.get(&entry.sink).cloned() {
-        Some(queue) => {
-            entry.attempts += 1;
-            attempt(&shared, &queue, &alert, &body, entry.attempts, true).await
-        }
-        None => Err(DeliveryError::permanent(format!(
-            "sink `{}` is no longer configured",
-            entry.sink
-        ))),
-    };
-    settle(&shared, &work, &lead, &alert, entry, outcome, true).await;
-}
-
-/// Records what an attempt came to: delivered (ledger), retry (backlog), or dead letter.
-/// Returns whether it is durably settled.
-async fn settle(
-    shared: &Shared,
-    work: &Work,
-    lead: &str,
-    alert: &Alert,
-    mut entry: Pending,
-    outcome: Result<Delivered, DeliveryError>,
-    from_backlog: bool,
-) -> bool {
-    if work.revoked.is_cancelled() {
-        // Another member owns the partition now and redoes what is not recorded.
-        return false;
-    }
-    let sink = entry.sink.clone();
-    let (producer, topics, abandon) = (&shared.producer, &shared.topics, &shared.abandon);
-    match outcome {
-        Ok(delivered) => {
-            match &delivered {
-                Delivered::Sent | Delivered::AlreadyThere => {
-                    let outcome = if delivered == Delivered::Sent {
-                        "delivered"
-                    } else {
-                        "already_there"
-                    };
-                    shared.metrics.delivery(&sink, outcome);
-                    shared.metrics.delivery_latency(&sink, latency(alert));
-                    tracing::info!(%sink, alert_id = %alert.id(), attempts = entry.attempts, outcome, "alert delivered");
-                }
-                Delivered::Skipped(why) => {
-                    shared.metrics.delivery(&sink, "skipped");
-                    tracing::warn!(%sink, alert_id = %alert.id(), %why, "alert not for this sink; skipped");
-                }
-            }
-            let ok = work
-                .ledger
-                .record(
-                    producer,
-                    &topics.delivered,
-                    lead,
-                    alert.id(),
-                    &sink,
-                    abandon,
-                )
-                .await;
-            if from_backlog {
-                remove(shared, work, lead, &entry).await && ok
-            } else {
-                ok
-            }
-        }
-        Err(e) => {
-            entry.last_status = e.status;
-            entry.last_error = e.message.clone();
-            entry.excerpt = e.excerpt.chars().take(200).collect();
-            let now = Timestamp::now();
-            let since = *entry.failing_since.get_or_insert(now);
-            // An attempt made early (the sink answered again) does not use up a step, up to one
-            // per step: a flapping sink cannot turn the backlog into a storm.
-            if std::mem::take(&mut entry.early) && entry.free < shared.schedule.attempts() {
-                entry.free += 1;
-            }
-            let step = entry.attempts.saturating_sub(entry.free).max(1);
-            let next = (e.retriable && !shared.schedule.given_up(since, now))
-                .then(|| shared.schedule.next_delay(step, e.retry_after))
-                .flatten();
-            match next {
-                Some(delay) => {
-                    shared.metrics.delivery(&sink, "retry_scheduled");
-                    tracing::warn!(%sink, alert_id = %alert.id(), attempt = entry.attempts, error = %e, ?delay, "delivery failed; retry scheduled");
-                    entry.not_before =
-                        now + jiff::SignedDuration::try_from(delay).unwrap_or_default();
-                    schedule(shared, work, lead, entry).await
-                }
-                None => {
-                    shared.metrics.delivery(&sink, "dead_lettered");
-                    tracing::error!(%sink, alert_id = %alert.id(), attempts = entry.attempts, status = ?e.status, error = %e, "alert dead-lettered");
-                    let letter =
-                        dlq::DeadLetter::new(&sink, entry.body.as_bytes(), entry.attempts, &e);
-                    if !dlq::write(producer, &topics.dlq, &letter, abandon).await {
-                        return false;
-                    }
-                    let ok = work
-                        .ledger
-                        .record_dead(
-                            producer,
-                            &topics.delivered,
-                            lead,
-                            alert.id(),
-                            &sink,
-                            abandon,
-                        )
-                        .await;
-                    if from_backlog {
-                        remove(shared, work, lead, &entry).await && ok
-                    } else {
-                        ok
-                    }
-                }
-            }
-        }
-    }
-}
-
-/// From an alert's deadline (or, for an alert fired before it, its firing) to now, in seconds.
-fn latency(alert: &Alert) -> f64 {
-    let due = alert.data.deadline.min(alert.timestamp);
-    Timestamp::now().duration_since(due).as_secs_f64().max(0.0)
-}
-
-/// Puts an entry in the backlog and writes it; true once Kafka has it.
-async fn schedule(shared: &Shared, work: &Work, lead: &str, entry: Pending) -> bool {
-    if work.revoked.is_cancelled() {
-        return false;
-    }
-    work.backlog.schedule(lead, entry);
-    shared.changed.notify_one();
-    write_backlog(shared, work, lead).await
-}
-
-async fn remove(shared: &Shared, work: &Work, lead: &str, entry: &Pending) -> bool {
-    if work.revoked.is_cancelled() {
-        return false;
-    }
-    work.backlog.remove(lead, &entry.alert_id, &entry.sink);
-    write_backlog(shared, work, lead).await
-}
-
-/// Writes the lead's current backlog entry (a tombstone once empty).
-async fn write_backlog(shared: &Shared, work: &Work, lead: &str) -> bool {
-    let snapshot = || {
-        // The entry as it is when the write is queued: a later write carries later state.
-        let b = &work.backlog;
-        b.contains_lead(lead).then(|| b.serialize_lead(lead))
-    };
-    backlog::persist(
-        &shared.producer,
-        &shared.topics.retry,
-        lead,
-        snapshot,
-        &shared.abandon,
-    )
-    .await
 }

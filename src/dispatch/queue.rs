@@ -6,6 +6,9 @@
 //! rate-limited webhook is sent at its pace, not dropped. When a sink is failing, or its queue
 //! already holds about a second's worth of work, new alerts for it are not attempted inline but
 //! handed to the durable backlog (see [`super`]), so the alerts topic keeps moving.
+//!
+//! The pause on 429 holds the whole sink; whether and when the alert that got the 429 is tried
+//! again is [`super::retry`]'s decision, like any failure's.
 
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -14,11 +17,14 @@ use std::time::Duration;
 use tokio::sync::Semaphore;
 use tokio::time::Instant;
 
-use super::sinks::{Attempt, Delivered, DeliveryError, Sink};
+use super::config::DispatchConfig;
+use super::sinks::{Attempt, Delivered, DeliveryError, Http, Sink, SinkConfig};
+use crate::clock::Clock;
 
 /// Paces requests: at most one per `interval`, and none before a pause ends.
 #[derive(Debug)]
 pub struct RateLimiter {
+    clock: Clock,
     interval: Option<Duration>,
     /// When the next request may start.
     next: tokio::sync::Mutex<Instant>,
@@ -27,12 +33,13 @@ pub struct RateLimiter {
 }
 
 impl RateLimiter {
-    pub fn new(max_per_second: Option<f64>) -> Self {
+    pub fn new(max_per_second: Option<f64>, clock: Clock) -> Self {
         Self {
+            next: tokio::sync::Mutex::new(clock.instant()),
+            clock,
             interval: max_per_second
                 .filter(|r| *r > 0.0 && r.is_finite())
                 .map(|r| Duration::from_secs_f64(1.0 / r)),
-            next: tokio::sync::Mutex::new(Instant::now()),
             paused_until: Mutex::new(None),
         }
     }
@@ -43,19 +50,19 @@ impl RateLimiter {
         loop {
             let paused = *self.paused_until.lock().expect("limiter lock");
             let at = paused.map_or(*next, |p| p.max(*next));
-            if at <= Instant::now() {
+            if at <= self.clock.instant() {
                 break;
             }
             tokio::time::sleep_until(at).await;
         }
         if let Some(interval) = self.interval {
-            *next = Instant::now() + interval;
+            *next = self.clock.instant() + interval;
         }
     }
 
     /// Holds every request for `d` from now (a 429 for the whole endpoint).
     pub fn pause(&self, d: Duration) {
-        let until = Instant::now() + d;
+        let until = self.clock.instant() + d;
         let mut paused = self.paused_until.lock().expect("limiter lock");
         if paused.is_none_or(|p| p < until) {
             *paused = Some(until);
@@ -98,34 +105,32 @@ impl std::fmt::Debug for SinkQueue {
 }
 
 impl SinkQueue {
-    pub fn new(
-        name: String,
-        sink: Sink,
-        concurrency: usize,
-        max_per_second: Option<f64>,
-        request_timeout: Duration,
+    /// The sink `name` of `[sinks.NAME]` with its queue, as `[dispatch]` sets queues up: its
+    /// concurrency, its pace, a bound on one attempt, and a `Retry-After` holding the whole sink
+    /// no longer than one retry's wait may be (`max_retry_after`).
+    pub fn from_config(
+        name: &str,
+        cfg: &SinkConfig,
+        dispatch: &DispatchConfig,
+        http: Http,
     ) -> Self {
+        let max_per_second = cfg.max_per_second();
+        let concurrency = dispatch.sink_concurrency;
         let inline_capacity = match max_per_second {
             Some(rate) => (rate.ceil() as usize).max(1),
             None => concurrency * 2,
         };
         Self {
-            name,
-            sink,
+            name: name.to_string(),
+            limiter: RateLimiter::new(max_per_second, http.clock.clone()),
+            sink: Sink::from_config(cfg, http),
             permits: Semaphore::new(concurrency.max(1)),
-            limiter: RateLimiter::new(max_per_second),
             waiting: AtomicUsize::new(0),
             failing: AtomicBool::new(false),
             inline_capacity,
-            attempt_timeout: request_timeout * 4 + Duration::from_secs(1),
-            max_pause: Duration::from_secs(3600),
+            attempt_timeout: dispatch.request_timeout.0 * 4 + Duration::from_secs(1),
+            max_pause: dispatch.max_retry_after.0,
         }
-    }
-
-    /// Caps how long one `Retry-After` may hold the whole sink, as it caps one retry's wait.
-    pub fn with_max_pause(mut self, max_pause: Duration) -> Self {
-        self.max_pause = max_pause;
-        self
     }
 
     /// Whether a new alert may be attempted right away rather than go to the backlog.
@@ -183,15 +188,16 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_burst_is_paced_not_dropped_and_keeps_its_order() {
-        let limiter = Arc::new(RateLimiter::new(Some(1.0)));
-        let start = Instant::now();
+        let clock = Clock::system();
+        let limiter = Arc::new(RateLimiter::new(Some(1.0), clock.clone()));
+        let start = clock.instant();
         let order = Arc::new(Mutex::new(Vec::new()));
         let mut tasks = Vec::new();
         for i in 0..5 {
-            let (limiter, order) = (limiter.clone(), order.clone());
+            let (limiter, order, clock) = (limiter.clone(), order.clone(), clock.clone());
             tasks.push(tokio::spawn(async move {
                 limiter.until_ready().await;
-                order.lock().unwrap().push((i, start.elapsed()));
+                order.lock().unwrap().push((i, clock.instant() - start));
             }));
             // Arrival order is spawn order.
             tokio::task::yield_now().await;
@@ -207,15 +213,16 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_pause_holds_every_request_until_it_ends() {
-        let limiter = RateLimiter::new(None);
-        let start = Instant::now();
+        let clock = Clock::system();
+        let limiter = RateLimiter::new(None, clock.clone());
+        let start = clock.instant();
         limiter.until_ready().await;
-        assert_eq!(start.elapsed(), Duration::ZERO, "no limit, no wait");
+        assert_eq!(clock.instant() - start, Duration::ZERO, "no limit, no wait");
         limiter.pause(Duration::from_secs(30));
         limiter.pause(Duration::from_secs(5)); // a shorter pause does not shorten it
         limiter.until_ready().await;
-        assert_eq!(start.elapsed(), Duration::from_secs(30));
+        assert_eq!(clock.instant() - start, Duration::from_secs(30));
         limiter.until_ready().await;
-        assert_eq!(start.elapsed(), Duration::from_secs(30));
+        assert_eq!(clock.instant() - start, Duration::from_secs(30));
     }
 }

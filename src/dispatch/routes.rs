@@ -7,10 +7,9 @@
 //! message template. An alert no route matches is logged and counted, never silently dropped.
 //! With no routes at all, every alert goes to every sink.
 
-use crate::alert::Alert;
+use super::template::{RouteTemplates, Templates};
+use crate::alert::{ALERT_TYPES, Alert};
 use crate::conf::KeyProblems;
-
-use super::template::ALERT_TYPES;
 
 /// Which alerts go to which sinks (`[[routes]]`).
 #[derive(Debug, Clone, Default, eserde::Deserialize)]
@@ -31,6 +30,30 @@ pub struct RouteConfig {
     /// A minijinja template for the message's text (chat body, CRM task description).
     #[serde(default)]
     pub text: Option<String>,
+}
+
+impl RouteConfig {
+    /// Its own templates, with the alert types it can receive.
+    pub fn templates(&self) -> RouteTemplates<'_> {
+        RouteTemplates {
+            title: self.title.as_deref(),
+            text: self.text.as_deref(),
+            to: &self.to,
+            kinds: ALERT_TYPES
+                .iter()
+                .copied()
+                .filter(|k| type_matches(&self.alerts, k))
+                .collect(),
+        }
+    }
+}
+
+/// The messages of `routes`: the default templates and each route's own, compiled and rendered
+/// against a sample of every alert type the route can receive. Errors are (key path, message),
+/// relative to the list.
+pub fn templates(routes: &[RouteConfig]) -> Result<Templates, KeyProblems> {
+    let own: Vec<RouteTemplates<'_>> = routes.iter().map(RouteConfig::templates).collect();
+    Templates::new(&own)
 }
 
 /// One sink an alert goes to, and the route that chose it (none: there are no routes).
@@ -159,7 +182,7 @@ pub fn problems<'a>(
             }
         }
     }
-    if let Err(mut more) = super::template::Templates::new(routes) {
+    if let Err(mut more) = templates(routes) {
         problems.append(&mut more);
     }
     problems
@@ -168,7 +191,7 @@ pub fn problems<'a>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::dispatch::template::sample_alert;
+    use crate::dispatch::template::{Style, sample_alert};
 
     fn route(alerts: &[&str], to: &[&str], sinks: &[&str]) -> RouteConfig {
         RouteConfig {
@@ -290,5 +313,93 @@ mod tests {
             &p(&["disposition.*"]),
             "sla.first_touch.breached"
         ));
+    }
+
+    fn templated(alerts: &[&str], title: Option<&str>, text: Option<&str>) -> RouteConfig {
+        RouteConfig {
+            alerts: alerts.iter().map(|s| s.to_string()).collect(),
+            to: vec![],
+            sinks: vec!["s".into()],
+            title: title.map(str::to_string),
+            text: text.map(str::to_string),
+        }
+    }
+
+    #[test]
+    fn a_route_template_overrides_the_default() {
+        let t = super::templates(&[templated(
+            &["sla.*"],
+            Some("SLA {{ type }} for {{ lead }} ({{ company }})"),
+            Some("{{ owner }} is {{ late }} late: {{ link }}"),
+        )])
+        .unwrap();
+        let alert = sample_alert("sla.first_touch.breached");
+        let m = t.render(&alert, Some((0, &[])), Style::Plain);
+        assert_eq!(m.title, "SLA sla.first_touch.breached for Jane Doe (Acme)");
+        assert_eq!(
+            m.text,
+            "Alice Rep is 5m late: https://example.my.salesforce.com/00Q5g000001"
+        );
+    }
+
+    #[test]
+    fn a_template_that_does_not_compile_or_render_is_a_config_problem() {
+        let problems = super::templates(&[
+            templated(&[], Some("{{ lead "), None),
+            templated(&["sla.first_touch.breached"], None, Some("{{ leed }}")),
+            templated(
+                &["disposition.*"],
+                None,
+                Some("{{ alert.data.disposition.reason }}"),
+            ),
+            templated(
+                &["sla.first_touch.breached"],
+                None,
+                Some("{{ alert.data.disposition.reason }}"),
+            ),
+        ])
+        .unwrap_err();
+        let keys: Vec<&str> = problems.iter().map(|(k, _)| k.as_str()).collect();
+        // Syntax errors are found first; the rest once everything compiles.
+        assert_eq!(keys, ["[0].title"], "{problems:?}");
+        let problems = super::templates(&[
+            templated(&["sla.first_touch.breached"], None, Some("{{ leed }}")),
+            templated(
+                &["disposition.*"],
+                None,
+                Some("{{ alert.data.disposition.reason }}"),
+            ),
+            templated(
+                &["sla.first_touch.breached"],
+                None,
+                Some("{{ alert.data.disposition.reason }}"),
+            ),
+            templated(
+                &[],
+                None,
+                Some("{% if suggested_owner %}x{% endif %}{{ unknown_thing }}"),
+            ),
+        ])
+        .unwrap_err();
+        let keys: Vec<&str> = problems.iter().map(|(k, _)| k.as_str()).collect();
+        assert_eq!(keys, ["[0].text", "[2].text", "[3].text"], "{problems:?}");
+        assert!(
+            problems[0].1.contains("sla.first_touch.breached"),
+            "{problems:?}"
+        );
+    }
+
+    #[test]
+    fn a_route_template_failing_at_runtime_falls_back_to_the_default() {
+        let t = super::templates(&[templated(
+            &["sla.*"],
+            Some("{{ alert.data.lead_info.name }}"),
+            None,
+        )])
+        .unwrap();
+        let mut alert = sample_alert("sla.first_touch.breached");
+        alert.data.lead_info = Default::default();
+        let m = t.render(&alert, Some((0, &[])), Style::Plain);
+        assert_eq!(m.title, "First-touch SLA missed: salesforce:00Q5g000001");
     }
 }

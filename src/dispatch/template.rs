@@ -22,11 +22,7 @@ use jiff::Timestamp;
 use minijinja::{Environment, UndefinedBehavior};
 use serde::Serialize;
 
-use super::routes::RouteConfig;
-use crate::alert::{Alert, Recipient};
-
-/// The alert types the rules fire: the engine's list, so a new type is known to routes at once.
-pub const ALERT_TYPES: &[&str] = &crate::alert::ALERT_TYPES;
+use crate::alert::{ALERT_TYPES, Alert, Recipient};
 
 fn default_title(kind: &str) -> &'static str {
     match kind {
@@ -74,6 +70,21 @@ pub struct Message {
     pub recipients: Vec<Recipient>,
 }
 
+/// One route's own templates, as [`Templates`] compiles and checks them (`[[routes]]` says
+/// which: [`super::routes::templates`]).
+#[derive(Debug, Clone, Default)]
+pub struct RouteTemplates<'a> {
+    /// Its title template, if it has its own.
+    pub title: Option<&'a str>,
+    /// Its text template, if it has its own.
+    pub text: Option<&'a str>,
+    /// The roles it addresses (they pick the people `mentions` names).
+    pub to: &'a [String],
+    /// The alert types it can receive: its templates are rendered against a sample of each
+    /// when the config loads.
+    pub kinds: Vec<&'static str>,
+}
+
 /// The compiled templates: the defaults, then each route's own.
 pub struct Templates {
     env: Environment<'static>,
@@ -99,7 +110,7 @@ fn env() -> Environment<'static> {
 
 impl Templates {
     /// Compiles the defaults and the routes' templates. Errors are (key path, message).
-    pub fn new(routes: &[RouteConfig]) -> Result<Self, Vec<(String, String)>> {
+    pub fn new(routes: &[RouteTemplates<'_>]) -> Result<Self, Vec<(String, String)>> {
         let mut env = env();
         for kind in ALERT_TYPES.iter().copied().chain(["*"]) {
             env.add_template_owned(format!("default.title.{kind}"), default_title(kind))
@@ -110,10 +121,10 @@ impl Templates {
         let mut problems = Vec::new();
         let mut flags = Vec::new();
         for (i, route) in routes.iter().enumerate() {
-            for (field, source) in [("title", &route.title), ("text", &route.text)] {
+            for (field, source) in [("title", route.title), ("text", route.text)] {
                 if let Some(source) = source
                     && let Err(e) =
-                        env.add_template_owned(format!("route.{i}.{field}"), source.clone())
+                        env.add_template_owned(format!("route.{i}.{field}"), source.to_string())
                 {
                     problems.push((format!("[{i}].{field}"), describe(&e)));
                 }
@@ -126,13 +137,10 @@ impl Templates {
         let templates = Templates { env, routes: flags };
         // Render each route's templates against a sample of every type it can receive.
         for (i, route) in routes.iter().enumerate() {
-            for kind in ALERT_TYPES
-                .iter()
-                .filter(|k| super::routes::type_matches(&route.alerts, k))
-            {
+            for kind in &route.kinds {
                 let sample = sample_alert(kind);
                 for style in [Style::Slack, Style::Teams, Style::Plain] {
-                    let ctx = context(&sample, &route.to, style);
+                    let ctx = context(&sample, route.to, style);
                     for (field, has) in [
                         ("title", route.title.is_some()),
                         ("text", route.text.is_some()),
@@ -462,16 +470,6 @@ pub fn sample_alert(kind: &str) -> Alert {
 mod tests {
     use super::*;
 
-    fn route(alerts: &[&str], title: Option<&str>, text: Option<&str>) -> RouteConfig {
-        RouteConfig {
-            alerts: alerts.iter().map(|s| s.to_string()).collect(),
-            to: vec![],
-            sinks: vec!["s".into()],
-            title: title.map(str::to_string),
-            text: text.map(str::to_string),
-        }
-    }
-
     #[test]
     fn defaults_name_the_lead_and_mention_the_owner_in_slack() {
         let t = Templates::new(&[]).unwrap();
@@ -512,84 +510,6 @@ mod tests {
         let to = vec!["owner".to_string()];
         let m = t.render(&alert, Some((0, &to)), Style::Slack);
         assert!(m.text.starts_with("<@U024BE7LH>: "), "{}", m.text);
-    }
-
-    #[test]
-    fn a_route_template_overrides_the_default() {
-        let t = Templates::new(&[route(
-            &["sla.*"],
-            Some("SLA {{ type }} for {{ lead }} ({{ company }})"),
-            Some("{{ owner }} is {{ late }} late: {{ link }}"),
-        )])
-        .unwrap();
-        let alert = sample_alert("sla.first_touch.breached");
-        let m = t.render(&alert, Some((0, &[])), Style::Plain);
-        assert_eq!(m.title, "SLA sla.first_touch.breached for Jane Doe (Acme)");
-        assert_eq!(
-            m.text,
-            "Alice Rep is 5m late: https://example.my.salesforce.com/00Q5g000001"
-        );
-    }
-
-    #[test]
-    fn a_template_that_does_not_compile_or_render_is_a_config_problem() {
-        let problems = Templates::new(&[
-            route(&[], Some("{{ lead "), None),
-            route(&["sla.first_touch.breached"], None, Some("{{ leed }}")),
-            route(
-                &["disposition.*"],
-                None,
-                Some("{{ alert.data.disposition.reason }}"),
-            ),
-            route(
-                &["sla.first_touch.breached"],
-                None,
-                Some("{{ alert.data.disposition.reason }}"),
-            ),
-        ])
-        .unwrap_err();
-        let keys: Vec<&str> = problems.iter().map(|(k, _)| k.as_str()).collect();
-        // Syntax errors are found first; the rest once everything compiles.
-        assert_eq!(keys, ["[0].title"], "{problems:?}");
-        let problems = Templates::new(&[
-            route(&["sla.first_touch.breached"], None, Some("{{ leed }}")),
-            route(
-                &["disposition.*"],
-                None,
-                Some("{{ alert.data.disposition.reason }}"),
-            ),
-            route(
-                &["sla.first_touch.breached"],
-                None,
-                Some("{{ alert.data.disposition.reason }}"),
-            ),
-            route(
-                &[],
-                None,
-                Some("{% if suggested_owner %}x{% endif %}{{ unknown_thing }}"),
-            ),
-        ])
-        .unwrap_err();
-        let keys: Vec<&str> = problems.iter().map(|(k, _)| k.as_str()).collect();
-        assert_eq!(keys, ["[0].text", "[2].text", "[3].text"], "{problems:?}");
-        assert!(
-            problems[0].1.contains("sla.first_touch.breached"),
-            "{problems:?}"
-        );
-    }
-
-    #[test]
-    fn a_route_template_failing_at_runtime_falls_back_to_the_default() {
-        let t = Templates::new(&[route(
-            &["sla.*"],
-            Some("{{ alert.data.lead_info.name }}"),
-            None,
-        )])
-        .unwrap();
-        let mut alert = sample_alert("sla.first_touch.breached");
-        alert.data.lead_info = Default::default();
-        let m = t.render(&alert, Some((0, &[])), Style::Plain);
-        assert_eq!(m.title, "First-touch SLA missed: salesforce:00Q5g000001");
     }
 
     #[test]

@@ -19,10 +19,9 @@ use reqwest::header::HeaderMap;
 use serde_json::{Value, json};
 use url::Url;
 
-use super::{Attempt, Delivered, DeliveryError, truncate};
-use crate::alert::split_lead_key;
+use super::attempt::{Attempt, Delivered, DeliveryError, Http, redact, truncate};
+use super::crm;
 use crate::conf::{HumanDuration0, KeyProblems, SecretString};
-use crate::dispatch::template::addressed;
 
 /// HubSpot's association type for task → contact.
 const TASK_TO_CONTACT: u32 = 204;
@@ -33,11 +32,11 @@ pub struct HubspotSink {
     alert_id_property: Option<String>,
     apply_reassignment: bool,
     due_in: Duration,
-    client: reqwest::Client,
+    http: Http,
 }
 
 impl HubspotSink {
-    pub fn from_config(cfg: &HubspotConfig, client: reqwest::Client) -> Self {
+    pub fn from_config(cfg: &HubspotConfig, http: Http) -> Self {
         let HubspotConfig {
             token,
             base_url,
@@ -52,7 +51,7 @@ impl HubspotSink {
             alert_id_property: alert_id_property.clone(),
             apply_reassignment: *apply_reassignment,
             due_in: due_in.0,
-            client,
+            http,
         }
     }
 
@@ -62,8 +61,9 @@ impl HubspotSink {
     }
 
     async fn call(&self, method: Method, url: Url, body: &Value) -> Result<Value, DeliveryError> {
-        let what = format!("{method} {}", super::redact(&url));
+        let what = format!("{method} {}", redact(&url));
         let response = self
+            .http
             .client
             .request(method, url)
             .bearer_auth(&self.token.0)
@@ -76,7 +76,7 @@ impl HubspotSink {
         }
         let status = response.status().as_u16();
         let wait = rate_limit_wait(response.headers());
-        let mut e = DeliveryError::from_response(&what, response).await;
+        let mut e = DeliveryError::from_response(&what, response, self.http.clock.now()).await;
         if status == 429 {
             e.retry_after = e.retry_after.or(wait);
             e.pause_sink = e.retry_after;
@@ -85,31 +85,19 @@ impl HubspotSink {
     }
 
     pub async fn deliver(&self, a: &Attempt<'_>) -> Result<Delivered, DeliveryError> {
-        let (system, contact_id) = split_lead_key(&a.alert.data.lead);
-        if system.is_some_and(|s| s != "hubspot") {
-            return Ok(Delivered::Skipped(format!(
-                "lead {} is not a HubSpot record",
-                a.alert.data.lead
-            )));
-        }
-        let d = &a.alert.data;
-        let reassign_to = d
-            .suggested_owner
-            .as_deref()
-            .filter(|_| self.apply_reassignment);
-        let reassign_to = match reassign_to {
-            Some(owner) => {
-                let patched = self
-                    .call(
-                        Method::PATCH,
-                        self.url(&format!("objects/contacts/{contact_id}")),
-                        &json!({"properties": {"hubspot_owner_id": owner}}),
-                    )
-                    .await;
-                super::reassigned(a, owner, patched)?
-            }
-            None => None,
+        let contact_id = match crm::record_id(a, "hubspot", "HubSpot") {
+            Ok(id) => id,
+            Err(skipped) => return Ok(skipped),
         };
+        let reassign_to = crm::reassign(a, self.apply_reassignment, |owner| async move {
+            self.call(
+                Method::PATCH,
+                self.url(&format!("objects/contacts/{contact_id}")),
+                &json!({"properties": {"hubspot_owner_id": owner}}),
+            )
+            .await
+        })
+        .await?;
         if a.may_exist() && self.exists(a.alert.id()).await? {
             return Ok(Delivered::AlreadyThere);
         }
@@ -141,34 +129,13 @@ impl HubspotSink {
     }
 
     fn task(&self, a: &Attempt<'_>, contact_id: &str, reassigned: Option<&str>) -> Value {
-        let d = &a.alert.data;
         let m = a.message;
-        let numeric = |s: &&str| !s.is_empty() && s.chars().all(|c| c.is_ascii_digit());
-        let owner = reassigned
-            .or_else(|| {
-                addressed(a.alert, &[])
-                    .iter()
-                    .map(|r| r.id.as_str())
-                    .find(numeric)
-            })
-            .or(d.owner.as_deref().filter(numeric));
-        let mut lines = vec![m.text.clone(), String::new()];
-        lines.push(format!("Lead: {}", m.lead));
-        if !m.owner.is_empty() {
-            lines.push(format!("Owner: {}", m.owner));
-        }
-        lines.push(format!("Deadline: {}", m.deadline));
-        if !m.late.is_empty() {
-            lines.push(format!("Late by: {}", m.late));
-        }
-        if !m.link.is_empty() {
-            lines.push(m.link.clone());
-        }
-        lines.push(format!("leadwatch alert id: {}", a.alert.id()));
+        let numeric = |s: &str| !s.is_empty() && s.chars().all(|c| c.is_ascii_digit());
+        let owner = crm::task_owner(a, reassigned, numeric);
         let mut properties = json!({
             "hs_timestamp": (a.alert.timestamp + self.due_in).to_string(),
             "hs_task_subject": truncate(&m.title, 255),
-            "hs_task_body": truncate(&lines.join("\n"), 65_000),
+            "hs_task_body": truncate(&crm::task_description(a), 65_000),
             "hs_task_status": "NOT_STARTED",
             "hs_task_priority": if a.alert.kind.ends_with(".reminder") { "MEDIUM" } else { "HIGH" },
             "hs_task_type": "TODO",
@@ -248,7 +215,7 @@ impl HubspotConfig {
             problems.push(("base_url".into(), "must be an http or https URL".into()));
         }
         if let Some(p) = &self.alert_id_property
-            && !super::is_api_name(p)
+            && !crm::is_api_name(p)
         {
             problems.push((
                 "alert_id_property".into(),

@@ -2,7 +2,7 @@
 
 use std::io::Write;
 
-use super::{Attempt, Delivered, DeliveryError};
+use super::attempt::{Attempt, Delivered, DeliveryError};
 
 pub fn deliver(a: &Attempt<'_>) -> Result<Delivered, DeliveryError> {
     let mut out = std::io::stdout().lock();

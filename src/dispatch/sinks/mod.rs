@@ -5,8 +5,14 @@
 //! Every sink treats the alert id as the idempotency key: the `webhook-id` of signed webhooks,
 //! an external id (or a looked-up marker) in CRM tasks. Secrets (tokens, client secrets, chat
 //! webhook URLs) never appear in errors, logs or `Debug`.
+//!
+//! What every sink shares — the attempt, its outcome and the HTTP plumbing — is in [`attempt`],
+//! what the CRM sinks share in [`crm`]; Slack and Teams are one [`ChatWebhook`] each with its
+//! own payload; this module only picks the sink a `[sinks.NAME]` configures.
 
+pub mod attempt;
 pub mod config;
+pub mod crm;
 pub mod hubspot;
 pub mod log;
 pub mod salesforce;
@@ -14,146 +20,42 @@ pub mod slack;
 pub mod teams;
 pub mod webhook;
 
-use std::time::Duration;
-
-use bytes::Bytes;
-
-use super::retry::{is_retriable, retry_after};
-use super::template::{Message, Style};
-use crate::alert::Alert;
+use super::template::Style;
+use crate::conf::SecretUrl;
+pub use attempt::{Attempt, Delivered, DeliveryError, Http};
 pub use config::SinkConfig;
 
-/// One attempt at delivering one alert to one sink.
-pub struct Attempt<'a> {
-    pub alert: &'a Alert,
-    /// The alert's JSON, the same bytes on every attempt.
-    pub body: &'a Bytes,
-    /// 1 for the first attempt. After an earlier attempt whose outcome is unknown (a timeout, a
-    /// 5xx), CRM sinks look for what it may have created before creating it again.
-    pub attempt: u32,
-    /// The alert was in `{prefix}.alerts` before this dispatcher took its partition: whoever
-    /// had it before (this process before a restart, another member before a rebalance) may
-    /// have attempted it when it stopped, so CRM sinks look before creating, as on a retry.
-    pub maybe_attempted: bool,
-    /// The rendered message (title, text, facts) for this sink.
-    pub message: &'a Message,
+/// A chat's incoming webhook (Slack, Teams): the message as that chat's JSON (`payload`),
+/// POSTed to a URL that is itself a secret and never logged.
+pub struct ChatWebhook {
+    url: SecretUrl,
+    http: Http,
+    payload: fn(&Attempt<'_>) -> serde_json::Value,
 }
 
-/// The outcome of applying a suggested reassignment before the task is created: the new owner
-/// when the CRM took it; `None` when it refused for good (a converted lead, an owner id it does
-/// not know) — logged, and the task is still created, for the current owner. A failure worth
-/// retrying fails the attempt.
-pub fn reassigned<'o, T>(
-    a: &Attempt<'_>,
-    owner: &'o str,
-    patched: Result<T, DeliveryError>,
-) -> Result<Option<&'o str>, DeliveryError> {
-    match patched {
-        Ok(_) => Ok(Some(owner)),
-        // Retriable, or our credentials (a 401 after a fresh token): not the reassignment's fault.
-        Err(e) if e.retriable || e.status == Some(401) => Err(e),
-        Err(e) => {
-            tracing::warn!(
-                alert_id = %a.alert.id(),
-                lead = %a.alert.data.lead,
-                status = ?e.status,
-                error = %e,
-                excerpt = %e.excerpt,
-                "the CRM refused the suggested reassignment; the task is created without it"
-            );
-            Ok(None)
-        }
-    }
-}
-
-impl Attempt<'_> {
-    /// Whether an earlier attempt may have reached the sink (a retry, or an alert an earlier
-    /// owner of its partition may have attempted): CRM sinks look before creating.
-    pub fn may_exist(&self) -> bool {
-        self.attempt > 1 || self.maybe_attempted
-    }
-}
-
-/// What a successful attempt did.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Delivered {
-    /// The sink has the alert.
-    Sent,
-    /// It was already there (a CRM task an earlier, uncertain attempt created).
-    AlreadyThere,
-    /// Not for this sink (e.g. a HubSpot lead routed to Salesforce); logged and counted.
-    Skipped(String),
-}
-
-/// Why one delivery attempt failed.
-#[derive(Debug, Clone, thiserror::Error)]
-#[error("{message}")]
-pub struct DeliveryError {
-    /// Worth trying again (timeouts, 5xx, 408/409/425/429, API limits); otherwise permanent.
-    pub retriable: bool,
-    /// What the sink asked us to wait (`Retry-After`, or its rate-limit headers).
-    pub retry_after: Option<Duration>,
-    /// Hold every request to this sink for this long (the whole endpoint is rate-limited).
-    pub pause_sink: Option<Duration>,
-    pub status: Option<u16>,
-    /// What failed, without secrets.
-    pub message: String,
-    /// The start of the answer's body.
-    pub excerpt: String,
-}
-
-impl DeliveryError {
-    /// A transport failure (connect, timeout, reset): the request may or may not have arrived.
-    pub fn transport(what: &str, e: reqwest::Error) -> Self {
-        Self {
-            retriable: true,
-            retry_after: None,
-            pause_sink: None,
-            status: None,
-            message: format!("{what}: {}", without_url(e)),
-            excerpt: String::new(),
-        }
+impl ChatWebhook {
+    pub fn new(url: SecretUrl, http: Http, payload: fn(&Attempt<'_>) -> serde_json::Value) -> Self {
+        Self { url, http, payload }
     }
 
-    pub fn permanent(message: impl Into<String>) -> Self {
-        Self {
-            retriable: false,
-            retry_after: None,
-            pause_sink: None,
-            status: None,
-            message: message.into(),
-            excerpt: String::new(),
-        }
+    pub async fn deliver(&self, a: &Attempt<'_>) -> Result<Delivered, DeliveryError> {
+        let what = format!("POST {}", self.url.redacted());
+        let request = self
+            .http
+            .client
+            .post(self.url.0.clone())
+            .json(&(self.payload)(a));
+        self.http.send(&what, request).await?;
+        Ok(Delivered::Sent)
     }
-
-    /// From a non-2xx answer: retriable as [`is_retriable`] says, `Retry-After` honoured.
-    pub async fn from_response(what: &str, response: reqwest::Response) -> Self {
-        let status = response.status().as_u16();
-        let retry_after = retry_after(response.headers());
-        let excerpt = excerpt(response).await;
-        Self {
-            retriable: is_retriable(status),
-            retry_after,
-            pause_sink: if status == 429 { retry_after } else { None },
-            status: Some(status),
-            message: format!("{what} answered {status}"),
-            excerpt,
-        }
-    }
-}
-
-/// The first 500 characters of a response body.
-pub async fn excerpt(response: reqwest::Response) -> String {
-    let text = response.text().await.unwrap_or_default();
-    text.chars().take(500).collect()
 }
 
 /// A configured sink.
 pub enum Sink {
     Webhook(webhook::WebhookSink),
     Log,
-    Slack(slack::SlackSink),
-    Teams(teams::TeamsSink),
+    Slack(ChatWebhook),
+    Teams(ChatWebhook),
     Salesforce(Box<salesforce::SalesforceSink>),
     Hubspot(hubspot::HubspotSink),
 }
@@ -165,24 +67,28 @@ impl std::fmt::Debug for Sink {
 }
 
 impl Sink {
-    pub fn from_config(cfg: &SinkConfig, client: reqwest::Client) -> Sink {
+    pub fn from_config(cfg: &SinkConfig, http: Http) -> Sink {
         match cfg {
             SinkConfig::Webhook(c) => Sink::Webhook(webhook::WebhookSink::new(
                 c.url.clone(),
                 c.secret.clone(),
-                client,
+                http,
             )),
             SinkConfig::Log(_) => Sink::Log,
-            SinkConfig::Slack(c) => {
-                Sink::Slack(slack::SlackSink::new(c.webhook_url.clone(), client))
-            }
-            SinkConfig::Teams(c) => {
-                Sink::Teams(teams::TeamsSink::new(c.webhook_url.clone(), client))
-            }
+            SinkConfig::Slack(c) => Sink::Slack(ChatWebhook::new(
+                c.webhook_url.clone(),
+                http,
+                slack::payload,
+            )),
+            SinkConfig::Teams(c) => Sink::Teams(ChatWebhook::new(
+                c.webhook_url.clone(),
+                http,
+                teams::payload,
+            )),
             SinkConfig::Salesforce(c) => {
-                Sink::Salesforce(Box::new(salesforce::SalesforceSink::from_config(c, client)))
+                Sink::Salesforce(Box::new(salesforce::SalesforceSink::from_config(c, http)))
             }
-            SinkConfig::Hubspot(c) => Sink::Hubspot(hubspot::HubspotSink::from_config(c, client)),
+            SinkConfig::Hubspot(c) => Sink::Hubspot(hubspot::HubspotSink::from_config(c, http)),
         }
     }
 
@@ -216,51 +122,6 @@ impl Sink {
             Sink::Salesforce(s) => s.deliver(a).await,
             Sink::Hubspot(s) => s.deliver(a).await,
         }
-    }
-}
-
-/// A CRM field's or property's API name (`Leadwatch_Alert_Id__c`).
-fn is_api_name(s: &str) -> bool {
-    !s.is_empty()
-        && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
-        && s.chars().next().is_some_and(|c| c.is_ascii_alphabetic())
-}
-
-/// A reqwest error's text without the URL (which may carry a secret), with its causes.
-pub fn without_url(e: reqwest::Error) -> String {
-    let timeout = e.is_timeout();
-    let e = e.without_url();
-    let mut text = e.to_string();
-    let mut source = std::error::Error::source(&e);
-    while let Some(s) = source {
-        text.push_str(": ");
-        text.push_str(&s.to_string());
-        source = s.source();
-    }
-    if timeout && !text.contains("timed out") {
-        text.push_str(" (timed out)");
-    }
-    text
-}
-
-/// A URL as it may be logged: no user info, no query.
-pub fn redact(url: &url::Url) -> String {
-    format!(
-        "{}://{}{}",
-        url.scheme(),
-        url.host_str().unwrap_or(""),
-        url.path()
-    )
-}
-
-/// Truncates to at most `max` characters (CRM fields have limits).
-pub fn truncate(s: &str, max: usize) -> String {
-    if s.chars().count() <= max {
-        s.to_string()
-    } else {
-        let mut t: String = s.chars().take(max.saturating_sub(1)).collect();
-        t.push('…');
-        t
     }
 }
 

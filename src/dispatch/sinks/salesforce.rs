@@ -25,10 +25,9 @@ use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use jiff::Timestamp;
 
-use super::{Attempt, Delivered, DeliveryError, truncate};
-use crate::alert::split_lead_key;
+use super::attempt::{Attempt, Delivered, DeliveryError, Http, redact, truncate};
+use super::crm;
 use crate::conf::{HumanDuration0, KeyProblems, SecretString};
-use crate::dispatch::template::addressed;
 
 pub struct SalesforceSink {
     instance_url: Url,
@@ -39,13 +38,13 @@ pub struct SalesforceSink {
     external_id_field: Option<String>,
     apply_reassignment: bool,
     due_in: Duration,
-    client: reqwest::Client,
+    http: Http,
     /// The cached access token.
     token: Mutex<Option<String>>,
 }
 
 impl SalesforceSink {
-    pub fn from_config(cfg: &SalesforceConfig, client: reqwest::Client) -> Self {
+    pub fn from_config(cfg: &SalesforceConfig, http: Http) -> Self {
         let SalesforceConfig {
             instance_url,
             token_url,
@@ -78,7 +77,7 @@ impl SalesforceSink {
             external_id_field: external_id_field.clone(),
             apply_reassignment: *apply_reassignment,
             due_in: due_in.0,
-            client,
+            http,
             token: Mutex::new(None),
         }
     }
@@ -98,8 +97,9 @@ impl SalesforceSink {
         if let Some(t) = &*cached {
             return Ok(t.clone());
         }
-        let what = format!("POST {}", super::redact(&self.token_url));
+        let what = format!("POST {}", redact(&self.token_url));
         let response = self
+            .http
             .client
             .post(self.token_url.clone())
             .form(&self.token_form()?)
@@ -107,7 +107,7 @@ impl SalesforceSink {
             .await
             .map_err(|e| DeliveryError::transport(&what, e))?;
         if !response.status().is_success() {
-            let mut e = DeliveryError::from_response(&what, response).await;
+            let mut e = DeliveryError::from_response(&what, response, self.http.clock.now()).await;
             e.message = format!("getting an access token: {}", e.message);
             return Err(e);
         }
@@ -142,7 +142,7 @@ impl SalesforceSink {
                 ),
                 (
                     "assertion",
-                    key.assertion(&self.client_id, username, audience, Timestamp::now())
+                    key.assertion(&self.client_id, username, audience, self.http.clock.now())
                         .map_err(DeliveryError::permanent)?,
                 ),
             ],
@@ -164,11 +164,12 @@ impl SalesforceSink {
         url: Url,
         body: Option<&Value>,
     ) -> Result<reqwest::Response, DeliveryError> {
-        let what = format!("{method} {}", super::redact(&url));
+        let what = format!("{method} {}", redact(&url));
         let mut refreshed = false;
         loop {
             let token = self.token().await?;
             let mut request = self
+                .http
                 .client
                 .request(method.clone(), url.clone())
                 .bearer_auth(&token);
@@ -189,7 +190,7 @@ impl SalesforceSink {
             if response.status().is_success() {
                 return Ok(response);
             }
-            let mut e = DeliveryError::from_response(&what, response).await;
+            let mut e = DeliveryError::from_response(&what, response, self.http.clock.now()).await;
             if status == 403 && e.excerpt.contains("REQUEST_LIMIT_EXCEEDED") {
                 // The org's API limit: later, not never.
                 e.retriable = true;
@@ -203,36 +204,24 @@ impl SalesforceSink {
     }
 
     pub async fn deliver(&self, a: &Attempt<'_>) -> Result<Delivered, DeliveryError> {
-        let (system, lead_id) = split_lead_key(&a.alert.data.lead);
-        if system.is_some_and(|s| s != "salesforce") {
-            return Ok(Delivered::Skipped(format!(
-                "lead {} is not a Salesforce record",
-                a.alert.data.lead
-            )));
-        }
-        let d = &a.alert.data;
-        let reassign_to = d
-            .suggested_owner
-            .as_deref()
-            .filter(|_| self.apply_reassignment);
-        let reassign_to = match reassign_to {
-            Some(owner) => {
-                let object = if lead_id.starts_with("003") {
-                    "Contact"
-                } else {
-                    "Lead"
-                };
-                let patched = self
-                    .call(
-                        Method::PATCH,
-                        self.url(&format!("sobjects/{object}/{lead_id}")),
-                        Some(&json!({ "OwnerId": owner })),
-                    )
-                    .await;
-                super::reassigned(a, owner, patched)?
-            }
-            None => None,
+        let lead_id = match crm::record_id(a, "salesforce", "Salesforce") {
+            Ok(id) => id,
+            Err(skipped) => return Ok(skipped),
         };
+        let reassign_to = crm::reassign(a, self.apply_reassignment, |owner| async move {
+            let object = if lead_id.starts_with("003") {
+                "Contact"
+            } else {
+                "Lead"
+            };
+            self.call(
+                Method::PATCH,
+                self.url(&format!("sobjects/{object}/{lead_id}")),
+                Some(&json!({ "OwnerId": owner })),
+            )
+            .await
+        })
+        .await?;
         let task = self.task(a, lead_id, reassign_to);
         match &self.external_id_field {
             Some(field) => {
@@ -273,17 +262,8 @@ impl SalesforceSink {
     }
 
     fn task(&self, a: &Attempt<'_>, lead_id: &str, reassigned: Option<&str>) -> Value {
-        let d = &a.alert.data;
         let m = a.message;
-        let is_user = |s: &&str| s.starts_with("005");
-        let owner = reassigned
-            .or_else(|| {
-                addressed(a.alert, &[])
-                    .iter()
-                    .map(|r| r.id.as_str())
-                    .find(is_user)
-            })
-            .or(d.owner.as_deref().filter(is_user));
+        let owner = crm::task_owner(a, reassigned, |s| s.starts_with("005"));
         let subject = match &self.external_id_field {
             Some(_) => truncate(&m.title, 255),
             // The alert id is how a retry finds the task an uncertain attempt created.
@@ -296,23 +276,10 @@ impl SalesforceSink {
         let due = (a.alert.timestamp + self.due_in)
             .to_zoned(jiff::tz::TimeZone::UTC)
             .date();
-        let mut lines = vec![m.text.clone(), String::new()];
-        lines.push(format!("Lead: {}", m.lead));
-        if !m.owner.is_empty() {
-            lines.push(format!("Owner: {}", m.owner));
-        }
-        lines.push(format!("Deadline: {}", m.deadline));
-        if !m.late.is_empty() {
-            lines.push(format!("Late by: {}", m.late));
-        }
-        if !m.link.is_empty() {
-            lines.push(m.link.clone());
-        }
-        lines.push(format!("leadwatch alert id: {}", a.alert.id()));
         let mut task = json!({
             "WhoId": lead_id,
             "Subject": subject,
-            "Description": truncate(&lines.join("\n"), 32_000),
+            "Description": truncate(&crm::task_description(a), 32_000),
             "ActivityDate": due.to_string(),
             "Priority": if a.alert.kind.ends_with(".reminder") { "Normal" } else { "High" },
             "Status": "Not Started",
@@ -495,7 +462,7 @@ impl SalesforceConfig {
             ));
         }
         if let Some(field) = &self.external_id_field
-            && !super::is_api_name(field)
+            && !crm::is_api_name(field)
         {
             problems.push((
                 "external_id_field".into(),

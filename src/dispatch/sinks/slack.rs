@@ -8,35 +8,9 @@
 
 use serde_json::{Value, json};
 
-use super::{Attempt, Delivered, DeliveryError};
+use super::attempt::{Attempt, truncate};
 use crate::conf::SecretUrl;
 use crate::dispatch::template::slack_escape;
-
-pub struct SlackSink {
-    url: SecretUrl,
-    client: reqwest::Client,
-}
-
-impl SlackSink {
-    pub fn new(url: SecretUrl, client: reqwest::Client) -> Self {
-        Self { url, client }
-    }
-
-    pub async fn deliver(&self, a: &Attempt<'_>) -> Result<Delivered, DeliveryError> {
-        let what = format!("POST {}", self.url.redacted());
-        let response = self
-            .client
-            .post(self.url.0.clone())
-            .json(&payload(a))
-            .send()
-            .await
-            .map_err(|e| DeliveryError::transport(&what, e))?;
-        if response.status().is_success() {
-            return Ok(Delivered::Sent);
-        }
-        Err(DeliveryError::from_response(&what, response).await)
-    }
-}
 
 /// The JSON Slack receives.
 pub fn payload(a: &Attempt<'_>) -> Value {
@@ -50,8 +24,8 @@ pub fn payload(a: &Attempt<'_>) -> Value {
         fields.push(json!({"type": "mrkdwn", "text": format!("*Late by*\n{}", m.late)}));
     }
     let mut blocks = vec![
-        json!({"type": "header", "text": {"type": "plain_text", "text": super::truncate(&m.title, 150), "emoji": true}}),
-        json!({"type": "section", "text": {"type": "mrkdwn", "text": super::truncate(&m.text, 3000)}}),
+        json!({"type": "header", "text": {"type": "plain_text", "text": truncate(&m.title, 150), "emoji": true}}),
+        json!({"type": "section", "text": {"type": "mrkdwn", "text": truncate(&m.text, 3000)}}),
         json!({"type": "section", "fields": fields}),
     ];
     if !m.link.is_empty() {

@@ -5,34 +5,8 @@
 
 use serde_json::{Value, json};
 
-use super::{Attempt, Delivered, DeliveryError};
+use super::attempt::Attempt;
 use crate::conf::SecretUrl;
-
-pub struct TeamsSink {
-    url: SecretUrl,
-    client: reqwest::Client,
-}
-
-impl TeamsSink {
-    pub fn new(url: SecretUrl, client: reqwest::Client) -> Self {
-        Self { url, client }
-    }
-
-    pub async fn deliver(&self, a: &Attempt<'_>) -> Result<Delivered, DeliveryError> {
-        let what = format!("POST {}", self.url.redacted());
-        let response = self
-            .client
-            .post(self.url.0.clone())
-            .json(&payload(a))
-            .send()
-            .await
-            .map_err(|e| DeliveryError::transport(&what, e))?;
-        if response.status().is_success() {
-            return Ok(Delivered::Sent);
-        }
-        Err(DeliveryError::from_response(&what, response).await)
-    }
-}
 
 /// The JSON the workflow receives.
 pub fn payload(a: &Attempt<'_>) -> Value {

@@ -3,28 +3,24 @@
 
 use url::Url;
 
-use super::{Attempt, Delivered, DeliveryError, redact};
+use super::attempt::{Attempt, Delivered, DeliveryError, Http, redact};
 use crate::conf::KeyProblems;
 use crate::signature::Secrets;
 
 pub struct WebhookSink {
     url: Url,
     secrets: Secrets,
-    client: reqwest::Client,
+    http: Http,
 }
 
 impl WebhookSink {
-    pub fn new(url: Url, secrets: Secrets, client: reqwest::Client) -> Self {
-        Self {
-            url,
-            secrets,
-            client,
-        }
+    pub fn new(url: Url, secrets: Secrets, http: Http) -> Self {
+        Self { url, secrets, http }
     }
 
     pub async fn deliver(&self, a: &Attempt<'_>) -> Result<Delivered, DeliveryError> {
         // Re-signed on every attempt with a fresh timestamp; the body never changes.
-        let ts = jiff::Timestamp::now().as_second();
+        let ts = self.http.clock.now().as_second();
         let signature = self
             .secrets
             .0
@@ -33,21 +29,17 @@ impl WebhookSink {
             .collect::<Vec<_>>()
             .join(" ");
         let what = format!("POST {}", redact(&self.url));
-        let response = self
+        let request = self
+            .http
             .client
             .post(self.url.clone())
             .header("content-type", "application/json")
             .header("webhook-id", a.alert.id())
             .header("webhook-timestamp", ts.to_string())
             .header("webhook-signature", signature)
-            .body(a.body.clone())
-            .send()
-            .await
-            .map_err(|e| DeliveryError::transport(&what, e))?;
-        if response.status().is_success() {
-            return Ok(Delivered::Sent);
-        }
-        Err(DeliveryError::from_response(&what, response).await)
+            .body(a.body.clone());
+        self.http.send(&what, request).await?;
+        Ok(Delivered::Sent)
     }
 }
 

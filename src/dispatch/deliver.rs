@@ -1,0 +1,730 @@
+//! Delivery: one alert to each of its sinks. The per-message work of the dispatcher
+//! (`fan_out`: the inline first attempt, or the backlog), the per-due-entry work (`retry_one`),
+//! a partition's state restored from its ledger and backlog (`Work::restore`), and carrying out
+//! what [`super::retry::decide`] decided for an attempt (`settle`: the ledger mark, the backlog
+//! entry, or the dead letter, in that order of writes). One (alert, sink) is delivered at a time
+//! (`Deliveries`), and the ledger and the backlog are consulted under that lock.
+//!
+//! Nothing here depends on the consumer-group loop in [`super`]: it hands in the partition's
+//! `Work`, the message, or the due entry, and stores the offset `fan_out` resolves to.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use jiff::Timestamp;
+use tokio::sync::{Notify, mpsc};
+use tokio_util::sync::CancellationToken;
+
+use super::backlog::{self, Backlog, Pending};
+use super::config::DispatchSections;
+use super::dlq;
+use super::ledger::{Ledger, Mark};
+use super::queue::SinkQueue;
+use super::retry::{self, Decision, Schedule};
+use super::routes::{self, Routes};
+use super::sinks::{Attempt, Delivered, DeliveryError, Http};
+use super::template::Templates;
+use crate::alert::Alert;
+use crate::bus::Topics;
+use crate::bus::changelog::Snapshot;
+use crate::bus::producer::Producer;
+use crate::clock::Clock;
+use crate::telemetry::Metrics;
+
+/// One partition's delivery state.
+#[derive(Clone)]
+pub(crate) struct Work {
+    pub(crate) partition: i32,
+    pub(crate) ledger: Ledger,
+    pub(crate) backlog: Backlog,
+    /// Cancelled when the partition is revoked: its deliveries in flight stop writing.
+    pub(crate) revoked: CancellationToken,
+    /// When this dispatcher took the partition (restored and ready).
+    pub(crate) assigned_at: Timestamp,
+}
+
+impl Work {
+    /// A partition's delivery state from its restored ledger (`{prefix}.delivered`) and backlog
+    /// (`{prefix}.alerts.retry`), taken at `assigned_at`; unreadable records are logged.
+    pub(crate) fn restore(
+        partition: i32,
+        ledger: Snapshot,
+        backlog: Snapshot,
+        assigned_at: Timestamp,
+    ) -> Work {
+        let (ledger, broken) = Ledger::from_snapshot(ledger);
+        if broken > 0 {
+            tracing::error!(partition, broken, "delivery records could not be read");
+        }
+        let (backlog, broken) = Backlog::from_snapshot(backlog);
+        if broken > 0 {
+            tracing::error!(partition, broken, "retry records could not be read");
+        }
+        tracing::info!(
+            partition,
+            leads = ledger.len(),
+            retries = backlog.len(),
+            "deliveries and retries restored"
+        );
+        Work {
+            partition,
+            ledger,
+            backlog,
+            revoked: CancellationToken::new(),
+            assigned_at,
+        }
+    }
+}
+
+/// What every delivery shares.
+pub(crate) struct Shared {
+    pub(crate) queues: HashMap<String, Arc<SinkQueue>>,
+    pub(crate) routes: Routes,
+    pub(crate) templates: Templates,
+    pub(crate) schedule: Schedule,
+    pub(crate) producer: Arc<Producer>,
+    pub(crate) topics: Topics,
+    pub(crate) metrics: Arc<Metrics>,
+    /// The time of attempts, retries and records.
+    pub(crate) clock: Clock,
+    /// Set when a backlog gained an entry (the loop's timer may need to wake earlier).
+    pub(crate) changed: Notify,
+    /// Sinks that answered again after failing.
+    pub(crate) recovered: mpsc::UnboundedSender<String>,
+    /// Cancelled when the grace period is over.
+    pub(crate) abandon: CancellationToken,
+    /// One delivery of an (alert, sink) at a time, across the generations of a partition.
+    pub(crate) deliveries: Deliveries,
+}
+
+impl Shared {
+    /// Builds the sinks of `[sinks.*]` with their queues, the routes and the templates. The
+    /// receiver hears of every sink that answers again after failing (its backlog may go now).
+    pub(crate) fn new(
+        config: DispatchSections<'_>,
+        producer: Arc<Producer>,
+        topics: Topics,
+        metrics: Arc<Metrics>,
+        clock: Clock,
+    ) -> anyhow::Result<(Arc<Shared>, mpsc::UnboundedReceiver<String>)> {
+        let http = Http::new(config.dispatch.request_timeout.0, clock.clone())?;
+        let queues = config
+            .sinks
+            .iter()
+            .map(|(name, cfg)| {
+                let queue = SinkQueue::from_config(name, cfg, config.dispatch, http.clone());
+                (name.clone(), Arc::new(queue))
+            })
+            .collect();
+        let templates = routes::templates(config.routes)
+            .map_err(|p| anyhow::anyhow!("route templates: {p:?}"))?;
+        let (recovered, recovered_rx) = mpsc::unbounded_channel();
+        let shared = Shared {
+            queues,
+            routes: Routes::new(config.routes.to_vec(), config.sinks.keys().cloned()),
+            templates,
+            schedule: Schedule::from(config.dispatch),
+            producer,
+            topics,
+            metrics,
+            clock,
+            changed: Notify::new(),
+            recovered,
+            abandon: CancellationToken::new(),
+            deliveries: Deliveries::default(),
+        };
+        Ok((Arc::new(shared), recovered_rx))
+    }
+
+    /// Sets `leadwatch_delivery_retry_backlog{sink}` from the backlogs of `works`.
+    pub(crate) fn report_backlog<'a>(&self, works: impl Iterator<Item = &'a Work>) {
+        let mut per_sink: HashMap<&str, i64> =
+            self.queues.keys().map(|k| (k.as_str(), 0)).collect();
+        for work in works {
+            for (sink, n) in work.backlog.per_sink() {
+                if let Some(total) = per_sink.get_mut(sink.as_str()) {
+                    *total += n as i64;
+                }
+            }
+        }
+        for (sink, n) in per_sink {
+            self.metrics.set_retry_backlog(sink, n);
+        }
+    }
+}
+
+/// A lock per (alert id, sink) being delivered. The same alert can be in `{prefix}.alerts`
+/// twice (the engine fired it again after a crash, before the state that marked it fired was
+/// written), and a partition taken back can meet an alert its previous generation is still
+/// attempting: the later copy waits for the earlier delivery to end, then looks at the ledger
+/// and the backlog again.
+#[derive(Default)]
+pub(crate) struct Deliveries {
+    locks: Arc<std::sync::Mutex<HashMap<DeliveryKey, Arc<tokio::sync::Mutex<()>>>>>,
+}
+
+/// (alert id, sink)
+type DeliveryKey = (String, String);
+
+/// Holds one (alert, sink); the entry goes when its last holder or waiter does.
+pub(crate) struct Turn {
+    locks: Arc<std::sync::Mutex<HashMap<DeliveryKey, Arc<tokio::sync::Mutex<()>>>>>,
+    key: DeliveryKey,
+    /// Released first when the turn ends, so that only the map's own reference is left to
+    /// count when no one else holds or waits.
+    guard: Option<tokio::sync::OwnedMutexGuard<()>>,
+}
+
+impl Deliveries {
+    /// Waits until no one else delivers `alert_id` to `sink`, then holds it until the turn is
+    /// dropped.
+    pub(crate) async fn turn(&self, alert_id: &str, sink: &str) -> Turn {
+        let key = (alert_id.to_string(), sink.to_string());
+        let lock = self
+            .locks
+            .lock()
+            .expect("deliveries lock")
+            .entry(key.clone())
+            .or_default()
+            .clone();
+        Turn {
+            locks: self.locks.clone(),
+            key,
+            guard: Some(lock.lock_owned().await),
+        }
+    }
+}
+
+impl Drop for Turn {
+    fn drop(&mut self) {
+        // The guard holds a reference to the lock too: while it lived, the count below could
+        // never come down to the map's alone, and every (alert, sink) ever delivered stayed.
+        drop(self.guard.take());
+        if let Ok(mut locks) = self.locks.lock()
+            && locks
+                .get(&self.key)
+                .is_some_and(|l| Arc::strong_count(l) == 1)
+        {
+            locks.remove(&self.key);
+        }
+    }
+}
+
+/// Brings one alert from `{prefix}.alerts` to each of its sinks, or to the backlog; resolves to
+/// the offset to store once every sink is settled (None: not all of them, e.g. the partition was
+/// revoked — its next owner redoes the alert).
+pub(crate) async fn fan_out(
+    shared: Arc<Shared>,
+    work: Work,
+    offset: i64,
+    alert: Alert,
+    body: Bytes,
+) -> Option<(i32, i64)> {
+    let targets = shared.routes.targets(&alert);
+    if targets.is_empty() {
+        shared.metrics.unrouted(&alert.kind);
+        tracing::warn!(
+            alert_id = %alert.id(), r#type = %alert.kind, lead = %alert.data.lead,
+            alert = %String::from_utf8_lossy(&body),
+            "no route matches this alert; it is not delivered anywhere"
+        );
+        return (!work.revoked.is_cancelled()).then_some((work.partition, offset));
+    }
+    let lead = alert.data.lead.clone();
+    let each = targets.into_iter().map(|t| {
+            let (shared, work, alert, body, lead) =
+                (shared.clone(), work.clone(), &alert, &body, &lead);
+            async move {
+                // A copy of this alert being delivered goes first; settled or in the backlog
+                // (by it, or before), nothing is left to do.
+                let _turn = shared.deliveries.turn(alert.id(), &t.sink).await;
+                if work.ledger.settled(lead, alert.id()).contains(&t.sink)
+                    || work.backlog.contains(lead, alert.id(), &t.sink)
+                {
+                    return true;
+                }
+                let Some(queue) = shared.queues.get(&t.sink).cloned() else {
+                    return true;
+                };
+                let mut entry = Pending {
+                    alert_id: alert.id().to_string(),
+                    sink: t.sink.clone(),
+                    body: String::from_utf8_lossy(body).into_owned(),
+                    not_before: shared.clock.now(),
+                    ..Pending::default()
+                };
+                if !queue.has_room_inline() {
+                    // Busy or failing: the backlog takes it, the offset moves on.
+                    let reason = if queue.is_failing() { "failing" } else { "busy" };
+                    tracing::debug!(sink = %t.sink, alert_id = %alert.id(), reason, "handed to the backlog");
+                    return schedule(&shared, &work, lead, entry).await;
+                }
+                entry.attempts = 1;
+                // Fired before this dispatcher took the partition: its earlier owner may have
+                // attempted it (the alert's own time: engine and dispatcher share a clock, or
+                // NTP keeps theirs close).
+                let maybe_attempted = alert.timestamp < work.assigned_at;
+                let outcome = attempt(&shared, &queue, alert, body, 1, maybe_attempted).await;
+                settle(&shared, &work, lead, alert, entry, outcome, false).await
+            }
+        });
+    let all = futures::future::join_all(each).await;
+    // A revoked partition's offsets are its next owner's to store: what this generation skipped
+    // may hang on a delivery it abandoned.
+    (all.into_iter().all(|ok| ok) && !work.revoked.is_cancelled())
+        .then_some((work.partition, offset))
+}
+
+/// One attempt through the sink's queue; reports a recovered sink to the loop.
+async fn attempt(
+    shared: &Shared,
+    queue: &SinkQueue,
+    alert: &Alert,
+    body: &Bytes,
+    n: u32,
+    maybe_attempted: bool,
+) -> Result<Delivered, DeliveryError> {
+    let message = shared.templates.render(
+        alert,
+        shared.routes.route_for(alert, &queue.name),
+        queue.sink.style(),
+    );
+    let a = Attempt {
+        alert,
+        body,
+        attempt: n,
+        maybe_attempted,
+        message: &message,
+    };
+    let outcome = queue.attempt(&a).await;
+    if outcome.recovered {
+        let _ = shared.recovered.send(queue.name.clone());
+    }
+    outcome.result
+}
+
+/// A backlog entry whose time has come.
+pub(crate) async fn retry_one(shared: Arc<Shared>, work: Work, lead: String, mut entry: Pending) {
+    let _turn = shared.deliveries.turn(&entry.alert_id, &entry.sink).await;
+    if work
+        .ledger
+        .settled(&lead, &entry.alert_id)
+        .contains(&entry.sink)
+    {
+        // Done before (its removal from the backlog did not reach Kafka).
+        remove(&shared, &work, &lead, &entry).await;
+        return;
+    }
+    let body = Bytes::from(entry.body.clone());
+    let alert: Alert = match serde_json::from_slice(&body) {
+        Ok(a) => a,
+        Err(e) => {
+            tracing::error!(alert_id = %entry.alert_id, error = %e, "a backlog entry's alert is unreadable; dropped");
+            shared.metrics.delivery(&entry.sink, "unreadable_alert");
+            remove(&shared, &work, &lead, &entry).await;
+            return;
+        }
+    };
+    let outcome = match shared.queues.get(&entry.sink).cloned() {
+        Some(queue) => {
+            entry.attempts += 1;
+            attempt(&shared, &queue, &alert, &body, entry.attempts, true).await
+        }
+        None => Err(DeliveryError::permanent(format!(
+            "sink `{}` is no longer configured",
+            entry.sink
+        ))),
+    };
+    settle(&shared, &work, &lead, &alert, entry, outcome, true).await;
+}
+
+/// Records what an attempt came to: delivered (ledger), retry (backlog), or dead letter.
+/// Returns whether it is durably settled.
+async fn settle(
+    shared: &Shared,
+    work: &Work,
+    lead: &str,
+    alert: &Alert,
+    mut entry: Pending,
+    outcome: Result<Delivered, DeliveryError>,
+    from_backlog: bool,
+) -> bool {
+    if work.revoked.is_cancelled() {
+        // Another member owns the partition now and redoes what is not recorded.
+        return false;
+    }
+    let sink = entry.sink.clone();
+    let (producer, topics, abandon) = (&shared.producer, &shared.topics, &shared.abandon);
+    let now = shared.clock.now();
+    match retry::decide(entry.tries(), outcome, &shared.schedule, now) {
+        Decision::Done(delivered) => {
+            match &delivered {
+                Delivered::Sent | Delivered::AlreadyThere => {
+                    let outcome = if delivered == Delivered::Sent {
+                        "delivered"
+                    } else {
+                        "already_there"
+                    };
+                    shared.metrics.delivery(&sink, outcome);
+                    shared.metrics.delivery_latency(&sink, latency(alert, now));
+                    tracing::info!(%sink, alert_id = %alert.id(), attempts = entry.attempts, outcome, "alert delivered");
+                }
+                Delivered::Skipped(why) => {
+                    shared.metrics.delivery(&sink, "skipped");
+                    tracing::warn!(%sink, alert_id = %alert.id(), %why, "alert not for this sink; skipped");
+                }
+            }
+            done(
+                shared,
+                work,
+                lead,
+                alert,
+                &entry,
+                Mark::Delivered,
+                now,
+                from_backlog,
+            )
+            .await
+        }
+        Decision::RetryAt {
+            at,
+            after,
+            tries,
+            error: e,
+        } => {
+            entry.set_tries(tries);
+            entry.last_status = e.status;
+            entry.last_error = e.message.clone();
+            entry.excerpt = e.excerpt.chars().take(200).collect();
+            shared.metrics.delivery(&sink, "retry_scheduled");
+            tracing::warn!(%sink, alert_id = %alert.id(), attempt = entry.attempts, error = %e, delay = ?after, "delivery failed; retry scheduled");
+            entry.not_before = at;
+            schedule(shared, work, lead, entry).await
+        }
+        Decision::DeadLetter(e) => {
+            shared.metrics.delivery(&sink, "dead_lettered");
+            tracing::error!(%sink, alert_id = %alert.id(), attempts = entry.attempts, status = ?e.status, error = %e, "alert dead-lettered");
+            let letter =
+                dlq::DeadLetter::new(&sink, entry.body.as_bytes(), entry.attempts, &e, now);
+            if !dlq::write(producer, &topics.dlq, &letter, abandon).await {
+                return false;
+            }
+            done(
+                shared,
+                work,
+                lead,
+                alert,
+                &entry,
+                Mark::DeadLettered,
+                now,
+                from_backlog,
+            )
+            .await
+        }
+    }
+}
+
+/// Records in the ledger what a sink is done with an alert by, then, for a delivery that came
+/// from the backlog, removes its entry there (in that order: a crash in between leaves an entry
+/// whose retry finds the ledger's mark). True once both are in Kafka.
+#[allow(clippy::too_many_arguments)]
+async fn done(
+    shared: &Shared,
+    work: &Work,
+    lead: &str,
+    alert: &Alert,
+    entry: &Pending,
+    mark: Mark,
+    now: Timestamp,
+    from_backlog: bool,
+) -> bool {
+    let (alert_id, sink) = (alert.id(), &entry.sink);
+    let topic = &shared.topics.delivered;
+    let ok = work
+        .ledger
+        .record(
+            &shared.producer,
+            topic,
+            lead,
+            alert_id,
+            sink,
+            mark,
+            now,
+            &shared.abandon,
+        )
+        .await;
+    if from_backlog {
+        remove(shared, work, lead, entry).await && ok
+    } else {
+        ok
+    }
+}
+
+/// From an alert's deadline (or, for an alert fired before it, its firing) to `now`, in seconds.
+fn latency(alert: &Alert, now: Timestamp) -> f64 {
+    let due = alert.data.deadline.min(alert.timestamp);
+    now.duration_since(due).as_secs_f64().max(0.0)
+}
+
+/// Puts an entry in the backlog and writes it; true once Kafka has it.
+async fn schedule(shared: &Shared, work: &Work, lead: &str, entry: Pending) -> bool {
+    if work.revoked.is_cancelled() {
+        return false;
+    }
+    work.backlog.schedule(lead, entry);
+    shared.changed.notify_one();
+    write_backlog(shared, work, lead).await
+}
+
+async fn remove(shared: &Shared, work: &Work, lead: &str, entry: &Pending) -> bool {
+    if work.revoked.is_cancelled() {
+        return false;
+    }
+    work.backlog.remove(lead, &entry.alert_id, &entry.sink);
+    write_backlog(shared, work, lead).await
+}
+
+/// Writes the lead's current backlog entry (a tombstone once empty).
+async fn write_backlog(shared: &Shared, work: &Work, lead: &str) -> bool {
+    let snapshot = || {
+        // The entry as it is when the write is queued: a later write carries later state.
+        let b = &work.backlog;
+        b.contains_lead(lead).then(|| b.serialize_lead(lead))
+    };
+    backlog::persist(
+        &shared.producer,
+        &shared.topics.retry,
+        lead,
+        snapshot,
+        &shared.abandon,
+    )
+    .await
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use futures::FutureExt;
+
+    use super::*;
+    use crate::dispatch::backlog::LeadBacklog;
+    use crate::dispatch::config::DispatchConfig;
+    use crate::dispatch::ledger::{Delivery, LeadDeliveries};
+    use crate::dispatch::routes::RouteConfig;
+    use crate::dispatch::sinks::SinkConfig;
+    use crate::dispatch::template::sample_alert;
+
+    fn t0() -> Timestamp {
+        "2026-11-22T15:00:00Z".parse().unwrap()
+    }
+
+    /// Shares of a dispatcher with one webhook sink, `hook`, and `routes`, whose Kafka is
+    /// nowhere and whose writes give up at once: a test that needs no write passes, one that
+    /// would write sees it fail.
+    fn shared(routes: &[RouteConfig]) -> Arc<Shared> {
+        let sinks: BTreeMap<String, SinkConfig> = [(
+            "hook".to_string(),
+            serde_json::from_value(serde_json::json!({
+                "kind": "webhook",
+                "url": "http://127.0.0.1:1/hook",
+                "secret": "whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD",
+            }))
+            .unwrap(),
+        )]
+        .into();
+        let mut nowhere = rdkafka::ClientConfig::new();
+        nowhere.set("bootstrap.servers", "127.0.0.1:1");
+        let metrics = Arc::new(Metrics::new());
+        let sections = DispatchSections {
+            dispatch: &DispatchConfig::default(),
+            sinks: &sinks,
+            routes,
+        };
+        let producer = Producer::new(&nowhere, metrics.clone()).unwrap();
+        let clock = Clock::manual(t0());
+        let (shared, _) =
+            Shared::new(sections, producer, Topics::new("t"), metrics, clock).unwrap();
+        shared.abandon.cancel();
+        shared
+    }
+
+    /// A partition whose ledger says `hook` has `alert` and whose backlog holds `pending`.
+    fn work(delivered: Option<&Alert>, pending: &[Pending]) -> Work {
+        let mut ledger = Snapshot::new();
+        if let Some(alert) = delivered {
+            let entry = LeadDeliveries {
+                alerts: [(
+                    alert.id().to_string(),
+                    Delivery {
+                        sinks: ["hook".to_string()].into(),
+                        dead_lettered: Default::default(),
+                        first_at: t0(),
+                    },
+                )]
+                .into(),
+            };
+            ledger.insert(alert.data.lead.clone(), serde_json::to_vec(&entry).unwrap());
+        }
+        let mut backlog = Snapshot::new();
+        for p in pending {
+            let lead = serde_json::from_str::<Alert>(&p.body)
+                .map_or_else(|_| "L-unreadable".to_string(), |a| a.data.lead);
+            let entry = LeadBacklog {
+                pending: vec![p.clone()],
+            };
+            backlog.insert(lead, serde_json::to_vec(&entry).unwrap());
+        }
+        Work::restore(3, ledger, backlog, t0())
+    }
+
+    fn breach() -> Alert {
+        sample_alert("sla.first_touch.breached")
+    }
+
+    fn body(alert: &Alert) -> Bytes {
+        Bytes::from(serde_json::to_vec(alert).unwrap())
+    }
+
+    fn pending(alert: &Alert, body: &str) -> Pending {
+        Pending {
+            alert_id: alert.id().to_string(),
+            sink: "hook".into(),
+            body: body.to_string(),
+            attempts: 1,
+            not_before: t0(),
+            ..Pending::default()
+        }
+    }
+
+    /// `alert`'s delivery to `hook`, waiting in the backlog.
+    fn queued(alert: &Alert) -> Pending {
+        pending(alert, &String::from_utf8_lossy(&body(alert)))
+    }
+
+    #[tokio::test]
+    async fn one_delivery_of_an_alert_to_a_sink_at_a_time() {
+        let deliveries = Deliveries::default();
+        let first = deliveries.turn("a1", "hook").await;
+        let mut copy = Box::pin(deliveries.turn("a1", "hook"));
+        assert!(futures::poll!(copy.as_mut()).is_pending(), "the copy waits");
+        // Another sink, another alert: no wait.
+        assert!(deliveries.turn("a1", "crm").now_or_never().is_some());
+        assert!(deliveries.turn("a2", "hook").now_or_never().is_some());
+        drop(first);
+        assert_eq!(
+            deliveries.locks.lock().unwrap().len(),
+            1,
+            "kept for its waiter"
+        );
+        let copy = copy.await;
+        // The entry goes with its last holder.
+        drop(copy);
+        assert_eq!(
+            deliveries.locks.lock().unwrap().len(),
+            0,
+            "a lock left behind"
+        );
+    }
+
+    /// Fans the sample breach out at `offset`.
+    async fn fan(shared: &Arc<Shared>, work: &Work, offset: i64) -> Option<(i32, i64)> {
+        let alert = breach();
+        fan_out(
+            shared.clone(),
+            work.clone(),
+            offset,
+            alert.clone(),
+            body(&alert),
+        )
+        .await
+    }
+
+    /// Runs every backlog entry due by `t0`.
+    async fn retry_due(shared: &Arc<Shared>, work: &Work) {
+        for (lead, entry) in work.backlog.take_due(t0()) {
+            retry_one(shared.clone(), work.clone(), lead, entry).await;
+        }
+    }
+
+    /// Whether the metrics have `line`.
+    fn counted(shared: &Shared, line: &str) -> bool {
+        let metrics = shared.metrics.encode();
+        metrics.contains(line) || panic!("no `{line}` in\n{metrics}")
+    }
+
+    #[tokio::test]
+    async fn an_alert_no_route_matches_is_counted_and_its_offset_stored_unless_revoked() {
+        let routes = [RouteConfig {
+            alerts: vec!["disposition.*".into()],
+            sinks: vec!["hook".into()],
+            ..RouteConfig::default()
+        }];
+        let shared = shared(&routes);
+        let w = work(None, &[]);
+        assert_eq!(fan(&shared, &w, 7).await, Some((3, 7)));
+        assert!(counted(
+            &shared,
+            r#"leadwatch_alerts_unrouted_total{type="sla.first_touch.breached"} 1"#
+        ));
+        w.revoked.cancel();
+        assert_eq!(
+            fan(&shared, &w, 8).await,
+            None,
+            "a revoked partition's offsets are its next owner's"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_sink_that_has_the_alert_or_holds_it_in_the_backlog_is_not_attempted_again() {
+        let shared = shared(&[]);
+        let alert = breach();
+        // Any attempt would fail (nothing listens) and its write to the backlog would give up:
+        // the offset is stored only because nothing was left to do.
+        assert_eq!(
+            fan(&shared, &work(Some(&alert), &[]), 1).await,
+            Some((3, 1))
+        );
+        let waiting = work(None, &[queued(&alert)]);
+        assert_eq!(fan(&shared, &waiting, 2).await, Some((3, 2)));
+        assert_eq!(
+            fan(&shared, &work(None, &[]), 3).await,
+            None,
+            "the attempt failed and its retry was not written"
+        );
+    }
+
+    #[tokio::test]
+    async fn every_retry_looks_at_the_ledger_first_and_unreadable_entries_go() {
+        let shared = shared(&[]);
+        let alert = breach();
+        // Delivered before (its removal from the backlog did not reach Kafka): not sent again.
+        let w = work(Some(&alert), &[queued(&alert)]);
+        assert_eq!(w.backlog.len(), 1);
+        retry_due(&shared, &w).await;
+        assert!(w.backlog.is_empty());
+        assert!(!shared.metrics.encode().contains("outcome=\"delivered\""));
+        // An entry whose alert cannot be read is dropped and counted.
+        let w = work(None, &[pending(&alert, "{")]);
+        retry_due(&shared, &w).await;
+        assert!(w.backlog.is_empty());
+        assert!(counted(
+            &shared,
+            r#"leadwatch_alert_deliveries_total{sink="hook",outcome="unreadable_alert"} 1"#
+        ));
+    }
+
+    #[test]
+    fn a_restored_partition_knows_its_deliveries_and_retries() {
+        let alert = breach();
+        let w = work(Some(&alert), &[queued(&alert)]);
+        assert_eq!(w.partition, 3);
+        assert_eq!(w.assigned_at, t0());
+        let lead = &alert.data.lead;
+        assert!(w.ledger.settled(lead, alert.id()).contains("hook"));
+        assert!(w.backlog.contains(lead, alert.id(), "hook"));
+        assert_eq!(w.backlog.next_due(), Some(t0()));
+        assert!(!w.revoked.is_cancelled());
+    }
+}
