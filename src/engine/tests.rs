@@ -622,6 +622,95 @@ fn every_alert_type_at_its_edges() {
     }
 }
 
+/// The ids of the alerts the engine fires, one of each type, are literals computed once: which
+/// rule, level, clock start and variant feed an alert's id is decided here (deadlines, alerts)
+/// and a move could pass another part (the deadline for the clock start, the type for the
+/// variant). Any other id after an upgrade would deliver every alert that already fired again.
+/// Do not update the literals; undo the change.
+#[test]
+fn the_alert_ids_the_engine_fires_are_pinned() {
+    let e = engine_with(ALL_RULES);
+    let fire = |events: &[LeadEvent], nows: &[&str]| -> Vec<(String, String)> {
+        let mut s = LeadState::default();
+        for ev in events {
+            e.apply(&mut s, ev);
+        }
+        nows.iter()
+            .flat_map(|now| e.fire_due("L-1", &mut s, at(now)))
+            .map(|a| (a.kind, a.data.alert_id))
+            .collect()
+    };
+    let ready = mql("10:00:00", Some("alice"));
+    let closed_after_three_calls = |when: &str, reason: &str, detail: Option<&str>| {
+        let mut events = vec![ready.clone()];
+        events.extend(calls(3, "10:30:00"));
+        events.push(close("x", when, Some(reason), detail));
+        events
+    };
+    let mut got = Vec::new();
+    got.extend(fire(&[mql("10:00:00", None)], &["10:15:00"]));
+    got.extend(fire(
+        std::slice::from_ref(&ready),
+        &["13:00:00", "14:00:00", "18:00:00", "+1d 10:00:00"],
+    ));
+    got.extend(fire(
+        &[ready.clone(), close("x", "11:00:00", None, None)],
+        &["11:00:00"],
+    ));
+    got.extend(fire(
+        &closed_after_three_calls("11:00:00", "Bad timing", None),
+        &["11:00:00"],
+    ));
+    got.extend(fire(
+        &closed_after_three_calls("11:00:00", "Other", None),
+        &["11:00:00"],
+    ));
+    got.extend(fire(
+        &closed_after_three_calls("+5d 10:30:03", "No budget", None),
+        &["+6d 10:00:00"],
+    ));
+    let got: Vec<(&str, &str)> = got.iter().map(|(k, i)| (k.as_str(), i.as_str())).collect();
+    assert_eq!(
+        got,
+        [
+            ("lead.unassigned", "alert_58ab3bf097dd0c0cc2baecec7498e937"),
+            (
+                "sla.first_touch.reminder",
+                "alert_f322c71b24ae3fd1cf295edf4573725e"
+            ),
+            (
+                "sla.first_touch.breached",
+                "alert_cb070952382793f05aa37c7d7779d9a7"
+            ),
+            (
+                "sla.first_touch.escalated",
+                "alert_75c69bdd6f22215a4e0c452d6cfb6f44"
+            ),
+            (
+                "sla.first_touch.escalated",
+                "alert_7107ca3fb9c9c37e9ab1a9ef2a2e8b42"
+            ),
+            (
+                "follow_up.insufficient_attempts",
+                "alert_a0179d91916a54f2a89fcae3b03b02aa"
+            ),
+            (
+                "disposition.missing_reason",
+                "alert_67333343048e5ec80a659b9e58b87f9c"
+            ),
+            (
+                "disposition.unknown_reason",
+                "alert_b6c0db4834896048911742a1ea23270e"
+            ),
+            (
+                "disposition.vague_reason",
+                "alert_9787b61ff91c49a2a4ebadb8421d1e8f"
+            ),
+            ("disposition.late", "alert_4d523d5e81d0fdbf4fb67911a6147c75"),
+        ]
+    );
+}
+
 #[test]
 fn a_replayed_activity_is_not_a_second_attempt() {
     use deadlines::*;
