@@ -1187,6 +1187,53 @@ mod properties {
         (in_order, shuffled)
     }
 
+    /// What `transitions_are_deterministic` checks of one case.
+    fn deterministic(e: &Engine, events: &[LeadEvent], ticks: &[i64]) -> Result<(), TestCaseError> {
+        prop_assert_eq!(run(e, events, ticks), run(e, events, ticks));
+        Ok(())
+    }
+
+    /// What `applying_an_event_twice_changes_nothing` checks of one case.
+    fn applying_twice_changes_nothing(
+        e: &Engine,
+        events: &[LeadEvent],
+        ticks: &[i64],
+    ) -> Result<(), TestCaseError> {
+        let doubled: Vec<LeadEvent> = events.iter().flat_map(|e| [e.clone(), e.clone()]).collect();
+        let doubled_ticks: Vec<i64> = ticks.iter().flat_map(|t| [*t, *t]).collect();
+        let (a1, s1) = run(e, events, ticks);
+        let (a2, s2) = run(e, &doubled, &doubled_ticks);
+        prop_assert_eq!(a1, a2);
+        let strip = |v: Vec<(String, LeadState)>| {
+            v.into_iter()
+                .map(|(k, mut s)| {
+                    s.recent_events.clear();
+                    (k, s)
+                })
+                .collect::<Vec<_>>()
+        };
+        prop_assert_eq!(strip(s1), strip(s2));
+        Ok(())
+    }
+
+    /// What `an_alert_id_fires_at_most_once` checks of one case; the alerts that fired.
+    fn fires_each_id_at_most_once(
+        e: &Engine,
+        events: &[LeadEvent],
+        ticks: &[i64],
+    ) -> Result<Vec<crate::alert::Alert>, TestCaseError> {
+        let (alerts, _) = run(e, events, ticks);
+        let mut ids: Vec<&str> = alerts.iter().map(|a| a.data.alert_id.as_str()).collect();
+        ids.sort();
+        let twice: Vec<&str> = ids
+            .windows(2)
+            .filter(|w| w[0] == w[1])
+            .map(|w| w[0])
+            .collect();
+        prop_assert!(twice.is_empty(), "fired twice: {:?}", twice);
+        Ok(alerts)
+    }
+
     fn ids(alerts: &[crate::alert::Alert]) -> Vec<(String, String)> {
         let mut v: Vec<(String, String)> = alerts
             .iter()
@@ -1235,34 +1282,21 @@ mod properties {
         #[test]
         fn transitions_are_deterministic(events in proptest::collection::vec(event(), 0..40),
                                          ticks in proptest::collection::vec(0i64..100_000, 0..40)) {
-            let e = prop_engine();
-            prop_assert_eq!(run(&e, &events, &ticks), run(&e, &events, &ticks));
+            deterministic(&prop_engine(), &events, &ticks)?;
         }
 
         /// Applying every event twice (a replay, a retried request) changes nothing.
         #[test]
         fn applying_an_event_twice_changes_nothing(events in proptest::collection::vec(event(), 0..40),
                                                    ticks in proptest::collection::vec(0i64..100_000, 0..40)) {
-            let e = prop_engine();
-            let doubled: Vec<LeadEvent> = events.iter().flat_map(|e| [e.clone(), e.clone()]).collect();
-            let doubled_ticks: Vec<i64> = ticks.iter().flat_map(|t| [*t, *t]).collect();
-            let (a1, s1) = run(&e, &events, &ticks);
-            let (a2, s2) = run(&e, &doubled, &doubled_ticks);
-            prop_assert_eq!(a1, a2);
-            let strip = |v: Vec<(String, LeadState)>| v.into_iter().map(|(k, mut s)| { s.recent_events.clear(); (k, s) }).collect::<Vec<_>>();
-            prop_assert_eq!(strip(s1), strip(s2));
+            applying_twice_changes_nothing(&prop_engine(), &events, &ticks)?;
         }
 
         /// Never the same (lead, rule, level, clock) twice.
         #[test]
         fn an_alert_id_fires_at_most_once(events in proptest::collection::vec(event(), 0..60),
                                           ticks in proptest::collection::vec(0i64..100_000, 0..60)) {
-            let (alerts, _) = run(&prop_engine(), &events, &ticks);
-            let mut ids: Vec<&str> = alerts.iter().map(|a| a.data.alert_id.as_str()).collect();
-            let n = ids.len();
-            ids.sort();
-            ids.dedup();
-            prop_assert_eq!(ids.len(), n);
+            fires_each_id_at_most_once(&prop_engine(), &events, &ticks)?;
         }
 
         /// A touch at or before a first-touch deadline always cancels it, whatever else happens
@@ -1472,5 +1506,126 @@ mod properties {
             let (a2, _) = run(&e, &shuffled, &[]);
             prop_assert_eq!(ids(&a1), ids(&a2));
         }
+    }
+
+    /// An event of a case proptest once found and shrank: `(id, lead, time of day, fields)` on
+    /// 2026-11-22, from the source `p`, as the generator made them then.
+    fn saved(id: &str, lead: &str, when: &str, fields: serde_json::Value) -> LeadEvent {
+        LeadEvent {
+            id: id.into(),
+            source: "p".into(),
+            lead: lead.into(),
+            occurred_at: t(when),
+            received_at: t(when),
+            change: Change::Updated {
+                fields: fields.as_object().unwrap().clone(),
+            },
+        }
+    }
+
+    /// The engine those cases were found with: sales-ready is `stage == "sales_ready"`, a
+    /// first-touch SLA of 4 h, and a reorder window wide enough to take events a day late.
+    fn saved_case_engine() -> Engine {
+        engine_with(RULES).with_reorder_window(std::time::Duration::from_secs(3 * 86_400))
+    }
+
+    /// Each property over `events` and `ticks`, for one case.
+    fn every_property(events: &[LeadEvent], ticks: &[i64]) -> Vec<crate::alert::Alert> {
+        let e = saved_case_engine();
+        deterministic(&e, events, ticks).unwrap();
+        applying_twice_changes_nothing(&e, events, ticks).unwrap();
+        fires_each_id_at_most_once(&e, events, ticks).unwrap()
+    }
+
+    /// (lead, type, clock start, owner, when it fired) of each alert.
+    fn fired(alerts: &[crate::alert::Alert]) -> Vec<(&str, &str, Timestamp, &str, Timestamp)> {
+        alerts
+            .iter()
+            .map(|a| {
+                (
+                    a.data.lead.as_str(),
+                    a.kind.as_str(),
+                    a.data.clock_started_at,
+                    a.data.owner.as_deref().unwrap_or(""),
+                    a.timestamp,
+                )
+            })
+            .collect()
+    }
+
+    /// Saved as proptest seed `cc 63505a9f…` (its generator has changed since, so the seed no
+    /// longer makes this case). L-2 becomes sales-ready at 20:15:12; its owner, bob, set at
+    /// 00:00, arrives late and starts the clock at 20:15:12; the breach fires the next day at
+    /// 00:15:12. Then a second owner change stamped at the same instant as bob's (alice) arrives:
+    /// the clock still starts at 20:15:12, now alice's, and that breach has fired.
+    #[test]
+    fn an_owner_change_arriving_after_the_breach_stamped_like_the_first_owner_does_not_fire_it_again()
+     {
+        let events = [
+            saved(
+                "e2-0-72912-0",
+                "L-2",
+                "20:15:12",
+                json!({"stage": "sales_ready"}),
+            ),
+            saved("e2-0-0-3", "L-2", "00:00:00", json!({"owner": "bob"})),
+            saved(
+                "e0-0-0-0",
+                "L-0",
+                "00:00:00",
+                json!({"stage": "sales_ready"}),
+            ),
+            saved(
+                "e0-0-0-0",
+                "L-0",
+                "00:00:00",
+                json!({"stage": "sales_ready"}),
+            ),
+            saved(
+                "e0-0-0-0",
+                "L-0",
+                "00:00:00",
+                json!({"stage": "sales_ready"}),
+            ),
+            saved("e2-0-0-2", "L-2", "00:00:00", json!({"owner": "alice"})),
+        ];
+        let alerts = every_property(&events, &[0, 87_312]);
+        let breached = "sla.first_touch.breached";
+        assert_eq!(
+            fired(&alerts),
+            [("L-2", breached, t("20:15:12"), "bob", at("+1d 00:15:12"))]
+        );
+    }
+
+    /// Saved as proptest seed `cc 8b95ca20…` (its generator has changed since, so the seed no
+    /// longer makes this case). L-2 is owned from 16:10:44; it became sales-ready at 00:00
+    /// (arriving late), so its clock starts at 16:10:44 and the breach fires at 20:10:44. Late
+    /// events then end that episode at 00:00 (nurture, stamped like the sales-ready) and start
+    /// another at 00:00:01: the new episode's clock starts at 16:10:44 again, and that breach
+    /// has fired.
+    #[test]
+    fn an_episode_ended_and_begun_again_by_late_events_under_the_same_clock_does_not_fire_again() {
+        let events = [
+            saved("e2-0-58244-2", "L-2", "16:10:44", json!({"owner": "alice"})),
+            saved(
+                "e2-0-0-0",
+                "L-2",
+                "00:00:00",
+                json!({"stage": "sales_ready"}),
+            ),
+            saved("e2-0-0-1", "L-2", "00:00:00", json!({"stage": "nurture"})),
+            saved(
+                "e2-0-1-0",
+                "L-2",
+                "00:00:01",
+                json!({"stage": "sales_ready"}),
+            ),
+        ];
+        let alerts = every_property(&events, &[0, 72_644]);
+        let breached = "sla.first_touch.breached";
+        assert_eq!(
+            fired(&alerts),
+            [("L-2", breached, t("16:10:44"), "alice", t("20:10:44"))]
+        );
     }
 }
