@@ -67,11 +67,7 @@ fn assert_one_alert_per_lead(receiver: &Receiver, n: usize) {
     }
 }
 
-async fn applied(daemon: &DaemonProcess) -> f64 {
-    daemon
-        .metric("leadwatch_engine_events_total{outcome=\"applied\"}")
-        .await
-}
+const APPLIED: &str = "leadwatch_engine_events_total{outcome=\"applied\"}";
 
 /// Where the broker is and how the daemons are configured for it.
 struct Setup {
@@ -122,8 +118,8 @@ async fn kill_9_before_the_deadlines(setup: Setup) {
     wait_for("daemon a ready", PATIENCE, || a.ready()).await;
     let posted = Instant::now();
     post_leads(&a, "crash", N).await;
-    wait_for("daemon a to apply every event", PATIENCE, || async {
-        applied(&a).await >= N as f64
+    a.wait_for_metric("daemon a to apply every event", APPLIED, PATIENCE, |v| {
+        v >= N as f64
     })
     .await;
     assert!(
@@ -209,11 +205,14 @@ async fn a_member_leaving_the_group_moves_its_leads_without_losing_or_repeating_
     })
     .await;
     post_leads(&a, "rebalance", N).await;
+    // Every lead is held by one of them once its event is applied (the gauge is always
+    // exported, so a daemon that holds none says 0).
+    const LEADS: &str = "leadwatch_engine_leads";
     wait_for("every event applied by one of them", PATIENCE, || async {
-        applied(&a).await + applied(&b).await >= N as f64
+        a.metric(LEADS).await + b.metric(LEADS).await >= N as f64
     })
     .await;
-    let a_had = applied(&a).await;
+    let a_had = a.metric(LEADS).await;
     a.terminate();
     wait_for("every alert", PATIENCE, || async {
         receiver.distinct() >= N
@@ -241,8 +240,8 @@ async fn state_is_restored_after_a_restart_and_missed_deadlines_fire_once() {
     wait_for("daemon a ready", PATIENCE, || a.ready()).await;
     let posted = Instant::now();
     post_leads(&a, "restore", N).await;
-    wait_for("daemon a to apply every event", PATIENCE, || async {
-        applied(&a).await >= N as f64
+    a.wait_for_metric("daemon a to apply every event", APPLIED, PATIENCE, |v| {
+        v >= N as f64
     })
     .await;
     assert!(
@@ -262,13 +261,32 @@ async fn state_is_restored_after_a_restart_and_missed_deadlines_fire_once() {
         receiver.distinct() >= N
     })
     .await;
-    // Daemon a committed its offsets on the way out: b knows the leads from the changelog alone.
+    // Daemon a committed its offsets on the way out: b knows the leads from the changelog alone
+    // and reads none of their events again. A new event is the one b applies.
+    let (status, _, body) = post_signed(
+        &b.url("/webhooks/web"),
+        SOURCE_SECRET,
+        &json!({"id": "restore-new", "type": "lead.updated", "lead": "restore-new",
+                "occurred_at": now_plus(0), "fields": {"stage": "new"}}),
+    )
+    .await;
+    assert_eq!(status, 202, "{body}");
+    b.wait_for_metric("daemon b to apply the new event", APPLIED, PATIENCE, |v| {
+        v >= 1.0
+    })
+    .await;
     assert_eq!(
-        applied(&b).await,
-        0.0,
-        "b re-read events instead of restoring state"
+        b.metric(APPLIED).await,
+        1.0,
+        "b applied events again instead of restoring state"
     );
-    assert_eq!(b.metric("leadwatch_engine_leads").await, N as f64);
+    assert_eq!(
+        b.metric_or_zero("leadwatch_engine_events_total{outcome=\"duplicate\"}")
+            .await,
+        0.0,
+        "b read events a had committed"
+    );
+    assert_eq!(b.metric("leadwatch_engine_leads").await, N as f64 + 1.0);
     b.terminate();
     assert_eq!(
         receiver.count(),

@@ -90,12 +90,20 @@ fn assert_signed_now(r: &ApiRequest) {
     );
 }
 
-async fn delivered(daemon: &Daemon, sink: &str) -> f64 {
-    daemon
-        .metric(&format!(
-            "leadwatch_alert_deliveries_total{{sink=\"{sink}\",outcome=\"delivered\"}}"
-        ))
-        .await
+/// Waits for `what`: at least `n` deliveries counted at each sink.
+async fn wait_delivered(daemon: &Daemon, what: &str, at_least: &[(&str, f64)]) {
+    for (sink, n) in at_least {
+        daemon
+            .wait_for_metric(
+                &format!("{what} ({sink})"),
+                &format!(
+                    "leadwatch_alert_deliveries_total{{sink=\"{sink}\",outcome=\"delivered\"}}"
+                ),
+                PATIENCE,
+                |v| v >= *n,
+            )
+            .await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -225,9 +233,11 @@ title = "Escalated: {{{{ lead }}}} ({{{{ company }}}})"
         &rules_text("1h"),
     )
     .await;
-    wait_for("the breach in Slack and Salesforce", PATIENCE, || async {
-        delivered(&daemon, "team_slack").await >= 1.0 && delivered(&daemon, "crm").await >= 1.0
-    })
+    wait_delivered(
+        &daemon,
+        "the breach in Slack and Salesforce",
+        &[("team_slack", 1.0), ("crm", 1.0)],
+    )
     .await;
 
     let got = slack.requests();
@@ -323,9 +333,11 @@ title = "Escalated: {{{{ lead }}}} ({{{{ company }}}})"
     // the failed attempt might have made, then creates it. No new token.
     let b = alert("sla.first_touch.breached", "salesforce:00Q5g00000B", 2);
     produce(kafka.bootstrap(), &b).await;
-    wait_for("the second breach in Salesforce", PATIENCE, || async {
-        delivered(&daemon, "crm").await >= 2.0 && delivered(&daemon, "team_slack").await >= 2.0
-    })
+    wait_delivered(
+        &daemon,
+        "the second breach in Salesforce",
+        &[("crm", 2.0), ("team_slack", 2.0)],
+    )
     .await;
     let sf = salesforce.requests();
     assert_eq!(
@@ -386,9 +398,11 @@ title = "Escalated: {{{{ lead }}}} ({{{{ company }}}})"
         },
     ];
     produce(kafka.bootstrap(), &c).await;
-    wait_for("the escalation in Teams and HubSpot", PATIENCE, || async {
-        delivered(&daemon, "teams").await >= 1.0 && delivered(&daemon, "hubspot").await >= 1.0
-    })
+    wait_delivered(
+        &daemon,
+        "the escalation in Teams and HubSpot",
+        &[("teams", 1.0), ("hubspot", 1.0)],
+    )
     .await;
     let hs = hubspot.requests();
     assert_eq!(
@@ -471,26 +485,25 @@ title = "Escalated: {{{{ lead }}}} ({{{{ company }}}})"
     assert_eq!(content["actions"][0]["url"], c.data.link.clone().unwrap());
 
     // The HubSpot contact's escalation also went to the Salesforce sink: not its lead, skipped.
-    wait_for(
-        "the HubSpot lead skipped by Salesforce",
-        PATIENCE,
-        || async {
-            daemon
-                .metric("leadwatch_alert_deliveries_total{sink=\"crm\",outcome=\"skipped\"}")
-                .await
-                == 1.0
-        },
-    )
-    .await;
+    daemon
+        .wait_for_metric(
+            "the HubSpot lead skipped by Salesforce",
+            "leadwatch_alert_deliveries_total{sink=\"crm\",outcome=\"skipped\"}",
+            PATIENCE,
+            |v| v == 1.0,
+        )
+        .await;
     assert_eq!(salesforce.count(), 8);
 
     // An escalation of a Salesforce lead reassigns it, and the task goes to the new owner.
     let mut e = alert("sla.first_touch.escalated", "salesforce:00Q5g00000E", 5);
     e.data.suggested_owner = Some("005A0000009".into());
     produce(kafka.bootstrap(), &e).await;
-    wait_for("the reassignment and its task", PATIENCE, || async {
-        delivered(&daemon, "crm").await >= 3.0 && delivered(&daemon, "teams").await >= 2.0
-    })
+    wait_delivered(
+        &daemon,
+        "the reassignment and its task",
+        &[("crm", 3.0), ("teams", 2.0)],
+    )
     .await;
     let sf = salesforce.requests();
     assert_eq!(
@@ -511,13 +524,14 @@ title = "Escalated: {{{{ lead }}}} ({{{{ company }}}})"
     // A close-out alert for marketing ops: no route takes it; logged and counted.
     let d = alert("disposition.late", "salesforce:00Q5g00000D", 4);
     produce(kafka.bootstrap(), &d).await;
-    wait_for("the unrouted alert to be counted", PATIENCE, || async {
-        daemon
-            .metric("leadwatch_alerts_unrouted_total{type=\"disposition.late\"}")
-            .await
-            == 1.0
-    })
-    .await;
+    daemon
+        .wait_for_metric(
+            "the unrouted alert to be counted",
+            "leadwatch_alerts_unrouted_total{type=\"disposition.late\"}",
+            PATIENCE,
+            |v| v == 1.0,
+        )
+        .await;
     let metrics = reqwest::get(daemon.url("/metrics"))
         .await
         .unwrap()
@@ -622,17 +636,19 @@ retry_schedule = ["300ms", "1s", "2s", "5s", "10s", "10s", "10s", "10s", "10s", 
         side.count() >= N as usize
     })
     .await;
-    wait_for("every refusal dead-lettered", PATIENCE, || async {
-        a.metric("leadwatch_alert_deliveries_total{sink=\"strict\",outcome=\"dead_lettered\"}")
-            .await
-            >= N as f64
-    })
+    a.wait_for_metric(
+        "every refusal dead-lettered",
+        "leadwatch_alert_deliveries_total{sink=\"strict\",outcome=\"dead_lettered\"}",
+        PATIENCE,
+        |v| v >= N as f64,
+    )
     .await;
-    wait_for("the outage's backlog", PATIENCE, || async {
-        a.metric("leadwatch_delivery_retry_backlog{sink=\"hook\"}")
-            .await
-            == N as f64
-    })
+    a.wait_for_metric(
+        "the outage's backlog",
+        "leadwatch_delivery_retry_backlog{sink=\"hook\"}",
+        PATIENCE,
+        |v| v == N as f64,
+    )
     .await;
     assert_eq!(strict.count(), N as usize, "a 400 is not retried");
     // Counted as they are decided; written a moment later.
@@ -662,11 +678,12 @@ retry_schedule = ["300ms", "1s", "2s", "5s", "10s", "10s", "10s", "10s", "10s", 
     // from Kafka, not from memory.
     a.stop().await;
     let b = Daemon::start(&config, &rules_text("1h")).await;
-    wait_for("the backlog restored", PATIENCE, || async {
-        b.metric("leadwatch_delivery_retry_backlog{sink=\"hook\"}")
-            .await
-            == N as f64
-    })
+    b.wait_for_metric(
+        "the backlog restored",
+        "leadwatch_delivery_retry_backlog{sink=\"hook\"}",
+        PATIENCE,
+        |v| v == N as f64,
+    )
     .await;
     let back = Instant::now();
     let hook = Api::start_on(down, |_, _| Answer::new(204, "")).await;
@@ -677,11 +694,12 @@ retry_schedule = ["300ms", "1s", "2s", "5s", "10s", "10s", "10s", "10s", "10s", 
     )
     .await;
     let caught_up = back.elapsed();
-    wait_for("the backlog to empty", PATIENCE, || async {
-        b.metric("leadwatch_delivery_retry_backlog{sink=\"hook\"}")
-            .await
-            == 0.0
-    })
+    b.wait_for_metric(
+        "the backlog to empty",
+        "leadwatch_delivery_retry_backlog{sink=\"hook\"}",
+        PATIENCE,
+        |v| v == 0.0,
+    )
     .await;
     let got = hook.requests();
     let mut ids: Vec<&str> = got.iter().map(|r| r.header("webhook-id")).collect();
@@ -928,11 +946,12 @@ async fn a_sink_that_says_when_to_retry_is_waited_for_but_cannot_shorten_the_sch
     let d = Daemon::start(&config, &rules_text("1h")).await;
     let a = alert("sla.first_touch.breached", "L-1", 1);
     produce(kafka.bootstrap(), &a).await;
-    wait_for("delivered once the sink accepts", PATIENCE, || async {
-        d.metric("leadwatch_alert_deliveries_total{sink=\"hook\",outcome=\"delivered\"}")
-            .await
-            >= 1.0
-    })
+    d.wait_for_metric(
+        "delivered once the sink accepts",
+        "leadwatch_alert_deliveries_total{sink=\"hook\",outcome=\"delivered\"}",
+        PATIENCE,
+        |v| v >= 1.0,
+    )
     .await;
     let got = hook.requests();
     assert_eq!(got.len(), 3, "{:?}", lines(&got));
@@ -943,8 +962,10 @@ async fn a_sink_that_says_when_to_retry_is_waited_for_but_cannot_shorten_the_sch
     let second = got[2].at - got[1].at;
     assert!(second >= Duration::from_millis(1950), "{second:?}");
     assert_eq!(
-        d.metric("leadwatch_alert_deliveries_total{sink=\"hook\",outcome=\"dead_lettered\"}")
-            .await,
+        d.metric_or_zero(
+            "leadwatch_alert_deliveries_total{sink=\"hook\",outcome=\"dead_lettered\"}"
+        )
+        .await,
         0.0
     );
     // Each attempt is the same alert, signed afresh.

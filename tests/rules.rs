@@ -84,13 +84,14 @@ async fn warm_up(daemon: &Daemon) {
     )
     .await;
     assert_eq!(status, 202);
-    wait_for("the engine to apply a first event", PATIENCE, || async {
-        daemon
-            .metric("leadwatch_engine_events_total{outcome=\"applied\"}")
-            .await
-            >= 1.0
-    })
-    .await;
+    daemon
+        .wait_for_metric(
+            "the engine to apply a first event",
+            "leadwatch_engine_events_total{outcome=\"applied\"}",
+            PATIENCE,
+            |v| v >= 1.0,
+        )
+        .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -243,13 +244,14 @@ async fn edited_rules_apply_on_reload_and_bad_ones_are_refused() {
     )
     .await;
     assert_eq!(status, 202);
-    wait_for("the lead applied", PATIENCE, || async {
-        daemon
-            .metric("leadwatch_engine_events_total{outcome=\"applied\"}")
-            .await
-            >= 2.0
-    })
-    .await;
+    daemon
+        .wait_for_metric(
+            "the lead applied",
+            "leadwatch_engine_events_total{outcome=\"applied\"}",
+            PATIENCE,
+            |v| v >= 2.0,
+        )
+        .await;
 
     // The agreement changes to 2 s: the open lead's deadline moves, and its alert comes now.
     std::fs::write(daemon.dir.path().join("rules.toml"), rules_text("2s")).unwrap();
@@ -276,13 +278,14 @@ async fn edited_rules_apply_on_reload_and_bad_ones_are_refused() {
     )
     .unwrap();
     reload.send(()).unwrap();
-    wait_for("the refused reload counted", PATIENCE, || async {
-        daemon
-            .metric("leadwatch_rules_reloads_total{outcome=\"invalid\"}")
-            .await
-            == 1.0
-    })
-    .await;
+    daemon
+        .wait_for_metric(
+            "the refused reload counted",
+            "leadwatch_rules_reloads_total{outcome=\"invalid\"}",
+            PATIENCE,
+            |v| v == 1.0,
+        )
+        .await;
     let (status, _, _) =
         post_signed(&url, SOURCE_SECRET, &ready_event("s1", "L-s", &now_plus(0))).await;
     assert_eq!(status, 202);
@@ -337,11 +340,12 @@ async fn rules_edited_across_a_restart_apply_to_leads_as_they_stand() {
     )
     .await;
     assert_eq!(status, 202);
-    wait_for("the lead applied", PATIENCE, || async {
-        a.metric("leadwatch_engine_events_total{outcome=\"applied\"}")
-            .await
-            >= 2.0
-    })
+    a.wait_for_metric(
+        "the lead applied",
+        "leadwatch_engine_events_total{outcome=\"applied\"}",
+        PATIENCE,
+        |v| v >= 2.0,
+    )
     .await;
     a.stop().await;
     assert_eq!(receiver.count(), 0);
