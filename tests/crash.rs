@@ -3,7 +3,7 @@
 
 mod support;
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::time::{Duration, Instant};
 
 use serde_json::json;
@@ -68,6 +68,14 @@ fn assert_one_alert_per_lead(receiver: &Receiver, n: usize) {
 }
 
 const APPLIED: &str = "leadwatch_engine_events_total{outcome=\"applied\"}";
+
+/// The webhook-ids among `requests`, each once.
+fn ids(requests: &[Received]) -> BTreeSet<String> {
+    requests
+        .iter()
+        .map(|r| r.header("webhook-id").to_string())
+        .collect()
+}
 
 /// Where the broker is and how the daemons are configured for it.
 struct Setup {
@@ -155,8 +163,10 @@ async fn kill_9_before_the_deadlines_on_tansu() {
         .await;
 }
 
-/// Kills the daemon while a slow endpoint is receiving alerts: every lead still gets its alert,
-/// and a repeat (a delivery in flight at the kill) carries the same webhook-id and body.
+/// Kills the daemon while a slow endpoint is receiving alerts: every lead still gets its alert
+/// answered, and a repeat (a delivery in flight at the kill) carries the same webhook-id and
+/// body. A delivery counts once the receiver's answer is written back, not when the request
+/// arrives: one cut off by the kill was never answered.
 async fn kill_9_while_delivering(setup: Setup) {
     const N: usize = 30;
     let dir = tempfile::tempdir().unwrap();
@@ -169,14 +179,29 @@ async fn kill_9_while_delivering(setup: Setup) {
     })
     .await;
     a.kill();
-    let at_kill = receiver.count();
+    // In flight at the kill: arrived, never answered.
+    let answered_before = ids(&receiver.answered());
+    let cut_off: BTreeSet<String> = ids(&receiver.all())
+        .difference(&answered_before)
+        .cloned()
+        .collect();
+    assert!(!cut_off.is_empty(), "no delivery was in flight at the kill");
     let b = setup.start(dir.path(), "b", &receiver, "3s");
     // The deliveries cut off by the kill were never acknowledged: the restart makes them again.
-    wait_for("every alert after the restart", PATIENCE, || async {
-        receiver.distinct() >= N && receiver.count() > at_kill
-    })
+    wait_for(
+        "every alert answered after the restart",
+        PATIENCE,
+        || async { ids(&receiver.answered()).len() >= N },
+    )
     .await;
     b.terminate();
+    let answered = ids(&receiver.answered());
+    assert_eq!(answered.len(), N, "alerts answered");
+    assert!(
+        cut_off.is_subset(&answered),
+        "cut off by the kill and not made again: {:?}",
+        cut_off.difference(&answered).collect::<Vec<_>>()
+    );
     assert_one_alert_per_lead(&receiver, N);
 }
 

@@ -70,6 +70,42 @@ async fn produce(bootstrap: &str, alert: &Alert) {
         .unwrap();
 }
 
+/// Over the partitions of `{prefix}.alerts`: the offsets the dispatcher of `group` committed
+/// (every alert before them settled or skipped for good), and the end offsets.
+async fn alerts_committed(bootstrap: &str, group: &str) -> (i64, i64) {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    let (bootstrap, group) = (bootstrap.to_string(), format!("{group}.dispatch"));
+    tokio::task::spawn_blocking(move || {
+        let consumer: BaseConsumer = rdkafka::ClientConfig::new()
+            .set("bootstrap.servers", &bootstrap)
+            .set("group.id", &group)
+            .create()
+            .unwrap();
+        let topic = format!("{PREFIX}.alerts");
+        let timeout = Duration::from_secs(10);
+        let md = consumer.fetch_metadata(Some(&topic), timeout).unwrap();
+        let mut tpl = rdkafka::TopicPartitionList::new();
+        let mut end = 0;
+        for p in md.topics()[0].partitions() {
+            tpl.add_partition(&topic, p.id());
+            end += consumer
+                .fetch_watermarks(&topic, p.id(), timeout)
+                .unwrap()
+                .1;
+        }
+        let committed = consumer
+            .committed_offsets(tpl, timeout)
+            .unwrap()
+            .elements()
+            .iter()
+            .map(|e| e.offset().to_raw().filter(|o| *o >= 0).unwrap_or(0))
+            .sum();
+        (committed, end)
+    })
+    .await
+    .unwrap()
+}
+
 fn lines(requests: &[ApiRequest]) -> Vec<String> {
     requests.iter().map(|r| r.line()).collect()
 }
@@ -1090,7 +1126,8 @@ async fn salesforce_refusals_that_are_final_and_one_that_is_not() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_copy_of_an_alert_in_flight_is_not_delivered_again() {
     let kafka = kafka(2);
-    let receiver = Receiver::start_slow(Duration::from_secs(3)).await;
+    // Slow, but within the sinks' `request_timeout` (2 s): the first delivery succeeds.
+    let receiver = Receiver::start_slow(Duration::from_secs(1)).await;
     let sinks = format!(
         "[sinks.hook]\nkind = \"webhook\"\nurl = \"{}\"\nsecret = \"{SINK_SECRET}\"\n",
         receiver.url
@@ -1115,11 +1152,29 @@ async fn a_copy_of_an_alert_in_flight_is_not_delivered_again() {
         receiver.distinct() >= 2
     })
     .await;
-    let ids: Vec<String> = receiver
-        .all()
-        .iter()
-        .map(|r| r.header("webhook-id").to_string())
-        .collect();
-    assert_eq!(ids, [first.id(), next.id()], "the copy was delivered too");
+    // The copy waits for the first delivery (1 s) before it is decided: only once the
+    // dispatcher has stopped, its work finished and its offsets committed, can the receiver
+    // be asked whether the copy came too.
     d.stop().await;
+    assert_eq!(
+        alerts_committed(kafka.bootstrap(), "lwcopies").await,
+        (3, 3),
+        "every copy decided before the stop"
+    );
+    let ids = |requests: Vec<Received>| -> Vec<String> {
+        requests
+            .iter()
+            .map(|r| r.header("webhook-id").to_string())
+            .collect()
+    };
+    assert_eq!(
+        ids(receiver.all()),
+        [first.id(), next.id()],
+        "the copy was delivered too"
+    );
+    assert_eq!(
+        ids(receiver.answered()),
+        [first.id(), next.id()],
+        "the first delivery was not answered: the copy never had one to wait for"
+    );
 }

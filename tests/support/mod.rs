@@ -90,6 +90,7 @@ impl Received {
 pub struct Receiver {
     pub url: String,
     received: Arc<Mutex<Vec<Received>>>,
+    answered: Arc<Mutex<Vec<Received>>>,
     _stop: oneshot::Sender<()>,
 }
 
@@ -99,12 +100,16 @@ impl Receiver {
     }
 
     /// A receiver that takes `delay` to answer each request (a slow endpoint); requests are
-    /// recorded as they arrive.
+    /// recorded as they arrive ([`Receiver::all`]), and again once answered
+    /// ([`Receiver::answered`]).
     pub async fn start_slow(delay: Duration) -> Self {
         let received = Arc::new(Mutex::new(Vec::new()));
-        let app = Router::new()
-            .route("/alerts", post(record))
-            .with_state((received.clone(), delay));
+        let answered = Arc::new(Mutex::new(Vec::new()));
+        let app = Router::new().route("/alerts", post(record)).with_state((
+            received.clone(),
+            answered.clone(),
+            delay,
+        ));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (stop, stopped) = oneshot::channel::<()>();
@@ -119,12 +124,20 @@ impl Receiver {
         Self {
             url: format!("http://{addr}/alerts"),
             received,
+            answered,
             _stop: stop,
         }
     }
 
+    /// Every request, as it arrived (answered or not).
     pub fn all(&self) -> Vec<Received> {
         self.received.lock().unwrap().clone()
+    }
+
+    /// The requests whose answer was written back: a delivery cut off before its answer (the
+    /// sender died, or gave up) is not one.
+    pub fn answered(&self) -> Vec<Received> {
+        self.answered.lock().unwrap().clone()
     }
 
     pub fn count(&self) -> usize {
@@ -144,18 +157,30 @@ impl Receiver {
     }
 }
 
-type ReceiverState = (Arc<Mutex<Vec<Received>>>, Duration);
+type ReceiverState = (
+    Arc<Mutex<Vec<Received>>>,
+    Arc<Mutex<Vec<Received>>>,
+    Duration,
+);
 
+/// Records the request, waits `delay`, answers 200. The answer's body records the request as
+/// answered when the server takes it to write back, after the status line and headers: a
+/// request whose sender is gone by then is dropped with its handler, unanswered.
 async fn record(
-    State((received, delay)): State<ReceiverState>,
+    State((received, answered, delay)): State<ReceiverState>,
     headers: HeaderMap,
     body: Bytes,
-) -> StatusCode {
-    received.lock().unwrap().push(Received { headers, body });
+) -> (StatusCode, axum::body::Body) {
+    let request = Received { headers, body };
+    received.lock().unwrap().push(request.clone());
     if !delay.is_zero() {
         tokio::time::sleep(delay).await;
     }
-    StatusCode::NO_CONTENT
+    let written = futures::stream::once(async move {
+        answered.lock().unwrap().push(request);
+        Ok::<_, std::convert::Infallible>(Bytes::from_static(b"ok"))
+    });
+    (StatusCode::OK, axum::body::Body::from_stream(written))
 }
 
 /// The daemon, running in-process against `bootstrap`.
