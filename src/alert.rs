@@ -235,6 +235,61 @@ mod tests {
         assert_ne!(alert_id_of("L-1", "first_touch", 0, t, Some("reminder")), a);
     }
 
+    /// An alert id is the idempotency key toward every sink, the key of the delivery ledger and
+    /// the retry backlog, and what a lead's "fired" marks stand for. Derived any other way after
+    /// an upgrade, every alert that already fired would look new and be delivered again. So the
+    /// ids of fixed inputs are literals here, computed once: a change that makes this fail
+    /// re-keys alerts in production. Do not update the literals; undo the change.
+    #[test]
+    fn alert_ids_are_pinned() {
+        let t: Timestamp = "2026-11-22T10:00:00Z".parse().unwrap();
+        let sub_second: Timestamp = "2026-11-22T10:00:00.25Z".parse().unwrap();
+        // Every (rule, level, variant) the engine fires (see `engine::deadlines::owed`).
+        let got = [
+            alert_id("L-1", "handoff", 0, t),
+            alert_id_of("L-1", "first_touch", 0, t, Some("reminder")),
+            alert_id("L-1", "first_touch", 0, t),
+            alert_id("L-1", "first_touch", 1, t),
+            alert_id("L-1", "first_touch", 2, t),
+            alert_id("L-1", "follow_up", 0, t),
+            alert_id_of(
+                "L-1",
+                "disposition",
+                0,
+                t,
+                Some("disposition.missing_reason"),
+            ),
+            alert_id_of(
+                "L-1",
+                "disposition",
+                0,
+                t,
+                Some("disposition.unknown_reason"),
+            ),
+            alert_id_of("L-1", "disposition", 0, t, Some("disposition.vague_reason")),
+            alert_id_of("L-1", "disposition", 0, t, Some("disposition.late")),
+            // A vendor lead key, and a clock with a fraction of a second (how the instant is
+            // written is part of the id).
+            alert_id("hubspot:1551", "first_touch", 0, sub_second),
+        ];
+        assert_eq!(
+            got,
+            [
+                "alert_58ab3bf097dd0c0cc2baecec7498e937",
+                "alert_f322c71b24ae3fd1cf295edf4573725e",
+                "alert_cb070952382793f05aa37c7d7779d9a7",
+                "alert_75c69bdd6f22215a4e0c452d6cfb6f44",
+                "alert_7107ca3fb9c9c37e9ab1a9ef2a2e8b42",
+                "alert_fcb4660450864da0f818e299e7833733",
+                "alert_8b94b4e07751a91a8b3e1e6330084640",
+                "alert_56b6bee1517c6f0fd765bfa665165701",
+                "alert_67f762d9f69280163445b4ab6b4eb1c5",
+                "alert_67509963e4fb758f1fcc39fd38655e5e",
+                "alert_3c4f611c9bf5c58d780a8974c97c138a",
+            ]
+        );
+    }
+
     #[test]
     fn lead_keys_split_into_system_and_object_id() {
         assert_eq!(split_lead_key("hubspot:123"), (Some("hubspot"), "123"));

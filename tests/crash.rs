@@ -3,7 +3,7 @@
 
 mod support;
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::time::{Duration, Instant};
 
 use serde_json::json;
@@ -67,10 +67,14 @@ fn assert_one_alert_per_lead(receiver: &Receiver, n: usize) {
     }
 }
 
-async fn applied(daemon: &DaemonProcess) -> f64 {
-    daemon
-        .metric("leadwatch_engine_events_total{outcome=\"applied\"}")
-        .await
+const APPLIED: &str = "leadwatch_engine_events_total{outcome=\"applied\"}";
+
+/// The webhook-ids among `requests`, each once.
+fn ids(requests: &[Received]) -> BTreeSet<String> {
+    requests
+        .iter()
+        .map(|r| r.header("webhook-id").to_string())
+        .collect()
 }
 
 /// Where the broker is and how the daemons are configured for it.
@@ -122,8 +126,8 @@ async fn kill_9_before_the_deadlines(setup: Setup) {
     wait_for("daemon a ready", PATIENCE, || a.ready()).await;
     let posted = Instant::now();
     post_leads(&a, "crash", N).await;
-    wait_for("daemon a to apply every event", PATIENCE, || async {
-        applied(&a).await >= N as f64
+    a.wait_for_metric("daemon a to apply every event", APPLIED, PATIENCE, |v| {
+        v >= N as f64
     })
     .await;
     assert!(
@@ -159,8 +163,10 @@ async fn kill_9_before_the_deadlines_on_tansu() {
         .await;
 }
 
-/// Kills the daemon while a slow endpoint is receiving alerts: every lead still gets its alert,
-/// and a repeat (a delivery in flight at the kill) carries the same webhook-id and body.
+/// Kills the daemon while a slow endpoint is receiving alerts: every lead still gets its alert
+/// answered, and a repeat (a delivery in flight at the kill) carries the same webhook-id and
+/// body. A delivery counts once the receiver's answer is written back, not when the request
+/// arrives: one cut off by the kill was never answered.
 async fn kill_9_while_delivering(setup: Setup) {
     const N: usize = 30;
     let dir = tempfile::tempdir().unwrap();
@@ -173,14 +179,29 @@ async fn kill_9_while_delivering(setup: Setup) {
     })
     .await;
     a.kill();
-    let at_kill = receiver.count();
+    // In flight at the kill: arrived, never answered.
+    let answered_before = ids(&receiver.answered());
+    let cut_off: BTreeSet<String> = ids(&receiver.all())
+        .difference(&answered_before)
+        .cloned()
+        .collect();
+    assert!(!cut_off.is_empty(), "no delivery was in flight at the kill");
     let b = setup.start(dir.path(), "b", &receiver, "3s");
     // The deliveries cut off by the kill were never acknowledged: the restart makes them again.
-    wait_for("every alert after the restart", PATIENCE, || async {
-        receiver.distinct() >= N && receiver.count() > at_kill
-    })
+    wait_for(
+        "every alert answered after the restart",
+        PATIENCE,
+        || async { ids(&receiver.answered()).len() >= N },
+    )
     .await;
     b.terminate();
+    let answered = ids(&receiver.answered());
+    assert_eq!(answered.len(), N, "alerts answered");
+    assert!(
+        cut_off.is_subset(&answered),
+        "cut off by the kill and not made again: {:?}",
+        cut_off.difference(&answered).collect::<Vec<_>>()
+    );
     assert_one_alert_per_lead(&receiver, N);
 }
 
@@ -209,11 +230,14 @@ async fn a_member_leaving_the_group_moves_its_leads_without_losing_or_repeating_
     })
     .await;
     post_leads(&a, "rebalance", N).await;
+    // Every lead is held by one of them once its event is applied (the gauge is always
+    // exported, so a daemon that holds none says 0).
+    const LEADS: &str = "leadwatch_engine_leads";
     wait_for("every event applied by one of them", PATIENCE, || async {
-        applied(&a).await + applied(&b).await >= N as f64
+        a.metric(LEADS).await + b.metric(LEADS).await >= N as f64
     })
     .await;
-    let a_had = applied(&a).await;
+    let a_had = a.metric(LEADS).await;
     a.terminate();
     wait_for("every alert", PATIENCE, || async {
         receiver.distinct() >= N
@@ -241,8 +265,8 @@ async fn state_is_restored_after_a_restart_and_missed_deadlines_fire_once() {
     wait_for("daemon a ready", PATIENCE, || a.ready()).await;
     let posted = Instant::now();
     post_leads(&a, "restore", N).await;
-    wait_for("daemon a to apply every event", PATIENCE, || async {
-        applied(&a).await >= N as f64
+    a.wait_for_metric("daemon a to apply every event", APPLIED, PATIENCE, |v| {
+        v >= N as f64
     })
     .await;
     assert!(
@@ -262,13 +286,32 @@ async fn state_is_restored_after_a_restart_and_missed_deadlines_fire_once() {
         receiver.distinct() >= N
     })
     .await;
-    // Daemon a committed its offsets on the way out: b knows the leads from the changelog alone.
+    // Daemon a committed its offsets on the way out: b knows the leads from the changelog alone
+    // and reads none of their events again. A new event is the one b applies.
+    let (status, _, body) = post_signed(
+        &b.url("/webhooks/web"),
+        SOURCE_SECRET,
+        &json!({"id": "restore-new", "type": "lead.updated", "lead": "restore-new",
+                "occurred_at": now_plus(0), "fields": {"stage": "new"}}),
+    )
+    .await;
+    assert_eq!(status, 202, "{body}");
+    b.wait_for_metric("daemon b to apply the new event", APPLIED, PATIENCE, |v| {
+        v >= 1.0
+    })
+    .await;
     assert_eq!(
-        applied(&b).await,
-        0.0,
-        "b re-read events instead of restoring state"
+        b.metric(APPLIED).await,
+        1.0,
+        "b applied events again instead of restoring state"
     );
-    assert_eq!(b.metric("leadwatch_engine_leads").await, N as f64);
+    assert_eq!(
+        b.metric_or_zero("leadwatch_engine_events_total{outcome=\"duplicate\"}")
+            .await,
+        0.0,
+        "b read events a had committed"
+    );
+    assert_eq!(b.metric("leadwatch_engine_leads").await, N as f64 + 1.0);
     b.terminate();
     assert_eq!(
         receiver.count(),

@@ -71,6 +71,42 @@ async fn produce(bootstrap: &str, alert: &Alert) {
         .unwrap();
 }
 
+/// Over the partitions of `{prefix}.alerts`: the offsets the dispatcher of `group` committed
+/// (every alert before them settled or skipped for good), and the end offsets.
+async fn alerts_committed(bootstrap: &str, group: &str) -> (i64, i64) {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    let (bootstrap, group) = (bootstrap.to_string(), format!("{group}.dispatch"));
+    tokio::task::spawn_blocking(move || {
+        let consumer: BaseConsumer = rdkafka::ClientConfig::new()
+            .set("bootstrap.servers", &bootstrap)
+            .set("group.id", &group)
+            .create()
+            .unwrap();
+        let topic = format!("{PREFIX}.alerts");
+        let timeout = Duration::from_secs(10);
+        let md = consumer.fetch_metadata(Some(&topic), timeout).unwrap();
+        let mut tpl = rdkafka::TopicPartitionList::new();
+        let mut end = 0;
+        for p in md.topics()[0].partitions() {
+            tpl.add_partition(&topic, p.id());
+            end += consumer
+                .fetch_watermarks(&topic, p.id(), timeout)
+                .unwrap()
+                .1;
+        }
+        let committed = consumer
+            .committed_offsets(tpl, timeout)
+            .unwrap()
+            .elements()
+            .iter()
+            .map(|e| e.offset().to_raw().filter(|o| *o >= 0).unwrap_or(0))
+            .sum();
+        (committed, end)
+    })
+    .await
+    .unwrap()
+}
+
 fn lines(requests: &[ApiRequest]) -> Vec<String> {
     requests.iter().map(|r| r.line()).collect()
 }
@@ -91,12 +127,20 @@ fn assert_signed_now(r: &ApiRequest) {
     );
 }
 
-async fn delivered(daemon: &Daemon, sink: &str) -> f64 {
-    daemon
-        .metric(&format!(
-            "leadwatch_alert_deliveries_total{{sink=\"{sink}\",outcome=\"delivered\"}}"
-        ))
-        .await
+/// Waits for `what`: at least `n` deliveries counted at each sink.
+async fn wait_delivered(daemon: &Daemon, what: &str, at_least: &[(&str, f64)]) {
+    for (sink, n) in at_least {
+        daemon
+            .wait_for_metric(
+                &format!("{what} ({sink})"),
+                &format!(
+                    "leadwatch_alert_deliveries_total{{sink=\"{sink}\",outcome=\"delivered\"}}"
+                ),
+                PATIENCE,
+                |v| v >= *n,
+            )
+            .await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -226,9 +270,11 @@ title = "Escalated: {{{{ lead }}}} ({{{{ company }}}})"
         &rules_text("1h"),
     )
     .await;
-    wait_for("the breach in Slack and Salesforce", PATIENCE, || async {
-        delivered(&daemon, "team_slack").await >= 1.0 && delivered(&daemon, "crm").await >= 1.0
-    })
+    wait_delivered(
+        &daemon,
+        "the breach in Slack and Salesforce",
+        &[("team_slack", 1.0), ("crm", 1.0)],
+    )
     .await;
 
     let got = slack.requests();
@@ -324,9 +370,11 @@ title = "Escalated: {{{{ lead }}}} ({{{{ company }}}})"
     // the failed attempt might have made, then creates it. No new token.
     let b = alert("sla.first_touch.breached", "salesforce:00Q5g00000B", 2);
     produce(kafka.bootstrap(), &b).await;
-    wait_for("the second breach in Salesforce", PATIENCE, || async {
-        delivered(&daemon, "crm").await >= 2.0 && delivered(&daemon, "team_slack").await >= 2.0
-    })
+    wait_delivered(
+        &daemon,
+        "the second breach in Salesforce",
+        &[("crm", 2.0), ("team_slack", 2.0)],
+    )
     .await;
     let sf = salesforce.requests();
     assert_eq!(
@@ -387,9 +435,11 @@ title = "Escalated: {{{{ lead }}}} ({{{{ company }}}})"
         },
     ];
     produce(kafka.bootstrap(), &c).await;
-    wait_for("the escalation in Teams and HubSpot", PATIENCE, || async {
-        delivered(&daemon, "teams").await >= 1.0 && delivered(&daemon, "hubspot").await >= 1.0
-    })
+    wait_delivered(
+        &daemon,
+        "the escalation in Teams and HubSpot",
+        &[("teams", 1.0), ("hubspot", 1.0)],
+    )
     .await;
     let hs = hubspot.requests();
     assert_eq!(
@@ -472,26 +522,25 @@ title = "Escalated: {{{{ lead }}}} ({{{{ company }}}})"
     assert_eq!(content["actions"][0]["url"], c.data.link.clone().unwrap());
 
     // The HubSpot contact's escalation also went to the Salesforce sink: not its lead, skipped.
-    wait_for(
-        "the HubSpot lead skipped by Salesforce",
-        PATIENCE,
-        || async {
-            daemon
-                .metric("leadwatch_alert_deliveries_total{sink=\"crm\",outcome=\"skipped\"}")
-                .await
-                == 1.0
-        },
-    )
-    .await;
+    daemon
+        .wait_for_metric(
+            "the HubSpot lead skipped by Salesforce",
+            "leadwatch_alert_deliveries_total{sink=\"crm\",outcome=\"skipped\"}",
+            PATIENCE,
+            |v| v == 1.0,
+        )
+        .await;
     assert_eq!(salesforce.count(), 8);
 
     // An escalation of a Salesforce lead reassigns it, and the task goes to the new owner.
     let mut e = alert("sla.first_touch.escalated", "salesforce:00Q5g00000E", 5);
     e.data.suggested_owner = Some("005A0000009".into());
     produce(kafka.bootstrap(), &e).await;
-    wait_for("the reassignment and its task", PATIENCE, || async {
-        delivered(&daemon, "crm").await >= 3.0 && delivered(&daemon, "teams").await >= 2.0
-    })
+    wait_delivered(
+        &daemon,
+        "the reassignment and its task",
+        &[("crm", 3.0), ("teams", 2.0)],
+    )
     .await;
     let sf = salesforce.requests();
     assert_eq!(
@@ -512,13 +561,14 @@ title = "Escalated: {{{{ lead }}}} ({{{{ company }}}})"
     // A close-out alert for marketing ops: no route takes it; logged and counted.
     let d = alert("disposition.late", "salesforce:00Q5g00000D", 4);
     produce(kafka.bootstrap(), &d).await;
-    wait_for("the unrouted alert to be counted", PATIENCE, || async {
-        daemon
-            .metric("leadwatch_alerts_unrouted_total{type=\"disposition.late\"}")
-            .await
-            == 1.0
-    })
-    .await;
+    daemon
+        .wait_for_metric(
+            "the unrouted alert to be counted",
+            "leadwatch_alerts_unrouted_total{type=\"disposition.late\"}",
+            PATIENCE,
+            |v| v == 1.0,
+        )
+        .await;
     let metrics = reqwest::get(daemon.url("/metrics"))
         .await
         .unwrap()
@@ -623,17 +673,19 @@ retry_schedule = ["300ms", "1s", "2s", "5s", "10s", "10s", "10s", "10s", "10s", 
         side.count() >= N as usize
     })
     .await;
-    wait_for("every refusal dead-lettered", PATIENCE, || async {
-        a.metric("leadwatch_alert_deliveries_total{sink=\"strict\",outcome=\"dead_lettered\"}")
-            .await
-            >= N as f64
-    })
+    a.wait_for_metric(
+        "every refusal dead-lettered",
+        "leadwatch_alert_deliveries_total{sink=\"strict\",outcome=\"dead_lettered\"}",
+        PATIENCE,
+        |v| v >= N as f64,
+    )
     .await;
-    wait_for("the outage's backlog", PATIENCE, || async {
-        a.metric("leadwatch_delivery_retry_backlog{sink=\"hook\"}")
-            .await
-            == N as f64
-    })
+    a.wait_for_metric(
+        "the outage's backlog",
+        "leadwatch_delivery_retry_backlog{sink=\"hook\"}",
+        PATIENCE,
+        |v| v == N as f64,
+    )
     .await;
     assert_eq!(strict.count(), N as usize, "a 400 is not retried");
     // Counted as they are decided; written a moment later.
@@ -663,11 +715,12 @@ retry_schedule = ["300ms", "1s", "2s", "5s", "10s", "10s", "10s", "10s", "10s", 
     // from Kafka, not from memory.
     a.stop().await;
     let b = Daemon::start(&config, &rules_text("1h")).await;
-    wait_for("the backlog restored", PATIENCE, || async {
-        b.metric("leadwatch_delivery_retry_backlog{sink=\"hook\"}")
-            .await
-            == N as f64
-    })
+    b.wait_for_metric(
+        "the backlog restored",
+        "leadwatch_delivery_retry_backlog{sink=\"hook\"}",
+        PATIENCE,
+        |v| v == N as f64,
+    )
     .await;
     let back = Instant::now();
     let hook = Api::start_on(down, |_, _| Answer::new(204, "")).await;
@@ -678,11 +731,12 @@ retry_schedule = ["300ms", "1s", "2s", "5s", "10s", "10s", "10s", "10s", "10s", 
     )
     .await;
     let caught_up = back.elapsed();
-    wait_for("the backlog to empty", PATIENCE, || async {
-        b.metric("leadwatch_delivery_retry_backlog{sink=\"hook\"}")
-            .await
-            == 0.0
-    })
+    b.wait_for_metric(
+        "the backlog to empty",
+        "leadwatch_delivery_retry_backlog{sink=\"hook\"}",
+        PATIENCE,
+        |v| v == 0.0,
+    )
     .await;
     let got = hook.requests();
     let mut ids: Vec<&str> = got.iter().map(|r| r.header("webhook-id")).collect();
@@ -945,11 +999,12 @@ async fn a_sink_that_says_when_to_retry_is_waited_for_but_cannot_shorten_the_sch
     let d = Daemon::start(&config, &rules_text("1h")).await;
     let a = alert("sla.first_touch.breached", "L-1", 1);
     produce(kafka.bootstrap(), &a).await;
-    wait_for("delivered once the sink accepts", PATIENCE, || async {
-        d.metric("leadwatch_alert_deliveries_total{sink=\"hook\",outcome=\"delivered\"}")
-            .await
-            >= 1.0
-    })
+    d.wait_for_metric(
+        "delivered once the sink accepts",
+        "leadwatch_alert_deliveries_total{sink=\"hook\",outcome=\"delivered\"}",
+        PATIENCE,
+        |v| v >= 1.0,
+    )
     .await;
     let got = hook.requests();
     assert_eq!(got.len(), 3, "{:?}", lines(&got));
@@ -960,8 +1015,10 @@ async fn a_sink_that_says_when_to_retry_is_waited_for_but_cannot_shorten_the_sch
     let second = got[2].at - got[1].at;
     assert!(second >= Duration::from_millis(1950), "{second:?}");
     assert_eq!(
-        d.metric("leadwatch_alert_deliveries_total{sink=\"hook\",outcome=\"dead_lettered\"}")
-            .await,
+        d.metric_or_zero(
+            "leadwatch_alert_deliveries_total{sink=\"hook\",outcome=\"dead_lettered\"}"
+        )
+        .await,
         0.0
     );
     // Each attempt is the same alert, signed afresh.
@@ -1092,7 +1149,8 @@ async fn salesforce_refusals_that_are_final_and_one_that_is_not() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_copy_of_an_alert_in_flight_is_not_delivered_again() {
     let kafka = kafka(2);
-    let receiver = Receiver::start_slow(Duration::from_secs(3)).await;
+    // Slow, but within the sinks' `request_timeout` (2 s): the first delivery succeeds.
+    let receiver = Receiver::start_slow(Duration::from_secs(1)).await;
     let sinks = format!(
         "[sinks.hook]\nkind = \"webhook\"\nurl = \"{}\"\nsecret = \"{SINK_SECRET}\"\n",
         receiver.url
@@ -1117,11 +1175,29 @@ async fn a_copy_of_an_alert_in_flight_is_not_delivered_again() {
         receiver.distinct() >= 2
     })
     .await;
-    let ids: Vec<String> = receiver
-        .all()
-        .iter()
-        .map(|r| r.header("webhook-id").to_string())
-        .collect();
-    assert_eq!(ids, [first.id(), next.id()], "the copy was delivered too");
+    // The copy waits for the first delivery (1 s) before it is decided: only once the
+    // dispatcher has stopped, its work finished and its offsets committed, can the receiver
+    // be asked whether the copy came too.
     d.stop().await;
+    assert_eq!(
+        alerts_committed(kafka.bootstrap(), "lwcopies").await,
+        (3, 3),
+        "every copy decided before the stop"
+    );
+    let ids = |requests: Vec<Received>| -> Vec<String> {
+        requests
+            .iter()
+            .map(|r| r.header("webhook-id").to_string())
+            .collect()
+    };
+    assert_eq!(
+        ids(receiver.all()),
+        [first.id(), next.id()],
+        "the copy was delivered too"
+    );
+    assert_eq!(
+        ids(receiver.answered()),
+        [first.id(), next.id()],
+        "the first delivery was not answered: the copy never had one to wait for"
+    );
 }

@@ -355,13 +355,14 @@ async fn forgetting_a_lead_erases_its_state_and_cancels_its_alerts() {
         ready_event("f2", "L-keep", &now_plus(100)),
     ]);
     assert_eq!(post_signed(&url, SOURCE_SECRET, &batch).await.0, 202);
-    wait_for("both leads applied", PATIENCE, || async {
-        daemon
-            .metric("leadwatch_engine_events_total{outcome=\"applied\"}")
-            .await
-            >= 2.0
-    })
-    .await;
+    daemon
+        .wait_for_metric(
+            "both leads applied",
+            "leadwatch_engine_events_total{outcome=\"applied\"}",
+            PATIENCE,
+            |v| v >= 2.0,
+        )
+        .await;
 
     let cfg = leadwatch::app::Config::load_with_env(
         &daemon.dir.path().join("leadwatch.toml"),
@@ -373,13 +374,14 @@ async fn forgetting_a_lead_erases_its_state_and_cancels_its_alerts() {
         .unwrap();
     assert!(report.contains("lwtest.events"), "{report}");
     assert!(report.contains("lwtest.raw"), "{report}");
-    wait_for("the engine to drop the lead", PATIENCE, || async {
-        daemon
-            .metric("leadwatch_engine_events_total{outcome=\"forgotten\"}")
-            .await
-            >= 1.0
-    })
-    .await;
+    daemon
+        .wait_for_metric(
+            "the engine to drop the lead",
+            "leadwatch_engine_events_total{outcome=\"forgotten\"}",
+            PATIENCE,
+            |v| v >= 1.0,
+        )
+        .await;
     assert!(
         receiver
             .all()
@@ -521,4 +523,42 @@ async fn keys_land_on_the_partition_simulate_computes() {
         seen.insert(partition);
     }
     assert_eq!(seen.len(), 6, "the keys spread over every partition");
+}
+
+/// How the tests read metrics: a missing line fails the test and says what is exported (a
+/// renamed metric never reads as 0); a series never counted reads as 0 only while its family is
+/// exported.
+#[test]
+fn a_missing_metric_fails_the_test() {
+    let m = leadwatch::telemetry::Metrics::new();
+    m.engine_event("applied");
+    let text = m.encode();
+    let panics = |f: &dyn Fn() -> f64| {
+        let e = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).unwrap_err();
+        e.downcast_ref::<String>().cloned().unwrap_or_default()
+    };
+    let applied = "leadwatch_engine_events_total{outcome=\"applied\"}";
+    assert_eq!(metric_in(&text, applied), 1.0);
+    assert_eq!(metric_in(&text, "leadwatch_engine_leads"), 0.0);
+    let renamed = panics(&|| metric_in(&text, "leadwatch_engine_event_total{outcome=\"applied\"}"));
+    assert!(
+        renamed.contains("leadwatch_engine_event_total")
+            && renamed.contains("leadwatch_engine_events_total, leadwatch_engine_leads"),
+        "{renamed}"
+    );
+    let other_label = panics(&|| {
+        metric_in(
+            &text,
+            "leadwatch_engine_events_total{outcome=\"duplicate\"}",
+        )
+    });
+    assert!(other_label.contains(applied), "{other_label}");
+    // Never counted, its family exported: 0. Its family not exported: the test fails.
+    let duplicate = "leadwatch_engine_events_total{outcome=\"duplicate\"}";
+    assert_eq!(metric_or_zero_in(&text, duplicate), 0.0);
+    let family = panics(&|| metric_or_zero_in(&text, "leadwatch_alerts_fired_total{type=\"x\"}"));
+    assert!(
+        family.contains("no metric family `leadwatch_alerts_fired`"),
+        "{family}"
+    );
 }

@@ -51,6 +51,42 @@ marketing_ops = ["mops@example.com"]
 queue         = ["sdr@example.com"]
 "#;
 
+/// `RULES` plus business calendars and segments, for leads with a `region`: APAC runs on a
+/// calendar whose working hours are the whole day (business time runs now) in Kiritimati
+/// (UTC+14), with a 2 s first-touch SLA and a 1 s handoff; DACH runs on Berlin's calendar, whose
+/// holidays (dates in Berlin) are `holidays`: nothing it owes falls due while they last.
+fn rules_with_calendars(holidays: [jiff::civil::Date; 2]) -> String {
+    let all_day = ["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
+        .map(|d| format!("{d} = \"00:00-24:00\""))
+        .join(", ");
+    format!(
+        r#"{RULES}
+[calendars.apac]
+time_zone = "Pacific/Kiritimati"
+hours     = {{ {all_day} }}
+holidays  = ["2026-01-01"]
+
+[calendars.dach]
+time_zone = "Europe/Berlin"
+hours     = {{ {all_day} }}
+holidays  = ["{}", "{}"]
+
+[[segments]]
+name        = "apac"
+when        = 'has(lead.region) && lead.region == "APAC"'
+calendar    = "apac"
+first_touch = {{ within = "2s" }}
+handoff     = {{ assign_within = "1s" }}
+
+[[segments]]
+name     = "dach"
+when     = 'has(lead.region) && lead.region == "DACH"'
+calendar = "dach"
+"#,
+        holidays[0], holidays[1]
+    )
+}
+
 fn at(t0: Timestamp, millis: i64) -> String {
     (t0 + SignedDuration::from_millis(millis)).to_string()
 }
@@ -84,20 +120,26 @@ async fn warm_up(daemon: &Daemon) {
     )
     .await;
     assert_eq!(status, 202);
-    wait_for("the engine to apply a first event", PATIENCE, || async {
-        daemon
-            .metric("leadwatch_engine_events_total{outcome=\"applied\"}")
-            .await
-            >= 1.0
-    })
-    .await;
+    daemon
+        .wait_for_metric(
+            "the engine to apply a first event",
+            "leadwatch_engine_events_total{outcome=\"applied\"}",
+            PATIENCE,
+            |v| v >= 1.0,
+        )
+        .await;
 }
 
+/// Round-the-clock rules, and (leads with a `region`) segments with their own rules and
+/// business calendars: the same alerts, body for body, live and in `simulate`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn simulate_and_the_live_daemon_give_the_same_alerts() {
     let kafka = kafka(3);
     let receiver = Receiver::start().await;
-    let daemon = Daemon::start(&config_text(kafka.bootstrap(), &receiver.url, ""), RULES).await;
+    // Berlin's today and tomorrow: whenever the test runs, its minutes are holidays there.
+    let berlin = Timestamp::now().in_tz("Europe/Berlin").unwrap().date();
+    let rules = rules_with_calendars([berlin, berlin.tomorrow().unwrap()]);
+    let daemon = Daemon::start(&config_text(kafka.bootstrap(), &receiver.url, ""), &rules).await;
     warm_up(&daemon).await;
 
     let t0 = Timestamp::now() + SignedDuration::from_millis(500);
@@ -135,11 +177,36 @@ async fn simulate_and_the_live_daemon_give_the_same_alerts() {
             owned(),
         ));
     }
+    let region = |r: &str, owner: Option<&str>| {
+        let mut fields = json!({"stage": "MQL", "region": r});
+        if let Some(o) = owner {
+            fields["owner"] = json!(o);
+        }
+        fields
+    };
+    // F: APAC, untouched — its segment's SLA in its calendar: reminder at 1 s, breach at 2 s,
+    // escalation at 6 s (the ladder from above).
+    events.push(event(
+        "f1",
+        "L-f",
+        at(t0, 0),
+        region("APAC", Some("alice@example.com")),
+    ));
+    // I: APAC, nobody owns it — unassigned at 1 s (its segment's handoff).
+    events.push(event("i1", "L-i", at(t0, 0), region("APAC", None)));
+    // G and H: DACH, untouched and unowned — on holiday in Berlin: nothing falls due.
+    events.push(event(
+        "g1",
+        "L-g",
+        at(t0, 0),
+        region("DACH", Some("alice@example.com")),
+    ));
+    events.push(event("h1", "L-h", at(t0, 0), region("DACH", None)));
     let (status, _, body) =
         post_signed(&daemon.url("/webhooks/web"), SOURCE_SECRET, &json!(events)).await;
     assert_eq!(status, 202, "{body}");
 
-    const ALERTS: usize = 6 + 6 * 3;
+    const ALERTS: usize = 6 + 6 * 3 + 3 + 1;
     wait_for("every alert", PATIENCE, || async {
         receiver.distinct() >= ALERTS
     })
@@ -170,7 +237,7 @@ async fn simulate_and_the_live_daemon_give_the_same_alerts() {
     let (read, bad) = simulate::read_events(lines.as_bytes()).unwrap();
     assert!(bad.is_empty());
     let engine = Engine::new(
-        Arc::new(Rules::parse(RULES).unwrap()),
+        Arc::new(Rules::parse(&rules).unwrap()),
         Arc::new(Metrics::new()),
     );
     let mut simulated = BTreeMap::new();
@@ -210,7 +277,26 @@ async fn simulate_and_the_live_daemon_give_the_same_alerts() {
             ("L-b", "lead.unassigned"),
             ("L-d", "disposition.vague_reason"),
             ("L-d", "follow_up.insufficient_attempts"),
+            ("L-f", "sla.first_touch.breached"),
+            ("L-f", "sla.first_touch.escalated"),
+            ("L-f", "sla.first_touch.reminder"),
+            ("L-i", "lead.unassigned"),
         ]
+    );
+    // Each lead's deadlines are its own segment's, in its calendar.
+    let deadline = |lead: &str, kind: &str| -> Timestamp {
+        let a = live
+            .values()
+            .find(|a| a["data"]["lead"] == lead && a["type"] == kind)
+            .unwrap();
+        a["data"]["deadline"].as_str().unwrap().parse().unwrap()
+    };
+    let breached = "sla.first_touch.breached";
+    assert_eq!(deadline("L-a", breached), t0 + SignedDuration::from_secs(4));
+    assert_eq!(deadline("L-f", breached), t0 + SignedDuration::from_secs(2));
+    assert_eq!(
+        deadline("L-i", "lead.unassigned"),
+        t0 + SignedDuration::from_secs(1)
     );
     let escalation = live
         .values()
@@ -243,13 +329,14 @@ async fn edited_rules_apply_on_reload_and_bad_ones_are_refused() {
     )
     .await;
     assert_eq!(status, 202);
-    wait_for("the lead applied", PATIENCE, || async {
-        daemon
-            .metric("leadwatch_engine_events_total{outcome=\"applied\"}")
-            .await
-            >= 2.0
-    })
-    .await;
+    daemon
+        .wait_for_metric(
+            "the lead applied",
+            "leadwatch_engine_events_total{outcome=\"applied\"}",
+            PATIENCE,
+            |v| v >= 2.0,
+        )
+        .await;
 
     // The agreement changes to 2 s: the open lead's deadline moves, and its alert comes now.
     std::fs::write(daemon.dir.path().join("rules.toml"), rules_text("2s")).unwrap();
@@ -276,13 +363,14 @@ async fn edited_rules_apply_on_reload_and_bad_ones_are_refused() {
     )
     .unwrap();
     reload.send(()).unwrap();
-    wait_for("the refused reload counted", PATIENCE, || async {
-        daemon
-            .metric("leadwatch_rules_reloads_total{outcome=\"invalid\"}")
-            .await
-            == 1.0
-    })
-    .await;
+    daemon
+        .wait_for_metric(
+            "the refused reload counted",
+            "leadwatch_rules_reloads_total{outcome=\"invalid\"}",
+            PATIENCE,
+            |v| v == 1.0,
+        )
+        .await;
     let (status, _, _) =
         post_signed(&url, SOURCE_SECRET, &ready_event("s1", "L-s", &now_plus(0))).await;
     assert_eq!(status, 202);
@@ -337,11 +425,12 @@ async fn rules_edited_across_a_restart_apply_to_leads_as_they_stand() {
     )
     .await;
     assert_eq!(status, 202);
-    wait_for("the lead applied", PATIENCE, || async {
-        a.metric("leadwatch_engine_events_total{outcome=\"applied\"}")
-            .await
-            >= 2.0
-    })
+    a.wait_for_metric(
+        "the lead applied",
+        "leadwatch_engine_events_total{outcome=\"applied\"}",
+        PATIENCE,
+        |v| v >= 2.0,
+    )
     .await;
     a.stop().await;
     assert_eq!(receiver.count(), 0);

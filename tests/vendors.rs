@@ -156,16 +156,17 @@ async fn hubspot_a_sales_qualified_contact_breaches_and_a_logged_call_cancels_it
         (202, json!({"accepted": 0, "duplicates": 4}))
     );
 
-    wait_for("the engine to apply 7 events", PATIENCE, || async {
-        daemon
-            .metric("leadwatch_engine_events_total{outcome=\"applied\"}")
-            .await
-            >= 7.0
-    })
-    .await;
+    daemon
+        .wait_for_metric(
+            "the engine to apply 7 events",
+            "leadwatch_engine_events_total{outcome=\"applied\"}",
+            PATIENCE,
+            |v| v >= 7.0,
+        )
+        .await;
     assert_eq!(
         daemon
-            .metric("leadwatch_engine_events_total{outcome=\"duplicate\"}")
+            .metric_or_zero("leadwatch_engine_events_total{outcome=\"duplicate\"}")
             .await,
         0.0,
         "ingest already dropped the retried events"

@@ -315,3 +315,26 @@ pub fn text(fields: &Map<String, Value>, name: &str) -> Option<String> {
         _ => None,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A lead's state in the changelog remembers the events it applied, and its touches, by these
+    /// hashes: computed any other way after an upgrade, a re-sent or replayed event would be
+    /// applied again (a replayed call counted as a second attempt). Literals computed once; do
+    /// not update them, undo the change.
+    #[test]
+    fn event_keys_are_pinned() {
+        assert_eq!(event_key("evt-1"), 8_881_273_919_641_520_361);
+        // A replay (`replay:{run}:{id}`, the run in Unix milliseconds) is the original event.
+        assert_eq!(event_key("replay:1795860000000:evt-1"), event_key("evt-1"));
+        assert_eq!(
+            event_key("hubspot:0123456789abcdef0123456789abcdef"),
+            4_624_625_561_587_432_816
+        );
+        let mut state = LeadState::default();
+        assert!(state.remember("evt-1"));
+        assert_eq!(state.recent_events, [8_881_273_919_641_520_361]);
+    }
+}

@@ -79,6 +79,39 @@ mod tests {
         }
     }
 
+    /// Event ids are what the engine recognises a re-sent event by (per lead, in the state
+    /// changelog) and what ingest drops vendor retries by: derived any other way after an
+    /// upgrade, every retry and replay of an event already applied would be applied again (a
+    /// replayed call counted as a second attempt). The ids of fixed inputs are literals,
+    /// computed once. Do not update them; undo the change.
+    #[test]
+    fn event_id_derivations_are_pinned() {
+        assert_eq!(
+            [
+                hashed_id("hubspot", &["62515", "contact.creation", "1551"]),
+                hashed_id("marketo", &[]),
+                // Length-prefixed: the same characters split otherwise give another id.
+                hashed_id("x", &["ab", "c"]),
+                hashed_id("x", &["a", "bc"]),
+            ],
+            [
+                "hubspot:fbf63180f957df9166742079064da88b",
+                "marketo:e3b0c44298fc1c149afbf4c8996fb924",
+                "x:601d5476e2ccfe2c87a2bba7a3226597",
+                "x:3fafa1cf2f19a7c1129beb20cf0983f7",
+            ]
+        );
+        // In memory only, but one key space for every source: a source's name is part of it.
+        assert_eq!(
+            crate::ingest::dedupe::dedupe_key("web", "evt-1"),
+            "web\u{0}evt-1"
+        );
+        assert_eq!(
+            crate::ingest::replay::replay_id("1795860000000", "hubspot:abc"),
+            "replay:1795860000000:hubspot:abc"
+        );
+    }
+
     #[test]
     fn absurdly_long_lead_keys_are_malformed() {
         let ok = one_event_on("marketo:1".into());

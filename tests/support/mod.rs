@@ -90,6 +90,7 @@ impl Received {
 pub struct Receiver {
     pub url: String,
     received: Arc<Mutex<Vec<Received>>>,
+    answered: Arc<Mutex<Vec<Received>>>,
     _stop: oneshot::Sender<()>,
 }
 
@@ -99,12 +100,16 @@ impl Receiver {
     }
 
     /// A receiver that takes `delay` to answer each request (a slow endpoint); requests are
-    /// recorded as they arrive.
+    /// recorded as they arrive ([`Receiver::all`]), and again once answered
+    /// ([`Receiver::answered`]).
     pub async fn start_slow(delay: Duration) -> Self {
         let received = Arc::new(Mutex::new(Vec::new()));
-        let app = Router::new()
-            .route("/alerts", post(record))
-            .with_state((received.clone(), delay));
+        let answered = Arc::new(Mutex::new(Vec::new()));
+        let app = Router::new().route("/alerts", post(record)).with_state((
+            received.clone(),
+            answered.clone(),
+            delay,
+        ));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (stop, stopped) = oneshot::channel::<()>();
@@ -119,12 +124,20 @@ impl Receiver {
         Self {
             url: format!("http://{addr}/alerts"),
             received,
+            answered,
             _stop: stop,
         }
     }
 
+    /// Every request, as it arrived (answered or not).
     pub fn all(&self) -> Vec<Received> {
         self.received.lock().unwrap().clone()
+    }
+
+    /// The requests whose answer was written back: a delivery cut off before its answer (the
+    /// sender died, or gave up) is not one.
+    pub fn answered(&self) -> Vec<Received> {
+        self.answered.lock().unwrap().clone()
     }
 
     pub fn count(&self) -> usize {
@@ -144,18 +157,30 @@ impl Receiver {
     }
 }
 
-type ReceiverState = (Arc<Mutex<Vec<Received>>>, Duration);
+type ReceiverState = (
+    Arc<Mutex<Vec<Received>>>,
+    Arc<Mutex<Vec<Received>>>,
+    Duration,
+);
 
+/// Records the request, waits `delay`, answers 200. The answer's body records the request as
+/// answered when the server takes it to write back, after the status line and headers: a
+/// request whose sender is gone by then is dropped with its handler, unanswered.
 async fn record(
-    State((received, delay)): State<ReceiverState>,
+    State((received, answered, delay)): State<ReceiverState>,
     headers: HeaderMap,
     body: Bytes,
-) -> StatusCode {
-    received.lock().unwrap().push(Received { headers, body });
+) -> (StatusCode, axum::body::Body) {
+    let request = Received { headers, body };
+    received.lock().unwrap().push(request.clone());
     if !delay.is_zero() {
         tokio::time::sleep(delay).await;
     }
-    StatusCode::NO_CONTENT
+    let written = futures::stream::once(async move {
+        answered.lock().unwrap().push(request);
+        Ok::<_, std::convert::Infallible>(Bytes::from_static(b"ok"))
+    });
+    (StatusCode::OK, axum::body::Body::from_stream(written))
 }
 
 /// The daemon, running in-process against `bootstrap`.
@@ -261,21 +286,152 @@ impl Daemon {
         }
     }
 
-    /// The value of one metric line (exact match of name and labels), or 0.
-    pub async fn metric(&self, line_prefix: &str) -> f64 {
-        let text = reqwest::get(self.url("/metrics"))
+    /// Its `/metrics`, as text.
+    pub async fn metrics(&self) -> String {
+        reqwest::get(self.url("/metrics"))
             .await
             .unwrap()
             .text()
             .await
-            .unwrap();
-        text.lines()
-            .find_map(|l| {
-                l.strip_prefix(line_prefix)
-                    .and_then(|rest| rest.trim().parse().ok())
-            })
-            .unwrap_or(0.0)
+            .unwrap()
     }
+
+    /// The value of one metric line (name and labels exactly as exported). The test fails
+    /// when there is none, naming what is exported: a renamed metric never reads as 0.
+    pub async fn metric(&self, line_prefix: &str) -> f64 {
+        metric_in(&self.metrics().await, line_prefix)
+    }
+
+    /// As [`Daemon::metric`], 0 for a series never counted; its family must be exported.
+    /// See [`metric_or_zero_in`].
+    pub async fn metric_or_zero(&self, line_prefix: &str) -> f64 {
+        metric_or_zero_in(&self.metrics().await, line_prefix)
+    }
+
+    /// Waits for `what`: one metric line exported with a value that satisfies `holds`; fails
+    /// the test after `deadline`, naming the metric, its last value or what is exported.
+    pub async fn wait_for_metric(
+        &self,
+        what: &str,
+        line_prefix: &str,
+        deadline: Duration,
+        holds: impl Fn(f64) -> bool,
+    ) {
+        wait_for_metric_in(what, line_prefix, deadline, holds, || async {
+            Some(self.metrics().await)
+        })
+        .await
+    }
+}
+
+/// The value of the sample line of a `/metrics` text that starts with `line_prefix` (the
+/// metric's name and labels, exactly as exported: `leadwatch_engine_events_total{outcome="applied"}`),
+/// if there is one.
+pub fn find_metric(text: &str, line_prefix: &str) -> Option<f64> {
+    text.lines().find_map(|l| {
+        l.strip_prefix(line_prefix)
+            .and_then(|rest| rest.trim().parse().ok())
+    })
+}
+
+/// As [`find_metric`]; the test fails when the line is missing, naming what is exported.
+pub fn metric_in(text: &str, line_prefix: &str) -> f64 {
+    find_metric(text, line_prefix).unwrap_or_else(|| panic!("{}", not_exported(text, line_prefix)))
+}
+
+/// As [`metric_in`], 0 for a series never counted: prometheus-client exports no label set that
+/// was never incremented. Only where absence means zero: the metric's family must be exported
+/// (its `# TYPE` line, there once any of its series was counted), so a renamed metric or family
+/// still fails the test.
+pub fn metric_or_zero_in(text: &str, line_prefix: &str) -> f64 {
+    let name = sample_name(line_prefix);
+    let family = name.strip_suffix("_total").unwrap_or(name);
+    let typed = |f: &str| {
+        text.lines().any(|l| {
+            l.strip_prefix("# TYPE ")
+                .and_then(|rest| rest.split(' ').next())
+                == Some(f)
+        })
+    };
+    assert!(
+        typed(family) || typed(name),
+        "no metric family `{family}` is exported, so `{line_prefix}` cannot be read as 0; {}",
+        exported(text)
+    );
+    find_metric(text, line_prefix).unwrap_or(0.0)
+}
+
+/// Waits for `what`: polls `fetch` (a `/metrics` text, `None` while it cannot be read) until
+/// the line `line_prefix` is exported with a value that satisfies `holds`; fails the test after
+/// `deadline`. Absence is "not yet", never 0: a wait on a renamed metric times out.
+pub async fn wait_for_metric_in<F, Fut>(
+    what: &str,
+    line_prefix: &str,
+    deadline: Duration,
+    holds: impl Fn(f64) -> bool,
+    mut fetch: F,
+) where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<String>>,
+{
+    let start = tokio::time::Instant::now();
+    loop {
+        let text = fetch().await;
+        let value = text.as_deref().and_then(|t| find_metric(t, line_prefix));
+        if value.is_some_and(&holds) {
+            return;
+        }
+        if start.elapsed() >= deadline {
+            match (&text, value) {
+                (None, _) => panic!("timed out after {deadline:?} waiting for {what}: no /metrics"),
+                (Some(_), Some(v)) => {
+                    panic!(
+                        "timed out after {deadline:?} waiting for {what}: `{line_prefix}` is {v}"
+                    )
+                }
+                (Some(t), None) => panic!(
+                    "timed out after {deadline:?} waiting for {what}: {}",
+                    not_exported(t, line_prefix)
+                ),
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The name of a sample line, without its labels and value.
+fn sample_name(line: &str) -> &str {
+    line.split(['{', ' ']).next().unwrap_or(line)
+}
+
+/// Says that `line_prefix` is not in a `/metrics` text, and what is.
+fn not_exported(text: &str, line_prefix: &str) -> String {
+    let name = sample_name(line_prefix);
+    let series: Vec<&str> = text
+        .lines()
+        .filter(|l| !l.starts_with('#') && sample_name(l) == name)
+        .collect();
+    let series = if series.is_empty() {
+        format!("no `{name}` at all")
+    } else {
+        format!("`{name}` has only {}", series.join(", "))
+    };
+    format!(
+        "no metric line starts with `{line_prefix}` ({series}); {}",
+        exported(text)
+    )
+}
+
+/// The names of the metrics in a `/metrics` text.
+fn exported(text: &str) -> String {
+    let mut names: Vec<&str> = text
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+        .map(sample_name)
+        .collect();
+    names.sort();
+    names.dedup();
+    format!("the metrics exported: {}", names.join(", "))
 }
 
 /// Signs `body` per Standard Webhooks with `secret`, now.

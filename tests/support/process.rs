@@ -152,18 +152,44 @@ impl DaemonProcess {
         lines[lines.len().saturating_sub(40)..].join("\n")
     }
 
-    /// The value of one metric line, or 0.
+    /// Its `/metrics`, as text; `None` while it does not answer.
+    pub async fn try_metrics(&self) -> Option<String> {
+        reqwest::get(self.url("/metrics"))
+            .await
+            .ok()?
+            .text()
+            .await
+            .ok()
+    }
+
+    async fn metrics(&self) -> String {
+        self.try_metrics()
+            .await
+            .unwrap_or_else(|| panic!("leadwatch does not answer /metrics; log:\n{}", self.tail()))
+    }
+
+    /// The value of one metric line (name and labels exactly as exported). The test fails
+    /// when there is none, naming what is exported: a renamed metric never reads as 0.
     pub async fn metric(&self, line_prefix: &str) -> f64 {
-        let Ok(resp) = reqwest::get(self.url("/metrics")).await else {
-            return 0.0;
-        };
-        let text = resp.text().await.unwrap_or_default();
-        text.lines()
-            .find_map(|l| {
-                l.strip_prefix(line_prefix)
-                    .and_then(|rest| rest.trim().parse().ok())
-            })
-            .unwrap_or(0.0)
+        super::metric_in(&self.metrics().await, line_prefix)
+    }
+
+    /// As [`DaemonProcess::metric`], 0 for a series never counted; its family must be
+    /// exported. See [`super::metric_or_zero_in`].
+    pub async fn metric_or_zero(&self, line_prefix: &str) -> f64 {
+        super::metric_or_zero_in(&self.metrics().await, line_prefix)
+    }
+
+    /// Waits until one metric line is exported and its value satisfies `holds` (a daemon not
+    /// answering yet is waited for too); fails the test after `deadline`.
+    pub async fn wait_for_metric(
+        &self,
+        what: &str,
+        line_prefix: &str,
+        deadline: Duration,
+        holds: impl Fn(f64) -> bool,
+    ) {
+        super::wait_for_metric_in(what, line_prefix, deadline, holds, || self.try_metrics()).await
     }
 
     pub async fn ready(&self) -> bool {

@@ -214,6 +214,19 @@ mod tests {
         assert_eq!(lead_events("web", one, now()).unwrap().len(), 1);
     }
 
+    /// The event id is the sender's, verbatim, and so is the lead key: the engine recognises a
+    /// re-sent event by it, and a sender's retry after an upgrade must still be recognised. Do
+    /// not change what this asserts; undo the change.
+    #[test]
+    fn event_ids_are_pinned() {
+        let body = br#"{"id":" evt-1 ","type":"lead.activity","lead":"L-1","occurred_at":"2026-11-22T10:30:00Z","activity":{"kind":"call"}}"#;
+        let events = lead_events("web", body, now()).unwrap();
+        assert_eq!(
+            (events[0].id.as_str(), events[0].lead.as_str()),
+            (" evt-1 ", "L-1")
+        );
+    }
+
     #[test]
     fn names_every_malformed_field() {
         let body = br#"[

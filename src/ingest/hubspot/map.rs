@@ -435,6 +435,61 @@ mod tests {
         );
     }
 
+    /// HubSpot's ids are hashes of what identifies each event (its portal, subscription, object,
+    /// `eventId`, time and what else tells two events of one delivery apart); an engagement's is
+    /// a hash of the association alone, so both directions are one touch. The engine recognises
+    /// HubSpot's retries (for up to a day) by them: derived any other way after an upgrade,
+    /// those retries would be applied again. Literals computed once, one per path; do not update
+    /// them, undo the change.
+    #[test]
+    fn event_ids_are_pinned() {
+        let at = 1_700_000_000_000u64;
+        let body = json!([
+            {"eventId":11,"subscriptionType":"contact.propertyChange","portalId":62515,"objectId":1551,"propertyName":"lifecyclestage","propertyValue":"salesqualifiedlead","occurredAt":at},
+            {"eventId":12,"subscriptionType":"contact.creation","portalId":62515,"objectId":1551,"occurredAt":at},
+            {"eventId":13,"subscriptionType":"object.restore","objectTypeId":"0-1","portalId":62515,"objectId":1551,"occurredAt":at},
+            {"eventId":14,"subscriptionType":"contact.deletion","portalId":62515,"objectId":1551,"occurredAt":at},
+            {"eventId":15,"subscriptionType":"contact.privacyDeletion","portalId":62515,"objectId":1551,"occurredAt":at},
+            {"eventId":16,"subscriptionType":"contact.merge","portalId":62515,"objectId":1551,"primaryObjectId":1551,"mergedObjectIds":[1552],"newObjectId":1551,"occurredAt":at},
+            // Without an `eventId` or a portal (only when `portal_ids` is not configured).
+            {"subscriptionType":"contact.creation","objectId":1553,"occurredAt":at},
+            // A call associated with the contact, in both directions: one id.
+            {"eventId":17,"subscriptionType":"object.associationChange","portalId":62515,"associationType":"CONTACT_TO_CALL","fromObjectTypeId":"0-1","fromObjectId":1551,"toObjectTypeId":"0-48","toObjectId":9001,"occurredAt":at},
+            {"eventId":18,"subscriptionType":"object.associationChange","portalId":62515,"associationType":"CALL_TO_CONTACT","fromObjectTypeId":"0-48","fromObjectId":9001,"toObjectTypeId":"0-1","toObjectId":1551,"occurredAt":at}
+        ]);
+        let parsed = source("")
+            .parse("hs", body.to_string().as_bytes(), now())
+            .unwrap();
+        let ids: Vec<(&str, &str)> = parsed
+            .events
+            .iter()
+            .map(|e| (e.lead.as_str(), e.id.as_str()))
+            .collect();
+        assert_eq!(
+            ids,
+            [
+                // property change
+                ("hubspot:1551", "hubspot:3b2d504bd19f5e9f9f48505056d17a19"),
+                // creation
+                ("hubspot:1551", "hubspot:6620cbde04d36f060d75afb7125ace06"),
+                // restore
+                ("hubspot:1551", "hubspot:edf82f23cdce0a4b0f4004d92c704f49"),
+                // deletion
+                ("hubspot:1551", "hubspot:ffc97f35831631a477a4997e2d2b87db"),
+                // privacy deletion
+                ("hubspot:1551", "hubspot:6b0b87c4f9bc6eb9e6cb074828370c8c"),
+                // merged away
+                ("hubspot:1552", "hubspot:04484716c822bec7e5f14a9d2d353d49"),
+                // no eventId, no portal
+                ("hubspot:1553", "hubspot:5726f5d3b4287fe4a56c29020409e8ff"),
+                // the call, contact to call
+                ("hubspot:1551", "hubspot:34ae95601486c39c7dc9873c170bb32e"),
+                // the call, call to contact
+                ("hubspot:1551", "hubspot:34ae95601486c39c7dc9873c170bb32e"),
+            ]
+        );
+    }
+
     #[test]
     fn a_portal_not_allowed_is_forbidden() {
         let s = source("portal_ids = [62515]");

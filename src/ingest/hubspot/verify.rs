@@ -342,6 +342,31 @@ mod tests {
         assert!(s.authenticate(&req).is_ok());
     }
 
+    /// Saved as proptest seed `cc 6205ff06…` of `arbitrary_signature_headers_never_panic`, shrunk
+    /// to `ts = "-9223372036854775808"`, `sig = ""`, `now_ms = 253402207200001`. Its generator
+    /// has changed since (`now_ms` now stops at 2.5e14), so the seed no longer makes this case.
+    /// That `now_ms` is 1 ms past the last millisecond a `Timestamp` is made from
+    /// (9999-12-30T22:00:00Z): the case failed in the test's own reading of the clock, which no
+    /// clock can show. Kept at that last millisecond it is what the property is about: the
+    /// oldest timestamp a header can say, read at the end of time, is a difference that does not
+    /// fit an i64, and must neither panic nor wrap into "in time".
+    #[test]
+    fn a_timestamp_of_i64_min_at_the_end_of_time_is_refused_without_overflow() {
+        let last_ms = 253_402_207_200_000;
+        assert!(Timestamp::from_millisecond(last_ms + 1).is_err());
+        let (ts, sig, now_ms) = (i64::MIN.to_string(), "", last_ms);
+        let h = [
+            ("x-hubspot-signature-v3", sig),
+            ("x-hubspot-request-timestamp", ts.as_str()),
+        ];
+        let checked = check(&source(""), "POST", &h, b"[]", now_ms);
+        assert!(checked.is_err());
+        assert!(
+            matches!(&checked, Err(IngestError::Unauthorized(m)) if m.contains("5 minutes old")),
+            "{checked:?}"
+        );
+    }
+
     proptest::proptest! {
         #[test]
         fn arbitrary_signature_headers_never_panic(

@@ -323,6 +323,44 @@ mod tests {
         assert_ne!(later.events[0].id, parsed.events[0].id);
     }
 
+    /// Marketo does not retry, but a replay from the raw topic parses the same body with the
+    /// same arrival time again: the engine recognises it by this id. With a configured `id`
+    /// pointer the id is the body's; without one (or when the body lacks it) a hash of the
+    /// lead, the body and its arrival. Derived any other way after an upgrade, a replay would
+    /// apply those events again. Literals; do not update them, undo the change.
+    #[test]
+    fn event_ids_are_pinned() {
+        let ids = |s: &crate::ingest::marketo::MarketoSource, body: &[u8]| {
+            let e = &s.parse("mk", body, now()).unwrap().events[0];
+            (e.lead.clone(), e.id.clone())
+        };
+        let pair = |lead: &str, id: &str| (lead.to_string(), id.to_string());
+        let with_id = source("id = \"/eventId\"");
+        assert_eq!(
+            ids(&with_id, br#"{"leadId":318581,"eventId":" mkto-1 "}"#),
+            pair("marketo:318581", "marketo:mkto-1")
+        );
+        assert_eq!(
+            ids(&with_id, br#"{"leadId":"318581","eventId":77}"#),
+            pair("marketo:318581", "marketo:77")
+        );
+        // Configured, but not in this body: the hash.
+        assert_eq!(
+            ids(&with_id, br#"{"leadId":318581}"#),
+            pair("marketo:318581", "marketo:edcdd16f84ee2c1e004a55f6746b5eac")
+        );
+        let without = source("");
+        assert_eq!(
+            ids(&without, br#"{"leadId":318581,"eventId":"mkto-1"}"#),
+            pair("marketo:318581", "marketo:a82e6078b1c0cc0b6660a34d30d4df57")
+        );
+        // A form-encoded template: the hash is of the body as it came.
+        assert_eq!(
+            ids(&without, b"leadId=318581&score=92"),
+            pair("marketo:318581", "marketo:633e1c6d7df540e5192787f3721b5a99")
+        );
+    }
+
     #[test]
     fn a_body_without_a_lead_id_is_malformed() {
         let s = source("");

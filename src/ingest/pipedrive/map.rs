@@ -390,6 +390,57 @@ mod tests {
         );
     }
 
+    /// Pipedrive retries for days; the engine recognises a retry by `meta.id` (whatever the
+    /// record), and an activity marked done twice by its own id. Derived any other way after an
+    /// upgrade, those retries would be applied again (a done activity counted as a second
+    /// attempt). Literals; do not update them, undo the change.
+    #[test]
+    fn event_ids_are_pinned() {
+        let ids = |body: Value| {
+            let e = &source("")
+                .parse("pd", body.to_string().as_bytes(), now())
+                .unwrap()
+                .events[0];
+            (e.lead.clone(), e.id.clone())
+        };
+        let pair = |lead: &str, id: &str| (lead.to_string(), id.to_string());
+        let person = |id: Value| {
+            json!({"meta": {"id": id, "action": "change", "entity": "person", "entity_id": 4711, "version": "2.0"},
+                   "data": {"id": 4711, "name": "Ana"}, "previous": null})
+        };
+        assert_eq!(
+            ids(person(json!("0f6e2c1e-7c55-4d2b-9a4e-51b1c2a3d4e5"))),
+            pair(
+                "pipedrive:4711",
+                "pipedrive:0f6e2c1e-7c55-4d2b-9a4e-51b1c2a3d4e5"
+            )
+        );
+        assert_eq!(
+            ids(person(json!(" m-1 "))),
+            pair("pipedrive:4711", "pipedrive:m-1")
+        );
+        assert_eq!(
+            ids(person(json!(123456))),
+            pair("pipedrive:4711", "pipedrive:123456")
+        );
+        // A deal on its person: still the delivery's id.
+        assert_eq!(
+            ids(
+                json!({"meta": {"id": "m-2", "action": "change", "entity": "deal", "entity_id": 77, "version": "2.0"},
+                       "data": {"id": 77, "person_id": 4711, "title": "Initech"}, "previous": null})
+            ),
+            pair("pipedrive:4711", "pipedrive:m-2")
+        );
+        // An activity done: its own id, however often it is marked done.
+        assert_eq!(
+            ids(
+                json!({"meta": {"id": "m-3", "action": "create", "entity": "activity", "entity_id": 9901, "version": "2.0"},
+                       "data": {"id": 9901, "done": true, "type": "call", "person_id": 4711}, "previous": null})
+            ),
+            pair("pipedrive:4711", "pipedrive:activity:9901:done")
+        );
+    }
+
     #[test]
     fn an_activity_marked_done_is_one_touch_on_its_person() {
         let (_, body) = load("activity_done.http");

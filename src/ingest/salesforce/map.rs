@@ -199,6 +199,46 @@ mod tests {
         assert_eq!(fields["Disqualified_Reason__c"], Value::Null);
     }
 
+    /// Each Notification `Id` is produced once, under the org that sent it: the engine
+    /// recognises Salesforce's retries (for up to 24 hours) by this id. Derived any other way
+    /// after an upgrade, those retries would be applied again. Literals; do not update them,
+    /// undo the change.
+    #[test]
+    fn event_ids_are_pinned() {
+        let ids = |fixture: &str| -> Vec<(String, String)> {
+            source("")
+                .parse("sf", &body(fixture), now())
+                .unwrap()
+                .events
+                .into_iter()
+                .map(|e| (e.lead, e.id))
+                .collect()
+        };
+        let pair = |lead: &str, id: &str| (lead.to_string(), id.to_string());
+        assert_eq!(
+            ids("lead_sales_ready.http"),
+            [pair(
+                "salesforce:00Q5g00000ABCDEEA2",
+                "salesforce:00D5g000004Xq2REAS:04l5g00000ZZ1aAAAT"
+            )]
+        );
+        assert_eq!(
+            ids("task_call.http"),
+            [
+                // A closed call Task, on its WhoId.
+                pair(
+                    "salesforce:00Q5g00000ABCDEEA2",
+                    "salesforce:00D5g000004Xq2REAS:04l5g00000ZZ2bAAAT"
+                ),
+                // An Event (a meeting), on its WhoId.
+                pair(
+                    "salesforce:0035g00000CONT1AAA",
+                    "salesforce:00D5g000004Xq2REAS:04l5g00000ZZ2dAAAT"
+                ),
+            ]
+        );
+    }
+
     #[test]
     fn a_lead_in_a_queue_has_no_owner_yet() {
         let queued = String::from_utf8(body("lead_sales_ready.http"))
