@@ -14,11 +14,12 @@ use crate::bus::embedded::EmbeddedKafka;
 use crate::bus::producer::Producer;
 use crate::bus::{self, Topics, admin};
 use crate::clock::Clock;
-use crate::dispatch::Dispatcher;
 use crate::engine::Engine;
 use crate::engine::rules::Rules;
 use crate::engine::runner::EngineRunner;
 use crate::ingest::Ingest;
+use crate::runner::Context;
+use crate::runner::dispatch::Dispatcher;
 use crate::telemetry::Metrics;
 
 pub mod config;
@@ -45,6 +46,8 @@ pub async fn run_with_reloads(
     shutdown: impl Future<Output = ()>,
     mut reloads: mpsc::UnboundedReceiver<()>,
 ) -> anyhow::Result<()> {
+    // The one clock every component reads.
+    let clock = Clock::system();
     let metrics = Arc::new(Metrics::new());
     let (rules_tx, rules_rx) = watch::channel(Arc::new(config.rules.clone()));
     let reloader = {
@@ -119,6 +122,14 @@ pub async fn run_with_reloads(
             .supervise(topics.events.clone(), stop_supervisor.clone()),
     );
 
+    let ctx = Context {
+        base: base.clone(),
+        kafka: config.kafka.clone(),
+        topics: topics.clone(),
+        producer: producer.clone(),
+        metrics: metrics.clone(),
+        clock: clock.clone(),
+    };
     let mut workers = Vec::new();
     if config.roles.engine {
         let runner = EngineRunner {
@@ -142,13 +153,8 @@ pub async fn run_with_reloads(
     if config.roles.dispatch {
         let dispatcher = Dispatcher::new(
             config.dispatch_sections(),
-            &config.kafka,
             config.engine.restore_timeout.0,
-            producer.clone(),
-            base.clone(),
-            topics.clone(),
-            metrics.clone(),
-            crate::clock::Clock::system(),
+            &ctx,
         )
         .context("building the sinks")?;
         let stop = stop_work.clone();
@@ -165,7 +171,7 @@ pub async fn run_with_reloads(
             &topics,
             &config.server,
             metrics.clone(),
-            Clock::system(),
+            clock.clone(),
         ))
     });
     let app = http::router(ingest, producer.clone(), metrics.clone());
@@ -216,7 +222,7 @@ pub async fn run_with_reloads(
             }
         }
     }
-    let deadline = tokio::time::Instant::now() + grace;
+    let deadline = clock.instant() + grace;
     tracing::info!(?grace, "shutting down");
     // Stop taking webhooks and stop the roles together: each drains within `drain`.
     stop_http.cancel();
@@ -236,7 +242,7 @@ pub async fn run_with_reloads(
         }
     }
     let left = deadline
-        .saturating_duration_since(tokio::time::Instant::now())
+        .saturating_duration_since(clock.instant())
         .max(std::time::Duration::from_secs(1));
     producer.flush(left).await;
     stop_supervisor.cancel();

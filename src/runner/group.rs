@@ -27,6 +27,8 @@ use crate::bus::consumer::{self, Assignment, GroupConsumer};
 
 /// What the stage must act on.
 pub enum Event<P, M> {
+    /// Partitions given to this member: their changelogs are being read back.
+    Assigned(Vec<i32>),
     /// The partition's changelogs were read back, one snapshot per changelog in the order given
     /// to [`Group::new`]: build its state and give it to [`Group::ready`].
     Restored {
@@ -140,7 +142,10 @@ impl<P, M> Group<P, M> {
             tokio::select! {
                 biased;
                 Some(change) = self.assignments.recv() => match change {
-                    Assignment::Assigned(ps) => self.assigned(ps),
+                    Assignment::Assigned(ps) => {
+                        self.assigned(ps.clone());
+                        return Event::Assigned(ps);
+                    }
                     Assignment::Revoked(ps) => return Event::Revoked(self.revoked(&ps)),
                 },
                 Some((which, done)) = self.restored_rx.recv() => {
@@ -450,7 +455,7 @@ mod tests {
                     seen.push((offset, message));
                 }
                 Event::Unreadable { offset, error, .. } => unreadable.push((offset, error)),
-                Event::Revoked(_) | Event::End { .. } | Event::Error(_) => {}
+                Event::Assigned(_) | Event::Revoked(_) | Event::End { .. } | Event::Error(_) => {}
             }
         }
         assert_eq!(

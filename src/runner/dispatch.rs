@@ -1,0 +1,224 @@
+//! The dispatcher on Kafka: consumes `{prefix}.alerts` as the group `{group_id}.dispatch` on the
+//! shared skeleton ([`super::group`]). Each assigned partition's delivery ledger
+//! (`{prefix}.delivered`) and retry backlog (`{prefix}.alerts.retry`) are read back before its
+//! alerts are handed out; each alert is brought to its sinks by [`crate::dispatch::deliver`],
+//! and its offset is stored once every sink is settled. One timer runs the backlog's due
+//! retries; a sink that answers again gets its backlog at once.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::future::BoxFuture;
+use futures::stream::FuturesUnordered;
+use futures::{FutureExt, StreamExt};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use super::Context;
+use super::group::{Event, Group};
+use crate::alert::Alert;
+use crate::bus::changelog::Restorer;
+use crate::bus::consumer::{self, RebalanceHooks};
+use crate::dispatch::DispatchSections;
+use crate::dispatch::deliver::{Shared, Work, fan_out, retry_one};
+
+/// The dispatcher, ready to run.
+pub struct Dispatcher {
+    shared: Arc<Shared>,
+    /// Sinks that answered again after failing.
+    recovered_rx: mpsc::UnboundedReceiver<String>,
+    ctx: Context,
+    max_in_flight: usize,
+    restore_timeout: Duration,
+}
+
+/// An alert as it came from `{prefix}.alerts`: read, and its bytes (the body sinks receive).
+fn decode(payload: Option<&[u8]>) -> Result<(Alert, Bytes), String> {
+    let body = Bytes::copy_from_slice(payload.unwrap_or_default());
+    let alert = serde_json::from_slice(&body).map_err(|e| e.to_string())?;
+    Ok((alert, body))
+}
+
+impl Dispatcher {
+    /// Builds the sinks of `[sinks.*]`, the routes and the templates. `restore_timeout`: the
+    /// longest a partition's restore of its ledger and backlog may take before it is retried.
+    pub fn new(
+        config: DispatchSections<'_>,
+        restore_timeout: Duration,
+        ctx: &Context,
+    ) -> anyhow::Result<Self> {
+        let (shared, recovered_rx) = Shared::new(
+            config,
+            ctx.producer.clone(),
+            ctx.topics.clone(),
+            ctx.metrics.clone(),
+            ctx.clock.clone(),
+        )?;
+        Ok(Self {
+            shared,
+            recovered_rx,
+            ctx: ctx.clone(),
+            max_in_flight: config.dispatch.max_in_flight,
+            restore_timeout,
+        })
+    }
+
+    /// Runs until `shutdown`; deliveries still in flight after `grace` are abandoned (the alert's
+    /// offset or its backlog entry is still there, so they are redone after a restart).
+    pub async fn run(
+        mut self,
+        shutdown: CancellationToken,
+        grace: Duration,
+    ) -> Result<(), rdkafka::error::KafkaError> {
+        let shared = self.shared.clone();
+        let ctx = self.ctx.clone();
+        let topics = &ctx.topics;
+        let group_id = format!("{}.dispatch", ctx.kafka.group_id);
+        let producer = ctx.producer.clone();
+        let hooks = RebalanceHooks {
+            pause_on_assign: true,
+            report_end: false,
+            // Before partitions move, make every ledger and backlog write so far durable, so the
+            // next owner's restore sees it.
+            on_revoke: Some(Box::new(move || {
+                producer.flush_blocking(Duration::from_secs(5))
+            })),
+        };
+        let subscribed = consumer::subscribe(
+            &ctx.base,
+            &ctx.kafka,
+            &group_id,
+            &topics.alerts,
+            ctx.metrics.clone(),
+            hooks,
+        )?;
+        let restorer = |topic: &str| Restorer {
+            base: ctx.base.clone(),
+            topic: topic.to_string(),
+            timeout: self.restore_timeout,
+        };
+        // Per partition: its ledger, then its backlog.
+        let changelogs = vec![restorer(&topics.delivered), restorer(&topics.retry)];
+        let mut group: Group<Work, (Alert, Bytes)> = Group::new(
+            subscribed,
+            &topics.alerts,
+            changelogs,
+            self.max_in_flight,
+            decode,
+        );
+        tracing::info!(group = %group_id, topic = %topics.alerts, sinks = shared.queues.len(), routes = shared.routes.configs().len(), "dispatcher started");
+        let mut retrying: FuturesUnordered<BoxFuture<'static, ()>> = FuturesUnordered::new();
+        let mut gauge = tokio::time::interval(Duration::from_secs(1));
+        gauge.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+
+        loop {
+            let next_due = group
+                .partitions()
+                .filter_map(|(_, w)| w.backlog.next_due())
+                .min();
+            let wake = next_due
+                .map(|t| shared.clock.until(t))
+                .unwrap_or(Duration::from_secs(3600));
+            // Retries and timers before new alerts: a steady stream of alerts must not starve
+            // the backlog.
+            tokio::select! {
+                biased;
+                _ = shutdown.cancelled() => break,
+                Some(()) = retrying.next(), if !retrying.is_empty() => {}
+                Some(sink) = self.recovered_rx.recv() => {
+                    let now = shared.clock.now();
+                    let moved: usize = group.partitions().map(|(_, w)| w.backlog.pull_forward(&sink, now)).sum();
+                    if moved > 0 {
+                        tracing::info!(%sink, moved, "sink answers again; its backlog goes now");
+                    }
+                }
+                _ = tokio::time::sleep(wake) => {
+                    let now = shared.clock.now();
+                    for (_, work) in group.partitions() {
+                        for (lead, entry) in work.backlog.take_due(now) {
+                            retrying.push(retry_one(shared.clone(), work.clone(), lead, entry).boxed());
+                        }
+                    }
+                }
+                _ = shared.changed.notified() => {}
+                _ = gauge.tick() => shared.report_backlog(group.partitions().map(|(_, w)| w)),
+                event = group.next() => self.on(event, &mut group),
+            }
+        }
+
+        tracing::info!(
+            in_flight = group.in_flight(),
+            retrying = retrying.len(),
+            "dispatcher stopping"
+        );
+        let retries = async { while retrying.next().await.is_some() {} };
+        if !group.drain(grace, retries).await {
+            tracing::warn!("grace period over; unfinished deliveries are redone after a restart");
+            shared.abandon.cancel();
+        }
+        group.close(Duration::from_secs(5)).await;
+        tracing::info!("dispatcher stopped");
+        Ok(())
+    }
+
+    /// What the group hands the dispatcher.
+    fn on(&self, event: Event<Work, (Alert, Bytes)>, group: &mut Group<Work, (Alert, Bytes)>) {
+        match event {
+            Event::Assigned(ps) => {
+                tracing::info!(partitions = ?ps, "dispatcher assigned partitions; restoring deliveries and retries");
+            }
+            Event::Restored {
+                partition,
+                snapshots,
+            } => {
+                let [ledger, backlog]: [_; 2] = snapshots.try_into().expect("two changelogs");
+                let work = Work::restore(partition, ledger, backlog, self.shared.clock.now());
+                // The alerts that waited for the restore go first, in order.
+                for (offset, (alert, body)) in group.ready(partition, work.clone()) {
+                    self.fan_out(group, &work, offset, alert, body);
+                }
+            }
+            Event::Message {
+                partition,
+                offset,
+                message: (alert, body),
+            } => {
+                if let Some(work) = group.partition_mut(partition).cloned() {
+                    self.fan_out(group, &work, offset, alert, body);
+                }
+            }
+            Event::Unreadable {
+                partition,
+                offset,
+                error,
+            } => {
+                tracing::error!(partition, offset, %error, "skipping a message that is not an alert");
+                self.shared.metrics.delivery("", "unreadable_alert");
+            }
+            Event::Revoked(partitions) => {
+                let ps: Vec<i32> = partitions.iter().map(|(p, _)| *p).collect();
+                tracing::info!(partitions = ?ps, "dispatcher partitions revoked");
+                // Its deliveries in flight stop writing; the next owner redoes what is unsettled.
+                for work in partitions.into_iter().filter_map(|(_, w)| w) {
+                    work.revoked.cancel();
+                }
+            }
+            Event::End { .. } => {}
+            Event::Error(e) => tracing::warn!(error = %e, "dispatcher consumer error"),
+        }
+    }
+
+    /// Brings one alert to its sinks; its offset is stored once every sink is settled.
+    fn fan_out(
+        &self,
+        group: &mut Group<Work, (Alert, Bytes)>,
+        work: &Work,
+        offset: i64,
+        alert: Alert,
+        body: Bytes,
+    ) {
+        let settled = fan_out(self.shared.clone(), work.clone(), offset, alert, body);
+        group.track(work.partition, offset, settled.map(|done| done.is_some()));
+    }
+}
