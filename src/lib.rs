@@ -23,5 +23,6 @@ pub mod engine;
 pub mod event;
 pub mod forget;
 pub mod ingest;
+pub mod partitioner;
 pub mod signature;
 pub mod telemetry;

@@ -123,7 +123,8 @@ pub fn run(
         };
     for event in events.iter().filter(|e| e.occurred_at <= until) {
         fire_before(&mut parts, &mut card, event.occurred_at, false);
-        let p = &mut parts[crate::bus::partition_for(event.lead.as_bytes(), partitions) as usize];
+        let p = &mut parts
+            [crate::partitioner::partition_for(event.lead.as_bytes(), partitions) as usize];
         let before = p.lead(&event.lead).cloned().unwrap_or_default();
         p.apply(engine, event);
         if let Some(after) = p.lead(&event.lead) {
