@@ -121,8 +121,9 @@ pub async fn run_with_reloads(
     let mut workers = Vec::new();
     if config.roles.engine {
         let runner = EngineRunner {
-            engine: Engine::new(Arc::new(config.rules.clone()), metrics.clone())
+            engine: Engine::new(Arc::new(config.rules.clone()))
                 .with_reorder_window(config.engine.reorder_window.0)
+                .with_retention(config.engine.retention())
                 .with_links(config.source_links()),
             rules: rules_rx.clone(),
             producer: producer.clone(),
@@ -131,6 +132,7 @@ pub async fn run_with_reloads(
             topics: topics.clone(),
             config: config.engine.clone(),
             metrics: metrics.clone(),
+            clock: crate::clock::Clock::system(),
         };
         let stop = stop_work.clone();
         workers.push((

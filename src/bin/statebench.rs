@@ -17,11 +17,10 @@ use leadwatch::bus::KafkaConfig;
 use leadwatch::bus::changelog;
 use leadwatch::bus::producer::Producer;
 use leadwatch::bus::{self, Topics, admin};
-use leadwatch::engine::EngineConfig;
-use leadwatch::engine::partition::PartitionState;
 use leadwatch::engine::rules::Rules;
 use leadwatch::engine::runner::EngineRunner;
-use leadwatch::engine::{Engine, LeadState};
+use leadwatch::engine::step::{Diagnostic, Input};
+use leadwatch::engine::{Engine, EngineConfig, LeadState, PartitionState};
 use leadwatch::event::{Change, LeadEvent};
 use leadwatch::telemetry::Metrics;
 use tokio_util::sync::CancellationToken;
@@ -102,10 +101,9 @@ async fn main() -> anyhow::Result<()> {
     admin::ensure_topics(&base, &topics, args.partitions, 1).await?;
     let metrics = Arc::new(Metrics::new());
     let producer = Producer::new(&base, metrics.clone())?;
-    let engine = Engine::new(
-        Arc::new(Rules::parse(RULES).map_err(|e| anyhow::anyhow!("{e:?}"))?),
-        metrics.clone(),
-    );
+    let engine = Engine::new(Arc::new(
+        Rules::parse(RULES).map_err(|e| anyhow::anyhow!("{e:?}"))?,
+    ));
     let now = Timestamp::now();
     println!(
         "cores: {}",
@@ -122,7 +120,7 @@ async fn main() -> anyhow::Result<()> {
                 let ev = event(i, now);
                 let mut state = LeadState::default();
                 engine.apply(&mut state, &ev);
-                let payload = serde_json::to_vec(&state)?;
+                let payload = state.encode();
                 bytes += payload.len() + ev.lead.len();
                 in_flight.push(producer.enqueue(&topics.state, &ev.lead, Some(&payload))?);
                 if in_flight.len() >= 50_000 {
@@ -150,12 +148,14 @@ async fn main() -> anyhow::Result<()> {
                 })
                 .await??;
                 let mut ps = PartitionState::default();
-                for (key, value) in snapshot {
-                    anyhow::ensure!(
-                        ps.restore_record(&engine, key, &value),
-                        "a record of the changelog could not be read"
-                    );
-                }
+                let step = ps.step(&engine, Input::Restore(snapshot), now);
+                anyhow::ensure!(
+                    !step
+                        .diagnostics
+                        .iter()
+                        .any(|d| matches!(d, Diagnostic::Unreadable { .. })),
+                    "a record of the changelog could not be read"
+                );
                 restored.push(ps);
             }
             let elapsed = started.elapsed().as_secs_f64();
@@ -202,6 +202,7 @@ async fn main() -> anyhow::Result<()> {
                 topics,
                 config: EngineConfig::default(),
                 metrics: metrics.clone(),
+                clock: leadwatch::clock::Clock::system(),
             };
             let stop = CancellationToken::new();
             let task = tokio::spawn(runner.run(stop.clone(), Duration::from_secs(10)));

@@ -1,12 +1,17 @@
-//! The engine's shell: consumes `{prefix}.events` as a consumer group, applies each event to its
-//! partition's state, writes each changed lead state to the compacted `{prefix}.state`, fires due
-//! deadlines into `{prefix}.alerts`, and stores an event's offset only after what it caused is in
-//! Kafka.
+//! The engine's shell: consumes `{prefix}.events` as a consumer group, steps each partition's
+//! state ([`PartitionState::step`]) with what it reads and with the clock, and carries each step
+//! out: writes its records to `{prefix}.alerts` and `{prefix}.state` in the order and chaining the
+//! step gives, stores an event's offset only after what it caused is in Kafka, and counts and
+//! logs what the engine noticed. It decides nothing about leads.
 //!
 //! Partitions move between members: a newly assigned partition is paused (in the rebalance
 //! callback), its leads are read back from `{prefix}.state` (same partition number: both topics
 //! are keyed by lead) by an assigned consumer on a blocking thread, and only then resumed. Its
 //! deadlines come back with the state, so those that passed meanwhile fire at once.
+//!
+//! [`EngineRunner::run`] is the consumer-group skeleton (assign → pause → restore → resume →
+//! process → store offsets → revoke); the engine's own work per message, per tick and per restore
+//! is [`Work`]'s, and depends on nothing of the loop's.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -18,19 +23,21 @@ use futures::{FutureExt, StreamExt};
 use jiff::Timestamp;
 use rdkafka::ClientConfig;
 use rdkafka::Message;
-use tokio::sync::mpsc;
+use rdkafka::error::KafkaError;
+use rdkafka::message::BorrowedMessage;
+use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
-use super::Engine;
-use super::EngineConfig;
-use super::partition::{PartitionState, ROTATION_KEY, Write};
+use super::partition::{PartitionState, ROTATION_KEY};
 use super::rules::Rules;
+use super::step::{Diagnostic, Input, LeadWrite, Records, Write};
+use super::{Engine, EngineConfig};
 use crate::alert::Alert;
-use crate::bus::KafkaConfig;
-use crate::bus::Topics;
-use crate::bus::changelog::{Restored, Restorer};
+use crate::bus::changelog::{Restored, Restorer, Slot};
 use crate::bus::consumer::{self, Assignment, RebalanceHooks};
 use crate::bus::producer::Producer;
+use crate::bus::{KafkaConfig, Topics};
+use crate::clock::Clock;
 use crate::event::LeadEvent;
 use crate::telemetry::Metrics;
 
@@ -38,52 +45,67 @@ use crate::telemetry::Metrics;
 pub struct EngineRunner {
     pub engine: Engine,
     /// New rules (a reload on SIGHUP): open leads get deadlines under them.
-    pub rules: tokio::sync::watch::Receiver<Arc<Rules>>,
+    pub rules: watch::Receiver<Arc<Rules>>,
     pub producer: Arc<Producer>,
     pub base: ClientConfig,
     pub kafka: KafkaConfig,
     pub topics: Topics,
+    /// How the shell runs (work in flight, sweep interval, restore timeout); what the engine
+    /// itself keeps to (reorder window, retention) is set on `engine`.
     pub config: EngineConfig,
     pub metrics: Arc<Metrics>,
+    /// The time deadlines are measured against, and alerts stamped with.
+    pub clock: Clock,
 }
 
-/// How long until `t`, from the wall clock.
-fn until(t: Timestamp) -> Duration {
-    let now = Timestamp::now();
-    if t <= now {
-        Duration::ZERO
-    } else {
-        Duration::try_from(t.duration_since(now)).unwrap_or(Duration::MAX)
-    }
-}
-
-type Slots = crate::bus::changelog::Slots<Owned, (i64, LeadEvent)>;
-use crate::bus::changelog::Slot;
-
-/// A partition this member owns, with how far its events have been read.
+/// A partition this member owns.
 struct Owned {
     leads: PartitionState,
-    /// Newest `received_at` applied: every event received before it has been read.
-    seen_until: Option<Timestamp>,
     /// Its writes to Kafka, in order per lead.
     writes: Writes,
+    /// When it next has something to fire, as its latest step said.
+    wake: Option<Timestamp>,
 }
+
+/// What arrived for a partition (kept, in order, while its state is being restored).
+enum Arrived {
+    /// An event, at its offset.
+    Event(i64, LeadEvent),
+    /// A message that is not an event (its offset is stored at once).
+    NotAnEvent,
+    /// The end of the partition.
+    End,
+}
+
+type Slots = crate::bus::changelog::Slots<Owned, Arrived>;
+
+/// Per consumed message, resolves to its offset once what it caused is acknowledged.
+type Pending = FuturesOrdered<BoxFuture<'static, Option<(i32, i64)>>>;
+/// Writes on their way to Kafka besides the events' own; one that failed hands back the alerts
+/// it fires, to be fired again.
+type Firing = FuturesUnordered<BoxFuture<'static, Result<(), (i32, Vec<Alert>)>>>;
+
+/// Messages already fetched that are applied before deadlines fire: events of one request
+/// (a status change and its reason, sent as two events) are judged together.
+const DRAIN_BATCH: usize = 500;
 
 /// A write to Kafka that resolves to whether it was acknowledged.
 type Acked = Shared<BoxFuture<'static, bool>>;
 
-/// The writes of one owned partition, chained per lead: each waits for the lead's write before
-/// it, so a lead's records reach Kafka in the order they were made — an alert before the state
-/// that marks it fired, an older state never after a newer one — and a write whose predecessor
-/// failed is not made at all (its event's offset is then not stored, and the event is read
-/// again). Revoking the partition cancels `token`: nothing is written for it any more, so the
-/// next owner's restore cannot be overwritten by a late write of ours.
+/// The writes of one owned partition, chained per key (a lead): each waits for the key's write
+/// before it, so a lead's records reach Kafka in the order they were made — an alert before the
+/// state that marks it fired, an older state never after a newer one — and a write whose
+/// predecessor failed is not made at all (its event's offset is then not stored, and the event
+/// is read again). Revoking the partition cancels `token`: nothing is written for it any more,
+/// so the next owner's restore cannot be overwritten by a late write of ours.
 struct Writes {
     tails: HashMap<String, Acked>,
     token: CancellationToken,
 }
 
 impl Writes {
+    /// Writes that give up when `abandon` (the end of the grace period) is cancelled, or when
+    /// the partition is revoked ([`Writes::revoke`]).
     fn new(abandon: &CancellationToken) -> Self {
         Self {
             tails: HashMap::new(),
@@ -113,41 +135,33 @@ impl Writes {
         acked
     }
 
+    /// The partition was revoked: nothing more is written for it.
+    fn revoke(&self) {
+        self.token.cancel();
+    }
+
     /// Forgets the writes that are done (they no longer hold back anything).
     fn prune(&mut self) {
         self.tails.retain(|_, acked| acked.peek().is_none());
     }
 }
 
-impl Owned {
-    /// Deadlines up to this instant may fire. `at_end`: every event accepted so far has been
-    /// applied. Otherwise the engine is behind, and a touch that happened in time but still waits
-    /// in the partition must get its chance to cancel the breach first.
-    fn horizon(&self, at_end: bool, now: Timestamp) -> Option<Timestamp> {
-        if at_end {
-            Some(now)
-        } else {
-            self.seen_until.map(|t| t.min(now))
-        }
-    }
-}
-
-type Pending = FuturesOrdered<BoxFuture<'static, Option<(i32, i64)>>>;
-
-/// Messages already fetched that are applied before deadlines fire: events of one request
-/// (a status change and its reason, sent as two events) are judged together.
-const DRAIN_BATCH: usize = 500;
-type Firing = FuturesUnordered<BoxFuture<'static, Result<(), (i32, Vec<Alert>)>>>;
-
 impl EngineRunner {
     /// Runs until `shutdown`; then finishes in-flight writes within `grace`, commits, and leaves
     /// the group. Work abandoned at the grace limit has no stored offset and is redone later.
-    pub async fn run(
-        mut self,
-        shutdown: CancellationToken,
-        grace: Duration,
-    ) -> Result<(), rdkafka::error::KafkaError> {
-        let producer_for_revoke = self.producer.clone();
+    pub async fn run(self, shutdown: CancellationToken, grace: Duration) -> Result<(), KafkaError> {
+        let EngineRunner {
+            engine,
+            mut rules,
+            producer,
+            base,
+            kafka,
+            topics,
+            config,
+            metrics,
+            clock,
+        } = self;
+        let producer_for_revoke = producer.clone();
         let hooks = RebalanceHooks {
             pause_on_assign: true,
             report_end: true,
@@ -158,36 +172,42 @@ impl EngineRunner {
             })),
         };
         let (consumer, mut assignments) = consumer::subscribe(
-            &self.base,
-            &self.kafka,
-            &self.kafka.group_id,
-            &self.topics.events,
-            self.metrics.clone(),
+            &base,
+            &kafka,
+            &kafka.group_id,
+            &topics.events,
+            metrics.clone(),
             hooks,
         )?;
-        tracing::info!(group = %self.kafka.group_id, topic = %self.topics.events, "engine started");
+        tracing::info!(group = %kafka.group_id, topic = %topics.events, "engine started");
 
-        let abandon = CancellationToken::new();
+        let restorer = Restorer {
+            base,
+            topic: topics.state.clone(),
+            timeout: config.restore_timeout.0,
+        };
+        let mut work = Work {
+            engine,
+            producer,
+            topics: Arc::new(topics),
+            metrics,
+            abandon: CancellationToken::new(),
+        };
         let (restored_tx, mut restored_rx) = mpsc::unbounded_channel::<Restored>();
         let mut slots = Slots::default();
-        let restorer = self.restorer();
-        // Partitions whose end was reached with no message since (every event read).
-        let mut at_end: HashMap<i32, bool> = HashMap::new();
-        // Per consumed event, resolves to its offset once what it caused is acknowledged.
         let mut pending: Pending = FuturesOrdered::new();
-        // Fired alerts on their way to Kafka; an error hands the alert back to be fired again.
         let mut firing: Firing = FuturesUnordered::new();
-        let mut sweep = tokio::time::interval(self.config.sweep_interval.0);
+        let mut sweep = tokio::time::interval(config.sweep_interval.0);
         sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
 
         loop {
             // A partition that is behind wakes the loop with its messages instead.
-            let next = slots
+            let wake = slots
                 .iter_ready()
-                .filter(|(partition, _)| at_end.get(partition).copied().unwrap_or(false))
-                .filter_map(|(_, p)| p.leads.next_deadline())
-                .min();
-            let wake = next.map(until).unwrap_or(Duration::from_secs(3600));
+                .filter_map(|(_, p)| p.wake)
+                .min()
+                .map(|t| clock.until(t))
+                .unwrap_or(Duration::from_secs(3600));
             tokio::select! {
                 biased;
                 _ = shutdown.cancelled() => break,
@@ -200,130 +220,90 @@ impl EngineRunner {
                         tracing::info!(partitions = ?ps, "engine partitions revoked");
                         for p in &ps {
                             if let Some(owned) = slots.ready_mut(*p) {
-                                owned.writes.token.cancel();
+                                owned.writes.revoke();
                             }
                         }
                         slots.revoked(&ps);
-                        for p in ps {
-                            at_end.remove(&p);
+                    }
+                },
+                Some(done) = restored_rx.recv() => if slots.is_current(&done) {
+                    let Restored { partition, generation, result } = done;
+                    match result {
+                        Ok(records) => {
+                            let now = clock.now();
+                            let (owned, sent) = work.restored(partition, records, now);
+                            firing.extend(sent.into_iter().map(|s| s.refire(partition)));
+                            for arrived in slots.ready(partition, owned) {
+                                let owned = slots.ready_mut(partition).expect("just made ready");
+                                process(&work, partition, owned, arrived, now, &mut pending, &mut firing);
+                            }
+                            consumer::resume(&consumer, &work.topics.events, partition);
+                        }
+                        Err(e) => {
+                            tracing::error!(partition, error = %e, "restoring lead state failed; retrying");
+                            restorer.spawn(partition, generation, Duration::from_secs(1), restored_tx.clone());
                         }
                     }
                 },
-                Some(done) = restored_rx.recv() => {
-                    self.on_restored(done, &mut slots, &consumer, &mut pending, &restorer, &restored_tx, &abandon);
-                }
                 Some(done) = pending.next(), if !pending.is_empty() => {
                     if let Some((partition, offset)) = done {
-                        consumer::store(&consumer, &self.topics.events, partition, offset);
+                        consumer::store(&consumer, &work.topics.events, partition, offset);
                     }
                 }
                 Some(result) = firing.next(), if !firing.is_empty() => {
                     if let Err((partition, alerts)) = result
                         && let Some(p) = slots.ready_mut(partition)
                     {
-                        for alert in &alerts {
-                            p.leads.unfire(&self.engine, alert);
-                        }
+                        let sent = work.step(partition, p, Input::Unwritten(&alerts), clock.now());
+                        firing.extend(sent.into_iter().map(|s| s.refire(partition)));
                     }
                 }
-                Ok(()) = self.rules.changed() => {
-                    let rules = self.rules.borrow_and_update().clone();
-                    self.engine = self.engine.with_rules(rules);
+                Ok(()) = rules.changed() => {
+                    let new = rules.borrow_and_update().clone();
+                    work.engine = work.engine.with_rules(new);
+                    let now = clock.now();
                     let mut leads = 0;
-                    for (_, p) in slots.iter_ready_mut() {
-                        p.leads.reload(&self.engine, Timestamp::now());
+                    for (partition, p) in slots.iter_ready_mut() {
+                        let sent = work.step(partition, p, Input::Reload, now);
+                        firing.extend(sent.into_iter().map(|s| s.refire(partition)));
                         leads += p.leads.len();
                     }
                     tracing::info!(leads, "rules reloaded; open leads have deadlines under the new rules");
                 }
-                received = consumer.recv(), if pending.len() < self.config.max_in_flight => {
-                    self.received(received, &mut slots, &mut at_end, &mut pending);
+                received = consumer.recv(), if pending.len() < config.max_in_flight => {
+                    let now = clock.now();
+                    on_message(&work, received, &mut slots, now, &mut pending, &mut firing);
                     // What was fetched with it is applied before anything fires.
                     for _ in 0..DRAIN_BATCH {
-                        if pending.len() >= self.config.max_in_flight {
+                        if pending.len() >= config.max_in_flight {
                             break;
                         }
                         match consumer.recv().now_or_never() {
                             Some(received) => {
-                                self.received(received, &mut slots, &mut at_end, &mut pending)
+                                on_message(&work, received, &mut slots, now, &mut pending, &mut firing)
                             }
                             None => break,
                         }
                     }
                 }
                 _ = sweep.tick() => {
-                    let now = Timestamp::now();
+                    let now = clock.now();
                     for (partition, p) in slots.iter_ready_mut() {
                         p.writes.prune();
-                        p.leads.settle(&self.engine, now);
-                        for lead in p.leads.expire(&self.engine, now, self.config.retention()) {
-                            tracing::debug!(partition, %lead, "lead state retention over; tombstoned");
-                            self.spawn_tombstone(&mut firing, p, lead);
-                        }
+                        let sent = work.step(partition, p, Input::Sweep, now);
+                        firing.extend(sent.into_iter().map(|s| s.refire(partition)));
                     }
                 }
                 _ = tokio::time::sleep(wake) => {}
             }
 
             // Fire whatever is due, also under a steady stream of events.
-            let now = Timestamp::now();
+            let now = clock.now();
             for (partition, p) in slots.iter_ready_mut() {
-                let end = at_end.get(&partition).copied().unwrap_or(false);
-                let Some(horizon) = p.horizon(end, now) else {
-                    continue;
-                };
-                if p.leads.next_deadline().is_none_or(|d| d > horizon) {
-                    continue;
-                }
-                for (lead, mut alerts) in p.leads.fire_due(&self.engine, horizon) {
-                    // The state as it is now, recording these alerts as fired.
-                    let Some(state) = p
-                        .leads
-                        .lead(&lead)
-                        .map(|s| serde_json::to_vec(s).expect("lead state serializes"))
-                    else {
-                        continue;
-                    };
-                    for alert in &mut alerts {
-                        alert.timestamp = now;
-                        self.metrics.alert_fired(&alert.kind);
-                        tracing::info!(alert_id = %alert.id(), lead = %alert.data.lead, kind = %alert.kind, "alert fired");
-                    }
-                    firing.push(write_alerts(
-                        self.producer.clone(),
-                        self.topics.clone(),
-                        p,
-                        partition,
-                        alerts,
-                        state,
-                    ));
-                }
-                // The pools' round-robin moved: kept in this partition of the changelog, so the
-                // next owner of the partition goes on from there.
-                if let Some(rotation) = p.leads.take_rotation() {
-                    let (producer, topic, abandon) = (
-                        self.producer.clone(),
-                        self.topics.state.clone(),
-                        abandon.clone(),
-                    );
-                    firing.push(
-                        async move {
-                            producer
-                                .send_until_acked_at(
-                                    &topic,
-                                    Some(partition),
-                                    ROTATION_KEY,
-                                    Some(&rotation),
-                                    &abandon,
-                                )
-                                .await;
-                            Ok(())
-                        }
-                        .boxed(),
-                    );
-                }
+                let sent = work.step(partition, p, Input::Tick, now);
+                firing.extend(sent.into_iter().map(|s| s.refire(partition)));
             }
-            self.metrics
+            work.metrics
                 .set_leads(slots.iter_ready().map(|(_, p)| p.leads.len() as i64).sum());
         }
 
@@ -331,7 +311,7 @@ impl EngineRunner {
         let drain = async {
             while let Some(done) = pending.next().await {
                 if let Some((partition, offset)) = done {
-                    consumer::store(&consumer, &self.topics.events, partition, offset);
+                    consumer::store(&consumer, &work.topics.events, partition, offset);
                 }
             }
             while firing.next().await.is_some() {}
@@ -340,235 +320,264 @@ impl EngineRunner {
             tracing::warn!(
                 "grace period over; unfinished engine work will be redone after restart"
             );
-            abandon.cancel();
+            work.abandon.cancel();
         }
         consumer::close(consumer, Duration::from_secs(5)).await;
         tracing::info!("engine stopped");
         Ok(())
     }
+}
 
-    /// One message (or consumer error) from the events topic.
-    fn received(
+/// The engine's own work on Kafka — per message, per tick, per restore — each a function of the
+/// partition it concerns and of what arrived, never of the loop's state: steps the partition,
+/// counts and logs what the engine noticed, and sends the step's writes as it orders them.
+struct Work {
+    engine: Engine,
+    producer: Arc<Producer>,
+    topics: Arc<Topics>,
+    metrics: Arc<Metrics>,
+    /// Cancelled when the grace period is over: every write still waiting gives up.
+    abandon: CancellationToken,
+}
+
+/// One write of a step on its way to Kafka.
+struct Sent {
+    acked: Acked,
+    /// The alerts it fires: handed back to the engine if it is not written.
+    fired: Vec<Alert>,
+}
+
+impl Sent {
+    /// Resolves once the write is done: to the alerts to fire again, if it was not written.
+    fn refire(self, partition: i32) -> BoxFuture<'static, Result<(), (i32, Vec<Alert>)>> {
+        async move {
+            if self.acked.await || self.fired.is_empty() {
+                Ok(())
+            } else {
+                // Not written (abandoned, or the partition moved): fire them again if it is ours.
+                Err((partition, self.fired))
+            }
+        }
+        .boxed()
+    }
+}
+
+impl Work {
+    /// Steps `partition` with `input` at `now`, counts and logs what the engine noticed, notes
+    /// when to wake, and sends the writes.
+    fn step(
         &self,
-        received: Result<rdkafka::message::BorrowedMessage<'_>, rdkafka::error::KafkaError>,
-        slots: &mut Slots,
-        at_end: &mut HashMap<i32, bool>,
-        pending: &mut Pending,
-    ) {
-        let msg = match received {
-            Ok(msg) => msg,
-            Err(rdkafka::error::KafkaError::PartitionEOF(partition)) => {
-                tracing::debug!(partition, "engine read to the end of a partition");
-                at_end.insert(partition, true);
-                return;
+        partition: i32,
+        owned: &mut Owned,
+        input: Input<'_>,
+        now: Timestamp,
+    ) -> Vec<Sent> {
+        let step = owned.leads.step(&self.engine, input, now);
+        report(&self.metrics, partition, &step.diagnostics);
+        owned.wake = step.wake;
+        step.writes
+            .into_iter()
+            .map(|write| self.send(partition, &mut owned.writes, write))
+            .collect()
+    }
+
+    /// Sends one write: a lead's after its earlier writes (its alerts, then — only once they
+    /// are all in Kafka — its state), the partition's rotation on its own.
+    fn send(&self, partition: i32, writes: &mut Writes, write: Write) -> Sent {
+        let producer = self.producer.clone();
+        let topics = self.topics.clone();
+        match write {
+            Write::Lead(LeadWrite {
+                lead,
+                alerts,
+                state,
+                fired,
+            }) => {
+                let key = lead.clone();
+                let acked = writes.chain(&key, move |token| {
+                    async move {
+                        // Queued together, in order: one lead's alerts keep their order in its
+                        // partition.
+                        let written = futures::future::join_all(alerts.iter().map(|payload| {
+                            producer.send_until_acked(&topics.alerts, &lead, Some(payload), &token)
+                        }))
+                        .await;
+                        if written.iter().any(|ok| !ok) {
+                            return false;
+                        }
+                        producer
+                            .send_until_acked(&topics.state, &lead, state.as_deref(), &token)
+                            .await
+                    }
+                    .boxed()
+                });
+                Sent { acked, fired }
             }
-            Err(e) => {
-                tracing::warn!(error = %e, "engine consumer error");
-                return;
+            Write::Rotation(rotation) => {
+                let abandon = self.abandon.clone();
+                let acked = async move {
+                    producer
+                        .send_until_acked_at(
+                            &topics.state,
+                            Some(partition),
+                            ROTATION_KEY,
+                            Some(&rotation),
+                            &abandon,
+                        )
+                        .await
+                }
+                .boxed()
+                .shared();
+                Sent {
+                    acked,
+                    fired: Vec::new(),
+                }
             }
+        }
+    }
+
+    /// A partition's records are back from the changelog: its state, ready.
+    fn restored(&self, partition: i32, records: Records, now: Timestamp) -> (Owned, Vec<Sent>) {
+        let mut owned = Owned {
+            leads: PartitionState::default(),
+            writes: Writes::new(&self.abandon),
+            wake: None,
         };
-        let (partition, offset) = (msg.partition(), msg.offset());
-        at_end.insert(partition, false);
+        let sent = self.step(partition, &mut owned, Input::Restore(records), now);
+        tracing::info!(partition, leads = owned.leads.len(), "lead state restored");
+        (owned, sent)
+    }
+
+    /// The event a message holds. One that holds none is counted and logged: not ours to fix.
+    fn read(&self, msg: &BorrowedMessage<'_>) -> Option<LeadEvent> {
         let event = msg
             .payload()
             .ok_or_else(|| "empty message".to_string())
             .and_then(|p| serde_json::from_slice::<LeadEvent>(p).map_err(|e| e.to_string()));
-        let event = match event {
-            Ok(event) => event,
+        match event {
+            Ok(event) => Some(event),
             Err(error) => {
-                // Not ours to fix: count it, log where it is, and move on.
                 self.metrics.engine_event("invalid");
+                let (partition, offset) = (msg.partition(), msg.offset());
                 tracing::error!(partition, offset, %error, "skipping an event that is not a LeadEvent");
-                pending.push_back(futures::future::ready(Some((partition, offset))).boxed());
-                return;
-            }
-        };
-        match slots.route(partition) {
-            Slot::Restoring { waiting, .. } => waiting.push((offset, event)),
-            Slot::Ready(p) => {
-                let write = self.apply(p, partition, offset, event);
-                pending.push_back(write);
-            }
-        }
-    }
-
-    /// A restore finished: make the partition ready (applying what waited for it) and resume
-    /// it, or retry a failed restore.
-    #[allow(clippy::too_many_arguments)]
-    fn on_restored(
-        &self,
-        done: Restored,
-        slots: &mut Slots,
-        consumer: &consumer::GroupConsumer,
-        pending: &mut Pending,
-        restorer: &Restorer,
-        restored_tx: &mpsc::UnboundedSender<Restored>,
-        abandon: &CancellationToken,
-    ) {
-        if !slots.is_current(&done) {
-            return;
-        }
-        let Restored {
-            partition,
-            generation,
-            result,
-        } = done;
-        let snapshot = match result {
-            Ok(snapshot) => snapshot,
-            Err(e) => {
-                tracing::error!(partition, error = %e, "restoring lead state failed; retrying");
-                restorer.spawn(
-                    partition,
-                    generation,
-                    Duration::from_secs(1),
-                    restored_tx.clone(),
-                );
-                return;
-            }
-        };
-        let mut leads = PartitionState::default();
-        let mut broken = 0usize;
-        for (key, bytes) in snapshot {
-            if !leads.restore_record(&self.engine, key, &bytes) {
-                broken += 1;
-            }
-        }
-        if broken > 0 {
-            tracing::error!(
-                partition,
-                broken,
-                "lead states in the changelog could not be read; those leads start afresh"
-            );
-        }
-        // The rules may have been edited while the daemon was down: every lead is looked at
-        // again under the rules now in force, as on a reload (a no-op for unchanged rules).
-        leads.reload(&self.engine, Timestamp::now());
-        tracing::info!(partition, leads = leads.len(), "lead state restored");
-        let waiting = slots.ready(
-            partition,
-            Owned {
-                leads,
-                seen_until: None,
-                writes: Writes::new(abandon),
-            },
-        );
-        if let Some(owned) = slots.ready_mut(partition) {
-            for (offset, event) in waiting {
-                pending.push_back(self.apply(owned, partition, offset, event));
-            }
-        }
-        consumer::resume(consumer, &self.topics.events, partition);
-    }
-
-    fn restorer(&self) -> Restorer {
-        Restorer {
-            base: self.base.clone(),
-            topic: self.topics.state.clone(),
-            timeout: self.config.restore_timeout.0,
-        }
-    }
-
-    /// Applies one event; the returned future resolves to its offset once its state write is acked.
-    fn apply(
-        &self,
-        owned: &mut Owned,
-        partition: i32,
-        offset: i64,
-        event: LeadEvent,
-    ) -> BoxFuture<'static, Option<(i32, i64)>> {
-        owned.seen_until = Some(
-            owned
-                .seen_until
-                .map_or(event.received_at, |t| t.max(event.received_at)),
-        );
-        let payload = match owned.leads.apply(&self.engine, &event) {
-            Write::Nothing => {
-                self.metrics.engine_event("duplicate");
-                return futures::future::ready(Some((partition, offset))).boxed();
-            }
-            Write::State(state) => {
-                self.metrics.engine_event("applied");
-                Some(serde_json::to_vec(state).expect("lead state serializes"))
-            }
-            Write::Tombstone => {
-                self.metrics.engine_event("forgotten");
-                tracing::info!(lead = %event.lead, "lead forgotten on request; state tombstoned");
                 None
             }
-        };
-        let producer = self.producer.clone();
-        let topic = self.topics.state.clone();
-        let lead = event.lead.clone();
-        let acked = owned.writes.chain(&event.lead, move |token| {
-            async move {
-                producer
-                    .send_until_acked(&topic, &lead, payload.as_deref(), &token)
-                    .await
-            }
-            .boxed()
-        });
-        acked
-            .map(move |ok| ok.then_some((partition, offset)))
-            .boxed()
-    }
-
-    /// Tombstones a lead's state outside of an event (retention), after its other writes.
-    fn spawn_tombstone(&self, firing: &mut Firing, owned: &mut Owned, lead: String) {
-        let producer = self.producer.clone();
-        let topic = self.topics.state.clone();
-        let key = lead.clone();
-        let acked = owned.writes.chain(&key, move |token| {
-            async move { producer.send_until_acked(&topic, &lead, None, &token).await }.boxed()
-        });
-        firing.push(acked.map(|_| Ok(())).boxed());
+        }
     }
 }
 
-/// Writes a lead's fired alerts, then (only once they are all in Kafka) the state that says they
-/// fired: a crash in between makes them fire again under the same ids, never lose them. Chained
-/// after the lead's earlier writes, so any later state (which also says they fired) waits for
-/// them.
-fn write_alerts(
-    producer: Arc<Producer>,
-    topics: Topics,
-    owned: &mut Owned,
-    partition: i32,
-    alerts: Vec<Alert>,
-    state: Vec<u8>,
-) -> BoxFuture<'static, Result<(), (i32, Vec<Alert>)>> {
-    let Some(lead) = alerts.first().map(|a| a.data.lead.clone()) else {
-        return futures::future::ready(Ok(())).boxed();
-    };
-    let payloads: Vec<Vec<u8>> = alerts
-        .iter()
-        .map(|a| serde_json::to_vec(a).expect("alert serializes"))
-        .collect();
-    let key = lead.clone();
-    let acked = owned.writes.chain(&key, move |token| {
-        async move {
-            // Queued together, in order: one lead's alerts keep their order in its partition.
-            let written = futures::future::join_all(payloads.iter().map(|payload| {
-                producer.send_until_acked(&topics.alerts, &lead, Some(payload), &token)
-            }))
-            .await;
-            if written.iter().any(|ok| !ok) {
-                return false;
+/// One message (or consumer error) from the events topic: processed by its partition when it is
+/// ready, kept for it while it is restoring. A message that is not an event has its offset
+/// stored (in order) at once.
+fn on_message(
+    work: &Work,
+    received: Result<BorrowedMessage<'_>, KafkaError>,
+    slots: &mut Slots,
+    now: Timestamp,
+    pending: &mut Pending,
+    firing: &mut Firing,
+) {
+    let (partition, arrived) = match received {
+        Ok(msg) => {
+            let (partition, offset) = (msg.partition(), msg.offset());
+            match work.read(&msg) {
+                Some(event) => (partition, Arrived::Event(offset, event)),
+                None => {
+                    pending.push_back(futures::future::ready(Some((partition, offset))).boxed());
+                    (partition, Arrived::NotAnEvent)
+                }
             }
-            producer
-                .send_until_acked(&topics.state, &lead, Some(&state), &token)
-                .await
         }
-        .boxed()
-    });
-    async move {
-        if acked.await {
-            Ok(())
-        } else {
-            // Not written (abandoned, or the partition moved): fire them again if it is ours.
-            Err((partition, alerts))
+        Err(KafkaError::PartitionEOF(partition)) => {
+            tracing::debug!(partition, "engine read to the end of a partition");
+            (partition, Arrived::End)
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "engine consumer error");
+            return;
+        }
+    };
+    match slots.route(partition) {
+        Slot::Restoring { waiting, .. } => waiting.push(arrived),
+        Slot::Ready(owned) => process(work, partition, owned, arrived, now, pending, firing),
+    }
+}
+
+/// Steps a ready partition with what arrived for it. An event's offset is stored once every
+/// write it caused is acknowledged; any other write is seen through in `firing`.
+fn process(
+    work: &Work,
+    partition: i32,
+    owned: &mut Owned,
+    arrived: Arrived,
+    now: Timestamp,
+    pending: &mut Pending,
+    firing: &mut Firing,
+) {
+    let (input, offset) = match &arrived {
+        Arrived::Event(offset, event) => (Input::Event(event), Some(*offset)),
+        Arrived::NotAnEvent => (Input::NotAnEvent, None),
+        Arrived::End => (Input::End, None),
+    };
+    let sent = work.step(partition, owned, input, now);
+    let Some(offset) = offset else {
+        firing.extend(sent.into_iter().map(|s| s.refire(partition)));
+        return;
+    };
+    let acked = futures::future::join_all(sent.iter().map(|s| s.acked.clone()));
+    pending.push_back(
+        acked
+            .map(move |oks| oks.into_iter().all(|ok| ok).then_some((partition, offset)))
+            .boxed(),
+    );
+    // Alerts an event's writes fire (none do: alerts fire on ticks) go back if not written.
+    firing.extend(
+        sent.into_iter()
+            .filter(|s| !s.fired.is_empty())
+            .map(|s| s.refire(partition)),
+    );
+}
+
+/// Counts and logs what the engine noticed in a step of `partition`.
+fn report(metrics: &Metrics, partition: i32, diagnostics: &[Diagnostic]) {
+    for d in diagnostics {
+        match d {
+            Diagnostic::Applied => metrics.engine_event("applied"),
+            Diagnostic::Duplicate => metrics.engine_event("duplicate"),
+            Diagnostic::Forgotten { lead } => {
+                metrics.engine_event("forgotten");
+                tracing::info!(%lead, "lead forgotten on request; state tombstoned");
+            }
+            Diagnostic::RuleMissingField { rule, field } => {
+                if let Some(field) = field {
+                    tracing::trace!(%rule, %field, "missing field: rule false");
+                }
+                metrics.rule_missing_field(rule);
+            }
+            Diagnostic::RuleError { rule, error } => {
+                if let Some(error) = error {
+                    tracing::debug!(%rule, %error, "rule counted as false");
+                }
+                metrics.rule_errors(rule);
+            }
+            Diagnostic::AlertFired { id, lead, kind } => {
+                metrics.alert_fired(kind);
+                tracing::info!(alert_id = %id, %lead, %kind, "alert fired");
+            }
+            Diagnostic::NoRecipients { lead, kind, to } => {
+                tracing::warn!(%lead, %kind, ?to, "alert names no recipient; add them to [directory] or [recipients]");
+                metrics.alert_without_recipients(kind);
+            }
+            Diagnostic::Expired { lead } => {
+                tracing::debug!(partition, %lead, "lead state retention over; tombstoned");
+            }
+            Diagnostic::Unreadable { records } => tracing::error!(
+                partition,
+                broken = records,
+                "lead states in the changelog could not be read; those leads start afresh"
+            ),
         }
     }
-    .boxed()
 }
 
 #[cfg(test)]
@@ -620,6 +629,59 @@ mod tests {
         assert!(!alert.await.unwrap());
         assert!(!later.await.unwrap());
         assert_eq!(*log.lock().unwrap(), ["alert", "other-lead"]);
+    }
+
+    #[test]
+    fn what_the_engine_noticed_is_counted_under_the_daemons_metric_names() {
+        let metrics = Metrics::new();
+        let rule = "lifecycle.sales_ready".to_string();
+        report(
+            &metrics,
+            0,
+            &[
+                Diagnostic::Applied,
+                Diagnostic::Applied,
+                Diagnostic::Duplicate,
+                Diagnostic::Forgotten { lead: "L-1".into() },
+                Diagnostic::RuleMissingField {
+                    rule: rule.clone(),
+                    field: Some("score".into()),
+                },
+                Diagnostic::RuleMissingField {
+                    rule: "segments[0].when".into(),
+                    field: None,
+                },
+                Diagnostic::RuleError {
+                    rule: rule.clone(),
+                    error: None,
+                },
+                Diagnostic::AlertFired {
+                    id: "a-1".into(),
+                    lead: "L-1".into(),
+                    kind: "sla.first_touch.breached".into(),
+                },
+                Diagnostic::NoRecipients {
+                    lead: "L-1".into(),
+                    kind: "lead.unassigned".into(),
+                    to: vec!["queue".into()],
+                },
+                Diagnostic::Expired { lead: "L-2".into() },
+                Diagnostic::Unreadable { records: 2 },
+            ],
+        );
+        let text = metrics.encode();
+        for line in [
+            "leadwatch_engine_events_total{outcome=\"applied\"} 2",
+            "leadwatch_engine_events_total{outcome=\"duplicate\"} 1",
+            "leadwatch_engine_events_total{outcome=\"forgotten\"} 1",
+            "leadwatch_rule_missing_fields_total{rule=\"lifecycle.sales_ready\"} 1",
+            "leadwatch_rule_missing_fields_total{rule=\"segments[0].when\"} 1",
+            "leadwatch_rule_errors_total{rule=\"lifecycle.sales_ready\"} 1",
+            "leadwatch_alerts_fired_total{type=\"sla.first_touch.breached\"} 1",
+            "leadwatch_alerts_without_recipients_total{type=\"lead.unassigned\"} 1",
+        ] {
+            assert!(text.contains(line), "{line} in\n{text}");
+        }
     }
 
     #[tokio::test]

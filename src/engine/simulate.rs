@@ -18,6 +18,7 @@ use serde::{Deserialize, Serialize};
 
 use super::calendar;
 use super::partition::PartitionState;
+use super::step::{Input, Write};
 use super::{Closeout, Engine};
 use crate::alert::Alert;
 use crate::event::{Change, LeadEvent};
@@ -84,7 +85,9 @@ pub struct Fired<'a> {
 /// each alert to `emit` as it fires; returns the scorecard.
 ///
 /// Leads are placed on `partitions` partitions as the daemon's producers place them (the pools'
-/// round-robin is kept per partition), so suggested owners are the daemon's too.
+/// round-robin is kept per partition), so suggested owners are the daemon's too. Each partition
+/// is stepped as the daemon steps it, with every event of the file up to the simulated clock
+/// read: it is always at its end, so deadlines fire at the clock.
 pub fn run(
     engine: &Engine,
     mut events: Vec<LeadEvent>,
@@ -99,22 +102,25 @@ pub fn run(
         .unwrap_or(Timestamp::UNIX_EPOCH);
     let from = events.first().map(|e| e.occurred_at);
     let partitions = partitions.max(1);
-    let mut parts: Vec<PartitionState> = (0..partitions).map(|_| Default::default()).collect();
+    let mut parts: Vec<Simulated> = (0..partitions)
+        .map(|_| Simulated::new(engine, from.unwrap_or(until)))
+        .collect();
     let mut card = Recorder::default();
     // Every partition's deadlines, earliest first (ties: the lower partition first).
     let mut fire_before =
-        |parts: &mut [PartitionState], card: &mut Recorder, limit: Timestamp, inclusive: bool| {
+        |parts: &mut [Simulated], card: &mut Recorder, limit: Timestamp, inclusive: bool| {
             while let Some((d, i)) = parts
                 .iter()
                 .enumerate()
-                .filter_map(|(i, p)| Some((p.next_deadline()?, i)))
+                .filter_map(|(i, p)| Some((p.wake?, i)))
                 .min()
             {
                 if d > limit || (d == limit && !inclusive) {
                     break;
                 }
-                for (_, alerts) in parts[i].fire_due(engine, d) {
-                    for alert in &alerts {
+                for write in parts[i].step(engine, Input::Tick, d) {
+                    let Write::Lead(write) = write else { continue };
+                    for alert in &write.fired {
                         card.alert(alert);
                         emit(alert);
                     }
@@ -125,9 +131,10 @@ pub fn run(
         fire_before(&mut parts, &mut card, event.occurred_at, false);
         let p = &mut parts
             [crate::partitioner::partition_for(event.lead.as_bytes(), partitions) as usize];
-        let before = p.lead(&event.lead).cloned().unwrap_or_default();
-        p.apply(engine, event);
-        if let Some(after) = p.lead(&event.lead) {
+        let before = p.state.lead(&event.lead).cloned().unwrap_or_default();
+        p.step(engine, Input::Event(event), event.occurred_at);
+        p.step(engine, Input::End, event.occurred_at);
+        if let Some(after) = p.state.lead(&event.lead) {
             card.observe(
                 engine,
                 &event.lead,
@@ -138,10 +145,36 @@ pub fn run(
         }
     }
     fire_before(&mut parts, &mut card, until, true);
-    for (key, state) in parts.iter().flat_map(PartitionState::iter) {
+    for (key, state) in parts.iter().flat_map(|p| p.state.iter()) {
         card.finish(engine, key, &state.lead, until);
     }
     card.scorecard(from, until)
+}
+
+/// One simulated partition: its state, and when it next has something to fire.
+struct Simulated {
+    state: PartitionState,
+    wake: Option<Timestamp>,
+}
+
+impl Simulated {
+    /// A partition read to its end (there is nothing in it yet).
+    fn new(engine: &Engine, now: Timestamp) -> Self {
+        let mut p = Self {
+            state: PartitionState::default(),
+            wake: None,
+        };
+        p.step(engine, Input::End, now);
+        p
+    }
+
+    /// Steps the partition as the daemon does; returns what it would write (what the engine
+    /// noticed is not counted here).
+    fn step(&mut self, engine: &Engine, input: Input<'_>, now: Timestamp) -> Vec<Write> {
+        let step = self.state.step(engine, input, now);
+        self.wake = step.wake;
+        step.writes
+    }
 }
 
 /// Why `simulate` over files could not finish.
@@ -184,8 +217,7 @@ pub fn run_files(
     for b in &bad {
         eprintln!("{}:{}: skipped: {}", events.display(), b.line, b.message);
     }
-    let metrics = std::sync::Arc::new(crate::telemetry::Metrics::new());
-    let engine = Engine::new(std::sync::Arc::new(rules), metrics).with_links(links);
+    let engine = Engine::new(std::sync::Arc::new(rules)).with_links(links);
     let mut out = std::io::BufWriter::new(std::io::stdout().lock());
     let mut failed = None;
     let card = run(&engine, read, until, partitions, |alert| {
@@ -518,7 +550,6 @@ mod tests {
 
     use super::*;
     use crate::engine::rules::Rules;
-    use crate::telemetry::Metrics;
 
     const RULES: &str = r#"
 [lifecycle]
@@ -536,10 +567,7 @@ marketing_ops = ["mops@example.com"]
 "#;
 
     fn engine() -> Engine {
-        Engine::new(
-            Arc::new(Rules::parse(RULES).unwrap()),
-            Arc::new(Metrics::new()),
-        )
+        Engine::new(Arc::new(Rules::parse(RULES).unwrap()))
     }
 
     const EVENTS: &str = r#"

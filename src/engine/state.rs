@@ -186,6 +186,16 @@ pub struct Owed {
 }
 
 impl LeadState {
+    /// The lead's record in the state changelog: this state, as JSON.
+    pub fn encode(&self) -> Vec<u8> {
+        serde_json::to_vec(self).expect("lead state serializes")
+    }
+
+    /// A lead's record read back from the state changelog; `None` when it cannot be read.
+    pub fn decode(record: &[u8]) -> Option<Self> {
+        serde_json::from_slice(record).ok()
+    }
+
     pub fn has_fired(
         &self,
         rule: &str,
