@@ -7,7 +7,8 @@
 //! - [`config`]: typed configuration, loaded and validated with every problem reported.
 //! - [`signature`]: Standard Webhooks signing and verification.
 //! - [`bus`]: Kafka producer, consumer groups, topics, the embedded broker.
-//! - [`engine`]: the pure state machine ([`engine::Engine`]) and its Kafka shell ([`engine::runner`]).
+//! - [`engine`]: the pure SLA engine, with one entry point ([`engine::PartitionState::step`]).
+//! - [`runner`]: the shells that run the stages on Kafka (the engine's: [`runner::engine`]).
 //! - [`dispatch`]: routes, templates, sinks ([`dispatch::sinks`]), per-sink queues, durable
 //!   retries ([`dispatch::backlog`], [`dispatch::retry`]) and dead letters ([`dispatch::dlq`]).
 //! - [`http`] / [`app`]: serving and wiring; [`telemetry`]: logs and metrics.
@@ -24,5 +25,6 @@ pub mod event;
 pub mod forget;
 pub mod ingest;
 pub mod partitioner;
+pub mod runner;
 pub mod signature;
 pub mod telemetry;

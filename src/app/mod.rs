@@ -16,8 +16,8 @@ use crate::bus::{self, Topics, admin};
 use crate::dispatch::Dispatcher;
 use crate::engine::Engine;
 use crate::engine::rules::Rules;
-use crate::engine::runner::EngineRunner;
 use crate::ingest::Ingest;
+use crate::runner::engine::EngineRunner;
 use crate::telemetry::Metrics;
 
 pub mod config;

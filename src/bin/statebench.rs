@@ -18,10 +18,10 @@ use leadwatch::bus::changelog;
 use leadwatch::bus::producer::Producer;
 use leadwatch::bus::{self, Topics, admin};
 use leadwatch::engine::rules::Rules;
-use leadwatch::engine::runner::EngineRunner;
 use leadwatch::engine::step::{Diagnostic, Input};
 use leadwatch::engine::{Engine, EngineConfig, LeadState, PartitionState};
 use leadwatch::event::{Change, LeadEvent};
+use leadwatch::runner::engine::EngineRunner;
 use leadwatch::telemetry::Metrics;
 use tokio_util::sync::CancellationToken;
 
