@@ -9,6 +9,7 @@
 //! - [`bus`]: Kafka producer, consumer groups, topics, the embedded broker.
 //! - [`engine`]: the pure SLA engine, with one entry point ([`engine::PartitionState::step`]).
 //! - [`runner`]: the shells that run the stages on Kafka (the engine's: [`runner::engine`]).
+//! - [`simulate`]: the engine over a file of past events, with a scorecard.
 //! - [`dispatch`]: routes, templates, sinks ([`dispatch::sinks`]), per-sink queues, durable
 //!   retries ([`dispatch::backlog`], [`dispatch::retry`]) and dead letters ([`dispatch::dlq`]).
 //! - [`http`] / [`app`]: serving and wiring; [`telemetry`]: logs and metrics.
@@ -27,4 +28,5 @@ pub mod ingest;
 pub mod partitioner;
 pub mod runner;
 pub mod signature;
+pub mod simulate;
 pub mod telemetry;

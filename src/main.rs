@@ -296,7 +296,7 @@ fn simulate(
     partitions: Option<u16>,
     scorecard: Option<&std::path::Path>,
 ) -> ExitCode {
-    use leadwatch::engine::simulate::{self, FileError};
+    use leadwatch::simulate::{self, FileError};
     // The rules: `--rules`, or those `--config` names (with its sources' links into the CRM).
     let (rules, links, configured) = match (rules, config) {
         (Some(path), _) => match leadwatch::engine::rules::Rules::load(path) {

@@ -10,7 +10,7 @@ use std::time::Duration;
 use jiff::{SignedDuration, Timestamp};
 use leadwatch::engine::Engine;
 use leadwatch::engine::rules::Rules;
-use leadwatch::engine::simulate;
+use leadwatch::simulate;
 use serde_json::{Value, json};
 use support::*;
 

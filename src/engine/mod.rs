@@ -18,7 +18,6 @@ pub mod config;
 pub mod deadlines;
 pub mod partition;
 pub mod rules;
-pub mod simulate;
 pub mod state;
 pub mod step;
 

@@ -16,11 +16,11 @@ use std::time::Duration;
 use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
 
-use super::calendar;
-use super::partition::PartitionState;
-use super::step::{Input, Write};
-use super::{Closeout, Engine};
 use crate::alert::Alert;
+use crate::engine::calendar;
+use crate::engine::partition::PartitionState;
+use crate::engine::step::{Input, Write};
+use crate::engine::{Closeout, Engine};
 use crate::event::{Change, LeadEvent};
 
 /// One line of the events file: the canonical event (as on `{prefix}.events`, or as the generic
@@ -200,7 +200,7 @@ pub enum FileError {
 /// (with `fired_at`), names unreadable lines on stderr, and writes the scorecard to `scorecard`
 /// (or stderr). `links` are the sources' link templates into the CRM, by source name.
 pub fn run_files(
-    rules: super::rules::Rules,
+    rules: crate::engine::rules::Rules,
     links: std::collections::HashMap<String, String>,
     events: &std::path::Path,
     until: Option<Timestamp>,
@@ -291,8 +291,8 @@ impl Recorder {
         &mut self,
         engine: &Engine,
         key: &str,
-        before: &super::Lead,
-        after: &super::Lead,
+        before: &crate::engine::Lead,
+        after: &crate::engine::Lead,
         at: Timestamp,
     ) {
         let old = before.episode.as_ref().and_then(|e| e.clock.as_ref());
@@ -337,8 +337,8 @@ impl Recorder {
         &mut self,
         engine: &Engine,
         key: &str,
-        lead: &super::Lead,
-        clock: &super::state::Clock,
+        lead: &crate::engine::Lead,
+        clock: &crate::engine::state::Clock,
         ended: Timestamp,
         left_sales: bool,
     ) {
@@ -368,7 +368,7 @@ impl Recorder {
     }
 
     /// Clocks still running at the end.
-    fn finish(&mut self, engine: &Engine, key: &str, lead: &super::Lead, until: Timestamp) {
+    fn finish(&mut self, engine: &Engine, key: &str, lead: &crate::engine::Lead, until: Timestamp) {
         if let Some(clock) = lead.episode.as_ref().and_then(|e| e.clock.as_ref()) {
             self.clock_ended(engine, key, lead, clock, until, false);
         }
