@@ -13,10 +13,10 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Instant;
 
 use clap::Parser;
 use jiff::{SignedDuration, Timestamp};
+use leadwatch::clock::Clock;
 use leadwatch::engine::rules::Rules;
 use leadwatch::engine::step::{Input, Write};
 use leadwatch::engine::{Engine, PartitionState};
@@ -141,7 +141,7 @@ fn main() -> anyhow::Result<()> {
     let mut p = PartitionState::default();
     let mut wake = None;
     let mut alerts = 0usize;
-    let started = Instant::now();
+    let started = Clock::system().instant();
     for (i, event) in events.iter().enumerate() {
         // The live engine sweeps (closes passed reorder windows) once a minute.
         if i.is_multiple_of(2_000) {

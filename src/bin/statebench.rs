@@ -9,7 +9,7 @@
 //! `cargo run --release --bin statebench -- --brokers 127.0.0.1:9092 restore --leads 1000000`
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use jiff::Timestamp;
@@ -17,6 +17,7 @@ use leadwatch::bus::KafkaConfig;
 use leadwatch::bus::changelog;
 use leadwatch::bus::producer::Producer;
 use leadwatch::bus::{self, Topics, admin};
+use leadwatch::clock::Clock;
 use leadwatch::engine::rules::Rules;
 use leadwatch::engine::step::{Diagnostic, Input};
 use leadwatch::engine::{Engine, EngineConfig, LeadState, PartitionState};
@@ -83,10 +84,11 @@ fn event(i: usize, now: Timestamp) -> LeadEvent {
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     leadwatch::telemetry::init_tracing();
+    let clock = Clock::system();
     let prefix = args
         .prefix
         .clone()
-        .unwrap_or_else(|| format!("bench{}", Timestamp::now().as_second()));
+        .unwrap_or_else(|| format!("bench{}", clock.now().as_second()));
     let kafka = KafkaConfig {
         brokers: args.brokers.clone(),
         topic_prefix: prefix.clone(),
@@ -104,7 +106,7 @@ async fn main() -> anyhow::Result<()> {
     let engine = Engine::new(Arc::new(
         Rules::parse(RULES).map_err(|e| anyhow::anyhow!("{e:?}"))?,
     ));
-    let now = Timestamp::now();
+    let now = clock.now();
     println!(
         "cores: {}",
         std::thread::available_parallelism().map_or(0, |n| n.get())
@@ -113,7 +115,7 @@ async fn main() -> anyhow::Result<()> {
     match args.what {
         What::Restore { leads } => {
             // The state an open lead has after its sales-ready event.
-            let started = Instant::now();
+            let started = clock.instant();
             let mut bytes = 0usize;
             let mut in_flight = Vec::new();
             for i in 0..leads {
@@ -139,7 +141,7 @@ async fn main() -> anyhow::Result<()> {
             );
 
             let rss_before = rss_bytes();
-            let started = Instant::now();
+            let started = clock.instant();
             let mut restored: Vec<PartitionState> = Vec::new();
             for p in 0..args.partitions {
                 let (base, topic) = (base.clone(), topics.state.clone());
@@ -170,7 +172,7 @@ async fn main() -> anyhow::Result<()> {
             );
         }
         What::Engine { events } => {
-            let started = Instant::now();
+            let started = clock.instant();
             let mut in_flight = Vec::new();
             for i in 0..events {
                 let ev = event(i, now);
@@ -202,7 +204,7 @@ async fn main() -> anyhow::Result<()> {
                 topics,
                 config: EngineConfig::default(),
                 metrics: metrics.clone(),
-                clock: leadwatch::clock::Clock::system(),
+                clock: clock.clone(),
             };
             let stop = CancellationToken::new();
             let task = tokio::spawn(runner.run(stop.clone(), Duration::from_secs(10)));
@@ -221,7 +223,7 @@ async fn main() -> anyhow::Result<()> {
             while applied() == 0 {
                 tokio::time::sleep(Duration::from_millis(5)).await;
             }
-            let started = Instant::now();
+            let started = clock.instant();
             while applied() < events {
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
