@@ -1,7 +1,7 @@
 //! The SLA engine, pure: no I/O, no clock reads (time is handed in), no counting or logging (what
 //! it notices is returned). One entry point, [`PartitionState::step`]: `(partition state, input,
 //! now)` → the records to write in order, what to count and log, and when to wake. The same code
-//! runs live (the Kafka shell, `crate::runner`) and over past events (`crate::simulate`).
+//! runs live (the Kafka shell in `runner`) and over past events (`simulate`).
 //!
 //! - [`step`]: the entry point's vocabulary: [`step::Input`], [`step::Step`].
 //! - [`partition`]: one Kafka partition's leads and their deadlines in one ordered set, and
