@@ -9,9 +9,13 @@
 //! are keyed by lead) by an assigned consumer on a blocking thread, and only then resumed. Its
 //! deadlines come back with the state, so those that passed meanwhile fire at once.
 //!
-//! [`EngineRunner::run`] is the consumer-group skeleton (assign → pause → restore → resume →
-//! process → store offsets → revoke); the engine's own work per message, per tick and per restore
-//! is [`Work`]'s, and depends on nothing of the loop's.
+//! The seam for one consumer-group skeleton shared with the dispatcher: [`EngineRunner::run`],
+//! with `on_message` and `process`, is that skeleton (assign → pause → restore → resume → process
+//! → store offsets once the writes are acked → revoke). The engine's own work is `Work`'s —
+//! reading a message (`Work::read`), a restore (`Work::restored`), stepping a partition with an
+//! event, a tick, a sweep, a reload or an unwritten write and carrying the step out
+//! (`Work::step`) — each a function of the partition and of what arrived, never of the loop's
+//! state; a shared skeleton would call it through a trait.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -175,7 +179,7 @@ impl EngineRunner {
                         Ok(records) => {
                             let now = clock.now();
                             let (owned, sent) = work.restored(partition, records, now);
-                            firing.extend(sent.into_iter().map(|s| s.refire(partition)));
+                            see_through(&mut firing, partition, sent);
                             for arrived in slots.ready(partition, owned) {
                                 let owned = slots.ready_mut(partition).expect("just made ready");
                                 process(&work, partition, owned, arrived, now, &mut pending, &mut firing);
@@ -198,7 +202,7 @@ impl EngineRunner {
                         && let Some(p) = slots.ready_mut(partition)
                     {
                         let sent = work.step(partition, p, Input::Unwritten(&alerts), clock.now());
-                        firing.extend(sent.into_iter().map(|s| s.refire(partition)));
+                        see_through(&mut firing, partition, sent);
                     }
                 }
                 Ok(()) = rules.changed() => {
@@ -208,7 +212,7 @@ impl EngineRunner {
                     let mut leads = 0;
                     for (partition, p) in slots.iter_ready_mut() {
                         let sent = work.step(partition, p, Input::Reload, now);
-                        firing.extend(sent.into_iter().map(|s| s.refire(partition)));
+                        see_through(&mut firing, partition, sent);
                         leads += p.leads.len();
                     }
                     tracing::info!(leads, "rules reloaded; open leads have deadlines under the new rules");
@@ -234,7 +238,7 @@ impl EngineRunner {
                     for (partition, p) in slots.iter_ready_mut() {
                         p.writes.prune();
                         let sent = work.step(partition, p, Input::Sweep, now);
-                        firing.extend(sent.into_iter().map(|s| s.refire(partition)));
+                        see_through(&mut firing, partition, sent);
                     }
                 }
                 _ = tokio::time::sleep(wake) => {}
@@ -244,7 +248,7 @@ impl EngineRunner {
             let now = clock.now();
             for (partition, p) in slots.iter_ready_mut() {
                 let sent = work.step(partition, p, Input::Tick, now);
-                firing.extend(sent.into_iter().map(|s| s.refire(partition)));
+                see_through(&mut firing, partition, sent);
             }
             work.metrics
                 .set_leads(slots.iter_ready().map(|(_, p)| p.leads.len() as i64).sum());
@@ -464,7 +468,7 @@ fn process(
     };
     let sent = work.step(partition, owned, input, now);
     let Some(offset) = offset else {
-        firing.extend(sent.into_iter().map(|s| s.refire(partition)));
+        see_through(firing, partition, sent);
         return;
     };
     let acked = futures::future::join_all(sent.iter().map(|s| s.acked.clone()));
@@ -474,11 +478,16 @@ fn process(
             .boxed(),
     );
     // Alerts an event's writes fire (none do: alerts fire on ticks) go back if not written.
-    firing.extend(
-        sent.into_iter()
-            .filter(|s| !s.fired.is_empty())
-            .map(|s| s.refire(partition)),
+    see_through(
+        firing,
+        partition,
+        sent.into_iter().filter(|s| !s.fired.is_empty()),
     );
+}
+
+/// Sees writes through in `firing`: one that is not written hands its alerts back.
+fn see_through(firing: &mut Firing, partition: i32, sent: impl IntoIterator<Item = Sent>) {
+    firing.extend(sent.into_iter().map(|s| s.refire(partition)));
 }
 
 /// Counts and logs what the engine noticed in a step of `partition`.
