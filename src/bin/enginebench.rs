@@ -157,7 +157,7 @@ fn main() -> anyhow::Result<()> {
                 .writes
                 .iter()
                 .map(|w| match w {
-                    Write::Lead(w) => w.fired.len(),
+                    Write::Lead(w) => w.alerts.len(),
                     Write::Rotation(_) => 0,
                 })
                 .sum::<usize>();

@@ -72,13 +72,14 @@ pub struct Engine {
     retention: Retention,
     /// Source name → link template (`https://…/{id}`) into the CRM.
     links: Arc<HashMap<String, String>>,
-    /// Where what the engine notices goes: on the copy of the engine one step works with
-    /// ([`Engine::noting`]), and nowhere otherwise.
+    /// Where what the engine notices goes: on the copy of the engine a step works with
+    /// ([`Engine::noting`]), its partition's notes; nowhere otherwise.
     notes: Option<Notes>,
 }
 
-/// What the engine noticed during one step, in order.
-#[derive(Clone, Default)]
+/// What the engine noticed during a step, in order: a partition's, taken at the end of each of
+/// its steps.
+#[derive(Debug, Clone, Default)]
 struct Notes(Arc<Mutex<Vec<Diagnostic>>>);
 
 impl Notes {
@@ -128,14 +129,12 @@ impl Engine {
         &self.rules
     }
 
-    /// A copy of the engine for one step, and what it notices on the way.
-    fn noting(&self) -> (Self, Notes) {
-        let notes = Notes::default();
-        let engine = Self {
+    /// A copy of the engine for one step, noting what it notices in `notes`.
+    fn noting(&self, notes: &Notes) -> Self {
+        Self {
             notes: Some(notes.clone()),
             ..self.clone()
-        };
-        (engine, notes)
+        }
     }
 
     /// Notes what the engine noticed, when it is stepping.
@@ -158,7 +157,7 @@ impl Engine {
             Err(e) => {
                 self.note(|| Diagnostic::RuleError {
                     rule: p.key.clone(),
-                    error: Some(e.to_string()),
+                    error: Some(e),
                 });
                 false
             }

@@ -8,7 +8,7 @@ use std::collections::{BTreeSet, HashMap, HashSet};
 use jiff::Timestamp;
 
 use super::step::{Diagnostic, Input, LeadWrite, Records, Step, Write};
-use super::{Applied, Engine, LeadState};
+use super::{Applied, Engine, LeadState, Notes};
 use crate::alert::Alert;
 use crate::event::LeadEvent;
 
@@ -29,6 +29,36 @@ pub struct PartitionState {
     at_end: bool,
     /// The newest `received_at` of the events read: every event received before it has been read.
     seen_until: Option<Timestamp>,
+    /// What the engine notices during a step (see [`Engine::noting`]).
+    notes: Notes,
+}
+
+/// What a step decided, in order, before its writes are handed out (they borrow the states).
+#[derive(Default)]
+struct Plan {
+    writes: Vec<Planned>,
+    diagnostics: Vec<Diagnostic>,
+}
+
+enum Planned {
+    /// A lead's alerts, then its state (`state`) or its tombstone.
+    Lead {
+        lead: String,
+        alerts: Vec<Alert>,
+        state: bool,
+    },
+    /// The partition's rotation record.
+    Rotation(Vec<u8>),
+}
+
+impl Plan {
+    fn lead(&mut self, lead: &str, alerts: Vec<Alert>, state: bool) {
+        self.writes.push(Planned::Lead {
+            lead: lead.to_string(),
+            alerts,
+            state,
+        });
+    }
 }
 
 /// The key of the partition's own record in the state changelog (the round-robin of the pools).
@@ -39,26 +69,26 @@ impl PartitionState {
     /// The engine's one entry point: what `input`, happening at `now`, does to the partition,
     /// and what the shell is to do about it — the records to write, in order, what to count and
     /// log, and when to wake next (see [`Input`] and [`Step`]). Pure: no I/O, no clock.
-    pub fn step(&mut self, engine: &Engine, input: Input<'_>, now: Timestamp) -> Step {
-        // Rule evaluations note what went wrong on this step's own copy of the engine.
-        let (engine, notes) = engine.noting();
-        let mut step = Step::default();
+    pub fn step(&mut self, engine: &Engine, input: Input<'_>, now: Timestamp) -> Step<'_> {
+        // What the engine notices on the way (rules that fail) is noted on this step's copy.
+        let engine = engine.noting(&self.notes);
+        let mut plan = Plan::default();
         match input {
-            Input::Event(event) => self.on_event(&engine, event, &mut step),
+            Input::Event(event) => self.on_event(&engine, event, &mut plan),
             Input::NotAnEvent => self.at_end = false,
             Input::End => self.at_end = true,
-            Input::Tick => self.on_tick(&engine, now, &mut step),
+            Input::Tick => self.on_tick(&engine, now, &mut plan),
             Input::Sweep => {
                 self.close_windows(&engine, now);
                 for lead in self.drop_expired(&engine, now) {
-                    step.writes.push(Write::Lead(LeadWrite::state(&lead, None)));
-                    step.diagnostics.push(Diagnostic::Expired { lead });
+                    plan.lead(&lead, Vec::new(), false);
+                    plan.diagnostics.push(Diagnostic::Expired { lead });
                 }
             }
             Input::Restore(records) => {
                 let unreadable = self.put_back(&engine, records);
                 if unreadable > 0 {
-                    step.diagnostics.push(Diagnostic::Unreadable {
+                    plan.diagnostics.push(Diagnostic::Unreadable {
                         records: unreadable,
                     });
                 }
@@ -71,11 +101,40 @@ impl PartitionState {
                 }
             }
         }
-        let mut noted = notes.take();
-        noted.append(&mut step.diagnostics);
-        step.diagnostics = noted;
-        step.wake = self.at_end.then(|| self.next_deadline()).flatten();
-        step
+        let mut diagnostics = self.notes.take();
+        if diagnostics.is_empty() {
+            diagnostics = plan.diagnostics;
+        } else {
+            diagnostics.append(&mut plan.diagnostics);
+        }
+        let wake = self.at_end.then(|| self.next_deadline()).flatten();
+        // The states are handed out as they stand after the step, for the shell to encode.
+        let leads = &self.leads;
+        let writes = plan
+            .writes
+            .into_iter()
+            .filter_map(|planned| match planned {
+                Planned::Lead {
+                    lead,
+                    alerts,
+                    state,
+                } => {
+                    // Planned only for leads the step keeps.
+                    let state = if state { Some(leads.get(&lead)?) } else { None };
+                    Some(Write::Lead(LeadWrite {
+                        lead,
+                        alerts,
+                        state,
+                    }))
+                }
+                Planned::Rotation(rotation) => Some(Write::Rotation(rotation)),
+            })
+            .collect();
+        Step {
+            writes,
+            diagnostics,
+            wake,
+        }
     }
 
     pub fn len(&self) -> usize {
@@ -102,7 +161,7 @@ impl PartitionState {
 
     /// Applies an event: the lead's new state to write (or its tombstone), nothing for a
     /// duplicate.
-    fn on_event(&mut self, engine: &Engine, event: &LeadEvent, step: &mut Step) {
+    fn on_event(&mut self, engine: &Engine, event: &LeadEvent, plan: &mut Plan) {
         self.seen_until = Some(
             self.seen_until
                 .map_or(event.received_at, |t| t.max(event.received_at)),
@@ -111,24 +170,18 @@ impl PartitionState {
         let key = &event.lead;
         let state = self.leads.entry(key.clone()).or_default();
         match engine.apply(state, event) {
-            Applied::Duplicate => step.diagnostics.push(Diagnostic::Duplicate),
+            Applied::Duplicate => plan.diagnostics.push(Diagnostic::Duplicate),
             Applied::Forget => {
                 self.remove(key);
-                step.writes.push(Write::Lead(LeadWrite::state(key, None)));
-                step.diagnostics
+                plan.lead(key, Vec::new(), false);
+                plan.diagnostics
                     .push(Diagnostic::Forgotten { lead: key.clone() });
             }
             Applied::Changed => {
                 self.windowed.insert(key.clone());
                 self.rearm(engine, key);
-                match self.leads.get(key) {
-                    Some(state) => {
-                        step.writes
-                            .push(Write::Lead(LeadWrite::state(key, Some(state.encode()))));
-                        step.diagnostics.push(Diagnostic::Applied);
-                    }
-                    None => step.diagnostics.push(Diagnostic::Duplicate),
-                }
+                plan.lead(key, Vec::new(), true);
+                plan.diagnostics.push(Diagnostic::Applied);
             }
         }
     }
@@ -146,7 +199,7 @@ impl PartitionState {
 
     /// Fires what is due by the horizon, stamped `now`: per lead, its alerts, then its state that
     /// says they fired; then the rotation, if it moved.
-    fn on_tick(&mut self, engine: &Engine, now: Timestamp, step: &mut Step) {
+    fn on_tick(&mut self, engine: &Engine, now: Timestamp, plan: &mut Plan) {
         let Some(horizon) = self.horizon(now) else {
             return;
         };
@@ -154,33 +207,25 @@ impl PartitionState {
             return;
         }
         for (lead, mut alerts) in self.fire(engine, horizon) {
-            // The state as it is now, recording these alerts as fired.
-            let Some(state) = self.leads.get(&lead).map(LeadState::encode) else {
+            // Then the state as it is now, recording these alerts as fired.
+            if !self.leads.contains_key(&lead) {
                 continue;
-            };
+            }
             for alert in &mut alerts {
                 alert.timestamp = now;
-                step.diagnostics.push(Diagnostic::AlertFired {
+                plan.diagnostics.push(Diagnostic::AlertFired {
                     id: alert.id().to_string(),
                     lead: alert.data.lead.clone(),
                     kind: alert.kind.clone(),
                 });
             }
-            step.writes.push(Write::Lead(LeadWrite {
-                lead,
-                alerts: alerts
-                    .iter()
-                    .map(|a| serde_json::to_vec(a).expect("alert serializes"))
-                    .collect(),
-                state: Some(state),
-                fired: alerts,
-            }));
+            plan.lead(&lead, alerts, true);
         }
         // The pools' round-robin moved: kept in this partition of the changelog, so the next
         // owner of the partition goes on from there.
         if std::mem::take(&mut self.rotation_moved) {
             let rotation = serde_json::to_vec(&self.rotation).expect("rotation serializes");
-            step.writes.push(Write::Rotation(rotation));
+            plan.writes.push(Planned::Rotation(rotation));
         }
     }
 

@@ -8,6 +8,8 @@ use std::collections::HashMap;
 
 use jiff::Timestamp;
 
+use super::LeadState;
+use super::rules::PredicateError;
 use crate::alert::Alert;
 use crate::event::LeadEvent;
 
@@ -39,18 +41,20 @@ pub enum Input<'a> {
     /// The engine handed in has new rules: every lead is looked at again under them at `now`, and
     /// its deadlines follow them.
     Reload,
-    /// The alerts of a [`LeadWrite`] that was not written (its `fired`): they fire again.
+    /// The alerts of a [`LeadWrite`] that was not written: they fire again.
     Unwritten(&'a [Alert]),
 }
 
 /// The latest value of each key of one partition of the state changelog.
 pub type Records = HashMap<String, Vec<u8>>;
 
-/// What a shell does for one [`Input`].
+/// What a shell does for one [`Input`]. It borrows the partition's leads (their state records
+/// are encoded when the shell asks: a shell that writes nothing pays nothing), so it is carried
+/// out before the partition is stepped again.
 #[derive(Debug, Default)]
-pub struct Step {
+pub struct Step<'a> {
     /// The records to write, in this order (see [`Write`] for what each waits for).
-    pub writes: Vec<Write>,
+    pub writes: Vec<Write<'a>>,
     /// What to count and log, in the order it happened.
     pub diagnostics: Vec<Diagnostic>,
     /// When the partition next has something to fire, if it may fire then: `None` when nothing
@@ -60,9 +64,9 @@ pub struct Step {
 
 /// One write to Kafka.
 #[derive(Debug, Clone, PartialEq)]
-pub enum Write {
+pub enum Write<'a> {
     /// Records of one lead, keyed by it (see [`LeadWrite`]).
-    Lead(LeadWrite),
+    Lead(LeadWrite<'a>),
     /// The partition's own record in the state changelog (where the pools' round-robin stands),
     /// under [`super::partition::ROTATION_KEY`], to this very partition. Not chained: a later one
     /// carries everything an earlier one did.
@@ -74,28 +78,30 @@ pub enum Write {
 /// order they were made — an alert before the state that marks it fired, an older state never
 /// after a newer one.
 #[derive(Debug, Clone, PartialEq)]
-pub struct LeadWrite {
+pub struct LeadWrite<'a> {
     /// The lead: the key of every record.
     pub lead: String,
-    /// Alerts for `{prefix}.alerts`, in order; queued together.
-    pub alerts: Vec<Vec<u8>>,
-    /// Then, once every alert is acknowledged, the lead's state for `{prefix}.state`; `None` is a
-    /// tombstone.
-    pub state: Option<Vec<u8>>,
-    /// The alerts `alerts` are: if this write is not made, hand them back as
-    /// [`Input::Unwritten`], so they fire again (under the same ids).
-    pub fired: Vec<Alert>,
+    /// Alerts for `{prefix}.alerts`, in order, queued together ([`LeadWrite::alert_records`]).
+    /// If this write is not made, hand them back as [`Input::Unwritten`]: they fire again (under
+    /// the same ids).
+    pub alerts: Vec<Alert>,
+    /// Then, once every alert is acknowledged, the lead's state for `{prefix}.state`
+    /// ([`LeadWrite::state_record`]); `None` is a tombstone.
+    pub state: Option<&'a LeadState>,
 }
 
-impl LeadWrite {
-    /// The lead's state (or its tombstone), with no alert before it.
-    pub fn state(lead: &str, state: Option<Vec<u8>>) -> Self {
-        Self {
-            lead: lead.to_string(),
-            alerts: Vec::new(),
-            state,
-            fired: Vec::new(),
-        }
+impl LeadWrite<'_> {
+    /// The alerts' records, in order.
+    pub fn alert_records(&self) -> Vec<Vec<u8>> {
+        self.alerts
+            .iter()
+            .map(|a| serde_json::to_vec(a).expect("alert serializes"))
+            .collect()
+    }
+
+    /// The state's record; `None` for a tombstone.
+    pub fn state_record(&self) -> Option<Vec<u8>> {
+        self.state.map(LeadState::encode)
     }
 }
 
@@ -113,7 +119,10 @@ pub enum Diagnostic {
     RuleMissingField { rule: String, field: Option<String> },
     /// A rule failed to evaluate and counted as false (`error`, where the evaluation says it: not
     /// for a segment's `when`).
-    RuleError { rule: String, error: Option<String> },
+    RuleError {
+        rule: String,
+        error: Option<PredicateError>,
+    },
     /// An alert fired.
     AlertFired {
         id: String,

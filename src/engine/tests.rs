@@ -40,9 +40,9 @@ impl Moves for PartitionState {
         let step = self.step(e, Input::Event(event), event.received_at);
         match step.writes.as_slice() {
             [] => Write::Nothing,
-            [step::Write::Lead(w)] => match &w.state {
+            [step::Write::Lead(w)] => match w.state_record() {
                 Some(state) => {
-                    Write::State(Box::new(LeadState::decode(state).expect("a state record")))
+                    Write::State(Box::new(LeadState::decode(&state).expect("a state record")))
                 }
                 None => Write::Tombstone,
             },
@@ -56,7 +56,7 @@ impl Moves for PartitionState {
         step.writes
             .into_iter()
             .filter_map(|w| match w {
-                step::Write::Lead(w) => Some((w.lead, w.fired)),
+                step::Write::Lead(w) => Some((w.lead, w.alerts)),
                 step::Write::Rotation(_) => None,
             })
             .collect()
@@ -839,7 +839,7 @@ fn suggested_owners_rotate_through_the_pool() {
         for write in p.step(&e, Input::Tick, d).writes {
             match write {
                 step::Write::Lead(w) => {
-                    suggested.extend(w.fired.into_iter().filter_map(|a| a.data.suggested_owner))
+                    suggested.extend(w.alerts.into_iter().filter_map(|a| a.data.suggested_owner))
                 }
                 step::Write::Rotation(r) => rotations.push(r),
             }

@@ -330,16 +330,18 @@ impl Work {
 
     /// Sends one write: a lead's after its earlier writes (its alerts, then — only once they
     /// are all in Kafka — its state), the partition's rotation on its own.
-    fn send(&self, partition: i32, writes: &mut Writes, write: Write) -> Sent {
+    fn send(&self, partition: i32, writes: &mut Writes, write: Write<'_>) -> Sent {
         let producer = self.producer.clone();
         let topics = self.topics.clone();
         match write {
-            Write::Lead(LeadWrite {
-                lead,
-                alerts,
-                state,
-                fired,
-            }) => {
+            Write::Lead(write) => {
+                // Encoded now: the step borrows the states as they stand after it.
+                let (alerts, state) = (write.alert_records(), write.state_record());
+                let LeadWrite {
+                    lead,
+                    alerts: fired,
+                    ..
+                } = write;
                 let key = lead.clone();
                 let acked = writes.chain(&key, move |token| {
                     async move {

@@ -61,7 +61,7 @@ pub fn run(
                 }
                 for write in parts[i].step(engine, Input::Tick, d) {
                     let Write::Lead(write) = write else { continue };
-                    for alert in &write.fired {
+                    for alert in &write.alerts {
                         card.alert(alert);
                         emit(alert);
                     }
@@ -111,7 +111,7 @@ impl Simulated {
 
     /// Steps the partition as the daemon does; returns what it would write (what the engine
     /// noticed is not counted here).
-    fn step(&mut self, engine: &Engine, input: Input<'_>, now: Timestamp) -> Vec<Write> {
+    fn step(&mut self, engine: &Engine, input: Input<'_>, now: Timestamp) -> Vec<Write<'_>> {
         let step = self.state.step(engine, input, now);
         self.wake = step.wake;
         step.writes
