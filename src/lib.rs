@@ -7,7 +7,9 @@
 //! - [`config`]: typed configuration, loaded and validated with every problem reported.
 //! - [`signature`]: Standard Webhooks signing and verification.
 //! - [`bus`]: Kafka producer, consumer groups, topics, the embedded broker.
-//! - [`engine`]: the pure state machine ([`engine::Engine`]) and its Kafka shell ([`engine::runner`]).
+//! - [`engine`]: the pure SLA engine, with one entry point ([`engine::PartitionState::step`]).
+//! - [`runner`]: the shells that run the stages on Kafka (the engine's: [`runner::engine`]).
+//! - [`simulate`]: the engine over a file of past events, with a scorecard.
 //! - [`dispatch`]: routes, templates, sinks ([`dispatch::sinks`]), per-sink queues, durable
 //!   retries ([`dispatch::backlog`], [`dispatch::retry`]) and dead letters ([`dispatch::dlq`]).
 //! - [`http`] / [`app`]: serving and wiring; [`telemetry`]: logs and metrics.
@@ -24,6 +26,8 @@ pub mod engine;
 pub mod event;
 pub mod forget;
 pub mod ingest;
+pub mod partitioner;
 pub mod runner;
 pub mod signature;
+pub mod simulate;
 pub mod telemetry;

@@ -492,7 +492,7 @@ async fn a_role_that_fails_stops_the_daemon_with_an_error() {
     assert!(error.contains("role failed"), "{error}");
 }
 
-/// `simulate` places leads on partitions by `leadwatch::bus::partition_for`; librdkafka's
+/// `simulate` places leads on partitions by `leadwatch::partitioner::partition_for`; librdkafka's
 /// partitioner, as the producers are configured, must agree key for key.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn keys_land_on_the_partition_simulate_computes() {
@@ -500,7 +500,7 @@ async fn keys_land_on_the_partition_simulate_computes() {
     let kafka = kafka(6);
     let producer: FutureProducer = rdkafka::ClientConfig::new()
         .set("bootstrap.servers", kafka.bootstrap())
-        .set("partitioner", leadwatch::bus::PARTITIONER)
+        .set("partitioner", leadwatch::partitioner::PARTITIONER)
         .create()
         .unwrap();
     let topic = leadwatch::bus::Topics::new(PREFIX).events;
@@ -517,7 +517,7 @@ async fn keys_land_on_the_partition_simulate_computes() {
             .partition;
         assert_eq!(
             partition,
-            leadwatch::bus::partition_for(key.as_bytes(), 6),
+            leadwatch::partitioner::partition_for(key.as_bytes(), 6),
             "{key}"
         );
         seen.insert(partition);

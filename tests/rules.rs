@@ -10,8 +10,7 @@ use std::time::Duration;
 use jiff::{SignedDuration, Timestamp};
 use leadwatch::engine::Engine;
 use leadwatch::engine::rules::Rules;
-use leadwatch::engine::simulate;
-use leadwatch::telemetry::Metrics;
+use leadwatch::simulate;
 use serde_json::{Value, json};
 use support::*;
 
@@ -236,10 +235,7 @@ async fn simulate_and_the_live_daemon_give_the_same_alerts() {
         .collect();
     let (read, bad) = simulate::read_events(lines.as_bytes()).unwrap();
     assert!(bad.is_empty());
-    let engine = Engine::new(
-        Arc::new(Rules::parse(&rules).unwrap()),
-        Arc::new(Metrics::new()),
-    );
+    let engine = Engine::new(Arc::new(Rules::parse(&rules).unwrap()));
     let mut simulated = BTreeMap::new();
     simulate::run(&engine, read, Some(end), 3, |alert| {
         let (id, body) = comparable(serde_json::to_value(alert).unwrap());

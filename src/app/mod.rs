@@ -16,10 +16,10 @@ use crate::bus::{self, Topics, admin};
 use crate::clock::Clock;
 use crate::engine::Engine;
 use crate::engine::rules::Rules;
-use crate::engine::runner::EngineRunner;
 use crate::ingest::Ingest;
 use crate::runner::Context;
 use crate::runner::dispatch::Dispatcher;
+use crate::runner::engine::EngineRunner;
 use crate::telemetry::Metrics;
 
 pub mod config;
@@ -133,8 +133,9 @@ pub async fn run_with_reloads(
     let mut workers = Vec::new();
     if config.roles.engine {
         let runner = EngineRunner {
-            engine: Engine::new(Arc::new(config.rules.clone()), metrics.clone())
+            engine: Engine::new(Arc::new(config.rules.clone()))
                 .with_reorder_window(config.engine.reorder_window.0)
+                .with_retention(config.engine.retention())
                 .with_links(config.source_links()),
             rules: rules_rx.clone(),
             producer: producer.clone(),
@@ -143,6 +144,7 @@ pub async fn run_with_reloads(
             topics: topics.clone(),
             config: config.engine.clone(),
             metrics: metrics.clone(),
+            clock: crate::clock::Clock::system(),
         };
         let stop = stop_work.clone();
         workers.push((

@@ -5,22 +5,22 @@
 //!
 //! Each lead lives a realistic life: created with a vendor's worth of fields, scored into
 //! sales-ready, assigned, called (most of them), closed with a reason (some of them). Events are
-//! applied in time order through the same `PartitionState` the live engine and `simulate` use,
-//! and deadlines fire as the simulated clock passes them.
+//! stepped in time order through the same entry point the live engine and `simulate` use
+//! (`PartitionState::step`, state records encoded as the daemon writes them), and deadlines fire
+//! as the simulated clock passes them.
 //!
 //! `cargo run --release --bin enginebench -- --leads 200000 [--rules config/rules.toml]`
 
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Instant;
 
 use clap::Parser;
 use jiff::{SignedDuration, Timestamp};
-use leadwatch::engine::Engine;
-use leadwatch::engine::partition::PartitionState;
+use leadwatch::clock::Clock;
 use leadwatch::engine::rules::Rules;
+use leadwatch::engine::step::{Input, Write};
+use leadwatch::engine::{Engine, PartitionState};
 use leadwatch::event::{Activity, Change, LeadEvent};
-use leadwatch::telemetry::Metrics;
 use serde_json::json;
 
 #[derive(Parser)]
@@ -127,7 +127,7 @@ fn main() -> anyhow::Result<()> {
         PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/config/rules.toml"))
     });
     let rules = Rules::load(&path).map_err(|e| anyhow::anyhow!("{e}"))?;
-    let engine = Engine::new(Arc::new(rules), Arc::new(Metrics::new()));
+    let engine = Engine::new(Arc::new(rules));
 
     // A week of leads, one every few seconds, in time order.
     let base: Timestamp = "2026-11-02T14:00:00Z".parse()?;
@@ -139,36 +139,41 @@ fn main() -> anyhow::Result<()> {
 
     let live_before = live_bytes();
     let mut p = PartitionState::default();
+    let mut wake = None;
     let mut alerts = 0usize;
-    let started = Instant::now();
+    let started = Clock::system().instant();
     for (i, event) in events.iter().enumerate() {
-        // The live engine closes passed reorder windows once a minute.
+        // The live engine sweeps (closes passed reorder windows) once a minute.
         if i.is_multiple_of(2_000) {
-            p.settle(&engine, event.occurred_at);
+            p.step(&engine, Input::Sweep, event.occurred_at);
         }
-        while let Some(d) = p.next_deadline() {
+        while let Some(d) = wake {
             if d >= event.occurred_at {
                 break;
             }
-            alerts += p
-                .fire_due(&engine, d)
+            let step = p.step(&engine, Input::Tick, d);
+            wake = step.wake;
+            alerts += step
+                .writes
                 .iter()
-                .map(|(_, a)| a.len())
+                .map(|w| match w {
+                    Write::Lead(w) => w.alerts.len(),
+                    Write::Rotation(_) => 0,
+                })
                 .sum::<usize>();
         }
-        p.apply(&engine, event);
+        p.step(&engine, Input::Event(event), event.occurred_at);
+        // Every event up to this one is read: deadlines fire as the clock passes them.
+        wake = p.step(&engine, Input::End, event.occurred_at).wake;
     }
     // An hour later every window has closed: the steady state of leads waiting on people.
     let later = events.last().map_or(base, |e| e.occurred_at) + SignedDuration::from_hours(2);
-    p.settle(&engine, later);
+    p.step(&engine, Input::Sweep, later);
     let elapsed = started.elapsed();
     let live_after = live_bytes();
 
     let open = p.iter().filter(|(_, s)| s.lead.episode.is_some()).count();
-    let state_bytes: usize = p
-        .iter()
-        .map(|(_, s)| serde_json::to_vec(s).map_or(0, |v| v.len()))
-        .sum();
+    let state_bytes: usize = p.iter().map(|(_, s)| s.encode().len()).sum();
     println!("rules: {}", path.display());
     println!("events: {n} for {} leads; alerts fired: {alerts}", p.len());
     println!(

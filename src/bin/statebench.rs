@@ -9,7 +9,7 @@
 //! `cargo run --release --bin statebench -- --brokers 127.0.0.1:9092 restore --leads 1000000`
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use jiff::Timestamp;
@@ -17,12 +17,12 @@ use leadwatch::bus::KafkaConfig;
 use leadwatch::bus::changelog;
 use leadwatch::bus::producer::Producer;
 use leadwatch::bus::{self, Topics, admin};
-use leadwatch::engine::EngineConfig;
-use leadwatch::engine::partition::PartitionState;
+use leadwatch::clock::Clock;
 use leadwatch::engine::rules::Rules;
-use leadwatch::engine::runner::EngineRunner;
-use leadwatch::engine::{Engine, LeadState};
+use leadwatch::engine::step::{Diagnostic, Input};
+use leadwatch::engine::{Engine, EngineConfig, LeadState, PartitionState};
 use leadwatch::event::{Change, LeadEvent};
+use leadwatch::runner::engine::EngineRunner;
 use leadwatch::telemetry::Metrics;
 use tokio_util::sync::CancellationToken;
 
@@ -84,10 +84,11 @@ fn event(i: usize, now: Timestamp) -> LeadEvent {
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     leadwatch::telemetry::init_tracing();
+    let clock = Clock::system();
     let prefix = args
         .prefix
         .clone()
-        .unwrap_or_else(|| format!("bench{}", Timestamp::now().as_second()));
+        .unwrap_or_else(|| format!("bench{}", clock.now().as_second()));
     let kafka = KafkaConfig {
         brokers: args.brokers.clone(),
         topic_prefix: prefix.clone(),
@@ -102,11 +103,10 @@ async fn main() -> anyhow::Result<()> {
     admin::ensure_topics(&base, &topics, args.partitions, 1).await?;
     let metrics = Arc::new(Metrics::new());
     let producer = Producer::new(&base, metrics.clone())?;
-    let engine = Engine::new(
-        Arc::new(Rules::parse(RULES).map_err(|e| anyhow::anyhow!("{e:?}"))?),
-        metrics.clone(),
-    );
-    let now = Timestamp::now();
+    let engine = Engine::new(Arc::new(
+        Rules::parse(RULES).map_err(|e| anyhow::anyhow!("{e:?}"))?,
+    ));
+    let now = clock.now();
     println!(
         "cores: {}",
         std::thread::available_parallelism().map_or(0, |n| n.get())
@@ -115,14 +115,14 @@ async fn main() -> anyhow::Result<()> {
     match args.what {
         What::Restore { leads } => {
             // The state an open lead has after its sales-ready event.
-            let started = Instant::now();
+            let started = clock.instant();
             let mut bytes = 0usize;
             let mut in_flight = Vec::new();
             for i in 0..leads {
                 let ev = event(i, now);
                 let mut state = LeadState::default();
                 engine.apply(&mut state, &ev);
-                let payload = serde_json::to_vec(&state)?;
+                let payload = state.encode();
                 bytes += payload.len() + ev.lead.len();
                 in_flight.push(producer.enqueue(&topics.state, &ev.lead, Some(&payload))?);
                 if in_flight.len() >= 50_000 {
@@ -141,7 +141,7 @@ async fn main() -> anyhow::Result<()> {
             );
 
             let rss_before = rss_bytes();
-            let started = Instant::now();
+            let started = clock.instant();
             let mut restored: Vec<PartitionState> = Vec::new();
             for p in 0..args.partitions {
                 let (base, topic) = (base.clone(), topics.state.clone());
@@ -150,12 +150,14 @@ async fn main() -> anyhow::Result<()> {
                 })
                 .await??;
                 let mut ps = PartitionState::default();
-                for (key, value) in snapshot {
-                    anyhow::ensure!(
-                        ps.restore_record(&engine, key, &value),
-                        "a record of the changelog could not be read"
-                    );
-                }
+                let step = ps.step(&engine, Input::Restore(snapshot), now);
+                anyhow::ensure!(
+                    !step
+                        .diagnostics
+                        .iter()
+                        .any(|d| matches!(d, Diagnostic::Unreadable { .. })),
+                    "a record of the changelog could not be read"
+                );
                 restored.push(ps);
             }
             let elapsed = started.elapsed().as_secs_f64();
@@ -170,7 +172,7 @@ async fn main() -> anyhow::Result<()> {
             );
         }
         What::Engine { events } => {
-            let started = Instant::now();
+            let started = clock.instant();
             let mut in_flight = Vec::new();
             for i in 0..events {
                 let ev = event(i, now);
@@ -202,6 +204,7 @@ async fn main() -> anyhow::Result<()> {
                 topics,
                 config: EngineConfig::default(),
                 metrics: metrics.clone(),
+                clock: clock.clone(),
             };
             let stop = CancellationToken::new();
             let task = tokio::spawn(runner.run(stop.clone(), Duration::from_secs(10)));
@@ -220,7 +223,7 @@ async fn main() -> anyhow::Result<()> {
             while applied() == 0 {
                 tokio::time::sleep(Duration::from_millis(5)).await;
             }
-            let started = Instant::now();
+            let started = clock.instant();
             while applied() < events {
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }

@@ -83,7 +83,7 @@ impl Producer {
         // … and the settings the 2xx promise rests on, which they may not.
         config.set("enable.idempotence", "true");
         config.set("acks", "all");
-        config.set("partitioner", super::PARTITIONER);
+        config.set("partitioner", crate::partitioner::PARTITIONER);
         let ctx = ProducerContext::default();
         let inner = config.create_with_context(ctx.clone())?;
         Ok(Arc::new(Self {

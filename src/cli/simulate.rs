@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use super::{EXIT_CONFIG, Outcome};
 use crate::engine::rules::Rules;
-use crate::engine::simulate::{self, FileError};
+use crate::simulate::{self, FileError};
 
 #[derive(clap::Args)]
 pub struct Simulate {

@@ -1,14 +1,16 @@
-//! The SLA engine. [`Engine`] is pure: `(state, event)` → new state, and `(state, now)` → alerts.
-//! No I/O and no clock reads, so the same code runs live ([`runner`]) and over past events
-//! ([`simulate`]).
+//! The SLA engine, pure: no I/O, no clock reads (time is handed in), no counting or logging (what
+//! it notices is returned). One entry point, [`PartitionState::step`]: `(partition state, input,
+//! now)` → the records to write in order, what to count and log, and when to wake. The same code
+//! runs live (the Kafka shell in `runner`) and over past events (`simulate`).
 //!
+//! - [`step`]: the entry point's vocabulary: [`step::Input`], [`step::Step`].
+//! - [`partition`]: one Kafka partition's leads and their deadlines in one ordered set, and
+//!   [`PartitionState::step`].
 //! - [`rules`]: the rules file, compiled and validated; [`rules::cel`] evaluates its predicates.
-//! - [`state`]: a lead's state and its event-time fold; [`Engine::apply`] changes it.
+//! - [`state`]: a lead's state, its event-time fold and its changelog record; [`Engine::apply`]
+//!   changes it.
 //! - [`calendar`]: business time. [`deadlines`]: where each SLA deadline is computed.
 //! - [`alerts`]: an owed alert turned into what people receive (recipients, message).
-//! - [`partition`]: one Kafka partition's leads and their deadlines in one ordered set.
-//! - [`runner`]: the Kafka shell around it; [`simulate`]: the same engine over a file, with a
-//!   scorecard.
 
 pub mod alerts;
 pub mod calendar;
@@ -16,23 +18,23 @@ pub mod config;
 pub mod deadlines;
 pub mod partition;
 pub mod rules;
-pub mod runner;
-pub mod simulate;
 pub mod state;
+pub mod step;
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use jiff::{SignedDuration, Timestamp};
 
 use crate::alert::Alert;
 use crate::event::{Change, LeadEvent};
-use crate::telemetry::Metrics;
 pub use config::{DEFAULT_REORDER_WINDOW, EngineConfig};
 use deadlines::Due;
+pub use partition::PartitionState;
 use rules::{Facts, Predicate, Rules, Settings};
 pub use state::{Closeout, Episode, Lead, LeadState, Logged};
+use step::Diagnostic;
 
 /// How long a lead's state is kept once nothing is pending for it.
 #[derive(Debug, Clone, Copy)]
@@ -66,20 +68,41 @@ struct Verdict {
 #[derive(Clone)]
 pub struct Engine {
     rules: Arc<Rules>,
-    metrics: Arc<Metrics>,
     reorder_window: SignedDuration,
+    retention: Retention,
     /// Source name → link template (`https://…/{id}`) into the CRM.
     links: Arc<HashMap<String, String>>,
+    /// Where what the engine notices goes: on the copy of the engine a step works with
+    /// ([`Engine::noting`]), its partition's notes; nowhere otherwise.
+    notes: Option<Notes>,
+}
+
+/// What the engine noticed during a step, in order: a partition's, taken at the end of each of
+/// its steps.
+#[derive(Debug, Clone, Default)]
+struct Notes(Arc<Mutex<Vec<Diagnostic>>>);
+
+impl Notes {
+    fn take(&self) -> Vec<Diagnostic> {
+        std::mem::take(&mut *self.0.lock().expect("notes lock"))
+    }
 }
 
 impl Engine {
-    pub fn new(rules: Arc<Rules>, metrics: Arc<Metrics>) -> Self {
+    pub fn new(rules: Arc<Rules>) -> Self {
         Self {
             rules,
-            metrics,
             reorder_window: SignedDuration::try_from(DEFAULT_REORDER_WINDOW).expect("fits"),
+            retention: EngineConfig::default().retention(),
             links: Arc::new(HashMap::new()),
+            notes: None,
         }
+    }
+
+    /// How long a lead's state is kept once nothing is pending for it ([`step::Input::Sweep`]).
+    pub fn with_retention(mut self, retention: Retention) -> Self {
+        self.retention = retention;
+        self
     }
 
     /// How far back in event time a late event still takes its place in the fold.
@@ -106,17 +129,36 @@ impl Engine {
         &self.rules
     }
 
+    /// A copy of the engine for one step, noting what it notices in `notes`.
+    fn noting(&self, notes: &Notes) -> Self {
+        Self {
+            notes: Some(notes.clone()),
+            ..self.clone()
+        }
+    }
+
+    /// Notes what the engine noticed, when it is stepping.
+    fn note(&self, diagnostic: impl FnOnce() -> Diagnostic) {
+        if let Some(notes) = &self.notes {
+            notes.0.lock().expect("notes lock").push(diagnostic());
+        }
+    }
+
     fn eval(&self, p: &Predicate, facts: &Facts) -> bool {
         match p.eval(&self.rules.cel, facts) {
             Ok(b) => b,
             Err(rules::PredicateError::MissingField { field, .. }) => {
-                tracing::trace!(rule = %p.key, %field, "missing field: rule false");
-                self.metrics.rule_missing_field(&p.key);
+                self.note(|| Diagnostic::RuleMissingField {
+                    rule: p.key.clone(),
+                    field: Some(field),
+                });
                 false
             }
             Err(e) => {
-                tracing::debug!(rule = %p.key, error = %e, "rule counted as false");
-                self.metrics.rule_errors(&p.key);
+                self.note(|| Diagnostic::RuleError {
+                    rule: p.key.clone(),
+                    error: Some(e),
+                });
                 false
             }
         }
@@ -130,11 +172,14 @@ impl Engine {
         let facts = Facts::new(&lead.fields);
         self.rules
             .settings_for(&facts, |key, missing| {
-                if missing {
-                    self.metrics.rule_missing_field(key)
-                } else {
-                    self.metrics.rule_errors(key)
-                }
+                self.note(|| {
+                    let rule = key.to_string();
+                    if missing {
+                        Diagnostic::RuleMissingField { rule, field: None }
+                    } else {
+                        Diagnostic::RuleError { rule, error: None }
+                    }
+                })
             })
             .clone()
     }
@@ -487,8 +532,11 @@ impl Engine {
             if alert.data.recipients.is_empty() {
                 // Still delivered (routes go by role), but no one is named: an owner missing
                 // from `[directory]`, or a manager nobody recorded.
-                tracing::warn!(lead = %key, kind = %alert.kind, to = ?alert.data.to, "alert names no recipient; add them to [directory] or [recipients]");
-                self.metrics.alert_without_recipients(&alert.kind);
+                self.note(|| Diagnostic::NoRecipients {
+                    lead: key.to_string(),
+                    kind: alert.kind.clone(),
+                    to: alert.data.to.clone(),
+                });
             }
             alerts.push(alert);
         }
@@ -508,7 +556,8 @@ impl Engine {
 
     /// Whether a lead can be dropped: nothing pending, and either it ended (closed, converted,
     /// deleted, merged) `retention.ended` ago, or it has had no event for `retention.idle`.
-    pub fn expired(&self, state: &LeadState, now: Timestamp, retention: Retention) -> bool {
+    pub fn expired(&self, state: &LeadState, now: Timestamp) -> bool {
+        let retention = self.retention;
         let past = |t: Option<Timestamp>, d: Duration| {
             let d = SignedDuration::try_from(d).unwrap_or(SignedDuration::MAX);
             t.is_some_and(|t| t.saturating_add(d).unwrap_or(Timestamp::MAX) <= now)

@@ -1,24 +1,16 @@
-//! One Kafka partition's leads and their deadlines: all deadlines in one ordered set, so the
-//! runner sleeps until the earliest (mini-redis' expiry pattern), never a task per lead.
+//! One Kafka partition's leads and their deadlines — all deadlines in one ordered set, so the
+//! shell sleeps until the earliest (mini-redis' expiry pattern), never a task per lead — and the
+//! engine's one entry point, [`PartitionState::step`]: every decision about a partition's input is
+//! made here, and the shell only carries it out.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, HashSet};
 
 use jiff::Timestamp;
 
-use super::{Applied, Engine, LeadState};
+use super::step::{Diagnostic, Input, LeadWrite, Records, Step, Write};
+use super::{Applied, Engine, LeadState, Notes};
 use crate::alert::Alert;
 use crate::event::LeadEvent;
-
-/// What an applied event means for the changelog.
-#[derive(Debug, PartialEq)]
-pub enum Write<'a> {
-    /// Nothing changed (a duplicate).
-    Nothing,
-    /// Write the lead's new state.
-    State(&'a LeadState),
-    /// Erase the lead.
-    Tombstone,
-}
 
 #[derive(Debug, Default)]
 pub struct PartitionState {
@@ -28,11 +20,45 @@ pub struct PartitionState {
     /// The deadline each lead is armed at, to find its entry in `timers`.
     armed: HashMap<String, Timestamp>,
     /// Leads with events in their reorder window (two copies of themselves until it closes).
-    windowed: std::collections::HashSet<String>,
+    windowed: HashSet<String>,
     /// Where the pools' round-robin stands in this partition.
     rotation: super::alerts::Rotation,
     /// The rotation moved since it was last written.
     rotation_moved: bool,
+    /// Every message accepted so far has been read ([`Input::End`], and no message since).
+    at_end: bool,
+    /// The newest `received_at` of the events read: every event received before it has been read.
+    seen_until: Option<Timestamp>,
+    /// What the engine notices during a step (see [`Engine::noting`]).
+    notes: Notes,
+}
+
+/// What a step decided, in order, before its writes are handed out (they borrow the states).
+#[derive(Default)]
+struct Plan {
+    writes: Vec<Planned>,
+    diagnostics: Vec<Diagnostic>,
+}
+
+enum Planned {
+    /// A lead's alerts, then its state (`state`) or its tombstone.
+    Lead {
+        lead: String,
+        alerts: Vec<Alert>,
+        state: bool,
+    },
+    /// The partition's rotation record.
+    Rotation(Vec<u8>),
+}
+
+impl Plan {
+    fn lead(&mut self, lead: &str, alerts: Vec<Alert>, state: bool) {
+        self.writes.push(Planned::Lead {
+            lead: lead.to_string(),
+            alerts,
+            state,
+        });
+    }
 }
 
 /// The key of the partition's own record in the state changelog (the round-robin of the pools).
@@ -40,6 +66,77 @@ pub struct PartitionState {
 pub const ROTATION_KEY: &str = "\u{1}leadwatch.rotation";
 
 impl PartitionState {
+    /// The engine's one entry point: what `input`, happening at `now`, does to the partition,
+    /// and what the shell is to do about it — the records to write, in order, what to count and
+    /// log, and when to wake next (see [`Input`] and [`Step`]). Pure: no I/O, no clock.
+    pub fn step(&mut self, engine: &Engine, input: Input<'_>, now: Timestamp) -> Step<'_> {
+        // What the engine notices on the way (rules that fail) is noted on this step's copy.
+        let engine = engine.noting(&self.notes);
+        let mut plan = Plan::default();
+        match input {
+            Input::Event(event) => self.on_event(&engine, event, &mut plan),
+            Input::NotAnEvent => self.at_end = false,
+            Input::End => self.at_end = true,
+            Input::Tick => self.on_tick(&engine, now, &mut plan),
+            Input::Sweep => {
+                self.close_windows(&engine, now);
+                for lead in self.drop_expired(&engine, now) {
+                    plan.lead(&lead, Vec::new(), false);
+                    plan.diagnostics.push(Diagnostic::Expired { lead });
+                }
+            }
+            Input::Restore(records) => {
+                let unreadable = self.put_back(&engine, records);
+                if unreadable > 0 {
+                    plan.diagnostics.push(Diagnostic::Unreadable {
+                        records: unreadable,
+                    });
+                }
+                self.look_again(&engine, now);
+            }
+            Input::Reload => self.look_again(&engine, now),
+            Input::Unwritten(alerts) => {
+                for alert in alerts {
+                    self.fire_again(&engine, alert);
+                }
+            }
+        }
+        let mut diagnostics = self.notes.take();
+        if diagnostics.is_empty() {
+            diagnostics = plan.diagnostics;
+        } else {
+            diagnostics.append(&mut plan.diagnostics);
+        }
+        let wake = self.at_end.then(|| self.next_deadline()).flatten();
+        // The states are handed out as they stand after the step, for the shell to encode.
+        let leads = &self.leads;
+        let writes = plan
+            .writes
+            .into_iter()
+            .filter_map(|planned| match planned {
+                Planned::Lead {
+                    lead,
+                    alerts,
+                    state,
+                } => {
+                    // Planned only for leads the step keeps.
+                    let state = if state { Some(leads.get(&lead)?) } else { None };
+                    Some(Write::Lead(LeadWrite {
+                        lead,
+                        alerts,
+                        state,
+                    }))
+                }
+                Planned::Rotation(rotation) => Some(Write::Rotation(rotation)),
+            })
+            .collect();
+        Step {
+            writes,
+            diagnostics,
+            wake,
+        }
+    }
+
     pub fn len(&self) -> usize {
         self.leads.len()
     }
@@ -52,36 +149,95 @@ impl PartitionState {
         self.leads.get(key)
     }
 
-    /// Applies an event; says what to write to the changelog.
-    pub fn apply(&mut self, engine: &Engine, event: &LeadEvent) -> Write<'_> {
-        let state = self.leads.entry(event.lead.clone()).or_default();
+    /// Every lead and its state.
+    pub fn iter(&self) -> impl Iterator<Item = (&String, &LeadState)> {
+        self.leads.iter()
+    }
+
+    /// The earliest deadline in this partition.
+    pub fn next_deadline(&self) -> Option<Timestamp> {
+        self.timers.first().map(|(t, _)| *t)
+    }
+
+    /// Applies an event: the lead's new state to write (or its tombstone), nothing for a
+    /// duplicate.
+    fn on_event(&mut self, engine: &Engine, event: &LeadEvent, plan: &mut Plan) {
+        self.seen_until = Some(
+            self.seen_until
+                .map_or(event.received_at, |t| t.max(event.received_at)),
+        );
+        self.at_end = false;
+        let key = &event.lead;
+        let state = self.leads.entry(key.clone()).or_default();
         match engine.apply(state, event) {
-            Applied::Duplicate => Write::Nothing,
+            Applied::Duplicate => plan.diagnostics.push(Diagnostic::Duplicate),
             Applied::Forget => {
-                self.remove(&event.lead);
-                Write::Tombstone
+                self.remove(key);
+                plan.lead(key, Vec::new(), false);
+                plan.diagnostics
+                    .push(Diagnostic::Forgotten { lead: key.clone() });
             }
             Applied::Changed => {
-                self.windowed.insert(event.lead.clone());
-                self.rearm(engine, &event.lead);
-                match self.leads.get(&event.lead) {
-                    Some(state) => Write::State(state),
-                    None => Write::Nothing,
-                }
+                self.windowed.insert(key.clone());
+                self.rearm(engine, key);
+                plan.lead(key, Vec::new(), true);
+                plan.diagnostics.push(Diagnostic::Applied);
             }
         }
     }
 
+    /// Deadlines up to this instant may fire: `now` once every event accepted so far has been
+    /// read. Otherwise the partition is behind, and a touch that happened in time but still waits
+    /// in it must get its chance to cancel the breach first.
+    fn horizon(&self, now: Timestamp) -> Option<Timestamp> {
+        if self.at_end {
+            Some(now)
+        } else {
+            self.seen_until.map(|t| t.min(now))
+        }
+    }
+
+    /// Fires what is due by the horizon, stamped `now`: per lead, its alerts, then its state that
+    /// says they fired; then the rotation, if it moved.
+    fn on_tick(&mut self, engine: &Engine, now: Timestamp, plan: &mut Plan) {
+        let Some(horizon) = self.horizon(now) else {
+            return;
+        };
+        if self.next_deadline().is_none_or(|d| d > horizon) {
+            return;
+        }
+        for (lead, mut alerts) in self.fire(engine, horizon) {
+            // Then the state as it is now, recording these alerts as fired.
+            if !self.leads.contains_key(&lead) {
+                continue;
+            }
+            for alert in &mut alerts {
+                alert.timestamp = now;
+                plan.diagnostics.push(Diagnostic::AlertFired {
+                    id: alert.id().to_string(),
+                    lead: alert.data.lead.clone(),
+                    kind: alert.kind.clone(),
+                });
+            }
+            plan.lead(&lead, alerts, true);
+        }
+        // The pools' round-robin moved: kept in this partition of the changelog, so the next
+        // owner of the partition goes on from there.
+        if std::mem::take(&mut self.rotation_moved) {
+            let rotation = serde_json::to_vec(&self.rotation).expect("rotation serializes");
+            plan.writes.push(Planned::Rotation(rotation));
+        }
+    }
+
     /// Closes the reorder windows that `now` has left behind, so quiet leads hold one copy of
-    /// themselves; returns how many leads still have one open.
-    pub fn settle(&mut self, engine: &Engine, now: Timestamp) -> usize {
+    /// themselves.
+    fn close_windows(&mut self, engine: &Engine, now: Timestamp) {
         let leads = &mut self.leads;
         self.windowed.retain(|key| {
             leads
                 .get_mut(key)
                 .is_some_and(|state| engine.settle(state, now))
         });
-        self.windowed.len()
     }
 
     fn remove(&mut self, key: &str) {
@@ -92,18 +248,12 @@ impl PartitionState {
         }
     }
 
-    /// Drops leads past their retention (see [`Engine::expired`]); returns their keys (to
-    /// tombstone).
-    pub fn expire(
-        &mut self,
-        engine: &Engine,
-        now: Timestamp,
-        retention: super::Retention,
-    ) -> Vec<String> {
+    /// Drops leads past their retention (see [`Engine::expired`]); returns their keys.
+    fn drop_expired(&mut self, engine: &Engine, now: Timestamp) -> Vec<String> {
         let gone: Vec<String> = self
             .leads
             .iter()
-            .filter(|(_, s)| engine.expired(s, now, retention))
+            .filter(|(_, s)| engine.expired(s, now))
             .map(|(k, _)| k.clone())
             .collect();
         for key in &gone {
@@ -112,46 +262,34 @@ impl PartitionState {
         gone
     }
 
-    /// The rotation to write to the changelog (under [`ROTATION_KEY`], in this partition), when
-    /// it moved since the last call.
-    pub fn take_rotation(&mut self) -> Option<Vec<u8>> {
-        std::mem::take(&mut self.rotation_moved)
-            .then(|| serde_json::to_vec(&self.rotation).expect("rotation serializes"))
-    }
-
-    /// Puts back a record read from the changelog: a lead's state, or the partition's rotation.
-    /// Returns false when it cannot be read.
-    pub fn restore_record(&mut self, engine: &Engine, key: String, bytes: &[u8]) -> bool {
-        if key == ROTATION_KEY {
-            return match serde_json::from_slice(bytes) {
-                Ok(rotation) => {
-                    self.rotation = rotation;
-                    true
+    /// Puts back the records read from the changelog: leads' states, and the partition's
+    /// rotation. Returns how many could not be read.
+    fn put_back(&mut self, engine: &Engine, records: Records) -> usize {
+        let mut unreadable = 0;
+        for (key, bytes) in records {
+            if key == ROTATION_KEY {
+                match serde_json::from_slice(&bytes) {
+                    Ok(rotation) => self.rotation = rotation,
+                    Err(_) => unreadable += 1,
                 }
-                Err(_) => false,
-            };
-        }
-        match serde_json::from_slice::<LeadState>(bytes) {
-            Ok(state) => {
-                self.restore(engine, key, state);
-                true
+                continue;
             }
-            Err(_) => false,
+            let Some(state) = LeadState::decode(&bytes) else {
+                unreadable += 1;
+                continue;
+            };
+            if !state.log.is_empty() {
+                self.windowed.insert(key.clone());
+            }
+            self.leads.insert(key.clone(), state);
+            self.rearm(engine, &key);
         }
-    }
-
-    /// Puts a lead's state back as it was known (restore from the changelog).
-    pub fn restore(&mut self, engine: &Engine, key: String, state: LeadState) {
-        if !state.log.is_empty() {
-            self.windowed.insert(key.clone());
-        }
-        self.leads.insert(key.clone(), state);
-        self.rearm(engine, &key);
+        unreadable
     }
 
     /// New rules at `now`: every lead looked at again under them (see [`Engine::reevaluate`]),
     /// and its deadlines recomputed.
-    pub fn reload(&mut self, engine: &Engine, now: Timestamp) {
+    fn look_again(&mut self, engine: &Engine, now: Timestamp) {
         self.timers.clear();
         self.armed.clear();
         let keys: Vec<String> = self.leads.keys().cloned().collect();
@@ -161,11 +299,6 @@ impl PartitionState {
             }
             self.rearm(engine, &key);
         }
-    }
-
-    /// Every lead and its state.
-    pub fn iter(&self) -> impl Iterator<Item = (&String, &LeadState)> {
-        self.leads.iter()
     }
 
     fn rearm(&mut self, engine: &Engine, key: &str) {
@@ -178,14 +311,9 @@ impl PartitionState {
         }
     }
 
-    /// The earliest deadline in this partition.
-    pub fn next_deadline(&self) -> Option<Timestamp> {
-        self.timers.first().map(|(t, _)| *t)
-    }
-
     /// Fires everything due at `now`: per lead, its key and alerts. The lead's state now records
-    /// them as fired; write it ([`PartitionState::lead`]) only after they are written.
-    pub fn fire_due(&mut self, engine: &Engine, now: Timestamp) -> Vec<(String, Vec<Alert>)> {
+    /// them as fired.
+    fn fire(&mut self, engine: &Engine, now: Timestamp) -> Vec<(String, Vec<Alert>)> {
         let mut fired = Vec::new();
         while let Some((deadline, key)) = self.timers.first().cloned() {
             if deadline > now {
@@ -207,7 +335,7 @@ impl PartitionState {
     }
 
     /// Lets `alert` fire again (its write to Kafka failed).
-    pub fn unfire(&mut self, engine: &Engine, alert: &Alert) {
+    fn fire_again(&mut self, engine: &Engine, alert: &Alert) {
         if let Some(state) = self.leads.get_mut(&alert.data.lead) {
             engine.unfire(state, alert);
             self.rearm(engine, &alert.data.lead);

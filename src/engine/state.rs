@@ -64,6 +64,16 @@ pub struct Fired {
     pub variant: Option<String>,
 }
 
+impl Fired {
+    /// Whether this is the alert made of these (what its id is made of).
+    fn is(&self, rule: &str, level: u32, clock: Timestamp, variant: Option<&str>) -> bool {
+        self.rule == rule
+            && self.level == level
+            && self.clock == clock
+            && self.variant.as_deref() == variant
+    }
+}
+
 /// One touch of a lead.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Touch {
@@ -186,6 +196,16 @@ pub struct Owed {
 }
 
 impl LeadState {
+    /// The lead's record in the state changelog: this state, as JSON.
+    pub fn encode(&self) -> Vec<u8> {
+        serde_json::to_vec(self).expect("lead state serializes")
+    }
+
+    /// A lead's record read back from the state changelog; `None` when it cannot be read.
+    pub fn decode(record: &[u8]) -> Option<Self> {
+        serde_json::from_slice(record).ok()
+    }
+
     pub fn has_fired(
         &self,
         rule: &str,
@@ -193,12 +213,7 @@ impl LeadState {
         clock: Timestamp,
         variant: Option<&str>,
     ) -> bool {
-        self.fired.iter().any(|f| {
-            f.rule == rule
-                && f.level == level
-                && f.clock == clock
-                && f.variant.as_deref() == variant
-        })
+        self.fired.iter().any(|f| f.is(rule, level, clock, variant))
     }
 
     pub fn mark_fired(&mut self, rule: &str, level: u32, clock: Timestamp, variant: Option<&str>) {
@@ -223,12 +238,7 @@ impl LeadState {
         clock: Timestamp,
         variant: Option<&str>,
     ) {
-        self.fired.retain(|f| {
-            !(f.rule == rule
-                && f.level == level
-                && f.clock == clock
-                && f.variant.as_deref() == variant)
-        });
+        self.fired.retain(|f| !f.is(rule, level, clock, variant));
     }
 
     /// Remembers an event id; false when it was already applied.

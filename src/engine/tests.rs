@@ -5,10 +5,87 @@ use std::sync::Arc;
 use jiff::{SignedDuration, Timestamp};
 use serde_json::json;
 
-use super::partition::{PartitionState, Write};
+use super::partition::PartitionState;
 use super::rules::Rules;
+use super::step::{Diagnostic, Input};
 use super::*;
+use crate::alert::Alert;
 use crate::event::{Activity, Change, LeadEvent};
+
+/// The moves the tests make on a partition, under the names they had as methods of their own;
+/// each is made through [`PartitionState::step`], the engine's one entry point.
+trait Moves {
+    /// Applies an event: what it wrote for its lead.
+    fn apply(&mut self, e: &Engine, event: &LeadEvent) -> Write;
+    /// Fires everything due at `now`, every event read: per lead, its alerts.
+    fn fire_due(&mut self, e: &Engine, now: Timestamp) -> Vec<(String, Vec<Alert>)>;
+    /// `alert` was not written: it fires again.
+    fn unfire(&mut self, e: &Engine, alert: &Alert);
+    /// Drops the leads past `retention` at `now`: their keys.
+    fn expire(&mut self, e: &Engine, now: Timestamp, retention: Retention) -> Vec<String>;
+    /// Looks at every lead again under `e`'s rules at `now`.
+    fn reload(&mut self, e: &Engine, now: Timestamp);
+}
+
+/// What applying an event wrote for its lead.
+#[derive(Debug, PartialEq)]
+enum Write {
+    Nothing,
+    State(Box<LeadState>),
+    Tombstone,
+}
+
+impl Moves for PartitionState {
+    fn apply(&mut self, e: &Engine, event: &LeadEvent) -> Write {
+        let step = self.step(e, Input::Event(event), event.received_at);
+        match step.writes.as_slice() {
+            [] => Write::Nothing,
+            [step::Write::Lead(w)] => match w.state_record() {
+                Some(state) => {
+                    Write::State(Box::new(LeadState::decode(&state).expect("a state record")))
+                }
+                None => Write::Tombstone,
+            },
+            other => panic!("an event wrote {other:?}"),
+        }
+    }
+
+    fn fire_due(&mut self, e: &Engine, now: Timestamp) -> Vec<(String, Vec<Alert>)> {
+        self.step(e, Input::End, now);
+        let step = self.step(e, Input::Tick, now);
+        step.writes
+            .into_iter()
+            .filter_map(|w| match w {
+                step::Write::Lead(w) => Some((w.lead, w.alerts)),
+                step::Write::Rotation(_) => None,
+            })
+            .collect()
+    }
+
+    fn unfire(&mut self, e: &Engine, alert: &Alert) {
+        self.step(
+            e,
+            Input::Unwritten(std::slice::from_ref(alert)),
+            alert.timestamp,
+        );
+    }
+
+    fn expire(&mut self, e: &Engine, now: Timestamp, retention: Retention) -> Vec<String> {
+        let e = e.clone().with_retention(retention);
+        let step = self.step(&e, Input::Sweep, now);
+        step.diagnostics
+            .into_iter()
+            .filter_map(|d| match d {
+                Diagnostic::Expired { lead } => Some(lead),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn reload(&mut self, e: &Engine, now: Timestamp) {
+        self.step(e, Input::Reload, now);
+    }
+}
 
 const RULES: &str = r#"
 [lifecycle]
@@ -61,10 +138,7 @@ queue = ["sdr@example.com"]
 "#;
 
 fn engine_with(text: &str) -> Engine {
-    Engine::new(
-        Arc::new(Rules::parse(text).unwrap()),
-        Arc::new(Metrics::new()),
-    )
+    Engine::new(Arc::new(Rules::parse(text).unwrap()))
 }
 
 fn engine() -> Engine {
@@ -303,7 +377,7 @@ fn a_partition_fires_leads_in_deadline_order_and_rearms() {
     }
     assert_eq!(p.next_deadline(), Some(t("13:00:00")));
     let due = p.fire_due(&e, t("14:30:00"));
-    let fired: Vec<(crate::alert::Alert, LeadState)> = due
+    let fired: Vec<(Alert, LeadState)> = due
         .into_iter()
         .flat_map(|(lead, alerts)| {
             let s = p.lead(&lead).unwrap().clone();
@@ -347,32 +421,36 @@ fn deadlines_are_event_time_plus_within_with_sub_second_precision() {
 
 #[test]
 fn a_rule_that_errors_counts_as_false_and_is_counted() {
-    let metrics = Arc::new(Metrics::new());
     let rules = "[lifecycle]\nsales_ready = 'lead.stage == \"sales_ready\" && lead.score > 50'\n[first_touch]\nwithin = \"4h\"\n";
-    let e = Engine::new(Arc::new(Rules::parse(rules).unwrap()), metrics.clone());
-    let mut s = LeadState::default();
+    let e = Engine::new(Arc::new(Rules::parse(rules).unwrap()));
+    let mut p = PartitionState::default();
+    let mut noticed = Vec::new();
     // No `stage` at all: the comparison is false — counted apart, as a missing field.
-    e.apply(&mut s, &update("e1", "10:00:00", json!({"owner": "alice"})));
-    assert!(s.lead.episode.is_none());
+    let ev = update("e1", "10:00:00", json!({"owner": "alice"}));
+    noticed.extend(p.step(&e, Input::Event(&ev), ev.received_at).diagnostics);
+    assert!(p.lead("L-1").unwrap().lead.episode.is_none());
     // A score that cannot be compared with a number: an error, counted, and false.
-    e.apply(
-        &mut s,
-        &update(
-            "e2",
-            "10:01:00",
-            json!({"stage": "sales_ready", "score": [1]}),
-        ),
+    let ev = update(
+        "e2",
+        "10:01:00",
+        json!({"stage": "sales_ready", "score": [1]}),
     );
-    assert!(s.lead.episode.is_none());
-    let text = metrics.encode();
-    assert!(
-        text.contains("leadwatch_rule_missing_fields_total{rule=\"lifecycle.sales_ready\"} 1"),
-        "{text}"
-    );
-    assert!(
-        text.contains("leadwatch_rule_errors_total{rule=\"lifecycle.sales_ready\"} 1"),
-        "{text}"
-    );
+    noticed.extend(p.step(&e, Input::Event(&ev), ev.received_at).diagnostics);
+    assert!(p.lead("L-1").unwrap().lead.episode.is_none());
+    let counted = |missing: bool| {
+        noticed
+            .iter()
+            .filter(|n| match n {
+                Diagnostic::RuleMissingField { rule, .. } => {
+                    missing && rule == "lifecycle.sales_ready"
+                }
+                Diagnostic::RuleError { rule, .. } => !missing && rule == "lifecycle.sales_ready",
+                _ => false,
+            })
+            .count()
+    };
+    assert_eq!(counted(true), 1, "{noticed:?}");
+    assert_eq!(counted(false), 1, "{noticed:?}");
 }
 
 #[test]
@@ -844,17 +922,27 @@ fn suggested_owners_rotate_through_the_pool() {
         p.apply(&e, &ev);
     }
     let mut suggested = Vec::new();
+    let mut rotations = Vec::new();
+    p.step(&e, Input::End, t("10:05:00"));
     while let Some(d) = p.next_deadline() {
-        for (_, alerts) in p.fire_due(&e, d) {
-            suggested.extend(alerts.into_iter().filter_map(|a| a.data.suggested_owner));
+        for write in p.step(&e, Input::Tick, d).writes {
+            match write {
+                step::Write::Lead(w) => {
+                    suggested.extend(w.alerts.into_iter().filter_map(|a| a.data.suggested_owner))
+                }
+                step::Write::Rotation(r) => rotations.push(r),
+            }
         }
     }
     assert_eq!(suggested, ["p1", "p2", "p3", "p4", "p1", "p2"]);
     // The rotation goes on where it stood after a restore of the partition.
-    let saved = p.take_rotation().expect("the rotation moved");
-    assert_eq!(p.take_rotation(), None, "written once");
+    let saved = rotations.pop().expect("the rotation moved");
+    let again = p.step(&e, Input::Tick, at("+9d 10:00:00"));
+    assert_eq!(again.writes, [], "written once");
     let mut restored = PartitionState::default();
-    assert!(restored.restore_record(&e, super::partition::ROTATION_KEY.into(), &saved));
+    let records = [(super::partition::ROTATION_KEY.to_string(), saved)];
+    let back = restored.step(&e, Input::Restore(records.into()), at("+2d 10:00:00"));
+    assert_eq!(back.diagnostics, [], "the rotation is read back");
     let mut ev = mql("10:00:00", Some("p3"));
     ev.lead = "L-next".into();
     restored.apply(&e, &ev);
@@ -1212,7 +1300,7 @@ mod properties {
         /// time has left behind are settled, then leads past their retention are dropped.
         fn sweep(&mut self, at: Timestamp) {
             self.now = self.now.max(at);
-            self.p.settle(self.e, self.now);
+            // One sweep: the windows settled, then the leads past retention dropped.
             for key in self.p.expire(self.e, self.now, self.retention) {
                 self.expired.push((key, self.now));
             }
@@ -1366,10 +1454,10 @@ mod properties {
             }
             let mut p = live.p;
             let mut q = PartitionState::default();
-            for (key, state) in p.iter() {
-                prop_assert!(q.restore_record(&e, key.clone(), &serde_json::to_vec(state).unwrap()));
-            }
-            q.reload(&e, t("00:00:00") + SignedDuration::from_secs(later));
+            let records = p.iter().map(|(key, state)| (key.clone(), serde_json::to_vec(state).unwrap())).collect();
+            let restored = q.step(&e, Input::Restore(records), t("00:00:00") + SignedDuration::from_secs(later));
+            let unreadable = restored.diagnostics.iter().any(|d| matches!(d, Diagnostic::Unreadable { .. }));
+            prop_assert!(!unreadable, "every record is read back");
             let states = |p: &PartitionState| {
                 let mut v: Vec<(String, String)> = p
                     .iter()
@@ -1473,7 +1561,7 @@ mod properties {
                 "/config/rules.toml"
             )))
             .unwrap();
-            let e = Engine::new(Arc::new(rules), Arc::new(Metrics::new()));
+            let e = Engine::new(Arc::new(rules));
             // Squeeze the day of generated times into one hour of a random week.
             let base = t("00:00:00") + SignedDuration::from_secs(start);
             let mut seen = std::collections::HashSet::new();

@@ -1,8 +1,16 @@
-//! The stages that run on Kafka consumer groups, and the skeleton they all run on, written once
-//! ([`group`]): the dispatcher ([`dispatch`]).
+//! The stages that run on Kafka consumer groups, and the skeleton they all run on, written once.
+//!
+//! - [`group`]: the consumer-group skeleton: assign → pause → restore → resume → hand out
+//!   messages → store offsets once their work is done → revoke.
+//! - [`engine`]: the SLA engine's shell ([`engine::EngineRunner`]), around
+//!   [`crate::engine::PartitionState::step`].
+//! - [`dispatch`]: the dispatcher ([`dispatch::Dispatcher`]), around [`crate::dispatch::deliver`].
+//! - [`writes`]: a partition's writes to Kafka, chained per key, stopped on revocation.
 
 pub mod dispatch;
+pub mod engine;
 pub mod group;
+pub mod writes;
 
 use std::sync::Arc;
 

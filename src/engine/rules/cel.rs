@@ -61,7 +61,7 @@ impl fmt::Debug for Predicate {
 }
 
 /// Why a predicate could not be evaluated; it then counts as false.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum PredicateError {
     #[error("evaluating `{expr}`: {message}")]
     Execution { expr: String, message: String },

@@ -1,0 +1,593 @@
+//! The engine's shell: consumes `{prefix}.events` as a consumer group, steps each partition's
+//! state ([`PartitionState::step`]) with what it reads and with the clock, and carries each step
+//! out: writes its records to `{prefix}.alerts` and `{prefix}.state` in the order and chaining the
+//! step gives, stores an event's offset only after what it caused is in Kafka, and counts and
+//! logs what the engine noticed. It decides nothing about leads.
+//!
+//! Partitions move between members: a newly assigned partition is paused (in the rebalance
+//! callback), its leads are read back from `{prefix}.state` (same partition number: both topics
+//! are keyed by lead) by an assigned consumer on a blocking thread, and only then resumed. Its
+//! deadlines come back with the state, so those that passed meanwhile fire at once.
+//!
+//! The seam for one consumer-group skeleton shared with the dispatcher: [`EngineRunner::run`],
+//! with `on_message` and `process`, is that skeleton (assign → pause → restore → resume → process
+//! → store offsets once the writes are acked → revoke). The engine's own work is `Work`'s —
+//! reading a message (`Work::read`), a restore (`Work::restored`), stepping a partition with an
+//! event, a tick, a sweep, a reload or an unwritten write and carrying the step out
+//! (`Work::step`) — each a function of the partition and of what arrived, never of the loop's
+//! state; a shared skeleton would call it through a trait.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+use futures::stream::{FuturesOrdered, FuturesUnordered};
+use futures::{FutureExt, StreamExt};
+use jiff::Timestamp;
+use rdkafka::ClientConfig;
+use rdkafka::Message;
+use rdkafka::error::KafkaError;
+use rdkafka::message::BorrowedMessage;
+use tokio::sync::{mpsc, watch};
+use tokio_util::sync::CancellationToken;
+
+use super::writes::{Acked, Writes};
+use crate::alert::Alert;
+use crate::bus::changelog::{Restored, Restorer, Slot};
+use crate::bus::consumer::{self, Assignment, RebalanceHooks};
+use crate::bus::producer::Producer;
+use crate::bus::{KafkaConfig, Topics};
+use crate::clock::Clock;
+use crate::engine::partition::{PartitionState, ROTATION_KEY};
+use crate::engine::rules::Rules;
+use crate::engine::step::{Diagnostic, Input, LeadWrite, Records, Write};
+use crate::engine::{Engine, EngineConfig};
+use crate::event::LeadEvent;
+use crate::telemetry::Metrics;
+
+/// Everything the engine loop needs.
+pub struct EngineRunner {
+    pub engine: Engine,
+    /// New rules (a reload on SIGHUP): open leads get deadlines under them.
+    pub rules: watch::Receiver<Arc<Rules>>,
+    pub producer: Arc<Producer>,
+    pub base: ClientConfig,
+    pub kafka: KafkaConfig,
+    pub topics: Topics,
+    /// How the shell runs (work in flight, sweep interval, restore timeout); what the engine
+    /// itself keeps to (reorder window, retention) is set on `engine`.
+    pub config: EngineConfig,
+    pub metrics: Arc<Metrics>,
+    /// The time deadlines are measured against, and alerts stamped with.
+    pub clock: Clock,
+}
+
+/// A partition this member owns.
+struct Owned {
+    leads: PartitionState,
+    /// Its writes to Kafka, in order per lead.
+    writes: Writes,
+    /// When it next has something to fire, as its latest step said.
+    wake: Option<Timestamp>,
+}
+
+/// What arrived for a partition (kept, in order, while its state is being restored).
+enum Arrived {
+    /// An event, at its offset.
+    Event(i64, LeadEvent),
+    /// A message that is not an event (its offset is stored at once).
+    NotAnEvent,
+    /// The end of the partition.
+    End,
+}
+
+type Slots = crate::bus::changelog::Slots<Owned, Arrived>;
+
+/// Per consumed message, resolves to its offset once what it caused is acknowledged.
+type Pending = FuturesOrdered<BoxFuture<'static, Option<(i32, i64)>>>;
+/// Writes on their way to Kafka besides the events' own; one that failed hands back the alerts
+/// it fires, to be fired again.
+type Firing = FuturesUnordered<BoxFuture<'static, Result<(), (i32, Vec<Alert>)>>>;
+
+/// Messages already fetched that are applied before deadlines fire: events of one request
+/// (a status change and its reason, sent as two events) are judged together.
+const DRAIN_BATCH: usize = 500;
+
+impl EngineRunner {
+    /// Runs until `shutdown`; then finishes in-flight writes within `grace`, commits, and leaves
+    /// the group. Work abandoned at the grace limit has no stored offset and is redone later.
+    pub async fn run(self, shutdown: CancellationToken, grace: Duration) -> Result<(), KafkaError> {
+        let EngineRunner {
+            engine,
+            mut rules,
+            producer,
+            base,
+            kafka,
+            topics,
+            config,
+            metrics,
+            clock,
+        } = self;
+        let producer_for_revoke = producer.clone();
+        let hooks = RebalanceHooks {
+            pause_on_assign: true,
+            report_end: true,
+            // Before partitions move, make every state change written so far durable, so the
+            // next owner's restore sees it.
+            on_revoke: Some(Box::new(move || {
+                producer_for_revoke.flush_blocking(Duration::from_secs(5))
+            })),
+        };
+        let (consumer, mut assignments) = consumer::subscribe(
+            &base,
+            &kafka,
+            &kafka.group_id,
+            &topics.events,
+            metrics.clone(),
+            hooks,
+        )?;
+        tracing::info!(group = %kafka.group_id, topic = %topics.events, "engine started");
+
+        let restorer = Restorer {
+            base,
+            topic: topics.state.clone(),
+            timeout: config.restore_timeout.0,
+        };
+        let mut work = Work {
+            engine,
+            producer,
+            topics: Arc::new(topics),
+            metrics,
+            abandon: CancellationToken::new(),
+        };
+        let (restored_tx, mut restored_rx) = mpsc::unbounded_channel::<Restored>();
+        let mut slots = Slots::default();
+        let mut pending: Pending = FuturesOrdered::new();
+        let mut firing: Firing = FuturesUnordered::new();
+        let mut sweep = tokio::time::interval(config.sweep_interval.0);
+        sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+
+        loop {
+            // A partition that is behind wakes the loop with its messages instead.
+            let wake = slots
+                .iter_ready()
+                .filter_map(|(_, p)| p.wake)
+                .min()
+                .map(|t| clock.until(t))
+                .unwrap_or(Duration::from_secs(3600));
+            tokio::select! {
+                biased;
+                _ = shutdown.cancelled() => break,
+                Some(change) = assignments.recv() => match change {
+                    Assignment::Assigned(ps) => {
+                        tracing::info!(partitions = ?ps, "engine assigned partitions; restoring their state");
+                        slots.assigned(ps, &restorer, &restored_tx);
+                    }
+                    Assignment::Revoked(ps) => {
+                        tracing::info!(partitions = ?ps, "engine partitions revoked");
+                        for p in &ps {
+                            if let Some(owned) = slots.ready_mut(*p) {
+                                owned.writes.revoke();
+                            }
+                        }
+                        slots.revoked(&ps);
+                    }
+                },
+                Some(done) = restored_rx.recv() => if slots.is_current(&done) {
+                    let Restored { partition, generation, result } = done;
+                    match result {
+                        Ok(records) => {
+                            let now = clock.now();
+                            let (owned, sent) = work.restored(partition, records, now);
+                            see_through(&mut firing, partition, sent);
+                            for arrived in slots.ready(partition, owned) {
+                                let owned = slots.ready_mut(partition).expect("just made ready");
+                                process(&work, partition, owned, arrived, now, &mut pending, &mut firing);
+                            }
+                            consumer::resume(&consumer, &work.topics.events, partition);
+                        }
+                        Err(e) => {
+                            tracing::error!(partition, error = %e, "restoring lead state failed; retrying");
+                            restorer.spawn(partition, generation, Duration::from_secs(1), restored_tx.clone());
+                        }
+                    }
+                },
+                Some(done) = pending.next(), if !pending.is_empty() => {
+                    if let Some((partition, offset)) = done {
+                        consumer::store(&consumer, &work.topics.events, partition, offset);
+                    }
+                }
+                Some(result) = firing.next(), if !firing.is_empty() => {
+                    if let Err((partition, alerts)) = result
+                        && let Some(p) = slots.ready_mut(partition)
+                    {
+                        let sent = work.step(partition, p, Input::Unwritten(&alerts), clock.now());
+                        see_through(&mut firing, partition, sent);
+                    }
+                }
+                Ok(()) = rules.changed() => {
+                    let new = rules.borrow_and_update().clone();
+                    work.engine = work.engine.with_rules(new);
+                    let now = clock.now();
+                    let mut leads = 0;
+                    for (partition, p) in slots.iter_ready_mut() {
+                        let sent = work.step(partition, p, Input::Reload, now);
+                        see_through(&mut firing, partition, sent);
+                        leads += p.leads.len();
+                    }
+                    tracing::info!(leads, "rules reloaded; open leads have deadlines under the new rules");
+                }
+                received = consumer.recv(), if pending.len() < config.max_in_flight => {
+                    let now = clock.now();
+                    on_message(&work, received, &mut slots, now, &mut pending, &mut firing);
+                    // What was fetched with it is applied before anything fires.
+                    for _ in 0..DRAIN_BATCH {
+                        if pending.len() >= config.max_in_flight {
+                            break;
+                        }
+                        match consumer.recv().now_or_never() {
+                            Some(received) => {
+                                on_message(&work, received, &mut slots, now, &mut pending, &mut firing)
+                            }
+                            None => break,
+                        }
+                    }
+                }
+                _ = sweep.tick() => {
+                    let now = clock.now();
+                    for (partition, p) in slots.iter_ready_mut() {
+                        p.writes.prune();
+                        let sent = work.step(partition, p, Input::Sweep, now);
+                        see_through(&mut firing, partition, sent);
+                    }
+                }
+                _ = tokio::time::sleep(wake) => {}
+            }
+
+            // Fire whatever is due, also under a steady stream of events.
+            let now = clock.now();
+            for (partition, p) in slots.iter_ready_mut() {
+                let sent = work.step(partition, p, Input::Tick, now);
+                see_through(&mut firing, partition, sent);
+            }
+            work.metrics
+                .set_leads(slots.iter_ready().map(|(_, p)| p.leads.len() as i64).sum());
+        }
+
+        tracing::info!(in_flight = pending.len() + firing.len(), "engine stopping");
+        let drain = async {
+            while let Some(done) = pending.next().await {
+                if let Some((partition, offset)) = done {
+                    consumer::store(&consumer, &work.topics.events, partition, offset);
+                }
+            }
+            while firing.next().await.is_some() {}
+        };
+        if tokio::time::timeout(grace, drain).await.is_err() {
+            tracing::warn!(
+                "grace period over; unfinished engine work will be redone after restart"
+            );
+            work.abandon.cancel();
+        }
+        consumer::close(consumer, Duration::from_secs(5)).await;
+        tracing::info!("engine stopped");
+        Ok(())
+    }
+}
+
+/// The engine's own work on Kafka — per message, per tick, per restore — each a function of the
+/// partition it concerns and of what arrived, never of the loop's state: steps the partition,
+/// counts and logs what the engine noticed, and sends the step's writes as it orders them.
+struct Work {
+    engine: Engine,
+    producer: Arc<Producer>,
+    topics: Arc<Topics>,
+    metrics: Arc<Metrics>,
+    /// Cancelled when the grace period is over: every write still waiting gives up.
+    abandon: CancellationToken,
+}
+
+/// One write of a step on its way to Kafka.
+struct Sent {
+    acked: Acked,
+    /// The alerts it fires: handed back to the engine if it is not written.
+    fired: Vec<Alert>,
+}
+
+impl Sent {
+    /// Resolves once the write is done: to the alerts to fire again, if it was not written.
+    fn refire(self, partition: i32) -> BoxFuture<'static, Result<(), (i32, Vec<Alert>)>> {
+        async move {
+            if self.acked.await || self.fired.is_empty() {
+                Ok(())
+            } else {
+                // Not written (abandoned, or the partition moved): fire them again if it is ours.
+                Err((partition, self.fired))
+            }
+        }
+        .boxed()
+    }
+}
+
+impl Work {
+    /// Steps `partition` with `input` at `now`, counts and logs what the engine noticed, notes
+    /// when to wake, and sends the writes.
+    fn step(
+        &self,
+        partition: i32,
+        owned: &mut Owned,
+        input: Input<'_>,
+        now: Timestamp,
+    ) -> Vec<Sent> {
+        let step = owned.leads.step(&self.engine, input, now);
+        report(&self.metrics, partition, &step.diagnostics);
+        owned.wake = step.wake;
+        step.writes
+            .into_iter()
+            .map(|write| self.send(partition, &mut owned.writes, write))
+            .collect()
+    }
+
+    /// Sends one write: a lead's after its earlier writes (its alerts, then — only once they
+    /// are all in Kafka — its state), the partition's rotation on its own.
+    fn send(&self, partition: i32, writes: &mut Writes, write: Write<'_>) -> Sent {
+        let producer = self.producer.clone();
+        let topics = self.topics.clone();
+        match write {
+            Write::Lead(write) => {
+                // Encoded now: the step borrows the states as they stand after it.
+                let (alerts, state) = (write.alert_records(), write.state_record());
+                let LeadWrite {
+                    lead,
+                    alerts: fired,
+                    ..
+                } = write;
+                let key = lead.clone();
+                let acked = writes.chain(&key, move |token| {
+                    async move {
+                        // Queued together, in order: one lead's alerts keep their order in its
+                        // partition.
+                        let written = futures::future::join_all(alerts.iter().map(|payload| {
+                            producer.send_until_acked(&topics.alerts, &lead, Some(payload), &token)
+                        }))
+                        .await;
+                        if written.iter().any(|ok| !ok) {
+                            return false;
+                        }
+                        producer
+                            .send_until_acked(&topics.state, &lead, state.as_deref(), &token)
+                            .await
+                    }
+                    .boxed()
+                });
+                Sent { acked, fired }
+            }
+            Write::Rotation(rotation) => {
+                let abandon = self.abandon.clone();
+                let acked = async move {
+                    producer
+                        .send_until_acked_at(
+                            &topics.state,
+                            Some(partition),
+                            ROTATION_KEY,
+                            Some(&rotation),
+                            &abandon,
+                        )
+                        .await
+                }
+                .boxed()
+                .shared();
+                Sent {
+                    acked,
+                    fired: Vec::new(),
+                }
+            }
+        }
+    }
+
+    /// A partition's records are back from the changelog: its state, ready.
+    fn restored(&self, partition: i32, records: Records, now: Timestamp) -> (Owned, Vec<Sent>) {
+        let mut owned = Owned {
+            leads: PartitionState::default(),
+            writes: Writes::new(&self.abandon),
+            wake: None,
+        };
+        let sent = self.step(partition, &mut owned, Input::Restore(records), now);
+        tracing::info!(partition, leads = owned.leads.len(), "lead state restored");
+        (owned, sent)
+    }
+
+    /// The event a message holds. One that holds none is counted and logged: not ours to fix.
+    fn read(&self, msg: &BorrowedMessage<'_>) -> Option<LeadEvent> {
+        let event = msg
+            .payload()
+            .ok_or_else(|| "empty message".to_string())
+            .and_then(|p| serde_json::from_slice::<LeadEvent>(p).map_err(|e| e.to_string()));
+        match event {
+            Ok(event) => Some(event),
+            Err(error) => {
+                self.metrics.engine_event("invalid");
+                let (partition, offset) = (msg.partition(), msg.offset());
+                tracing::error!(partition, offset, %error, "skipping an event that is not a LeadEvent");
+                None
+            }
+        }
+    }
+}
+
+/// One message (or consumer error) from the events topic: processed by its partition when it is
+/// ready, kept for it while it is restoring. A message that is not an event has its offset
+/// stored (in order) at once.
+fn on_message(
+    work: &Work,
+    received: Result<BorrowedMessage<'_>, KafkaError>,
+    slots: &mut Slots,
+    now: Timestamp,
+    pending: &mut Pending,
+    firing: &mut Firing,
+) {
+    let (partition, arrived) = match received {
+        Ok(msg) => {
+            let (partition, offset) = (msg.partition(), msg.offset());
+            match work.read(&msg) {
+                Some(event) => (partition, Arrived::Event(offset, event)),
+                None => {
+                    pending.push_back(futures::future::ready(Some((partition, offset))).boxed());
+                    (partition, Arrived::NotAnEvent)
+                }
+            }
+        }
+        Err(KafkaError::PartitionEOF(partition)) => {
+            tracing::debug!(partition, "engine read to the end of a partition");
+            (partition, Arrived::End)
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "engine consumer error");
+            return;
+        }
+    };
+    match slots.route(partition) {
+        Slot::Restoring { waiting, .. } => waiting.push(arrived),
+        Slot::Ready(owned) => process(work, partition, owned, arrived, now, pending, firing),
+    }
+}
+
+/// Steps a ready partition with what arrived for it. An event's offset is stored once every
+/// write it caused is acknowledged; any other write is seen through in `firing`.
+fn process(
+    work: &Work,
+    partition: i32,
+    owned: &mut Owned,
+    arrived: Arrived,
+    now: Timestamp,
+    pending: &mut Pending,
+    firing: &mut Firing,
+) {
+    let (input, offset) = match &arrived {
+        Arrived::Event(offset, event) => (Input::Event(event), Some(*offset)),
+        Arrived::NotAnEvent => (Input::NotAnEvent, None),
+        Arrived::End => (Input::End, None),
+    };
+    let sent = work.step(partition, owned, input, now);
+    let Some(offset) = offset else {
+        see_through(firing, partition, sent);
+        return;
+    };
+    let acked = futures::future::join_all(sent.iter().map(|s| s.acked.clone()));
+    pending.push_back(
+        acked
+            .map(move |oks| oks.into_iter().all(|ok| ok).then_some((partition, offset)))
+            .boxed(),
+    );
+    // Alerts an event's writes fire (none do: alerts fire on ticks) go back if not written.
+    see_through(
+        firing,
+        partition,
+        sent.into_iter().filter(|s| !s.fired.is_empty()),
+    );
+}
+
+/// Sees writes through in `firing`: one that is not written hands its alerts back.
+fn see_through(firing: &mut Firing, partition: i32, sent: impl IntoIterator<Item = Sent>) {
+    firing.extend(sent.into_iter().map(|s| s.refire(partition)));
+}
+
+/// Counts and logs what the engine noticed in a step of `partition`.
+fn report(metrics: &Metrics, partition: i32, diagnostics: &[Diagnostic]) {
+    for d in diagnostics {
+        match d {
+            Diagnostic::Applied => metrics.engine_event("applied"),
+            Diagnostic::Duplicate => metrics.engine_event("duplicate"),
+            Diagnostic::Forgotten { lead } => {
+                metrics.engine_event("forgotten");
+                tracing::info!(%lead, "lead forgotten on request; state tombstoned");
+            }
+            Diagnostic::RuleMissingField { rule, field } => {
+                if let Some(field) = field {
+                    tracing::trace!(%rule, %field, "missing field: rule false");
+                }
+                metrics.rule_missing_field(rule);
+            }
+            Diagnostic::RuleError { rule, error } => {
+                if let Some(error) = error {
+                    tracing::debug!(%rule, %error, "rule counted as false");
+                }
+                metrics.rule_errors(rule);
+            }
+            Diagnostic::AlertFired { id, lead, kind } => {
+                metrics.alert_fired(kind);
+                tracing::info!(alert_id = %id, %lead, %kind, "alert fired");
+            }
+            Diagnostic::NoRecipients { lead, kind, to } => {
+                tracing::warn!(%lead, %kind, ?to, "alert names no recipient; add them to [directory] or [recipients]");
+                metrics.alert_without_recipients(kind);
+            }
+            Diagnostic::Expired { lead } => {
+                tracing::debug!(partition, %lead, "lead state retention over; tombstoned");
+            }
+            Diagnostic::Unreadable { records } => tracing::error!(
+                partition,
+                broken = records,
+                "lead states in the changelog could not be read; those leads start afresh"
+            ),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn what_the_engine_noticed_is_counted_under_the_daemons_metric_names() {
+        let metrics = Metrics::new();
+        let rule = "lifecycle.sales_ready".to_string();
+        report(
+            &metrics,
+            0,
+            &[
+                Diagnostic::Applied,
+                Diagnostic::Applied,
+                Diagnostic::Duplicate,
+                Diagnostic::Forgotten { lead: "L-1".into() },
+                Diagnostic::RuleMissingField {
+                    rule: rule.clone(),
+                    field: Some("score".into()),
+                },
+                Diagnostic::RuleMissingField {
+                    rule: "segments[0].when".into(),
+                    field: None,
+                },
+                Diagnostic::RuleError {
+                    rule: rule.clone(),
+                    error: None,
+                },
+                Diagnostic::AlertFired {
+                    id: "a-1".into(),
+                    lead: "L-1".into(),
+                    kind: "sla.first_touch.breached".into(),
+                },
+                Diagnostic::NoRecipients {
+                    lead: "L-1".into(),
+                    kind: "lead.unassigned".into(),
+                    to: vec!["queue".into()],
+                },
+                Diagnostic::Expired { lead: "L-2".into() },
+                Diagnostic::Unreadable { records: 2 },
+            ],
+        );
+        let text = metrics.encode();
+        for line in [
+            "leadwatch_engine_events_total{outcome=\"applied\"} 2",
+            "leadwatch_engine_events_total{outcome=\"duplicate\"} 1",
+            "leadwatch_engine_events_total{outcome=\"forgotten\"} 1",
+            "leadwatch_rule_missing_fields_total{rule=\"lifecycle.sales_ready\"} 1",
+            "leadwatch_rule_missing_fields_total{rule=\"segments[0].when\"} 1",
+            "leadwatch_rule_errors_total{rule=\"lifecycle.sales_ready\"} 1",
+            "leadwatch_alerts_fired_total{type=\"sla.first_touch.breached\"} 1",
+            "leadwatch_alerts_without_recipients_total{type=\"lead.unassigned\"} 1",
+        ] {
+            assert!(text.contains(line), "{line} in\n{text}");
+        }
+    }
+}

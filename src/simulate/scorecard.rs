@@ -1,0 +1,309 @@
+//! The scorecard `simulate` writes: per owner, per source and in total, leads handed off and
+//! touched within the SLA, business time to first touch, attempts and reasons at close-outs,
+//! leads never touched, and the alerts fired.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use jiff::Timestamp;
+use serde::Serialize;
+
+use crate::alert::Alert;
+use crate::engine::state::Clock;
+use crate::engine::{Closeout, Engine, Lead, calendar};
+
+/// One first-touch clock: a lead handed to an owner.
+#[derive(Debug, Clone)]
+struct Handoff {
+    lead: String,
+    owner: String,
+    source: String,
+    /// Business time from the clock start to the first touch, when it was touched.
+    to_first_touch: Option<Duration>,
+    outcome: Outcome,
+}
+
+/// How a first-touch clock ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Outcome {
+    /// Touched by the deadline.
+    InTime,
+    /// Touched, after the deadline.
+    Late,
+    /// The deadline passed with no touch, or the lead left sales (closed, converted, back to
+    /// marketing) before anyone touched it.
+    NeverTouched,
+    /// Not judged: still running at the end of the period, or handed on before its deadline.
+    Pending,
+}
+
+/// What the simulated run saw happen to leads, as it happened.
+#[derive(Debug, Default)]
+pub(super) struct Recorder {
+    handoffs: Vec<Handoff>,
+    closeouts: Vec<(String, String, Closeout)>,
+    alerts: BTreeMap<String, u64>,
+}
+
+impl Recorder {
+    pub(super) fn alert(&mut self, alert: &Alert) {
+        *self.alerts.entry(alert.kind.clone()).or_default() += 1;
+    }
+
+    /// Records the clocks and close-outs an event ended or made.
+    pub(super) fn observe(
+        &mut self,
+        engine: &Engine,
+        key: &str,
+        before: &Lead,
+        after: &Lead,
+        at: Timestamp,
+    ) {
+        let old = before.episode.as_ref().and_then(|e| e.clock.as_ref());
+        let new = after.episode.as_ref().and_then(|e| e.clock.as_ref());
+        if let Some(old) = old
+            && new != Some(old)
+        {
+            // No episode left: the lead left sales, and the clock with it.
+            let left_sales = after.episode.is_none();
+            self.clock_ended(engine, key, after, old, at, left_sales);
+        }
+        if (after.closeouts.len() > before.closeouts.len()
+            || after.closeouts.last() != before.closeouts.last())
+            && let Some(c) = after.closeouts.last()
+        {
+            // A close refreshed by an event at the same instant replaces its first record.
+            if let Some(last) = self.closeouts.last()
+                && last.0 == key
+                && last.2.closed_at == c.closed_at
+            {
+                self.closeouts.pop();
+            }
+            let source = after.origin.clone().unwrap_or_default();
+            let mut c = c.clone();
+            // Counted under the agreed spelling ("no budget" is "No budget").
+            if let (Some(reason), Some(d)) = (&c.reason, &engine.settings(after).disposition) {
+                let trimmed = reason.trim();
+                c.reason = Some(
+                    d.reasons
+                        .iter()
+                        .chain(&d.vague)
+                        .find(|r| r.eq_ignore_ascii_case(trimmed))
+                        .cloned()
+                        .unwrap_or_else(|| trimmed.to_string()),
+                );
+            }
+            self.closeouts.push((key.to_string(), source, c));
+        }
+    }
+
+    fn clock_ended(
+        &mut self,
+        engine: &Engine,
+        key: &str,
+        lead: &Lead,
+        clock: &Clock,
+        ended: Timestamp,
+        left_sales: bool,
+    ) {
+        let settings = engine.settings(lead);
+        let cal = settings.calendar.as_deref();
+        let touch = lead
+            .first_touch_since(clock.started_at)
+            .filter(|t| *t <= ended);
+        let deadline = settings
+            .first_touch
+            .as_ref()
+            .map(|ft| calendar::add(cal, clock.started_at, ft.within));
+        let outcome = match (touch, deadline) {
+            (Some(t), Some(d)) if t > d => Outcome::Late,
+            (Some(_), _) => Outcome::InTime,
+            (None, Some(d)) if d <= ended => Outcome::NeverTouched,
+            (None, _) if left_sales => Outcome::NeverTouched,
+            (None, _) => Outcome::Pending,
+        };
+        self.handoffs.push(Handoff {
+            lead: key.to_string(),
+            owner: clock.owner.clone(),
+            source: lead.origin.clone().unwrap_or_default(),
+            to_first_touch: touch.map(|t| calendar::between(cal, clock.started_at, t)),
+            outcome,
+        });
+    }
+
+    /// Clocks still running at the end.
+    pub(super) fn finish(&mut self, engine: &Engine, key: &str, lead: &Lead, until: Timestamp) {
+        if let Some(clock) = lead.episode.as_ref().and_then(|e| e.clock.as_ref()) {
+            self.clock_ended(engine, key, lead, clock, until, false);
+        }
+    }
+
+    pub(super) fn scorecard(self, from: Option<Timestamp>, until: Timestamp) -> Scorecard {
+        let mut by_owner: BTreeMap<String, Tally> = BTreeMap::new();
+        let mut by_source: BTreeMap<String, Tally> = BTreeMap::new();
+        let mut total = Tally::default();
+        for h in &self.handoffs {
+            for t in [
+                by_owner.entry(h.owner.clone()).or_default(),
+                by_source.entry(h.source.clone()).or_default(),
+                &mut total,
+            ] {
+                t.handoff(h);
+            }
+        }
+        for (_, source, c) in &self.closeouts {
+            let owner = c.owner.clone().unwrap_or_else(|| "(none)".into());
+            for t in [
+                by_owner.entry(owner.clone()).or_default(),
+                by_source.entry(source.clone()).or_default(),
+                &mut total,
+            ] {
+                t.closeout(c);
+            }
+        }
+        Scorecard {
+            from,
+            until,
+            alerts: self.alerts,
+            total: total.report(),
+            by_owner: by_owner.into_iter().map(|(k, t)| (k, t.report())).collect(),
+            by_source: by_source
+                .into_iter()
+                .map(|(k, t)| (k, t.report()))
+                .collect(),
+        }
+    }
+}
+
+#[derive(Debug, Default)]
+struct Tally {
+    leads: std::collections::BTreeSet<String>,
+    touched_leads: std::collections::BTreeSet<String>,
+    untouched_leads: std::collections::BTreeSet<String>,
+    handed_off: u64,
+    within_sla: u64,
+    late: u64,
+    never_touched: u64,
+    pending: u64,
+    to_first_touch: Vec<Duration>,
+    closed: u64,
+    attempts: Vec<u32>,
+    reasons: BTreeMap<String, u64>,
+}
+
+impl Tally {
+    fn handoff(&mut self, h: &Handoff) {
+        self.handed_off += 1;
+        self.leads.insert(h.lead.clone());
+        match h.outcome {
+            Outcome::InTime | Outcome::Late => {
+                self.touched_leads.insert(h.lead.clone());
+            }
+            Outcome::NeverTouched => {
+                self.untouched_leads.insert(h.lead.clone());
+            }
+            Outcome::Pending => {}
+        }
+        match h.outcome {
+            Outcome::InTime => self.within_sla += 1,
+            Outcome::Late => self.late += 1,
+            Outcome::NeverTouched => self.never_touched += 1,
+            Outcome::Pending => self.pending += 1,
+        }
+        if let Some(d) = h.to_first_touch {
+            self.to_first_touch.push(d);
+        }
+    }
+
+    fn closeout(&mut self, c: &Closeout) {
+        self.closed += 1;
+        self.attempts.push(c.attempts);
+        let reason = c
+            .reason
+            .clone()
+            .unwrap_or_else(|| "(no reason)".to_string());
+        *self.reasons.entry(reason).or_default() += 1;
+    }
+
+    fn report(mut self) -> Report {
+        self.to_first_touch.sort();
+        self.attempts.sort();
+        let pct = |d: &[Duration], p: f64| -> Option<Duration> {
+            if d.is_empty() {
+                return None;
+            }
+            let i = ((d.len() as f64 - 1.0) * p).round() as usize;
+            Some(d[i])
+        };
+        let secs = |d: Option<Duration>| d.map(|d| d.as_secs_f64());
+        let median = pct(&self.to_first_touch, 0.5);
+        let p90 = pct(&self.to_first_touch, 0.9);
+        let judged = self.within_sla + self.late + self.never_touched;
+        Report {
+            leads_handed_off: self.leads.len() as u64,
+            leads_never_touched: self.untouched_leads.difference(&self.touched_leads).count()
+                as u64,
+            handed_off: self.handed_off,
+            touched_within_sla: self.within_sla,
+            touched_within_sla_pct: (judged > 0)
+                .then(|| (self.within_sla as f64 * 1000.0 / judged as f64).round() / 10.0),
+            touched_late: self.late,
+            never_touched: self.never_touched,
+            pending: self.pending,
+            median_business_time_to_first_touch_secs: secs(median),
+            p90_business_time_to_first_touch_secs: secs(p90),
+            median_business_time_to_first_touch: median
+                .map(|d| humantime::format_duration(Duration::from_secs(d.as_secs())).to_string()),
+            closed: self.closed,
+            median_attempts_before_close: (!self.attempts.is_empty())
+                .then(|| self.attempts[(self.attempts.len() - 1) / 2]),
+            mean_attempts_before_close: (!self.attempts.is_empty()).then(|| {
+                let sum: u32 = self.attempts.iter().sum();
+                (sum as f64 * 10.0 / self.attempts.len() as f64).round() / 10.0
+            }),
+            close_reasons: self.reasons,
+        }
+    }
+}
+
+/// The scorecard `simulate` writes (JSON).
+#[derive(Debug, Serialize)]
+pub struct Scorecard {
+    pub from: Option<Timestamp>,
+    pub until: Timestamp,
+    /// Alerts fired, by type.
+    pub alerts: BTreeMap<String, u64>,
+    pub total: Report,
+    pub by_owner: BTreeMap<String, Report>,
+    pub by_source: BTreeMap<String, Report>,
+}
+
+/// One owner's, one source's, or everyone's figures.
+#[derive(Debug, Serialize, PartialEq)]
+pub struct Report {
+    /// Distinct leads handed to an owner.
+    pub leads_handed_off: u64,
+    /// Of those, leads nobody touched in any of their handoffs, though a deadline passed or
+    /// the lead left sales (closed, converted, back to marketing) first.
+    pub leads_never_touched: u64,
+    /// First-touch clocks started: leads handed to an owner (a new owner is a new handoff).
+    pub handed_off: u64,
+    pub touched_within_sla: u64,
+    /// Of the handoffs whose deadline has passed (`handed_off - pending`).
+    pub touched_within_sla_pct: Option<f64>,
+    pub touched_late: u64,
+    /// The deadline passed and nobody touched the lead by the end of the period, or the lead
+    /// left sales before anyone touched it.
+    pub never_touched: u64,
+    /// Not judged: the deadline is after the end of the period, or the lead went to another
+    /// owner before it.
+    pub pending: u64,
+    pub median_business_time_to_first_touch_secs: Option<f64>,
+    pub p90_business_time_to_first_touch_secs: Option<f64>,
+    pub median_business_time_to_first_touch: Option<String>,
+    /// Close-outs of sales-ready leads.
+    pub closed: u64,
+    pub median_attempts_before_close: Option<u32>,
+    pub mean_attempts_before_close: Option<f64>,
+    pub close_reasons: BTreeMap<String, u64>,
+}
