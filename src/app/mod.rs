@@ -138,13 +138,8 @@ pub async fn run_with_reloads(
                 .with_retention(config.engine.retention())
                 .with_links(config.source_links()),
             rules: rules_rx.clone(),
-            producer: producer.clone(),
-            base: base.clone(),
-            kafka: config.kafka.clone(),
-            topics: topics.clone(),
             config: config.engine.clone(),
-            metrics: metrics.clone(),
-            clock: crate::clock::Clock::system(),
+            ctx: ctx.clone(),
         };
         let stop = stop_work.clone();
         workers.push((

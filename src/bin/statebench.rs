@@ -22,6 +22,7 @@ use leadwatch::engine::rules::Rules;
 use leadwatch::engine::step::{Diagnostic, Input};
 use leadwatch::engine::{Engine, EngineConfig, LeadState, PartitionState};
 use leadwatch::event::{Change, LeadEvent};
+use leadwatch::runner::Context;
 use leadwatch::runner::engine::EngineRunner;
 use leadwatch::telemetry::Metrics;
 use tokio_util::sync::CancellationToken;
@@ -198,13 +199,15 @@ async fn main() -> anyhow::Result<()> {
             let runner = EngineRunner {
                 engine,
                 rules,
-                producer: producer.clone(),
-                base: base.clone(),
-                kafka,
-                topics,
                 config: EngineConfig::default(),
-                metrics: metrics.clone(),
-                clock: clock.clone(),
+                ctx: Context {
+                    base: base.clone(),
+                    kafka,
+                    topics,
+                    producer: producer.clone(),
+                    metrics: metrics.clone(),
+                    clock: clock.clone(),
+                },
             };
             let stop = CancellationToken::new();
             let task = tokio::spawn(runner.run(stop.clone(), Duration::from_secs(10)));

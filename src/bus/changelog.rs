@@ -147,22 +147,9 @@ impl<S, W> Default for Slots<S, W> {
 }
 
 impl<S, W> Slots<S, W> {
-    /// Marks newly assigned partitions as restoring (keeping messages that already wait for
-    /// them) and starts their restores.
-    pub fn assigned(
-        &mut self,
-        partitions: Vec<i32>,
-        restorer: &Restorer,
-        done: &tokio::sync::mpsc::UnboundedSender<Restored>,
-    ) {
-        for (p, generation) in self.assign(partitions) {
-            restorer.spawn(p, generation, Duration::ZERO, done.clone());
-        }
-    }
-
     /// Marks newly assigned partitions as restoring, each under a new generation (keeping
     /// messages that already wait for them); returns each with its generation, whose restores
-    /// the caller starts.
+    /// the caller starts ([`Restorer::spawn`]).
     pub fn assign(&mut self, partitions: Vec<i32>) -> Vec<(i32, u64)> {
         partitions
             .into_iter()

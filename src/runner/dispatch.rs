@@ -16,7 +16,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::Context;
-use super::group::{Event, Group};
+use super::group::{Event, Group, Read, Waited};
 use crate::alert::Alert;
 use crate::bus::changelog::Restorer;
 use crate::bus::consumer::{self, RebalanceHooks};
@@ -175,26 +175,40 @@ impl Dispatcher {
                 let [ledger, backlog]: [_; 2] = snapshots.try_into().expect("two changelogs");
                 let work = Work::restore(partition, ledger, backlog, self.shared.clock.now());
                 // The alerts that waited for the restore go first, in order.
-                for (offset, (alert, body)) in group.ready(partition, work.clone()) {
-                    self.fan_out(group, &work, offset, alert, body);
+                for waited in group.ready(partition, work.clone()) {
+                    if let Waited::Message {
+                        offset,
+                        message: (alert, body),
+                    } = waited
+                    {
+                        self.fan_out(group, &work, offset, alert, body);
+                    }
                 }
             }
-            Event::Message {
-                partition,
-                offset,
-                message: (alert, body),
-            } => {
-                if let Some(work) = group.partition_mut(partition).cloned() {
-                    self.fan_out(group, &work, offset, alert, body);
+            Event::Read(read) => {
+                for r in read {
+                    match r {
+                        Read::Message {
+                            partition,
+                            offset,
+                            message: (alert, body),
+                        } => {
+                            if let Some(work) = group.partition_mut(partition).cloned() {
+                                self.fan_out(group, &work, offset, alert, body);
+                            }
+                        }
+                        Read::Unreadable {
+                            partition,
+                            offset,
+                            error,
+                        } => {
+                            tracing::error!(partition, offset, %error, "skipping a message that is not an alert");
+                            self.shared.metrics.delivery("", "unreadable_alert");
+                        }
+                        Read::End { .. } => {}
+                        Read::Error(e) => tracing::warn!(error = %e, "dispatcher consumer error"),
+                    }
                 }
-            }
-            Event::Unreadable {
-                partition,
-                offset,
-                error,
-            } => {
-                tracing::error!(partition, offset, %error, "skipping a message that is not an alert");
-                self.shared.metrics.delivery("", "unreadable_alert");
             }
             Event::Revoked(partitions) => {
                 let ps: Vec<i32> = partitions.iter().map(|(p, _)| *p).collect();
@@ -204,8 +218,6 @@ impl Dispatcher {
                     work.revoked.cancel();
                 }
             }
-            Event::End { .. } => {}
-            Event::Error(e) => tracing::warn!(error = %e, "dispatcher consumer error"),
         }
     }
 

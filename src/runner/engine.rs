@@ -9,35 +9,30 @@
 //! are keyed by lead) by an assigned consumer on a blocking thread, and only then resumed. Its
 //! deadlines come back with the state, so those that passed meanwhile fire at once.
 //!
-//! The seam for one consumer-group skeleton shared with the dispatcher: [`EngineRunner::run`],
-//! with `on_message` and `process`, is that skeleton (assign → pause → restore → resume → process
-//! → store offsets once the writes are acked → revoke). The engine's own work is `Work`'s —
-//! reading a message (`Work::read`), a restore (`Work::restored`), stepping a partition with an
-//! event, a tick, a sweep, a reload or an unwritten write and carrying the step out
-//! (`Work::step`) — each a function of the partition and of what arrived, never of the loop's
-//! state; a shared skeleton would call it through a trait.
+//! It runs on the consumer-group skeleton ([`super::group`]), which does the assigning, pausing,
+//! restoring, resuming, offset storing and revoking; what is the engine's own is `Work`'s —
+//! a restore (`Work::restored`), stepping a partition with an event, a tick, a sweep, a reload or
+//! an unwritten write and carrying the step out (`Work::step`).
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use futures::future::BoxFuture;
-use futures::stream::{FuturesOrdered, FuturesUnordered};
+use futures::stream::FuturesUnordered;
 use futures::{FutureExt, StreamExt};
 use jiff::Timestamp;
-use rdkafka::ClientConfig;
-use rdkafka::Message;
 use rdkafka::error::KafkaError;
-use rdkafka::message::BorrowedMessage;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
+use super::Context;
+use super::group::{Event, Group, Read, Waited};
 use super::writes::{Acked, Writes};
 use crate::alert::Alert;
-use crate::bus::changelog::{Restored, Restorer, Slot};
-use crate::bus::consumer::{self, Assignment, RebalanceHooks};
+use crate::bus::Topics;
+use crate::bus::changelog::Restorer;
+use crate::bus::consumer::{self, RebalanceHooks};
 use crate::bus::producer::Producer;
-use crate::bus::{KafkaConfig, Topics};
-use crate::clock::Clock;
 use crate::engine::partition::{PartitionState, ROTATION_KEY};
 use crate::engine::rules::Rules;
 use crate::engine::step::{Diagnostic, Input, LeadWrite, Records, Write};
@@ -50,20 +45,15 @@ pub struct EngineRunner {
     pub engine: Engine,
     /// New rules (a reload on SIGHUP): open leads get deadlines under them.
     pub rules: watch::Receiver<Arc<Rules>>,
-    pub producer: Arc<Producer>,
-    pub base: ClientConfig,
-    pub kafka: KafkaConfig,
-    pub topics: Topics,
     /// How the shell runs (work in flight, sweep interval, restore timeout); what the engine
     /// itself keeps to (reorder window, retention) is set on `engine`.
     pub config: EngineConfig,
-    pub metrics: Arc<Metrics>,
-    /// The time deadlines are measured against, and alerts stamped with.
-    pub clock: Clock,
+    /// Kafka, the metrics, and the clock deadlines are measured against and alerts stamped with.
+    pub ctx: Context,
 }
 
 /// A partition this member owns.
-struct Owned {
+pub struct Owned {
     leads: PartitionState,
     /// Its writes to Kafka, in order per lead.
     writes: Writes,
@@ -71,7 +61,7 @@ struct Owned {
     wake: Option<Timestamp>,
 }
 
-/// What arrived for a partition (kept, in order, while its state is being restored).
+/// What arrived for a partition.
 enum Arrived {
     /// An event, at its offset.
     Event(i64, LeadEvent),
@@ -81,17 +71,15 @@ enum Arrived {
     End,
 }
 
-type Slots = crate::bus::changelog::Slots<Owned, Arrived>;
-
-/// Per consumed message, resolves to its offset once what it caused is acknowledged.
-type Pending = FuturesOrdered<BoxFuture<'static, Option<(i32, i64)>>>;
 /// Writes on their way to Kafka besides the events' own; one that failed hands back the alerts
 /// it fires, to be fired again.
 type Firing = FuturesUnordered<BoxFuture<'static, Result<(), (i32, Vec<Alert>)>>>;
 
-/// Messages already fetched that are applied before deadlines fire: events of one request
-/// (a status change and its reason, sent as two events) are judged together.
-const DRAIN_BATCH: usize = 500;
+/// The event a message holds, or why it holds none.
+fn decode(payload: Option<&[u8]>) -> Result<LeadEvent, String> {
+    let payload = payload.ok_or_else(|| "empty message".to_string())?;
+    serde_json::from_slice(payload).map_err(|e| e.to_string())
+}
 
 impl EngineRunner {
     /// Runs until `shutdown`; then finishes in-flight writes within `grace`, commits, and leaves
@@ -100,15 +88,10 @@ impl EngineRunner {
         let EngineRunner {
             engine,
             mut rules,
-            producer,
-            base,
-            kafka,
-            topics,
             config,
-            metrics,
-            clock,
+            ctx,
         } = self;
-        let producer_for_revoke = producer.clone();
+        let producer_for_revoke = ctx.producer.clone();
         let hooks = RebalanceHooks {
             pause_on_assign: true,
             report_end: true,
@@ -118,39 +101,44 @@ impl EngineRunner {
                 producer_for_revoke.flush_blocking(Duration::from_secs(5))
             })),
         };
-        let (consumer, mut assignments) = consumer::subscribe(
-            &base,
-            &kafka,
-            &kafka.group_id,
-            &topics.events,
-            metrics.clone(),
+        let subscribed = consumer::subscribe(
+            &ctx.base,
+            &ctx.kafka,
+            &ctx.kafka.group_id,
+            &ctx.topics.events,
+            ctx.metrics.clone(),
             hooks,
         )?;
-        tracing::info!(group = %kafka.group_id, topic = %topics.events, "engine started");
-
         let restorer = Restorer {
-            base,
-            topic: topics.state.clone(),
+            base: ctx.base.clone(),
+            topic: ctx.topics.state.clone(),
             timeout: config.restore_timeout.0,
         };
+        let mut group: Group<Owned, LeadEvent> = Group::new(
+            subscribed,
+            &ctx.topics.events,
+            vec![restorer],
+            config.max_in_flight,
+            decode,
+        );
+        tracing::info!(group = %ctx.kafka.group_id, topic = %ctx.topics.events, "engine started");
+
+        let clock = ctx.clock.clone();
         let mut work = Work {
             engine,
-            producer,
-            topics: Arc::new(topics),
-            metrics,
+            producer: ctx.producer.clone(),
+            topics: Arc::new(ctx.topics.clone()),
+            metrics: ctx.metrics.clone(),
             abandon: CancellationToken::new(),
         };
-        let (restored_tx, mut restored_rx) = mpsc::unbounded_channel::<Restored>();
-        let mut slots = Slots::default();
-        let mut pending: Pending = FuturesOrdered::new();
         let mut firing: Firing = FuturesUnordered::new();
         let mut sweep = tokio::time::interval(config.sweep_interval.0);
         sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
 
         loop {
             // A partition that is behind wakes the loop with its messages instead.
-            let wake = slots
-                .iter_ready()
+            let wake = group
+                .partitions()
                 .filter_map(|(_, p)| p.wake)
                 .min()
                 .map(|t| clock.until(t))
@@ -158,48 +146,9 @@ impl EngineRunner {
             tokio::select! {
                 biased;
                 _ = shutdown.cancelled() => break,
-                Some(change) = assignments.recv() => match change {
-                    Assignment::Assigned(ps) => {
-                        tracing::info!(partitions = ?ps, "engine assigned partitions; restoring their state");
-                        slots.assigned(ps, &restorer, &restored_tx);
-                    }
-                    Assignment::Revoked(ps) => {
-                        tracing::info!(partitions = ?ps, "engine partitions revoked");
-                        for p in &ps {
-                            if let Some(owned) = slots.ready_mut(*p) {
-                                owned.writes.revoke();
-                            }
-                        }
-                        slots.revoked(&ps);
-                    }
-                },
-                Some(done) = restored_rx.recv() => if slots.is_current(&done) {
-                    let Restored { partition, generation, result } = done;
-                    match result {
-                        Ok(records) => {
-                            let now = clock.now();
-                            let (owned, sent) = work.restored(partition, records, now);
-                            see_through(&mut firing, partition, sent);
-                            for arrived in slots.ready(partition, owned) {
-                                let owned = slots.ready_mut(partition).expect("just made ready");
-                                process(&work, partition, owned, arrived, now, &mut pending, &mut firing);
-                            }
-                            consumer::resume(&consumer, &work.topics.events, partition);
-                        }
-                        Err(e) => {
-                            tracing::error!(partition, error = %e, "restoring lead state failed; retrying");
-                            restorer.spawn(partition, generation, Duration::from_secs(1), restored_tx.clone());
-                        }
-                    }
-                },
-                Some(done) = pending.next(), if !pending.is_empty() => {
-                    if let Some((partition, offset)) = done {
-                        consumer::store(&consumer, &work.topics.events, partition, offset);
-                    }
-                }
                 Some(result) = firing.next(), if !firing.is_empty() => {
                     if let Err((partition, alerts)) = result
-                        && let Some(p) = slots.ready_mut(partition)
+                        && let Some(p) = group.partition_mut(partition)
                     {
                         let sent = work.step(partition, p, Input::Unwritten(&alerts), clock.now());
                         see_through(&mut firing, partition, sent);
@@ -210,32 +159,17 @@ impl EngineRunner {
                     work.engine = work.engine.with_rules(new);
                     let now = clock.now();
                     let mut leads = 0;
-                    for (partition, p) in slots.iter_ready_mut() {
+                    for (partition, p) in group.partitions_mut() {
                         let sent = work.step(partition, p, Input::Reload, now);
                         see_through(&mut firing, partition, sent);
                         leads += p.leads.len();
                     }
                     tracing::info!(leads, "rules reloaded; open leads have deadlines under the new rules");
                 }
-                received = consumer.recv(), if pending.len() < config.max_in_flight => {
-                    let now = clock.now();
-                    on_message(&work, received, &mut slots, now, &mut pending, &mut firing);
-                    // What was fetched with it is applied before anything fires.
-                    for _ in 0..DRAIN_BATCH {
-                        if pending.len() >= config.max_in_flight {
-                            break;
-                        }
-                        match consumer.recv().now_or_never() {
-                            Some(received) => {
-                                on_message(&work, received, &mut slots, now, &mut pending, &mut firing)
-                            }
-                            None => break,
-                        }
-                    }
-                }
+                event = group.next() => work.on(event, &mut group, &mut firing, clock.now()),
                 _ = sweep.tick() => {
                     let now = clock.now();
-                    for (partition, p) in slots.iter_ready_mut() {
+                    for (partition, p) in group.partitions_mut() {
                         p.writes.prune();
                         let sent = work.step(partition, p, Input::Sweep, now);
                         see_through(&mut firing, partition, sent);
@@ -246,30 +180,26 @@ impl EngineRunner {
 
             // Fire whatever is due, also under a steady stream of events.
             let now = clock.now();
-            for (partition, p) in slots.iter_ready_mut() {
+            for (partition, p) in group.partitions_mut() {
                 let sent = work.step(partition, p, Input::Tick, now);
                 see_through(&mut firing, partition, sent);
             }
             work.metrics
-                .set_leads(slots.iter_ready().map(|(_, p)| p.leads.len() as i64).sum());
+                .set_leads(group.partitions().map(|(_, p)| p.leads.len() as i64).sum());
         }
 
-        tracing::info!(in_flight = pending.len() + firing.len(), "engine stopping");
-        let drain = async {
-            while let Some(done) = pending.next().await {
-                if let Some((partition, offset)) = done {
-                    consumer::store(&consumer, &work.topics.events, partition, offset);
-                }
-            }
-            while firing.next().await.is_some() {}
-        };
-        if tokio::time::timeout(grace, drain).await.is_err() {
+        tracing::info!(
+            in_flight = group.in_flight() + firing.len(),
+            "engine stopping"
+        );
+        let writes = async { while firing.next().await.is_some() {} };
+        if !group.drain(grace, writes).await {
             tracing::warn!(
                 "grace period over; unfinished engine work will be redone after restart"
             );
             work.abandon.cancel();
         }
-        consumer::close(consumer, Duration::from_secs(5)).await;
+        group.close(Duration::from_secs(5)).await;
         tracing::info!("engine stopped");
         Ok(())
     }
@@ -397,94 +327,113 @@ impl Work {
         (owned, sent)
     }
 
-    /// The event a message holds. One that holds none is counted and logged: not ours to fix.
-    fn read(&self, msg: &BorrowedMessage<'_>) -> Option<LeadEvent> {
-        let event = msg
-            .payload()
-            .ok_or_else(|| "empty message".to_string())
-            .and_then(|p| serde_json::from_slice::<LeadEvent>(p).map_err(|e| e.to_string()));
+    /// What the group hands the engine.
+    fn on(
+        &self,
+        event: Event<Owned, LeadEvent>,
+        group: &mut Group<Owned, LeadEvent>,
+        firing: &mut Firing,
+        now: Timestamp,
+    ) {
         match event {
-            Ok(event) => Some(event),
-            Err(error) => {
-                self.metrics.engine_event("invalid");
-                let (partition, offset) = (msg.partition(), msg.offset());
-                tracing::error!(partition, offset, %error, "skipping an event that is not a LeadEvent");
-                None
+            Event::Assigned(ps) => {
+                tracing::info!(partitions = ?ps, "engine assigned partitions; restoring their state");
             }
-        }
-    }
-}
-
-/// One message (or consumer error) from the events topic: processed by its partition when it is
-/// ready, kept for it while it is restoring. A message that is not an event has its offset
-/// stored (in order) at once.
-fn on_message(
-    work: &Work,
-    received: Result<BorrowedMessage<'_>, KafkaError>,
-    slots: &mut Slots,
-    now: Timestamp,
-    pending: &mut Pending,
-    firing: &mut Firing,
-) {
-    let (partition, arrived) = match received {
-        Ok(msg) => {
-            let (partition, offset) = (msg.partition(), msg.offset());
-            match work.read(&msg) {
-                Some(event) => (partition, Arrived::Event(offset, event)),
-                None => {
-                    pending.push_back(futures::future::ready(Some((partition, offset))).boxed());
-                    (partition, Arrived::NotAnEvent)
+            Event::Restored {
+                partition,
+                snapshots,
+            } => {
+                let records = snapshots.into_iter().next().unwrap_or_default();
+                let (owned, sent) = self.restored(partition, records, now);
+                see_through(firing, partition, sent);
+                // What arrived meanwhile, in order, before anything else.
+                for waited in group.ready(partition, owned) {
+                    let arrived = match waited {
+                        Waited::Message { offset, message } => Arrived::Event(offset, message),
+                        Waited::Unreadable => Arrived::NotAnEvent,
+                        Waited::End => Arrived::End,
+                    };
+                    self.process(group, firing, partition, arrived, now);
+                }
+            }
+            Event::Read(read) => {
+                for r in read {
+                    let (partition, arrived) = match r {
+                        Read::Message {
+                            partition,
+                            offset,
+                            message,
+                        } => (partition, Arrived::Event(offset, message)),
+                        Read::Unreadable {
+                            partition,
+                            offset,
+                            error,
+                        } => {
+                            // Not ours to fix: counted, and where it is logged.
+                            self.metrics.engine_event("invalid");
+                            tracing::error!(partition, offset, %error, "skipping an event that is not a LeadEvent");
+                            (partition, Arrived::NotAnEvent)
+                        }
+                        Read::End { partition } => {
+                            tracing::debug!(partition, "engine read to the end of a partition");
+                            (partition, Arrived::End)
+                        }
+                        Read::Error(e) => {
+                            tracing::warn!(error = %e, "engine consumer error");
+                            continue;
+                        }
+                    };
+                    self.process(group, firing, partition, arrived, now);
+                }
+            }
+            Event::Revoked(partitions) => {
+                let ps: Vec<i32> = partitions.iter().map(|(p, _)| *p).collect();
+                tracing::info!(partitions = ?ps, "engine partitions revoked");
+                for (_, owned) in partitions {
+                    if let Some(owned) = owned {
+                        owned.writes.revoke();
+                    }
                 }
             }
         }
-        Err(KafkaError::PartitionEOF(partition)) => {
-            tracing::debug!(partition, "engine read to the end of a partition");
-            (partition, Arrived::End)
-        }
-        Err(e) => {
-            tracing::warn!(error = %e, "engine consumer error");
-            return;
-        }
-    };
-    match slots.route(partition) {
-        Slot::Restoring { waiting, .. } => waiting.push(arrived),
-        Slot::Ready(owned) => process(work, partition, owned, arrived, now, pending, firing),
     }
-}
 
-/// Steps a ready partition with what arrived for it. An event's offset is stored once every
-/// write it caused is acknowledged; any other write is seen through in `firing`.
-fn process(
-    work: &Work,
-    partition: i32,
-    owned: &mut Owned,
-    arrived: Arrived,
-    now: Timestamp,
-    pending: &mut Pending,
-    firing: &mut Firing,
-) {
-    let (input, offset) = match &arrived {
-        Arrived::Event(offset, event) => (Input::Event(event), Some(*offset)),
-        Arrived::NotAnEvent => (Input::NotAnEvent, None),
-        Arrived::End => (Input::End, None),
-    };
-    let sent = work.step(partition, owned, input, now);
-    let Some(offset) = offset else {
-        see_through(firing, partition, sent);
-        return;
-    };
-    let acked = futures::future::join_all(sent.iter().map(|s| s.acked.clone()));
-    pending.push_back(
-        acked
-            .map(move |oks| oks.into_iter().all(|ok| ok).then_some((partition, offset)))
-            .boxed(),
-    );
-    // Alerts an event's writes fire (none do: alerts fire on ticks) go back if not written.
-    see_through(
-        firing,
-        partition,
-        sent.into_iter().filter(|s| !s.fired.is_empty()),
-    );
+    /// Steps a ready partition with what arrived for it. An event's offset is stored once every
+    /// write it caused is acknowledged; any other write is seen through in `firing`.
+    fn process(
+        &self,
+        group: &mut Group<Owned, LeadEvent>,
+        firing: &mut Firing,
+        partition: i32,
+        arrived: Arrived,
+        now: Timestamp,
+    ) {
+        let Some(owned) = group.partition_mut(partition) else {
+            return;
+        };
+        let (input, offset) = match &arrived {
+            Arrived::Event(offset, event) => (Input::Event(event), Some(*offset)),
+            Arrived::NotAnEvent => (Input::NotAnEvent, None),
+            Arrived::End => (Input::End, None),
+        };
+        let sent = self.step(partition, owned, input, now);
+        let Some(offset) = offset else {
+            see_through(firing, partition, sent);
+            return;
+        };
+        let acked = futures::future::join_all(sent.iter().map(|s| s.acked.clone()));
+        group.track(
+            partition,
+            offset,
+            acked.map(|oks| oks.into_iter().all(|ok| ok)),
+        );
+        // Alerts an event's writes fire (none do: alerts fire on ticks) go back if not written.
+        see_through(
+            firing,
+            partition,
+            sent.into_iter().filter(|s| !s.fired.is_empty()),
+        );
+    }
 }
 
 /// Sees writes through in `firing`: one that is not written hands its alerts back.

@@ -35,27 +35,46 @@ pub enum Event<P, M> {
         partition: i32,
         snapshots: Vec<Snapshot>,
     },
+    /// What was read: a message and whatever was fetched with it, in order, so the stage
+    /// processes them together before its other work (events of one request — a status change
+    /// and its reason — are judged together).
+    Read(Vec<Read<M>>),
+    /// Partitions taken away, with the state of those that were ready: stop their work (what is
+    /// not done, the next owner redoes).
+    Revoked(Vec<(i32, Option<P>)>),
+}
+
+/// One thing read from the topic.
+pub enum Read<M> {
     /// A message of a ready partition: process it and [`Group::track`] its offset.
     Message {
         partition: i32,
         offset: i64,
         message: M,
     },
-    /// A message the stage's decoder refused. Its offset is stored (it is not ours to fix);
-    /// the stage counts it and says where it is.
+    /// A message the stage's decoder refused, of any partition. Its offset is stored (in order;
+    /// it is not ours to fix); the stage counts it and says where it is.
     Unreadable {
         partition: i32,
         offset: i64,
         error: String,
     },
-    /// Every message of the partition accepted so far has been read (only when the consumer
+    /// Every message of a ready partition accepted so far has been read (only when the consumer
     /// was asked to report partition ends).
     End { partition: i32 },
-    /// Partitions taken away, with the state of those that were ready: stop their work (what is
-    /// not done, the next owner redoes).
-    Revoked(Vec<(i32, Option<P>)>),
     /// A consumer error (the group goes on; the stage logs it).
     Error(KafkaError),
+}
+
+/// What arrived for a partition while it was being restored, in order: [`Group::ready`] hands
+/// it back.
+pub enum Waited<M> {
+    /// A message, at its offset: process it and [`Group::track`] its offset.
+    Message { offset: i64, message: M },
+    /// A message that could not be read (already reported, its offset already stored).
+    Unreadable,
+    /// The end of the partition was reached.
+    End,
 }
 
 /// Turns a message's payload into the stage's message, or says why it cannot.
@@ -72,15 +91,13 @@ pub struct Group<P, M> {
     restored_rx: mpsc::UnboundedReceiver<(usize, Restored)>,
     /// Per restoring partition: its generation, and each changelog's snapshot once read.
     restoring: HashMap<i32, (u64, Vec<Option<Snapshot>>)>,
-    slots: Slots<P, (i64, M)>,
+    slots: Slots<P, Waited<M>>,
     /// Per processed message, resolves to its offset once its work is done (`None`: it was not,
     /// e.g. the partition moved; its next owner redoes it). In order, so an offset is stored
     /// only once every earlier message's work is done.
     pending: FuturesOrdered<BoxFuture<'static, Option<(i32, i64)>>>,
     max_in_flight: usize,
     decode: Decode<M>,
-    /// Messages already fetched that may still be handed out before anything else.
-    batch: usize,
 }
 
 /// A message as it came: (partition, offset, decoded or why not), or a consumer error.
@@ -91,8 +108,8 @@ fn decoded<M>(received: Result<BorrowedMessage<'_>, KafkaError>, decode: Decode<
     received.map(|msg| (msg.partition(), msg.offset(), decode(msg.payload())))
 }
 
-/// Messages already fetched that are handed out before the stage's other work runs (events of
-/// one request — a status change and its reason — are processed together).
+/// Most messages already fetched that are handed out with the one awaited (events of one
+/// request — a status change and its reason — are processed together).
 const BATCH: usize = 500;
 
 impl<P, M> Group<P, M> {
@@ -119,25 +136,12 @@ impl<P, M> Group<P, M> {
             pending: FuturesOrdered::new(),
             max_in_flight: max_in_flight.max(1),
             decode,
-            batch: 0,
         }
     }
 
     /// The next thing the stage must act on. Cancel-safe.
     pub async fn next(&mut self) -> Event<P, M> {
         loop {
-            // What was fetched with a message is handed out at once.
-            while self.batch > 0 && self.pending.len() < self.max_in_flight {
-                self.batch -= 1;
-                let Some(received) = self.consumer.recv().now_or_never() else {
-                    self.batch = 0;
-                    break;
-                };
-                let received = decoded(received, self.decode);
-                if let Some(event) = self.received(received) {
-                    return event;
-                }
-            }
             let room = self.pending.len() < self.max_in_flight;
             tokio::select! {
                 biased;
@@ -159,19 +163,31 @@ impl<P, M> Group<P, M> {
                     }
                 }
                 received = self.consumer.recv(), if room => {
-                    let received = decoded(received, self.decode);
-                    self.batch = BATCH;
-                    if let Some(event) = self.received(received) {
-                        return event;
+                    let first = decoded(received, self.decode);
+                    let mut read = Vec::new();
+                    self.received(first, &mut read);
+                    // What was fetched with it comes along, within the room for work in flight.
+                    for _ in 0..BATCH {
+                        if self.pending.len() + read.len() >= self.max_in_flight {
+                            break;
+                        }
+                        let Some(received) = self.consumer.recv().now_or_never() else {
+                            break;
+                        };
+                        let more = decoded(received, self.decode);
+                        self.received(more, &mut read);
+                    }
+                    if !read.is_empty() {
+                        return Event::Read(read);
                     }
                 }
             }
         }
     }
 
-    /// Makes a restored partition ready with the stage's `state` and resumes it; returns the
-    /// messages that arrived while it restored, in order, for the stage to process first.
-    pub fn ready(&mut self, partition: i32, state: P) -> Vec<(i64, M)> {
+    /// Makes a restored partition ready with the stage's `state` and resumes it; returns what
+    /// arrived while it restored, in order, for the stage to process first.
+    pub fn ready(&mut self, partition: i32, state: P) -> Vec<Waited<M>> {
         let waiting = self.slots.ready(partition, state);
         consumer::resume(&self.consumer, &self.topic, partition);
         waiting
@@ -302,34 +318,40 @@ impl<P, M> Group<P, M> {
         })
     }
 
-    /// One message (or consumer error) from the topic.
-    fn received(&mut self, received: Received<M>) -> Option<Event<P, M>> {
+    /// Files one message (or consumer error): what a ready partition's stage must see goes to
+    /// `read`; what a restoring partition's must see later waits for it.
+    fn received(&mut self, received: Received<M>, read: &mut Vec<Read<M>>) {
         let (partition, offset, decoded) = match received {
             Ok(msg) => msg,
-            Err(KafkaError::PartitionEOF(partition)) => return Some(Event::End { partition }),
-            Err(e) => return Some(Event::Error(e)),
+            Err(KafkaError::PartitionEOF(partition)) => {
+                match self.slots.route(partition) {
+                    Slot::Restoring { waiting, .. } => waiting.push(Waited::End),
+                    Slot::Ready(_) => read.push(Read::End { partition }),
+                }
+                return;
+            }
+            Err(e) => return read.push(Read::Error(e)),
         };
-        let message = match decoded {
-            Ok(message) => message,
-            Err(error) => {
+        match (decoded, self.slots.route(partition)) {
+            (Ok(message), Slot::Restoring { waiting, .. }) => {
+                waiting.push(Waited::Message { offset, message })
+            }
+            (Ok(message), Slot::Ready(_)) => read.push(Read::Message {
+                partition,
+                offset,
+                message,
+            }),
+            (Err(error), slot) => {
+                if let Slot::Restoring { waiting, .. } = slot {
+                    waiting.push(Waited::Unreadable);
+                }
                 self.track(partition, offset, futures::future::ready(true));
-                return Some(Event::Unreadable {
+                read.push(Read::Unreadable {
                     partition,
                     offset,
                     error,
                 });
             }
-        };
-        match self.slots.route(partition) {
-            Slot::Restoring { waiting, .. } => {
-                waiting.push((offset, message));
-                None
-            }
-            Slot::Ready(_) => Some(Event::Message {
-                partition,
-                offset,
-                message,
-            }),
         }
     }
 }
@@ -419,6 +441,22 @@ mod tests {
 
         let mut seen = Vec::new();
         let mut unreadable = Vec::new();
+        // What the stage does with a message: keeps it; the last one's work never finishes, so
+        // its offset stays unstored.
+        let process = |group: &mut Group<Vec<String>, String>,
+                       seen: &mut Vec<(i64, String)>,
+                       partition: i32,
+                       offset: i64,
+                       message: String| {
+            let state = group.partition_mut(partition).expect("ready");
+            state.push(message.clone());
+            group.track(
+                partition,
+                offset,
+                futures::future::ready(message != "three"),
+            );
+            seen.push((offset, message));
+        };
         let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
         while seen.len() < 3 {
             let event = tokio::time::timeout_at(deadline, group.next())
@@ -433,29 +471,28 @@ mod tests {
                     assert_eq!(snapshots[0]["lead"], b"state");
                     assert!(snapshots[1].is_empty());
                     assert!(seen.is_empty(), "restored before any message");
-                    for (offset, message) in group.ready(partition, vec!["restored".into()]) {
-                        seen.push((offset, message));
+                    for waited in group.ready(partition, vec!["restored".into()]) {
+                        if let Waited::Message { offset, message } = waited {
+                            process(&mut group, &mut seen, partition, offset, message);
+                        }
                     }
                 }
-                Event::Message {
-                    partition,
-                    offset,
-                    message,
-                } => {
-                    group
-                        .partition_mut(partition)
-                        .expect("ready")
-                        .push(message.clone());
-                    // The last message's work never finishes: its offset stays unstored.
-                    group.track(
-                        partition,
-                        offset,
-                        futures::future::ready(message != "three"),
-                    );
-                    seen.push((offset, message));
+                Event::Read(read) => {
+                    for r in read {
+                        match r {
+                            Read::Message {
+                                partition,
+                                offset,
+                                message,
+                            } => process(&mut group, &mut seen, partition, offset, message),
+                            Read::Unreadable { offset, error, .. } => {
+                                unreadable.push((offset, error))
+                            }
+                            Read::End { .. } | Read::Error(_) => {}
+                        }
+                    }
                 }
-                Event::Unreadable { offset, error, .. } => unreadable.push((offset, error)),
-                Event::Assigned(_) | Event::Revoked(_) | Event::End { .. } | Event::Error(_) => {}
+                Event::Assigned(_) | Event::Revoked(_) => {}
             }
         }
         assert_eq!(
