@@ -4,20 +4,20 @@
 use std::time::Duration;
 
 use anyhow::Context as _;
-use jiff::Timestamp;
 use rdkafka::admin::{AdminClient, AdminOptions, ResourceSpecifier};
 use rdkafka::client::DefaultClientContext;
 
 use crate::bus::KafkaConfig;
 use crate::bus::producer::Producer;
 use crate::bus::{self, Topics};
+use crate::clock::Clock;
 use crate::event::{Change, LeadEvent};
 use crate::telemetry::Metrics;
 
 /// Tombstones the lead in the state and delivery changelogs and asks the running engine (through
 /// the events topic, in order with the lead's other events) to drop it from memory. Returns what
 /// to tell the user.
-pub async fn forget(kafka: &KafkaConfig, lead: &str) -> anyhow::Result<String> {
+pub async fn forget(kafka: &KafkaConfig, lead: &str, clock: &Clock) -> anyhow::Result<String> {
     anyhow::ensure!(
         !kafka.is_embedded(),
         "forget needs `kafka.brokers`: the embedded broker lives inside the running daemon and \
@@ -27,7 +27,7 @@ pub async fn forget(kafka: &KafkaConfig, lead: &str) -> anyhow::Result<String> {
     let base = bus::client_config(kafka, &kafka.brokers);
     let producer = Producer::new(&base, std::sync::Arc::new(Metrics::new()))
         .context("creating the producer")?;
-    let now = Timestamp::now();
+    let now = clock.now();
     let request = LeadEvent {
         id: format!("forget-{}", now.as_nanosecond()),
         source: "leadwatch-forget".into(),

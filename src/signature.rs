@@ -69,6 +69,26 @@ impl WebhookSecret {
     }
 }
 
+/// The headers a signed request carries: `webhook-id`, `webhook-timestamp` (seconds) and
+/// `webhook-signature`, one `v1,…` entry per secret (several while rotating).
+pub fn headers<'a>(
+    secrets: impl IntoIterator<Item = &'a WebhookSecret>,
+    id: &str,
+    timestamp: i64,
+    body: &[u8],
+) -> [(&'static str, String); 3] {
+    let signature = secrets
+        .into_iter()
+        .map(|s| s.sign(id, timestamp, body))
+        .collect::<Vec<_>>()
+        .join(" ");
+    [
+        ("webhook-id", id.to_string()),
+        ("webhook-timestamp", timestamp.to_string()),
+        ("webhook-signature", signature),
+    ]
+}
+
 /// The three headers a Standard Webhooks request carries.
 pub struct SignedHeaders<'a> {
     pub id: Option<&'a str>,

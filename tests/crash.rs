@@ -3,8 +3,9 @@
 
 mod support;
 
+use leadwatch::clock::Clock;
 use std::collections::{BTreeSet, HashMap};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::json;
 use support::process::{BrokerProcess, DaemonProcess, free_port};
@@ -124,7 +125,7 @@ async fn kill_9_before_the_deadlines(setup: Setup) {
     let receiver = Receiver::start().await;
     let a = setup.start(dir.path(), "a", &receiver, "12s");
     wait_for("daemon a ready", PATIENCE, || a.ready()).await;
-    let posted = Instant::now();
+    let posted = Clock::system().instant();
     post_leads(&a, "crash", N).await;
     a.wait_for_metric("daemon a to apply every event", APPLIED, PATIENCE, |v| {
         v >= N as f64
@@ -263,7 +264,7 @@ async fn state_is_restored_after_a_restart_and_missed_deadlines_fire_once() {
     let receiver = Receiver::start().await;
     let a = setup.start(dir.path(), "a", &receiver, "10s");
     wait_for("daemon a ready", PATIENCE, || a.ready()).await;
-    let posted = Instant::now();
+    let posted = Clock::system().instant();
     post_leads(&a, "restore", N).await;
     a.wait_for_metric("daemon a to apply every event", APPLIED, PATIENCE, |v| {
         v >= N as f64

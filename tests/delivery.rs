@@ -9,7 +9,7 @@ mod support;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use leadwatch::alert::{Alert, Recipient};
 use leadwatch::clock::Clock;
@@ -49,7 +49,7 @@ fn alert(kind: &str, lead: &str, n: u32) -> Alert {
     let mut a = sample_alert(kind);
     a.data.lead = lead.to_string();
     a.data.alert_id = format!("alert_{:032x}", 0xfeed_0000u64 + n as u64);
-    a.timestamp = jiff::Timestamp::now();
+    a.timestamp = Clock::system().now();
     a.data.deadline = a.timestamp - jiff::SignedDuration::from_secs(90);
     a
 }
@@ -120,7 +120,7 @@ fn assert_signed_now(r: &ApiRequest) {
         timestamp: Some(r.header("webhook-timestamp")),
         signature: Some(r.header("webhook-signature")),
     };
-    let now = jiff::Timestamp::now().as_second();
+    let now = Clock::system().now().as_second();
     assert_eq!(
         leadwatch::signature::verify(std::slice::from_ref(&secret), &headers, &r.body, now, 60),
         Ok(())
@@ -599,6 +599,7 @@ async fn dead_letters(bootstrap: &str, partitions: i32) -> Vec<serde_json::Value
                 &format!("{PREFIX}.alerts.dlq"),
                 p,
                 Duration::from_secs(30),
+                &Clock::system(),
             )
             .unwrap();
             out.extend(
@@ -722,7 +723,7 @@ retry_schedule = ["300ms", "1s", "2s", "5s", "10s", "10s", "10s", "10s", "10s", 
         |v| v == N as f64,
     )
     .await;
-    let back = Instant::now();
+    let back = Clock::system().instant();
     let hook = Api::start_on(down, |_, _| Answer::new(204, "")).await;
     wait_for(
         "every alert at the receiver that came back",

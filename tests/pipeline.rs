@@ -5,6 +5,7 @@ mod support;
 
 use std::time::Duration;
 
+use leadwatch::clock::Clock;
 use leadwatch::signature::{self, SignedHeaders, WebhookSecret};
 use rdkafka::Message;
 use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -78,7 +79,7 @@ async fn an_untouched_lead_gets_one_signed_breach_alert_and_a_touched_one_none()
         timestamp: Some(got[0].header("webhook-timestamp")),
         signature: Some(got[0].header("webhook-signature")),
     };
-    let now = jiff::Timestamp::now().as_second();
+    let now = Clock::system().now().as_second();
     assert_eq!(
         signature::verify(&[secret], &headers, &got[0].body, now, 300),
         Ok(())
@@ -116,7 +117,7 @@ async fn a_bad_signature_gets_401_and_nothing_reaches_kafka() {
     // Stale timestamp: signed correctly, but 10 minutes ago.
     let bytes = serde_json::to_vec(&forged).unwrap();
     let secret: WebhookSecret = SOURCE_SECRET.parse().unwrap();
-    let old = jiff::Timestamp::now().as_second() - 600;
+    let old = Clock::system().now().as_second() - 600;
     let resp = reqwest::Client::new()
         .post(&url)
         .header("webhook-id", "msg_old")
@@ -148,8 +149,8 @@ async fn a_bad_signature_gets_401_and_nothing_reaches_kafka() {
         tpl.add_partition_offset("lwtest.events", 0, rdkafka::Offset::Beginning)
             .unwrap();
         consumer.assign(&tpl).unwrap();
-        let deadline = std::time::Instant::now() + Duration::from_secs(30);
-        while std::time::Instant::now() < deadline {
+        let deadline = Clock::system().instant() + Duration::from_secs(30);
+        while Clock::system().instant() < deadline {
             if let Some(Ok(msg)) = consumer.poll(Duration::from_millis(500)) {
                 return serde_json::from_slice::<serde_json::Value>(msg.payload().unwrap())
                     .unwrap();
@@ -369,7 +370,7 @@ async fn forgetting_a_lead_erases_its_state_and_cancels_its_alerts() {
         Vec::new(),
     )
     .unwrap();
-    let report = leadwatch::forget::forget(&cfg.kafka, "L-forget")
+    let report = leadwatch::forget::forget(&cfg.kafka, "L-forget", &Clock::system())
         .await
         .unwrap();
     assert!(report.contains("lwtest.events"), "{report}");
@@ -409,8 +410,14 @@ async fn forgetting_a_lead_erases_its_state_and_cancels_its_alerts() {
     let state = tokio::task::spawn_blocking(move || {
         let mut base = rdkafka::ClientConfig::new();
         base.set("bootstrap.servers", &bootstrap);
-        leadwatch::bus::changelog::read_partition(&base, "lwtest.state", 0, Duration::from_secs(30))
-            .unwrap()
+        leadwatch::bus::changelog::read_partition(
+            &base,
+            "lwtest.state",
+            0,
+            Duration::from_secs(30),
+            &Clock::system(),
+        )
+        .unwrap()
     })
     .await
     .unwrap();

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use jiff::{SignedDuration, Timestamp};
+use leadwatch::clock::Clock;
 use leadwatch::engine::Engine;
 use leadwatch::engine::rules::Rules;
 use leadwatch::simulate;
@@ -136,12 +137,12 @@ async fn simulate_and_the_live_daemon_give_the_same_alerts() {
     let kafka = kafka(3);
     let receiver = Receiver::start().await;
     // Berlin's today and tomorrow: whenever the test runs, its minutes are holidays there.
-    let berlin = Timestamp::now().in_tz("Europe/Berlin").unwrap().date();
+    let berlin = Clock::system().now().in_tz("Europe/Berlin").unwrap().date();
     let rules = rules_with_calendars([berlin, berlin.tomorrow().unwrap()]);
     let daemon = Daemon::start(&config_text(kafka.bootstrap(), &receiver.url, ""), &rules).await;
     warm_up(&daemon).await;
 
-    let t0 = Timestamp::now() + SignedDuration::from_millis(500);
+    let t0 = Clock::system().now() + SignedDuration::from_millis(500);
     let owned = || json!({"stage": "MQL", "owner": "alice@example.com"});
     let mut events = vec![
         // A: untouched — reminder at 3 s, breach at 4 s, escalation (with a new owner) at 6 s.
@@ -213,7 +214,7 @@ async fn simulate_and_the_live_daemon_give_the_same_alerts() {
     // Nothing else is owed: wait out the last deadline (6 s) before counting.
     let end = t0 + SignedDuration::from_secs(8);
     wait_for("the last deadline to pass", PATIENCE, || async {
-        Timestamp::now() > end
+        Clock::system().now() > end
     })
     .await;
     let live: BTreeMap<String, Value> = receiver
@@ -436,7 +437,7 @@ async fn rules_edited_across_a_restart_apply_to_leads_as_they_stand() {
         r#"lead.stage == "sales_ready""#,
         r#"lead.stage in ["sales_ready", "SQL"]"#,
     );
-    let restarted_at = Timestamp::now();
+    let restarted_at = Clock::system().now();
     let b = Daemon::start(&config, &rules).await;
     wait_for("the breach under the edited rules", PATIENCE, || async {
         receiver.count() >= 1

@@ -7,6 +7,7 @@
 
 mod support;
 
+use leadwatch::clock::Clock;
 use std::time::Duration;
 
 use serde_json::{Value, json};
@@ -52,7 +53,7 @@ fn rules(sales_ready: &str, within: &str) -> String {
 }
 
 fn now_ms() -> i64 {
-    jiff::Timestamp::now().as_millisecond()
+    Clock::system().now().as_millisecond()
 }
 
 fn iso(ms: i64) -> String {
@@ -541,7 +542,7 @@ async fn replay_re_normalises_raw_requests_with_a_corrected_mapping() {
     assert_eq!(replayed["occurred_at"], original["occurred_at"]);
 
     // A time range that holds nothing replays nothing.
-    let future = jiff::Timestamp::now() + jiff::SignedDuration::from_hours(1);
+    let future = Clock::system().now() + jiff::SignedDuration::from_hours(1);
     let report = leadwatch::ingest::replay::replay(
         &cfg.kafka,
         &cfg.server,

@@ -25,7 +25,8 @@ use clap::Parser;
 use jiff::Timestamp;
 use leadwatch::bus::Topics;
 use leadwatch::bus::embedded::EmbeddedKafka;
-use leadwatch::signature::WebhookSecret;
+use leadwatch::clock::Clock;
+use leadwatch::signature::{self, WebhookSecret};
 
 const SECRET: &str = "whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD";
 const PREFIX: &str = "bench";
@@ -69,7 +70,7 @@ async fn receive(
     headers: axum::http::HeaderMap,
     body: Bytes,
 ) -> StatusCode {
-    let now = Timestamp::now();
+    let now = Clock::system().now();
     let alert: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
     let id = headers
         .get("webhook-id")
@@ -179,8 +180,8 @@ secret = "{SECRET}"
     tokio::time::sleep(Duration::from_secs(4)).await;
 
     let n = args.leads;
-    let run = format!("{:x}", Timestamp::now().as_millisecond());
-    let started = Timestamp::now();
+    let run = format!("{:x}", Clock::system().now().as_millisecond());
+    let started = Clock::system().now();
     let batches = n.div_ceil(100);
     let pace = args.spread / batches.max(1) as u32;
     if args.mode == "dispatch" {
@@ -193,7 +194,7 @@ secret = "{SECRET}"
             for i in b * 100..((b + 1) * 100).min(n) {
                 let mut alert =
                     leadwatch::dispatch::template::sample_alert("sla.first_touch.breached");
-                let now = Timestamp::now();
+                let now = Clock::system().now();
                 alert.data.lead = format!("bench-{run}-{i}");
                 alert.data.alert_id = format!("alert_{run}_{i}");
                 alert.data.deadline = now;
@@ -222,7 +223,7 @@ secret = "{SECRET}"
     } else {
         let secret: WebhookSecret = SECRET.parse().map_err(|e| anyhow::anyhow!("{e}"))?;
         for b in 0..batches {
-            let now = Timestamp::now().to_string();
+            let now = Clock::system().now().to_string();
             let events: Vec<serde_json::Value> = (b * 100..((b + 1) * 100).min(n))
                 .map(|i| {
                     serde_json::json!({
@@ -234,27 +235,24 @@ secret = "{SECRET}"
                 .collect();
             let body = serde_json::to_vec(&events)?;
             let id = format!("msg_{run}_{b}");
-            let ts = Timestamp::now().as_second();
-            let status = client
+            let ts = Clock::system().now().as_second();
+            let mut request = client
                 .post(&ingest)
-                .header("content-type", "application/json")
-                .header("webhook-id", &id)
-                .header("webhook-timestamp", ts.to_string())
-                .header("webhook-signature", secret.sign(&id, ts, &body))
-                .body(body)
-                .send()
-                .await?
-                .status();
+                .header("content-type", "application/json");
+            for (name, value) in signature::headers([&secret], &id, ts, &body) {
+                request = request.header(name, value);
+            }
+            let status = request.body(body).send().await?.status();
             anyhow::ensure!(status.as_u16() == 202, "ingest answered {status}");
             tokio::time::sleep(pace).await;
         }
     }
-    let posted = Timestamp::now().duration_since(started);
+    let posted = Clock::system().now().duration_since(started);
 
-    let deadline = std::time::Instant::now() + Duration::from_secs(600) + args.within + args.spread;
+    let deadline = Clock::system().instant() + Duration::from_secs(600) + args.within + args.spread;
     while arrivals.lock().expect("lock").first.len() < n {
         anyhow::ensure!(
-            std::time::Instant::now() < deadline,
+            Clock::system().instant() < deadline,
             "only {} of {n} alerts arrived",
             arrivals.lock().expect("lock").first.len()
         );

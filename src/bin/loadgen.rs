@@ -8,10 +8,11 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use clap::Parser;
-use leadwatch::signature::WebhookSecret;
+use leadwatch::clock::Clock;
+use leadwatch::signature::{self, WebhookSecret};
 
 #[derive(Parser)]
 #[command(about = "Posts signed lead events to leadwatch and measures acknowledgements")]
@@ -56,41 +57,39 @@ async fn main() -> anyhow::Result<()> {
         .timeout(Duration::from_secs(30))
         .build()?;
     let counter = Arc::new(AtomicU64::new(0));
-    let run = format!("{:x}", jiff::Timestamp::now().as_millisecond());
-    let start = Instant::now();
+    let clock = Clock::system();
+    let run = format!("{:x}", clock.now().as_millisecond());
+    let start = clock.instant();
     let end = start + args.duration;
 
     let workers: Vec<_> = (0..args.concurrency)
         .map(|_| {
-            let (client, secret, counter, run, url) = (
+            let (client, secret, counter, run, url, clock) = (
                 client.clone(),
                 secret.clone(),
                 counter.clone(),
                 run.clone(),
                 args.url.clone(),
+                clock.clone(),
             );
             let (batch, leads) = (args.batch, args.leads);
             tokio::spawn(async move {
                 let mut tally = Tally::default();
-                while Instant::now() < end {
+                while clock.instant() < end {
                     let n = counter.fetch_add(batch as u64, Ordering::Relaxed);
-                    let now = jiff::Timestamp::now().to_string();
+                    let now = clock.now().to_string();
                     let events: Vec<serde_json::Value> = (n..n + batch as u64)
                         .map(|i| event(&run, i, leads, &now))
                         .collect();
                     let body = serde_json::to_vec(&events).expect("json");
                     let id = format!("msg_{run}_{n}");
-                    let ts = jiff::Timestamp::now().as_second();
-                    let sent = Instant::now();
-                    let result = client
-                        .post(&url)
-                        .header("content-type", "application/json")
-                        .header("webhook-id", &id)
-                        .header("webhook-timestamp", ts.to_string())
-                        .header("webhook-signature", secret.sign(&id, ts, &body))
-                        .body(body)
-                        .send()
-                        .await;
+                    let ts = clock.now().as_second();
+                    let sent = clock.instant();
+                    let mut request = client.post(&url).header("content-type", "application/json");
+                    for (name, value) in signature::headers([&secret], &id, ts, &body) {
+                        request = request.header(name, value);
+                    }
+                    let result = request.body(body).send().await;
                     let key = match result {
                         Ok(resp) => {
                             let status = resp.status().as_u16();

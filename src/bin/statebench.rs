@@ -145,9 +145,9 @@ async fn main() -> anyhow::Result<()> {
             let started = clock.instant();
             let mut restored: Vec<PartitionState> = Vec::new();
             for p in 0..args.partitions {
-                let (base, topic) = (base.clone(), topics.state.clone());
+                let (base, topic, clock) = (base.clone(), topics.state.clone(), clock.clone());
                 let snapshot = tokio::task::spawn_blocking(move || {
-                    changelog::read_partition(&base, &topic, p, Duration::from_secs(1800))
+                    changelog::read_partition(&base, &topic, p, Duration::from_secs(1800), &clock)
                 })
                 .await??;
                 let mut ps = PartitionState::default();

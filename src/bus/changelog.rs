@@ -3,11 +3,13 @@
 //! consumer, so the group member doing the restore is never ejected for it.
 
 use std::collections::HashMap;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
 use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
+
+use crate::clock::Clock;
 
 #[derive(Debug, thiserror::Error)]
 pub enum RestoreError {
@@ -38,6 +40,7 @@ pub fn read_partition(
     topic: &str,
     partition: i32,
     timeout: Duration,
+    clock: &Clock,
 ) -> Result<Snapshot, RestoreError> {
     let kafka = |source| RestoreError::Kafka {
         topic: topic.to_string(),
@@ -66,12 +69,12 @@ pub fn read_partition(
     tpl.add_partition_offset(topic, partition, Offset::Beginning)
         .map_err(kafka)?;
     consumer.assign(&tpl).map_err(kafka)?;
-    let started = Instant::now();
+    let started = clock.instant();
     // The offset of the last record read: none yet (so a partition holding a single record,
     // `high - 1 == low`, is still read).
     let mut at = low - 1;
     while at < high - 1 {
-        if started.elapsed() > timeout {
+        if clock.instant() - started > timeout {
             return Err(RestoreError::Timeout {
                 topic: topic.to_string(),
                 partition,
@@ -242,6 +245,8 @@ pub struct Restorer {
     pub base: ClientConfig,
     pub topic: String,
     pub timeout: Duration,
+    /// Measures the timeout.
+    pub clock: Clock,
 }
 
 impl Restorer {
@@ -257,7 +262,13 @@ impl Restorer {
         tokio::spawn(async move {
             tokio::time::sleep(delay).await;
             let result = tokio::task::spawn_blocking(move || {
-                read_partition(&this.base, &this.topic, partition, this.timeout)
+                read_partition(
+                    &this.base,
+                    &this.topic,
+                    partition,
+                    this.timeout,
+                    &this.clock,
+                )
             })
             .await
             .expect("restore task panicked");
@@ -285,7 +296,8 @@ mod tests {
             .send(BaseRecord::to("one").key("L-1").payload("v1"))
             .unwrap();
         producer.flush(Duration::from_secs(10)).unwrap();
-        let snapshot = read_partition(&base, "one", 0, Duration::from_secs(20)).unwrap();
+        let snapshot =
+            read_partition(&base, "one", 0, Duration::from_secs(20), &Clock::system()).unwrap();
         assert_eq!(snapshot.get("L-1").map(Vec::as_slice), Some(&b"v1"[..]));
     }
 }

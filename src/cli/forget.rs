@@ -17,7 +17,10 @@ pub struct Forget {
 impl Forget {
     pub fn run(self) -> Outcome {
         let cfg = super::load(&self.config)?;
-        let report = super::block_on("forget", crate::forget::forget(&cfg.kafka, &self.lead))?;
+        let report = super::block_on(
+            "forget",
+            crate::forget::forget(&cfg.kafka, &self.lead, &crate::clock::Clock::system()),
+        )?;
         print!("{report}");
         Ok(ExitCode::SUCCESS)
     }

@@ -97,6 +97,7 @@ impl Dispatcher {
             base: ctx.base.clone(),
             topic: topic.to_string(),
             timeout: self.restore_timeout,
+            clock: ctx.clock.clone(),
         };
         // Per partition: its ledger, then its backlog.
         let changelogs = vec![restorer(&topics.delivered), restorer(&topics.retry)];

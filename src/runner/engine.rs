@@ -113,6 +113,7 @@ impl EngineRunner {
             base: ctx.base.clone(),
             topic: ctx.topics.state.clone(),
             timeout: config.restore_timeout.0,
+            clock: ctx.clock.clone(),
         };
         let mut group: Group<Owned, LeadEvent> = Group::new(
             subscribed,

@@ -369,6 +369,7 @@ mod tests {
     use crate::bus::KafkaConfig;
     use crate::bus::consumer::RebalanceHooks;
     use crate::bus::embedded::EmbeddedKafka;
+    use crate::clock::Clock;
     use crate::telemetry::Metrics;
 
     fn decode(payload: Option<&[u8]>) -> Result<String, String> {
@@ -417,6 +418,7 @@ mod tests {
             base: base.clone(),
             topic: topic.into(),
             timeout: Duration::from_secs(30),
+            clock: Clock::system(),
         };
         let hooks = RebalanceHooks {
             pause_on_assign: true,
@@ -457,7 +459,7 @@ mod tests {
             );
             seen.push((offset, message));
         };
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        let deadline = Clock::system().instant() + Duration::from_secs(60);
         while seen.len() < 3 {
             let event = tokio::time::timeout_at(deadline, group.next())
                 .await

@@ -2,8 +2,9 @@
 //! HubSpot, a webhook receiver): it records every request with its arrival time and answers as
 //! the test's script says.
 
+use leadwatch::clock::Clock;
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use tokio::time::Instant;
 
 use axum::Router;
 use axum::body::Bytes;
@@ -141,7 +142,7 @@ async fn handle(
         query: uri.query().unwrap_or("").to_string(),
         headers,
         body,
-        at: Instant::now(),
+        at: Clock::system().instant(),
     };
     let answer = {
         let mut all = requests.lock().unwrap();

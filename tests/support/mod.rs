@@ -17,6 +17,7 @@ use axum::routing::post;
 use leadwatch::app::Config;
 use leadwatch::bus::Topics;
 use leadwatch::bus::embedded::EmbeddedKafka;
+use leadwatch::clock::Clock;
 use leadwatch::signature::WebhookSecret;
 use tokio::sync::oneshot;
 
@@ -54,7 +55,7 @@ where
     F: FnMut() -> Fut,
     Fut: Future<Output = bool>,
 {
-    let start = tokio::time::Instant::now();
+    let start = Clock::system().instant();
     loop {
         if check().await {
             return;
@@ -374,7 +375,7 @@ pub async fn wait_for_metric_in<F, Fut>(
     F: FnMut() -> Fut,
     Fut: Future<Output = Option<String>>,
 {
-    let start = tokio::time::Instant::now();
+    let start = Clock::system().instant();
     loop {
         let text = fetch().await;
         let value = text.as_deref().and_then(|t| find_metric(t, line_prefix));
@@ -437,7 +438,7 @@ fn exported(text: &str) -> String {
 /// Signs `body` per Standard Webhooks with `secret`, now.
 pub fn signed_headers(secret: &str, id: &str, body: &[u8]) -> Vec<(String, String)> {
     let secret: WebhookSecret = secret.parse().unwrap();
-    let ts = jiff::Timestamp::now().as_second();
+    let ts = Clock::system().now().as_second();
     vec![
         ("webhook-id".into(), id.into()),
         ("webhook-timestamp".into(), ts.to_string()),
@@ -474,7 +475,7 @@ fn uuid_like(bytes: &[u8]) -> String {
 
 /// RFC 3339 of now plus `millis`.
 pub fn now_plus(millis: i64) -> String {
-    (jiff::Timestamp::now() + jiff::SignedDuration::from_millis(millis)).to_string()
+    (Clock::system().now() + jiff::SignedDuration::from_millis(millis)).to_string()
 }
 
 pub fn ready_event(id: &str, lead: &str, at: &str) -> serde_json::Value {
@@ -533,7 +534,7 @@ pub async fn post_with(
 pub fn hubspot_v3(secret: &str, public_url: &str, body: &str) -> Vec<(String, String)> {
     use base64::Engine as _;
     use hmac::{KeyInit, Mac};
-    let ts = jiff::Timestamp::now().as_millisecond().to_string();
+    let ts = Clock::system().now().as_millisecond().to_string();
     let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(secret.as_bytes()).unwrap();
     mac.update(format!("POST{public_url}{body}{ts}").as_bytes());
     let sig = base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes());
@@ -569,7 +570,7 @@ pub async fn read_topic(
         }
         consumer.assign(&tpl).unwrap();
         let mut out = Vec::new();
-        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        let deadline = Clock::system().instant() + Duration::from_secs(30);
         loop {
             match consumer.poll(Duration::from_millis(300)) {
                 Some(Ok(m)) => out.push((
@@ -579,7 +580,7 @@ pub async fn read_topic(
                 )),
                 _ if out.len() >= min => return out,
                 _ => assert!(
-                    std::time::Instant::now() < deadline,
+                    Clock::system().instant() < deadline,
                     "only {} record(s) on {topic}, wanted {min}",
                     out.len()
                 ),

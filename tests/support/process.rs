@@ -1,5 +1,6 @@
 //! Brokers and daemons as separate processes, for crash and rebalance tests.
 
+use leadwatch::clock::Clock;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -56,9 +57,9 @@ impl BrokerProcess {
             .spawn()
             .expect("spawn tansu");
         let bootstrap = format!("127.0.0.1:{port}");
-        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        let deadline = Clock::system().instant() + Duration::from_secs(30);
         while std::net::TcpStream::connect(&bootstrap).is_err() {
-            assert!(std::time::Instant::now() < deadline, "tansu did not listen");
+            assert!(Clock::system().instant() < deadline, "tansu did not listen");
             std::thread::sleep(Duration::from_millis(50));
         }
         Self { bootstrap, child }
@@ -124,10 +125,10 @@ impl DaemonProcess {
 
     /// SIGTERM (once it serves, so its signal handlers are in place), and wait for a clean exit.
     pub fn terminate(mut self) {
-        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        let deadline = Clock::system().instant() + Duration::from_secs(60);
         while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
             assert!(
-                std::time::Instant::now() < deadline,
+                Clock::system().instant() < deadline,
                 "leadwatch never listened; log:\n{}",
                 self.tail()
             );

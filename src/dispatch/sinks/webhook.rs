@@ -5,7 +5,7 @@ use url::Url;
 
 use super::attempt::{Attempt, Delivered, DeliveryError, Http, redact};
 use crate::conf::KeyProblems;
-use crate::signature::Secrets;
+use crate::signature::{self, Secrets};
 
 pub struct WebhookSink {
     url: Url,
@@ -21,23 +21,16 @@ impl WebhookSink {
     pub async fn deliver(&self, a: &Attempt<'_>) -> Result<Delivered, DeliveryError> {
         // Re-signed on every attempt with a fresh timestamp; the body never changes.
         let ts = self.http.clock.now().as_second();
-        let signature = self
-            .secrets
-            .0
-            .iter()
-            .map(|s| s.sign(a.alert.id(), ts, a.body))
-            .collect::<Vec<_>>()
-            .join(" ");
         let what = format!("POST {}", redact(&self.url));
-        let request = self
+        let mut request = self
             .http
             .client
             .post(self.url.clone())
             .header("content-type", "application/json")
-            .header("webhook-id", a.alert.id())
-            .header("webhook-timestamp", ts.to_string())
-            .header("webhook-signature", signature)
             .body(a.body.clone());
+        for (name, value) in signature::headers(&self.secrets.0, a.alert.id(), ts, a.body) {
+            request = request.header(name, value);
+        }
         self.http.send(&what, request).await?;
         Ok(Delivered::Sent)
     }
