@@ -54,6 +54,67 @@ pub struct Parsed {
     pub forbidden: usize,
 }
 
+/// Who sent a request: a vendor's `verify.rs`.
+pub trait Verify: Send + Sync + fmt::Debug {
+    /// Checks the credentials of a request on the raw bytes, before anything is parsed.
+    fn authenticate(&self, req: &Request<'_>) -> Result<(), IngestError>;
+
+    /// Lowercase names of headers that carry the credentials (never captured).
+    fn secret_headers(&self) -> Vec<String> {
+        Vec::new()
+    }
+}
+
+/// What a body means: a vendor's `map.rs`.
+pub trait Parse: Send + Sync + fmt::Debug {
+    /// Turns an authentic body into events. `source` is the configured name.
+    fn parse(
+        &self,
+        source: &str,
+        body: &[u8],
+        received_at: Timestamp,
+    ) -> Result<Parsed, IngestError>;
+}
+
+/// A vendor whose jobs are a file each: `verify` checks who sent a request, `map` turns its body
+/// into events; answers are the plumbing's. (A vendor that needs more — Salesforce's SOAP
+/// answers — implements [`Handler`] itself.)
+#[derive(Debug)]
+pub struct Vendor<V, M> {
+    kind: &'static str,
+    pub(crate) verify: V,
+    pub(crate) map: M,
+}
+
+impl<V, M> Vendor<V, M> {
+    pub fn new(kind: &'static str, verify: V, map: M) -> Self {
+        Self { kind, verify, map }
+    }
+}
+
+impl<V: Verify, M: Parse> Handler for Vendor<V, M> {
+    fn kind(&self) -> &'static str {
+        self.kind
+    }
+
+    fn authenticate(&self, req: &Request<'_>) -> Result<(), IngestError> {
+        self.verify.authenticate(req)
+    }
+
+    fn secret_headers(&self) -> Vec<String> {
+        self.verify.secret_headers()
+    }
+
+    fn parse(
+        &self,
+        source: &str,
+        body: &[u8],
+        received_at: Timestamp,
+    ) -> Result<Parsed, IngestError> {
+        self.map.parse(source, body, received_at)
+    }
+}
+
 /// One source kind: how its vendor authenticates, what its body means, how it wants answers.
 pub trait Handler: Send + Sync + fmt::Debug {
     /// `generic`, `hubspot`, … (as `kind` in the config).

@@ -68,7 +68,9 @@ use crate::telemetry::Metrics;
 pub use config::{ServerConfig, SourceConfig};
 use dedupe::Dedupe;
 pub use error::{FieldProblem, IngestError, refuse};
-pub use handler::{Handler, MAX_BATCH, Parsed, Request, check_batch, json_body};
+pub use handler::{
+    Handler, MAX_BATCH, Parse, Parsed, Request, Vendor, Verify, check_batch, json_body,
+};
 pub use keys::{MAX_KEY_LEN, MAX_VERBATIM_KEY_LEN, hashed_id};
 pub use receive::{WebhookPath, receive};
 

@@ -4,11 +4,38 @@
 use jiff::Timestamp;
 use serde_json::{Map, Value};
 
+use super::config::GenericConfig;
 use crate::event::{Activity, Change, LeadEvent};
-use crate::ingest::{FieldProblem, IngestError, MAX_VERBATIM_KEY_LEN, check_batch, json_body};
+use crate::ingest::{
+    FieldProblem, IngestError, MAX_VERBATIM_KEY_LEN, Parse, Parsed, check_batch, json_body,
+};
 
 /// The accepted `type`s.
 const TYPES: &str = "lead.updated, lead.activity, lead.deleted, lead.merged";
+
+/// The canonical format needs no settings: its events are what the body says.
+#[derive(Debug)]
+pub struct Mapper;
+
+impl Mapper {
+    pub fn from_config(_: &GenericConfig) -> Self {
+        Mapper
+    }
+}
+
+impl Parse for Mapper {
+    fn parse(
+        &self,
+        source: &str,
+        body: &[u8],
+        received_at: Timestamp,
+    ) -> Result<Parsed, IngestError> {
+        Ok(Parsed {
+            events: lead_events(source, body, received_at)?,
+            ..Parsed::default()
+        })
+    }
+}
 
 /// Turns an authentic body into events, or names every malformed field.
 pub fn lead_events(

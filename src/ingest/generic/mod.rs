@@ -18,44 +18,19 @@ pub mod config;
 mod map;
 mod verify;
 
-use jiff::Timestamp;
-
-use super::{Handler, IngestError, Parsed, Request};
+use super::Vendor;
 use config::GenericConfig;
 
 /// A generic source: its requests checked by `verify.rs`, made into events by `map.rs`.
-#[derive(Debug)]
-pub struct GenericSource {
-    credentials: verify::Credentials,
-}
+pub type GenericSource = Vendor<verify::Credentials, map::Mapper>;
 
 impl GenericSource {
     pub fn from_config(cfg: &GenericConfig) -> Self {
-        Self {
-            credentials: verify::Credentials::from_config(cfg),
-        }
-    }
-}
-
-impl Handler for GenericSource {
-    fn kind(&self) -> &'static str {
-        "generic"
-    }
-
-    fn authenticate(&self, req: &Request<'_>) -> Result<(), IngestError> {
-        self.credentials.authenticate(req)
-    }
-
-    fn parse(
-        &self,
-        source: &str,
-        body: &[u8],
-        received_at: Timestamp,
-    ) -> Result<Parsed, IngestError> {
-        Ok(Parsed {
-            events: map::lead_events(source, body, received_at)?,
-            ..Parsed::default()
-        })
+        Vendor::new(
+            "generic",
+            verify::Credentials::from_config(cfg),
+            map::Mapper::from_config(cfg),
+        )
     }
 }
 
@@ -70,7 +45,7 @@ mod tests {
         ))
     }
 
-    pub(super) fn now() -> Timestamp {
+    pub(super) fn now() -> jiff::Timestamp {
         "2026-11-22T12:00:00Z".parse().unwrap()
     }
 

@@ -3,7 +3,7 @@
 //! tolerance; the check itself is [`crate::signature`]'s.
 
 use super::config::GenericConfig;
-use crate::ingest::{IngestError, Request};
+use crate::ingest::{IngestError, Request, Verify};
 use crate::signature::{self, SignedHeaders, WebhookSecret};
 
 /// The secrets a generic request may be signed with (any of them, while rotating).
@@ -18,9 +18,11 @@ impl Credentials {
             secrets: cfg.secret.0.clone(),
         }
     }
+}
 
+impl Verify for Credentials {
     /// Checks the signature over the raw bytes, before anything is parsed.
-    pub fn authenticate(&self, req: &Request<'_>) -> Result<(), IngestError> {
+    fn authenticate(&self, req: &Request<'_>) -> Result<(), IngestError> {
         let header = |name: &str| req.headers.get(name).and_then(|v| v.to_str().ok());
         let signed = SignedHeaders {
             id: header("webhook-id"),

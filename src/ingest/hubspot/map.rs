@@ -21,7 +21,7 @@ use serde_json::{Map, Value};
 use super::config::HubspotConfig;
 use crate::event::{Activity, Change, LeadEvent};
 use crate::ingest::fields::Mapping;
-use crate::ingest::{FieldProblem, IngestError, Parsed, check_batch, hashed_id, json_body};
+use crate::ingest::{FieldProblem, IngestError, Parse, Parsed, check_batch, hashed_id, json_body};
 
 /// Canonical name → HubSpot contact property.
 pub const DEFAULT_FIELDS: &[(&str, &str)] = &[
@@ -56,36 +56,6 @@ impl Mapper {
         Self {
             portal_ids: cfg.portal_ids.clone(),
             mapping: Mapping::new(DEFAULT_FIELDS, &cfg.fields),
-        }
-    }
-
-    /// The events of a body: a JSON array of up to 100 HubSpot events.
-    pub fn parse(
-        &self,
-        source: &str,
-        body: &[u8],
-        received_at: Timestamp,
-    ) -> Result<Parsed, IngestError> {
-        let Value::Array(items) = json_body(body)? else {
-            return Err(IngestError::malformed(
-                "HubSpot sends a JSON array of events",
-            ));
-        };
-        check_batch(items.len())?;
-        let mut parsed = Parsed::default();
-        let mut problems = Vec::new();
-        for (i, item) in items.iter().enumerate() {
-            match self.event(source, item, received_at) {
-                Ok(Outcome::Events(mut events)) => parsed.events.append(&mut events),
-                Ok(Outcome::Ignored) => parsed.ignored += 1,
-                Ok(Outcome::Forbidden) => parsed.forbidden += 1,
-                Err(ps) => problems.extend(ps.into_iter().map(|p| p.in_item(i))),
-            }
-        }
-        if problems.is_empty() {
-            Ok(parsed)
-        } else {
-            Err(IngestError::Malformed(problems))
         }
     }
 
@@ -247,6 +217,38 @@ impl Mapper {
         );
         event.id = hashed_id("hubspot", &["engagement", kind, &engagement, &contact]);
         Outcome::Events(vec![event])
+    }
+}
+
+impl Parse for Mapper {
+    /// The events of a body: a JSON array of up to 100 HubSpot events.
+    fn parse(
+        &self,
+        source: &str,
+        body: &[u8],
+        received_at: Timestamp,
+    ) -> Result<Parsed, IngestError> {
+        let Value::Array(items) = json_body(body)? else {
+            return Err(IngestError::malformed(
+                "HubSpot sends a JSON array of events",
+            ));
+        };
+        check_batch(items.len())?;
+        let mut parsed = Parsed::default();
+        let mut problems = Vec::new();
+        for (i, item) in items.iter().enumerate() {
+            match self.event(source, item, received_at) {
+                Ok(Outcome::Events(mut events)) => parsed.events.append(&mut events),
+                Ok(Outcome::Ignored) => parsed.ignored += 1,
+                Ok(Outcome::Forbidden) => parsed.forbidden += 1,
+                Err(ps) => problems.extend(ps.into_iter().map(|p| p.in_item(i))),
+            }
+        }
+        if problems.is_empty() {
+            Ok(parsed)
+        } else {
+            Err(IngestError::Malformed(problems))
+        }
     }
 }
 

@@ -17,43 +17,19 @@ pub mod config;
 mod map;
 mod verify;
 
-use jiff::Timestamp;
-
-use super::{Handler, IngestError, Parsed, Request};
+use super::Vendor;
 use config::HubspotConfig;
 
 /// A HubSpot source: its signatures checked by `verify.rs`, its events made by `map.rs`.
-#[derive(Debug)]
-pub struct HubspotSource {
-    credentials: verify::Credentials,
-    mapper: map::Mapper,
-}
+pub type HubspotSource = Vendor<verify::Credentials, map::Mapper>;
 
 impl HubspotSource {
     pub fn from_config(cfg: &HubspotConfig) -> Self {
-        Self {
-            credentials: verify::Credentials::from_config(cfg),
-            mapper: map::Mapper::from_config(cfg),
-        }
-    }
-}
-
-impl Handler for HubspotSource {
-    fn kind(&self) -> &'static str {
-        "hubspot"
-    }
-
-    fn authenticate(&self, req: &Request<'_>) -> Result<(), IngestError> {
-        self.credentials.authenticate(req)
-    }
-
-    fn parse(
-        &self,
-        source: &str,
-        body: &[u8],
-        received_at: Timestamp,
-    ) -> Result<Parsed, IngestError> {
-        self.mapper.parse(source, body, received_at)
+        Vendor::new(
+            "hubspot",
+            verify::Credentials::from_config(cfg),
+            map::Mapper::from_config(cfg),
+        )
     }
 }
 
@@ -67,7 +43,7 @@ mod tests {
         HubspotSource::from_config(&config::example(extra))
     }
 
-    pub(super) fn now() -> Timestamp {
+    pub(super) fn now() -> jiff::Timestamp {
         "2026-11-22T12:00:00Z".parse().unwrap()
     }
 

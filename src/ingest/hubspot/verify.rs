@@ -15,7 +15,7 @@ use subtle::ConstantTimeEq;
 
 use super::config::HubspotConfig;
 use crate::conf::PlainSecrets;
-use crate::ingest::{IngestError, Request};
+use crate::ingest::{IngestError, Request, Verify};
 
 type HmacSha256 = hmac::Hmac<Sha256>;
 
@@ -53,20 +53,6 @@ impl Credentials {
             public_url: cfg.public_url.trim().to_string(),
             legacy_signatures: cfg.legacy_signatures,
         }
-    }
-
-    /// Checks the signature of a request: v3, or with `legacy_signatures` v1 or v2.
-    pub fn authenticate(&self, req: &Request<'_>) -> Result<(), IngestError> {
-        let header = |n: &str| req.headers.get(n).and_then(|v| v.to_str().ok());
-        let result = match (
-            header("x-hubspot-signature-v3"),
-            header("x-hubspot-signature"),
-        ) {
-            (Some(v3), _) => self.verify_v3(req, v3),
-            (None, Some(legacy)) if self.legacy_signatures => self.verify_legacy(req, legacy),
-            _ => Err("missing header `X-HubSpot-Signature-v3`".into()),
-        };
-        result.map_err(IngestError::Unauthorized)
     }
 
     /// The URI HubSpot signed: the public URL, with the request's query if the URL has none.
@@ -149,6 +135,22 @@ impl Credentials {
         } else {
             Err("`X-HubSpot-Signature` does not match the request".into())
         }
+    }
+}
+
+impl Verify for Credentials {
+    /// Checks the signature of a request: v3, or with `legacy_signatures` v1 or v2.
+    fn authenticate(&self, req: &Request<'_>) -> Result<(), IngestError> {
+        let header = |n: &str| req.headers.get(n).and_then(|v| v.to_str().ok());
+        let result = match (
+            header("x-hubspot-signature-v3"),
+            header("x-hubspot-signature"),
+        ) {
+            (Some(v3), _) => self.verify_v3(req, v3),
+            (None, Some(legacy)) if self.legacy_signatures => self.verify_legacy(req, legacy),
+            _ => Err("missing header `X-HubSpot-Signature-v3`".into()),
+        };
+        result.map_err(IngestError::Unauthorized)
     }
 }
 

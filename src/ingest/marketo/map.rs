@@ -19,7 +19,7 @@ use serde_json::{Map, Value};
 use super::config::MarketoConfig;
 use crate::event::{Activity, Change, LeadEvent};
 use crate::ingest::fields::{CANONICAL, Mapping};
-use crate::ingest::{FieldProblem, IngestError, Parsed, hashed_id, json_body};
+use crate::ingest::{FieldProblem, IngestError, Parse, Parsed, hashed_id, json_body};
 
 /// Where in a body each thing is, and the time zone of a local `occurred_at`.
 #[derive(Debug)]
@@ -67,9 +67,11 @@ impl Mapper {
             mapping: Mapping::new(&defaults, fields),
         }
     }
+}
 
+impl Parse for Mapper {
     /// The event of a body: a JSON object (or a form) made by the admin's template.
-    pub fn parse(
+    fn parse(
         &self,
         source: &str,
         body: &[u8],
@@ -387,7 +389,7 @@ mod tests {
             "2026-11-25T09:30:00Z".parse::<Timestamp>().unwrap()
         );
         let mut chicago = source("");
-        chicago.mapper.time_zone = jiff::tz::TimeZone::get("America/Chicago").unwrap();
+        chicago.map.time_zone = jiff::tz::TimeZone::get("America/Chicago").unwrap();
         let local = chicago.parse("mk", body, now()).unwrap();
         assert_eq!(
             local.events[0].occurred_at,

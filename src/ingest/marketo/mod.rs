@@ -21,47 +21,19 @@ pub mod config;
 mod map;
 mod verify;
 
-use jiff::Timestamp;
-
-use super::{Handler, IngestError, Parsed, Request};
+use super::Vendor;
 use config::MarketoConfig;
 
 /// A Marketo source: its requests checked by `verify.rs`, made into events by `map.rs`.
-#[derive(Debug)]
-pub struct MarketoSource {
-    credentials: verify::Credentials,
-    mapper: map::Mapper,
-}
+pub type MarketoSource = Vendor<verify::Credentials, map::Mapper>;
 
 impl MarketoSource {
     pub fn from_config(cfg: &MarketoConfig) -> Self {
-        Self {
-            credentials: verify::Credentials::from_config(cfg),
-            mapper: map::Mapper::from_config(cfg),
-        }
-    }
-}
-
-impl Handler for MarketoSource {
-    fn kind(&self) -> &'static str {
-        "marketo"
-    }
-
-    fn authenticate(&self, req: &Request<'_>) -> Result<(), IngestError> {
-        self.credentials.authenticate(req)
-    }
-
-    fn secret_headers(&self) -> Vec<String> {
-        vec![self.credentials.header.clone()]
-    }
-
-    fn parse(
-        &self,
-        source: &str,
-        body: &[u8],
-        received_at: Timestamp,
-    ) -> Result<Parsed, IngestError> {
-        self.mapper.parse(source, body, received_at)
+        Vendor::new(
+            "marketo",
+            verify::Credentials::from_config(cfg),
+            map::Mapper::from_config(cfg),
+        )
     }
 }
 
@@ -74,7 +46,7 @@ mod tests {
         MarketoSource::from_config(&config::example(fields))
     }
 
-    pub(super) fn now() -> Timestamp {
+    pub(super) fn now() -> jiff::Timestamp {
         "2026-11-25T10:00:00Z".parse().unwrap()
     }
 

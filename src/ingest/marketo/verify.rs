@@ -3,7 +3,7 @@
 
 use super::config::MarketoConfig;
 use crate::conf::PlainSecrets;
-use crate::ingest::{IngestError, Request, auth};
+use crate::ingest::{IngestError, Request, Verify, auth};
 
 /// The header a Marketo request must carry, and the secrets it may hold.
 #[derive(Debug)]
@@ -20,8 +20,10 @@ impl Credentials {
             secrets: cfg.secret.clone(),
         }
     }
+}
 
-    pub fn authenticate(&self, req: &Request<'_>) -> Result<(), IngestError> {
+impl Verify for Credentials {
+    fn authenticate(&self, req: &Request<'_>) -> Result<(), IngestError> {
         let Some(given) = req.headers.get(self.header.as_str()) else {
             return Err(IngestError::Unauthorized(format!(
                 "missing header `{}`",
@@ -36,5 +38,9 @@ impl Credentials {
                 self.header
             )))
         }
+    }
+
+    fn secret_headers(&self) -> Vec<String> {
+        vec![self.header.clone()]
     }
 }

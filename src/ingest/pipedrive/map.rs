@@ -23,7 +23,7 @@ use serde_json::{Map, Value};
 use super::config::{PipedriveConfig, PipedriveOwner};
 use crate::event::{Activity, Change, LeadEvent};
 use crate::ingest::fields::Mapping;
-use crate::ingest::{FieldProblem, IngestError, Parsed, json_body};
+use crate::ingest::{FieldProblem, IngestError, Parse, Parsed, json_body};
 
 /// Canonical name → Pipedrive field key (of the person, lead or deal the event is about).
 pub const DEFAULT_FIELDS: &[(&str, &str)] = &[
@@ -53,9 +53,11 @@ impl Mapper {
             owner_from: cfg.owner_from,
         }
     }
+}
 
+impl Parse for Mapper {
     /// The event of a body: one webhook v2 event, `{"meta", "data", "previous"}`.
-    pub fn parse(
+    fn parse(
         &self,
         source: &str,
         body: &[u8],
@@ -336,7 +338,7 @@ mod tests {
 
     impl PipedriveSource {
         fn with_owner_from(mut self, owner_from: PipedriveOwner) -> Self {
-            self.mapper.owner_from = owner_from;
+            self.map.owner_from = owner_from;
             self
         }
     }

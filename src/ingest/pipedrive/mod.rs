@@ -15,43 +15,19 @@ pub mod config;
 mod map;
 mod verify;
 
-use jiff::Timestamp;
-
-use super::{Handler, IngestError, Parsed, Request};
+use super::Vendor;
 use config::PipedriveConfig;
 
 /// A Pipedrive source: its requests checked by `verify.rs`, made into events by `map.rs`.
-#[derive(Debug)]
-pub struct PipedriveSource {
-    credentials: verify::Credentials,
-    mapper: map::Mapper,
-}
+pub type PipedriveSource = Vendor<verify::Credentials, map::Mapper>;
 
 impl PipedriveSource {
     pub fn from_config(cfg: &PipedriveConfig) -> Self {
-        Self {
-            credentials: verify::Credentials::from_config(cfg),
-            mapper: map::Mapper::from_config(cfg),
-        }
-    }
-}
-
-impl Handler for PipedriveSource {
-    fn kind(&self) -> &'static str {
-        "pipedrive"
-    }
-
-    fn authenticate(&self, req: &Request<'_>) -> Result<(), IngestError> {
-        self.credentials.authenticate(req)
-    }
-
-    fn parse(
-        &self,
-        source: &str,
-        body: &[u8],
-        received_at: Timestamp,
-    ) -> Result<Parsed, IngestError> {
-        self.mapper.parse(source, body, received_at)
+        Vendor::new(
+            "pipedrive",
+            verify::Credentials::from_config(cfg),
+            map::Mapper::from_config(cfg),
+        )
     }
 }
 
@@ -65,7 +41,7 @@ mod tests {
         PipedriveSource::from_config(&config::example(fields))
     }
 
-    pub(super) fn now() -> Timestamp {
+    pub(super) fn now() -> jiff::Timestamp {
         "2026-11-25T10:00:00Z".parse().unwrap()
     }
 

@@ -3,7 +3,7 @@
 
 use super::config::PipedriveConfig;
 use crate::conf::PlainSecrets;
-use crate::ingest::{IngestError, Request, auth};
+use crate::ingest::{IngestError, Request, Verify, auth};
 
 /// The basic-auth credentials a Pipedrive request must carry (any of the passwords).
 #[derive(Debug)]
@@ -19,8 +19,10 @@ impl Credentials {
             passwords: cfg.password.clone(),
         }
     }
+}
 
-    pub fn authenticate(&self, req: &Request<'_>) -> Result<(), IngestError> {
+impl Verify for Credentials {
+    fn authenticate(&self, req: &Request<'_>) -> Result<(), IngestError> {
         auth::check_basic(req.headers, &self.username, &self.passwords.0)
             .map_err(IngestError::Unauthorized)
     }
