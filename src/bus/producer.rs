@@ -207,26 +207,12 @@ impl Producer {
         payload: Option<&[u8]>,
         cancel: &CancellationToken,
     ) -> bool {
-        let attempt = || async {
-            let delivery = self.enqueue_at(topic, partition, key, payload)?;
-            match delivery.await {
-                Ok(Ok(_)) => Ok(()),
-                Ok(Err((e, _))) => Err(SendError::Kafka(e)),
-                Err(_) => Err(SendError::Kafka(KafkaError::Canceled)),
-            }
-        };
-        let backoff = ExponentialBuilder::default()
-            .with_min_delay(Duration::from_millis(100))
-            .with_max_delay(Duration::from_secs(10))
-            .with_jitter()
-            .without_max_times();
-        let retried = attempt.retry(backoff).notify(
-            |e, after| tracing::warn!(error = %e, ?after, topic, "write to Kafka failed; retrying"),
-        );
-        tokio::select! {
-            result = retried => result.is_ok(),
-            _ = cancel.cancelled() => false,
-        }
+        until_acked(
+            topic,
+            || self.enqueue_at(topic, partition, key, payload),
+            cancel,
+        )
+        .await
     }
 
     /// As [`Producer::flush`], blocking the calling thread (rebalance callbacks, which run inside
@@ -308,6 +294,39 @@ impl Producer {
             }
             Err(e) => tracing::error!(error = %e, "rebuilding the producer failed; will retry"),
         }
+    }
+}
+
+/// Queues a write to `topic` with `enqueue` and waits for Kafka's acknowledgement; a failed write
+/// is queued again, with backoff, until `abandon`. True once Kafka has it.
+///
+/// `enqueue` is called for every attempt, so a caller can queue the entry as it is then (the
+/// dispatcher's ledger and backlog do: one lead's writes reach Kafka in the order of their
+/// snapshots, so the last holds the latest state, and a retry never carries older state than a
+/// write queued after it).
+pub async fn until_acked(
+    topic: &str,
+    enqueue: impl Fn() -> Result<DeliveryFuture, SendError>,
+    abandon: &CancellationToken,
+) -> bool {
+    let attempt = || async {
+        match enqueue()?.await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err((e, _))) => Err(SendError::Kafka(e)),
+            Err(_) => Err(SendError::Kafka(KafkaError::Canceled)),
+        }
+    };
+    let backoff = ExponentialBuilder::default()
+        .with_min_delay(Duration::from_millis(100))
+        .with_max_delay(Duration::from_secs(10))
+        .with_jitter()
+        .without_max_times();
+    let retried = attempt.retry(backoff).notify(
+        |e, after| tracing::warn!(error = %e, ?after, topic, "write to Kafka failed; retrying"),
+    );
+    tokio::select! {
+        result = retried => result.is_ok(),
+        _ = abandon.cancelled() => false,
     }
 }
 

@@ -16,7 +16,6 @@ use std::sync::{Arc, Mutex};
 use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
 
-use super::durable;
 use super::retry::Tries;
 use crate::bus::producer::Producer;
 
@@ -303,7 +302,7 @@ pub async fn persist(
     abandon: &tokio_util::sync::CancellationToken,
 ) -> bool {
     let enqueue = || producer.enqueue(topic, lead, snapshot().as_deref());
-    durable::until_acked(topic, enqueue, abandon).await
+    crate::bus::producer::until_acked(topic, enqueue, abandon).await
 }
 
 #[cfg(test)]

@@ -10,7 +10,6 @@ use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
-use super::durable;
 use crate::bus::producer::Producer;
 
 /// How many alerts a lead's entry remembers (the oldest are forgotten first).
@@ -150,6 +149,6 @@ impl Ledger {
             let bytes = serde_json::to_vec(&leads[lead]).expect("ledger serializes");
             producer.enqueue(topic, lead, Some(&bytes))
         };
-        durable::until_acked(topic, enqueue, abandon).await
+        crate::bus::producer::until_acked(topic, enqueue, abandon).await
     }
 }

@@ -16,7 +16,7 @@
 //! - [`retry`]: whether and when a failed attempt is tried again (`retry::decide`, pure; live
 //!   delivery and `dlq replay` both ask it), and where the other parts of a retry live.
 //! - [`backlog`] and [`ledger`]: the two per-lead changelogs of a partition, written through
-//!   `durable`; [`queue`]: one per sink (concurrency, pace, the pause on 429, health);
+//!   `bus::producer::until_acked`; [`queue`]: one per sink (concurrency, pace, the pause on 429, health);
 //!   [`sinks`]: one module per kind, what they share in `sinks::attempt` and `sinks::crm`;
 //!   [`dlq`]: dead letters and their replay; [`config`]: `[dispatch]`.
 //!
@@ -56,7 +56,6 @@ pub mod backlog;
 pub mod config;
 pub mod deliver;
 pub mod dlq;
-mod durable;
 pub mod ledger;
 pub mod queue;
 pub mod retry;
