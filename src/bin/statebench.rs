@@ -117,24 +117,13 @@ async fn main() -> anyhow::Result<()> {
         What::Restore { leads } => {
             // The state an open lead has after its sales-ready event.
             let started = clock.instant();
-            let mut bytes = 0usize;
-            let mut in_flight = Vec::new();
-            for i in 0..leads {
+            let states = (0..leads).map(|i| {
                 let ev = event(i, now);
                 let mut state = LeadState::default();
                 engine.apply(&mut state, &ev);
-                let payload = state.encode();
-                bytes += payload.len() + ev.lead.len();
-                in_flight.push(producer.enqueue(&topics.state, &ev.lead, Some(&payload))?);
-                if in_flight.len() >= 50_000 {
-                    for d in in_flight.drain(..) {
-                        d.await?.map_err(|(e, _)| e)?;
-                    }
-                }
-            }
-            for d in in_flight.drain(..) {
-                d.await?.map_err(|(e, _)| e)?;
-            }
+                (ev.lead, state.encode())
+            });
+            let bytes = produce_all(&producer, &topics.state, states).await?;
             println!(
                 "wrote {leads} lead states in {:.1} s: {} bytes per lead in the changelog (key + JSON value)",
                 started.elapsed().as_secs_f64(),
@@ -174,23 +163,12 @@ async fn main() -> anyhow::Result<()> {
         }
         What::Engine { events } => {
             let started = clock.instant();
-            let mut in_flight = Vec::new();
-            for i in 0..events {
+            let records = (0..events).map(|i| {
                 let ev = event(i, now);
-                in_flight.push(producer.enqueue(
-                    &topics.events,
-                    &ev.lead,
-                    Some(&serde_json::to_vec(&ev)?),
-                )?);
-                if in_flight.len() >= 50_000 {
-                    for d in in_flight.drain(..) {
-                        d.await?.map_err(|(e, _)| e)?;
-                    }
-                }
-            }
-            for d in in_flight.drain(..) {
-                d.await?.map_err(|(e, _)| e)?;
-            }
+                let payload = serde_json::to_vec(&ev).expect("an event serializes");
+                (ev.lead, payload)
+            });
+            produce_all(&producer, &topics.events, records).await?;
             println!(
                 "wrote {events} events in {:.1} s",
                 started.elapsed().as_secs_f64()
@@ -240,4 +218,28 @@ async fn main() -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// Produces every `(key, value)` record to `topic`, at most 50,000 unacknowledged at once;
+/// returns the bytes produced (keys and values).
+async fn produce_all(
+    producer: &Producer,
+    topic: &str,
+    records: impl Iterator<Item = (String, Vec<u8>)>,
+) -> anyhow::Result<usize> {
+    let mut bytes = 0;
+    let mut in_flight = Vec::new();
+    for (key, value) in records {
+        bytes += key.len() + value.len();
+        in_flight.push(producer.enqueue(topic, &key, Some(&value))?);
+        if in_flight.len() >= 50_000 {
+            for d in in_flight.drain(..) {
+                d.await?.map_err(|(e, _)| e)?;
+            }
+        }
+    }
+    for d in in_flight {
+        d.await?.map_err(|(e, _)| e)?;
+    }
+    Ok(bytes)
 }
