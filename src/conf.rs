@@ -209,7 +209,7 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     Ok(d)
 }
 
-/// Reads a TOML file into a JSON value (the form [`from_value`] checks).
+/// Reads a TOML file into a JSON value (the form [`from_value_lenient`] checks).
 pub fn read_toml(path: &Path) -> Result<serde_json::Value, String> {
     config::Config::builder()
         .add_source(

@@ -4,15 +4,17 @@
 //! [`event::LeadEvent`]) → Kafka `{prefix}.events` → [`engine`] (per-lead state, SLA deadlines,
 //! rules) → Kafka `{prefix}.alerts` → [`dispatch`] (sinks, retries) → people.
 //!
-//! - [`config`]: typed configuration, loaded and validated with every problem reported.
-//! - [`signature`]: Standard Webhooks signing and verification.
-//! - [`bus`]: Kafka producer, consumer groups, topics, the embedded broker.
-//! - [`engine`]: the pure SLA engine, with one entry point ([`engine::PartitionState::step`]).
-//! - [`runner`]: the shells that run the stages on Kafka (the engine's: [`runner::engine`]).
-//! - [`simulate`]: the engine over a file of past events, with a scorecard.
-//! - [`dispatch`]: routes, templates, sinks ([`dispatch::sinks`]), per-sink queues, durable
-//!   retries ([`dispatch::backlog`], [`dispatch::retry`]) and dead letters ([`dispatch::dlq`]).
-//! - [`http`] / [`app`]: serving and wiring; [`telemetry`]: logs and metrics.
+//! The modules, in their layers bottom up (the README's "Architecture"; `tests/layers.rs` keeps
+//! every arrow pointing down):
+//! - leaves: [`conf`] (configuration vocabulary), [`clock`] (the only clock reads);
+//! - vocabulary: [`event`], [`alert`], [`partitioner`], [`signature`], [`telemetry`];
+//! - core: [`bus`] (Kafka plumbing), [`engine`] (pure, one entry point:
+//!   [`engine::PartitionState::step`]);
+//! - edges: [`ingest`] (one folder per vendor), [`dispatch`] (sinks, the retry decision),
+//!   [`simulate`] (the engine over a file, the scorecard), [`forget`];
+//! - [`runner`]: the consumer-group skeleton, once, and the stages on it;
+//! - [`app`]: wiring, the root configuration, the HTTP listener;
+//! - [`cli`]: one file per subcommand.
 #![forbid(unsafe_code)]
 
 pub mod alert;
