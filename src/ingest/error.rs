@@ -9,8 +9,18 @@ use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 use serde_json::{Value, json};
 
-use super::handler::MAX_BATCH;
 use crate::bus::producer::SendError;
+
+/// Most events one request may carry.
+pub const MAX_BATCH: usize = 100;
+
+/// A batch of `len` vendor events is within [`MAX_BATCH`] (413 past it).
+pub fn check_batch(len: usize) -> Result<(), IngestError> {
+    if len > MAX_BATCH {
+        return Err(IngestError::TooManyEvents(len));
+    }
+    Ok(())
+}
 
 /// One malformed field of a request.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]

@@ -1,6 +1,7 @@
-//! What a source is to the plumbing: the [`Handler`] each vendor implements, what it sees of a
-//! request ([`Request`]) and what a body turns into ([`Parsed`]); and what every handler's
-//! parsing shares: the batch limit ([`check_batch`]) and reading a JSON body ([`json_body`]).
+//! What a source is to the plumbing: the [`Handler`] each vendor implements (most through
+//! [`Vendor`], its `verify.rs` and `map.rs`), what it sees of a request ([`Request`]) and what a
+//! body turns into ([`Parsed`]); and reading a JSON body ([`json_body`]), which every JSON
+//! vendor's parsing shares (the batch limit is [`super::check_batch`]).
 
 use std::fmt;
 use std::time::Duration;
@@ -13,17 +14,6 @@ use serde_json::{Value, json};
 
 use super::error::{IngestError, refuse};
 use crate::event::LeadEvent;
-
-/// Most events one request may carry.
-pub const MAX_BATCH: usize = 100;
-
-/// A batch of `len` vendor events is within [`MAX_BATCH`] (413 past it).
-pub fn check_batch(len: usize) -> Result<(), IngestError> {
-    if len > MAX_BATCH {
-        return Err(IngestError::TooManyEvents(len));
-    }
-    Ok(())
-}
 
 /// A body that must be JSON, parsed (400 naming the JSON error otherwise).
 pub fn json_body(body: &[u8]) -> Result<Value, IngestError> {

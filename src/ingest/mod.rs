@@ -67,10 +67,8 @@ use crate::clock::Clock;
 use crate::telemetry::Metrics;
 pub use config::{ServerConfig, SourceConfig};
 use dedupe::Dedupe;
-pub use error::{FieldProblem, IngestError, refuse};
-pub use handler::{
-    Handler, MAX_BATCH, Parse, Parsed, Request, Vendor, Verify, check_batch, json_body,
-};
+pub use error::{FieldProblem, IngestError, MAX_BATCH, check_batch, refuse};
+pub use handler::{Handler, Parse, Parsed, Request, Vendor, Verify, json_body};
 pub use keys::{MAX_KEY_LEN, MAX_VERBATIM_KEY_LEN, hashed_id};
 pub use receive::{WebhookPath, receive};
 
