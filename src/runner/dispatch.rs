@@ -16,7 +16,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::Context;
-use super::group::{Event, Group, Read, Waited};
+use super::group::{Event, Group, Next, Read, Waited};
 use crate::alert::Alert;
 use crate::bus::changelog::Restorer;
 use crate::bus::consumer::{self, RebalanceHooks};
@@ -31,6 +31,20 @@ pub struct Dispatcher {
     ctx: Context,
     max_in_flight: usize,
     restore_timeout: Duration,
+}
+
+/// The dispatcher's own work, besides what the group hands it.
+enum Own {
+    /// A due retry finished.
+    Retried,
+    /// A sink answers again after failing.
+    Recovered(String),
+    /// Backlog entries may be due.
+    Due,
+    /// A backlog gained an entry (the timer may need to wake earlier).
+    Changed,
+    /// Time to publish the backlog gauge.
+    Gauge,
 }
 
 /// An alert as it came from `{prefix}.alerts`: read, and its bytes (the body sinks receive).
@@ -121,30 +135,44 @@ impl Dispatcher {
             let wake = next_due
                 .map(|t| shared.clock.until(t))
                 .unwrap_or(Duration::from_secs(3600));
-            // Retries and timers before new alerts: a steady stream of alerts must not starve
-            // the backlog.
+            // The dispatcher's own work comes after what the group must hand it first (a
+            // revocation before anything else) and before new alerts (so a steady stream of
+            // alerts never starves the backlog).
+            let own = async {
+                tokio::select! {
+                    biased;
+                    Some(()) = retrying.next(), if !retrying.is_empty() => Own::Retried,
+                    Some(sink) = self.recovered_rx.recv() => Own::Recovered(sink),
+                    _ = tokio::time::sleep(wake) => Own::Due,
+                    _ = shared.changed.notified() => Own::Changed,
+                    _ = gauge.tick() => Own::Gauge,
+                }
+            };
             tokio::select! {
                 biased;
                 _ = shutdown.cancelled() => break,
-                Some(()) = retrying.next(), if !retrying.is_empty() => {}
-                Some(sink) = self.recovered_rx.recv() => {
-                    let now = shared.clock.now();
-                    let moved: usize = group.partitions().map(|(_, w)| w.backlog.pull_forward(&sink, now)).sum();
-                    if moved > 0 {
-                        tracing::info!(%sink, moved, "sink answers again; its backlog goes now");
-                    }
-                }
-                _ = tokio::time::sleep(wake) => {
-                    let now = shared.clock.now();
-                    for (_, work) in group.partitions() {
-                        for (lead, entry) in work.backlog.take_due(now) {
-                            retrying.push(retry_one(shared.clone(), work.clone(), lead, entry).boxed());
+                next = group.next_or(own) => match next {
+                    Next::Group(event) => self.on(event, &mut group),
+                    Next::Stage(Own::Retried | Own::Changed) => {}
+                    Next::Stage(Own::Recovered(sink)) => {
+                        let now = shared.clock.now();
+                        let moved: usize = group.partitions().map(|(_, w)| w.backlog.pull_forward(&sink, now)).sum();
+                        if moved > 0 {
+                            tracing::info!(%sink, moved, "sink answers again; its backlog goes now");
                         }
                     }
+                    Next::Stage(Own::Due) => {
+                        let now = shared.clock.now();
+                        for (_, work) in group.partitions() {
+                            for (lead, entry) in work.backlog.take_due(now) {
+                                retrying.push(retry_one(shared.clone(), work.clone(), lead, entry).boxed());
+                            }
+                        }
+                    }
+                    Next::Stage(Own::Gauge) => {
+                        shared.report_backlog(group.partitions().map(|(_, w)| w))
+                    }
                 }
-                _ = shared.changed.notified() => {}
-                _ = gauge.tick() => shared.report_backlog(group.partitions().map(|(_, w)| w)),
-                event = group.next() => self.on(event, &mut group),
             }
         }
 
@@ -177,12 +205,13 @@ impl Dispatcher {
                 let work = Work::restore(partition, ledger, backlog, self.shared.clock.now());
                 // The alerts that waited for the restore go first, in order.
                 for waited in group.ready(partition, work.clone()) {
-                    if let Waited::Message {
-                        offset,
-                        message: (alert, body),
-                    } = waited
-                    {
-                        self.fan_out(group, &work, offset, alert, body);
+                    match waited {
+                        Waited::Message {
+                            offset,
+                            message: (alert, body),
+                        } => self.fan_out(group, &work, offset, alert, body),
+                        Waited::Unreadable { offset } => group.skip(partition, offset),
+                        Waited::End => {}
                     }
                 }
             }
@@ -205,6 +234,9 @@ impl Dispatcher {
                         } => {
                             tracing::error!(partition, offset, %error, "skipping a message that is not an alert");
                             self.shared.metrics.delivery("", "unreadable_alert");
+                            if group.partition_mut(partition).is_some() {
+                                group.skip(partition, offset);
+                            }
                         }
                         Read::End { .. } => {}
                         Read::Error(e) => tracing::warn!(error = %e, "dispatcher consumer error"),

@@ -26,7 +26,7 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use super::Context;
-use super::group::{Event, Group, Read, Waited};
+use super::group::{Event, Group, Next, Read, Waited};
 use super::writes::{Acked, Writes};
 use crate::alert::Alert;
 use crate::bus::Topics;
@@ -65,10 +65,22 @@ pub struct Owned {
 enum Arrived {
     /// An event, at its offset.
     Event(i64, LeadEvent),
-    /// A message that is not an event (its offset is stored at once).
-    NotAnEvent,
+    /// A message that is not an event, at its offset (stored in its turn).
+    NotAnEvent(i64),
     /// The end of the partition.
     End,
+}
+
+/// The engine's own work, besides what the group hands it.
+enum Own {
+    /// A write besides an event's own is done (or failed: its alerts, to fire again).
+    Written(Result<(), (i32, Vec<Alert>)>),
+    /// New rules.
+    Rules,
+    /// Time to settle reorder windows and drop leads past retention.
+    Sweep,
+    /// Something may be due.
+    Wake,
 }
 
 /// Writes on their way to Kafka besides the events' own; one that failed hands back the alerts
@@ -144,39 +156,53 @@ impl EngineRunner {
                 .min()
                 .map(|t| clock.until(t))
                 .unwrap_or(Duration::from_secs(3600));
+            // The engine's own work comes after what the group must hand it first (a revocation
+            // before anything else) and before what was read (so a stream of events never
+            // starves it).
+            let own = async {
+                tokio::select! {
+                    biased;
+                    Some(result) = firing.next(), if !firing.is_empty() => Own::Written(result),
+                    Ok(()) = rules.changed() => Own::Rules,
+                    _ = sweep.tick() => Own::Sweep,
+                    _ = tokio::time::sleep(wake) => Own::Wake,
+                }
+            };
             tokio::select! {
                 biased;
                 _ = shutdown.cancelled() => break,
-                Some(result) = firing.next(), if !firing.is_empty() => {
-                    if let Err((partition, alerts)) = result
-                        && let Some(p) = group.partition_mut(partition)
-                    {
-                        let sent = work.step(partition, p, Input::Unwritten(&alerts), clock.now());
-                        see_through(&mut firing, partition, sent);
+                next = group.next_or(own) => match next {
+                    Next::Group(event) => work.on(event, &mut group, &mut firing, clock.now()),
+                    Next::Stage(Own::Written(result)) => {
+                        if let Err((partition, alerts)) = result
+                            && let Some(p) = group.partition_mut(partition)
+                        {
+                            let sent = work.step(partition, p, Input::Unwritten(&alerts), clock.now());
+                            see_through(&mut firing, partition, sent);
+                        }
                     }
-                }
-                Ok(()) = rules.changed() => {
-                    let new = rules.borrow_and_update().clone();
-                    work.engine = work.engine.with_rules(new);
-                    let now = clock.now();
-                    let mut leads = 0;
-                    for (partition, p) in group.partitions_mut() {
-                        let sent = work.step(partition, p, Input::Reload, now);
-                        see_through(&mut firing, partition, sent);
-                        leads += p.leads.len();
+                    Next::Stage(Own::Rules) => {
+                        let new = rules.borrow_and_update().clone();
+                        work.engine = work.engine.with_rules(new);
+                        let now = clock.now();
+                        let mut leads = 0;
+                        for (partition, p) in group.partitions_mut() {
+                            let sent = work.step(partition, p, Input::Reload, now);
+                            see_through(&mut firing, partition, sent);
+                            leads += p.leads.len();
+                        }
+                        tracing::info!(leads, "rules reloaded; open leads have deadlines under the new rules");
                     }
-                    tracing::info!(leads, "rules reloaded; open leads have deadlines under the new rules");
-                }
-                event = group.next() => work.on(event, &mut group, &mut firing, clock.now()),
-                _ = sweep.tick() => {
-                    let now = clock.now();
-                    for (partition, p) in group.partitions_mut() {
-                        p.writes.prune();
-                        let sent = work.step(partition, p, Input::Sweep, now);
-                        see_through(&mut firing, partition, sent);
+                    Next::Stage(Own::Sweep) => {
+                        let now = clock.now();
+                        for (partition, p) in group.partitions_mut() {
+                            p.writes.prune();
+                            let sent = work.step(partition, p, Input::Sweep, now);
+                            see_through(&mut firing, partition, sent);
+                        }
                     }
+                    Next::Stage(Own::Wake) => {}
                 }
-                _ = tokio::time::sleep(wake) => {}
             }
 
             // Fire whatever is due, also under a steady stream of events.
@@ -351,7 +377,7 @@ impl Work {
                 for waited in group.ready(partition, owned) {
                     let arrived = match waited {
                         Waited::Message { offset, message } => Arrived::Event(offset, message),
-                        Waited::Unreadable => Arrived::NotAnEvent,
+                        Waited::Unreadable { offset } => Arrived::NotAnEvent(offset),
                         Waited::End => Arrived::End,
                     };
                     self.process(group, firing, partition, arrived, now);
@@ -373,7 +399,7 @@ impl Work {
                             // Not ours to fix: counted, and where it is logged.
                             self.metrics.engine_event("invalid");
                             tracing::error!(partition, offset, %error, "skipping an event that is not a LeadEvent");
-                            (partition, Arrived::NotAnEvent)
+                            (partition, Arrived::NotAnEvent(offset))
                         }
                         Read::End { partition } => {
                             tracing::debug!(partition, "engine read to the end of a partition");
@@ -414,10 +440,14 @@ impl Work {
         };
         let (input, offset) = match &arrived {
             Arrived::Event(offset, event) => (Input::Event(event), Some(*offset)),
-            Arrived::NotAnEvent => (Input::NotAnEvent, None),
+            Arrived::NotAnEvent(_) => (Input::NotAnEvent, None),
             Arrived::End => (Input::End, None),
         };
         let sent = self.step(partition, owned, input, now);
+        if let Arrived::NotAnEvent(offset) = arrived {
+            // Not ours to fix: its offset is stored in its turn.
+            group.skip(partition, offset);
+        }
         let Some(offset) = offset else {
             see_through(firing, partition, sent);
             return;

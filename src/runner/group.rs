@@ -25,6 +25,12 @@ use tokio::sync::mpsc;
 use crate::bus::changelog::{Restored, Restorer, Slot, Slots, Snapshot};
 use crate::bus::consumer::{self, Assignment, GroupConsumer};
 
+/// What [`Group::next_or`] came to: the group's event, or the stage's own work.
+pub enum Next<E, T> {
+    Group(E),
+    Stage(T),
+}
+
 /// What the stage must act on.
 pub enum Event<P, M> {
     /// Partitions given to this member: their changelogs are being read back.
@@ -52,8 +58,9 @@ pub enum Read<M> {
         offset: i64,
         message: M,
     },
-    /// A message the stage's decoder refused, of any partition. Its offset is stored (in order;
-    /// it is not ours to fix); the stage counts it and says where it is.
+    /// A message the stage's decoder refused, of any partition (reported at once): the stage
+    /// counts it and says where it is. It is not ours to fix: of a ready partition, the stage
+    /// [`Group::skip`]s it; of a restoring one, it comes back as [`Waited::Unreadable`].
     Unreadable {
         partition: i32,
         offset: i64,
@@ -71,8 +78,8 @@ pub enum Read<M> {
 pub enum Waited<M> {
     /// A message, at its offset: process it and [`Group::track`] its offset.
     Message { offset: i64, message: M },
-    /// A message that could not be read (already reported, its offset already stored).
-    Unreadable,
+    /// A message that could not be read (already reported): [`Group::skip`] it.
+    Unreadable { offset: i64 },
     /// The end of the partition was reached.
     End,
 }
@@ -141,6 +148,19 @@ impl<P, M> Group<P, M> {
 
     /// The next thing the stage must act on. Cancel-safe.
     pub async fn next(&mut self) -> Event<P, M> {
+        match self.next_or(std::future::pending::<()>()).await {
+            Next::Group(event) => event,
+            Next::Stage(()) => unreachable!("a pending future never completes"),
+        }
+    }
+
+    /// The next thing to act on, in this order: what the group must hand the stage first
+    /// (assignments, revocations, finished restores; offsets are stored meanwhile), then
+    /// `stage` — the stage's own work (its timers, its writes finishing …) — then what was read.
+    /// So a revocation is acted on before the stage's work, and a steady stream of messages
+    /// never starves that work. Cancel-safe when `stage` is.
+    pub async fn next_or<T>(&mut self, stage: impl Future<Output = T>) -> Next<Event<P, M>, T> {
+        let mut stage = std::pin::pin!(stage);
         loop {
             let room = self.pending.len() < self.max_in_flight;
             tokio::select! {
@@ -148,13 +168,15 @@ impl<P, M> Group<P, M> {
                 Some(change) = self.assignments.recv() => match change {
                     Assignment::Assigned(ps) => {
                         self.assigned(ps.clone());
-                        return Event::Assigned(ps);
+                        return Next::Group(Event::Assigned(ps));
                     }
-                    Assignment::Revoked(ps) => return Event::Revoked(self.revoked(&ps)),
+                    Assignment::Revoked(ps) => {
+                        return Next::Group(Event::Revoked(self.revoked(&ps)));
+                    }
                 },
                 Some((which, done)) = self.restored_rx.recv() => {
                     if let Some(event) = self.restored(which, done) {
-                        return event;
+                        return Next::Group(event);
                     }
                 }
                 Some(done) = self.pending.next(), if !self.pending.is_empty() => {
@@ -162,23 +184,24 @@ impl<P, M> Group<P, M> {
                         consumer::store(&self.consumer, &self.topic, partition, offset);
                     }
                 }
+                out = &mut stage => return Next::Stage(out),
                 received = self.consumer.recv(), if room => {
                     let first = decoded(received, self.decode);
                     let mut read = Vec::new();
-                    self.received(first, &mut read);
+                    let mut messages = self.received(first, &mut read);
                     // What was fetched with it comes along, within the room for work in flight.
                     for _ in 0..BATCH {
-                        if self.pending.len() + read.len() >= self.max_in_flight {
+                        if self.pending.len() + messages >= self.max_in_flight {
                             break;
                         }
                         let Some(received) = self.consumer.recv().now_or_never() else {
                             break;
                         };
                         let more = decoded(received, self.decode);
-                        self.received(more, &mut read);
+                        messages += self.received(more, &mut read);
                     }
                     if !read.is_empty() {
-                        return Event::Read(read);
+                        return Next::Group(Event::Read(read));
                     }
                 }
             }
@@ -205,6 +228,11 @@ impl<P, M> Group<P, M> {
             done.map(move |ok| ok.then_some((partition, offset)))
                 .boxed(),
         );
+    }
+
+    /// A message that is not for the stage (unreadable): its offset is stored in its turn.
+    pub fn skip(&mut self, partition: i32, offset: i64) {
+        self.track(partition, offset, futures::future::ready(true));
     }
 
     /// Messages whose work is pending.
@@ -319,8 +347,9 @@ impl<P, M> Group<P, M> {
     }
 
     /// Files one message (or consumer error): what a ready partition's stage must see goes to
-    /// `read`; what a restoring partition's must see later waits for it.
-    fn received(&mut self, received: Received<M>, read: &mut Vec<Read<M>>) {
+    /// `read`; what a restoring partition's must see later waits for it. Returns how many
+    /// messages it filed (0 or 1: partition ends and errors are not messages).
+    fn received(&mut self, received: Received<M>, read: &mut Vec<Read<M>>) -> usize {
         let (partition, offset, decoded) = match received {
             Ok(msg) => msg,
             Err(KafkaError::PartitionEOF(partition)) => {
@@ -328,9 +357,12 @@ impl<P, M> Group<P, M> {
                     Slot::Restoring { waiting, .. } => waiting.push(Waited::End),
                     Slot::Ready(_) => read.push(Read::End { partition }),
                 }
-                return;
+                return 0;
             }
-            Err(e) => return read.push(Read::Error(e)),
+            Err(e) => {
+                read.push(Read::Error(e));
+                return 0;
+            }
         };
         match (decoded, self.slots.route(partition)) {
             (Ok(message), Slot::Restoring { waiting, .. }) => {
@@ -342,10 +374,10 @@ impl<P, M> Group<P, M> {
                 message,
             }),
             (Err(error), slot) => {
+                // Reported now; its offset is stored in its turn, after every message before it.
                 if let Slot::Restoring { waiting, .. } = slot {
-                    waiting.push(Waited::Unreadable);
+                    waiting.push(Waited::Unreadable { offset });
                 }
-                self.track(partition, offset, futures::future::ready(true));
                 read.push(Read::Unreadable {
                     partition,
                     offset,
@@ -353,6 +385,7 @@ impl<P, M> Group<P, M> {
                 });
             }
         }
+        1
     }
 }
 
@@ -407,7 +440,9 @@ mod tests {
         producer
             .send(BaseRecord::to("log").key("lead").payload("state"))
             .unwrap();
-        for text in ["one", "garbage", "two", "three"] {
+        // The last message's work never finishes; what follows it, unreadable, must not carry the
+        // committed offset past it.
+        for text in ["one", "garbage", "two", "three", "garbage"] {
             producer
                 .send(BaseRecord::to("in").key("lead").payload(text))
                 .unwrap();
@@ -452,15 +487,17 @@ mod tests {
                        message: String| {
             let state = group.partition_mut(partition).expect("ready");
             state.push(message.clone());
-            group.track(
-                partition,
-                offset,
-                futures::future::ready(message != "three"),
-            );
+            let done = message != "three";
+            group.track(partition, offset, async move {
+                if !done {
+                    std::future::pending::<()>().await;
+                }
+                true
+            });
             seen.push((offset, message));
         };
         let deadline = Clock::system().instant() + Duration::from_secs(60);
-        while seen.len() < 3 {
+        while seen.len() < 3 || unreadable.len() < 2 {
             let event = tokio::time::timeout_at(deadline, group.next())
                 .await
                 .expect("the partition's messages within a minute");
@@ -474,8 +511,12 @@ mod tests {
                     assert!(snapshots[1].is_empty());
                     assert!(seen.is_empty(), "restored before any message");
                     for waited in group.ready(partition, vec!["restored".into()]) {
-                        if let Waited::Message { offset, message } = waited {
-                            process(&mut group, &mut seen, partition, offset, message);
+                        match waited {
+                            Waited::Message { offset, message } => {
+                                process(&mut group, &mut seen, partition, offset, message)
+                            }
+                            Waited::Unreadable { offset } => group.skip(partition, offset),
+                            Waited::End => {}
                         }
                     }
                 }
@@ -487,8 +528,13 @@ mod tests {
                                 offset,
                                 message,
                             } => process(&mut group, &mut seen, partition, offset, message),
-                            Read::Unreadable { offset, error, .. } => {
-                                unreadable.push((offset, error))
+                            Read::Unreadable {
+                                partition,
+                                offset,
+                                error,
+                            } => {
+                                unreadable.push((offset, error));
+                                group.skip(partition, offset);
                             }
                             Read::End { .. } | Read::Error(_) => {}
                         }
@@ -505,16 +551,26 @@ mod tests {
                 (3, "three".into())
             ]
         );
-        assert_eq!(unreadable, [(1, "not a message".to_string())]);
+        assert_eq!(
+            unreadable,
+            [
+                (1, "not a message".to_string()),
+                (4, "not a message".into())
+            ]
+        );
         assert_eq!(
             group.partitions().map(|(_, s)| s.len()).sum::<usize>(),
             4,
             "the stage's state holds what it processed"
         );
-        assert!(group.drain(Duration::from_secs(10), async {}).await);
+        assert!(
+            !group.drain(Duration::from_secs(2), async {}).await,
+            "the last message's work is not done"
+        );
         group.close(Duration::from_secs(10)).await;
 
-        // The group's committed offset: after "two", before "three".
+        // The group's committed offset: after "two", before "three" (not past it, whatever
+        // followed it).
         let mut cfg = base.clone();
         cfg.set("group.id", "g");
         let check: BaseConsumer = cfg.create().unwrap();
@@ -527,5 +583,77 @@ mod tests {
             committed.find_partition("in", 0).unwrap().offset(),
             Offset::Offset(3)
         );
+    }
+
+    /// A stage that has not finished a message's work, and an unreadable message after it in
+    /// the same fetch: the unreadable one's offset waits its turn (storing it would commit past
+    /// the unfinished one). And messages of a restoring partition wait for it, in order.
+    #[tokio::test]
+    async fn an_offset_is_stored_in_its_turn_and_a_restoring_partition_keeps_what_came() {
+        let broker = EmbeddedKafka::start(&[("in".into(), 2)]).unwrap();
+        let mut base = ClientConfig::new();
+        base.set("bootstrap.servers", broker.bootstrap());
+        let subscribed = consumer::subscribe(
+            &base,
+            &kafka(broker.bootstrap()),
+            "g",
+            "in",
+            Arc::new(Metrics::new()),
+            RebalanceHooks::default(),
+        )
+        .unwrap();
+        let mut group: Group<(), String> = Group::new(subscribed, "in", Vec::new(), 10, decode);
+        let message =
+            |partition, offset, text: &str| Ok((partition, offset, decode(Some(text.as_bytes()))));
+
+        // Partition 0 is ready; what was fetched together comes out together, in order.
+        group.slots.ready(0, ());
+        let mut read = Vec::new();
+        group.received(message(0, 3, "three"), &mut read);
+        group.received(message(0, 4, "garbage"), &mut read);
+        for r in read {
+            match r {
+                Read::Message {
+                    partition, offset, ..
+                } => group.track(partition, offset, std::future::pending()),
+                Read::Unreadable {
+                    partition, offset, ..
+                } => group.skip(partition, offset),
+                _ => panic!("only a message and an unreadable one were read"),
+            }
+        }
+        assert_eq!(group.in_flight(), 2);
+        assert!(
+            group.pending.next().now_or_never().is_none(),
+            "the unreadable offset waits behind the unfinished work"
+        );
+
+        // Partition 1 is restoring: its messages, unreadable ones and its end wait, in order.
+        group.slots.assign(vec![1]);
+        let mut read = Vec::new();
+        group.received(message(1, 0, "a"), &mut read);
+        group.received(message(1, 1, "garbage"), &mut read);
+        group.received(Err(KafkaError::PartitionEOF(1)), &mut read);
+        assert!(
+            matches!(
+                read.as_slice(),
+                [Read::Unreadable {
+                    partition: 1,
+                    offset: 1,
+                    ..
+                }]
+            ),
+            "only the unreadable one is reported at once"
+        );
+        let waited: Vec<String> = group
+            .ready(1, ())
+            .into_iter()
+            .map(|w| match w {
+                Waited::Message { offset, message } => format!("{offset}:{message}"),
+                Waited::Unreadable { offset } => format!("{offset}:unreadable"),
+                Waited::End => "end".into(),
+            })
+            .collect();
+        assert_eq!(waited, ["0:a", "1:unreadable", "end"]);
     }
 }
