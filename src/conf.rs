@@ -209,6 +209,27 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     Ok(d)
 }
 
+/// Reads the TOML file at `path` (a `what`, for the message when it cannot be read) and builds
+/// `T` from it with `build`; every problem names the file and its key path.
+pub fn load_file<T>(
+    path: &Path,
+    what: &str,
+    build: impl FnOnce(&serde_json::Value) -> Result<T, KeyProblems>,
+) -> Result<T, Problems> {
+    let problem = |key: String, message: String| Problem {
+        file: path.to_path_buf(),
+        key,
+        message,
+    };
+    let value = read_toml(path).map_err(|e| {
+        Problems(vec![problem(
+            String::new(),
+            format!("cannot read the {what}: {e}"),
+        )])
+    })?;
+    build(&value).map_err(|ps| Problems(ps.into_iter().map(|(k, m)| problem(k, m)).collect()))
+}
+
 /// Reads a TOML file into a JSON value (the form [`from_value_lenient`] checks).
 pub fn read_toml(path: &Path) -> Result<serde_json::Value, String> {
     config::Config::builder()

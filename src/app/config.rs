@@ -96,6 +96,11 @@ fn default_grace() -> HumanDuration {
     HumanDuration(Duration::from_secs(20))
 }
 
+/// Reads and compiles a rules file, listing every problem with its key path.
+pub fn load_rules(path: &Path) -> Result<Rules, Problems> {
+    crate::conf::load_file(path, "rules file", Rules::from_value)
+}
+
 impl Config {
     /// The sections delivery reads.
     pub fn dispatch_sections(&self) -> DispatchSections<'_> {
@@ -162,7 +167,7 @@ impl Config {
             .map(str::to_string)
             .unwrap_or_else(default_rules);
         let rules_path = path.parent().unwrap_or(Path::new(".")).join(rules_name);
-        let rules = Rules::load(&rules_path);
+        let rules = load_rules(&rules_path);
 
         match parsed {
             Ok((raw, unknown)) => {

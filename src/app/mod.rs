@@ -15,7 +15,6 @@ use crate::bus::producer::Producer;
 use crate::bus::{self, Topics, admin};
 use crate::clock::Clock;
 use crate::engine::Engine;
-use crate::engine::rules::Rules;
 use crate::ingest::Ingest;
 use crate::runner::Context;
 use crate::runner::dispatch::Dispatcher;
@@ -54,7 +53,7 @@ pub async fn run_with_reloads(
         let (path, metrics) = (config.rules_path.clone(), metrics.clone());
         tokio::spawn(async move {
             while reloads.recv().await.is_some() {
-                match Rules::load(&path) {
+                match config::load_rules(&path) {
                     Ok(rules) => {
                         tracing::info!(rules = %path.display(), "rules reloaded");
                         metrics.rules_reload("applied");

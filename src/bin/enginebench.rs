@@ -17,7 +17,6 @@ use std::sync::Arc;
 use clap::Parser;
 use jiff::{SignedDuration, Timestamp};
 use leadwatch::clock::Clock;
-use leadwatch::engine::rules::Rules;
 use leadwatch::engine::step::{Input, Write};
 use leadwatch::engine::{Engine, PartitionState};
 use leadwatch::event::{Activity, Change, LeadEvent};
@@ -126,7 +125,7 @@ fn main() -> anyhow::Result<()> {
     let path = args.rules.unwrap_or_else(|| {
         PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/config/rules.toml"))
     });
-    let rules = Rules::load(&path).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let rules = leadwatch::app::config::load_rules(&path).map_err(|e| anyhow::anyhow!("{e}"))?;
     let engine = Engine::new(Arc::new(rules));
 
     // A week of leads, one every few seconds, in time order.

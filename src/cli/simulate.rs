@@ -4,7 +4,6 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use super::{EXIT_CONFIG, Outcome};
-use crate::engine::rules::Rules;
 use crate::simulate::{self, FileError};
 
 #[derive(clap::Args)]
@@ -37,7 +36,7 @@ impl Simulate {
         // The rules: `--rules`, or those `--config` names (with its sources' links into the CRM).
         let (rules, links, configured) = match (&self.rules, &self.config) {
             (Some(path), _) => (
-                Rules::load(path).map_err(|p| super::print_problems(&p))?,
+                crate::app::config::load_rules(path).map_err(|p| super::print_problems(&p))?,
                 Default::default(),
                 None,
             ),

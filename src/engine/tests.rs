@@ -1556,11 +1556,7 @@ mod properties {
             start in 0i64..(7 * 86_400),
             seed in any::<u64>(),
         ) {
-            let rules = Rules::load(std::path::Path::new(concat!(
-                env!("CARGO_MANIFEST_DIR"),
-                "/config/rules.toml"
-            )))
-            .unwrap();
+            let rules = Rules::parse(include_str!("../../config/rules.toml")).unwrap();
             let e = Engine::new(Arc::new(rules));
             // Squeeze the day of generated times into one hour of a random week.
             let base = t("00:00:00") + SignedDuration::from_secs(start);

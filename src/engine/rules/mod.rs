@@ -52,13 +52,12 @@
 pub mod cel;
 
 use std::collections::BTreeMap;
-use std::path::Path;
 use std::sync::Arc;
 
 use serde::Deserialize;
 
 use super::calendar::{self, Calendar, SlaDuration};
-use crate::conf::{Problem, Problems, from_value_lenient, read_toml};
+use crate::conf::from_value_lenient;
 pub use cel::{Cel, Facts, Predicate, PredicateError};
 
 /// Roles every lead has without `[recipients]`: its owner and the owner's manager.
@@ -346,23 +345,6 @@ fn default_touch_kinds() -> Vec<String> {
 type Found = Vec<(String, String)>;
 
 impl Rules {
-    /// Reads and compiles a rules file, listing every problem with its key path.
-    pub fn load(path: &Path) -> Result<Rules, Problems> {
-        let problem = |key: &str, message: String| Problem {
-            file: path.to_path_buf(),
-            key: key.to_string(),
-            message,
-        };
-        let value = read_toml(path).map_err(|e| {
-            Problems(vec![problem(
-                "",
-                format!("cannot read the rules file: {e}"),
-            )])
-        })?;
-        Self::from_value(&value)
-            .map_err(|ps| Problems(ps.into_iter().map(|(k, m)| problem(&k, m)).collect()))
-    }
-
     /// Compiles rules from TOML text; problems are `(key path, message)`.
     pub fn parse(text: &str) -> Result<Rules, Found> {
         let value: serde_json::Value = config::Config::builder()
@@ -373,7 +355,9 @@ impl Rules {
         Self::from_value(&value)
     }
 
-    fn from_value(value: &serde_json::Value) -> Result<Rules, Found> {
+    /// Compiles rules from a rules file as read ([`crate::conf::load_file`] reads one, with the
+    /// file named in every problem); problems are `(key path, message)`.
+    pub fn from_value(value: &serde_json::Value) -> Result<Rules, Found> {
         // Unknown keys are listed with everything else the rest of the file shows.
         let (raw, mut problems): (RawRules, Found) = from_value_lenient(value)?;
         let cel = Cel::default();
