@@ -731,7 +731,7 @@ retry_schedule = ["300ms", "1s", "2s", "5s", "10s", "10s", "10s", "10s", "10s", 
         || async { hook.count() >= N as usize },
     )
     .await;
-    let caught_up = back.elapsed();
+    let caught_up = Clock::system().instant() - back;
     b.wait_for_metric(
         "the backlog to empty",
         "leadwatch_delivery_retry_backlog{sink=\"hook\"}",

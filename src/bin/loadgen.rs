@@ -95,7 +95,9 @@ async fn main() -> anyhow::Result<()> {
                             let status = resp.status().as_u16();
                             let _ = resp.bytes().await;
                             if status == 202 {
-                                tally.latencies_us.push(sent.elapsed().as_micros() as u64);
+                                tally
+                                    .latencies_us
+                                    .push((clock.instant() - sent).as_micros() as u64);
                                 tally.events += batch as u64;
                             }
                             status.to_string()
@@ -119,7 +121,7 @@ async fn main() -> anyhow::Result<()> {
             *all.statuses.entry(k).or_default() += v;
         }
     }
-    let elapsed = start.elapsed().as_secs_f64();
+    let elapsed = (clock.instant() - start).as_secs_f64();
     all.latencies_us.sort_unstable();
     let pct = |p: f64| -> f64 {
         if all.latencies_us.is_empty() {

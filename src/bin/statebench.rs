@@ -126,7 +126,7 @@ async fn main() -> anyhow::Result<()> {
             let bytes = produce_all(&producer, &topics.state, states).await?;
             println!(
                 "wrote {leads} lead states in {:.1} s: {} bytes per lead in the changelog (key + JSON value)",
-                started.elapsed().as_secs_f64(),
+                (clock.instant() - started).as_secs_f64(),
                 bytes / leads.max(1)
             );
 
@@ -150,7 +150,7 @@ async fn main() -> anyhow::Result<()> {
                 );
                 restored.push(ps);
             }
-            let elapsed = started.elapsed().as_secs_f64();
+            let elapsed = (clock.instant() - started).as_secs_f64();
             let n: usize = restored.iter().map(|p| p.len()).sum();
             let rss_after = rss_bytes();
             println!(
@@ -171,7 +171,7 @@ async fn main() -> anyhow::Result<()> {
             produce_all(&producer, &topics.events, records).await?;
             println!(
                 "wrote {events} events in {:.1} s",
-                started.elapsed().as_secs_f64()
+                (clock.instant() - started).as_secs_f64()
             );
             let (_rules_tx, rules) = tokio::sync::watch::channel(Arc::new(engine.rules().clone()));
             let runner = EngineRunner {
@@ -208,7 +208,7 @@ async fn main() -> anyhow::Result<()> {
             while applied() < events {
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
-            let elapsed = started.elapsed().as_secs_f64();
+            let elapsed = (clock.instant() - started).as_secs_f64();
             println!(
                 "engine applied {events} events (each state written and acknowledged) in {elapsed:.1} s: {:.0} events/s",
                 events as f64 / elapsed
