@@ -515,6 +515,56 @@ password = "p"
         );
     }
 
+    /// Each section checks itself with key paths relative to it; the root nests them, so
+    /// check-config still names the whole path, in section order.
+    #[test]
+    fn nested_sections_are_named_by_their_whole_key_path() {
+        let dir = tempfile::tempdir().unwrap();
+        write(dir.path(), "rules.toml", RULES);
+        let path = write(
+            dir.path(),
+            "leadwatch.toml",
+            r#"
+[kafka]
+topic_prefix = "bad prefix"
+partitions = 0
+[engine]
+max_in_flight = 0
+[dispatch]
+retry_jitter = 2.0
+sink_concurrency = 0
+[sources.web]
+kind = "generic"
+secret = "whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD"
+[sinks.hook]
+kind = "log"
+[[routes]]
+alerts = ["sla.nope"]
+sinks = ["hook", "nowhere"]
+to = [""]
+[[routes]]
+sinks = []
+"#,
+        );
+        let Problems(problems) = Config::load_with_env(&path, Vec::new()).unwrap_err();
+        let keys: Vec<&str> = problems.iter().map(|p| p.key.as_str()).collect();
+        assert_eq!(
+            keys,
+            [
+                "kafka.topic_prefix",
+                "kafka.partitions",
+                "engine.max_in_flight",
+                "dispatch.retry_jitter",
+                "dispatch.sink_concurrency",
+                "routes[0].sinks[1]",
+                "routes[0].alerts[0]",
+                "routes[0].to[0]",
+                "routes[1].sinks",
+            ],
+            "{problems:#?}"
+        );
+    }
+
     #[test]
     fn every_problem_is_reported_with_its_key_path() {
         let dir = tempfile::tempdir().unwrap();

@@ -197,6 +197,60 @@ fn ready_owned(when: &str) -> LeadEvent {
     )
 }
 
+/// What a step fired, by type, with the time each was stamped.
+fn fired(step: &step::Step<'_>) -> Vec<(String, Timestamp)> {
+    step.writes
+        .iter()
+        .filter_map(|w| match w {
+            step::Write::Lead(w) => Some(w.alerts.iter()),
+            step::Write::Rotation(_) => None,
+        })
+        .flatten()
+        .map(|a| (a.kind.clone(), a.timestamp))
+        .collect()
+}
+
+/// A deadline fires only once the partition's events up to it are read: while the partition is
+/// behind (not read to its end), nothing fires past the newest arrival it has read, however late
+/// the clock says it is — a touch that came in time may still be waiting in it. Whatever fires
+/// is stamped with the clock's time, not the horizon's.
+#[test]
+fn a_partition_that_is_behind_fires_nothing_past_what_it_has_read() {
+    let e = engine();
+    let mut p = PartitionState::default();
+    // Sales-ready and owned at 10:00: the first touch is due by 14:00.
+    p.step(&e, Input::Event(&ready_owned("10:00:00")), t("10:00:00"));
+    let step = p.step(&e, Input::Tick, t("15:00:00"));
+    assert!(
+        fired(&step).is_empty(),
+        "read only up to 10:00: the breach waits"
+    );
+    // A later arrival (received 14:30) is read: the horizon moves past the deadline.
+    let later = update("e-later", "14:30:00", json!({"score": 10}));
+    p.step(&e, Input::Event(&later), t("15:00:00"));
+    let step = p.step(&e, Input::Tick, t("15:00:00"));
+    assert_eq!(
+        fired(&step),
+        [("sla.first_touch.breached".to_string(), t("15:00:00"))]
+    );
+
+    // Another lead, the partition read to its end: the clock alone decides.
+    let mut p = PartitionState::default();
+    p.step(&e, Input::Event(&ready_owned("10:00:00")), t("10:00:00"));
+    p.step(&e, Input::End, t("10:00:00"));
+    assert!(fired(&p.step(&e, Input::Tick, t("13:59:59"))).is_empty());
+    assert_eq!(
+        fired(&p.step(&e, Input::Tick, t("14:00:00"))),
+        [("sla.first_touch.breached".to_string(), t("14:00:00"))]
+    );
+    // A message that is not an event: the partition is not at its end any more.
+    let mut p = PartitionState::default();
+    p.step(&e, Input::Event(&ready_owned("10:00:00")), t("10:00:00"));
+    p.step(&e, Input::End, t("10:00:00"));
+    p.step(&e, Input::NotAnEvent, t("10:00:00"));
+    assert!(fired(&p.step(&e, Input::Tick, t("15:00:00"))).is_empty());
+}
+
 #[test]
 fn an_untouched_lead_breaches_exactly_at_the_deadline() {
     let e = engine();
