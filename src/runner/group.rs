@@ -148,9 +148,12 @@ impl<P, M> Group<P, M> {
 
     /// The next thing the stage must act on. Cancel-safe.
     pub async fn next(&mut self) -> Event<P, M> {
-        match self.next_or(std::future::pending::<()>()).await {
+        match self
+            .next_or(std::future::pending::<std::convert::Infallible>())
+            .await
+        {
             Next::Group(event) => event,
-            Next::Stage(()) => unreachable!("a pending future never completes"),
+            Next::Stage(never) => match never {},
         }
     }
 
