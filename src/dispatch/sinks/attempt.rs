@@ -197,3 +197,24 @@ pub fn truncate(s: &str, max: usize) -> String {
         t
     }
 }
+
+/// As [`truncate`], for escaped text (Slack's `&amp;`, Markdown's `\*`): the cut never splits
+/// an escape, which would show half of it.
+pub fn truncate_escaped(s: &str, max: usize) -> String {
+    if s.chars().count() <= max {
+        return s.to_string();
+    }
+    let mut t: String = s.chars().take(max.saturating_sub(1)).collect();
+    // An entity begun and not ended, or a backslash whose character was cut off.
+    if let Some(amp) = t.rfind('&')
+        && !t[amp..].contains(';')
+    {
+        t.truncate(amp);
+    }
+    let backslashes = t.chars().rev().take_while(|c| *c == '\\').count();
+    if backslashes % 2 == 1 {
+        t.pop();
+    }
+    t.push('…');
+    t
+}
