@@ -25,6 +25,7 @@ use super::config::DispatchSections;
 use super::queue::SinkQueue;
 use super::retry::{self, DEFAULT_JITTER, Decision, Schedule, Tries};
 use super::routes::{self, Routes};
+use super::sinks::attempt::ALERT_ID_MAX;
 use super::sinks::{Attempt, Delivered, DeliveryError, Http};
 use crate::alert::Alert;
 use crate::bus::KafkaConfig;
@@ -60,11 +61,14 @@ pub struct DeadLetter {
 }
 
 impl DeadLetter {
-    /// The letter of `body` (the alert's JSON) that `sink` did not take by `now`.
+    /// The letter of `body` (the alert's JSON) that `sink` did not take by `now`; a body that is
+    /// no JSON is kept as a string, so nothing of it is lost.
     pub fn new(sink: &str, body: &[u8], attempts: u32, e: &DeliveryError, now: Timestamp) -> Self {
         Self {
             sink: sink.to_string(),
-            alert: serde_json::from_slice(body).unwrap_or(serde_json::Value::Null),
+            alert: serde_json::from_slice(body).unwrap_or_else(|_| {
+                serde_json::Value::String(String::from_utf8_lossy(body).into_owned())
+            }),
             attempts,
             status: e.status,
             error: e.message.clone(),
@@ -73,11 +77,14 @@ impl DeadLetter {
         }
     }
 
+    /// Its key: the alert id, when it is one (a letter refused for its id is keyed `invalid`).
     fn alert_id(&self) -> String {
-        self.alert["data"]["alert_id"]
-            .as_str()
-            .unwrap_or("unknown")
-            .to_string()
+        let id = self.alert["data"]["alert_id"].as_str().unwrap_or("unknown");
+        let fits = id.len() <= ALERT_ID_MAX
+            && id
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+        if fits { id } else { "invalid" }.to_string()
     }
 }
 

@@ -18,6 +18,7 @@ use tokio::sync::Semaphore;
 use tokio::time::Instant;
 
 use super::config::DispatchConfig;
+use super::retry::LONGEST_WAIT;
 use super::sinks::{Attempt, Delivered, DeliveryError, Http, Sink, SinkConfig};
 use crate::clock::Clock;
 
@@ -39,7 +40,7 @@ impl RateLimiter {
             clock,
             interval: max_per_second
                 .filter(|r| *r > 0.0 && r.is_finite())
-                .map(|r| Duration::from_secs_f64(1.0 / r)),
+                .map(|r| Duration::try_from_secs_f64(1.0 / r).unwrap_or(LONGEST_WAIT)),
             paused_until: Mutex::new(None),
         }
     }
@@ -56,18 +57,23 @@ impl RateLimiter {
             tokio::time::sleep_until(at).await;
         }
         if let Some(interval) = self.interval {
-            *next = self.clock.instant() + interval;
+            *next = at_most_a_year_from(self.clock.instant(), interval);
         }
     }
 
     /// Holds every request for `d` from now (a 429 for the whole endpoint).
     pub fn pause(&self, d: Duration) {
-        let until = self.clock.instant() + d;
+        let until = at_most_a_year_from(self.clock.instant(), d);
         let mut paused = self.paused_until.lock().expect("limiter lock");
         if paused.is_none_or(|p| p < until) {
             *paused = Some(until);
         }
     }
+}
+
+/// `now + d`, `d` clamped to [`LONGEST_WAIT`] (no clock reaches past that).
+fn at_most_a_year_from(now: Instant, d: Duration) -> Instant {
+    now.checked_add(d.min(LONGEST_WAIT)).unwrap_or(now)
 }
 
 /// What one attempt through the queue came to.
@@ -128,7 +134,11 @@ impl SinkQueue {
             waiting: AtomicUsize::new(0),
             failing: AtomicBool::new(false),
             inline_capacity,
-            attempt_timeout: dispatch.request_timeout.0 * 4 + Duration::from_secs(1),
+            attempt_timeout: dispatch
+                .request_timeout
+                .0
+                .saturating_mul(4)
+                .saturating_add(Duration::from_secs(1)),
             max_pause: dispatch.max_retry_after.0,
         }
     }
@@ -143,8 +153,15 @@ impl SinkQueue {
         self.failing.load(Ordering::SeqCst)
     }
 
-    /// One attempt, in turn.
+    /// One attempt, in turn: decided without a request when the sink can tell from the alert
+    /// alone.
     pub async fn attempt(&self, a: &Attempt<'_>) -> Outcome {
+        if let Some(result) = self.sink.precheck(a) {
+            return Outcome {
+                result,
+                recovered: false,
+            };
+        }
         self.waiting.fetch_add(1, Ordering::SeqCst);
         let permit = self
             .permits
@@ -155,14 +172,10 @@ impl SinkQueue {
         self.waiting.fetch_sub(1, Ordering::SeqCst);
         let result = match tokio::time::timeout(self.attempt_timeout, self.sink.deliver(a)).await {
             Ok(r) => r,
-            Err(_) => Err(DeliveryError {
-                retriable: true,
-                retry_after: None,
-                pause_sink: None,
-                status: None,
-                message: format!("no answer within {:?}", self.attempt_timeout),
-                excerpt: String::new(),
-            }),
+            Err(_) => Err(DeliveryError::retriable(format!(
+                "no answer within {:?}",
+                self.attempt_timeout
+            ))),
         };
         drop(permit);
         let recovered = match &result {
