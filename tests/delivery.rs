@@ -1039,8 +1039,10 @@ async fn a_sink_that_says_when_to_retry_is_waited_for_but_cannot_shorten_the_sch
     d.stop().await;
 }
 
-/// A reassignment the CRM refuses for good does not cost the rep the task; a second 401 (after a
-/// fresh token) and a 403 that is not the API limit are permanent.
+/// A reassignment the CRM refuses for good does not cost the rep the task; a 403 that is not
+/// the API limit is permanent; a second 401 (after a fresh token) refuses the sink's
+/// credentials, not the alert: the sink's queue pauses the sink on it (see
+/// `refused_crm_credentials_pause_the_sink_until_they_work_again`).
 #[tokio::test]
 async fn salesforce_refusals_that_are_final_and_one_that_is_not() {
     use leadwatch::dispatch::sinks::SinkConfig;
@@ -1128,6 +1130,7 @@ async fn salesforce_refusals_that_are_final_and_one_that_is_not() {
     let e = deliver().await.unwrap_err();
     assert!(!e.retriable, "{e}");
     assert_eq!(e.status, Some(401));
+    assert_eq!(e.credentials, Some("unauthorized"), "{e}");
     let got = salesforce.requests();
     assert_eq!(
         got.iter()
@@ -1142,6 +1145,7 @@ async fn salesforce_refusals_that_are_final_and_one_that_is_not() {
     let e = deliver().await.unwrap_err();
     assert!(!e.retriable, "{e}");
     assert_eq!(e.status, Some(403));
+    assert_eq!(e.credentials, None, "the alert's, not the sink's: {e}");
 }
 
 /// The same alert twice in `{prefix}.alerts` (the engine fired it again after a crash, before
@@ -1555,4 +1559,162 @@ max_per_second = 50
     assert_eq!(slack.count(), 3, "each accepted at once");
     assert_eq!(teams.count(), 3, "each accepted at once");
     d.stop().await;
+}
+
+/// The CRM refuses the credentials — a client secret revoked, a connected app disabled, a
+/// private app's token deleted. That is no alert's fault, so no alert is dead-lettered: the sink
+/// pauses. Its deliveries wait in the backlog while the alerts topic moves on, a gauge says which
+/// sink and why, and the sink is probed again on the retry schedule; once the credentials are
+/// good again (fixed at the vendor), the next probe finds out and every waiting alert goes, once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_crm_credentials_pause_the_sink_until_they_work_again() {
+    let kafka = kafka(2);
+    let refused = Arc::new(AtomicBool::new(true));
+    let salesforce = {
+        let refused = refused.clone();
+        Api::start(move |r, _| match (r.method.as_str(), r.path.as_str()) {
+            ("POST", "/services/oauth2/token") if refused.load(Ordering::SeqCst) => Answer::new(
+                400,
+                r#"{"error":"invalid_client","error_description":"invalid client credentials"}"#,
+            ),
+            ("POST", "/services/oauth2/token") => {
+                Answer::new(200, r#"{"access_token":"tok","token_type":"Bearer"}"#)
+            }
+            ("GET", "/services/data/v62.0/query") => Answer::new(200, r#"{"totalSize":0}"#),
+            ("POST", "/services/data/v62.0/sobjects/Task") => {
+                Answer::new(201, r#"{"id":"00T1","success":true}"#)
+            }
+            _ => Answer::new(404, "[]"),
+        })
+        .await
+    };
+    let hubspot = {
+        let refused = refused.clone();
+        Api::start(move |r, _| {
+            if refused.load(Ordering::SeqCst) {
+                return Answer::new(
+                    401,
+                    r#"{"status":"error","message":"Authentication credentials not found.","category":"INVALID_AUTHENTICATION"}"#,
+                );
+            }
+            match r.path.as_str() {
+                "/crm/v3/objects/tasks/search" => Answer::new(200, r#"{"total":0}"#),
+                "/crm/v3/objects/tasks" => Answer::new(201, r#"{"id":"t-1"}"#),
+                _ => Answer::new(404, "{}"),
+            }
+        })
+        .await
+    };
+    let sinks = format!(
+        r#"
+[sinks.crm]
+kind = "salesforce"
+instance_url = "{sf}"
+token_url = "{sf}/services/oauth2/token"
+client_id = "leadwatch-client"
+client_secret = "revoked"
+[sinks.hubspot]
+kind = "hubspot"
+token = "pat-revoked"
+base_url = "{hs}"
+max_per_second = 50
+"#,
+        sf = salesforce.base,
+        hs = hubspot.base,
+    );
+    let group = "lwrevoked";
+    let d = Daemon::start(
+        &dispatch_config(
+            kafka.bootstrap(),
+            group,
+            r#"retry_schedule = ["300ms", "600ms", "1s"]"#,
+            &sinks,
+        ),
+        &rules_text("1h"),
+    )
+    .await;
+    let alerts = [
+        alert("sla.first_touch.breached", "salesforce:00Q5g00000R1", 1),
+        alert("sla.first_touch.breached", "salesforce:00Q5g00000R2", 2),
+        alert("sla.first_touch.breached", "hubspot:9001", 3),
+    ];
+    for a in &alerts {
+        produce(kafka.bootstrap(), a).await;
+    }
+    for (sink, reason) in [("crm", "token_refused"), ("hubspot", "unauthorized")] {
+        d.wait_for_metric(
+            &format!("{sink} paused"),
+            &format!("leadwatch_sink_paused{{sink=\"{sink}\",reason=\"{reason}\"}}"),
+            PATIENCE,
+            |v| v == 1.0,
+        )
+        .await;
+    }
+    for (sink, n) in [("crm", 2.0), ("hubspot", 1.0)] {
+        d.wait_for_metric(
+            &format!("{sink}'s alerts waiting in the backlog"),
+            &format!("leadwatch_delivery_retry_backlog{{sink=\"{sink}\"}}"),
+            PATIENCE,
+            |v| v == n,
+        )
+        .await;
+    }
+    wait_for("the alerts' offsets committed", PATIENCE, || async {
+        alerts_committed(kafka.bootstrap(), group).await == (3, 3)
+    })
+    .await;
+    // Probed again, on the schedule: the pause is not the end of it.
+    wait_for("the token endpoint asked again", PATIENCE, || async {
+        salesforce.to("/services/oauth2/token").len() >= 3
+    })
+    .await;
+    for sink in ["crm", "hubspot"] {
+        assert_eq!(
+            d.metric_or_zero(&format!(
+                "leadwatch_alert_deliveries_total{{sink=\"{sink}\",outcome=\"dead_lettered\"}}"
+            ))
+            .await,
+            0.0,
+            "{sink}: nothing is dead-lettered for the sink's credentials"
+        );
+    }
+
+    // Fixed at the vendor: the next probe gets through, and everything waiting goes.
+    refused.store(false, Ordering::SeqCst);
+    wait_delivered(
+        &d,
+        "every waiting alert once the credentials work",
+        &[("crm", 2.0), ("hubspot", 1.0)],
+    )
+    .await;
+    for (sink, reason) in [("crm", "token_refused"), ("hubspot", "unauthorized")] {
+        d.wait_for_metric(
+            &format!("{sink} resumed"),
+            &format!("leadwatch_sink_paused{{sink=\"{sink}\",reason=\"{reason}\"}}"),
+            PATIENCE,
+            |v| v == 0.0,
+        )
+        .await;
+        d.wait_for_metric(
+            &format!("{sink}'s backlog empty"),
+            &format!("leadwatch_delivery_retry_backlog{{sink=\"{sink}\"}}"),
+            PATIENCE,
+            |v| v == 0.0,
+        )
+        .await;
+    }
+    d.stop().await;
+    let mut who: Vec<String> = salesforce
+        .to("/services/data/v62.0/sobjects/Task")
+        .iter()
+        .map(|r| r.json()["WhoId"].as_str().unwrap().to_string())
+        .collect();
+    who.sort();
+    assert_eq!(who, ["00Q5g00000R1", "00Q5g00000R2"], "each task once");
+    assert_eq!(
+        hubspot.to("/crm/v3/objects/tasks").len(),
+        1,
+        "the task once"
+    );
+    assert!(dead_letters(kafka.bootstrap(), 2).await.is_empty());
 }

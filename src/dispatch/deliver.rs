@@ -114,7 +114,13 @@ impl Shared {
             .sinks
             .iter()
             .map(|(name, cfg)| {
-                let queue = SinkQueue::from_config(name, cfg, config.dispatch, http.clone());
+                let queue = SinkQueue::from_config(
+                    name,
+                    cfg,
+                    config.dispatch,
+                    http.clone(),
+                    metrics.clone(),
+                );
                 (name.clone(), Arc::new(queue))
             })
             .collect();
@@ -445,6 +451,23 @@ async fn settle(
             entry.excerpt = e.excerpt.chars().take(200).collect();
             shared.metrics.delivery(&sink, "retry_scheduled");
             tracing::warn!(%sink, alert_id = %alert.id(), attempt = entry.attempts, error = %e, delay = ?after, "delivery failed; retry scheduled");
+            entry.not_before = at;
+            schedule(shared, work, lead, entry).await
+        }
+        Decision::Wait {
+            at,
+            after,
+            tries,
+            error: e,
+        } => {
+            // The sink is paused (its credentials): the queue logged why, once; this delivery
+            // only waits for it.
+            entry.set_tries(tries);
+            entry.last_status = e.status;
+            entry.last_error = e.message.clone();
+            entry.excerpt = e.excerpt.chars().take(200).collect();
+            shared.metrics.delivery(&sink, "sink_paused");
+            tracing::debug!(%sink, alert_id = %alert.id(), delay = ?after, "the sink is paused; the delivery waits for it");
             entry.not_before = at;
             schedule(shared, work, lead, entry).await
         }

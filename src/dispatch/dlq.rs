@@ -209,7 +209,13 @@ pub async fn replay(
     let producer = Producer::new(&base, metrics.clone()).context("creating the producer")?;
     let http = Http::new(config.dispatch.request_timeout.0, clock.clone())
         .context("building the HTTP client")?;
-    let queue = SinkQueue::from_config(sink_name, sink_config, config.dispatch, http);
+    let queue = SinkQueue::from_config(
+        sink_name,
+        sink_config,
+        config.dispatch,
+        http,
+        metrics.clone(),
+    );
     let routes = Routes::new(config.routes.to_vec(), config.sinks.keys().cloned());
     let templates =
         routes::templates(config.routes).map_err(|p| anyhow::anyhow!("templates: {p:?}"))?;
@@ -298,7 +304,8 @@ pub async fn replay(
                     tries = t;
                     tokio::time::sleep(after).await;
                 }
-                Decision::DeadLetter(e) => break Err(e),
+                // Paused for its credentials: the letter goes back, as one that failed again.
+                Decision::DeadLetter(e) | Decision::Wait { error: e, .. } => break Err(e),
             }
         };
         match result {

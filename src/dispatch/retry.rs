@@ -147,6 +147,10 @@ pub trait Failure {
     fn retriable(&self) -> bool;
     /// How long the sink asked us to wait (`Retry-After` or its rate-limit headers).
     fn retry_after(&self) -> Option<Duration>;
+    /// The sink is paused (it refused our credentials): how long this delivery waits for it.
+    fn wait_for_sink(&self) -> Option<Duration> {
+        None
+    }
 }
 
 /// What comes after an attempt.
@@ -161,12 +165,24 @@ pub enum Decision<T, E> {
         tries: Tries,
         error: E,
     },
+    /// The sink is paused — it refused our credentials, which is no alert's fault — so the
+    /// delivery waits for it until `at`, `after` from now, and the attempt does not count:
+    /// `tries` is the delivery's past before it (no step used up, no failing clock started).
+    Wait {
+        at: Timestamp,
+        after: Duration,
+        tries: Tries,
+        error: E,
+    },
     /// Give up (a permanent error, no step left, or failing for too long): dead-letter it.
     DeadLetter(E),
 }
 
 /// Decides what follows an attempt: `tries` is the delivery's past (this attempt counted),
 /// `outcome` what the attempt came to, `now` when it ended.
+///
+/// An attempt the sink's queue held back because the sink is paused for its credentials
+/// ([`Failure::wait_for_sink`]) waits for the sink and counts for nothing ([`Decision::Wait`]).
 ///
 /// A failure is retried after the schedule's delay for its step, unless it is permanent, the
 /// schedule has no step left, or the delivery has failed for twice the schedule's span. The step
@@ -184,6 +200,19 @@ pub fn decide<T, E: Failure>(
         Ok(done) => return Decision::Done(done),
         Err(e) => e,
     };
+    if let Some(after) = error.wait_for_sink() {
+        let tries = Tries {
+            attempts: tries.attempts.saturating_sub(1),
+            early: false,
+            ..tries
+        };
+        return Decision::Wait {
+            at: later(now, after),
+            after,
+            tries,
+            error,
+        };
+    }
     let mut tries = tries;
     let since = *tries.failing_since.get_or_insert(now);
     // A flapping sink cannot turn the backlog into a storm: its early attempts are free only up
@@ -298,6 +327,54 @@ mod tests {
         retry_after: None,
     };
 
+    /// A sink paused for its credentials, probed again in a minute.
+    #[derive(Debug, Clone, Copy, PartialEq)]
+    struct Paused;
+
+    impl Failure for Paused {
+        fn retriable(&self) -> bool {
+            false
+        }
+        fn retry_after(&self) -> Option<Duration> {
+            None
+        }
+        fn wait_for_sink(&self) -> Option<Duration> {
+            Some(Duration::from_secs(60))
+        }
+    }
+
+    /// Refused credentials are no alert's fault: a delivery held back by its paused sink
+    /// waits for the sink, however many times, and is never dead-lettered for it — no step of
+    /// the schedule used up, the failing clock neither started nor moved.
+    #[test]
+    fn a_delivery_waiting_for_a_paused_sink_uses_up_nothing() {
+        let now = t0();
+        let past = Tries {
+            attempts: 4,
+            free: 1,
+            early: true,
+            failing_since: Some(now - secs(7 * 86_400)),
+        };
+        assert_eq!(
+            decide::<(), _>(past, Err(Paused), &exact(), now),
+            Decision::Wait {
+                at: now + secs(60),
+                after: Duration::from_secs(60),
+                tries: Tries {
+                    attempts: 3,
+                    early: false,
+                    ..past
+                },
+                error: Paused,
+            }
+        );
+        // The first attempt, held back: still the first to come.
+        match decide::<(), _>(tries(1), Err(Paused), &exact(), now) {
+            Decision::Wait { tries, .. } => assert_eq!(tries, Tries::default()),
+            other => panic!("{other:?}"),
+        }
+    }
+
     fn t0() -> Timestamp {
         "2026-11-25T10:00:00Z".parse().unwrap()
     }
@@ -326,7 +403,7 @@ mod tests {
         match decide::<(), _>(tries, Err(failed), &exact(), now) {
             Decision::RetryAt { after, .. } => Some(after),
             Decision::DeadLetter(_) => None,
-            Decision::Done(()) => panic!("a failure is never done"),
+            Decision::Done(()) | Decision::Wait { .. } => panic!("{failed:?} is a failure"),
         }
     }
 

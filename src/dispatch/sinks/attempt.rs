@@ -152,6 +152,14 @@ pub struct DeliveryError {
     pub retry_after: Option<Duration>,
     /// Hold every request to this sink for this long (the whole endpoint is rate-limited).
     pub pause_sink: Option<Duration>,
+    /// The sink's credentials were refused — a token endpoint's refusal, a 401 with a fresh (or
+    /// a static) token, a token without the scopes it needs: no alert's fault, and every alert
+    /// would meet it. Why, in a word (`token_refused`, `unauthorized`, `missing_scopes`): the
+    /// queue pauses the whole sink under that reason ([`crate::dispatch::queue`]).
+    pub credentials: Option<&'static str>,
+    /// The sink is paused for its credentials: this delivery waits this long (until the sink's
+    /// next probe) without using up an attempt; set by the queue, never by a sink.
+    pub wait_for_sink: Option<Duration>,
     pub status: Option<u16>,
     /// What failed, without secrets.
     pub message: String,
@@ -229,6 +237,7 @@ impl DeliveryError {
             status: Some(status),
             message,
             excerpt,
+            ..Self::default()
         }
     }
 }
@@ -239,6 +248,9 @@ impl retry::Failure for DeliveryError {
     }
     fn retry_after(&self) -> Option<Duration> {
         self.retry_after
+    }
+    fn wait_for_sink(&self) -> Option<Duration> {
+        self.wait_for_sink
     }
 }
 

@@ -82,8 +82,8 @@ where
     }
     match patch(owner).await {
         Ok(_) => Ok(Some(owner)),
-        // Retriable, or our credentials (a 401 after a fresh token): not the reassignment's fault.
-        Err(e) if e.retriable || e.status == Some(401) => Err(e),
+        // Retriable, or our credentials: not the reassignment's fault.
+        Err(e) if e.retriable || e.credentials.is_some() => Err(e),
         Err(e) => {
             tracing::warn!(
                 alert_id = %a.alert.id(),

@@ -85,9 +85,16 @@ impl HubspotSink {
         let status = response.status().as_u16();
         let wait = rate_limit_wait(response.headers());
         let mut e = DeliveryError::from_response(&what, response, self.http.clock.now()).await;
-        if status == 429 {
-            e.retry_after = e.retry_after.or(wait);
-            e.pause_sink = e.retry_after;
+        match status {
+            429 => {
+                e.retry_after = e.retry_after.or(wait);
+                e.pause_sink = e.retry_after;
+            }
+            // The token is static: a 401 refuses it for every alert; so does a token without
+            // the scopes the call needs.
+            401 => e.credentials = Some("unauthorized"),
+            403 if e.excerpt.contains("MISSING_SCOPES") => e.credentials = Some("missing_scopes"),
+            _ => {}
         }
         Err(e)
     }

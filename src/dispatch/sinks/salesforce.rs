@@ -30,6 +30,11 @@ use super::crm;
 use crate::conf::{HumanDuration0, KeyProblems, SecretString};
 use crate::dispatch::retry;
 
+/// Why the sink pauses (`leadwatch_sink_paused{reason}`): the token endpoint refused the
+/// credentials, or the API refused a fresh token.
+const TOKEN_REFUSED: &str = "token_refused";
+const UNAUTHORIZED: &str = "unauthorized";
+
 /// The longest Subject Salesforce takes.
 const SUBJECT_MAX: usize = 255;
 
@@ -121,6 +126,10 @@ impl SalesforceSink {
         if !response.status().is_success() {
             let mut e = DeliveryError::from_response(&what, response, self.http.clock.now()).await;
             e.message = format!("getting an access token: {}", e.message);
+            if !e.retriable {
+                // The credentials (or the connected app) were refused: every alert would be.
+                e.credentials = Some(TOKEN_REFUSED);
+            }
             return Err(e);
         }
         let body: Value = response
@@ -130,8 +139,9 @@ impl SalesforceSink {
         let token = body["access_token"]
             .as_str()
             .filter(|t| !t.is_empty())
-            .ok_or_else(|| {
-                DeliveryError::permanent(format!("{what}: the answer has no access_token"))
+            .ok_or_else(|| DeliveryError {
+                credentials: Some(TOKEN_REFUSED),
+                ..DeliveryError::permanent(format!("{what}: the answer has no access_token"))
             })?
             .to_string();
         *cached = Some(token.clone());
@@ -158,7 +168,10 @@ impl SalesforceSink {
                 (
                     "assertion",
                     key.assertion(&self.client_id, username, audience, self.http.clock.now())
-                        .map_err(DeliveryError::permanent)?,
+                        .map_err(|e| DeliveryError {
+                            credentials: Some(TOKEN_REFUSED),
+                            ..DeliveryError::permanent(e)
+                        })?,
                 ),
             ],
         })
@@ -212,7 +225,9 @@ impl SalesforceSink {
                 e.message = format!("{what}: the org's API request limit is exhausted");
             }
             if status == 401 {
+                // A fresh token refused: the integration user or the app, not the alert.
                 e.message = format!("{what} answered 401 even with a fresh token");
+                e.credentials = Some(UNAUTHORIZED);
             }
             return Err(e);
         }
