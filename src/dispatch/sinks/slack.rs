@@ -132,9 +132,17 @@ mod tests {
         alert.kind = "<!channel> <@U0BOSS0001>".into();
         alert.data.rule = "<!here>".into();
         alert.data.lead_info.name = Some("<https://evil.example|Jane>".into());
+        alert.data.lead_info.company = Some("<!channel> & [x](https://evil.example)".into());
+        alert.data.message = "Call <!everyone> now".into();
         alert.data.link = Some("https://crm.example/x?a=1&b=<!channel>".into());
         for t in mrkdwn(&message(&alert)) {
-            for control in ["<!channel>", "<!here>", "<@U0BOSS0001>", "<https://evil"] {
+            for control in [
+                "<!channel>",
+                "<!here>",
+                "<!everyone>",
+                "<@U0BOSS0001>",
+                "<https://evil",
+            ] {
                 assert!(!t.contains(control), "`{control}` is live in {t:?}");
             }
         }
