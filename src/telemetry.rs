@@ -56,6 +56,12 @@ struct SinkLabel {
     sink: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct SinkReason {
+    sink: String,
+    reason: String,
+}
+
 /// Delivery latency buckets, seconds: from a quarter second to a day (retries span that).
 fn latency_histogram() -> Histogram {
     Histogram::new([
@@ -84,6 +90,7 @@ pub struct Metrics {
     deliveries: Family<SinkOutcome, Counter>,
     unrouted: Family<TypeLabel, Counter>,
     retry_backlog: Family<SinkLabel, Gauge>,
+    sink_paused: Family<SinkReason, Gauge>,
     delivery_latency: Family<SinkLabel, Histogram, fn() -> Histogram>,
     rule_errors: Family<RuleLabel, Counter>,
     consumer_lag: Family<GroupLabel, Gauge>,
@@ -139,7 +146,7 @@ impl Metrics {
         let deliveries = Family::default();
         registry.register(
             "alert_deliveries",
-            "Alert deliveries by sink and outcome (delivered, already_there, retry_scheduled, dead_lettered, skipped)",
+            "Alert deliveries by sink and outcome (delivered, already_there, retry_scheduled, dead_lettered, skipped, sink_paused, unreadable_alert)",
             deliveries.clone(),
         );
         let unrouted = Family::default();
@@ -153,6 +160,13 @@ impl Metrics {
             "delivery_retry_backlog",
             "Deliveries waiting for a retry in this instance's partitions, by sink",
             retry_backlog.clone(),
+        );
+        let sink_paused = Family::default();
+        registry.register(
+            "sink_paused",
+            "1 while a sink is paused because it refused our credentials (reason: token_refused, \
+             unauthorized, missing_scopes); its deliveries wait in the backlog",
+            sink_paused.clone(),
         );
         let delivery_latency =
             Family::<SinkLabel, Histogram, fn() -> Histogram>::new_with_constructor(
@@ -239,6 +253,7 @@ impl Metrics {
             deliveries,
             unrouted,
             retry_backlog,
+            sink_paused,
             delivery_latency,
             rule_errors,
             consumer_lag,
@@ -324,6 +339,16 @@ impl Metrics {
         self.retry_backlog
             .get_or_create(&SinkLabel { sink: sink.into() })
             .set(n);
+    }
+
+    /// `leadwatch_sink_paused{sink, reason}`: 1 while paused for that reason, else 0.
+    pub fn set_sink_paused(&self, sink: &str, reason: &str, paused: bool) {
+        self.sink_paused
+            .get_or_create(&SinkReason {
+                sink: sink.into(),
+                reason: reason.into(),
+            })
+            .set(i64::from(paused));
     }
 
     pub fn delivery_latency(&self, sink: &str, seconds: f64) {

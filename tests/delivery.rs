@@ -1039,8 +1039,10 @@ async fn a_sink_that_says_when_to_retry_is_waited_for_but_cannot_shorten_the_sch
     d.stop().await;
 }
 
-/// A reassignment the CRM refuses for good does not cost the rep the task; a second 401 (after a
-/// fresh token) and a 403 that is not the API limit are permanent.
+/// A reassignment the CRM refuses for good does not cost the rep the task; a 403 that is not
+/// the API limit is permanent; a second 401 (after a fresh token) refuses the sink's
+/// credentials, not the alert: the sink's queue pauses the sink on it (see
+/// `refused_crm_credentials_pause_the_sink_until_they_work_again`).
 #[tokio::test]
 async fn salesforce_refusals_that_are_final_and_one_that_is_not() {
     use leadwatch::dispatch::sinks::SinkConfig;
@@ -1128,6 +1130,7 @@ async fn salesforce_refusals_that_are_final_and_one_that_is_not() {
     let e = deliver().await.unwrap_err();
     assert!(!e.retriable, "{e}");
     assert_eq!(e.status, Some(401));
+    assert_eq!(e.credentials, Some("unauthorized"), "{e}");
     let got = salesforce.requests();
     assert_eq!(
         got.iter()
@@ -1142,6 +1145,7 @@ async fn salesforce_refusals_that_are_final_and_one_that_is_not() {
     let e = deliver().await.unwrap_err();
     assert!(!e.retriable, "{e}");
     assert_eq!(e.status, Some(403));
+    assert_eq!(e.credentials, None, "the alert's, not the sink's: {e}");
 }
 
 /// The same alert twice in `{prefix}.alerts` (the engine fired it again after a crash, before
@@ -1201,4 +1205,516 @@ async fn a_copy_of_an_alert_in_flight_is_not_delivered_again() {
         [first.id(), next.id()],
         "the first delivery was not answered: the copy never had one to wait for"
     );
+}
+
+/// One attempt at `alert` through the sink `cfg` configures, with the daemon's own HTTP client.
+async fn attempt_once(
+    cfg: serde_json::Value,
+    alert: &Alert,
+    attempt: u32,
+) -> Result<leadwatch::dispatch::sinks::Delivered, leadwatch::dispatch::sinks::DeliveryError> {
+    use leadwatch::dispatch::sinks::{Attempt, Http, Sink, SinkConfig};
+    use leadwatch::dispatch::template::Templates;
+    let cfg: SinkConfig = serde_json::from_value(cfg).unwrap();
+    assert!(cfg.problems().is_empty(), "{:?}", cfg.problems());
+    let http = Http::new(Duration::from_secs(5), Clock::system()).unwrap();
+    let sink = Sink::from_config(&cfg, http);
+    let message = Templates::new(&[])
+        .unwrap()
+        .render(alert, None, sink.style());
+    let body = bytes::Bytes::from(serde_json::to_vec(alert).unwrap());
+    sink.deliver(&Attempt {
+        alert,
+        body: &body,
+        attempt,
+        maybe_attempted: false,
+        message: &message,
+    })
+    .await
+}
+
+/// A lead key whose object id is not letters and digits — `hubspot:1/../../companies/5`, as
+/// the generic source accepted it — never becomes a request: with `apply_reassignment`, the
+/// HubSpot sink would have PATCHed a company's owner (`Url` resolves `..`). Both CRM sinks
+/// refuse such a lead for good (a permanent error: dead-lettered, saying why) without a single
+/// request, and build every URL from path segments.
+#[tokio::test]
+async fn crm_sinks_refuse_object_ids_that_could_leave_the_record_without_a_request() {
+    let api = Api::start(|r, _| match r.path.as_str() {
+        "/services/oauth2/token" => Answer::new(200, r#"{"access_token":"tok"}"#),
+        "/crm/v3/objects/tasks/search" => Answer::new(200, r#"{"total":0}"#),
+        p if p.ends_with("/query") => Answer::new(200, r#"{"totalSize":0}"#),
+        _ => Answer::new(200, r#"{"id":"1"}"#),
+    })
+    .await;
+    let hubspot = serde_json::json!({
+        "kind": "hubspot", "token": "pat", "base_url": api.base, "apply_reassignment": true,
+    });
+    let salesforce = serde_json::json!({
+        "kind": "salesforce", "instance_url": api.base,
+        "token_url": format!("{}/services/oauth2/token", api.base),
+        "client_id": "cid", "client_secret": "s", "apply_reassignment": true,
+        "external_id_field": "Leadwatch_Alert_Id__c",
+    });
+    let mut a = alert("sla.first_touch.escalated", "", 1);
+    a.data.suggested_owner = Some("77".into());
+    for (cfg, lead) in [
+        (&hubspot, "hubspot:1/../../companies/5"),
+        (&hubspot, "hubspot:1%2F..%2F..%2Fcompanies%2F5"),
+        (&hubspot, "1/../../companies/5"),
+        (
+            &salesforce,
+            "salesforce:00Q5g00000A/../../Account/0015g00000B",
+        ),
+        (&salesforce, "salesforce:00Q5g00000A?fields=OwnerId"),
+    ] {
+        a.data.lead = lead.to_string();
+        let e = attempt_once(cfg.clone(), &a, 2).await.unwrap_err();
+        assert!(!e.retriable, "{lead}: {e}");
+        assert!(
+            e.message.contains(lead),
+            "{lead}: the reason names the lead: {e}"
+        );
+    }
+    assert_eq!(
+        lines(&api.requests()),
+        Vec::<String>::new(),
+        "no request at all"
+    );
+
+    // A well-formed lead goes where it should, segment by segment.
+    a.data.lead = "hubspot:901".into();
+    attempt_once(hubspot.clone(), &a, 1).await.unwrap();
+    a.data.lead = "salesforce:00Q5g00000A".into();
+    a.data.suggested_owner = Some("005A0000009".into());
+    attempt_once(salesforce.clone(), &a, 1).await.unwrap();
+    assert_eq!(
+        lines(&api.requests()),
+        [
+            "PATCH /crm/v3/objects/contacts/901",
+            "POST /crm/v3/objects/tasks",
+            "POST /services/oauth2/token",
+            "PATCH /services/data/v62.0/sobjects/Lead/00Q5g00000A",
+            format!(
+                "PATCH /services/data/v62.0/sobjects/Task/Leadwatch_Alert_Id__c/{}",
+                a.id()
+            )
+            .as_str(),
+        ]
+    );
+}
+
+/// A sink that answers with a redirect is not followed there: reqwest would follow it with
+/// the signature (and, to the same host, the credentials) attached. The attempt fails, saying
+/// where the answer pointed — without its query, and for chat sinks, whose URLs are secrets,
+/// without its path.
+#[tokio::test]
+async fn sinks_do_not_follow_redirects_and_say_where_they_pointed() {
+    let elsewhere = Api::start(|_, _| Answer::new(200, "thanks")).await;
+    let target = format!("{}/collect/secret-path?token=s3cret", elsewhere.base);
+    let redirecting = {
+        let target = target.clone();
+        Api::start(move |r, _| {
+            let status = if r.path.starts_with("/hooks") {
+                307
+            } else {
+                302
+            };
+            Answer::new(status, "").header("location", target.clone())
+        })
+        .await
+    };
+    let a = alert("sla.first_touch.breached", "L-1", 1);
+    let webhook = serde_json::json!({
+        "kind": "webhook", "url": format!("{}/hooks/alerts", redirecting.base), "secret": SINK_SECRET,
+    });
+    let e = attempt_once(webhook, &a, 1).await.unwrap_err();
+    assert_eq!(e.status, Some(307));
+    let host = elsewhere.base.trim_start_matches("http://");
+    assert!(
+        e.message.contains(&format!("{host}/collect/secret-path")),
+        "says where: {e}"
+    );
+    assert!(!e.message.contains("s3cret"), "{e}");
+    let slack = serde_json::json!({
+        "kind": "slack", "webhook_url": format!("{}/services/T0/B0/chatsecret", redirecting.base),
+    });
+    let e = attempt_once(slack, &a, 1).await.unwrap_err();
+    assert_eq!(e.status, Some(302));
+    assert!(e.message.contains(host), "says where: {e}");
+    assert!(
+        !e.message.contains("secret-path") && !e.message.contains("s3cret"),
+        "a chat sink's redirect may carry its secret: {e}"
+    );
+    assert!(!e.message.contains("chatsecret"), "{e}");
+    assert_eq!(
+        elsewhere.count(),
+        0,
+        "followed to {:?}",
+        lines(&elsewhere.requests())
+    );
+}
+
+/// A receiver answering `503` with a `Retry-After` no clock can hold (twenty quintillion
+/// seconds) used to panic the dispatcher ("cannot convert float seconds to Duration") and
+/// stop the daemon, over and over after each restart. It is a wait of `max_retry_after`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retry_after_past_the_end_of_time_is_a_clamped_wait_not_a_crash() {
+    let kafka = kafka(2);
+    let hook = Api::start(|_, before| match before.len() {
+        0 => Answer::new(503, "busy").header("retry-after", "20000000000000000000"),
+        _ => Answer::new(204, ""),
+    })
+    .await;
+    let sinks = format!(
+        "[sinks.hook]\nkind = \"webhook\"\nurl = \"{}/alerts\"\nsecret = \"{SINK_SECRET}\"\n",
+        hook.base
+    );
+    let d = Daemon::start(
+        &dispatch_config(
+            kafka.bootstrap(),
+            "lwforever",
+            "retry_schedule = [\"300ms\", \"300ms\"]\nmax_retry_after = \"2s\"",
+            &sinks,
+        ),
+        &rules_text("1h"),
+    )
+    .await;
+    let first = alert("sla.first_touch.breached", "L-1", 1);
+    produce(kafka.bootstrap(), &first).await;
+    wait_delivered(&d, "the alert, after the clamped wait", &[("hook", 1.0)]).await;
+    let got = hook.requests();
+    assert_eq!(got.len(), 2, "{:?}", lines(&got));
+    let waited = got[1].at - got[0].at;
+    assert!(
+        waited >= Duration::from_millis(1900),
+        "waited {waited:?}, not max_retry_after"
+    );
+    // Still alive: the next alert goes out too.
+    let next = alert("sla.first_touch.breached", "L-2", 2);
+    produce(kafka.bootstrap(), &next).await;
+    wait_delivered(&d, "the next alert", &[("hook", 2.0)]).await;
+    d.stop().await;
+}
+
+/// Alerts no engine writes, put into `{prefix}.alerts` by anyone who can write to the topic:
+/// an id of 300 characters (the Salesforce Subject's length computation underflowed), a firing
+/// time at the end of time (the task's due date overflowed), fields of hundreds of kilobytes.
+/// None stops the dispatcher: the alert whose id cannot be an idempotency key is dead-lettered
+/// for each of its sinks, saying why, without a request; the others are delivered, their values
+/// clamped and cut to what each vendor takes; the alert after them is delivered as usual.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn poison_alerts_are_dead_lettered_or_delivered_clamped_never_a_crash() {
+    let kafka = kafka(2);
+    let hook = Api::start(|_, _| Answer::new(204, "")).await;
+    // Salesforce as it is: a Subject over 255 characters, a Description over 32,000 or a date
+    // outside 1700–4000 is refused.
+    let salesforce = Api::start(|r, _| match (r.method.as_str(), r.path.as_str()) {
+        ("POST", "/services/oauth2/token") => Answer::new(200, r#"{"access_token":"tok"}"#),
+        ("GET", "/services/data/v62.0/query") => Answer::new(200, r#"{"totalSize":0}"#),
+        ("POST", "/services/data/v62.0/sobjects/Task") => {
+            let task = r.json();
+            let len = |f: &str| task[f].as_str().unwrap_or("").chars().count();
+            let date = task["ActivityDate"].as_str().unwrap_or("");
+            if len("Subject") > 255 || len("Description") > 32_000 {
+                Answer::new(400, r#"[{"errorCode":"STRING_TOO_LONG"}]"#)
+            } else if !("1700-01-01"..="4000-12-31").contains(&date) || date.len() != 10 {
+                Answer::new(400, r#"[{"errorCode":"FIELD_INTEGRITY_EXCEPTION"}]"#)
+            } else {
+                Answer::new(201, r#"{"id":"00T1","success":true}"#)
+            }
+        }
+        _ => Answer::new(404, "[]"),
+    })
+    .await;
+    // Slack as it is: a block over its limits is `invalid_blocks`.
+    let slack = Api::start(|r, _| {
+        let msg = r.json();
+        let over = msg["blocks"].as_array().unwrap().iter().any(|b| {
+            let long = |v: &serde_json::Value, max: usize| {
+                v.as_str().is_some_and(|s| s.chars().count() > max)
+            };
+            long(
+                &b["text"]["text"],
+                if b["type"] == "header" { 150 } else { 3000 },
+            ) || b["fields"]
+                .as_array()
+                .is_some_and(|f| f.iter().any(|f| long(&f["text"], 2000)))
+        });
+        if over {
+            Answer::new(400, "invalid_blocks")
+        } else {
+            Answer::new(200, "ok")
+        }
+    })
+    .await;
+    // Teams as it is: a message over 28 KB is refused.
+    let teams = Api::start(|r, _| {
+        if r.body.len() > 28 * 1024 {
+            Answer::new(413, "MessageSizeExceeded")
+        } else {
+            Answer::new(202, "")
+        }
+    })
+    .await;
+    let sinks = format!(
+        r#"
+[sinks.hook]
+kind = "webhook"
+url = "{hook}/alerts"
+secret = "{SINK_SECRET}"
+[sinks.crm]
+kind = "salesforce"
+instance_url = "{sf}"
+token_url = "{sf}/services/oauth2/token"
+client_id = "leadwatch-client"
+client_secret = "sfsecret"
+due_in = "2d"
+[sinks.chat]
+kind = "slack"
+webhook_url = "{slack}/services/T0/B0/x"
+max_per_second = 50
+[sinks.cards]
+kind = "teams"
+webhook_url = "{teams}/workflows/x"
+max_per_second = 50
+"#,
+        hook = hook.base,
+        sf = salesforce.base,
+        slack = slack.base,
+        teams = teams.base,
+    );
+    let d = Daemon::start(
+        &dispatch_config(
+            kafka.bootstrap(),
+            "lwpoison",
+            r#"retry_schedule = ["300ms", "600ms"]"#,
+            &sinks,
+        ),
+        &rules_text("1h"),
+    )
+    .await;
+    let mut long_id = alert("sla.first_touch.breached", "salesforce:00Q5g00000P1", 1);
+    long_id.data.alert_id = format!("alert_{}", "0".repeat(294));
+    let mut end_of_time = alert("sla.first_touch.breached", "salesforce:00Q5g00000P2", 2);
+    end_of_time.timestamp = "9999-12-30T00:00:00Z".parse().unwrap();
+    end_of_time.data.deadline = end_of_time.timestamp;
+    let mut huge = alert("sla.first_touch.breached", "salesforce:00Q5g00000P3", 3);
+    huge.data.message = "M".repeat(60_000);
+    huge.data.lead_info.name = Some("N".repeat(20_000));
+    huge.data.lead_info.company = Some("C".repeat(20_000));
+    let after = alert("sla.first_touch.breached", "salesforce:00Q5g00000P4", 4);
+    for a in [&long_id, &end_of_time, &huge, &after] {
+        produce(kafka.bootstrap(), a).await;
+    }
+    let sinks = ["hook", "crm", "chat", "cards"];
+    let each: Vec<(&str, f64)> = sinks.iter().map(|s| (*s, 3.0)).collect();
+    wait_delivered(&d, "the three deliverable alerts everywhere", &each).await;
+    for sink in sinks {
+        d.wait_for_metric(
+            &format!("the long id dead-lettered for {sink}"),
+            &format!(
+                "leadwatch_alert_deliveries_total{{sink=\"{sink}\",outcome=\"dead_lettered\"}}"
+            ),
+            PATIENCE,
+            |v| v == 1.0,
+        )
+        .await;
+    }
+    let letters = read_topic(kafka.bootstrap(), &format!("{PREFIX}.alerts.dlq"), 4).await;
+    let mut dead: Vec<&str> = letters
+        .iter()
+        .map(|(_, l)| l["sink"].as_str().unwrap())
+        .collect();
+    dead.sort();
+    assert_eq!(dead, ["cards", "chat", "crm", "hook"]);
+    for (key, l) in &letters {
+        assert_eq!(key, "invalid", "keyed by no id of 300 characters");
+        assert_eq!(l["alert"]["data"]["alert_id"], long_id.id());
+        assert!(
+            l["error"].as_str().unwrap().contains("alert id"),
+            "says why: {l}"
+        );
+    }
+    // Nothing of the refused alert reached a sink.
+    let ids: Vec<String> = hook
+        .requests()
+        .iter()
+        .map(|r| r.header("webhook-id").to_string())
+        .collect();
+    assert_eq!(ids.len(), 3);
+    assert!(!ids.contains(&long_id.id().to_string()));
+    let tasks: Vec<serde_json::Value> = salesforce
+        .to("/services/data/v62.0/sobjects/Task")
+        .iter()
+        .map(|r| r.json())
+        .collect();
+    assert_eq!(tasks.len(), 3, "{tasks:?}");
+    let due: Vec<&str> = tasks
+        .iter()
+        .filter(|t| t["WhoId"] == "00Q5g00000P2")
+        .map(|t| t["ActivityDate"].as_str().unwrap())
+        .collect();
+    assert_eq!(due, ["4000-12-31"], "the latest date Salesforce takes");
+    assert_eq!(slack.count(), 3, "each accepted at once");
+    assert_eq!(teams.count(), 3, "each accepted at once");
+    d.stop().await;
+}
+
+/// The CRM refuses the credentials — a client secret revoked, a connected app disabled, a
+/// private app's token deleted. That is no alert's fault, so no alert is dead-lettered: the sink
+/// pauses. Its deliveries wait in the backlog while the alerts topic moves on, a gauge says which
+/// sink and why, and the sink is probed again on the retry schedule; once the credentials are
+/// good again (fixed at the vendor), the next probe finds out and every waiting alert goes, once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_crm_credentials_pause_the_sink_until_they_work_again() {
+    let kafka = kafka(2);
+    let refused = Arc::new(AtomicBool::new(true));
+    let salesforce = {
+        let refused = refused.clone();
+        Api::start(move |r, _| match (r.method.as_str(), r.path.as_str()) {
+            ("POST", "/services/oauth2/token") if refused.load(Ordering::SeqCst) => Answer::new(
+                400,
+                r#"{"error":"invalid_client","error_description":"invalid client credentials"}"#,
+            ),
+            ("POST", "/services/oauth2/token") => {
+                Answer::new(200, r#"{"access_token":"tok","token_type":"Bearer"}"#)
+            }
+            ("GET", "/services/data/v62.0/query") => Answer::new(200, r#"{"totalSize":0}"#),
+            ("POST", "/services/data/v62.0/sobjects/Task") => {
+                Answer::new(201, r#"{"id":"00T1","success":true}"#)
+            }
+            _ => Answer::new(404, "[]"),
+        })
+        .await
+    };
+    let hubspot = {
+        let refused = refused.clone();
+        Api::start(move |r, _| {
+            if refused.load(Ordering::SeqCst) {
+                return Answer::new(
+                    401,
+                    r#"{"status":"error","message":"Authentication credentials not found.","category":"INVALID_AUTHENTICATION"}"#,
+                );
+            }
+            match r.path.as_str() {
+                "/crm/v3/objects/tasks/search" => Answer::new(200, r#"{"total":0}"#),
+                "/crm/v3/objects/tasks" => Answer::new(201, r#"{"id":"t-1"}"#),
+                _ => Answer::new(404, "{}"),
+            }
+        })
+        .await
+    };
+    let sinks = format!(
+        r#"
+[sinks.crm]
+kind = "salesforce"
+instance_url = "{sf}"
+token_url = "{sf}/services/oauth2/token"
+client_id = "leadwatch-client"
+client_secret = "revoked"
+[sinks.hubspot]
+kind = "hubspot"
+token = "pat-revoked"
+base_url = "{hs}"
+max_per_second = 50
+"#,
+        sf = salesforce.base,
+        hs = hubspot.base,
+    );
+    let group = "lwrevoked";
+    let d = Daemon::start(
+        &dispatch_config(
+            kafka.bootstrap(),
+            group,
+            r#"retry_schedule = ["300ms", "600ms", "1s"]"#,
+            &sinks,
+        ),
+        &rules_text("1h"),
+    )
+    .await;
+    let alerts = [
+        alert("sla.first_touch.breached", "salesforce:00Q5g00000R1", 1),
+        alert("sla.first_touch.breached", "salesforce:00Q5g00000R2", 2),
+        alert("sla.first_touch.breached", "hubspot:9001", 3),
+    ];
+    for a in &alerts {
+        produce(kafka.bootstrap(), a).await;
+    }
+    for (sink, reason) in [("crm", "token_refused"), ("hubspot", "unauthorized")] {
+        d.wait_for_metric(
+            &format!("{sink} paused"),
+            &format!("leadwatch_sink_paused{{sink=\"{sink}\",reason=\"{reason}\"}}"),
+            PATIENCE,
+            |v| v == 1.0,
+        )
+        .await;
+    }
+    for (sink, n) in [("crm", 2.0), ("hubspot", 1.0)] {
+        d.wait_for_metric(
+            &format!("{sink}'s alerts waiting in the backlog"),
+            &format!("leadwatch_delivery_retry_backlog{{sink=\"{sink}\"}}"),
+            PATIENCE,
+            |v| v == n,
+        )
+        .await;
+    }
+    wait_for("the alerts' offsets committed", PATIENCE, || async {
+        alerts_committed(kafka.bootstrap(), group).await == (3, 3)
+    })
+    .await;
+    // Probed again, on the schedule: the pause is not the end of it.
+    wait_for("the token endpoint asked again", PATIENCE, || async {
+        salesforce.to("/services/oauth2/token").len() >= 3
+    })
+    .await;
+    for sink in ["crm", "hubspot"] {
+        assert_eq!(
+            d.metric_or_zero(&format!(
+                "leadwatch_alert_deliveries_total{{sink=\"{sink}\",outcome=\"dead_lettered\"}}"
+            ))
+            .await,
+            0.0,
+            "{sink}: nothing is dead-lettered for the sink's credentials"
+        );
+    }
+
+    // Fixed at the vendor: the next probe gets through, and everything waiting goes.
+    refused.store(false, Ordering::SeqCst);
+    wait_delivered(
+        &d,
+        "every waiting alert once the credentials work",
+        &[("crm", 2.0), ("hubspot", 1.0)],
+    )
+    .await;
+    for (sink, reason) in [("crm", "token_refused"), ("hubspot", "unauthorized")] {
+        d.wait_for_metric(
+            &format!("{sink} resumed"),
+            &format!("leadwatch_sink_paused{{sink=\"{sink}\",reason=\"{reason}\"}}"),
+            PATIENCE,
+            |v| v == 0.0,
+        )
+        .await;
+        d.wait_for_metric(
+            &format!("{sink}'s backlog empty"),
+            &format!("leadwatch_delivery_retry_backlog{{sink=\"{sink}\"}}"),
+            PATIENCE,
+            |v| v == 0.0,
+        )
+        .await;
+    }
+    d.stop().await;
+    let mut who: Vec<String> = salesforce
+        .to("/services/data/v62.0/sobjects/Task")
+        .iter()
+        .map(|r| r.json()["WhoId"].as_str().unwrap().to_string())
+        .collect();
+    who.sort();
+    assert_eq!(who, ["00Q5g00000R1", "00Q5g00000R2"], "each task once");
+    assert_eq!(
+        hubspot.to("/crm/v3/objects/tasks").len(),
+        1,
+        "the task once"
+    );
+    assert!(dead_letters(kafka.bootstrap(), 2).await.is_empty());
 }

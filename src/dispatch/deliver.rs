@@ -23,9 +23,10 @@ use super::ledger::{Ledger, Mark};
 use super::queue::SinkQueue;
 use super::retry::{self, Decision, Schedule};
 use super::routes::{self, Routes};
+use super::sinks::attempt::{refusal, truncate};
 use super::sinks::{Attempt, Delivered, DeliveryError, Http};
 use super::template::Templates;
-use crate::alert::Alert;
+use crate::alert::{ALERT_TYPES, Alert};
 use crate::bus::Topics;
 use crate::bus::changelog::Snapshot;
 use crate::bus::producer::Producer;
@@ -113,7 +114,13 @@ impl Shared {
             .sinks
             .iter()
             .map(|(name, cfg)| {
-                let queue = SinkQueue::from_config(name, cfg, config.dispatch, http.clone());
+                let queue = SinkQueue::from_config(
+                    name,
+                    cfg,
+                    config.dispatch,
+                    http.clone(),
+                    metrics.clone(),
+                );
                 (name.clone(), Arc::new(queue))
             })
             .collect();
@@ -223,12 +230,29 @@ pub(crate) async fn fan_out(
 ) -> Option<(i32, i64)> {
     let targets = shared.routes.targets(&alert);
     if targets.is_empty() {
-        shared.metrics.unrouted(&alert.kind);
+        // A type no engine fires is counted as `other`: the label keeps few values.
+        let kind = if ALERT_TYPES.contains(&alert.kind.as_str()) {
+            alert.kind.as_str()
+        } else {
+            "other"
+        };
+        shared.metrics.unrouted(kind);
         tracing::warn!(
-            alert_id = %alert.id(), r#type = %alert.kind, lead = %alert.data.lead,
-            alert = %String::from_utf8_lossy(&body),
+            alert_id = %truncate(alert.id(), 80), r#type = %truncate(&alert.kind, 80),
+            lead = %truncate(&alert.data.lead, 200),
+            alert = %truncate(&String::from_utf8_lossy(&body), 2000),
             "no route matches this alert; it is not delivered anywhere"
         );
+        return (!work.revoked.is_cancelled()).then_some((work.partition, offset));
+    }
+    if let Some(why) = refusal(&alert) {
+        // Its id is the key of the ledger, the backlog and every sink's idempotency: it goes
+        // to the dead letters for each of its sinks, and nowhere else.
+        for t in &targets {
+            if !refuse(&shared, &t.sink, &body, &why).await {
+                return None;
+            }
+        }
         return (!work.revoked.is_cancelled()).then_some((work.partition, offset));
     }
     let lead = alert.data.lead.clone();
@@ -304,6 +328,22 @@ async fn attempt(
     outcome.result
 }
 
+/// Dead-letters `body` (an alert, or what should have been one) for `sink` without an attempt:
+/// `why` no sink may take it. True once the letter is in Kafka.
+async fn refuse(shared: &Shared, sink: &str, body: &[u8], why: &str) -> bool {
+    shared.metrics.delivery(sink, "dead_lettered");
+    tracing::error!(%sink, error = %why, "alert refused without an attempt; dead-lettered");
+    let e = DeliveryError::permanent(why);
+    let letter = dlq::DeadLetter::new(sink, body, 0, &e, shared.clock.now());
+    dlq::write(
+        &shared.producer,
+        &shared.topics.dlq,
+        &letter,
+        &shared.abandon,
+    )
+    .await
+}
+
 /// A backlog entry whose time has come.
 pub(crate) async fn retry_one(shared: Arc<Shared>, work: Work, lead: String, mut entry: Pending) {
     let _turn = shared.deliveries.turn(&entry.alert_id, &entry.sink).await;
@@ -317,18 +357,30 @@ pub(crate) async fn retry_one(shared: Arc<Shared>, work: Work, lead: String, mut
         return;
     }
     let body = Bytes::from(entry.body.clone());
-    let alert: Alert = match serde_json::from_slice(&body) {
-        Ok(a) => a,
+    // The entry is read from Kafka like the alert was: what cannot be delivered is
+    // dead-lettered (its body kept as it is), then removed.
+    let readable = match serde_json::from_slice::<Alert>(&body) {
+        Ok(alert) if alert.id() != entry.alert_id => {
+            Err("a retry-backlog entry whose alert id is not its alert's".to_string())
+        }
+        Ok(alert) => refusal(&alert).map_or(Ok(alert), Err),
         Err(e) => {
-            tracing::error!(alert_id = %entry.alert_id, error = %e, "a backlog entry's alert is unreadable; dropped");
             shared.metrics.delivery(&entry.sink, "unreadable_alert");
-            remove(&shared, &work, &lead, &entry).await;
+            Err(format!("a retry-backlog entry's alert is unreadable: {e}"))
+        }
+    };
+    let alert = match readable {
+        Ok(alert) => alert,
+        Err(why) => {
+            if refuse(&shared, &entry.sink, &body, &why).await {
+                remove(&shared, &work, &lead, &entry).await;
+            }
             return;
         }
     };
     let outcome = match shared.queues.get(&entry.sink).cloned() {
         Some(queue) => {
-            entry.attempts += 1;
+            entry.attempts = entry.attempts.saturating_add(1);
             attempt(&shared, &queue, &alert, &body, entry.attempts, true).await
         }
         None => Err(DeliveryError::permanent(format!(
@@ -399,6 +451,23 @@ async fn settle(
             entry.excerpt = e.excerpt.chars().take(200).collect();
             shared.metrics.delivery(&sink, "retry_scheduled");
             tracing::warn!(%sink, alert_id = %alert.id(), attempt = entry.attempts, error = %e, delay = ?after, "delivery failed; retry scheduled");
+            entry.not_before = at;
+            schedule(shared, work, lead, entry).await
+        }
+        Decision::Wait {
+            at,
+            after,
+            tries,
+            error: e,
+        } => {
+            // The sink is paused (its credentials): the queue logged why, once; this delivery
+            // only waits for it.
+            entry.set_tries(tries);
+            entry.last_status = e.status;
+            entry.last_error = e.message.clone();
+            entry.excerpt = e.excerpt.chars().take(200).collect();
+            shared.metrics.delivery(&sink, "sink_paused");
+            tracing::debug!(%sink, alert_id = %alert.id(), delay = ?after, "the sink is paused; the delivery waits for it");
             entry.not_before = at;
             schedule(shared, work, lead, entry).await
         }
@@ -696,7 +765,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn every_retry_looks_at_the_ledger_first_and_unreadable_entries_go() {
+    async fn every_retry_looks_at_the_ledger_first_and_unreadable_entries_are_dead_lettered() {
         let shared = shared(&[]);
         let alert = breach();
         // Delivered before (its removal from the backlog did not reach Kafka): not sent again.
@@ -705,14 +774,57 @@ mod tests {
         retry_due(&shared, &w).await;
         assert!(w.backlog.is_empty());
         assert!(!shared.metrics.encode().contains("outcome=\"delivered\""));
-        // An entry whose alert cannot be read is dropped and counted.
+        // An entry whose alert cannot be read is counted and dead-lettered (its body as it
+        // is), never just dropped: here the dead letter cannot be written (Kafka is nowhere),
+        // so the entry stays in the backlog, to be dead-lettered after a restart.
         let w = work(None, &[pending(&alert, "{")]);
         retry_due(&shared, &w).await;
-        assert!(w.backlog.is_empty());
+        assert_eq!(
+            w.backlog.len(),
+            1,
+            "dropped before its dead letter was written"
+        );
         assert!(counted(
             &shared,
             r#"leadwatch_alert_deliveries_total{sink="hook",outcome="unreadable_alert"} 1"#
         ));
+        assert!(counted(
+            &shared,
+            r#"leadwatch_alert_deliveries_total{sink="hook",outcome="dead_lettered"} 1"#
+        ));
+    }
+
+    /// An alert whose id cannot be anyone's idempotency key (300 characters, a newline, a
+    /// path) is refused for every sink its routes name — dead-lettered, saying why — before
+    /// any delivery, ledger mark or backlog entry: its offset waits only for the dead letters.
+    #[tokio::test]
+    async fn an_alert_whose_id_is_no_alert_id_is_dead_lettered_before_any_delivery() {
+        let shared = shared(&[]);
+        for id in [
+            format!("alert_{}", "0".repeat(294)),
+            "alert_1\r\nx-injected: 1".to_string(),
+            "../../Task/1".to_string(),
+            String::new(),
+        ] {
+            let mut alert = breach();
+            alert.data.alert_id = id.clone();
+            let w = work(None, &[]);
+            // The dead letter cannot be written here: the offset is not stored, and nothing
+            // else was attempted or written.
+            let stored = fan_out(shared.clone(), w.clone(), 1, alert.clone(), body(&alert)).await;
+            assert_eq!(stored, None, "{id:?}");
+            assert!(w.backlog.is_empty() && w.ledger.is_empty(), "{id:?}");
+        }
+        assert!(counted(
+            &shared,
+            r#"leadwatch_alert_deliveries_total{sink="hook",outcome="dead_lettered"} 4"#
+        ));
+        assert!(
+            !shared
+                .metrics
+                .encode()
+                .contains("outcome=\"retry_scheduled\"")
+        );
     }
 
     #[test]

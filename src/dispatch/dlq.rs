@@ -25,6 +25,7 @@ use super::config::DispatchSections;
 use super::queue::SinkQueue;
 use super::retry::{self, DEFAULT_JITTER, Decision, Schedule, Tries};
 use super::routes::{self, Routes};
+use super::sinks::attempt::ALERT_ID_MAX;
 use super::sinks::{Attempt, Delivered, DeliveryError, Http};
 use crate::alert::Alert;
 use crate::bus::KafkaConfig;
@@ -60,11 +61,14 @@ pub struct DeadLetter {
 }
 
 impl DeadLetter {
-    /// The letter of `body` (the alert's JSON) that `sink` did not take by `now`.
+    /// The letter of `body` (the alert's JSON) that `sink` did not take by `now`; a body that is
+    /// no JSON is kept as a string, so nothing of it is lost.
     pub fn new(sink: &str, body: &[u8], attempts: u32, e: &DeliveryError, now: Timestamp) -> Self {
         Self {
             sink: sink.to_string(),
-            alert: serde_json::from_slice(body).unwrap_or(serde_json::Value::Null),
+            alert: serde_json::from_slice(body).unwrap_or_else(|_| {
+                serde_json::Value::String(String::from_utf8_lossy(body).into_owned())
+            }),
             attempts,
             status: e.status,
             error: e.message.clone(),
@@ -73,11 +77,14 @@ impl DeadLetter {
         }
     }
 
+    /// Its key: the alert id, when it is one (a letter refused for its id is keyed `invalid`).
     fn alert_id(&self) -> String {
-        self.alert["data"]["alert_id"]
-            .as_str()
-            .unwrap_or("unknown")
-            .to_string()
+        let id = self.alert["data"]["alert_id"].as_str().unwrap_or("unknown");
+        let fits = id.len() <= ALERT_ID_MAX
+            && id
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+        if fits { id } else { "invalid" }.to_string()
     }
 }
 
@@ -202,7 +209,13 @@ pub async fn replay(
     let producer = Producer::new(&base, metrics.clone()).context("creating the producer")?;
     let http = Http::new(config.dispatch.request_timeout.0, clock.clone())
         .context("building the HTTP client")?;
-    let queue = SinkQueue::from_config(sink_name, sink_config, config.dispatch, http);
+    let queue = SinkQueue::from_config(
+        sink_name,
+        sink_config,
+        config.dispatch,
+        http,
+        metrics.clone(),
+    );
     let routes = Routes::new(config.routes.to_vec(), config.sinks.keys().cloned());
     let templates =
         routes::templates(config.routes).map_err(|p| anyhow::anyhow!("templates: {p:?}"))?;
@@ -291,7 +304,8 @@ pub async fn replay(
                     tries = t;
                     tokio::time::sleep(after).await;
                 }
-                Decision::DeadLetter(e) => break Err(e),
+                // Paused for its credentials: the letter goes back, as one that failed again.
+                Decision::DeadLetter(e) | Decision::Wait { error: e, .. } => break Err(e),
             }
         };
         match result {

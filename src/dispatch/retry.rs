@@ -52,6 +52,11 @@ pub const DEFAULT_JITTER: f64 = 0.2;
 /// The default longest `Retry-After` honoured (and longest pause of a rate-limited sink).
 pub const DEFAULT_MAX_RETRY_AFTER: Duration = Duration::from_secs(3600);
 
+/// The longest any remote answer can make something wait (a `Retry-After`, a rate-limit
+/// window), before `max_retry_after` clamps it further: a year. Larger values, and values no
+/// `Duration` or clock can hold, become this.
+pub const LONGEST_WAIT: Duration = Duration::from_secs(366 * 86_400);
+
 /// Delays between attempts, with jitter, and the clamp for `Retry-After`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Schedule {
@@ -101,12 +106,15 @@ impl Schedule {
             return d;
         }
         let factor = 1.0 + self.jitter * (fastrand::f64() * 2.0 - 1.0);
-        d.mul_f64(factor.max(0.0))
+        // A delay of centuries times 1.2 is no Duration: it stays the longest one.
+        Duration::try_from_secs_f64(d.as_secs_f64() * factor.max(0.0)).unwrap_or(Duration::MAX)
     }
 
-    /// Everything the schedule waits, without jitter.
+    /// Everything the schedule waits, without jitter (saturating).
     pub fn span(&self) -> Duration {
-        self.delays.iter().sum()
+        self.delays
+            .iter()
+            .fold(Duration::ZERO, |sum, d| sum.saturating_add(*d))
     }
 
     /// Whether a delivery failing since `since` has failed long enough to give up whatever its
@@ -139,6 +147,10 @@ pub trait Failure {
     fn retriable(&self) -> bool;
     /// How long the sink asked us to wait (`Retry-After` or its rate-limit headers).
     fn retry_after(&self) -> Option<Duration>;
+    /// The sink is paused (it refused our credentials): how long this delivery waits for it.
+    fn wait_for_sink(&self) -> Option<Duration> {
+        None
+    }
 }
 
 /// What comes after an attempt.
@@ -153,12 +165,24 @@ pub enum Decision<T, E> {
         tries: Tries,
         error: E,
     },
+    /// The sink is paused — it refused our credentials, which is no alert's fault — so the
+    /// delivery waits for it until `at`, `after` from now, and the attempt does not count:
+    /// `tries` is the delivery's past before it (no step used up, no failing clock started).
+    Wait {
+        at: Timestamp,
+        after: Duration,
+        tries: Tries,
+        error: E,
+    },
     /// Give up (a permanent error, no step left, or failing for too long): dead-letter it.
     DeadLetter(E),
 }
 
 /// Decides what follows an attempt: `tries` is the delivery's past (this attempt counted),
 /// `outcome` what the attempt came to, `now` when it ended.
+///
+/// An attempt the sink's queue held back because the sink is paused for its credentials
+/// ([`Failure::wait_for_sink`]) waits for the sink and counts for nothing ([`Decision::Wait`]).
 ///
 /// A failure is retried after the schedule's delay for its step, unless it is permanent, the
 /// schedule has no step left, or the delivery has failed for twice the schedule's span. The step
@@ -176,6 +200,19 @@ pub fn decide<T, E: Failure>(
         Ok(done) => return Decision::Done(done),
         Err(e) => e,
     };
+    if let Some(after) = error.wait_for_sink() {
+        let tries = Tries {
+            attempts: tries.attempts.saturating_sub(1),
+            early: false,
+            ..tries
+        };
+        return Decision::Wait {
+            at: later(now, after),
+            after,
+            tries,
+            error,
+        };
+    }
     let mut tries = tries;
     let since = *tries.failing_since.get_or_insert(now);
     // A flapping sink cannot turn the backlog into a storm: its early attempts are free only up
@@ -189,7 +226,7 @@ pub fn decide<T, E: Failure>(
         .flatten();
     match delay {
         Some(after) => Decision::RetryAt {
-            at: now + SignedDuration::try_from(after).unwrap_or_default(),
+            at: later(now, after),
             after,
             tries,
             error,
@@ -198,23 +235,65 @@ pub fn decide<T, E: Failure>(
     }
 }
 
+/// `now + d`, or the end of time when that is past it.
+pub fn later(now: Timestamp, d: Duration) -> Timestamp {
+    SignedDuration::try_from(d)
+        .ok()
+        .and_then(|d| now.checked_add(d).ok())
+        .unwrap_or(Timestamp::MAX)
+}
+
 /// 5xx and the 4xx that mean "later" are worth retrying; other 4xx are permanent.
 pub fn is_retriable(status: u16) -> bool {
     status >= 500 || matches!(status, 408 | 409 | 425 | 429)
 }
 
 /// `Retry-After` as seconds or as an HTTP date (relative to `now`); a date in the past is zero.
+/// It comes from anywhere: a wait longer than [`LONGEST_WAIT`] (or longer than any duration) is
+/// that; a negative, infinite or unreadable one is none.
 pub fn parse_retry_after(value: &str, now: Timestamp) -> Option<Duration> {
     let value = value.trim();
-    if let Ok(secs) = value.parse::<u64>() {
-        return Some(Duration::from_secs(secs));
-    }
-    // Fractions are not in the RFC, but some servers send them.
-    if let Ok(secs) = value.parse::<f64>() {
-        return (secs.is_finite() && secs >= 0.0).then(|| Duration::from_secs_f64(secs));
+    if let Some(secs) = parse_seconds(value) {
+        return Some(secs);
     }
     let at = jiff::fmt::rfc2822::parse(value).ok()?.timestamp();
-    Some(Duration::try_from(at.duration_since(now)).unwrap_or(Duration::ZERO))
+    Some(match Duration::try_from(at.duration_since(now)) {
+        Ok(d) => d.min(LONGEST_WAIT),
+        // Negative: the date has passed.
+        Err(_) => Duration::ZERO,
+    })
+}
+
+/// A number of seconds from a remote answer (whole, or with a fraction, which the RFC does not
+/// allow but some servers send), at most [`LONGEST_WAIT`]; none when negative, not finite or
+/// not a number.
+pub fn parse_seconds(value: &str) -> Option<Duration> {
+    parse_clamped(value, 1.0)
+}
+
+/// A number of milliseconds from a remote answer, as [`parse_seconds`].
+pub fn parse_millis(value: &str) -> Option<Duration> {
+    parse_clamped(value, 1e-3)
+}
+
+/// `value` × `unit` seconds, clamped to [`LONGEST_WAIT`].
+fn parse_clamped(value: &str, unit: f64) -> Option<Duration> {
+    let value = value.trim();
+    if !value.is_empty() && value.bytes().all(|b| b.is_ascii_digit()) {
+        // Whole numbers exactly, however many digits (past u64: longer than any wait).
+        let clamped = match value.parse::<u64>() {
+            Ok(n) if unit == 1.0 => Duration::from_secs(n),
+            Ok(n) => Duration::from_millis(n),
+            Err(_) => LONGEST_WAIT,
+        };
+        return Some(clamped.min(LONGEST_WAIT));
+    }
+    let n = value.parse::<f64>().ok()?;
+    if !n.is_finite() || n < 0.0 {
+        return None;
+    }
+    let secs = (n * unit).min(LONGEST_WAIT.as_secs_f64());
+    Some(Duration::try_from_secs_f64(secs).map_or(LONGEST_WAIT, |d| d.min(LONGEST_WAIT)))
 }
 
 /// `Retry-After` of a response received at `now`.
@@ -248,6 +327,54 @@ mod tests {
         retry_after: None,
     };
 
+    /// A sink paused for its credentials, probed again in a minute.
+    #[derive(Debug, Clone, Copy, PartialEq)]
+    struct Paused;
+
+    impl Failure for Paused {
+        fn retriable(&self) -> bool {
+            false
+        }
+        fn retry_after(&self) -> Option<Duration> {
+            None
+        }
+        fn wait_for_sink(&self) -> Option<Duration> {
+            Some(Duration::from_secs(60))
+        }
+    }
+
+    /// Refused credentials are no alert's fault: a delivery held back by its paused sink
+    /// waits for the sink, however many times, and is never dead-lettered for it — no step of
+    /// the schedule used up, the failing clock neither started nor moved.
+    #[test]
+    fn a_delivery_waiting_for_a_paused_sink_uses_up_nothing() {
+        let now = t0();
+        let past = Tries {
+            attempts: 4,
+            free: 1,
+            early: true,
+            failing_since: Some(now - secs(7 * 86_400)),
+        };
+        assert_eq!(
+            decide::<(), _>(past, Err(Paused), &exact(), now),
+            Decision::Wait {
+                at: now + secs(60),
+                after: Duration::from_secs(60),
+                tries: Tries {
+                    attempts: 3,
+                    early: false,
+                    ..past
+                },
+                error: Paused,
+            }
+        );
+        // The first attempt, held back: still the first to come.
+        match decide::<(), _>(tries(1), Err(Paused), &exact(), now) {
+            Decision::Wait { tries, .. } => assert_eq!(tries, Tries::default()),
+            other => panic!("{other:?}"),
+        }
+    }
+
     fn t0() -> Timestamp {
         "2026-11-25T10:00:00Z".parse().unwrap()
     }
@@ -276,7 +403,7 @@ mod tests {
         match decide::<(), _>(tries, Err(failed), &exact(), now) {
             Decision::RetryAt { after, .. } => Some(after),
             Decision::DeadLetter(_) => None,
-            Decision::Done(()) => panic!("a failure is never done"),
+            Decision::Done(()) | Decision::Wait { .. } => panic!("{failed:?} is a failure"),
         }
     }
 
@@ -535,6 +662,87 @@ mod tests {
         );
         assert_eq!(parse_retry_after("soon", now), None);
         assert_eq!(parse_retry_after("-5", now), None);
+    }
+
+    /// Whatever a sink writes in `Retry-After` — too large for any clock, negative, not a
+    /// number, a date a hundred centuries away or long past — the answer is a wait no longer
+    /// than [`LONGEST_WAIT`], or none: never a panic.
+    #[test]
+    fn absurd_retry_after_values_are_clamped_never_a_panic() {
+        let now: jiff::Timestamp = "2026-11-22T10:00:00Z".parse().unwrap();
+        for huge in [
+            "20000000000000000000",
+            "18446744073709551616",
+            "99999999999999999999999999999999999999",
+            "18446744073709551615",
+            "1e300",
+            "1.7976931348623157e308",
+            "31536000000.5",
+            "Wed, 01 Dec 9999 23:59:59 GMT",
+        ] {
+            assert_eq!(parse_retry_after(huge, now), Some(LONGEST_WAIT), "{huge}");
+        }
+        for nothing in [
+            "NaN",
+            "nan",
+            "inf",
+            "-inf",
+            "-1",
+            "-0.5",
+            "-20000000000000000000",
+            "",
+        ] {
+            assert_eq!(parse_retry_after(nothing, now), None, "{nothing}");
+        }
+        assert_eq!(parse_retry_after("-0", now), Some(Duration::ZERO));
+        assert_eq!(
+            parse_retry_after("Mon, 01 Jan 0001 00:00:00 GMT", now),
+            Some(Duration::ZERO),
+            "long past means now"
+        );
+        // Through the whole decision: the wait is the schedule's clamp, at a time that exists.
+        let huge = Failed {
+            retriable: true,
+            retry_after: parse_retry_after("20000000000000000000", now),
+        };
+        assert_eq!(
+            decide::<(), _>(tries(1), Err(huge), &exact(), now),
+            Decision::RetryAt {
+                at: now + secs(3600),
+                after: Duration::from_secs(3600),
+                tries: Tries {
+                    attempts: 1,
+                    failing_since: Some(now),
+                    ..Tries::default()
+                },
+                error: huge,
+            }
+        );
+    }
+
+    /// A schedule or a clock at the edges of what durations and timestamps hold (a config
+    /// asking for centuries, the clock at the end of time) saturates instead of panicking.
+    #[test]
+    fn schedules_and_clocks_at_the_edges_saturate() {
+        let centuries = Schedule {
+            delays: vec![Duration::MAX, Duration::MAX],
+            jitter: 1.0,
+            max_retry_after: Duration::MAX,
+        };
+        assert_eq!(centuries.span(), Duration::MAX);
+        assert!(centuries.next_delay(1, Some(Duration::MAX)).is_some());
+        let end = Timestamp::MAX;
+        assert!(!centuries.given_up(end, end));
+        match decide::<(), _>(tries(1), Err(DOWN), &centuries, end) {
+            Decision::RetryAt { at, .. } => assert_eq!(at, Timestamp::MAX),
+            other => panic!("{other:?}"),
+        }
+        match decide::<(), _>(tries(1), Err(DOWN), &exact(), end) {
+            Decision::RetryAt { at, .. } => assert_eq!(at, Timestamp::MAX),
+            other => panic!("{other:?}"),
+        }
+        // A delivery failing since the beginning of time has failed long enough.
+        assert!(exact().given_up(Timestamp::MIN, end));
     }
 
     #[test]

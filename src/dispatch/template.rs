@@ -15,6 +15,11 @@
 //! `detail` (close-outs), `mentions` (the addressed people as this sink mentions them: `<@U024>`
 //! in Slack, `<at>Ann</at>` in Teams, names elsewhere), `recipients` (the list), and `alert`
 //! (the whole alert as delivered).
+//!
+//! An alert is untrusted input (whoever can write to `{prefix}.alerts`, or a lead's fields): every
+//! value a template sees — `alert` and `recipients` included — is escaped for the sink's markup
+//! (Slack's `&`, `<`, `>`; Teams' Markdown), cut to [`VALUE_MAX`] characters, and `link` is
+//! only ever an http(s) URL. What a route's own template writes around them is its author's.
 
 use std::collections::BTreeMap;
 
@@ -49,11 +54,22 @@ const DEFAULT_TEXT: &str = "{% if mentions %}{{ mentions }}: {% endif %}{{ messa
 pub enum Style {
     /// Slack mrkdwn: `&`, `<`, `>` escaped; mentions `<@U…>`.
     Slack,
-    /// Teams Adaptive Card text: mentions `<at>Name</at>`.
+    /// Teams Adaptive Card text (a subset of CommonMark): Markdown escaped ([`teams_escape`]);
+    /// mentions `<at>Name</at>`.
     Teams,
     /// Plain text (CRM tasks).
     Plain,
 }
+
+/// The most characters of one value a template sees (the longest CRM text field, Salesforce's
+/// Description, takes 32,000): a record with a field of megabytes renders no megabytes.
+pub const VALUE_MAX: usize = 32_000;
+
+/// The most characters of a person's name in a mention.
+pub const MENTION_MAX: usize = 100;
+
+/// The longest link an alert carries to a sink (Slack's limit for a button's URL).
+pub const LINK_MAX: usize = 3000;
 
 /// A rendered message with the facts sinks lay out themselves (fields, fact sets, task lines).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -300,6 +316,101 @@ pub fn slack_escape(s: &str) -> String {
         .replace('>', "&gt;")
 }
 
+/// Text as Teams shows it in an Adaptive Card, whose `TextBlock`s and facts read a subset of
+/// CommonMark — `**bold**`, `_italic_`, `[links](…)`, lists — plus `<at>…</at>` mentions and
+/// `{{DATE(…)}}` functions: every character that could start any of them is backslash-escaped
+/// (CommonMark's escape for ASCII punctuation), line breaks and other control characters become
+/// spaces (a list starts on a new line), and a leading `-`, `+` or `1.` is escaped too.
+pub fn teams_escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + s.len() / 8);
+    let digits = s.bytes().take_while(u8::is_ascii_digit).count();
+    for (i, c) in s.chars().enumerate() {
+        let markup = matches!(
+            c,
+            '\\' | '`'
+                | '*'
+                | '_'
+                | '~'
+                | '['
+                | ']'
+                | '('
+                | ')'
+                | '<'
+                | '>'
+                | '{'
+                | '}'
+                | '#'
+                | '|'
+                | '!'
+        );
+        let list = (i == 0 && matches!(c, '-' | '+')) || (i == digits && digits > 0 && c == '.');
+        if c.is_control() {
+            out.push(' ');
+            continue;
+        }
+        if markup || list {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// The name a mention shows: the person's name, else their id, cut to [`MENTION_MAX`].
+pub fn mention_name(r: &Recipient) -> String {
+    let name = r.name.as_deref().unwrap_or(&r.id);
+    name.chars().take(MENTION_MAX).collect()
+}
+
+/// The alert's link as `style` may carry it: an http(s) URL of at most [`LINK_MAX`]
+/// characters (anything else is no link: a `javascript:` link is no link into a CRM); for
+/// Teams with the characters Markdown reads percent-encoded (the same URL), for Slack escaped.
+pub fn link(link: Option<&str>, style: Style) -> String {
+    let Some(url) = link
+        .filter(|l| l.len() <= LINK_MAX)
+        .and_then(|l| url::Url::parse(l).ok())
+        .filter(|u| matches!(u.scheme(), "http" | "https"))
+    else {
+        return String::new();
+    };
+    let url = url.as_str();
+    match style {
+        Style::Plain => url.to_string(),
+        Style::Slack => slack_escape(url),
+        Style::Teams => {
+            let mut out = String::with_capacity(url.len());
+            for c in url.chars() {
+                match c {
+                    '\\' | '`' | '*' | '_' | '~' | '[' | ']' | '(' | ')' | '<' | '>' | '{'
+                    | '}' | '|' | '!' | '\'' | '"' | ' ' => {
+                        out.push_str(&format!("%{:02X}", c as u32))
+                    }
+                    c => out.push(c),
+                }
+            }
+            out
+        }
+    }
+}
+
+/// `value` with each of its strings escaped by `esc` (what a template sees of `alert` and
+/// `recipients`).
+fn escape_strings(value: serde_json::Value, esc: &dyn Fn(&str) -> String) -> serde_json::Value {
+    use serde_json::Value;
+    match value {
+        Value::String(s) => Value::String(esc(&s)),
+        Value::Array(items) => {
+            Value::Array(items.into_iter().map(|v| escape_strings(v, esc)).collect())
+        }
+        Value::Object(map) => Value::Object(
+            map.into_iter()
+                .map(|(k, v)| (k, escape_strings(v, esc)))
+                .collect(),
+        ),
+        other => other,
+    }
+}
+
 /// A Slack mention: `<@U024BE7LH>` for a member id, `@handle` otherwise.
 pub fn slack_mention(handle: &str) -> String {
     let h = handle.trim_start_matches('@');
@@ -316,9 +427,13 @@ pub fn slack_mention(handle: &str) -> String {
 
 fn context(alert: &Alert, to: &[String], style: Style) -> Context {
     let d = &alert.data;
-    let esc = |s: &str| match style {
-        Style::Slack => slack_escape(s),
-        _ => s.to_string(),
+    let esc = |s: &str| {
+        let cut: String = s.chars().take(VALUE_MAX).collect();
+        match style {
+            Style::Slack => slack_escape(&cut),
+            Style::Teams => teams_escape(&cut),
+            Style::Plain => cut,
+        }
     };
     let owner_person = d
         .recipients
@@ -341,12 +456,13 @@ fn context(alert: &Alert, to: &[String], style: Style) -> Context {
                 .slack
                 .as_deref()
                 .map(slack_mention)
-                .unwrap_or_else(|| slack_escape(r.name.as_deref().unwrap_or(&r.id))),
-            Style::Teams => match (&r.teams, &r.name) {
-                (Some(_), name) => format!("<at>{}</at>", name.as_deref().unwrap_or(&r.id)),
-                (None, name) => name.clone().unwrap_or_else(|| r.id.clone()),
+                .unwrap_or_else(|| slack_escape(&mention_name(r))),
+            // The card's `msteams.entities` name the same text (`sinks::teams`).
+            Style::Teams => match &r.teams {
+                Some(_) => format!("<at>{}</at>", teams_escape(&mention_name(r))),
+                None => teams_escape(&mention_name(r)),
             },
-            Style::Plain => r.name.clone().unwrap_or_else(|| r.id.clone()),
+            Style::Plain => mention_name(r),
         })
         .collect();
     let (reason, detail) = d
@@ -360,8 +476,8 @@ fn context(alert: &Alert, to: &[String], style: Style) -> Context {
         })
         .unwrap_or_default();
     Context {
-        r#type: alert.kind.clone(),
-        rule: d.rule.clone(),
+        r#type: esc(&alert.kind),
+        rule: esc(&d.rule),
         level: d.level,
         message: esc(&d.message),
         lead: esc(&lead),
@@ -373,12 +489,23 @@ fn context(alert: &Alert, to: &[String], style: Style) -> Context {
         suggested_owner: esc(d.suggested_owner.as_deref().unwrap_or("")),
         deadline: format_time(d.deadline),
         late: late(d.deadline, alert.timestamp),
-        link: d.link.clone().unwrap_or_default(),
+        link: link(d.link.as_deref(), style),
         reason: esc(&reason),
         detail: esc(&detail),
         mentions: mentions.join(", "),
-        recipients: d.recipients.clone(),
-        alert: serde_json::to_value(alert).unwrap_or_default(),
+        recipients: d
+            .recipients
+            .iter()
+            .map(|r| Recipient {
+                role: esc(&r.role),
+                id: esc(&r.id),
+                name: r.name.as_deref().map(esc),
+                email: r.email.as_deref().map(esc),
+                slack: r.slack.as_deref().map(esc),
+                teams: r.teams.as_deref().map(esc),
+            })
+            .collect(),
+        alert: escape_strings(serde_json::to_value(alert).unwrap_or_default(), &esc),
     }
 }
 

@@ -24,11 +24,14 @@ pub struct Http {
 
 impl Http {
     /// The client every sink shares: `request_timeout` per request (and to connect), our user
-    /// agent.
+    /// agent, and no redirects followed: a redirect would carry the signature, the body and (to
+    /// the same host) the credentials wherever the answer points; it is a failure instead
+    /// ([`DeliveryError::from_response`]).
     pub fn new(request_timeout: Duration, clock: Clock) -> Result<Http, reqwest::Error> {
         let client = reqwest::Client::builder()
             .timeout(request_timeout)
             .connect_timeout(request_timeout)
+            .redirect(reqwest::redirect::Policy::none())
             .user_agent(concat!("leadwatch/", env!("CARGO_PKG_VERSION")))
             .build()?;
         Ok(Http { client, clock })
@@ -41,6 +44,25 @@ impl Http {
         what: &str,
         request: reqwest::RequestBuilder,
     ) -> Result<reqwest::Response, DeliveryError> {
+        self.send_showing(what, request, Shown::Path).await
+    }
+
+    /// As [`Http::send`], to a URL that is itself a secret (a chat webhook): a redirect's
+    /// target is named by its origin only.
+    pub async fn send_secret(
+        &self,
+        what: &str,
+        request: reqwest::RequestBuilder,
+    ) -> Result<reqwest::Response, DeliveryError> {
+        self.send_showing(what, request, Shown::Origin).await
+    }
+
+    async fn send_showing(
+        &self,
+        what: &str,
+        request: reqwest::RequestBuilder,
+        shown: Shown,
+    ) -> Result<reqwest::Response, DeliveryError> {
         let response = request
             .send()
             .await
@@ -48,8 +70,17 @@ impl Http {
         if response.status().is_success() {
             return Ok(response);
         }
-        Err(DeliveryError::from_response(what, response, self.clock.now()).await)
+        Err(DeliveryError::answered(what, response, self.clock.now(), shown).await)
     }
+}
+
+/// How much of a URL from an answer (a redirect's `Location`) an error may say.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Shown {
+    /// Scheme, host, port and path ([`redact`]).
+    Path,
+    /// Scheme, host and port: the path may be a secret.
+    Origin,
 }
 
 /// One attempt at delivering one alert to one sink.
@@ -76,6 +107,30 @@ impl Attempt<'_> {
     }
 }
 
+/// The longest alert id taken (the engine's are `alert_` and 32 hex digits).
+pub const ALERT_ID_MAX: usize = 64;
+
+/// Why no sink may take `alert`, if none may. An alert read from Kafka is untrusted: its id is
+/// the idempotency key toward every sink (a `webhook-id` header, a Salesforce external id in a
+/// URL, a search term, a Subject of at most 255 characters), so it must be 1 to
+/// [`ALERT_ID_MAX`] ASCII letters, digits, `_` or `-`. Everything else an alert carries is
+/// delivered — escaped, cut and clamped by each sink.
+pub fn refusal(alert: &Alert) -> Option<String> {
+    let id = &alert.data.alert_id;
+    let fits = (1..=ALERT_ID_MAX).contains(&id.len())
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+    (!fits).then(|| {
+        format!(
+            "the alert id `{}` ({} bytes) is no leadwatch alert id: 1 to {ALERT_ID_MAX} ASCII \
+             letters, digits, `_` or `-`; refused without a request",
+            truncate(id, 80),
+            id.len()
+        )
+    })
+}
+
 /// What a successful attempt did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Delivered {
@@ -88,7 +143,7 @@ pub enum Delivered {
 }
 
 /// Why one delivery attempt failed.
-#[derive(Debug, Clone, thiserror::Error)]
+#[derive(Debug, Clone, Default, thiserror::Error)]
 #[error("{message}")]
 pub struct DeliveryError {
     /// Worth trying again (timeouts, 5xx, 408/409/425/429, API limits); otherwise permanent.
@@ -97,6 +152,14 @@ pub struct DeliveryError {
     pub retry_after: Option<Duration>,
     /// Hold every request to this sink for this long (the whole endpoint is rate-limited).
     pub pause_sink: Option<Duration>,
+    /// The sink's credentials were refused — a token endpoint's refusal, a 401 with a fresh (or
+    /// a static) token, a token without the scopes it needs: no alert's fault, and every alert
+    /// would meet it. Why, in a word (`token_refused`, `unauthorized`, `missing_scopes`): the
+    /// queue pauses the whole sink under that reason ([`crate::dispatch::queue`]).
+    pub credentials: Option<&'static str>,
+    /// The sink is paused for its credentials: this delivery waits this long (until the sink's
+    /// next probe) without using up an attempt; set by the queue, never by a sink.
+    pub wait_for_sink: Option<Duration>,
     pub status: Option<u16>,
     /// What failed, without secrets.
     pub message: String,
@@ -109,38 +172,72 @@ impl DeliveryError {
     pub fn transport(what: &str, e: reqwest::Error) -> Self {
         Self {
             retriable: true,
-            retry_after: None,
-            pause_sink: None,
-            status: None,
             message: format!("{what}: {}", without_url(e)),
-            excerpt: String::new(),
+            ..Self::default()
         }
     }
 
     pub fn permanent(message: impl Into<String>) -> Self {
         Self {
             retriable: false,
-            retry_after: None,
-            pause_sink: None,
-            status: None,
             message: message.into(),
-            excerpt: String::new(),
+            ..Self::default()
+        }
+    }
+
+    /// Worth another attempt later (no answer said so: a timeout of our own, a local failure).
+    pub fn retriable(message: impl Into<String>) -> Self {
+        Self {
+            retriable: true,
+            message: message.into(),
+            ..Self::default()
         }
     }
 
     /// From a non-2xx answer received at `now`: retriable as [`is_retriable`] says,
-    /// `Retry-After` honoured.
+    /// `Retry-After` honoured; a redirect is not followed, and says where it pointed.
     pub async fn from_response(what: &str, response: reqwest::Response, now: Timestamp) -> Self {
+        Self::answered(what, response, now, Shown::Path).await
+    }
+
+    async fn answered(
+        what: &str,
+        response: reqwest::Response,
+        now: Timestamp,
+        shown: Shown,
+    ) -> Self {
         let status = response.status().as_u16();
         let retry_after = retry_after(response.headers(), now);
+        let mut message = format!("{what} answered {status}");
+        let mut retriable = is_retriable(status);
+        if response.status().is_redirection() {
+            // A permanent move is for the operator to follow in the config; a temporary one
+            // may end.
+            retriable = !matches!(status, 301 | 308);
+            let to = response
+                .headers()
+                .get(reqwest::header::LOCATION)
+                .and_then(|l| l.to_str().ok())
+                .and_then(|l| response.url().join(l).ok());
+            message.push_str(&match (to, shown) {
+                (Some(to), Shown::Path) => {
+                    format!(", a redirect to {} (not followed)", redact(&to))
+                }
+                (Some(to), Shown::Origin) => {
+                    format!(", a redirect to {}/… (not followed)", origin(&to))
+                }
+                (None, _) => ", a redirect (not followed)".to_string(),
+            });
+        }
         let excerpt = excerpt(response).await;
         Self {
-            retriable: is_retriable(status),
+            retriable,
             retry_after,
             pause_sink: if status == 429 { retry_after } else { None },
             status: Some(status),
-            message: format!("{what} answered {status}"),
+            message,
             excerpt,
+            ..Self::default()
         }
     }
 }
@@ -151,6 +248,9 @@ impl retry::Failure for DeliveryError {
     }
     fn retry_after(&self) -> Option<Duration> {
         self.retry_after
+    }
+    fn wait_for_sink(&self) -> Option<Duration> {
+        self.wait_for_sink
     }
 }
 
@@ -179,12 +279,13 @@ pub fn without_url(e: reqwest::Error) -> String {
 
 /// A URL as it may be logged: no user info, no query.
 pub fn redact(url: &url::Url) -> String {
-    format!(
-        "{}://{}{}",
-        url.scheme(),
-        url.host_str().unwrap_or(""),
-        url.path()
-    )
+    format!("{}{}", origin(url), url.path())
+}
+
+/// `scheme://host[:port]` of a URL.
+pub fn origin(url: &url::Url) -> String {
+    let port = url.port().map(|p| format!(":{p}")).unwrap_or_default();
+    format!("{}://{}{port}", url.scheme(), url.host_str().unwrap_or(""))
 }
 
 /// Truncates to at most `max` characters (CRM fields have limits).
@@ -196,4 +297,25 @@ pub fn truncate(s: &str, max: usize) -> String {
         t.push('…');
         t
     }
+}
+
+/// As [`truncate`], for escaped text (Slack's `&amp;`, Markdown's `\*`): the cut never splits
+/// an escape, which would show half of it.
+pub fn truncate_escaped(s: &str, max: usize) -> String {
+    if s.chars().count() <= max {
+        return s.to_string();
+    }
+    let mut t: String = s.chars().take(max.saturating_sub(1)).collect();
+    // An entity begun and not ended, or a backslash whose character was cut off.
+    if let Some(amp) = t.rfind('&')
+        && !t[amp..].contains(';')
+    {
+        t.truncate(amp);
+    }
+    let backslashes = t.chars().rev().take_while(|c| *c == '\\').count();
+    if backslashes % 2 == 1 {
+        t.pop();
+    }
+    t.push('…');
+    t
 }

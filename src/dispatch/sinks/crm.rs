@@ -4,21 +4,55 @@
 
 use std::future::Future;
 
-use super::attempt::{Attempt, Delivered, DeliveryError};
+use super::attempt::{Attempt, Delivered, DeliveryError, truncate};
 use crate::alert::split_lead_key;
 use crate::dispatch::template::addressed;
 
+/// The longest object id a CRM sink takes (Salesforce's have 15 or 18 characters, HubSpot's a
+/// dozen digits).
+pub const MAX_OBJECT_ID: usize = 64;
+
 /// The lead's record id in `system` (`salesforce`, `hubspot`; a key without a system prefix is
-/// used verbatim), or, for another system's lead, the skip that says so (`name`: the system as
-/// people write it).
-pub fn record_id<'a>(a: &Attempt<'a>, system: &str, name: &str) -> Result<&'a str, Delivered> {
+/// used verbatim; `name`: the system as people write it), or what the attempt comes to without
+/// a request: another system's lead is skipped; a record id that is not 1 to
+/// [`MAX_OBJECT_ID`] ASCII letters and digits is refused for good.
+///
+/// The record id becomes a segment of the CRM's URL, and the alert it comes from is untrusted
+/// (a generic source took `hubspot:1/../../companies/5` verbatim): `..`, `/`, `?` or `%` could
+/// reach another object. Refused rather than skipped, so it is dead-lettered — counted, with
+/// the reason and the whole alert, where the operator sees it and can still act on the lead by
+/// hand — rather than only logged; and never attempted, not even for the task alone, since the
+/// task would be associated with the same id.
+pub fn record_id<'a>(
+    a: &Attempt<'a>,
+    system: &str,
+    name: &str,
+) -> Result<&'a str, Result<Delivered, DeliveryError>> {
     let lead = &a.alert.data.lead;
-    match split_lead_key(lead) {
-        (Some(other), _) if other != system => Err(Delivered::Skipped(format!(
-            "lead {lead} is not a {name} record"
-        ))),
-        (_, id) => Ok(id),
+    let id = match split_lead_key(lead) {
+        (Some(other), _) if other != system => {
+            return Err(Ok(Delivered::Skipped(format!(
+                "lead {} is not a {name} record",
+                truncate(lead, 200)
+            ))));
+        }
+        (_, id) => id,
+    };
+    if is_object_id(id) {
+        Ok(id)
+    } else {
+        Err(Err(DeliveryError::permanent(format!(
+            "lead {}: a {name} record id must be 1 to {MAX_OBJECT_ID} ASCII letters and digits; \
+             refused without a request",
+            truncate(lead, 200)
+        ))))
     }
+}
+
+/// 1 to [`MAX_OBJECT_ID`] ASCII letters and digits: safe as a path segment, a SOQL literal and
+/// a JSON value, and the shape of every Salesforce and HubSpot id.
+pub fn is_object_id(id: &str) -> bool {
+    (1..=MAX_OBJECT_ID).contains(&id.len()) && id.bytes().all(|b| b.is_ascii_alphanumeric())
 }
 
 /// Applies the alert's suggested new owner before the task is created, when the sink is to
@@ -37,10 +71,19 @@ where
     let Some(owner) = a.alert.data.suggested_owner.as_deref().filter(|_| apply) else {
         return Ok(None);
     };
+    if !is_object_id(owner) {
+        // Untrusted like the rest of the alert: no CRM user id looks like this.
+        tracing::warn!(
+            alert_id = %a.alert.id(),
+            lead = %truncate(&a.alert.data.lead, 200),
+            "the suggested owner is no CRM user id; the task is created without the reassignment"
+        );
+        return Ok(None);
+    }
     match patch(owner).await {
         Ok(_) => Ok(Some(owner)),
-        // Retriable, or our credentials (a 401 after a fresh token): not the reassignment's fault.
-        Err(e) if e.retriable || e.status == Some(401) => Err(e),
+        // Retriable, or our credentials: not the reassignment's fault.
+        Err(e) if e.retriable || e.credentials.is_some() => Err(e),
         Err(e) => {
             tracing::warn!(
                 alert_id = %a.alert.id(),
@@ -56,12 +99,14 @@ where
 }
 
 /// Whom the task is for: the new owner of a reassignment, else the first addressed recipient
-/// whose id is one of the CRM's users (`is_user`), else the lead's owner if that is one.
+/// whose id is one of the CRM's users (`is_user`, and an object id), else the lead's owner if
+/// that is one.
 pub fn task_owner<'a>(
     a: &Attempt<'a>,
     reassigned: Option<&'a str>,
     is_user: impl Fn(&str) -> bool,
 ) -> Option<&'a str> {
+    let is_user = |id: &str| is_object_id(id) && is_user(id);
     reassigned
         .or_else(|| {
             addressed(a.alert, &[])
@@ -125,17 +170,60 @@ mod tests {
     fn a_crm_sink_takes_its_own_leads_and_those_without_a_system() {
         let mut alert = sample_alert("sla.first_touch.breached");
         attempt_with(&alert, |a| {
-            assert_eq!(record_id(a, "salesforce", "Salesforce"), Ok("00Q5g000001"));
             assert_eq!(
-                record_id(a, "hubspot", "HubSpot"),
-                Err(Delivered::Skipped(
-                    "lead salesforce:00Q5g000001 is not a HubSpot record".into()
-                ))
+                record_id(a, "salesforce", "Salesforce").ok(),
+                Some("00Q5g000001")
             );
+            match record_id(a, "hubspot", "HubSpot") {
+                Err(Ok(skipped)) => assert_eq!(
+                    skipped,
+                    Delivered::Skipped(
+                        "lead salesforce:00Q5g000001 is not a HubSpot record".into()
+                    )
+                ),
+                other => panic!("{:?}", other.map_err(|e| e.map_err(|e| e.message))),
+            }
         });
-        alert.data.lead = "L-1".into();
+        alert.data.lead = "L1".into();
         attempt_with(&alert, |a| {
-            assert_eq!(record_id(a, "hubspot", "HubSpot"), Ok("L-1"))
+            assert_eq!(record_id(a, "hubspot", "HubSpot").ok(), Some("L1"))
+        });
+    }
+
+    /// The object id is the last segment of the CRM's URL: anything but letters and digits
+    /// (`..`, `/`, `%`, spaces, other scripts' digits, nothing at all) could leave the record,
+    /// so the lead is refused for good — a permanent error, dead-lettered with the reason —
+    /// before any request is made.
+    #[test]
+    fn an_object_id_that_is_not_letters_and_digits_is_refused_for_good() {
+        let mut alert = sample_alert("sla.first_touch.escalated");
+        for (lead, system) in [
+            ("hubspot:1/../../companies/5", "hubspot"),
+            ("hubspot:1%2F..%2Fcompanies%2F5", "hubspot"),
+            ("hubspot:", "hubspot"),
+            ("hubspot:12 34", "hubspot"),
+            ("hubspot:１２", "hubspot"),
+            ("salesforce:00Q/../Account/001", "salesforce"),
+            ("salesforce:00Q5g000001?x=1", "salesforce"),
+            ("1/../x", "hubspot"),
+            ("L-1", "salesforce"),
+        ] {
+            alert.data.lead = lead.into();
+            attempt_with(&alert, |a| match record_id(a, system, system) {
+                Err(Err(e)) => {
+                    assert!(!e.retriable, "{lead}: {e}");
+                    assert!(e.message.contains("letters and digits"), "{lead}: {e}");
+                }
+                other => panic!("{lead}: {:?}", other.map_err(|e| e.map_err(|e| e.message))),
+            });
+        }
+        let long = format!("hubspot:{}", "9".repeat(65));
+        alert.data.lead = long.clone();
+        attempt_with(&alert, |a| {
+            assert!(
+                matches!(record_id(a, "hubspot", "HubSpot"), Err(Err(_))),
+                "{long}"
+            )
         });
     }
 

@@ -22,6 +22,7 @@ use url::Url;
 use super::attempt::{Attempt, Delivered, DeliveryError, Http, redact, truncate};
 use super::crm;
 use crate::conf::{HumanDuration0, KeyProblems, SecretString};
+use crate::dispatch::retry;
 
 /// HubSpot's association type for task → contact.
 const TASK_TO_CONTACT: u32 = 204;
@@ -55,9 +56,16 @@ impl HubspotSink {
         }
     }
 
-    fn url(&self, path: &str) -> Url {
-        let base = self.base_url.as_str().trim_end_matches('/');
-        Url::parse(&format!("{base}/crm/v3/{path}")).expect("a valid HubSpot URL")
+    /// `{base_url}/crm/v3/{segments…}`, each segment percent-encoded on its own: none can add
+    /// a level, go up one or start a query.
+    fn url(&self, segments: &[&str]) -> Result<Url, DeliveryError> {
+        let mut url = self.base_url.clone();
+        url.path_segments_mut()
+            .map_err(|()| DeliveryError::permanent("`base_url` cannot take a path"))?
+            .pop_if_empty()
+            .extend(["crm", "v3"])
+            .extend(segments);
+        Ok(url)
     }
 
     async fn call(&self, method: Method, url: Url, body: &Value) -> Result<Value, DeliveryError> {
@@ -77,9 +85,16 @@ impl HubspotSink {
         let status = response.status().as_u16();
         let wait = rate_limit_wait(response.headers());
         let mut e = DeliveryError::from_response(&what, response, self.http.clock.now()).await;
-        if status == 429 {
-            e.retry_after = e.retry_after.or(wait);
-            e.pause_sink = e.retry_after;
+        match status {
+            429 => {
+                e.retry_after = e.retry_after.or(wait);
+                e.pause_sink = e.retry_after;
+            }
+            // The token is static: a 401 refuses it for every alert; so does a token without
+            // the scopes the call needs.
+            401 => e.credentials = Some("unauthorized"),
+            403 if e.excerpt.contains("MISSING_SCOPES") => e.credentials = Some("missing_scopes"),
+            _ => {}
         }
         Err(e)
     }
@@ -87,26 +102,20 @@ impl HubspotSink {
     pub async fn deliver(&self, a: &Attempt<'_>) -> Result<Delivered, DeliveryError> {
         let contact_id = match crm::record_id(a, "hubspot", "HubSpot") {
             Ok(id) => id,
-            Err(skipped) => return Ok(skipped),
+            Err(outcome) => return outcome,
         };
         let reassign_to = crm::reassign(a, self.apply_reassignment, |owner| async move {
-            self.call(
-                Method::PATCH,
-                self.url(&format!("objects/contacts/{contact_id}")),
-                &json!({"properties": {"hubspot_owner_id": owner}}),
-            )
-            .await
+            let url = self.url(&["objects", "contacts", contact_id])?;
+            let owner = json!({"properties": {"hubspot_owner_id": owner}});
+            self.call(Method::PATCH, url, &owner).await
         })
         .await?;
         if a.may_exist() && self.exists(a.alert.id()).await? {
             return Ok(Delivered::AlreadyThere);
         }
-        self.call(
-            Method::POST,
-            self.url("objects/tasks"),
-            &self.task(a, contact_id, reassign_to),
-        )
-        .await?;
+        let url = self.url(&["objects", "tasks"])?;
+        self.call(Method::POST, url, &self.task(a, contact_id, reassign_to))
+            .await?;
         Ok(Delivered::Sent)
     }
 
@@ -118,10 +127,11 @@ impl HubspotSink {
                 json!({"propertyName": "hs_task_body", "operator": "CONTAINS_TOKEN", "value": alert_id})
             }
         };
+        let url = self.url(&["objects", "tasks", "search"])?;
         let found = self
             .call(
                 Method::POST,
-                self.url("objects/tasks/search"),
+                url,
                 &json!({"filterGroups": [{"filters": [filter]}], "properties": ["hs_task_subject"], "limit": 1}),
             )
             .await?;
@@ -133,7 +143,7 @@ impl HubspotSink {
         let numeric = |s: &str| !s.is_empty() && s.chars().all(|c| c.is_ascii_digit());
         let owner = crm::task_owner(a, reassigned, numeric);
         let mut properties = json!({
-            "hs_timestamp": (a.alert.timestamp + self.due_in).to_string(),
+            "hs_timestamp": retry::later(a.alert.timestamp, self.due_in).to_string(),
             "hs_task_subject": truncate(&m.title, 255),
             "hs_task_body": truncate(&crm::task_description(a), 65_000),
             "hs_task_status": "NOT_STARTED",
@@ -158,18 +168,14 @@ impl HubspotSink {
 
 /// How long HubSpot's rate-limit headers say to wait: the rolling window, when nothing remains
 /// in it (the daily limit: until midnight UTC is not worth computing; the schedule takes over).
+/// Both come from the answer: the window is clamped ([`retry::parse_millis`]), a count that is
+/// not a whole number means nothing.
 pub fn rate_limit_wait(headers: &HeaderMap) -> Option<Duration> {
-    let get = |name: &str| {
-        headers
-            .get(name)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.trim().parse::<u64>().ok())
-    };
-    let remaining = get("x-hubspot-ratelimit-remaining")?;
-    if remaining > 0 {
+    let get = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    if get("x-hubspot-ratelimit-remaining")?.trim().parse::<u64>() != Ok(0) {
         return None;
     }
-    get("x-hubspot-ratelimit-interval-milliseconds").map(Duration::from_millis)
+    retry::parse_millis(get("x-hubspot-ratelimit-interval-milliseconds")?)
 }
 
 /// A task associated with the contact in HubSpot (CRM v3), private-app token.
@@ -229,6 +235,7 @@ impl HubspotConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::dispatch::retry::LONGEST_WAIT;
 
     #[test]
     fn the_rolling_window_is_waited_only_when_nothing_remains() {
@@ -243,5 +250,65 @@ mod tests {
         h.insert("x-hubspot-ratelimit-remaining", "0".parse().unwrap());
         assert_eq!(rate_limit_wait(&h), Some(Duration::from_secs(10)));
         assert_eq!(rate_limit_wait(&HeaderMap::new()), None);
+    }
+
+    /// A firing time at the end of time plus `due_in` is the end of time, not an overflow.
+    #[test]
+    fn a_task_due_past_the_end_of_time_is_due_at_its_end() {
+        use crate::clock::Clock;
+        use crate::dispatch::template::{Style, Templates, sample_alert};
+        let cfg: HubspotConfig =
+            serde_json::from_value(json!({"token": "pat", "due_in": "2d"})).unwrap();
+        let http = Http::new(Duration::from_secs(1), Clock::system()).unwrap();
+        let sink = HubspotSink::from_config(&cfg, http);
+        let mut alert = sample_alert("sla.first_touch.breached");
+        alert.timestamp = jiff::Timestamp::MAX;
+        let body = bytes::Bytes::from(serde_json::to_vec(&alert).unwrap());
+        let message = Templates::new(&[])
+            .unwrap()
+            .render(&alert, None, Style::Plain);
+        let a = Attempt {
+            alert: &alert,
+            body: &body,
+            attempt: 1,
+            maybe_attempted: false,
+            message: &message,
+        };
+        let task = sink.task(&a, "901", None);
+        assert_eq!(
+            task["properties"]["hs_timestamp"],
+            jiff::Timestamp::MAX.to_string()
+        );
+    }
+
+    /// Rate-limit headers with values no clock holds: a window of at most a year (then
+    /// `max_retry_after` clamps it to an hour), or none; never a panic.
+    #[test]
+    fn absurd_rate_limit_headers_are_clamped_never_a_panic() {
+        let wait = |remaining: &str, interval: &str| {
+            let mut h = HeaderMap::new();
+            h.insert("x-hubspot-ratelimit-remaining", remaining.parse().unwrap());
+            h.insert(
+                "x-hubspot-ratelimit-interval-milliseconds",
+                interval.parse().unwrap(),
+            );
+            rate_limit_wait(&h)
+        };
+        for huge in [
+            "18446744073709551615",
+            "99999999999999999999999999999",
+            "1e300",
+            "31622400000000",
+        ] {
+            assert_eq!(wait("0", huge), Some(LONGEST_WAIT), "{huge}");
+        }
+        for nothing in ["-1", "NaN", "inf", "", "soon"] {
+            assert_eq!(wait("0", nothing), None, "{nothing}");
+        }
+        assert_eq!(wait("0", "2500.5"), Some(Duration::from_micros(2_500_500)));
+        // Something remains, or the count is absurd: no wait from these headers.
+        for remaining in ["99999999999999999999999", "-5", "NaN", "1.5"] {
+            assert_eq!(wait(remaining, "1000"), None, "{remaining}");
+        }
     }
 }

@@ -10,14 +10,7 @@ pub fn deliver(a: &Attempt<'_>) -> Result<Delivered, DeliveryError> {
         .and_then(|_| out.write_all(b"\n"))
         .and_then(|_| out.flush())
         .map(|_| Delivered::Sent)
-        .map_err(|e| DeliveryError {
-            retriable: true,
-            retry_after: None,
-            pause_sink: None,
-            status: None,
-            message: format!("writing to stdout: {e}"),
-            excerpt: String::new(),
-        })
+        .map_err(|e| DeliveryError::retriable(format!("writing to stdout: {e}")))
 }
 
 /// One JSON line per alert on stdout.

@@ -45,7 +45,7 @@ impl ChatWebhook {
             .client
             .post(self.url.0.clone())
             .json(&(self.payload)(a));
-        self.http.send(&what, request).await?;
+        self.http.send_secret(&what, request).await?;
         Ok(Delivered::Sent)
     }
 }
@@ -109,6 +109,21 @@ impl Sink {
             Sink::Slack(_) => Style::Slack,
             Sink::Teams(_) => Style::Teams,
             _ => Style::Plain,
+        }
+    }
+
+    /// What an attempt comes to without a request, when the alert alone decides it: an alert
+    /// no sink takes ([`attempt::refusal`]) is refused for good; a CRM sink skips another
+    /// system's lead and refuses a record id it cannot put in a URL. No pause, pace or
+    /// concurrency limit applies to these.
+    pub fn precheck(&self, a: &Attempt<'_>) -> Option<Result<Delivered, DeliveryError>> {
+        if let Some(why) = attempt::refusal(a.alert) {
+            return Some(Err(DeliveryError::permanent(why)));
+        }
+        match self {
+            Sink::Salesforce(_) => crm::record_id(a, "salesforce", "Salesforce").err(),
+            Sink::Hubspot(_) => crm::record_id(a, "hubspot", "HubSpot").err(),
+            _ => None,
         }
     }
 

@@ -28,6 +28,19 @@ use jiff::Timestamp;
 use super::attempt::{Attempt, Delivered, DeliveryError, Http, redact, truncate};
 use super::crm;
 use crate::conf::{HumanDuration0, KeyProblems, SecretString};
+use crate::dispatch::retry;
+
+/// Why the sink pauses (`leadwatch_sink_paused{reason}`): the token endpoint refused the
+/// credentials, or the API refused a fresh token.
+const TOKEN_REFUSED: &str = "token_refused";
+const UNAUTHORIZED: &str = "unauthorized";
+
+/// The longest Subject Salesforce takes.
+const SUBJECT_MAX: usize = 255;
+
+/// The dates Salesforce takes.
+const FIRST_DATE: jiff::civil::Date = jiff::civil::date(1700, 1, 1);
+const LAST_DATE: jiff::civil::Date = jiff::civil::date(4000, 12, 31);
 
 pub struct SalesforceSink {
     instance_url: Url,
@@ -82,13 +95,17 @@ impl SalesforceSink {
         }
     }
 
-    fn url(&self, path: &str) -> Url {
-        let base = self.instance_url.as_str().trim_end_matches('/');
-        Url::parse(&format!(
-            "{base}/services/data/v{}/{path}",
-            self.api_version
-        ))
-        .expect("a valid Salesforce URL")
+    /// `{instance_url}/services/data/v{api_version}/{segments…}`, each segment percent-encoded
+    /// on its own: none can add a level, go up one or start a query.
+    fn url(&self, segments: &[&str]) -> Result<Url, DeliveryError> {
+        let mut url = self.instance_url.clone();
+        let version = format!("v{}", self.api_version);
+        url.path_segments_mut()
+            .map_err(|()| DeliveryError::permanent("`instance_url` cannot take a path"))?
+            .pop_if_empty()
+            .extend(["services", "data", version.as_str()])
+            .extend(segments);
+        Ok(url)
     }
 
     /// The cached token, or a new one.
@@ -109,6 +126,10 @@ impl SalesforceSink {
         if !response.status().is_success() {
             let mut e = DeliveryError::from_response(&what, response, self.http.clock.now()).await;
             e.message = format!("getting an access token: {}", e.message);
+            if !e.retriable {
+                // The credentials (or the connected app) were refused: every alert would be.
+                e.credentials = Some(TOKEN_REFUSED);
+            }
             return Err(e);
         }
         let body: Value = response
@@ -117,7 +138,11 @@ impl SalesforceSink {
             .map_err(|e| DeliveryError::transport(&what, e))?;
         let token = body["access_token"]
             .as_str()
-            .ok_or_else(|| DeliveryError::permanent("the token answer has no access_token"))?
+            .filter(|t| !t.is_empty())
+            .ok_or_else(|| DeliveryError {
+                credentials: Some(TOKEN_REFUSED),
+                ..DeliveryError::permanent(format!("{what}: the answer has no access_token"))
+            })?
             .to_string();
         *cached = Some(token.clone());
         Ok(token)
@@ -143,7 +168,10 @@ impl SalesforceSink {
                 (
                     "assertion",
                     key.assertion(&self.client_id, username, audience, self.http.clock.now())
-                        .map_err(DeliveryError::permanent)?,
+                        .map_err(|e| DeliveryError {
+                            credentials: Some(TOKEN_REFUSED),
+                            ..DeliveryError::permanent(e)
+                        })?,
                 ),
             ],
         })
@@ -197,7 +225,9 @@ impl SalesforceSink {
                 e.message = format!("{what}: the org's API request limit is exhausted");
             }
             if status == 401 {
+                // A fresh token refused: the integration user or the app, not the alert.
                 e.message = format!("{what} answered 401 even with a fresh token");
+                e.credentials = Some(UNAUTHORIZED);
             }
             return Err(e);
         }
@@ -206,7 +236,7 @@ impl SalesforceSink {
     pub async fn deliver(&self, a: &Attempt<'_>) -> Result<Delivered, DeliveryError> {
         let lead_id = match crm::record_id(a, "salesforce", "Salesforce") {
             Ok(id) => id,
-            Err(skipped) => return Ok(skipped),
+            Err(outcome) => return outcome,
         };
         let reassign_to = crm::reassign(a, self.apply_reassignment, |owner| async move {
             let object = if lead_id.starts_with("003") {
@@ -214,31 +244,24 @@ impl SalesforceSink {
             } else {
                 "Lead"
             };
-            self.call(
-                Method::PATCH,
-                self.url(&format!("sobjects/{object}/{lead_id}")),
-                Some(&json!({ "OwnerId": owner })),
-            )
-            .await
+            let url = self.url(&["sobjects", object, lead_id])?;
+            self.call(Method::PATCH, url, Some(&json!({ "OwnerId": owner })))
+                .await
         })
         .await?;
         let task = self.task(a, lead_id, reassign_to);
         match &self.external_id_field {
             Some(field) => {
-                self.call(
-                    Method::PATCH,
-                    self.url(&format!("sobjects/Task/{field}/{}", a.alert.id())),
-                    Some(&task),
-                )
-                .await?;
+                let url = self.url(&["sobjects", "Task", field, a.alert.id()])?;
+                self.call(Method::PATCH, url, Some(&task)).await?;
                 Ok(Delivered::Sent)
             }
             None => {
                 if a.may_exist() && self.exists(lead_id, a.alert.id()).await? {
                     return Ok(Delivered::AlreadyThere);
                 }
-                self.call(Method::POST, self.url("sobjects/Task"), Some(&task))
-                    .await?;
+                let url = self.url(&["sobjects", "Task"])?;
+                self.call(Method::POST, url, Some(&task)).await?;
                 Ok(Delivered::Sent)
             }
         }
@@ -251,7 +274,7 @@ impl SalesforceSink {
             soql_escape(lead_id),
             soql_escape(alert_id)
         );
-        let mut url = self.url("query");
+        let mut url = self.url(&["query"])?;
         url.query_pairs_mut().append_pair("q", &soql);
         let response = self.call(Method::GET, url, None).await?;
         let body: Value = response
@@ -265,17 +288,22 @@ impl SalesforceSink {
         let m = a.message;
         let owner = crm::task_owner(a, reassigned, |s| s.starts_with("005"));
         let subject = match &self.external_id_field {
-            Some(_) => truncate(&m.title, 255),
-            // The alert id is how a retry finds the task an uncertain attempt created.
-            None => format!(
-                "{} [{}]",
-                truncate(&m.title, 255 - a.alert.id().len() - 3),
-                a.alert.id()
-            ),
+            Some(_) => truncate(&m.title, SUBJECT_MAX),
+            // The alert id is how a retry finds the task an uncertain attempt created. (An id
+            // too long to fit never gets here — the dispatcher refuses it — but if one did, the
+            // Subject is still cut to what Salesforce takes.)
+            None => {
+                let id = a.alert.id();
+                let room = SUBJECT_MAX.saturating_sub(id.chars().count() + 3);
+                truncate(&format!("{} [{id}]", truncate(&m.title, room)), SUBJECT_MAX)
+            }
         };
-        let due = (a.alert.timestamp + self.due_in)
+        // Salesforce takes dates from 1700 to 4000; an alert fired at the end of time (a
+        // record no engine wrote) is due on the last of them, not an overflow.
+        let due = retry::later(a.alert.timestamp, self.due_in)
             .to_zoned(jiff::tz::TimeZone::UTC)
-            .date();
+            .date()
+            .clamp(FIRST_DATE, LAST_DATE);
         let mut task = json!({
             "WhoId": lead_id,
             "Subject": subject,
@@ -476,6 +504,61 @@ impl SalesforceConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::alert::Alert;
+    use crate::clock::Clock;
+    use crate::dispatch::template::{Style, Templates, sample_alert};
+
+    fn sink(extra: Value) -> SalesforceSink {
+        let mut cfg = json!({
+            "instance_url": "https://example.my.salesforce.com",
+            "token_url": "https://login.salesforce.com/services/oauth2/token",
+            "client_id": "cid",
+            "client_secret": "s",
+        });
+        cfg.as_object_mut()
+            .unwrap()
+            .extend(extra.as_object().unwrap().clone());
+        let cfg: SalesforceConfig = serde_json::from_value(cfg).unwrap();
+        let http = Http::new(Duration::from_secs(1), Clock::system()).unwrap();
+        SalesforceSink::from_config(&cfg, http)
+    }
+
+    fn task_of(sink: &SalesforceSink, alert: &Alert) -> Value {
+        let body = bytes::Bytes::from(serde_json::to_vec(alert).unwrap());
+        let message = Templates::new(&[])
+            .unwrap()
+            .render(alert, None, Style::Plain);
+        let a = Attempt {
+            alert,
+            body: &body,
+            attempt: 1,
+            maybe_attempted: false,
+            message: &message,
+        };
+        sink.task(&a, "00Q5g000001", None)
+    }
+
+    /// Values no engine writes — an alert id longer than a Subject, a firing time at either
+    /// end of time, a title of 10,000 characters — make a task within Salesforce's limits
+    /// (Subject 255 characters, ActivityDate 1700-01-01 … 4000-12-31): no overflow, no panic.
+    #[test]
+    fn a_poison_alert_makes_a_task_within_salesforces_limits() {
+        let sink = sink(json!({"due_in": "2d"}));
+        let mut alert = sample_alert("sla.first_touch.breached");
+        alert.data.alert_id = format!("alert_{}", "0".repeat(294));
+        alert.data.lead_info.name = Some("N".repeat(10_000));
+        let task = task_of(&sink, &alert);
+        assert!(
+            task["Subject"].as_str().unwrap().chars().count() <= 255,
+            "{task}"
+        );
+        alert.timestamp = Timestamp::MAX;
+        assert_eq!(task_of(&sink, &alert)["ActivityDate"], "4000-12-31");
+        alert.timestamp = Timestamp::MIN;
+        assert_eq!(task_of(&sink, &alert)["ActivityDate"], "1700-01-01");
+        alert.timestamp = "2026-11-22T23:00:00Z".parse().unwrap();
+        assert_eq!(task_of(&sink, &alert)["ActivityDate"], "2026-11-24");
+    }
 
     #[test]
     fn the_assertion_is_an_rs256_jwt_the_public_key_verifies() {
