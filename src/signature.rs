@@ -112,7 +112,9 @@ pub enum VerifyError {
     TooOld(i64),
     #[error("`webhook-timestamp` is more than {0} s in the future")]
     TooNew(i64),
-    #[error("no signature among the first {MAX_SIGNATURES} of `webhook-signature` matches the body")]
+    #[error(
+        "no signature among the first {MAX_SIGNATURES} of `webhook-signature` matches the body"
+    )]
     NoMatch,
 }
 
@@ -327,7 +329,7 @@ mod tests {
             Ok(())
         );
         // Entries of other versions and empty ones (double spaces) count as entries too.
-        let other_versions = format!("{} {SIG}", vec!["v1a,xyz"; MAX_SIGNATURES].join("  "));
+        let other_versions = format!("{} {SIG}", ["v1a,xyz"; MAX_SIGNATURES].join("  "));
         assert_eq!(
             verify(&[secret()], &headers(&ts, &other_versions), BODY, TS, 300),
             Err(VerifyError::NoMatch)

@@ -42,6 +42,8 @@ pub struct Parsed {
     pub ignored: usize,
     /// Vendor events from an account that is not allowed (produced nowhere).
     pub forbidden: usize,
+    /// What holding the events to `[server]`'s limits changed (values cut, times clamped).
+    pub adjusted: super::normalize::Adjusted,
 }
 
 /// Who sent a request: a vendor's `verify.rs`.

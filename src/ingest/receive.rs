@@ -127,11 +127,13 @@ impl Ingest {
         );
         let parsed = match source.parse(&body, now) {
             Ok(parsed) => parsed,
-            Err(e @ (IngestError::Malformed(_) | IngestError::TooManyEvents(_)))
-                if handler.authentic_unparsed(&body) =>
-            {
+            Err(
+                e @ (IngestError::Malformed(_)
+                | IngestError::TooManyEvents(_)
+                | IngestError::EventTooLarge(_)),
+            ) if handler.authentic_unparsed(&body) => {
                 // Authentic but not understood: kept (marked unparsed) for a corrected replay.
-                record.error = Some(e.body());
+                record.set_error(e.body());
                 self.send_owned(&[(
                     self.raw_topic.as_str(),
                     source.name.as_str(),
@@ -147,6 +149,7 @@ impl Ingest {
             mut events,
             ignored,
             forbidden,
+            adjusted,
         } = parsed;
         // Nothing from an allowed account: refused, even if the batch also held events that
         // concern no lead (those would be ignored anyway).
@@ -201,6 +204,8 @@ impl Ingest {
         self.metrics.ingest_events(&source.name, "ignored", ignored);
         self.metrics
             .ingest_events(&source.name, "forbidden", forbidden);
+        self.metrics
+            .ingest_adjusted(&source.name, adjusted.values_cut, adjusted.clamped);
         Ok(Accepted {
             produced: events.len(),
             duplicates,

@@ -149,7 +149,10 @@ mod tests {
         );
         let closed = "<SessionId>x</SessionId>".repeat(40_000);
         let out = redact_session_ids(closed.as_bytes()).unwrap();
-        assert_eq!(out, "<SessionId>REDACTED</SessionId>".repeat(40_000).as_bytes());
+        assert_eq!(
+            out,
+            "<SessionId>REDACTED</SessionId>".repeat(40_000).as_bytes()
+        );
         let prefixes = "<a:SessionId <b:SessionId </a:".repeat(30_000);
         let _ = redact_session_ids(prefixes.as_bytes());
     }
