@@ -118,15 +118,22 @@ pub enum VerifyError {
     NoMatch,
 }
 
-/// Verifies the raw body against the headers, accepting a match with any of `secrets`.
-/// `now` is Unix seconds (passed in so tests pin the clock).
-pub fn verify(
-    secrets: &[WebhookSecret],
+/// What can be checked before the body arrives: the three headers are there and the timestamp
+/// is within the tolerance. `now` is Unix seconds.
+pub fn check_headers(
     headers: &SignedHeaders<'_>,
-    body: &[u8],
     now: i64,
     tolerance_secs: i64,
 ) -> Result<(), VerifyError> {
+    verified_headers(headers, now, tolerance_secs).map(|_| ())
+}
+
+/// The id, timestamp and signature entries of checked headers.
+fn verified_headers<'a>(
+    headers: &SignedHeaders<'a>,
+    now: i64,
+    tolerance_secs: i64,
+) -> Result<(&'a str, i64, &'a str), VerifyError> {
     let id = headers.id.ok_or(VerifyError::MissingHeader("webhook-id"))?;
     let ts_raw = headers
         .timestamp
@@ -145,6 +152,19 @@ pub fn verify(
     if ts > now.saturating_add(tolerance_secs) {
         return Err(VerifyError::TooNew(tolerance_secs));
     }
+    Ok((id, ts, sigs))
+}
+
+/// Verifies the raw body against the headers, accepting a match with any of `secrets`.
+/// `now` is Unix seconds (passed in so tests pin the clock).
+pub fn verify(
+    secrets: &[WebhookSecret],
+    headers: &SignedHeaders<'_>,
+    body: &[u8],
+    now: i64,
+    tolerance_secs: i64,
+) -> Result<(), VerifyError> {
+    let (id, ts, sigs) = verified_headers(headers, now, tolerance_secs)?;
     // Only the first few entries: a sender lists one per secret it rotates through.
     let candidates: Vec<Vec<u8>> = sigs
         .split(' ')

@@ -193,3 +193,238 @@ async fn a_generic_source_speaks_for_another_systems_leads_only_where_it_lists_t
     );
     daemon.stop().await;
 }
+
+/// A daemon that only ingests, with `server` settings added to `[server]` and `extra` sections.
+async fn ingest_with(
+    kafka: &leadwatch::bus::embedded::EmbeddedKafka,
+    server: &str,
+    extra: &str,
+) -> Daemon {
+    let config = format!(
+        "roles = [\"ingest\"]\n{}",
+        config_text(kafka.bootstrap(), "http://127.0.0.1:1/alerts", extra)
+    )
+    .replace("[server]\n", &format!("[server]\n{server}\n"));
+    Daemon::start(&config, &rules_text("1h")).await
+}
+
+/// An answer read off a raw connection: status, headers (lowercase names) and body.
+#[derive(Debug)]
+struct RawAnswer {
+    status: u16,
+    headers: Vec<(String, String)>,
+    body: String,
+}
+
+impl RawAnswer {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+    fn json(&self) -> Value {
+        serde_json::from_str(&self.body).unwrap_or(Value::Null)
+    }
+}
+
+/// Reads one HTTP answer from `stream` (up to its `Content-Length`, or to the end of the
+/// connection); `None` when the connection ends first or nothing comes within `patience`.
+async fn read_answer(stream: &mut tokio::net::TcpStream, patience: Duration) -> Option<RawAnswer> {
+    use tokio::io::AsyncReadExt;
+    let mut buf = Vec::new();
+    let read = async {
+        let mut chunk = [0u8; 8192];
+        loop {
+            if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                let head = String::from_utf8_lossy(&buf[..end]).to_string();
+                let length = head.lines().find_map(|l| {
+                    let (k, v) = l.split_once(':')?;
+                    k.eq_ignore_ascii_case("content-length")
+                        .then(|| v.trim().parse::<usize>().ok())?
+                });
+                if length.is_some_and(|n| buf.len() >= end + 4 + n) {
+                    return;
+                }
+            }
+            match stream.read(&mut chunk).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            }
+        }
+    };
+    tokio::time::timeout(patience, read).await.ok()?;
+    let end = buf.windows(4).position(|w| w == b"\r\n\r\n")?;
+    let head = String::from_utf8_lossy(&buf[..end]).to_string();
+    let mut lines = head.lines();
+    let status = lines.next()?.split_whitespace().nth(1)?.parse().ok()?;
+    let headers = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
+        .collect();
+    let body = String::from_utf8_lossy(&buf[end + 4..]).to_string();
+    Some(RawAnswer {
+        status,
+        headers,
+        body,
+    })
+}
+
+/// Opens a connection and sends `head` (and no more).
+async fn send_head(daemon: &Daemon, head: &str) -> tokio::net::TcpStream {
+    use tokio::io::AsyncWriteExt;
+    let mut stream = tokio::net::TcpStream::connect(daemon.addr).await.unwrap();
+    stream.write_all(head.as_bytes()).await.unwrap();
+    stream
+}
+
+/// Headers of a Standard Webhooks request that look right until the body is checked.
+fn plausibly_signed(path: &str, length: usize) -> String {
+    let ts = leadwatch::clock::Clock::system().now().as_second();
+    format!(
+        "POST {path} HTTP/1.1\r\nHost: x\r\ncontent-type: application/json\r\n\
+         webhook-id: msg_1\r\nwebhook-timestamp: {ts}\r\nwebhook-signature: v1,AAAA\r\n\
+         content-length: {length}\r\n\r\n"
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_beyond_the_cap_is_answered_503_at_once_and_served_again_after() {
+    let kafka = kafka(1);
+    let daemon = ingest_with(
+        &kafka,
+        "max_connections = 4\nheader_read_timeout = \"30s\"",
+        "",
+    )
+    .await;
+    // Four connections that send nothing hold the four places.
+    let mut idle = Vec::new();
+    for _ in 0..4 {
+        idle.push(tokio::net::TcpStream::connect(daemon.addr).await.unwrap());
+    }
+    let mut fifth = send_head(&daemon, "GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n").await;
+    let answer = read_answer(&mut fifth, Duration::from_secs(10))
+        .await
+        .expect("an answer, not a wait");
+    assert_eq!(answer.status, 503, "{answer:?}");
+    assert_eq!(answer.header("retry-after"), Some("2"), "{answer:?}");
+    assert_eq!(answer.json()["error"], "overloaded", "{answer:?}");
+    // A place freed is a place taken again.
+    drop(idle.pop());
+    wait_for(
+        "a freed place to be served",
+        Duration::from_secs(10),
+        || async {
+            reqwest::get(daemon.url("/healthz"))
+                .await
+                .is_ok_and(|r| r.status() == 200)
+        },
+    )
+    .await;
+    assert!(
+        daemon
+            .metric("leadwatch_http_refused_total{reason=\"connection_limit\"}")
+            .await
+            >= 1.0
+    );
+    drop(idle);
+    daemon.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_beyond_the_in_flight_cap_is_answered_503_and_counted() {
+    let kafka = kafka(1);
+    let daemon = ingest_with(
+        &kafka,
+        "max_requests_in_flight = 2\nbody_timeout = \"30s\"",
+        "",
+    )
+    .await;
+    // Two requests whose bodies never come hold the two places.
+    let _a = send_head(&daemon, &plausibly_signed("/webhooks/web", 1000)).await;
+    let _b = send_head(&daemon, &plausibly_signed("/webhooks/web", 1000)).await;
+    wait_for("both to be in flight", Duration::from_secs(10), || async {
+        let (status, _, body) = post_signed(
+            &daemon.url("/webhooks/web"),
+            SOURCE_SECRET,
+            &ready_event("x-1", "L-1", &now_plus(0)),
+        )
+        .await;
+        status == 503 && body["error"] == "overloaded"
+    })
+    .await;
+    let (status, headers, _) = post_signed(
+        &daemon.url("/webhooks/web"),
+        SOURCE_SECRET,
+        &ready_event("x-1", "L-1", &now_plus(0)),
+    )
+    .await;
+    assert_eq!(status, 503);
+    assert_eq!(headers["retry-after"], "2");
+    assert!(
+        daemon
+            .metric("leadwatch_webhook_requests_total{source=\"web\",outcome=\"overloaded\"}")
+            .await
+            >= 1.0
+    );
+    daemon.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn credentials_in_the_headers_are_checked_before_the_body_is_read() {
+    let kafka = kafka(1);
+    let extra = r#"
+[sources.mk]
+kind = "marketo"
+header = "X-Leadwatch-Token"
+secret = "t0k3n"
+[sources.pd]
+kind = "pipedrive"
+username = "pd"
+password = "s3cret"
+[sources.sf]
+kind = "salesforce"
+organization_ids = ["00D5g000004Xq2R"]
+path_secret = "s3gment"
+"#;
+    let daemon = ingest_with(&kafka, "body_timeout = \"60s\"", extra).await;
+    // Each announces a megabyte and sends none of it: the answer comes without it.
+    let megabyte = "content-length: 1000000\r\n\r\n";
+    for (head, status) in [
+        (
+            format!(
+                "POST /webhooks/mk HTTP/1.1\r\nHost: x\r\nX-Leadwatch-Token: wrong\r\n{megabyte}"
+            ),
+            401,
+        ),
+        (
+            format!("POST /webhooks/pd HTTP/1.1\r\nHost: x\r\n{megabyte}"),
+            401,
+        ),
+        (
+            format!("POST /webhooks/sf/wrong HTTP/1.1\r\nHost: x\r\n{megabyte}"),
+            401,
+        ),
+        (
+            format!("POST /webhooks/web HTTP/1.1\r\nHost: x\r\n{megabyte}"),
+            401,
+        ),
+        (
+            plausibly_signed("/webhooks/web", 1_000_000).replace(
+                &format!(
+                    "webhook-timestamp: {}",
+                    leadwatch::clock::Clock::system().now().as_second()
+                ),
+                "webhook-timestamp: 1000000000",
+            ),
+            401,
+        ),
+    ] {
+        let mut stream = send_head(&daemon, &head).await;
+        let answer = read_answer(&mut stream, Duration::from_secs(20))
+            .await
+            .unwrap_or_else(|| panic!("no answer before the body to {head}"));
+        assert_eq!(answer.status, status, "{head}\n{answer:?}");
+    }
+    daemon.stop().await;
+}

@@ -1,23 +1,30 @@
 //! Serving HTTP: the router (webhooks, health, readiness, metrics) and a connection loop with a
-//! header read timeout (hyper's is off unless given a timer, and `axum::serve` gives none) and
-//! graceful shutdown.
+//! header read timeout (hyper's is off unless given a timer, and `axum::serve` gives none),
+//! graceful shutdown, and the limits no sender may push past (`[server]`):
+//! - at most `max_connections` open connections: one more is answered `503` with `Retry-After`
+//!   and a JSON body straight away, without reading its request, and closed (cheaper than
+//!   serving it, kinder than leaving it in the accept queue until it times out);
+//! - request headers of at most `max_header_bytes`: more gets `431` with a JSON body; past twice
+//!   that (hyper's read buffer), or past 100 headers, hyper answers a bare `431` and closes;
+//! - the webhooks' own limits (requests in flight, body size and time) are ingest's.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::Router;
 use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::{get, post};
+use axum::{Json, Router};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
 use crate::bus::producer::Producer;
-use crate::ingest::{self, Ingest};
+use crate::ingest::{self, Ingest, ServerConfig};
 use crate::telemetry::Metrics;
 
 #[derive(Clone)]
@@ -26,18 +33,53 @@ struct Health {
     metrics: Arc<Metrics>,
 }
 
-/// The routes; webhooks only when this instance runs ingest.
+/// The routes, and the limits the listener holds every connection to.
+pub struct HttpApp {
+    router: Router,
+    limits: Limits,
+    metrics: Arc<Metrics>,
+}
+
+/// What `[server]` says of connections and headers.
+#[derive(Debug, Clone, Copy)]
+struct Limits {
+    max_connections: usize,
+    max_header_bytes: usize,
+    retry_after: Duration,
+}
+
+impl Limits {
+    fn of(server: &ServerConfig) -> Self {
+        Self {
+            max_connections: server.max_connections,
+            max_header_bytes: server.max_header_bytes,
+            retry_after: server.retry_after.0,
+        }
+    }
+}
+
+/// The routes; webhooks only when this instance runs ingest. The limits are `[server]`'s (an
+/// instance without ingest serves health and metrics within the defaults).
 pub fn router(
     ingest: Option<Arc<Ingest>>,
     producer: Arc<Producer>,
     metrics: Arc<Metrics>,
-) -> Router {
+) -> HttpApp {
+    let limits = Limits::of(
+        &ingest
+            .as_ref()
+            .map(|i| i.server.clone())
+            .unwrap_or_default(),
+    );
     let health = Router::new()
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(ready))
         .route("/metrics", get(metrics_text))
-        .with_state(Health { producer, metrics });
-    match ingest {
+        .with_state(Health {
+            producer,
+            metrics: metrics.clone(),
+        });
+    let routes = match ingest {
         Some(ingest) => health.merge(
             Router::new()
                 .route("/webhooks/{name}", post(ingest::receive))
@@ -45,7 +87,41 @@ pub fn router(
                 .with_state(ingest),
         ),
         None => health,
+    };
+    let router = routes.layer(axum::middleware::from_fn_with_state(
+        (limits, metrics.clone()),
+        header_limit,
+    ));
+    HttpApp {
+        router,
+        limits,
+        metrics,
     }
+}
+
+/// Headers over `max_header_bytes` (names and values): 431, with a JSON body.
+async fn header_limit(
+    State((limits, metrics)): State<(Limits, Arc<Metrics>)>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    let bytes: usize = request
+        .headers()
+        .iter()
+        .map(|(name, value)| name.as_str().len() + value.len())
+        .sum();
+    if bytes > limits.max_header_bytes {
+        metrics.http_refused("headers_too_large");
+        let body = serde_json::json!({
+            "error": "headers_too_large",
+            "message": format!(
+                "the request headers are {bytes} bytes; at most {} are read",
+                limits.max_header_bytes
+            ),
+        });
+        return (StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE, Json(body)).into_response();
+    }
+    next.run(request).await
 }
 
 /// Ready when webhooks can be accepted: the producer is healthy and Kafka answers. The engine's
@@ -71,15 +147,27 @@ async fn metrics_text(State(h): State<Health>) -> impl IntoResponse {
 /// Accepts connections until `shutdown`, then lets open requests finish for up to `grace`.
 pub async fn serve(
     listener: TcpListener,
-    app: Router,
+    app: HttpApp,
     header_read_timeout: Duration,
     shutdown: CancellationToken,
     grace: Duration,
 ) {
+    let HttpApp {
+        router: app,
+        limits,
+        metrics,
+    } = app;
     let graceful = GracefulShutdown::new();
     let mut http = hyper::server::conn::http1::Builder::new();
     http.timer(TokioTimer::new())
-        .header_read_timeout(header_read_timeout);
+        .header_read_timeout(header_read_timeout)
+        // Headers past twice the limit are not even buffered (the middleware answers those
+        // between the two with JSON).
+        .max_buf_size((limits.max_header_bytes.saturating_mul(2)).max(8192));
+    let places = Arc::new(Semaphore::new(limits.max_connections));
+    // Refusing takes a moment (the answer is written, the request drained briefly): a few at a
+    // time; past them, a connection over the limit is closed unanswered.
+    let refusals = Arc::new(Semaphore::new(REFUSALS_AT_ONCE));
     loop {
         let stream = tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -93,13 +181,28 @@ pub async fn serve(
             },
             _ = shutdown.cancelled() => break,
         };
+        let Ok(place) = places.clone().try_acquire_owned() else {
+            metrics.http_refused("connection_limit");
+            if let Ok(refusal) = refusals.clone().try_acquire_owned() {
+                tokio::spawn(async move {
+                    refuse_connection(stream, limits).await;
+                    drop(refusal);
+                });
+            }
+            continue;
+        };
         let service = TowerToHyperService::new(app.clone());
         let connection = http.serve_connection(TokioIo::new(stream), service);
         let watched = graceful.watch(connection);
+        let metrics = metrics.clone();
         tokio::spawn(async move {
             if let Err(e) = watched.await {
+                if e.is_parse_too_large() {
+                    metrics.http_refused("headers_too_large");
+                }
                 tracing::debug!(error = %e, "connection ended with an error");
             }
+            drop(place);
         });
     }
     drop(listener);
@@ -109,4 +212,40 @@ pub async fn serve(
     {
         tracing::warn!("open HTTP connections did not finish within the grace period");
     }
+}
+
+/// Connections over the limit being answered at once.
+const REFUSALS_AT_ONCE: usize = 64;
+
+/// How long a refused connection's request is read (and dropped) after the answer, so that the
+/// client reads the answer rather than a reset.
+const REFUSAL_DRAIN: Duration = Duration::from_secs(1);
+
+/// Answers a connection over the limit: `503`, `Retry-After`, a JSON body, and closes it.
+async fn refuse_connection(mut stream: tokio::net::TcpStream, limits: Limits) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let body = serde_json::json!({
+        "error": "overloaded",
+        "message": format!(
+            "the server is at its limit of {} connections",
+            limits.max_connections
+        ),
+    })
+    .to_string();
+    let answer = format!(
+        "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\n\
+         retry-after: {}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+        limits.retry_after.as_secs().max(1),
+        body.len()
+    );
+    let _ = tokio::time::timeout(REFUSAL_DRAIN, async {
+        stream.write_all(answer.as_bytes()).await?;
+        stream.shutdown().await?;
+        // Read what the client sends until it closes (or the drain time is up): closing with
+        // unread data would reset the connection before the client reads the answer.
+        let mut sink = [0u8; 4096];
+        while stream.read(&mut sink).await? > 0 {}
+        Ok::<_, std::io::Error>(())
+    })
+    .await;
 }

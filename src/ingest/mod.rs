@@ -69,7 +69,7 @@ use crate::telemetry::Metrics;
 pub use config::{ServerConfig, SourceConfig};
 use dedupe::Dedupe;
 pub use error::{FieldProblem, IngestError, MAX_BATCH, check_batch, quote, refuse};
-pub use handler::{Handler, Parse, Parsed, Request, Vendor, Verify, json_body};
+pub use handler::{Handler, Head, Parse, Parsed, Request, Vendor, Verify, json_body};
 pub use keys::{
     MAX_KEY_LEN, MAX_VERBATIM_KEY_LEN, NAMESPACES, hashed_id, namespace_of, object_id_problem,
 };
@@ -128,6 +128,10 @@ pub struct Ingest {
     pub dedupe: Dedupe,
     /// Arrival times (`received_at`, signature tolerances) and deduplication windows read it.
     pub clock: Clock,
+    /// One place per request being handled (`server.max_requests_in_flight`).
+    pub in_flight: tokio::sync::Semaphore,
+    /// Refused requests are logged at most once per second per source.
+    pub refusal_log: receive::LogGate,
 }
 
 impl Ingest {
@@ -156,6 +160,8 @@ impl Ingest {
             metrics,
             dedupe: Dedupe::new(server.dedupe_capacity),
             clock,
+            in_flight: tokio::sync::Semaphore::new(server.max_requests_in_flight),
+            refusal_log: receive::LogGate::default(),
         }
     }
 }
