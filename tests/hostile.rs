@@ -429,6 +429,49 @@ path_secret = "s3gment"
     daemon.stop().await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn headers_over_the_limit_are_answered_431_and_counted() {
+    let kafka = kafka(1);
+    let daemon = ingest_with(&kafka, "max_header_bytes = 4096", "").await;
+    // Over the limit, within what is buffered: 431 with a JSON body saying why.
+    let head = format!(
+        "POST /webhooks/web HTTP/1.1\r\nHost: x\r\nx-padding: {}\r\ncontent-length: 2\r\n\r\n{{}}",
+        "a".repeat(6000)
+    );
+    let mut stream = send_head(&daemon, &head).await;
+    let answer = read_answer(&mut stream, Duration::from_secs(20))
+        .await
+        .expect("an answer");
+    assert_eq!(answer.status, 431, "{answer:?}");
+    assert_eq!(answer.json()["error"], "headers_too_large", "{answer:?}");
+    // Past what is buffered (twice the limit): refused without reading the rest.
+    let head = format!(
+        "POST /webhooks/web HTTP/1.1\r\nHost: x\r\nx-padding: {}\r\ncontent-length: 2\r\n\r\n{{}}",
+        "a".repeat(20_000)
+    );
+    let mut stream = send_head(&daemon, &head).await;
+    if let Some(answer) = read_answer(&mut stream, Duration::from_secs(20)).await {
+        assert_eq!(answer.status, 431, "{answer:?}");
+    }
+    daemon
+        .wait_for_metric(
+            "both refusals counted",
+            "leadwatch_http_refused_total{reason=\"headers_too_large\"}",
+            Duration::from_secs(10),
+            |n| n >= 2.0,
+        )
+        .await;
+    // Headers within the limit are served as ever.
+    let (status, _, _) = post_signed(
+        &daemon.url("/webhooks/web"),
+        SOURCE_SECRET,
+        &ready_event("h-1", "L-1", &now_plus(0)),
+    )
+    .await;
+    assert_eq!(status, 202);
+    daemon.stop().await;
+}
+
 /// What the same client's normal webhooks took: p50 and p99, in milliseconds.
 fn percentiles(mut took: Vec<Duration>) -> (u128, u128) {
     took.sort();

@@ -563,6 +563,28 @@ password = "p"
         );
     }
 
+    /// A Salesforce source no secret guards is a configuration error, unless it says the
+    /// ingress guards it.
+    #[test]
+    fn a_salesforce_source_without_credentials_loads_only_when_allowed_unauthenticated() {
+        let dir = tempfile::tempdir().unwrap();
+        write(dir.path(), "rules.toml", RULES);
+        let open =
+            "\n[sources.sf]\nkind = \"salesforce\"\norganization_ids = [\"00D5g000004Xq2R\"]\n";
+        let path = write(dir.path(), "leadwatch.toml", &format!("{GOOD}{open}"));
+        let Problems(problems) = Config::load_with_env(&path, Vec::new()).unwrap_err();
+        let keys: Vec<&str> = problems.iter().map(|p| p.key.as_str()).collect();
+        assert_eq!(keys, ["sources.sf.path_secret"], "{problems:#?}");
+        assert!(
+            problems[0].message.contains("allow_unauthenticated"),
+            "{problems:#?}"
+        );
+        let allowed = format!("{GOOD}{open}allow_unauthenticated = true\n");
+        let path = write(dir.path(), "leadwatch.toml", &allowed);
+        let cfg = Config::load_with_env(&path, Vec::new()).unwrap();
+        assert_eq!(cfg.sources["sf"].kind(), "salesforce");
+    }
+
     /// Each section checks itself with key paths relative to it; the root nests them, so
     /// check-config still names the whole path, in section order.
     #[test]
