@@ -7,6 +7,9 @@
 //! - request headers of at most `max_header_bytes`: more gets `431` with a JSON body; past twice
 //!   that (hyper's read buffer), or past 100 headers, hyper answers a bare `431` and closes;
 //! - the webhooks' own limits (requests in flight, body size and time) are ingest's.
+//!
+//! Every refusal here is counted (`leadwatch_http_refused_total{reason}`) and logged at most
+//! once a second per reason, the line saying how many were refused unlogged since the last.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -24,7 +27,8 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
 use crate::bus::producer::Producer;
-use crate::ingest::{self, Ingest, ServerConfig};
+use crate::clock::Clock;
+use crate::ingest::{self, Ingest, LogGate, ServerConfig};
 use crate::telemetry::Metrics;
 
 #[derive(Clone)]
@@ -37,7 +41,33 @@ struct Health {
 pub struct HttpApp {
     router: Router,
     limits: Limits,
+    refusals: Arc<Refusals>,
+}
+
+/// Connections and requests refused before any route saw them: counted, and logged at most
+/// once a second per reason (a flood of them must not flood the logs).
+struct Refusals {
     metrics: Arc<Metrics>,
+    log: LogGate,
+    clock: Clock,
+}
+
+impl Refusals {
+    fn refused(&self, reason: &'static str, why: &dyn std::fmt::Display) {
+        self.refused_at(reason, why, self.clock.instant());
+    }
+
+    fn refused_at(
+        &self,
+        reason: &'static str,
+        why: &dyn std::fmt::Display,
+        now: tokio::time::Instant,
+    ) {
+        self.metrics.http_refused(reason);
+        if let Some(unlogged) = self.log.admit(reason, now) {
+            tracing::warn!(reason, unlogged, "refused: {why}");
+        }
+    }
 }
 
 /// What `[server]` says of connections and headers.
@@ -64,6 +94,7 @@ pub fn router(
     ingest: Option<Arc<Ingest>>,
     producer: Arc<Producer>,
     metrics: Arc<Metrics>,
+    clock: Clock,
 ) -> HttpApp {
     let limits = Limits::of(
         &ingest
@@ -88,20 +119,25 @@ pub fn router(
         ),
         None => health,
     };
+    let refusals = Arc::new(Refusals {
+        metrics,
+        log: LogGate::default(),
+        clock,
+    });
     let router = routes.layer(axum::middleware::from_fn_with_state(
-        (limits, metrics.clone()),
+        (limits, refusals.clone()),
         header_limit,
     ));
     HttpApp {
         router,
         limits,
-        metrics,
+        refusals,
     }
 }
 
 /// Headers over `max_header_bytes` (names and values): 431, with a JSON body.
 async fn header_limit(
-    State((limits, metrics)): State<(Limits, Arc<Metrics>)>,
+    State((limits, refusals)): State<(Limits, Arc<Refusals>)>,
     request: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> axum::response::Response {
@@ -111,13 +147,14 @@ async fn header_limit(
         .map(|(name, value)| name.as_str().len() + value.len())
         .sum();
     if bytes > limits.max_header_bytes {
-        metrics.http_refused("headers_too_large");
+        let message = format!(
+            "the request headers are {bytes} bytes; at most {} are read",
+            limits.max_header_bytes
+        );
+        refusals.refused("headers_too_large", &message);
         let body = serde_json::json!({
             "error": "headers_too_large",
-            "message": format!(
-                "the request headers are {bytes} bytes; at most {} are read",
-                limits.max_header_bytes
-            ),
+            "message": message,
         });
         return (StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE, Json(body)).into_response();
     }
@@ -155,7 +192,7 @@ pub async fn serve(
     let HttpApp {
         router: app,
         limits,
-        metrics,
+        refusals,
     } = app;
     let graceful = GracefulShutdown::new();
     let mut http = hyper::server::conn::http1::Builder::new();
@@ -167,7 +204,7 @@ pub async fn serve(
     let places = Arc::new(Semaphore::new(limits.max_connections));
     // Refusing takes a moment (the answer is written, the request drained briefly): a few at a
     // time; past them, a connection over the limit is closed unanswered.
-    let refusals = Arc::new(Semaphore::new(REFUSALS_AT_ONCE));
+    let refusing = Arc::new(Semaphore::new(REFUSALS_AT_ONCE));
     loop {
         let stream = tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -182,8 +219,14 @@ pub async fn serve(
             _ = shutdown.cancelled() => break,
         };
         let Ok(place) = places.clone().try_acquire_owned() else {
-            metrics.http_refused("connection_limit");
-            if let Ok(refusal) = refusals.clone().try_acquire_owned() {
+            refusals.refused(
+                "connection_limit",
+                &format_args!(
+                    "a connection over the limit of {} connections",
+                    limits.max_connections
+                ),
+            );
+            if let Ok(refusal) = refusing.clone().try_acquire_owned() {
                 tokio::spawn(async move {
                     refuse_connection(stream, limits).await;
                     drop(refusal);
@@ -194,11 +237,17 @@ pub async fn serve(
         let service = TowerToHyperService::new(app.clone());
         let connection = http.serve_connection(TokioIo::new(stream), service);
         let watched = graceful.watch(connection);
-        let metrics = metrics.clone();
+        let refusals = refusals.clone();
         tokio::spawn(async move {
             if let Err(e) = watched.await {
                 if e.is_parse_too_large() {
-                    metrics.http_refused("headers_too_large");
+                    refusals.refused(
+                        "headers_too_large",
+                        &format_args!(
+                            "request headers past {} bytes answered with a bare 431",
+                            limits.max_header_bytes.saturating_mul(2).max(8192)
+                        ),
+                    );
                 }
                 tracing::debug!(error = %e, "connection ended with an error");
             }
@@ -248,4 +297,65 @@ async fn refuse_connection(mut stream: tokio::net::TcpStream, limits: Limits) {
         Ok::<_, std::io::Error>(())
     })
     .await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The log lines written through it.
+    #[derive(Clone, Default)]
+    struct Lines(Arc<std::sync::Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Lines {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn refusals_are_each_counted_and_logged_once_a_second_per_reason() {
+        let lines = Lines::default();
+        let subscriber = tracing_subscriber::fmt()
+            .with_writer({
+                let lines = lines.clone();
+                move || lines.clone()
+            })
+            .with_ansi(false)
+            .finish();
+        let metrics = Arc::new(Metrics::new());
+        let refusals = Refusals {
+            metrics: metrics.clone(),
+            log: LogGate::default(),
+            clock: Clock::system(),
+        };
+        let t0 = Clock::system().instant();
+        let at = |ms: u64| t0 + Duration::from_millis(ms);
+        tracing::subscriber::with_default(subscriber, || {
+            for ms in [0, 1, 2, 999] {
+                refusals.refused_at("connection_limit", &"over the limit", at(ms));
+            }
+            refusals.refused_at("headers_too_large", &"too large", at(3));
+            refusals.refused_at("connection_limit", &"over the limit", at(1000));
+        });
+        let text = String::from_utf8(lines.0.lock().unwrap().clone()).unwrap();
+        let logged: Vec<&str> = text.lines().collect();
+        assert_eq!(logged.len(), 3, "{text}");
+        assert!(logged[0].contains("refused: over the limit"), "{text}");
+        assert!(logged[1].contains("reason=\"headers_too_large\""), "{text}");
+        assert!(logged[2].contains("unlogged=3"), "{text}");
+        let exported = metrics.encode();
+        assert!(
+            exported.contains("leadwatch_http_refused_total{reason=\"connection_limit\"} 5"),
+            "{exported}"
+        );
+        assert!(
+            exported.contains("leadwatch_http_refused_total{reason=\"headers_too_large\"} 1"),
+            "{exported}"
+        );
+    }
 }

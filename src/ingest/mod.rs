@@ -73,7 +73,7 @@ pub use handler::{Handler, Head, Parse, Parsed, Request, Vendor, Verify, json_bo
 pub use keys::{
     MAX_KEY_LEN, MAX_VERBATIM_KEY_LEN, NAMESPACES, hashed_id, namespace_of, object_id_problem,
 };
-pub use receive::{WebhookPath, receive};
+pub use receive::{LogGate, WebhookPath, receive};
 
 /// A configured source.
 #[derive(Debug)]
