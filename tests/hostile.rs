@@ -386,6 +386,10 @@ password = "s3cret"
 kind = "salesforce"
 organization_ids = ["00D5g000004Xq2R"]
 path_secret = "s3gment"
+[sources.hs]
+kind = "hubspot"
+secret = "hs-secret"
+public_url = "https://hooks.example.com/webhooks/hs"
 "#;
     let daemon = ingest_with(&kafka, "body_timeout = \"60s\"", extra).await;
     // Each announces a megabyte and sends none of it: the answer comes without it.
@@ -399,6 +403,17 @@ path_secret = "s3gment"
         ),
         (
             format!("POST /webhooks/pd HTTP/1.1\r\nHost: x\r\n{megabyte}"),
+            401,
+        ),
+        (
+            format!(
+                "POST /webhooks/hs HTTP/1.1\r\nHost: x\r\nX-HubSpot-Signature-v3: AAAA\r\n\
+                 X-HubSpot-Request-Timestamp: 1000000000000\r\n{megabyte}"
+            ),
+            401,
+        ),
+        (
+            format!("POST /webhooks/hs HTTP/1.1\r\nHost: x\r\n{megabyte}"),
             401,
         ),
         (
