@@ -3,7 +3,9 @@
 //!
 //! The signed content is `"{webhook-id}.{webhook-timestamp}.{body}"`, HMAC-SHA256 with the
 //! secret's decoded bytes; the header holds space-separated `v1,<base64>` entries so secrets can
-//! rotate (a sender signs with both, a receiver accepts either).
+//! rotate (a sender signs with both, a receiver accepts either). A receiver computes one MAC per
+//! secret and looks at the first [`MAX_SIGNATURES`] entries only: a header listing thousands
+//! costs no more than one listing two.
 
 use std::fmt;
 use std::str::FromStr;
@@ -12,11 +14,15 @@ use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use hmac::{KeyInit, Mac};
 use sha2::Sha256;
+use subtle::ConstantTimeEq;
 
 type HmacSha256 = hmac::Hmac<Sha256>;
 
 /// Accepted distance between a request's `webhook-timestamp` and our clock, both ways.
 pub const DEFAULT_TOLERANCE_SECS: i64 = 5 * 60;
+
+/// The most entries of `webhook-signature` looked at.
+pub const MAX_SIGNATURES: usize = 8;
 
 /// A signing secret, `whsec_` followed by base64 of the key bytes. Its `Debug` never shows the key.
 #[derive(Clone, PartialEq, Eq)]
@@ -106,19 +112,28 @@ pub enum VerifyError {
     TooOld(i64),
     #[error("`webhook-timestamp` is more than {0} s in the future")]
     TooNew(i64),
-    #[error("no signature in `webhook-signature` matches the body")]
+    #[error(
+        "no signature among the first {MAX_SIGNATURES} of `webhook-signature` matches the body"
+    )]
     NoMatch,
 }
 
-/// Verifies the raw body against the headers, accepting a match with any of `secrets`.
-/// `now` is Unix seconds (passed in so tests pin the clock).
-pub fn verify(
-    secrets: &[WebhookSecret],
+/// What can be checked before the body arrives: the three headers are there and the timestamp
+/// is within the tolerance. `now` is Unix seconds.
+pub fn check_headers(
     headers: &SignedHeaders<'_>,
-    body: &[u8],
     now: i64,
     tolerance_secs: i64,
 ) -> Result<(), VerifyError> {
+    verified_headers(headers, now, tolerance_secs).map(|_| ())
+}
+
+/// The id, timestamp and signature entries of checked headers.
+fn verified_headers<'a>(
+    headers: &SignedHeaders<'a>,
+    now: i64,
+    tolerance_secs: i64,
+) -> Result<(&'a str, i64, &'a str), VerifyError> {
     let id = headers.id.ok_or(VerifyError::MissingHeader("webhook-id"))?;
     let ts_raw = headers
         .timestamp
@@ -137,20 +152,40 @@ pub fn verify(
     if ts > now.saturating_add(tolerance_secs) {
         return Err(VerifyError::TooNew(tolerance_secs));
     }
+    Ok((id, ts, sigs))
+}
+
+/// Verifies the raw body against the headers, accepting a match with any of `secrets`.
+/// `now` is Unix seconds (passed in so tests pin the clock).
+pub fn verify(
+    secrets: &[WebhookSecret],
+    headers: &SignedHeaders<'_>,
+    body: &[u8],
+    now: i64,
+    tolerance_secs: i64,
+) -> Result<(), VerifyError> {
+    let (id, ts, sigs) = verified_headers(headers, now, tolerance_secs)?;
+    // Only the first few entries: a sender lists one per secret it rotates through.
     let candidates: Vec<Vec<u8>> = sigs
         .split(' ')
+        .take(MAX_SIGNATURES)
         .filter_map(|entry| entry.strip_prefix("v1,"))
         .filter_map(|b64| BASE64.decode(b64).ok())
         .collect();
+    // One MAC per secret, whatever the header lists; each candidate is compared with it in
+    // constant time, and every comparison is made whether or not an earlier one matched.
+    let mut found = subtle::Choice::from(0u8);
     for secret in secrets {
+        let expected = secret.mac(id, ts, body).finalize().into_bytes();
         for candidate in &candidates {
-            // `verify_slice` compares in constant time.
-            if secret.mac(id, ts, body).verify_slice(candidate).is_ok() {
-                return Ok(());
-            }
+            found |= expected.as_slice().ct_eq(candidate.as_slice());
         }
     }
-    Err(VerifyError::NoMatch)
+    if bool::from(found) {
+        Ok(())
+    } else {
+        Err(VerifyError::NoMatch)
+    }
 }
 
 /// One or more signing secrets (`secret = "whsec_…"` or `secret = ["whsec_new", "whsec_old"]`).
@@ -292,6 +327,31 @@ mod tests {
         let h = headers(&ts, "v1,not-base64!! v2,abc");
         assert_eq!(
             verify(&[secret()], &h, BODY, TS, 300),
+            Err(VerifyError::NoMatch)
+        );
+    }
+
+    /// A sender signs with one key per secret it rotates through: a handful. A header listing
+    /// thousands costs one MAC per secret all the same, and only the first
+    /// [`MAX_SIGNATURES`] entries are looked at.
+    #[test]
+    fn only_the_first_few_signatures_are_considered() {
+        let ts = TS.to_string();
+        let junk = |n: usize| vec!["v1,AAAA"; n].join(" ");
+        let late = format!("{} {SIG}", junk(MAX_SIGNATURES));
+        assert_eq!(
+            verify(&[secret()], &headers(&ts, &late), BODY, TS, 300),
+            Err(VerifyError::NoMatch)
+        );
+        let last_considered = format!("{} {SIG}", junk(MAX_SIGNATURES - 1));
+        assert_eq!(
+            verify(&[secret()], &headers(&ts, &last_considered), BODY, TS, 300),
+            Ok(())
+        );
+        // Entries of other versions and empty ones (double spaces) count as entries too.
+        let other_versions = format!("{} {SIG}", ["v1a,xyz"; MAX_SIGNATURES].join("  "));
+        assert_eq!(
+            verify(&[secret()], &headers(&ts, &other_versions), BODY, TS, 300),
             Err(VerifyError::NoMatch)
         );
     }

@@ -102,6 +102,14 @@ pub struct Metrics {
     alerts_without_recipients: Family<TypeLabel, Counter>,
     ingest_events: Family<SourceOutcome, Counter>,
     raw_records: Family<SourceOutcome, Counter>,
+    values_cut: Family<SourceLabel, Counter>,
+    clock_clamped: Family<SourceLabel, Counter>,
+    http_refused: Family<ReasonLabel, Counter>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabel {
+    reason: String,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -238,7 +246,31 @@ impl Metrics {
             "Authentic requests kept in the raw topic, by source and outcome (parsed, unparsed)",
             raw_records.clone(),
         );
+        let values_cut = Family::default();
+        registry.register(
+            "ingest_values_cut",
+            "String values of produced events cut to server.max_field_bytes or to fit \
+             server.max_event_bytes, by source (the raw topic keeps them whole)",
+            values_cut.clone(),
+        );
+        let clock_clamped = Family::default();
+        registry.register(
+            "ingest_clock_clamped",
+            "Events stamped more than server.max_clock_skew ahead of their arrival, clamped to \
+             it, by source",
+            clock_clamped.clone(),
+        );
+        let http_refused = Family::default();
+        registry.register(
+            "http_refused",
+            "HTTP connections and requests refused before any route saw them, by reason \
+             (connection_limit, headers_too_large)",
+            http_refused.clone(),
+        );
         Self {
+            values_cut,
+            clock_clamped,
+            http_refused,
             alerts_without_recipients,
             rule_missing_fields,
             rules_reloads,
@@ -290,6 +322,32 @@ impl Metrics {
                 outcome: outcome.into(),
             })
             .inc_by(n as u64);
+    }
+
+    /// Counts what holding a request's events to the limits changed (nothing when nothing).
+    pub fn ingest_adjusted(&self, source: &str, values_cut: usize, clamped: usize) {
+        let label = || SourceLabel {
+            source: source.into(),
+        };
+        if values_cut > 0 {
+            self.values_cut
+                .get_or_create(&label())
+                .inc_by(values_cut as u64);
+        }
+        if clamped > 0 {
+            self.clock_clamped
+                .get_or_create(&label())
+                .inc_by(clamped as u64);
+        }
+    }
+
+    /// Counts a connection or request refused by the HTTP listener itself.
+    pub fn http_refused(&self, reason: &str) {
+        self.http_refused
+            .get_or_create(&ReasonLabel {
+                reason: reason.into(),
+            })
+            .inc();
     }
 
     /// Counts a request kept in the raw topic.

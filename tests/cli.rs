@@ -207,6 +207,14 @@ lifecycle = "lifecyclestage"
         )),
         "{stderr}"
     );
+    // Neither basic auth nor a path secret: anyone who knows the org id (no secret) could post.
+    assert!(
+        stderr.contains(&format!(
+            "{c}:sources.sf.path_secret: neither basic auth (`username`, `password`) nor a \
+             `path_secret` guards this source"
+        )),
+        "{stderr}"
+    );
     assert!(!stderr.contains("client-secret"), "{stderr}");
 }
 

@@ -222,7 +222,28 @@ impl Config {
         };
         // In file order, as far as there is one: each section checks itself.
         section("kafka", raw.kafka.problems());
+        let kafka: KafkaConfig = raw.kafka.into();
         section("server", raw.server.problems());
+        // What spans sections: every record ingest produces must fit the producer's limit.
+        let message_max = kafka
+            .options
+            .get("message.max.bytes")
+            .and_then(|v| v.trim().parse::<usize>().ok())
+            .unwrap_or(crate::ingest::config::LIBRDKAFKA_MESSAGE_MAX_BYTES);
+        section("server", raw.server.problems_within(message_max));
+        let raw_max = crate::ingest::raw::MAX_RAW_RECORD + crate::ingest::config::RECORD_OVERHEAD;
+        if message_max < raw_max {
+            section(
+                "kafka.options",
+                vec![(
+                    "message.max.bytes".into(),
+                    format!(
+                        "must be at least {raw_max}: a webhook's raw record (`{{prefix}}.raw`) \
+                         may be that large"
+                    ),
+                )],
+            );
+        }
         section("engine", raw.engine.problems());
         section("dispatch", raw.dispatch.problems());
         if raw.roles.is_empty() {
@@ -294,7 +315,7 @@ impl Config {
         match rules {
             Some(rules) if problems.is_empty() => Ok(Config {
                 server: raw.server,
-                kafka: raw.kafka.into(),
+                kafka,
                 engine: raw.engine,
                 dispatch: raw.dispatch,
                 roles,
@@ -450,6 +471,33 @@ password = "pd-password"
         }
     }
 
+    /// What ingest produces must fit the producer's `message.max.bytes`, wherever it is set.
+    #[test]
+    fn ingests_limits_are_checked_against_the_producers_message_max_bytes() {
+        let dir = tempfile::tempdir().unwrap();
+        write(dir.path(), "rules.toml", RULES);
+        let with_max = |max: &str| {
+            GOOD.replace(
+                "\"linger.ms\" = 5",
+                &format!("\"linger.ms\" = 5\n\"message.max.bytes\" = {max}"),
+            )
+        };
+        let path = write(dir.path(), "leadwatch.toml", &with_max("500000"));
+        let Problems(problems) = Config::load_with_env(&path, Vec::new()).unwrap_err();
+        let keys: Vec<&str> = problems.iter().map(|p| p.key.as_str()).collect();
+        assert_eq!(
+            keys,
+            ["server.max_event_bytes", "kafka.options.message.max.bytes"],
+            "{problems:#?}"
+        );
+        let path = write(
+            dir.path(),
+            "leadwatch.toml",
+            &with_max("4000000").replace("[server]", "[server]\nmax_event_bytes = 3000000"),
+        );
+        assert!(Config::load_with_env(&path, Vec::new()).is_ok());
+    }
+
     #[test]
     fn vendor_source_problems_name_their_key() {
         let dir = tempfile::tempdir().unwrap();
@@ -513,6 +561,28 @@ password = "p"
                 .any(|p| p.key == "sources.pd" && p.message.contains("pasword")),
             "{problems:#?}"
         );
+    }
+
+    /// A Salesforce source no secret guards is a configuration error, unless it says the
+    /// ingress guards it.
+    #[test]
+    fn a_salesforce_source_without_credentials_loads_only_when_allowed_unauthenticated() {
+        let dir = tempfile::tempdir().unwrap();
+        write(dir.path(), "rules.toml", RULES);
+        let open =
+            "\n[sources.sf]\nkind = \"salesforce\"\norganization_ids = [\"00D5g000004Xq2R\"]\n";
+        let path = write(dir.path(), "leadwatch.toml", &format!("{GOOD}{open}"));
+        let Problems(problems) = Config::load_with_env(&path, Vec::new()).unwrap_err();
+        let keys: Vec<&str> = problems.iter().map(|p| p.key.as_str()).collect();
+        assert_eq!(keys, ["sources.sf.path_secret"], "{problems:#?}");
+        assert!(
+            problems[0].message.contains("allow_unauthenticated"),
+            "{problems:#?}"
+        );
+        let allowed = format!("{GOOD}{open}allow_unauthenticated = true\n");
+        let path = write(dir.path(), "leadwatch.toml", &allowed);
+        let cfg = Config::load_with_env(&path, Vec::new()).unwrap();
+        assert_eq!(cfg.sources["sf"].kind(), "salesforce");
     }
 
     /// Each section checks itself with key paths relative to it; the root nests them, so

@@ -170,7 +170,7 @@ pub async fn run_with_reloads(
             clock.clone(),
         ))
     });
-    let app = http::router(ingest, producer.clone(), metrics.clone());
+    let app = http::router(ingest, producer.clone(), metrics.clone(), clock.clone());
     tracing::info!(listen = %listener.local_addr()?, "listening");
     let mut http = tokio::spawn(http::serve(
         listener,

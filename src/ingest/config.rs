@@ -45,6 +45,30 @@ pub struct ServerConfig {
     /// Most event ids remembered for deduplication (the oldest are forgotten first).
     #[serde(default = "default_dedupe_capacity")]
     pub dedupe_capacity: usize,
+    /// Longest string value of an event, in bytes as written in the event's JSON: a longer one
+    /// is cut on a character boundary and ends with [`super::normalize::CUT_MARK`] (the raw
+    /// topic keeps the original).
+    #[serde(default = "default_max_field_bytes")]
+    pub max_field_bytes: usize,
+    /// Largest event as produced to `{prefix}.events`, in bytes: the longest values of a larger
+    /// one are cut further; one still larger (its keys alone) is refused with 413. Must stay
+    /// below the producer's `message.max.bytes` (checked).
+    #[serde(default = "default_max_event_bytes")]
+    pub max_event_bytes: usize,
+    /// How far ahead of its arrival an event's time may be; later ones are clamped to the
+    /// arrival time (a sender's clock, or a typo, must not freeze a lead's fields forever).
+    #[serde(default = "default_max_clock_skew")]
+    #[eserde(compat)]
+    pub max_clock_skew: HumanDuration,
+    /// Most open HTTP connections; one more is answered 503 (with `Retry-After`) and closed.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
+    /// Most webhook requests handled at once; one more is answered 503 (with `Retry-After`).
+    #[serde(default = "default_max_requests_in_flight")]
+    pub max_requests_in_flight: usize,
+    /// Most bytes of request headers (names and values); more gets 431.
+    #[serde(default = "default_max_header_bytes")]
+    pub max_header_bytes: usize,
 }
 
 impl Default for ServerConfig {
@@ -58,6 +82,12 @@ impl Default for ServerConfig {
             retry_after: default_retry_after(),
             dedupe_window: default_dedupe_window(),
             dedupe_capacity: default_dedupe_capacity(),
+            max_field_bytes: default_max_field_bytes(),
+            max_event_bytes: default_max_event_bytes(),
+            max_clock_skew: default_max_clock_skew(),
+            max_connections: default_max_connections(),
+            max_requests_in_flight: default_max_requests_in_flight(),
+            max_header_bytes: default_max_header_bytes(),
         }
     }
 }
@@ -86,6 +116,35 @@ fn default_dedupe_window() -> HumanDuration {
 fn default_dedupe_capacity() -> usize {
     100_000
 }
+fn default_max_field_bytes() -> usize {
+    64 * 1024
+}
+fn default_max_event_bytes() -> usize {
+    512 * 1024
+}
+fn default_max_clock_skew() -> HumanDuration {
+    HumanDuration(Duration::from_secs(5 * 60))
+}
+fn default_max_connections() -> usize {
+    1024
+}
+fn default_max_requests_in_flight() -> usize {
+    512
+}
+fn default_max_header_bytes() -> usize {
+    32 * 1024
+}
+
+/// librdkafka's default `message.max.bytes`: what the producer refuses a record over unless
+/// `[kafka.options]` sets it (pinned by a test against librdkafka itself).
+pub const LIBRDKAFKA_MESSAGE_MAX_BYTES: usize = 1_000_000;
+
+/// Room in a Kafka record for what is not the event's JSON: its key (a lead key, at most
+/// [`super::MAX_KEY_LEN`] bytes) and the record's own framing.
+pub const RECORD_OVERHEAD: usize = 4096;
+
+/// Smallest `max_field_bytes`: a cut value keeps some of itself besides its mark.
+const MIN_FIELD_BYTES: usize = 1024;
 
 impl ServerConfig {
     /// Every problem of `[server]` beyond its types, keys relative to the section.
@@ -96,6 +155,48 @@ impl ServerConfig {
         }
         if self.dedupe_capacity == 0 {
             problems.push(("dedupe_capacity".into(), "must be at least 1".into()));
+        }
+        if self.max_field_bytes < MIN_FIELD_BYTES {
+            problems.push((
+                "max_field_bytes".into(),
+                format!("must be at least {MIN_FIELD_BYTES}"),
+            ));
+        }
+        if self.max_event_bytes < self.max_field_bytes {
+            problems.push((
+                "max_event_bytes".into(),
+                "must be at least `max_field_bytes`".into(),
+            ));
+        }
+        for (key, value) in [
+            ("max_connections", self.max_connections),
+            ("max_requests_in_flight", self.max_requests_in_flight),
+        ] {
+            if value == 0 {
+                problems.push((key.into(), "must be at least 1".into()));
+            }
+        }
+        if self.max_header_bytes < 4096 {
+            problems.push(("max_header_bytes".into(), "must be at least 4096".into()));
+        }
+        problems
+    }
+
+    /// Whether every event fits a Kafka record of at most `message_max_bytes` (the producer's
+    /// `message.max.bytes`: `[kafka.options]`'s, else librdkafka's
+    /// [`LIBRDKAFKA_MESSAGE_MAX_BYTES`]): one the producer refuses would turn every retry of
+    /// its request into a 503. (The raw record has a fixed ceiling, [`super::raw::MAX_RAW_RECORD`],
+    /// which the root configuration checks against the same limit.)
+    pub fn problems_within(&self, message_max_bytes: usize) -> KeyProblems {
+        let mut problems = KeyProblems::new();
+        if self.max_event_bytes + RECORD_OVERHEAD > message_max_bytes {
+            problems.push((
+                "max_event_bytes".into(),
+                format!(
+                    "must be at most the producer's `message.max.bytes` ({message_max_bytes}) \
+                     less {RECORD_OVERHEAD} for the key and framing"
+                ),
+            ));
         }
         problems
     }
@@ -179,5 +280,43 @@ impl SourceConfig {
             Self::Pipedrive(c) => c.problems(),
         });
         problems
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The producer sets no `message.max.bytes` of its own, so unless `[kafka.options]` does,
+    /// librdkafka's default is the limit every record must fit: read from librdkafka itself.
+    #[test]
+    fn librdkafkas_default_message_max_bytes_is_the_one_assumed() {
+        let native = rdkafka::ClientConfig::new().create_native_config().unwrap();
+        assert_eq!(
+            native.get("message.max.bytes").unwrap(),
+            LIBRDKAFKA_MESSAGE_MAX_BYTES.to_string()
+        );
+    }
+
+    #[test]
+    fn events_must_fit_the_producers_limit_with_room_for_their_key() {
+        let server = ServerConfig::default();
+        assert!(server.problems().is_empty());
+        assert!(
+            server
+                .problems_within(LIBRDKAFKA_MESSAGE_MAX_BYTES)
+                .is_empty()
+        );
+        let keys = |p: KeyProblems| p.into_iter().map(|(k, _)| k).collect::<Vec<_>>();
+        assert_eq!(
+            keys(server.problems_within(512 * 1024)),
+            ["max_event_bytes"]
+        );
+        let odd = ServerConfig {
+            max_field_bytes: 10,
+            max_connections: 0,
+            ..ServerConfig::default()
+        };
+        assert_eq!(keys(odd.problems()), ["max_field_bytes", "max_connections"]);
     }
 }

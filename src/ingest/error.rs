@@ -22,6 +22,20 @@ pub fn check_batch(len: usize) -> Result<(), IngestError> {
     Ok(())
 }
 
+/// A sender's text as quoted in an answer (and a log line, and an unparsed raw record's
+/// error): its first 64 bytes, on a character boundary, then `…` when there was more.
+pub fn quote(text: &str) -> String {
+    const MAX: usize = 64;
+    if text.len() <= MAX {
+        return text.to_string();
+    }
+    let mut end = MAX;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &text[..end])
+}
+
 /// One malformed field of a request.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct FieldProblem {
@@ -68,6 +82,10 @@ pub enum IngestError {
     Forbidden(String),
     #[error("the request is malformed")]
     Malformed(Vec<FieldProblem>),
+    #[error("an event is too large")]
+    EventTooLarge(FieldProblem),
+    #[error("ingest is at its limit of {0} requests at once")]
+    Busy(usize),
     #[error("Kafka could not take the events: {0}")]
     Unavailable(#[source] SendError),
 }
@@ -81,12 +99,14 @@ impl IngestError {
     pub fn status(&self) -> StatusCode {
         match self {
             Self::UnknownSource => StatusCode::NOT_FOUND,
-            Self::TooLarge(_) | Self::TooManyEvents(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::TooLarge(_) | Self::TooManyEvents(_) | Self::EventTooLarge(_) => {
+                StatusCode::PAYLOAD_TOO_LARGE
+            }
             Self::BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             Self::BodyRead(_) | Self::Malformed(_) => StatusCode::BAD_REQUEST,
             Self::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             Self::Forbidden(_) => StatusCode::FORBIDDEN,
-            Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Unavailable(_) | Self::Busy(_) => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 
@@ -94,21 +114,24 @@ impl IngestError {
     pub fn outcome(&self) -> &'static str {
         match self {
             Self::UnknownSource => "unknown_source",
-            Self::TooLarge(_) | Self::TooManyEvents(_) => "too_large",
+            Self::TooLarge(_) | Self::TooManyEvents(_) | Self::EventTooLarge(_) => "too_large",
             Self::BodyTimeout(_) => "body_timeout",
             Self::BodyRead(_) => "body_error",
             Self::Unauthorized(_) => "unauthorized",
             Self::Forbidden(_) => "forbidden",
             Self::Malformed(_) => "malformed",
             Self::Unavailable(_) => "unavailable",
+            Self::Busy(_) => "overloaded",
         }
     }
 
     /// The JSON that says what was wrong (also kept with an unparsed raw record).
     pub fn body(&self) -> Value {
         let mut body = json!({ "error": self.outcome(), "message": self.to_string() });
-        if let IngestError::Malformed(problems) = self {
-            body["problems"] = json!(problems);
+        match self {
+            IngestError::Malformed(problems) => body["problems"] = json!(problems),
+            IngestError::EventTooLarge(problem) => body["problems"] = json!([problem]),
+            _ => {}
         }
         body
     }
@@ -127,6 +150,7 @@ impl IngestError {
                 })
                 .collect::<Vec<_>>()
                 .join("; "),
+            IngestError::EventTooLarge(p) => format!("{}: {}", p.field, p.message),
             other => other.to_string(),
         }
     }
@@ -142,7 +166,7 @@ impl IngestError {
     /// The answer to this error, with `Retry-After` (whole seconds, at least 1) when it is a 503:
     /// the sender is to come back.
     pub fn with_retry_after(&self, mut response: Response, retry_after: Duration) -> Response {
-        if matches!(self, IngestError::Unavailable(_)) {
+        if matches!(self, IngestError::Unavailable(_) | IngestError::Busy(_)) {
             response.headers_mut().insert(
                 header::RETRY_AFTER,
                 HeaderValue::from(retry_after.as_secs().max(1)),

@@ -20,6 +20,17 @@ pub fn json_body(body: &[u8]) -> Result<Value, IngestError> {
     serde_json::from_slice(body).map_err(|e| IngestError::malformed(format!("not valid JSON: {e}")))
 }
 
+/// What a handler sees of a request before its body is read.
+pub struct Head<'a> {
+    pub method: &'a Method,
+    pub uri: &'a Uri,
+    pub headers: &'a HeaderMap,
+    /// The last path segment of `/webhooks/NAME/SECRET`, when the request has one.
+    pub path_secret: Option<&'a str>,
+    /// Now, by ingest's clock: for timestamp tolerances.
+    pub now: Timestamp,
+}
+
 /// What a handler sees of a request before anything is parsed.
 pub struct Request<'a> {
     pub method: &'a Method,
@@ -33,6 +44,19 @@ pub struct Request<'a> {
     pub now: Timestamp,
 }
 
+impl Request<'_> {
+    /// The request without its body.
+    pub fn head(&self) -> Head<'_> {
+        Head {
+            method: self.method,
+            uri: self.uri,
+            headers: self.headers,
+            path_secret: self.path_secret,
+            now: self.now,
+        }
+    }
+}
+
 /// What a body turned into.
 #[derive(Debug, Default)]
 pub struct Parsed {
@@ -42,10 +66,19 @@ pub struct Parsed {
     pub ignored: usize,
     /// Vendor events from an account that is not allowed (produced nowhere).
     pub forbidden: usize,
+    /// What holding the events to `[server]`'s limits changed (values cut, times clamped).
+    pub adjusted: super::normalize::Adjusted,
 }
 
 /// Who sent a request: a vendor's `verify.rs`.
 pub trait Verify: Send + Sync + fmt::Debug {
+    /// Checks what can be checked of the credentials before the body is read (a header token,
+    /// basic auth; a signature's presence and timestamp), so a request that cannot be authentic
+    /// is refused without buffering its body. Nothing by default.
+    fn authenticate_head(&self, _head: &Head<'_>) -> Result<(), IngestError> {
+        Ok(())
+    }
+
     /// Checks the credentials of a request on the raw bytes, before anything is parsed.
     fn authenticate(&self, req: &Request<'_>) -> Result<(), IngestError>;
 
@@ -87,6 +120,10 @@ impl<V: Verify, M: Parse> Handler for Vendor<V, M> {
         self.kind
     }
 
+    fn authenticate_head(&self, head: &Head<'_>) -> Result<(), IngestError> {
+        self.verify.authenticate_head(head)
+    }
+
     fn authenticate(&self, req: &Request<'_>) -> Result<(), IngestError> {
         self.verify.authenticate(req)
     }
@@ -109,6 +146,12 @@ impl<V: Verify, M: Parse> Handler for Vendor<V, M> {
 pub trait Handler: Send + Sync + fmt::Debug {
     /// `generic`, `hubspot`, … (as `kind` in the config).
     fn kind(&self) -> &'static str;
+
+    /// Checks what can be checked of the credentials before the body is read (see
+    /// [`Verify::authenticate_head`]). Nothing by default.
+    fn authenticate_head(&self, _head: &Head<'_>) -> Result<(), IngestError> {
+        Ok(())
+    }
 
     /// Checks the credentials of a request on the raw bytes, before anything is parsed.
     fn authenticate(&self, req: &Request<'_>) -> Result<(), IngestError>;

@@ -9,6 +9,7 @@
 
 use super::error::{FieldProblem, IngestError};
 use super::handler::Parsed;
+use crate::event::Change;
 
 /// Longest key a sender gives to be taken verbatim: the generic source's `id`, `lead` and
 /// `into`, checked field by field while its body is read.
@@ -22,9 +23,51 @@ const PREFIX_ROOM: usize = 88;
 /// as malformed, whatever the source.
 pub const MAX_KEY_LEN: usize = MAX_VERBATIM_KEY_LEN + PREFIX_ROOM;
 
-/// A vendor body could name a lead with megabytes: refuse it as malformed.
+/// The systems whose lead keys name an object in their CRM, `{system}:{object id}`: the CRM
+/// sinks build URLs from the id, so it may only be an id.
+pub const NAMESPACES: [&str; 4] = ["hubspot", "salesforce", "marketo", "pipedrive"];
+
+/// The system a key names by its prefix, in any case (`HubSpot:1` names `hubspot`).
+pub fn namespace_of(key: &str) -> Option<&'static str> {
+    let (prefix, _) = key.split_once(':')?;
+    NAMESPACES
+        .into_iter()
+        .find(|ns| ns.eq_ignore_ascii_case(prefix))
+}
+
+/// Why a key in a system's namespace is no `{system}:{object id}` (the prefix in lowercase,
+/// the id of letters and digits; Pipedrive's lead ids are UUIDs, so hyphens there too); `None`
+/// for a good one and for keys of no system (taken verbatim).
+pub fn object_id_problem(key: &str) -> Option<String> {
+    let ns = namespace_of(key)?;
+    let id = key.strip_prefix(ns).and_then(|rest| rest.strip_prefix(':'));
+    let allowed = |c: char| c.is_ascii_alphanumeric() || (ns == "pipedrive" && c == '-');
+    match id {
+        Some(id) if !id.is_empty() && id.chars().all(allowed) => None,
+        _ if ns == "pipedrive" => Some(format!(
+            "a `{ns}:` key must be `{ns}:` and an id of letters, digits and hyphens"
+        )),
+        _ => Some(format!(
+            "a `{ns}:` key must be `{ns}:` and an id of letters and digits"
+        )),
+    }
+}
+
+/// A vendor body could name a lead with megabytes, or smuggle a path into a CRM's URL through
+/// an object id: refuse it as malformed.
 pub(super) fn check_keys(parsed: Parsed) -> Result<Parsed, IngestError> {
     for e in &parsed.events {
+        let into = match &e.change {
+            Change::Merged { into } => Some(into),
+            _ => None,
+        };
+        for (what, key) in [("lead", Some(&e.lead)), ("into", into)] {
+            if let Some(problem) = key.and_then(|k| object_id_problem(k)) {
+                return Err(IngestError::Malformed(vec![FieldProblem::new(
+                    what, problem,
+                )]));
+            }
+        }
         for (what, value) in [("lead", &e.lead), ("id", &e.id)] {
             if value.len() > MAX_KEY_LEN || value.trim().is_empty() {
                 return Err(IngestError::Malformed(vec![FieldProblem::new(
@@ -62,7 +105,7 @@ pub fn hashed_id(prefix: &str, parts: &[&str]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::event::{Change, LeadEvent};
+    use crate::event::LeadEvent;
 
     /// What a parse made: one event on `lead`.
     fn one_event_on(lead: String) -> Parsed {
@@ -121,6 +164,43 @@ mod tests {
             check_keys(long),
             Err(IngestError::Malformed(ps)) if ps[0].field == "lead"
         ));
+    }
+
+    /// From any source, the vendors' own mappings and their merge targets included.
+    #[test]
+    fn an_object_id_in_a_systems_namespace_is_letters_and_digits() {
+        for good in [
+            "hubspot:1551",
+            "salesforce:00Q5g00000ABCDEEA2",
+            "marketo:4711",
+            "pipedrive:0f6e2c1e-7c55-4d2b-9a4e-51b1c2a3d4e5",
+            "L-1/../x",
+            "crm:1/2",
+        ] {
+            assert!(check_keys(one_event_on(good.into())).is_ok(), "{good}");
+        }
+        for bad in [
+            "hubspot:1/../../companies/5",
+            "hubspot:",
+            "HubSpot:1551",
+            "salesforce:00Q?x=1",
+            "marketo:1 2",
+            "pipedrive:4711/../1",
+            "hubspot:1551:2",
+        ] {
+            let Err(IngestError::Malformed(ps)) = check_keys(one_event_on(bad.into())) else {
+                panic!("{bad} accepted");
+            };
+            assert_eq!(ps[0].field, "lead", "{bad}");
+        }
+        let mut merged = one_event_on("hubspot:7".into());
+        merged.events[0].change = Change::Merged {
+            into: "hubspot:8/../9".into(),
+        };
+        let Err(IngestError::Malformed(ps)) = check_keys(merged) else {
+            panic!("a merge target with a path accepted");
+        };
+        assert_eq!(ps[0].field, "into");
     }
 
     #[test]

@@ -49,6 +49,7 @@ mod handler;
 pub mod hubspot;
 mod keys;
 pub mod marketo;
+pub mod normalize;
 pub mod pipedrive;
 pub mod raw;
 mod receive;
@@ -67,10 +68,12 @@ use crate::clock::Clock;
 use crate::telemetry::Metrics;
 pub use config::{ServerConfig, SourceConfig};
 use dedupe::Dedupe;
-pub use error::{FieldProblem, IngestError, MAX_BATCH, check_batch, refuse};
-pub use handler::{Handler, Parse, Parsed, Request, Vendor, Verify, json_body};
-pub use keys::{MAX_KEY_LEN, MAX_VERBATIM_KEY_LEN, hashed_id};
-pub use receive::{WebhookPath, receive};
+pub use error::{FieldProblem, IngestError, MAX_BATCH, check_batch, quote, refuse};
+pub use handler::{Handler, Head, Parse, Parsed, Request, Vendor, Verify, json_body};
+pub use keys::{
+    MAX_KEY_LEN, MAX_VERBATIM_KEY_LEN, NAMESPACES, hashed_id, namespace_of, object_id_problem,
+};
+pub use receive::{LogGate, WebhookPath, receive};
 
 /// A configured source.
 #[derive(Debug)]
@@ -79,6 +82,8 @@ pub struct Source {
     pub handler: Box<dyn Handler>,
     /// How long a produced event id counts as a duplicate.
     pub dedupe_window: Duration,
+    /// What every event is held to once parsed.
+    pub limits: normalize::Limits,
 }
 
 impl Source {
@@ -94,15 +99,21 @@ impl Source {
             name: name.to_string(),
             handler,
             dedupe_window: cfg.dedupe_window().unwrap_or(server.dedupe_window.0),
+            limits: normalize::Limits {
+                field_bytes: server.max_field_bytes,
+                event_bytes: server.max_event_bytes,
+                clock_skew: server.max_clock_skew.0,
+            },
         }
     }
 
-    /// What an authentic body turns into, its lead keys and event ids checked (live and in a
-    /// replay alike).
+    /// What an authentic body turns into, its lead keys and event ids checked and its events
+    /// held to the limits (live and in a replay alike).
     pub fn parse(&self, body: &[u8], received_at: jiff::Timestamp) -> Result<Parsed, IngestError> {
         self.handler
             .parse(&self.name, body, received_at)
             .and_then(keys::check_keys)
+            .and_then(|parsed| normalize::normalize(&self.limits, parsed))
     }
 }
 
@@ -117,6 +128,10 @@ pub struct Ingest {
     pub dedupe: Dedupe,
     /// Arrival times (`received_at`, signature tolerances) and deduplication windows read it.
     pub clock: Clock,
+    /// One place per request being handled (`server.max_requests_in_flight`).
+    pub in_flight: tokio::sync::Semaphore,
+    /// Refused requests are logged at most once per second per source.
+    pub refusal_log: receive::LogGate,
 }
 
 impl Ingest {
@@ -145,6 +160,8 @@ impl Ingest {
             metrics,
             dedupe: Dedupe::new(server.dedupe_capacity),
             clock,
+            in_flight: tokio::sync::Semaphore::new(server.max_requests_in_flight),
+            refusal_log: receive::LogGate::default(),
         }
     }
 }

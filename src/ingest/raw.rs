@@ -14,10 +14,18 @@ use serde::{Deserialize, Serialize};
 /// cut and marked `truncated` (its events were still produced; it cannot be replayed).
 pub const MAX_RAW_BODY: usize = 900_000;
 
+/// Largest raw record as produced, whatever the request: the body is cut to what its headers
+/// and the rest leave of this. Below librdkafka's default `message.max.bytes` (1,000,000) with
+/// room for the key and framing; the configuration refuses a smaller `message.max.bytes`.
+pub const MAX_RAW_RECORD: usize = 960_000;
+
+/// Largest `error` kept with an unparsed record: its `problems` may quote a sender's values.
+pub const MAX_RAW_ERROR: usize = 16 * 1024;
+
 /// The body as kept: text when it is UTF-8, base64 otherwise, cut so that its encoded form
-/// (JSON escapes, base64) stays within [`MAX_RAW_BODY`] — a record Kafka refuses would turn
-/// every retry of an authentic request into a 503.
-fn kept_body(body: &[u8]) -> (Option<String>, Option<String>, bool) {
+/// (JSON escapes, base64) stays within `max` bytes — a record Kafka refuses would turn every
+/// retry of an authentic request into a 503.
+fn kept_body(body: &[u8], max: usize) -> (Option<String>, Option<String>, bool) {
     let encoded = |b: &[u8]| match std::str::from_utf8(b) {
         Ok(s) => {
             // Less the two quotes.
@@ -31,7 +39,7 @@ fn kept_body(body: &[u8]) -> (Option<String>, Option<String>, bool) {
         }
     };
     let utf8 = std::str::from_utf8(body).is_ok();
-    let mut cut = body.len().min(MAX_RAW_BODY);
+    let mut cut = body.len().min(max);
     loop {
         let mut end = cut;
         // Text is cut on a character boundary, so it stays text.
@@ -39,11 +47,11 @@ fn kept_body(body: &[u8]) -> (Option<String>, Option<String>, bool) {
             end -= 1;
         }
         let (text, b64, len) = encoded(&body[..end]);
-        if len <= MAX_RAW_BODY || end == 0 {
+        if len <= max || end == 0 {
             return (text, b64, end < body.len());
         }
         // Shrink in proportion to the overshoot (escapes at most 6×, base64 4/3).
-        cut = (end as u64 * MAX_RAW_BODY as u64 / len as u64) as usize;
+        cut = (end as u64 * max as u64 / len as u64) as usize;
     }
 }
 
@@ -128,19 +136,51 @@ impl RawRecord {
                 )
             })
             .collect();
-        let (text, b64, truncated) = kept_body(body);
-        Self {
+        let mut record = Self {
             source: source.to_string(),
             kind: kind.to_string(),
             received_at,
             headers: kept,
-            body: text,
-            body_base64: b64,
-            truncated,
-            parsed: false,
+            body: None,
+            body_base64: None,
+            truncated: true,
+            parsed: true,
             error: None,
-            events: 0,
+            events: usize::MAX,
+        };
+        // What the record takes besides its body, at its largest (an error, the most events,
+        // the body's key and quotes).
+        let rest = serde_json::to_vec(&record).map_or(MAX_RAW_RECORD, |v| v.len());
+        let room = MAX_RAW_RECORD.saturating_sub(rest + MAX_RAW_ERROR + 32);
+        let (text, b64, truncated) = kept_body(body, room.min(MAX_RAW_BODY));
+        record.body = text;
+        record.body_base64 = b64;
+        record.truncated = truncated;
+        record.parsed = false;
+        record.events = 0;
+        record
+    }
+
+    /// Keeps why a request could not be parsed: its JSON answer, or (when quoting the
+    /// sender's values made that larger than [`MAX_RAW_ERROR`]) its `error` and the start of
+    /// its `message`, marked `"cut": true`.
+    pub fn set_error(&mut self, error: serde_json::Value) {
+        let len = serde_json::to_vec(&error).map_or(usize::MAX, |v| v.len());
+        if len <= MAX_RAW_ERROR {
+            self.error = Some(error);
+            return;
         }
+        let mut message = error["message"].as_str().unwrap_or_default().to_string();
+        let mut end = message.len().min(1024);
+        while !message.is_char_boundary(end) {
+            end -= 1;
+        }
+        message.truncate(end);
+        self.error = Some(serde_json::json!({
+            "error": error["error"],
+            "message": message,
+            "cut": true,
+        }));
     }
 
     /// The body bytes as captured (a cut body only up to its cut).
@@ -172,6 +212,7 @@ impl RawRecord {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use http::HeaderValue;
 
     #[test]
     fn credentials_never_reach_the_raw_topic() {
@@ -202,6 +243,32 @@ mod tests {
         assert!(!text.contains("abc"), "{text}");
         assert_eq!(r.headers["content-type"], "application/json");
         assert_eq!(r.headers["x-hubspot-request-timestamp"], "1700000000000");
+    }
+
+    /// Headers (up to `server.max_header_bytes`) and the error of an unparsed request take
+    /// their room from the body: the record as a whole fits Kafka, whatever the request held.
+    #[test]
+    fn the_whole_record_fits_whatever_the_headers_and_the_error_hold() {
+        let mut h = HeaderMap::new();
+        for i in 0..100 {
+            let value = HeaderValue::from_bytes(&[b'"'; 300]).unwrap();
+            h.insert(
+                http::HeaderName::from_bytes(format!("x-quote-{i}").as_bytes()).unwrap(),
+                value,
+            );
+        }
+        let body = "\u{1}".repeat(1_000_000).into_bytes();
+        let mut r = RawRecord::capture("s", "generic", Timestamp::UNIX_EPOCH, &h, &[], &body);
+        r.set_error(serde_json::json!({
+            "error": "malformed", "message": "m".repeat(50_000),
+            "problems": [{"field": "type", "message": "x".repeat(500_000)}],
+        }));
+        r.events = 100;
+        let encoded = serde_json::to_vec(&r).unwrap().len();
+        assert!(encoded <= MAX_RAW_RECORD, "{encoded}");
+        assert!(r.truncated && r.body_bytes().unwrap().len() > 100_000);
+        assert_eq!(r.error.as_ref().unwrap()["cut"], true);
+        assert_eq!(r.error.as_ref().unwrap()["error"], "malformed");
     }
 
     #[test]

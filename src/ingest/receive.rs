@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 
 use super::dedupe::dedupe_key;
 use super::error::{IngestError, refuse};
-use super::handler::{Parsed, Request};
+use super::handler::{Head, Parsed, Request};
 use super::raw::RawRecord;
 use super::{Ingest, Source};
 
@@ -71,8 +71,17 @@ impl Ingest {
             _ => {
                 // The path is the caller's: never a metric label.
                 self.metrics.webhook_request("unknown", "unknown_source");
-                return refuse(&IngestError::UnknownSource, retry_after);
+                let e = IngestError::UnknownSource;
+                self.log_refusal("unknown", &e);
+                return refuse(&e, retry_after);
             }
+        };
+        // Beyond the limit, an answer at once rather than a queue: the sender retries.
+        let Ok(_place) = self.in_flight.try_acquire() else {
+            let e = IngestError::Busy(self.server.max_requests_in_flight);
+            self.metrics.webhook_request(name, e.outcome());
+            self.log_refusal(name, &e);
+            return source.handler.refused(&e, retry_after);
         };
         match self
             .accept(source, path_secret, method, uri, headers, body)
@@ -85,13 +94,25 @@ impl Ingest {
             }
             Err(e) => {
                 self.metrics.webhook_request(name, e.outcome());
-                match &e {
-                    IngestError::Unavailable(_) => {
-                        tracing::warn!(source = %name, error = %e, "answered 503")
-                    }
-                    _ => tracing::info!(source = %name, error = %e.describe(), "request refused"),
-                }
+                self.log_refusal(name, &e);
                 source.handler.refused(&e, retry_after)
+            }
+        }
+    }
+
+    /// Logs a refused request, at most one line per second per source (a flood of bad
+    /// requests must not flood the logs); the line says how many were refused unlogged since
+    /// the last one. Every refusal is counted all the same.
+    fn log_refusal(&self, source: &str, e: &IngestError) {
+        let Some(unlogged) = self.refusal_log.admit(source, self.clock.instant()) else {
+            return;
+        };
+        match e {
+            IngestError::Unavailable(_) | IngestError::Busy(_) => {
+                tracing::warn!(source = %source, error = %e, unlogged, "answered 503")
+            }
+            _ => {
+                tracing::info!(source = %source, error = %e.describe(), unlogged, "request refused")
             }
         }
     }
@@ -105,9 +126,17 @@ impl Ingest {
         headers: &HeaderMap,
         body: Body,
     ) -> Result<Accepted, IngestError> {
+        let handler = source.handler.as_ref();
+        // What the headers alone can refuse is refused before the body is buffered.
+        handler.authenticate_head(&Head {
+            method,
+            uri,
+            headers,
+            path_secret,
+            now: self.clock.now(),
+        })?;
         let body = self.read_body(headers, body).await?;
         let now = self.clock.now();
-        let handler = source.handler.as_ref();
         handler.authenticate(&Request {
             method,
             uri,
@@ -127,11 +156,13 @@ impl Ingest {
         );
         let parsed = match source.parse(&body, now) {
             Ok(parsed) => parsed,
-            Err(e @ (IngestError::Malformed(_) | IngestError::TooManyEvents(_)))
-                if handler.authentic_unparsed(&body) =>
-            {
+            Err(
+                e @ (IngestError::Malformed(_)
+                | IngestError::TooManyEvents(_)
+                | IngestError::EventTooLarge(_)),
+            ) if handler.authentic_unparsed(&body) => {
                 // Authentic but not understood: kept (marked unparsed) for a corrected replay.
-                record.error = Some(e.body());
+                record.set_error(e.body());
                 self.send_owned(&[(
                     self.raw_topic.as_str(),
                     source.name.as_str(),
@@ -147,6 +178,7 @@ impl Ingest {
             mut events,
             ignored,
             forbidden,
+            adjusted,
         } = parsed;
         // Nothing from an allowed account: refused, even if the batch also held events that
         // concern no lead (those would be ignored anyway).
@@ -201,6 +233,8 @@ impl Ingest {
         self.metrics.ingest_events(&source.name, "ignored", ignored);
         self.metrics
             .ingest_events(&source.name, "forbidden", forbidden);
+        self.metrics
+            .ingest_adjusted(&source.name, adjusted.values_cut, adjusted.clamped);
         Ok(Accepted {
             produced: events.len(),
             duplicates,
@@ -239,4 +273,59 @@ impl Ingest {
 /// A record's bytes on `{prefix}.events` or `{prefix}.raw` (live and replayed alike).
 pub(super) fn encode<T: Serialize>(value: &T) -> Vec<u8> {
     serde_json::to_vec(value).expect("events and raw records serialize")
+}
+
+/// At most one log line per key and second ([`Ingest`]'s refused requests, per source).
+#[derive(Debug, Default)]
+pub struct LogGate {
+    /// Per key: when a line was last let through, and how many were held back since.
+    last: std::sync::Mutex<std::collections::HashMap<String, (tokio::time::Instant, u64)>>,
+}
+
+impl LogGate {
+    const EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+
+    /// Whether a line for `key` may be logged at `now`: `Some(held back since the last)`, or
+    /// `None` (counted as held back).
+    pub fn admit(&self, key: &str, now: tokio::time::Instant) -> Option<u64> {
+        let mut last = self.last.lock().unwrap_or_else(|e| e.into_inner());
+        match last.get_mut(key) {
+            Some((at, held)) if now.saturating_duration_since(*at) < Self::EVERY => {
+                *held += 1;
+                None
+            }
+            Some((at, held)) => {
+                let unlogged = *held;
+                *at = now;
+                *held = 0;
+                Some(unlogged)
+            }
+            None => {
+                last.insert(key.to_string(), (now, 0));
+                Some(0)
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn one_line_per_second_per_source_says_how_many_it_held_back() {
+        let gate = LogGate::default();
+        let t0 = crate::clock::Clock::system().instant();
+        let at = |ms: u64| t0 + Duration::from_millis(ms);
+        assert_eq!(gate.admit("web", at(0)), Some(0));
+        for ms in [1, 200, 999] {
+            assert_eq!(gate.admit("web", at(ms)), None);
+        }
+        // Another source has its own second.
+        assert_eq!(gate.admit("hs", at(500)), Some(0));
+        assert_eq!(gate.admit("web", at(1000)), Some(3));
+        assert_eq!(gate.admit("web", at(1500)), None);
+        assert_eq!(gate.admit("web", at(2500)), Some(1));
+    }
 }

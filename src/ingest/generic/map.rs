@@ -8,18 +8,24 @@ use super::config::GenericConfig;
 use crate::event::{Activity, Change, LeadEvent};
 use crate::ingest::{
     FieldProblem, IngestError, MAX_VERBATIM_KEY_LEN, Parse, Parsed, check_batch, json_body,
+    namespace_of, object_id_problem,
 };
 
 /// The accepted `type`s.
 const TYPES: &str = "lead.updated, lead.activity, lead.deleted, lead.merged";
 
-/// The canonical format needs no settings: its events are what the body says.
-#[derive(Debug)]
-pub struct Mapper;
+/// The canonical format: its events are what the body says, in the namespaces it may name.
+#[derive(Debug, Default)]
+pub struct Mapper {
+    /// The other systems whose lead keys this source may name (`namespaces`).
+    namespaces: Vec<String>,
+}
 
 impl Mapper {
-    pub fn from_config(_: &GenericConfig) -> Self {
-        Mapper
+    pub fn from_config(cfg: &GenericConfig) -> Self {
+        Self {
+            namespaces: cfg.namespaces.clone(),
+        }
     }
 }
 
@@ -31,125 +37,158 @@ impl Parse for Mapper {
         received_at: Timestamp,
     ) -> Result<Parsed, IngestError> {
         Ok(Parsed {
-            events: lead_events(source, body, received_at)?,
+            events: self.lead_events(source, body, received_at)?,
             ..Parsed::default()
         })
     }
 }
 
-/// Turns an authentic body into events, or names every malformed field.
-pub fn lead_events(
-    source: &str,
-    body: &[u8],
-    received_at: Timestamp,
-) -> Result<Vec<LeadEvent>, IngestError> {
-    let (items, batch) = match json_body(body)? {
-        Value::Array(items) => (items, true),
-        other => (vec![other], false),
-    };
-    if items.is_empty() {
-        return Err(IngestError::malformed("the array holds no events"));
-    }
-    check_batch(items.len())?;
-    let mut events = Vec::with_capacity(items.len());
-    let mut problems = Vec::new();
-    for (i, item) in items.into_iter().enumerate() {
-        match event(source, item, received_at) {
-            Ok(event) => events.push(event),
-            Err(ps) if batch => problems.extend(ps.into_iter().map(|p| p.in_item(i))),
-            Err(ps) => problems.extend(ps),
+impl Mapper {
+    /// Turns an authentic body into events, or names every malformed field.
+    pub fn lead_events(
+        &self,
+        source: &str,
+        body: &[u8],
+        received_at: Timestamp,
+    ) -> Result<Vec<LeadEvent>, IngestError> {
+        let (items, batch) = match json_body(body)? {
+            Value::Array(items) => (items, true),
+            other => (vec![other], false),
+        };
+        if items.is_empty() {
+            return Err(IngestError::malformed("the array holds no events"));
+        }
+        check_batch(items.len())?;
+        let mut events = Vec::with_capacity(items.len());
+        let mut problems = Vec::new();
+        for (i, item) in items.into_iter().enumerate() {
+            match self.event(source, item, received_at) {
+                Ok(event) => events.push(event),
+                Err(ps) if batch => problems.extend(ps.into_iter().map(|p| p.in_item(i))),
+                Err(ps) => problems.extend(ps),
+            }
+        }
+        if problems.is_empty() {
+            Ok(events)
+        } else {
+            Err(IngestError::Malformed(problems))
         }
     }
-    if problems.is_empty() {
-        Ok(events)
-    } else {
-        Err(IngestError::Malformed(problems))
-    }
-}
 
-fn event(
-    source: &str,
-    item: Value,
-    received_at: Timestamp,
-) -> Result<LeadEvent, Vec<FieldProblem>> {
-    let Value::Object(mut obj) = item else {
-        return Err(vec![FieldProblem::new(
-            "",
-            "an event must be a JSON object",
-        )]);
-    };
-    let mut problems = Vec::new();
-    let id = key_string(&obj, "id", &mut problems);
-    let lead = key_string(&obj, "lead", &mut problems);
-    let occurred_at = match obj.get("occurred_at") {
-        Some(Value::String(s)) => s
-            .parse::<Timestamp>()
-            .map_err(|e| {
-                problems.push(FieldProblem::new(
-                    "occurred_at",
-                    format!("not an RFC 3339 timestamp: {e}"),
-                ))
-            })
-            .ok(),
-        Some(_) => {
+    /// A lead key (`lead`, `into`) as given: verbatim, unless it names another system this
+    /// source may not speak for, or that system's object id is no id.
+    fn key(
+        &self,
+        obj: &Map<String, Value>,
+        field: &str,
+        problems: &mut Vec<FieldProblem>,
+    ) -> Option<String> {
+        let key = key_string(obj, field, problems)?;
+        let Some(ns) = namespace_of(&key) else {
+            return Some(key);
+        };
+        if !self.namespaces.iter().any(|n| n == ns) {
             problems.push(FieldProblem::new(
-                "occurred_at",
-                "must be an RFC 3339 timestamp string",
+                field,
+                format!(
+                    "names a lead of another system (`{ns}:`); list \"{ns}\" in this source's \
+                     `namespaces` to allow it"
+                ),
             ));
-            None
+            return None;
         }
-        None => {
-            problems.push(FieldProblem::new("occurred_at", "is required"));
-            None
+        if let Some(problem) = object_id_problem(&key) {
+            problems.push(FieldProblem::new(field, problem));
+            return None;
         }
-    };
-    let change = match obj.get("type").and_then(Value::as_str) {
-        Some("lead.updated") => match obj.remove("fields") {
-            Some(Value::Object(fields)) => Some(Change::Updated { fields }),
+        Some(key)
+    }
+
+    fn event(
+        &self,
+        source: &str,
+        item: Value,
+        received_at: Timestamp,
+    ) -> Result<LeadEvent, Vec<FieldProblem>> {
+        let Value::Object(mut obj) = item else {
+            return Err(vec![FieldProblem::new(
+                "",
+                "an event must be a JSON object",
+            )]);
+        };
+        let mut problems = Vec::new();
+        let id = key_string(&obj, "id", &mut problems);
+        let lead = self.key(&obj, "lead", &mut problems);
+        let occurred_at = match obj.get("occurred_at") {
+            Some(Value::String(s)) => s
+                .parse::<Timestamp>()
+                .map_err(|e| {
+                    problems.push(FieldProblem::new(
+                        "occurred_at",
+                        format!("not an RFC 3339 timestamp: {e}"),
+                    ))
+                })
+                .ok(),
             Some(_) => {
                 problems.push(FieldProblem::new(
-                    "fields",
-                    "must be an object of field values",
+                    "occurred_at",
+                    "must be an RFC 3339 timestamp string",
                 ));
                 None
             }
             None => {
-                problems.push(FieldProblem::new("fields", "is required for lead.updated"));
+                problems.push(FieldProblem::new("occurred_at", "is required"));
                 None
             }
-        },
-        Some("lead.activity") => activity(obj.get("activity"), &mut problems),
-        Some("lead.deleted") => Some(Change::Deleted {}),
-        Some("lead.merged") => {
-            key_string(&obj, "into", &mut problems).map(|into| Change::Merged { into })
+        };
+        let change = match obj.get("type").and_then(Value::as_str) {
+            Some("lead.updated") => match obj.remove("fields") {
+                Some(Value::Object(fields)) => Some(Change::Updated { fields }),
+                Some(_) => {
+                    problems.push(FieldProblem::new(
+                        "fields",
+                        "must be an object of field values",
+                    ));
+                    None
+                }
+                None => {
+                    problems.push(FieldProblem::new("fields", "is required for lead.updated"));
+                    None
+                }
+            },
+            Some("lead.activity") => activity(obj.get("activity"), &mut problems),
+            Some("lead.deleted") => Some(Change::Deleted {}),
+            Some("lead.merged") => self
+                .key(&obj, "into", &mut problems)
+                .map(|into| Change::Merged { into }),
+            Some(other) => {
+                problems.push(FieldProblem::new(
+                    "type",
+                    format!("`{}` is not one of {TYPES}", crate::ingest::quote(other)),
+                ));
+                None
+            }
+            None => {
+                problems.push(FieldProblem::new(
+                    "type",
+                    format!("is required: one of {TYPES}"),
+                ));
+                None
+            }
+        };
+        match (id, lead, occurred_at, change) {
+            (Some(id), Some(lead), Some(occurred_at), Some(change)) if problems.is_empty() => {
+                Ok(LeadEvent {
+                    id,
+                    source: source.to_string(),
+                    lead,
+                    occurred_at,
+                    received_at,
+                    change,
+                })
+            }
+            _ => Err(problems),
         }
-        Some(other) => {
-            problems.push(FieldProblem::new(
-                "type",
-                format!("`{other}` is not one of {TYPES}"),
-            ));
-            None
-        }
-        None => {
-            problems.push(FieldProblem::new(
-                "type",
-                format!("is required: one of {TYPES}"),
-            ));
-            None
-        }
-    };
-    match (id, lead, occurred_at, change) {
-        (Some(id), Some(lead), Some(occurred_at), Some(change)) if problems.is_empty() => {
-            Ok(LeadEvent {
-                id,
-                source: source.to_string(),
-                lead,
-                occurred_at,
-                received_at,
-                change,
-            })
-        }
-        _ => Err(problems),
     }
 }
 
@@ -226,7 +265,7 @@ mod tests {
           {"id":"evt-1","type":"lead.updated","lead":"L-1","occurred_at":"2026-11-22T10:00:00Z","fields":{"stage":"sales_ready","owner":"alice@example.com"}},
           {"id":"evt-2","type":"lead.activity","lead":"L-1","occurred_at":"2026-11-22T10:30:00Z","activity":{"kind":"call","by":"alice@example.com"}}
         ]"#;
-        let events = lead_events("web", body, now()).unwrap();
+        let events = Mapper::default().lead_events("web", body, now()).unwrap();
         assert_eq!(events.len(), 2);
         assert_eq!(events[0].lead, "L-1");
         assert_eq!(events[0].source, "web");
@@ -238,7 +277,13 @@ mod tests {
         );
         // One object alone is a batch of one.
         let one = br#"{"id":"e","type":"lead.activity","lead":"L","occurred_at":"2026-11-22T10:30:00Z","activity":{"kind":"email"}}"#;
-        assert_eq!(lead_events("web", one, now()).unwrap().len(), 1);
+        assert_eq!(
+            Mapper::default()
+                .lead_events("web", one, now())
+                .unwrap()
+                .len(),
+            1
+        );
     }
 
     /// The event id is the sender's, verbatim, and so is the lead key: the engine recognises a
@@ -247,7 +292,7 @@ mod tests {
     #[test]
     fn event_ids_are_pinned() {
         let body = br#"{"id":" evt-1 ","type":"lead.activity","lead":"L-1","occurred_at":"2026-11-22T10:30:00Z","activity":{"kind":"call"}}"#;
-        let events = lead_events("web", body, now()).unwrap();
+        let events = Mapper::default().lead_events("web", body, now()).unwrap();
         assert_eq!(
             (events[0].id.as_str(), events[0].lead.as_str()),
             (" evt-1 ", "L-1")
@@ -262,7 +307,9 @@ mod tests {
           {"id":"x","type":"lead.exploded","lead":"L","occurred_at":"2026-11-22T10:30:00Z"},
           {"id":"y","type":"lead.merged","lead":"L","occurred_at":"2026-11-22T10:30:00Z"}
         ]"#;
-        let Err(IngestError::Malformed(problems)) = lead_events("web", body, now()) else {
+        let Err(IngestError::Malformed(problems)) =
+            Mapper::default().lead_events("web", body, now())
+        else {
             panic!("expected malformed");
         };
         let fields: Vec<&str> = problems.iter().map(|p| p.field.as_str()).collect();
@@ -285,7 +332,7 @@ mod tests {
           {"id":"d1","type":"lead.deleted","lead":"L-1","occurred_at":"2026-11-22T10:00:00Z"},
           {"id":"m1","type":"lead.merged","lead":"L-2","occurred_at":"2026-11-22T10:00:00Z","into":"L-3"}
         ]"#;
-        let events = lead_events("web", body, now()).unwrap();
+        let events = Mapper::default().lead_events("web", body, now()).unwrap();
         assert_eq!(events[0].change, Change::Deleted {});
         assert_eq!(events[1].change, Change::Merged { into: "L-3".into() });
     }
@@ -295,15 +342,15 @@ mod tests {
         let one = r#"{"id":"e","type":"lead.activity","lead":"L","occurred_at":"2026-11-22T10:30:00Z","activity":{"kind":"email"}}"#;
         let body = format!("[{}]", vec![one; 101].join(","));
         assert!(matches!(
-            lead_events("web", body.as_bytes(), now()),
+            Mapper::default().lead_events("web", body.as_bytes(), now()),
             Err(IngestError::TooManyEvents(101))
         ));
         assert!(matches!(
-            lead_events("web", b"{not json", now()),
+            Mapper::default().lead_events("web", b"{not json", now()),
             Err(IngestError::Malformed(_))
         ));
         assert!(matches!(
-            lead_events("web", b"[]", now()),
+            Mapper::default().lead_events("web", b"[]", now()),
             Err(IngestError::Malformed(_))
         ));
     }
@@ -316,9 +363,13 @@ mod tests {
             .to_string()
         };
         let longest = "L".repeat(MAX_VERBATIM_KEY_LEN);
-        assert!(lead_events("web", body(&longest).as_bytes(), now()).is_ok());
+        assert!(
+            Mapper::default()
+                .lead_events("web", body(&longest).as_bytes(), now())
+                .is_ok()
+        );
         let Err(IngestError::Malformed(ps)) =
-            lead_events("web", body(&format!("{longest}L")).as_bytes(), now())
+            Mapper::default().lead_events("web", body(&format!("{longest}L")).as_bytes(), now())
         else {
             panic!("expected malformed");
         };

@@ -15,7 +15,7 @@ use subtle::ConstantTimeEq;
 
 use super::config::HubspotConfig;
 use crate::conf::PlainSecrets;
-use crate::ingest::{IngestError, Request, Verify};
+use crate::ingest::{Head, IngestError, Request, Verify};
 
 type HmacSha256 = hmac::Hmac<Sha256>;
 
@@ -67,15 +67,18 @@ impl Credentials {
         uri
     }
 
-    fn verify_v3(&self, req: &Request<'_>, signature: &str) -> Result<(), String> {
-        let header = |n: &str| req.headers.get(n).and_then(|v| v.to_str().ok());
-        let timestamp = header("x-hubspot-request-timestamp")
+    /// The v3 timestamp, there and within the tolerance (checked before the body is read too).
+    fn v3_timestamp<'a>(&self, head: &Head<'a>) -> Result<&'a str, String> {
+        let timestamp = head
+            .headers
+            .get("x-hubspot-request-timestamp")
+            .and_then(|v| v.to_str().ok())
             .ok_or("missing header `X-HubSpot-Request-Timestamp`")?
             .trim();
         let ts: i64 = timestamp
             .parse()
             .map_err(|_| "`X-HubSpot-Request-Timestamp` is not Unix milliseconds")?;
-        let now = req.now.as_millisecond();
+        let now = head.now.as_millisecond();
         // Saturating: the header is the sender's, and i64::MIN must not overflow.
         if now.saturating_sub(ts) > TOLERANCE_MS {
             return Err("`X-HubSpot-Request-Timestamp` is more than 5 minutes old".into());
@@ -83,6 +86,24 @@ impl Credentials {
         if ts.saturating_sub(now) > TOLERANCE_MS {
             return Err("`X-HubSpot-Request-Timestamp` is more than 5 minutes ahead".into());
         }
+        Ok(timestamp)
+    }
+
+    /// Which signature a request carries: v3, or with `legacy_signatures` v1 or v2.
+    fn signature<'a>(&self, head: &Head<'a>) -> Result<Signature<'a>, String> {
+        let header = |n: &str| head.headers.get(n).and_then(|v| v.to_str().ok());
+        match (
+            header("x-hubspot-signature-v3"),
+            header("x-hubspot-signature"),
+        ) {
+            (Some(v3), _) => Ok(Signature::V3(v3)),
+            (None, Some(legacy)) if self.legacy_signatures => Ok(Signature::Legacy(legacy)),
+            _ => Err("missing header `X-HubSpot-Signature-v3`".into()),
+        }
+    }
+
+    fn verify_v3(&self, req: &Request<'_>, signature: &str) -> Result<(), String> {
+        let timestamp = self.v3_timestamp(&req.head())?;
         let given = BASE64
             .decode(signature.trim())
             .map_err(|_| "`X-HubSpot-Signature-v3` is not base64")?;
@@ -138,17 +159,30 @@ impl Credentials {
     }
 }
 
+/// The signature header a request carries.
+enum Signature<'a> {
+    V3(&'a str),
+    Legacy(&'a str),
+}
+
 impl Verify for Credentials {
-    /// Checks the signature of a request: v3, or with `legacy_signatures` v1 or v2.
+    /// A signature header is there, and a v3 timestamp in time: checked before the body is read.
+    fn authenticate_head(&self, head: &Head<'_>) -> Result<(), IngestError> {
+        let checked = match self.signature(head) {
+            Ok(Signature::V3(_)) => self.v3_timestamp(head).map(|_| ()),
+            Ok(Signature::Legacy(_)) => Ok(()),
+            Err(e) => Err(e),
+        };
+        checked.map_err(IngestError::Unauthorized)
+    }
+
+    /// Checks the signature of a request: v3, or with `legacy_signatures` v1 or v2. One MAC
+    /// (v3) or hash (v1, v2) per secret: each header holds one signature.
     fn authenticate(&self, req: &Request<'_>) -> Result<(), IngestError> {
-        let header = |n: &str| req.headers.get(n).and_then(|v| v.to_str().ok());
-        let result = match (
-            header("x-hubspot-signature-v3"),
-            header("x-hubspot-signature"),
-        ) {
-            (Some(v3), _) => self.verify_v3(req, v3),
-            (None, Some(legacy)) if self.legacy_signatures => self.verify_legacy(req, legacy),
-            _ => Err("missing header `X-HubSpot-Signature-v3`".into()),
+        let result = match self.signature(&req.head()) {
+            Ok(Signature::V3(v3)) => self.verify_v3(req, v3),
+            Ok(Signature::Legacy(legacy)) => self.verify_legacy(req, legacy),
+            Err(e) => Err(e),
         };
         result.map_err(IngestError::Unauthorized)
     }

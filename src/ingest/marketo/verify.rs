@@ -3,7 +3,7 @@
 
 use super::config::MarketoConfig;
 use crate::conf::PlainSecrets;
-use crate::ingest::{IngestError, Request, Verify, auth};
+use crate::ingest::{Head, IngestError, Request, Verify, auth};
 
 /// The header a Marketo request must carry, and the secrets it may hold.
 #[derive(Debug)]
@@ -23,8 +23,9 @@ impl Credentials {
 }
 
 impl Verify for Credentials {
-    fn authenticate(&self, req: &Request<'_>) -> Result<(), IngestError> {
-        let Some(given) = req.headers.get(self.header.as_str()) else {
+    /// The header token is all there is: checked before the body is read.
+    fn authenticate_head(&self, head: &Head<'_>) -> Result<(), IngestError> {
+        let Some(given) = head.headers.get(self.header.as_str()) else {
             return Err(IngestError::Unauthorized(format!(
                 "missing header `{}`",
                 self.header
@@ -38,6 +39,10 @@ impl Verify for Credentials {
                 self.header
             )))
         }
+    }
+
+    fn authenticate(&self, req: &Request<'_>) -> Result<(), IngestError> {
+        self.authenticate_head(&req.head())
     }
 
     fn secret_headers(&self) -> Vec<String> {

@@ -3,7 +3,7 @@
 
 use super::config::PipedriveConfig;
 use crate::conf::PlainSecrets;
-use crate::ingest::{IngestError, Request, Verify, auth};
+use crate::ingest::{Head, IngestError, Request, Verify, auth};
 
 /// The basic-auth credentials a Pipedrive request must carry (any of the passwords).
 #[derive(Debug)]
@@ -22,8 +22,13 @@ impl Credentials {
 }
 
 impl Verify for Credentials {
-    fn authenticate(&self, req: &Request<'_>) -> Result<(), IngestError> {
-        auth::check_basic(req.headers, &self.username, &self.passwords.0)
+    /// Basic auth is all there is: checked before the body is read.
+    fn authenticate_head(&self, head: &Head<'_>) -> Result<(), IngestError> {
+        auth::check_basic(head.headers, &self.username, &self.passwords.0)
             .map_err(IngestError::Unauthorized)
+    }
+
+    fn authenticate(&self, req: &Request<'_>) -> Result<(), IngestError> {
+        self.authenticate_head(&req.head())
     }
 }

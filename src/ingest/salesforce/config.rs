@@ -29,6 +29,11 @@ pub struct SalesforceConfig {
     /// Canonical field name → Salesforce field API name, over the defaults.
     #[serde(default)]
     pub fields: BTreeMap<String, String>,
+    /// Accept messages with neither basic auth nor a path secret (only the org id, which is no
+    /// secret, guards the source: restrict it at the ingress). `check-config` refuses such a
+    /// source unless this says so.
+    #[serde(default)]
+    pub allow_unauthenticated: bool,
 }
 
 impl SalesforceConfig {
@@ -58,11 +63,27 @@ impl SalesforceConfig {
                 "basic auth needs both `username` and `password`".into(),
             ));
         }
+        if self.unauthenticated() && !self.allow_unauthenticated {
+            problems.push((
+                "path_secret".into(),
+                "neither basic auth (`username`, `password`) nor a `path_secret` guards this \
+                 source: anyone who knows the org id (no secret) could post to it. Set one, or \
+                 `allow_unauthenticated = true` if the ingress restricts it (IP allowlist, client \
+                 certificate)"
+                    .into(),
+            ));
+        }
         problems.extend(fields::unknown_names(&self.fields, &[]));
         problems
     }
 
-    /// Without basic auth or a path secret, only the org id guards the source (logged at start).
+    /// No credential at all is configured (a half-configured basic auth is its own problem).
+    fn unauthenticated(&self) -> bool {
+        self.username.is_none() && self.password.is_none() && self.path_secret.is_none()
+    }
+
+    /// Allowed without basic auth or a path secret, only the org id guards the source (logged
+    /// at start).
     pub fn warning(&self) -> Option<&'static str> {
         (self.username.is_none() && self.path_secret.is_none()).then_some(
             "Salesforce source without basic auth or a path secret: only the org id (not a \

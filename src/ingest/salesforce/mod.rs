@@ -24,7 +24,7 @@ use std::time::Duration;
 use axum::response::Response;
 use jiff::Timestamp;
 
-use super::{Handler, IngestError, Parsed, Request};
+use super::{Handler, Head, IngestError, Parsed, Request};
 use config::SalesforceConfig;
 
 /// A Salesforce source: its messages checked by `verify.rs`, read by `soap.rs`, made into events
@@ -53,6 +53,10 @@ impl Handler for SalesforceSource {
     /// reaches `{prefix}.raw`.
     fn redact_body(&self, body: &[u8]) -> Option<Vec<u8>> {
         redact::redact_session_ids(body)
+    }
+
+    fn authenticate_head(&self, head: &Head<'_>) -> Result<(), IngestError> {
+        self.credentials.authenticate_head(head)
     }
 
     fn authenticate(&self, req: &Request<'_>) -> Result<(), IngestError> {

@@ -4,48 +4,35 @@
 /// The body with the content of every `SessionId` element (any namespace prefix, CDATA and
 /// comments included; to the end of the body when it is never closed) replaced by `REDACTED`;
 /// `None` when there is none.
+///
+/// One forward pass over the body, whatever it holds: every `<` is looked at once, as the start
+/// of a tag, and the search for an element's end resumes where the last one stopped (a body of
+/// nothing but `SessionId` costs what any other body of its size does).
 pub fn redact_session_ids(body: &[u8]) -> Option<Vec<u8>> {
-    const NAME: &[u8] = b"SessionId";
-    // `<` then an optional `prefix:` (no space, `<`, `>` or `/` in it) right before the name.
-    let tag_start = |name_at: usize| -> Option<usize> {
-        let lt = body[..name_at].iter().rposition(|&b| b == b'<')?;
-        let between = &body[lt + 1..name_at];
-        let prefix_ok = between.is_empty()
-            || (between.ends_with(b":")
-                && !between
-                    .iter()
-                    .any(|b| b.is_ascii_whitespace() || matches!(b, b'<' | b'>' | b'/')));
-        prefix_ok.then_some(lt)
-    };
-    let ends_name = |at: usize| {
-        matches!(body.get(at), Some(b'>' | b'/') | None)
-            || body.get(at).is_some_and(u8::is_ascii_whitespace)
-    };
     let mut out: Vec<u8> = Vec::new();
     let mut copied = 0;
     let mut at = 0;
-    while let Some(found) = find(&body[at..], NAME).map(|i| i + at) {
-        at = found + NAME.len();
-        if tag_start(found).is_none() || !ends_name(at) {
+    while let Some(lt) = memchr(b'<', &body[at..]).map(|i| i + at) {
+        at = lt + 1;
+        // An opening tag `<SessionId …>` or `<prefix:SessionId …>`.
+        let Some(name_end) = session_id_name(body, lt + 1) else {
             continue;
-        }
-        let Some(gt) = body[at..].iter().position(|&b| b == b'>').map(|i| i + at) else {
-            break;
         };
+        let Some(gt) = memchr(b'>', &body[name_end..]).map(|i| i + name_end) else {
+            break; // the tag is never closed: nothing inside it
+        };
+        at = gt + 1;
         if body[gt - 1] == b'/' {
             continue; // `<SessionId/>`: empty.
         }
-        // The closing tag: `</SessionId>` or `</prefix:SessionId>`; else the rest of the body.
+        // The closing tag: the first `</SessionId>` or `</prefix:SessionId>` after it; else the
+        // rest of the body.
         let mut end = body.len();
         let mut search = gt + 1;
-        while let Some(close) = find(&body[search..], NAME).map(|i| i + search) {
-            search = close + NAME.len();
-            if let Some(lt) = body[..close].iter().rposition(|&b| b == b'<')
-                && lt > gt
-                && body.get(lt + 1) == Some(&b'/')
-                && ends_name(search)
-            {
-                end = lt;
+        while let Some(close) = memchr(b'<', &body[search..]).map(|i| i + search) {
+            search = close + 1;
+            if body.get(close + 1) == Some(&b'/') && session_id_name(body, close + 2).is_some() {
+                end = close;
                 break;
             }
         }
@@ -54,7 +41,7 @@ pub fn redact_session_ids(body: &[u8]) -> Option<Vec<u8>> {
             out.extend_from_slice(b"REDACTED");
             copied = end;
         }
-        at = end.max(at);
+        at = at.max(end);
     }
     if copied == 0 {
         return None;
@@ -63,8 +50,32 @@ pub fn redact_session_ids(body: &[u8]) -> Option<Vec<u8>> {
     Some(out)
 }
 
-fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
-    haystack.windows(needle.len()).position(|w| w == needle)
+/// Where the element name ends when `body[from..]` starts with `SessionId` or
+/// `prefix:SessionId` (the prefix without space, `<`, `>`, `/` or `:`) followed by the end of the
+/// name (`>`, `/`, whitespace or the end of the body). Looks at most at one name's bytes.
+fn session_id_name(body: &[u8], from: usize) -> Option<usize> {
+    const NAME: &[u8] = b"SessionId";
+    // The prefix, if any: a run of name characters up to a `:`.
+    let rest = body.get(from..)?;
+    let run = rest
+        .iter()
+        .take_while(|b| !(b.is_ascii_whitespace() || matches!(b, b'<' | b'>' | b'/' | b':')))
+        .count();
+    let name_at = if rest.get(run) == Some(&b':') {
+        from + run + 1
+    } else {
+        from
+    };
+    let after = name_at + NAME.len();
+    let ends_name = |at: usize| {
+        matches!(body.get(at), Some(b'>' | b'/') | None)
+            || body.get(at).is_some_and(u8::is_ascii_whitespace)
+    };
+    (body.get(name_at..after) == Some(NAME) && ends_name(after)).then_some(after)
+}
+
+fn memchr(needle: u8, haystack: &[u8]) -> Option<usize> {
+    haystack.iter().position(|&b| b == needle)
 }
 
 #[cfg(test)]
@@ -123,6 +134,27 @@ mod tests {
                 String::from_utf8_lossy(kept)
             );
         }
+    }
+
+    #[test]
+    fn a_body_full_of_session_ids_is_blanked_from_its_first_open_element() {
+        // A megabyte of the name alone is no element; of opening tags, everything after the
+        // first is its (unclosed) content; closed ones are each blanked.
+        let names = "SessionId".repeat(120_000);
+        assert_eq!(redact_session_ids(names.as_bytes()), None);
+        let opens = "<SessionId>".repeat(100_000);
+        assert_eq!(
+            redact_session_ids(opens.as_bytes()).unwrap(),
+            b"<SessionId>REDACTED"
+        );
+        let closed = "<SessionId>x</SessionId>".repeat(40_000);
+        let out = redact_session_ids(closed.as_bytes()).unwrap();
+        assert_eq!(
+            out,
+            "<SessionId>REDACTED</SessionId>".repeat(40_000).as_bytes()
+        );
+        let prefixes = "<a:SessionId <b:SessionId </a:".repeat(30_000);
+        let _ = redact_session_ids(prefixes.as_bytes());
     }
 
     proptest::proptest! {

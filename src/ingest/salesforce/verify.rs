@@ -7,7 +7,7 @@
 use super::config::SalesforceConfig;
 use super::soap;
 use crate::conf::PlainSecrets;
-use crate::ingest::{IngestError, Request, auth};
+use crate::ingest::{Head, IngestError, Request, auth};
 
 /// What a Salesforce message must carry.
 #[derive(Debug)]
@@ -28,6 +28,11 @@ impl Credentials {
 
     /// Checks the path secret and basic auth, where configured, before anything is parsed.
     pub fn authenticate(&self, req: &Request<'_>) -> Result<(), IngestError> {
+        self.authenticate_head(&req.head())
+    }
+
+    /// The path secret and basic auth are all there is: checked before the body is read.
+    pub fn authenticate_head(&self, req: &Head<'_>) -> Result<(), IngestError> {
         if let Some(secrets) = &self.path_secret {
             let given = req.path_secret.unwrap_or("");
             if !auth::matches_any(given.as_bytes(), &secrets.0) {
