@@ -108,6 +108,8 @@ pub async fn run_with_reloads(
     }
 
     let producer = Producer::new(&base, metrics.clone()).context("creating the Kafka producer")?;
+    // Records Kafka refuses for good are quarantined next to the dead letters.
+    producer.quarantine_to(&topics.dlq, clock.clone());
     let stop_http = CancellationToken::new();
     let stop_work = CancellationToken::new();
     let stop_supervisor = CancellationToken::new();

@@ -302,7 +302,7 @@ pub async fn persist(
     abandon: &tokio_util::sync::CancellationToken,
 ) -> bool {
     let enqueue = || producer.enqueue(topic, lead, snapshot().as_deref());
-    crate::bus::producer::until_acked(topic, enqueue, abandon).await
+    producer.until_acked(topic, enqueue, abandon).await
 }
 
 #[cfg(test)]

@@ -149,6 +149,6 @@ impl Ledger {
             let bytes = serde_json::to_vec(&leads[lead]).expect("ledger serializes");
             producer.enqueue(topic, lead, Some(&bytes))
         };
-        crate::bus::producer::until_acked(topic, enqueue, abandon).await
+        producer.until_acked(topic, enqueue, abandon).await
     }
 }

@@ -32,11 +32,11 @@ use crate::alert::Alert;
 use crate::bus::Topics;
 use crate::bus::changelog::Restorer;
 use crate::bus::consumer::{self, RebalanceHooks};
-use crate::bus::producer::Producer;
+use crate::bus::producer::{Permanent, Producer, Written};
 use crate::engine::partition::{PartitionState, ROTATION_KEY};
 use crate::engine::rules::Rules;
 use crate::engine::step::{Diagnostic, Input, LeadWrite, Records, Write};
-use crate::engine::{Engine, EngineConfig};
+use crate::engine::{Engine, EngineConfig, LeadState};
 use crate::event::LeadEvent;
 use crate::telemetry::Metrics;
 
@@ -290,6 +290,7 @@ impl Work {
     fn send(&self, partition: i32, writes: &mut Writes, write: Write<'_>) -> Sent {
         let producer = self.producer.clone();
         let topics = self.topics.clone();
+        let metrics = self.metrics.clone();
         match write {
             Write::Lead(write) => {
                 // Encoded now: the step borrows the states as they stand after it.
@@ -311,9 +312,7 @@ impl Work {
                         if written.iter().any(|ok| !ok) {
                             return false;
                         }
-                        producer
-                            .send_until_acked(&topics.state, &lead, state.as_deref(), &token)
-                            .await
+                        write_state(&producer, &topics.state, &lead, state, &metrics, &token).await
                     }
                     .boxed()
                 });
@@ -465,6 +464,63 @@ impl Work {
             sent.into_iter().filter(|s| !s.fired.is_empty()),
         );
     }
+}
+
+/// Writes a lead's state (`None`: its tombstone) until Kafka has it. A state Kafka refuses as
+/// too large (a huge field, held once in the lead and once in its reorder window) is written
+/// again without its reorder window — the lead as it stands, its fired alerts and the ids it
+/// has seen: after a restore, only a late event's place among older ones is lost. A state still
+/// refused, or refused for another reason, is quarantined (a reference to it in the dead-letter
+/// topic, an error log, a counter): this member keeps the lead in memory, so the lead still gets
+/// its alerts while it owns the partition, and the event's offset is stored; after a restore the
+/// lead is as its last state written. True once settled; false when abandoned.
+async fn write_state(
+    producer: &Producer,
+    topic: &str,
+    lead: &str,
+    state: Option<Vec<u8>>,
+    metrics: &Metrics,
+    token: &CancellationToken,
+) -> bool {
+    let mut refusal = match producer
+        .write(topic, None, lead, state.as_deref(), token)
+        .await
+    {
+        Written::Acked => return true,
+        Written::Abandoned => return false,
+        Written::Refused(refusal) => refusal,
+    };
+    if refusal.why == Permanent::TooLarge
+        && let Some(slim) = state.as_deref().and_then(without_window)
+    {
+        match producer.write(topic, None, lead, Some(&slim), token).await {
+            Written::Acked => {
+                metrics.state_without_window();
+                tracing::warn!(
+                    %lead,
+                    bytes = refusal.record.bytes,
+                    written = slim.len(),
+                    "lead state too large for Kafka; written without its reorder window"
+                );
+                return true;
+            }
+            Written::Abandoned => return false,
+            Written::Refused(again) => refusal = again,
+        }
+    }
+    producer.quarantine(&refusal, token).await
+}
+
+/// A state record without its reorder window (the lead folded as it stands), if that is
+/// smaller.
+fn without_window(record: &[u8]) -> Option<Vec<u8>> {
+    let mut state = LeadState::decode(record)?;
+    if state.log.is_empty() && state.base.is_none() {
+        return None;
+    }
+    state.log.clear();
+    state.base = None;
+    Some(state.encode())
 }
 
 /// Sees writes through in `firing`: one that is not written hands its alerts back.

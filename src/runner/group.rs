@@ -99,13 +99,17 @@ pub struct Group<P, M> {
     /// Per restoring partition: its generation, and each changelog's snapshot once read.
     restoring: HashMap<i32, (u64, Vec<Option<Snapshot>>)>,
     slots: Slots<P, Waited<M>>,
-    /// Per processed message, resolves to its offset once its work is done (`None`: it was not,
-    /// e.g. the partition moved; its next owner redoes it). In order, so an offset is stored
-    /// only once every earlier message's work is done.
-    pending: FuturesOrdered<BoxFuture<'static, Option<(i32, i64)>>>,
+    /// Per partition, per processed message: its offset and whether its work is done (false:
+    /// it was not, e.g. the partition moved; its next owner redoes it). In order within a
+    /// partition, so an offset is stored only once every earlier message's work is done; apart
+    /// between partitions, so no partition's offsets wait on another's.
+    pending: Pending,
     max_in_flight: usize,
     decode: Decode<M>,
 }
+
+/// Per partition, the work of its messages, in order: each resolves to (offset, done).
+type Pending = HashMap<i32, FuturesOrdered<BoxFuture<'static, (i64, bool)>>>;
 
 /// A message as it came: (partition, offset, decoded or why not), or a consumer error.
 type Received<M> = Result<(i32, i64, Result<M, String>), KafkaError>;
@@ -113,6 +117,28 @@ type Received<M> = Result<(i32, i64, Result<M, String>), KafkaError>;
 /// Decodes a fetched message, so the consumer is no longer borrowed.
 fn decoded<M>(received: Result<BorrowedMessage<'_>, KafkaError>, decode: Decode<M>) -> Received<M> {
     received.map(|msg| (msg.partition(), msg.offset(), decode(msg.payload())))
+}
+
+/// The next message whose work finished, of any partition: (partition, offset, done). `None`
+/// once nothing is pending.
+fn next_done(pending: &mut Pending) -> impl Future<Output = Option<(i32, i64, bool)>> + '_ {
+    futures::future::poll_fn(move |cx| {
+        let mut any = false;
+        for (partition, queue) in pending.iter_mut() {
+            if queue.is_empty() {
+                continue;
+            }
+            any = true;
+            if let std::task::Poll::Ready(Some((offset, done))) = queue.poll_next_unpin(cx) {
+                return std::task::Poll::Ready(Some((*partition, offset, done)));
+            }
+        }
+        if any {
+            std::task::Poll::Pending
+        } else {
+            std::task::Poll::Ready(None)
+        }
+    })
 }
 
 /// Most messages already fetched that are handed out with the one awaited (events of one
@@ -140,7 +166,7 @@ impl<P, M> Group<P, M> {
             restored_rx,
             restoring: HashMap::new(),
             slots: Slots::default(),
-            pending: FuturesOrdered::new(),
+            pending: HashMap::new(),
             max_in_flight: max_in_flight.max(1),
             decode,
         }
@@ -165,7 +191,8 @@ impl<P, M> Group<P, M> {
     pub async fn next_or<T>(&mut self, stage: impl Future<Output = T>) -> Next<Event<P, M>, T> {
         let mut stage = std::pin::pin!(stage);
         loop {
-            let room = self.pending.len() < self.max_in_flight;
+            let in_flight = self.in_flight();
+            let room = in_flight < self.max_in_flight;
             tokio::select! {
                 biased;
                 Some(change) = self.assignments.recv() => match change {
@@ -182,8 +209,8 @@ impl<P, M> Group<P, M> {
                         return Next::Group(event);
                     }
                 }
-                Some(done) = self.pending.next(), if !self.pending.is_empty() => {
-                    if let Some((partition, offset)) = done {
+                Some((partition, offset, done)) = next_done(&mut self.pending), if in_flight > 0 => {
+                    if done {
                         consumer::store(&self.consumer, &self.topic, partition, offset);
                     }
                 }
@@ -194,7 +221,7 @@ impl<P, M> Group<P, M> {
                     let mut messages = self.received(first, &mut read);
                     // What was fetched with it comes along, within the room for work in flight.
                     for _ in 0..BATCH {
-                        if self.pending.len() + messages >= self.max_in_flight {
+                        if in_flight + messages >= self.max_in_flight {
                             break;
                         }
                         let Some(received) = self.consumer.recv().now_or_never() else {
@@ -227,10 +254,10 @@ impl<P, M> Group<P, M> {
         offset: i64,
         done: impl Future<Output = bool> + Send + 'static,
     ) {
-        self.pending.push_back(
-            done.map(move |ok| ok.then_some((partition, offset)))
-                .boxed(),
-        );
+        self.pending
+            .entry(partition)
+            .or_default()
+            .push_back(done.map(move |ok| (offset, ok)).boxed());
     }
 
     /// A message that is not for the stage (unreadable): its offset is stored in its turn.
@@ -240,7 +267,7 @@ impl<P, M> Group<P, M> {
 
     /// Messages whose work is pending.
     pub fn in_flight(&self) -> usize {
-        self.pending.len()
+        self.pending.values().map(FuturesOrdered::len).sum()
     }
 
     /// A ready partition's state.
@@ -264,8 +291,8 @@ impl<P, M> Group<P, M> {
     pub async fn drain(&mut self, grace: Duration, also: impl Future<Output = ()>) -> bool {
         let (consumer, topic, pending) = (&self.consumer, &self.topic, &mut self.pending);
         let offsets = async {
-            while let Some(done) = pending.next().await {
-                if let Some((partition, offset)) = done {
+            while let Some((partition, offset, done)) = next_done(pending).await {
+                if done {
                     consumer::store(consumer, topic, partition, offset);
                 }
             }
@@ -588,6 +615,93 @@ mod tests {
         );
     }
 
+    /// One partition's work that never finishes holds back no other partition's offsets.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_partition_whose_work_hangs_holds_back_no_other_partitions_offsets() {
+        let broker = EmbeddedKafka::start(&[("in".into(), 2)]).unwrap();
+        let mut base = ClientConfig::new();
+        base.set("bootstrap.servers", broker.bootstrap());
+        let producer: BaseProducer = base.create().unwrap();
+        for partition in [0, 1] {
+            producer
+                .send(
+                    BaseRecord::to("in")
+                        .key("lead")
+                        .payload("m")
+                        .partition(partition),
+                )
+                .unwrap();
+        }
+        producer.flush(Duration::from_secs(10)).unwrap();
+        let subscribed = consumer::subscribe(
+            &base,
+            &kafka(broker.bootstrap()),
+            "g",
+            "in",
+            Arc::new(Metrics::new()),
+            RebalanceHooks::default(),
+        )
+        .unwrap();
+        let mut group: Group<(), String> = Group::new(subscribed, "in", Vec::new(), 10, decode);
+        let mut read = Vec::new();
+        let deadline = Clock::system().instant() + Duration::from_secs(60);
+        while read.len() < 2 {
+            let event = tokio::time::timeout_at(deadline, group.next())
+                .await
+                .expect("both messages within a minute");
+            match event {
+                // Nothing to restore: ready at once.
+                Event::Assigned(partitions) => {
+                    for partition in partitions {
+                        for waited in group.ready(partition, ()) {
+                            if let Waited::Message { offset, .. } = waited {
+                                read.push((partition, offset));
+                            }
+                        }
+                    }
+                }
+                Event::Read(rs) => {
+                    for r in rs {
+                        if let Read::Message {
+                            partition, offset, ..
+                        } = r
+                        {
+                            read.push((partition, offset));
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+        // Partition 0's work never finishes, and was handed in first; partition 1's is done.
+        read.sort();
+        assert_eq!(read, [(0, 0), (1, 0)]);
+        group.track(0, 0, std::future::pending());
+        group.track(1, 0, futures::future::ready(true));
+        assert!(!group.drain(Duration::from_secs(2), async {}).await);
+        group.close(Duration::from_secs(10)).await;
+
+        let mut cfg = base.clone();
+        cfg.set("group.id", "g");
+        let check: BaseConsumer = cfg.create().unwrap();
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition("in", 0);
+        tpl.add_partition("in", 1);
+        let committed = check
+            .committed_offsets(tpl, Duration::from_secs(10))
+            .unwrap();
+        assert_eq!(
+            committed.find_partition("in", 1).unwrap().offset(),
+            Offset::Offset(1),
+            "partition 1's offset is committed"
+        );
+        assert_eq!(
+            committed.find_partition("in", 0).unwrap().offset(),
+            Offset::Invalid,
+            "partition 0's work is not done"
+        );
+    }
+
     /// A stage that has not finished a message's work, and an unreadable message after it in
     /// the same fetch: the unreadable one's offset waits its turn (storing it would commit past
     /// the unfinished one). And messages of a restoring partition wait for it, in order.
@@ -627,7 +741,7 @@ mod tests {
         }
         assert_eq!(group.in_flight(), 2);
         assert!(
-            group.pending.next().now_or_never().is_none(),
+            next_done(&mut group.pending).now_or_never().is_none(),
             "the unreadable offset waits behind the unfinished work"
         );
 

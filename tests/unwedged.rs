@@ -1,0 +1,147 @@
+//! Nothing remote can stop, wedge or silently skip leadwatch (issue 11), end to end on a real
+//! Kafka-protocol endpoint: records Kafka refuses for good, roles that fail, a broker that
+//! trims what was not read yet, records that cannot be read.
+
+mod support;
+
+use std::time::Duration;
+
+use leadwatch::clock::Clock;
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use serde_json::json;
+use support::*;
+
+const PATIENCE: Duration = Duration::from_secs(60);
+
+/// Produces `records` (key, JSON) to `topic` as another producer would (bypassing ingest and
+/// its limits).
+async fn produce(bootstrap: &str, topic: &str, records: &[(&str, serde_json::Value)]) {
+    let producer: FutureProducer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("partitioner", leadwatch::partitioner::PARTITIONER)
+        .create()
+        .unwrap();
+    for (key, value) in records {
+        let payload = serde_json::to_vec(value).unwrap();
+        producer
+            .send(
+                FutureRecord::to(topic).key(*key).payload(&payload),
+                Duration::from_secs(10),
+            )
+            .await
+            .unwrap();
+    }
+}
+
+/// A sales-ready event as it sits on `{prefix}.events`, with `fields` on top.
+fn event_record(id: &str, lead: &str, fields: serde_json::Value) -> serde_json::Value {
+    let now = Clock::system().now().to_string();
+    let mut all = json!({"stage": "sales_ready", "owner": "alice@example.com"});
+    all.as_object_mut()
+        .unwrap()
+        .extend(fields.as_object().unwrap().clone());
+    json!({"id": id, "source": "web", "lead": lead, "occurred_at": now, "received_at": now,
+           "type": "lead.updated", "fields": all})
+}
+
+/// A lead whose state is too large for Kafka wedges nothing: a state held twice (the lead and
+/// its reorder window) is written without the window; one too large even so is quarantined to
+/// the dead-letter topic. Each of those leads still gets its alert, and so does every other.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lead_state_too_large_for_kafka_wedges_nothing_and_its_lead_still_alerts() {
+    let kafka = kafka(1);
+    let receiver = Receiver::start().await;
+    let daemon = Daemon::start(
+        &config_text(kafka.bootstrap(), &receiver.url, ""),
+        &rules_text("3s"),
+    )
+    .await;
+    let topics = leadwatch::bus::Topics::new(PREFIX);
+    let huge = |n: usize| "x".repeat(n);
+    produce(
+        kafka.bootstrap(),
+        &topics.events,
+        &[
+            // ~900 kB: its state with the reorder window is ~1.8 MB, without it ~900 kB.
+            (
+                "L-huge",
+                event_record("h1", "L-huge", json!({"notes": huge(900_000)})),
+            ),
+            // Two fields of ~600 kB: the state is over 1 MB even without the window.
+            (
+                "L-huger",
+                event_record("g1", "L-huger", json!({"a": huge(600_000)})),
+            ),
+            (
+                "L-huger",
+                event_record("g2", "L-huger", json!({"b": huge(600_000)})),
+            ),
+            ("L-small", event_record("s1", "L-small", json!({}))),
+        ],
+    )
+    .await;
+
+    wait_for("an alert for every lead", PATIENCE, || async {
+        receiver.distinct() >= 3
+    })
+    .await;
+    let mut leads: Vec<String> = receiver
+        .all()
+        .iter()
+        .map(|r| r.json()["data"]["lead"].as_str().unwrap().to_string())
+        .collect();
+    leads.sort();
+    leads.dedup();
+    assert_eq!(leads, ["L-huge", "L-huger", "L-small"]);
+    assert!(
+        daemon
+            .metric("leadwatch_engine_states_without_window_total")
+            .await
+            >= 1.0
+    );
+    assert!(
+        daemon
+            .metric(
+                "leadwatch_kafka_records_quarantined_total{topic=\"lwtest.state\",reason=\"too_large\"}"
+            )
+            .await
+            >= 1.0
+    );
+    daemon.stop().await;
+
+    // The changelog holds L-huge without its window; the dead-letter topic says why L-huger's
+    // last state is not there.
+    let bootstrap = kafka.bootstrap().to_string();
+    let (state, dlq) = tokio::task::spawn_blocking(move || {
+        let mut base = rdkafka::ClientConfig::new();
+        base.set("bootstrap.servers", &bootstrap);
+        let read = |topic: &str| {
+            leadwatch::bus::changelog::read_partition(
+                &base,
+                topic,
+                0,
+                Duration::from_secs(30),
+                &Clock::system(),
+            )
+            .unwrap()
+        };
+        (read("lwtest.state"), read("lwtest.alerts.dlq"))
+    })
+    .await
+    .unwrap();
+    let huge_state: serde_json::Value = serde_json::from_slice(&state["L-huge"]).unwrap();
+    assert_eq!(
+        huge_state["lead"]["fields"]["notes"]
+            .as_str()
+            .unwrap()
+            .len(),
+        900_000
+    );
+    assert!(
+        huge_state.get("log").is_none(),
+        "written without its window"
+    );
+    let letter: serde_json::Value = serde_json::from_slice(&dlq["L-huger"]).unwrap();
+    assert_eq!(letter["quarantined"]["topic"], "lwtest.state");
+    assert_eq!(letter["quarantined"]["reason"], "too_large");
+}
