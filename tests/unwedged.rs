@@ -145,3 +145,64 @@ async fn a_lead_state_too_large_for_kafka_wedges_nothing_and_its_lead_still_aler
     assert_eq!(letter["quarantined"]["topic"], "lwtest.state");
     assert_eq!(letter["quarantined"]["reason"], "too_large");
 }
+
+/// A role that fails (here: its consumer cannot be created) is restarted with backoff and
+/// counted, never stopping the daemon: webhooks are still accepted and `/readyz` keeps its
+/// meaning. A role that cannot get going makes no progress: `/healthz` fails, naming it, once
+/// the stall time has passed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_role_that_fails_is_restarted_and_healthz_names_it_once_it_stalls() {
+    let kafka = kafka(3);
+    let receiver = Receiver::start().await;
+    let config = config_text(
+        kafka.bootstrap(),
+        &receiver.url,
+        "[kafka.options]\n\"fetch.max.bytes\" = \"1000\"\n",
+    )
+    .replace(
+        "shutdown_grace = \"5s\"",
+        "shutdown_grace = \"5s\"\nstall_timeout = \"2s\"",
+    );
+    let daemon = Daemon::start(&config, &rules_text("1h")).await;
+    daemon
+        .wait_for_metric(
+            "the engine restarted twice",
+            "leadwatch_role_restarts_total{role=\"engine\"}",
+            PATIENCE,
+            |v| v >= 2.0,
+        )
+        .await;
+    // Still up: ingest accepts webhooks, readiness is about that alone.
+    let (status, _, body) = post_signed(
+        &daemon.url("/webhooks/web"),
+        SOURCE_SECRET,
+        &ready_event("e1", "L-1", &now_plus(0)),
+    )
+    .await;
+    assert_eq!(status, 202, "{body}");
+    assert_eq!(
+        reqwest::get(daemon.url("/readyz")).await.unwrap().status(),
+        200
+    );
+    let body = std::sync::Mutex::new(String::new());
+    wait_for("/healthz to fail", PATIENCE, || async {
+        let resp = reqwest::get(daemon.url("/healthz")).await.unwrap();
+        let failed = resp.status() == 503;
+        *body.lock().unwrap() = resp.text().await.unwrap();
+        failed
+    })
+    .await;
+    let stalled: serde_json::Value = serde_json::from_str(&body.into_inner().unwrap()).unwrap();
+    let stages: Vec<&str> = stalled["stalled"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["stage"].as_str().unwrap())
+        .collect();
+    assert!(stages.contains(&"engine"), "{stalled}");
+    assert!(stages.contains(&"dispatch"), "{stalled}");
+    assert_eq!(stalled["stalled"][0]["waiting"], "loop", "{stalled}");
+    assert!(daemon.metric("leadwatch_stalled{stage=\"engine\"}").await >= 1.0);
+    // A graceful stop still ends well.
+    daemon.stop().await;
+}

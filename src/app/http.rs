@@ -18,12 +18,14 @@ use tokio_util::sync::CancellationToken;
 
 use crate::bus::producer::Producer;
 use crate::ingest::{self, Ingest};
+use crate::runner::health::Liveness;
 use crate::telemetry::Metrics;
 
 #[derive(Clone)]
 struct Health {
     producer: Arc<Producer>,
     metrics: Arc<Metrics>,
+    liveness: Arc<Liveness>,
 }
 
 /// The routes; webhooks only when this instance runs ingest.
@@ -31,12 +33,17 @@ pub fn router(
     ingest: Option<Arc<Ingest>>,
     producer: Arc<Producer>,
     metrics: Arc<Metrics>,
+    liveness: Arc<Liveness>,
 ) -> Router {
     let health = Router::new()
-        .route("/healthz", get(|| async { "ok" }))
+        .route("/healthz", get(alive))
         .route("/readyz", get(ready))
         .route("/metrics", get(metrics_text))
-        .with_state(Health { producer, metrics });
+        .with_state(Health {
+            producer,
+            metrics,
+            liveness,
+        });
     match ingest {
         Some(ingest) => health.merge(
             Router::new()
@@ -46,6 +53,17 @@ pub fn router(
         ),
         None => health,
     }
+}
+
+/// Alive while every stage makes progress: 503 naming each loop or partition that made none for
+/// `stall_timeout` (see [`crate::runner::health`]), so the orchestrator restarts the pod.
+async fn alive(State(h): State<Health>) -> axum::response::Response {
+    let stalled = h.liveness.stalled();
+    if stalled.is_empty() {
+        return (StatusCode::OK, "ok").into_response();
+    }
+    let body = serde_json::json!({"error": "stalled", "stalled": stalled});
+    (StatusCode::SERVICE_UNAVAILABLE, axum::Json(body)).into_response()
 }
 
 /// Ready when webhooks can be accepted: the producer is healthy and Kafka answers. The engine's

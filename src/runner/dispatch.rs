@@ -122,6 +122,9 @@ impl Dispatcher {
             self.max_in_flight,
             decode,
         );
+        if let Some(beat) = ctx.beat("dispatch") {
+            group = group.watched(beat);
+        }
         tracing::info!(group = %group_id, topic = %topics.alerts, sinks = shared.queues.len(), routes = shared.routes.configs().len(), "dispatcher started");
         let mut retrying: FuturesUnordered<BoxFuture<'static, ()>> = FuturesUnordered::new();
         let mut gauge = tokio::time::interval(Duration::from_secs(1));

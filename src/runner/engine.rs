@@ -134,6 +134,9 @@ impl EngineRunner {
             config.max_in_flight,
             decode,
         );
+        if let Some(beat) = ctx.beat("engine") {
+            group = group.watched(beat);
+        }
         tracing::info!(group = %ctx.kafka.group_id, topic = %ctx.topics.events, "engine started");
 
         let clock = ctx.clock.clone();

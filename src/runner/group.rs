@@ -22,6 +22,7 @@ use rdkafka::error::KafkaError;
 use rdkafka::message::BorrowedMessage;
 use tokio::sync::mpsc;
 
+use super::health::{Beat, Waiting};
 use crate::bus::changelog::{Restored, Restorer, Slot, Slots, Snapshot};
 use crate::bus::consumer::{self, Assignment, GroupConsumer};
 
@@ -106,6 +107,10 @@ pub struct Group<P, M> {
     pending: Pending,
     max_in_flight: usize,
     decode: Decode<M>,
+    /// Where the stage's progress is reported (liveness), if anywhere.
+    beat: Option<Beat>,
+    /// Turns an idle loop once a second, so a loop that turns is told from one that is stuck.
+    heartbeat: tokio::time::Interval,
 }
 
 /// Per partition, the work of its messages, in order: each resolves to (offset, done).
@@ -169,7 +174,36 @@ impl<P, M> Group<P, M> {
             pending: HashMap::new(),
             max_in_flight: max_in_flight.max(1),
             decode,
+            beat: None,
+            heartbeat: {
+                let mut tick = tokio::time::interval(Duration::from_secs(1));
+                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                tick
+            },
         }
+    }
+
+    /// Reports the stage's progress to `beat` (see [`super::health`]): the loop turning, and per
+    /// partition, work waiting and moving on.
+    pub fn watched(mut self, beat: Beat) -> Self {
+        beat.reset();
+        self.beat = Some(beat);
+        self
+    }
+
+    fn report(&self, f: impl FnOnce(&Beat)) {
+        if let Some(beat) = &self.beat {
+            f(beat);
+        }
+    }
+
+    /// Stores a finished message's offset (when its work was done); the partition moved on.
+    fn finished(&mut self, partition: i32, offset: i64, done: bool) {
+        if done {
+            consumer::store(&self.consumer, &self.topic, partition, offset);
+        }
+        let still = self.pending.get(&partition).is_some_and(|q| !q.is_empty());
+        self.report(|b| b.progressed(partition, still));
     }
 
     /// The next thing the stage must act on. Cancel-safe.
@@ -191,6 +225,7 @@ impl<P, M> Group<P, M> {
     pub async fn next_or<T>(&mut self, stage: impl Future<Output = T>) -> Next<Event<P, M>, T> {
         let mut stage = std::pin::pin!(stage);
         loop {
+            self.report(Beat::turned);
             let in_flight = self.in_flight();
             let room = in_flight < self.max_in_flight;
             tokio::select! {
@@ -210,10 +245,9 @@ impl<P, M> Group<P, M> {
                     }
                 }
                 Some((partition, offset, done)) = next_done(&mut self.pending), if in_flight > 0 => {
-                    if done {
-                        consumer::store(&self.consumer, &self.topic, partition, offset);
-                    }
+                    self.finished(partition, offset, done);
                 }
+                _ = self.heartbeat.tick() => {}
                 out = &mut stage => return Next::Stage(out),
                 received = self.consumer.recv(), if room => {
                     let first = decoded(received, self.decode);
@@ -254,10 +288,13 @@ impl<P, M> Group<P, M> {
         offset: i64,
         done: impl Future<Output = bool> + Send + 'static,
     ) {
-        self.pending
-            .entry(partition)
-            .or_default()
-            .push_back(done.map(move |ok| (offset, ok)).boxed());
+        let queue = self.pending.entry(partition).or_default();
+        if queue.is_empty()
+            && let Some(beat) = &self.beat
+        {
+            beat.waiting(partition, Waiting::WorkInFlight);
+        }
+        queue.push_back(done.map(move |ok| (offset, ok)).boxed());
     }
 
     /// A message that is not for the stage (unreadable): its offset is stored in its turn.
@@ -289,12 +326,9 @@ impl<P, M> Group<P, M> {
     /// (the stage's own work in flight) are done, storing offsets as they are. False when the
     /// grace ran out (the rest is redone after a restart).
     pub async fn drain(&mut self, grace: Duration, also: impl Future<Output = ()>) -> bool {
-        let (consumer, topic, pending) = (&self.consumer, &self.topic, &mut self.pending);
         let offsets = async {
-            while let Some((partition, offset, done)) = next_done(pending).await {
-                if done {
-                    consumer::store(consumer, topic, partition, offset);
-                }
+            while let Some((partition, offset, done)) = next_done(&mut self.pending).await {
+                self.finished(partition, offset, done);
             }
         };
         tokio::time::timeout(grace, futures::future::join(offsets, also))
@@ -309,6 +343,7 @@ impl<P, M> Group<P, M> {
 
     fn assigned(&mut self, partitions: Vec<i32>) {
         for (partition, generation) in self.slots.assign(partitions) {
+            self.report(|b| b.waiting(partition, Waiting::Restore));
             self.restoring
                 .insert(partition, (generation, vec![None; self.restorers.len()]));
             for which in 0..self.restorers.len() {
@@ -333,6 +368,7 @@ impl<P, M> Group<P, M> {
         partitions
             .iter()
             .map(|p| {
+                self.report(|b| b.idle(*p));
                 self.restoring.remove(p);
                 let state = match self.slots.slots.remove(p) {
                     Some(Slot::Ready(state)) => Some(state),
@@ -370,6 +406,8 @@ impl<P, M> Group<P, M> {
             return None;
         }
         let (_, snapshots) = self.restoring.remove(&partition)?;
+        let still = self.pending.get(&partition).is_some_and(|q| !q.is_empty());
+        self.report(|b| b.progressed(partition, still));
         Some(Event::Restored {
             partition,
             snapshots: snapshots.into_iter().flatten().collect(),
