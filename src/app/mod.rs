@@ -11,6 +11,7 @@ use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
+use crate::bus::backlog::Backlog;
 use crate::bus::embedded::EmbeddedKafka;
 use crate::bus::producer::Producer;
 use crate::bus::{self, Topics, admin};
@@ -184,6 +185,10 @@ pub async fn run_with_reloads(
     let producer = Producer::new(&base, metrics.clone()).context("creating the Kafka producer")?;
     // Records Kafka refuses for good are quarantined next to the dead letters.
     producer.quarantine_to(&topics.dlq, clock.clone());
+    if embedded.is_some() {
+        // The mock cluster trims what was not read yet: writes wait for the consumers instead.
+        producer.guard_backlog(Arc::new(Backlog::embedded()));
+    }
     let stop_http = CancellationToken::new();
     let stop_work = CancellationToken::new();
     let stop_supervisor = CancellationToken::new();

@@ -13,6 +13,7 @@ use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer a
 use rdkafka::{ClientConfig, ClientContext};
 use tokio_util::sync::CancellationToken;
 
+use super::backlog::{Backlog, Fullest};
 use crate::clock::Clock;
 use crate::telemetry::Metrics;
 
@@ -52,6 +53,12 @@ pub enum SendError {
     /// An error no retry can mend (see [`permanent`]).
     #[error("{0}")]
     Refused(Box<Refusal>),
+    /// The embedded broker would trim records not consumed yet (see [`super::backlog`]).
+    #[error(
+        "{} [{}] holds {} bytes in {} records not consumed yet: the embedded broker trims a partition at 5 MiB",
+        .0.topic, .0.partition, .0.bytes, .0.records
+    )]
+    Backlog(Fullest),
 }
 
 impl SendError {
@@ -217,6 +224,34 @@ pub struct Producer {
     /// Where refused records go ([`Producer::quarantine_to`]); unset: they are only logged and
     /// counted.
     quarantine: OnceLock<Quarantine>,
+    /// What is produced and not yet consumed, per partition, against the embedded broker's
+    /// limits ([`Producer::guard_backlog`]); unset on a real cluster.
+    backlog: OnceLock<Arc<Backlog>>,
+}
+
+/// A record on its way: resolves to Kafka's delivery report, as [`DeliveryFuture`] does, and
+/// accounts the record in the backlog when one is kept for its topic.
+pub struct Queued {
+    future: DeliveryFuture,
+    /// The backlog, the topic and the record's bytes, when accounted.
+    note: Option<(Arc<Backlog>, String, u64)>,
+}
+
+impl std::future::Future for Queued {
+    type Output = <DeliveryFuture as std::future::Future>::Output;
+
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        let out = std::pin::Pin::new(&mut self.future).poll(cx);
+        if let std::task::Poll::Ready(Ok(Ok(delivered))) = &out
+            && let Some((backlog, topic, bytes)) = self.note.take()
+        {
+            backlog.produced(&topic, delivered.partition, delivered.offset, bytes);
+        }
+        out
+    }
 }
 
 impl std::fmt::Debug for Producer {
@@ -253,7 +288,39 @@ impl Producer {
             reachable: AtomicBool::new(false),
             metrics,
             quarantine: OnceLock::new(),
+            backlog: OnceLock::new(),
         }))
+    }
+
+    /// Keeps `backlog` (the embedded broker's limits): writes that could push a partition a
+    /// consumer group of this process reads past it are refused ([`SendError::Backlog`]).
+    pub fn guard_backlog(&self, backlog: Arc<Backlog>) {
+        let _ = self.backlog.set(backlog);
+    }
+
+    /// The backlog kept, if any (the consumer-group skeleton reports what it consumed to it).
+    pub fn backlog(&self) -> Option<&Arc<Backlog>> {
+        self.backlog.get()
+    }
+
+    /// Holds room in the backlog kept (if any) for `records` (topic, key, payload), or refuses.
+    fn reserve_backlog(
+        &self,
+        records: &[(&str, &str, Vec<u8>)],
+    ) -> Result<Option<super::backlog::Reserved<'_>>, SendError> {
+        let Some(backlog) = self.backlog.get() else {
+            return Ok(None);
+        };
+        let writes: Vec<(&str, u64, u64)> = records
+            .iter()
+            .map(|(topic, key, payload)| (*topic, 1, (key.len() + payload.len()) as u64))
+            .collect();
+        let reserved = backlog.reserve(&writes);
+        for (topic, bytes) in backlog.fullest_per_topic() {
+            self.metrics
+                .set_embedded_backlog(&topic, i64::try_from(bytes).unwrap_or(i64::MAX));
+        }
+        reserved.map(Some).map_err(SendError::Backlog)
     }
 
     /// Quarantines records Kafka refuses for good to `topic` (the dead-letter topic), dated by
@@ -282,7 +349,7 @@ impl Producer {
         topic: &str,
         key: &str,
         payload: Option<&[u8]>,
-    ) -> Result<DeliveryFuture, SendError> {
+    ) -> Result<Queued, SendError> {
         self.enqueue_at(topic, None, key, payload)
     }
 
@@ -293,7 +360,7 @@ impl Producer {
         partition: Option<i32>,
         key: &str,
         payload: Option<&[u8]>,
-    ) -> Result<DeliveryFuture, SendError> {
+    ) -> Result<Queued, SendError> {
         let (inner, fatal) = self.inner();
         if fatal {
             return Err(SendError::Fatal);
@@ -305,7 +372,11 @@ impl Producer {
         if let Some(payload) = payload {
             record = record.payload(payload);
         }
-        inner.send_result(record).map_err(|(e, record)| match e {
+        let note = self.backlog.get().filter(|b| b.watches(topic)).map(|b| {
+            let bytes = key.len() + payload.map_or(0, <[u8]>::len);
+            (b.clone(), topic.to_string(), bytes as u64)
+        });
+        let future = inner.send_result(record).map_err(|(e, record)| match e {
             KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull) => SendError::QueueFull,
             KafkaError::MessageProduction(RDKafkaErrorCode::Fatal) => {
                 self.mark_fatal();
@@ -320,7 +391,8 @@ impl Producer {
                     record.payload,
                 )
             }),
-        })
+        })?;
+        Ok(Queued { future, note })
     }
 
     /// This producer instance can never deliver again: stop using it and rebuild.
@@ -331,10 +403,13 @@ impl Producer {
 
     /// Whether `n` more messages would push the queue past 90 % (ingest answers 503 rather than
     /// start a request it may not finish).
+    /// On the embedded broker, also whether `n` more records fit in the backlog of every
+    /// partition a consumer group of this process reads (see [`super::backlog`]).
     pub fn has_room_for(&self, n: usize) -> bool {
         let (inner, _) = self.inner();
         let used = inner.in_flight_count().max(0) as usize;
         used + n <= (QUEUE_MAX_MESSAGES as usize) * 9 / 10
+            && self.backlog.get().is_none_or(|b| !b.any_full())
     }
 
     /// Sends every record and waits for all delivery reports, up to `deadline`.
@@ -343,6 +418,8 @@ impl Producer {
         records: &[(&str, &str, Vec<u8>)],
         deadline: Duration,
     ) -> Result<(), SendError> {
+        // Held until every delivery report is in (they account what was written).
+        let _room = self.reserve_backlog(records)?;
         if !self.has_room_for(records.len()) {
             return Err(SendError::QueueFull);
         }
@@ -427,7 +504,7 @@ impl Producer {
     pub async fn until_acked(
         &self,
         topic: &str,
-        enqueue: impl Fn() -> Result<DeliveryFuture, SendError>,
+        enqueue: impl Fn() -> Result<Queued, SendError>,
         abandon: &CancellationToken,
     ) -> bool {
         match write_with(topic, enqueue, abandon).await {
@@ -582,7 +659,7 @@ impl Producer {
 /// `abandon`.
 async fn write_with(
     topic: &str,
-    enqueue: impl Fn() -> Result<DeliveryFuture, SendError>,
+    enqueue: impl Fn() -> Result<Queued, SendError>,
     abandon: &CancellationToken,
 ) -> Written {
     let attempt = || async {

@@ -122,6 +122,7 @@ impl Dispatcher {
             self.max_in_flight,
             decode,
         );
+        group = group.counting(ctx.metrics.clone(), ctx.producer.backlog().cloned());
         if let Some(beat) = ctx.beat("dispatch") {
             group = group.watched(beat);
         }

@@ -134,6 +134,7 @@ impl EngineRunner {
             config.max_in_flight,
             decode,
         );
+        group = group.counting(ctx.metrics.clone(), ctx.producer.backlog().cloned());
         if let Some(beat) = ctx.beat("engine") {
             group = group.watched(beat);
         }
@@ -152,13 +153,23 @@ impl EngineRunner {
         sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
 
         loop {
+            // On the embedded broker, alerts wait while the dispatcher is far behind (the broker
+            // would trim alerts not delivered yet); their deadlines stay, so they fire later.
+            let held = ctx
+                .producer
+                .backlog()
+                .is_some_and(|b| b.full(&ctx.topics.alerts));
             // A partition that is behind wakes the loop with its messages instead.
-            let wake = group
-                .partitions()
-                .filter_map(|(_, p)| p.wake)
-                .min()
-                .map(|t| clock.until(t))
-                .unwrap_or(Duration::from_secs(3600));
+            let wake = if held {
+                Duration::from_millis(100)
+            } else {
+                group
+                    .partitions()
+                    .filter_map(|(_, p)| p.wake)
+                    .min()
+                    .map(|t| clock.until(t))
+                    .unwrap_or(Duration::from_secs(3600))
+            };
             // The engine's own work comes after what the group must hand it first (a revocation
             // before anything else) and before what was read (so a stream of events never
             // starves it).
@@ -210,9 +221,11 @@ impl EngineRunner {
 
             // Fire whatever is due, also under a steady stream of events.
             let now = clock.now();
-            for (partition, p) in group.partitions_mut() {
-                let sent = work.step(partition, p, Input::Tick, now);
-                see_through(&mut firing, partition, sent);
+            if !held {
+                for (partition, p) in group.partitions_mut() {
+                    let sent = work.step(partition, p, Input::Tick, now);
+                    see_through(&mut firing, partition, sent);
+                }
             }
             work.metrics
                 .set_leads(group.partitions().map(|(_, p)| p.leads.len() as i64).sum());

@@ -12,6 +12,7 @@
 
 use std::collections::HashMap;
 use std::future::Future;
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures::future::BoxFuture;
@@ -23,8 +24,10 @@ use rdkafka::message::BorrowedMessage;
 use tokio::sync::mpsc;
 
 use super::health::{Beat, Waiting};
+use crate::bus::backlog::Backlog;
 use crate::bus::changelog::{Restored, Restorer, Slot, Slots, Snapshot};
 use crate::bus::consumer::{self, Assignment, GroupConsumer};
+use crate::telemetry::Metrics;
 
 /// What [`Group::next_or`] came to: the group's event, or the stage's own work.
 pub enum Next<E, T> {
@@ -111,6 +114,15 @@ pub struct Group<P, M> {
     beat: Option<Beat>,
     /// Turns an idle loop once a second, so a loop that turns is told from one that is stuck.
     heartbeat: tokio::time::Interval,
+    /// Per partition, the next offset to be read: the committed one at assignment, then one
+    /// past the last read. A message past it means offsets were jumped over (deleted by
+    /// retention or trimming before they were read): the events and alerts topics are neither
+    /// compacted nor transactional, so their offsets are contiguous.
+    expected: HashMap<i32, i64>,
+    /// Where skipped offsets are counted.
+    metrics: Option<Arc<Metrics>>,
+    /// Where consumed offsets are reported (the embedded broker's limits).
+    backlog: Option<Arc<Backlog>>,
 }
 
 /// Per partition, the work of its messages, in order: each resolves to (offset, done).
@@ -175,6 +187,9 @@ impl<P, M> Group<P, M> {
             max_in_flight: max_in_flight.max(1),
             decode,
             beat: None,
+            expected: HashMap::new(),
+            metrics: None,
+            backlog: None,
             heartbeat: {
                 let mut tick = tokio::time::interval(Duration::from_secs(1));
                 tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -191,6 +206,19 @@ impl<P, M> Group<P, M> {
         self
     }
 
+    /// Counts skipped offsets in `metrics`, and reports what was consumed to `backlog` (kept
+    /// for the embedded broker), which accounts the topic from now on.
+    pub fn counting(mut self, metrics: Arc<Metrics>, backlog: Option<Arc<Backlog>>) -> Self {
+        if let Some(backlog) = &backlog {
+            backlog.watch(&self.topic);
+        }
+        // Exported at 0 from the start, so an alert rule sees the series before any skip.
+        metrics.offsets_skipped(&self.topic, 0);
+        self.metrics = Some(metrics);
+        self.backlog = backlog;
+        self
+    }
+
     fn report(&self, f: impl FnOnce(&Beat)) {
         if let Some(beat) = &self.beat {
             f(beat);
@@ -201,6 +229,9 @@ impl<P, M> Group<P, M> {
     fn finished(&mut self, partition: i32, offset: i64, done: bool) {
         if done {
             consumer::store(&self.consumer, &self.topic, partition, offset);
+            if let Some(backlog) = &self.backlog {
+                backlog.consumed(&self.topic, partition, offset + 1);
+            }
         }
         let still = self.pending.get(&partition).is_some_and(|q| !q.is_empty());
         self.report(|b| b.progressed(partition, still));
@@ -231,7 +262,13 @@ impl<P, M> Group<P, M> {
             tokio::select! {
                 biased;
                 Some(change) = self.assignments.recv() => match change {
-                    Assignment::Assigned(ps) => {
+                    Assignment::Assigned(ps, committed) => {
+                        for p in &ps {
+                            match committed.get(p) {
+                                Some(offset) => self.expected.insert(*p, *offset),
+                                None => self.expected.remove(p),
+                            };
+                        }
                         self.assigned(ps.clone());
                         return Next::Group(Event::Assigned(ps));
                     }
@@ -369,6 +406,7 @@ impl<P, M> Group<P, M> {
             .iter()
             .map(|p| {
                 self.report(|b| b.idle(*p));
+                self.expected.remove(p);
                 self.restoring.remove(p);
                 let state = match self.slots.slots.remove(p) {
                     Some(Slot::Ready(state)) => Some(state),
@@ -414,6 +452,27 @@ impl<P, M> Group<P, M> {
         })
     }
 
+    /// Reports offsets jumped over before `offset` of `partition`: an error log naming the
+    /// partition and how many, and `leadwatch_kafka_offsets_skipped_total{topic}`.
+    fn check_contiguous(&mut self, partition: i32, offset: i64) {
+        if let Some(expected) = self.expected.insert(partition, offset + 1)
+            && offset > expected
+        {
+            let skipped = offset - expected;
+            tracing::error!(
+                topic = %self.topic,
+                partition,
+                from = expected,
+                to = offset - 1,
+                skipped,
+                "offsets were deleted before they were read (retention, or the embedded broker's trimming): their records are lost to this group"
+            );
+            if let Some(metrics) = &self.metrics {
+                metrics.offsets_skipped(&self.topic, skipped as u64);
+            }
+        }
+    }
+
     /// Files one message (or consumer error): what a ready partition's stage must see goes to
     /// `read`; what a restoring partition's must see later waits for it. Returns how many
     /// messages it filed (0 or 1: partition ends and errors are not messages).
@@ -432,6 +491,7 @@ impl<P, M> Group<P, M> {
                 return 0;
             }
         };
+        self.check_contiguous(partition, offset);
         match (decoded, self.slots.route(partition)) {
             (Ok(message), Slot::Restoring { waiting, .. }) => {
                 waiting.push(Waited::Message { offset, message })
@@ -459,8 +519,6 @@ impl<P, M> Group<P, M> {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Arc;
-
     use rdkafka::ClientConfig;
     use rdkafka::consumer::{BaseConsumer, Consumer};
     use rdkafka::producer::{BaseProducer, BaseRecord, Producer as _};
@@ -471,7 +529,6 @@ mod tests {
     use crate::bus::consumer::RebalanceHooks;
     use crate::bus::embedded::EmbeddedKafka;
     use crate::clock::Clock;
-    use crate::telemetry::Metrics;
 
     fn decode(payload: Option<&[u8]>) -> Result<String, String> {
         let bytes = payload.ok_or("empty")?;
