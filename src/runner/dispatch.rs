@@ -107,11 +107,13 @@ impl Dispatcher {
             ctx.metrics.clone(),
             hooks,
         )?;
-        let restorer = |topic: &str| Restorer {
-            base: ctx.base.clone(),
-            topic: topic.to_string(),
-            timeout: self.restore_timeout,
-            clock: ctx.clock.clone(),
+        let restorer = |topic: &str| {
+            Restorer::new(
+                ctx.base.clone(),
+                topic,
+                self.restore_timeout,
+                ctx.clock.clone(),
+            )
         };
         // Per partition: its ledger, then its backlog.
         let changelogs = vec![restorer(&topics.delivered), restorer(&topics.retry)];

@@ -121,12 +121,12 @@ impl EngineRunner {
             ctx.metrics.clone(),
             hooks,
         )?;
-        let restorer = Restorer {
-            base: ctx.base.clone(),
-            topic: ctx.topics.state.clone(),
-            timeout: config.restore_timeout.0,
-            clock: ctx.clock.clone(),
-        };
+        let restorer = Restorer::new(
+            ctx.base.clone(),
+            &ctx.topics.state,
+            config.restore_timeout.0,
+            ctx.clock.clone(),
+        );
         let mut group: Group<Owned, LeadEvent> = Group::new(
             subscribed,
             &ctx.topics.events,

@@ -123,6 +123,17 @@ pub struct Group<P, M> {
     metrics: Option<Arc<Metrics>>,
     /// Where consumed offsets are reported (the embedded broker's limits).
     backlog: Option<Arc<Backlog>>,
+    /// Per (changelog, partition): the failed attempts of a restore being retried.
+    failing: HashMap<(usize, i32), u32>,
+}
+
+/// The wait before the next attempt of a restore that failed `attempts` times: 1 s, doubling,
+/// at most a minute.
+fn restore_backoff(attempts: u32) -> Duration {
+    let secs = 1u64
+        .checked_shl(attempts.saturating_sub(1))
+        .unwrap_or(u64::MAX);
+    Duration::from_secs(secs.min(60))
 }
 
 /// Per partition, the work of its messages, in order: each resolves to (offset, done).
@@ -190,6 +201,7 @@ impl<P, M> Group<P, M> {
             expected: HashMap::new(),
             metrics: None,
             backlog: None,
+            failing: HashMap::new(),
             heartbeat: {
                 let mut tick = tokio::time::interval(Duration::from_secs(1));
                 tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -214,6 +226,9 @@ impl<P, M> Group<P, M> {
         }
         // Exported at 0 from the start, so an alert rule sees the series before any skip.
         metrics.offsets_skipped(&self.topic, 0);
+        for r in &self.restorers {
+            metrics.set_restores_failing(&r.topic, 0);
+        }
         self.metrics = Some(metrics);
         self.backlog = backlog;
         self
@@ -390,15 +405,31 @@ impl<P, M> Group<P, M> {
     }
 
     /// Reads one changelog's partition on a blocking thread, after `delay`.
+    /// Whatever becomes of the read, an answer comes back: a restore task that dies without
+    /// one is answered as failed ([`RestoreError::Died`](crate::bus::changelog::RestoreError)),
+    /// and retried.
     fn restore(&self, which: usize, partition: i32, generation: u64, delay: Duration) {
         let (done_tx, mut done_rx) = mpsc::unbounded_channel();
-        self.restorers[which].spawn(partition, generation, delay, done_tx);
+        let restorer = &self.restorers[which];
+        restorer.spawn(partition, generation, delay, done_tx);
+        let died = restorer.died(partition, "the restore task ended without an answer");
         let tx = self.restored_tx.clone();
         tokio::spawn(async move {
-            if let Some(done) = done_rx.recv().await {
-                let _ = tx.send((which, done));
-            }
+            let done = done_rx.recv().await.unwrap_or(Restored {
+                partition,
+                generation,
+                result: Err(died),
+            });
+            let _ = tx.send((which, done));
         });
+    }
+
+    /// Updates `leadwatch_restores_failing{topic}` for changelog `which`.
+    fn report_failing(&self, which: usize) {
+        if let Some(metrics) = &self.metrics {
+            let n = self.failing.keys().filter(|(w, _)| *w == which).count();
+            metrics.set_restores_failing(&self.restorers[which].topic, n as i64);
+        }
     }
 
     fn revoked(&mut self, partitions: &[i32]) -> Vec<(i32, Option<P>)> {
@@ -408,6 +439,11 @@ impl<P, M> Group<P, M> {
                 self.report(|b| b.idle(*p));
                 self.expected.remove(p);
                 self.restoring.remove(p);
+                for which in 0..self.restorers.len() {
+                    if self.failing.remove(&(which, *p)).is_some() {
+                        self.report_failing(which);
+                    }
+                }
                 let state = match self.slots.slots.remove(p) {
                     Some(Slot::Ready(state)) => Some(state),
                     _ => None,
@@ -428,10 +464,23 @@ impl<P, M> Group<P, M> {
             result,
         } = done;
         let snapshot = match result {
-            Ok(snapshot) => snapshot,
+            Ok(snapshot) => {
+                if self.failing.remove(&(which, partition)).is_some() {
+                    self.report_failing(which);
+                }
+                snapshot
+            }
             Err(e) => {
-                tracing::error!(partition, topic = %self.restorers[which].topic, error = %e, "restoring a partition failed; retrying");
-                self.restore(which, partition, generation, Duration::from_secs(1));
+                let attempts = self.failing.entry((which, partition)).or_default();
+                *attempts += 1;
+                let (attempts, delay) = (*attempts, restore_backoff(*attempts));
+                let topic = &self.restorers[which].topic;
+                tracing::error!(partition, %topic, error = %e, attempts, retry_in = ?delay, "restoring a partition failed; retrying");
+                if let Some(metrics) = &self.metrics {
+                    metrics.restore_failed(topic);
+                }
+                self.report_failing(which);
+                self.restore(which, partition, generation, delay);
                 return None;
             }
         };
@@ -574,11 +623,13 @@ mod tests {
         }
         producer.flush(Duration::from_secs(10)).unwrap();
 
-        let restorer = |topic: &str| Restorer {
-            base: base.clone(),
-            topic: topic.into(),
-            timeout: Duration::from_secs(30),
-            clock: Clock::system(),
+        let restorer = |topic: &str| {
+            Restorer::new(
+                base.clone(),
+                topic,
+                Duration::from_secs(30),
+                Clock::system(),
+            )
         };
         let hooks = RebalanceHooks {
             pause_on_assign: true,
@@ -867,5 +918,97 @@ mod tests {
             })
             .collect();
         assert_eq!(waited, ["0:a", "1:unreadable", "end"]);
+    }
+
+    /// A restore that panics, then one that fails: each is counted and retried with backoff,
+    /// and the partition is restored in the end — never left paused.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_restore_that_dies_or_fails_is_counted_and_retried_until_the_partition_is_restored() {
+        static ATTEMPTS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        fn flaky(
+            base: &ClientConfig,
+            topic: &str,
+            partition: i32,
+            timeout: Duration,
+            clock: &Clock,
+        ) -> Result<Snapshot, crate::bus::changelog::RestoreError> {
+            match ATTEMPTS.fetch_add(1, std::sync::atomic::Ordering::SeqCst) {
+                0 => panic!("a restore thread dies"),
+                1 => Err(crate::bus::changelog::RestoreError::Timeout {
+                    topic: topic.into(),
+                    partition,
+                    end: 1,
+                    at: 0,
+                    timeout,
+                }),
+                _ => crate::bus::changelog::read_partition(base, topic, partition, timeout, clock),
+            }
+        }
+
+        let broker = EmbeddedKafka::start(&[("in".into(), 1), ("log".into(), 1)]).unwrap();
+        let mut base = ClientConfig::new();
+        base.set("bootstrap.servers", broker.bootstrap());
+        let producer: BaseProducer = base.create().unwrap();
+        producer
+            .send(BaseRecord::to("log").key("lead").payload("state"))
+            .unwrap();
+        producer.flush(Duration::from_secs(10)).unwrap();
+        let mut restorer = Restorer::new(
+            base.clone(),
+            "log",
+            Duration::from_secs(30),
+            Clock::system(),
+        );
+        restorer.read = flaky;
+        let metrics = Arc::new(Metrics::new());
+        let hooks = RebalanceHooks {
+            pause_on_assign: true,
+            ..RebalanceHooks::default()
+        };
+        let subscribed = consumer::subscribe(
+            &base,
+            &kafka(broker.bootstrap()),
+            "g-restore",
+            "in",
+            metrics.clone(),
+            hooks,
+        )
+        .unwrap();
+        let mut group: Group<(), String> = Group::new(subscribed, "in", vec![restorer], 10, decode)
+            .counting(metrics.clone(), None);
+
+        let deadline = Clock::system().instant() + Duration::from_secs(30);
+        let snapshots = loop {
+            let event = tokio::time::timeout_at(deadline, group.next())
+                .await
+                .expect("the partition restored within 30 s");
+            if let Event::Restored { snapshots, .. } = event {
+                break snapshots;
+            }
+        };
+        assert_eq!(snapshots[0]["lead"], b"state");
+        assert_eq!(ATTEMPTS.load(std::sync::atomic::Ordering::SeqCst), 3);
+        let text = metrics.encode();
+        let value = |line: &str| {
+            text.lines()
+                .find_map(|l| l.strip_prefix(line))
+                .map(str::trim)
+                .unwrap_or_else(|| panic!("{line} not in {text}"))
+                .to_string()
+        };
+        assert_eq!(
+            value("leadwatch_restore_failures_total{topic=\"log\"}"),
+            "2"
+        );
+        assert_eq!(value("leadwatch_restores_failing{topic=\"log\"}"), "0");
+        group.close(Duration::from_secs(10)).await;
+    }
+
+    #[test]
+    fn restore_retries_back_off_from_a_second_to_a_minute() {
+        let delays: Vec<u64> = [1, 2, 3, 6, 7, 40]
+            .map(|n| restore_backoff(n).as_secs())
+            .to_vec();
+        assert_eq!(delays, [1, 2, 4, 32, 60, 60]);
     }
 }
