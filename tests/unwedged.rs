@@ -365,3 +365,77 @@ async fn offsets_deleted_before_they_were_read_are_counted_as_skipped() {
     );
     b.stop().await;
 }
+
+/// A record that cannot be read, in the events or the alerts topic, is never just logged and
+/// skipped: it is counted and dead-lettered with where it was (topic, partition, offset) and
+/// why, and what follows it is processed as usual.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreadable_record_in_any_topic_is_counted_and_dead_lettered() {
+    let kafka = kafka(1);
+    let receiver = Receiver::start().await;
+    let daemon = Daemon::start(
+        &config_text(kafka.bootstrap(), &receiver.url, ""),
+        &rules_text("1s"),
+    )
+    .await;
+    let topics = leadwatch::bus::Topics::new(PREFIX);
+    produce(
+        kafka.bootstrap(),
+        &topics.events,
+        &[("L-bad", json!("not an event"))],
+    )
+    .await;
+    produce(
+        kafka.bootstrap(),
+        &topics.alerts,
+        &[("L-bad", json!({"not": "an alert"}))],
+    )
+    .await;
+    produce(
+        kafka.bootstrap(),
+        &topics.events,
+        &[("L-good", event_record("e1", "L-good", json!({})))],
+    )
+    .await;
+    for topic in ["lwtest.events", "lwtest.alerts"] {
+        daemon
+            .wait_for_metric(
+                &format!("the unreadable record of {topic} counted"),
+                &format!("leadwatch_kafka_records_unreadable_total{{topic=\"{topic}\"}}"),
+                PATIENCE,
+                |v| v == 1.0,
+            )
+            .await;
+    }
+    // What followed the unreadable event still alerts.
+    wait_for("L-good's alert", PATIENCE, || async {
+        !receiver.all().is_empty()
+    })
+    .await;
+
+    let letters = read_topic(kafka.bootstrap(), &topics.dlq, 2).await;
+    let mut found: Vec<(String, i64, i64)> = letters
+        .iter()
+        .filter_map(|(_, letter)| {
+            let u = letter.get("unreadable")?;
+            assert!(
+                !u["reason"].as_str().unwrap_or_default().is_empty(),
+                "{letter}"
+            );
+            Some((
+                u["topic"].as_str()?.to_string(),
+                u["partition"].as_i64()?,
+                u["offset"].as_i64()?,
+            ))
+        })
+        .collect();
+    found.sort();
+    assert_eq!(
+        found,
+        [
+            ("lwtest.alerts".to_string(), 0, 0),
+            ("lwtest.events".to_string(), 0, 0)
+        ]
+    );
+    daemon.stop().await;
+}

@@ -210,6 +210,19 @@ struct Quarantine {
     clock: Clock,
 }
 
+/// A record that could not be read, and where it is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Unreadable {
+    pub topic: String,
+    pub partition: i32,
+    /// Its offset, where known (a changelog read back keeps only each key's latest value).
+    pub offset: Option<i64>,
+    /// Its key, where it matters (a changelog's record is found by it).
+    pub key: Option<String>,
+    /// Why it could not be read.
+    pub reason: String,
+}
+
 /// The pseudo-sink of a quarantine record in the dead-letter topic: not a valid sink name, so
 /// `dlq replay` of any sink passes it over.
 pub const QUARANTINE_SINK: &str = "(quarantine)";
@@ -554,8 +567,67 @@ impl Producer {
                 "reason": refusal.why.label(),
             },
         });
-        let letter = serde_json::to_vec(&letter).expect("a quarantine record serializes");
-        let dlq = quarantine.topic.as_str();
+        self.write_letter(&quarantine.topic, key, &letter, abandon)
+            .await
+    }
+
+    /// Dead-letters a record that could not be read: logs where it is and why, counts it
+    /// (`leadwatch_kafka_records_unreadable_total{topic}`), and writes a reference (topic,
+    /// partition, offset or key, reason) to the dead-letter topic. True once that is written
+    /// (or when no dead-letter topic is set, or it was refused too: logged); false only when
+    /// abandoned — the record's offset then stays unstored and it is read again.
+    pub async fn dead_letter(&self, record: &Unreadable, abandon: &CancellationToken) -> bool {
+        let Unreadable {
+            topic,
+            partition,
+            offset,
+            key,
+            reason,
+        } = record;
+        self.metrics.record_unreadable(topic);
+        tracing::error!(
+            topic = %topic,
+            partition,
+            offset = ?offset,
+            key = ?key,
+            %reason,
+            "a record could not be read; it is dead-lettered and skipped"
+        );
+        let Some(quarantine) = self.quarantine.get() else {
+            return true;
+        };
+        let letter = serde_json::json!({
+            "sink": QUARANTINE_SINK,
+            "alert": null,
+            "attempts": 0,
+            "error": format!("unreadable: {reason}"),
+            "body_excerpt": null,
+            "dead_at": quarantine.clock.now(),
+            "unreadable": {
+                "topic": topic,
+                "partition": partition,
+                "offset": offset,
+                "key": key,
+                "reason": reason,
+            },
+        });
+        let dlq_key = key
+            .clone()
+            .unwrap_or_else(|| format!("{topic}/{partition}/{}", offset.unwrap_or(-1)));
+        self.write_letter(&quarantine.topic, &dlq_key, &letter, abandon)
+            .await
+    }
+
+    /// Writes `letter` to the dead-letter topic `dlq` until acknowledged (see
+    /// [`Producer::quarantine`] for what true and false mean).
+    async fn write_letter(
+        &self,
+        dlq: &str,
+        key: &str,
+        letter: &serde_json::Value,
+        abandon: &CancellationToken,
+    ) -> bool {
+        let letter = serde_json::to_vec(letter).expect("a dead letter serializes");
         match write_with(
             dlq,
             || self.enqueue_at(dlq, None, key, Some(&letter)),
@@ -566,7 +638,7 @@ impl Producer {
             Written::Acked => true,
             Written::Abandoned => false,
             Written::Refused(again) => {
-                tracing::error!(error = %again, "the quarantine record was refused too; only this log line keeps it");
+                tracing::error!(error = %again, "the dead letter was refused too; only this log line keeps it");
                 true
             }
         }

@@ -124,7 +124,9 @@ impl Dispatcher {
             self.max_in_flight,
             decode,
         );
-        group = group.counting(ctx.metrics.clone(), ctx.producer.backlog().cloned());
+        group = group
+            .counting(ctx.metrics.clone(), ctx.producer.backlog().cloned())
+            .dead_lettering(ctx.producer.clone(), shared.abandon.clone());
         if let Some(beat) = ctx.beat("dispatch") {
             group = group.watched(beat);
         }
@@ -238,7 +240,7 @@ impl Dispatcher {
                             offset,
                             error,
                         } => {
-                            tracing::error!(partition, offset, %error, "skipping a message that is not an alert");
+                            tracing::debug!(partition, offset, %error, "a message that is not an alert; dead-lettered when skipped");
                             self.shared.metrics.delivery("", "unreadable_alert");
                             if group.partition_mut(partition).is_some() {
                                 group.skip(partition, offset);

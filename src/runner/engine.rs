@@ -134,7 +134,10 @@ impl EngineRunner {
             config.max_in_flight,
             decode,
         );
-        group = group.counting(ctx.metrics.clone(), ctx.producer.backlog().cloned());
+        let abandon = CancellationToken::new();
+        group = group
+            .counting(ctx.metrics.clone(), ctx.producer.backlog().cloned())
+            .dead_lettering(ctx.producer.clone(), abandon.clone());
         if let Some(beat) = ctx.beat("engine") {
             group = group.watched(beat);
         }
@@ -146,7 +149,7 @@ impl EngineRunner {
             producer: ctx.producer.clone(),
             topics: Arc::new(ctx.topics.clone()),
             metrics: ctx.metrics.clone(),
-            abandon: CancellationToken::new(),
+            abandon,
         };
         let mut firing: Firing = FuturesUnordered::new();
         let mut sweep = tokio::time::interval(config.sweep_interval.0);
@@ -411,9 +414,9 @@ impl Work {
                             offset,
                             error,
                         } => {
-                            // Not ours to fix: counted, and where it is logged.
+                            // Not ours to fix: counted, then dead-lettered when skipped.
                             self.metrics.engine_event("invalid");
-                            tracing::error!(partition, offset, %error, "skipping an event that is not a LeadEvent");
+                            tracing::debug!(partition, offset, %error, "an event that is not a LeadEvent");
                             (partition, Arrived::NotAnEvent(offset))
                         }
                         Read::End { partition } => {

@@ -22,11 +22,13 @@ use rdkafka::Message;
 use rdkafka::error::KafkaError;
 use rdkafka::message::BorrowedMessage;
 use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
 
 use super::health::{Beat, Waiting};
 use crate::bus::backlog::Backlog;
 use crate::bus::changelog::{Restored, Restorer, Slot, Slots, Snapshot};
 use crate::bus::consumer::{self, Assignment, GroupConsumer};
+use crate::bus::producer::{Producer, Unreadable};
 use crate::telemetry::Metrics;
 
 /// What [`Group::next_or`] came to: the group's event, or the stage's own work.
@@ -125,6 +127,11 @@ pub struct Group<P, M> {
     backlog: Option<Arc<Backlog>>,
     /// Per (changelog, partition): the failed attempts of a restore being retried.
     failing: HashMap<(usize, i32), u32>,
+    /// Per partition: why each unreadable message, by offset, could not be read; dead-lettered
+    /// when the stage skips it.
+    unreadable: HashMap<i32, HashMap<i64, String>>,
+    /// Where unreadable messages are dead-lettered, and when to give up writing them.
+    dead_letters: Option<(Arc<Producer>, CancellationToken)>,
 }
 
 /// The wait before the next attempt of a restore that failed `attempts` times: 1 s, doubling,
@@ -202,6 +209,8 @@ impl<P, M> Group<P, M> {
             metrics: None,
             backlog: None,
             failing: HashMap::new(),
+            unreadable: HashMap::new(),
+            dead_letters: None,
             heartbeat: {
                 let mut tick = tokio::time::interval(Duration::from_secs(1));
                 tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -231,6 +240,13 @@ impl<P, M> Group<P, M> {
         }
         self.metrics = Some(metrics);
         self.backlog = backlog;
+        self
+    }
+
+    /// Dead-letters the messages the stage's decoder refuses through `producer` (each one's
+    /// offset is stored once its letter is written), giving up at `abandon`.
+    pub fn dead_lettering(mut self, producer: Arc<Producer>, abandon: CancellationToken) -> Self {
+        self.dead_letters = Some((producer, abandon));
         self
     }
 
@@ -349,9 +365,36 @@ impl<P, M> Group<P, M> {
         queue.push_back(done.map(move |ok| (offset, ok)).boxed());
     }
 
-    /// A message that is not for the stage (unreadable): its offset is stored in its turn.
+    /// A message that is not for the stage (unreadable): it is dead-lettered (logged, counted,
+    /// a reference written to the dead-letter topic), and its offset stored in its turn.
     pub fn skip(&mut self, partition: i32, offset: i64) {
-        self.track(partition, offset, futures::future::ready(true));
+        let reason = self
+            .unreadable
+            .get_mut(&partition)
+            .and_then(|at| at.remove(&offset));
+        let Some(reason) = reason else {
+            self.track(partition, offset, futures::future::ready(true));
+            return;
+        };
+        let record = Unreadable {
+            topic: self.topic.clone(),
+            partition,
+            offset: Some(offset),
+            key: None,
+            reason,
+        };
+        match self.dead_letters.clone() {
+            Some((producer, abandon)) => self.track(partition, offset, async move {
+                producer.dead_letter(&record, &abandon).await
+            }),
+            None => {
+                tracing::error!(topic = %record.topic, partition, offset, reason = %record.reason, "a record could not be read; it is skipped");
+                if let Some(metrics) = &self.metrics {
+                    metrics.record_unreadable(&record.topic);
+                }
+                self.track(partition, offset, futures::future::ready(true));
+            }
+        }
     }
 
     /// Messages whose work is pending.
@@ -438,6 +481,7 @@ impl<P, M> Group<P, M> {
             .map(|p| {
                 self.report(|b| b.idle(*p));
                 self.expected.remove(p);
+                self.unreadable.remove(p);
                 self.restoring.remove(p);
                 for which in 0..self.restorers.len() {
                     if self.failing.remove(&(which, *p)).is_some() {
@@ -552,6 +596,10 @@ impl<P, M> Group<P, M> {
             }),
             (Err(error), slot) => {
                 // Reported now; its offset is stored in its turn, after every message before it.
+                self.unreadable
+                    .entry(partition)
+                    .or_default()
+                    .insert(offset, error.clone());
                 if let Slot::Restoring { waiting, .. } = slot {
                     waiting.push(Waited::Unreadable { offset });
                 }
