@@ -366,19 +366,28 @@ async fn offsets_deleted_before_they_were_read_are_counted_as_skipped() {
     b.stop().await;
 }
 
-/// A record that cannot be read, in the events or the alerts topic, is never just logged and
-/// skipped: it is counted and dead-lettered with where it was (topic, partition, offset) and
-/// why, and what follows it is processed as usual.
+/// A record that cannot be read, in any topic — the events and alerts read live, the state,
+/// ledger and retry-backlog changelogs read back at restore — is never just logged and skipped:
+/// it is counted and dead-lettered with where it was (topic, partition, and the offset, or for
+/// a changelog the key) and why, and what follows it is processed as usual.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unreadable_record_in_any_topic_is_counted_and_dead_lettered() {
     let kafka = kafka(1);
     let receiver = Receiver::start().await;
+    let topics = leadwatch::bus::Topics::new(PREFIX);
+    for topic in [&topics.state, &topics.delivered, &topics.retry] {
+        produce(
+            kafka.bootstrap(),
+            topic,
+            &[("L-broken", json!("not a record"))],
+        )
+        .await;
+    }
     let daemon = Daemon::start(
         &config_text(kafka.bootstrap(), &receiver.url, ""),
         &rules_text("1s"),
     )
     .await;
-    let topics = leadwatch::bus::Topics::new(PREFIX);
     produce(
         kafka.bootstrap(),
         &topics.events,
@@ -397,7 +406,14 @@ async fn an_unreadable_record_in_any_topic_is_counted_and_dead_lettered() {
         &[("L-good", event_record("e1", "L-good", json!({})))],
     )
     .await;
-    for topic in ["lwtest.events", "lwtest.alerts"] {
+    let all = [
+        "lwtest.events",
+        "lwtest.alerts",
+        "lwtest.state",
+        "lwtest.delivered",
+        "lwtest.alerts.retry",
+    ];
+    for topic in all {
         daemon
             .wait_for_metric(
                 &format!("the unreadable record of {topic} counted"),
@@ -413,8 +429,8 @@ async fn an_unreadable_record_in_any_topic_is_counted_and_dead_lettered() {
     })
     .await;
 
-    let letters = read_topic(kafka.bootstrap(), &topics.dlq, 2).await;
-    let mut found: Vec<(String, i64, i64)> = letters
+    let letters = read_topic(kafka.bootstrap(), &topics.dlq, all.len()).await;
+    let mut found: Vec<(String, i64, serde_json::Value, serde_json::Value)> = letters
         .iter()
         .filter_map(|(_, letter)| {
             let u = letter.get("unreadable")?;
@@ -425,16 +441,22 @@ async fn an_unreadable_record_in_any_topic_is_counted_and_dead_lettered() {
             Some((
                 u["topic"].as_str()?.to_string(),
                 u["partition"].as_i64()?,
-                u["offset"].as_i64()?,
+                u["offset"].clone(),
+                u["key"].clone(),
             ))
         })
         .collect();
-    found.sort();
+    found.sort_by(|a, b| a.0.cmp(&b.0));
+    let changelog = |topic: &str| (topic.to_string(), 0, json!(null), json!("L-broken"));
+    let live = |topic: &str| (topic.to_string(), 0, json!(0), json!(null));
     assert_eq!(
         found,
         [
-            ("lwtest.alerts".to_string(), 0, 0),
-            ("lwtest.events".to_string(), 0, 0)
+            live("lwtest.alerts"),
+            changelog("lwtest.alerts.retry"),
+            changelog("lwtest.delivered"),
+            live("lwtest.events"),
+            changelog("lwtest.state"),
         ]
     );
     daemon.stop().await;

@@ -32,7 +32,7 @@ use crate::alert::Alert;
 use crate::bus::Topics;
 use crate::bus::changelog::Restorer;
 use crate::bus::consumer::{self, RebalanceHooks};
-use crate::bus::producer::{Permanent, Producer, Written};
+use crate::bus::producer::{Permanent, Producer, Unreadable, Written};
 use crate::engine::partition::{PartitionState, ROTATION_KEY};
 use crate::engine::rules::Rules;
 use crate::engine::step::{Diagnostic, Input, LeadWrite, Records, Write};
@@ -297,6 +297,11 @@ impl Work {
     ) -> Vec<Sent> {
         let step = owned.leads.step(&self.engine, input, now);
         report(&self.metrics, partition, &step.diagnostics);
+        for diagnostic in &step.diagnostics {
+            if let Diagnostic::Unreadable { keys } = diagnostic {
+                self.dead_letter_states(partition, keys);
+            }
+        }
         owned.wake = step.wake;
         step.writes
             .into_iter()
@@ -370,6 +375,23 @@ impl Work {
         let sent = self.step(partition, &mut owned, Input::Restore(records), now);
         tracing::info!(partition, leads = owned.leads.len(), "lead state restored");
         (owned, sent)
+    }
+
+    /// Dead-letters the lead states of `partition`'s changelog that could not be read back
+    /// (counted and logged one by one); their leads start afresh. Nothing waits on them: no
+    /// offset of the events topic depends on a restore's records.
+    fn dead_letter_states(&self, partition: i32, keys: &[String]) {
+        for key in keys {
+            let record = Unreadable {
+                topic: self.topics.state.clone(),
+                partition,
+                offset: None,
+                key: Some(key.clone()),
+                reason: "not a lead state this version can read; the lead starts afresh".into(),
+            };
+            let (producer, abandon) = (self.producer.clone(), self.abandon.clone());
+            tokio::spawn(async move { producer.dead_letter(&record, &abandon).await });
+        }
     }
 
     /// What the group hands the engine.
@@ -580,11 +602,8 @@ fn report(metrics: &Metrics, partition: i32, diagnostics: &[Diagnostic]) {
             Diagnostic::Expired { lead } => {
                 tracing::debug!(partition, %lead, "lead state retention over; tombstoned");
             }
-            Diagnostic::Unreadable { records } => tracing::error!(
-                partition,
-                broken = records,
-                "lead states in the changelog could not be read; those leads start afresh"
-            ),
+            // Each is logged, counted and dead-lettered by `Work::dead_letter_states`.
+            Diagnostic::Unreadable { .. } => {}
         }
     }
 }
@@ -628,7 +647,9 @@ mod tests {
                     to: vec!["queue".into()],
                 },
                 Diagnostic::Expired { lead: "L-2".into() },
-                Diagnostic::Unreadable { records: 2 },
+                Diagnostic::Unreadable {
+                    keys: vec!["L-3".into()],
+                },
             ],
         );
         let text = metrics.encode();
