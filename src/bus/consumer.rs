@@ -19,10 +19,9 @@ use crate::telemetry::Metrics;
 /// A change of which partitions this member owns.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Assignment {
-    /// Partitions given to this member, with the group's committed offset of each, where it
-    /// could be read (0 where nothing was committed yet: reading starts at the beginning). The
-    /// first offset read that is past it was jumped over: deleted (retention, trimming) before
-    /// this group read it.
+    /// Partitions given to this member, with the group's committed offset of each, where one
+    /// was committed and could be read. The first offset read that is past it was jumped over:
+    /// deleted (retention, trimming) before this group read it.
     Assigned(Vec<i32>, std::collections::HashMap<i32, i64>),
     Revoked(Vec<i32>),
 }
@@ -86,7 +85,8 @@ fn committed(
             .iter()
             .filter_map(|e| match e.offset() {
                 rdkafka::Offset::Offset(o) => Some((e.partition(), o)),
-                rdkafka::Offset::Invalid => Some((e.partition(), 0)),
+                // Nothing committed yet: a group new to the topic starts at its earliest
+                // record, and what retention deleted before it existed was never its to read.
                 _ => None,
             })
             .collect(),
