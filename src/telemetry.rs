@@ -105,11 +105,115 @@ pub struct Metrics {
     values_cut: Family<SourceLabel, Counter>,
     clock_clamped: Family<SourceLabel, Counter>,
     http_refused: Family<ReasonLabel, Counter>,
+    /// What must never pass silently: quarantined records, skipped offsets, unreadable records,
+    /// failed restores, role restarts, stalls.
+    kafka: KafkaTrouble,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ReasonLabel {
     reason: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TopicReason {
+    topic: String,
+    reason: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TopicLabel {
+    topic: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RoleLabel {
+    role: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StageLabel {
+    stage: String,
+}
+
+/// The metrics of issue 11: every one is an error log too, and an alert rule can page on each.
+struct KafkaTrouble {
+    quarantined: Family<TopicReason, Counter>,
+    states_without_window: Counter,
+    skipped: Family<TopicLabel, Counter>,
+    unreadable: Family<TopicLabel, Counter>,
+    restore_failures: Family<TopicLabel, Counter>,
+    restores_failing: Family<TopicLabel, Gauge>,
+    role_restarts: Family<RoleLabel, Counter>,
+    stalled: Family<StageLabel, Gauge>,
+    backlog_bytes: Family<TopicLabel, Gauge>,
+}
+
+impl KafkaTrouble {
+    fn register(registry: &mut Registry) -> Self {
+        let this = Self {
+            quarantined: Family::default(),
+            states_without_window: Counter::default(),
+            skipped: Family::default(),
+            unreadable: Family::default(),
+            restore_failures: Family::default(),
+            restores_failing: Family::default(),
+            role_restarts: Family::default(),
+            stalled: Family::default(),
+            backlog_bytes: Family::default(),
+        };
+        registry.register(
+            "kafka_records_quarantined",
+            "Records Kafka refused for good (too_large, invalid_record, not_authorized), by topic: \
+             a reference is in the dead-letter topic and the work that waited on them moved on",
+            this.quarantined.clone(),
+        );
+        registry.register(
+            "engine_states_without_window",
+            "Lead states too large for Kafka written without their reorder window",
+            this.states_without_window.clone(),
+        );
+        registry.register(
+            "kafka_offsets_skipped",
+            "Offsets a consumer jumped over (deleted by retention or trimming before they were \
+             read), by topic",
+            this.skipped.clone(),
+        );
+        registry.register(
+            "kafka_records_unreadable",
+            "Records that could not be read (events, alerts, changelog records on restore), by \
+             topic: each is dead-lettered",
+            this.unreadable.clone(),
+        );
+        registry.register(
+            "restore_failures",
+            "Changelog restores that failed (retried with backoff), by changelog topic",
+            this.restore_failures.clone(),
+        );
+        registry.register(
+            "restores_failing",
+            "Partitions whose last changelog restore failed and is being retried, by changelog topic",
+            this.restores_failing.clone(),
+        );
+        registry.register(
+            "role_restarts",
+            "Roles restarted by their supervisor after a panic or an error, by role",
+            this.role_restarts.clone(),
+        );
+        registry.register(
+            "stalled",
+            "Loops and partitions that made no progress for `stall_timeout`, by stage (/healthz \
+             fails meanwhile)",
+            this.stalled.clone(),
+        );
+        registry.register(
+            "embedded_backlog_bytes",
+            "The embedded broker: unconsumed bytes of the fullest partition, by topic (ingest \
+             answers 503 before it could reach the broker's trimming limit)",
+            this.backlog_bytes.clone(),
+        );
+        this
+    }
 }
 
 impl std::fmt::Debug for Metrics {
@@ -267,7 +371,9 @@ impl Metrics {
              (connection_limit, headers_too_large)",
             http_refused.clone(),
         );
+        let kafka = KafkaTrouble::register(&mut registry);
         Self {
+            kafka,
             values_cut,
             clock_clamped,
             http_refused,
@@ -461,6 +567,90 @@ impl Metrics {
                 outcome: outcome.into(),
             })
             .inc();
+    }
+
+    /// A record Kafka refused for good was quarantined.
+    pub fn record_quarantined(&self, topic: &str, reason: &str) {
+        self.kafka
+            .quarantined
+            .get_or_create(&TopicReason {
+                topic: topic.into(),
+                reason: reason.into(),
+            })
+            .inc();
+    }
+
+    /// A lead state too large for Kafka was written without its reorder window.
+    pub fn state_without_window(&self) {
+        self.kafka.states_without_window.inc();
+    }
+
+    /// A consumer jumped over `n` offsets of `topic`.
+    pub fn offsets_skipped(&self, topic: &str, n: u64) {
+        self.kafka
+            .skipped
+            .get_or_create(&TopicLabel {
+                topic: topic.into(),
+            })
+            .inc_by(n);
+    }
+
+    /// A record of `topic` could not be read (and was dead-lettered).
+    pub fn record_unreadable(&self, topic: &str) {
+        self.kafka
+            .unreadable
+            .get_or_create(&TopicLabel {
+                topic: topic.into(),
+            })
+            .inc();
+    }
+
+    /// A restore of `topic` failed; `failing` partitions' restores are failing now.
+    pub fn restore_failed(&self, topic: &str) {
+        self.kafka
+            .restore_failures
+            .get_or_create(&TopicLabel {
+                topic: topic.into(),
+            })
+            .inc();
+    }
+
+    /// How many partitions' restores of `topic` are failing now.
+    pub fn set_restores_failing(&self, topic: &str, n: i64) {
+        self.kafka
+            .restores_failing
+            .get_or_create(&TopicLabel {
+                topic: topic.into(),
+            })
+            .set(n);
+    }
+
+    /// The supervisor restarted `role`.
+    pub fn role_restarted(&self, role: &str) {
+        self.kafka
+            .role_restarts
+            .get_or_create(&RoleLabel { role: role.into() })
+            .inc();
+    }
+
+    /// How many of `stage`'s loops and partitions are stalled now.
+    pub fn set_stalled(&self, stage: &str, n: i64) {
+        self.kafka
+            .stalled
+            .get_or_create(&StageLabel {
+                stage: stage.into(),
+            })
+            .set(n);
+    }
+
+    /// The embedded broker: unconsumed bytes of `topic`'s fullest partition.
+    pub fn set_embedded_backlog(&self, topic: &str, bytes: i64) {
+        self.kafka
+            .backlog_bytes
+            .get_or_create(&TopicLabel {
+                topic: topic.into(),
+            })
+            .set(bytes);
     }
 
     /// The Prometheus text exposition.

@@ -468,37 +468,6 @@ async fn a_fatal_producer_error_turns_readiness_off_and_the_producer_is_rebuilt(
     daemon.stop().await;
 }
 
-/// A role that stops on its own (here: its consumer cannot be created) stops the whole daemon
-/// with an error, instead of leaving it up, ready and doing nothing.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_role_that_fails_stops_the_daemon_with_an_error() {
-    init_test_logs();
-    let kafka = kafka(3);
-    let receiver = Receiver::start().await;
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("rules.toml"), rules_text("1h")).unwrap();
-    let path = dir.path().join("leadwatch.toml");
-    std::fs::write(
-        &path,
-        config_text(
-            kafka.bootstrap(),
-            &receiver.url,
-            "[kafka.options]\n\"fetch.max.bytes\" = \"1000\"\n",
-        ),
-    )
-    .unwrap();
-    let cfg = leadwatch::app::Config::load_with_env(&path, Vec::new()).unwrap();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let ran = tokio::time::timeout(
-        PATIENCE,
-        leadwatch::app::run(cfg, listener, std::future::pending()),
-    )
-    .await
-    .expect("the daemon stopped by itself");
-    let error = ran.expect_err("an error, for a non-zero exit").to_string();
-    assert!(error.contains("role failed"), "{error}");
-}
-
 /// `simulate` places leads on partitions by `leadwatch::partitioner::partition_for`; librdkafka's
 /// partitioner, as the producers are configured, must agree key for key.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -30,6 +30,9 @@ pub struct Config {
     pub roles: Roles,
     /// How long shutdown may take before in-flight work is abandoned (it is re-done on restart).
     pub shutdown_grace: Duration,
+    /// How long a stage's loop, or one of its partitions with work waiting, may go without
+    /// progress before `/healthz` fails (see [`crate::runner::health`]).
+    pub stall_timeout: Duration,
     pub sources: BTreeMap<String, SourceConfig>,
     pub sinks: BTreeMap<String, SinkConfig>,
     /// `[[routes]]`, checked against the sinks and alert types, templates compiled and tried.
@@ -61,6 +64,11 @@ struct RawConfig {
     #[serde(default = "default_grace")]
     #[eserde(compat)]
     shutdown_grace: HumanDuration,
+    /// How long a loop, or a partition with work waiting, may go without progress before
+    /// `/healthz` fails.
+    #[serde(default = "default_stall_timeout")]
+    #[eserde(compat)]
+    stall_timeout: HumanDuration,
     #[serde(default)]
     sources: BTreeMap<String, SourceConfig>,
     #[serde(default)]
@@ -94,6 +102,9 @@ fn default_rules() -> String {
 }
 fn default_grace() -> HumanDuration {
     HumanDuration(Duration::from_secs(20))
+}
+fn default_stall_timeout() -> HumanDuration {
+    HumanDuration(Duration::from_secs(300))
 }
 
 /// Reads and compiles a rules file, listing every problem with its key path.
@@ -246,6 +257,15 @@ impl Config {
         }
         section("engine", raw.engine.problems());
         section("dispatch", raw.dispatch.problems());
+        if raw.stall_timeout.0 < Duration::from_secs(1) {
+            section(
+                "stall_timeout",
+                vec![(
+                    String::new(),
+                    "must be at least 1s (a loop turns once a second when idle)".into(),
+                )],
+            );
+        }
         if raw.roles.is_empty() {
             section(
                 "roles",
@@ -320,6 +340,7 @@ impl Config {
                 dispatch: raw.dispatch,
                 roles,
                 shutdown_grace: raw.shutdown_grace.0,
+                stall_timeout: raw.stall_timeout.0,
                 sources: raw.sources,
                 sinks: raw.sinks,
                 routes: raw.routes,

@@ -29,12 +29,14 @@ use tokio_util::sync::CancellationToken;
 use crate::bus::producer::Producer;
 use crate::clock::Clock;
 use crate::ingest::{self, Ingest, LogGate, ServerConfig};
+use crate::runner::health::Liveness;
 use crate::telemetry::Metrics;
 
 #[derive(Clone)]
 struct Health {
     producer: Arc<Producer>,
     metrics: Arc<Metrics>,
+    liveness: Arc<Liveness>,
 }
 
 /// The routes, and the limits the listener holds every connection to.
@@ -95,6 +97,7 @@ pub fn router(
     producer: Arc<Producer>,
     metrics: Arc<Metrics>,
     clock: Clock,
+    liveness: Arc<Liveness>,
 ) -> HttpApp {
     let limits = Limits::of(
         &ingest
@@ -103,12 +106,13 @@ pub fn router(
             .unwrap_or_default(),
     );
     let health = Router::new()
-        .route("/healthz", get(|| async { "ok" }))
+        .route("/healthz", get(alive))
         .route("/readyz", get(ready))
         .route("/metrics", get(metrics_text))
         .with_state(Health {
             producer,
             metrics: metrics.clone(),
+            liveness,
         });
     let routes = match ingest {
         Some(ingest) => health.merge(
@@ -133,6 +137,17 @@ pub fn router(
         limits,
         refusals,
     }
+}
+
+/// Alive while every stage makes progress: 503 naming each loop or partition that made none for
+/// `stall_timeout` (see [`crate::runner::health`]), so the orchestrator restarts the pod.
+async fn alive(State(h): State<Health>) -> axum::response::Response {
+    let stalled = h.liveness.stalled();
+    if stalled.is_empty() {
+        return (StatusCode::OK, "ok").into_response();
+    }
+    let body = serde_json::json!({"error": "stalled", "stalled": stalled});
+    (StatusCode::SERVICE_UNAVAILABLE, axum::Json(body)).into_response()
 }
 
 /// Headers over `max_header_bytes` (names and values): 431, with a JSON body.

@@ -4,12 +4,14 @@
 
 use std::future::Future;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context as _;
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
+use crate::bus::backlog::Backlog;
 use crate::bus::embedded::EmbeddedKafka;
 use crate::bus::producer::Producer;
 use crate::bus::{self, Topics, admin};
@@ -19,12 +21,85 @@ use crate::ingest::Ingest;
 use crate::runner::Context;
 use crate::runner::dispatch::Dispatcher;
 use crate::runner::engine::EngineRunner;
+use crate::runner::health::Liveness;
 use crate::telemetry::Metrics;
 
 pub mod config;
 pub mod http;
 
 pub use config::{Config, Role, Roles};
+
+/// Shortest and longest wait before a failed role is started again.
+const RESTART_BACKOFF: (Duration, Duration) = (Duration::from_secs(1), Duration::from_secs(60));
+
+/// Runs `role` (each run started by `start`, handed the stop token) until `stop`: a run that
+/// panics, fails, or ends on its own before `stop` is logged, counted
+/// (`leadwatch_role_restarts_total{role}`) and started again after a backoff (1 s, doubling to
+/// a minute; back to 1 s after a run that lasted a minute). A role that cannot get going never
+/// turns, so `/healthz` fails after the stall time.
+async fn supervise<F, Fut>(
+    role: &'static str,
+    mut start: F,
+    stop: CancellationToken,
+    liveness: Arc<Liveness>,
+    metrics: Arc<Metrics>,
+) where
+    F: FnMut(CancellationToken) -> Fut,
+    Fut: Future<Output = anyhow::Result<()>> + Send + 'static,
+{
+    let clock = Clock::system();
+    let mut backoff = RESTART_BACKOFF.0;
+    // Registered once: a run counts as progress only once it turns (its consumer group reports),
+    // so a role failing before that stalls however often it is restarted.
+    liveness.stage(role);
+    loop {
+        let started = clock.instant();
+        let outcome = tokio::spawn(start(stop.clone())).await;
+        if stop.is_cancelled() {
+            if let Ok(Err(e)) | Err(e) = outcome.map_err(anyhow::Error::from) {
+                tracing::error!(role, error = %e, "stopped with an error");
+            }
+            return;
+        }
+        let error = match outcome {
+            Ok(Ok(())) => anyhow::anyhow!("the {role} role stopped on its own"),
+            Ok(Err(e)) => e.context(format!("the {role} role failed")),
+            Err(e) => anyhow::anyhow!("the {role} role panicked: {e}"),
+        };
+        if clock.instant() - started > RESTART_BACKOFF.1 {
+            backoff = RESTART_BACKOFF.0;
+        }
+        metrics.role_restarted(role);
+        tracing::error!(role, error = format!("{error:#}"), after = ?backoff, "restarting the role");
+        tokio::select! {
+            _ = tokio::time::sleep(backoff) => {}
+            _ = stop.cancelled() => return,
+        }
+        backoff = (backoff * 2).min(RESTART_BACKOFF.1);
+    }
+}
+
+/// Looks for stalls every second, so `leadwatch_stalled{stage}` is current whether or not
+/// `/healthz` is asked, and logs each stall as it begins.
+async fn watch_stalls(liveness: Arc<Liveness>, stop: CancellationToken) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    let mut known = std::collections::BTreeSet::new();
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = stop.cancelled() => return,
+        }
+        let now: std::collections::BTreeSet<_> = liveness
+            .stalled()
+            .into_iter()
+            .map(|s| (s.stage, s.partition, s.waiting))
+            .collect();
+        for (stage, partition, waiting) in now.difference(&known) {
+            tracing::error!(stage, ?partition, %waiting, "no progress for the stall time; /healthz fails until it moves");
+        }
+        known = now;
+    }
+}
 
 /// Runs the daemon on `listener` until `shutdown` resolves, then stops within the grace period:
 /// stop accepting HTTP, finish in-flight work, commit, flush, exit.
@@ -108,6 +183,12 @@ pub async fn run_with_reloads(
     }
 
     let producer = Producer::new(&base, metrics.clone()).context("creating the Kafka producer")?;
+    // Records Kafka refuses for good are quarantined next to the dead letters.
+    producer.quarantine_to(&topics.dlq, clock.clone());
+    if embedded.is_some() {
+        // The mock cluster trims what was not read yet: writes wait for the consumers instead.
+        producer.guard_backlog(Arc::new(Backlog::embedded()));
+    }
     let stop_http = CancellationToken::new();
     let stop_work = CancellationToken::new();
     let stop_supervisor = CancellationToken::new();
@@ -121,6 +202,7 @@ pub async fn run_with_reloads(
             .supervise(topics.events.clone(), stop_supervisor.clone()),
     );
 
+    let liveness = Liveness::new(clock.clone(), config.stall_timeout, metrics.clone());
     let ctx = Context {
         base: base.clone(),
         kafka: config.kafka.clone(),
@@ -128,35 +210,82 @@ pub async fn run_with_reloads(
         producer: producer.clone(),
         metrics: metrics.clone(),
         clock: clock.clone(),
+        liveness: Some(liveness.clone()),
     };
+    // Each role runs under a supervisor that restarts it (with backoff, counted) when it panics
+    // or fails: nothing a role meets stops the daemon. A role that cannot get going stops
+    // turning, and `/healthz` says so.
+    let watcher = tokio::spawn(watch_stalls(liveness.clone(), stop_supervisor.clone()));
     let mut workers = Vec::new();
     if config.roles.engine {
-        let runner = EngineRunner {
-            engine: Engine::new(Arc::new(config.rules.clone()))
-                .with_reorder_window(config.engine.reorder_window.0)
-                .with_retention(config.engine.retention())
-                .with_links(config.source_links()),
-            rules: rules_rx.clone(),
-            config: config.engine.clone(),
-            ctx: ctx.clone(),
+        let (ctx, rules_rx) = (ctx.clone(), rules_rx.clone());
+        let engine = config.engine.clone();
+        let links = config.source_links();
+        let start = move |stop: CancellationToken| {
+            let rules = rules_rx.borrow().clone();
+            let runner = EngineRunner {
+                engine: Engine::new(rules)
+                    .with_reorder_window(engine.reorder_window.0)
+                    .with_retention(engine.retention())
+                    .with_links(links.clone()),
+                rules: rules_rx.clone(),
+                config: engine.clone(),
+                ctx: ctx.clone(),
+            };
+            async move { runner.run(stop, drain).await.map_err(anyhow::Error::from) }
         };
-        let stop = stop_work.clone();
         workers.push((
             "engine",
-            tokio::spawn(async move { runner.run(stop, drain).await }),
+            tokio::spawn(supervise(
+                "engine",
+                start,
+                stop_work.clone(),
+                liveness.clone(),
+                metrics.clone(),
+            )),
         ));
     }
     if config.roles.dispatch {
-        let dispatcher = Dispatcher::new(
+        // Built once here, so a configuration the sinks refuse stops the start with its reason.
+        let first = Dispatcher::new(
             config.dispatch_sections(),
             config.engine.restore_timeout.0,
             &ctx,
         )
         .context("building the sinks")?;
-        let stop = stop_work.clone();
+        let first = std::sync::Mutex::new(Some(first));
+        let sections = (
+            config.dispatch.clone(),
+            config.sinks.clone(),
+            config.routes.clone(),
+        );
+        let (ctx, restore_timeout) = (ctx.clone(), config.engine.restore_timeout.0);
+        let start = move |stop: CancellationToken| {
+            let built = first
+                .lock()
+                .expect("dispatcher slot")
+                .take()
+                .map(Ok)
+                .unwrap_or_else(|| {
+                    let (dispatch, sinks, routes) = &sections;
+                    let sections = crate::dispatch::DispatchSections {
+                        dispatch,
+                        sinks,
+                        routes,
+                    };
+                    Dispatcher::new(sections, restore_timeout, &ctx)
+                });
+            async move { built?.run(stop, drain).await.map_err(anyhow::Error::from) }
+        };
         workers.push((
             "dispatch",
-            tokio::spawn(async move { dispatcher.run(stop, drain).await }),
+            tokio::spawn(supervise(
+                "dispatch",
+                start,
+                stop_work.clone(),
+                liveness.clone(),
+                metrics.clone(),
+            )),
         ));
     }
 
@@ -170,7 +299,13 @@ pub async fn run_with_reloads(
             clock.clone(),
         ))
     });
-    let app = http::router(ingest, producer.clone(), metrics.clone(), clock.clone());
+    let app = http::router(
+        ingest,
+        producer.clone(),
+        metrics.clone(),
+        clock.clone(),
+        liveness.clone(),
+    );
     tracing::info!(listen = %listener.local_addr()?, "listening");
     let mut http = tokio::spawn(http::serve(
         listener,
@@ -180,42 +315,17 @@ pub async fn run_with_reloads(
         drain,
     ));
 
-    // Run until asked to stop — or until a role stops on its own (a panic, a fatal error): then
-    // the daemon stops too, and exits with an error, rather than stay up and ready while doing
-    // nothing (a supervisor such as Kubernetes restarts it).
+    // Run until asked to stop (the roles restart themselves; only the HTTP server stopping on
+    // its own stops the daemon, with an error).
     let mut failed: Option<anyhow::Error> = None;
     let mut http_done = false;
-    {
-        let roles = async {
-            if workers.is_empty() {
-                // An instance that only takes webhooks.
-                return std::future::pending().await;
-            }
-            futures::future::select_all(
-                workers
-                    .iter_mut()
-                    .map(|(role, task)| Box::pin(async move { (*role, task.await) })),
-            )
-            .await
-            .0
-        };
-        tokio::select! {
-            _ = shutdown => {}
-            (role, result) = roles => {
-                let error = match result {
-                    Ok(Ok(())) => anyhow::anyhow!("the {role} role stopped on its own"),
-                    Ok(Err(e)) => anyhow::anyhow!("the {role} role failed: {e}"),
-                    Err(e) => anyhow::anyhow!("the {role} role panicked: {e}"),
-                };
-                tracing::error!(error = %error, "stopping the daemon");
-                failed = Some(error);
-            }
-            served = &mut http => {
-                http_done = true;
-                let error = anyhow::anyhow!("the HTTP server stopped on its own: {served:?}");
-                tracing::error!(error = %error, "stopping the daemon");
-                failed = Some(error);
-            }
+    tokio::select! {
+        _ = shutdown => {}
+        served = &mut http => {
+            http_done = true;
+            let error = anyhow::anyhow!("the HTTP server stopped on its own: {served:?}");
+            tracing::error!(error = %error, "stopping the daemon");
+            failed = Some(error);
         }
     }
     let deadline = clock.instant() + grace;
@@ -227,13 +337,9 @@ pub async fn run_with_reloads(
         let _ = tokio::time::timeout_at(deadline, &mut http).await;
     }
     for (role, worker) in workers {
-        if worker.is_finished() && failed.is_some() {
-            continue;
-        }
         match tokio::time::timeout_at(deadline, worker).await {
-            Ok(Ok(Ok(()))) => {}
-            Ok(Ok(Err(e))) => tracing::error!(role, error = %e, "stopped with an error"),
-            Ok(Err(e)) => tracing::error!(role, error = %e, "task failed"),
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::error!(role, error = %e, "supervisor failed"),
             Err(_) => tracing::warn!(role, "did not stop within the grace period"),
         }
     }
@@ -243,6 +349,7 @@ pub async fn run_with_reloads(
     producer.flush(left).await;
     stop_supervisor.cancel();
     let _ = supervisor.await;
+    let _ = watcher.await;
     reloader.abort();
     drop(producer);
     drop(embedded);
@@ -250,5 +357,57 @@ pub async fn run_with_reloads(
     match failed {
         Some(e) => Err(e),
         None => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use super::*;
+
+    /// A role that panics is started again after a backoff, and counted; the supervisor ends
+    /// only when asked to stop.
+    #[tokio::test(start_paused = true)]
+    async fn a_role_that_panics_is_restarted_and_counted() {
+        let metrics = Arc::new(Metrics::new());
+        let liveness = Liveness::new(Clock::system(), Duration::from_secs(60), metrics.clone());
+        let stop = CancellationToken::new();
+        let runs = Arc::new(AtomicUsize::new(0));
+        let start = {
+            let runs = runs.clone();
+            move |stop: CancellationToken| {
+                let run = runs.fetch_add(1, Ordering::SeqCst);
+                async move {
+                    match run {
+                        0 => panic!("a poison message"),
+                        1 => anyhow::bail!("the consumer could not be created"),
+                        _ => {
+                            stop.cancelled().await;
+                            Ok(())
+                        }
+                    }
+                }
+            }
+        };
+        let supervisor = tokio::spawn(supervise(
+            "engine",
+            start,
+            stop.clone(),
+            liveness,
+            metrics.clone(),
+        ));
+        while runs.load(Ordering::SeqCst) < 3 {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert!(
+            metrics
+                .encode()
+                .contains("leadwatch_role_restarts_total{role=\"engine\"} 2")
+        );
+        assert!(!supervisor.is_finished(), "the third run keeps going");
+        stop.cancel();
+        supervisor.await.unwrap();
+        assert_eq!(runs.load(Ordering::SeqCst), 3);
     }
 }

@@ -185,6 +185,7 @@ async fn main() -> anyhow::Result<()> {
                     producer: producer.clone(),
                     metrics: metrics.clone(),
                     clock: clock.clone(),
+                    liveness: None,
                 },
             };
             let stop = CancellationToken::new();

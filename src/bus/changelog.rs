@@ -28,6 +28,13 @@ pub enum RestoreError {
         at: i64,
         timeout: Duration,
     },
+    /// The restore's thread panicked, or its task ended without an answer.
+    #[error("restoring {topic}[{partition}] died: {reason}")]
+    Died {
+        topic: String,
+        partition: i32,
+        reason: String,
+    },
 }
 
 /// What a partition held: the latest value of every key that is not tombstoned.
@@ -239,6 +246,9 @@ pub struct Restored {
     pub result: Result<Snapshot, RestoreError>,
 }
 
+/// How one changelog partition is read ([`read_partition`]; tests hand in others).
+pub type ReadFn = fn(&ClientConfig, &str, i32, Duration, &Clock) -> Result<Snapshot, RestoreError>;
+
 /// Starts restores of one changelog topic on blocking threads.
 #[derive(Clone)]
 pub struct Restorer {
@@ -247,10 +257,33 @@ pub struct Restorer {
     pub timeout: Duration,
     /// Measures the timeout.
     pub clock: Clock,
+    /// Reads a partition: [`read_partition`].
+    pub read: ReadFn,
 }
 
 impl Restorer {
+    /// Reads `topic` with [`read_partition`], each partition within `timeout`.
+    pub fn new(base: ClientConfig, topic: &str, timeout: Duration, clock: Clock) -> Self {
+        Self {
+            base,
+            topic: topic.to_string(),
+            timeout,
+            clock,
+            read: read_partition,
+        }
+    }
+
+    /// The failure a restore that ended without an answer came to.
+    pub fn died(&self, partition: i32, reason: impl Into<String>) -> RestoreError {
+        RestoreError::Died {
+            topic: self.topic.clone(),
+            partition,
+            reason: reason.into(),
+        }
+    }
+
     /// Reads `partition` on a blocking thread and sends the outcome to `done`, after `delay`.
+    /// A read that panics comes back as [`RestoreError::Died`], to be retried like any failure.
     pub fn spawn(
         &self,
         partition: i32,
@@ -261,17 +294,18 @@ impl Restorer {
         let this = self.clone();
         tokio::spawn(async move {
             tokio::time::sleep(delay).await;
+            let reader = this.clone();
             let result = tokio::task::spawn_blocking(move || {
-                read_partition(
-                    &this.base,
-                    &this.topic,
+                (reader.read)(
+                    &reader.base,
+                    &reader.topic,
                     partition,
-                    this.timeout,
-                    &this.clock,
+                    reader.timeout,
+                    &reader.clock,
                 )
             })
             .await
-            .expect("restore task panicked");
+            .unwrap_or_else(|e| Err(this.died(partition, panic_text(e))));
             let _ = done.send(Restored {
                 partition,
                 generation,
@@ -279,6 +313,19 @@ impl Restorer {
             });
         });
     }
+}
+
+/// What a failed blocking task said.
+fn panic_text(e: tokio::task::JoinError) -> String {
+    if !e.is_panic() {
+        return e.to_string();
+    }
+    let payload = e.into_panic();
+    payload
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "panicked".into())
 }
 
 #[cfg(test)]

@@ -19,7 +19,10 @@ use crate::telemetry::Metrics;
 /// A change of which partitions this member owns.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Assignment {
-    Assigned(Vec<i32>),
+    /// Partitions given to this member, with the group's committed offset of each, where one
+    /// was committed and could be read. The first offset read that is past it was jumped over:
+    /// deleted (retention, trimming) before this group read it.
+    Assigned(Vec<i32>, std::collections::HashMap<i32, i64>),
     Revoked(Vec<i32>),
 }
 
@@ -67,6 +70,33 @@ fn partitions(tpl: &TopicPartitionList) -> Vec<i32> {
     tpl.elements().iter().map(|e| e.partition()).collect()
 }
 
+/// The group's committed offsets of `tpl`'s partitions (a short call to the group coordinator,
+/// from the rebalance callback); none where it cannot be read.
+fn committed(
+    consumer: &BaseConsumer<GroupContext>,
+    tpl: &TopicPartitionList,
+) -> std::collections::HashMap<i32, i64> {
+    if tpl.count() == 0 {
+        return Default::default();
+    }
+    match consumer.committed_offsets(tpl.clone(), Duration::from_secs(10)) {
+        Ok(committed) => committed
+            .elements()
+            .iter()
+            .filter_map(|e| match e.offset() {
+                rdkafka::Offset::Offset(o) => Some((e.partition(), o)),
+                // Nothing committed yet: a group new to the topic starts at its earliest
+                // record, and what retention deleted before it existed was never its to read.
+                _ => None,
+            })
+            .collect(),
+        Err(e) => {
+            tracing::warn!(error = %e, "reading the committed offsets of assigned partitions failed; a skip at their first read is not detected");
+            Default::default()
+        }
+    }
+}
+
 impl ConsumerContext for GroupContext {
     fn pre_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         if let Rebalance::Revoke(tpl) = rebalance {
@@ -86,7 +116,10 @@ impl ConsumerContext for GroupContext {
                 {
                     tracing::error!(group = %self.group, error = %e, "pausing assigned partitions failed");
                 }
-                let _ = self.assignments.send(Assignment::Assigned(partitions(tpl)));
+                let committed = committed(consumer, tpl);
+                let _ = self
+                    .assignments
+                    .send(Assignment::Assigned(partitions(tpl), committed));
             }
             Rebalance::Error(e) => {
                 tracing::warn!(group = %self.group, error = %e, "rebalance error")

@@ -2,6 +2,7 @@
 //! embedded in-memory broker.
 
 pub mod admin;
+pub mod backlog;
 pub mod changelog;
 pub mod config;
 pub mod consumer;

@@ -3,15 +3,18 @@
 //! after a fatal error instead of answering 2xx on top of a broken idempotence sequence.
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, OnceLock, RwLock};
 use std::time::Duration;
 
 use backon::{ExponentialBuilder, Retryable};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::{Message as _, OwnedMessage};
 use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer as _};
 use rdkafka::{ClientConfig, ClientContext};
 use tokio_util::sync::CancellationToken;
 
+use super::backlog::{Backlog, Fullest};
+use crate::clock::Clock;
 use crate::telemetry::Metrics;
 
 /// Most messages the producer queues before ingest answers 503 instead of queueing more.
@@ -47,7 +50,182 @@ pub enum SendError {
     Timeout,
     #[error("Kafka refused the message: {0}")]
     Kafka(#[source] KafkaError),
+    /// An error no retry can mend (see [`permanent`]).
+    #[error("{0}")]
+    Refused(Box<Refusal>),
+    /// The embedded broker would trim records not consumed yet (see [`super::backlog`]).
+    #[error(
+        "{} [{}] holds {} bytes in {} records not consumed yet: the embedded broker trims a partition at 5 MiB",
+        .0.topic, .0.partition, .0.bytes, .0.records
+    )]
+    Backlog(Fullest),
 }
+
+impl SendError {
+    /// The error as Kafka gave it, classified: a refusal no retry can mend becomes
+    /// [`SendError::Refused`] (with what was refused, from `record`).
+    fn of(error: KafkaError, record: impl FnOnce() -> Record) -> Self {
+        match permanent(&error) {
+            Some(why) => SendError::Refused(Box::new(Refusal {
+                error,
+                why,
+                record: record(),
+            })),
+            None => SendError::Kafka(error),
+        }
+    }
+}
+
+/// Why Kafka refused a record for good: the same record is refused again however often it is
+/// sent, so it is never retried forever (see [`Producer::until_acked`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Permanent {
+    /// Over the producer's or the broker's `message.max.bytes` (or the topic's
+    /// `max.message.bytes`).
+    TooLarge,
+    /// A record the broker cannot take as it is (corrupt, bad timestamp, a format or compression
+    /// it does not support, a policy that forbids it).
+    Invalid,
+    /// This client may not write to the topic (ACLs, SASL).
+    NotAuthorized,
+}
+
+impl Permanent {
+    /// The metric label and log word.
+    pub fn label(self) -> &'static str {
+        match self {
+            Permanent::TooLarge => "too_large",
+            Permanent::Invalid => "invalid_record",
+            Permanent::NotAuthorized => "not_authorized",
+        }
+    }
+}
+
+/// Whether `error` is one no retry can mend, and why. Everything else (timeouts, leaders
+/// moving, brokers down, a full queue) may succeed later and is retried. A cluster-level
+/// authorization failure is not listed: for the idempotent producer it is fatal, and the
+/// producer is rebuilt ([`Producer::supervise`]) rather than the record given up.
+pub fn permanent(error: &KafkaError) -> Option<Permanent> {
+    use RDKafkaErrorCode as C;
+    let code = error.rdkafka_error_code()?;
+    Some(match code {
+        C::MessageSizeTooLarge | C::InvalidMessageSize | C::MessageBatchTooLarge => {
+            Permanent::TooLarge
+        }
+        C::InvalidMessage
+        | C::BadMessage
+        | C::InvalidRecord
+        | C::InvalidTimestamp
+        | C::InvalidRequiredAcks
+        | C::InvalidTopic
+        | C::UnsupportedForMessageFormat
+        | C::UnsupportedCompressionType
+        | C::PolicyViolation
+        | C::KeySerialization
+        | C::ValueSerialization => Permanent::Invalid,
+        C::TopicAuthorizationFailed
+        | C::TransactionalIdAuthorizationFailed
+        | C::SaslAuthenticationFailed
+        | C::Authentication => Permanent::NotAuthorized,
+        _ => return None,
+    })
+}
+
+/// How much of a refused record a quarantine record keeps.
+const EXCERPT_BYTES: usize = 512;
+
+/// What a refused record was: enough to find and judge it, not the record itself.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Record {
+    pub topic: String,
+    /// Where it was sent, when a partition was named (else its key's).
+    pub partition: Option<i32>,
+    pub key: String,
+    /// Its payload's size (0: a tombstone).
+    pub bytes: usize,
+    /// The start of its payload, lossily as text.
+    pub excerpt: String,
+}
+
+impl Record {
+    fn new(
+        topic: &str,
+        partition: Option<i32>,
+        key: Option<&[u8]>,
+        payload: Option<&[u8]>,
+    ) -> Self {
+        let payload = payload.unwrap_or_default();
+        Self {
+            topic: topic.to_string(),
+            partition,
+            key: String::from_utf8_lossy(key.unwrap_or_default()).into_owned(),
+            bytes: payload.len(),
+            excerpt: String::from_utf8_lossy(&payload[..payload.len().min(EXCERPT_BYTES)])
+                .into_owned(),
+        }
+    }
+
+    fn of_message(message: &OwnedMessage) -> Self {
+        let partition = (message.partition() >= 0).then_some(message.partition());
+        Self::new(message.topic(), partition, message.key(), message.payload())
+    }
+}
+
+/// A record Kafka refused for good, and why.
+#[derive(Debug)]
+pub struct Refusal {
+    pub error: KafkaError,
+    pub why: Permanent,
+    pub record: Record,
+}
+
+impl std::fmt::Display for Refusal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "Kafka refused a record of {} bytes for {} (key {:?}) for good ({}): {}",
+            self.record.bytes,
+            self.record.topic,
+            self.record.key,
+            self.why.label(),
+            self.error
+        )
+    }
+}
+
+/// How a write ended.
+#[derive(Debug)]
+pub enum Written {
+    /// Kafka has it.
+    Acked,
+    /// Kafka refused it for good: retrying cannot help.
+    Refused(Box<Refusal>),
+    /// Given up (the grace period ended, or the partition moved).
+    Abandoned,
+}
+
+/// Where records Kafka refuses for good are quarantined, and the clock that dates them.
+struct Quarantine {
+    topic: String,
+    clock: Clock,
+}
+
+/// A record that could not be read, and where it is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Unreadable {
+    pub topic: String,
+    pub partition: i32,
+    /// Its offset, where known (a changelog read back keeps only each key's latest value).
+    pub offset: Option<i64>,
+    /// Its key, where it matters (a changelog's record is found by it).
+    pub key: Option<String>,
+    /// Why it could not be read.
+    pub reason: String,
+}
+
+/// The pseudo-sink of a quarantine record in the dead-letter topic: not a valid sink name, so
+/// `dlq replay` of any sink passes it over.
+pub const QUARANTINE_SINK: &str = "(quarantine)";
 
 /// The shared producer.
 pub struct Producer {
@@ -56,6 +234,37 @@ pub struct Producer {
     /// The cluster answered the last health probe.
     reachable: AtomicBool,
     metrics: Arc<Metrics>,
+    /// Where refused records go ([`Producer::quarantine_to`]); unset: they are only logged and
+    /// counted.
+    quarantine: OnceLock<Quarantine>,
+    /// What is produced and not yet consumed, per partition, against the embedded broker's
+    /// limits ([`Producer::guard_backlog`]); unset on a real cluster.
+    backlog: OnceLock<Arc<Backlog>>,
+}
+
+/// A record on its way: resolves to Kafka's delivery report, as [`DeliveryFuture`] does, and
+/// accounts the record in the backlog when one is kept for its topic.
+pub struct Queued {
+    future: DeliveryFuture,
+    /// The backlog, the topic and the record's bytes, when accounted.
+    note: Option<(Arc<Backlog>, String, u64)>,
+}
+
+impl std::future::Future for Queued {
+    type Output = <DeliveryFuture as std::future::Future>::Output;
+
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        let out = std::pin::Pin::new(&mut self.future).poll(cx);
+        if let std::task::Poll::Ready(Ok(Ok(delivered))) = &out
+            && let Some((backlog, topic, bytes)) = self.note.take()
+        {
+            backlog.produced(&topic, delivered.partition, delivered.offset, bytes);
+        }
+        out
+    }
 }
 
 impl std::fmt::Debug for Producer {
@@ -91,7 +300,49 @@ impl Producer {
             config,
             reachable: AtomicBool::new(false),
             metrics,
+            quarantine: OnceLock::new(),
+            backlog: OnceLock::new(),
         }))
+    }
+
+    /// Keeps `backlog` (the embedded broker's limits): writes that could push a partition a
+    /// consumer group of this process reads past it are refused ([`SendError::Backlog`]).
+    pub fn guard_backlog(&self, backlog: Arc<Backlog>) {
+        let _ = self.backlog.set(backlog);
+    }
+
+    /// The backlog kept, if any (the consumer-group skeleton reports what it consumed to it).
+    pub fn backlog(&self) -> Option<&Arc<Backlog>> {
+        self.backlog.get()
+    }
+
+    /// Holds room in the backlog kept (if any) for `records` (topic, key, payload), or refuses.
+    fn reserve_backlog(
+        &self,
+        records: &[(&str, &str, Vec<u8>)],
+    ) -> Result<Option<super::backlog::Reserved<'_>>, SendError> {
+        let Some(backlog) = self.backlog.get() else {
+            return Ok(None);
+        };
+        let writes: Vec<(&str, u64, u64)> = records
+            .iter()
+            .map(|(topic, key, payload)| (*topic, 1, (key.len() + payload.len()) as u64))
+            .collect();
+        let reserved = backlog.reserve(&writes);
+        for (topic, bytes) in backlog.fullest_per_topic() {
+            self.metrics
+                .set_embedded_backlog(&topic, i64::try_from(bytes).unwrap_or(i64::MAX));
+        }
+        reserved.map(Some).map_err(SendError::Backlog)
+    }
+
+    /// Quarantines records Kafka refuses for good to `topic` (the dead-letter topic), dated by
+    /// `clock`. Set once; later calls are ignored.
+    pub fn quarantine_to(&self, topic: &str, clock: Clock) {
+        let _ = self.quarantine.set(Quarantine {
+            topic: topic.to_string(),
+            clock,
+        });
     }
 
     fn inner(&self) -> (Arc<Inner>, bool) {
@@ -111,7 +362,7 @@ impl Producer {
         topic: &str,
         key: &str,
         payload: Option<&[u8]>,
-    ) -> Result<DeliveryFuture, SendError> {
+    ) -> Result<Queued, SendError> {
         self.enqueue_at(topic, None, key, payload)
     }
 
@@ -122,7 +373,7 @@ impl Producer {
         partition: Option<i32>,
         key: &str,
         payload: Option<&[u8]>,
-    ) -> Result<DeliveryFuture, SendError> {
+    ) -> Result<Queued, SendError> {
         let (inner, fatal) = self.inner();
         if fatal {
             return Err(SendError::Fatal);
@@ -134,14 +385,27 @@ impl Producer {
         if let Some(payload) = payload {
             record = record.payload(payload);
         }
-        inner.send_result(record).map_err(|(e, _)| match e {
+        let note = self.backlog.get().filter(|b| b.watches(topic)).map(|b| {
+            let bytes = key.len() + payload.map_or(0, <[u8]>::len);
+            (b.clone(), topic.to_string(), bytes as u64)
+        });
+        let future = inner.send_result(record).map_err(|(e, record)| match e {
             KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull) => SendError::QueueFull,
             KafkaError::MessageProduction(RDKafkaErrorCode::Fatal) => {
                 self.mark_fatal();
                 SendError::Fatal
             }
-            e => SendError::Kafka(e),
-        })
+            // librdkafka refuses a record over `message.max.bytes` before sending it.
+            e => SendError::of(e, || {
+                Record::new(
+                    topic,
+                    partition,
+                    record.key.map(str::as_bytes),
+                    record.payload,
+                )
+            }),
+        })?;
+        Ok(Queued { future, note })
     }
 
     /// This producer instance can never deliver again: stop using it and rebuild.
@@ -152,10 +416,13 @@ impl Producer {
 
     /// Whether `n` more messages would push the queue past 90 % (ingest answers 503 rather than
     /// start a request it may not finish).
+    /// On the embedded broker, also whether `n` more records fit in the backlog of every
+    /// partition a consumer group of this process reads (see [`super::backlog`]).
     pub fn has_room_for(&self, n: usize) -> bool {
         let (inner, _) = self.inner();
         let used = inner.in_flight_count().max(0) as usize;
         used + n <= (QUEUE_MAX_MESSAGES as usize) * 9 / 10
+            && self.backlog.get().is_none_or(|b| !b.any_full())
     }
 
     /// Sends every record and waits for all delivery reports, up to `deadline`.
@@ -164,6 +431,8 @@ impl Producer {
         records: &[(&str, &str, Vec<u8>)],
         deadline: Duration,
     ) -> Result<(), SendError> {
+        // Held until every delivery report is in (they account what was written).
+        let _room = self.reserve_backlog(records)?;
         if !self.has_room_for(records.len()) {
             return Err(SendError::QueueFull);
         }
@@ -177,7 +446,9 @@ impl Producer {
         for report in reports {
             match report {
                 Ok(Ok(_)) => {}
-                Ok(Err((e, _))) => return Err(SendError::Kafka(e)),
+                Ok(Err((e, message))) => {
+                    return Err(SendError::of(e, || Record::of_message(&message)));
+                }
                 Err(_canceled) => return Err(SendError::Kafka(KafkaError::Canceled)),
             }
         }
@@ -186,7 +457,8 @@ impl Producer {
 
     /// Sends one record and retries (with backoff) until Kafka acknowledges it, or until
     /// `cancel` — then returns false and the caller's offset stays unstored, so the work is
-    /// redone after a restart.
+    /// redone after a restart. A record Kafka refuses for good is quarantined instead
+    /// ([`Producer::until_acked`]): true, the caller moves on.
     pub async fn send_until_acked(
         &self,
         topic: &str,
@@ -207,12 +479,169 @@ impl Producer {
         payload: Option<&[u8]>,
         cancel: &CancellationToken,
     ) -> bool {
-        until_acked(
+        self.until_acked(
             topic,
             || self.enqueue_at(topic, partition, key, payload),
             cancel,
         )
         .await
+    }
+
+    /// Sends one record, retrying what may succeed later, until Kafka acknowledges it, refuses
+    /// it for good, or `abandon`: the caller decides what a refusal means.
+    pub async fn write(
+        &self,
+        topic: &str,
+        partition: Option<i32>,
+        key: &str,
+        payload: Option<&[u8]>,
+        abandon: &CancellationToken,
+    ) -> Written {
+        write_with(
+            topic,
+            || self.enqueue_at(topic, partition, key, payload),
+            abandon,
+        )
+        .await
+    }
+
+    /// Queues a write to `topic` with `enqueue` and waits for Kafka's acknowledgement; a failed
+    /// write is queued again, with backoff, until `abandon`. True once Kafka has it — or once a
+    /// record Kafka refused for good (too large, invalid, not authorized) is quarantined: it is
+    /// never retried forever, so the work waiting on it moves on.
+    ///
+    /// `enqueue` is called for every attempt, so a caller can queue the entry as it is then (the
+    /// dispatcher's ledger and backlog do: one lead's writes reach Kafka in the order of their
+    /// snapshots, so the last holds the latest state, and a retry never carries older state than
+    /// a write queued after it).
+    pub async fn until_acked(
+        &self,
+        topic: &str,
+        enqueue: impl Fn() -> Result<Queued, SendError>,
+        abandon: &CancellationToken,
+    ) -> bool {
+        match write_with(topic, enqueue, abandon).await {
+            Written::Acked => true,
+            Written::Abandoned => false,
+            Written::Refused(refusal) => self.quarantine(&refusal, abandon).await,
+        }
+    }
+
+    /// Quarantines a refused record: logs what and why, counts it, and writes a small
+    /// reference to it (topic, partition, key, size, the start of its payload, the reason) to
+    /// the dead-letter topic. True once that is written, or when no retry could write it
+    /// either (logged: it must not wedge what waits on it); false only when abandoned.
+    pub async fn quarantine(&self, refusal: &Refusal, abandon: &CancellationToken) -> bool {
+        let Record {
+            topic,
+            partition,
+            key,
+            bytes,
+            excerpt,
+        } = &refusal.record;
+        self.metrics.record_quarantined(topic, refusal.why.label());
+        tracing::error!(
+            topic = %topic,
+            partition = ?partition,
+            key = %key,
+            bytes,
+            reason = refusal.why.label(),
+            error = %refusal.error,
+            "Kafka refused a record for good; it is quarantined to the dead-letter topic and the work that waited on it moves on"
+        );
+        let Some(quarantine) = self.quarantine.get() else {
+            return true;
+        };
+        let letter = serde_json::json!({
+            "sink": QUARANTINE_SINK,
+            "alert": null,
+            "attempts": 0,
+            "error": format!("{}: {}", refusal.why.label(), refusal.error),
+            "body_excerpt": excerpt,
+            "dead_at": quarantine.clock.now(),
+            "quarantined": {
+                "topic": topic,
+                "partition": partition,
+                "key": key,
+                "bytes": bytes,
+                "reason": refusal.why.label(),
+            },
+        });
+        self.write_letter(&quarantine.topic, key, &letter, abandon)
+            .await
+    }
+
+    /// Dead-letters a record that could not be read: logs where it is and why, counts it
+    /// (`leadwatch_kafka_records_unreadable_total{topic}`), and writes a reference (topic,
+    /// partition, offset or key, reason) to the dead-letter topic. True once that is written
+    /// (or when no dead-letter topic is set, or it was refused too: logged); false only when
+    /// abandoned — the record's offset then stays unstored and it is read again.
+    pub async fn dead_letter(&self, record: &Unreadable, abandon: &CancellationToken) -> bool {
+        let Unreadable {
+            topic,
+            partition,
+            offset,
+            key,
+            reason,
+        } = record;
+        self.metrics.record_unreadable(topic);
+        tracing::error!(
+            topic = %topic,
+            partition,
+            offset = ?offset,
+            key = ?key,
+            %reason,
+            "a record could not be read; it is dead-lettered and skipped"
+        );
+        let Some(quarantine) = self.quarantine.get() else {
+            return true;
+        };
+        let letter = serde_json::json!({
+            "sink": QUARANTINE_SINK,
+            "alert": null,
+            "attempts": 0,
+            "error": format!("unreadable: {reason}"),
+            "body_excerpt": null,
+            "dead_at": quarantine.clock.now(),
+            "unreadable": {
+                "topic": topic,
+                "partition": partition,
+                "offset": offset,
+                "key": key,
+                "reason": reason,
+            },
+        });
+        let dlq_key = key
+            .clone()
+            .unwrap_or_else(|| format!("{topic}/{partition}/{}", offset.unwrap_or(-1)));
+        self.write_letter(&quarantine.topic, &dlq_key, &letter, abandon)
+            .await
+    }
+
+    /// Writes `letter` to the dead-letter topic `dlq` until acknowledged (see
+    /// [`Producer::quarantine`] for what true and false mean).
+    async fn write_letter(
+        &self,
+        dlq: &str,
+        key: &str,
+        letter: &serde_json::Value,
+        abandon: &CancellationToken,
+    ) -> bool {
+        let letter = serde_json::to_vec(letter).expect("a dead letter serializes");
+        match write_with(
+            dlq,
+            || self.enqueue_at(dlq, None, key, Some(&letter)),
+            abandon,
+        )
+        .await
+        {
+            Written::Acked => true,
+            Written::Abandoned => false,
+            Written::Refused(again) => {
+                tracing::error!(error = %again, "the dead letter was refused too; only this log line keeps it");
+                true
+            }
+        }
     }
 
     /// As [`Producer::flush`], blocking the calling thread (rebalance callbacks, which run inside
@@ -297,22 +726,18 @@ impl Producer {
     }
 }
 
-/// Queues a write to `topic` with `enqueue` and waits for Kafka's acknowledgement; a failed write
-/// is queued again, with backoff, until `abandon`. True once Kafka has it.
-///
-/// `enqueue` is called for every attempt, so a caller can queue the entry as it is then (the
-/// dispatcher's ledger and backlog do: one lead's writes reach Kafka in the order of their
-/// snapshots, so the last holds the latest state, and a retry never carries older state than a
-/// write queued after it).
-pub async fn until_acked(
+/// Queues a write to `topic` with `enqueue` and waits for Kafka's acknowledgement; a failed
+/// write is queued again, with backoff, until it is acknowledged, refused for good, or
+/// `abandon`.
+async fn write_with(
     topic: &str,
-    enqueue: impl Fn() -> Result<DeliveryFuture, SendError>,
+    enqueue: impl Fn() -> Result<Queued, SendError>,
     abandon: &CancellationToken,
-) -> bool {
+) -> Written {
     let attempt = || async {
         match enqueue()?.await {
             Ok(Ok(_)) => Ok(()),
-            Ok(Err((e, _))) => Err(SendError::Kafka(e)),
+            Ok(Err((e, message))) => Err(SendError::of(e, || Record::of_message(&message))),
             Err(_) => Err(SendError::Kafka(KafkaError::Canceled)),
         }
     };
@@ -321,12 +746,23 @@ pub async fn until_acked(
         .with_max_delay(Duration::from_secs(10))
         .with_jitter()
         .without_max_times();
-    let retried = attempt.retry(backoff).notify(
-        |e, after| tracing::warn!(error = %e, ?after, topic, "write to Kafka failed; retrying"),
-    );
+    let retried = attempt
+        .retry(backoff)
+        .when(|e| !matches!(e, SendError::Refused(_)))
+        .notify(
+            |e, after| tracing::warn!(error = %e, ?after, topic, "write to Kafka failed; retrying"),
+        );
     tokio::select! {
-        result = retried => result.is_ok(),
-        _ = abandon.cancelled() => false,
+        result = retried => match result {
+            Ok(()) => Written::Acked,
+            Err(SendError::Refused(refusal)) => Written::Refused(refusal),
+            // Only a refusal ends the retries; whatever else, the offset stays unstored.
+            Err(e) => {
+                tracing::error!(error = %e, topic, "write to Kafka given up");
+                Written::Abandoned
+            }
+        },
+        _ = abandon.cancelled() => Written::Abandoned,
     }
 }
 
@@ -341,6 +777,107 @@ mod tests {
             cfg.set(*k, *v);
         }
         cfg
+    }
+
+    #[test]
+    fn errors_no_retry_can_mend_are_told_from_those_that_pass() {
+        use RDKafkaErrorCode as C;
+        let produced = |code| permanent(&KafkaError::MessageProduction(code));
+        for (code, why) in [
+            (C::MessageSizeTooLarge, Permanent::TooLarge),
+            (C::MessageBatchTooLarge, Permanent::TooLarge),
+            (C::InvalidMessageSize, Permanent::TooLarge),
+            (C::InvalidRecord, Permanent::Invalid),
+            (C::InvalidMessage, Permanent::Invalid),
+            (C::InvalidTimestamp, Permanent::Invalid),
+            (C::PolicyViolation, Permanent::Invalid),
+            (C::TopicAuthorizationFailed, Permanent::NotAuthorized),
+            (C::SaslAuthenticationFailed, Permanent::NotAuthorized),
+        ] {
+            assert_eq!(produced(code), Some(why), "{code:?}");
+        }
+        for code in [
+            C::MessageTimedOut,
+            C::RequestTimedOut,
+            C::NotLeaderForPartition,
+            C::LeaderNotAvailable,
+            C::NotEnoughReplicas,
+            C::BrokerTransportFailure,
+            C::AllBrokersDown,
+            C::QueueFull,
+            C::UnknownTopicOrPartition,
+            // Fatal for the idempotent producer: it is rebuilt, the record retried.
+            C::ClusterAuthorizationFailed,
+            C::Fatal,
+        ] {
+            assert_eq!(produced(code), None, "{code:?} may pass on a retry");
+        }
+        assert_eq!(permanent(&KafkaError::Canceled), None);
+    }
+
+    /// A record over the producer's `message.max.bytes` (refused before it is sent) and one the
+    /// broker refuses as too large (in its delivery report) are quarantined: the write returns,
+    /// and the dead-letter topic holds a small reference saying what and why.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_record_kafka_refuses_for_good_is_quarantined_not_retried_forever() {
+        use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
+        let kafka =
+            crate::bus::embedded::EmbeddedKafka::start(&[("state".into(), 1), ("dlq".into(), 1)])
+                .unwrap();
+        let mut cfg = ClientConfig::new();
+        cfg.set("bootstrap.servers", kafka.bootstrap());
+        cfg.set("message.max.bytes", "20000");
+        let metrics = Arc::new(Metrics::new());
+        let producer = Producer::new(&cfg, metrics.clone()).unwrap();
+        producer.quarantine_to("dlq", Clock::system());
+        let never = CancellationToken::new();
+        let big = vec![b'x'; 50_000];
+        let settled = tokio::time::timeout(
+            Duration::from_secs(30),
+            producer.send_until_acked("state", "L-big", Some(&big), &never),
+        )
+        .await
+        .expect("not retried forever");
+        assert!(settled, "quarantined: the caller moves on");
+        // The broker refuses the next produce request as too large.
+        kafka.request_errors(
+            RDKafkaApiKey::Produce,
+            &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_MSG_SIZE_TOO_LARGE],
+        );
+        let settled = tokio::time::timeout(
+            Duration::from_secs(30),
+            producer.send_until_acked("state", "L-refused", Some(b"{}"), &never),
+        )
+        .await
+        .expect("not retried forever");
+        assert!(settled);
+        let text = metrics.encode();
+        assert!(
+            text.contains(
+                "leadwatch_kafka_records_quarantined_total{topic=\"state\",reason=\"too_large\"} 2"
+            ),
+            "{text}"
+        );
+
+        let letters = tokio::task::spawn_blocking(move || {
+            crate::bus::changelog::read_partition(
+                &cfg,
+                "dlq",
+                0,
+                Duration::from_secs(20),
+                &Clock::system(),
+            )
+            .unwrap()
+        })
+        .await
+        .unwrap();
+        let letter: serde_json::Value = serde_json::from_slice(&letters["L-big"]).unwrap();
+        assert_eq!(letter["sink"], QUARANTINE_SINK);
+        assert_eq!(letter["quarantined"]["topic"], "state");
+        assert_eq!(letter["quarantined"]["bytes"], 50_000);
+        assert_eq!(letter["quarantined"]["reason"], "too_large");
+        assert!(letter["body_excerpt"].as_str().unwrap().len() <= EXCERPT_BYTES);
+        assert!(letters.contains_key("L-refused"));
     }
 
     #[test]

@@ -102,10 +102,11 @@ pub struct Backlog {
 }
 
 impl Backlog {
-    /// From the partition's records in `{prefix}.alerts.retry`; also says how many were unreadable.
-    pub fn from_snapshot(snapshot: crate::bus::changelog::Snapshot) -> (Backlog, usize) {
+    /// From the partition's records in `{prefix}.alerts.retry`; also the keys of those that
+    /// could not be read.
+    pub fn from_snapshot(snapshot: crate::bus::changelog::Snapshot) -> (Backlog, Vec<String>) {
         let backlog = Backlog::default();
-        let mut broken = 0;
+        let mut broken = Vec::new();
         {
             let mut inner = backlog.inner.lock().expect("backlog lock");
             for (lead, bytes) in snapshot {
@@ -115,7 +116,7 @@ impl Backlog {
                             inner.insert(&lead, p);
                         }
                     }
-                    Err(_) => broken += 1,
+                    Err(_) => broken.push(lead),
                 }
             }
         }
@@ -302,7 +303,7 @@ pub async fn persist(
     abandon: &tokio_util::sync::CancellationToken,
 ) -> bool {
     let enqueue = || producer.enqueue(topic, lead, snapshot().as_deref());
-    crate::bus::producer::until_acked(topic, enqueue, abandon).await
+    producer.until_acked(topic, enqueue, abandon).await
 }
 
 #[cfg(test)]
@@ -373,7 +374,7 @@ mod tests {
         ]
         .into();
         let (restored, broken) = Backlog::from_snapshot(snapshot);
-        assert_eq!(broken, 1);
+        assert_eq!(broken, ["L-9"]);
         assert_eq!(restored.len(), 2);
         assert_eq!(restored.next_due(), Some(t(30)));
         assert!(restored.contains("L-1", "a2", "hook"));

@@ -33,6 +33,15 @@ use crate::bus::producer::Producer;
 use crate::clock::Clock;
 use crate::telemetry::Metrics;
 
+/// Keys of a partition's changelog records that could not be read back.
+#[derive(Debug, Default)]
+pub(crate) struct Unread {
+    /// In `{prefix}.delivered`: those leads' deliveries are not known to have happened.
+    pub(crate) ledger: Vec<String>,
+    /// In `{prefix}.alerts.retry`: those leads' pending retries are lost.
+    pub(crate) backlog: Vec<String>,
+}
+
 /// One partition's delivery state.
 #[derive(Clone)]
 pub(crate) struct Work {
@@ -47,34 +56,34 @@ pub(crate) struct Work {
 
 impl Work {
     /// A partition's delivery state from its restored ledger (`{prefix}.delivered`) and backlog
-    /// (`{prefix}.alerts.retry`), taken at `assigned_at`; unreadable records are logged.
+    /// (`{prefix}.alerts.retry`), taken at `assigned_at`; also the keys of the records that could
+    /// not be read ([`Unread`]: the caller dead-letters them).
     pub(crate) fn restore(
         partition: i32,
         ledger: Snapshot,
         backlog: Snapshot,
         assigned_at: Timestamp,
-    ) -> Work {
-        let (ledger, broken) = Ledger::from_snapshot(ledger);
-        if broken > 0 {
-            tracing::error!(partition, broken, "delivery records could not be read");
-        }
-        let (backlog, broken) = Backlog::from_snapshot(backlog);
-        if broken > 0 {
-            tracing::error!(partition, broken, "retry records could not be read");
-        }
+    ) -> (Work, Unread) {
+        let (ledger, ledger_keys) = Ledger::from_snapshot(ledger);
+        let (backlog, backlog_keys) = Backlog::from_snapshot(backlog);
+        let unread = Unread {
+            ledger: ledger_keys,
+            backlog: backlog_keys,
+        };
         tracing::info!(
             partition,
             leads = ledger.len(),
             retries = backlog.len(),
             "deliveries and retries restored"
         );
-        Work {
+        let work = Work {
             partition,
             ledger,
             backlog,
             revoked: CancellationToken::new(),
             assigned_at,
-        }
+        };
+        (work, unread)
     }
 }
 
@@ -645,7 +654,7 @@ mod tests {
             };
             backlog.insert(lead, serde_json::to_vec(&entry).unwrap());
         }
-        Work::restore(3, ledger, backlog, t0())
+        Work::restore(3, ledger, backlog, t0()).0
     }
 
     fn breach() -> Alert {

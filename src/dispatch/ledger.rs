@@ -50,14 +50,16 @@ pub struct Ledger {
 }
 
 impl Ledger {
-    pub fn from_snapshot(snapshot: crate::bus::changelog::Snapshot) -> (Ledger, usize) {
-        let mut broken = 0;
+    /// From the partition's records in `{prefix}.delivered`; also the keys of those that could
+    /// not be read.
+    pub fn from_snapshot(snapshot: crate::bus::changelog::Snapshot) -> (Ledger, Vec<String>) {
+        let mut broken = Vec::new();
         let leads = snapshot
             .into_iter()
             .filter_map(|(k, v)| match serde_json::from_slice(&v) {
                 Ok(d) => Some((k, d)),
                 Err(_) => {
-                    broken += 1;
+                    broken.push(k);
                     None
                 }
             })
@@ -149,6 +151,6 @@ impl Ledger {
             let bytes = serde_json::to_vec(&leads[lead]).expect("ledger serializes");
             producer.enqueue(topic, lead, Some(&bytes))
         };
-        crate::bus::producer::until_acked(topic, enqueue, abandon).await
+        producer.until_acked(topic, enqueue, abandon).await
     }
 }

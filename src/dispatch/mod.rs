@@ -16,7 +16,7 @@
 //! - [`retry`]: whether and when a failed attempt is tried again (`retry::decide`, pure; live
 //!   delivery and `dlq replay` both ask it), and where the other parts of a retry live.
 //! - [`backlog`] and [`ledger`]: the two per-lead changelogs of a partition, written through
-//!   `bus::producer::until_acked`; [`queue`]: one per sink (concurrency, pace, the pause on 429, health);
+//!   `bus::producer::Producer::until_acked`; [`queue`]: one per sink (concurrency, pace, the pause on 429, health);
 //!   [`sinks`]: one module per kind, what they share in `sinks::attempt` and `sinks::crm`;
 //!   [`dlq`]: dead letters and their replay; [`config`]: `[dispatch]`.
 //!

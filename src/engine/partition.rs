@@ -87,10 +87,9 @@ impl PartitionState {
             }
             Input::Restore(records) => {
                 let unreadable = self.put_back(&engine, records);
-                if unreadable > 0 {
-                    plan.diagnostics.push(Diagnostic::Unreadable {
-                        records: unreadable,
-                    });
+                if !unreadable.is_empty() {
+                    plan.diagnostics
+                        .push(Diagnostic::Unreadable { keys: unreadable });
                 }
                 self.look_again(&engine, now);
             }
@@ -264,18 +263,18 @@ impl PartitionState {
 
     /// Puts back the records read from the changelog: leads' states, and the partition's
     /// rotation. Returns how many could not be read.
-    fn put_back(&mut self, engine: &Engine, records: Records) -> usize {
-        let mut unreadable = 0;
+    fn put_back(&mut self, engine: &Engine, records: Records) -> Vec<String> {
+        let mut unreadable = Vec::new();
         for (key, bytes) in records {
             if key == ROTATION_KEY {
                 match serde_json::from_slice(&bytes) {
                     Ok(rotation) => self.rotation = rotation,
-                    Err(_) => unreadable += 1,
+                    Err(_) => unreadable.push(key),
                 }
                 continue;
             }
             let Some(state) = LeadState::decode(&bytes) else {
-                unreadable += 1;
+                unreadable.push(key);
                 continue;
             };
             if !state.log.is_empty() {

@@ -138,6 +138,6 @@ pub enum Diagnostic {
     },
     /// A lead past its retention, dropped: its state is tombstoned.
     Expired { lead: String },
-    /// Records of the changelog that could not be read: their leads start afresh.
-    Unreadable { records: usize },
+    /// Records of the changelog that could not be read, by key: their leads start afresh.
+    Unreadable { keys: Vec<String> },
 }

@@ -20,8 +20,9 @@ use super::group::{Event, Group, Next, Read, Waited};
 use crate::alert::Alert;
 use crate::bus::changelog::Restorer;
 use crate::bus::consumer::{self, RebalanceHooks};
+use crate::bus::producer::Unreadable;
 use crate::dispatch::DispatchSections;
-use crate::dispatch::deliver::{Shared, Work, fan_out, retry_one};
+use crate::dispatch::deliver::{Shared, Unread, Work, fan_out, retry_one};
 
 /// The dispatcher, ready to run.
 pub struct Dispatcher {
@@ -107,11 +108,13 @@ impl Dispatcher {
             ctx.metrics.clone(),
             hooks,
         )?;
-        let restorer = |topic: &str| Restorer {
-            base: ctx.base.clone(),
-            topic: topic.to_string(),
-            timeout: self.restore_timeout,
-            clock: ctx.clock.clone(),
+        let restorer = |topic: &str| {
+            Restorer::new(
+                ctx.base.clone(),
+                topic,
+                self.restore_timeout,
+                ctx.clock.clone(),
+            )
         };
         // Per partition: its ledger, then its backlog.
         let changelogs = vec![restorer(&topics.delivered), restorer(&topics.retry)];
@@ -122,6 +125,12 @@ impl Dispatcher {
             self.max_in_flight,
             decode,
         );
+        group = group
+            .counting(ctx.metrics.clone(), ctx.producer.backlog().cloned())
+            .dead_lettering(ctx.producer.clone(), shared.abandon.clone());
+        if let Some(beat) = ctx.beat("dispatch") {
+            group = group.watched(beat);
+        }
         tracing::info!(group = %group_id, topic = %topics.alerts, sinks = shared.queues.len(), routes = shared.routes.configs().len(), "dispatcher started");
         let mut retrying: FuturesUnordered<BoxFuture<'static, ()>> = FuturesUnordered::new();
         let mut gauge = tokio::time::interval(Duration::from_secs(1));
@@ -191,6 +200,42 @@ impl Dispatcher {
         Ok(())
     }
 
+    /// Dead-letters the ledger and retry-backlog records of `partition` that could not be read
+    /// back (each logged and counted). Nothing waits on them: no offset of the alerts topic
+    /// depends on a restore's records.
+    fn dead_letter_unread(&self, partition: i32, unread: Unread) {
+        let topics = &self.shared.topics;
+        let (ledger, backlog) = (
+            unread.ledger.into_iter().map(|k| {
+                (
+                    &topics.delivered,
+                    k,
+                    "not a delivery record this version can read; its alerts may be delivered again",
+                )
+            }),
+            unread.backlog.into_iter().map(|k| {
+                (
+                    &topics.retry,
+                    k,
+                    "not a retry record this version can read; its pending retries are lost",
+                )
+            }),
+        );
+        for (topic, key, reason) in ledger.chain(backlog) {
+            let record = Unreadable {
+                topic: topic.clone(),
+                partition,
+                offset: None,
+                key: Some(key),
+                reason: reason.into(),
+            };
+            let shared = self.shared.clone();
+            tokio::spawn(
+                async move { shared.producer.dead_letter(&record, &shared.abandon).await },
+            );
+        }
+    }
+
     /// What the group hands the dispatcher.
     fn on(&self, event: Event<Work, (Alert, Bytes)>, group: &mut Group<Work, (Alert, Bytes)>) {
         match event {
@@ -202,7 +247,9 @@ impl Dispatcher {
                 snapshots,
             } => {
                 let [ledger, backlog]: [_; 2] = snapshots.try_into().expect("two changelogs");
-                let work = Work::restore(partition, ledger, backlog, self.shared.clock.now());
+                let (work, unread) =
+                    Work::restore(partition, ledger, backlog, self.shared.clock.now());
+                self.dead_letter_unread(partition, unread);
                 // The alerts that waited for the restore go first, in order.
                 for waited in group.ready(partition, work.clone()) {
                     match waited {
@@ -232,7 +279,7 @@ impl Dispatcher {
                             offset,
                             error,
                         } => {
-                            tracing::error!(partition, offset, %error, "skipping a message that is not an alert");
+                            tracing::debug!(partition, offset, %error, "a message that is not an alert; dead-lettered when skipped");
                             self.shared.metrics.delivery("", "unreadable_alert");
                             if group.partition_mut(partition).is_some() {
                                 group.skip(partition, offset);

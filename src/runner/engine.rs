@@ -32,11 +32,11 @@ use crate::alert::Alert;
 use crate::bus::Topics;
 use crate::bus::changelog::Restorer;
 use crate::bus::consumer::{self, RebalanceHooks};
-use crate::bus::producer::Producer;
+use crate::bus::producer::{Permanent, Producer, Unreadable, Written};
 use crate::engine::partition::{PartitionState, ROTATION_KEY};
 use crate::engine::rules::Rules;
 use crate::engine::step::{Diagnostic, Input, LeadWrite, Records, Write};
-use crate::engine::{Engine, EngineConfig};
+use crate::engine::{Engine, EngineConfig, LeadState};
 use crate::event::LeadEvent;
 use crate::telemetry::Metrics;
 
@@ -121,12 +121,12 @@ impl EngineRunner {
             ctx.metrics.clone(),
             hooks,
         )?;
-        let restorer = Restorer {
-            base: ctx.base.clone(),
-            topic: ctx.topics.state.clone(),
-            timeout: config.restore_timeout.0,
-            clock: ctx.clock.clone(),
-        };
+        let restorer = Restorer::new(
+            ctx.base.clone(),
+            &ctx.topics.state,
+            config.restore_timeout.0,
+            ctx.clock.clone(),
+        );
         let mut group: Group<Owned, LeadEvent> = Group::new(
             subscribed,
             &ctx.topics.events,
@@ -134,6 +134,13 @@ impl EngineRunner {
             config.max_in_flight,
             decode,
         );
+        let abandon = CancellationToken::new();
+        group = group
+            .counting(ctx.metrics.clone(), ctx.producer.backlog().cloned())
+            .dead_lettering(ctx.producer.clone(), abandon.clone());
+        if let Some(beat) = ctx.beat("engine") {
+            group = group.watched(beat);
+        }
         tracing::info!(group = %ctx.kafka.group_id, topic = %ctx.topics.events, "engine started");
 
         let clock = ctx.clock.clone();
@@ -142,20 +149,30 @@ impl EngineRunner {
             producer: ctx.producer.clone(),
             topics: Arc::new(ctx.topics.clone()),
             metrics: ctx.metrics.clone(),
-            abandon: CancellationToken::new(),
+            abandon,
         };
         let mut firing: Firing = FuturesUnordered::new();
         let mut sweep = tokio::time::interval(config.sweep_interval.0);
         sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
 
         loop {
+            // On the embedded broker, alerts wait while the dispatcher is far behind (the broker
+            // would trim alerts not delivered yet); their deadlines stay, so they fire later.
+            let held = ctx
+                .producer
+                .backlog()
+                .is_some_and(|b| b.full(&ctx.topics.alerts));
             // A partition that is behind wakes the loop with its messages instead.
-            let wake = group
-                .partitions()
-                .filter_map(|(_, p)| p.wake)
-                .min()
-                .map(|t| clock.until(t))
-                .unwrap_or(Duration::from_secs(3600));
+            let wake = if held {
+                Duration::from_millis(100)
+            } else {
+                group
+                    .partitions()
+                    .filter_map(|(_, p)| p.wake)
+                    .min()
+                    .map(|t| clock.until(t))
+                    .unwrap_or(Duration::from_secs(3600))
+            };
             // The engine's own work comes after what the group must hand it first (a revocation
             // before anything else) and before what was read (so a stream of events never
             // starves it).
@@ -207,9 +224,11 @@ impl EngineRunner {
 
             // Fire whatever is due, also under a steady stream of events.
             let now = clock.now();
-            for (partition, p) in group.partitions_mut() {
-                let sent = work.step(partition, p, Input::Tick, now);
-                see_through(&mut firing, partition, sent);
+            if !held {
+                for (partition, p) in group.partitions_mut() {
+                    let sent = work.step(partition, p, Input::Tick, now);
+                    see_through(&mut firing, partition, sent);
+                }
             }
             work.metrics
                 .set_leads(group.partitions().map(|(_, p)| p.leads.len() as i64).sum());
@@ -278,6 +297,11 @@ impl Work {
     ) -> Vec<Sent> {
         let step = owned.leads.step(&self.engine, input, now);
         report(&self.metrics, partition, &step.diagnostics);
+        for diagnostic in &step.diagnostics {
+            if let Diagnostic::Unreadable { keys } = diagnostic {
+                self.dead_letter_states(partition, keys);
+            }
+        }
         owned.wake = step.wake;
         step.writes
             .into_iter()
@@ -290,6 +314,7 @@ impl Work {
     fn send(&self, partition: i32, writes: &mut Writes, write: Write<'_>) -> Sent {
         let producer = self.producer.clone();
         let topics = self.topics.clone();
+        let metrics = self.metrics.clone();
         match write {
             Write::Lead(write) => {
                 // Encoded now: the step borrows the states as they stand after it.
@@ -311,9 +336,7 @@ impl Work {
                         if written.iter().any(|ok| !ok) {
                             return false;
                         }
-                        producer
-                            .send_until_acked(&topics.state, &lead, state.as_deref(), &token)
-                            .await
+                        write_state(&producer, &topics.state, &lead, state, &metrics, &token).await
                     }
                     .boxed()
                 });
@@ -352,6 +375,23 @@ impl Work {
         let sent = self.step(partition, &mut owned, Input::Restore(records), now);
         tracing::info!(partition, leads = owned.leads.len(), "lead state restored");
         (owned, sent)
+    }
+
+    /// Dead-letters the lead states of `partition`'s changelog that could not be read back
+    /// (counted and logged one by one); their leads start afresh. Nothing waits on them: no
+    /// offset of the events topic depends on a restore's records.
+    fn dead_letter_states(&self, partition: i32, keys: &[String]) {
+        for key in keys {
+            let record = Unreadable {
+                topic: self.topics.state.clone(),
+                partition,
+                offset: None,
+                key: Some(key.clone()),
+                reason: "not a lead state this version can read; the lead starts afresh".into(),
+            };
+            let (producer, abandon) = (self.producer.clone(), self.abandon.clone());
+            tokio::spawn(async move { producer.dead_letter(&record, &abandon).await });
+        }
     }
 
     /// What the group hands the engine.
@@ -396,9 +436,9 @@ impl Work {
                             offset,
                             error,
                         } => {
-                            // Not ours to fix: counted, and where it is logged.
+                            // Not ours to fix: counted, then dead-lettered when skipped.
                             self.metrics.engine_event("invalid");
-                            tracing::error!(partition, offset, %error, "skipping an event that is not a LeadEvent");
+                            tracing::debug!(partition, offset, %error, "an event that is not a LeadEvent");
                             (partition, Arrived::NotAnEvent(offset))
                         }
                         Read::End { partition } => {
@@ -467,6 +507,63 @@ impl Work {
     }
 }
 
+/// Writes a lead's state (`None`: its tombstone) until Kafka has it. A state Kafka refuses as
+/// too large (a huge field, held once in the lead and once in its reorder window) is written
+/// again without its reorder window — the lead as it stands, its fired alerts and the ids it
+/// has seen: after a restore, only a late event's place among older ones is lost. A state still
+/// refused, or refused for another reason, is quarantined (a reference to it in the dead-letter
+/// topic, an error log, a counter): this member keeps the lead in memory, so the lead still gets
+/// its alerts while it owns the partition, and the event's offset is stored; after a restore the
+/// lead is as its last state written. True once settled; false when abandoned.
+async fn write_state(
+    producer: &Producer,
+    topic: &str,
+    lead: &str,
+    state: Option<Vec<u8>>,
+    metrics: &Metrics,
+    token: &CancellationToken,
+) -> bool {
+    let mut refusal = match producer
+        .write(topic, None, lead, state.as_deref(), token)
+        .await
+    {
+        Written::Acked => return true,
+        Written::Abandoned => return false,
+        Written::Refused(refusal) => refusal,
+    };
+    if refusal.why == Permanent::TooLarge
+        && let Some(slim) = state.as_deref().and_then(without_window)
+    {
+        match producer.write(topic, None, lead, Some(&slim), token).await {
+            Written::Acked => {
+                metrics.state_without_window();
+                tracing::warn!(
+                    %lead,
+                    bytes = refusal.record.bytes,
+                    written = slim.len(),
+                    "lead state too large for Kafka; written without its reorder window"
+                );
+                return true;
+            }
+            Written::Abandoned => return false,
+            Written::Refused(again) => refusal = again,
+        }
+    }
+    producer.quarantine(&refusal, token).await
+}
+
+/// A state record without its reorder window (the lead folded as it stands), if that is
+/// smaller.
+fn without_window(record: &[u8]) -> Option<Vec<u8>> {
+    let mut state = LeadState::decode(record)?;
+    if state.log.is_empty() && state.base.is_none() {
+        return None;
+    }
+    state.log.clear();
+    state.base = None;
+    Some(state.encode())
+}
+
 /// Sees writes through in `firing`: one that is not written hands its alerts back.
 fn see_through(firing: &mut Firing, partition: i32, sent: impl IntoIterator<Item = Sent>) {
     firing.extend(sent.into_iter().map(|s| s.refire(partition)));
@@ -505,11 +602,8 @@ fn report(metrics: &Metrics, partition: i32, diagnostics: &[Diagnostic]) {
             Diagnostic::Expired { lead } => {
                 tracing::debug!(partition, %lead, "lead state retention over; tombstoned");
             }
-            Diagnostic::Unreadable { records } => tracing::error!(
-                partition,
-                broken = records,
-                "lead states in the changelog could not be read; those leads start afresh"
-            ),
+            // Each is logged, counted and dead-lettered by `Work::dead_letter_states`.
+            Diagnostic::Unreadable { .. } => {}
         }
     }
 }
@@ -553,7 +647,9 @@ mod tests {
                     to: vec!["queue".into()],
                 },
                 Diagnostic::Expired { lead: "L-2".into() },
-                Diagnostic::Unreadable { records: 2 },
+                Diagnostic::Unreadable {
+                    keys: vec!["L-3".into()],
+                },
             ],
         );
         let text = metrics.encode();

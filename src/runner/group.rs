@@ -12,6 +12,7 @@
 
 use std::collections::HashMap;
 use std::future::Future;
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures::future::BoxFuture;
@@ -21,9 +22,14 @@ use rdkafka::Message;
 use rdkafka::error::KafkaError;
 use rdkafka::message::BorrowedMessage;
 use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
 
+use super::health::{Beat, Waiting};
+use crate::bus::backlog::Backlog;
 use crate::bus::changelog::{Restored, Restorer, Slot, Slots, Snapshot};
 use crate::bus::consumer::{self, Assignment, GroupConsumer};
+use crate::bus::producer::{Producer, Unreadable};
+use crate::telemetry::Metrics;
 
 /// What [`Group::next_or`] came to: the group's event, or the stage's own work.
 pub enum Next<E, T> {
@@ -99,13 +105,46 @@ pub struct Group<P, M> {
     /// Per restoring partition: its generation, and each changelog's snapshot once read.
     restoring: HashMap<i32, (u64, Vec<Option<Snapshot>>)>,
     slots: Slots<P, Waited<M>>,
-    /// Per processed message, resolves to its offset once its work is done (`None`: it was not,
-    /// e.g. the partition moved; its next owner redoes it). In order, so an offset is stored
-    /// only once every earlier message's work is done.
-    pending: FuturesOrdered<BoxFuture<'static, Option<(i32, i64)>>>,
+    /// Per partition, per processed message: its offset and whether its work is done (false:
+    /// it was not, e.g. the partition moved; its next owner redoes it). In order within a
+    /// partition, so an offset is stored only once every earlier message's work is done; apart
+    /// between partitions, so no partition's offsets wait on another's.
+    pending: Pending,
     max_in_flight: usize,
     decode: Decode<M>,
+    /// Where the stage's progress is reported (liveness), if anywhere.
+    beat: Option<Beat>,
+    /// Turns an idle loop once a second, so a loop that turns is told from one that is stuck.
+    heartbeat: tokio::time::Interval,
+    /// Per partition, the next offset to be read: the committed one at assignment, then one
+    /// past the last read. A message past it means offsets were jumped over (deleted by
+    /// retention or trimming before they were read): the events and alerts topics are neither
+    /// compacted nor transactional, so their offsets are contiguous.
+    expected: HashMap<i32, i64>,
+    /// Where skipped offsets are counted.
+    metrics: Option<Arc<Metrics>>,
+    /// Where consumed offsets are reported (the embedded broker's limits).
+    backlog: Option<Arc<Backlog>>,
+    /// Per (changelog, partition): the failed attempts of a restore being retried.
+    failing: HashMap<(usize, i32), u32>,
+    /// Per partition: why each unreadable message, by offset, could not be read; dead-lettered
+    /// when the stage skips it.
+    unreadable: HashMap<i32, HashMap<i64, String>>,
+    /// Where unreadable messages are dead-lettered, and when to give up writing them.
+    dead_letters: Option<(Arc<Producer>, CancellationToken)>,
 }
+
+/// The wait before the next attempt of a restore that failed `attempts` times: 1 s, doubling,
+/// at most a minute.
+fn restore_backoff(attempts: u32) -> Duration {
+    let secs = 1u64
+        .checked_shl(attempts.saturating_sub(1))
+        .unwrap_or(u64::MAX);
+    Duration::from_secs(secs.min(60))
+}
+
+/// Per partition, the work of its messages, in order: each resolves to (offset, done).
+type Pending = HashMap<i32, FuturesOrdered<BoxFuture<'static, (i64, bool)>>>;
 
 /// A message as it came: (partition, offset, decoded or why not), or a consumer error.
 type Received<M> = Result<(i32, i64, Result<M, String>), KafkaError>;
@@ -113,6 +152,28 @@ type Received<M> = Result<(i32, i64, Result<M, String>), KafkaError>;
 /// Decodes a fetched message, so the consumer is no longer borrowed.
 fn decoded<M>(received: Result<BorrowedMessage<'_>, KafkaError>, decode: Decode<M>) -> Received<M> {
     received.map(|msg| (msg.partition(), msg.offset(), decode(msg.payload())))
+}
+
+/// The next message whose work finished, of any partition: (partition, offset, done). `None`
+/// once nothing is pending.
+fn next_done(pending: &mut Pending) -> impl Future<Output = Option<(i32, i64, bool)>> + '_ {
+    futures::future::poll_fn(move |cx| {
+        let mut any = false;
+        for (partition, queue) in pending.iter_mut() {
+            if queue.is_empty() {
+                continue;
+            }
+            any = true;
+            if let std::task::Poll::Ready(Some((offset, done))) = queue.poll_next_unpin(cx) {
+                return std::task::Poll::Ready(Some((*partition, offset, done)));
+            }
+        }
+        if any {
+            std::task::Poll::Pending
+        } else {
+            std::task::Poll::Ready(None)
+        }
+    })
 }
 
 /// Most messages already fetched that are handed out with the one awaited (events of one
@@ -140,10 +201,71 @@ impl<P, M> Group<P, M> {
             restored_rx,
             restoring: HashMap::new(),
             slots: Slots::default(),
-            pending: FuturesOrdered::new(),
+            pending: HashMap::new(),
             max_in_flight: max_in_flight.max(1),
             decode,
+            beat: None,
+            expected: HashMap::new(),
+            metrics: None,
+            backlog: None,
+            failing: HashMap::new(),
+            unreadable: HashMap::new(),
+            dead_letters: None,
+            heartbeat: {
+                let mut tick = tokio::time::interval(Duration::from_secs(1));
+                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                tick
+            },
         }
+    }
+
+    /// Reports the stage's progress to `beat` (see [`super::health`]): the loop turning, and per
+    /// partition, work waiting and moving on.
+    pub fn watched(mut self, beat: Beat) -> Self {
+        beat.reset();
+        self.beat = Some(beat);
+        self
+    }
+
+    /// Counts skipped offsets in `metrics`, and reports what was consumed to `backlog` (kept
+    /// for the embedded broker), which accounts the topic from now on.
+    pub fn counting(mut self, metrics: Arc<Metrics>, backlog: Option<Arc<Backlog>>) -> Self {
+        if let Some(backlog) = &backlog {
+            backlog.watch(&self.topic);
+        }
+        // Exported at 0 from the start, so an alert rule sees the series before any skip.
+        metrics.offsets_skipped(&self.topic, 0);
+        for r in &self.restorers {
+            metrics.set_restores_failing(&r.topic, 0);
+        }
+        self.metrics = Some(metrics);
+        self.backlog = backlog;
+        self
+    }
+
+    /// Dead-letters the messages the stage's decoder refuses through `producer` (each one's
+    /// offset is stored once its letter is written), giving up at `abandon`.
+    pub fn dead_lettering(mut self, producer: Arc<Producer>, abandon: CancellationToken) -> Self {
+        self.dead_letters = Some((producer, abandon));
+        self
+    }
+
+    fn report(&self, f: impl FnOnce(&Beat)) {
+        if let Some(beat) = &self.beat {
+            f(beat);
+        }
+    }
+
+    /// Stores a finished message's offset (when its work was done); the partition moved on.
+    fn finished(&mut self, partition: i32, offset: i64, done: bool) {
+        if done {
+            consumer::store(&self.consumer, &self.topic, partition, offset);
+            if let Some(backlog) = &self.backlog {
+                backlog.consumed(&self.topic, partition, offset + 1);
+            }
+        }
+        let still = self.pending.get(&partition).is_some_and(|q| !q.is_empty());
+        self.report(|b| b.progressed(partition, still));
     }
 
     /// The next thing the stage must act on. Cancel-safe.
@@ -165,11 +287,19 @@ impl<P, M> Group<P, M> {
     pub async fn next_or<T>(&mut self, stage: impl Future<Output = T>) -> Next<Event<P, M>, T> {
         let mut stage = std::pin::pin!(stage);
         loop {
-            let room = self.pending.len() < self.max_in_flight;
+            self.report(Beat::turned);
+            let in_flight = self.in_flight();
+            let room = in_flight < self.max_in_flight;
             tokio::select! {
                 biased;
                 Some(change) = self.assignments.recv() => match change {
-                    Assignment::Assigned(ps) => {
+                    Assignment::Assigned(ps, committed) => {
+                        for p in &ps {
+                            match committed.get(p) {
+                                Some(offset) => self.expected.insert(*p, *offset),
+                                None => self.expected.remove(p),
+                            };
+                        }
                         self.assigned(ps.clone());
                         return Next::Group(Event::Assigned(ps));
                     }
@@ -182,11 +312,10 @@ impl<P, M> Group<P, M> {
                         return Next::Group(event);
                     }
                 }
-                Some(done) = self.pending.next(), if !self.pending.is_empty() => {
-                    if let Some((partition, offset)) = done {
-                        consumer::store(&self.consumer, &self.topic, partition, offset);
-                    }
+                Some((partition, offset, done)) = next_done(&mut self.pending), if in_flight > 0 => {
+                    self.finished(partition, offset, done);
                 }
+                _ = self.heartbeat.tick() => {}
                 out = &mut stage => return Next::Stage(out),
                 received = self.consumer.recv(), if room => {
                     let first = decoded(received, self.decode);
@@ -194,7 +323,7 @@ impl<P, M> Group<P, M> {
                     let mut messages = self.received(first, &mut read);
                     // What was fetched with it comes along, within the room for work in flight.
                     for _ in 0..BATCH {
-                        if self.pending.len() + messages >= self.max_in_flight {
+                        if in_flight + messages >= self.max_in_flight {
                             break;
                         }
                         let Some(received) = self.consumer.recv().now_or_never() else {
@@ -227,20 +356,50 @@ impl<P, M> Group<P, M> {
         offset: i64,
         done: impl Future<Output = bool> + Send + 'static,
     ) {
-        self.pending.push_back(
-            done.map(move |ok| ok.then_some((partition, offset)))
-                .boxed(),
-        );
+        let queue = self.pending.entry(partition).or_default();
+        if queue.is_empty()
+            && let Some(beat) = &self.beat
+        {
+            beat.waiting(partition, Waiting::WorkInFlight);
+        }
+        queue.push_back(done.map(move |ok| (offset, ok)).boxed());
     }
 
-    /// A message that is not for the stage (unreadable): its offset is stored in its turn.
+    /// A message that is not for the stage (unreadable): it is dead-lettered (logged, counted,
+    /// a reference written to the dead-letter topic), and its offset stored in its turn.
     pub fn skip(&mut self, partition: i32, offset: i64) {
-        self.track(partition, offset, futures::future::ready(true));
+        let reason = self
+            .unreadable
+            .get_mut(&partition)
+            .and_then(|at| at.remove(&offset));
+        let Some(reason) = reason else {
+            self.track(partition, offset, futures::future::ready(true));
+            return;
+        };
+        let record = Unreadable {
+            topic: self.topic.clone(),
+            partition,
+            offset: Some(offset),
+            key: None,
+            reason,
+        };
+        match self.dead_letters.clone() {
+            Some((producer, abandon)) => self.track(partition, offset, async move {
+                producer.dead_letter(&record, &abandon).await
+            }),
+            None => {
+                tracing::error!(topic = %record.topic, partition, offset, reason = %record.reason, "a record could not be read; it is skipped");
+                if let Some(metrics) = &self.metrics {
+                    metrics.record_unreadable(&record.topic);
+                }
+                self.track(partition, offset, futures::future::ready(true));
+            }
+        }
     }
 
     /// Messages whose work is pending.
     pub fn in_flight(&self) -> usize {
-        self.pending.len()
+        self.pending.values().map(FuturesOrdered::len).sum()
     }
 
     /// A ready partition's state.
@@ -262,12 +421,9 @@ impl<P, M> Group<P, M> {
     /// (the stage's own work in flight) are done, storing offsets as they are. False when the
     /// grace ran out (the rest is redone after a restart).
     pub async fn drain(&mut self, grace: Duration, also: impl Future<Output = ()>) -> bool {
-        let (consumer, topic, pending) = (&self.consumer, &self.topic, &mut self.pending);
         let offsets = async {
-            while let Some(done) = pending.next().await {
-                if let Some((partition, offset)) = done {
-                    consumer::store(consumer, topic, partition, offset);
-                }
+            while let Some((partition, offset, done)) = next_done(&mut self.pending).await {
+                self.finished(partition, offset, done);
             }
         };
         tokio::time::timeout(grace, futures::future::join(offsets, also))
@@ -282,6 +438,7 @@ impl<P, M> Group<P, M> {
 
     fn assigned(&mut self, partitions: Vec<i32>) {
         for (partition, generation) in self.slots.assign(partitions) {
+            self.report(|b| b.waiting(partition, Waiting::Restore));
             self.restoring
                 .insert(partition, (generation, vec![None; self.restorers.len()]));
             for which in 0..self.restorers.len() {
@@ -291,22 +448,46 @@ impl<P, M> Group<P, M> {
     }
 
     /// Reads one changelog's partition on a blocking thread, after `delay`.
+    /// Whatever becomes of the read, an answer comes back: a restore task that dies without
+    /// one is answered as failed ([`RestoreError::Died`](crate::bus::changelog::RestoreError)),
+    /// and retried.
     fn restore(&self, which: usize, partition: i32, generation: u64, delay: Duration) {
         let (done_tx, mut done_rx) = mpsc::unbounded_channel();
-        self.restorers[which].spawn(partition, generation, delay, done_tx);
+        let restorer = &self.restorers[which];
+        restorer.spawn(partition, generation, delay, done_tx);
+        let died = restorer.died(partition, "the restore task ended without an answer");
         let tx = self.restored_tx.clone();
         tokio::spawn(async move {
-            if let Some(done) = done_rx.recv().await {
-                let _ = tx.send((which, done));
-            }
+            let done = done_rx.recv().await.unwrap_or(Restored {
+                partition,
+                generation,
+                result: Err(died),
+            });
+            let _ = tx.send((which, done));
         });
+    }
+
+    /// Updates `leadwatch_restores_failing{topic}` for changelog `which`.
+    fn report_failing(&self, which: usize) {
+        if let Some(metrics) = &self.metrics {
+            let n = self.failing.keys().filter(|(w, _)| *w == which).count();
+            metrics.set_restores_failing(&self.restorers[which].topic, n as i64);
+        }
     }
 
     fn revoked(&mut self, partitions: &[i32]) -> Vec<(i32, Option<P>)> {
         partitions
             .iter()
             .map(|p| {
+                self.report(|b| b.idle(*p));
+                self.expected.remove(p);
+                self.unreadable.remove(p);
                 self.restoring.remove(p);
+                for which in 0..self.restorers.len() {
+                    if self.failing.remove(&(which, *p)).is_some() {
+                        self.report_failing(which);
+                    }
+                }
                 let state = match self.slots.slots.remove(p) {
                     Some(Slot::Ready(state)) => Some(state),
                     _ => None,
@@ -327,10 +508,23 @@ impl<P, M> Group<P, M> {
             result,
         } = done;
         let snapshot = match result {
-            Ok(snapshot) => snapshot,
+            Ok(snapshot) => {
+                if self.failing.remove(&(which, partition)).is_some() {
+                    self.report_failing(which);
+                }
+                snapshot
+            }
             Err(e) => {
-                tracing::error!(partition, topic = %self.restorers[which].topic, error = %e, "restoring a partition failed; retrying");
-                self.restore(which, partition, generation, Duration::from_secs(1));
+                let attempts = self.failing.entry((which, partition)).or_default();
+                *attempts += 1;
+                let (attempts, delay) = (*attempts, restore_backoff(*attempts));
+                let topic = &self.restorers[which].topic;
+                tracing::error!(partition, %topic, error = %e, attempts, retry_in = ?delay, "restoring a partition failed; retrying");
+                if let Some(metrics) = &self.metrics {
+                    metrics.restore_failed(topic);
+                }
+                self.report_failing(which);
+                self.restore(which, partition, generation, delay);
                 return None;
             }
         };
@@ -343,10 +537,33 @@ impl<P, M> Group<P, M> {
             return None;
         }
         let (_, snapshots) = self.restoring.remove(&partition)?;
+        let still = self.pending.get(&partition).is_some_and(|q| !q.is_empty());
+        self.report(|b| b.progressed(partition, still));
         Some(Event::Restored {
             partition,
             snapshots: snapshots.into_iter().flatten().collect(),
         })
+    }
+
+    /// Reports offsets jumped over before `offset` of `partition`: an error log naming the
+    /// partition and how many, and `leadwatch_kafka_offsets_skipped_total{topic}`.
+    fn check_contiguous(&mut self, partition: i32, offset: i64) {
+        if let Some(expected) = self.expected.insert(partition, offset + 1)
+            && offset > expected
+        {
+            let skipped = offset - expected;
+            tracing::error!(
+                topic = %self.topic,
+                partition,
+                from = expected,
+                to = offset - 1,
+                skipped,
+                "offsets were deleted before they were read (retention, or the embedded broker's trimming): their records are lost to this group"
+            );
+            if let Some(metrics) = &self.metrics {
+                metrics.offsets_skipped(&self.topic, skipped as u64);
+            }
+        }
     }
 
     /// Files one message (or consumer error): what a ready partition's stage must see goes to
@@ -367,6 +584,7 @@ impl<P, M> Group<P, M> {
                 return 0;
             }
         };
+        self.check_contiguous(partition, offset);
         match (decoded, self.slots.route(partition)) {
             (Ok(message), Slot::Restoring { waiting, .. }) => {
                 waiting.push(Waited::Message { offset, message })
@@ -378,6 +596,10 @@ impl<P, M> Group<P, M> {
             }),
             (Err(error), slot) => {
                 // Reported now; its offset is stored in its turn, after every message before it.
+                self.unreadable
+                    .entry(partition)
+                    .or_default()
+                    .insert(offset, error.clone());
                 if let Slot::Restoring { waiting, .. } = slot {
                     waiting.push(Waited::Unreadable { offset });
                 }
@@ -394,8 +616,6 @@ impl<P, M> Group<P, M> {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Arc;
-
     use rdkafka::ClientConfig;
     use rdkafka::consumer::{BaseConsumer, Consumer};
     use rdkafka::producer::{BaseProducer, BaseRecord, Producer as _};
@@ -406,7 +626,6 @@ mod tests {
     use crate::bus::consumer::RebalanceHooks;
     use crate::bus::embedded::EmbeddedKafka;
     use crate::clock::Clock;
-    use crate::telemetry::Metrics;
 
     fn decode(payload: Option<&[u8]>) -> Result<String, String> {
         let bytes = payload.ok_or("empty")?;
@@ -452,11 +671,13 @@ mod tests {
         }
         producer.flush(Duration::from_secs(10)).unwrap();
 
-        let restorer = |topic: &str| Restorer {
-            base: base.clone(),
-            topic: topic.into(),
-            timeout: Duration::from_secs(30),
-            clock: Clock::system(),
+        let restorer = |topic: &str| {
+            Restorer::new(
+                base.clone(),
+                topic,
+                Duration::from_secs(30),
+                Clock::system(),
+            )
         };
         let hooks = RebalanceHooks {
             pause_on_assign: true,
@@ -588,6 +809,93 @@ mod tests {
         );
     }
 
+    /// One partition's work that never finishes holds back no other partition's offsets.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_partition_whose_work_hangs_holds_back_no_other_partitions_offsets() {
+        let broker = EmbeddedKafka::start(&[("in".into(), 2)]).unwrap();
+        let mut base = ClientConfig::new();
+        base.set("bootstrap.servers", broker.bootstrap());
+        let producer: BaseProducer = base.create().unwrap();
+        for partition in [0, 1] {
+            producer
+                .send(
+                    BaseRecord::to("in")
+                        .key("lead")
+                        .payload("m")
+                        .partition(partition),
+                )
+                .unwrap();
+        }
+        producer.flush(Duration::from_secs(10)).unwrap();
+        let subscribed = consumer::subscribe(
+            &base,
+            &kafka(broker.bootstrap()),
+            "g",
+            "in",
+            Arc::new(Metrics::new()),
+            RebalanceHooks::default(),
+        )
+        .unwrap();
+        let mut group: Group<(), String> = Group::new(subscribed, "in", Vec::new(), 10, decode);
+        let mut read = Vec::new();
+        let deadline = Clock::system().instant() + Duration::from_secs(60);
+        while read.len() < 2 {
+            let event = tokio::time::timeout_at(deadline, group.next())
+                .await
+                .expect("both messages within a minute");
+            match event {
+                // Nothing to restore: ready at once.
+                Event::Assigned(partitions) => {
+                    for partition in partitions {
+                        for waited in group.ready(partition, ()) {
+                            if let Waited::Message { offset, .. } = waited {
+                                read.push((partition, offset));
+                            }
+                        }
+                    }
+                }
+                Event::Read(rs) => {
+                    for r in rs {
+                        if let Read::Message {
+                            partition, offset, ..
+                        } = r
+                        {
+                            read.push((partition, offset));
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+        // Partition 0's work never finishes, and was handed in first; partition 1's is done.
+        read.sort();
+        assert_eq!(read, [(0, 0), (1, 0)]);
+        group.track(0, 0, std::future::pending());
+        group.track(1, 0, futures::future::ready(true));
+        assert!(!group.drain(Duration::from_secs(2), async {}).await);
+        group.close(Duration::from_secs(10)).await;
+
+        let mut cfg = base.clone();
+        cfg.set("group.id", "g");
+        let check: BaseConsumer = cfg.create().unwrap();
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition("in", 0);
+        tpl.add_partition("in", 1);
+        let committed = check
+            .committed_offsets(tpl, Duration::from_secs(10))
+            .unwrap();
+        assert_eq!(
+            committed.find_partition("in", 1).unwrap().offset(),
+            Offset::Offset(1),
+            "partition 1's offset is committed"
+        );
+        assert_eq!(
+            committed.find_partition("in", 0).unwrap().offset(),
+            Offset::Invalid,
+            "partition 0's work is not done"
+        );
+    }
+
     /// A stage that has not finished a message's work, and an unreadable message after it in
     /// the same fetch: the unreadable one's offset waits its turn (storing it would commit past
     /// the unfinished one). And messages of a restoring partition wait for it, in order.
@@ -627,7 +935,7 @@ mod tests {
         }
         assert_eq!(group.in_flight(), 2);
         assert!(
-            group.pending.next().now_or_never().is_none(),
+            next_done(&mut group.pending).now_or_never().is_none(),
             "the unreadable offset waits behind the unfinished work"
         );
 
@@ -658,5 +966,97 @@ mod tests {
             })
             .collect();
         assert_eq!(waited, ["0:a", "1:unreadable", "end"]);
+    }
+
+    /// A restore that panics, then one that fails: each is counted and retried with backoff,
+    /// and the partition is restored in the end — never left paused.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_restore_that_dies_or_fails_is_counted_and_retried_until_the_partition_is_restored() {
+        static ATTEMPTS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        fn flaky(
+            base: &ClientConfig,
+            topic: &str,
+            partition: i32,
+            timeout: Duration,
+            clock: &Clock,
+        ) -> Result<Snapshot, crate::bus::changelog::RestoreError> {
+            match ATTEMPTS.fetch_add(1, std::sync::atomic::Ordering::SeqCst) {
+                0 => panic!("a restore thread dies"),
+                1 => Err(crate::bus::changelog::RestoreError::Timeout {
+                    topic: topic.into(),
+                    partition,
+                    end: 1,
+                    at: 0,
+                    timeout,
+                }),
+                _ => crate::bus::changelog::read_partition(base, topic, partition, timeout, clock),
+            }
+        }
+
+        let broker = EmbeddedKafka::start(&[("in".into(), 1), ("log".into(), 1)]).unwrap();
+        let mut base = ClientConfig::new();
+        base.set("bootstrap.servers", broker.bootstrap());
+        let producer: BaseProducer = base.create().unwrap();
+        producer
+            .send(BaseRecord::to("log").key("lead").payload("state"))
+            .unwrap();
+        producer.flush(Duration::from_secs(10)).unwrap();
+        let mut restorer = Restorer::new(
+            base.clone(),
+            "log",
+            Duration::from_secs(30),
+            Clock::system(),
+        );
+        restorer.read = flaky;
+        let metrics = Arc::new(Metrics::new());
+        let hooks = RebalanceHooks {
+            pause_on_assign: true,
+            ..RebalanceHooks::default()
+        };
+        let subscribed = consumer::subscribe(
+            &base,
+            &kafka(broker.bootstrap()),
+            "g-restore",
+            "in",
+            metrics.clone(),
+            hooks,
+        )
+        .unwrap();
+        let mut group: Group<(), String> = Group::new(subscribed, "in", vec![restorer], 10, decode)
+            .counting(metrics.clone(), None);
+
+        let deadline = Clock::system().instant() + Duration::from_secs(30);
+        let snapshots = loop {
+            let event = tokio::time::timeout_at(deadline, group.next())
+                .await
+                .expect("the partition restored within 30 s");
+            if let Event::Restored { snapshots, .. } = event {
+                break snapshots;
+            }
+        };
+        assert_eq!(snapshots[0]["lead"], b"state");
+        assert_eq!(ATTEMPTS.load(std::sync::atomic::Ordering::SeqCst), 3);
+        let text = metrics.encode();
+        let value = |line: &str| {
+            text.lines()
+                .find_map(|l| l.strip_prefix(line))
+                .map(str::trim)
+                .unwrap_or_else(|| panic!("{line} not in {text}"))
+                .to_string()
+        };
+        assert_eq!(
+            value("leadwatch_restore_failures_total{topic=\"log\"}"),
+            "2"
+        );
+        assert_eq!(value("leadwatch_restores_failing{topic=\"log\"}"), "0");
+        group.close(Duration::from_secs(10)).await;
+    }
+
+    #[test]
+    fn restore_retries_back_off_from_a_second_to_a_minute() {
+        let delays: Vec<u64> = [1, 2, 3, 6, 7, 40]
+            .map(|n| restore_backoff(n).as_secs())
+            .to_vec();
+        assert_eq!(delays, [1, 2, 4, 32, 60, 60]);
     }
 }

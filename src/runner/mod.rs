@@ -6,10 +6,12 @@
 //!   [`crate::engine::PartitionState::step`].
 //! - [`dispatch`]: the dispatcher ([`dispatch::Dispatcher`]), around [`crate::dispatch::deliver`].
 //! - [`writes`]: a partition's writes to Kafka, chained per key, stopped on revocation.
+//! - [`health`]: liveness as progress: loops that turn, partitions whose work moves on.
 
 pub mod dispatch;
 pub mod engine;
 pub mod group;
+pub mod health;
 pub mod writes;
 
 use std::sync::Arc;
@@ -22,7 +24,7 @@ use crate::clock::Clock;
 use crate::telemetry::Metrics;
 
 /// What every stage is handed: the Kafka clients' settings, the topics, the producer they share,
-/// the metrics and the clock.
+/// the metrics, the clock, and where to report progress.
 #[derive(Clone)]
 pub struct Context {
     /// Settings every Kafka client shares (brokers, TLS, SASL …).
@@ -32,4 +34,13 @@ pub struct Context {
     pub producer: Arc<Producer>,
     pub metrics: Arc<Metrics>,
     pub clock: Clock,
+    /// Where the stages report their progress (`/healthz`), if anywhere.
+    pub liveness: Option<Arc<health::Liveness>>,
+}
+
+impl Context {
+    /// The handle `stage` reports its progress through, if progress is watched.
+    pub fn beat(&self, stage: &'static str) -> Option<health::Beat> {
+        self.liveness.as_ref().map(|l| l.stage(stage))
+    }
 }
