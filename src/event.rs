@@ -54,3 +54,23 @@ pub struct Activity {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub by: Option<String>,
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A field's number reads back from `{prefix}.events` as the number ingest parsed: a vendor's
+    /// integer beyond 64 bits (or a long decimal) is a float, and without serde_json's
+    /// `float_roundtrip` the engine read it back one step off (found by fuzzing).
+    #[test]
+    fn a_number_too_long_for_an_integer_reads_back_as_parsed() {
+        let body = br#"{"id":"pd:1","source":"pd","lead":"pd:1",
+            "occurred_at":"2026-11-25T09:30:00Z","received_at":"2026-11-25T10:00:00Z",
+            "type":"lead.updated",
+            "fields":{"org_id":88666266666666666666666666666666666666666666001}}"#;
+        let parsed: LeadEvent = serde_json::from_slice(body).expect("an event");
+        let record = serde_json::to_vec(&parsed).expect("an event serializes");
+        let read: LeadEvent = serde_json::from_slice(&record).expect("the record reads back");
+        assert_eq!(read, parsed);
+    }
+}

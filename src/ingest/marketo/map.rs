@@ -87,15 +87,25 @@ impl Parse for Mapper {
             ));
         };
         let mut problems = Vec::new();
-        let lead = at(&value, &self.lead).as_ref().and_then(scalar);
-        if lead.is_none() {
-            problems.push(FieldProblem::new(
+        let lead_value = at(&value, &self.lead);
+        let lead = lead_value.as_ref().and_then(scalar);
+        match (&lead, &lead_value) {
+            (Some(_), _) => {}
+            (None, Some(Value::Number(n))) => problems.push(FieldProblem::new(
+                "lead",
+                format!(
+                    "`{n}` at `{}` is not a whole number of at most 64 bits: send the lead id as \
+                     a string",
+                    self.lead
+                ),
+            )),
+            (None, _) => problems.push(FieldProblem::new(
                 "lead",
                 format!(
                     "no lead id at `{}` (set `fields.lead` to its JSON pointer)",
                     self.lead
                 ),
-            ));
+            )),
         }
         let occurred_at = match at(&value, &self.occurred_at) {
             None | Some(Value::Null) => Some(received_at),
@@ -201,11 +211,13 @@ fn form_body(body: &[u8]) -> Option<Value> {
     (!members.is_empty()).then_some(Value::Object(members))
 }
 
-/// The text of a scalar (Marketo tokens are strings or bare numbers).
+/// The text of a scalar (Marketo tokens are strings or bare numbers). A number only when it is
+/// a whole one of at most 64 bits: a longer one was rounded on parsing, so two leads would share
+/// the key of its rounded text.
 fn scalar(v: &Value) -> Option<String> {
     match v {
         Value::String(s) if !s.trim().is_empty() => Some(s.trim().to_string()),
-        Value::Number(n) => Some(n.to_string()),
+        Value::Number(n) if n.is_u64() || n.is_i64() => Some(n.to_string()),
         _ => None,
     }
 }
@@ -378,6 +390,24 @@ mod tests {
             s.parse("mk", br#"{"leadId":1,"occurred_at":"tuesday"}"#, now()),
             Err(IngestError::Malformed(_))
         ));
+    }
+
+    /// Found by fuzzing: a lead id beyond 64 bits was rounded to a float and keyed by its text
+    /// (`marketo:4.4444444444444444e+23`), the same key for neighbouring ids.
+    #[test]
+    fn a_lead_id_beyond_64_bits_is_named_not_rounded() {
+        let s = source("");
+        let Err(IngestError::Malformed(ps)) =
+            s.parse("mk", br#"{"leadId":444444444444444444444444}"#, now())
+        else {
+            panic!()
+        };
+        assert_eq!(ps[0].field, "lead");
+        assert!(ps[0].message.contains("as a string"), "{}", ps[0].message);
+        let parsed = s
+            .parse("mk", br#"{"leadId":"444444444444444444444445"}"#, now())
+            .unwrap();
+        assert_eq!(parsed.events[0].lead, "marketo:444444444444444444444445");
     }
 
     #[test]

@@ -264,10 +264,11 @@ impl Parse for Mapper {
     }
 }
 
-/// An id Pipedrive writes as a number or a string.
+/// An id Pipedrive writes as a number or a string. A number only when it is a whole one of at
+/// most 64 bits: a longer one was rounded on parsing, and neighbouring ids would share its text.
 fn id_text(v: Option<&Value>) -> Option<String> {
     match v? {
-        Value::Number(n) => Some(n.to_string()),
+        Value::Number(n) if n.is_u64() || n.is_i64() => Some(n.to_string()),
         Value::String(s) if !s.trim().is_empty() => Some(s.trim().to_string()),
         // v1-style references: {"value": 12, "name": "…"}.
         Value::Object(o) => id_text(o.get("value").or_else(|| o.get("id"))),
@@ -323,7 +324,7 @@ fn flatten(data: &Map<String, Value>) -> Map<String, Value> {
 fn missing_id() -> IngestError {
     IngestError::Malformed(vec![FieldProblem::new(
         "meta.entity_id",
-        "is required: the id of the person",
+        "is required: the id of the person (a whole number of at most 64 bits, or a string)",
     )])
 }
 
@@ -558,6 +559,30 @@ mod tests {
             .parse("pd", deleted.to_string().as_bytes(), now())
             .unwrap();
         assert_eq!(parsed.events[0].change, Change::Deleted {});
+    }
+
+    /// Found by fuzzing: an id beyond 64 bits was rounded to a float and keyed by its text, the
+    /// same key for neighbouring persons.
+    #[test]
+    fn a_person_id_beyond_64_bits_is_refused_not_rounded() {
+        let s = source("");
+        let body = |id: &str| {
+            json!({
+                "meta": {"action": "change", "entity": "person", "id": "m-1", "entity_id": id,
+                         "version": "2.0"},
+                "data": {"id": id, "name": "Ana"}
+            })
+            .to_string()
+            .replace(&format!("\"{id}\""), id)
+        };
+        let Err(IngestError::Malformed(ps)) =
+            s.parse("pd", body("444444444444444444444444").as_bytes(), now())
+        else {
+            panic!()
+        };
+        assert_eq!(ps[0].field, "meta.entity_id");
+        let parsed = s.parse("pd", body("4711").as_bytes(), now()).unwrap();
+        assert_eq!(parsed.events[0].lead, "pipedrive:4711");
     }
 
     #[test]

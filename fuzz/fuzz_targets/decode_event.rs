@@ -1,0 +1,4 @@
+#![no_main]
+//! `leadwatch_fuzz::decode_event` (see `fuzz/harness.rs`).
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| leadwatch_fuzz::decode_event(data));
