@@ -285,6 +285,15 @@ async fn a_burst_on_the_embedded_broker_is_slowed_never_lost() {
             .await,
         0.0
     );
+    // Once everything is consumed, the gauge an alert rule watches says so (no write needed).
+    daemon
+        .wait_for_metric(
+            "the backlog gauge back to empty",
+            "leadwatch_embedded_backlog_bytes{topic=\"lwtest.events\"}",
+            PATIENCE,
+            |v| v == 0.0,
+        )
+        .await;
     daemon.stop().await;
 }
 

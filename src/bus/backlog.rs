@@ -206,6 +206,13 @@ impl Backlog {
     }
 
     /// The unconsumed bytes of each watched topic's fullest partition (for the gauge).
+    /// The unconsumed bytes of `topic`'s fullest partition (writes in flight included), if the
+    /// topic is accounted.
+    pub fn fullest_bytes(&self, topic: &str) -> Option<u64> {
+        let topics = self.lock();
+        topics.get(topic).map(|t| self.fullest_of(topic, t).bytes)
+    }
+
     pub fn fullest_per_topic(&self) -> Vec<(String, u64)> {
         let topics = self.lock();
         topics

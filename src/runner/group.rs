@@ -250,6 +250,17 @@ impl<P, M> Group<P, M> {
         self
     }
 
+    /// Refreshes `leadwatch_embedded_backlog_bytes` for this topic (once a second, on the
+    /// heartbeat): writes set it as they reserve room, and this brings it down as the group
+    /// consumes, so it never stays where the last write left it.
+    fn report_backlog(&self) {
+        if let (Some(backlog), Some(metrics)) = (&self.backlog, &self.metrics)
+            && let Some(bytes) = backlog.fullest_bytes(&self.topic)
+        {
+            metrics.set_embedded_backlog(&self.topic, i64::try_from(bytes).unwrap_or(i64::MAX));
+        }
+    }
+
     fn report(&self, f: impl FnOnce(&Beat)) {
         if let Some(beat) = &self.beat {
             f(beat);
@@ -315,7 +326,7 @@ impl<P, M> Group<P, M> {
                 Some((partition, offset, done)) = next_done(&mut self.pending), if in_flight > 0 => {
                     self.finished(partition, offset, done);
                 }
-                _ = self.heartbeat.tick() => {}
+                _ = self.heartbeat.tick() => self.report_backlog(),
                 out = &mut stage => return Next::Stage(out),
                 received = self.consumer.recv(), if room => {
                     let first = decoded(received, self.decode);
