@@ -90,6 +90,15 @@ impl Api {
         Self::serve(listener, Arc::new(script))
     }
 
+    /// As [`Api::start_on`], on a listener the test bound beforehand (so that no one else could
+    /// take its port meanwhile).
+    pub fn start_with(
+        listener: tokio::net::TcpListener,
+        script: impl Fn(&ApiRequest, &[ApiRequest]) -> Answer + Send + Sync + 'static,
+    ) -> Self {
+        Self::serve(listener, Arc::new(script))
+    }
+
     fn serve(listener: tokio::net::TcpListener, script: Script) -> Self {
         let requests = Arc::new(Mutex::new(Vec::new()));
         let app = Router::new()

@@ -111,6 +111,43 @@ impl DaemonProcess {
         }
     }
 
+    /// As [`DaemonProcess::start`], with `config`'s `listen` at `127.0.0.1:0`: the daemon binds
+    /// a port the kernel picks and says which in its log. No other process can take that port
+    /// between a test choosing it and the daemon binding it.
+    pub async fn start_on_any_port(dir: &Path, name: &str, config: &str, rules: &str) -> Self {
+        assert!(
+            config.contains("listen = \"127.0.0.1:0\""),
+            "the config must listen on 127.0.0.1:0"
+        );
+        let mut daemon = Self::start(dir, name, 0, config, rules);
+        let deadline = Clock::system().instant() + Duration::from_secs(60);
+        loop {
+            let text = std::fs::read_to_string(&daemon.log).unwrap_or_default();
+            let port = text
+                .lines()
+                .filter(|l| l.contains("listening"))
+                .find_map(|l| {
+                    let rest = &l[l.find("127.0.0.1:")? + "127.0.0.1:".len()..];
+                    let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
+                    digits.parse::<u16>().ok()
+                });
+            if let Some(port) = port {
+                daemon.port = port;
+                return daemon;
+            }
+            let exited = daemon
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten());
+            assert!(
+                exited.is_none() && Clock::system().instant() < deadline,
+                "leadwatch {name} never said where it listens ({exited:?}); log:\n{}",
+                daemon.tail()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("http://127.0.0.1:{}{path}", self.port)
     }
