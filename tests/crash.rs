@@ -8,17 +8,16 @@ use std::collections::{BTreeSet, HashMap};
 use std::time::Duration;
 
 use serde_json::json;
-use support::process::{BrokerProcess, DaemonProcess, free_port};
+use support::process::{BrokerProcess, DaemonProcess};
 use support::*;
 
 const PATIENCE: Duration = Duration::from_secs(120);
 
 /// The test config for a child daemon on `port`.
-fn child_config(bootstrap: &str, receiver_url: &str, port: u16) -> String {
-    config_text(bootstrap, receiver_url, "").replace(
-        "listen = \"127.0.0.1:0\"",
-        &format!("listen = \"127.0.0.1:{port}\""),
-    ) + "\n"
+/// The child's config: it listens on a port of the kernel's choosing (see
+/// `DaemonProcess::start_on_any_port`), so no other test can take it between asking and binding.
+fn child_config(bootstrap: &str, receiver_url: &str) -> String {
+    config_text(bootstrap, receiver_url, "") + "\n"
 }
 
 /// With partitions and replication set for brokers where the daemon creates the topics.
@@ -101,19 +100,18 @@ impl Setup {
         })
     }
 
-    fn start(
+    async fn start(
         &self,
         dir: &std::path::Path,
         name: &str,
         receiver: &Receiver,
         within: &str,
     ) -> DaemonProcess {
-        let port = free_port();
-        let mut config = child_config(&self.broker.bootstrap, &receiver.url, port);
+        let mut config = child_config(&self.broker.bootstrap, &receiver.url);
         if self.creates_topics {
             config = with_topics(config);
         }
-        DaemonProcess::start(dir, name, port, &config, &rules_text(within))
+        DaemonProcess::start_on_any_port(dir, name, &config, &rules_text(within)).await
     }
 }
 
@@ -123,7 +121,7 @@ async fn kill_9_before_the_deadlines(setup: Setup) {
     const N: usize = 40;
     let dir = tempfile::tempdir().unwrap();
     let receiver = Receiver::start().await;
-    let a = setup.start(dir.path(), "a", &receiver, "12s");
+    let a = setup.start(dir.path(), "a", &receiver, "12s").await;
     wait_for("daemon a ready", PATIENCE, || a.ready()).await;
     let posted = Clock::system().instant();
     post_leads(&a, "crash", N).await;
@@ -138,7 +136,7 @@ async fn kill_9_before_the_deadlines(setup: Setup) {
     a.kill();
     assert_eq!(receiver.count(), 0, "alerts before their deadline");
 
-    let b = setup.start(dir.path(), "b", &receiver, "12s");
+    let b = setup.start(dir.path(), "b", &receiver, "12s").await;
     wait_for("every alert after the restart", PATIENCE, || async {
         receiver.distinct() >= N
     })
@@ -172,7 +170,7 @@ async fn kill_9_while_delivering(setup: Setup) {
     const N: usize = 30;
     let dir = tempfile::tempdir().unwrap();
     let receiver = Receiver::start_slow(Duration::from_millis(700)).await;
-    let a = setup.start(dir.path(), "a", &receiver, "3s");
+    let a = setup.start(dir.path(), "a", &receiver, "3s").await;
     wait_for("daemon a ready", PATIENCE, || a.ready()).await;
     post_leads(&a, "inflight", N).await;
     wait_for("deliveries to begin", PATIENCE, || async {
@@ -187,7 +185,7 @@ async fn kill_9_while_delivering(setup: Setup) {
         .cloned()
         .collect();
     assert!(!cut_off.is_empty(), "no delivery was in flight at the kill");
-    let b = setup.start(dir.path(), "b", &receiver, "3s");
+    let b = setup.start(dir.path(), "b", &receiver, "3s").await;
     // The deliveries cut off by the kill were never acknowledged: the restart makes them again.
     wait_for(
         "every alert answered after the restart",
@@ -224,8 +222,8 @@ async fn a_member_leaving_the_group_moves_its_leads_without_losing_or_repeating_
     let setup = Setup::dev_broker();
     let dir = tempfile::tempdir().unwrap();
     let receiver = Receiver::start().await;
-    let a = setup.start(dir.path(), "a", &receiver, "12s");
-    let b = setup.start(dir.path(), "b", &receiver, "12s");
+    let a = setup.start(dir.path(), "a", &receiver, "12s").await;
+    let b = setup.start(dir.path(), "b", &receiver, "12s").await;
     wait_for("both daemons ready", PATIENCE, || async {
         a.ready().await && b.ready().await
     })
@@ -262,7 +260,7 @@ async fn state_is_restored_after_a_restart_and_missed_deadlines_fire_once() {
     let setup = Setup::dev_broker();
     let dir = tempfile::tempdir().unwrap();
     let receiver = Receiver::start().await;
-    let a = setup.start(dir.path(), "a", &receiver, "10s");
+    let a = setup.start(dir.path(), "a", &receiver, "10s").await;
     wait_for("daemon a ready", PATIENCE, || a.ready()).await;
     let posted = Clock::system().instant();
     post_leads(&a, "restore", N).await;
@@ -282,7 +280,7 @@ async fn state_is_restored_after_a_restart_and_missed_deadlines_fire_once() {
     })
     .await;
 
-    let b = setup.start(dir.path(), "b", &receiver, "10s");
+    let b = setup.start(dir.path(), "b", &receiver, "10s").await;
     wait_for("every missed alert", PATIENCE, || async {
         receiver.distinct() >= N
     })

@@ -16,7 +16,6 @@ use leadwatch::clock::Clock;
 use leadwatch::dispatch::template::sample_alert;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use support::api::{Answer, Api, ApiRequest};
-use support::process::free_port;
 use support::*;
 
 const PATIENCE: Duration = Duration::from_secs(60);
@@ -632,8 +631,11 @@ async fn a_receiver_down_across_a_restart_gets_everything_once_and_refusals_are_
         })
         .await
     };
-    // Nothing listens here yet: connections are refused.
-    let down = std::net::SocketAddr::from(([127, 0, 0, 1], free_port()));
+    // Nothing listens here yet: connections are refused. The port stays bound (not listening)
+    // until the receiver comes up, so no other socket on this machine can take it meanwhile.
+    let down_socket = tokio::net::TcpSocket::new_v4().unwrap();
+    down_socket.bind(([127, 0, 0, 1], 0).into()).unwrap();
+    let down = down_socket.local_addr().unwrap();
     let sinks = format!(
         r#"
 [sinks.hook]
@@ -724,7 +726,7 @@ retry_schedule = ["300ms", "1s", "2s", "5s", "10s", "10s", "10s", "10s", "10s", 
     )
     .await;
     let back = Clock::system().instant();
-    let hook = Api::start_on(down, |_, _| Answer::new(204, "")).await;
+    let hook = Api::start_with(down_socket.listen(64).unwrap(), |_, _| Answer::new(204, ""));
     wait_for(
         "every alert at the receiver that came back",
         PATIENCE,
