@@ -685,6 +685,16 @@ fn restore(records: Records) {
     drive(&mut p, now());
 }
 
+/// What a changelog's snapshot of one record names as unreadable (it is dead-lettered): its
+/// key when it could not be read, nothing else.
+fn named_if_unreadable(key: &str, readable: bool) -> Vec<String> {
+    if readable {
+        Vec::new()
+    } else {
+        vec![key.to_string()]
+    }
+}
+
 /// A partition restored from arbitrary records ([`records`]).
 pub fn restore_partition(data: &[u8]) {
     restore(records(data));
@@ -701,13 +711,7 @@ pub fn decode_backlog(record: &[u8]) {
     }
     let snapshot = HashMap::from([(lead.to_string(), record.to_vec())]);
     let (backlog, unreadable) = Backlog::from_snapshot(snapshot);
-    // The key of a record that cannot be read is named (it is dead-lettered), none other.
-    let want: Vec<String> = decoded
-        .is_none()
-        .then(|| lead.to_string())
-        .into_iter()
-        .collect();
-    assert_eq!(unreadable, want);
+    assert_eq!(unreadable, named_if_unreadable(lead, decoded.is_some()));
     let distinct: BTreeSet<(&str, &str)> = decoded
         .iter()
         .flat_map(|e| &e.pending)
@@ -739,13 +743,7 @@ pub fn decode_ledger(record: &[u8]) {
     }
     let snapshot = HashMap::from([(lead.to_string(), record.to_vec())]);
     let (ledger, unreadable) = Ledger::from_snapshot(snapshot);
-    // The key of a record that cannot be read is named (it is dead-lettered), none other.
-    let want: Vec<String> = decoded
-        .is_none()
-        .then(|| lead.to_string())
-        .into_iter()
-        .collect();
-    assert_eq!(unreadable, want);
+    assert_eq!(unreadable, named_if_unreadable(lead, decoded.is_some()));
     for (alert_id, delivery) in decoded.iter().flat_map(|d| &d.alerts) {
         assert_eq!(ledger.delivered(lead, alert_id), delivery.sinks);
         let settled = ledger.settled(lead, alert_id);

@@ -61,8 +61,17 @@ impl Pending {
         }
     }
 
+    /// Records a failed attempt: the past [`super::retry::decide`] handed back, and what the
+    /// sink answered (the first 200 characters of its body).
+    pub fn failed(&mut self, tries: Tries, status: Option<u16>, error: &str, excerpt: &str) {
+        self.set_tries(tries);
+        self.last_status = status;
+        self.last_error = error.to_string();
+        self.excerpt = excerpt.chars().take(200).collect();
+    }
+
     /// Takes the past [`super::retry::decide`] handed back.
-    pub fn set_tries(&mut self, tries: Tries) {
+    fn set_tries(&mut self, tries: Tries) {
         let Tries {
             attempts,
             free,

@@ -454,10 +454,7 @@ async fn settle(
             tries,
             error: e,
         } => {
-            entry.set_tries(tries);
-            entry.last_status = e.status;
-            entry.last_error = e.message.clone();
-            entry.excerpt = e.excerpt.chars().take(200).collect();
+            entry.failed(tries, e.status, &e.message, &e.excerpt);
             shared.metrics.delivery(&sink, "retry_scheduled");
             tracing::warn!(%sink, alert_id = %alert.id(), attempt = entry.attempts, error = %e, delay = ?after, "delivery failed; retry scheduled");
             entry.not_before = at;
@@ -471,10 +468,7 @@ async fn settle(
         } => {
             // The sink is paused (its credentials): the queue logged why, once; this delivery
             // only waits for it.
-            entry.set_tries(tries);
-            entry.last_status = e.status;
-            entry.last_error = e.message.clone();
-            entry.excerpt = e.excerpt.chars().take(200).collect();
+            entry.failed(tries, e.status, &e.message, &e.excerpt);
             shared.metrics.delivery(&sink, "sink_paused");
             tracing::debug!(%sink, alert_id = %alert.id(), delay = ?after, "the sink is paused; the delivery waits for it");
             entry.not_before = at;
