@@ -53,6 +53,11 @@ pub struct Activity {
     /// Who did it, when the source says.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub by: Option<String>,
+    /// Done by a program, not a person, as the vendor itself tells apart (a Salesforce list
+    /// email, a Marketo program email): such an activity is recorded but never a touch by
+    /// default. `false` — and absent on the wire — when the source gives no such hint.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub automated: bool,
 }
 
 #[cfg(test)]
@@ -62,6 +67,28 @@ mod tests {
     /// A field's number reads back from `{prefix}.events` as the number ingest parsed: a vendor's
     /// integer beyond 64 bits (or a long decimal) is a float, and without serde_json's
     /// `float_roundtrip` the engine read it back one step off (found by fuzzing).
+    /// `automated` is on the wire only when true: an activity no source marked reads (and is
+    /// written) exactly as before it existed.
+    #[test]
+    fn automated_is_written_only_when_true() {
+        let mut activity = Activity {
+            kind: "email".into(),
+            by: None,
+            automated: false,
+        };
+        assert_eq!(
+            serde_json::to_value(&activity).unwrap(),
+            serde_json::json!({"kind": "email"})
+        );
+        activity.automated = true;
+        let wire = serde_json::to_value(&activity).unwrap();
+        assert_eq!(
+            wire,
+            serde_json::json!({"kind": "email", "automated": true})
+        );
+        assert_eq!(serde_json::from_value::<Activity>(wire).unwrap(), activity);
+    }
+
     #[test]
     fn a_number_too_long_for_an_integer_reads_back_as_parsed() {
         let body = br#"{"id":"pd:1","source":"pd","lead":"pd:1",

@@ -105,6 +105,7 @@ pub struct Metrics {
     values_cut: Family<SourceLabel, Counter>,
     clock_clamped: Family<SourceLabel, Counter>,
     http_refused: Family<ReasonLabel, Counter>,
+    reassignments_skipped: Family<SinkReason, Counter>,
     /// What must never pass silently: quarantined records, skipped offsets, unreadable records,
     /// failed restores, role restarts, stalls.
     kafka: KafkaTrouble,
@@ -371,9 +372,17 @@ impl Metrics {
              (connection_limit, headers_too_large)",
             http_refused.clone(),
         );
+        let reassignments_skipped = Family::default();
+        registry.register(
+            "reassignments_skipped",
+            "Suggested reassignments a CRM sink did not apply (the task was still created), by \
+             sink and reason (owner_changed, kept_changing, refused, not_a_user)",
+            reassignments_skipped.clone(),
+        );
         let kafka = KafkaTrouble::register(&mut registry);
         Self {
             kafka,
+            reassignments_skipped,
             values_cut,
             clock_clamped,
             http_refused,
@@ -503,6 +512,16 @@ impl Metrics {
         self.retry_backlog
             .get_or_create(&SinkLabel { sink: sink.into() })
             .set(n);
+    }
+
+    /// `leadwatch_reassignments_skipped_total{sink, reason}`.
+    pub fn reassignment_skipped(&self, sink: &str, reason: &str) {
+        self.reassignments_skipped
+            .get_or_create(&SinkReason {
+                sink: sink.into(),
+                reason: reason.into(),
+            })
+            .inc();
     }
 
     /// `leadwatch_sink_paused{sink, reason}`: 1 while paused for that reason, else 0.

@@ -182,6 +182,11 @@ async fn slack_teams_salesforce_and_hubspot_get_what_their_apis_expect() {
             ("PATCH", p) if p.starts_with("/services/data/v62.0/sobjects/Lead/") => {
                 Answer::new(204, "")
             }
+            // The lead's owner is still the alert's.
+            ("GET", p) if p.starts_with("/services/data/v62.0/sobjects/Lead/") => Answer::new(
+                200,
+                r#"{"attributes":{"type":"Lead"},"OwnerId":"005A0000001","LastModifiedDate":"2026-11-20T08:00:00.000+0000"}"#,
+            ),
             ("GET", "/services/data/v62.0/query") => {
                 Answer::new(200, r#"{"totalSize":0,"done":true,"records":[]}"#)
             }
@@ -196,7 +201,18 @@ async fn slack_teams_salesforce_and_hubspot_get_what_their_apis_expect() {
             .iter()
             .filter(|b| b.path == "/crm/v3/objects/tasks")
             .count();
+        let reassigned = before
+            .iter()
+            .any(|b| b.method == "PATCH" && b.path == "/crm/v3/objects/contacts/901");
         match (r.method.as_str(), r.path.as_str()) {
+            // The alert's owner (55) until the PATCH made it 77.
+            ("GET", "/crm/v3/objects/contacts/901") => Answer::new(
+                200,
+                format!(
+                    r#"{{"id":"901","properties":{{"hs_object_id":"901","hubspot_owner_id":"{}"}}}}"#,
+                    if reassigned { "77" } else { "55" }
+                ),
+            ),
             ("PATCH", "/crm/v3/objects/contacts/901") => Answer::new(200, r#"{"id":"901"}"#),
             ("POST", "/crm/v3/objects/tasks/search") => {
                 Answer::new(200, r#"{"total":0,"results":[]}"#)
@@ -440,36 +456,40 @@ title = "Escalated: {{{{ lead }}}} ({{{{ company }}}})"
         &[("teams", 1.0), ("hubspot", 1.0)],
     )
     .await;
+    // The owner is read first and is still the alert's; the retry finds the new owner there
+    // already and does not write it again.
     let hs = hubspot.requests();
     assert_eq!(
         lines(&hs),
         [
+            "GET /crm/v3/objects/contacts/901",
             "PATCH /crm/v3/objects/contacts/901",
             "POST /crm/v3/objects/tasks",
-            "PATCH /crm/v3/objects/contacts/901",
+            "GET /crm/v3/objects/contacts/901",
             "POST /crm/v3/objects/tasks/search",
             "POST /crm/v3/objects/tasks",
         ]
     );
+    assert_eq!(hs[0].query, "properties=hubspot_owner_id");
     assert!(
         hs.iter()
             .all(|r| r.header("authorization") == "Bearer pat-na1-hubsecret")
     );
-    let waited = hs[2].at - hs[1].at;
+    let waited = hs[3].at - hs[2].at;
     assert!(
         waited >= Duration::from_secs(1),
         "the retry came {waited:?} after a 429 whose window was 1000 ms"
     );
     assert_eq!(
-        hs[0].json(),
+        hs[1].json(),
         serde_json::json!({"properties": {"hubspot_owner_id": "77"}})
     );
-    let search = hs[3].json();
+    let search = hs[4].json();
     assert_eq!(
         search["filterGroups"][0]["filters"][0],
         serde_json::json!({"propertyName": "hs_task_body", "operator": "CONTAINS_TOKEN", "value": c.id()})
     );
-    let task = hs[4].json();
+    let task = hs[5].json();
     let p = &task["properties"];
     assert_eq!(
         p["hs_task_subject"], "Escalated: Jane Doe (Acme)",
@@ -493,7 +513,7 @@ title = "Escalated: {{{{ lead }}}} ({{{{ company }}}})"
         task["associations"][0],
         serde_json::json!({"to": {"id": "901"}, "types": [{"associationCategory": "HUBSPOT_DEFINED", "associationTypeId": 204}]})
     );
-    assert_eq!(hs[1].body, hs[4].body);
+    assert_eq!(hs[2].body, hs[5].body);
 
     let t = teams.requests();
     assert_eq!(
@@ -545,12 +565,19 @@ title = "Escalated: {{{{ lead }}}} ({{{{ company }}}})"
     assert_eq!(
         lines(&sf[8..]),
         [
+            "GET /services/data/v62.0/sobjects/Lead/00Q5g00000E",
             "PATCH /services/data/v62.0/sobjects/Lead/00Q5g00000E",
             "POST /services/data/v62.0/sobjects/Task",
         ]
     );
-    assert_eq!(sf[8].json(), serde_json::json!({"OwnerId": "005A0000009"}));
-    let task = sf[9].json();
+    assert_eq!(sf[8].query, "fields=OwnerId%2CLastModifiedDate");
+    assert_eq!(sf[9].json(), serde_json::json!({"OwnerId": "005A0000009"}));
+    assert_eq!(
+        sf[9].header("if-unmodified-since"),
+        "Fri, 20 Nov 2026 08:00:00 GMT",
+        "written only if the lead is as it was read"
+    );
+    let task = sf[10].json();
     assert_eq!(task["OwnerId"], "005A0000009");
     assert_eq!(
         task["Subject"],
@@ -579,8 +606,8 @@ title = "Escalated: {{{{ lead }}}} ({{{{ company }}}})"
         "{metrics}"
     );
     daemon.stop().await;
-    assert_eq!(salesforce.count(), 10);
-    assert_eq!(hubspot.count(), 5, "the Salesforce lead is not HubSpot's");
+    assert_eq!(salesforce.count(), 11);
+    assert_eq!(hubspot.count(), 6, "the Salesforce lead is not HubSpot's");
     assert_eq!(teams.count(), 2);
     assert_eq!(slack.count(), 3);
 }
@@ -1090,6 +1117,9 @@ async fn salesforce_refusals_that_are_final_and_one_that_is_not() {
         _ if m.load(Ordering::SeqCst) == 1 => {
             Answer::new(401, r#"[{"errorCode":"INVALID_SESSION_ID"}]"#)
         }
+        ("GET", "/services/data/v62.0/sobjects/Lead/00Q5g000001") => {
+            Answer::new(200, r#"{"OwnerId":"005A0000001"}"#)
+        }
         ("PATCH", _) => Answer::new(
             400,
             r#"[{"errorCode":"CANNOT_UPDATE_CONVERTED_LEAD","message":"converted"}]"#,
@@ -1146,11 +1176,17 @@ async fn salesforce_refusals_that_are_final_and_one_that_is_not() {
         lines(&got),
         [
             "POST /services/oauth2/token",
+            "GET /services/data/v62.0/sobjects/Lead/00Q5g000001",
             "PATCH /services/data/v62.0/sobjects/Lead/00Q5g000001",
             "POST /services/data/v62.0/sobjects/Task"
         ]
     );
-    let task = got[2].json();
+    assert_eq!(
+        got[2].header("if-unmodified-since"),
+        "",
+        "no LastModifiedDate read, no condition"
+    );
+    let task = got[3].json();
     assert_eq!(task["WhoId"], "00Q5g000001");
     // Still the current owner's task: the new one was never set.
     assert_ne!(task["OwnerId"], "005A0000003", "{task}");
@@ -1175,6 +1211,272 @@ async fn salesforce_refusals_that_are_final_and_one_that_is_not() {
     assert!(!e.retriable, "{e}");
     assert_eq!(e.status, Some(403));
     assert_eq!(e.credentials, None, "the alert's, not the sink's: {e}");
+}
+
+/// One first attempt at `alert` through the sink `cfg` configures, named `crm` and counting
+/// into `metrics`.
+async fn attempt_observed(
+    cfg: serde_json::Value,
+    alert: &Alert,
+    metrics: &Arc<leadwatch::telemetry::Metrics>,
+) -> Result<leadwatch::dispatch::sinks::Delivered, leadwatch::dispatch::sinks::DeliveryError> {
+    use leadwatch::dispatch::sinks::{Attempt, Http, Sink, SinkConfig};
+    use leadwatch::dispatch::template::Templates;
+    let cfg: SinkConfig = serde_json::from_value(cfg).unwrap();
+    let http = Http::new(Duration::from_secs(5), Clock::system()).unwrap();
+    let sink = Sink::from_config(&cfg, http).observed("crm", metrics.clone());
+    let message = Templates::new(&[])
+        .unwrap()
+        .render(alert, None, sink.style());
+    let body = bytes::Bytes::from(serde_json::to_vec(alert).unwrap());
+    sink.deliver(&Attempt {
+        alert,
+        body: &body,
+        attempt: 1,
+        maybe_attempted: false,
+        message: &message,
+    })
+    .await
+}
+
+/// `leadwatch_reassignments_skipped_total{sink="crm",reason}` as `/metrics` shows it.
+fn skipped(metrics: &leadwatch::telemetry::Metrics, reason: &str) -> f64 {
+    let line =
+        format!("leadwatch_reassignments_skipped_total{{sink=\"crm\",reason=\"{reason}\"}} ");
+    metrics
+        .encode()
+        .lines()
+        .find_map(|l| l.strip_prefix(&line).map(|v| v.parse().unwrap()))
+        .unwrap_or(0.0)
+}
+
+/// An escalation suggests a new owner for the lead the alert says Alice owns. If Alice still
+/// owns it in the CRM, it is reassigned; if someone gave it to Bob meanwhile, Bob keeps it —
+/// no write — and the task is still created (for Bob's lead, not for the suggested owner),
+/// logged and counted as `owner_changed`. For HubSpot and Salesforce, as their APIs answer.
+#[tokio::test]
+async fn a_reassignment_is_applied_only_if_the_owner_is_still_the_alerts() {
+    use std::sync::Mutex;
+    // What each CRM says the lead's owner is now.
+    let hs_owner = Arc::new(Mutex::new("55".to_string()));
+    let sf_owner = Arc::new(Mutex::new("005A00000012345AAA".to_string()));
+    let (h, s) = (hs_owner.clone(), sf_owner.clone());
+    let api = Api::start(move |r, _| match (r.method.as_str(), r.path.as_str()) {
+        ("POST", "/services/oauth2/token") => Answer::new(200, r#"{"access_token":"tok"}"#),
+        ("GET", "/crm/v3/objects/contacts/901") => Answer::new(
+            200,
+            serde_json::json!({"id": "901", "properties": {"hs_object_id": "901", "hubspot_owner_id": *h.lock().unwrap()}}).to_string(),
+        ),
+        ("GET", "/services/data/v62.0/sobjects/Lead/00Q5g00000ABCDEEA2") => Answer::new(
+            200,
+            serde_json::json!({"attributes": {"type": "Lead"}, "Id": "00Q5g00000ABCDEEA2", "OwnerId": *s.lock().unwrap(), "LastModifiedDate": "2026-11-20T08:00:00.000+0000"}).to_string(),
+        ),
+        ("PATCH", _) => Answer::new(204, ""),
+        ("POST", "/crm/v3/objects/tasks") => Answer::new(201, r#"{"id":"t-1"}"#),
+        ("POST", "/services/data/v62.0/sobjects/Task") => {
+            Answer::new(201, r#"{"id":"00T1","success":true}"#)
+        }
+        _ => Answer::new(404, "[]"),
+    })
+    .await;
+    let hubspot = serde_json::json!({
+        "kind": "hubspot", "token": "pat", "base_url": api.base, "apply_reassignment": true,
+    });
+    let salesforce = serde_json::json!({
+        "kind": "salesforce", "instance_url": api.base,
+        "token_url": format!("{}/services/oauth2/token", api.base),
+        "client_id": "cid", "client_secret": "s", "apply_reassignment": true,
+    });
+    let metrics = Arc::new(leadwatch::telemetry::Metrics::new());
+    let mut hs = alert("sla.first_touch.escalated", "hubspot:901", 1);
+    hs.data.owner = Some("55".into());
+    hs.data.suggested_owner = Some("77".into());
+    // The source sent the 15-character form of the id the API answers with 18.
+    let mut sf = alert(
+        "sla.first_touch.escalated",
+        "salesforce:00Q5g00000ABCDEEA2",
+        2,
+    );
+    sf.data.owner = Some("005A00000012345".into());
+    sf.data.suggested_owner = Some("005A00000067890".into());
+    for a in [&mut hs, &mut sf] {
+        a.data.recipients.retain(|r| r.role == "owner");
+    }
+    let since = |from: usize| -> Vec<ApiRequest> {
+        api.requests()
+            .into_iter()
+            .skip(from)
+            .filter(|r| !r.path.ends_with("/oauth2/token"))
+            .collect()
+    };
+
+    // Still the alert's owner: read, then written, and the task goes to the new owner.
+    attempt_observed(hubspot.clone(), &hs, &metrics)
+        .await
+        .unwrap();
+    let got = since(0);
+    assert_eq!(
+        lines(&got),
+        [
+            "GET /crm/v3/objects/contacts/901",
+            "PATCH /crm/v3/objects/contacts/901",
+            "POST /crm/v3/objects/tasks"
+        ]
+    );
+    assert_eq!(got[0].query, "properties=hubspot_owner_id");
+    assert_eq!(got[2].json()["properties"]["hubspot_owner_id"], "77");
+    attempt_observed(salesforce.clone(), &sf, &metrics)
+        .await
+        .unwrap();
+    let got = since(3);
+    assert_eq!(
+        lines(&got),
+        [
+            "GET /services/data/v62.0/sobjects/Lead/00Q5g00000ABCDEEA2",
+            "PATCH /services/data/v62.0/sobjects/Lead/00Q5g00000ABCDEEA2",
+            "POST /services/data/v62.0/sobjects/Task"
+        ]
+    );
+    assert_eq!(got[0].query, "fields=OwnerId%2CLastModifiedDate");
+    assert_eq!(
+        got[1].json(),
+        serde_json::json!({"OwnerId": "005A00000067890"})
+    );
+    assert_eq!(
+        got[1].header("if-unmodified-since"),
+        "Fri, 20 Nov 2026 08:00:00 GMT"
+    );
+    assert_eq!(got[2].json()["OwnerId"], "005A00000067890");
+    assert_eq!(skipped(&metrics, "owner_changed"), 0.0);
+
+    // Someone gave the lead to another rep meanwhile: no write, the task is still created
+    // (for the lead's owner as the alert knew it, never the suggested one), and it is counted.
+    *hs_owner.lock().unwrap() = "66".into();
+    *sf_owner.lock().unwrap() = "005A00000054321AAA".into();
+    let before = api.count();
+    attempt_observed(hubspot.clone(), &hs, &metrics)
+        .await
+        .unwrap();
+    attempt_observed(salesforce.clone(), &sf, &metrics)
+        .await
+        .unwrap();
+    let got = since(before);
+    assert_eq!(
+        lines(&got),
+        [
+            "GET /crm/v3/objects/contacts/901",
+            "POST /crm/v3/objects/tasks",
+            "GET /services/data/v62.0/sobjects/Lead/00Q5g00000ABCDEEA2",
+            "POST /services/data/v62.0/sobjects/Task"
+        ],
+        "no PATCH"
+    );
+    assert_eq!(got[1].json()["properties"]["hubspot_owner_id"], "55");
+    assert_ne!(got[3].json()["OwnerId"], "005A00000067890");
+    assert_eq!(skipped(&metrics, "owner_changed"), 2.0);
+
+    // The lead has no owner in the CRM now (back in a queue, unassigned): also a change.
+    *hs_owner.lock().unwrap() = String::new();
+    let before = api.count();
+    attempt_observed(hubspot, &hs, &metrics).await.unwrap();
+    assert_eq!(
+        lines(&since(before)),
+        [
+            "GET /crm/v3/objects/contacts/901",
+            "POST /crm/v3/objects/tasks"
+        ]
+    );
+    assert_eq!(skipped(&metrics, "owner_changed"), 3.0);
+}
+
+/// Salesforce's conditional write: the lead changed between the read and the PATCH (412), so
+/// it is read again; the owner is still the alert's, so it is written again and taken. A lead
+/// that changes on every read is left alone after three rounds (`kept_changing`); the task is
+/// created either way.
+#[tokio::test]
+async fn a_salesforce_lead_modified_between_read_and_write_is_read_again() {
+    use std::sync::atomic::AtomicUsize;
+    // How many PATCHes answer 412 before one is taken.
+    let refusals = Arc::new(AtomicUsize::new(1));
+    let left = refusals.clone();
+    let api = Api::start(move |r, before| {
+        let reads = before.iter().filter(|b| b.method == "GET").count();
+        match (r.method.as_str(), r.path.as_str()) {
+            ("POST", "/services/oauth2/token") => Answer::new(200, r#"{"access_token":"tok"}"#),
+            ("GET", "/services/data/v62.0/sobjects/Lead/00Q5g000001") => Answer::new(
+                200,
+                serde_json::json!({"OwnerId": "005A0000001", "LastModifiedDate": format!("2026-11-20T08:00:{:02}.000+0000", reads % 60)}).to_string(),
+            ),
+            ("PATCH", _) => {
+                if left.load(Ordering::SeqCst) > 0 {
+                    left.fetch_sub(1, Ordering::SeqCst);
+                    Answer::new(
+                        412,
+                        r#"[{"errorCode":"PRECONDITION_FAILED","message":"The requested resource has been modified"}]"#,
+                    )
+                } else {
+                    Answer::new(204, "")
+                }
+            }
+            ("POST", "/services/data/v62.0/sobjects/Task") => {
+                Answer::new(201, r#"{"id":"00T1","success":true}"#)
+            }
+            _ => Answer::new(404, "[]"),
+        }
+    })
+    .await;
+    let cfg = serde_json::json!({
+        "kind": "salesforce", "instance_url": api.base,
+        "token_url": format!("{}/services/oauth2/token", api.base),
+        "client_id": "cid", "client_secret": "s", "apply_reassignment": true,
+    });
+    let metrics = Arc::new(leadwatch::telemetry::Metrics::new());
+    let mut a = sample_alert("sla.first_touch.escalated");
+    a.data.recipients.retain(|r| r.role == "owner");
+    attempt_observed(cfg.clone(), &a, &metrics).await.unwrap();
+    let got: Vec<ApiRequest> = api
+        .requests()
+        .into_iter()
+        .filter(|r| !r.path.ends_with("/oauth2/token"))
+        .collect();
+    assert_eq!(
+        lines(&got),
+        [
+            "GET /services/data/v62.0/sobjects/Lead/00Q5g000001",
+            "PATCH /services/data/v62.0/sobjects/Lead/00Q5g000001",
+            "GET /services/data/v62.0/sobjects/Lead/00Q5g000001",
+            "PATCH /services/data/v62.0/sobjects/Lead/00Q5g000001",
+            "POST /services/data/v62.0/sobjects/Task"
+        ]
+    );
+    assert_eq!(
+        got[1].header("if-unmodified-since"),
+        "Fri, 20 Nov 2026 08:00:00 GMT"
+    );
+    assert_eq!(
+        got[3].header("if-unmodified-since"),
+        "Fri, 20 Nov 2026 08:00:01 GMT"
+    );
+    assert_eq!(
+        got[4].json()["OwnerId"],
+        "005A0000003",
+        "the new owner's task"
+    );
+
+    refusals.store(usize::MAX, Ordering::SeqCst);
+    let before = api.count();
+    attempt_observed(cfg, &a, &metrics).await.unwrap();
+    let got: Vec<String> = lines(&api.requests()[before..]);
+    assert_eq!(
+        got.iter().filter(|l| l.starts_with("PATCH")).count(),
+        3,
+        "{got:?}"
+    );
+    assert_eq!(
+        got.last().unwrap(),
+        "POST /services/data/v62.0/sobjects/Task"
+    );
+    assert_eq!(skipped(&metrics, "kept_changing"), 1.0);
 }
 
 /// The same alert twice in `{prefix}.alerts` (the engine fired it again after a crash, before
@@ -1271,6 +1573,14 @@ async fn attempt_once(
 async fn crm_sinks_refuse_object_ids_that_could_leave_the_record_without_a_request() {
     let api = Api::start(|r, _| match r.path.as_str() {
         "/services/oauth2/token" => Answer::new(200, r#"{"access_token":"tok"}"#),
+        // The owner the alert names, as each CRM answers it.
+        "/crm/v3/objects/contacts/901" if r.method == "GET" => Answer::new(
+            200,
+            r#"{"id":"901","properties":{"hubspot_owner_id":"005A0000001"}}"#,
+        ),
+        p if p.contains("/sobjects/Lead/") && r.method == "GET" => {
+            Answer::new(200, r#"{"OwnerId":"005A0000001"}"#)
+        }
         "/crm/v3/objects/tasks/search" => Answer::new(200, r#"{"total":0}"#),
         p if p.ends_with("/query") => Answer::new(200, r#"{"totalSize":0}"#),
         _ => Answer::new(200, r#"{"id":"1"}"#),
@@ -1320,9 +1630,11 @@ async fn crm_sinks_refuse_object_ids_that_could_leave_the_record_without_a_reque
     assert_eq!(
         lines(&api.requests()),
         [
+            "GET /crm/v3/objects/contacts/901",
             "PATCH /crm/v3/objects/contacts/901",
             "POST /crm/v3/objects/tasks",
             "POST /services/oauth2/token",
+            "GET /services/data/v62.0/sobjects/Lead/00Q5g00000A",
             "PATCH /services/data/v62.0/sobjects/Lead/00Q5g00000A",
             format!(
                 "PATCH /services/data/v62.0/sobjects/Task/Leadwatch_Alert_Id__c/{}",

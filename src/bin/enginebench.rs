@@ -105,6 +105,7 @@ fn life(i: usize, start: Timestamp) -> Vec<LeadEvent> {
                 activity: Activity {
                     kind: "call".into(),
                     by: Some(owner.into()),
+                    automated: false,
                 },
             },
         ));

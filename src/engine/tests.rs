@@ -184,6 +184,7 @@ fn activity(id: &str, when: &str, kind: &str) -> LeadEvent {
             activity: Activity {
                 kind: kind.into(),
                 by: None,
+                automated: false,
             },
         },
     }
@@ -1257,6 +1258,7 @@ mod properties {
                     activity: Activity {
                         kind: "call".into(),
                         by: None,
+                        automated: false,
                     },
                 },
                 5 => fields(json!({"status": "Unqualified", "disposition_reason": "Other"})),
@@ -1266,6 +1268,7 @@ mod properties {
                     activity: Activity {
                         kind: "note".into(),
                         by: None,
+                        automated: false,
                     },
                 },
             };

@@ -264,6 +264,7 @@ mod tests {
             activity: Activity {
                 kind: "call".into(),
                 by: Some("b".repeat(3000)),
+                automated: false,
             },
         };
         let parsed = normalize(&LIMITS, one(activity)).unwrap();

@@ -3,10 +3,12 @@
 //! API's requests and answers.
 
 use std::future::Future;
+use std::sync::Arc;
 
 use super::attempt::{Attempt, Delivered, DeliveryError, truncate};
 use crate::alert::split_lead_key;
 use crate::dispatch::template::addressed;
+use crate::telemetry::Metrics;
 
 /// The longest object id a CRM sink takes (Salesforce's have 15 or 18 characters, HubSpot's a
 /// dozen digits).
@@ -55,47 +57,220 @@ pub fn is_object_id(id: &str) -> bool {
     (1..=MAX_OBJECT_ID).contains(&id.len()) && id.bytes().all(|b| b.is_ascii_alphanumeric())
 }
 
-/// Applies the alert's suggested new owner before the task is created, when the sink is to
-/// (`apply`: its `apply_reassignment`), through `patch` (given the owner). The new owner when the
-/// CRM took it; `None` when there is none to apply, or the CRM refused it for good (a converted
-/// lead, an owner id it does not know) — logged, and the task is still created, for the current
-/// owner. A failure worth retrying fails the attempt.
-pub async fn reassign<'a, T, F>(
-    a: &Attempt<'a>,
-    apply: bool,
-    patch: impl FnOnce(&'a str) -> F,
-) -> Result<Option<&'a str>, DeliveryError>
-where
-    F: Future<Output = Result<T, DeliveryError>>,
-{
-    let Some(owner) = a.alert.data.suggested_owner.as_deref().filter(|_| apply) else {
-        return Ok(None);
-    };
-    if !is_object_id(owner) {
-        // Untrusted like the rest of the alert: no CRM user id looks like this.
-        tracing::warn!(
-            alert_id = %a.alert.id(),
-            lead = %truncate(&a.alert.data.lead, 200),
-            "the suggested owner is no CRM user id; the task is created without the reassignment"
-        );
-        return Ok(None);
-    }
-    match patch(owner).await {
-        Ok(_) => Ok(Some(owner)),
-        // Retriable, or our credentials: not the reassignment's fault.
-        Err(e) if e.retriable || e.credentials.is_some() => Err(e),
-        Err(e) => {
-            tracing::warn!(
-                alert_id = %a.alert.id(),
-                lead = %a.alert.data.lead,
-                status = ?e.status,
-                error = %e,
-                excerpt = %e.excerpt,
-                "the CRM refused the suggested reassignment; the task is created without it"
-            );
-            Ok(None)
+/// Why a suggested reassignment was not applied: the `reason` of
+/// `leadwatch_reassignments_skipped_total{sink,reason}`. The task is created all the same.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Skipped {
+    /// The lead's owner in the CRM is no longer the one the alert names: someone reassigned
+    /// (or took) the lead since; their decision stands.
+    OwnerChanged,
+    /// The record changed between every read and its write (Salesforce's conditional write
+    /// answered 412 each time, [`ROUNDS`] times).
+    KeptChanging,
+    /// The CRM refused the read or the write for good (a converted or deleted lead, an owner
+    /// id it does not know).
+    Refused,
+    /// The suggested owner is no CRM user id (letters and digits).
+    NotAUser,
+}
+
+impl Skipped {
+    pub fn reason(self) -> &'static str {
+        match self {
+            Skipped::OwnerChanged => "owner_changed",
+            Skipped::KeptChanging => "kept_changing",
+            Skipped::Refused => "refused",
+            Skipped::NotAUser => "not_a_user",
         }
     }
+}
+
+/// The lead's owner as the CRM has it now (`None`: no one), and what a conditional write needs
+/// to know the record did not change since (Salesforce: its `LastModifiedDate`).
+#[derive(Debug, Clone)]
+pub struct Current<V> {
+    pub owner: Option<String>,
+    pub version: V,
+}
+
+/// What a write of the new owner came to, when it was not an error.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Written {
+    Done,
+    /// The CRM refused it because the record changed since it was read (412): read again.
+    Changed,
+}
+
+/// How often the owner is read again after a conditional write found the record changed.
+pub const ROUNDS: usize = 3;
+
+/// A CRM sink's suggested reassignments: whether it applies them (`apply_reassignment`), how
+/// it compares owner ids, and where it counts the ones it leaves alone.
+#[derive(Clone)]
+pub struct Reassigner {
+    apply: bool,
+    /// The sink's name in `leadwatch_reassignments_skipped_total` (its kind until
+    /// [`Reassigner::observed`] names it).
+    sink: String,
+    metrics: Option<Arc<Metrics>>,
+    /// Whether two owner ids name the same user (Salesforce: a 15- and an 18-character id).
+    same_owner: fn(&str, &str) -> bool,
+}
+
+impl Reassigner {
+    pub fn new(apply: bool, kind: &str, same_owner: fn(&str, &str) -> bool) -> Self {
+        Self {
+            apply,
+            sink: kind.to_string(),
+            metrics: None,
+            same_owner,
+        }
+    }
+
+    /// Counts what it leaves alone under the sink's configured name.
+    pub fn observed(&mut self, sink: &str, metrics: Arc<Metrics>) {
+        self.sink = sink.to_string();
+        self.metrics = Some(metrics);
+    }
+
+    /// Applies the alert's suggested new owner before the task is created, when the sink is to
+    /// and nothing changed meanwhile: `read` gives the lead's owner in the CRM now, and only if
+    /// it is still the owner the alert names (`data.owner`; none, if it names none) is the new
+    /// one written through `write` (given the owner and what `read` said of the record's
+    /// version, for a conditional write). A write the CRM refuses because the record changed
+    /// since the read ([`Written::Changed`]) is read again, at most [`ROUNDS`] times.
+    ///
+    /// The new owner when the CRM has it — also when it already had it (an earlier attempt
+    /// wrote it, or a person made the same choice). `None` when there is none to apply, the
+    /// owner changed meanwhile, or the CRM refused it for good: logged with the reason and
+    /// counted, and the task is still created, for the current owner. A failure worth retrying
+    /// (or of the sink's credentials) fails the attempt.
+    pub async fn reassign<'a, V, RF, WF>(
+        &self,
+        a: &Attempt<'a>,
+        read: impl Fn() -> RF,
+        write: impl Fn(&'a str, V) -> WF,
+    ) -> Result<Option<&'a str>, DeliveryError>
+    where
+        RF: Future<Output = Result<Current<V>, DeliveryError>>,
+        WF: Future<Output = Result<Written, DeliveryError>>,
+    {
+        let Some(suggested) = a
+            .alert
+            .data
+            .suggested_owner
+            .as_deref()
+            .filter(|_| self.apply)
+        else {
+            return Ok(None);
+        };
+        if !is_object_id(suggested) {
+            // Untrusted like the rest of the alert: no CRM user id looks like this.
+            self.skipped(
+                a,
+                Skipped::NotAUser,
+                "the suggested owner is no CRM user id",
+            );
+            return Ok(None);
+        }
+        let named = a.alert.data.owner.as_deref().filter(|o| !o.is_empty());
+        for _ in 0..ROUNDS {
+            let current = match read().await {
+                Ok(current) => current,
+                Err(e) => return self.refused(a, e, "reading the lead's owner"),
+            };
+            let now = current.owner.as_deref().filter(|o| !o.is_empty());
+            let same = |x: Option<&str>, y: Option<&str>| match (x, y) {
+                (Some(x), Some(y)) => (self.same_owner)(x, y),
+                (x, y) => x == y,
+            };
+            if same(now, Some(suggested)) {
+                return Ok(Some(suggested));
+            }
+            if !same(now, named) {
+                tracing::warn!(
+                    sink = %self.sink,
+                    alert_id = %a.alert.id(),
+                    lead = %truncate(&a.alert.data.lead, 200),
+                    alert_owner = named.unwrap_or("(none)"),
+                    crm_owner = now.unwrap_or("(none)"),
+                    suggested,
+                    reason = Skipped::OwnerChanged.reason(),
+                    "the lead's owner changed since the alert fired; the reassignment is left \
+                     out and the task is created for the lead as it stands"
+                );
+                self.count(Skipped::OwnerChanged);
+                return Ok(None);
+            }
+            match write(suggested, current.version).await {
+                Ok(Written::Done) => return Ok(Some(suggested)),
+                Ok(Written::Changed) => continue,
+                Err(e) => return self.refused(a, e, "writing the new owner"),
+            }
+        }
+        self.skipped(
+            a,
+            Skipped::KeptChanging,
+            "the lead changed between every read of its owner and the write",
+        );
+        Ok(None)
+    }
+
+    /// A failed read or write: retriable ones (and the credentials') fail the attempt, others
+    /// leave the reassignment out.
+    fn refused<'a>(
+        &self,
+        a: &Attempt<'_>,
+        e: DeliveryError,
+        doing: &str,
+    ) -> Result<Option<&'a str>, DeliveryError> {
+        if e.retriable || e.credentials.is_some() {
+            return Err(e);
+        }
+        tracing::warn!(
+            sink = %self.sink,
+            alert_id = %a.alert.id(),
+            lead = %truncate(&a.alert.data.lead, 200),
+            status = ?e.status,
+            error = %e,
+            excerpt = %e.excerpt,
+            reason = Skipped::Refused.reason(),
+            "the CRM refused {doing}; the task is created without the reassignment"
+        );
+        self.count(Skipped::Refused);
+        Ok(None)
+    }
+
+    fn skipped(&self, a: &Attempt<'_>, why: Skipped, what: &str) {
+        tracing::warn!(
+            sink = %self.sink,
+            alert_id = %a.alert.id(),
+            lead = %truncate(&a.alert.data.lead, 200),
+            reason = why.reason(),
+            "{what}; the task is created without the reassignment"
+        );
+        self.count(why);
+    }
+
+    fn count(&self, why: Skipped) {
+        if let Some(m) = &self.metrics {
+            m.reassignment_skipped(&self.sink, why.reason());
+        }
+    }
+}
+
+/// An id as a CRM answer holds it: a non-empty string, or a number.
+pub fn id_value(v: &serde_json::Value) -> Option<String> {
+    match v {
+        serde_json::Value::String(s) if !s.is_empty() => Some(s.clone()),
+        serde_json::Value::Number(n) => Some(n.to_string()),
+        _ => None,
+    }
+}
+
+/// Owner ids that are the same string.
+pub fn same_id(a: &str, b: &str) -> bool {
+    a == b
 }
 
 /// Whom the task is for: the new owner of a reassignment, else the first addressed recipient

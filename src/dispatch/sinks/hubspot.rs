@@ -10,7 +10,10 @@
 //!   search index lags writes by a few seconds, so the first retry is best kept a few seconds
 //!   after the first attempt (the default schedule waits 5 s).
 //! - `apply_reassignment`: an escalation's `suggested_owner` becomes the contact's
-//!   `hubspot_owner_id` (and the task's owner).
+//!   `hubspot_owner_id` (and the task's owner), only if the contact's owner is still the one
+//!   the alert names: read (`GET …/objects/contacts/{id}?properties=hubspot_owner_id`),
+//!   compared, then written (`PATCH`). HubSpot offers no conditional write on CRM objects, so a
+//!   change between the read and the write (a request's time) is not seen.
 
 use std::time::Duration;
 
@@ -31,7 +34,7 @@ pub struct HubspotSink {
     token: SecretString,
     base_url: Url,
     alert_id_property: Option<String>,
-    apply_reassignment: bool,
+    reassigner: crm::Reassigner,
     due_in: Duration,
     http: Http,
 }
@@ -50,7 +53,7 @@ impl HubspotSink {
             token: token.clone(),
             base_url: base_url.clone(),
             alert_id_property: alert_id_property.clone(),
-            apply_reassignment: *apply_reassignment,
+            reassigner: crm::Reassigner::new(*apply_reassignment, "hubspot", crm::same_id),
             due_in: due_in.0,
             http,
         }
@@ -68,14 +71,27 @@ impl HubspotSink {
         Ok(url)
     }
 
-    async fn call(&self, method: Method, url: Url, body: &Value) -> Result<Value, DeliveryError> {
+    /// Counts the reassignments it leaves alone as `sink`'s.
+    pub fn observed(&mut self, sink: &str, metrics: std::sync::Arc<crate::telemetry::Metrics>) {
+        self.reassigner.observed(sink, metrics);
+    }
+
+    async fn call(
+        &self,
+        method: Method,
+        url: Url,
+        body: Option<&Value>,
+    ) -> Result<Value, DeliveryError> {
         let what = format!("{method} {}", redact(&url));
-        let response = self
+        let mut request = self
             .http
             .client
             .request(method, url)
-            .bearer_auth(&self.token.0)
-            .json(body)
+            .bearer_auth(&self.token.0);
+        if let Some(body) = body {
+            request = request.json(body);
+        }
+        let response = request
             .send()
             .await
             .map_err(|e| DeliveryError::transport(&what, e))?;
@@ -104,18 +120,38 @@ impl HubspotSink {
             Ok(id) => id,
             Err(outcome) => return outcome,
         };
-        let reassign_to = crm::reassign(a, self.apply_reassignment, |owner| async move {
-            let url = self.url(&["objects", "contacts", contact_id])?;
-            let owner = json!({"properties": {"hubspot_owner_id": owner}});
-            self.call(Method::PATCH, url, &owner).await
-        })
-        .await?;
+        let reassign_to = self
+            .reassigner
+            .reassign(
+                a,
+                || async move {
+                    let mut url = self.url(&["objects", "contacts", contact_id])?;
+                    url.query_pairs_mut()
+                        .append_pair("properties", "hubspot_owner_id");
+                    let contact = self.call(Method::GET, url, None).await?;
+                    Ok(crm::Current {
+                        owner: crm::id_value(&contact["properties"]["hubspot_owner_id"]),
+                        version: (),
+                    })
+                },
+                |owner, ()| async move {
+                    let url = self.url(&["objects", "contacts", contact_id])?;
+                    let owner = json!({"properties": {"hubspot_owner_id": owner}});
+                    self.call(Method::PATCH, url, Some(&owner)).await?;
+                    Ok(crm::Written::Done)
+                },
+            )
+            .await?;
         if a.may_exist() && self.exists(a.alert.id()).await? {
             return Ok(Delivered::AlreadyThere);
         }
         let url = self.url(&["objects", "tasks"])?;
-        self.call(Method::POST, url, &self.task(a, contact_id, reassign_to))
-            .await?;
+        self.call(
+            Method::POST,
+            url,
+            Some(&self.task(a, contact_id, reassign_to)),
+        )
+        .await?;
         Ok(Delivered::Sent)
     }
 
@@ -132,7 +168,7 @@ impl HubspotSink {
             .call(
                 Method::POST,
                 url,
-                &json!({"filterGroups": [{"filters": [filter]}], "properties": ["hs_task_subject"], "limit": 1}),
+                Some(&json!({"filterGroups": [{"filters": [filter]}], "properties": ["hs_task_subject"], "limit": 1})),
             )
             .await?;
         Ok(found["total"].as_u64().unwrap_or(0) > 0)
@@ -191,6 +227,8 @@ pub struct HubspotConfig {
     /// without it the id is written into the task body and searched there.
     #[serde(default)]
     pub alert_id_property: Option<String>,
+    /// Escalations that suggest a new owner reassign the contact, if its owner is still the
+    /// one the alert names.
     #[serde(default)]
     pub apply_reassignment: bool,
     #[serde(default = "default_due_in")]

@@ -92,6 +92,21 @@ impl Sink {
         }
     }
 
+    /// Counts under `name` (`[sinks.NAME]`) what the sink reports beside its outcome: the
+    /// suggested reassignments a CRM sink leaves alone.
+    pub fn observed(
+        mut self,
+        name: &str,
+        metrics: std::sync::Arc<crate::telemetry::Metrics>,
+    ) -> Sink {
+        match &mut self {
+            Sink::Salesforce(s) => s.observed(name, metrics),
+            Sink::Hubspot(s) => s.observed(name, metrics),
+            _ => {}
+        }
+        self
+    }
+
     pub fn kind(&self) -> &'static str {
         match self {
             Sink::Webhook(_) => "webhook",

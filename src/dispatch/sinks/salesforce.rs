@@ -12,7 +12,11 @@
 //!   it the alert id ends the Subject, and an attempt after an earlier one looks it up with SOQL
 //!   before creating the task again.
 //! - `apply_reassignment`: an escalation's `suggested_owner` becomes the lead's owner (and the
-//!   task's).
+//!   task's), only if the lead's owner is still the one the alert names: read
+//!   (`GET …/sobjects/Lead/{id}?fields=OwnerId,LastModifiedDate`), compared, then written with
+//!   a conditional `PATCH` (`If-Unmodified-Since` the `LastModifiedDate` read): a record that
+//!   changed in between answers 412 and is read and compared again. (Salesforce's `If-Match`
+//!   ETags are for Account records only.)
 
 use std::time::Duration;
 
@@ -49,7 +53,7 @@ pub struct SalesforceSink {
     auth: Auth,
     api_version: String,
     external_id_field: Option<String>,
-    apply_reassignment: bool,
+    reassigner: crm::Reassigner,
     due_in: Duration,
     http: Http,
     /// The cached access token.
@@ -88,7 +92,7 @@ impl SalesforceSink {
             },
             api_version: api_version.clone(),
             external_id_field: external_id_field.clone(),
-            apply_reassignment: *apply_reassignment,
+            reassigner: crm::Reassigner::new(*apply_reassignment, "salesforce", same_user),
             due_in: due_in.0,
             http,
             token: Mutex::new(None),
@@ -185,12 +189,29 @@ impl SalesforceSink {
         }
     }
 
+    /// Counts the reassignments it leaves alone as `sink`'s.
+    pub fn observed(&mut self, sink: &str, metrics: std::sync::Arc<crate::telemetry::Metrics>) {
+        self.reassigner.observed(sink, metrics);
+    }
+
     /// One API call; on 401 the token is refreshed and the call made once more.
     async fn call(
         &self,
         method: Method,
         url: Url,
         body: Option<&Value>,
+    ) -> Result<reqwest::Response, DeliveryError> {
+        self.call_with(method, url, body, None).await
+    }
+
+    /// As [`Self::call`], conditional on the record not having changed since `unmodified_since`
+    /// (a 412 answers when it has).
+    async fn call_with(
+        &self,
+        method: Method,
+        url: Url,
+        body: Option<&Value>,
+        unmodified_since: Option<&str>,
     ) -> Result<reqwest::Response, DeliveryError> {
         let what = format!("{method} {}", redact(&url));
         let mut refreshed = false;
@@ -203,6 +224,9 @@ impl SalesforceSink {
                 .bearer_auth(&token);
             if let Some(body) = body {
                 request = request.json(body);
+            }
+            if let Some(since) = unmodified_since {
+                request = request.header(reqwest::header::IF_UNMODIFIED_SINCE, since);
             }
             let response = request
                 .send()
@@ -238,17 +262,45 @@ impl SalesforceSink {
             Ok(id) => id,
             Err(outcome) => return outcome,
         };
-        let reassign_to = crm::reassign(a, self.apply_reassignment, |owner| async move {
-            let object = if lead_id.starts_with("003") {
-                "Contact"
-            } else {
-                "Lead"
-            };
-            let url = self.url(&["sobjects", object, lead_id])?;
-            self.call(Method::PATCH, url, Some(&json!({ "OwnerId": owner })))
-                .await
-        })
-        .await?;
+        let object = if lead_id.starts_with("003") {
+            "Contact"
+        } else {
+            "Lead"
+        };
+        let reassign_to = self
+            .reassigner
+            .reassign(
+                a,
+                || async move {
+                    let mut url = self.url(&["sobjects", object, lead_id])?;
+                    url.query_pairs_mut()
+                        .append_pair("fields", "OwnerId,LastModifiedDate");
+                    let response = self.call(Method::GET, url, None).await?;
+                    let record: Value = response
+                        .json()
+                        .await
+                        .map_err(|e| DeliveryError::transport("reading the lead's owner", e))?;
+                    Ok(crm::Current {
+                        owner: crm::id_value(&record["OwnerId"]),
+                        version: record["LastModifiedDate"]
+                            .as_str()
+                            .and_then(http_date_after),
+                    })
+                },
+                |owner, since: Option<String>| async move {
+                    let url = self.url(&["sobjects", object, lead_id])?;
+                    let body = json!({ "OwnerId": owner });
+                    match self
+                        .call_with(Method::PATCH, url, Some(&body), since.as_deref())
+                        .await
+                    {
+                        Ok(_) => Ok(crm::Written::Done),
+                        Err(e) if e.status == Some(412) => Ok(crm::Written::Changed),
+                        Err(e) => Err(e),
+                    }
+                },
+            )
+            .await?;
         let task = self.task(a, lead_id, reassign_to);
         match &self.external_id_field {
             Some(field) => {
@@ -317,6 +369,37 @@ impl SalesforceSink {
         }
         task
     }
+}
+
+/// Two Salesforce ids of the same record or user: equal, or the same 15-character
+/// (case-sensitive) id, one of them with its 3-character checksum suffix.
+pub fn same_user(a: &str, b: &str) -> bool {
+    a == b || matches!((short_id(a), short_id(b)), (Some(x), Some(y)) if x == y)
+}
+
+/// The 15-character form of a 15- or 18-character id.
+fn short_id(s: &str) -> Option<&str> {
+    matches!(s.len(), 15 | 18).then(|| s.get(..15)).flatten()
+}
+
+/// A Salesforce datetime (`2026-12-07T05:00:00.000+0000`) as the HTTP date of an
+/// `If-Unmodified-Since` that it satisfies: the next whole second (HTTP dates have no
+/// fractions; rounding down would make the record look modified after it).
+pub fn http_date_after(datetime: &str) -> Option<String> {
+    let s = datetime.trim();
+    let at = s.parse::<Timestamp>().ok().or_else(|| {
+        // `+0000` → `+00:00`
+        let (head, offset) = s.split_at(s.len().checked_sub(5)?);
+        let colon = format!("{head}{}:{}", &offset[..3], &offset[3..]);
+        colon.parse::<Timestamp>().ok()
+    })?;
+    let whole = Timestamp::from_second(at.as_second()).ok()?;
+    let at = if whole < at {
+        whole.checked_add(jiff::SignedDuration::from_secs(1)).ok()?
+    } else {
+        whole
+    };
+    Some(at.strftime("%a, %d %b %Y %H:%M:%S GMT").to_string())
 }
 
 fn soql_escape(s: &str) -> String {
@@ -418,7 +501,8 @@ pub struct SalesforceConfig {
     /// put in the Subject and looked up (SOQL) before a retry creates the task again.
     #[serde(default)]
     pub external_id_field: Option<String>,
-    /// Escalations that suggest a new owner reassign the lead in Salesforce.
+    /// Escalations that suggest a new owner reassign the lead in Salesforce, if its owner is
+    /// still the one the alert names.
     #[serde(default)]
     pub apply_reassignment: bool,
     /// The task is due this long after the alert fired (its ActivityDate is that day, UTC).
@@ -558,6 +642,29 @@ mod tests {
         assert_eq!(task_of(&sink, &alert)["ActivityDate"], "1700-01-01");
         alert.timestamp = "2026-11-22T23:00:00Z".parse().unwrap();
         assert_eq!(task_of(&sink, &alert)["ActivityDate"], "2026-11-24");
+    }
+
+    #[test]
+    fn last_modified_dates_become_the_http_date_that_holds_them() {
+        assert_eq!(
+            http_date_after("2026-12-07T05:00:00.000+0000").as_deref(),
+            Some("Mon, 07 Dec 2026 05:00:00 GMT")
+        );
+        assert_eq!(
+            http_date_after("2026-12-07T05:00:00.250Z").as_deref(),
+            Some("Mon, 07 Dec 2026 05:00:01 GMT")
+        );
+        assert_eq!(http_date_after("yesterday"), None);
+        assert_eq!(http_date_after(""), None);
+    }
+
+    #[test]
+    fn fifteen_and_eighteen_character_ids_of_one_user_are_the_same() {
+        assert!(same_user("005A00000012345", "005A00000012345AAA"));
+        assert!(same_user("005A00000012345AAA", "005A00000012345AAA"));
+        assert!(!same_user("005A00000012345", "005a00000012345AAA"));
+        assert!(!same_user("005A00000012346AAA", "005A00000012345AAA"));
+        assert!(!same_user("55", "56"));
     }
 
     #[test]

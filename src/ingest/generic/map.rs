@@ -249,8 +249,23 @@ fn activity(value: Option<&Value>, problems: &mut Vec<FieldProblem>) -> Option<C
             return None;
         }
     };
+    let automated = match obj.get("automated") {
+        None | Some(Value::Null) => false,
+        Some(Value::Bool(b)) => *b,
+        Some(_) => {
+            problems.push(FieldProblem::new(
+                "activity.automated",
+                "must be true (done by a program, not a person) or false",
+            ));
+            return None;
+        }
+    };
     kind.map(|kind| Change::Activity {
-        activity: Activity { kind, by },
+        activity: Activity {
+            kind,
+            by,
+            automated,
+        },
     })
 }
 
@@ -324,6 +339,33 @@ mod tests {
                 "[3].into"
             ]
         );
+    }
+
+    /// A sender marks what a program did with `"automated": true`; absent is false; anything
+    /// but a boolean is named.
+    #[test]
+    fn an_activity_may_say_it_was_automated() {
+        let body = br#"[
+          {"id":"a","type":"lead.activity","lead":"L","occurred_at":"2026-11-22T10:30:00Z","activity":{"kind":"email","automated":true}},
+          {"id":"b","type":"lead.activity","lead":"L","occurred_at":"2026-11-22T10:30:00Z","activity":{"kind":"email"}}
+        ]"#;
+        let automated: Vec<bool> = Mapper::default()
+            .lead_events("web", body, now())
+            .unwrap()
+            .into_iter()
+            .map(|e| match e.change {
+                Change::Activity { activity } => activity.automated,
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        assert_eq!(automated, [true, false]);
+        let body = br#"{"id":"c","type":"lead.activity","lead":"L","occurred_at":"2026-11-22T10:30:00Z","activity":{"kind":"email","automated":"yes"}}"#;
+        let Err(IngestError::Malformed(problems)) =
+            Mapper::default().lead_events("web", body, now())
+        else {
+            panic!("expected malformed");
+        };
+        assert_eq!(problems[0].field, "activity.automated");
     }
 
     #[test]

@@ -211,6 +211,11 @@ impl Mapper {
                 activity: Activity {
                     kind: kind.to_string(),
                     by: None,
+                    // An association event carries none of the engagement's properties, and
+                    // HubSpot's email direction (`EMAIL`, `INCOMING_EMAIL`, `FORWARDED_EMAIL`)
+                    // does not tell a program from a person; marketing emails are no
+                    // engagement at all. Nothing to mark.
+                    automated: false,
                 },
             },
             &[],
@@ -400,7 +405,8 @@ mod tests {
             Change::Activity {
                 activity: Activity {
                     kind: "call".into(),
-                    by: None
+                    by: None,
+                    automated: false,
                 }
             }
         );

@@ -6,7 +6,8 @@
 //! - `occurred_at` (default `/occurred_at`): RFC 3339, Unix milliseconds, or a local date and
 //!   time in the source's `time_zone`; else arrival time;
 //! - `activity` (default `/activity`): when it holds a kind (`email`, `call` …) the call is an
-//!   activity (by `activity_by`, default `/activity_by`) instead of a patch;
+//!   activity (by `activity_by`, default `/activity_by`) instead of a patch; Marketo's program
+//!   email types (`Send Email`, `Email Delivered`) are `automated` activities;
 //! - canonical names (default `/{name}`, e.g. `score` → `/score`): aliases added to the patch,
 //!   which also holds every top-level member of the body under its own name.
 //!
@@ -171,6 +172,7 @@ impl Parse for Mapper {
         let change = match at(&value, &self.activity).as_ref().and_then(scalar) {
             Some(kind) => Change::Activity {
                 activity: Activity {
+                    automated: is_program_email(&kind),
                     kind: kind.to_lowercase(),
                     by: at(&value, &self.activity_by).as_ref().and_then(scalar),
                 },
@@ -194,6 +196,16 @@ impl Parse for Mapper {
             ..Parsed::default()
         })
     }
+}
+
+/// Marketo's activity types for an email a program sent (`Send Email`, `Email Delivered`, as
+/// its activity type list names them): `automated`. A rep's email through Sales Insight is
+/// another type (`Send Sales Email`) and counts as theirs.
+pub const PROGRAM_EMAILS: &[&str] = &["send email", "email delivered"];
+
+fn is_program_email(kind: &str) -> bool {
+    let kind = kind.split_whitespace().collect::<Vec<_>>().join(" ");
+    PROGRAM_EMAILS.iter().any(|p| kind.eq_ignore_ascii_case(p))
 }
 
 /// A form-encoded template (`leadId={{lead.Id}}&email={{lead.Email Address}}`, Marketo's
@@ -302,6 +314,38 @@ mod tests {
             e.occurred_at,
             "2026-11-25T09:20:00Z".parse::<Timestamp>().unwrap()
         );
+    }
+
+    /// An email a Marketo program sent (the activity types `Send Email`, `Email Delivered`, as
+    /// a campaign's webhook passes them on) is an `automated` activity; a rep's sales email or
+    /// call is not.
+    #[test]
+    fn program_emails_are_automated_activities() {
+        let s = source("");
+        let automated = |kind: &str| {
+            let body =
+                json!({"leadId": 318581, "activity": kind, "activity_by": "dana@ourco.example"});
+            match &s
+                .parse("mk", body.to_string().as_bytes(), now())
+                .unwrap()
+                .events[0]
+                .change
+            {
+                Change::Activity { activity } => activity.automated,
+                other => panic!("{other:?}"),
+            }
+        };
+        for program in [
+            "Send Email",
+            "Email Delivered",
+            "email  delivered",
+            " SEND EMAIL ",
+        ] {
+            assert!(automated(program), "{program}");
+        }
+        for person in ["Send Sales Email", "email", "Call", "Sales Email Delivered"] {
+            assert!(!automated(person), "{person}");
+        }
     }
 
     #[test]

@@ -242,7 +242,12 @@ impl Parse for Mapper {
                             id,
                             at,
                             Change::Activity {
-                                activity: Activity { kind, by },
+                                activity: Activity {
+                                    kind,
+                                    by,
+                                    // Pipedrive gives no hint of a program's activity.
+                                    automated: false,
+                                },
                             },
                         ))
                     }
@@ -456,7 +461,8 @@ mod tests {
             Change::Activity {
                 activity: Activity {
                     kind: "call".into(),
-                    by: Some("88001".into())
+                    by: Some("88001".into()),
+                    automated: false,
                 }
             }
         );

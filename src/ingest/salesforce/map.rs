@@ -5,6 +5,7 @@
 //! - `Task` and `Event` → an activity on `salesforce:{WhoId}` (the lead or contact): a Task's
 //!   kind is its `TaskSubtype` or `Type` (`call`, `email` …), an Event is a `meeting`; a Task
 //!   still open (`Status` other than `Completed`, or `IsClosed` false) is not an activity yet;
+//!   a list email (`TaskSubtype` `ListEmail`) is `automated`;
 //! - other sObjects concern no lead: ignored.
 //!
 //! An event's id is `salesforce:{org}:{Notification Id}`: Salesforce retries with the same one.
@@ -37,6 +38,11 @@ pub const DEFAULT_FIELDS: &[(&str, &str)] = &[
     ("country", "Country"),
     ("lead_source", "LeadSource"),
 ];
+
+/// Task subtypes Salesforce gives sends to many at once (`ListEmail`: a list email): the
+/// activity is `automated`. `Email`, `Call`, `Cadence`, `LinkedIn` and `Task` say nothing of
+/// whether a person or a program did it, and `Type` is each org's own picklist: left alone.
+pub const AUTOMATED_SUBTYPES: &[&str] = &["ListEmail"];
 
 /// How notifications become lead events: the field mapping.
 #[derive(Debug)]
@@ -144,10 +150,19 @@ impl Mapper {
                 let occurred = at("CompletedDateTime")
                     .or_else(|| at("LastModifiedDate"))
                     .or_else(|| at("CreatedDate"));
+                // A list email is one send to a whole list view: Salesforce's own subtype says it
+                // is not a person reaching this lead.
+                let automated = kind == "Task"
+                    && text("TaskSubtype").is_some_and(|s| {
+                        AUTOMATED_SUBTYPES
+                            .iter()
+                            .any(|a| s.trim().eq_ignore_ascii_case(a))
+                    });
                 let change = Change::Activity {
                     activity: Activity {
                         kind: activity_kind,
                         by: text("OwnerId").map(str::to_string),
+                        automated,
                     },
                 };
                 (who.to_string(), change, occurred)
@@ -286,7 +301,8 @@ mod tests {
             Change::Activity {
                 activity: Activity {
                     kind: "call".into(),
-                    by: Some("0055g00000OWNR1AAA".into())
+                    by: Some("0055g00000OWNR1AAA".into()),
+                    automated: false,
                 }
             }
         );
@@ -294,6 +310,41 @@ mod tests {
         assert!(
             matches!(&meeting.change, Change::Activity { activity } if activity.kind == "meeting")
         );
+    }
+
+    /// A list email (`TaskSubtype` `ListEmail`, one send to a whole list view) is recorded as
+    /// an activity but marked `automated`, so it never counts as the rep's touch; an email the
+    /// rep sent (`Email`) and a call are theirs.
+    #[test]
+    fn a_list_email_task_is_automated_and_a_reps_email_is_not() {
+        let text = String::from_utf8(body("task_call.http")).unwrap();
+        let automated = |subtype: &str| -> Vec<(String, bool)> {
+            let body = text.replacen(
+                "<sf:TaskSubtype>Call</sf:TaskSubtype>",
+                &format!("<sf:TaskSubtype>{subtype}</sf:TaskSubtype>"),
+                1,
+            );
+            source("")
+                .parse("sf", body.as_bytes(), now())
+                .unwrap()
+                .events
+                .into_iter()
+                .map(|e| match e.change {
+                    Change::Activity { activity } => (activity.kind, activity.automated),
+                    other => panic!("{other:?}"),
+                })
+                .collect()
+        };
+        assert_eq!(
+            automated("ListEmail"),
+            [
+                ("listemail".to_string(), true),
+                ("meeting".to_string(), false)
+            ]
+        );
+        assert_eq!(automated("Email")[0], ("email".to_string(), false));
+        assert_eq!(automated("Call")[0], ("call".to_string(), false));
+        assert_eq!(automated("Cadence")[0], ("cadence".to_string(), false));
     }
 
     #[test]
