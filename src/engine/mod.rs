@@ -261,9 +261,11 @@ impl Engine {
             converted: l.converted.as_ref().is_some_and(|p| self.eval(p, &facts)),
         };
         let before = (lead.episode.is_some(), lead.ended_at.is_some());
+        let ended = verdict.closed || verdict.converted;
         let after = (
-            verdict.ready && !verdict.closed && !verdict.converted && lead.deleted_at.is_none(),
-            verdict.closed || verdict.converted,
+            // An open episode stays open whatever `sales_ready` says now.
+            !ended && lead.deleted_at.is_none() && (verdict.ready || lead.episode.is_some()),
+            ended,
         );
         if before != after {
             self.lifecycle(lead, at, verdict, false);
@@ -413,9 +415,12 @@ impl Engine {
         } else if lead.deleted_at.is_none() {
             lead.ended_at = None;
         }
-        let active = ready && !closed && !converted && lead.deleted_at.is_none();
+        // An episode is the handoff's whole life in sales: it ends only when the lead is closed,
+        // converted, deleted or merged away, whatever `sales_ready` says while sales works it
+        // ("Working - Contacted" is not sales-ready, and still the same handoff).
+        let ended = closed || converted || lead.deleted_at.is_some();
 
-        if !active && let Some(episode) = lead.episode.take() {
+        if ended && let Some(episode) = lead.episode.take() {
             // Closing (not converting) a lead that was sales-ready is judged by the close-out
             // rules.
             if judge && closed && !converted {
@@ -432,7 +437,7 @@ impl Engine {
                 lead.push_closeout(closeout);
             }
         }
-        if active && lead.episode.is_none() {
+        if ready && !ended && lead.episode.is_none() {
             lead.episode = Some(Episode {
                 started_at: at,
                 unassigned_since: None,

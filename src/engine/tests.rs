@@ -371,23 +371,42 @@ fn re_sending_sales_ready_starts_nothing_new() {
     assert_eq!(e.next_deadline(&s), Some(t("14:00:00")));
 }
 
+/// Issue 12: an episode is the handoff's whole life in sales. Leaving the sales-ready stage while
+/// sales works the lead keeps it (and its clock); a close ends it; sales-ready again after the
+/// close is a new episode with a new clock. (Before, leaving sales-ready ended the episode.)
 #[test]
-fn leaving_sales_ready_ends_the_clock() {
-    let e = engine();
+fn working_a_lead_keeps_its_episode_and_only_a_close_ends_it() {
+    let e = engine_with(&RULES.replace(
+        "[first_touch]",
+        "closed = 'lead.status == \"Unqualified\"'\n[first_touch]",
+    ));
     let mut s = LeadState::default();
     e.apply(&mut s, &ready_owned("10:00:00"));
     e.apply(
         &mut s,
-        &update("e2", "11:00:00", json!({"stage": "nurture"})),
+        &update("e2", "11:00:00", json!({"stage": "working"})),
+    );
+    assert_eq!(
+        e.next_deadline(&s),
+        Some(t("14:00:00")),
+        "still the same handoff"
+    );
+    e.apply(
+        &mut s,
+        &update("e3", "12:00:00", json!({"status": "Unqualified"})),
     );
     assert_eq!(e.next_deadline(&s), None);
     assert!(e.fire_due("L-1", &mut s, t("23:00:00")).is_empty());
-    // A new episode gets a new clock.
+    // Sales-ready again after the close: a new episode gets a new clock.
     e.apply(
         &mut s,
-        &update("e3", "12:00:00", json!({"stage": "sales_ready"})),
+        &update(
+            "e4",
+            "+1d 12:00:00",
+            json!({"stage": "sales_ready", "status": "Open"}),
+        ),
     );
-    assert_eq!(e.next_deadline(&s), Some(t("16:00:00")));
+    assert_eq!(e.next_deadline(&s), Some(at("+1d 16:00:00")));
 }
 
 #[test]
@@ -695,6 +714,47 @@ fn calls(n: usize, from: &str) -> Vec<LeadEvent> {
             c
         })
         .collect()
+}
+
+/// Salesforce's own flow (stage and status both read `Status`): Open - Not Contacted (sales-ready)
+/// → Working - Contacted → Unqualified after one call and with no reason. "Working" is not
+/// sales-ready, and the close is still this handoff's close-out: both alerts.
+#[test]
+fn a_close_after_working_the_lead_is_judged() {
+    let rules = ALL_RULES
+        .replace(
+            "sales_ready = 'lead.stage == \"MQL\"'",
+            "sales_ready = 'lead.status == \"Open - Not Contacted\"'",
+        )
+        .replace("feedback_within  = \"5d\"", "");
+    let e = engine_with(&rules);
+    let mut p = PartitionState::default();
+    let status = |id: &str, when: &str, v: &str| update(id, when, json!({"status": v}));
+    let mut open = status("open", "10:00:00", "Open - Not Contacted");
+    if let Change::Updated { fields } = &mut open.change {
+        fields.insert("owner".into(), json!("alice"));
+    }
+    for ev in [
+        open,
+        status("working", "10:20:00", "Working - Contacted"),
+        activity("call", "10:30:00", "call"),
+        status("unq", "+1d 11:00:00", "Unqualified"),
+    ] {
+        p.apply(&e, &ev);
+    }
+    let fired = p.fire_due(&e, at("+1d 11:00:00"));
+    let kinds: Vec<&str> = fired
+        .iter()
+        .flat_map(|(_, a)| a.iter().map(|a| a.kind.as_str()))
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            "follow_up.insufficient_attempts",
+            "disposition.missing_reason"
+        ]
+    );
+    assert_eq!(fired[0].1[0].data.sales_ready_at, Some(t("10:00:00")));
 }
 
 #[test]
@@ -1132,19 +1192,27 @@ fn a_rules_edit_applies_the_lifecycle_to_leads_as_they_stand() {
     p.apply(&e, &low);
     p.apply(&e, &nurture);
     assert!(p.lead("L-low").unwrap().lead.episode.is_some());
-    // Sales-ready now means MQL with a score of 60, or nurture: L-low's episode ends, L-nurture's
-    // begins at the reload, with its clock from then.
+    // Sales-ready now means MQL with a score of 60, or nurture: L-nurture's episode begins at the
+    // reload, with its clock from then. L-low's stays open (issue 12: an episode ends only with a
+    // close, a conversion, a deletion or a merge, whatever `sales_ready` says later).
     let edited = engine_with(&ALL_RULES.replace(
         "sales_ready = 'lead.stage == \"MQL\"'",
         "sales_ready = '(lead.stage == \"MQL\" && lead.score >= 60) || lead.stage == \"nurture\"'",
     ));
     p.reload(&edited, t("12:00:00"));
-    assert!(p.lead("L-low").unwrap().lead.episode.is_none());
+    let kept = p.lead("L-low").unwrap().lead.episode.clone().unwrap();
+    assert_eq!(kept.started_at, t("10:00:00"));
     let started = p.lead("L-nurture").unwrap().lead.episode.clone().unwrap();
     assert_eq!(started.started_at, t("12:00:00"));
     let fired = p.fire_due(&edited, at("+2d 10:00:00"));
-    assert_eq!(fired.len(), 1);
-    assert_eq!(fired[0].0, "L-nurture");
+    let nurture: Vec<_> = fired.iter().filter(|(k, _)| k == "L-nurture").collect();
+    assert_eq!(nurture.len(), 1);
+    assert!(
+        nurture[0]
+            .1
+            .iter()
+            .all(|a| a.data.clock_started_at == t("12:00:00"))
+    );
 }
 
 #[test]

@@ -185,3 +185,54 @@ fn the_scorecard_measures_owners_and_sources() {
     assert_eq!(card.by_source["web"].handed_off, 1);
     assert_eq!(card.alerts["sla.first_touch.breached"], 1);
 }
+
+/// Issue 12, through `simulate` in a Berlin calendar: Salesforce's flow, where stage and status
+/// both read `Status`. The lead is worked ("Working - Contacted" is not sales-ready), called once
+/// and closed without a reason: the close is this handoff's close-out, judged, and counted.
+#[test]
+fn a_lead_worked_then_closed_after_one_call_is_judged_in_a_berlin_calendar() {
+    let rules = r#"
+default_calendar = "emea"
+[lifecycle]
+sales_ready = 'lead.status == "Open - Not Contacted"'
+closed = 'lead.status in ["Unqualified", "Closed - Not Converted"]'
+[first_touch]
+within = "4h"
+[follow_up]
+min_attempts = 3
+[disposition]
+reasons = ["No budget"]
+[recipients]
+marketing_ops = ["mops@example.com"]
+[calendars.emea]
+time_zone = "Europe/Berlin"
+hours = { mon = "09:00-18:00", tue = "09:00-18:00", wed = "09:00-18:00", thu = "09:00-18:00", fri = "09:00-17:00" }
+"#;
+    let engine = Engine::new(Arc::new(Rules::parse(rules).unwrap()));
+    let text = r#"
+{"id":"s1","type":"lead.updated","lead":"S","occurred_at":"2026-11-23T09:00:00Z","fields":{"stage":"Open - Not Contacted","status":"Open - Not Contacted","owner":"alice"},"source":"sf"}
+{"id":"s2","type":"lead.updated","lead":"S","occurred_at":"2026-11-23T09:30:00Z","fields":{"stage":"Working - Contacted","status":"Working - Contacted"},"source":"sf"}
+{"id":"s3","type":"lead.activity","lead":"S","occurred_at":"2026-11-23T09:31:00Z","activity":{"kind":"call"},"source":"sf"}
+{"id":"s4","type":"lead.updated","lead":"S","occurred_at":"2026-11-24T10:00:00Z","fields":{"stage":"Unqualified","status":"Unqualified"},"source":"sf"}
+"#;
+    let (events, bad) = read_events(text.as_bytes()).unwrap();
+    assert!(bad.is_empty(), "{bad:?}");
+    let mut fired = Vec::new();
+    let card = run(
+        &engine,
+        events,
+        Some("2026-11-25T00:00:00Z".parse().unwrap()),
+        6,
+        |a| fired.push(a.kind.clone()),
+    );
+    assert_eq!(
+        fired,
+        [
+            "follow_up.insufficient_attempts",
+            "disposition.missing_reason"
+        ]
+    );
+    let alice = &card.by_owner["alice"];
+    assert_eq!((alice.closed, alice.touched_within_sla), (1, 1));
+    assert_eq!(alice.median_attempts_before_close, Some(1));
+}

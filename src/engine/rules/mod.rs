@@ -382,6 +382,22 @@ impl Rules {
             &mut problems,
         );
         let touch = optional("lifecycle.touch", &raw.lifecycle.touch, &mut problems);
+        // An episode ends only when the lead is closed, converted, deleted or merged (not when it
+        // stops being sales-ready): close-out rules without `closed` would never judge a close.
+        let judges_closes = raw.follow_up.is_some()
+            || raw.disposition.is_some()
+            || raw
+                .segments
+                .iter()
+                .any(|s| s.follow_up.is_some() || s.disposition.is_some());
+        if judges_closes && raw.lifecycle.closed.is_none() {
+            problems.push((
+                "lifecycle.closed".into(),
+                "[follow_up] and [disposition] judge close-outs: say when a lead is closed \
+                 (e.g. 'lead.status in [\"Unqualified\"]')"
+                    .into(),
+            ));
+        }
 
         // Calendars.
         let mut calendars: BTreeMap<String, Arc<Calendar>> = BTreeMap::new();

@@ -350,6 +350,7 @@ fn handoff_and_close_out_rules_need_their_recipients() {
     let text = r#"
 [lifecycle]
 sales_ready = 'true'
+closed = 'false'
 [handoff]
 assign_within = "15m"
 [follow_up]
@@ -358,4 +359,19 @@ min_attempts = 2
 owner = ["x"]
 "#;
     assert_eq!(keys(text), ["handoff", "recipients", "recipients.owner"]);
+}
+
+/// An episode ends only with a close, a conversion, a deletion or a merge: close-out rules
+/// (at the top or in a segment) without `lifecycle.closed` would never judge anything.
+#[test]
+fn close_out_rules_need_to_know_when_a_lead_is_closed() {
+    let top = "[lifecycle]\nsales_ready = 'true'\n[disposition]\nreasons = [\"x\"]\n[recipients]\nmarketing_ops = [\"m\"]\n";
+    assert_eq!(keys(top), ["lifecycle.closed"]);
+    let segment = "[lifecycle]\nsales_ready = 'true'\n[[segments]]\nwhen = 'true'\nfollow_up = { min_attempts = 2 }\n[recipients]\nmarketing_ops = [\"m\"]\n";
+    assert_eq!(keys(segment), ["lifecycle.closed"]);
+    let fine = top.replace(
+        "sales_ready = 'true'",
+        "sales_ready = 'true'\nclosed = 'false'",
+    );
+    assert!(Rules::parse(&fine).is_ok());
 }
