@@ -6,7 +6,8 @@
 //! - `sla.first_touch.reminder` / `.breached` / `.escalated` (rule `first_touch`, levels 0, 0, n):
 //!   no touch by `within - remind_before`, `within`, and each step's `after`, all counted from
 //!   the clock start in the segment's calendar; a touch at or before one cancels it.
-//! - `follow_up.insufficient_attempts` and `disposition.*`: judged at the close.
+//! - `follow_up.insufficient_attempts` and `disposition.*`: judged at the close; the reason
+//!   alerts fire `reason_grace` (wall-clock) after it, on the reason as it stands then.
 
 use jiff::Timestamp;
 
@@ -145,6 +146,11 @@ pub fn owed(lead: &Lead, settings: &Settings) -> Vec<Due> {
             }
         }
     }
+    // Reasons are judged `reason_grace` (wall-clock) after the close.
+    let grace = settings
+        .disposition
+        .as_ref()
+        .map_or(jiff::SignedDuration::ZERO, |d| d.reason_grace);
     for c in &lead.closeouts {
         for owed in &c.owes {
             let (kind, rule, variant) = match owed.kind.as_str() {
@@ -155,6 +161,12 @@ pub fn owed(lead: &Lead, settings: &Settings) -> Vec<Due> {
                 LATE => (LATE, "disposition", Some(LATE)),
                 _ => continue,
             };
+            let fire_at = match kind {
+                MISSING_REASON | UNKNOWN_REASON | VAGUE_REASON => {
+                    c.closed_at.saturating_add(grace).unwrap_or(Timestamp::MAX)
+                }
+                _ => c.closed_at,
+            };
             out.push(Due {
                 kind,
                 rule,
@@ -162,7 +174,7 @@ pub fn owed(lead: &Lead, settings: &Settings) -> Vec<Due> {
                 variant,
                 clock: c.closed_at,
                 deadline: owed.deadline,
-                fire_at: c.closed_at,
+                fire_at,
                 to: vec!["owner".into(), "marketing_ops".into()],
                 what: What::Closeout(c.clone()),
             });

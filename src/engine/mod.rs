@@ -326,6 +326,10 @@ impl Engine {
                 if lead.deleted_at.is_some_and(|d| at > d) {
                     lead.deleted_at = None;
                 }
+                let disposition_before = (
+                    lead.text("disposition_reason"),
+                    lead.text("disposition_detail"),
+                );
                 let touch_rule = self.rules.lifecycle.touch.as_ref();
                 let touch_before = touch_rule.map(|p| self.eval(p, &Facts::new(&lead.fields)));
                 for (k, v) in fields {
@@ -339,6 +343,12 @@ impl Engine {
                     } else {
                         lead.fields.insert(k.clone(), v.clone());
                     }
+                }
+                if lead.text("disposition_reason") != disposition_before.0 {
+                    lead.reason_changed_at = Some(at);
+                }
+                if lead.text("disposition_detail") != disposition_before.1 {
+                    lead.detail_changed_at = Some(at);
                 }
                 let facts = Facts::with_change(&lead.fields, fields);
                 let l = &self.rules.lifecycle;
@@ -375,23 +385,32 @@ impl Engine {
             Change::Forgotten {} => {}
         }
         // A close-out is judged on the lead as it was at that moment: what events stamped with
-        // the same instant (applied after it) set counts too.
-        if let Some(c) = lead.closeouts.last()
-            && c.closed_at == at
-        {
-            let (reason, detail) = (
-                lead.text("disposition_reason"),
-                lead.text("disposition_detail"),
-            );
-            let attempts = lead.touches_between(c.sales_ready_at, at);
-            let last_activity_at = lead.last_activity_at;
+        // the same instant (applied after it) set counts too. Its reason and detail are judged
+        // as they stand `reason_grace` after the close (a reason sent as its own update a moment
+        // later is the close's reason), unless the lead is sales-ready again by then.
+        if let Some(c) = lead.closeouts.last() {
             let settings = self.settings(lead);
-            let c = lead.closeouts.last_mut().expect("checked");
-            c.reason = reason;
-            c.detail = detail;
-            c.attempts = attempts;
-            c.last_activity_at = last_activity_at;
-            c.owes = deadlines::judge(c, &settings);
+            let grace = settings
+                .disposition
+                .as_ref()
+                .map_or(SignedDuration::ZERO, |d| d.reason_grace);
+            let same = c.closed_at == at;
+            let in_grace = lead.episode.is_none()
+                && at > c.closed_at
+                && at <= c.closed_at.saturating_add(grace).unwrap_or(Timestamp::MAX);
+            if same || in_grace {
+                let (reason, detail) = lead.disposition_since(c.sales_ready_at);
+                let attempts = lead.touches_between(c.sales_ready_at, c.closed_at);
+                let last_activity_at = lead.last_activity_at;
+                let c = lead.closeouts.last_mut().expect("checked");
+                c.reason = reason;
+                c.detail = detail;
+                if same {
+                    c.attempts = attempts;
+                    c.last_activity_at = last_activity_at;
+                }
+                c.owes = deadlines::judge(c, &settings);
+            }
         }
     }
 
@@ -428,8 +447,8 @@ impl Engine {
                     closed_at: at,
                     owner: lead.owner.clone(),
                     sales_ready_at: episode.started_at,
-                    reason: lead.text("disposition_reason"),
-                    detail: lead.text("disposition_detail"),
+                    reason: lead.disposition_since(episode.started_at).0,
+                    detail: lead.disposition_since(episode.started_at).1,
                     attempts: lead.touches_between(episode.started_at, at),
                     last_activity_at: lead.last_activity_at,
                     owes: Vec::new(),

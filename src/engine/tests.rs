@@ -742,7 +742,7 @@ fn a_close_after_working_the_lead_is_judged() {
     ] {
         p.apply(&e, &ev);
     }
-    let fired = p.fire_due(&e, at("+1d 11:00:00"));
+    let fired = p.fire_due(&e, at("+1d 11:05:00"));
     let kinds: Vec<&str> = fired
         .iter()
         .flat_map(|(_, a)| a.iter().map(|a| a.kind.as_str()))
@@ -792,13 +792,14 @@ fn every_alert_type_at_its_edges() {
         ("enough attempts, an agreed reason", with(vec![ready.clone()], &with(three_calls.clone(), &[close("x", "11:00:00", Some(" no budget "), None)])), "+2d 10:00:00", vec![]),
         ("too few attempts, at the close", with(vec![ready.clone()], &with(two_calls.clone(), &[close("x", "11:00:00", Some("No budget"), None)])), "11:00:00", vec![(INSUFFICIENT_ATTEMPTS, 0)]),
         ("too few attempts, a second before the close", with(vec![ready.clone()], &with(two_calls.clone(), &[close("x", "11:00:00", Some("No budget"), None)])), "10:59:59", vec![]),
-        ("no reason", with(vec![ready.clone()], &with(three_calls.clone(), &[close("x", "11:00:00", None, None)])), "11:00:00", vec![(MISSING_REASON, 0)]),
-        ("a blank reason is no reason", with(vec![ready.clone()], &with(three_calls.clone(), &[close("x", "11:00:00", Some("   "), None)])), "11:00:00", vec![(MISSING_REASON, 0)]),
-        ("a reason off the list", with(vec![ready.clone()], &with(three_calls.clone(), &[close("x", "11:00:00", Some("Bad timing"), None)])), "11:00:00", vec![(UNKNOWN_REASON, 0)]),
-        ("vague without detail", with(vec![ready.clone()], &with(three_calls.clone(), &[close("x", "11:00:00", Some("NOT INTERESTED "), None)])), "11:00:00", vec![(VAGUE_REASON, 0)]),
-        ("vague, detail one short", with(vec![ready.clone()], &with(three_calls.clone(), &[close("x", "11:00:00", Some("Other"), Some("  nineteen characters  "))])), "11:00:00", vec![(VAGUE_REASON, 0)]),
-        ("vague, detail long enough", with(vec![ready.clone()], &with(three_calls.clone(), &[close("x", "11:00:00", Some("Other"), Some("twenty characters ok"))])), "11:00:00", vec![]),
-        ("both attempts and reason", with(vec![ready.clone()], &[close("x", "11:00:00", None, None)]), "11:00:00", vec![(INSUFFICIENT_ATTEMPTS, 0), (MISSING_REASON, 0)]),
+        ("no reason", with(vec![ready.clone()], &with(three_calls.clone(), &[close("x", "11:00:00", None, None)])), "11:05:00", vec![(MISSING_REASON, 0)]),
+        ("a blank reason is no reason", with(vec![ready.clone()], &with(three_calls.clone(), &[close("x", "11:00:00", Some("   "), None)])), "11:05:00", vec![(MISSING_REASON, 0)]),
+        ("a reason off the list", with(vec![ready.clone()], &with(three_calls.clone(), &[close("x", "11:00:00", Some("Bad timing"), None)])), "11:05:00", vec![(UNKNOWN_REASON, 0)]),
+        ("vague without detail", with(vec![ready.clone()], &with(three_calls.clone(), &[close("x", "11:00:00", Some("NOT INTERESTED "), None)])), "11:05:00", vec![(VAGUE_REASON, 0)]),
+        ("vague, detail one short", with(vec![ready.clone()], &with(three_calls.clone(), &[close("x", "11:00:00", Some("Other"), Some("  nineteen characters  "))])), "11:05:00", vec![(VAGUE_REASON, 0)]),
+        ("vague, detail long enough", with(vec![ready.clone()], &with(three_calls.clone(), &[close("x", "11:00:00", Some("Other"), Some("twenty characters ok"))])), "11:05:00", vec![]),
+        ("no reason, judged at the grace's end", with(vec![ready.clone()], &with(three_calls.clone(), &[close("x", "11:00:00", None, None)])), "11:04:59", vec![]),
+        ("both attempts and reason", with(vec![ready.clone()], &[close("x", "11:00:00", None, None)]), "11:05:00", vec![(INSUFFICIENT_ATTEMPTS, 0), (MISSING_REASON, 0)]),
         ("closed exactly at the feedback limit", with(vec![ready.clone()], &with(three_calls.clone(), &[close("x", "+5d 10:30:02", Some("No budget"), None)])), "+6d 10:00:00", vec![]),
         ("closed a second after it", with(vec![ready.clone()], &with(three_calls.clone(), &[close("x", "+5d 10:30:03", Some("No budget"), None)])), "+6d 10:00:00", vec![(LATE, 0)]),
         ("converting owes nothing", vec![ready.clone(), update("cv", "11:00:00", json!({"status": "Converted"}))], "+6d 10:00:00", vec![]),
@@ -847,15 +848,15 @@ fn the_alert_ids_the_engine_fires_are_pinned() {
     ));
     got.extend(fire(
         &[ready.clone(), close("x", "11:00:00", None, None)],
-        &["11:00:00"],
+        &["11:05:00"],
     ));
     got.extend(fire(
         &closed_after_three_calls("11:00:00", "Bad timing", None),
-        &["11:00:00"],
+        &["11:05:00"],
     ));
     got.extend(fire(
         &closed_after_three_calls("11:00:00", "Other", None),
-        &["11:00:00"],
+        &["11:05:00"],
     ));
     got.extend(fire(
         &closed_after_three_calls("+5d 10:30:03", "No budget", None),
@@ -964,8 +965,11 @@ fn a_lead_restored_after_its_deletion_is_judged_again() {
     );
 }
 
+/// Issue 12: the reason and detail are judged `reason_grace` (default 5m, wall-clock) after the
+/// close, as they stand then; one set before the episode began is not this close-out's. (Before,
+/// they were judged at the close: a reason a second later gave `disposition.missing_reason`.)
 #[test]
-fn the_reason_is_the_lead_field_at_the_moment_it_closes() {
+fn the_reason_is_judged_as_it_stands_reason_grace_after_the_close() {
     use deadlines::*;
     let ready = mql("10:00:00", Some("alice"));
     let reason = |when: &str| update("r", when, json!({"disposition_reason": "Wrong contact"}));
@@ -980,11 +984,37 @@ fn the_reason_is_the_lead_field_at_the_moment_it_closes() {
     let mut same = base.clone();
     same.extend([close.clone(), reason("11:00:00")]);
     assert_eq!(fired_by(&same, "+1d 10:00:00"), []);
-    // A second later is too late.
-    let mut later = base.clone();
-    later.extend([close.clone(), reason("11:00:01")]);
+    // As its own update two seconds later, and at the very end of the grace.
+    for when in ["11:00:02", "11:05:00"] {
+        let mut later = base.clone();
+        later.extend([close.clone(), reason(when)]);
+        assert_eq!(fired_by(&later, "+1d 10:00:00"), [], "{when}");
+    }
+    // After the grace is too late.
+    let mut late = base.clone();
+    late.extend([close.clone(), reason("11:05:01")]);
     assert_eq!(
-        fired_by(&later, "+1d 10:00:00"),
+        fired_by(&late, "+1d 10:00:00"),
+        kinds(&[(MISSING_REASON, 0)])
+    );
+    // A reason left over from before this episode is not this close-out's reason, even when the
+    // CRM sends it again with every update.
+    let mut recycled = vec![
+        update(
+            "old",
+            "-30d 10:00:00",
+            json!({"disposition_reason": "No budget"}),
+        ),
+        mql("10:00:00", Some("alice")),
+    ];
+    recycled.extend(calls(3, "10:30:00"));
+    recycled.push(update(
+        "x",
+        "11:00:00",
+        json!({"status": "Unqualified", "disposition_reason": "No budget"}),
+    ));
+    assert_eq!(
+        fired_by(&recycled, "+1d 10:00:00"),
         kinds(&[(MISSING_REASON, 0)])
     );
 }

@@ -66,8 +66,9 @@ fn events_apply_in_time_order_and_an_event_at_a_deadline_comes_first() {
         }]
     );
     // A's touch at exactly 14:00 is applied before its 14:00 deadline: no breach. B was
-    // touched and then closed after one attempt without a reason. C is untouched, but the
-    // file ends (and the default `until` with it) at 16:00.
+    // touched and then closed after one attempt without a reason (judged at the end of
+    // `reason_grace`, 5 minutes later). C is untouched, but the file ends (and the default
+    // `until` with it) at 16:00.
     assert_eq!(
         fired,
         [
@@ -79,7 +80,7 @@ fn events_apply_in_time_order_and_an_event_at_a_deadline_comes_first() {
             (
                 "B".into(),
                 "disposition.missing_reason".into(),
-                ts("15:00:00")
+                ts("15:05:00")
             ),
         ]
     );
@@ -235,4 +236,30 @@ hours = { mon = "09:00-18:00", tue = "09:00-18:00", wed = "09:00-18:00", thu = "
     let alice = &card.by_owner["alice"];
     assert_eq!((alice.closed, alice.touched_within_sla), (1, 1));
     assert_eq!(alice.median_attempts_before_close, Some(1));
+}
+
+/// Issue 12, through `simulate`: the reason sent as its own update two seconds after the status
+/// is the close's reason (no alert); a reason left over from the lead's last round in sales is
+/// not (`disposition.missing_reason`, five minutes after the close).
+#[test]
+fn reasons_are_judged_after_the_grace_and_never_from_an_earlier_episode() {
+    let text = r#"
+{"id":"r1","type":"lead.updated","lead":"R","occurred_at":"2026-11-22T10:00:00Z","fields":{"stage":"MQL","owner":"alice"}}
+{"id":"r2","type":"lead.activity","lead":"R","occurred_at":"2026-11-22T10:10:00Z","activity":{"kind":"call"}}
+{"id":"r3","type":"lead.activity","lead":"R","occurred_at":"2026-11-22T10:20:00Z","activity":{"kind":"call"}}
+{"id":"r4","type":"lead.updated","lead":"R","occurred_at":"2026-11-22T11:00:00Z","fields":{"status":"Unqualified"}}
+{"id":"r5","type":"lead.updated","lead":"R","occurred_at":"2026-11-22T11:00:02Z","fields":{"disposition_reason":"No budget"}}
+{"id":"o1","type":"lead.updated","lead":"O","occurred_at":"2026-10-01T10:00:00Z","fields":{"stage":"nurture","status":"Unqualified","disposition_reason":"No budget"}}
+{"id":"o2","type":"lead.updated","lead":"O","occurred_at":"2026-11-22T10:00:00Z","fields":{"stage":"MQL","status":"Open","owner":"alice","disposition_reason":"No budget"}}
+{"id":"o3","type":"lead.activity","lead":"O","occurred_at":"2026-11-22T10:10:00Z","activity":{"kind":"call"}}
+{"id":"o4","type":"lead.activity","lead":"O","occurred_at":"2026-11-22T10:20:00Z","activity":{"kind":"call"}}
+{"id":"o5","type":"lead.updated","lead":"O","occurred_at":"2026-11-22T11:00:00Z","fields":{"status":"Unqualified","disposition_reason":"No budget"}}
+"#;
+    let (fired, card) = run_text(text, "2026-11-23T00:00:00Z");
+    let got: Vec<(&str, &str, Timestamp)> = fired
+        .iter()
+        .map(|a| (a.data.lead.as_str(), a.kind.as_str(), a.timestamp))
+        .collect();
+    assert_eq!(got, [("O", "disposition.missing_reason", ts("11:05:00"))]);
+    assert_eq!(card.by_owner["alice"].close_reasons["No budget"], 1);
 }

@@ -150,6 +150,28 @@ pub struct DispositionRules {
     pub vague: Vec<String>,
     pub detail_min_chars: usize,
     pub feedback_within: Option<SlaDuration>,
+    /// How long after a close its reason and detail are judged (wall-clock, not working time):
+    /// a reason sent as its own update a moment after the status counts.
+    pub reason_grace: jiff::SignedDuration,
+}
+
+/// The default `[disposition] reason_grace`.
+pub const DEFAULT_REASON_GRACE: std::time::Duration = std::time::Duration::from_secs(5 * 60);
+
+/// A wall-clock duration in the rules (`"5m"`, `"0s"`), read leniently like [`Sla`].
+#[derive(Debug, Clone, PartialEq)]
+struct Wall(Result<std::time::Duration, String>);
+
+impl<'de> Deserialize<'de> for Wall {
+    fn deserialize<D: serde::Deserializer<'de>>(de: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(de).map_err(|_| {
+            serde::de::Error::custom("expected a duration such as \"5m\" or \"0s\"")
+        })?;
+        Ok(Wall(
+            humantime::parse_duration(s.trim())
+                .map_err(|e| format!("`{s}` is not a duration: {e}")),
+        ))
+    }
 }
 
 /// One person of `[directory]`.
@@ -300,6 +322,9 @@ struct RawDisposition {
     #[serde(default)]
     #[eserde(compat)]
     feedback_within: Option<Sla>,
+    #[serde(default)]
+    #[eserde(compat)]
+    reason_grace: Option<Wall>,
 }
 
 #[derive(eserde::Deserialize)]
@@ -664,6 +689,7 @@ fn merge_disposition(
             .feedback_within
             .clone()
             .or_else(|| b.feedback_within.clone()),
+        reason_grace: o.reason_grace.clone().or_else(|| b.reason_grace.clone()),
     })
 }
 
@@ -876,11 +902,27 @@ fn settings(
                 );
             }
         }
+        let reason_grace = match &d.reason_grace {
+            None => DEFAULT_REASON_GRACE,
+            Some(Wall(Ok(g))) if *g <= std::time::Duration::from_secs(24 * 3600) => *g,
+            Some(Wall(Ok(_))) => {
+                problem(
+                    "disposition.reason_grace".into(),
+                    "must be at most 24h: the reason alerts wait that long after a close".into(),
+                );
+                DEFAULT_REASON_GRACE
+            }
+            Some(Wall(Err(message))) => {
+                problem("disposition.reason_grace".into(), message.clone());
+                DEFAULT_REASON_GRACE
+            }
+        };
         DispositionRules {
             reasons,
             vague,
             detail_min_chars: d.detail_min_chars.unwrap_or(1) as usize,
             feedback_within,
+            reason_grace: jiff::SignedDuration::try_from(reason_grace).expect("at most 24h"),
         }
     });
     if (follow_up.is_some() || disposition.is_some()) && !role_exists("marketing_ops") {

@@ -375,3 +375,31 @@ fn close_out_rules_need_to_know_when_a_lead_is_closed() {
     );
     assert!(Rules::parse(&fine).is_ok());
 }
+
+#[test]
+fn reason_grace_is_a_wall_clock_duration_of_at_most_a_day() {
+    let text = |grace: &str| {
+        format!(
+            "[lifecycle]\nsales_ready = 'true'\nclosed = 'false'\n[disposition]\nreasons = [\"x\"]\nreason_grace = \"{grace}\"\n[recipients]\nmarketing_ops = [\"m\"]\n"
+        )
+    };
+    let grace = |g: &str| {
+        Rules::parse(&text(g))
+            .unwrap()
+            .base
+            .disposition
+            .clone()
+            .unwrap()
+            .reason_grace
+    };
+    assert_eq!(grace("0s"), jiff::SignedDuration::ZERO);
+    assert_eq!(grace("90s"), jiff::SignedDuration::from_secs(90));
+    assert_eq!(keys(&text("soon")), ["disposition.reason_grace"]);
+    assert_eq!(keys(&text("2d")), ["disposition.reason_grace"]);
+    let default = text("5m").replace("reason_grace = \"5m\"\n", "");
+    let rules = Rules::parse(&default).unwrap();
+    assert_eq!(
+        rules.base.disposition.as_ref().unwrap().reason_grace,
+        jiff::SignedDuration::from_mins(5)
+    );
+}
