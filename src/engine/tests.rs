@@ -757,6 +757,58 @@ fn a_close_after_working_the_lead_is_judged() {
     assert_eq!(fired[0].1[0].data.sales_ready_at, Some(t("10:00:00")));
 }
 
+/// Issue 12: the ladder counts from the handoff. A lead bounced between owners every few hours
+/// and never touched reaches the manager 8h after the handoff and marketing ops 24h after it,
+/// each once, whoever owns it then; each owner still gets a breach of their own. (Before, every
+/// owner change restarted the ladder, and the lead never escalated.)
+#[test]
+fn a_lead_bounced_between_owners_still_escalates_from_the_handoff() {
+    let e = engine_with(ALL_RULES);
+    let mut p = PartitionState::default();
+    p.apply(&e, &mql("10:00:00", Some("alice")));
+    let owners = [
+        "dave", "alice", "dave", "alice", "dave", "alice", "dave", "alice", "dave",
+    ];
+    let mut fired = Vec::new();
+    for (i, owner) in owners.iter().enumerate() {
+        let when = at("10:00:00") + SignedDuration::from_hours(3 * (i as i64 + 1));
+        // Everything due before the reassignment fires first.
+        for (_, alerts) in p.fire_due(&e, when - SignedDuration::from_secs(1)) {
+            fired.extend(alerts);
+        }
+        let mut ev = update(&format!("o{i}"), "10:00:00", json!({"owner": owner}));
+        (ev.occurred_at, ev.received_at) = (when, when);
+        p.apply(&e, &ev);
+    }
+    for (_, alerts) in p.fire_due(&e, at("+3d 10:00:00")) {
+        fired.extend(alerts);
+    }
+    let escalated: Vec<(u32, Timestamp, Option<&str>)> = fired
+        .iter()
+        .filter(|a| a.kind == "sla.first_touch.escalated")
+        .map(|a| (a.data.level, a.data.deadline, a.data.owner.as_deref()))
+        .collect();
+    assert_eq!(
+        escalated,
+        [
+            (1, t("18:00:00"), Some("alice")),
+            (2, at("+1d 10:00:00"), Some("alice")),
+        ]
+    );
+    let breaches = fired
+        .iter()
+        .filter(|a| a.kind == "sla.first_touch.breached")
+        .count();
+    assert!(breaches >= 1, "each owner's own clock still runs");
+    // Escalation ids are made of the handoff: one per (rule, level) in the episode.
+    assert!(
+        fired
+            .iter()
+            .filter(|a| a.kind == "sla.first_touch.escalated")
+            .all(|a| a.data.clock_started_at == t("10:00:00"))
+    );
+}
+
 #[test]
 fn every_alert_type_at_its_edges() {
     use deadlines::*;
