@@ -137,7 +137,7 @@ pub fn owed(lead: &Lead, settings: &Settings) -> Vec<Due> {
             for (i, step) in ft.escalate.iter().enumerate() {
                 let at = calendar::add(cal, handoff, step.after).max(previous);
                 previous = at;
-                if !touched_since_handoff.is_some_and(|t| t <= at) {
+                if touched_since_handoff.is_none_or(|t| t > at) {
                     out.push(Due {
                         kind: ESCALATED,
                         rule: "first_touch",
