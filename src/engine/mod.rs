@@ -373,6 +373,7 @@ impl Engine {
                     .touch_kinds
                     .iter()
                     .any(|k| k.eq_ignore_ascii_case(activity.kind.trim()))
+                    && self.activity_counts(lead, activity)
                 {
                     lead.add_touch(state::Touch { at, event: e.event });
                 }
@@ -412,6 +413,39 @@ impl Engine {
                 c.owes = deadlines::judge(c, &settings);
             }
         }
+    }
+
+    /// Whether an activity was a person's, so it counts as a touch and an attempt. By default:
+    /// not when its source marks it `automated` (a nurture email, a sequence step); otherwise
+    /// when its `by` is absent (the source does not say), the lead's owner, or someone in
+    /// `[directory]` (compared trimmed and case-insensitively). `[first_touch] touch_counts`
+    /// replaces the default. Activities that do not count still show the lead is active.
+    fn activity_counts(&self, lead: &Lead, activity: &crate::event::Activity) -> bool {
+        let view = match serde_json::to_value(activity) {
+            Ok(serde_json::Value::Object(map)) => map,
+            _ => serde_json::Map::new(),
+        };
+        if let Some(p) = &self.rules.touch_counts {
+            return self.eval(p, &Facts::with_activity(&lead.fields, &view));
+        }
+        if view.get("automated") == Some(&serde_json::Value::Bool(true)) {
+            return false;
+        }
+        let Some(by) = activity
+            .by
+            .as_deref()
+            .map(str::trim)
+            .filter(|b| !b.is_empty())
+        else {
+            return true;
+        };
+        let same = |id: &str| id.trim().eq_ignore_ascii_case(by);
+        lead.owner.as_deref().is_some_and(same)
+            || self
+                .rules
+                .directory
+                .iter()
+                .any(|(id, person)| same(id) || person.email.as_deref().is_some_and(same))
     }
 
     /// Owner, sales-readiness, close and conversion after a patch, and what they mean for the

@@ -809,6 +809,84 @@ fn a_lead_bounced_between_owners_still_escalates_from_the_handoff() {
     );
 }
 
+fn activity_by(id: &str, when: &str, kind: &str, by: &str) -> LeadEvent {
+    let mut ev = activity(id, when, kind);
+    if let Change::Activity { activity } = &mut ev.change {
+        activity.by = Some(by.into());
+    }
+    ev
+}
+
+/// Issue 12: touches are people's. An email "by" a nurture program five minutes after the
+/// handoff neither cancels the first-touch SLA nor counts as an attempt; the owner's call, a
+/// call by someone in `[directory]`, and one whose source does not say who, do. (Before, any
+/// activity of a touch kind counted.)
+#[test]
+fn only_peoples_activities_are_touches() {
+    use deadlines::*;
+    let ready = mql("10:00:00", Some("alice"));
+    let nurture = activity_by("n", "10:05:00", "email", "nurture-program@mkto.example");
+    assert_eq!(
+        fired_by(&[ready.clone(), nurture], "14:00:00"),
+        kinds(&[(BREACHED, 0)]),
+        "the reminder is superseded by the breach"
+    );
+    for (who, by) in [
+        ("the owner", "Alice"),
+        ("the directory", "carol"),
+        ("nobody said", ""),
+    ] {
+        let touch = if by.is_empty() {
+            activity("c", "10:05:00", "call")
+        } else {
+            activity_by("c", "10:05:00", "call", by)
+        };
+        assert_eq!(fired_by(&[ready.clone(), touch], "14:00:00"), [], "{who}");
+    }
+    // Three emails by the program and one call by the owner: one attempt.
+    let mut events = vec![ready.clone()];
+    for i in 0..3 {
+        events.push(activity_by(
+            &format!("n{i}"),
+            "10:05:00",
+            "email",
+            "nurture",
+        ));
+    }
+    events.push(activity_by("c", "10:30:00", "call", "alice"));
+    events.push(close("x", "11:00:00", Some("No budget"), None));
+    assert_eq!(
+        fired_by(&events, "11:00:00"),
+        kinds(&[(INSUFFICIENT_ATTEMPTS, 0)])
+    );
+}
+
+/// `[first_touch] touch_counts` replaces the default with a CEL predicate over `activity` and
+/// `lead`: here, everything but the program's emails counts.
+#[test]
+fn touch_counts_decides_whose_activities_count() {
+    let rules = ALL_RULES.replace(
+        "escalate =",
+        "touch_counts = '!has(activity.by) || activity.by != \"nurture\"'\nescalate =",
+    );
+    let e = engine_with(&rules);
+    let fired = |events: &[LeadEvent]| {
+        let mut s = LeadState::default();
+        for ev in events {
+            e.apply(&mut s, ev);
+        }
+        e.fire_due("L-1", &mut s, t("14:00:00"))
+            .into_iter()
+            .map(|a| a.kind)
+            .collect::<Vec<_>>()
+    };
+    let ready = mql("10:00:00", Some("alice"));
+    let stranger = activity_by("c", "10:05:00", "call", "temp-sdr@agency.example");
+    assert_eq!(fired(&[ready.clone(), stranger]), Vec::<String>::new());
+    let program = activity_by("c", "10:05:00", "email", "nurture");
+    assert_eq!(fired(&[ready, program]), ["sla.first_touch.breached"]);
+}
+
 #[test]
 fn every_alert_type_at_its_edges() {
     use deadlines::*;

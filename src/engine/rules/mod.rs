@@ -70,6 +70,9 @@ pub struct Rules {
     pub lifecycle: Lifecycle,
     /// Activity kinds that count as a touch (lowercase).
     pub touch_kinds: Vec<String>,
+    /// `[first_touch] touch_counts`: whether an activity (of a touch kind) was a person's and
+    /// counts; `None`: the default (see [`crate::engine::Engine`]'s `activity_counts`).
+    pub touch_counts: Option<Predicate>,
     /// What applies when no segment matches.
     pub base: Arc<Settings>,
     /// In file order; the first whose `when` holds applies.
@@ -290,6 +293,8 @@ struct RawFirstTouch {
     escalate: Option<Vec<RawStep>>,
     #[serde(default)]
     touch_kinds: Option<Vec<String>>,
+    #[serde(default)]
+    touch_counts: Option<String>,
 }
 
 #[derive(Clone, eserde::Deserialize)]
@@ -471,6 +476,17 @@ impl Rules {
             ));
         }
 
+        // Whose activities count: one rule for every lead.
+        let touch_counts = raw
+            .first_touch
+            .as_ref()
+            .and_then(|f| f.touch_counts.as_deref())
+            .and_then(|source| {
+                Predicate::compile_for_activity(&cel, "first_touch.touch_counts", source)
+                    .map_err(|e| problems.push(("first_touch.touch_counts".into(), e)))
+                    .ok()
+            });
+
         // Directory.
         for (id, person) in &raw.directory {
             if let Some(m) = &person.manager
@@ -504,6 +520,15 @@ impl Rules {
         for (i, s) in raw.segments.iter().enumerate() {
             let key = format!("segments[{i}]");
             let when = compile(&format!("{key}.when"), &s.when, &mut problems);
+            if s.first_touch
+                .as_ref()
+                .is_some_and(|f| f.touch_counts.is_some())
+            {
+                problems.push((
+                    format!("{key}.first_touch.touch_counts"),
+                    "whose activities count applies to every lead: set it in [first_touch]".into(),
+                ));
+            }
             if s.first_touch
                 .as_ref()
                 .is_some_and(|f| f.touch_kinds.is_some())
@@ -571,6 +596,7 @@ impl Rules {
                     touch,
                 },
                 touch_kinds,
+                touch_counts,
                 base: Arc::new(base),
                 segments,
                 directory: raw.directory,
@@ -668,6 +694,7 @@ fn merge_first_touch(
         remind_before: o.remind_before.clone().or_else(|| b.remind_before.clone()),
         escalate: o.escalate.clone().or_else(|| b.escalate.clone()),
         touch_kinds: None,
+        touch_counts: None,
     })
 }
 

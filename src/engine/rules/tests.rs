@@ -403,3 +403,26 @@ fn reason_grace_is_a_wall_clock_duration_of_at_most_a_day() {
         jiff::SignedDuration::from_mins(5)
     );
 }
+
+/// `touch_counts` sees `activity` and `lead` and nothing else, and is set once for every lead.
+#[test]
+fn touch_counts_is_checked_like_every_predicate() {
+    let base = "[lifecycle]\nsales_ready = 'true'\n[first_touch]\nwithin = \"4h\"\n";
+    let ok = format!("{base}touch_counts = 'activity.by == lead.owner'\n");
+    assert!(Rules::parse(&ok).unwrap().touch_counts.is_some());
+    assert_eq!(
+        keys(&format!("{base}touch_counts = 'actvity.by == \"x\"'\n")),
+        ["first_touch.touch_counts"]
+    );
+    assert_eq!(
+        keys(&format!(
+            "{base}[[segments]]\nwhen = 'true'\nfirst_touch = {{ touch_counts = 'true' }}\n"
+        )),
+        ["segments[0].first_touch.touch_counts"]
+    );
+    // Elsewhere `activity` is not a name.
+    assert_eq!(
+        keys("[lifecycle]\nsales_ready = 'activity.kind == \"call\"'\n"),
+        ["lifecycle.sales_ready"]
+    );
+}
