@@ -263,3 +263,33 @@ fn reasons_are_judged_after_the_grace_and_never_from_an_earlier_episode() {
     assert_eq!(got, [("O", "disposition.missing_reason", ts("11:05:00"))]);
     assert_eq!(card.by_owner["alice"].close_reasons["No budget"], 1);
 }
+
+/// Issue 12, through `simulate`: a lead bounced between owners every three hours reaches the
+/// manager 8 h after the handoff, once; a nurture program's email is no touch (its lead breaches),
+/// the owner's call is.
+#[test]
+fn bounced_leads_escalate_from_the_handoff_and_programs_do_not_touch() {
+    let text = r#"
+{"id":"p1","type":"lead.updated","lead":"P","occurred_at":"2026-11-22T10:00:00Z","fields":{"stage":"MQL","owner":"alice"}}
+{"id":"p2","type":"lead.updated","lead":"P","occurred_at":"2026-11-22T13:00:00Z","fields":{"owner":"bob"}}
+{"id":"p3","type":"lead.updated","lead":"P","occurred_at":"2026-11-22T16:00:00Z","fields":{"owner":"alice"}}
+{"id":"p4","type":"lead.updated","lead":"P","occurred_at":"2026-11-22T19:00:00Z","fields":{"owner":"bob"}}
+{"id":"n1","type":"lead.updated","lead":"N","occurred_at":"2026-11-22T10:00:00Z","fields":{"stage":"MQL","owner":"alice"}}
+{"id":"n2","type":"lead.activity","lead":"N","occurred_at":"2026-11-22T10:05:00Z","activity":{"kind":"email","by":"nurture-program"}}
+{"id":"t1","type":"lead.updated","lead":"T","occurred_at":"2026-11-22T10:00:00Z","fields":{"stage":"MQL","owner":"alice"}}
+{"id":"t2","type":"lead.activity","lead":"T","occurred_at":"2026-11-22T10:05:00Z","activity":{"kind":"call","by":"alice"}}
+"#;
+    let (fired, _) = run_text(text, "2026-11-22T21:59:00Z");
+    let got: Vec<(&str, &str, Timestamp)> = fired
+        .iter()
+        .map(|a| (a.data.lead.as_str(), a.kind.as_str(), a.timestamp))
+        .collect();
+    assert_eq!(
+        got,
+        [
+            ("N", "sla.first_touch.breached", ts("14:00:00")),
+            ("N", "sla.first_touch.escalated", ts("18:00:00")),
+            ("P", "sla.first_touch.escalated", ts("18:00:00")),
+        ]
+    );
+}
