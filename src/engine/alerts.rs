@@ -227,7 +227,7 @@ fn working_words(d: Duration) -> String {
         return count(secs / 60, "working minute");
     }
     let tenths = (secs + 180) / 360;
-    if tenths % 10 == 0 {
+    if tenths.is_multiple_of(10) {
         count(tenths / 10, "working hour")
     } else {
         format!("{}.{} working hours", tenths / 10, tenths % 10)
