@@ -38,6 +38,8 @@ min_attempts = 2
 [disposition]
 reasons = ["No budget"]
 vague   = ["Other"]
+# D's reason is judged 2 s after its close (the daemon and `simulate` alike).
+reason_grace = "2s"
 
 [directory."alice@example.com"]
 name    = "Alice Adams"

@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use jiff::Timestamp;
 
+use super::calendar::{Calendar, SlaDuration};
 use super::deadlines::{self, Due, What};
 use super::rules::{Rules, Settings};
 use super::state::Lead;
@@ -188,11 +189,57 @@ fn when(settings: &Settings, t: Timestamp) -> String {
     t.to_zoned(tz).strftime("%a %Y-%m-%d %H:%M %Z").to_string()
 }
 
-fn span(d: Duration) -> String {
+/// A span as people read it: in a calendar, working time in words ("30.5 working hours", not
+/// "1day 6h 30m", which reads as wall-clock time); around the clock, as a plain duration.
+fn span(cal: Option<&Calendar>, d: Duration) -> String {
+    if cal.is_some() {
+        return working_words(d);
+    }
     // Whole minutes read better than "3h 59m 59s 999ms".
     let secs = d.as_secs();
     let rounded = if secs >= 120 { secs / 60 * 60 } else { secs };
     humantime::format_duration(Duration::from_secs(rounded)).to_string()
+}
+
+/// An SLA of the rules as people read it: in a calendar, "4 working days", "1 working day and 2
+/// working hours", "30 working minutes"; around the clock, as written ("4h").
+fn sla_words(cal: Option<&Calendar>, d: SlaDuration) -> String {
+    if cal.is_none() {
+        return d.to_string();
+    }
+    let mut parts = Vec::new();
+    if d.days > 0 {
+        parts.push(count(u64::from(d.days), "working day"));
+    }
+    if !d.time.is_zero() || d.days == 0 {
+        parts.push(working_words(d.time));
+    }
+    parts.join(" and ")
+}
+
+/// Working time in words: seconds under a minute, minutes under an hour, then hours to a tenth.
+fn working_words(d: Duration) -> String {
+    let secs = d.as_secs();
+    if secs < 60 {
+        return count(secs, "working second");
+    }
+    if secs < 3600 {
+        return count(secs / 60, "working minute");
+    }
+    let tenths = (secs + 180) / 360;
+    if tenths.is_multiple_of(10) {
+        count(tenths / 10, "working hour")
+    } else {
+        format!("{}.{} working hours", tenths / 10, tenths % 10)
+    }
+}
+
+fn count(n: u64, what: &str) -> String {
+    if n == 1 {
+        format!("1 {what}")
+    } else {
+        format!("{n} {what}s")
+    }
 }
 
 fn name_of(rules: &Rules, id: &str) -> String {
@@ -227,13 +274,13 @@ fn message(
     let owner_name = owner.map_or_else(|| "its owner".to_string(), |o| name_of(rules, o));
     let at = |t| when(settings, t);
     let cal = settings.calendar.as_deref();
-    let late_by = |from, to| span(super::calendar::between(cal, from, to));
+    let late_by = |from, to| span(cal, super::calendar::between(cal, from, to));
     match (&due.what, due.kind) {
         (What::Unassigned, _) => {
             let within = settings
                 .handoff
                 .as_ref()
-                .map(|h| h.assign_within.to_string());
+                .map(|h| sla_words(cal, h.assign_within));
             format!(
                 "{who} has been sales-ready since {} with no owner; it had to be assigned within {} \
                  (by {}). Assign it now.",
@@ -248,7 +295,10 @@ fn message(
             at(due.clock)
         ),
         (What::FirstTouch { .. }, deadlines::BREACHED) => {
-            let within = settings.first_touch.as_ref().map(|f| f.within.to_string());
+            let within = settings
+                .first_touch
+                .as_ref()
+                .map(|f| sla_words(cal, f.within));
             format!(
                 "{who}, sales-ready and owned by {owner_name} since {}, got no touch within {}: the \
                  first-touch deadline passed at {}. Call or email them now.",
@@ -309,10 +359,37 @@ fn message(
                     late_by(due.deadline, c.closed_at),
                     at(due.deadline),
                     d.and_then(|d| d.feedback_within)
-                        .map(|f| f.to_string())
+                        .map(|f| sla_words(cal, f))
                         .unwrap_or_default()
                 ),
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Issue 12: working time is written as working time, so "1day 6h 30m" (which reads as
+    /// wall-clock) is "30.5 working hours"; around the clock, durations read as before.
+    #[test]
+    fn spans_in_a_calendar_are_written_as_working_time() {
+        let hours = [("mon".to_string(), "09:00-17:00".to_string())].into();
+        let cal = Calendar::new("us", "America/New_York", &hours, &[]).unwrap();
+        let cal = Some(&cal);
+        let hours = |h: u64, m: u64| Duration::from_secs(h * 3600 + m * 60);
+        assert_eq!(span(cal, hours(30, 30)), "30.5 working hours");
+        assert_eq!(span(cal, hours(1, 0)), "1 working hour");
+        assert_eq!(span(cal, hours(0, 45)), "45 working minutes");
+        assert_eq!(span(None, hours(30, 30)), "1day 6h 30m");
+        let sla = |s: &str| s.parse::<SlaDuration>().unwrap();
+        assert_eq!(sla_words(cal, sla("4d")), "4 working days");
+        assert_eq!(
+            sla_words(cal, sla("1d 2h")),
+            "1 working day and 2 working hours"
+        );
+        assert_eq!(sla_words(cal, sla("15m")), "15 working minutes");
+        assert_eq!(sla_words(None, sla("4h")), "4h");
     }
 }

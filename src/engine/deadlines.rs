@@ -4,9 +4,11 @@
 //!
 //! - `lead.unassigned` (rule `handoff`): sales-ready without an owner for `assign_within`.
 //! - `sla.first_touch.reminder` / `.breached` / `.escalated` (rule `first_touch`, levels 0, 0, n):
-//!   no touch by `within - remind_before`, `within`, and each step's `after`, all counted from
-//!   the clock start in the segment's calendar; a touch at or before one cancels it.
-//! - `follow_up.insufficient_attempts` and `disposition.*`: judged at the close.
+//!   no touch by `within - remind_before` and `within`, counted from the owner's clock start, and
+//!   by each step's `after`, counted from the handoff (the episode's first clock start), all in
+//!   the segment's calendar; a touch at or before one cancels it.
+//! - `follow_up.insufficient_attempts` and `disposition.*`: judged at the close; the reason
+//!   alerts fire `reason_grace` (wall-clock) after it, on the reason as it stands then.
 
 use jiff::Timestamp;
 
@@ -124,18 +126,24 @@ pub fn owed(lead: &Lead, settings: &Settings) -> Vec<Due> {
                     what: first_touch(None),
                 });
             }
+            // The ladder counts from the handoff (the episode's first clock start), not from
+            // this owner's: reassigning a lead does not keep it from the manager. Its ids are
+            // made of the handoff, so each step fires once per episode whoever owns the lead;
+            // any touch since the handoff, at or before a step, cancels it.
+            let handoff = episode.handed_off_at.unwrap_or(start);
+            let touched_since_handoff = lead.first_touch_since(handoff);
             // Each step no earlier than the one before, whatever the calendar does to them.
-            let mut previous = deadline;
+            let mut previous = calendar::add(cal, handoff, ft.within);
             for (i, step) in ft.escalate.iter().enumerate() {
-                let at = calendar::add(cal, start, step.after).max(previous);
+                let at = calendar::add(cal, handoff, step.after).max(previous);
                 previous = at;
-                if !cancelled(at) {
+                if touched_since_handoff.is_none_or(|t| t > at) {
                     out.push(Due {
                         kind: ESCALATED,
                         rule: "first_touch",
                         level: i as u32 + 1,
                         variant: None,
-                        clock: start,
+                        clock: handoff,
                         deadline: at,
                         fire_at: at,
                         to: vec![step.notify.clone()],
@@ -145,6 +153,11 @@ pub fn owed(lead: &Lead, settings: &Settings) -> Vec<Due> {
             }
         }
     }
+    // Reasons are judged `reason_grace` (wall-clock) after the close.
+    let grace = settings
+        .disposition
+        .as_ref()
+        .map_or(jiff::SignedDuration::ZERO, |d| d.reason_grace);
     for c in &lead.closeouts {
         for owed in &c.owes {
             let (kind, rule, variant) = match owed.kind.as_str() {
@@ -155,6 +168,12 @@ pub fn owed(lead: &Lead, settings: &Settings) -> Vec<Due> {
                 LATE => (LATE, "disposition", Some(LATE)),
                 _ => continue,
             };
+            let fire_at = match kind {
+                MISSING_REASON | UNKNOWN_REASON | VAGUE_REASON => {
+                    c.closed_at.saturating_add(grace).unwrap_or(Timestamp::MAX)
+                }
+                _ => c.closed_at,
+            };
             out.push(Due {
                 kind,
                 rule,
@@ -162,7 +181,7 @@ pub fn owed(lead: &Lead, settings: &Settings) -> Vec<Due> {
                 variant,
                 clock: c.closed_at,
                 deadline: owed.deadline,
-                fire_at: c.closed_at,
+                fire_at,
                 to: vec!["owner".into(), "marketing_ops".into()],
                 what: What::Closeout(c.clone()),
             });

@@ -261,9 +261,11 @@ impl Engine {
             converted: l.converted.as_ref().is_some_and(|p| self.eval(p, &facts)),
         };
         let before = (lead.episode.is_some(), lead.ended_at.is_some());
+        let ended = verdict.closed || verdict.converted;
         let after = (
-            verdict.ready && !verdict.closed && !verdict.converted && lead.deleted_at.is_none(),
-            verdict.closed || verdict.converted,
+            // An open episode stays open whatever `sales_ready` says now.
+            !ended && lead.deleted_at.is_none() && (verdict.ready || lead.episode.is_some()),
+            ended,
         );
         if before != after {
             self.lifecycle(lead, at, verdict, false);
@@ -324,6 +326,10 @@ impl Engine {
                 if lead.deleted_at.is_some_and(|d| at > d) {
                     lead.deleted_at = None;
                 }
+                let disposition_before = (
+                    lead.text("disposition_reason"),
+                    lead.text("disposition_detail"),
+                );
                 let touch_rule = self.rules.lifecycle.touch.as_ref();
                 let touch_before = touch_rule.map(|p| self.eval(p, &Facts::new(&lead.fields)));
                 for (k, v) in fields {
@@ -337,6 +343,12 @@ impl Engine {
                     } else {
                         lead.fields.insert(k.clone(), v.clone());
                     }
+                }
+                if lead.text("disposition_reason") != disposition_before.0 {
+                    lead.reason_changed_at = Some(at);
+                }
+                if lead.text("disposition_detail") != disposition_before.1 {
+                    lead.detail_changed_at = Some(at);
                 }
                 let facts = Facts::with_change(&lead.fields, fields);
                 let l = &self.rules.lifecycle;
@@ -361,6 +373,7 @@ impl Engine {
                     .touch_kinds
                     .iter()
                     .any(|k| k.eq_ignore_ascii_case(activity.kind.trim()))
+                    && self.activity_counts(lead, activity)
                 {
                     lead.add_touch(state::Touch { at, event: e.event });
                 }
@@ -373,24 +386,66 @@ impl Engine {
             Change::Forgotten {} => {}
         }
         // A close-out is judged on the lead as it was at that moment: what events stamped with
-        // the same instant (applied after it) set counts too.
-        if let Some(c) = lead.closeouts.last()
-            && c.closed_at == at
-        {
-            let (reason, detail) = (
-                lead.text("disposition_reason"),
-                lead.text("disposition_detail"),
-            );
-            let attempts = lead.touches_between(c.sales_ready_at, at);
-            let last_activity_at = lead.last_activity_at;
+        // the same instant (applied after it) set counts too. Its reason and detail are judged
+        // as they stand `reason_grace` after the close (a reason sent as its own update a moment
+        // later is the close's reason), unless the lead is sales-ready again by then.
+        if let Some(c) = lead.closeouts.last() {
             let settings = self.settings(lead);
-            let c = lead.closeouts.last_mut().expect("checked");
-            c.reason = reason;
-            c.detail = detail;
-            c.attempts = attempts;
-            c.last_activity_at = last_activity_at;
-            c.owes = deadlines::judge(c, &settings);
+            let grace = settings
+                .disposition
+                .as_ref()
+                .map_or(SignedDuration::ZERO, |d| d.reason_grace);
+            let same = c.closed_at == at;
+            let in_grace = lead.episode.is_none()
+                && at > c.closed_at
+                && at <= c.closed_at.saturating_add(grace).unwrap_or(Timestamp::MAX);
+            if same || in_grace {
+                let (reason, detail) = lead.disposition_since(c.sales_ready_at);
+                let attempts = lead.touches_between(c.sales_ready_at, c.closed_at);
+                let last_activity_at = lead.last_activity_at;
+                let c = lead.closeouts.last_mut().expect("checked");
+                c.reason = reason;
+                c.detail = detail;
+                if same {
+                    c.attempts = attempts;
+                    c.last_activity_at = last_activity_at;
+                }
+                c.owes = deadlines::judge(c, &settings);
+            }
         }
+    }
+
+    /// Whether an activity was a person's, so it counts as a touch and an attempt. By default:
+    /// not when its source marks it `automated` (a nurture email, a sequence step); otherwise
+    /// when its `by` is absent (the source does not say), the lead's owner, or someone in
+    /// `[directory]` (compared trimmed and case-insensitively). `[first_touch] touch_counts`
+    /// replaces the default. Activities that do not count still show the lead is active.
+    fn activity_counts(&self, lead: &Lead, activity: &crate::event::Activity) -> bool {
+        let view = match serde_json::to_value(activity) {
+            Ok(serde_json::Value::Object(map)) => map,
+            _ => serde_json::Map::new(),
+        };
+        if let Some(p) = &self.rules.touch_counts {
+            return self.eval(p, &Facts::with_activity(&lead.fields, &view));
+        }
+        if view.get("automated") == Some(&serde_json::Value::Bool(true)) {
+            return false;
+        }
+        let Some(by) = activity
+            .by
+            .as_deref()
+            .map(str::trim)
+            .filter(|b| !b.is_empty())
+        else {
+            return true;
+        };
+        let same = |id: &str| id.trim().eq_ignore_ascii_case(by);
+        lead.owner.as_deref().is_some_and(same)
+            || self
+                .rules
+                .directory
+                .iter()
+                .any(|(id, person)| same(id) || person.email.as_deref().is_some_and(same))
     }
 
     /// Owner, sales-readiness, close and conversion after a patch, and what they mean for the
@@ -413,9 +468,12 @@ impl Engine {
         } else if lead.deleted_at.is_none() {
             lead.ended_at = None;
         }
-        let active = ready && !closed && !converted && lead.deleted_at.is_none();
+        // An episode is the handoff's whole life in sales: it ends only when the lead is closed,
+        // converted, deleted or merged away, whatever `sales_ready` says while sales works it
+        // ("Working - Contacted" is not sales-ready, and still the same handoff).
+        let ended = closed || converted || lead.deleted_at.is_some();
 
-        if !active && let Some(episode) = lead.episode.take() {
+        if ended && let Some(episode) = lead.episode.take() {
             // Closing (not converting) a lead that was sales-ready is judged by the close-out
             // rules.
             if judge && closed && !converted {
@@ -423,8 +481,8 @@ impl Engine {
                     closed_at: at,
                     owner: lead.owner.clone(),
                     sales_ready_at: episode.started_at,
-                    reason: lead.text("disposition_reason"),
-                    detail: lead.text("disposition_detail"),
+                    reason: lead.disposition_since(episode.started_at).0,
+                    detail: lead.disposition_since(episode.started_at).1,
                     attempts: lead.touches_between(episode.started_at, at),
                     last_activity_at: lead.last_activity_at,
                     owes: Vec::new(),
@@ -432,7 +490,7 @@ impl Engine {
                 lead.push_closeout(closeout);
             }
         }
-        if active && lead.episode.is_none() {
+        if ready && !ended && lead.episode.is_none() {
             lead.episode = Some(Episode {
                 started_at: at,
                 unassigned_since: None,

@@ -132,6 +132,13 @@ pub struct Lead {
     pub touches: Vec<Touch>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_activity_at: Option<Timestamp>,
+    /// When `disposition_reason` last changed value (event time; re-sending the same value is no
+    /// change): a reason that stands from before an episode began is not that episode's reason.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason_changed_at: Option<Timestamp>,
+    /// When `disposition_detail` last changed value, likewise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detail_changed_at: Option<Timestamp>,
     /// The latest close-outs of sales-ready episodes, oldest first.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub closeouts: Vec<Closeout>,
@@ -264,6 +271,19 @@ impl Lead {
     /// A string field, trimmed, `None` when absent or blank.
     pub fn text(&self, name: &str) -> Option<String> {
         text(&self.fields, name)
+    }
+
+    /// The `disposition_reason` and `disposition_detail` that count for an episode begun at
+    /// `since`: each only if it changed since (one whose change predates this state's record of
+    /// changes counts).
+    pub fn disposition_since(&self, since: Timestamp) -> (Option<String>, Option<String>) {
+        let fresh = |changed: Option<Timestamp>| changed.is_none_or(|t| t >= since);
+        (
+            self.text("disposition_reason")
+                .filter(|_| fresh(self.reason_changed_at)),
+            self.text("disposition_detail")
+                .filter(|_| fresh(self.detail_changed_at)),
+        )
     }
 
     /// Records a touch; one event counts once, however often it is replayed.

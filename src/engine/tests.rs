@@ -372,23 +372,42 @@ fn re_sending_sales_ready_starts_nothing_new() {
     assert_eq!(e.next_deadline(&s), Some(t("14:00:00")));
 }
 
+/// Issue 12: an episode is the handoff's whole life in sales. Leaving the sales-ready stage while
+/// sales works the lead keeps it (and its clock); a close ends it; sales-ready again after the
+/// close is a new episode with a new clock. (Before, leaving sales-ready ended the episode.)
 #[test]
-fn leaving_sales_ready_ends_the_clock() {
-    let e = engine();
+fn working_a_lead_keeps_its_episode_and_only_a_close_ends_it() {
+    let e = engine_with(&RULES.replace(
+        "[first_touch]",
+        "closed = 'lead.status == \"Unqualified\"'\n[first_touch]",
+    ));
     let mut s = LeadState::default();
     e.apply(&mut s, &ready_owned("10:00:00"));
     e.apply(
         &mut s,
-        &update("e2", "11:00:00", json!({"stage": "nurture"})),
+        &update("e2", "11:00:00", json!({"stage": "working"})),
+    );
+    assert_eq!(
+        e.next_deadline(&s),
+        Some(t("14:00:00")),
+        "still the same handoff"
+    );
+    e.apply(
+        &mut s,
+        &update("e3", "12:00:00", json!({"status": "Unqualified"})),
     );
     assert_eq!(e.next_deadline(&s), None);
     assert!(e.fire_due("L-1", &mut s, t("23:00:00")).is_empty());
-    // A new episode gets a new clock.
+    // Sales-ready again after the close: a new episode gets a new clock.
     e.apply(
         &mut s,
-        &update("e3", "12:00:00", json!({"stage": "sales_ready"})),
+        &update(
+            "e4",
+            "+1d 12:00:00",
+            json!({"stage": "sales_ready", "status": "Open"}),
+        ),
     );
-    assert_eq!(e.next_deadline(&s), Some(t("16:00:00")));
+    assert_eq!(e.next_deadline(&s), Some(at("+1d 16:00:00")));
 }
 
 #[test]
@@ -698,6 +717,177 @@ fn calls(n: usize, from: &str) -> Vec<LeadEvent> {
         .collect()
 }
 
+/// Salesforce's own flow (stage and status both read `Status`): Open - Not Contacted (sales-ready)
+/// → Working - Contacted → Unqualified after one call and with no reason. "Working" is not
+/// sales-ready, and the close is still this handoff's close-out: both alerts.
+#[test]
+fn a_close_after_working_the_lead_is_judged() {
+    let rules = ALL_RULES
+        .replace(
+            "sales_ready = 'lead.stage == \"MQL\"'",
+            "sales_ready = 'lead.status == \"Open - Not Contacted\"'",
+        )
+        .replace("feedback_within  = \"5d\"", "");
+    let e = engine_with(&rules);
+    let mut p = PartitionState::default();
+    let status = |id: &str, when: &str, v: &str| update(id, when, json!({"status": v}));
+    let mut open = status("open", "10:00:00", "Open - Not Contacted");
+    if let Change::Updated { fields } = &mut open.change {
+        fields.insert("owner".into(), json!("alice"));
+    }
+    for ev in [
+        open,
+        status("working", "10:20:00", "Working - Contacted"),
+        activity("call", "10:30:00", "call"),
+        status("unq", "+1d 11:00:00", "Unqualified"),
+    ] {
+        p.apply(&e, &ev);
+    }
+    let fired = p.fire_due(&e, at("+1d 11:05:00"));
+    let kinds: Vec<&str> = fired
+        .iter()
+        .flat_map(|(_, a)| a.iter().map(|a| a.kind.as_str()))
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            "follow_up.insufficient_attempts",
+            "disposition.missing_reason"
+        ]
+    );
+    assert_eq!(fired[0].1[0].data.sales_ready_at, Some(t("10:00:00")));
+}
+
+/// Issue 12: the ladder counts from the handoff. A lead bounced between owners every few hours
+/// and never touched reaches the manager 8h after the handoff and marketing ops 24h after it,
+/// each once, whoever owns it then; each owner still gets a breach of their own. (Before, every
+/// owner change restarted the ladder, and the lead never escalated.)
+#[test]
+fn a_lead_bounced_between_owners_still_escalates_from_the_handoff() {
+    let e = engine_with(ALL_RULES);
+    let mut p = PartitionState::default();
+    p.apply(&e, &mql("10:00:00", Some("alice")));
+    let owners = [
+        "dave", "alice", "dave", "alice", "dave", "alice", "dave", "alice", "dave",
+    ];
+    let mut fired = Vec::new();
+    for (i, owner) in owners.iter().enumerate() {
+        let when = at("10:00:00") + SignedDuration::from_hours(3 * (i as i64 + 1));
+        // Everything due before the reassignment fires first.
+        for (_, alerts) in p.fire_due(&e, when - SignedDuration::from_secs(1)) {
+            fired.extend(alerts);
+        }
+        let mut ev = update(&format!("o{i}"), "10:00:00", json!({"owner": owner}));
+        (ev.occurred_at, ev.received_at) = (when, when);
+        p.apply(&e, &ev);
+    }
+    for (_, alerts) in p.fire_due(&e, at("+3d 10:00:00")) {
+        fired.extend(alerts);
+    }
+    let escalated: Vec<(u32, Timestamp, Option<&str>)> = fired
+        .iter()
+        .filter(|a| a.kind == "sla.first_touch.escalated")
+        .map(|a| (a.data.level, a.data.deadline, a.data.owner.as_deref()))
+        .collect();
+    assert_eq!(
+        escalated,
+        [
+            (1, t("18:00:00"), Some("alice")),
+            (2, at("+1d 10:00:00"), Some("alice")),
+        ]
+    );
+    let breaches = fired
+        .iter()
+        .filter(|a| a.kind == "sla.first_touch.breached")
+        .count();
+    assert!(breaches >= 1, "each owner's own clock still runs");
+    // Escalation ids are made of the handoff: one per (rule, level) in the episode.
+    assert!(
+        fired
+            .iter()
+            .filter(|a| a.kind == "sla.first_touch.escalated")
+            .all(|a| a.data.clock_started_at == t("10:00:00"))
+    );
+}
+
+fn activity_by(id: &str, when: &str, kind: &str, by: &str) -> LeadEvent {
+    let mut ev = activity(id, when, kind);
+    if let Change::Activity { activity } = &mut ev.change {
+        activity.by = Some(by.into());
+    }
+    ev
+}
+
+/// Issue 12: touches are people's. An email "by" a nurture program five minutes after the
+/// handoff neither cancels the first-touch SLA nor counts as an attempt; the owner's call, a
+/// call by someone in `[directory]`, and one whose source does not say who, do. (Before, any
+/// activity of a touch kind counted.)
+#[test]
+fn only_peoples_activities_are_touches() {
+    use deadlines::*;
+    let ready = mql("10:00:00", Some("alice"));
+    let nurture = activity_by("n", "10:05:00", "email", "nurture-program@mkto.example");
+    assert_eq!(
+        fired_by(&[ready.clone(), nurture], "14:00:00"),
+        kinds(&[(BREACHED, 0)]),
+        "the reminder is superseded by the breach"
+    );
+    for (who, by) in [
+        ("the owner", "Alice"),
+        ("the directory", "carol"),
+        ("nobody said", ""),
+    ] {
+        let touch = if by.is_empty() {
+            activity("c", "10:05:00", "call")
+        } else {
+            activity_by("c", "10:05:00", "call", by)
+        };
+        assert_eq!(fired_by(&[ready.clone(), touch], "14:00:00"), [], "{who}");
+    }
+    // Three emails by the program and one call by the owner: one attempt.
+    let mut events = vec![ready.clone()];
+    for i in 0..3 {
+        events.push(activity_by(
+            &format!("n{i}"),
+            "10:05:00",
+            "email",
+            "nurture",
+        ));
+    }
+    events.push(activity_by("c", "10:30:00", "call", "alice"));
+    events.push(close("x", "11:00:00", Some("No budget"), None));
+    assert_eq!(
+        fired_by(&events, "11:00:00"),
+        kinds(&[(INSUFFICIENT_ATTEMPTS, 0)])
+    );
+}
+
+/// `[first_touch] touch_counts` replaces the default with a CEL predicate over `activity` and
+/// `lead`: here, everything but the program's emails counts.
+#[test]
+fn touch_counts_decides_whose_activities_count() {
+    let rules = ALL_RULES.replace(
+        "escalate =",
+        "touch_counts = '!has(activity.by) || activity.by != \"nurture\"'\nescalate =",
+    );
+    let e = engine_with(&rules);
+    let fired = |events: &[LeadEvent]| {
+        let mut s = LeadState::default();
+        for ev in events {
+            e.apply(&mut s, ev);
+        }
+        e.fire_due("L-1", &mut s, t("14:00:00"))
+            .into_iter()
+            .map(|a| a.kind)
+            .collect::<Vec<_>>()
+    };
+    let ready = mql("10:00:00", Some("alice"));
+    let stranger = activity_by("c", "10:05:00", "call", "temp-sdr@agency.example");
+    assert_eq!(fired(&[ready.clone(), stranger]), Vec::<String>::new());
+    let program = activity_by("c", "10:05:00", "email", "nurture");
+    assert_eq!(fired(&[ready, program]), ["sla.first_touch.breached"]);
+}
+
 #[test]
 fn every_alert_type_at_its_edges() {
     use deadlines::*;
@@ -733,13 +923,14 @@ fn every_alert_type_at_its_edges() {
         ("enough attempts, an agreed reason", with(vec![ready.clone()], &with(three_calls.clone(), &[close("x", "11:00:00", Some(" no budget "), None)])), "+2d 10:00:00", vec![]),
         ("too few attempts, at the close", with(vec![ready.clone()], &with(two_calls.clone(), &[close("x", "11:00:00", Some("No budget"), None)])), "11:00:00", vec![(INSUFFICIENT_ATTEMPTS, 0)]),
         ("too few attempts, a second before the close", with(vec![ready.clone()], &with(two_calls.clone(), &[close("x", "11:00:00", Some("No budget"), None)])), "10:59:59", vec![]),
-        ("no reason", with(vec![ready.clone()], &with(three_calls.clone(), &[close("x", "11:00:00", None, None)])), "11:00:00", vec![(MISSING_REASON, 0)]),
-        ("a blank reason is no reason", with(vec![ready.clone()], &with(three_calls.clone(), &[close("x", "11:00:00", Some("   "), None)])), "11:00:00", vec![(MISSING_REASON, 0)]),
-        ("a reason off the list", with(vec![ready.clone()], &with(three_calls.clone(), &[close("x", "11:00:00", Some("Bad timing"), None)])), "11:00:00", vec![(UNKNOWN_REASON, 0)]),
-        ("vague without detail", with(vec![ready.clone()], &with(three_calls.clone(), &[close("x", "11:00:00", Some("NOT INTERESTED "), None)])), "11:00:00", vec![(VAGUE_REASON, 0)]),
-        ("vague, detail one short", with(vec![ready.clone()], &with(three_calls.clone(), &[close("x", "11:00:00", Some("Other"), Some("  nineteen characters  "))])), "11:00:00", vec![(VAGUE_REASON, 0)]),
-        ("vague, detail long enough", with(vec![ready.clone()], &with(three_calls.clone(), &[close("x", "11:00:00", Some("Other"), Some("twenty characters ok"))])), "11:00:00", vec![]),
-        ("both attempts and reason", with(vec![ready.clone()], &[close("x", "11:00:00", None, None)]), "11:00:00", vec![(INSUFFICIENT_ATTEMPTS, 0), (MISSING_REASON, 0)]),
+        ("no reason", with(vec![ready.clone()], &with(three_calls.clone(), &[close("x", "11:00:00", None, None)])), "11:05:00", vec![(MISSING_REASON, 0)]),
+        ("a blank reason is no reason", with(vec![ready.clone()], &with(three_calls.clone(), &[close("x", "11:00:00", Some("   "), None)])), "11:05:00", vec![(MISSING_REASON, 0)]),
+        ("a reason off the list", with(vec![ready.clone()], &with(three_calls.clone(), &[close("x", "11:00:00", Some("Bad timing"), None)])), "11:05:00", vec![(UNKNOWN_REASON, 0)]),
+        ("vague without detail", with(vec![ready.clone()], &with(three_calls.clone(), &[close("x", "11:00:00", Some("NOT INTERESTED "), None)])), "11:05:00", vec![(VAGUE_REASON, 0)]),
+        ("vague, detail one short", with(vec![ready.clone()], &with(three_calls.clone(), &[close("x", "11:00:00", Some("Other"), Some("  nineteen characters  "))])), "11:05:00", vec![(VAGUE_REASON, 0)]),
+        ("vague, detail long enough", with(vec![ready.clone()], &with(three_calls.clone(), &[close("x", "11:00:00", Some("Other"), Some("twenty characters ok"))])), "11:05:00", vec![]),
+        ("no reason, judged at the grace's end", with(vec![ready.clone()], &with(three_calls.clone(), &[close("x", "11:00:00", None, None)])), "11:04:59", vec![]),
+        ("both attempts and reason", with(vec![ready.clone()], &[close("x", "11:00:00", None, None)]), "11:05:00", vec![(INSUFFICIENT_ATTEMPTS, 0), (MISSING_REASON, 0)]),
         ("closed exactly at the feedback limit", with(vec![ready.clone()], &with(three_calls.clone(), &[close("x", "+5d 10:30:02", Some("No budget"), None)])), "+6d 10:00:00", vec![]),
         ("closed a second after it", with(vec![ready.clone()], &with(three_calls.clone(), &[close("x", "+5d 10:30:03", Some("No budget"), None)])), "+6d 10:00:00", vec![(LATE, 0)]),
         ("converting owes nothing", vec![ready.clone(), update("cv", "11:00:00", json!({"status": "Converted"}))], "+6d 10:00:00", vec![]),
@@ -788,15 +979,15 @@ fn the_alert_ids_the_engine_fires_are_pinned() {
     ));
     got.extend(fire(
         &[ready.clone(), close("x", "11:00:00", None, None)],
-        &["11:00:00"],
+        &["11:05:00"],
     ));
     got.extend(fire(
         &closed_after_three_calls("11:00:00", "Bad timing", None),
-        &["11:00:00"],
+        &["11:05:00"],
     ));
     got.extend(fire(
         &closed_after_three_calls("11:00:00", "Other", None),
-        &["11:00:00"],
+        &["11:05:00"],
     ));
     got.extend(fire(
         &closed_after_three_calls("+5d 10:30:03", "No budget", None),
@@ -905,8 +1096,11 @@ fn a_lead_restored_after_its_deletion_is_judged_again() {
     );
 }
 
+/// Issue 12: the reason and detail are judged `reason_grace` (default 5m, wall-clock) after the
+/// close, as they stand then; one set before the episode began is not this close-out's. (Before,
+/// they were judged at the close: a reason a second later gave `disposition.missing_reason`.)
 #[test]
-fn the_reason_is_the_lead_field_at_the_moment_it_closes() {
+fn the_reason_is_judged_as_it_stands_reason_grace_after_the_close() {
     use deadlines::*;
     let ready = mql("10:00:00", Some("alice"));
     let reason = |when: &str| update("r", when, json!({"disposition_reason": "Wrong contact"}));
@@ -921,11 +1115,37 @@ fn the_reason_is_the_lead_field_at_the_moment_it_closes() {
     let mut same = base.clone();
     same.extend([close.clone(), reason("11:00:00")]);
     assert_eq!(fired_by(&same, "+1d 10:00:00"), []);
-    // A second later is too late.
-    let mut later = base.clone();
-    later.extend([close.clone(), reason("11:00:01")]);
+    // As its own update two seconds later, and at the very end of the grace.
+    for when in ["11:00:02", "11:05:00"] {
+        let mut later = base.clone();
+        later.extend([close.clone(), reason(when)]);
+        assert_eq!(fired_by(&later, "+1d 10:00:00"), [], "{when}");
+    }
+    // After the grace is too late.
+    let mut late = base.clone();
+    late.extend([close.clone(), reason("11:05:01")]);
     assert_eq!(
-        fired_by(&later, "+1d 10:00:00"),
+        fired_by(&late, "+1d 10:00:00"),
+        kinds(&[(MISSING_REASON, 0)])
+    );
+    // A reason left over from before this episode is not this close-out's reason, even when the
+    // CRM sends it again with every update.
+    let mut recycled = vec![
+        update(
+            "old",
+            "-30d 10:00:00",
+            json!({"disposition_reason": "No budget"}),
+        ),
+        mql("10:00:00", Some("alice")),
+    ];
+    recycled.extend(calls(3, "10:30:00"));
+    recycled.push(update(
+        "x",
+        "11:00:00",
+        json!({"status": "Unqualified", "disposition_reason": "No budget"}),
+    ));
+    assert_eq!(
+        fired_by(&recycled, "+1d 10:00:00"),
         kinds(&[(MISSING_REASON, 0)])
     );
 }
@@ -1133,19 +1353,27 @@ fn a_rules_edit_applies_the_lifecycle_to_leads_as_they_stand() {
     p.apply(&e, &low);
     p.apply(&e, &nurture);
     assert!(p.lead("L-low").unwrap().lead.episode.is_some());
-    // Sales-ready now means MQL with a score of 60, or nurture: L-low's episode ends, L-nurture's
-    // begins at the reload, with its clock from then.
+    // Sales-ready now means MQL with a score of 60, or nurture: L-nurture's episode begins at the
+    // reload, with its clock from then. L-low's stays open (issue 12: an episode ends only with a
+    // close, a conversion, a deletion or a merge, whatever `sales_ready` says later).
     let edited = engine_with(&ALL_RULES.replace(
         "sales_ready = 'lead.stage == \"MQL\"'",
         "sales_ready = '(lead.stage == \"MQL\" && lead.score >= 60) || lead.stage == \"nurture\"'",
     ));
     p.reload(&edited, t("12:00:00"));
-    assert!(p.lead("L-low").unwrap().lead.episode.is_none());
+    let kept = p.lead("L-low").unwrap().lead.episode.clone().unwrap();
+    assert_eq!(kept.started_at, t("10:00:00"));
     let started = p.lead("L-nurture").unwrap().lead.episode.clone().unwrap();
     assert_eq!(started.started_at, t("12:00:00"));
     let fired = p.fire_due(&edited, at("+2d 10:00:00"));
-    assert_eq!(fired.len(), 1);
-    assert_eq!(fired[0].0, "L-nurture");
+    let nurture: Vec<_> = fired.iter().filter(|(k, _)| k == "L-nurture").collect();
+    assert_eq!(nurture.len(), 1);
+    assert!(
+        nurture[0]
+            .1
+            .iter()
+            .all(|a| a.data.clock_started_at == t("12:00:00"))
+    );
 }
 
 #[test]

@@ -72,12 +72,14 @@ impl Recorder {
             || after.closeouts.last() != before.closeouts.last())
             && let Some(c) = after.closeouts.last()
         {
-            // A close refreshed by an event at the same instant replaces its first record.
-            if let Some(last) = self.closeouts.last()
-                && last.0 == key
-                && last.2.closed_at == c.closed_at
+            // A close refreshed by a later event (the same instant, or its reason within
+            // `reason_grace`) replaces its first record, whatever other leads did in between.
+            if let Some(i) = self
+                .closeouts
+                .iter()
+                .rposition(|(k, _, old)| k == key && old.closed_at == c.closed_at)
             {
-                self.closeouts.pop();
+                self.closeouts.remove(i);
             }
             let source = after.origin.clone().unwrap_or_default();
             let mut c = c.clone();

@@ -66,8 +66,9 @@ fn events_apply_in_time_order_and_an_event_at_a_deadline_comes_first() {
         }]
     );
     // A's touch at exactly 14:00 is applied before its 14:00 deadline: no breach. B was
-    // touched and then closed after one attempt without a reason. C is untouched, but the
-    // file ends (and the default `until` with it) at 16:00.
+    // touched and then closed after one attempt without a reason (judged at the end of
+    // `reason_grace`, 5 minutes later). C is untouched, but the file ends (and the default
+    // `until` with it) at 16:00.
     assert_eq!(
         fired,
         [
@@ -79,7 +80,7 @@ fn events_apply_in_time_order_and_an_event_at_a_deadline_comes_first() {
             (
                 "B".into(),
                 "disposition.missing_reason".into(),
-                ts("15:00:00")
+                ts("15:05:00")
             ),
         ]
     );
@@ -184,4 +185,111 @@ fn the_scorecard_measures_owners_and_sources() {
     assert_eq!(card.by_source["hs"].handed_off, 2);
     assert_eq!(card.by_source["web"].handed_off, 1);
     assert_eq!(card.alerts["sla.first_touch.breached"], 1);
+}
+
+/// Issue 12, through `simulate` in a Berlin calendar: Salesforce's flow, where stage and status
+/// both read `Status`. The lead is worked ("Working - Contacted" is not sales-ready), called once
+/// and closed without a reason: the close is this handoff's close-out, judged, and counted.
+#[test]
+fn a_lead_worked_then_closed_after_one_call_is_judged_in_a_berlin_calendar() {
+    let rules = r#"
+default_calendar = "emea"
+[lifecycle]
+sales_ready = 'lead.status == "Open - Not Contacted"'
+closed = 'lead.status in ["Unqualified", "Closed - Not Converted"]'
+[first_touch]
+within = "4h"
+[follow_up]
+min_attempts = 3
+[disposition]
+reasons = ["No budget"]
+[recipients]
+marketing_ops = ["mops@example.com"]
+[calendars.emea]
+time_zone = "Europe/Berlin"
+hours = { mon = "09:00-18:00", tue = "09:00-18:00", wed = "09:00-18:00", thu = "09:00-18:00", fri = "09:00-17:00" }
+"#;
+    let engine = Engine::new(Arc::new(Rules::parse(rules).unwrap()));
+    let text = r#"
+{"id":"s1","type":"lead.updated","lead":"S","occurred_at":"2026-11-23T09:00:00Z","fields":{"stage":"Open - Not Contacted","status":"Open - Not Contacted","owner":"alice"},"source":"sf"}
+{"id":"s2","type":"lead.updated","lead":"S","occurred_at":"2026-11-23T09:30:00Z","fields":{"stage":"Working - Contacted","status":"Working - Contacted"},"source":"sf"}
+{"id":"s3","type":"lead.activity","lead":"S","occurred_at":"2026-11-23T09:31:00Z","activity":{"kind":"call"},"source":"sf"}
+{"id":"s4","type":"lead.updated","lead":"S","occurred_at":"2026-11-24T10:00:00Z","fields":{"stage":"Unqualified","status":"Unqualified"},"source":"sf"}
+"#;
+    let (events, bad) = read_events(text.as_bytes()).unwrap();
+    assert!(bad.is_empty(), "{bad:?}");
+    let mut fired = Vec::new();
+    let card = run(
+        &engine,
+        events,
+        Some("2026-11-25T00:00:00Z".parse().unwrap()),
+        6,
+        |a| fired.push(a.kind.clone()),
+    );
+    assert_eq!(
+        fired,
+        [
+            "follow_up.insufficient_attempts",
+            "disposition.missing_reason"
+        ]
+    );
+    let alice = &card.by_owner["alice"];
+    assert_eq!((alice.closed, alice.touched_within_sla), (1, 1));
+    assert_eq!(alice.median_attempts_before_close, Some(1));
+}
+
+/// Issue 12, through `simulate`: the reason sent as its own update two seconds after the status
+/// is the close's reason (no alert); a reason left over from the lead's last round in sales is
+/// not (`disposition.missing_reason`, five minutes after the close).
+#[test]
+fn reasons_are_judged_after_the_grace_and_never_from_an_earlier_episode() {
+    let text = r#"
+{"id":"r1","type":"lead.updated","lead":"R","occurred_at":"2026-11-22T10:00:00Z","fields":{"stage":"MQL","owner":"alice"}}
+{"id":"r2","type":"lead.activity","lead":"R","occurred_at":"2026-11-22T10:10:00Z","activity":{"kind":"call"}}
+{"id":"r3","type":"lead.activity","lead":"R","occurred_at":"2026-11-22T10:20:00Z","activity":{"kind":"call"}}
+{"id":"r4","type":"lead.updated","lead":"R","occurred_at":"2026-11-22T11:00:00Z","fields":{"status":"Unqualified"}}
+{"id":"r5","type":"lead.updated","lead":"R","occurred_at":"2026-11-22T11:00:02Z","fields":{"disposition_reason":"No budget"}}
+{"id":"o1","type":"lead.updated","lead":"O","occurred_at":"2026-10-01T10:00:00Z","fields":{"stage":"nurture","status":"Unqualified","disposition_reason":"No budget"}}
+{"id":"o2","type":"lead.updated","lead":"O","occurred_at":"2026-11-22T10:00:00Z","fields":{"stage":"MQL","status":"Open","owner":"alice","disposition_reason":"No budget"}}
+{"id":"o3","type":"lead.activity","lead":"O","occurred_at":"2026-11-22T10:10:00Z","activity":{"kind":"call"}}
+{"id":"o4","type":"lead.activity","lead":"O","occurred_at":"2026-11-22T10:20:00Z","activity":{"kind":"call"}}
+{"id":"o5","type":"lead.updated","lead":"O","occurred_at":"2026-11-22T11:00:00Z","fields":{"status":"Unqualified","disposition_reason":"No budget"}}
+"#;
+    let (fired, card) = run_text(text, "2026-11-23T00:00:00Z");
+    let got: Vec<(&str, &str, Timestamp)> = fired
+        .iter()
+        .map(|a| (a.data.lead.as_str(), a.kind.as_str(), a.timestamp))
+        .collect();
+    assert_eq!(got, [("O", "disposition.missing_reason", ts("11:05:00"))]);
+    assert_eq!(card.by_owner["alice"].close_reasons["No budget"], 1);
+}
+
+/// Issue 12, through `simulate`: a lead bounced between owners every three hours reaches the
+/// manager 8 h after the handoff, once; a nurture program's email is no touch (its lead breaches),
+/// the owner's call is.
+#[test]
+fn bounced_leads_escalate_from_the_handoff_and_programs_do_not_touch() {
+    let text = r#"
+{"id":"p1","type":"lead.updated","lead":"P","occurred_at":"2026-11-22T10:00:00Z","fields":{"stage":"MQL","owner":"alice"}}
+{"id":"p2","type":"lead.updated","lead":"P","occurred_at":"2026-11-22T13:00:00Z","fields":{"owner":"bob"}}
+{"id":"p3","type":"lead.updated","lead":"P","occurred_at":"2026-11-22T16:00:00Z","fields":{"owner":"alice"}}
+{"id":"p4","type":"lead.updated","lead":"P","occurred_at":"2026-11-22T19:00:00Z","fields":{"owner":"bob"}}
+{"id":"n1","type":"lead.updated","lead":"N","occurred_at":"2026-11-22T10:00:00Z","fields":{"stage":"MQL","owner":"alice"}}
+{"id":"n2","type":"lead.activity","lead":"N","occurred_at":"2026-11-22T10:05:00Z","activity":{"kind":"email","by":"nurture-program"}}
+{"id":"t1","type":"lead.updated","lead":"T","occurred_at":"2026-11-22T10:00:00Z","fields":{"stage":"MQL","owner":"alice"}}
+{"id":"t2","type":"lead.activity","lead":"T","occurred_at":"2026-11-22T10:05:00Z","activity":{"kind":"call","by":"alice"}}
+"#;
+    let (fired, _) = run_text(text, "2026-11-22T21:59:00Z");
+    let got: Vec<(&str, &str, Timestamp)> = fired
+        .iter()
+        .map(|a| (a.data.lead.as_str(), a.kind.as_str(), a.timestamp))
+        .collect();
+    assert_eq!(
+        got,
+        [
+            ("N", "sla.first_touch.breached", ts("14:00:00")),
+            ("N", "sla.first_touch.escalated", ts("18:00:00")),
+            ("P", "sla.first_touch.escalated", ts("18:00:00")),
+        ]
+    );
 }

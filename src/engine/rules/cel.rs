@@ -79,6 +79,7 @@ pub enum PredicateError {
 pub struct Facts<'a> {
     lead: &'a Map<String, Value>,
     change: &'a Map<String, Value>,
+    activity: &'a Map<String, Value>,
 }
 
 static NO_CHANGE: std::sync::LazyLock<Map<String, Value>> = std::sync::LazyLock::new(Map::new);
@@ -89,6 +90,7 @@ impl<'a> Facts<'a> {
         Self {
             lead: fields,
             change: &NO_CHANGE,
+            activity: &NO_CHANGE,
         }
     }
 
@@ -96,12 +98,37 @@ impl<'a> Facts<'a> {
         Self {
             lead: fields,
             change,
+            activity: &NO_CHANGE,
+        }
+    }
+
+    /// The lead's fields and an activity being applied (`[first_touch] touch_counts`).
+    pub fn with_activity(fields: &'a Map<String, Value>, activity: &'a Map<String, Value>) -> Self {
+        Self {
+            lead: fields,
+            change: &NO_CHANGE,
+            activity,
         }
     }
 }
 
 impl Predicate {
     pub fn compile(cel: &Cel, key: &str, source: &str) -> Result<Predicate, String> {
+        Self::compile_seeing(cel, key, source, &[])
+    }
+
+    /// Compiles a predicate over an activity too (`activity.kind`, `activity.by`, and whatever
+    /// the source supplies), besides `lead`: `[first_touch] touch_counts`.
+    pub fn compile_for_activity(cel: &Cel, key: &str, source: &str) -> Result<Predicate, String> {
+        Self::compile_seeing(cel, key, source, &["activity"])
+    }
+
+    fn compile_seeing(
+        cel: &Cel,
+        key: &str,
+        source: &str,
+        extra: &[&'static str],
+    ) -> Result<Predicate, String> {
         let program = cel
             .env
             .compile(source)
@@ -126,6 +153,7 @@ impl Predicate {
             "optional",
             "google",
         ];
+        bound.extend_from_slice(extra);
         comprehension_vars(program.expression(), &mut bound);
         let references = program.references();
         let mut unknown: Vec<&str> = references
@@ -171,6 +199,7 @@ impl Predicate {
         let mut scope = root.new_inner_scope();
         scope.add_variable_as_val("lead", Box::new(FieldsVal::top(facts.lead)));
         scope.add_variable_as_val("change", Box::new(FieldsVal::top(facts.change)));
+        scope.add_variable_as_val("activity", Box::new(FieldsVal::nested(facts.activity)));
         match self.program.execute(&scope) {
             Ok(cel::Value::Bool(b)) => Ok(b),
             Ok(other) => Err(PredicateError::NotBool {
@@ -250,6 +279,11 @@ pub struct FieldsVal<'v> {
 impl<'v> FieldsVal<'v> {
     fn top(fields: &'v Map<String, Value>) -> Self {
         Self { fields, top: true }
+    }
+
+    /// Not a lead: no canonical numeric fields.
+    fn nested(fields: &'v Map<String, Value>) -> Self {
+        Self { fields, top: false }
     }
 
     fn key(idx: &dyn Val) -> Option<&str> {

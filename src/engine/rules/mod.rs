@@ -70,6 +70,9 @@ pub struct Rules {
     pub lifecycle: Lifecycle,
     /// Activity kinds that count as a touch (lowercase).
     pub touch_kinds: Vec<String>,
+    /// `[first_touch] touch_counts`: whether an activity (of a touch kind) was a person's and
+    /// counts; `None`: the default (see [`crate::engine::Engine`]'s `activity_counts`).
+    pub touch_counts: Option<Predicate>,
     /// What applies when no segment matches.
     pub base: Arc<Settings>,
     /// In file order; the first whose `when` holds applies.
@@ -150,6 +153,28 @@ pub struct DispositionRules {
     pub vague: Vec<String>,
     pub detail_min_chars: usize,
     pub feedback_within: Option<SlaDuration>,
+    /// How long after a close its reason and detail are judged (wall-clock, not working time):
+    /// a reason sent as its own update a moment after the status counts.
+    pub reason_grace: jiff::SignedDuration,
+}
+
+/// The default `[disposition] reason_grace`.
+pub const DEFAULT_REASON_GRACE: std::time::Duration = std::time::Duration::from_secs(5 * 60);
+
+/// A wall-clock duration in the rules (`"5m"`, `"0s"`), read leniently like [`Sla`].
+#[derive(Debug, Clone, PartialEq)]
+struct Wall(Result<std::time::Duration, String>);
+
+impl<'de> Deserialize<'de> for Wall {
+    fn deserialize<D: serde::Deserializer<'de>>(de: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(de).map_err(|_| {
+            serde::de::Error::custom("expected a duration such as \"5m\" or \"0s\"")
+        })?;
+        Ok(Wall(
+            humantime::parse_duration(s.trim())
+                .map_err(|e| format!("`{s}` is not a duration: {e}")),
+        ))
+    }
 }
 
 /// One person of `[directory]`.
@@ -268,6 +293,8 @@ struct RawFirstTouch {
     escalate: Option<Vec<RawStep>>,
     #[serde(default)]
     touch_kinds: Option<Vec<String>>,
+    #[serde(default)]
+    touch_counts: Option<String>,
 }
 
 #[derive(Clone, eserde::Deserialize)]
@@ -300,6 +327,9 @@ struct RawDisposition {
     #[serde(default)]
     #[eserde(compat)]
     feedback_within: Option<Sla>,
+    #[serde(default)]
+    #[eserde(compat)]
+    reason_grace: Option<Wall>,
 }
 
 #[derive(eserde::Deserialize)]
@@ -382,6 +412,22 @@ impl Rules {
             &mut problems,
         );
         let touch = optional("lifecycle.touch", &raw.lifecycle.touch, &mut problems);
+        // An episode ends only when the lead is closed, converted, deleted or merged (not when it
+        // stops being sales-ready): close-out rules without `closed` would never judge a close.
+        let judges_closes = raw.follow_up.is_some()
+            || raw.disposition.is_some()
+            || raw
+                .segments
+                .iter()
+                .any(|s| s.follow_up.is_some() || s.disposition.is_some());
+        if judges_closes && raw.lifecycle.closed.is_none() {
+            problems.push((
+                "lifecycle.closed".into(),
+                "[follow_up] and [disposition] judge close-outs: say when a lead is closed \
+                 (e.g. 'lead.status in [\"Unqualified\"]')"
+                    .into(),
+            ));
+        }
 
         // Calendars.
         let mut calendars: BTreeMap<String, Arc<Calendar>> = BTreeMap::new();
@@ -430,6 +476,17 @@ impl Rules {
             ));
         }
 
+        // Whose activities count: one rule for every lead.
+        let touch_counts = raw
+            .first_touch
+            .as_ref()
+            .and_then(|f| f.touch_counts.as_deref())
+            .and_then(|source| {
+                Predicate::compile_for_activity(&cel, "first_touch.touch_counts", source)
+                    .map_err(|e| problems.push(("first_touch.touch_counts".into(), e)))
+                    .ok()
+            });
+
         // Directory.
         for (id, person) in &raw.directory {
             if let Some(m) = &person.manager
@@ -463,6 +520,15 @@ impl Rules {
         for (i, s) in raw.segments.iter().enumerate() {
             let key = format!("segments[{i}]");
             let when = compile(&format!("{key}.when"), &s.when, &mut problems);
+            if s.first_touch
+                .as_ref()
+                .is_some_and(|f| f.touch_counts.is_some())
+            {
+                problems.push((
+                    format!("{key}.first_touch.touch_counts"),
+                    "whose activities count applies to every lead: set it in [first_touch]".into(),
+                ));
+            }
             if s.first_touch
                 .as_ref()
                 .is_some_and(|f| f.touch_kinds.is_some())
@@ -530,6 +596,7 @@ impl Rules {
                     touch,
                 },
                 touch_kinds,
+                touch_counts,
                 base: Arc::new(base),
                 segments,
                 directory: raw.directory,
@@ -627,6 +694,7 @@ fn merge_first_touch(
         remind_before: o.remind_before.clone().or_else(|| b.remind_before.clone()),
         escalate: o.escalate.clone().or_else(|| b.escalate.clone()),
         touch_kinds: None,
+        touch_counts: None,
     })
 }
 
@@ -648,6 +716,7 @@ fn merge_disposition(
             .feedback_within
             .clone()
             .or_else(|| b.feedback_within.clone()),
+        reason_grace: o.reason_grace.clone().or_else(|| b.reason_grace.clone()),
     })
 }
 
@@ -860,11 +929,27 @@ fn settings(
                 );
             }
         }
+        let reason_grace = match &d.reason_grace {
+            None => DEFAULT_REASON_GRACE,
+            Some(Wall(Ok(g))) if *g <= std::time::Duration::from_secs(24 * 3600) => *g,
+            Some(Wall(Ok(_))) => {
+                problem(
+                    "disposition.reason_grace".into(),
+                    "must be at most 24h: the reason alerts wait that long after a close".into(),
+                );
+                DEFAULT_REASON_GRACE
+            }
+            Some(Wall(Err(message))) => {
+                problem("disposition.reason_grace".into(), message.clone());
+                DEFAULT_REASON_GRACE
+            }
+        };
         DispositionRules {
             reasons,
             vague,
             detail_min_chars: d.detail_min_chars.unwrap_or(1) as usize,
             feedback_within,
+            reason_grace: jiff::SignedDuration::try_from(reason_grace).expect("at most 24h"),
         }
     });
     if (follow_up.is_some() || disposition.is_some()) && !role_exists("marketing_ops") {

@@ -350,6 +350,7 @@ fn handoff_and_close_out_rules_need_their_recipients() {
     let text = r#"
 [lifecycle]
 sales_ready = 'true'
+closed = 'false'
 [handoff]
 assign_within = "15m"
 [follow_up]
@@ -358,4 +359,70 @@ min_attempts = 2
 owner = ["x"]
 "#;
     assert_eq!(keys(text), ["handoff", "recipients", "recipients.owner"]);
+}
+
+/// An episode ends only with a close, a conversion, a deletion or a merge: close-out rules
+/// (at the top or in a segment) without `lifecycle.closed` would never judge anything.
+#[test]
+fn close_out_rules_need_to_know_when_a_lead_is_closed() {
+    let top = "[lifecycle]\nsales_ready = 'true'\n[disposition]\nreasons = [\"x\"]\n[recipients]\nmarketing_ops = [\"m\"]\n";
+    assert_eq!(keys(top), ["lifecycle.closed"]);
+    let segment = "[lifecycle]\nsales_ready = 'true'\n[[segments]]\nwhen = 'true'\nfollow_up = { min_attempts = 2 }\n[recipients]\nmarketing_ops = [\"m\"]\n";
+    assert_eq!(keys(segment), ["lifecycle.closed"]);
+    let fine = top.replace(
+        "sales_ready = 'true'",
+        "sales_ready = 'true'\nclosed = 'false'",
+    );
+    assert!(Rules::parse(&fine).is_ok());
+}
+
+#[test]
+fn reason_grace_is_a_wall_clock_duration_of_at_most_a_day() {
+    let text = |grace: &str| {
+        format!(
+            "[lifecycle]\nsales_ready = 'true'\nclosed = 'false'\n[disposition]\nreasons = [\"x\"]\nreason_grace = \"{grace}\"\n[recipients]\nmarketing_ops = [\"m\"]\n"
+        )
+    };
+    let grace = |g: &str| {
+        Rules::parse(&text(g))
+            .unwrap()
+            .base
+            .disposition
+            .clone()
+            .unwrap()
+            .reason_grace
+    };
+    assert_eq!(grace("0s"), jiff::SignedDuration::ZERO);
+    assert_eq!(grace("90s"), jiff::SignedDuration::from_secs(90));
+    assert_eq!(keys(&text("soon")), ["disposition.reason_grace"]);
+    assert_eq!(keys(&text("2d")), ["disposition.reason_grace"]);
+    let default = text("5m").replace("reason_grace = \"5m\"\n", "");
+    let rules = Rules::parse(&default).unwrap();
+    assert_eq!(
+        rules.base.disposition.as_ref().unwrap().reason_grace,
+        jiff::SignedDuration::from_mins(5)
+    );
+}
+
+/// `touch_counts` sees `activity` and `lead` and nothing else, and is set once for every lead.
+#[test]
+fn touch_counts_is_checked_like_every_predicate() {
+    let base = "[lifecycle]\nsales_ready = 'true'\n[first_touch]\nwithin = \"4h\"\n";
+    let ok = format!("{base}touch_counts = 'activity.by == lead.owner'\n");
+    assert!(Rules::parse(&ok).unwrap().touch_counts.is_some());
+    assert_eq!(
+        keys(&format!("{base}touch_counts = 'actvity.by == \"x\"'\n")),
+        ["first_touch.touch_counts"]
+    );
+    assert_eq!(
+        keys(&format!(
+            "{base}[[segments]]\nwhen = 'true'\nfirst_touch = {{ touch_counts = 'true' }}\n"
+        )),
+        ["segments[0].first_touch.touch_counts"]
+    );
+    // Elsewhere `activity` is not a name.
+    assert_eq!(
+        keys("[lifecycle]\nsales_ready = 'activity.kind == \"call\"'\n"),
+        ["lifecycle.sales_ready"]
+    );
 }
