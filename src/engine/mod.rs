@@ -421,14 +421,15 @@ impl Engine {
     /// `[directory]` (compared trimmed and case-insensitively). `[first_touch] touch_counts`
     /// replaces the default. Activities that do not count still show the lead is active.
     fn activity_counts(&self, lead: &Lead, activity: &crate::event::Activity) -> bool {
-        let view = match serde_json::to_value(activity) {
-            Ok(serde_json::Value::Object(map)) => map,
-            _ => serde_json::Map::new(),
-        };
         if let Some(p) = &self.rules.touch_counts {
+            // The activity as the predicate sees it: its canonical fields, as on the wire.
+            let view = match serde_json::to_value(activity) {
+                Ok(serde_json::Value::Object(map)) => map,
+                _ => serde_json::Map::new(),
+            };
             return self.eval(p, &Facts::with_activity(&lead.fields, &view));
         }
-        if view.get("automated") == Some(&serde_json::Value::Bool(true)) {
+        if activity.automated {
             return false;
         }
         let Some(by) = activity

@@ -862,6 +862,30 @@ fn only_peoples_activities_are_touches() {
     );
 }
 
+/// An activity its source marks `automated` (a Salesforce list email, a Marketo program send)
+/// is no touch, even "by" the owner (a list email goes out under the owner's name), or with
+/// nobody named.
+#[test]
+fn an_activity_its_source_marks_automated_is_no_touch() {
+    use deadlines::*;
+    let ready = mql("10:00:00", Some("alice"));
+    for by in ["alice", ""] {
+        let mut email = if by.is_empty() {
+            activity("e", "10:05:00", "email")
+        } else {
+            activity_by("e", "10:05:00", "email", by)
+        };
+        if let Change::Activity { activity } = &mut email.change {
+            activity.automated = true;
+        }
+        assert_eq!(
+            fired_by(&[ready.clone(), email], "14:00:00"),
+            kinds(&[(BREACHED, 0)]),
+            "automated, by {by:?}"
+        );
+    }
+}
+
 /// `[first_touch] touch_counts` replaces the default with a CEL predicate over `activity` and
 /// `lead`: here, everything but the program's emails counts.
 #[test]
