@@ -81,6 +81,38 @@ fn check_config_accepts_the_shipped_example() {
 }
 
 #[test]
+fn check_config_accepts_each_crms_starter_rules_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let example = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/config/leadwatch.toml"
+    ))
+    .unwrap();
+    for crm in ["salesforce", "hubspot"] {
+        let rules = format!(
+            "{}/config/examples/{crm}.rules.toml",
+            env!("CARGO_MANIFEST_DIR")
+        );
+        let config = dir.path().join(format!("{crm}.toml"));
+        let text = example.replace("rules = \"rules.toml\"", &format!("rules = {rules:?}"));
+        assert_ne!(text, example, "the example names its rules file");
+        std::fs::write(&config, text).unwrap();
+        let out = leadwatch()
+            .args(["check-config", "--config"])
+            .arg(&config)
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "{crm}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(stdout.contains(&rules), "{stdout}");
+    }
+}
+
+#[test]
 fn an_environment_variable_overrides_the_file_and_is_checked_too() {
     let example = concat!(env!("CARGO_MANIFEST_DIR"), "/config/leadwatch.toml");
     let out = leadwatch()

@@ -235,6 +235,124 @@ async fn salesforce_an_open_lead_breaches_and_a_completed_call_task_cancels_it()
     .await;
 }
 
+/// A CRM's starter rules file (`config/examples/`), its reason judged `grace` after the close.
+fn starter_rules(crm: &str, grace: &str) -> String {
+    let path = format!(
+        "{}/config/examples/{crm}.rules.toml",
+        env!("CARGO_MANIFEST_DIR")
+    );
+    let text = std::fs::read_to_string(path).unwrap();
+    let changed = text.replace(
+        "reason_grace     = \"5m\"",
+        &format!("reason_grace     = \"{grace}\""),
+    );
+    assert_ne!(changed, text, "the starter file sets reason_grace");
+    changed
+}
+
+/// Waits for both close-out alerts for `lead` (and only those).
+async fn both_close_out_alerts(daemon: Daemon, receiver: &Receiver, lead: &str) {
+    wait_for("both close-out alerts", PATIENCE, || async {
+        receiver.count() >= 2
+    })
+    .await;
+    daemon.stop().await;
+    let mut fired: Vec<(String, String)> = receiver
+        .all()
+        .iter()
+        .map(|r| {
+            let a = r.json();
+            (
+                a["type"].as_str().unwrap().to_string(),
+                a["data"]["lead"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    fired.sort();
+    assert_eq!(
+        fired,
+        vec![
+            ("disposition.missing_reason".to_string(), lead.to_string()),
+            (
+                "follow_up.insufficient_attempts".to_string(),
+                lead.to_string()
+            ),
+        ]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn salesforce_starter_rules_catch_a_lead_worked_once_then_closed_without_a_reason() {
+    let kafka = kafka(1);
+    let receiver = Receiver::start().await;
+    let daemon = Daemon::start(
+        &config_text(kafka.bootstrap(), &receiver.url, SOURCES),
+        &starter_rules("salesforce", "2s"),
+    )
+    .await;
+    let url = daemon.url("/webhooks/sf/s3gment");
+    let t = now_ms();
+    let (_, lead) = fixture("salesforce", "lead_sales_ready.http");
+    let (_, task) = fixture("salesforce", "task_call.http");
+    // Open - Not Contacted → Working - Contacted → one completed call → Unqualified, no reason.
+    let status = |at: i64, status: &str, notification: &str| {
+        lead.replace("2026-11-25T09:58:12.000Z", &iso(at))
+            .replace("Open - Not Contacted", status)
+            .replace("04l5g00000ZZ1aAAAT", notification)
+    };
+    let open = status(t, "Open - Not Contacted", "04l5g00000ZZ1aAAAT");
+    let working = status(t + 100, "Working - Contacted", "04l5g00000ZZ1wAAAT");
+    let call = task.replace("2026-11-25T09:59:30.000Z", &iso(t + 200));
+    let closed = status(t + 300, "Unqualified", "04l5g00000ZZ1uAAAT");
+    for body in [&open, &working, &call, &closed] {
+        let (status, _, text) = post_with(&url, &salesforce_headers(), body.clone()).await;
+        assert_eq!(status, 200, "{text}");
+        assert!(text.contains("<Ack>true</Ack>"), "{text}");
+    }
+    both_close_out_alerts(daemon, &receiver, "salesforce:00Q5g00000ABCDEEA2").await;
+}
+
+/// One HubSpot contact property change, shaped like the fixture's.
+fn hubspot_property(contact: u64, event_id: u64, at_ms: i64, name: &str, value: &str) -> String {
+    let (_, body) = fixture("hubspot", "contact_sales_ready.http");
+    let events: Value = serde_json::from_str(&body).unwrap();
+    let mut event = events[0].clone();
+    event["eventId"] = json!(event_id);
+    event["objectId"] = json!(contact);
+    event["occurredAt"] = json!(at_ms);
+    event["propertyName"] = json!(name);
+    event["propertyValue"] = json!(value);
+    json!([event]).to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hubspot_starter_rules_catch_a_contact_worked_once_then_closed_without_a_reason() {
+    let kafka = kafka(1);
+    let receiver = Receiver::start().await;
+    let daemon = Daemon::start(
+        &config_text(kafka.bootstrap(), &receiver.url, SOURCES),
+        &starter_rules("hubspot", "2s"),
+    )
+    .await;
+    let url = daemon.url("/webhooks/hs");
+    let t = now_ms();
+    // An owned MQL, lead status NEW → IN_PROGRESS → one logged call → UNQUALIFIED, no reason.
+    let mql = hubspot_batch("contact_sales_ready.http", 1551, t, 0)
+        .replace("salesqualifiedlead", "marketingqualifiedlead");
+    let batches = [
+        mql,
+        hubspot_property(1551, 3930001, t + 2600, "hs_lead_status", "NEW"),
+        hubspot_property(1551, 3930002, t + 2650, "hs_lead_status", "IN_PROGRESS"),
+        hubspot_batch("call_engagement.http", 1551, t + 2700, 0),
+        hubspot_property(1551, 3930003, t + 3500, "hs_lead_status", "UNQUALIFIED"),
+    ];
+    for body in &batches {
+        let (status, answer) = post_hubspot(&url, body).await;
+        assert_eq!(status, 202, "{answer}");
+    }
+    both_close_out_alerts(daemon, &receiver, "hubspot:1551").await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn marketo_a_sales_ready_lead_breaches_and_a_logged_touch_cancels_it() {
     let kafka = kafka(1);
