@@ -806,18 +806,25 @@ mod tests {
 
         // The group's committed offset: after "two", before "three" (not past it, whatever
         // followed it).
-        let mut cfg = base.clone();
-        cfg.set("group.id", "g");
-        let check: BaseConsumer = cfg.create().unwrap();
-        let mut tpl = TopicPartitionList::new();
-        tpl.add_partition("in", 0);
-        let committed = check
-            .committed_offsets(tpl, Duration::from_secs(10))
-            .unwrap();
+        let committed = committed(&base, &[0]);
         assert_eq!(
             committed.find_partition("in", 0).unwrap().offset(),
             Offset::Offset(3)
         );
+    }
+
+    /// What group `g` has committed for `partitions` of topic `in`.
+    fn committed(base: &ClientConfig, partitions: &[i32]) -> TopicPartitionList {
+        let mut cfg = base.clone();
+        cfg.set("group.id", "g");
+        let check: BaseConsumer = cfg.create().unwrap();
+        let mut tpl = TopicPartitionList::new();
+        for p in partitions {
+            tpl.add_partition("in", *p);
+        }
+        check
+            .committed_offsets(tpl, Duration::from_secs(10))
+            .unwrap()
     }
 
     /// One partition's work that never finishes holds back no other partition's offsets.
@@ -886,15 +893,7 @@ mod tests {
         assert!(!group.drain(Duration::from_secs(2), async {}).await);
         group.close(Duration::from_secs(10)).await;
 
-        let mut cfg = base.clone();
-        cfg.set("group.id", "g");
-        let check: BaseConsumer = cfg.create().unwrap();
-        let mut tpl = TopicPartitionList::new();
-        tpl.add_partition("in", 0);
-        tpl.add_partition("in", 1);
-        let committed = check
-            .committed_offsets(tpl, Duration::from_secs(10))
-            .unwrap();
+        let committed = committed(&base, &[0, 1]);
         assert_eq!(
             committed.find_partition("in", 1).unwrap().offset(),
             Offset::Offset(1),
