@@ -2,8 +2,9 @@
 //! a webhook sink receives.
 //!
 //! Types (`type`): `lead.unassigned`, `sla.first_touch.reminder`, `sla.first_touch.breached`,
-//! `sla.first_touch.escalated`, `follow_up.insufficient_attempts`, `disposition.missing_reason`,
-//! `disposition.unknown_reason`, `disposition.vague_reason`, `disposition.late`.
+//! `sla.first_touch.escalated`, `follow_up.attempt_overdue`, `follow_up.insufficient_attempts`,
+//! `disposition.overdue`, `disposition.missing_reason`, `disposition.unknown_reason`,
+//! `disposition.vague_reason`, `disposition.late`.
 
 use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
@@ -13,19 +14,23 @@ pub const REMINDER: &str = "sla.first_touch.reminder";
 pub const BREACHED: &str = "sla.first_touch.breached";
 pub const ESCALATED: &str = "sla.first_touch.escalated";
 pub const UNASSIGNED: &str = "lead.unassigned";
+pub const ATTEMPT_OVERDUE: &str = "follow_up.attempt_overdue";
 pub const INSUFFICIENT_ATTEMPTS: &str = "follow_up.insufficient_attempts";
+pub const OVERDUE: &str = "disposition.overdue";
 pub const MISSING_REASON: &str = "disposition.missing_reason";
 pub const UNKNOWN_REASON: &str = "disposition.unknown_reason";
 pub const VAGUE_REASON: &str = "disposition.vague_reason";
 pub const LATE: &str = "disposition.late";
 
 /// Every alert type.
-pub const ALERT_TYPES: [&str; 9] = [
+pub const ALERT_TYPES: [&str; 11] = [
     UNASSIGNED,
     REMINDER,
     BREACHED,
     ESCALATED,
+    ATTEMPT_OVERDUE,
     INSUFFICIENT_ATTEMPTS,
+    OVERDUE,
     MISSING_REASON,
     UNKNOWN_REASON,
     VAGUE_REASON,

@@ -84,6 +84,12 @@ handoff     = {{ assign_within = "1s" }}
 name     = "dach"
 when     = 'has(lead.region) && lead.region == "DACH"'
 calendar = "dach"
+
+[[segments]]
+name        = "follow-up"
+when        = 'has(lead.region) && lead.region == "FU"'
+follow_up   = {{ attempt_every = "2s" }}
+disposition = {{ feedback_within = "4s" }}
 "#,
         holidays[0], holidays[1]
     )
@@ -204,11 +210,20 @@ async fn simulate_and_the_live_daemon_give_the_same_alerts() {
         region("DACH", Some("alice@example.com")),
     ));
     events.push(event("h1", "L-h", at(t0, 0), region("DACH", None)));
+    // J: called once at 0.5 s and left open — its next attempt is overdue at 2.5 s, its
+    // close-out at 4.5 s (its segment's follow-up rules).
+    events.push(event(
+        "j1",
+        "L-j",
+        at(t0, 0),
+        region("FU", Some("alice@example.com")),
+    ));
+    events.push(call("j2", "L-j", at(t0, 500)));
     let (status, _, body) =
         post_signed(&daemon.url("/webhooks/web"), SOURCE_SECRET, &json!(events)).await;
     assert_eq!(status, 202, "{body}");
 
-    const ALERTS: usize = 6 + 6 * 3 + 3 + 1;
+    const ALERTS: usize = 6 + 6 * 3 + 3 + 1 + 2;
     wait_for("every alert", PATIENCE, || async {
         receiver.distinct() >= ALERTS
     })
@@ -280,6 +295,8 @@ async fn simulate_and_the_live_daemon_give_the_same_alerts() {
             ("L-f", "sla.first_touch.escalated"),
             ("L-f", "sla.first_touch.reminder"),
             ("L-i", "lead.unassigned"),
+            ("L-j", "disposition.overdue"),
+            ("L-j", "follow_up.attempt_overdue"),
         ]
     );
     // Each lead's deadlines are its own segment's, in its calendar.
@@ -293,6 +310,14 @@ async fn simulate_and_the_live_daemon_give_the_same_alerts() {
     let breached = "sla.first_touch.breached";
     assert_eq!(deadline("L-a", breached), t0 + SignedDuration::from_secs(4));
     assert_eq!(deadline("L-f", breached), t0 + SignedDuration::from_secs(2));
+    assert_eq!(
+        deadline("L-j", "follow_up.attempt_overdue"),
+        t0 + SignedDuration::from_millis(2500)
+    );
+    assert_eq!(
+        deadline("L-j", "disposition.overdue"),
+        t0 + SignedDuration::from_millis(4500)
+    );
     assert_eq!(
         deadline("L-i", "lead.unassigned"),
         t0 + SignedDuration::from_secs(1)

@@ -37,7 +37,9 @@ fn default_title(kind: &str) -> &'static str {
         "sla.first_touch.escalated" => {
             "Escalation{% if level %} (step {{ level }}){% endif %}: {{ lead }} still untouched"
         }
+        "follow_up.attempt_overdue" => "Next attempt overdue: {{ lead }}",
         "follow_up.insufficient_attempts" => "Closed after too few attempts: {{ lead }}",
+        "disposition.overdue" => "Close-out overdue: {{ lead }}",
         "disposition.missing_reason" => "Closed without a reason: {{ lead }}",
         "disposition.unknown_reason" => "Closed with a reason not on the list: {{ lead }}",
         "disposition.vague_reason" => "Vague close-out needs a detail: {{ lead }}",

@@ -26,7 +26,8 @@ pub fn build(
     rotation: &mut Rotation,
 ) -> Alert {
     let owner = match &due.what {
-        What::FirstTouch { owner, .. } => Some(owner.clone()),
+        What::FirstTouch { owner, .. } | What::Attempts { owner, .. } => Some(owner.clone()),
+        What::NoCloseout { owner, .. } => owner.clone(),
         What::Closeout(c) => c.owner.clone(),
         What::Unassigned => None,
     };
@@ -322,6 +323,45 @@ fn message(
                 late_by(breach, due.deadline),
             )
         }
+        (
+            What::Attempts {
+                attempts,
+                last_touch,
+                ..
+            },
+            _,
+        ) => {
+            let f = settings.follow_up.as_ref();
+            format!(
+                "Follow-up for {owner_name}: {who} has had {attempts} attempt(s) since it became \
+                 sales-ready, the last at {}; the next was due within {} of it (by {}), and the \
+                 agreement is at least {} before a lead is disqualified. Try again now.",
+                at(*last_touch),
+                f.and_then(|f| f.attempt_every)
+                    .map(|e| sla_words(cal, e))
+                    .unwrap_or_default(),
+                at(due.deadline),
+                f.map_or(0, |f| f.min_attempts)
+            )
+        }
+        (What::NoCloseout { last_touch, .. }, _) => {
+            let within = settings
+                .disposition
+                .as_ref()
+                .and_then(|d| d.feedback_within)
+                .map(|f| sla_words(cal, f))
+                .unwrap_or_default();
+            let since = match last_touch {
+                Some(t) => format!("its last touch ({})", at(*t)),
+                None => format!("it became sales-ready ({}), with no touch", at(due.clock)),
+            };
+            format!(
+                "{who}, owned by {owner_name}, is still open with no close-out {within} after \
+                 {since}: the close-out was due by {}. Close it with one of the agreed reasons, \
+                 or work it again.",
+                at(due.deadline)
+            )
+        }
         (What::Closeout(c), kind) => {
             let closer = c
                 .owner
@@ -354,7 +394,7 @@ fn message(
                 ),
                 _ => format!(
                     "{who} was closed by {closer} at {}, {} after the close-out was due ({}, {} \
-                     after its last activity).",
+                     after its last touch).",
                     at(c.closed_at),
                     late_by(due.deadline, c.closed_at),
                     at(due.deadline),

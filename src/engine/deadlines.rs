@@ -7,8 +7,15 @@
 //!   no touch by `within - remind_before` and `within`, counted from the owner's clock start, and
 //!   by each step's `after`, counted from the handoff (the episode's first clock start), all in
 //!   the segment's calendar; a touch at or before one cancels it.
-//! - `follow_up.insufficient_attempts` and `disposition.*`: judged at the close; the reason
-//!   alerts fire `reason_grace` (wall-clock) after it, on the reason as it stands then.
+//! - `follow_up.attempt_overdue` (rule `follow_up`): while the episode is open and owned, touched
+//!   at least once and fewer than `min_attempts` times, the next attempt is due `attempt_every`
+//!   after the last; one alert per gap (its id is made of the last touch), cancelled by a touch
+//!   at or before it.
+//! - `disposition.overdue` (rule `disposition`): while the episode is open, no close-out
+//!   `feedback_within` after its last touch (or its start, untouched); one per gap likewise.
+//! - `follow_up.insufficient_attempts` and `disposition.*` of a close-out: judged at the close;
+//!   the reason alerts fire `reason_grace` (wall-clock) after it, on the reason as it stands then;
+//!   `disposition.late` only if `disposition.overdue` did not already say it for that gap.
 
 use jiff::Timestamp;
 
@@ -34,6 +41,18 @@ pub struct Due {
     /// The roles it is addressed to.
     pub to: Vec<String>,
     pub what: What,
+    /// Another alert that, once fired, said this one already: `disposition.late` of a gap whose
+    /// `disposition.overdue` fired while the lead was open.
+    pub said_by: Option<Said>,
+}
+
+/// What an alert's id is made of, bar the lead: (rule, level, clock start, variant).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Said {
+    pub rule: &'static str,
+    pub level: u32,
+    pub clock: Timestamp,
+    pub variant: Option<&'static str>,
 }
 
 /// What the alert is about, for its body.
@@ -45,12 +64,24 @@ pub enum What {
         /// The escalation step (0-based), for levels above 0.
         step: Option<usize>,
     },
+    /// Fewer attempts than agreed, and the next one overdue.
+    Attempts {
+        owner: String,
+        attempts: u32,
+        last_touch: Timestamp,
+    },
+    /// No close-out while it was due.
+    NoCloseout {
+        owner: Option<String>,
+        /// The episode's last touch, if it had one (else the close-out was due after its start).
+        last_touch: Option<Timestamp>,
+    },
     Closeout(Closeout),
 }
 
 pub use crate::alert::{
-    ALERT_TYPES, BREACHED, ESCALATED, INSUFFICIENT_ATTEMPTS, LATE, MISSING_REASON, REMINDER,
-    UNASSIGNED, UNKNOWN_REASON, VAGUE_REASON,
+    ALERT_TYPES, ATTEMPT_OVERDUE, BREACHED, ESCALATED, INSUFFICIENT_ATTEMPTS, LATE, MISSING_REASON,
+    OVERDUE, REMINDER, UNASSIGNED, UNKNOWN_REASON, VAGUE_REASON,
 };
 
 /// The variant part of an alert's id, from its type.
@@ -61,6 +92,8 @@ pub fn variant_of(kind: &str) -> Option<&'static str> {
         UNKNOWN_REASON => Some(UNKNOWN_REASON),
         VAGUE_REASON => Some(VAGUE_REASON),
         LATE => Some(LATE),
+        ATTEMPT_OVERDUE => Some(ATTEMPT_OVERDUE),
+        OVERDUE => Some(OVERDUE),
         _ => None,
     }
 }
@@ -83,6 +116,7 @@ pub fn owed(lead: &Lead, settings: &Settings) -> Vec<Due> {
                 fire_at: deadline,
                 to: vec!["queue".into()],
                 what: What::Unassigned,
+                said_by: None,
             });
         }
         if let (Some(clock), Some(ft)) = (&episode.clock, &settings.first_touch) {
@@ -110,6 +144,7 @@ pub fn owed(lead: &Lead, settings: &Settings) -> Vec<Due> {
                         fire_at: at,
                         to: vec!["owner".into()],
                         what: first_touch(None),
+                        said_by: None,
                     });
                 }
             }
@@ -124,6 +159,7 @@ pub fn owed(lead: &Lead, settings: &Settings) -> Vec<Due> {
                     fire_at: deadline,
                     to: vec!["owner".into()],
                     what: first_touch(None),
+                    said_by: None,
                 });
             }
             // The ladder counts from the handoff (the episode's first clock start), not from
@@ -148,9 +184,56 @@ pub fn owed(lead: &Lead, settings: &Settings) -> Vec<Due> {
                         fire_at: at,
                         to: vec![step.notify.clone()],
                         what: first_touch(Some(i)),
+                        said_by: None,
                     });
                 }
             }
+        }
+        let (attempts, last_touch) = lead.touches_since(episode.started_at);
+        if let (Some(clock), Some(f)) = (&episode.clock, &settings.follow_up)
+            && let (Some(every), Some(last)) = (f.attempt_every, last_touch)
+            && attempts < f.min_attempts
+        {
+            let deadline = calendar::add(cal, last, every);
+            out.push(Due {
+                kind: ATTEMPT_OVERDUE,
+                rule: "follow_up",
+                level: 0,
+                variant: Some(ATTEMPT_OVERDUE),
+                clock: last,
+                deadline,
+                fire_at: deadline,
+                to: vec!["owner".into()],
+                what: What::Attempts {
+                    owner: clock.owner.clone(),
+                    attempts,
+                    last_touch: last,
+                },
+                said_by: None,
+            });
+        }
+        if let Some(within) = settings
+            .disposition
+            .as_ref()
+            .and_then(|d| d.feedback_within)
+        {
+            let from = last_touch.unwrap_or(episode.started_at);
+            let deadline = calendar::add(cal, from, within);
+            out.push(Due {
+                kind: OVERDUE,
+                rule: "disposition",
+                level: 0,
+                variant: Some(OVERDUE),
+                clock: from,
+                deadline,
+                fire_at: deadline,
+                to: vec!["owner".into(), "marketing_ops".into()],
+                what: What::NoCloseout {
+                    owner: lead.owner.clone(),
+                    last_touch,
+                },
+                said_by: None,
+            });
         }
     }
     // Reasons are judged `reason_grace` (wall-clock) after the close.
@@ -174,6 +257,14 @@ pub fn owed(lead: &Lead, settings: &Settings) -> Vec<Due> {
                 }
                 _ => c.closed_at,
             };
+            // A late close whose gap was already called overdue while the lead was open is
+            // scored late, not alerted again.
+            let said_by = (kind == LATE).then(|| Said {
+                rule: "disposition",
+                level: 0,
+                clock: feedback_from(c),
+                variant: Some(OVERDUE),
+            });
             out.push(Due {
                 kind,
                 rule,
@@ -184,6 +275,7 @@ pub fn owed(lead: &Lead, settings: &Settings) -> Vec<Due> {
                 fire_at,
                 to: vec!["owner".into(), "marketing_ops".into()],
                 what: What::Closeout(c.clone()),
+                said_by,
             });
         }
     }
@@ -212,17 +304,21 @@ pub fn judge(c: &Closeout, settings: &Settings) -> Vec<Owed> {
         owes.push(owed(kind, c.closed_at));
     }
     if let Some(within) = d.feedback_within {
-        // The last activity of this episode; an older one (a call last quarter) is not feedback.
-        let from = c
-            .last_activity_at
-            .filter(|t| *t >= c.sales_ready_at)
-            .unwrap_or(c.sales_ready_at);
-        let due_by = calendar::add(cal, from, within);
+        let due_by = calendar::add(cal, feedback_from(c), within);
         if c.closed_at > due_by {
             owes.push(owed(LATE, due_by));
         }
     }
     owes
+}
+
+/// Where a close-out's `feedback_within` counts from: the episode's last touch before the close,
+/// or its start (an older touch, a call last quarter, is not this episode's; an activity nobody
+/// did in person, a nurture email, is no touch).
+fn feedback_from(c: &Closeout) -> Timestamp {
+    c.last_touch_at
+        .filter(|t| *t >= c.sales_ready_at)
+        .unwrap_or(c.sales_ready_at)
 }
 
 /// Which reason alert a close-out gets, if any. Reasons match trimmed and case-insensitively.

@@ -402,6 +402,7 @@ impl Engine {
             if same || in_grace {
                 let (reason, detail) = lead.disposition_since(c.sales_ready_at);
                 let attempts = lead.touches_between(c.sales_ready_at, c.closed_at);
+                let last_touch_at = lead.last_touch_between(c.sales_ready_at, c.closed_at);
                 let last_activity_at = lead.last_activity_at;
                 let c = lead.closeouts.last_mut().expect("checked");
                 c.reason = reason;
@@ -409,6 +410,7 @@ impl Engine {
                 if same {
                     c.attempts = attempts;
                     c.last_activity_at = last_activity_at;
+                    c.last_touch_at = last_touch_at;
                 }
                 c.owes = deadlines::judge(c, &settings);
             }
@@ -486,6 +488,7 @@ impl Engine {
                     detail: lead.disposition_since(episode.started_at).1,
                     attempts: lead.touches_between(episode.started_at, at),
                     last_activity_at: lead.last_activity_at,
+                    last_touch_at: lead.last_touch_between(episode.started_at, at),
                     owes: Vec::new(),
                 };
                 lead.push_closeout(closeout);
@@ -528,6 +531,10 @@ impl Engine {
         let mut owed: Vec<Due> = deadlines::owed(&state.lead, settings)
             .into_iter()
             .filter(|d| !state.has_fired(d.rule, d.level, d.clock, d.variant))
+            .filter(|d| {
+                d.said_by
+                    .is_none_or(|s| !state.has_fired(s.rule, s.level, s.clock, s.variant))
+            })
             .collect();
         owed.sort_by_key(|d| (d.fire_at, d.level));
         owed

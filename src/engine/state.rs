@@ -188,6 +188,10 @@ pub struct Closeout {
     pub attempts: u32,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_activity_at: Option<Timestamp>,
+    /// The episode's last touch at the close: the close-out was due `feedback_within` after it
+    /// (or after the episode start, without one), as `disposition.overdue` was while it was open.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_touch_at: Option<Timestamp>,
     /// The alerts it owes, judged at the close under the rules then in force.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub owes: Vec<Owed>,
@@ -302,6 +306,22 @@ impl Lead {
     pub fn first_touch_since(&self, from: Timestamp) -> Option<Timestamp> {
         let i = self.touches.partition_point(|t| t.at < from);
         self.touches.get(i).map(|t| t.at)
+    }
+
+    /// The touches at or after `from`: how many, and the last.
+    pub fn touches_since(&self, from: Timestamp) -> (u32, Option<Timestamp>) {
+        let i = self.touches.partition_point(|t| t.at < from);
+        let since = &self.touches[i..];
+        (since.len() as u32, since.last().map(|t| t.at))
+    }
+
+    /// The last touch in `[from, to]`.
+    pub fn last_touch_between(&self, from: Timestamp, to: Timestamp) -> Option<Timestamp> {
+        let end = self.touches.partition_point(|t| t.at <= to);
+        self.touches[..end]
+            .last()
+            .map(|t| t.at)
+            .filter(|t| *t >= from)
     }
 
     /// Touches in `[from, to]`.

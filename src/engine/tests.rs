@@ -115,6 +115,7 @@ escalate = [ { after = "8h", notify = "manager" },
 
 [follow_up]
 min_attempts = 3
+attempt_every = "1d"
 
 [disposition]
 reasons          = ["No budget", "Wrong contact", "Competitor chosen"]
@@ -938,11 +939,11 @@ fn every_alert_type_at_its_edges() {
         ("first escalation", vec![ready.clone()], "18:00:00", vec![(BREACHED, 0), (ESCALATED, 1)]),
         ("second escalation, a second early", vec![ready.clone()], "+1d 09:59:59", vec![(BREACHED, 0), (ESCALATED, 1)]),
         ("second escalation", vec![ready.clone()], "+1d 10:00:00", vec![(BREACHED, 0), (ESCALATED, 1), (ESCALATED, 2)]),
-        ("a call before the reminder cancels all", vec![ready.clone(), activity("c", "12:59:59", "call")], "+2d 10:00:00", vec![]),
+        ("a call before the reminder cancels all", vec![ready.clone(), activity("c", "12:59:59", "call")], "+1d 12:00:00", vec![]),
         ("a call after the reminder cancels the breach", vec![ready.clone(), activity("c", "13:30:00", "call")], "13:59:59", vec![(REMINDER, 0)]),
-        ("a reminder late for its deadline is dropped", vec![ready.clone(), activity("c", "13:30:00", "call")], "+2d 10:00:00", vec![]),
-        ("a call after the breach cancels the escalations", vec![ready.clone(), activity("c", "14:00:01", "call")], "+2d 10:00:00", vec![(BREACHED, 0)]),
-        ("a touching field change counts", vec![ready.clone(), update("w", "11:00:00", json!({"status": "Working - Contacted"}))], "+2d 10:00:00", vec![]),
+        ("a reminder late for its deadline is dropped", vec![ready.clone(), activity("c", "13:30:00", "call")], "+1d 13:00:00", vec![]),
+        ("a call after the breach cancels the escalations", vec![ready.clone(), activity("c", "14:00:01", "call")], "+1d 14:00:00", vec![(BREACHED, 0)]),
+        ("a touching field change counts", vec![ready.clone(), update("w", "11:00:00", json!({"status": "Working - Contacted"}))], "+1d 10:30:00", vec![]),
         ("closing ends the clock", vec![ready.clone(), close("x", "11:00:00", Some("No budget"), None)], "+2d 10:00:00", vec![(INSUFFICIENT_ATTEMPTS, 0)]),
         ("enough attempts, an agreed reason", with(vec![ready.clone()], &with(three_calls.clone(), &[close("x", "11:00:00", Some(" no budget "), None)])), "+2d 10:00:00", vec![]),
         ("too few attempts, at the close", with(vec![ready.clone()], &with(two_calls.clone(), &[close("x", "11:00:00", Some("No budget"), None)])), "11:00:00", vec![(INSUFFICIENT_ATTEMPTS, 0)]),
@@ -959,6 +960,17 @@ fn every_alert_type_at_its_edges() {
         ("closed a second after it", with(vec![ready.clone()], &with(three_calls.clone(), &[close("x", "+5d 10:30:03", Some("No budget"), None)])), "+6d 10:00:00", vec![(LATE, 0)]),
         ("converting owes nothing", vec![ready.clone(), update("cv", "11:00:00", json!({"status": "Converted"}))], "+6d 10:00:00", vec![]),
         ("closing a lead never sales-ready owes nothing", vec![close("x", "11:00:00", None, None)], "+6d 10:00:00", vec![]),
+        ("next attempt, a second early", vec![ready.clone(), activity("c", "10:30:00", "call")], "+1d 10:29:59", vec![]),
+        ("next attempt, overdue", vec![ready.clone(), activity("c", "10:30:00", "call")], "+1d 10:30:00", vec![(ATTEMPT_OVERDUE, 0)]),
+        ("a next attempt at its deadline cancels it", vec![ready.clone(), activity("c", "10:30:00", "call"), activity("c2", "+1d 10:30:00", "call")], "+1d 10:30:00", vec![]),
+        ("each gap is owed its own", vec![ready.clone(), activity("c", "10:30:00", "call"), activity("c2", "+1d 10:30:00", "call")], "+2d 10:30:00", vec![(ATTEMPT_OVERDUE, 0)]),
+        ("enough attempts owe no next one", with(vec![ready.clone()], &three_calls), "+4d 10:00:00", vec![]),
+        ("an unowned lead owes no next attempt", vec![unowned.clone(), activity("c", "10:10:00", "call")], "+1d 10:10:00", vec![(UNASSIGNED, 0)]),
+        ("a nurture email is no attempt", vec![ready.clone(), activity("c", "10:30:00", "call"), activity_by("n", "+1d 10:00:00", "email", "nurture")], "+1d 10:30:00", vec![(ATTEMPT_OVERDUE, 0)]),
+        ("close-out, a second early", with(vec![ready.clone()], &three_calls), "+5d 10:30:01", vec![]),
+        ("close-out overdue after the last touch", with(vec![ready.clone()], &three_calls), "+5d 10:30:02", vec![(OVERDUE, 0)]),
+        ("an untouched lead's close-out counts from the handoff", vec![ready.clone()], "+5d 10:00:00", vec![(BREACHED, 0), (ESCALATED, 1), (ESCALATED, 2), (OVERDUE, 0)]),
+        ("a close in time owes no overdue", with(vec![ready.clone()], &with(three_calls.clone(), &[close("x", "+5d 10:30:01", Some("No budget"), None)])), "+9d 10:00:00", vec![]),
         ("removing the owner puts it back under the handoff rule", vec![ready.clone(), activity("c", "10:30:00", "call"), update("u", "11:00:00", json!({"owner": null}))], "11:15:00", vec![(UNASSIGNED, 0)]),
     ];
     for (name, events, now, want) in cases {
@@ -1017,6 +1029,11 @@ fn the_alert_ids_the_engine_fires_are_pinned() {
         &closed_after_three_calls("+5d 10:30:03", "No budget", None),
         &["+6d 10:00:00"],
     ));
+    // Issue 12's alerts while the lead is open.
+    got.extend(fire(
+        &[ready.clone(), activity("c", "10:30:00", "call")],
+        &["+1d 10:30:00", "+5d 10:30:00"],
+    ));
     let got: Vec<(&str, &str)> = got.iter().map(|(k, i)| (k.as_str(), i.as_str())).collect();
     assert_eq!(
         got,
@@ -1055,7 +1072,108 @@ fn the_alert_ids_the_engine_fires_are_pinned() {
                 "alert_9787b61ff91c49a2a4ebadb8421d1e8f"
             ),
             ("disposition.late", "alert_4d523d5e81d0fdbf4fb67911a6147c75"),
+            (
+                "follow_up.attempt_overdue",
+                "alert_3473425365e4f90df0b8a63b03ff25ef"
+            ),
+            (
+                "disposition.overdue",
+                "alert_eb5969ed5e51cf73f7dab433bf85d4ae"
+            ),
         ]
+    );
+}
+
+/// Issue 12: a lead called once and left open raises its next attempt with the owner, then its
+/// close-out with the owner and marketing ops, one alert per gap; a later close of that gap is
+/// scored late but not alerted again, while its reason is still judged.
+#[test]
+fn a_lead_called_once_and_left_open_is_followed_up() {
+    let e = engine_with(ALL_RULES);
+    let mut p = PartitionState::default();
+    let mut fired = Vec::new();
+    let mut step = |p: &mut PartitionState, ev: Option<LeadEvent>, now: &str| {
+        if let Some(ev) = ev {
+            p.apply(&e, &ev);
+        }
+        for (_, alerts) in p.fire_due(&e, at(now)) {
+            fired.extend(alerts.into_iter().map(|a| {
+                (
+                    a.kind,
+                    a.data.deadline,
+                    a.data.to.join("+"),
+                    a.data.recipients.len(),
+                )
+            }));
+        }
+    };
+    step(&mut p, Some(mql("10:00:00", Some("alice"))), "10:00:00");
+    step(&mut p, Some(activity("c1", "10:30:00", "call")), "10:30:00");
+    // A nurture program's email is recorded, not an attempt: the gap still runs from the call.
+    let nurture = activity_by("n", "+1d 09:00:00", "email", "nurture");
+    step(&mut p, Some(nurture), "+1d 10:30:00");
+    step(&mut p, None, "+3d 10:00:00");
+    // A second call starts a new gap: its own next attempt, and the close-out counts from it.
+    step(
+        &mut p,
+        Some(activity("c2", "+3d 11:00:00", "call")),
+        "+9d 00:00:00",
+    );
+    step(
+        &mut p,
+        Some(close("x", "+9d 01:00:00", None, None)),
+        "+12d 00:00:00",
+    );
+    let owner = "owner".to_string();
+    let both = "owner+marketing_ops".to_string();
+    assert_eq!(
+        fired,
+        [
+            (
+                "follow_up.attempt_overdue".into(),
+                at("+1d 10:30:00"),
+                owner.clone(),
+                1
+            ),
+            (
+                "follow_up.attempt_overdue".into(),
+                at("+4d 11:00:00"),
+                owner,
+                1
+            ),
+            (
+                "disposition.overdue".into(),
+                at("+8d 11:00:00"),
+                both.clone(),
+                2
+            ),
+            // The close after the overdue one: its reason and attempts are judged, its lateness
+            // was already said.
+            (
+                "follow_up.insufficient_attempts".into(),
+                at("+9d 01:00:00"),
+                both.clone(),
+                2
+            ),
+            (
+                "disposition.missing_reason".into(),
+                at("+9d 01:00:00"),
+                both,
+                2
+            ),
+        ]
+    );
+    let c = p
+        .lead("L-1")
+        .unwrap()
+        .lead
+        .closeouts
+        .last()
+        .unwrap()
+        .clone();
+    assert!(
+        c.owes.iter().any(|o| o.kind == "disposition.late"),
+        "scored late all the same"
     );
 }
 
@@ -1844,7 +1962,8 @@ mod properties {
             let before = live.alerts.len();
             let (all, _) = live.finish();
             fired.extend(all.into_iter().skip(before).map(|a| (a, true)));
-            for (a, touch_applied) in fired {
+            // The first-touch alerts (the follow-up ones count from the touch itself).
+            for (a, touch_applied) in fired.into_iter().filter(|(a, _)| a.data.rule == "first_touch") {
                 let due = match a.kind.as_str() {
                     "sla.first_touch.reminder" => a.data.deadline - SignedDuration::from_hours(1),
                     _ => a.data.deadline,
@@ -1905,12 +2024,18 @@ mod properties {
             reloads in proptest::collection::vec((0usize..40, 0usize..3), 0..4),
             wide in any::<bool>(),
         ) {
-            let within = |w: &str| {
-                engine_with(&ALL_RULES.replace("within        = \"4h\"", &format!("within        = \"{w}\"")))
-                    .with_reorder_window(reorder_window(wide))
+            // The first-touch, next-attempt and close-out deadlines move with each reload.
+            let within = |w: &str, every: &str, feedback: &str| {
+                let rules = ALL_RULES
+                    .replace("within        = \"4h\"", &format!("within        = \"{w}\""))
+                    .replace("attempt_every = \"1d\"", &format!("attempt_every = \"{every}\""))
+                    .replace("feedback_within  = \"5d\"", &format!("feedback_within  = \"{feedback}\""));
+                engine_with(&rules).with_reorder_window(reorder_window(wide))
             };
-            let variants = [within("4h"), within("2h"), within("6h")];
-            prop_assert!(ALL_RULES.contains("within        = \"4h\""), "the variants differ");
+            let variants = [within("4h", "1d", "5d"), within("2h", "2h", "8h"), within("6h", "3d", "1d")];
+            for key in ["within        = \"4h\"", "attempt_every = \"1d\"", "feedback_within  = \"5d\""] {
+                prop_assert!(ALL_RULES.contains(key), "the variants differ in {}", key);
+            }
             let mut live = Live::new(&variants[0], live_retention());
             for (i, ev) in events.iter().enumerate() {
                 for (at, which) in &reloads {

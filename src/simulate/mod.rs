@@ -7,7 +7,7 @@
 //! first; at the end, deadlines up to `until` fire. Each alert is the body a sink would receive,
 //! with `fired_at` (simulated time) on top. The scorecard measures each owner and each source:
 //! leads handed off, touched within the SLA, business time to first touch, attempts before close,
-//! close-out reasons, leads never touched.
+//! close-out reasons, leads never touched, attempts and close-outs that became overdue.
 
 mod files;
 mod scorecard;
@@ -61,8 +61,9 @@ pub fn run(
                 }
                 for write in parts[i].step(engine, Input::Tick, d) {
                     let Write::Lead(write) = write else { continue };
+                    let origin = write.state.and_then(|s| s.lead.origin.as_deref());
                     for alert in &write.alerts {
-                        card.alert(alert);
+                        card.alert(alert, origin);
                         emit(alert);
                     }
                 }

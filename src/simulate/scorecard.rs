@@ -1,6 +1,6 @@
 //! The scorecard `simulate` writes: per owner, per source and in total, leads handed off and
 //! touched within the SLA, business time to first touch, attempts and reasons at close-outs,
-//! leads never touched, and the alerts fired.
+//! leads never touched, attempts and close-outs that became overdue, and the alerts fired.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -8,9 +8,12 @@ use std::time::Duration;
 use jiff::Timestamp;
 use serde::Serialize;
 
-use crate::alert::Alert;
+use crate::alert::{ATTEMPT_OVERDUE, Alert, LATE, OVERDUE};
 use crate::engine::state::Clock;
 use crate::engine::{Closeout, Engine, Lead, calendar};
+
+/// Where what nobody owned is counted.
+const NO_OWNER: &str = "(none)";
 
 /// One first-touch clock: a lead handed to an owner.
 #[derive(Debug, Clone)]
@@ -43,11 +46,23 @@ pub(super) struct Recorder {
     handoffs: Vec<Handoff>,
     closeouts: Vec<(String, String, Closeout)>,
     alerts: BTreeMap<String, u64>,
+    /// Attempts and close-outs that became overdue while the lead was open: (owner, source,
+    /// alert type).
+    overdue: Vec<(String, String, &'static str)>,
 }
 
 impl Recorder {
-    pub(super) fn alert(&mut self, alert: &Alert) {
+    /// An alert fired for a lead that came from `origin`.
+    pub(super) fn alert(&mut self, alert: &Alert, origin: Option<&str>) {
         *self.alerts.entry(alert.kind.clone()).or_default() += 1;
+        let kind = match alert.kind.as_str() {
+            ATTEMPT_OVERDUE => ATTEMPT_OVERDUE,
+            OVERDUE => OVERDUE,
+            _ => return,
+        };
+        let owner = alert.data.owner.clone().unwrap_or_else(|| NO_OWNER.into());
+        self.overdue
+            .push((owner, origin.unwrap_or_default().to_string(), kind));
     }
 
     /// Records the clocks and close-outs an event ended or made.
@@ -154,13 +169,25 @@ impl Recorder {
             }
         }
         for (_, source, c) in &self.closeouts {
-            let owner = c.owner.clone().unwrap_or_else(|| "(none)".into());
+            let owner = c.owner.clone().unwrap_or_else(|| NO_OWNER.into());
             for t in [
                 by_owner.entry(owner.clone()).or_default(),
                 by_source.entry(source.clone()).or_default(),
                 &mut total,
             ] {
                 t.closeout(c);
+            }
+        }
+        for (owner, source, kind) in &self.overdue {
+            for t in [
+                by_owner.entry(owner.clone()).or_default(),
+                by_source.entry(source.clone()).or_default(),
+                &mut total,
+            ] {
+                match *kind {
+                    ATTEMPT_OVERDUE => t.attempts_overdue += 1,
+                    _ => t.closeouts_overdue += 1,
+                }
             }
         }
         Scorecard {
@@ -189,8 +216,11 @@ struct Tally {
     pending: u64,
     to_first_touch: Vec<Duration>,
     closed: u64,
+    closed_late: u64,
     attempts: Vec<u32>,
     reasons: BTreeMap<String, u64>,
+    attempts_overdue: u64,
+    closeouts_overdue: u64,
 }
 
 impl Tally {
@@ -219,6 +249,9 @@ impl Tally {
 
     fn closeout(&mut self, c: &Closeout) {
         self.closed += 1;
+        if c.owes.iter().any(|o| o.kind == LATE) {
+            self.closed_late += 1;
+        }
         self.attempts.push(c.attempts);
         let reason = c
             .reason
@@ -264,6 +297,9 @@ impl Tally {
                 (sum as f64 * 10.0 / self.attempts.len() as f64).round() / 10.0
             }),
             close_reasons: self.reasons,
+            closed_late: self.closed_late,
+            next_attempts_overdue: self.attempts_overdue,
+            closeouts_overdue: self.closeouts_overdue,
         }
     }
 }
@@ -308,4 +344,13 @@ pub struct Report {
     pub median_attempts_before_close: Option<u32>,
     pub mean_attempts_before_close: Option<f64>,
     pub close_reasons: BTreeMap<String, u64>,
+    /// Close-outs that came later than `feedback_within` after the episode's last touch (or its
+    /// start), whether or not `disposition.overdue` said so while the lead was open.
+    pub closed_late: u64,
+    /// Gaps after an attempt in which the next one did not come in time
+    /// (`follow_up.attempt_overdue`), with fewer attempts than agreed.
+    pub next_attempts_overdue: u64,
+    /// Open leads whose close-out became overdue (`disposition.overdue`): one per gap after the
+    /// last touch.
+    pub closeouts_overdue: u64,
 }

@@ -293,3 +293,113 @@ fn bounced_leads_escalate_from_the_handoff_and_programs_do_not_touch() {
         ]
     );
 }
+
+/// Issue 12, through `simulate` in a Sydney calendar: a lead called once and then left open is
+/// followed up (its next attempt a working day after the call, then its close-out three working
+/// days after it), one alert per gap; a lead closed after its close-out was called overdue is
+/// scored late but not alerted again. The scorecard counts both per owner and per source.
+#[test]
+fn a_lead_called_once_and_left_open_is_followed_up_in_a_sydney_calendar() {
+    let rules = r#"
+default_calendar = "au"
+[lifecycle]
+sales_ready = 'lead.stage == "MQL"'
+closed = 'lead.status == "Unqualified"'
+[first_touch]
+within = "4h"
+[follow_up]
+min_attempts = 3
+attempt_every = "1d"
+[disposition]
+reasons = ["No budget"]
+feedback_within = "3d"
+[recipients]
+marketing_ops = ["mops@example.com"]
+[calendars.au]
+time_zone = "Australia/Sydney"
+hours = { mon = "09:00-17:00", tue = "09:00-17:00", wed = "09:00-17:00", thu = "09:00-17:00", fri = "09:00-17:00" }
+"#;
+    let engine = Engine::new(Arc::new(Rules::parse(rules).unwrap()));
+    // Monday 2026-11-23 09:00 in Sydney (AEDT, UTC+11) is 2026-11-22T22:00Z.
+    let text = r#"
+{"id":"k1","type":"lead.updated","lead":"K","occurred_at":"2026-11-22T22:00:00Z","fields":{"stage":"MQL","owner":"alice"},"source":"sf"}
+{"id":"k2","type":"lead.activity","lead":"K","occurred_at":"2026-11-22T22:30:00Z","activity":{"kind":"call","by":"alice"},"source":"sf"}
+{"id":"l1","type":"lead.updated","lead":"L","occurred_at":"2026-11-22T22:00:00Z","fields":{"stage":"MQL","owner":"bob"},"source":"sf"}
+{"id":"l2","type":"lead.activity","lead":"L","occurred_at":"2026-11-22T22:40:00Z","activity":{"kind":"call","by":"bob"},"source":"sf"}
+{"id":"l3","type":"lead.activity","lead":"L","occurred_at":"2026-11-23T23:00:00Z","activity":{"kind":"call","by":"bob"},"source":"sf"}
+{"id":"l4","type":"lead.updated","lead":"L","occurred_at":"2026-11-26T23:30:00Z","fields":{"status":"Unqualified","disposition_reason":"No budget"},"source":"sf"}
+"#;
+    let (events, bad) = read_events(text.as_bytes()).unwrap();
+    assert!(bad.is_empty(), "{bad:?}");
+    let mut fired = Vec::new();
+    let card = run(
+        &engine,
+        events,
+        Some("2026-11-27T00:00:00Z".parse().unwrap()),
+        6,
+        |a| fired.push(a.clone()),
+    );
+    let got: Vec<(&str, &str, String)> = fired
+        .iter()
+        .map(|a| {
+            let local = a.timestamp.in_tz("Australia/Sydney").unwrap();
+            (
+                a.data.lead.as_str(),
+                a.kind.as_str(),
+                local.strftime("%a %H:%M").to_string(),
+            )
+        })
+        .collect();
+    let local = |lead, kind, when: &str| (lead, kind, when.to_string());
+    assert_eq!(
+        got,
+        [
+            // Each gap's next attempt a working day after the call before it.
+            local("K", "follow_up.attempt_overdue", "Tue 09:30"),
+            local("L", "follow_up.attempt_overdue", "Tue 09:40"),
+            local("L", "follow_up.attempt_overdue", "Wed 10:00"),
+            // The close-out three working days after the last call.
+            local("K", "disposition.overdue", "Thu 09:30"),
+            local("L", "disposition.overdue", "Fri 10:00"),
+            // L's close at 10:30 is late, and already said to be: only its attempts are judged.
+            local("L", "follow_up.insufficient_attempts", "Fri 10:30"),
+        ]
+    );
+    let overdue = fired
+        .iter()
+        .find(|a| a.kind == "disposition.overdue")
+        .unwrap();
+    assert_eq!(overdue.data.to, ["owner", "marketing_ops"]);
+    assert!(
+        overdue
+            .data
+            .message
+            .contains("3 working days after its last touch"),
+        "{}",
+        overdue.data.message
+    );
+    let next = &fired[0];
+    assert_eq!(next.data.to, ["owner"]);
+    assert!(
+        next.data.message.contains("1 attempt(s)") && next.data.message.contains("1 working day"),
+        "{}",
+        next.data.message
+    );
+    let (alice, bob) = (&card.by_owner["alice"], &card.by_owner["bob"]);
+    assert_eq!(
+        (alice.next_attempts_overdue, alice.closeouts_overdue),
+        (1, 1)
+    );
+    assert_eq!((bob.next_attempts_overdue, bob.closeouts_overdue), (2, 1));
+    assert_eq!((bob.closed, bob.closed_late), (1, 1));
+    let sf = &card.by_source["sf"];
+    assert_eq!(
+        (
+            sf.next_attempts_overdue,
+            sf.closeouts_overdue,
+            sf.closed_late
+        ),
+        (3, 2, 1)
+    );
+    assert_eq!(card.alerts.get("disposition.late"), None);
+}

@@ -22,12 +22,13 @@
 //!
 //! [follow_up]
 //! min_attempts = 3                                # → follow_up.insufficient_attempts
+//! attempt_every = "1d"                            # → follow_up.attempt_overdue while open
 //!
 //! [disposition]
 //! reasons = ["No budget", "Wrong contact"]        # → disposition.unknown_reason / missing_reason
 //! vague = ["Not interested", "Other"]             # → disposition.vague_reason without a detail
 //! detail_min_chars = 20
-//! feedback_within = "5d"                          # → disposition.late
+//! feedback_within = "5d"                          # → disposition.overdue / disposition.late
 //!
 //! [calendars.us]
 //! time_zone = "America/New_York"
@@ -142,6 +143,9 @@ pub struct Step {
 #[derive(Debug, Clone, PartialEq)]
 pub struct FollowUp {
     pub min_attempts: u32,
+    /// While the episode is open, touched and below `min_attempts`: the next attempt is due this
+    /// long after the last one (unset: no `follow_up.attempt_overdue`).
+    pub attempt_every: Option<SlaDuration>,
 }
 
 /// `[disposition]`: what a close-out needs.
@@ -313,6 +317,9 @@ struct RawStep {
 struct RawFollowUp {
     #[serde(default)]
     min_attempts: Option<u32>,
+    #[serde(default)]
+    #[eserde(compat)]
+    attempt_every: Option<Sla>,
 }
 
 #[derive(Clone, eserde::Deserialize)]
@@ -701,6 +708,7 @@ fn merge_first_touch(
 fn merge_follow_up(base: Option<&RawFollowUp>, over: Option<&RawFollowUp>) -> Option<RawFollowUp> {
     merge(base, over, |b, o| RawFollowUp {
         min_attempts: o.min_attempts.or(b.min_attempts),
+        attempt_every: o.attempt_every.clone().or_else(|| b.attempt_every.clone()),
     })
 }
 
@@ -764,6 +772,13 @@ fn settings(
             )
         })
         .collect();
+    let attempt_every = follow_up.and_then(|f| {
+        sla(
+            &f.attempt_every,
+            format!("{at}follow_up.attempt_every"),
+            problems,
+        )
+    });
     let feedback_within = disposition.and_then(|d| {
         sla(
             &d.feedback_within,
@@ -897,7 +912,10 @@ fn settings(
             );
             None
         }
-        Some(min_attempts) => Some(FollowUp { min_attempts }),
+        Some(min_attempts) => Some(FollowUp {
+            min_attempts,
+            attempt_every,
+        }),
     });
 
     let disposition = disposition.map(|d| {

@@ -426,3 +426,28 @@ fn touch_counts_is_checked_like_every_predicate() {
         ["lifecycle.sales_ready"]
     );
 }
+
+/// `[follow_up] attempt_every` is an SLA duration like every other, unset by default, and a
+/// segment may set its own over the top-level `min_attempts`.
+#[test]
+fn attempt_every_is_checked_under_its_key_and_merges_into_segments() {
+    let text = |every: &str| {
+        format!(
+            "[lifecycle]\nsales_ready = 'true'\nclosed = 'false'\n[follow_up]\nmin_attempts = 3\n{every}\n[[segments]]\nname = \"eu\"\nwhen = 'true'\nfollow_up = {{ attempt_every = \"2h\" }}\n[recipients]\nmarketing_ops = [\"m\"]\n"
+        )
+    };
+    let rules = Rules::parse(&text("")).unwrap();
+    assert_eq!(rules.base.follow_up.as_ref().unwrap().attempt_every, None);
+    let segment = rules.segments[0].settings.follow_up.clone().unwrap();
+    assert_eq!(segment.min_attempts, 3);
+    assert_eq!(segment.attempt_every, Some("2h".parse().unwrap()));
+    let rules = Rules::parse(&text("attempt_every = \"1d\"")).unwrap();
+    assert_eq!(
+        rules.base.follow_up.as_ref().unwrap().attempt_every,
+        Some("1d".parse().unwrap())
+    );
+    assert_eq!(
+        keys(&text("attempt_every = \"soon\"")),
+        ["follow_up.attempt_every"]
+    );
+}
