@@ -108,10 +108,15 @@ fn deadlines_up_to_until_fire_and_events_after_it_do_not_apply() {
 }
 
 fn run_text(text: &str, until: &str) -> (Vec<Alert>, Scorecard) {
+    run_with(&engine(), text, until)
+}
+
+/// The events of `text` through `engine` up to `until`: what fired, and the scorecard.
+fn run_with(engine: &Engine, text: &str, until: &str) -> (Vec<Alert>, Scorecard) {
     let (events, bad) = read_events(text.as_bytes()).unwrap();
     assert!(bad.is_empty(), "{bad:?}");
     let mut fired = Vec::new();
-    let card = run(&engine(), events, Some(until.parse().unwrap()), 6, |a| {
+    let card = run(engine, events, Some(until.parse().unwrap()), 6, |a| {
         fired.push(a.clone())
     });
     (fired, card)
@@ -216,16 +221,8 @@ hours = { mon = "09:00-18:00", tue = "09:00-18:00", wed = "09:00-18:00", thu = "
 {"id":"s3","type":"lead.activity","lead":"S","occurred_at":"2026-11-23T09:31:00Z","activity":{"kind":"call"},"source":"sf"}
 {"id":"s4","type":"lead.updated","lead":"S","occurred_at":"2026-11-24T10:00:00Z","fields":{"stage":"Unqualified","status":"Unqualified"},"source":"sf"}
 "#;
-    let (events, bad) = read_events(text.as_bytes()).unwrap();
-    assert!(bad.is_empty(), "{bad:?}");
-    let mut fired = Vec::new();
-    let card = run(
-        &engine,
-        events,
-        Some("2026-11-25T00:00:00Z".parse().unwrap()),
-        6,
-        |a| fired.push(a.kind.clone()),
-    );
+    let (fired, card) = run_with(&engine, text, "2026-11-25T00:00:00Z");
+    let fired: Vec<&str> = fired.iter().map(|a| a.kind.as_str()).collect();
     assert_eq!(
         fired,
         [
@@ -329,16 +326,7 @@ hours = { mon = "09:00-17:00", tue = "09:00-17:00", wed = "09:00-17:00", thu = "
 {"id":"l3","type":"lead.activity","lead":"L","occurred_at":"2026-11-23T23:00:00Z","activity":{"kind":"call","by":"bob"},"source":"sf"}
 {"id":"l4","type":"lead.updated","lead":"L","occurred_at":"2026-11-26T23:30:00Z","fields":{"status":"Unqualified","disposition_reason":"No budget"},"source":"sf"}
 "#;
-    let (events, bad) = read_events(text.as_bytes()).unwrap();
-    assert!(bad.is_empty(), "{bad:?}");
-    let mut fired = Vec::new();
-    let card = run(
-        &engine,
-        events,
-        Some("2026-11-27T00:00:00Z".parse().unwrap()),
-        6,
-        |a| fired.push(a.clone()),
-    );
+    let (fired, card) = run_with(&engine, text, "2026-11-27T00:00:00Z");
     let got: Vec<(&str, &str, String)> = fired
         .iter()
         .map(|a| {
