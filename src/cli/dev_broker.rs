@@ -44,6 +44,16 @@ impl DevBroker {
             eprintln!("leadwatch dev-broker: {e}");
             ExitCode::FAILURE
         })?;
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("tokio runtime");
+        // Listening before the line that says where to connect: a SIGTERM sent as soon as it is
+        // read stops the broker cleanly rather than killing it.
+        let stop = {
+            let _in_runtime = runtime.enter();
+            signals::on_stop()
+        };
         let mut out = std::io::stdout().lock();
         let _ = writeln!(out, "bootstrap={}", kafka.bootstrap());
         let _ = out.flush();
@@ -53,11 +63,7 @@ impl DevBroker {
             partitions = self.partitions,
             "dev broker running (in memory only); stop with SIGTERM"
         );
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("tokio runtime");
-        runtime.block_on(signals::stop());
+        runtime.block_on(stop);
         drop(kafka);
         Ok(ExitCode::SUCCESS)
     }

@@ -28,10 +28,18 @@ pub fn reloads() -> tokio::sync::mpsc::UnboundedReceiver<()> {
 
 /// Resolves on the next SIGTERM or SIGINT.
 pub async fn stop() {
+    on_stop().await
+}
+
+/// Listens for SIGTERM and SIGINT from this call on (inside a runtime); the future resolves on
+/// the next one. For a process that must not die of a signal sent right after it said it was up.
+pub fn on_stop() -> impl Future<Output = ()> {
     let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
     let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
+    async move {
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+        }
     }
 }
