@@ -9,12 +9,25 @@
 //! (`PartitionState::step`, state records encoded as the daemon writes them), and deadlines fire
 //! as the simulated clock passes them.
 //!
-//! `cargo run --release --bin enginebench -- --leads 200000 [--rules config/rules.toml]`
+//! `--shape vendor` (the default) makes the events what the default HubSpot and Salesforce
+//! mappings produce from those vendors' own payloads (see `shared/vendor.rs`: HubSpot property
+//! changes one per event, Salesforce snapshots of about 40 fields with long text, mixed);
+//! `--shape canonical` keeps the earlier compact events of a single canonical shape. Besides
+//! events/s it reports allocator calls per event (alloc and realloc, counted by the global
+//! allocator below), bytes held per lead and changelog bytes per lead.
+//!
+//! `--write-events FILE` writes the events as JSON lines (the format `leadwatch simulate`
+//! reads) and exits without running the engine.
+//!
+//! `cargo run --release --bin enginebench -- --leads 200000 [--shape vendor|canonical]
+//! [--rules config/rules.toml] [--write-events FILE]`
 
+use std::io::Write as _;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
-use clap::Parser;
+use clap::{Parser, ValueEnum};
 use jiff::{SignedDuration, Timestamp};
 use leadwatch::clock::Clock;
 use leadwatch::engine::step::{Input, Write};
@@ -30,22 +43,49 @@ struct Args {
     /// The rules file (default: the shipped example, every rule on).
     #[arg(long)]
     rules: Option<PathBuf>,
+    /// What the events look like.
+    #[arg(long, value_enum, default_value_t = Shape::Vendor)]
+    shape: Shape,
+    /// Write the events to this file, one JSON line each (`leadwatch simulate`'s format), and
+    /// exit without running the engine.
+    #[arg(long)]
+    write_events: Option<PathBuf>,
 }
 
+#[derive(Clone, Copy, ValueEnum)]
+enum Shape {
+    /// HubSpot property changes and Salesforce snapshots, through the vendors' own parsers.
+    Vendor,
+    /// Compact canonical events, a handful of fields each.
+    Canonical,
+}
+
+#[path = "shared/vendor.rs"]
+mod vendor;
+
 /// Counts the bytes allocated and not yet freed, so memory per lead is what the leads hold,
-/// not what the allocator keeps around.
+/// not what the allocator keeps around; and the calls into the allocator (alloc and realloc),
+/// the cost per event the engine work should bring down.
 struct Counting;
 
-static LIVE: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+static LIVE: AtomicUsize = AtomicUsize::new(0);
+static CALLS: AtomicUsize = AtomicUsize::new(0);
 
 unsafe impl std::alloc::GlobalAlloc for Counting {
     unsafe fn alloc(&self, layout: std::alloc::Layout) -> *mut u8 {
-        LIVE.fetch_add(layout.size(), std::sync::atomic::Ordering::Relaxed);
+        LIVE.fetch_add(layout.size(), Ordering::Relaxed);
+        CALLS.fetch_add(1, Ordering::Relaxed);
         unsafe { std::alloc::System.alloc(layout) }
     }
     unsafe fn dealloc(&self, ptr: *mut u8, layout: std::alloc::Layout) {
-        LIVE.fetch_sub(layout.size(), std::sync::atomic::Ordering::Relaxed);
+        LIVE.fetch_sub(layout.size(), Ordering::Relaxed);
         unsafe { std::alloc::System.dealloc(ptr, layout) }
+    }
+    unsafe fn realloc(&self, ptr: *mut u8, layout: std::alloc::Layout, new_size: usize) -> *mut u8 {
+        LIVE.fetch_add(new_size, Ordering::Relaxed);
+        LIVE.fetch_sub(layout.size(), Ordering::Relaxed);
+        CALLS.fetch_add(1, Ordering::Relaxed);
+        unsafe { std::alloc::System.realloc(ptr, layout, new_size) }
     }
 }
 
@@ -53,7 +93,11 @@ unsafe impl std::alloc::GlobalAlloc for Counting {
 static ALLOC: Counting = Counting;
 
 fn live_bytes() -> usize {
-    LIVE.load(std::sync::atomic::Ordering::Relaxed)
+    LIVE.load(Ordering::Relaxed)
+}
+
+fn alloc_calls() -> usize {
+    CALLS.load(Ordering::Relaxed)
 }
 
 /// The events of lead `i`, starting at `start`.
@@ -131,13 +175,44 @@ fn main() -> anyhow::Result<()> {
 
     // A week of leads, one every few seconds, in time order.
     let base: Timestamp = "2026-11-02T14:00:00Z".parse()?;
-    let mut events: Vec<LeadEvent> = (0..args.leads)
-        .flat_map(|i| life(i, base + SignedDuration::from_secs(3 * i as i64)))
-        .collect();
+    let start = |i: usize| base + SignedDuration::from_secs(3 * i as i64);
+    let mut events: Vec<LeadEvent> = match args.shape {
+        Shape::Canonical => (0..args.leads).flat_map(|i| life(i, start(i))).collect(),
+        Shape::Vendor => {
+            let vendors = vendor::Vendors::new();
+            (0..args.leads)
+                .flat_map(|i| vendors.life(i, start(i)))
+                .collect()
+        }
+    };
+    // Stable: a lead's events at the same instant keep their order.
     events.sort_by_key(|e| e.occurred_at);
     let n = events.len();
 
+    if let Some(file) = &args.write_events {
+        let mut out = std::io::BufWriter::new(std::fs::File::create(file)?);
+        for event in &events {
+            serde_json::to_writer(&mut out, event)?;
+            out.write_all(b"\n")?;
+        }
+        out.flush()?;
+        let bytes = std::fs::metadata(file)?.len();
+        println!(
+            "wrote {n} events for {} leads to {} ({:.0} MB, {:.0} bytes per line)",
+            args.leads,
+            file.display(),
+            bytes as f64 / 1e6,
+            bytes as f64 / n.max(1) as f64
+        );
+        return Ok(());
+    }
+    let event_bytes: usize = events
+        .iter()
+        .map(|e| serde_json::to_vec(e).map_or(0, |v| v.len()))
+        .sum();
+
     let live_before = live_bytes();
+    let calls_before = alloc_calls();
     let mut p = PartitionState::default();
     let mut wake = None;
     let mut alerts = 0usize;
@@ -171,16 +246,30 @@ fn main() -> anyhow::Result<()> {
     let later = events.last().map_or(base, |e| e.occurred_at) + SignedDuration::from_hours(2);
     p.step(&engine, Input::Sweep, later);
     let elapsed = clock.instant() - started;
+    let calls = alloc_calls() - calls_before;
     let live_after = live_bytes();
 
     let open = p.iter().filter(|(_, s)| s.lead.episode.is_some()).count();
     let state_bytes: usize = p.iter().map(|(_, s)| s.encode().len()).sum();
     println!("rules: {}", path.display());
-    println!("events: {n} for {} leads; alerts fired: {alerts}", p.len());
+    println!(
+        "events: {n} for {} leads ({:.1} per lead, {} shape, {:.0} bytes per event as JSON); alerts fired: {alerts}",
+        p.len(),
+        n as f64 / p.len().max(1) as f64,
+        match args.shape {
+            Shape::Vendor => "vendor",
+            Shape::Canonical => "canonical",
+        },
+        event_bytes as f64 / n.max(1) as f64,
+    );
     println!(
         "engine: {:.0} events/s on one core ({:.1} µs/event, deadlines firing as time passes)",
         n as f64 / elapsed.as_secs_f64(),
         elapsed.as_secs_f64() * 1e6 / n as f64
+    );
+    println!(
+        "allocations: {:.1} allocator calls per event (alloc and realloc, ticks and sweeps included)",
+        calls as f64 / n.max(1) as f64
     );
     let held = live_after.saturating_sub(live_before) as f64;
     println!(

@@ -4,15 +4,28 @@
 //!
 //! `cargo run --release --bin loadgen -- --url http://127.0.0.1:8080/webhooks/web \
 //!      --secret whsec_… --concurrency 32 --duration 30s`
+//!
+//! Event `i` goes to lead `i mod leads`, so the leads are taken one after another and each gets
+//! its events in turn: on even rounds an update that makes it sales-ready, on odd rounds a call.
+//! `--payload realistic` makes each update what a vendor snapshot becomes (about 40 fields of a
+//! Salesforce Lead with address, custom fields and 1–2 KB of description, plus the canonical
+//! aliases the default mapping adds); `--events N` stops after N events (e.g. `--leads 200000
+//! --events 400000`: every lead updated, then called), and the last line is the count accepted,
+//! `accepted_events=N`, for scripts to wait on; `--retry` retries 503s until accepted.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use clap::Parser;
+use clap::{Parser, ValueEnum};
 use leadwatch::clock::Clock;
 use leadwatch::signature::{self, WebhookSecret};
+
+// Only the Salesforce field set is used here; the rest serves `enginebench`.
+#[allow(dead_code)]
+#[path = "shared/vendor.rs"]
+mod vendor;
 
 #[derive(Parser)]
 #[command(about = "Posts signed lead events to leadwatch and measures acknowledgements")]
@@ -26,15 +39,33 @@ struct Args {
     /// Requests in flight at once.
     #[arg(long, default_value_t = 16)]
     concurrency: usize,
-    /// How long to run (`30s`, `2m`).
-    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
-    duration: Duration,
+    /// How long to run (`30s`, `2m`); default 30s, or unbounded with `--events`.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    duration: Option<Duration>,
+    /// Stop after this many events (the last requests may end a little short of a batch).
+    #[arg(long)]
+    events: Option<u64>,
+    /// Retry a request answered 503 (after its Retry-After, at most 1 s) until it is accepted,
+    /// so that every event lands; the statuses then count every attempt.
+    #[arg(long)]
+    retry: bool,
+    /// What an update carries.
+    #[arg(long, value_enum, default_value_t = Payload::Minimal)]
+    payload: Payload,
     /// Events per request (1–100).
     #[arg(long, default_value_t = 1)]
     batch: usize,
     /// Distinct leads the events spread over.
     #[arg(long, default_value_t = 10_000)]
     leads: u64,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Payload {
+    /// Stage, owner and score: three fields.
+    Minimal,
+    /// A vendor's snapshot: about 40 fields, some long text, and the canonical aliases.
+    Realistic,
 }
 
 #[derive(Default)]
@@ -60,7 +91,12 @@ async fn main() -> anyhow::Result<()> {
     let clock = Clock::system();
     let run = format!("{:x}", clock.now().as_millisecond());
     let start = clock.instant();
-    let end = start + args.duration;
+    let end = match (args.duration, args.events) {
+        (Some(d), _) => Some(start + d),
+        (None, Some(_)) => None,
+        (None, None) => Some(start + Duration::from_secs(30)),
+    };
+    let limit = args.events.unwrap_or(u64::MAX);
 
     let workers: Vec<_> = (0..args.concurrency)
         .map(|_| {
@@ -72,40 +108,62 @@ async fn main() -> anyhow::Result<()> {
                 args.url.clone(),
                 clock.clone(),
             );
-            let (batch, leads) = (args.batch, args.leads);
+            let (batch, leads, payload, retry) = (args.batch, args.leads, args.payload, args.retry);
             tokio::spawn(async move {
                 let mut tally = Tally::default();
-                while clock.instant() < end {
+                while end.is_none_or(|end| clock.instant() < end) {
                     let n = counter.fetch_add(batch as u64, Ordering::Relaxed);
-                    let now = clock.now().to_string();
-                    let events: Vec<serde_json::Value> = (n..n + batch as u64)
-                        .map(|i| event(&run, i, leads, &now))
+                    if n >= limit {
+                        break;
+                    }
+                    let upto = (n + batch as u64).min(limit);
+                    let now = clock.now();
+                    let events: Vec<serde_json::Value> = (n..upto)
+                        .map(|i| event(&run, i, leads, now, payload))
                         .collect();
+                    let sent_events = events.len() as u64;
                     let body = serde_json::to_vec(&events).expect("json");
                     let id = format!("msg_{run}_{n}");
-                    let ts = clock.now().as_second();
                     let sent = clock.instant();
-                    let mut request = client.post(&url).header("content-type", "application/json");
-                    for (name, value) in signature::headers([&secret], &id, ts, &body) {
-                        request = request.header(name, value);
-                    }
-                    let result = request.body(body).send().await;
-                    let key = match result {
-                        Ok(resp) => {
-                            let status = resp.status().as_u16();
-                            let _ = resp.bytes().await;
-                            if status == 202 {
-                                tally
-                                    .latencies_us
-                                    .push((clock.instant() - sent).as_micros() as u64);
-                                tally.events += batch as u64;
-                            }
-                            status.to_string()
+                    // With `--retry`, a 503 is retried as a vendor would: the same body and
+                    // ids, after the Retry-After (at most a second), freshly signed.
+                    loop {
+                        let ts = clock.now().as_second();
+                        let mut request =
+                            client.post(&url).header("content-type", "application/json");
+                        for (name, value) in signature::headers([&secret], &id, ts, &body) {
+                            request = request.header(name, value);
                         }
-                        Err(e) if e.is_timeout() => "timeout".to_string(),
-                        Err(_) => "error".to_string(),
-                    };
-                    *tally.statuses.entry(key).or_default() += 1;
+                        let result = request.body(body.clone()).send().await;
+                        let (key, wait) = match result {
+                            Ok(resp) => {
+                                let status = resp.status().as_u16();
+                                let wait = resp
+                                    .headers()
+                                    .get("retry-after")
+                                    .and_then(|v| v.to_str().ok())
+                                    .and_then(|v| v.parse::<u64>().ok())
+                                    .map_or(Duration::from_millis(200), |s| {
+                                        Duration::from_secs(s).min(Duration::from_secs(1))
+                                    });
+                                let _ = resp.bytes().await;
+                                if status == 202 {
+                                    tally
+                                        .latencies_us
+                                        .push((clock.instant() - sent).as_micros() as u64);
+                                    tally.events += sent_events;
+                                }
+                                (status.to_string(), (status == 503).then_some(wait))
+                            }
+                            Err(e) if e.is_timeout() => ("timeout".to_string(), None),
+                            Err(_) => ("error".to_string(), None),
+                        };
+                        *tally.statuses.entry(key).or_default() += 1;
+                        match wait {
+                            Some(wait) if retry => tokio::time::sleep(wait).await,
+                            _ => break,
+                        }
+                    }
                 }
                 tally
             })
@@ -154,21 +212,74 @@ async fn main() -> anyhow::Result<()> {
         pct(0.99),
         pct(1.0)
     );
+    println!("accepted_events={}", all.events);
     Ok(())
 }
 
 /// Every other event makes a lead sales-ready; the rest are calls on it.
-fn event(run: &str, i: u64, leads: u64, now: &str) -> serde_json::Value {
+fn event(
+    run: &str,
+    i: u64,
+    leads: u64,
+    now: jiff::Timestamp,
+    payload: Payload,
+) -> serde_json::Value {
     let lead = format!("load-{run}-{}", i % leads);
     if (i / leads).is_multiple_of(2) {
+        let owner = format!("rep-{}@example.com", i % 50);
+        let fields = match payload {
+            Payload::Minimal => {
+                serde_json::json!({"stage": "sales_ready", "owner": owner, "score": 70})
+            }
+            Payload::Realistic => realistic_fields((i % leads) as usize, &owner, now),
+        };
         serde_json::json!({
-            "id": format!("{run}-{i}"), "type": "lead.updated", "lead": lead, "occurred_at": now,
-            "fields": {"stage": "sales_ready", "owner": format!("rep-{}@example.com", i % 50), "score": 70}
+            "id": format!("{run}-{i}"), "type": "lead.updated", "lead": lead,
+            "occurred_at": now.to_string(), "fields": fields
         })
     } else {
         serde_json::json!({
-            "id": format!("{run}-{i}"), "type": "lead.activity", "lead": lead, "occurred_at": now,
+            "id": format!("{run}-{i}"), "type": "lead.activity", "lead": lead, "occurred_at": now.to_string(),
             "activity": {"kind": "call", "by": format!("rep-{}@example.com", i % 50)}
         })
     }
+}
+
+/// A Salesforce Lead snapshot of lead `i` (about 40 fields, `null` for `xsi:nil`) with the
+/// canonical aliases the default mapping adds, as the generic source takes it.
+fn realistic_fields(i: usize, owner: &str, now: jiff::Timestamp) -> serde_json::Value {
+    let mut fields = serde_json::Map::new();
+    for (name, value) in vendor::salesforce_lead_fields(i, "sales_ready", owner, now, now, None) {
+        fields.insert(
+            name,
+            value.map_or(serde_json::Value::Null, serde_json::Value::String),
+        );
+    }
+    let aliases = [
+        ("stage", "Status"),
+        ("status", "Status"),
+        ("owner", "OwnerId"),
+        ("email", "Email"),
+        ("phone", "Phone"),
+        ("company", "Company"),
+        ("first_name", "FirstName"),
+        ("last_name", "LastName"),
+        ("name", "Name"),
+        ("job_title", "Title"),
+        ("industry", "Industry"),
+        ("region", "State"),
+        ("country", "Country"),
+        ("lead_source", "LeadSource"),
+    ];
+    for (canonical, from) in aliases {
+        if let Some(v) = fields.get(from).cloned() {
+            fields.insert(canonical.into(), v);
+        }
+    }
+    fields.insert("employees".into(), serde_json::json!(i * 37 % 3000));
+    fields.insert(
+        "annual_revenue".into(),
+        serde_json::json!((i % 90 + 10) * 100_000),
+    );
+    serde_json::Value::Object(fields)
 }
