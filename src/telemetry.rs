@@ -106,6 +106,7 @@ pub struct Metrics {
     clock_clamped: Family<SourceLabel, Counter>,
     http_refused: Family<ReasonLabel, Counter>,
     reassignments_skipped: Family<SinkReason, Counter>,
+    ledger_expired: Counter,
     /// What must never pass silently: quarantined records, skipped offsets, unreadable records,
     /// failed restores, role restarts, stalls.
     kafka: KafkaTrouble,
@@ -379,10 +380,18 @@ impl Metrics {
              sink and reason (owner_changed, kept_changing, refused, not_a_user)",
             reassignments_skipped.clone(),
         );
+        let ledger_expired = Counter::default();
+        registry.register(
+            "ledger_deliveries_expired",
+            "Deliveries the ledger forgot because their alert is older than \
+             dispatch.ledger_retention (the alerts topic no longer holds it)",
+            ledger_expired.clone(),
+        );
         let kafka = KafkaTrouble::register(&mut registry);
         Self {
             kafka,
             reassignments_skipped,
+            ledger_expired,
             values_cut,
             clock_clamped,
             http_refused,
@@ -512,6 +521,11 @@ impl Metrics {
         self.retry_backlog
             .get_or_create(&SinkLabel { sink: sink.into() })
             .set(n);
+    }
+
+    /// `leadwatch_ledger_deliveries_expired_total`.
+    pub fn ledger_expired(&self, n: usize) {
+        self.ledger_expired.inc_by(n as u64);
     }
 
     /// `leadwatch_reassignments_skipped_total{sink, reason}`.

@@ -2059,3 +2059,102 @@ max_per_second = 50
     );
     assert!(dead_letters(kafka.bootstrap(), 2).await.is_empty());
 }
+
+/// A delivery older than the alerts topic's retention (`dispatch.ledger_retention`, 7 days by
+/// default) can never be asked for again: the ledger forgets it when it is restored, writes the
+/// lead's record without it and a tombstone for a lead left with nothing, so neither the
+/// dispatcher's memory nor `{prefix}.delivered` keeps every alert ever sent. What it still
+/// remembers keeps a copy of an alert from being sent twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_ledger_forgets_deliveries_older_than_the_alerts_retention() {
+    let kafka = kafka(2);
+    let now = Clock::system().now();
+    let old = (now - jiff::SignedDuration::from_hours(8 * 24)).to_string();
+    let recent = (now - jiff::SignedDuration::from_hours(24)).to_string();
+    let kept = alert("sla.first_touch.breached", "L-both", 1);
+    let entry = |alerts: &[(&str, &str)]| {
+        let alerts: serde_json::Map<String, serde_json::Value> = alerts
+            .iter()
+            .map(|(id, at)| {
+                (
+                    id.to_string(),
+                    serde_json::json!({"sinks": ["hook"], "first_at": at}),
+                )
+            })
+            .collect();
+        serde_json::to_vec(&serde_json::json!({ "alerts": alerts })).unwrap()
+    };
+    let producer: FutureProducer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", kafka.bootstrap())
+        .set("partitioner", leadwatch::partitioner::PARTITIONER)
+        .create()
+        .unwrap();
+    let delivered = format!("{PREFIX}.delivered");
+    for (lead, body) in [
+        ("L-old", entry(&[("alert_gone", &old)])),
+        (
+            "L-both",
+            entry(&[("alert_also_gone", &old), (&kept.data.alert_id, &recent)]),
+        ),
+    ] {
+        producer
+            .send(
+                FutureRecord::to(&delivered).key(lead).payload(&body),
+                Duration::from_secs(10),
+            )
+            .await
+            .unwrap();
+    }
+    let receiver = Receiver::start().await;
+    let sinks = format!(
+        "[sinks.hook]\nkind = \"webhook\"\nurl = \"{}\"\nsecret = \"{SINK_SECRET}\"\n",
+        receiver.url
+    );
+    let d = Daemon::start(
+        &dispatch_config(kafka.bootstrap(), "lwledger", "", &sinks),
+        &rules_text("1h"),
+    )
+    .await;
+    d.wait_for_metric(
+        "the two old deliveries forgotten",
+        "leadwatch_ledger_deliveries_expired_total",
+        PATIENCE,
+        |n| n >= 2.0,
+    )
+    .await;
+    // Two records written, one rewrite and one tombstone; the last of each key is what a
+    // restore reads (the topic is compacted).
+    let records = read_topic(kafka.bootstrap(), &delivered, 4).await;
+    let last: BTreeMap<String, serde_json::Value> = records.into_iter().collect();
+    assert_eq!(
+        last["L-old"],
+        serde_json::Value::Null,
+        "tombstoned: {last:?}"
+    );
+    let ids: Vec<&String> = last["L-both"]["alerts"]
+        .as_object()
+        .expect("L-both still has an entry")
+        .keys()
+        .collect();
+    assert_eq!(ids, [&kept.data.alert_id]);
+    // The delivery remembered still counts: its copy is not sent; a new alert is.
+    let new = alert("sla.first_touch.breached", "L-both", 2);
+    produce(kafka.bootstrap(), &kept).await;
+    produce(kafka.bootstrap(), &new).await;
+    wait_for("the new alert at the receiver", PATIENCE, || async {
+        receiver.count() >= 1
+    })
+    .await;
+    d.stop().await;
+    assert_eq!(
+        alerts_committed(kafka.bootstrap(), "lwledger").await,
+        (2, 2),
+        "both alerts decided before the stop"
+    );
+    let sent: Vec<String> = receiver
+        .all()
+        .iter()
+        .map(|r| r.header("webhook-id").to_string())
+        .collect();
+    assert_eq!(sent, [new.id().to_string()]);
+}

@@ -56,6 +56,13 @@ pub struct DispatchConfig {
     #[serde(default = "default_max_retry_after")]
     #[eserde(compat)]
     pub max_retry_after: HumanDuration,
+    /// How long the ledger remembers which sinks have an alert: set it to the alerts topic's
+    /// retention (Kafka's default is 7 days). An alert older than that can no longer be read
+    /// again, so its entry only costs memory and restore time; it is dropped (and the lead's
+    /// record tombstoned once it holds none).
+    #[serde(default = "default_ledger_retention")]
+    #[eserde(compat)]
+    pub ledger_retention: HumanDuration,
 }
 
 impl Default for DispatchConfig {
@@ -70,6 +77,7 @@ impl Default for DispatchConfig {
             max_retries: None,
             retry_jitter: default_retry_jitter(),
             max_retry_after: default_max_retry_after(),
+            ledger_retention: default_ledger_retention(),
         }
     }
 }
@@ -88,6 +96,9 @@ fn default_retry_jitter() -> f64 {
 }
 fn default_max_retry_after() -> HumanDuration {
     HumanDuration(DEFAULT_MAX_RETRY_AFTER)
+}
+fn default_ledger_retention() -> HumanDuration {
+    HumanDuration(Duration::from_secs(7 * 86_400))
 }
 
 impl From<&DispatchConfig> for Schedule {
@@ -153,6 +164,23 @@ impl DispatchConfig {
         if self.sink_concurrency == 0 {
             problems.push(("sink_concurrency".into(), "must be at least 1".into()));
         }
+        // An alert is retried for the schedule's whole span: its entry must outlive that, or a
+        // retry after a restart would send it again where it already arrived.
+        let retrying: Duration = Schedule::from(self)
+            .delays
+            .iter()
+            .fold(Duration::ZERO, |sum, d| sum.saturating_add(*d));
+        let at_least = retrying.max(Duration::from_secs(86_400));
+        if self.ledger_retention.0 < at_least {
+            problems.push((
+                "ledger_retention".into(),
+                format!(
+                    "must be at least {} (a day, and the whole retry schedule): the alerts topic's \
+                     retention",
+                    humantime::format_duration(at_least)
+                ),
+            ));
+        }
         problems
     }
 }
@@ -189,5 +217,28 @@ mod tests {
             [Duration::from_secs(1), Duration::from_secs(7)]
         );
         assert_eq!(Schedule::from(&DispatchConfig::default()).attempts(), 8);
+    }
+
+    #[test]
+    fn the_ledger_outlives_a_day_and_the_whole_retry_schedule() {
+        let day = Duration::from_secs(86_400);
+        assert!(DispatchConfig::default().problems().is_empty());
+        let short = DispatchConfig {
+            ledger_retention: HumanDuration(Duration::from_secs(3600)),
+            ..DispatchConfig::default()
+        };
+        let problems = short.problems();
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert_eq!(problems[0].0, "ledger_retention");
+        assert!(problems[0].1.contains("1day"), "{problems:?}");
+        // Retries for two days: a ledger of one day would forget deliveries still retried.
+        let long_retries = DispatchConfig {
+            retry_schedule: Some(vec![HumanDuration(day), HumanDuration(day)]),
+            ledger_retention: HumanDuration(day),
+            ..DispatchConfig::default()
+        };
+        let problems = long_retries.problems();
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert!(problems[0].1.contains("2days"), "{problems:?}");
     }
 }

@@ -10,6 +10,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use jiff::Timestamp;
@@ -106,6 +107,8 @@ pub(crate) struct Shared {
     pub(crate) abandon: CancellationToken,
     /// One delivery of an (alert, sink) at a time, across the generations of a partition.
     pub(crate) deliveries: Deliveries,
+    /// How long the ledger remembers a delivery (`dispatch.ledger_retention`).
+    pub(crate) ledger_retention: Duration,
 }
 
 impl Shared {
@@ -149,8 +152,43 @@ impl Shared {
             recovered,
             abandon: CancellationToken::new(),
             deliveries: Deliveries::default(),
+            ledger_retention: config.dispatch.ledger_retention.0,
         };
         Ok((Arc::new(shared), recovered_rx))
+    }
+
+    /// Forgets what `work`'s ledger holds of alerts older than `ledger_retention`, and writes
+    /// each lead it changed (a tombstone for one left with nothing) in the background; the
+    /// writes stop if the partition is revoked.
+    pub(crate) fn expire_ledger(self: &Arc<Self>, work: &Work) {
+        let retention = jiff::SignedDuration::try_from(self.ledger_retention)
+            .unwrap_or(jiff::SignedDuration::MAX);
+        let Ok(before) = self.clock.now().checked_sub(retention) else {
+            return;
+        };
+        let (forgotten, leads) = work.ledger.expire(before);
+        if forgotten == 0 {
+            return;
+        }
+        self.metrics.ledger_expired(forgotten);
+        tracing::info!(
+            partition = work.partition,
+            forgotten,
+            leads = leads.len(),
+            "ledger forgot deliveries older than dispatch.ledger_retention"
+        );
+        let (shared, work) = (self.clone(), work.clone());
+        tokio::spawn(async move {
+            for lead in leads {
+                if work.revoked.is_cancelled() {
+                    break;
+                }
+                let topic = &shared.topics.delivered;
+                work.ledger
+                    .persist(&shared.producer, topic, &lead, &shared.abandon)
+                    .await;
+            }
+        });
     }
 
     /// Sets `leadwatch_delivery_retry_backlog{sink}` from the backlogs of `works`.

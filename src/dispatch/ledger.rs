@@ -80,6 +80,25 @@ impl Ledger {
         self.len() == 0
     }
 
+    /// Forgets the deliveries of alerts first delivered before `before` (the alerts topic no
+    /// longer holds them, so they cannot come back), and leads left with none. Returns how many
+    /// deliveries were forgotten and the leads whose entry changed, to [`Ledger::persist`].
+    pub fn expire(&self, before: Timestamp) -> (usize, Vec<String>) {
+        let mut leads = self.leads.lock().expect("ledger lock");
+        let mut forgotten = 0;
+        let mut changed = Vec::new();
+        leads.retain(|lead, entry| {
+            let was = entry.alerts.len();
+            entry.alerts.retain(|_, d| d.first_at >= before);
+            if entry.alerts.len() < was {
+                forgotten += was - entry.alerts.len();
+                changed.push(lead.clone());
+            }
+            !entry.alerts.is_empty()
+        });
+        (forgotten, changed)
+    }
+
     /// Sinks that already have `alert_id`.
     pub fn delivered(&self, lead: &str, alert_id: &str) -> BTreeSet<String> {
         self.leads
@@ -144,13 +163,75 @@ impl Ledger {
                 };
             }
         }
-        // The snapshot is taken and queued under the lock, so writes of one lead reach Kafka in
-        // the order of their snapshots and the last one holds every mark; a retry snapshots anew.
+        self.persist(producer, topic, lead, abandon).await
+    }
+
+    /// Writes `lead`'s entry as it stands (a tombstone once it has none); returns once Kafka has
+    /// it (or false when abandoned). The snapshot is taken and queued under the lock, so writes
+    /// of one lead reach Kafka in the order of their snapshots and the last one holds every mark;
+    /// a retry snapshots anew.
+    pub async fn persist(
+        &self,
+        producer: &Producer,
+        topic: &str,
+        lead: &str,
+        abandon: &CancellationToken,
+    ) -> bool {
         let enqueue = || {
             let leads = self.leads.lock().expect("ledger lock");
-            let bytes = serde_json::to_vec(&leads[lead]).expect("ledger serializes");
-            producer.enqueue(topic, lead, Some(&bytes))
+            let bytes = leads
+                .get(lead)
+                .map(|entry| serde_json::to_vec(entry).expect("ledger serializes"));
+            producer.enqueue(topic, lead, bytes.as_deref())
         };
         producer.until_acked(topic, enqueue, abandon).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn delivery(first_at: &str) -> Delivery {
+        Delivery {
+            sinks: BTreeSet::from(["slack".to_string()]),
+            dead_lettered: BTreeSet::new(),
+            first_at: first_at.parse().unwrap(),
+        }
+    }
+
+    #[test]
+    fn deliveries_older_than_the_retention_are_forgotten_and_leads_left_with_none_go() {
+        let ledger = Ledger::default();
+        {
+            let mut leads = ledger.leads.lock().unwrap();
+            let mut both = LeadDeliveries::default();
+            both.alerts
+                .insert("alert_old".into(), delivery("2026-11-01T10:00:00Z"));
+            both.alerts
+                .insert("alert_new".into(), delivery("2026-11-20T10:00:00Z"));
+            leads.insert("L-both".into(), both);
+            let mut old = LeadDeliveries::default();
+            old.alerts
+                .insert("alert_gone".into(), delivery("2026-11-02T10:00:00Z"));
+            leads.insert("L-old".into(), old);
+            let mut new = LeadDeliveries::default();
+            new.alerts
+                .insert("alert_kept".into(), delivery("2026-11-21T10:00:00Z"));
+            leads.insert("L-new".into(), new);
+        }
+        let (forgotten, mut changed) = ledger.expire("2026-11-13T10:00:00Z".parse().unwrap());
+        changed.sort();
+        assert_eq!(forgotten, 2);
+        assert_eq!(changed, ["L-both", "L-old"]);
+        assert_eq!(ledger.len(), 2, "L-old holds nothing and is gone");
+        assert_eq!(ledger.delivered("L-new", "alert_kept").len(), 1);
+        assert_eq!(ledger.delivered("L-both", "alert_new").len(), 1);
+        assert!(ledger.delivered("L-both", "alert_old").is_empty());
+        // Nothing more to forget: nothing to write.
+        assert_eq!(
+            ledger.expire("2026-11-13T10:00:00Z".parse().unwrap()),
+            (0, vec![])
+        );
     }
 }

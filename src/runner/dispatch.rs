@@ -24,6 +24,9 @@ use crate::bus::producer::Unreadable;
 use crate::dispatch::DispatchSections;
 use crate::dispatch::deliver::{Shared, Unread, Work, fan_out, retry_one};
 
+/// How often the ledgers held are swept of deliveries past `dispatch.ledger_retention`.
+const LEDGER_SWEEP: Duration = Duration::from_secs(600);
+
 /// The dispatcher, ready to run.
 pub struct Dispatcher {
     shared: Arc<Shared>,
@@ -46,6 +49,8 @@ enum Own {
     Changed,
     /// Time to publish the backlog gauge.
     Gauge,
+    /// Time to forget deliveries older than the ledger's retention.
+    Expire,
 }
 
 /// An alert as it came from `{prefix}.alerts`: read, and its bytes (the body sinks receive).
@@ -135,6 +140,9 @@ impl Dispatcher {
         let mut retrying: FuturesUnordered<BoxFuture<'static, ()>> = FuturesUnordered::new();
         let mut gauge = tokio::time::interval(Duration::from_secs(1));
         gauge.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // Restored ledgers are swept as they come; this is for the ones held for days.
+        let mut expire = tokio::time::interval(LEDGER_SWEEP);
+        expire.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
 
         loop {
             let next_due = group
@@ -155,6 +163,7 @@ impl Dispatcher {
                     _ = tokio::time::sleep(wake) => Own::Due,
                     _ = shared.changed.notified() => Own::Changed,
                     _ = gauge.tick() => Own::Gauge,
+                    _ = expire.tick() => Own::Expire,
                 }
             };
             tokio::select! {
@@ -180,6 +189,11 @@ impl Dispatcher {
                     }
                     Next::Stage(Own::Gauge) => {
                         shared.report_backlog(group.partitions().map(|(_, w)| w))
+                    }
+                    Next::Stage(Own::Expire) => {
+                        for (_, work) in group.partitions() {
+                            shared.expire_ledger(work);
+                        }
                     }
                 }
             }
@@ -250,6 +264,7 @@ impl Dispatcher {
                 let (work, unread) =
                     Work::restore(partition, ledger, backlog, self.shared.clock.now());
                 self.dead_letter_unread(partition, unread);
+                self.shared.expire_ledger(&work);
                 // The alerts that waited for the restore go first, in order.
                 for waited in group.ready(partition, work.clone()) {
                     match waited {
