@@ -279,15 +279,6 @@ impl Engine {
         !state.log.is_empty()
     }
 
-    /// The last instant whose deadlines an event at `at` can no longer cancel, nor any event
-    /// arriving after it within the reorder window: strictly before `at`, a window back.
-    pub(crate) fn settled_before(&self, at: Timestamp) -> Option<Timestamp> {
-        at.checked_sub(self.reorder_window)
-            .ok()?
-            .checked_sub(SignedDuration::from_nanos(1))
-            .ok()
-    }
-
     /// Folds events older than the reorder window (counted back from the newest) into `base`.
     fn trim(&self, state: &mut LeadState) {
         if let Some(newest) = state.log.last().map(|e| e.at) {

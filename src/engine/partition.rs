@@ -74,7 +74,7 @@ impl PartitionState {
         let engine = engine.noting(&self.notes);
         let mut plan = Plan::default();
         match input {
-            Input::Event(event) => self.on_event(&engine, event, now, &mut plan),
+            Input::Event(event) => self.on_event(&engine, event, &mut plan),
             Input::NotAnEvent => self.at_end = false,
             Input::End => self.at_end = true,
             Input::Tick => self.on_tick(&engine, now, &mut plan),
@@ -159,34 +159,17 @@ impl PartitionState {
     }
 
     /// Applies an event: the lead's new state to write (or its tombstone), nothing for a
-    /// duplicate. What the lead owed before the event happened fires first: a partition read
-    /// after downtime applies a lead's later events before its timers get their turn, and a
-    /// later touch must not hide the gap it ended (a daemon that never stopped alerted it).
-    fn on_event(&mut self, engine: &Engine, event: &LeadEvent, now: Timestamp, plan: &mut Plan) {
+    /// duplicate.
+    fn on_event(&mut self, engine: &Engine, event: &LeadEvent, plan: &mut Plan) {
         self.seen_until = Some(
             self.seen_until
                 .map_or(event.received_at, |t| t.max(event.received_at)),
         );
         self.at_end = false;
         let key = &event.lead;
-        // Only what lies a reorder window before the event: an event up to that late still
-        // takes its place, and may be the touch that cancels the deadline.
-        let before = engine.settled_before(event.occurred_at);
-        let earlier = match (self.horizon(now), before) {
-            (Some(horizon), Some(before)) => self.fire_lead(engine, key, horizon.min(before), now),
-            _ => Vec::new(),
-        };
         let state = self.leads.entry(key.clone()).or_default();
         match engine.apply(state, event) {
-            Applied::Duplicate => {
-                plan.diagnostics.push(Diagnostic::Duplicate);
-                if !earlier.is_empty() {
-                    self.rearm(engine, key);
-                    self.stamp(&earlier, plan);
-                    plan.lead(key, earlier, true);
-                }
-            }
-            // A lead forgotten is not alerted about.
+            Applied::Duplicate => plan.diagnostics.push(Diagnostic::Duplicate),
             Applied::Forget => {
                 self.remove(key);
                 plan.lead(key, Vec::new(), false);
@@ -196,55 +179,9 @@ impl PartitionState {
             Applied::Changed => {
                 self.windowed.insert(key.clone());
                 self.rearm(engine, key);
-                self.stamp(&earlier, plan);
-                plan.lead(key, earlier, true);
+                plan.lead(key, Vec::new(), true);
                 plan.diagnostics.push(Diagnostic::Applied);
             }
-        }
-        self.write_rotation(plan);
-    }
-
-    /// What `key` owes by `horizon`, fired (alerts stamped `now` later, by [`Self::stamp`]).
-    fn fire_lead(
-        &mut self,
-        engine: &Engine,
-        key: &str,
-        horizon: Timestamp,
-        now: Timestamp,
-    ) -> Vec<Alert> {
-        if self.armed.get(key).is_none_or(|d| *d > horizon) {
-            return Vec::new();
-        }
-        let Some(state) = self.leads.get_mut(key) else {
-            return Vec::new();
-        };
-        let before = self.rotation.clone();
-        let mut alerts = engine.fire_due_with(key, state, horizon, &mut self.rotation);
-        self.rotation_moved |= self.rotation != before;
-        for alert in &mut alerts {
-            alert.timestamp = now;
-        }
-        self.rearm(engine, key);
-        alerts
-    }
-
-    /// Notes each alert as fired.
-    fn stamp(&self, alerts: &[Alert], plan: &mut Plan) {
-        for alert in alerts {
-            plan.diagnostics.push(Diagnostic::AlertFired {
-                id: alert.id().to_string(),
-                lead: alert.data.lead.clone(),
-                kind: alert.kind.clone(),
-            });
-        }
-    }
-
-    /// The pools' round-robin moved: kept in this partition of the changelog, so the next owner
-    /// of the partition goes on from there.
-    fn write_rotation(&mut self, plan: &mut Plan) {
-        if std::mem::take(&mut self.rotation_moved) {
-            let rotation = serde_json::to_vec(&self.rotation).expect("rotation serializes");
-            plan.writes.push(Planned::Rotation(rotation));
         }
     }
 
@@ -275,11 +212,20 @@ impl PartitionState {
             }
             for alert in &mut alerts {
                 alert.timestamp = now;
+                plan.diagnostics.push(Diagnostic::AlertFired {
+                    id: alert.id().to_string(),
+                    lead: alert.data.lead.clone(),
+                    kind: alert.kind.clone(),
+                });
             }
-            self.stamp(&alerts, plan);
             plan.lead(&lead, alerts, true);
         }
-        self.write_rotation(plan);
+        // The pools' round-robin moved: kept in this partition of the changelog, so the next
+        // owner of the partition goes on from there.
+        if std::mem::take(&mut self.rotation_moved) {
+            let rotation = serde_json::to_vec(&self.rotation).expect("rotation serializes");
+            plan.writes.push(Planned::Rotation(rotation));
+        }
     }
 
     /// Closes the reorder windows that `now` has left behind, so quiet leads hold one copy of
