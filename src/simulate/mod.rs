@@ -73,17 +73,11 @@ pub fn run(
         fire_before(&mut parts, &mut card, event.occurred_at, false);
         let p = &mut parts
             [crate::partitioner::partition_for(event.lead.as_bytes(), partitions) as usize];
-        let before = p.state.lead(&event.lead).cloned().unwrap_or_default();
+        let before = scorecard::Before::of(p.state.lead(&event.lead).map(|s| &s.lead));
         p.step(engine, Input::Event(event), event.occurred_at);
         p.step(engine, Input::End, event.occurred_at);
         if let Some(after) = p.state.lead(&event.lead) {
-            card.observe(
-                engine,
-                &event.lead,
-                &before.lead,
-                &after.lead,
-                event.occurred_at,
-            );
+            card.observe(engine, &event.lead, &before, &after.lead, event.occurred_at);
         }
     }
     fire_before(&mut parts, &mut card, until, true);

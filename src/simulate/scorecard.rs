@@ -51,6 +51,25 @@ pub(super) struct Recorder {
     overdue: Vec<(String, String, &'static str)>,
 }
 
+/// What [`Recorder::observe`] compares of a lead before an event: its first-touch clock and its
+/// close-outs. A few fields, not a copy of the lead's whole state.
+#[derive(Debug, Default)]
+pub(super) struct Before {
+    clock: Option<Clock>,
+    closeouts: usize,
+    last_closeout: Option<Closeout>,
+}
+
+impl Before {
+    pub(super) fn of(lead: Option<&Lead>) -> Self {
+        lead.map_or_else(Self::default, |lead| Self {
+            clock: lead.episode.as_ref().and_then(|e| e.clock.clone()),
+            closeouts: lead.closeouts.len(),
+            last_closeout: lead.closeouts.last().cloned(),
+        })
+    }
+}
+
 impl Recorder {
     /// An alert fired for a lead that came from `origin`.
     pub(super) fn alert(&mut self, alert: &Alert, origin: Option<&str>) {
@@ -70,11 +89,11 @@ impl Recorder {
         &mut self,
         engine: &Engine,
         key: &str,
-        before: &Lead,
+        before: &Before,
         after: &Lead,
         at: Timestamp,
     ) {
-        let old = before.episode.as_ref().and_then(|e| e.clock.as_ref());
+        let old = before.clock.as_ref();
         let new = after.episode.as_ref().and_then(|e| e.clock.as_ref());
         if let Some(old) = old
             && new != Some(old)
@@ -83,8 +102,8 @@ impl Recorder {
             let left_sales = after.episode.is_none();
             self.clock_ended(engine, key, after, old, at, left_sales);
         }
-        if (after.closeouts.len() > before.closeouts.len()
-            || after.closeouts.last() != before.closeouts.last())
+        if (after.closeouts.len() > before.closeouts
+            || after.closeouts.last() != before.last_closeout.as_ref())
             && let Some(c) = after.closeouts.last()
         {
             // A close refreshed by a later event (the same instant, or its reason within
