@@ -109,7 +109,11 @@ pub fn run_files(
     for b in &bad {
         eprintln!("{}:{}: skipped: {}", events.display(), b.line, b.message);
     }
-    let engine = Engine::new(std::sync::Arc::new(rules)).with_links(links);
+    // The events are applied in time order: no reorder window to wait in (the live engine's is
+    // for events that arrive late), so each lead holds one copy of itself.
+    let engine = Engine::new(std::sync::Arc::new(rules))
+        .with_links(links)
+        .with_reorder_window(std::time::Duration::ZERO);
     let mut out = std::io::BufWriter::new(std::io::stdout().lock());
     let mut failed = None;
     let card = super::run(&engine, read, until, partitions, |alert| {
