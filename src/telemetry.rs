@@ -76,6 +76,11 @@ struct RuleLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct FieldLabel {
+    field: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct GroupLabel {
     group: String,
 }
@@ -98,6 +103,8 @@ pub struct Metrics {
     producer_ready: Gauge,
     producer_rebuilds: Counter,
     rules_reloads: Family<OutcomeLabel, Counter>,
+    /// Reloads whose rules read a field the rules before did not keep, by field.
+    fields_missing_after_reload: Family<FieldLabel, Counter>,
     rule_missing_fields: Family<RuleLabel, Counter>,
     alerts_without_recipients: Family<TypeLabel, Counter>,
     ingest_events: Family<SourceOutcome, Counter>,
@@ -340,6 +347,13 @@ impl Metrics {
             "Rules reloads (SIGHUP) by outcome: applied, or invalid (the old rules stay)",
             rules_reloads.clone(),
         );
+        let fields_missing_after_reload = Family::default();
+        registry.register(
+            "engine_fields_missing_after_reload",
+            "Rules reloads whose rules read a lead field the rules before did not keep, by field: \
+             leads lack it until their next event carries it, or a `leadwatch replay`",
+            fields_missing_after_reload.clone(),
+        );
         let ingest_events = Family::default();
         registry.register(
             "ingest_events",
@@ -398,6 +412,7 @@ impl Metrics {
             alerts_without_recipients,
             rule_missing_fields,
             rules_reloads,
+            fields_missing_after_reload,
             ingest_events,
             raw_records,
             producer_rebuilds,
@@ -591,6 +606,15 @@ impl Metrics {
     pub fn rule_missing_field(&self, rule: &str) {
         self.rule_missing_fields
             .get_or_create(&RuleLabel { rule: rule.into() })
+            .inc();
+    }
+
+    /// A reload's rules read `field`, which the rules before did not keep.
+    pub fn field_missing_after_reload(&self, field: &str) {
+        self.fields_missing_after_reload
+            .get_or_create(&FieldLabel {
+                field: field.into(),
+            })
             .inc();
     }
 

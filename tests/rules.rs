@@ -332,6 +332,50 @@ async fn simulate_and_the_live_daemon_give_the_same_alerts() {
     daemon.stop().await;
 }
 
+/// A lead keeps only the fields its rules read: new rules that read another (`lead.industry`)
+/// cannot see it on leads held yet, and the daemon says so — a warning and a count per field; a
+/// reload needing nothing new counts nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_that_reads_a_field_not_kept_says_so() {
+    let kafka = kafka(3);
+    let receiver = Receiver::start().await;
+    let (daemon, reload) = Daemon::start_with_reloads(
+        &config_text(kafka.bootstrap(), &receiver.url, ""),
+        &rules_text("1h"),
+    )
+    .await;
+    warm_up(&daemon).await;
+    let missing = "leadwatch_engine_fields_missing_after_reload_total{field=\"industry\"}";
+    let reads_industry = rules_text("1h").replace(
+        "'lead.stage == \"sales_ready\"'",
+        "'lead.stage == \"sales_ready\" && lead.industry == \"SaaS\"'",
+    );
+    assert!(reads_industry.contains("lead.industry"));
+    std::fs::write(daemon.dir.path().join("rules.toml"), &reads_industry).unwrap();
+    reload.send(()).unwrap();
+    daemon
+        .wait_for_metric("the missing field counted", missing, PATIENCE, |v| v == 1.0)
+        .await;
+
+    // The same rules again, a shorter SLA: nothing more is read, nothing more counted.
+    std::fs::write(
+        daemon.dir.path().join("rules.toml"),
+        reads_industry.replace("\"1h\"", "\"2h\""),
+    )
+    .unwrap();
+    reload.send(()).unwrap();
+    daemon
+        .wait_for_metric(
+            "the second reload applied",
+            "leadwatch_rules_reloads_total{outcome=\"applied\"}",
+            PATIENCE,
+            |v| v == 2.0,
+        )
+        .await;
+    assert_eq!(daemon.metric(missing).await, 1.0);
+    daemon.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn edited_rules_apply_on_reload_and_bad_ones_are_refused() {
     let kafka = kafka(3);

@@ -62,19 +62,29 @@ async fn a_lead_state_too_large_for_kafka_wedges_nothing_and_its_lead_still_aler
         kafka.bootstrap(),
         &topics.events,
         &[
+            // Fields a lead keeps (the close-out's reason and detail; one nothing reads is
+            // dropped before it reaches the state).
             // ~900 kB: its state with the reorder window is ~1.8 MB, without it ~900 kB.
             (
                 "L-huge",
-                event_record("h1", "L-huge", json!({"notes": huge(900_000)})),
+                event_record("h1", "L-huge", json!({"disposition_detail": huge(900_000)})),
             ),
             // Two fields of ~600 kB: the state is over 1 MB even without the window.
             (
                 "L-huger",
-                event_record("g1", "L-huger", json!({"a": huge(600_000)})),
+                event_record(
+                    "g1",
+                    "L-huger",
+                    json!({"disposition_reason": huge(600_000)}),
+                ),
             ),
             (
                 "L-huger",
-                event_record("g2", "L-huger", json!({"b": huge(600_000)})),
+                event_record(
+                    "g2",
+                    "L-huger",
+                    json!({"disposition_detail": huge(600_000)}),
+                ),
             ),
             ("L-small", event_record("s1", "L-small", json!({}))),
         ],
@@ -131,7 +141,7 @@ async fn a_lead_state_too_large_for_kafka_wedges_nothing_and_its_lead_still_aler
     .unwrap();
     let huge_state: serde_json::Value = serde_json::from_slice(&state["L-huge"]).unwrap();
     assert_eq!(
-        huge_state["lead"]["fields"]["notes"]
+        huge_state["lead"]["fields"]["disposition_detail"]
             .as_str()
             .unwrap()
             .len(),

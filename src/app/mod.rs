@@ -131,6 +131,20 @@ pub async fn run_with_reloads(
                 match config::load_rules(&path) {
                     Ok(rules) => {
                         tracing::info!(rules = %path.display(), "rules reloaded");
+                        let missing = rules
+                            .kept_fields()
+                            .missing_after(rules_tx.borrow().kept_fields());
+                        if !missing.is_empty() {
+                            tracing::warn!(
+                                fields = %missing.join(", "),
+                                "the new rules read lead fields the rules before did not keep: \
+                                 each lead gets them with its next event that carries them, or \
+                                 from `leadwatch replay`"
+                            );
+                            for field in &missing {
+                                metrics.field_missing_after_reload(field);
+                            }
+                        }
                         metrics.rules_reload("applied");
                         let _ = rules_tx.send(Arc::new(rules));
                     }

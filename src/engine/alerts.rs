@@ -163,7 +163,8 @@ fn suggest_owner(
     Some(chosen.clone())
 }
 
-/// Who the lead is, from its fields.
+/// Who the lead is, from its fields. A lead keeps only the fields something reads: each one read
+/// here is in [`super::projection::ENGINE_FIELDS`].
 pub fn lead_info(lead: &Lead) -> LeadInfo {
     let name = lead.text("name").or_else(|| {
         let parts: Vec<String> = ["first_name", "last_name"]

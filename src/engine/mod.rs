@@ -9,6 +9,7 @@
 //! - [`rules`]: the rules file, compiled and validated; [`rules::cel`] evaluates its predicates.
 //! - [`state`]: a lead's state, its event-time fold and its changelog record; [`Engine::apply`]
 //!   changes it.
+//! - [`projection`]: which of a lead's fields it keeps (those something reads).
 //! - [`calendar`]: business time. [`deadlines`]: where each SLA deadline is computed.
 //! - [`alerts`]: an owed alert turned into what people receive (recipients, message).
 
@@ -17,6 +18,7 @@ pub mod calendar;
 pub mod config;
 pub mod deadlines;
 pub mod partition;
+pub mod projection;
 pub mod rules;
 pub mod state;
 pub mod step;
@@ -32,6 +34,7 @@ use crate::event::{Change, LeadEvent};
 pub use config::{DEFAULT_REORDER_WINDOW, EngineConfig};
 use deadlines::Due;
 pub use partition::PartitionState;
+pub use projection::Projection;
 use rules::{Facts, Predicate, Rules, Settings};
 pub use state::{Closeout, Episode, Lead, LeadState, Logged};
 use step::Diagnostic;
@@ -75,6 +78,9 @@ pub struct Engine {
     /// Where what the engine notices goes: on the copy of the engine a step works with
     /// ([`Engine::noting`]), its partition's notes; nowhere otherwise.
     notes: Option<Notes>,
+    /// Keep every field of a lead, not only those the rules' [`Projection`] keeps: the
+    /// reference that projection changes no alert is checked against.
+    keep_all: bool,
 }
 
 /// What the engine noticed during a step, in order: a partition's, taken at the end of each of
@@ -96,7 +102,30 @@ impl Engine {
             retention: EngineConfig::default().retention(),
             links: Arc::new(HashMap::new()),
             notes: None,
+            keep_all: false,
         }
+    }
+
+    /// The same engine keeping every field of a lead (a reference run; the daemon keeps only
+    /// what the rules and alerts read).
+    pub fn keeping_every_field(mut self) -> Self {
+        self.keep_all = true;
+        self
+    }
+
+    /// The fields a lead keeps: the rules' [`Projection`], or every field.
+    pub fn projection(&self) -> &Projection {
+        if self.keep_all {
+            &Projection::All
+        } else {
+            self.rules.kept_fields()
+        }
+    }
+
+    /// Drops the fields a lead does not keep from its state: one read back from the changelog
+    /// (an older version kept every field), or after a rules reload.
+    pub fn project(&self, state: &mut LeadState) {
+        self.projection().state(state);
     }
 
     /// How long a lead's state is kept once nothing is pending for it ([`step::Input::Sweep`]).
@@ -198,7 +227,8 @@ impl Engine {
             seq: state.seq,
             event: state::event_key(&event.id),
             source: event.source.clone(),
-            change: event.change.clone(),
+            // Only the fields something reads enter the state (the window's log, the lead).
+            change: self.projection().change(&event.change),
         };
         let at = state.position(entry.at);
         if state.log.is_empty() {

@@ -286,14 +286,17 @@ impl PartitionState {
         unreadable
     }
 
-    /// New rules at `now`: every lead looked at again under them (see [`Engine::reevaluate`]),
-    /// and its deadlines recomputed.
+    /// New rules at `now`: every lead keeps only the fields they read ([`Engine::project`]), is
+    /// looked at again under them (see [`Engine::reevaluate`]), and its deadlines recomputed.
     fn look_again(&mut self, engine: &Engine, now: Timestamp) {
         self.timers.clear();
         self.armed.clear();
         let keys: Vec<String> = self.leads.keys().cloned().collect();
         for key in keys {
             if let Some(state) = self.leads.get_mut(&key) {
+                // Restored records may hold fields these rules do not read (an older version
+                // kept them all; the rules before a reload read others).
+                engine.project(state);
                 engine.reevaluate(state, now);
             }
             self.rearm(engine, &key);

@@ -537,11 +537,15 @@ fn a_late_patch_does_not_overwrite_a_newer_value() {
     // Sent at 11:00, arrives after the 12:00 change: bob stays the owner, the clock stays his.
     e.apply(
         &mut s,
-        &update("e3", "11:00:00", json!({"owner": "carol", "score": 10})),
+        &update(
+            "e3",
+            "11:00:00",
+            json!({"owner": "carol", "company": "Acme"}),
+        ),
     );
     assert_eq!(s.lead.owner.as_deref(), Some("bob"));
     assert_eq!(
-        s.lead.fields["score"], 10,
+        s.lead.fields["company"], "Acme",
         "fields it does not contradict still apply"
     );
     assert_eq!(e.next_deadline(&s), Some(t("16:00:00")));
@@ -1682,6 +1686,86 @@ within = "4h"
     assert!(fired.is_empty(), "{fired:?}");
 }
 
+/// A Salesforce Lead snapshot of 40 fields: what the shipped rules and alerts read, and 27 they
+/// do not (long text among them).
+fn forty_fields() -> serde_json::Value {
+    let mut fields = json!({
+        "stage": "sales_ready", "status": "Open - Not Contacted", "owner": "alice@example.com",
+        "score": 75, "employees": 5000, "region": "EMEA", "name": "Ann Lee",
+        "first_name": "Ann", "last_name": "Lee", "email": "ann@example.com",
+        "company": "Acme", "disposition_reason": "", "disposition_detail": "",
+    });
+    let map = fields.as_object_mut().unwrap();
+    map.insert("Description".into(), json!("long text ".repeat(150)));
+    for i in 0..26 {
+        map.insert(format!("Custom_{i}__c"), json!(format!("value {i}")));
+    }
+    assert_eq!(map.len(), 40);
+    fields
+}
+
+/// A lead keeps only the fields something reads: after a 40-field snapshot, its state (the lead,
+/// the window's copy of it and the patch in the window) holds no field the shipped rules, the
+/// engine or alerts do not read, and the record written to the changelog none either.
+#[test]
+fn a_lead_keeps_only_the_fields_something_reads() {
+    let e = Engine::new(Arc::new(
+        Rules::parse(include_str!("../../config/rules.toml")).unwrap(),
+    ));
+    let mut p = PartitionState::default();
+    p.apply(&e, &update("big", "10:00:00", forty_fields()));
+    p.apply(&e, &update("late", "09:59:00", forty_fields()));
+    let state = p.lead("L-1").unwrap();
+    let kept = e.rules().kept_fields().fields().unwrap().clone();
+    let mut held: Vec<&String> = state.lead.fields.keys().collect();
+    held.extend(state.lead.field_at.keys());
+    if let Some(base) = &state.base {
+        held.extend(base.fields.keys());
+        held.extend(base.field_at.keys());
+    }
+    for entry in &state.log {
+        if let Change::Updated { fields } = &entry.change {
+            held.extend(fields.keys());
+        }
+    }
+    assert_eq!(state.log.len(), 2, "both events are in the window");
+    let unread: Vec<&&String> = held.iter().filter(|f| !kept.contains(**f)).collect();
+    assert!(unread.is_empty(), "fields nothing reads: {unread:?}");
+    // What is read is all there.
+    assert_eq!(state.lead.fields.len(), 13);
+    let record = String::from_utf8(state.encode()).unwrap();
+    assert!(!record.contains("Custom_") && !record.contains("long text"));
+    // And the lead is what the rules see.
+    assert!(state.lead.episode.is_some());
+}
+
+/// A state written by an older version, holding every field, loses those nothing reads when it
+/// is restored; nothing else about it changes.
+#[test]
+fn a_restored_state_keeps_only_the_fields_something_reads() {
+    let rules = Arc::new(Rules::parse(include_str!("../../config/rules.toml")).unwrap());
+    let (all, projected) = (
+        Engine::new(rules.clone()).keeping_every_field(),
+        Engine::new(rules),
+    );
+    let mut old = PartitionState::default();
+    old.apply(&all, &update("big", "10:00:00", forty_fields()));
+    let written = old.lead("L-1").unwrap().clone();
+    assert_eq!(written.lead.fields.len(), 40, "kept whole before");
+    let mut p = PartitionState::default();
+    let records = [("L-1".to_string(), written.encode())]
+        .into_iter()
+        .collect();
+    p.step(&projected, Input::Restore(records), at("10:01:00"));
+    let restored = p.lead("L-1").unwrap();
+    assert_eq!(restored.lead.fields.len(), 13);
+    assert!(!restored.lead.fields.contains_key("Description"));
+    let mut expected = written.clone();
+    projected.project(&mut expected);
+    assert_eq!(restored, &expected);
+    assert_eq!(restored.lead.episode, written.lead.episode);
+}
+
 mod properties {
     use super::*;
     use proptest::prelude::*;
@@ -1937,7 +2021,70 @@ mod properties {
         v
     }
 
+    /// An event of [`event`] whose patch also carries what vendors send besides: fields alerts
+    /// show, fields segments of the shipped rules read, and fields nothing reads (long text).
+    fn vendor_event() -> impl Strategy<Value = LeadEvent> {
+        (event(), 0u32..4, 0u32..3).prop_map(|(mut ev, extra, segment)| {
+            if let Change::Updated { fields } = &mut ev.change {
+                let shown = ["Ann Lee", "Bo Yu", "", "Cy"][extra as usize];
+                fields.insert("name".into(), json!(shown));
+                fields.insert("email".into(), json!(format!("{extra}@example.com")));
+                fields.insert("company".into(), json!(format!("Company {extra}")));
+                fields.insert(
+                    "region".into(),
+                    json!(["EMEA", "NA", "APAC"][segment as usize]),
+                );
+                fields.insert("employees".into(), json!([50, 5000, 900][segment as usize]));
+                fields.insert("industry".into(), json!("Software"));
+                fields.insert(
+                    "Description".into(),
+                    json!("text ".repeat(40 * extra as usize)),
+                );
+                fields.insert(format!("Custom_{extra}__c"), json!(extra));
+            }
+            ev
+        })
+    }
+
+    /// What `projection_changes_no_alert` checks of one case under one set of rules: the same
+    /// alerts (ids, kinds, recipients, messages: every byte), and states that are the reference's
+    /// with the unread fields dropped.
+    fn projection_changes_nothing(
+        rules: &str,
+        events: &[LeadEvent],
+        ticks: &[i64],
+        wide: bool,
+    ) -> Result<(), TestCaseError> {
+        let projected = engine_with(rules).with_reorder_window(reorder_window(wide));
+        let all = projected.clone().keeping_every_field();
+        prop_assert!(projected.projection() != all.projection());
+        let (alerts, states) = run(&projected, events, ticks);
+        let (expected, reference) = run(&all, events, ticks);
+        prop_assert_eq!(&alerts, &expected);
+        let reference: Vec<(String, LeadState)> = reference
+            .into_iter()
+            .map(|(k, mut s)| {
+                projected.project(&mut s);
+                (k, s)
+            })
+            .collect();
+        prop_assert_eq!(states, reference);
+        Ok(())
+    }
+
     proptest! {
+        /// Keeping only the fields something reads changes no alert: the engine as the daemon
+        /// runs it and a reference keeping every field fire the same alerts, byte for byte, over
+        /// events carrying fields nothing reads — under every rule, and under the shipped rules
+        /// (calendars, segments on `employees` and `region`).
+        #[test]
+        fn projection_changes_no_alert(events in proptest::collection::vec(vendor_event(), 0..40),
+                                       ticks in proptest::collection::vec(0i64..100_000, 0..40),
+                                       wide in any::<bool>()) {
+            projection_changes_nothing(ALL_RULES, &events, &ticks, wide)?;
+            projection_changes_nothing(include_str!("../../config/rules.toml"), &events, &ticks, wide)?;
+        }
+
         /// A restart under the same rules changes nothing: the restored leads, looked at again
         /// under the rules (as after every restore), keep their state and owe the same alerts.
         #[test]

@@ -52,6 +52,10 @@ pub struct Predicate {
     /// It reads `change` (the fields of the event being applied): it can only be judged at an
     /// event, not of a lead as it stands.
     uses_change: bool,
+    /// The fields it reads off `lead` and `change` by name (`lead.x`, `has(lead.x)`,
+    /// `lead["x"]`, `"x" in lead`); `None` when it reads either as a whole (`lead[k]` with a
+    /// computed `k`, `size(lead)`, a macro over its keys), so it may read any field.
+    reads: Option<Vec<String>>,
 }
 
 impl fmt::Debug for Predicate {
@@ -175,11 +179,15 @@ impl Predicate {
             ));
         }
         let uses_change = references.has_variable("change");
+        let mut reads = std::collections::BTreeSet::new();
+        let reads = field_reads(program.expression(), &mut reads)
+            .then(|| reads.into_iter().map(str::to_string).collect());
         Ok(Predicate {
             key: key.to_string(),
             source: source.to_string(),
             program: Arc::new(program),
             uses_change,
+            reads,
         })
     }
 
@@ -190,6 +198,12 @@ impl Predicate {
     /// Whether it reads `change`, so only an event can make it true.
     pub fn uses_change(&self) -> bool {
         self.uses_change
+    }
+
+    /// The fields it reads by name, sorted; `None` when it may read any field (see
+    /// [`crate::engine::Projection`]).
+    pub fn reads(&self) -> Option<&[String]> {
+        self.reads.as_deref()
     }
 
     /// Evaluates over the facts. A missing field inside `||`/`&&` is absorbed by CEL; one that
@@ -263,6 +277,73 @@ fn comprehension_vars<'e>(expr: &'e cel::IdedExpr, out: &mut Vec<&'e str>) {
             }
         }
         Expr::Select(select) => comprehension_vars(&select.operand, out),
+    }
+}
+
+/// The names a predicate's fields are read through: the lead, and the patch being applied.
+const FIELD_ROOTS: [&str; 2] = ["lead", "change"];
+
+/// Adds to `out` the fields `expr` reads off `lead` or `change` by a literal name: `lead.x`,
+/// `has(lead.x)`, `lead.?x`, `lead["x"]`, `lead[?"x"]`, `"x" in lead` (`lead.x.y` reads `x`).
+/// False when it uses either otherwise (a computed key, `size(lead)`, `lead` handed to a
+/// function or a macro, a comprehension over its keys): then it may read any field. A macro
+/// variable that shadows `lead` counts as such a use (it errs towards keeping fields).
+fn field_reads<'e>(expr: &'e cel::IdedExpr, out: &mut std::collections::BTreeSet<&'e str>) -> bool {
+    use cel::common::ast::{EntryExpr, Expr, LiteralValue, MapExpr, StructExpr, operators};
+    let is_root =
+        |e: &cel::IdedExpr| matches!(&e.expr, Expr::Ident(n) if FIELD_ROOTS.contains(&n.as_str()));
+    let literal = |e: &'e cel::IdedExpr| match &e.expr {
+        Expr::Literal(LiteralValue::String(s)) => Some(s.inner()),
+        _ => None,
+    };
+    match &expr.expr {
+        Expr::Unspecified | Expr::Literal(_) => true,
+        Expr::Ident(name) => !FIELD_ROOTS.contains(&name.as_str()),
+        Expr::Select(select) if is_root(&select.operand) => {
+            out.insert(&select.field);
+            true
+        }
+        Expr::Select(select) => field_reads(&select.operand, out),
+        Expr::Call(call) => {
+            let by_name = matches!(
+                call.func_name.as_str(),
+                operators::INDEX | operators::OPT_INDEX | operators::OPT_SELECT
+            );
+            let (map, key) = match call.args.as_slice() {
+                [map, key] if by_name && call.target.is_none() => (Some(map), Some(key)),
+                [key, map] if call.func_name == operators::IN => (Some(map), Some(key)),
+                _ => (None, None),
+            };
+            if let (Some(map), Some(key)) = (map, key)
+                && is_root(map)
+            {
+                return match literal(key) {
+                    Some(name) => {
+                        out.insert(name);
+                        true
+                    }
+                    None => false,
+                };
+            }
+            call.target.iter().all(|t| field_reads(t, out))
+                && call.args.iter().all(|a| field_reads(a, out))
+        }
+        Expr::Comprehension(c) => [
+            &c.iter_range,
+            &c.accu_init,
+            &c.loop_cond,
+            &c.loop_step,
+            &c.result,
+        ]
+        .into_iter()
+        .all(|e| field_reads(e, out)),
+        Expr::List(list) => list.elements.iter().all(|e| field_reads(e, out)),
+        Expr::Map(MapExpr { entries }) | Expr::Struct(StructExpr { entries, .. }) => {
+            entries.iter().all(|e| match &e.expr {
+                EntryExpr::MapEntry(m) => field_reads(&m.key, out) && field_reads(&m.value, out),
+                EntryExpr::StructField(f) => field_reads(&f.value, out),
+            })
+        }
     }
 }
 

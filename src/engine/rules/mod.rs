@@ -58,6 +58,7 @@ use std::sync::Arc;
 use serde::Deserialize;
 
 use super::calendar::{self, Calendar, SlaDuration};
+use super::projection::Projection;
 use crate::conf::from_value_lenient;
 pub use cel::{Cel, Facts, Predicate, PredicateError};
 
@@ -80,6 +81,8 @@ pub struct Rules {
     pub segments: Vec<Segment>,
     /// Owner ids → people.
     pub directory: BTreeMap<String, Person>,
+    /// The fields a lead keeps under these rules ([`Rules::kept_fields`]).
+    kept: Projection,
 }
 
 /// `[lifecycle]`: when a lead is sales-ready, closed, converted, and which field change is a
@@ -594,20 +597,25 @@ impl Rules {
         }
 
         match sales_ready {
-            Some(sales_ready) if problems.is_empty() => Ok(Rules {
-                cel,
-                lifecycle: Lifecycle {
-                    sales_ready,
-                    closed,
-                    converted,
-                    touch,
-                },
-                touch_kinds,
-                touch_counts,
-                base: Arc::new(base),
-                segments,
-                directory: raw.directory,
-            }),
+            Some(sales_ready) if problems.is_empty() => {
+                let mut rules = Rules {
+                    cel,
+                    lifecycle: Lifecycle {
+                        sales_ready,
+                        closed,
+                        converted,
+                        touch,
+                    },
+                    touch_kinds,
+                    touch_counts,
+                    base: Arc::new(base),
+                    segments,
+                    directory: raw.directory,
+                    kept: Projection::All,
+                };
+                rules.kept = Projection::of(&rules);
+                Ok(rules)
+            }
             _ => Err(problems),
         }
     }
@@ -631,6 +639,12 @@ impl Rules {
             }
         }
         &self.base
+    }
+
+    /// The fields a lead keeps under these rules: those its predicates read, and those the
+    /// engine and alerts read (see [`Projection`]).
+    pub fn kept_fields(&self) -> &Projection {
+        &self.kept
     }
 
     /// Whether any rule concerns close-outs (so close-outs are worth recording).
