@@ -36,6 +36,15 @@ pub struct BadLine {
 /// Reads events, one JSON object per line (blank lines skipped); bad lines are returned, not
 /// fatal.
 pub fn read_events(reader: impl BufRead) -> std::io::Result<(Vec<LeadEvent>, Vec<BadLine>)> {
+    read_projected(reader, |change| change)
+}
+
+/// As [`read_events`], each event's change passed through `project` as it is read (the fields
+/// no rule reads dropped at once, so a quarter's export is not held whole).
+fn read_projected(
+    reader: impl BufRead,
+    project: impl Fn(Change) -> Change,
+) -> std::io::Result<(Vec<LeadEvent>, Vec<BadLine>)> {
     let mut events = Vec::new();
     let mut bad = Vec::new();
     for (i, line) in reader.lines().enumerate() {
@@ -50,7 +59,7 @@ pub fn read_events(reader: impl BufRead) -> std::io::Result<(Vec<LeadEvent>, Vec
                 lead: l.lead,
                 occurred_at: l.occurred_at,
                 received_at: l.received_at.unwrap_or(l.occurred_at),
-                change: l.change,
+                change: project(l.change),
             }),
             Err(e) => bad.push(BadLine {
                 line: i + 1,
@@ -104,16 +113,18 @@ pub fn run_files(
         path: events.to_path_buf(),
         source,
     };
-    let file = std::fs::File::open(events).map_err(events_error)?;
-    let (read, bad) = read_events(std::io::BufReader::new(file)).map_err(events_error)?;
-    for b in &bad {
-        eprintln!("{}:{}: skipped: {}", events.display(), b.line, b.message);
-    }
     // The events are applied in time order: no reorder window to wait in (the live engine's is
     // for events that arrive late), so each lead holds one copy of itself.
     let engine = Engine::new(std::sync::Arc::new(rules))
         .with_links(links)
         .with_reorder_window(std::time::Duration::ZERO);
+    let file = std::fs::File::open(events).map_err(events_error)?;
+    let projection = engine.projection();
+    let (read, bad) = read_projected(std::io::BufReader::new(file), |c| projection.change(&c))
+        .map_err(events_error)?;
+    for b in &bad {
+        eprintln!("{}:{}: skipped: {}", events.display(), b.line, b.message);
+    }
     let mut out = std::io::BufWriter::new(std::io::stdout().lock());
     let mut failed = None;
     let card = super::run(&engine, read, until, partitions, |alert| {
