@@ -255,23 +255,8 @@ fn realistic_fields(i: usize, owner: &str, now: jiff::Timestamp) -> serde_json::
             value.map_or(serde_json::Value::Null, serde_json::Value::String),
         );
     }
-    let aliases = [
-        ("stage", "Status"),
-        ("status", "Status"),
-        ("owner", "OwnerId"),
-        ("email", "Email"),
-        ("phone", "Phone"),
-        ("company", "Company"),
-        ("first_name", "FirstName"),
-        ("last_name", "LastName"),
-        ("name", "Name"),
-        ("job_title", "Title"),
-        ("industry", "Industry"),
-        ("region", "State"),
-        ("country", "Country"),
-        ("lead_source", "LeadSource"),
-    ];
-    for (canonical, from) in aliases {
+    // The canonical names the default Salesforce mapping adds.
+    for &(canonical, from) in leadwatch::ingest::salesforce::DEFAULT_FIELDS {
         if let Some(v) = fields.get(from).cloned() {
             fields.insert(canonical.into(), v);
         }

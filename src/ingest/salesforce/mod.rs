@@ -19,6 +19,8 @@ mod redact;
 mod soap;
 mod verify;
 
+pub use map::DEFAULT_FIELDS;
+
 use std::time::Duration;
 
 use axum::response::Response;
