@@ -100,6 +100,7 @@ pub struct Metrics {
     rule_errors: Family<RuleLabel, Counter>,
     consumer_lag: Family<GroupLabel, Gauge>,
     leads: Gauge,
+    budget: EngineBudget,
     producer_ready: Gauge,
     producer_rebuilds: Counter,
     rules_reloads: Family<OutcomeLabel, Counter>,
@@ -316,6 +317,7 @@ impl Metrics {
             "Leads held by this instance's engine",
             leads.clone(),
         );
+        let budget = EngineBudget::register(&mut registry);
         let producer_ready = Gauge::default();
         registry.register(
             "producer_ready",
@@ -429,6 +431,7 @@ impl Metrics {
             rule_errors,
             consumer_lag,
             leads,
+            budget,
             producer_ready,
         }
     }
@@ -587,6 +590,11 @@ impl Metrics {
         self.leads.set(n);
     }
 
+    /// The engine's memory against `[engine] memory_budget_mib`.
+    pub fn engine_budget(&self) -> &EngineBudget {
+        &self.budget
+    }
+
     pub fn producer_rebuilt(&self) {
         self.producer_rebuilds.inc();
     }
@@ -716,5 +724,62 @@ impl Metrics {
         prometheus_client::encoding::text::encode(&mut out, &self.registry)
             .expect("writing to a String cannot fail");
         out
+    }
+}
+
+/// The engine's memory against its budget: what it holds, how far its reorder window was
+/// shrunk to stay under, and whether the open leads alone are over.
+#[derive(Debug, Clone, Default)]
+pub struct EngineBudget {
+    held: Gauge,
+    window: Gauge,
+    shrinks: Counter,
+    over: Gauge,
+}
+
+impl EngineBudget {
+    fn register(registry: &mut Registry) -> Self {
+        let b = Self::default();
+        registry.register(
+            "engine_held_bytes",
+            "About the bytes the engine's leads hold in memory (estimated), against \
+             engine.memory_budget_mib",
+            b.held.clone(),
+        );
+        registry.register(
+            "engine_reorder_window_seconds",
+            "The reorder window in force: engine.reorder_window, or less while memory is over \
+             budget",
+            b.window.clone(),
+        );
+        registry.register(
+            "engine_window_shrinks",
+            "Times the reorder window was halved (and windows folded early) to stay within \
+             engine.memory_budget_mib",
+            b.shrinks.clone(),
+        );
+        registry.register(
+            "engine_over_budget",
+            "1 while the leads held exceed engine.memory_budget_mib with no reorder window left \
+             to give way: the open leads alone need more (see the README's sizing)",
+            b.over.clone(),
+        );
+        b
+    }
+
+    pub fn set_held(&self, bytes: usize) {
+        self.held.set(bytes.min(i64::MAX as usize) as i64);
+    }
+
+    pub fn set_window(&self, window: std::time::Duration) {
+        self.window.set(window.as_secs() as i64);
+    }
+
+    pub fn shrunk(&self) {
+        self.shrinks.inc();
+    }
+
+    pub fn set_over(&self, over: bool) {
+        self.over.set(i64::from(over));
     }
 }

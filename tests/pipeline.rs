@@ -538,3 +538,67 @@ fn a_missing_metric_fails_the_test() {
         "{family}"
     );
 }
+
+/// A burst of leads with long kept fields pushes the engine past `engine.memory_budget_mib`: the
+/// reorder window gives way first (halved down to nothing, windows folded early), and once there
+/// is none left the daemon says the open leads alone are over budget — gauges and a counter an
+/// operator can alert on — while it goes on applying every event.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_its_memory_budget_the_engine_gives_up_its_window_first_and_says_so() {
+    let kafka = kafka(3);
+    let receiver = Receiver::start().await;
+    let config = config_text(kafka.bootstrap(), &receiver.url, "").replace(
+        "[engine]\nrestore_timeout = \"20s\"",
+        "[engine]\nrestore_timeout = \"20s\"\nmemory_budget_mib = 1",
+    );
+    assert!(config.contains("memory_budget_mib = 1"));
+    let daemon = Daemon::start(&config, &rules_text("1h")).await;
+    assert_eq!(
+        daemon
+            .metric("leadwatch_engine_reorder_window_seconds")
+            .await,
+        3600.0
+    );
+    let url = daemon.url("/webhooks/web");
+    // 60 leads, each with 30 KB of close-out detail (a field the engine keeps): several copies
+    // of each while the window holds them, and more than a MiB even without one.
+    let detail = "Called twice, left a voicemail, asked to call back next quarter. ".repeat(470);
+    for batch in 0..6 {
+        let events: Vec<serde_json::Value> = (0..10)
+            .map(|i| {
+                let lead = format!("L-{batch}-{i}");
+                let mut e = ready_event(&format!("e-{lead}"), &lead, &now_plus(0));
+                e["fields"]["disposition_detail"] = json!(detail);
+                e
+            })
+            .collect();
+        let (status, _, body) = post_signed(&url, SOURCE_SECRET, &json!(events)).await;
+        assert_eq!((status, body), (202, json!({"accepted": 10})));
+    }
+    daemon
+        .wait_for_metric(
+            "every lead applied",
+            "leadwatch_engine_leads",
+            PATIENCE,
+            |n| n >= 60.0,
+        )
+        .await;
+    daemon
+        .wait_for_metric(
+            "the open leads alone over budget",
+            "leadwatch_engine_over_budget",
+            PATIENCE,
+            |n| n == 1.0,
+        )
+        .await;
+    assert!(daemon.metric("leadwatch_engine_window_shrinks_total").await >= 1.0);
+    assert_eq!(
+        daemon
+            .metric("leadwatch_engine_reorder_window_seconds")
+            .await,
+        0.0,
+        "the window gave way entirely first"
+    );
+    assert!(daemon.metric("leadwatch_engine_held_bytes").await > (1 << 20) as f64);
+    daemon.stop().await;
+}

@@ -621,7 +621,9 @@ topic_prefix = "bad prefix"
 partitions = 0
 [engine]
 max_in_flight = 0
+memory_budget_mib = 0
 [dispatch]
+ledger_retention = "1h"
 retry_jitter = 2.0
 sink_concurrency = 0
 [sources.web]
@@ -645,8 +647,10 @@ sinks = []
                 "kafka.topic_prefix",
                 "kafka.partitions",
                 "engine.max_in_flight",
+                "engine.memory_budget_mib",
                 "dispatch.retry_jitter",
                 "dispatch.sink_concurrency",
+                "dispatch.ledger_retention",
                 "routes[0].sinks[1]",
                 "routes[0].alerts[0]",
                 "routes[0].to[0]",

@@ -37,6 +37,12 @@ pub struct EngineConfig {
     #[serde(default = "default_reorder_window")]
     #[eserde(compat)]
     pub reorder_window: HumanDuration,
+    /// What the leads may hold in memory, in MiB (estimated, see `leadwatch_engine_held_bytes`).
+    /// Over it, the reorder window gives way first: it is halved, down to nothing, and the
+    /// windows fold early; it comes back once memory is under 80 % of the budget. The default
+    /// leaves room in the shipped manifest's 1 GiB for ingest, dispatch and the Kafka clients.
+    #[serde(default = "default_memory_budget_mib")]
+    pub memory_budget_mib: usize,
 }
 
 impl Default for EngineConfig {
@@ -48,6 +54,7 @@ impl Default for EngineConfig {
             sweep_interval: default_sweep(),
             restore_timeout: default_restore_timeout(),
             reorder_window: default_reorder_window(),
+            memory_budget_mib: default_memory_budget_mib(),
         }
     }
 }
@@ -68,6 +75,10 @@ fn default_restore_timeout() -> HumanDuration {
     HumanDuration(Duration::from_secs(600))
 }
 
+fn default_memory_budget_mib() -> usize {
+    640
+}
+
 fn default_in_flight() -> usize {
     10_000
 }
@@ -78,6 +89,9 @@ impl EngineConfig {
         let mut problems = KeyProblems::new();
         if self.max_in_flight == 0 {
             problems.push(("max_in_flight".into(), "must be at least 1".into()));
+        }
+        if self.memory_budget_mib == 0 {
+            problems.push(("memory_budget_mib".into(), "must be at least 1".into()));
         }
         problems
     }

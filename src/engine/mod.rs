@@ -17,6 +17,7 @@ pub mod alerts;
 pub mod calendar;
 pub mod config;
 pub mod deadlines;
+pub mod footprint;
 pub mod partition;
 pub mod projection;
 pub mod rules;
@@ -132,6 +133,12 @@ impl Engine {
     pub fn with_retention(mut self, retention: Retention) -> Self {
         self.retention = retention;
         self
+    }
+
+    /// How far back in event time a late event still takes its place (see
+    /// [`Engine::with_reorder_window`]).
+    pub fn reorder_window(&self) -> Duration {
+        self.reorder_window.unsigned_abs()
     }
 
     /// How far back in event time a late event still takes its place in the fold.

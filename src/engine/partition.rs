@@ -8,7 +8,7 @@ use std::collections::{BTreeSet, HashMap, HashSet};
 use jiff::Timestamp;
 
 use super::step::{Diagnostic, Input, LeadWrite, Records, Step, Write};
-use super::{Applied, Engine, LeadState, Notes};
+use super::{Applied, Engine, LeadState, Notes, footprint};
 use crate::alert::Alert;
 use crate::event::LeadEvent;
 
@@ -31,6 +31,9 @@ pub struct PartitionState {
     seen_until: Option<Timestamp>,
     /// What the engine notices during a step (see [`Engine::noting`]).
     notes: Notes,
+    /// About the bytes the leads hold ([`footprint`]): counted anew at each sweep, restore,
+    /// reload and shrink, and moved by each event in between.
+    held: usize,
 }
 
 /// What a step decided, in order, before its writes are handed out (they borrow the states).
@@ -84,6 +87,15 @@ impl PartitionState {
                     plan.lead(&lead, Vec::new(), false);
                     plan.diagnostics.push(Diagnostic::Expired { lead });
                 }
+                self.count_held();
+            }
+            Input::Shrink => {
+                let windowed = self.windowed.len();
+                self.close_windows(&engine, now);
+                self.count_held();
+                plan.diagnostics.push(Diagnostic::WindowShrunk {
+                    folded: windowed - self.windowed.len(),
+                });
             }
             Input::Restore(records) => {
                 let unreadable = self.put_back(&engine, records);
@@ -92,8 +104,12 @@ impl PartitionState {
                         .push(Diagnostic::Unreadable { keys: unreadable });
                 }
                 self.look_again(&engine, now);
+                self.count_held();
             }
-            Input::Reload => self.look_again(&engine, now),
+            Input::Reload => {
+                self.look_again(&engine, now);
+                self.count_held();
+            }
             Input::Unwritten(alerts) => {
                 for alert in alerts {
                     self.fire_again(&engine, alert);
@@ -140,6 +156,15 @@ impl PartitionState {
         self.leads.len()
     }
 
+    /// About the bytes this partition's leads hold in memory ([`footprint::of_state`]).
+    pub fn held_bytes(&self) -> usize {
+        self.held
+    }
+
+    fn count_held(&mut self) {
+        self.held = self.leads.values().map(footprint::of_state).sum();
+    }
+
     pub fn is_empty(&self) -> bool {
         self.leads.is_empty()
     }
@@ -167,8 +192,12 @@ impl PartitionState {
         );
         self.at_end = false;
         let key = &event.lead;
+        let known = self.leads.contains_key(key);
         let state = self.leads.entry(key.clone()).or_default();
-        match engine.apply(state, event) {
+        let before = if known { footprint::of_state(state) } else { 0 };
+        let applied = engine.apply(state, event);
+        self.held = (self.held + footprint::of_state(state)).saturating_sub(before);
+        match applied {
             Applied::Duplicate => plan.diagnostics.push(Diagnostic::Duplicate),
             Applied::Forget => {
                 self.remove(key);
@@ -241,7 +270,9 @@ impl PartitionState {
 
     fn remove(&mut self, key: &str) {
         self.windowed.remove(key);
-        self.leads.remove(key);
+        if let Some(state) = self.leads.remove(key) {
+            self.held = self.held.saturating_sub(footprint::of_state(&state));
+        }
         if let Some(old) = self.armed.remove(key) {
             self.timers.remove(&(old, key.to_string()));
         }

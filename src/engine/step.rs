@@ -34,6 +34,10 @@ pub enum Input<'a> {
     /// Closes the reorder windows `now` has left behind (quiet leads then hold one copy of
     /// themselves) and drops the leads past their retention ([`super::Engine::with_retention`]).
     Sweep,
+    /// Memory is over budget: the engine's reorder window was shrunk (the shell hands a copy of
+    /// the engine with a shorter one), and every window is closed as far as it says now, so
+    /// events fold early (see [`Diagnostic::WindowShrunk`]).
+    Shrink,
     /// The partition's records in the state changelog (the latest value of each key): they are
     /// put back, then every lead is looked at again under the rules in force, as on
     /// [`Input::Reload`] — rules edited while nobody owned the partition apply from `now`.
@@ -138,6 +142,8 @@ pub enum Diagnostic {
     },
     /// A lead past its retention, dropped: its state is tombstoned.
     Expired { lead: String },
+    /// Over the memory budget, this many leads' reorder windows were folded early.
+    WindowShrunk { folded: usize },
     /// Records of the changelog that could not be read, by key: their leads start afresh.
     Unreadable { keys: Vec<String> },
 }

@@ -2584,3 +2584,81 @@ mod properties {
         );
     }
 }
+
+/// Over the memory budget the shell halves the reorder window and steps every partition with
+/// [`Input::Shrink`]: windows fold early, the partition holds less, and a late event still inside
+/// what is left of the window takes its place as before — the alerts are those of a partition
+/// that never shrank.
+#[test]
+fn over_budget_the_window_gives_way_and_alerts_stay_right() {
+    let e = engine();
+    let detail = "a long note ".repeat(200);
+    let events: Vec<LeadEvent> = std::iter::once(ready_owned("10:00:00"))
+        .chain(
+            ["10:10:00", "10:20:00", "10:30:00"]
+                .iter()
+                .enumerate()
+                .map(|(i, when)| {
+                    update(
+                        &format!("d{i}"),
+                        when,
+                        json!({"disposition_detail": format!("{detail}{i}")}),
+                    )
+                }),
+        )
+        .collect();
+    // Sent at 10:25, arriving at 10:56 after the shrink: inside the window left (30 minutes back
+    // from the lead's newest event, 10:30).
+    let late = update("late", "10:25:00", json!({"owner": "bob"}));
+    let run = |shrink: bool| {
+        let mut p = PartitionState::default();
+        for ev in &events {
+            p.step(&e, Input::Event(ev), ev.received_at);
+        }
+        let mut engine = e.clone();
+        let mut folded = None;
+        let before = p.held_bytes();
+        if shrink {
+            engine = e
+                .clone()
+                .with_reorder_window(std::time::Duration::from_secs(1800));
+            let step = p.step(&engine, Input::Shrink, t("10:55:00"));
+            folded = step.diagnostics.iter().find_map(|d| match d {
+                Diagnostic::WindowShrunk { folded } => Some(*folded),
+                _ => None,
+            });
+        }
+        let after = p.held_bytes();
+        p.step(&engine, Input::Event(&late), t("10:56:00"));
+        p.step(&engine, Input::End, t("10:56:00"));
+        let alerts: Vec<(String, String)> = p
+            .step(&engine, Input::Tick, at("+2d 00:00:00"))
+            .writes
+            .into_iter()
+            .filter_map(|w| match w {
+                step::Write::Lead(w) => Some(w.alerts),
+                step::Write::Rotation(_) => None,
+            })
+            .flatten()
+            .map(|a| (a.kind, a.data.alert_id))
+            .collect();
+        (before, after, folded, alerts)
+    };
+    let (kept_held, _, _, kept_alerts) = run(false);
+    let (before, after, folded, alerts) = run(true);
+    assert_eq!(
+        before, kept_held,
+        "the same leads and windows before the shrink"
+    );
+    assert!(
+        after + detail.len() < before,
+        "the folded events' copies are gone: {before} → {after} bytes"
+    );
+    assert_eq!(
+        folded,
+        Some(0),
+        "the lead still has events inside the shorter window"
+    );
+    assert!(!alerts.is_empty(), "bob's clock runs out: {alerts:?}");
+    assert_eq!(alerts, kept_alerts);
+}

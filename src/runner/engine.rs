@@ -154,6 +154,7 @@ impl EngineRunner {
         let mut firing: Firing = FuturesUnordered::new();
         let mut sweep = tokio::time::interval(config.sweep_interval.0);
         sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut budget = Budget::new(&config, work.engine.reorder_window(), &work.metrics);
 
         loop {
             // On the embedded broker, alerts wait while the dispatcher is far behind (the broker
@@ -232,6 +233,18 @@ impl EngineRunner {
             }
             work.metrics
                 .set_leads(group.partitions().map(|(_, p)| p.leads.len() as i64).sum());
+            // Over budget, the window is halved and the windows folded until the leads fit or
+            // no window is left.
+            let held = |group: &Group<Owned, LeadEvent>| {
+                group.partitions().map(|(_, p)| p.leads.held_bytes()).sum()
+            };
+            while let Some(window) = budget.look(held(&group)) {
+                work.engine = work.engine.with_reorder_window(window);
+                for (partition, p) in group.partitions_mut() {
+                    let sent = work.step(partition, p, Input::Shrink, now);
+                    see_through(&mut firing, partition, sent);
+                }
+            }
         }
 
         tracing::info!(
@@ -564,6 +577,80 @@ fn without_window(record: &[u8]) -> Option<Vec<u8>> {
     Some(state.encode())
 }
 
+/// The engine's memory against `[engine] memory_budget_mib`: the reorder window gives way
+/// first, halved while the leads hold more than the budget (down to nothing), restored once they
+/// hold less than 80 % of it; with no window left, the open leads alone are over, which is said
+/// (a gauge and a warning) rather than waited out until the pod is killed.
+struct Budget {
+    bytes: usize,
+    full: Duration,
+    window: Duration,
+    over: bool,
+    metrics: Arc<Metrics>,
+}
+
+impl Budget {
+    fn new(config: &EngineConfig, window: Duration, metrics: &Arc<Metrics>) -> Self {
+        metrics.engine_budget().set_window(window);
+        Self {
+            bytes: config.memory_budget_mib.saturating_mul(1 << 20),
+            full: window,
+            window,
+            over: false,
+            metrics: metrics.clone(),
+        }
+    }
+
+    /// Looks at `held` bytes: the reorder window to put in force, if it changes.
+    fn look(&mut self, held: usize) -> Option<Duration> {
+        let gauges = self.metrics.engine_budget();
+        gauges.set_held(held);
+        let before = self.window;
+        if held > self.bytes {
+            if self.window.is_zero() {
+                if !self.over {
+                    tracing::warn!(
+                        held,
+                        budget = self.bytes,
+                        "the leads held exceed engine.memory_budget_mib with no reorder window \
+                         left to give way: raise the budget (and the pod's memory) or run more \
+                         instances"
+                    );
+                }
+                self.over = true;
+            } else {
+                // Halved, and nothing under a second.
+                let half = self.window / 2;
+                self.window = if half < Duration::from_secs(1) {
+                    Duration::ZERO
+                } else {
+                    half
+                };
+                gauges.shrunk();
+                if before == self.full {
+                    tracing::warn!(
+                        held,
+                        budget = self.bytes,
+                        window = ?self.window,
+                        "engine memory over budget: reorder window shrunk, windows fold early"
+                    );
+                } else {
+                    tracing::debug!(held, window = ?self.window, "reorder window shrunk again");
+                }
+            }
+        } else if held < self.bytes / 10 * 8 {
+            self.over = false;
+            if self.window != self.full {
+                self.window = self.full;
+                tracing::info!(held, window = ?self.window, "engine memory under budget again: reorder window restored");
+            }
+        }
+        gauges.set_over(self.over);
+        gauges.set_window(self.window);
+        (self.window != before).then_some(self.window)
+    }
+}
+
 /// Sees writes through in `firing`: one that is not written hands its alerts back.
 fn see_through(firing: &mut Firing, partition: i32, sent: impl IntoIterator<Item = Sent>) {
     firing.extend(sent.into_iter().map(|s| s.refire(partition)));
@@ -601,6 +688,9 @@ fn report(metrics: &Metrics, partition: i32, diagnostics: &[Diagnostic]) {
             }
             Diagnostic::Expired { lead } => {
                 tracing::debug!(partition, %lead, "lead state retention over; tombstoned");
+            }
+            Diagnostic::WindowShrunk { folded } => {
+                tracing::debug!(partition, folded, "reorder windows folded early");
             }
             // Each is logged, counted and dead-lettered by `Work::dead_letter_states`.
             Diagnostic::Unreadable { .. } => {}

@@ -1,0 +1,96 @@
+//! About how many bytes a lead's state holds in memory: what `[engine] memory_budget_mib` is
+//! measured against. An estimate (the heap of its strings, maps and lists, with a per-entry
+//! overhead), cheap enough to take on every event; not the allocator's exact count.
+
+use std::mem::size_of;
+
+use serde_json::Value;
+
+use super::state::{Closeout, Fired, Lead, LeadState, Logged, Touch};
+use crate::event::Change;
+
+/// What one map entry costs beyond its key and value (tree or table nodes, their slack).
+const ENTRY: usize = 32;
+
+/// About the bytes `state` holds: itself, its lead, and its reorder window (the lead's base copy
+/// and the events waiting in it).
+pub fn of_state(state: &LeadState) -> usize {
+    size_of::<LeadState>()
+        + of_lead(&state.lead)
+        + state
+            .base
+            .as_ref()
+            .map_or(0, |b| size_of::<Lead>() + of_lead(b))
+        + state.log.iter().map(of_logged).sum::<usize>()
+        + state.recent_events.len() * size_of::<u64>()
+        + state
+            .fired
+            .iter()
+            .map(|f: &Fired| {
+                size_of::<Fired>() + f.rule.len() + f.variant.as_ref().map_or(0, String::len)
+            })
+            .sum::<usize>()
+}
+
+/// The bytes the reorder window alone holds: the base copy and the events waiting in it.
+pub fn of_window(state: &LeadState) -> usize {
+    state
+        .base
+        .as_ref()
+        .map_or(0, |b| size_of::<Lead>() + of_lead(b))
+        + state.log.iter().map(of_logged).sum::<usize>()
+}
+
+fn of_lead(lead: &Lead) -> usize {
+    let text = |s: &Option<String>| s.as_ref().map_or(0, String::len);
+    lead.fields
+        .iter()
+        .map(|(k, v)| ENTRY + k.len() + of_value(v))
+        .sum::<usize>()
+        + lead
+            .field_at
+            .keys()
+            .map(|k| ENTRY + k.len() + 16)
+            .sum::<usize>()
+        + text(&lead.source)
+        + text(&lead.origin)
+        + text(&lead.owner)
+        + lead
+            .episode
+            .as_ref()
+            .and_then(|e| e.clock.as_ref())
+            .map_or(0, |c| c.owner.len())
+        + lead.touches.len() * size_of::<Touch>()
+        + lead.closeouts.iter().map(of_closeout).sum::<usize>()
+}
+
+fn of_closeout(c: &Closeout) -> usize {
+    let text = |s: &Option<String>| s.as_ref().map_or(0, String::len);
+    size_of::<Closeout>()
+        + text(&c.owner)
+        + text(&c.reason)
+        + text(&c.detail)
+        + c.owes.iter().map(|o| ENTRY + o.kind.len()).sum::<usize>()
+}
+
+fn of_logged(logged: &Logged) -> usize {
+    size_of::<Logged>()
+        + logged.source.len()
+        + match &logged.change {
+            Change::Updated { fields } => fields
+                .iter()
+                .map(|(k, v)| ENTRY + k.len() + of_value(v))
+                .sum::<usize>(),
+            other => size_of_val(other),
+        }
+}
+
+fn of_value(v: &Value) -> usize {
+    size_of::<Value>()
+        + match v {
+            Value::String(s) => s.len(),
+            Value::Array(items) => items.iter().map(of_value).sum(),
+            Value::Object(map) => map.iter().map(|(k, v)| ENTRY + k.len() + of_value(v)).sum(),
+            Value::Null | Value::Bool(_) | Value::Number(_) => 0,
+        }
+}
