@@ -519,7 +519,8 @@ fn a_missing_metric_fails_the_test() {
     let renamed = panics(&|| metric_in(&text, "leadwatch_engine_event_total{outcome=\"applied\"}"));
     assert!(
         renamed.contains("leadwatch_engine_event_total")
-            && renamed.contains("leadwatch_engine_events_total, leadwatch_engine_leads"),
+            && renamed.contains("leadwatch_engine_events_total, ")
+            && renamed.contains("leadwatch_engine_leads, "),
         "{renamed}"
     );
     let other_label = panics(&|| {
@@ -553,12 +554,14 @@ async fn over_its_memory_budget_the_engine_gives_up_its_window_first_and_says_so
     );
     assert!(config.contains("memory_budget_mib = 1"));
     let daemon = Daemon::start(&config, &rules_text("1h")).await;
-    assert_eq!(
-        daemon
-            .metric("leadwatch_engine_reorder_window_seconds")
-            .await,
-        3600.0
-    );
+    daemon
+        .wait_for_metric(
+            "the whole reorder window in force at the start",
+            "leadwatch_engine_reorder_window_seconds",
+            PATIENCE,
+            |n| n == 3600.0,
+        )
+        .await;
     let url = daemon.url("/webhooks/web");
     // 60 leads, each with 30 KB of close-out detail (a field the engine keeps): several copies
     // of each while the window holds them, and more than a MiB even without one.

@@ -195,11 +195,15 @@ async fn a_role_that_fails_is_restarted_and_healthz_names_it_once_it_stalls() {
         200
     );
     let body = std::sync::Mutex::new(String::new());
-    wait_for("/healthz to fail", PATIENCE, || async {
+    // Both roles fail over and over; each stalls once its own loop has not turned for the
+    // stall timeout, one a moment after the other.
+    wait_for("/healthz to fail naming both roles", PATIENCE, || async {
         let resp = reqwest::get(daemon.url("/healthz")).await.unwrap();
         let failed = resp.status() == 503;
-        *body.lock().unwrap() = resp.text().await.unwrap();
-        failed
+        let text = resp.text().await.unwrap();
+        let both = text.contains("\"engine\"") && text.contains("\"dispatch\"");
+        *body.lock().unwrap() = text;
+        failed && both
     })
     .await;
     let stalled: serde_json::Value = serde_json::from_str(&body.into_inner().unwrap()).unwrap();
