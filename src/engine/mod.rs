@@ -17,6 +17,7 @@ pub mod calendar;
 pub mod config;
 pub mod deadlines;
 pub mod partition;
+pub mod record;
 pub mod rules;
 pub mod state;
 pub mod step;
