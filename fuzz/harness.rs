@@ -595,13 +595,18 @@ pub fn decode_alert(record: &[u8]) {
     check_alert(&alert, record);
 }
 
-/// One lead's `{prefix}.state` record: `LeadState::decode`, re-encoded, then restored into a
+/// One lead's `{prefix}.state` record (the versioned format, or the JSON of earlier builds):
+/// `LeadState::decode_with_generation`, re-encoded by the same generation, then restored into a
 /// partition (as the lead `hubspot:1551`) and driven through its deadlines.
 pub fn decode_lead_state(record: &[u8]) {
-    if let Some(state) = LeadState::decode(record) {
-        let encoded = state.encode();
-        let again = LeadState::decode(&encoded).expect("an encoded state decodes");
-        assert_eq!(again, state, "a state re-encoded decodes to another");
+    if let Some((generation, state)) = LeadState::decode_with_generation(record) {
+        let encoded = state.encode_with(generation);
+        let again = LeadState::decode_with_generation(&encoded).expect("an encoded state decodes");
+        assert_eq!(
+            again,
+            (generation, state),
+            "a state re-encoded decodes to another"
+        );
     }
     let records = Records::from([("hubspot:1551".to_string(), record.to_vec())]);
     restore(records);

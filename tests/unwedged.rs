@@ -139,18 +139,15 @@ async fn a_lead_state_too_large_for_kafka_wedges_nothing_and_its_lead_still_aler
     })
     .await
     .unwrap();
-    let huge_state: serde_json::Value = serde_json::from_slice(&state["L-huge"]).unwrap();
+    let huge_state = leadwatch::engine::LeadState::decode(&state["L-huge"]).unwrap();
     assert_eq!(
-        huge_state["lead"]["fields"]["disposition_detail"]
+        huge_state.lead.fields["disposition_detail"]
             .as_str()
             .unwrap()
             .len(),
         900_000
     );
-    assert!(
-        huge_state.get("log").is_none(),
-        "written without its window"
-    );
+    assert!(huge_state.log.is_empty(), "written without its window");
     let letter: serde_json::Value = serde_json::from_slice(&dlq["L-huger"]).unwrap();
     assert_eq!(letter["quarantined"]["topic"], "lwtest.state");
     assert_eq!(letter["quarantined"]["reason"], "too_large");

@@ -14,7 +14,8 @@
 //! changes one per event, Salesforce snapshots of about 40 fields with long text, mixed);
 //! `--shape canonical` keeps the earlier compact events of a single canonical shape. Besides
 //! events/s it reports allocator calls per event (alloc and realloc, counted by the global
-//! allocator below), bytes held per lead and changelog bytes per lead.
+//! allocator below), bytes held per lead and changelog bytes per lead: each lead's record, and
+//! what the records take on the broker compressed in producer batches (see [`BATCHES`]).
 //!
 //! `--write-events FILE` writes the events as JSON lines (the format `leadwatch simulate`
 //! reads) and exits without running the engine.
@@ -165,6 +166,37 @@ fn life(i: usize, start: Timestamp) -> Vec<LeadEvent> {
     events
 }
 
+/// Records per producer batch the compressed changelog figure is given for: a batch is what one
+/// partition's writes add up to within the producer's linger (5 ms), a few records when events
+/// trickle in, hundreds when the engine catches up.
+const BATCHES: [usize; 3] = [10, 100, 1000];
+
+/// A Kafka record batch's header (v2), uncompressed.
+const BATCH_HEADER: usize = 61;
+
+/// Bytes per record that `records` take on the broker written in batches of `batch`: each
+/// batch's records (framed roughly as Kafka does: a few bytes of header, the key, the value)
+/// compressed with the producer's codec at its default level, plus the batch header.
+fn written_per_lead(records: &[(&str, Vec<u8>)], batch: usize) -> f64 {
+    assert_eq!(leadwatch::bus::producer::COMPRESSION, "zstd");
+    let mut total = 0;
+    for chunk in records.chunks(batch) {
+        let mut framed = Vec::new();
+        for (key, value) in chunk {
+            // Length, attributes, timestamp and offset deltas, header count: about 7 bytes.
+            framed.extend_from_slice(&[0; 7]);
+            framed.extend_from_slice(key.as_bytes());
+            framed.extend_from_slice(&(value.len() as u32).to_le_bytes()[..2]);
+            framed.extend_from_slice(value);
+        }
+        total += zstd::bulk::compress(&framed, 0)
+            .expect("zstd compresses")
+            .len()
+            + BATCH_HEADER;
+    }
+    total as f64 / records.len().max(1) as f64
+}
+
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let path = args.rules.unwrap_or_else(|| {
@@ -250,7 +282,13 @@ fn main() -> anyhow::Result<()> {
     let live_after = live_bytes();
 
     let open = p.iter().filter(|(_, s)| s.lead.episode.is_some()).count();
-    let state_bytes: usize = p.iter().map(|(_, s)| s.encode().len()).sum();
+    // One record per lead, as the changelog holds it after one update each (key, value).
+    let records: Vec<(&str, Vec<u8>)> = p.iter().map(|(k, s)| (k.as_str(), s.encode())).collect();
+    let json: Vec<(&str, Vec<u8>)> = p
+        .iter()
+        .map(|(k, s)| (k.as_str(), serde_json::to_vec(s).expect("a state as JSON")))
+        .collect();
+    let state_bytes: usize = records.iter().map(|(_, r)| r.len()).sum();
     println!("rules: {}", path.display());
     println!(
         "events: {n} for {} leads ({:.1} per lead, {} shape, {:.0} bytes per event as JSON); alerts fired: {alerts}",
@@ -282,8 +320,17 @@ fn main() -> anyhow::Result<()> {
         held / open.max(1) as f64,
     );
     println!(
-        "changelog: {:.0} bytes per lead state (JSON)",
-        state_bytes as f64 / p.len().max(1) as f64
+        "changelog: {:.0} bytes per lead state (the record; {:.0} as the JSON of earlier builds)",
+        state_bytes as f64 / p.len().max(1) as f64,
+        json.iter().map(|(_, r)| r.len()).sum::<usize>() as f64 / p.len().max(1) as f64
     );
+    for batch in BATCHES {
+        println!(
+            "changelog: {:.0} bytes per lead written to the broker in {} batches of {batch} records ({:.0} as JSON)",
+            written_per_lead(&records, batch),
+            leadwatch::bus::producer::COMPRESSION,
+            written_per_lead(&json, batch),
+        );
+    }
     Ok(())
 }

@@ -125,7 +125,7 @@ async fn main() -> anyhow::Result<()> {
             });
             let bytes = produce_all(&producer, &topics.state, states).await?;
             println!(
-                "wrote {leads} lead states in {:.1} s: {} bytes per lead in the changelog (key + JSON value)",
+                "wrote {leads} lead states in {:.1} s: {} bytes per lead in the changelog (key + record, before compression)",
                 (clock.instant() - started).as_secs_f64(),
                 bytes / leads.max(1)
             );

@@ -20,6 +20,7 @@ pub mod deadlines;
 pub mod footprint;
 pub mod partition;
 pub mod projection;
+pub mod record;
 pub mod rules;
 pub mod state;
 pub mod step;

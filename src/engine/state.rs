@@ -59,6 +59,7 @@ pub struct LeadState {
 pub struct Fired {
     pub rule: String,
     pub level: u32,
+    #[serde(with = "crate::engine::record::time")]
     pub clock: Timestamp,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub variant: Option<String>,
@@ -77,6 +78,7 @@ impl Fired {
 /// One touch of a lead.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Touch {
+    #[serde(with = "crate::engine::record::time")]
     pub at: Timestamp,
     /// The event it came from ([`event_key`]): an event replayed under a new id is the same
     /// touch, two calls logged in the same second are two.
@@ -86,6 +88,7 @@ pub struct Touch {
 /// An event kept in the reorder window.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Logged {
+    #[serde(with = "crate::engine::record::time")]
     pub at: Timestamp,
     pub seq: u64,
     /// [`event_key`] of its id.
@@ -103,7 +106,11 @@ pub struct Lead {
     #[serde(default)]
     pub fields: Map<String, Value>,
     /// When each field was last set (event time).
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[serde(
+        default,
+        skip_serializing_if = "BTreeMap::is_empty",
+        with = "crate::engine::record::time::map"
+    )]
     pub field_at: BTreeMap<String, Timestamp>,
     /// The configured source of its latest event.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -115,35 +122,63 @@ pub struct Lead {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub owner: Option<String>,
     /// Since when it has had this owner (or none).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "crate::engine::record::time::option"
+    )]
     pub owner_since: Option<Timestamp>,
     /// The current sales-ready episode.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub episode: Option<Episode>,
     /// Deleted or merged away in its system.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "crate::engine::record::time::option"
+    )]
     pub deleted_at: Option<Timestamp>,
     /// When it last stopped being workable (closed, converted, deleted), for retention.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "crate::engine::record::time::option"
+    )]
     pub ended_at: Option<Timestamp>,
     /// Touches (activities of a touch kind, field changes matching `lifecycle.touch`), by time
     /// ascending, the newest [`TOUCHES_KEPT`].
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub touches: Vec<Touch>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "crate::engine::record::time::option"
+    )]
     pub last_activity_at: Option<Timestamp>,
     /// When `disposition_reason` last changed value (event time; re-sending the same value is no
     /// change): a reason that stands from before an episode began is not that episode's reason.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "crate::engine::record::time::option"
+    )]
     pub reason_changed_at: Option<Timestamp>,
     /// When `disposition_detail` last changed value, likewise.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "crate::engine::record::time::option"
+    )]
     pub detail_changed_at: Option<Timestamp>,
     /// The latest close-outs of sales-ready episodes, oldest first.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub closeouts: Vec<Closeout>,
     /// The newest event time seen.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "crate::engine::record::time::option"
+    )]
     pub last_event_at: Option<Timestamp>,
 }
 
@@ -152,15 +187,24 @@ pub struct Lead {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Episode {
     /// When the lead became sales-ready.
+    #[serde(with = "crate::engine::record::time")]
     pub started_at: Timestamp,
     /// Since when it has been sales-ready without an owner (the handoff clock).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "crate::engine::record::time::option"
+    )]
     pub unassigned_since: Option<Timestamp>,
     /// The first-touch clock, running while it has an owner.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub clock: Option<Clock>,
     /// The first owner's clock start: when the lead was handed off (for the scorecard).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "crate::engine::record::time::option"
+    )]
     pub handed_off_at: Option<Timestamp>,
 }
 
@@ -168,6 +212,7 @@ pub struct Episode {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Clock {
     /// The later of sales-ready and owned; an owner change restarts the clock.
+    #[serde(with = "crate::engine::record::time")]
     pub started_at: Timestamp,
     pub owner: String,
 }
@@ -175,9 +220,11 @@ pub struct Clock {
 /// A close of a lead that was sales-ready in that episode: what the close-out rules judge.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Closeout {
+    #[serde(with = "crate::engine::record::time")]
     pub closed_at: Timestamp,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub owner: Option<String>,
+    #[serde(with = "crate::engine::record::time")]
     pub sales_ready_at: Timestamp,
     /// The lead's `disposition_reason` and `disposition_detail` at the close.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -186,11 +233,19 @@ pub struct Closeout {
     pub detail: Option<String>,
     /// Touches from the start of the episode to the close.
     pub attempts: u32,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "crate::engine::record::time::option"
+    )]
     pub last_activity_at: Option<Timestamp>,
     /// The episode's last touch at the close: the close-out was due `feedback_within` after it
     /// (or after the episode start, without one), as `disposition.overdue` was while it was open.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "crate::engine::record::time::option"
+    )]
     pub last_touch_at: Option<Timestamp>,
     /// The alerts it owes, judged at the close under the rules then in force.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -203,18 +258,31 @@ pub struct Owed {
     /// The alert type.
     pub kind: String,
     /// The deadline it reports (for `disposition.late`, when the close was due).
+    #[serde(with = "crate::engine::record::time")]
     pub deadline: Timestamp,
 }
 
 impl LeadState {
-    /// The lead's record in the state changelog: this state, as JSON.
+    /// The lead's record in the state changelog (format: [`super::record`]), by a writer that
+    /// does not know its partition generation.
     pub fn encode(&self) -> Vec<u8> {
-        serde_json::to_vec(self).expect("lead state serializes")
+        self.encode_with(0)
     }
 
-    /// A lead's record read back from the state changelog; `None` when it cannot be read.
+    /// The lead's record in the state changelog, written by partition generation `generation`.
+    pub fn encode_with(&self, generation: u64) -> Vec<u8> {
+        super::record::encode(self, generation)
+    }
+
+    /// A lead's record read back from the state changelog (this format or the JSON of earlier
+    /// builds); `None` when it cannot be read.
     pub fn decode(record: &[u8]) -> Option<Self> {
-        serde_json::from_slice(record).ok()
+        Self::decode_with_generation(record).map(|(_, state)| state)
+    }
+
+    /// A lead's record read back, with the partition generation that wrote it (0 when unknown).
+    pub fn decode_with_generation(record: &[u8]) -> Option<(u64, Self)> {
+        super::record::decode(record)
     }
 
     pub fn has_fired(
