@@ -160,6 +160,17 @@ impl Backlog {
             .is_some_and(|m| m.contains_key(&(alert_id.to_string(), sink.to_string())))
     }
 
+    /// The leads with a pending delivery.
+    pub fn leads(&self) -> HashSet<String> {
+        self.inner
+            .lock()
+            .expect("backlog lock")
+            .leads
+            .keys()
+            .cloned()
+            .collect()
+    }
+
     /// Whether the lead has any pending delivery.
     pub fn contains_lead(&self, lead: &str) -> bool {
         self.inner

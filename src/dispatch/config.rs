@@ -164,19 +164,21 @@ impl DispatchConfig {
         if self.sink_concurrency == 0 {
             problems.push(("sink_concurrency".into(), "must be at least 1".into()));
         }
-        // An alert is retried for the schedule's whole span: its entry must outlive that, or a
-        // retry after a restart would send it again where it already arrived.
-        let retrying: Duration = Schedule::from(self)
-            .delays
-            .iter()
-            .fold(Duration::ZERO, |sum, d| sum.saturating_add(*d));
+        // An alert is retried until it is given up (twice the schedule's span, or the longest
+        // Retry-After): its entry must outlive that, or a retry after a restart would send it
+        // again where it already arrived.
+        let schedule = Schedule::from(self);
+        let retrying = schedule
+            .span()
+            .saturating_mul(2)
+            .max(schedule.max_retry_after);
         let at_least = retrying.max(Duration::from_secs(86_400));
         if self.ledger_retention.0 < at_least {
             problems.push((
                 "ledger_retention".into(),
                 format!(
-                    "must be at least {} (a day, and the whole retry schedule): the alerts topic's \
-                     retention",
+                    "must be at least {} (a day, and until a retried alert is given up: twice the \
+                     retry schedule): the alerts topic's retention",
                     humantime::format_duration(at_least)
                 ),
             ));
@@ -220,7 +222,7 @@ mod tests {
     }
 
     #[test]
-    fn the_ledger_outlives_a_day_and_the_whole_retry_schedule() {
+    fn the_ledger_outlives_a_day_and_every_retry_of_an_alert() {
         let day = Duration::from_secs(86_400);
         assert!(DispatchConfig::default().problems().is_empty());
         let short = DispatchConfig {
@@ -230,8 +232,10 @@ mod tests {
         let problems = short.problems();
         assert_eq!(problems.len(), 1, "{problems:?}");
         assert_eq!(problems[0].0, "ledger_retention");
-        assert!(problems[0].1.contains("1day"), "{problems:?}");
-        // Retries for two days: a ledger of one day would forget deliveries still retried.
+        // The default schedule (about 27.6 h) is given up after twice that.
+        assert!(problems[0].1.contains("2days 7h"), "{problems:?}");
+        // Retries for two days (given up after four): a ledger of one day would forget
+        // deliveries still retried.
         let long_retries = DispatchConfig {
             retry_schedule: Some(vec![HumanDuration(day), HumanDuration(day)]),
             ledger_retention: HumanDuration(day),
@@ -239,6 +243,6 @@ mod tests {
         };
         let problems = long_retries.problems();
         assert_eq!(problems.len(), 1, "{problems:?}");
-        assert!(problems[0].1.contains("2days"), "{problems:?}");
+        assert!(problems[0].1.contains("4days"), "{problems:?}");
     }
 }

@@ -166,7 +166,7 @@ impl Shared {
         let Ok(before) = self.clock.now().checked_sub(retention) else {
             return;
         };
-        let (forgotten, leads) = work.ledger.expire(before);
+        let (forgotten, leads) = work.ledger.expire(before, &work.backlog.leads());
         if forgotten == 0 {
             return;
         }
@@ -178,15 +178,18 @@ impl Shared {
             "ledger forgot deliveries older than dispatch.ledger_retention"
         );
         let (shared, work) = (self.clone(), work.clone());
+        // Given up on revocation (a write of this generation must not land over the next
+        // owner's) and at the end of the grace period.
         tokio::spawn(async move {
+            let topic = &shared.topics.delivered;
             for lead in leads {
-                if work.revoked.is_cancelled() {
-                    break;
+                let write = work
+                    .ledger
+                    .persist(&shared.producer, topic, &lead, &work.revoked);
+                tokio::select! {
+                    _ = shared.abandon.cancelled() => break,
+                    written = write => if !written { break },
                 }
-                let topic = &shared.topics.delivered;
-                work.ledger
-                    .persist(&shared.producer, topic, &lead, &shared.abandon)
-                    .await;
             }
         });
     }

@@ -81,13 +81,21 @@ impl Ledger {
     }
 
     /// Forgets the deliveries of alerts first delivered before `before` (the alerts topic no
-    /// longer holds them, so they cannot come back), and leads left with none. Returns how many
-    /// deliveries were forgotten and the leads whose entry changed, to [`Ledger::persist`].
-    pub fn expire(&self, before: Timestamp) -> (usize, Vec<String>) {
+    /// longer holds them, so they cannot come back), and leads left with none; the leads in
+    /// `retrying` (a delivery of theirs still pending in the backlog) keep everything. Returns how
+    /// many deliveries were forgotten and the leads whose entry changed, to [`Ledger::persist`].
+    pub fn expire(
+        &self,
+        before: Timestamp,
+        retrying: &std::collections::HashSet<String>,
+    ) -> (usize, Vec<String>) {
         let mut leads = self.leads.lock().expect("ledger lock");
         let mut forgotten = 0;
         let mut changed = Vec::new();
         leads.retain(|lead, entry| {
+            if retrying.contains(lead) {
+                return true;
+            }
             let was = entry.alerts.len();
             entry.alerts.retain(|_, d| d.first_at >= before);
             if entry.alerts.len() < was {
@@ -192,6 +200,10 @@ impl Ledger {
 mod tests {
     use super::*;
 
+    fn leads_retrying(leads: &[&str]) -> std::collections::HashSet<String> {
+        leads.iter().map(|l| l.to_string()).collect()
+    }
+
     fn delivery(first_at: &str) -> Delivery {
         Delivery {
             sinks: BTreeSet::from(["slack".to_string()]),
@@ -220,17 +232,33 @@ mod tests {
                 .insert("alert_kept".into(), delivery("2026-11-21T10:00:00Z"));
             leads.insert("L-new".into(), new);
         }
-        let (forgotten, mut changed) = ledger.expire("2026-11-13T10:00:00Z".parse().unwrap());
+        // A lead with a delivery still being retried keeps everything.
+        let mut retrying = leads_retrying(&["L-retrying"]);
+        {
+            let mut leads = ledger.leads.lock().unwrap();
+            let mut old = LeadDeliveries::default();
+            old.alerts
+                .insert("alert_retried".into(), delivery("2026-11-02T10:00:00Z"));
+            leads.insert("L-retrying".into(), old);
+        }
+        let (forgotten, mut changed) =
+            ledger.expire("2026-11-13T10:00:00Z".parse().unwrap(), &retrying);
         changed.sort();
         assert_eq!(forgotten, 2);
         assert_eq!(changed, ["L-both", "L-old"]);
-        assert_eq!(ledger.len(), 2, "L-old holds nothing and is gone");
+        assert_eq!(ledger.delivered("L-retrying", "alert_retried").len(), 1);
+        retrying.clear();
+        assert_eq!(ledger.len(), 3, "L-old holds nothing and is gone");
         assert_eq!(ledger.delivered("L-new", "alert_kept").len(), 1);
         assert_eq!(ledger.delivered("L-both", "alert_new").len(), 1);
         assert!(ledger.delivered("L-both", "alert_old").is_empty());
-        // Nothing more to forget: nothing to write.
+        // Its retries done, it is forgotten too; then nothing more to forget.
         assert_eq!(
-            ledger.expire("2026-11-13T10:00:00Z".parse().unwrap()),
+            ledger.expire("2026-11-13T10:00:00Z".parse().unwrap(), &retrying),
+            (1, vec!["L-retrying".to_string()])
+        );
+        assert_eq!(
+            ledger.expire("2026-11-13T10:00:00Z".parse().unwrap(), &retrying),
             (0, vec![])
         );
     }

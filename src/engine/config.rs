@@ -39,8 +39,9 @@ pub struct EngineConfig {
     pub reorder_window: HumanDuration,
     /// What the leads may hold in memory, in MiB (estimated, see `leadwatch_engine_held_bytes`).
     /// Over it, the reorder window gives way first: it is halved, down to nothing, and the
-    /// windows fold early; it comes back once memory is under 80 % of the budget. The default
-    /// leaves room in the shipped manifest's 1 GiB for ingest, dispatch and the Kafka clients.
+    /// windows fold early; it grows back a step at each sweep once memory is under 80 % of the
+    /// budget. The default leaves room in the shipped manifest's 1 GiB for ingest, dispatch and
+    /// the Kafka clients.
     #[serde(default = "default_memory_budget_mib")]
     pub memory_budget_mib: usize,
 }

@@ -218,6 +218,10 @@ impl EngineRunner {
                             let sent = work.step(partition, p, Input::Sweep, now);
                             see_through(&mut firing, partition, sent);
                         }
+                        let held = group.partitions().map(|(_, p)| p.leads.held_bytes()).sum();
+                        if let Some(window) = budget.regrow(held) {
+                            work.engine = work.engine.with_reorder_window(window);
+                        }
                     }
                     Next::Stage(Own::Wake) => {}
                 }
@@ -578,9 +582,10 @@ fn without_window(record: &[u8]) -> Option<Vec<u8>> {
 }
 
 /// The engine's memory against `[engine] memory_budget_mib`: the reorder window gives way
-/// first, halved while the leads hold more than the budget (down to nothing), restored once they
-/// hold less than 80 % of it; with no window left, the open leads alone are over, which is said
-/// (a gauge and a warning) rather than waited out until the pod is killed.
+/// first, halved while the leads hold more than the budget (down to nothing), grown back a step
+/// at each sweep once they hold less than 80 % of it; with no window left, the open leads alone
+/// are over, which is said (a gauge and a warning) rather than waited out until the pod is
+/// killed.
 struct Budget {
     bytes: usize,
     full: Duration,
@@ -601,53 +606,79 @@ impl Budget {
         }
     }
 
-    /// Looks at `held` bytes: the reorder window to put in force, if it changes.
+    /// Looks at `held` bytes: the shorter reorder window to put in force, while they are over
+    /// the budget and a window is left to give way.
     fn look(&mut self, held: usize) -> Option<Duration> {
         let gauges = self.metrics.engine_budget();
         gauges.set_held(held);
-        let before = self.window;
-        if held > self.bytes {
-            if self.window.is_zero() {
-                if !self.over {
-                    tracing::warn!(
-                        held,
-                        budget = self.bytes,
-                        "the leads held exceed engine.memory_budget_mib with no reorder window \
-                         left to give way: raise the budget (and the pod's memory) or run more \
-                         instances"
-                    );
-                }
-                self.over = true;
-            } else {
-                // Halved, and nothing under a second.
-                let half = self.window / 2;
-                self.window = if half < Duration::from_secs(1) {
-                    Duration::ZERO
-                } else {
-                    half
-                };
-                gauges.shrunk();
-                if before == self.full {
-                    tracing::warn!(
-                        held,
-                        budget = self.bytes,
-                        window = ?self.window,
-                        "engine memory over budget: reorder window shrunk, windows fold early"
-                    );
-                } else {
-                    tracing::debug!(held, window = ?self.window, "reorder window shrunk again");
-                }
+        if held <= self.bytes {
+            if self.over {
+                self.over = false;
+                gauges.set_over(false);
             }
-        } else if held < self.bytes / 10 * 8 {
-            self.over = false;
-            if self.window != self.full {
-                self.window = self.full;
-                tracing::info!(held, window = ?self.window, "engine memory under budget again: reorder window restored");
-            }
+            return None;
         }
-        gauges.set_over(self.over);
+        if self.window.is_zero() {
+            if !self.over {
+                tracing::warn!(
+                    held,
+                    budget = self.bytes,
+                    "the leads held exceed engine.memory_budget_mib with no reorder window left \
+                     to give way: raise the budget (and the pod's memory) or run more instances"
+                );
+                self.over = true;
+                gauges.set_over(true);
+            }
+            return None;
+        }
+        // Halved, and nothing under a second.
+        let before = self.window;
+        let half = self.window / 2;
+        self.window = if half < Duration::from_secs(1) {
+            Duration::ZERO
+        } else {
+            half
+        };
+        gauges.shrunk();
         gauges.set_window(self.window);
-        (self.window != before).then_some(self.window)
+        if before == self.full {
+            tracing::warn!(
+                held,
+                budget = self.bytes,
+                window = ?self.window,
+                "engine memory over budget: reorder window shrunk, windows fold early"
+            );
+        } else {
+            tracing::debug!(held, window = ?self.window, "reorder window shrunk again");
+        }
+        Some(self.window)
+    }
+
+    /// At a sweep: under 80 % of the budget, the window grows back a step (doubled, up to the
+    /// configured one), so memory near the budget does not swing the window back and forth.
+    fn regrow(&mut self, held: usize) -> Option<Duration> {
+        let gauges = self.metrics.engine_budget();
+        gauges.set_held(held);
+        if held >= self.bytes / 10 * 8 {
+            return None;
+        }
+        if self.over {
+            self.over = false;
+            gauges.set_over(false);
+        }
+        if self.window == self.full {
+            return None;
+        }
+        self.window = self
+            .window
+            .saturating_mul(2)
+            .max(Duration::from_secs(1))
+            .min(self.full);
+        gauges.set_window(self.window);
+        if self.window == self.full {
+            tracing::info!(held, window = ?self.window, "engine memory under budget again: reorder window restored");
+        }
+        Some(self.window)
     }
 }
 
