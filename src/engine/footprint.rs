@@ -4,7 +4,7 @@
 
 use std::mem::size_of;
 
-use serde_json::Value;
+use serde_json::{Map, Value};
 
 use super::state::{Closeout, Fired, Lead, LeadState, Logged, Touch};
 use crate::event::Change;
@@ -32,21 +32,8 @@ pub fn of_state(state: &LeadState) -> usize {
             .sum::<usize>()
 }
 
-/// The bytes the reorder window alone holds: the base copy and the events waiting in it.
-pub fn of_window(state: &LeadState) -> usize {
-    state
-        .base
-        .as_ref()
-        .map_or(0, |b| size_of::<Lead>() + of_lead(b))
-        + state.log.iter().map(of_logged).sum::<usize>()
-}
-
 fn of_lead(lead: &Lead) -> usize {
-    let text = |s: &Option<String>| s.as_ref().map_or(0, String::len);
-    lead.fields
-        .iter()
-        .map(|(k, v)| ENTRY + k.len() + of_value(v))
-        .sum::<usize>()
+    of_map(&lead.fields)
         + lead
             .field_at
             .keys()
@@ -65,7 +52,6 @@ fn of_lead(lead: &Lead) -> usize {
 }
 
 fn of_closeout(c: &Closeout) -> usize {
-    let text = |s: &Option<String>| s.as_ref().map_or(0, String::len);
     size_of::<Closeout>()
         + text(&c.owner)
         + text(&c.reason)
@@ -77,10 +63,7 @@ fn of_logged(logged: &Logged) -> usize {
     size_of::<Logged>()
         + logged.source.len()
         + match &logged.change {
-            Change::Updated { fields } => fields
-                .iter()
-                .map(|(k, v)| ENTRY + k.len() + of_value(v))
-                .sum::<usize>(),
+            Change::Updated { fields } => of_map(fields),
             other => size_of_val(other),
         }
 }
@@ -90,7 +73,15 @@ fn of_value(v: &Value) -> usize {
         + match v {
             Value::String(s) => s.len(),
             Value::Array(items) => items.iter().map(of_value).sum(),
-            Value::Object(map) => map.iter().map(|(k, v)| ENTRY + k.len() + of_value(v)).sum(),
+            Value::Object(map) => of_map(map),
             Value::Null | Value::Bool(_) | Value::Number(_) => 0,
         }
+}
+
+fn of_map(map: &Map<String, Value>) -> usize {
+    map.iter().map(|(k, v)| ENTRY + k.len() + of_value(v)).sum()
+}
+
+fn text(s: &Option<String>) -> usize {
+    s.as_ref().map_or(0, String::len)
 }

@@ -218,8 +218,7 @@ impl EngineRunner {
                             let sent = work.step(partition, p, Input::Sweep, now);
                             see_through(&mut firing, partition, sent);
                         }
-                        let held = group.partitions().map(|(_, p)| p.leads.held_bytes()).sum();
-                        if let Some(window) = budget.regrow(held) {
+                        if let Some(window) = budget.regrow(held_bytes(&group)) {
                             work.engine = work.engine.with_reorder_window(window);
                         }
                     }
@@ -239,10 +238,7 @@ impl EngineRunner {
                 .set_leads(group.partitions().map(|(_, p)| p.leads.len() as i64).sum());
             // Over budget, the window is halved and the windows folded until the leads fit or
             // no window is left.
-            let held = |group: &Group<Owned, LeadEvent>| {
-                group.partitions().map(|(_, p)| p.leads.held_bytes()).sum()
-            };
-            while let Some(window) = budget.look(held(&group)) {
+            while let Some(window) = budget.look(held_bytes(&group)) {
                 work.engine = work.engine.with_reorder_window(window);
                 for (partition, p) in group.partitions_mut() {
                     let sent = work.step(partition, p, Input::Shrink, now);
@@ -581,6 +577,12 @@ fn without_window(record: &[u8]) -> Option<Vec<u8>> {
     Some(state.encode())
 }
 
+/// About the bytes the leads of every partition this instance owns hold
+/// ([`PartitionState::held_bytes`]).
+fn held_bytes(group: &Group<Owned, LeadEvent>) -> usize {
+    group.partitions().map(|(_, p)| p.leads.held_bytes()).sum()
+}
+
 /// The engine's memory against `[engine] memory_budget_mib`: the reorder window gives way
 /// first, halved while the leads hold more than the budget (down to nothing), grown back a step
 /// at each sweep once they hold less than 80 % of it; with no window left, the open leads alone
@@ -659,14 +661,8 @@ impl Budget {
     fn regrow(&mut self, held: usize) -> Option<Duration> {
         let gauges = self.metrics.engine_budget();
         gauges.set_held(held);
-        if held >= self.bytes / 10 * 8 {
-            return None;
-        }
-        if self.over {
-            self.over = false;
-            gauges.set_over(false);
-        }
-        if self.window == self.full {
+        // (Under budget, `look` clears the over-budget gauge.)
+        if held >= self.bytes / 10 * 8 || self.window == self.full {
             return None;
         }
         self.window = self
