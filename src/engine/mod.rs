@@ -38,7 +38,7 @@ use deadlines::Due;
 pub use partition::PartitionState;
 pub use projection::Projection;
 use rules::{Facts, Predicate, Rules, Settings};
-pub use state::{Closeout, Episode, Lead, LeadState, Logged};
+pub use state::{Closeout, Episode, Lead, LeadState, Logged, Memo};
 use step::Diagnostic;
 
 /// How long a lead's state is kept once nothing is pending for it.
@@ -201,10 +201,87 @@ impl Engine {
         }
     }
 
+    /// The verdict of the `[lifecycle]` predicate in `slot` on the lead's fields (`facts`), as
+    /// [`Engine::eval`] gives it (and notes it), remembered in `memo` until a field it reads
+    /// changes: most events change no field a rule reads. One that reads `change` is evaluated
+    /// every time.
+    fn judge(&self, memo: &mut Memo, slot: u8, p: &Predicate, facts: &Facts) -> bool {
+        if p.uses_change() {
+            return self.eval(p, facts);
+        }
+        match memo.get(slot) {
+            Some(state::Verdict::Is(b)) => return b,
+            Some(state::Verdict::Missing(j)) => {
+                self.note(|| Diagnostic::RuleMissingField {
+                    rule: p.key.clone(),
+                    field: p.reads().and_then(|r| r.get(j)).cloned(),
+                });
+                return false;
+            }
+            None => {}
+        }
+        let (verdict, remembered) = match p.eval(&self.rules.cel, facts) {
+            Ok(b) => (Some(b), Some(state::Verdict::Is(b))),
+            Err(rules::PredicateError::MissingField { field, .. }) => {
+                let j = p.reads().and_then(|r| r.iter().position(|f| *f == field));
+                self.note(|| Diagnostic::RuleMissingField {
+                    rule: p.key.clone(),
+                    field: Some(field),
+                });
+                (None, j.map(state::Verdict::Missing))
+            }
+            Err(e) => {
+                self.note(|| Diagnostic::RuleError {
+                    rule: p.key.clone(),
+                    error: Some(e),
+                });
+                (None, None)
+            }
+        };
+        memo.set(slot, remembered);
+        verdict.unwrap_or(false)
+    }
+
+    /// Finds which settings apply to the lead, if its memo does not know, and remembers it: what
+    /// [`Engine::settings`] then reads. Silent: [`Engine::settings`] notes the segments that
+    /// lacked a field whenever asked, as evaluating them did; a `when` that fails otherwise
+    /// leaves it unknown, and [`Engine::settings`] evaluates (and notes) it whenever asked.
+    fn know_segment(&self, lead: &mut Lead) {
+        lead.memo.under(self.rules.id());
+        if self.rules.segments.is_empty() || lead.memo.segment().is_some() {
+            return;
+        }
+        let (mut missing, mut failed) = (0u16, false);
+        let segment =
+            self.rules.segment_for(
+                &Facts::new(&lead.fields),
+                |i, was_missing| match u16::try_from(i) {
+                    Ok(i) if was_missing && i < 16 => missing |= 1 << i,
+                    _ => failed = true,
+                },
+            );
+        if !failed {
+            lead.memo.set_segment(segment, missing);
+        }
+    }
+
     /// The settings (top level or segment) that apply to a lead now.
     pub fn settings(&self, lead: &Lead) -> Arc<Settings> {
         if self.rules.segments.is_empty() {
             return self.rules.base.clone();
+        }
+        if lead.memo.holds_for(self.rules.id())
+            && let Some((segment, missing)) = lead.memo.segment()
+        {
+            for (i, s) in self.rules.segments.iter().enumerate().take(16) {
+                if missing & (1 << i) != 0 {
+                    self.note(|| Diagnostic::RuleMissingField {
+                        rule: s.when.key.clone(),
+                        field: None,
+                    });
+                }
+            }
+            return self.rules.settings_at(segment).clone();
         }
         let facts = Facts::new(&lead.fields);
         self.rules
@@ -274,6 +351,8 @@ impl Engine {
     /// this reveals is not judged (it did not happen now).
     pub fn reevaluate(&self, state: &mut LeadState, now: Timestamp) {
         let lead = &mut state.lead;
+        // Which settings apply, known before deadlines are computed from them.
+        self.know_segment(lead);
         if lead.fields.is_empty() {
             return;
         }
@@ -368,20 +447,41 @@ impl Engine {
                     lead.text("disposition_reason"),
                     lead.text("disposition_detail"),
                 );
+                lead.memo.under(self.rules.id());
                 let touch_rule = self.rules.lifecycle.touch.as_ref();
-                let touch_before = touch_rule.map(|p| self.eval(p, &Facts::new(&lead.fields)));
+                let touch_before = touch_rule
+                    .map(|p| self.judge(&mut lead.memo, Memo::TOUCH, p, &Facts::new(&lead.fields)));
+                // What the patch changes makes stale what the rules reading it said.
+                let mut stale = 0;
                 for (k, v) in fields {
                     // A patch older than the value it would replace does not undo it.
-                    if lead.field_at.get(k).is_some_and(|newer| *newer > at) {
-                        continue;
+                    match lead.field_at.get_mut(k) {
+                        Some(newer) if *newer > at => continue,
+                        Some(set) => *set = at,
+                        None => {
+                            lead.field_at.insert(k.clone(), at);
+                        }
                     }
-                    lead.field_at.insert(k.clone(), at);
-                    if v.is_null() {
-                        lead.fields.remove(k);
+                    let changed = if v.is_null() {
+                        lead.fields.remove(k).is_some()
                     } else {
-                        lead.fields.insert(k.clone(), v.clone());
+                        match lead.fields.get_mut(k) {
+                            Some(old) if old == v => false,
+                            Some(old) => {
+                                *old = v.clone();
+                                true
+                            }
+                            None => {
+                                lead.fields.insert(k.clone(), v.clone());
+                                true
+                            }
+                        }
+                    };
+                    if changed {
+                        stale |= self.rules.slots_reading(k);
                     }
                 }
+                lead.memo.forget(stale);
                 if lead.text("disposition_reason") != disposition_before.0 {
                     lead.reason_changed_at = Some(at);
                 }
@@ -390,15 +490,23 @@ impl Engine {
                 }
                 let facts = Facts::with_change(&lead.fields, fields);
                 let l = &self.rules.lifecycle;
+                let memo = &mut lead.memo;
                 let verdict = Verdict {
-                    ready: self.eval(&l.sales_ready, &facts),
-                    closed: l.closed.as_ref().is_some_and(|p| self.eval(p, &facts)),
-                    converted: l.converted.as_ref().is_some_and(|p| self.eval(p, &facts)),
+                    ready: self.judge(memo, Memo::SALES_READY, &l.sales_ready, &facts),
+                    closed: l
+                        .closed
+                        .as_ref()
+                        .is_some_and(|p| self.judge(memo, Memo::CLOSED, p, &facts)),
+                    converted: l
+                        .converted
+                        .as_ref()
+                        .is_some_and(|p| self.judge(memo, Memo::CONVERTED, p, &facts)),
                 };
                 let touched = match (touch_rule, touch_before) {
-                    (Some(p), Some(false)) => self.eval(p, &facts),
+                    (Some(p), Some(false)) => self.judge(memo, Memo::TOUCH, p, &facts),
                     _ => false,
                 };
+                self.know_segment(lead);
                 self.lifecycle(lead, at, verdict, true);
                 if touched {
                     lead.add_touch(state::Touch { at, event: e.event });

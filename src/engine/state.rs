@@ -180,6 +180,121 @@ pub struct Lead {
         with = "crate::engine::record::time::option"
     )]
     pub last_event_at: Option<Timestamp>,
+    /// What the rules last said of `fields` (not stored; see [`Memo`]).
+    #[serde(skip)]
+    pub memo: Memo,
+}
+
+/// What the rules last said of a lead's fields, so that a predicate is evaluated again only when
+/// a field it reads changed (see `Engine::judge`): the verdicts of `[lifecycle]`'s predicates
+/// that do not read `change`, and which settings (top level or segment) apply. A verdict is
+/// true, false, or false for want of a field the predicate names (noted again each time it is
+/// used, as an evaluation would be); one that failed otherwise is not remembered. Not stored in
+/// the changelog: a lead read back, or looked at under other rules, starts with nothing known.
+/// Leads are equal whatever their memos say.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Memo {
+    /// The rules it holds for ([`super::rules::Rules::id`]); 0: none.
+    rules: u64,
+    /// Per slot ([`Memo::SALES_READY`] …): 0 unknown, 1 false, 2 true, `3 + j` false for want
+    /// of the predicate's `j`th field read ([`super::rules::Predicate::reads`]).
+    verdicts: [u8; 4],
+    /// The settings that apply: 0 unknown, 1 the top level, `i + 2` segment `i`.
+    segment: u16,
+    /// The segments before it whose `when` lacked a field (bit `i`: segment `i`).
+    segment_missing: u16,
+}
+
+/// A remembered verdict (see [`Memo`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    Is(bool),
+    /// False: the lead lacks the predicate's `j`th field read.
+    Missing(usize),
+}
+
+impl Memo {
+    pub const SALES_READY: u8 = 0;
+    pub const CLOSED: u8 = 1;
+    pub const CONVERTED: u8 = 2;
+    pub const TOUCH: u8 = 3;
+    /// Not a verdict: the bit that says which settings apply is to be found again.
+    pub const SEGMENT: u8 = 4;
+
+    /// Forgets everything unless it holds for the rules `rules`, and holds for them from now.
+    pub fn under(&mut self, rules: u64) {
+        if self.rules != rules {
+            *self = Memo {
+                rules,
+                ..Memo::default()
+            };
+        }
+    }
+
+    /// Whether it holds for the rules `rules`.
+    pub fn holds_for(&self, rules: u64) -> bool {
+        self.rules == rules
+    }
+
+    /// The verdict of `slot`, when known.
+    pub fn get(&self, slot: u8) -> Option<Verdict> {
+        match self.verdicts[usize::from(slot)] {
+            0 => None,
+            1 => Some(Verdict::Is(false)),
+            2 => Some(Verdict::Is(true)),
+            j => Some(Verdict::Missing(usize::from(j - 3))),
+        }
+    }
+
+    /// Remembers the verdict of `slot` (`None`: forgets it).
+    pub fn set(&mut self, slot: u8, verdict: Option<Verdict>) {
+        self.verdicts[usize::from(slot)] = match verdict {
+            None => 0,
+            Some(Verdict::Is(false)) => 1,
+            Some(Verdict::Is(true)) => 2,
+            Some(Verdict::Missing(j)) => u8::try_from(j + 3).unwrap_or(0),
+        };
+    }
+
+    /// Forgets the slots of `mask` (bits `1 << slot`): a field they read changed.
+    pub fn forget(&mut self, mask: u8) {
+        for (slot, v) in self.verdicts.iter_mut().enumerate() {
+            if mask & (1 << slot) != 0 {
+                *v = 0;
+            }
+        }
+        if mask & (1 << Self::SEGMENT) != 0 {
+            self.segment = 0;
+            self.segment_missing = 0;
+        }
+    }
+
+    /// Which settings apply, when known: `None` the top level, `Some(i)` segment `i`; and the
+    /// segments before it whose `when` lacked a field (bit `i`).
+    pub fn segment(&self) -> Option<(Option<usize>, u16)> {
+        match self.segment {
+            0 => None,
+            1 => Some((None, self.segment_missing)),
+            i => Some((Some(usize::from(i) - 2), self.segment_missing)),
+        }
+    }
+
+    /// Remembers which settings apply (`None`: the top level), and the segments before it that
+    /// lacked a field.
+    pub fn set_segment(&mut self, segment: Option<usize>, missing: u16) {
+        self.segment = match segment {
+            None => 1,
+            Some(i) => u16::try_from(i + 2).unwrap_or(0),
+        };
+        self.segment_missing = missing;
+    }
+}
+
+/// Two leads are the same whatever their memos know.
+impl PartialEq for Memo {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
 }
 
 /// A sales-ready episode: from becoming sales-ready to being closed, converted, deleted or no
