@@ -300,7 +300,8 @@ impl Engine {
 
     /// Applies one event to a lead's state.
     pub fn apply(&self, state: &mut LeadState, event: &LeadEvent) -> Applied {
-        if !state.remember(&event.id) {
+        let (seen, key) = state::event_hashes(&event.id);
+        if !state.remember_hash(seen) {
             return Applied::Duplicate;
         }
         if matches!(event.change, Change::Forgotten {}) {
@@ -310,7 +311,7 @@ impl Engine {
         let entry = Logged {
             at: event.occurred_at,
             seq: state.seq,
-            event: state::event_key(&event.id),
+            event: key,
             source: event.source.clone(),
             // Only the fields something reads enter the state (the window's log, the lead).
             change: self.projection().change(&event.change),
@@ -673,17 +674,20 @@ impl Engine {
     }
 
     /// Every alert the lead is still owed (not fired, not cancelled), earliest first.
-    fn pending(&self, state: &LeadState, settings: &Settings) -> Vec<Due> {
+    fn pending<'a>(&self, state: &'a LeadState, settings: &'a Settings) -> Vec<Due<'a>> {
         let mut owed: Vec<Due> = deadlines::owed(&state.lead, settings)
             .into_iter()
-            .filter(|d| !state.has_fired(d.rule, d.level, d.clock, d.variant))
-            .filter(|d| {
-                d.said_by
-                    .is_none_or(|s| !state.has_fired(s.rule, s.level, s.clock, s.variant))
-            })
+            .filter(|d| Self::unfired(state, d))
             .collect();
         owed.sort_by_key(|d| (d.fire_at, d.level));
         owed
+    }
+
+    /// Whether an owed alert is still to fire: neither it nor one that said it already fired.
+    fn unfired(state: &LeadState, d: &Due) -> bool {
+        !state.has_fired(d.rule, d.level, d.clock, d.variant)
+            && d.said_by
+                .is_none_or(|s| !state.has_fired(s.rule, s.level, s.clock, s.variant))
     }
 
     /// The next instant at which [`Engine::fire_due`] has something to do for this lead.
@@ -692,7 +696,11 @@ impl Engine {
             return None;
         }
         let settings = self.settings(&state.lead);
-        self.pending(state, &settings).first().map(|d| d.fire_at)
+        deadlines::owed(&state.lead, &settings)
+            .iter()
+            .filter(|d| Self::unfired(state, d))
+            .map(|d| d.fire_at)
+            .min()
     }
 
     /// As [`Engine::fire_due_with`], with a rotation of its own (one lead at a time).
@@ -717,8 +725,10 @@ impl Engine {
             .filter(|d| d.fire_at <= now)
             .collect();
         let mut alerts = Vec::new();
+        // What each due alert's id is made of: marked fired once they are all built.
+        let mut fired = Vec::with_capacity(due.len());
         for d in &due {
-            state.mark_fired(d.rule, d.level, d.clock, d.variant);
+            fired.push((d.rule, d.level, d.clock, d.variant));
             // A reminder of a deadline already passed (the daemon was down, the rules changed)
             // is no use: the breach says it.
             let superseded = d.kind == deadlines::REMINDER && d.deadline <= now;
@@ -751,6 +761,10 @@ impl Engine {
                 });
             }
             alerts.push(alert);
+        }
+        drop(due);
+        for (rule, level, clock, variant) in fired {
+            state.mark_fired(rule, level, clock, variant);
         }
         alerts
     }

@@ -437,7 +437,11 @@ impl LeadState {
 
     /// Remembers an event id; false when it was already applied.
     pub fn remember(&mut self, id: &str) -> bool {
-        let h = id_hash(id);
+        self.remember_hash(id_hash(id))
+    }
+
+    /// As [`LeadState::remember`], with the id's hash ([`event_hashes`]).
+    pub fn remember_hash(&mut self, h: u64) -> bool {
         if self.recent_events.contains(&h) {
             return false;
         }
@@ -526,11 +530,26 @@ impl Lead {
 /// What identifies an event across replays: a stable hash of its id without the
 /// `replay:{run}:` a replay from the raw topic puts in front.
 pub fn event_key(id: &str) -> u64 {
-    let original = id
-        .strip_prefix("replay:")
+    id_hash(original_id(id))
+}
+
+/// An id without the `replay:{run}:` a replay puts in front.
+fn original_id(id: &str) -> &str {
+    id.strip_prefix("replay:")
         .and_then(|rest| rest.split_once(':'))
-        .map_or(id, |(_, original)| original);
-    id_hash(original)
+        .map_or(id, |(_, original)| original)
+}
+
+/// An event id's hash as [`LeadState::remember`] keeps it, and its [`event_key`]: hashed once
+/// when the id is not a replay's (they are then the same).
+pub fn event_hashes(id: &str) -> (u64, u64) {
+    let seen = id_hash(id);
+    let original = original_id(id);
+    if original.len() == id.len() {
+        (seen, seen)
+    } else {
+        (seen, id_hash(original))
+    }
 }
 
 /// A stable hash of an event id (the same in every build and version: it is stored).
@@ -565,6 +584,16 @@ mod tests {
         assert_eq!(
             event_key("hubspot:0123456789abcdef0123456789abcdef"),
             4_624_625_561_587_432_816
+        );
+        // Hashed once for both where the id is no replay's.
+        assert_eq!(
+            event_hashes("evt-1"),
+            (8_881_273_919_641_520_361, 8_881_273_919_641_520_361)
+        );
+        let (seen, key) = event_hashes("replay:1795860000000:evt-1");
+        assert_eq!(
+            (seen, key),
+            (id_hash("replay:1795860000000:evt-1"), event_key("evt-1"))
         );
         let mut state = LeadState::default();
         assert!(state.remember("evt-1"));
