@@ -108,3 +108,29 @@ fn the_next_deadline_of_a_lead_is_found_without_copying_it() {
         "{calls} allocator calls to find the next deadline (at most the list of what is owed)"
     );
 }
+
+/// An event is read in one pass: what reading it allocates is what it holds (its strings, the
+/// map of its fields), without buffering its keys first.
+#[test]
+fn reading_an_event_allocates_what_it_holds() {
+    let fields: serde_json::Map<String, serde_json::Value> = (0..20)
+        .map(|i| (format!("Field_{i}__c"), json!(format!("value {i}"))))
+        .collect();
+    let line = serde_json::to_vec(&json!({
+        "id": "sf:00Q5g00000ABCDEF:1", "source": "salesforce", "lead": "salesforce:00Q5g00000ABCDEF",
+        "occurred_at": "2026-11-02T14:00:00Z", "received_at": "2026-11-02T14:00:01Z",
+        "type": "lead.updated", "fields": fields,
+    }))
+    .unwrap();
+    let (calls, event) = allocations(|| serde_json::from_slice::<LeadEvent>(&line).unwrap());
+    let Change::Updated { fields: read } = &event.change else {
+        panic!("an update");
+    };
+    assert_eq!(read, &fields);
+    // Its three strings, and each field's name and value, with room for the map's nodes.
+    let held = 3 + 2 * fields.len();
+    assert!(
+        calls <= held + 4,
+        "{calls} allocator calls to read an event holding {held} strings"
+    );
+}

@@ -4,27 +4,12 @@
 use std::io::BufRead;
 
 use jiff::Timestamp;
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
 use crate::alert::Alert;
 use crate::engine::Engine;
 use crate::engine::rules::Rules;
-use crate::event::{Change, LeadEvent};
-
-/// One line of the events file: the canonical event (as on `{prefix}.events`, or as the generic
-/// source takes it: `source` and `received_at` may be left out).
-#[derive(Debug, Deserialize)]
-struct Line {
-    id: String,
-    lead: String,
-    occurred_at: Timestamp,
-    #[serde(default)]
-    source: Option<String>,
-    #[serde(default)]
-    received_at: Option<Timestamp>,
-    #[serde(flatten)]
-    change: Change,
-}
+use crate::event::{Change, Envelope, LeadEvent};
 
 /// A line that could not be read.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -52,7 +37,9 @@ fn read_projected(
         if line.trim().is_empty() {
             continue;
         }
-        match serde_json::from_str::<Line>(&line) {
+        // One line of the events file: the canonical event (as on `{prefix}.events`, or as the
+        // generic source takes it: `source` and `received_at` may be left out).
+        match serde_json::from_str::<Envelope>(&line) {
             Ok(l) => events.push(LeadEvent {
                 id: l.id,
                 source: l.source.unwrap_or_else(|| "simulate".into()),
