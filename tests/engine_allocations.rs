@@ -109,6 +109,34 @@ fn the_next_deadline_of_a_lead_is_found_without_copying_it() {
     );
 }
 
+/// An event re-sent to a lead the engine holds (a sender's retry) copies nothing: not even the
+/// lead's key.
+#[test]
+fn a_re_sent_event_copies_nothing() {
+    let rules = leadwatch::engine::rules::Rules::parse(include_str!("../config/rules.toml"))
+        .expect("the shipped rules");
+    let engine = Engine::new(Arc::new(rules));
+    let mut p = PartitionState::default();
+    let first = event(
+        "e1",
+        "2026-11-02T14:00:00Z",
+        fields(
+            json!({"stage": "MQL", "score": 75, "status": "New", "owner": "alice@example.com",
+                      "disposition_reason": "No budget", "disposition_detail": "Asked again in Q3"}),
+        ),
+    );
+    p.step(&engine, Input::Event(&first), first.occurred_at);
+    let (again, _) = allocations(|| {
+        p.step(&engine, Input::Event(&first), first.occurred_at)
+            .diagnostics
+            .len()
+    });
+    assert!(
+        again <= 1,
+        "{again} allocator calls for a re-sent event (its diagnostic)"
+    );
+}
+
 /// An event is read in one pass: what reading it allocates is what it holds (its strings, the
 /// map of its fields), without buffering its keys first.
 #[test]

@@ -444,10 +444,10 @@ impl Engine {
                 if lead.deleted_at.is_some_and(|d| at > d) {
                     lead.deleted_at = None;
                 }
-                let disposition_before = (
-                    lead.text("disposition_reason"),
-                    lead.text("disposition_detail"),
-                );
+                // Only a patch naming them can change the reason and detail.
+                let before = |name: &str| fields.contains_key(name).then(|| lead.text(name));
+                let disposition_before =
+                    (before("disposition_reason"), before("disposition_detail"));
                 lead.memo.under(self.rules.id());
                 let touch_rule = self.rules.lifecycle.touch.as_ref();
                 let touch_before = touch_rule
@@ -483,10 +483,16 @@ impl Engine {
                     }
                 }
                 lead.memo.forget(stale);
-                if lead.text("disposition_reason") != disposition_before.0 {
+                if disposition_before
+                    .0
+                    .is_some_and(|b| !lead.text_is("disposition_reason", b.as_deref()))
+                {
                     lead.reason_changed_at = Some(at);
                 }
-                if lead.text("disposition_detail") != disposition_before.1 {
+                if disposition_before
+                    .1
+                    .is_some_and(|b| !lead.text_is("disposition_detail", b.as_deref()))
+                {
                     lead.detail_changed_at = Some(at);
                 }
                 let facts = Facts::with_change(&lead.fields, fields);
@@ -603,9 +609,8 @@ impl Engine {
     /// `judge`: a close is judged by the close-out rules (not when new rules are applied to a
     /// lead that had no event).
     fn lifecycle(&self, lead: &mut Lead, at: Timestamp, verdict: Verdict, judge: bool) {
-        let owner = lead.text("owner");
-        if owner != lead.owner || lead.owner_since.is_none() {
-            lead.owner = owner;
+        if !lead.text_is("owner", lead.owner.as_deref()) || lead.owner_since.is_none() {
+            lead.owner = lead.text("owner");
             lead.owner_since = Some(at);
         }
         let Verdict {

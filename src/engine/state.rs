@@ -464,6 +464,15 @@ impl Lead {
         text(&self.fields, name)
     }
 
+    /// Whether [`Lead::text`] of `name` is `value`, without copying it.
+    pub fn text_is(&self, name: &str, value: Option<&str>) -> bool {
+        match self.fields.get(name) {
+            Some(Value::String(s)) => Some(s.trim()).filter(|s| !s.is_empty()) == value,
+            Some(Value::Number(_)) => self.text(name).as_deref() == value,
+            _ => value.is_none(),
+        }
+    }
+
     /// The `disposition_reason` and `disposition_detail` that count for an episode begun at
     /// `since`: each only if it changed since (one whose change predates this state's record of
     /// changes counts).
