@@ -115,13 +115,121 @@ pub struct Envelope {
 
 impl<'de> Deserialize<'de> for Envelope {
     fn deserialize<D: serde::Deserializer<'de>>(de: D) -> Result<Self, D::Error> {
-        de.deserialize_map(EnvelopeVisitor { strict: false })
+        de.deserialize_map(EnvelopeVisitor {
+            strict: false,
+            keep: None,
+        })
+    }
+}
+
+impl Envelope {
+    /// Reads an event's JSON keeping, of a `lead.updated`'s fields, only those `keep` names:
+    /// the others are skipped unread (never copied), as a lead would drop them. What `leadwatch
+    /// simulate` reads its file with; the same event as reading it whole and dropping them.
+    pub fn read_keeping(json: &str, keep: &dyn Fn(&str) -> bool) -> serde_json::Result<Envelope> {
+        let mut de = serde_json::Deserializer::from_str(json);
+        let envelope = serde::Deserializer::deserialize_map(
+            &mut de,
+            EnvelopeVisitor {
+                strict: false,
+                keep: Some(keep),
+            },
+        )?;
+        de.end()?;
+        Ok(envelope)
+    }
+}
+
+/// A `fields` object read keeping only the names `.0` keeps; anything else read as is (and
+/// refused later as no map, as the whole reader refuses it).
+struct Kept<'k>(&'k dyn Fn(&str) -> bool);
+
+impl<'de> serde::de::DeserializeSeed<'de> for Kept<'_> {
+    type Value = Value;
+
+    fn deserialize<D: serde::Deserializer<'de>>(self, de: D) -> Result<Value, D::Error> {
+        de.deserialize_any(self)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for Kept<'_> {
+    type Value = Value;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("any valid JSON value")
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
+        let mut kept = Map::new();
+        while let Some(Name(name)) = map.next_key()? {
+            if (self.0)(&name) {
+                kept.insert(name.into_owned(), map.next_value()?);
+            } else {
+                map.next_value::<serde::de::IgnoredAny>()?;
+            }
+        }
+        Ok(Value::Object(kept))
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
+        // Not a map: refused as such whatever it holds.
+        while seq.next_element::<serde::de::IgnoredAny>()?.is_some() {}
+        Ok(Value::Array(Vec::new()))
+    }
+
+    fn visit_bool<E>(self, v: bool) -> Result<Value, E> {
+        Ok(Value::Bool(v))
+    }
+
+    fn visit_i64<E>(self, v: i64) -> Result<Value, E> {
+        Ok(Value::from(v))
+    }
+
+    fn visit_u64<E>(self, v: u64) -> Result<Value, E> {
+        Ok(Value::from(v))
+    }
+
+    fn visit_f64<E>(self, v: f64) -> Result<Value, E> {
+        Ok(Value::from(v))
+    }
+
+    fn visit_str<E>(self, v: &str) -> Result<Value, E> {
+        Ok(Value::String(v.to_string()))
+    }
+
+    fn visit_unit<E>(self) -> Result<Value, E> {
+        Ok(Value::Null)
+    }
+}
+
+/// A key, borrowed from the input where it can be.
+struct Name<'de>(std::borrow::Cow<'de, str>);
+
+impl<'de> Deserialize<'de> for Name<'de> {
+    fn deserialize<D: serde::Deserializer<'de>>(de: D) -> Result<Self, D::Error> {
+        struct Visit;
+        impl<'de> serde::de::Visitor<'de> for Visit {
+            type Value = Name<'de>;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a string key")
+            }
+            fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Name<'de>, E> {
+                Ok(Name(std::borrow::Cow::Borrowed(v)))
+            }
+            fn visit_str<E>(self, v: &str) -> Result<Name<'de>, E> {
+                Ok(Name(std::borrow::Cow::Owned(v.to_string())))
+            }
+        }
+        de.deserialize_str(Visit)
     }
 }
 
 impl<'de> Deserialize<'de> for LeadEvent {
     fn deserialize<D: serde::Deserializer<'de>>(de: D) -> Result<Self, D::Error> {
-        let e = de.deserialize_map(EnvelopeVisitor { strict: true })?;
+        let e = de.deserialize_map(EnvelopeVisitor {
+            strict: true,
+            keep: None,
+        })?;
         Ok(LeadEvent {
             id: e.id,
             source: e.source.unwrap_or_default(),
@@ -133,12 +241,14 @@ impl<'de> Deserialize<'de> for LeadEvent {
     }
 }
 
-/// Reads an event's object; `strict`: `source` and `received_at` are required.
-struct EnvelopeVisitor {
+/// Reads an event's object; `strict`: `source` and `received_at` are required; `keep`: of the
+/// fields, only those it keeps are read.
+struct EnvelopeVisitor<'k> {
     strict: bool,
+    keep: Option<&'k dyn Fn(&str) -> bool>,
 }
 
-impl<'de> serde::de::Visitor<'de> for EnvelopeVisitor {
+impl<'de> serde::de::Visitor<'de> for EnvelopeVisitor<'_> {
     type Value = Envelope;
 
     fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
@@ -191,7 +301,10 @@ impl<'de> serde::de::Visitor<'de> for EnvelopeVisitor {
                 }
                 Key::ReceivedAt => once(&mut received_at, "received_at", map.next_value()?),
                 Key::Type => once(&mut kind, "type", map.next_value()?),
-                Key::Fields => once(&mut fields, "fields", map.next_value()?),
+                Key::Fields => match self.keep {
+                    Some(keep) => once(&mut fields, "fields", map.next_value_seed(Kept(keep))?),
+                    None => once(&mut fields, "fields", map.next_value()?),
+                },
                 Key::Activity => once(&mut activity, "activity", map.next_value()?),
                 Key::Into => once(&mut into, "into", map.next_value()?),
                 Key::Other => {
@@ -323,6 +436,10 @@ mod tests {
             r#""type":"lead.updated""#,
             r#""type":"lead.updated","fields":[1]"#,
             r#""type":"lead.updated","fields":"x""#,
+            r#""type":"lead.updated","fields":5"#,
+            r#""type":"lead.updated","fields":true"#,
+            r#""type":"lead.updated","fields":null"#,
+            r#""type":"lead.updated","fields":{"stage":"a","stage":"b","\u0073tage":"c"}"#,
             r#""type":"lead.activity","activity":{"by":"alice"}"#,
             r#""type":"lead.merged""#,
             r#""type":"lead.merged","into":7"#,
@@ -356,6 +473,22 @@ mod tests {
                 received_at: d.received_at,
                 change: d.change,
             });
+            // Read keeping only `stage` of the fields: as read whole with the others dropped.
+            let whole = serde_json::from_str::<Envelope>(line).map(|mut e| {
+                if let Change::Updated { fields } = &mut e.change {
+                    fields.retain(|k, _| k == "stage");
+                }
+                e
+            });
+            match (Envelope::read_keeping(line, &|k| k == "stage"), whole) {
+                (Ok(kept), Ok(whole)) => assert_eq!(kept, whole, "{line}"),
+                (Err(kept), Err(whole)) => assert_eq!(
+                    position(&kept.to_string()),
+                    position(&whole.to_string()),
+                    "{line}"
+                ),
+                (kept, whole) => panic!("{line}: kept {kept:?}, whole {whole:?}"),
+            }
             let read = serde_json::from_str::<LeadEvent>(line);
             match (read, derived) {
                 (Ok(read), Ok(derived)) => assert_eq!(read, derived, "{line}"),

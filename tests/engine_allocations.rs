@@ -162,3 +162,36 @@ fn reading_an_event_allocates_what_it_holds() {
         "{calls} allocator calls to read an event holding {held} strings"
     );
 }
+
+/// `simulate` reads its file keeping only the fields the rules read: a Salesforce-sized snapshot
+/// of 40 fields, long text among them, costs what the few kept fields hold, not the rest.
+#[test]
+fn reading_an_event_keeping_a_few_fields_copies_only_those() {
+    let mut fields: serde_json::Map<String, serde_json::Value> = (0..38)
+        .map(|i| {
+            (
+                format!("Field_{i}__c"),
+                json!(format!("value {i} ").repeat(20)),
+            )
+        })
+        .collect();
+    fields.insert("stage".into(), json!("MQL"));
+    fields.insert("owner".into(), json!("alice@example.com"));
+    let line = serde_json::to_string(&json!({
+        "id": "sf:00Q5g00000ABCDEF:1", "source": "salesforce", "lead": "salesforce:00Q5g00000ABCDEF",
+        "occurred_at": "2026-11-02T14:00:00Z", "type": "lead.updated", "fields": fields,
+    }))
+    .unwrap();
+    let keep = |name: &str| name == "stage" || name == "owner";
+    let (calls, event) =
+        allocations(|| leadwatch::event::Envelope::read_keeping(&line, &keep).unwrap());
+    let Change::Updated { fields: read } = &event.change else {
+        panic!("an update");
+    };
+    assert_eq!(read.len(), 2);
+    // Three strings, two kept fields (name and value), and the map's node.
+    assert!(
+        calls <= 3 + 2 * 2 + 1,
+        "{calls} allocator calls to read two fields of 40"
+    );
+}
