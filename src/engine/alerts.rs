@@ -26,8 +26,8 @@ pub fn build(
     rotation: &mut Rotation,
 ) -> Alert {
     let owner = match &due.what {
-        What::FirstTouch { owner, .. } | What::Attempts { owner, .. } => Some(owner.clone()),
-        What::NoCloseout { owner, .. } => owner.clone(),
+        What::FirstTouch { owner, .. } | What::Attempts { owner, .. } => Some(owner.to_string()),
+        What::NoCloseout { owner, .. } => owner.map(str::to_string),
         What::Closeout(c) => c.owner.clone(),
         What::Unassigned => None,
     };
@@ -41,8 +41,8 @@ pub fn build(
     let suggested_owner = step
         .filter(|s| s.reassign)
         .and_then(|_| suggest_owner(rules, settings, owner.as_deref(), rotation));
-    let recipients = due
-        .to
+    let to = due.to.roles();
+    let recipients = to
         .iter()
         .flat_map(|role| recipients(rules, settings, role, owner.as_deref()))
         .collect();
@@ -79,7 +79,7 @@ pub fn build(
             owner,
             rule: due.rule.to_string(),
             level: due.level,
-            to: due.to.clone(),
+            to: to.into_iter().map(str::to_string).collect(),
             recipients,
             sales_ready_at,
             clock_started_at: due.clock,

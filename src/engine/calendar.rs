@@ -260,7 +260,10 @@ impl Calendar {
     }
 
     /// The working intervals of one local date, as instants.
-    fn intervals(&self, date: Date) -> impl Iterator<Item = (Timestamp, Timestamp)> + '_ {
+    fn intervals(
+        &self,
+        date: Date,
+    ) -> impl DoubleEndedIterator<Item = (Timestamp, Timestamp)> + '_ {
         let ranges: &[(u16, u16)] = if self.holidays.contains(&date) {
             &[]
         } else {
@@ -312,8 +315,7 @@ impl Calendar {
             let Ok(date) = last.checked_sub(offset.days()) else {
                 break;
             };
-            let intervals: Vec<_> = self.intervals(date).collect();
-            for (a, b) in intervals.into_iter().rev() {
+            for (a, b) in self.intervals(date).rev() {
                 if a >= end {
                     continue;
                 }
@@ -374,12 +376,7 @@ impl Calendar {
     fn close_before(&self, t: Timestamp) -> Option<Timestamp> {
         let mut day = t.to_zoned(self.tz.clone()).date();
         for _ in 0..MAX_DAYS {
-            if let Some(close) = self
-                .intervals(day)
-                .map(|(_, b)| b)
-                .filter(|b| *b <= t)
-                .last()
-            {
+            if let Some(close) = self.intervals(day).map(|(_, b)| b).rfind(|b| *b <= t) {
                 return Some(close);
             }
             day = day.yesterday().ok()?;

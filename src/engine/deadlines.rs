@@ -23,9 +23,11 @@ use super::calendar;
 use super::rules::Settings;
 use super::state::{Closeout, Lead, Owed};
 
-/// One alert a lead is owed, with when it is due.
+/// One alert a lead is owed, with when it is due. It borrows from the lead and the settings it
+/// was computed from: working out when a lead next has something due (on every event) copies
+/// nothing.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Due {
+pub struct Due<'a> {
     /// The alert type.
     pub kind: &'static str,
     pub rule: &'static str,
@@ -39,8 +41,8 @@ pub struct Due {
     /// When it fires (the deadline, a reminder's lead time before it, or the close).
     pub fire_at: Timestamp,
     /// The roles it is addressed to.
-    pub to: Vec<String>,
-    pub what: What,
+    pub to: To<'a>,
+    pub what: What<'a>,
     /// Another alert that, once fired, said this one already: `disposition.late` of a gap whose
     /// `disposition.overdue` fired while the lead was open.
     pub said_by: Option<Said>,
@@ -55,28 +57,47 @@ pub struct Said {
     pub variant: Option<&'static str>,
 }
 
+/// The roles an alert is addressed to.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum To<'a> {
+    /// Roles every lead has, or `[recipients]`' built-in ones.
+    Roles(&'static [&'static str]),
+    /// One role named in the rules (an escalation step's `notify`).
+    Role(&'a str),
+}
+
+impl<'a> To<'a> {
+    /// The roles, in order.
+    pub fn roles(&self) -> Vec<&'a str> {
+        match *self {
+            To::Roles(roles) => roles.to_vec(),
+            To::Role(role) => vec![role],
+        }
+    }
+}
+
 /// What the alert is about, for its body.
 #[derive(Debug, Clone, PartialEq)]
-pub enum What {
+pub enum What<'a> {
     Unassigned,
     FirstTouch {
-        owner: String,
+        owner: &'a str,
         /// The escalation step (0-based), for levels above 0.
         step: Option<usize>,
     },
     /// Fewer attempts than agreed, and the next one overdue.
     Attempts {
-        owner: String,
+        owner: &'a str,
         attempts: u32,
         last_touch: Timestamp,
     },
     /// No close-out while it was due.
     NoCloseout {
-        owner: Option<String>,
+        owner: Option<&'a str>,
         /// The episode's last touch, if it had one (else the close-out was due after its start).
         last_touch: Option<Timestamp>,
     },
-    Closeout(Closeout),
+    Closeout(&'a Closeout),
 }
 
 pub use crate::alert::{
@@ -100,9 +121,10 @@ pub fn variant_of(kind: &str) -> Option<&'static str> {
 
 /// Every alert the lead is owed under `settings`, cancelled ones left out, fired ones included
 /// (the caller knows which fired).
-pub fn owed(lead: &Lead, settings: &Settings) -> Vec<Due> {
+pub fn owed<'a>(lead: &'a Lead, settings: &'a Settings) -> Vec<Due<'a>> {
     let cal = settings.calendar.as_deref();
-    let mut out = Vec::new();
+    // Room for what an episode owes at most without a close-out, so it is allocated once.
+    let mut out = Vec::with_capacity(8);
     if let Some(episode) = &lead.episode {
         if let (Some(since), Some(handoff)) = (episode.unassigned_since, &settings.handoff) {
             let deadline = calendar::add(cal, since, handoff.assign_within);
@@ -114,7 +136,7 @@ pub fn owed(lead: &Lead, settings: &Settings) -> Vec<Due> {
                 clock: since,
                 deadline,
                 fire_at: deadline,
-                to: vec!["queue".into()],
+                to: To::Roles(&["queue"]),
                 what: What::Unassigned,
                 said_by: None,
             });
@@ -125,7 +147,7 @@ pub fn owed(lead: &Lead, settings: &Settings) -> Vec<Due> {
             let start = clock.started_at;
             let deadline = calendar::add(cal, start, ft.within);
             let first_touch = |step| What::FirstTouch {
-                owner: clock.owner.clone(),
+                owner: &clock.owner,
                 step,
             };
             if let Some(before) = ft.remind_before {
@@ -142,7 +164,7 @@ pub fn owed(lead: &Lead, settings: &Settings) -> Vec<Due> {
                         clock: start,
                         deadline,
                         fire_at: at,
-                        to: vec!["owner".into()],
+                        to: To::Roles(&["owner"]),
                         what: first_touch(None),
                         said_by: None,
                     });
@@ -157,7 +179,7 @@ pub fn owed(lead: &Lead, settings: &Settings) -> Vec<Due> {
                     clock: start,
                     deadline,
                     fire_at: deadline,
-                    to: vec!["owner".into()],
+                    to: To::Roles(&["owner"]),
                     what: first_touch(None),
                     said_by: None,
                 });
@@ -182,7 +204,7 @@ pub fn owed(lead: &Lead, settings: &Settings) -> Vec<Due> {
                         clock: handoff,
                         deadline: at,
                         fire_at: at,
-                        to: vec![step.notify.clone()],
+                        to: To::Role(&step.notify),
                         what: first_touch(Some(i)),
                         said_by: None,
                     });
@@ -203,9 +225,9 @@ pub fn owed(lead: &Lead, settings: &Settings) -> Vec<Due> {
                 clock: last,
                 deadline,
                 fire_at: deadline,
-                to: vec!["owner".into()],
+                to: To::Roles(&["owner"]),
                 what: What::Attempts {
-                    owner: clock.owner.clone(),
+                    owner: &clock.owner,
                     attempts,
                     last_touch: last,
                 },
@@ -227,9 +249,9 @@ pub fn owed(lead: &Lead, settings: &Settings) -> Vec<Due> {
                 clock: from,
                 deadline,
                 fire_at: deadline,
-                to: vec!["owner".into(), "marketing_ops".into()],
+                to: To::Roles(&["owner", "marketing_ops"]),
                 what: What::NoCloseout {
-                    owner: lead.owner.clone(),
+                    owner: lead.owner.as_deref(),
                     last_touch,
                 },
                 said_by: None,
@@ -273,8 +295,8 @@ pub fn owed(lead: &Lead, settings: &Settings) -> Vec<Due> {
                 clock: c.closed_at,
                 deadline: owed.deadline,
                 fire_at,
-                to: vec!["owner".into(), "marketing_ops".into()],
-                what: What::Closeout(c.clone()),
+                to: To::Roles(&["owner", "marketing_ops"]),
+                what: What::Closeout(c),
                 said_by,
             });
         }

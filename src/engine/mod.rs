@@ -38,7 +38,7 @@ use deadlines::Due;
 pub use partition::PartitionState;
 pub use projection::Projection;
 use rules::{Facts, Predicate, Rules, Settings};
-pub use state::{Closeout, Episode, Lead, LeadState, Logged};
+pub use state::{Closeout, Episode, Lead, LeadState, Logged, Memo};
 use step::Diagnostic;
 
 /// How long a lead's state is kept once nothing is pending for it.
@@ -201,10 +201,87 @@ impl Engine {
         }
     }
 
+    /// The verdict of the `[lifecycle]` predicate in `slot` on the lead's fields (`facts`), as
+    /// [`Engine::eval`] gives it (and notes it), remembered in `memo` until a field it reads
+    /// changes: most events change no field a rule reads. One that reads `change` is evaluated
+    /// every time.
+    fn judge(&self, memo: &mut Memo, slot: u8, p: &Predicate, facts: &Facts) -> bool {
+        if p.uses_change() {
+            return self.eval(p, facts);
+        }
+        match memo.get(slot) {
+            Some(state::Verdict::Is(b)) => return b,
+            Some(state::Verdict::Missing(j)) => {
+                self.note(|| Diagnostic::RuleMissingField {
+                    rule: p.key.clone(),
+                    field: p.reads().and_then(|r| r.get(j)).cloned(),
+                });
+                return false;
+            }
+            None => {}
+        }
+        let (verdict, remembered) = match p.eval(&self.rules.cel, facts) {
+            Ok(b) => (Some(b), Some(state::Verdict::Is(b))),
+            Err(rules::PredicateError::MissingField { field, .. }) => {
+                let j = p.reads().and_then(|r| r.iter().position(|f| *f == field));
+                self.note(|| Diagnostic::RuleMissingField {
+                    rule: p.key.clone(),
+                    field: Some(field),
+                });
+                (None, j.map(state::Verdict::Missing))
+            }
+            Err(e) => {
+                self.note(|| Diagnostic::RuleError {
+                    rule: p.key.clone(),
+                    error: Some(e),
+                });
+                (None, None)
+            }
+        };
+        memo.set(slot, remembered);
+        verdict.unwrap_or(false)
+    }
+
+    /// Finds which settings apply to the lead, if its memo does not know, and remembers it: what
+    /// [`Engine::settings`] then reads. Silent: [`Engine::settings`] notes the segments that
+    /// lacked a field whenever asked, as evaluating them did; a `when` that fails otherwise
+    /// leaves it unknown, and [`Engine::settings`] evaluates (and notes) it whenever asked.
+    fn know_segment(&self, lead: &mut Lead) {
+        lead.memo.under(self.rules.id());
+        if self.rules.segments.is_empty() || lead.memo.segment().is_some() {
+            return;
+        }
+        let (mut missing, mut failed) = (0u16, false);
+        let segment =
+            self.rules.segment_for(
+                &Facts::new(&lead.fields),
+                |i, was_missing| match u16::try_from(i) {
+                    Ok(i) if was_missing && i < 16 => missing |= 1 << i,
+                    _ => failed = true,
+                },
+            );
+        if !failed {
+            lead.memo.set_segment(segment, missing);
+        }
+    }
+
     /// The settings (top level or segment) that apply to a lead now.
     pub fn settings(&self, lead: &Lead) -> Arc<Settings> {
         if self.rules.segments.is_empty() {
             return self.rules.base.clone();
+        }
+        if lead.memo.holds_for(self.rules.id())
+            && let Some((segment, missing)) = lead.memo.segment()
+        {
+            for (i, s) in self.rules.segments.iter().enumerate().take(16) {
+                if missing & (1 << i) != 0 {
+                    self.note(|| Diagnostic::RuleMissingField {
+                        rule: s.when.key.clone(),
+                        field: None,
+                    });
+                }
+            }
+            return self.rules.settings_at(segment).clone();
         }
         let facts = Facts::new(&lead.fields);
         self.rules
@@ -223,7 +300,8 @@ impl Engine {
 
     /// Applies one event to a lead's state.
     pub fn apply(&self, state: &mut LeadState, event: &LeadEvent) -> Applied {
-        if !state.remember(&event.id) {
+        let (seen, key) = state::event_hashes(&event.id);
+        if !state.remember_hash(seen) {
             return Applied::Duplicate;
         }
         if matches!(event.change, Change::Forgotten {}) {
@@ -233,7 +311,7 @@ impl Engine {
         let entry = Logged {
             at: event.occurred_at,
             seq: state.seq,
-            event: state::event_key(&event.id),
+            event: key,
             source: event.source.clone(),
             // Only the fields something reads enter the state (the window's log, the lead).
             change: self.projection().change(&event.change),
@@ -274,6 +352,8 @@ impl Engine {
     /// this reveals is not judged (it did not happen now).
     pub fn reevaluate(&self, state: &mut LeadState, now: Timestamp) {
         let lead = &mut state.lead;
+        // Which settings apply, known before deadlines are computed from them.
+        self.know_segment(lead);
         if lead.fields.is_empty() {
             return;
         }
@@ -364,41 +444,76 @@ impl Engine {
                 if lead.deleted_at.is_some_and(|d| at > d) {
                     lead.deleted_at = None;
                 }
-                let disposition_before = (
-                    lead.text("disposition_reason"),
-                    lead.text("disposition_detail"),
-                );
+                // Only a patch naming them can change the reason and detail.
+                let before = |name: &str| fields.contains_key(name).then(|| lead.text(name));
+                let disposition_before =
+                    (before("disposition_reason"), before("disposition_detail"));
+                lead.memo.under(self.rules.id());
                 let touch_rule = self.rules.lifecycle.touch.as_ref();
-                let touch_before = touch_rule.map(|p| self.eval(p, &Facts::new(&lead.fields)));
+                let touch_before = touch_rule
+                    .map(|p| self.judge(&mut lead.memo, Memo::TOUCH, p, &Facts::new(&lead.fields)));
+                // What the patch changes makes stale what the rules reading it said.
+                let mut stale = 0;
                 for (k, v) in fields {
                     // A patch older than the value it would replace does not undo it.
-                    if lead.field_at.get(k).is_some_and(|newer| *newer > at) {
-                        continue;
+                    match lead.field_at.get_mut(k) {
+                        Some(newer) if *newer > at => continue,
+                        Some(set) => *set = at,
+                        None => {
+                            lead.field_at.insert(k.clone(), at);
+                        }
                     }
-                    lead.field_at.insert(k.clone(), at);
-                    if v.is_null() {
-                        lead.fields.remove(k);
+                    let changed = if v.is_null() {
+                        lead.fields.remove(k).is_some()
                     } else {
-                        lead.fields.insert(k.clone(), v.clone());
+                        match lead.fields.get_mut(k) {
+                            Some(old) if old == v => false,
+                            Some(old) => {
+                                *old = v.clone();
+                                true
+                            }
+                            None => {
+                                lead.fields.insert(k.clone(), v.clone());
+                                true
+                            }
+                        }
+                    };
+                    if changed {
+                        stale |= self.rules.slots_reading(k);
                     }
                 }
-                if lead.text("disposition_reason") != disposition_before.0 {
+                lead.memo.forget(stale);
+                if disposition_before
+                    .0
+                    .is_some_and(|b| !lead.text_is("disposition_reason", b.as_deref()))
+                {
                     lead.reason_changed_at = Some(at);
                 }
-                if lead.text("disposition_detail") != disposition_before.1 {
+                if disposition_before
+                    .1
+                    .is_some_and(|b| !lead.text_is("disposition_detail", b.as_deref()))
+                {
                     lead.detail_changed_at = Some(at);
                 }
                 let facts = Facts::with_change(&lead.fields, fields);
                 let l = &self.rules.lifecycle;
+                let memo = &mut lead.memo;
                 let verdict = Verdict {
-                    ready: self.eval(&l.sales_ready, &facts),
-                    closed: l.closed.as_ref().is_some_and(|p| self.eval(p, &facts)),
-                    converted: l.converted.as_ref().is_some_and(|p| self.eval(p, &facts)),
+                    ready: self.judge(memo, Memo::SALES_READY, &l.sales_ready, &facts),
+                    closed: l
+                        .closed
+                        .as_ref()
+                        .is_some_and(|p| self.judge(memo, Memo::CLOSED, p, &facts)),
+                    converted: l
+                        .converted
+                        .as_ref()
+                        .is_some_and(|p| self.judge(memo, Memo::CONVERTED, p, &facts)),
                 };
                 let touched = match (touch_rule, touch_before) {
-                    (Some(p), Some(false)) => self.eval(p, &facts),
+                    (Some(p), Some(false)) => self.judge(memo, Memo::TOUCH, p, &facts),
                     _ => false,
                 };
+                self.know_segment(lead);
                 self.lifecycle(lead, at, verdict, true);
                 if touched {
                     lead.add_touch(state::Touch { at, event: e.event });
@@ -494,9 +609,8 @@ impl Engine {
     /// `judge`: a close is judged by the close-out rules (not when new rules are applied to a
     /// lead that had no event).
     fn lifecycle(&self, lead: &mut Lead, at: Timestamp, verdict: Verdict, judge: bool) {
-        let owner = lead.text("owner");
-        if owner != lead.owner || lead.owner_since.is_none() {
-            lead.owner = owner;
+        if !lead.text_is("owner", lead.owner.as_deref()) || lead.owner_since.is_none() {
+            lead.owner = lead.text("owner");
             lead.owner_since = Some(at);
         }
         let Verdict {
@@ -565,17 +679,20 @@ impl Engine {
     }
 
     /// Every alert the lead is still owed (not fired, not cancelled), earliest first.
-    fn pending(&self, state: &LeadState, settings: &Settings) -> Vec<Due> {
+    fn pending<'a>(&self, state: &'a LeadState, settings: &'a Settings) -> Vec<Due<'a>> {
         let mut owed: Vec<Due> = deadlines::owed(&state.lead, settings)
             .into_iter()
-            .filter(|d| !state.has_fired(d.rule, d.level, d.clock, d.variant))
-            .filter(|d| {
-                d.said_by
-                    .is_none_or(|s| !state.has_fired(s.rule, s.level, s.clock, s.variant))
-            })
+            .filter(|d| Self::unfired(state, d))
             .collect();
         owed.sort_by_key(|d| (d.fire_at, d.level));
         owed
+    }
+
+    /// Whether an owed alert is still to fire: neither it nor one that said it already fired.
+    fn unfired(state: &LeadState, d: &Due) -> bool {
+        !state.has_fired(d.rule, d.level, d.clock, d.variant)
+            && d.said_by
+                .is_none_or(|s| !state.has_fired(s.rule, s.level, s.clock, s.variant))
     }
 
     /// The next instant at which [`Engine::fire_due`] has something to do for this lead.
@@ -584,7 +701,11 @@ impl Engine {
             return None;
         }
         let settings = self.settings(&state.lead);
-        self.pending(state, &settings).first().map(|d| d.fire_at)
+        deadlines::owed(&state.lead, &settings)
+            .iter()
+            .filter(|d| Self::unfired(state, d))
+            .map(|d| d.fire_at)
+            .min()
     }
 
     /// As [`Engine::fire_due_with`], with a rotation of its own (one lead at a time).
@@ -609,8 +730,10 @@ impl Engine {
             .filter(|d| d.fire_at <= now)
             .collect();
         let mut alerts = Vec::new();
+        // What each due alert's id is made of: marked fired once they are all built.
+        let mut fired = Vec::with_capacity(due.len());
         for d in &due {
-            state.mark_fired(d.rule, d.level, d.clock, d.variant);
+            fired.push((d.rule, d.level, d.clock, d.variant));
             // A reminder of a deadline already passed (the daemon was down, the rules changed)
             // is no use: the breach says it.
             let superseded = d.kind == deadlines::REMINDER && d.deadline <= now;
@@ -643,6 +766,10 @@ impl Engine {
                 });
             }
             alerts.push(alert);
+        }
+        drop(due);
+        for (rule, level, clock, variant) in fired {
+            state.mark_fired(rule, level, clock, variant);
         }
         alerts
     }

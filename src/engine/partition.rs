@@ -192,8 +192,12 @@ impl PartitionState {
         );
         self.at_end = false;
         let key = &event.lead;
+        // The key is copied for a lead not seen before only.
         let known = self.leads.contains_key(key);
-        let state = self.leads.entry(key.clone()).or_default();
+        if !known {
+            self.leads.insert(key.clone(), LeadState::default());
+        }
+        let state = self.leads.get_mut(key).expect("inserted");
         let before = if known { footprint::of_state(state) } else { 0 };
         let applied = engine.apply(state, event);
         self.held = (self.held + footprint::of_state(state)).saturating_sub(before);

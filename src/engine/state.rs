@@ -180,6 +180,121 @@ pub struct Lead {
         with = "crate::engine::record::time::option"
     )]
     pub last_event_at: Option<Timestamp>,
+    /// What the rules last said of `fields` (not stored; see [`Memo`]).
+    #[serde(skip)]
+    pub memo: Memo,
+}
+
+/// What the rules last said of a lead's fields, so that a predicate is evaluated again only when
+/// a field it reads changed (see `Engine::judge`): the verdicts of `[lifecycle]`'s predicates
+/// that do not read `change`, and which settings (top level or segment) apply. A verdict is
+/// true, false, or false for want of a field the predicate names (noted again each time it is
+/// used, as an evaluation would be); one that failed otherwise is not remembered. Not stored in
+/// the changelog: a lead read back, or looked at under other rules, starts with nothing known.
+/// Leads are equal whatever their memos say.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Memo {
+    /// The rules it holds for ([`super::rules::Rules::id`]); 0: none.
+    rules: u64,
+    /// Per slot ([`Memo::SALES_READY`] …): 0 unknown, 1 false, 2 true, `3 + j` false for want
+    /// of the predicate's `j`th field read ([`super::rules::Predicate::reads`]).
+    verdicts: [u8; 4],
+    /// The settings that apply: 0 unknown, 1 the top level, `i + 2` segment `i`.
+    segment: u16,
+    /// The segments before it whose `when` lacked a field (bit `i`: segment `i`).
+    segment_missing: u16,
+}
+
+/// A remembered verdict (see [`Memo`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    Is(bool),
+    /// False: the lead lacks the predicate's `j`th field read.
+    Missing(usize),
+}
+
+impl Memo {
+    pub const SALES_READY: u8 = 0;
+    pub const CLOSED: u8 = 1;
+    pub const CONVERTED: u8 = 2;
+    pub const TOUCH: u8 = 3;
+    /// Not a verdict: the bit that says which settings apply is to be found again.
+    pub const SEGMENT: u8 = 4;
+
+    /// Forgets everything unless it holds for the rules `rules`, and holds for them from now.
+    pub fn under(&mut self, rules: u64) {
+        if self.rules != rules {
+            *self = Memo {
+                rules,
+                ..Memo::default()
+            };
+        }
+    }
+
+    /// Whether it holds for the rules `rules`.
+    pub fn holds_for(&self, rules: u64) -> bool {
+        self.rules == rules
+    }
+
+    /// The verdict of `slot`, when known.
+    pub fn get(&self, slot: u8) -> Option<Verdict> {
+        match self.verdicts[usize::from(slot)] {
+            0 => None,
+            1 => Some(Verdict::Is(false)),
+            2 => Some(Verdict::Is(true)),
+            j => Some(Verdict::Missing(usize::from(j - 3))),
+        }
+    }
+
+    /// Remembers the verdict of `slot` (`None`: forgets it).
+    pub fn set(&mut self, slot: u8, verdict: Option<Verdict>) {
+        self.verdicts[usize::from(slot)] = match verdict {
+            None => 0,
+            Some(Verdict::Is(false)) => 1,
+            Some(Verdict::Is(true)) => 2,
+            Some(Verdict::Missing(j)) => u8::try_from(j + 3).unwrap_or(0),
+        };
+    }
+
+    /// Forgets the slots of `mask` (bits `1 << slot`): a field they read changed.
+    pub fn forget(&mut self, mask: u8) {
+        for (slot, v) in self.verdicts.iter_mut().enumerate() {
+            if mask & (1 << slot) != 0 {
+                *v = 0;
+            }
+        }
+        if mask & (1 << Self::SEGMENT) != 0 {
+            self.segment = 0;
+            self.segment_missing = 0;
+        }
+    }
+
+    /// Which settings apply, when known: `None` the top level, `Some(i)` segment `i`; and the
+    /// segments before it whose `when` lacked a field (bit `i`).
+    pub fn segment(&self) -> Option<(Option<usize>, u16)> {
+        match self.segment {
+            0 => None,
+            1 => Some((None, self.segment_missing)),
+            i => Some((Some(usize::from(i) - 2), self.segment_missing)),
+        }
+    }
+
+    /// Remembers which settings apply (`None`: the top level), and the segments before it that
+    /// lacked a field.
+    pub fn set_segment(&mut self, segment: Option<usize>, missing: u16) {
+        self.segment = match segment {
+            None => 1,
+            Some(i) => u16::try_from(i + 2).unwrap_or(0),
+        };
+        self.segment_missing = missing;
+    }
+}
+
+/// Two leads are the same whatever their memos know.
+impl PartialEq for Memo {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
 }
 
 /// A sales-ready episode: from becoming sales-ready to being closed, converted, deleted or no
@@ -322,7 +437,11 @@ impl LeadState {
 
     /// Remembers an event id; false when it was already applied.
     pub fn remember(&mut self, id: &str) -> bool {
-        let h = id_hash(id);
+        self.remember_hash(id_hash(id))
+    }
+
+    /// As [`LeadState::remember`], with the id's hash ([`event_hashes`]).
+    pub fn remember_hash(&mut self, h: u64) -> bool {
         if self.recent_events.contains(&h) {
             return false;
         }
@@ -343,6 +462,15 @@ impl Lead {
     /// A string field, trimmed, `None` when absent or blank.
     pub fn text(&self, name: &str) -> Option<String> {
         text(&self.fields, name)
+    }
+
+    /// Whether [`Lead::text`] of `name` is `value`, without copying it.
+    pub fn text_is(&self, name: &str, value: Option<&str>) -> bool {
+        match self.fields.get(name) {
+            Some(Value::String(s)) => Some(s.trim()).filter(|s| !s.is_empty()) == value,
+            Some(Value::Number(_)) => self.text(name).as_deref() == value,
+            _ => value.is_none(),
+        }
     }
 
     /// The `disposition_reason` and `disposition_detail` that count for an episode begun at
@@ -411,11 +539,26 @@ impl Lead {
 /// What identifies an event across replays: a stable hash of its id without the
 /// `replay:{run}:` a replay from the raw topic puts in front.
 pub fn event_key(id: &str) -> u64 {
-    let original = id
-        .strip_prefix("replay:")
+    id_hash(original_id(id))
+}
+
+/// An id without the `replay:{run}:` a replay puts in front.
+fn original_id(id: &str) -> &str {
+    id.strip_prefix("replay:")
         .and_then(|rest| rest.split_once(':'))
-        .map_or(id, |(_, original)| original);
-    id_hash(original)
+        .map_or(id, |(_, original)| original)
+}
+
+/// An event id's hash as [`LeadState::remember`] keeps it, and its [`event_key`]: hashed once
+/// when the id is not a replay's (they are then the same).
+pub fn event_hashes(id: &str) -> (u64, u64) {
+    let seen = id_hash(id);
+    let original = original_id(id);
+    if original.len() == id.len() {
+        (seen, seen)
+    } else {
+        (seen, id_hash(original))
+    }
 }
 
 /// A stable hash of an event id (the same in every build and version: it is stored).
@@ -450,6 +593,16 @@ mod tests {
         assert_eq!(
             event_key("hubspot:0123456789abcdef0123456789abcdef"),
             4_624_625_561_587_432_816
+        );
+        // Hashed once for both where the id is no replay's.
+        assert_eq!(
+            event_hashes("evt-1"),
+            (8_881_273_919_641_520_361, 8_881_273_919_641_520_361)
+        );
+        let (seen, key) = event_hashes("replay:1795860000000:evt-1");
+        assert_eq!(
+            (seen, key),
+            (id_hash("replay:1795860000000:evt-1"), event_key("evt-1"))
         );
         let mut state = LeadState::default();
         assert!(state.remember("evt-1"));

@@ -2667,3 +2667,56 @@ fn over_budget_the_window_gives_way_and_alerts_stay_right() {
     assert!(!alerts.is_empty(), "bob's clock runs out: {alerts:?}");
     assert_eq!(alerts, kept_alerts);
 }
+
+/// Issue 13: a rule is evaluated again only when a field it reads changed. An event that changes
+/// no field a rule reads (a new email address, the same snapshot sent again) and deadlines
+/// firing evaluate no rule at all; a change of a field one reads is judged as before, the
+/// segment that applies included.
+#[test]
+fn rules_are_evaluated_again_only_when_a_field_they_read_changes() {
+    let rules = format!(
+        "{ALL_RULES}\n[[segments]]\nname = \"enterprise\"\n\
+         when = 'has(lead.employees) && lead.employees >= 1000'\n\
+         first_touch = {{ within = \"2h\" }}\n"
+    );
+    let e = engine_with(&rules);
+    let mut p = PartitionState::default();
+    let snapshot = |id: &str, when: &str, email: &str| {
+        update(
+            id,
+            when,
+            json!({"stage": "MQL", "owner": "alice", "employees": 50, "email": email}),
+        )
+    };
+    p.apply(&e, &snapshot("e1", "10:00:00", "jane@example.org"));
+    let evaluated = rules::cel::evaluations();
+    p.apply(&e, &snapshot("e2", "10:10:00", "jane.doe@example.org"));
+    let fired: Vec<String> = [at("13:00:00"), at("14:00:00")]
+        .into_iter()
+        .flat_map(|now| p.fire_due(&e, now))
+        .flat_map(|(_, alerts)| alerts)
+        .map(|a| a.kind)
+        .collect();
+    assert_eq!(
+        rules::cel::evaluations(),
+        evaluated,
+        "nothing a rule reads changed"
+    );
+    assert_eq!(fired, [deadlines::REMINDER, deadlines::BREACHED]);
+    let lead = &p.lead("L-1").unwrap().lead;
+    assert_eq!(lead.text("email").as_deref(), Some("jane.doe@example.org"));
+    assert_eq!(e.settings(lead).segment, None);
+
+    // A field a rule reads changes: the segment's `when`, then `closed`, are judged again.
+    p.apply(&e, &update("e3", "14:10:00", json!({"employees": 5000})));
+    assert!(rules::cel::evaluations() > evaluated);
+    let lead = &p.lead("L-1").unwrap().lead;
+    assert_eq!(e.settings(lead).segment.as_deref(), Some("enterprise"));
+    p.apply(
+        &e,
+        &update("e4", "14:20:00", json!({"status": "Unqualified"})),
+    );
+    let lead = &p.lead("L-1").unwrap().lead;
+    assert!(lead.episode.is_none(), "closed");
+    assert_eq!(lead.closeouts.len(), 1);
+}

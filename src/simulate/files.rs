@@ -4,27 +4,12 @@
 use std::io::BufRead;
 
 use jiff::Timestamp;
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
 use crate::alert::Alert;
 use crate::engine::Engine;
 use crate::engine::rules::Rules;
-use crate::event::{Change, LeadEvent};
-
-/// One line of the events file: the canonical event (as on `{prefix}.events`, or as the generic
-/// source takes it: `source` and `received_at` may be left out).
-#[derive(Debug, Deserialize)]
-struct Line {
-    id: String,
-    lead: String,
-    occurred_at: Timestamp,
-    #[serde(default)]
-    source: Option<String>,
-    #[serde(default)]
-    received_at: Option<Timestamp>,
-    #[serde(flatten)]
-    change: Change,
-}
+use crate::event::{Envelope, LeadEvent};
 
 /// A line that could not be read.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -36,14 +21,14 @@ pub struct BadLine {
 /// Reads events, one JSON object per line (blank lines skipped); bad lines are returned, not
 /// fatal.
 pub fn read_events(reader: impl BufRead) -> std::io::Result<(Vec<LeadEvent>, Vec<BadLine>)> {
-    read_projected(reader, |change| change)
+    read_projected(reader, None)
 }
 
-/// As [`read_events`], each event's change passed through `project` as it is read (the fields
-/// no rule reads dropped at once, so a quarter's export is not held whole).
+/// As [`read_events`], keeping of each event's fields only those `keep` names (the fields no
+/// rule reads skipped unread, so a quarter's export is neither copied nor held whole).
 fn read_projected(
     reader: impl BufRead,
-    project: impl Fn(Change) -> Change,
+    keep: Option<&dyn Fn(&str) -> bool>,
 ) -> std::io::Result<(Vec<LeadEvent>, Vec<BadLine>)> {
     let mut events = Vec::new();
     let mut bad = Vec::new();
@@ -52,14 +37,20 @@ fn read_projected(
         if line.trim().is_empty() {
             continue;
         }
-        match serde_json::from_str::<Line>(&line) {
+        // One line of the events file: the canonical event (as on `{prefix}.events`, or as the
+        // generic source takes it: `source` and `received_at` may be left out).
+        let read = match keep {
+            Some(keep) => Envelope::read_keeping(&line, keep),
+            None => serde_json::from_str::<Envelope>(&line),
+        };
+        match read {
             Ok(l) => events.push(LeadEvent {
                 id: l.id,
                 source: l.source.unwrap_or_else(|| "simulate".into()),
                 lead: l.lead,
                 occurred_at: l.occurred_at,
                 received_at: l.received_at.unwrap_or(l.occurred_at),
-                change: project(l.change),
+                change: l.change,
             }),
             Err(e) => bad.push(BadLine {
                 line: i + 1,
@@ -120,8 +111,9 @@ pub fn run_files(
         .with_reorder_window(std::time::Duration::ZERO);
     let file = std::fs::File::open(events).map_err(events_error)?;
     let projection = engine.projection();
-    let (read, bad) = read_projected(std::io::BufReader::new(file), |c| projection.change(&c))
-        .map_err(events_error)?;
+    let keep = |name: &str| projection.keeps(name);
+    let (read, bad) =
+        read_projected(std::io::BufReader::new(file), Some(&keep)).map_err(events_error)?;
     for b in &bad {
         eprintln!("{}:{}: skipped: {}", events.display(), b.line, b.message);
     }

@@ -209,6 +209,8 @@ impl Predicate {
     /// Evaluates over the facts. A missing field inside `||`/`&&` is absorbed by CEL; one that
     /// still fails the whole expression is an error (the caller counts it as false).
     pub fn eval(&self, cel: &Cel, facts: &Facts<'_>) -> Result<bool, PredicateError> {
+        #[cfg(test)]
+        EVALUATIONS.with(|n| n.set(n.get() + 1));
         let root: &cel::Context<'_, '_> = &cel.root;
         let mut scope = root.new_inner_scope();
         scope.add_variable_as_val("lead", Box::new(FieldsVal::top(facts.lead)));
@@ -230,6 +232,18 @@ impl Predicate {
             }),
         }
     }
+}
+
+#[cfg(test)]
+thread_local! {
+    /// Predicates evaluated on this thread (tests: what the engine's memo saves).
+    static EVALUATIONS: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+}
+
+/// How many predicates were evaluated on this thread so far.
+#[cfg(test)]
+pub fn evaluations() -> u64 {
+    EVALUATIONS.with(std::cell::Cell::get)
 }
 
 /// The names macros bind (`x` in `lead.tags.exists(x, x == "vip")`), anywhere in `expr`.

@@ -83,7 +83,12 @@ pub struct Rules {
     pub directory: BTreeMap<String, Person>,
     /// The fields a lead keeps under these rules ([`Rules::kept_fields`]).
     kept: Projection,
+    /// Tells these rules from any other compiled in this process ([`Rules::id`]).
+    id: u64,
 }
+
+/// The next [`Rules::id`].
+static NEXT_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
 
 /// `[lifecycle]`: when a lead is sales-ready, closed, converted, and which field change is a
 /// touch.
@@ -612,6 +617,7 @@ impl Rules {
                     segments,
                     directory: raw.directory,
                     kept: Projection::All,
+                    id: NEXT_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
                 };
                 rules.kept = Projection::of(&rules);
                 Ok(rules)
@@ -628,17 +634,68 @@ impl Rules {
         facts: &Facts,
         mut on_error: impl FnMut(&str, bool),
     ) -> &Arc<Settings> {
-        for s in &self.segments {
+        let segment = self.segment_for(facts, |i, missing| {
+            on_error(&self.segments[i].when.key, missing)
+        });
+        self.settings_at(segment)
+    }
+
+    /// Which settings apply to a lead, as [`Rules::settings_for`] says: `Some(i)` segment `i`,
+    /// `None` the top level.
+    /// `on_error` hears of each `when` that could not be evaluated by its segment's index.
+    pub fn segment_for(
+        &self,
+        facts: &Facts,
+        mut on_error: impl FnMut(usize, bool),
+    ) -> Option<usize> {
+        for (i, s) in self.segments.iter().enumerate() {
             match s.when.eval(&self.cel, facts) {
-                Ok(true) => return &s.settings,
+                Ok(true) => return Some(i),
                 Ok(false) => {}
-                Err(e) => on_error(
-                    &s.when.key,
-                    matches!(e, PredicateError::MissingField { .. }),
-                ),
+                Err(e) => on_error(i, matches!(e, PredicateError::MissingField { .. })),
             }
         }
-        &self.base
+        None
+    }
+
+    /// The settings of segment `i`, or the top level's.
+    pub fn settings_at(&self, segment: Option<usize>) -> &Arc<Settings> {
+        segment
+            .and_then(|i| self.segments.get(i))
+            .map_or(&self.base, |s| &s.settings)
+    }
+
+    /// Tells these rules from any other compiled in this process (a clone is the same rules):
+    /// what a lead remembers of the rules' verdicts holds for these only.
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+
+    /// What a change of the field `field` makes the rules' verdicts on a lead stale: bits
+    /// `1 << slot` of [`crate::engine::state::Memo`]'s slots (`[lifecycle]`'s predicates, and
+    /// which segment applies), those whose predicates read it (or may read any field).
+    pub fn slots_reading(&self, field: &str) -> u8 {
+        use super::state::Memo;
+        let reads = |p: &Predicate| {
+            p.reads()
+                .is_none_or(|r| r.binary_search_by(|x| x.as_str().cmp(field)).is_ok())
+        };
+        let l = &self.lifecycle;
+        let mut mask = 0;
+        for (slot, p) in [
+            (Memo::SALES_READY, Some(&l.sales_ready)),
+            (Memo::CLOSED, l.closed.as_ref()),
+            (Memo::CONVERTED, l.converted.as_ref()),
+            (Memo::TOUCH, l.touch.as_ref()),
+        ] {
+            if p.is_some_and(reads) {
+                mask |= 1 << slot;
+            }
+        }
+        if self.segments.iter().any(|s| reads(&s.when)) {
+            mask |= 1 << Memo::SEGMENT;
+        }
+        mask
     }
 
     /// The fields a lead keeps under these rules: those its predicates read, and those the

@@ -1,0 +1,197 @@
+//! What the engine's hot paths cost in allocator calls, counted by a global allocator of this test
+//! binary (per thread, so tests running side by side do not count each other's).
+//!
+//! The engine works out when a lead next has something due after every event and every alert
+//! it fires; with the shipped rules (calendars, segments, the escalation ladder, follow-up and
+//! close-out rules) that must not copy the lead's owner, the roles or the close-outs.
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::cell::Cell;
+use std::sync::Arc;
+
+use jiff::Timestamp;
+use leadwatch::engine::step::Input;
+use leadwatch::engine::{Engine, PartitionState};
+use leadwatch::event::{Activity, Change, LeadEvent};
+use serde_json::json;
+
+struct Counting;
+
+thread_local! {
+    static CALLS: Cell<usize> = const { Cell::new(0) };
+}
+
+fn count() {
+    // `try_with`: the allocator may be called while the thread's locals are torn down.
+    let _ = CALLS.try_with(|n| n.set(n.get() + 1));
+}
+
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        count();
+        unsafe { System.alloc(layout) }
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        unsafe { System.dealloc(ptr, layout) }
+    }
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        count();
+        unsafe { System.realloc(ptr, layout, new_size) }
+    }
+}
+
+#[global_allocator]
+static ALLOC: Counting = Counting;
+
+/// Allocator calls (alloc and realloc) `f` makes on this thread.
+fn allocations<T>(f: impl FnOnce() -> T) -> (usize, T) {
+    let before = CALLS.with(Cell::get);
+    let out = f();
+    (CALLS.with(Cell::get) - before, out)
+}
+
+fn event(id: &str, at: &str, change: Change) -> LeadEvent {
+    let at: Timestamp = at.parse().unwrap();
+    LeadEvent {
+        id: id.into(),
+        source: "hs".into(),
+        lead: "hubspot:1".into(),
+        occurred_at: at,
+        received_at: at,
+        change,
+    }
+}
+
+fn fields(v: serde_json::Value) -> Change {
+    Change::Updated {
+        fields: v.as_object().unwrap().clone(),
+    }
+}
+
+#[test]
+fn the_next_deadline_of_a_lead_is_found_without_copying_it() {
+    let rules = leadwatch::engine::rules::Rules::parse(include_str!("../config/rules.toml"))
+        .expect("the shipped rules");
+    let engine = Engine::new(Arc::new(rules));
+    let mut p = PartitionState::default();
+    let events = [
+        event(
+            "e1",
+            "2026-11-02T14:00:00Z",
+            fields(
+                json!({"stage": "MQL", "score": 75, "employees": 40, "region": "NA",
+                          "status": "New", "owner": "alice@example.com"}),
+            ),
+        ),
+        event(
+            "e2",
+            "2026-11-02T15:00:00Z",
+            Change::Activity {
+                activity: Activity {
+                    kind: "call".into(),
+                    by: Some("alice@example.com".into()),
+                    automated: false,
+                },
+            },
+        ),
+    ];
+    for e in &events {
+        p.step(&engine, Input::Event(e), e.occurred_at);
+    }
+    let state = p.lead("hubspot:1").expect("the lead");
+    assert!(state.lead.episode.is_some(), "an open episode");
+    let (calls, next) = allocations(|| engine.next_deadline(state));
+    // The follow-up attempt is due a working day after the call (the first touch is done).
+    assert_eq!(next, Some("2026-11-03T15:00:00Z".parse().unwrap()));
+    assert!(
+        calls <= 1,
+        "{calls} allocator calls to find the next deadline (at most the list of what is owed)"
+    );
+}
+
+/// An event re-sent to a lead the engine holds (a sender's retry) copies nothing: not even the
+/// lead's key.
+#[test]
+fn a_re_sent_event_copies_nothing() {
+    let rules = leadwatch::engine::rules::Rules::parse(include_str!("../config/rules.toml"))
+        .expect("the shipped rules");
+    let engine = Engine::new(Arc::new(rules));
+    let mut p = PartitionState::default();
+    let first = event(
+        "e1",
+        "2026-11-02T14:00:00Z",
+        fields(
+            json!({"stage": "MQL", "score": 75, "status": "New", "owner": "alice@example.com",
+                      "disposition_reason": "No budget", "disposition_detail": "Asked again in Q3"}),
+        ),
+    );
+    p.step(&engine, Input::Event(&first), first.occurred_at);
+    let (again, _) = allocations(|| {
+        p.step(&engine, Input::Event(&first), first.occurred_at)
+            .diagnostics
+            .len()
+    });
+    assert!(
+        again <= 1,
+        "{again} allocator calls for a re-sent event (its diagnostic)"
+    );
+}
+
+/// An event is read in one pass: what reading it allocates is what it holds (its strings, the
+/// map of its fields), without buffering its keys first.
+#[test]
+fn reading_an_event_allocates_what_it_holds() {
+    let fields: serde_json::Map<String, serde_json::Value> = (0..20)
+        .map(|i| (format!("Field_{i}__c"), json!(format!("value {i}"))))
+        .collect();
+    let line = serde_json::to_vec(&json!({
+        "id": "sf:00Q5g00000ABCDEF:1", "source": "salesforce", "lead": "salesforce:00Q5g00000ABCDEF",
+        "occurred_at": "2026-11-02T14:00:00Z", "received_at": "2026-11-02T14:00:01Z",
+        "type": "lead.updated", "fields": fields,
+    }))
+    .unwrap();
+    let (calls, event) = allocations(|| serde_json::from_slice::<LeadEvent>(&line).unwrap());
+    let Change::Updated { fields: read } = &event.change else {
+        panic!("an update");
+    };
+    assert_eq!(read, &fields);
+    // Its three strings, and each field's name and value, with room for the map's nodes.
+    let held = 3 + 2 * fields.len();
+    assert!(
+        calls <= held + 4,
+        "{calls} allocator calls to read an event holding {held} strings"
+    );
+}
+
+/// `simulate` reads its file keeping only the fields the rules read: a Salesforce-sized snapshot
+/// of 40 fields, long text among them, costs what the few kept fields hold, not the rest.
+#[test]
+fn reading_an_event_keeping_a_few_fields_copies_only_those() {
+    let mut fields: serde_json::Map<String, serde_json::Value> = (0..38)
+        .map(|i| {
+            (
+                format!("Field_{i}__c"),
+                json!(format!("value {i} ").repeat(20)),
+            )
+        })
+        .collect();
+    fields.insert("stage".into(), json!("MQL"));
+    fields.insert("owner".into(), json!("alice@example.com"));
+    let line = serde_json::to_string(&json!({
+        "id": "sf:00Q5g00000ABCDEF:1", "source": "salesforce", "lead": "salesforce:00Q5g00000ABCDEF",
+        "occurred_at": "2026-11-02T14:00:00Z", "type": "lead.updated", "fields": fields,
+    }))
+    .unwrap();
+    let keep = |name: &str| name == "stage" || name == "owner";
+    let (calls, event) =
+        allocations(|| leadwatch::event::Envelope::read_keeping(&line, &keep).unwrap());
+    let Change::Updated { fields: read } = &event.change else {
+        panic!("an update");
+    };
+    assert_eq!(read.len(), 2);
+    // Three strings, two kept fields (name and value), and the map's node.
+    assert!(
+        calls <= 3 + 2 * 2 + 1,
+        "{calls} allocator calls to read two fields of 40"
+    );
+}
