@@ -69,6 +69,51 @@ pub struct Owned {
     wake: Option<Timestamp>,
 }
 
+impl Owned {
+    /// A partition with no leads yet, whose writes give up at `abandon`.
+    fn new(abandon: &CancellationToken) -> Self {
+        Self {
+            leads: PartitionState::default(),
+            writes: Writes::new(abandon),
+            dirty: Dirty::default(),
+            wake: None,
+        }
+    }
+
+    /// Steps its leads with `input` at `now`: notes when to wake and the step's writes for the
+    /// next flush ([`Work::flush`]), where a lead written by several steps in one flush
+    /// interval is written once, as it stands then. Returns what the engine noticed.
+    fn step(&mut self, engine: &Engine, input: Input<'_>, now: Timestamp) -> Vec<Diagnostic> {
+        let step = self.leads.step(engine, input, now);
+        self.wake = step.wake;
+        for write in step.writes {
+            match write {
+                Write::Lead(write) => {
+                    self.dirty
+                        .lead(write.lead, write.alerts, write.state.is_some())
+                }
+                Write::Rotation(record) => self.dirty.rotation(record),
+            }
+        }
+        step.diagnostics
+    }
+}
+
+/// A partition's state built from its changelog records on a blocking thread, off the event
+/// loop (decoding a million leads takes seconds), with what the engine noticed doing it.
+struct Built {
+    partition: i32,
+    /// The restore it was built for ([`Group::generation`]): a partition revoked meanwhile, or
+    /// assigned again, makes it stale.
+    generation: Option<u64>,
+    /// The rules reloads seen when it started: one since is applied to it before it is ready.
+    reloads: u64,
+    built: Result<(Owned, Vec<Diagnostic>), tokio::task::JoinError>,
+}
+
+/// Partitions' states being built off the event loop.
+type Building = FuturesUnordered<BoxFuture<'static, Built>>;
+
 /// What arrived for a partition.
 enum Arrived {
     /// An event, at its offset.
@@ -85,6 +130,8 @@ enum Own {
     Written(Result<(), (i32, Vec<Alert>)>),
     /// New rules.
     Rules,
+    /// A partition's state is built from its records.
+    Built(Box<Built>),
     /// Time to write the leads changed since the last flush.
     Flush,
     /// Time to settle reorder windows and drop leads past retention.
@@ -160,8 +207,10 @@ impl EngineRunner {
             topics: Arc::new(ctx.topics.clone()),
             metrics: ctx.metrics.clone(),
             abandon,
+            reloads: 0,
         };
         let mut firing: Firing = FuturesUnordered::new();
+        let mut building: Building = FuturesUnordered::new();
         let mut flush = tokio::time::interval(config.flush_interval.0);
         flush.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         // Under a burst, the events waiting for a flush are written before they fill the room
@@ -196,6 +245,7 @@ impl EngineRunner {
                 tokio::select! {
                     biased;
                     Some(result) = firing.next(), if !firing.is_empty() => Own::Written(result),
+                    Some(built) = building.next(), if !building.is_empty() => Own::Built(Box::new(built)),
                     Ok(()) = rules.changed() => Own::Rules,
                     _ = flush.tick() => Own::Flush,
                     _ = sweep.tick() => Own::Sweep,
@@ -206,7 +256,8 @@ impl EngineRunner {
                 biased;
                 _ = shutdown.cancelled() => break,
                 next = group.next_or(own) => match next {
-                    Next::Group(event) => work.on(event, &mut group, clock.now()),
+                    Next::Group(event) => work.on(event, &mut group, &mut building, clock.now()),
+                    Next::Stage(Own::Built(built)) => work.ready(*built, &mut group, clock.now()),
                     Next::Stage(Own::Written(result)) => {
                         if let Err((partition, alerts)) = result
                             && let Some(p) = group.partition_mut(partition)
@@ -217,6 +268,7 @@ impl EngineRunner {
                     Next::Stage(Own::Rules) => {
                         let new = rules.borrow_and_update().clone();
                         work.engine = work.engine.with_rules(new);
+                        work.reloads += 1;
                         let now = clock.now();
                         let mut leads = 0;
                         for (partition, p) in group.partitions_mut() {
@@ -301,6 +353,8 @@ struct Work {
     metrics: Arc<Metrics>,
     /// Cancelled when the grace period is over: every write still waiting gives up.
     abandon: CancellationToken,
+    /// Rules reloads so far.
+    reloads: u64,
 }
 
 /// One write of a step on its way to Kafka.
@@ -326,26 +380,20 @@ impl Sent {
 }
 
 impl Work {
-    /// Steps `partition` with `input` at `now`, counts and logs what the engine noticed, notes
-    /// when to wake, and notes the writes for the next flush ([`Work::flush`]): a lead written
-    /// by several steps in one flush interval is written once, as it stands at the flush.
+    /// Steps `partition` with `input` at `now` ([`Owned::step`]), and counts and logs what the
+    /// engine noticed.
     fn step(&self, partition: i32, owned: &mut Owned, input: Input<'_>, now: Timestamp) {
-        let step = owned.leads.step(&self.engine, input, now);
-        report(&self.metrics, partition, &step.diagnostics);
-        for diagnostic in &step.diagnostics {
+        let diagnostics = owned.step(&self.engine, input, now);
+        self.noticed(partition, &diagnostics);
+    }
+
+    /// Counts and logs what the engine noticed in a step of `partition`, and dead-letters the
+    /// records it could not read.
+    fn noticed(&self, partition: i32, diagnostics: &[Diagnostic]) {
+        report(&self.metrics, partition, diagnostics);
+        for diagnostic in diagnostics {
             if let Diagnostic::Unreadable { keys } = diagnostic {
                 self.dead_letter_states(partition, keys);
-            }
-        }
-        owned.wake = step.wake;
-        for write in step.writes {
-            match write {
-                Write::Lead(write) => {
-                    owned
-                        .dirty
-                        .lead(write.lead, write.alerts, write.state.is_some())
-                }
-                Write::Rotation(record) => owned.dirty.rotation(record),
             }
         }
     }
@@ -463,17 +511,71 @@ impl Work {
         }
     }
 
-    /// A partition's records are back from the changelog: its state, ready.
-    fn restored(&self, partition: i32, records: Records, now: Timestamp) -> Owned {
-        let mut owned = Owned {
-            leads: PartitionState::default(),
-            writes: Writes::new(&self.abandon),
-            dirty: Dirty::default(),
-            wake: None,
+    /// A partition's records are back from the changelog: its state is built from them on a
+    /// blocking thread, so the loop goes on with the other partitions meanwhile (and the
+    /// runtime's other tasks, ingest's among them, keep their threads).
+    fn restored(
+        &self,
+        partition: i32,
+        generation: Option<u64>,
+        records: Records,
+        building: &mut Building,
+        now: Timestamp,
+    ) {
+        let (engine, abandon, reloads) = (self.engine.clone(), self.abandon.clone(), self.reloads);
+        building.push(
+            async move {
+                let built = tokio::task::spawn_blocking(move || {
+                    let mut owned = Owned::new(&abandon);
+                    let diagnostics = owned.step(&engine, Input::Restore(records), now);
+                    (owned, diagnostics)
+                })
+                .await;
+                Built {
+                    partition,
+                    generation,
+                    reloads,
+                    built,
+                }
+            }
+            .boxed(),
+        );
+    }
+
+    /// A partition's state is built: unless the partition moved meanwhile, it is ready, and
+    /// what arrived for it meanwhile is processed, in order, before anything else.
+    fn ready(&self, built: Built, group: &mut Group<Owned, LeadEvent>, now: Timestamp) {
+        let Built {
+            partition,
+            generation,
+            reloads,
+            built,
+        } = built;
+        if group.generation(partition) != generation {
+            tracing::debug!(partition, "a restore made stale by a rebalance is dropped");
+            return;
+        }
+        let (mut owned, diagnostics) = match built {
+            Ok(built) => built,
+            // A panic stepping the engine is the engine's to report, as on the loop: the role
+            // is restarted by its supervisor.
+            Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+            Err(_) => return,
         };
-        self.step(partition, &mut owned, Input::Restore(records), now);
+        self.noticed(partition, &diagnostics);
+        if reloads != self.reloads {
+            // Rules reloaded while it was built.
+            self.step(partition, &mut owned, Input::Reload, now);
+        }
         tracing::info!(partition, leads = owned.leads.len(), "lead state restored");
-        owned
+        for waited in group.ready(partition, owned) {
+            let arrived = match waited {
+                Waited::Message { offset, message } => Arrived::Event(offset, message),
+                Waited::Unreadable { offset } => Arrived::NotAnEvent(offset),
+                Waited::End => Arrived::End,
+            };
+            self.process(group, partition, arrived, now);
+        }
     }
 
     /// Dead-letters the lead states of `partition`'s changelog that could not be read back
@@ -498,6 +600,7 @@ impl Work {
         &self,
         event: Event<Owned, LeadEvent>,
         group: &mut Group<Owned, LeadEvent>,
+        building: &mut Building,
         now: Timestamp,
     ) {
         match event {
@@ -509,16 +612,8 @@ impl Work {
                 snapshots,
             } => {
                 let records = snapshots.into_iter().next().unwrap_or_default();
-                let owned = self.restored(partition, records, now);
-                // What arrived meanwhile, in order, before anything else.
-                for waited in group.ready(partition, owned) {
-                    let arrived = match waited {
-                        Waited::Message { offset, message } => Arrived::Event(offset, message),
-                        Waited::Unreadable { offset } => Arrived::NotAnEvent(offset),
-                        Waited::End => Arrived::End,
-                    };
-                    self.process(group, partition, arrived, now);
-                }
+                let generation = group.generation(partition);
+                self.restored(partition, generation, records, building, now);
             }
             Event::Read(read) => {
                 for r in read {
