@@ -169,9 +169,9 @@ async fn main() -> anyhow::Result<()> {
             let task = tokio::spawn(runner.run(stop.clone(), Duration::from_secs(10)));
             let held = || metric(&metrics, "leadwatch_engine_leads ") as usize;
             // Until it holds every lead, or (a broker whose end offsets fall short: tansu's)
-            // what it holds has not moved for 5 s; timed to the last change.
+            // what it holds has not moved for 20 s; timed to the last change.
             let (mut last, mut changed) = (0, clock.instant());
-            while last < leads && (last == 0 || clock.instant() - changed < Duration::from_secs(5))
+            while last < leads && (last == 0 || clock.instant() - changed < Duration::from_secs(20))
             {
                 anyhow::ensure!(
                     clock.instant() - started < Duration::from_secs(1800),
