@@ -107,7 +107,20 @@ impl Setup {
         receiver: &Receiver,
         within: &str,
     ) -> DaemonProcess {
-        let mut config = child_config(&self.broker.bootstrap, &receiver.url);
+        self.start_with(dir, name, receiver, within, "").await
+    }
+
+    /// As [`Setup::start`], with `engine` added to the `[engine]` section.
+    async fn start_with(
+        &self,
+        dir: &std::path::Path,
+        name: &str,
+        receiver: &Receiver,
+        within: &str,
+        engine: &str,
+    ) -> DaemonProcess {
+        let mut config = child_config(&self.broker.bootstrap, &receiver.url)
+            .replace("[engine]\n", &format!("[engine]\n{engine}\n"));
         if self.creates_topics {
             config = with_topics(config);
         }
@@ -160,6 +173,52 @@ async fn kill_9_before_the_deadlines_loses_and_doubles_nothing() {
 async fn kill_9_before_the_deadlines_on_tansu() {
     kill_9_before_the_deadlines(Setup::tansu().expect("LEADWATCH_TANSU names the tansu binary"))
         .await;
+}
+
+/// Kills the daemon after it applied every event and fired every alert, but before it flushed
+/// any of it (a flush interval no test outlasts): nothing of it reached Kafka and no event's
+/// offset was stored, so the restarted daemon reads every event again and fires every alert
+/// itself — each lead gets its alert, exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_between_apply_and_flush_loses_and_doubles_nothing() {
+    const N: usize = 40;
+    const FIRED: &str = "leadwatch_alerts_fired_total{type=\"sla.first_touch.breached\"}";
+    let setup = Setup::dev_broker();
+    let dir = tempfile::tempdir().unwrap();
+    let receiver = Receiver::start().await;
+    let a = setup
+        .start_with(dir.path(), "a", &receiver, "2s", "flush_interval = \"1h\"")
+        .await;
+    wait_for("daemon a ready", PATIENCE, || a.ready()).await;
+    post_leads(&a, "unflushed", N).await;
+    a.wait_for_metric("daemon a to apply every event", APPLIED, PATIENCE, |v| {
+        v >= N as f64
+    })
+    .await;
+    a.wait_for_metric("daemon a to fire every alert", FIRED, PATIENCE, |v| {
+        v >= N as f64
+    })
+    .await;
+    a.kill();
+    assert_eq!(receiver.count(), 0, "alerts written before their flush");
+
+    let b = setup.start(dir.path(), "b", &receiver, "2s").await;
+    wait_for("every alert after the restart", PATIENCE, || async {
+        receiver.distinct() >= N
+    })
+    .await;
+    assert_eq!(
+        b.metric(APPLIED).await,
+        N as f64,
+        "b applies every event again: a stored no offset before its flush"
+    );
+    b.terminate();
+    assert_eq!(
+        receiver.count(),
+        N,
+        "raw deliveries: an alert was delivered twice"
+    );
+    assert_one_alert_per_lead(&receiver, N);
 }
 
 /// Kills the daemon while a slow endpoint is receiving alerts: every lead still gets its alert

@@ -605,3 +605,85 @@ async fn over_its_memory_budget_the_engine_gives_up_its_window_first_and_says_so
     assert!(daemon.metric("leadwatch_engine_held_bytes").await > (1 << 20) as f64);
     daemon.stop().await;
 }
+
+/// A lead's events within one flush interval are written to the state changelog once (as the
+/// lead stands after the last of them), not once per event.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leads_events_within_a_flush_interval_write_its_state_once() {
+    let kafka = kafka(1);
+    let receiver = Receiver::start().await;
+    // An interval no test outlasts: the one flush is the one at shutdown.
+    let config = config_text(kafka.bootstrap(), &receiver.url, "").replace(
+        "restore_timeout = \"20s\"",
+        "restore_timeout = \"20s\"\nflush_interval = \"1h\"",
+    );
+    let daemon = Daemon::start(&config, &rules_text("1h")).await;
+    let events: Vec<serde_json::Value> = (0..5)
+        .map(|i| {
+            json!({"id": format!("e{i}"), "type": "lead.updated", "lead": "L-1",
+                   "occurred_at": now_plus(i * 10), "fields": {"stage": "working", "step": i}})
+        })
+        .collect();
+    let (status, _, body) =
+        post_signed(&daemon.url("/webhooks/web"), SOURCE_SECRET, &json!(events)).await;
+    assert_eq!(status, 202, "{body}");
+    daemon
+        .wait_for_metric(
+            "the engine to apply the five events",
+            "leadwatch_engine_events_total{outcome=\"applied\"}",
+            PATIENCE,
+            |v| v >= 5.0,
+        )
+        .await;
+    daemon.stop().await;
+
+    let records = read_topic(kafka.bootstrap(), "lwtest.state", 1).await;
+    let of_lead = records.iter().filter(|(key, _)| key == "L-1").count();
+    assert_eq!(of_lead, 1, "state records of L-1: {records:?}");
+}
+
+/// Ingest answers while the engine restores its partitions: the broker refuses to list offsets
+/// a few times, so the engine's restore fails and is retried with backoff (1 s, then 2 s …);
+/// meanwhile a webhook gets its 202, and its event is applied once the partition is restored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ingest_answers_while_the_engine_restores() {
+    use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
+    let kafka = kafka(1);
+    // Only ingest and the engine, so the restore's requests meet most of the refusals.
+    kafka.request_errors(
+        RDKafkaApiKey::ListOffsets,
+        &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_TOPIC_AUTHORIZATION_FAILED; 3],
+    );
+    let receiver = Receiver::start().await;
+    let config = config_text(kafka.bootstrap(), &receiver.url, "").replace(
+        "shutdown_grace = \"5s\"",
+        "shutdown_grace = \"5s\"\nroles = [\"ingest\", \"engine\"]",
+    );
+    let daemon = Daemon::start(&config, &rules_text("1h")).await;
+    const FAILING: &str = "leadwatch_restores_failing{topic=\"lwtest.state\"}";
+    daemon
+        .wait_for_metric("the engine's restore to fail", FAILING, PATIENCE, |v| {
+            v >= 1.0
+        })
+        .await;
+    let (status, _, body) = post_signed(
+        &daemon.url("/webhooks/web"),
+        SOURCE_SECRET,
+        &ready_event("during-restore", "L-1", &now_plus(0)),
+    )
+    .await;
+    assert_eq!(status, 202, "{body}");
+    assert_eq!(daemon.metric(FAILING).await, 1.0, "still restoring");
+
+    daemon
+        .wait_for_metric(
+            "the event applied once the partition is restored",
+            "leadwatch_engine_events_total{outcome=\"applied\"}",
+            PATIENCE,
+            |v| v >= 1.0,
+        )
+        .await;
+    assert_eq!(daemon.metric(FAILING).await, 0.0);
+    assert_eq!(daemon.metric("leadwatch_engine_leads").await, 1.0);
+    daemon.stop().await;
+}

@@ -1,10 +1,14 @@
 //! Measures the engine against a broker process (figures for the closing notes):
 //!
-//! - `restore`: writes N open leads' state to `{prefix}.state`, then reads every partition back
-//!   the way a newly assigned engine does, reporting the time, the changelog bytes per lead and
-//!   the resident memory per lead.
-//! - `engine`: writes N events to `{prefix}.events`, runs the engine on them, and reports
-//!   events per second (each one applied and its state written back and acknowledged).
+//! - `restore`: writes N open leads' state to `{prefix}.state`, then reads it back twice: with a
+//!   plain consumer that only counts the records (the broker's own ceiling), and as the engine
+//!   does (its runner joining a group and restoring every partition it is assigned, until it
+//!   holds every lead), reporting the times, the changelog bytes per lead and the resident
+//!   memory per lead.
+//! - `engine`: writes N events to `{prefix}.events` (`--per-lead K` consecutive events per
+//!   lead), runs the engine on them, and reports events per second (each one applied and its
+//!   state written back and acknowledged); then what it wrote to `{prefix}.state`: records per
+//!   lead and bytes per lead, as produced and as fetched from the broker (compressed batches).
 //!
 //! `cargo run --release --bin statebench -- --brokers 127.0.0.1:9092 restore --leads 1000000`
 
@@ -14,13 +18,11 @@ use std::time::Duration;
 use clap::{Parser, Subcommand};
 use jiff::Timestamp;
 use leadwatch::bus::KafkaConfig;
-use leadwatch::bus::changelog;
 use leadwatch::bus::producer::Producer;
 use leadwatch::bus::{self, Topics, admin};
 use leadwatch::clock::Clock;
 use leadwatch::engine::rules::Rules;
-use leadwatch::engine::step::{Diagnostic, Input};
-use leadwatch::engine::{Engine, EngineConfig, LeadState, PartitionState};
+use leadwatch::engine::{Engine, EngineConfig, LeadState};
 use leadwatch::event::{Change, LeadEvent};
 use leadwatch::runner::Context;
 use leadwatch::runner::engine::EngineRunner;
@@ -49,6 +51,9 @@ enum What {
     Engine {
         #[arg(long, default_value_t = 200_000)]
         events: usize,
+        /// Events per lead, one after another (a lead's events within one flush interval).
+        #[arg(long, default_value_t = 1)]
+        per_lead: usize,
     },
 }
 
@@ -64,15 +69,16 @@ fn rss_bytes() -> u64 {
         .map_or(0, |kb| kb * 1024)
 }
 
-fn event(i: usize, now: Timestamp) -> LeadEvent {
+/// Event `i` of lead `lead`.
+fn event(i: usize, lead: usize, now: Timestamp) -> LeadEvent {
     let fields = serde_json::json!({
         "stage": "sales_ready", "owner": format!("rep-{}@example.com", i % 50),
-        "score": 70 + (i % 30) as i64, "email": format!("lead{i}@example.org"), "company": format!("Company {}", i % 5000),
+        "score": 70 + (i % 30) as i64, "email": format!("lead{lead}@example.org"), "company": format!("Company {}", lead % 5000),
     });
     LeadEvent {
         id: format!("evt-{i}"),
         source: "bench".into(),
-        lead: format!("lead-{i}"),
+        lead: format!("lead-{lead}"),
         occurred_at: now,
         received_at: now,
         change: Change::Updated {
@@ -118,7 +124,7 @@ async fn main() -> anyhow::Result<()> {
             // The state an open lead has after its sales-ready event.
             let started = clock.instant();
             let states = (0..leads).map(|i| {
-                let ev = event(i, now);
+                let ev = event(i, i, now);
                 let mut state = LeadState::default();
                 engine.apply(&mut state, &ev);
                 (ev.lead, state.encode())
@@ -130,49 +136,20 @@ async fn main() -> anyhow::Result<()> {
                 bytes / leads.max(1)
             );
 
+            // The broker's ceiling: one plain consumer, nothing decoded.
+            let read = read_all(&base, &topics.state, args.partitions, &clock)?;
+            println!(
+                "plain consumer read {} records ({} MiB fetched) in {:.1} s: {:.0} records/s",
+                read.records,
+                read.fetched / (1024 * 1024),
+                read.seconds,
+                read.records as f64 / read.seconds
+            );
+
+            // The engine's restore: its runner joins a group, is assigned every partition,
+            // restores each and holds every lead.
             let rss_before = rss_bytes();
             let started = clock.instant();
-            let mut restored: Vec<PartitionState> = Vec::new();
-            for p in 0..args.partitions {
-                let (base, topic, clock) = (base.clone(), topics.state.clone(), clock.clone());
-                let snapshot = tokio::task::spawn_blocking(move || {
-                    changelog::read_partition(&base, &topic, p, Duration::from_secs(1800), &clock)
-                })
-                .await??;
-                let mut ps = PartitionState::default();
-                let step = ps.step(&engine, Input::Restore(snapshot), now);
-                anyhow::ensure!(
-                    !step
-                        .diagnostics
-                        .iter()
-                        .any(|d| matches!(d, Diagnostic::Unreadable { .. })),
-                    "a record of the changelog could not be read"
-                );
-                restored.push(ps);
-            }
-            let elapsed = (clock.instant() - started).as_secs_f64();
-            let n: usize = restored.iter().map(|p| p.len()).sum();
-            let rss_after = rss_bytes();
-            println!(
-                "restored {n} leads from {} partitions in {elapsed:.1} s ({:.0} leads/s); resident memory +{} MiB = {} bytes per lead",
-                args.partitions,
-                n as f64 / elapsed,
-                (rss_after.saturating_sub(rss_before)) / (1024 * 1024),
-                rss_after.saturating_sub(rss_before) / n.max(1) as u64
-            );
-        }
-        What::Engine { events } => {
-            let started = clock.instant();
-            let records = (0..events).map(|i| {
-                let ev = event(i, now);
-                let payload = serde_json::to_vec(&ev).expect("an event serializes");
-                (ev.lead, payload)
-            });
-            produce_all(&producer, &topics.events, records).await?;
-            println!(
-                "wrote {events} events in {:.1} s",
-                (clock.instant() - started).as_secs_f64()
-            );
             let (_rules_tx, rules) = tokio::sync::watch::channel(Arc::new(engine.rules().clone()));
             let runner = EngineRunner {
                 engine,
@@ -190,16 +167,75 @@ async fn main() -> anyhow::Result<()> {
             };
             let stop = CancellationToken::new();
             let task = tokio::spawn(runner.run(stop.clone(), Duration::from_secs(10)));
+            let held = || metric(&metrics, "leadwatch_engine_leads ") as usize;
+            // Until it holds every lead, or (a broker whose end offsets fall short: tansu's)
+            // what it holds has not moved for 20 s; timed to the last change.
+            let (mut last, mut changed) = (0, clock.instant());
+            while last < leads && (last == 0 || clock.instant() - changed < Duration::from_secs(20))
+            {
+                anyhow::ensure!(
+                    clock.instant() - started < Duration::from_secs(1800),
+                    "the engine held {last} of {leads} leads after 30 minutes"
+                );
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                let now_held = held();
+                if now_held != last {
+                    (last, changed) = (now_held, clock.instant());
+                }
+            }
+            if last < leads {
+                println!(
+                    "the engine holds {last} of {leads} leads: the rest were past the broker's end offsets"
+                );
+            }
+            let elapsed = (changed - started).as_secs_f64();
+            let rss_after = rss_bytes();
+            println!(
+                "engine restored {last} leads from {} partitions in {elapsed:.1} s, joining the group included ({:.0} leads/s); resident memory +{} MiB = {} bytes per lead",
+                args.partitions,
+                last as f64 / elapsed,
+                (rss_after.saturating_sub(rss_before)) / (1024 * 1024),
+                rss_after.saturating_sub(rss_before) / last.max(1) as u64
+            );
+            stop.cancel();
+            task.await??;
+        }
+        What::Engine { events, per_lead } => {
+            let per_lead = per_lead.max(1);
+            let started = clock.instant();
+            let records = (0..events).map(|i| {
+                let ev = event(i, i / per_lead, now);
+                let payload = serde_json::to_vec(&ev).expect("an event serializes");
+                (ev.lead, payload)
+            });
+            produce_all(&producer, &topics.events, records).await?;
+            println!(
+                "wrote {events} events in {:.1} s",
+                (clock.instant() - started).as_secs_f64()
+            );
+            let (_rules_tx, rules) = tokio::sync::watch::channel(Arc::new(engine.rules().clone()));
+            let topics_state = topics.state.clone();
+            let runner = EngineRunner {
+                engine,
+                rules,
+                config: EngineConfig::default(),
+                ctx: Context {
+                    base: base.clone(),
+                    kafka,
+                    topics,
+                    producer: producer.clone(),
+                    metrics: metrics.clone(),
+                    clock: clock.clone(),
+                    liveness: None,
+                },
+            };
+            let stop = CancellationToken::new();
+            let task = tokio::spawn(runner.run(stop.clone(), Duration::from_secs(10)));
             let applied = || {
-                metrics
-                    .encode()
-                    .lines()
-                    .find_map(|l| {
-                        l.strip_prefix("leadwatch_engine_events_total{outcome=\"applied\"} ")
-                            .map(str::to_string)
-                    })
-                    .and_then(|v| v.parse::<f64>().ok())
-                    .unwrap_or(0.0) as usize
+                metric(
+                    &metrics,
+                    "leadwatch_engine_events_total{outcome=\"applied\"} ",
+                ) as usize
             };
             // Timed from the first applied event (group join and restore excluded).
             while applied() == 0 {
@@ -216,6 +252,15 @@ async fn main() -> anyhow::Result<()> {
             );
             stop.cancel();
             task.await??;
+            let leads = events.div_ceil(per_lead);
+            let read = read_all(&base, &topics_state, args.partitions, &clock)?;
+            println!(
+                "changelog: {} records for {leads} leads ({per_lead} events each): {:.2} per lead; {:.0} bytes per lead as produced (key + record), {:.0} as fetched from the broker (compressed batches)",
+                read.records,
+                read.records as f64 / leads as f64,
+                read.bytes as f64 / leads as f64,
+                read.fetched as f64 / leads as f64,
+            );
         }
     }
     Ok(())
@@ -243,4 +288,110 @@ async fn produce_all(
         d.await?.map_err(|(e, _)| e)?;
     }
     Ok(bytes)
+}
+
+/// What one consumer read of a whole topic.
+struct ReadAll {
+    records: usize,
+    /// Keys and values, as produced.
+    bytes: usize,
+    /// Bytes the consumer received from the brokers (record batches as stored: compressed).
+    fetched: u64,
+    seconds: f64,
+}
+
+/// Counts what the brokers send a consumer (librdkafka's statistics).
+#[derive(Default)]
+struct Fetched(std::sync::atomic::AtomicU64);
+
+impl rdkafka::ClientContext for Fetched {
+    fn stats(&self, stats: rdkafka::Statistics) {
+        let rx: u64 = stats.brokers.values().map(|b| b.rxbytes).sum();
+        self.0.store(rx, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+impl rdkafka::consumer::ConsumerContext for Fetched {}
+
+/// Reads every partition of `topic` with one plain consumer (no group, nothing decoded) to its
+/// end (as the broker reports it reached): what the broker can serve, the ceiling of any
+/// restore.
+fn read_all(
+    base: &rdkafka::ClientConfig,
+    topic: &str,
+    partitions: i32,
+    clock: &Clock,
+) -> anyhow::Result<ReadAll> {
+    use rdkafka::Message;
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    use rdkafka::error::KafkaError;
+    let mut cfg = base.clone();
+    cfg.set("group.id", format!("{topic}.bench"))
+        .set("enable.auto.commit", "false")
+        .set("enable.partition.eof", "true")
+        .set("statistics.interval.ms", "100")
+        .set("fetch.max.bytes", "52428800")
+        .set("max.partition.fetch.bytes", "10485760");
+    let consumer: BaseConsumer<Fetched> = cfg.create_with_context(Fetched::default())?;
+    let mut tpl = rdkafka::TopicPartitionList::new();
+    let mut remaining = std::collections::HashSet::new();
+    let mut ends = 0;
+    for p in 0..partitions {
+        let (low, high) = consumer.fetch_watermarks(topic, p, Duration::from_secs(10))?;
+        ends += high - low;
+        if high > low {
+            remaining.insert(p);
+            tpl.add_partition_offset(topic, p, rdkafka::Offset::Beginning)?;
+        }
+    }
+    let started = clock.instant();
+    consumer.assign(&tpl)?;
+    let (mut records, mut bytes) = (0, 0);
+    while !remaining.is_empty() {
+        anyhow::ensure!(
+            clock.instant() - started < Duration::from_secs(1800),
+            "reading {topic} took over 30 minutes"
+        );
+        match consumer.poll(Duration::from_millis(200)) {
+            None => {}
+            Some(Ok(msg)) => {
+                records += 1;
+                bytes += msg.key().map_or(0, <[u8]>::len) + msg.payload().map_or(0, <[u8]>::len);
+            }
+            Some(Err(KafkaError::PartitionEOF(p))) => {
+                remaining.remove(&p);
+            }
+            Some(Err(e)) => return Err(e.into()),
+        }
+    }
+    let seconds = (clock.instant() - started).as_secs_f64();
+    if ends != records as i64 {
+        // Tansu reports a partition's end as its last batch's first offset + 1.
+        println!(
+            "({topic}: {records} records read to the end; the broker's end offsets say {ends})"
+        );
+    }
+    // The statistics of the last fetches.
+    let settle = clock.instant();
+    while clock.instant() - settle < Duration::from_millis(500) {
+        let _ = consumer.poll(Duration::from_millis(50));
+    }
+    Ok(ReadAll {
+        records,
+        bytes,
+        fetched: consumer
+            .context()
+            .0
+            .load(std::sync::atomic::Ordering::Relaxed),
+        seconds,
+    })
+}
+
+/// The value of the metric line starting with `prefix` (name, labels and a space); 0 if none.
+fn metric(metrics: &Metrics, prefix: &str) -> f64 {
+    metrics
+        .encode()
+        .lines()
+        .find_map(|l| l.strip_prefix(prefix).map(str::to_string))
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .unwrap_or(0.0)
 }

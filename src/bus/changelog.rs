@@ -40,8 +40,11 @@ pub enum RestoreError {
 /// What a partition held: the latest value of every key that is not tombstoned.
 pub type Snapshot = HashMap<String, Vec<u8>>;
 
-/// Reads `topic[partition]` from its start up to its end offset as of this call (blocking: run it
-/// with `spawn_blocking`). Later records win; a record without a value (tombstone) removes its key.
+/// Reads `topic[partition]` from its start to its end — at least to its end offset as of this
+/// call, and on to where the broker says the partition ends (a broker may report an end offset
+/// short of its last batch's records: tansu gives that batch's first offset + 1) — (blocking: run
+/// it with `spawn_blocking`). Later records win; a record without a value (tombstone) removes
+/// its key.
 pub fn read_partition(
     base: &ClientConfig,
     topic: &str,
@@ -77,10 +80,9 @@ pub fn read_partition(
         .map_err(kafka)?;
     consumer.assign(&tpl).map_err(kafka)?;
     let started = clock.instant();
-    // The offset of the last record read: none yet (so a partition holding a single record,
-    // `high - 1 == low`, is still read).
+    // The offset of the last record read: none yet.
     let mut at = low - 1;
-    while at < high - 1 {
+    loop {
         if clock.instant() - started > timeout {
             return Err(RestoreError::Timeout {
                 topic: topic.to_string(),

@@ -44,6 +44,13 @@ pub struct EngineConfig {
     /// the Kafka clients.
     #[serde(default = "default_memory_budget_mib")]
     pub memory_budget_mib: usize,
+    /// How often the leads changed since the last flush are written to `{prefix}.state`: a lead
+    /// is written once per interval however many events it had (its alerts, then its state), and
+    /// an event's offset is stored only once that write is acknowledged. A crash loses no more
+    /// than the events of the last interval, which are read again. At most an hour.
+    #[serde(default = "default_flush_interval")]
+    #[eserde(compat)]
+    pub flush_interval: HumanDuration,
 }
 
 impl Default for EngineConfig {
@@ -56,6 +63,7 @@ impl Default for EngineConfig {
             restore_timeout: default_restore_timeout(),
             reorder_window: default_reorder_window(),
             memory_budget_mib: default_memory_budget_mib(),
+            flush_interval: default_flush_interval(),
         }
     }
 }
@@ -76,6 +84,10 @@ fn default_restore_timeout() -> HumanDuration {
     HumanDuration(Duration::from_secs(600))
 }
 
+fn default_flush_interval() -> HumanDuration {
+    HumanDuration(Duration::from_millis(250))
+}
+
 fn default_memory_budget_mib() -> usize {
     640
 }
@@ -94,6 +106,12 @@ impl EngineConfig {
         if self.memory_budget_mib == 0 {
             problems.push(("memory_budget_mib".into(), "must be at least 1".into()));
         }
+        if self.flush_interval.0 > Duration::from_secs(3600) {
+            problems.push((
+                "flush_interval".into(),
+                "must be at most 1h (events' offsets wait for it)".into(),
+            ));
+        }
         problems
     }
 
@@ -103,5 +121,23 @@ impl EngineConfig {
             ended: self.state_retention.0,
             idle: self.idle_retention.0,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_flush_interval_defaults_to_a_quarter_second_and_may_not_pass_an_hour() {
+        let config = EngineConfig::default();
+        assert_eq!(config.flush_interval.0, Duration::from_millis(250));
+        assert!(config.problems().is_empty());
+        let config = EngineConfig {
+            flush_interval: HumanDuration(Duration::from_secs(7200)),
+            ..EngineConfig::default()
+        };
+        let keys: Vec<String> = config.problems().into_iter().map(|(k, _)| k).collect();
+        assert_eq!(keys, ["flush_interval"]);
     }
 }

@@ -9,6 +9,12 @@
 //! are keyed by lead) by an assigned consumer on a blocking thread, and only then resumed. Its
 //! deadlines come back with the state, so those that passed meanwhile fire at once.
 //!
+//! Writes are coalesced: a step's writes are noted per partition ([`super::writes::Dirty`]) and
+//! written every `[engine] flush_interval` (and at shutdown, and sooner when half the room for
+//! work in flight waits for them) — per lead changed since, its alerts, then its state as it
+//! stands then: one state record however many events it had. An event's offset waits for the
+//! flush that holds what it changed.
+//!
 //! It runs on the consumer-group skeleton ([`super::group`]), which does the assigning, pausing,
 //! restoring, resuming, offset storing and revoking; what is the engine's own is `Work`'s —
 //! a restore (`Work::restored`), stepping a partition with an event, a tick, a sweep, a reload or
@@ -27,7 +33,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::Context;
 use super::group::{Event, Group, Next, Read, Waited};
-use super::writes::{Acked, Writes};
+use super::writes::{Acked, Dirty, Flush, Writes};
 use crate::alert::Alert;
 use crate::bus::Topics;
 use crate::bus::changelog::Restorer;
@@ -57,9 +63,56 @@ pub struct Owned {
     leads: PartitionState,
     /// Its writes to Kafka, in order per lead.
     writes: Writes,
+    /// What it writes at its next flush, and the events waiting for it.
+    dirty: Dirty,
     /// When it next has something to fire, as its latest step said.
     wake: Option<Timestamp>,
 }
+
+impl Owned {
+    /// A partition with no leads yet, whose writes give up at `abandon`.
+    fn new(abandon: &CancellationToken) -> Self {
+        Self {
+            leads: PartitionState::default(),
+            writes: Writes::new(abandon),
+            dirty: Dirty::default(),
+            wake: None,
+        }
+    }
+
+    /// Steps its leads with `input` at `now`: notes when to wake and the step's writes for the
+    /// next flush ([`Work::flush`]), where a lead written by several steps in one flush
+    /// interval is written once, as it stands then. Returns what the engine noticed.
+    fn step(&mut self, engine: &Engine, input: Input<'_>, now: Timestamp) -> Vec<Diagnostic> {
+        let step = self.leads.step(engine, input, now);
+        self.wake = step.wake;
+        for write in step.writes {
+            match write {
+                Write::Lead(write) => {
+                    self.dirty
+                        .lead(write.lead, write.alerts, write.state.is_some())
+                }
+                Write::Rotation(record) => self.dirty.rotation(record),
+            }
+        }
+        step.diagnostics
+    }
+}
+
+/// A partition's state built from its changelog records on a blocking thread, off the event
+/// loop (decoding a million leads takes seconds), with what the engine noticed doing it.
+struct Built {
+    partition: i32,
+    /// The restore it was built for ([`Group::generation`]): a partition revoked meanwhile, or
+    /// assigned again, makes it stale.
+    generation: Option<u64>,
+    /// The rules reloads seen when it started: one since is applied to it before it is ready.
+    reloads: u64,
+    built: Result<(Owned, Vec<Diagnostic>), tokio::task::JoinError>,
+}
+
+/// Partitions' states being built off the event loop.
+type Building = FuturesUnordered<BoxFuture<'static, Built>>;
 
 /// What arrived for a partition.
 enum Arrived {
@@ -77,6 +130,10 @@ enum Own {
     Written(Result<(), (i32, Vec<Alert>)>),
     /// New rules.
     Rules,
+    /// A partition's state is built from its records.
+    Built(Box<Built>),
+    /// Time to write the leads changed since the last flush.
+    Flush,
     /// Time to settle reorder windows and drop leads past retention.
     Sweep,
     /// Something may be due.
@@ -150,8 +207,15 @@ impl EngineRunner {
             topics: Arc::new(ctx.topics.clone()),
             metrics: ctx.metrics.clone(),
             abandon,
+            reloads: 0,
         };
         let mut firing: Firing = FuturesUnordered::new();
+        let mut building: Building = FuturesUnordered::new();
+        let mut flush = tokio::time::interval(config.flush_interval.0);
+        flush.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // Under a burst, the events waiting for a flush are written before they fill the room
+        // for work in flight.
+        let flush_at = (config.max_in_flight / 2).max(1);
         let mut sweep = tokio::time::interval(config.sweep_interval.0);
         sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut budget = Budget::new(&config, work.engine.reorder_window(), &work.metrics);
@@ -181,7 +245,9 @@ impl EngineRunner {
                 tokio::select! {
                     biased;
                     Some(result) = firing.next(), if !firing.is_empty() => Own::Written(result),
+                    Some(built) = building.next(), if !building.is_empty() => Own::Built(Box::new(built)),
                     Ok(()) = rules.changed() => Own::Rules,
+                    _ = flush.tick() => Own::Flush,
                     _ = sweep.tick() => Own::Sweep,
                     _ = tokio::time::sleep(wake) => Own::Wake,
                 }
@@ -190,33 +256,37 @@ impl EngineRunner {
                 biased;
                 _ = shutdown.cancelled() => break,
                 next = group.next_or(own) => match next {
-                    Next::Group(event) => work.on(event, &mut group, &mut firing, clock.now()),
+                    Next::Group(event) => work.on(event, &mut group, &mut building, clock.now()),
+                    Next::Stage(Own::Built(built)) => work.ready(*built, &mut group, clock.now()),
                     Next::Stage(Own::Written(result)) => {
                         if let Err((partition, alerts)) = result
                             && let Some(p) = group.partition_mut(partition)
                         {
-                            let sent = work.step(partition, p, Input::Unwritten(&alerts), clock.now());
-                            see_through(&mut firing, partition, sent);
+                            work.step(partition, p, Input::Unwritten(&alerts), clock.now());
                         }
                     }
                     Next::Stage(Own::Rules) => {
                         let new = rules.borrow_and_update().clone();
                         work.engine = work.engine.with_rules(new);
+                        work.reloads += 1;
                         let now = clock.now();
                         let mut leads = 0;
                         for (partition, p) in group.partitions_mut() {
-                            let sent = work.step(partition, p, Input::Reload, now);
-                            see_through(&mut firing, partition, sent);
+                            work.step(partition, p, Input::Reload, now);
                             leads += p.leads.len();
                         }
                         tracing::info!(leads, "rules reloaded; open leads have deadlines under the new rules");
+                    }
+                    Next::Stage(Own::Flush) => {
+                        for (partition, p) in group.partitions_mut() {
+                            work.flush(partition, p, &mut firing);
+                        }
                     }
                     Next::Stage(Own::Sweep) => {
                         let now = clock.now();
                         for (partition, p) in group.partitions_mut() {
                             p.writes.prune();
-                            let sent = work.step(partition, p, Input::Sweep, now);
-                            see_through(&mut firing, partition, sent);
+                            work.step(partition, p, Input::Sweep, now);
                         }
                         if let Some(window) = budget.regrow(held_bytes(&group)) {
                             work.engine = work.engine.with_reorder_window(window);
@@ -230,8 +300,7 @@ impl EngineRunner {
             let now = clock.now();
             if !held {
                 for (partition, p) in group.partitions_mut() {
-                    let sent = work.step(partition, p, Input::Tick, now);
-                    see_through(&mut firing, partition, sent);
+                    work.step(partition, p, Input::Tick, now);
                 }
             }
             work.metrics
@@ -241,10 +310,20 @@ impl EngineRunner {
             while let Some(window) = budget.look(held_bytes(&group)) {
                 work.engine = work.engine.with_reorder_window(window);
                 for (partition, p) in group.partitions_mut() {
-                    let sent = work.step(partition, p, Input::Shrink, now);
-                    see_through(&mut firing, partition, sent);
+                    work.step(partition, p, Input::Shrink, now);
                 }
             }
+            let waiting: usize = group.partitions().map(|(_, p)| p.dirty.waiting()).sum();
+            if waiting >= flush_at {
+                for (partition, p) in group.partitions_mut() {
+                    work.flush(partition, p, &mut firing);
+                }
+            }
+        }
+
+        // What changed since the last flush is written before the drain waits for it.
+        for (partition, p) in group.partitions_mut() {
+            work.flush(partition, p, &mut firing);
         }
 
         tracing::info!(
@@ -274,6 +353,8 @@ struct Work {
     metrics: Arc<Metrics>,
     /// Cancelled when the grace period is over: every write still waiting gives up.
     abandon: CancellationToken,
+    /// Rules reloads so far.
+    reloads: u64,
 }
 
 /// One write of a step on its way to Kafka.
@@ -299,95 +380,202 @@ impl Sent {
 }
 
 impl Work {
-    /// Steps `partition` with `input` at `now`, counts and logs what the engine noticed, notes
-    /// when to wake, and sends the writes.
-    fn step(
-        &self,
-        partition: i32,
-        owned: &mut Owned,
-        input: Input<'_>,
-        now: Timestamp,
-    ) -> Vec<Sent> {
-        let step = owned.leads.step(&self.engine, input, now);
-        report(&self.metrics, partition, &step.diagnostics);
-        for diagnostic in &step.diagnostics {
+    /// Steps `partition` with `input` at `now` ([`Owned::step`]), and counts and logs what the
+    /// engine noticed.
+    fn step(&self, partition: i32, owned: &mut Owned, input: Input<'_>, now: Timestamp) {
+        let diagnostics = owned.step(&self.engine, input, now);
+        self.noticed(partition, &diagnostics);
+    }
+
+    /// Counts and logs what the engine noticed in a step of `partition`, and dead-letters the
+    /// records it could not read.
+    fn noticed(&self, partition: i32, diagnostics: &[Diagnostic]) {
+        report(&self.metrics, partition, diagnostics);
+        for diagnostic in diagnostics {
             if let Diagnostic::Unreadable { keys } = diagnostic {
                 self.dead_letter_states(partition, keys);
             }
         }
-        owned.wake = step.wake;
-        step.writes
-            .into_iter()
-            .map(|write| self.send(partition, &mut owned.writes, write))
-            .collect()
     }
 
-    /// Sends one write: a lead's after its earlier writes (its alerts, then — only once they
-    /// are all in Kafka — its state), the partition's rotation on its own.
-    fn send(&self, partition: i32, writes: &mut Writes, write: Write<'_>) -> Sent {
+    /// Writes what `owned` noted since its last flush: per lead, its alerts, then (only once
+    /// they are all in Kafka) its state as it stands now, chained after the lead's earlier
+    /// writes; the rotation on its own. The events waiting for it are told once every write is
+    /// acknowledged; a lead's alerts not written are handed back to fire again.
+    fn flush(&self, partition: i32, owned: &mut Owned, firing: &mut Firing) {
+        if owned.dirty.is_empty() {
+            return;
+        }
+        let Flush {
+            leads,
+            rotation,
+            done,
+        } = owned.dirty.take();
+        let mut sent = Vec::with_capacity(leads.len() + 1);
+        for (lead, pending) in leads {
+            // Encoded now, as the lead stands after every step since the last flush.
+            let write = LeadWrite {
+                state: owned.leads.lead(&lead).filter(|_| pending.state),
+                lead,
+                alerts: pending.alerts,
+            };
+            let state = match (pending.state, write.state.is_some()) {
+                (false, _) => Some(None),
+                (true, true) => Some(write.state_record()),
+                (true, false) => {
+                    // The engine drops a lead only with a tombstone; should it not, its last
+                    // written state stays rather than a tombstone nobody asked for.
+                    tracing::warn!(partition, lead = %write.lead, "a lead to write is no longer held; its state is not written");
+                    None
+                }
+            };
+            let alerts = write.alert_records();
+            sent.push(self.send_lead(&mut owned.writes, write.lead, write.alerts, alerts, state));
+        }
+        if let Some(rotation) = rotation {
+            sent.push(self.send_rotation(partition, rotation));
+        }
+        if let Some(done) = done {
+            let acked: Vec<Acked> = sent.iter().map(|s| s.acked.clone()).collect();
+            firing.push(
+                async move {
+                    let oks = futures::future::join_all(acked).await;
+                    let _ = done.send(oks.into_iter().all(|ok| ok));
+                    Ok(())
+                }
+                .boxed(),
+            );
+        }
+        see_through(firing, partition, sent);
+    }
+
+    /// Sends one lead's write after its earlier writes: the records of its `fired` alerts, then
+    /// — only once they are all in Kafka — its state (`Some(None)`: its tombstone; `None`:
+    /// nothing).
+    fn send_lead(
+        &self,
+        writes: &mut Writes,
+        lead: String,
+        fired: Vec<Alert>,
+        alerts: Vec<Vec<u8>>,
+        state: Option<Option<Vec<u8>>>,
+    ) -> Sent {
         let producer = self.producer.clone();
         let topics = self.topics.clone();
         let metrics = self.metrics.clone();
-        match write {
-            Write::Lead(write) => {
-                // Encoded now: the step borrows the states as they stand after it.
-                let (alerts, state) = (write.alert_records(), write.state_record());
-                let LeadWrite {
-                    lead,
-                    alerts: fired,
-                    ..
-                } = write;
-                let key = lead.clone();
-                let acked = writes.chain(&key, move |token| {
-                    async move {
-                        // Queued together, in order: one lead's alerts keep their order in its
-                        // partition.
-                        let written = futures::future::join_all(alerts.iter().map(|payload| {
-                            producer.send_until_acked(&topics.alerts, &lead, Some(payload), &token)
-                        }))
-                        .await;
-                        if written.iter().any(|ok| !ok) {
-                            return false;
-                        }
+        let key = lead.clone();
+        let acked = writes.chain(&key, move |token| {
+            async move {
+                // Queued together, in order: one lead's alerts keep their order in its
+                // partition.
+                let written = futures::future::join_all(alerts.iter().map(|payload| {
+                    producer.send_until_acked(&topics.alerts, &lead, Some(payload), &token)
+                }))
+                .await;
+                if written.iter().any(|ok| !ok) {
+                    return false;
+                }
+                match state {
+                    Some(state) => {
                         write_state(&producer, &topics.state, &lead, state, &metrics, &token).await
                     }
-                    .boxed()
-                });
-                Sent { acked, fired }
-            }
-            Write::Rotation(rotation) => {
-                let abandon = self.abandon.clone();
-                let acked = async move {
-                    producer
-                        .send_until_acked_at(
-                            &topics.state,
-                            Some(partition),
-                            ROTATION_KEY,
-                            Some(&rotation),
-                            &abandon,
-                        )
-                        .await
-                }
-                .boxed()
-                .shared();
-                Sent {
-                    acked,
-                    fired: Vec::new(),
+                    None => true,
                 }
             }
+            .boxed()
+        });
+        Sent { acked, fired }
+    }
+
+    /// Sends the partition's rotation record, on its own.
+    fn send_rotation(&self, partition: i32, rotation: Vec<u8>) -> Sent {
+        let producer = self.producer.clone();
+        let topics = self.topics.clone();
+        let abandon = self.abandon.clone();
+        let acked = async move {
+            producer
+                .send_until_acked_at(
+                    &topics.state,
+                    Some(partition),
+                    ROTATION_KEY,
+                    Some(&rotation),
+                    &abandon,
+                )
+                .await
+        }
+        .boxed()
+        .shared();
+        Sent {
+            acked,
+            fired: Vec::new(),
         }
     }
 
-    /// A partition's records are back from the changelog: its state, ready.
-    fn restored(&self, partition: i32, records: Records, now: Timestamp) -> (Owned, Vec<Sent>) {
-        let mut owned = Owned {
-            leads: PartitionState::default(),
-            writes: Writes::new(&self.abandon),
-            wake: None,
+    /// A partition's records are back from the changelog: its state is built from them on a
+    /// blocking thread, so the loop goes on with the other partitions meanwhile (and the
+    /// runtime's other tasks, ingest's among them, keep their threads).
+    fn restored(
+        &self,
+        partition: i32,
+        generation: Option<u64>,
+        records: Records,
+        building: &mut Building,
+        now: Timestamp,
+    ) {
+        let (engine, abandon, reloads) = (self.engine.clone(), self.abandon.clone(), self.reloads);
+        building.push(
+            async move {
+                let built = tokio::task::spawn_blocking(move || {
+                    let mut owned = Owned::new(&abandon);
+                    let diagnostics = owned.step(&engine, Input::Restore(records), now);
+                    (owned, diagnostics)
+                })
+                .await;
+                Built {
+                    partition,
+                    generation,
+                    reloads,
+                    built,
+                }
+            }
+            .boxed(),
+        );
+    }
+
+    /// A partition's state is built: unless the partition moved meanwhile, it is ready, and
+    /// what arrived for it meanwhile is processed, in order, before anything else.
+    fn ready(&self, built: Built, group: &mut Group<Owned, LeadEvent>, now: Timestamp) {
+        let Built {
+            partition,
+            generation,
+            reloads,
+            built,
+        } = built;
+        if group.generation(partition) != generation {
+            tracing::debug!(partition, "a restore made stale by a rebalance is dropped");
+            return;
+        }
+        let (mut owned, diagnostics) = match built {
+            Ok(built) => built,
+            // A panic stepping the engine is the engine's to report, as on the loop: the role
+            // is restarted by its supervisor.
+            Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+            Err(_) => return,
         };
-        let sent = self.step(partition, &mut owned, Input::Restore(records), now);
+        self.noticed(partition, &diagnostics);
+        if reloads != self.reloads {
+            // Rules reloaded while it was built.
+            self.step(partition, &mut owned, Input::Reload, now);
+        }
         tracing::info!(partition, leads = owned.leads.len(), "lead state restored");
-        (owned, sent)
+        for waited in group.ready(partition, owned) {
+            let arrived = match waited {
+                Waited::Message { offset, message } => Arrived::Event(offset, message),
+                Waited::Unreadable { offset } => Arrived::NotAnEvent(offset),
+                Waited::End => Arrived::End,
+            };
+            self.process(group, partition, arrived, now);
+        }
     }
 
     /// Dead-letters the lead states of `partition`'s changelog that could not be read back
@@ -412,7 +600,7 @@ impl Work {
         &self,
         event: Event<Owned, LeadEvent>,
         group: &mut Group<Owned, LeadEvent>,
-        firing: &mut Firing,
+        building: &mut Building,
         now: Timestamp,
     ) {
         match event {
@@ -424,17 +612,8 @@ impl Work {
                 snapshots,
             } => {
                 let records = snapshots.into_iter().next().unwrap_or_default();
-                let (owned, sent) = self.restored(partition, records, now);
-                see_through(firing, partition, sent);
-                // What arrived meanwhile, in order, before anything else.
-                for waited in group.ready(partition, owned) {
-                    let arrived = match waited {
-                        Waited::Message { offset, message } => Arrived::Event(offset, message),
-                        Waited::Unreadable { offset } => Arrived::NotAnEvent(offset),
-                        Waited::End => Arrived::End,
-                    };
-                    self.process(group, firing, partition, arrived, now);
-                }
+                let generation = group.generation(partition);
+                self.restored(partition, generation, records, building, now);
             }
             Event::Read(read) => {
                 for r in read {
@@ -463,27 +642,37 @@ impl Work {
                             continue;
                         }
                     };
-                    self.process(group, firing, partition, arrived, now);
+                    self.process(group, partition, arrived, now);
                 }
             }
             Event::Revoked(partitions) => {
                 let ps: Vec<i32> = partitions.iter().map(|(p, _)| *p).collect();
                 tracing::info!(partitions = ?ps, "engine partitions revoked");
-                for (_, owned) in partitions {
+                for (partition, owned) in partitions {
                     if let Some(owned) = owned {
                         owned.writes.revoke();
+                        // Not written now: the partition may already be the next owner's, and
+                        // a late write could land over its restore. Its events' offsets stay
+                        // unstored, so the next owner reads them again.
+                        if owned.dirty.waiting() > 0 {
+                            tracing::info!(
+                                partition,
+                                events = owned.dirty.waiting(),
+                                "changes since the last flush left to the next owner, which reads their events again"
+                            );
+                        }
                     }
                 }
             }
         }
     }
 
-    /// Steps a ready partition with what arrived for it. An event's offset is stored once every
-    /// write it caused is acknowledged; any other write is seen through in `firing`.
+    /// Steps a ready partition with what arrived for it. An event's offset is stored once the
+    /// flush that writes what it changed is acknowledged (at once when it changed nothing, in
+    /// its turn after the offsets before it).
     fn process(
         &self,
         group: &mut Group<Owned, LeadEvent>,
-        firing: &mut Firing,
         partition: i32,
         arrived: Arrived,
         now: Timestamp,
@@ -491,32 +680,26 @@ impl Work {
         let Some(owned) = group.partition_mut(partition) else {
             return;
         };
-        let (input, offset) = match &arrived {
-            Arrived::Event(offset, event) => (Input::Event(event), Some(*offset)),
-            Arrived::NotAnEvent(_) => (Input::NotAnEvent, None),
-            Arrived::End => (Input::End, None),
+        let input = match &arrived {
+            Arrived::Event(_, event) => Input::Event(event),
+            Arrived::NotAnEvent(_) => Input::NotAnEvent,
+            Arrived::End => Input::End,
         };
-        let sent = self.step(partition, owned, input, now);
-        if let Arrived::NotAnEvent(offset) = arrived {
+        let marks = owned.dirty.marks();
+        self.step(partition, owned, input, now);
+        let flushed = match arrived {
+            Arrived::Event(..) if owned.dirty.marks() != marks => Some(owned.dirty.wait()),
+            _ => None,
+        };
+        match (arrived, flushed) {
+            (Arrived::Event(offset, _), Some(flushed)) => group.track(partition, offset, flushed),
+            (Arrived::Event(offset, _), None) => {
+                group.track(partition, offset, futures::future::ready(true))
+            }
             // Not ours to fix: its offset is stored in its turn.
-            group.skip(partition, offset);
+            (Arrived::NotAnEvent(offset), _) => group.skip(partition, offset),
+            (Arrived::End, _) => {}
         }
-        let Some(offset) = offset else {
-            see_through(firing, partition, sent);
-            return;
-        };
-        let acked = futures::future::join_all(sent.iter().map(|s| s.acked.clone()));
-        group.track(
-            partition,
-            offset,
-            acked.map(|oks| oks.into_iter().all(|ok| ok)),
-        );
-        // Alerts an event's writes fire (none do: alerts fire on ticks) go back if not written.
-        see_through(
-            firing,
-            partition,
-            sent.into_iter().filter(|s| !s.fired.is_empty()),
-        );
     }
 }
 

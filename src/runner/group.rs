@@ -413,6 +413,17 @@ impl<P, M> Group<P, M> {
         self.pending.values().map(FuturesOrdered::len).sum()
     }
 
+    /// The generation of `partition`'s restore while it is restoring (also once its snapshots
+    /// were handed out and until it is [`Group::ready`]): a stage that builds its state
+    /// elsewhere checks it is unchanged before making it ready, since a revocation, or a new
+    /// assignment, meanwhile makes that state stale.
+    pub fn generation(&self, partition: i32) -> Option<u64> {
+        match self.slots.slots.get(&partition) {
+            Some(Slot::Restoring { generation, .. }) => Some(*generation),
+            _ => None,
+        }
+    }
+
     /// A ready partition's state.
     pub fn partition_mut(&mut self, partition: i32) -> Option<&mut P> {
         self.slots.ready_mut(partition)

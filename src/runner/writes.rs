@@ -1,12 +1,16 @@
 //! A partition's writes to Kafka, chained per key: each waits for the key's write before it, so
 //! a key's records reach Kafka in the order they were made, and a write whose predecessor failed
-//! is not made at all. Revoking the partition stops them.
+//! is not made at all. Revoking the partition stops them. And what the partition has to write at
+//! its next flush ([`Dirty`]): a lead changed k times in a flush interval is written once.
 
 use std::collections::HashMap;
 
 use futures::FutureExt;
 use futures::future::{BoxFuture, Shared};
+use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
+
+use crate::alert::Alert;
 
 /// A write to Kafka that resolves to whether it was acknowledged.
 pub type Acked = Shared<BoxFuture<'static, bool>>;
@@ -62,6 +66,96 @@ impl Writes {
     /// Forgets the writes that are done (they no longer hold back anything).
     pub fn prune(&mut self) {
         self.tails.retain(|_, acked| acked.peek().is_none());
+    }
+}
+
+/// What one lead has to write at the next flush.
+#[derive(Debug, Default)]
+pub struct Pending {
+    /// The alerts it fired since the last flush, in order: written first.
+    pub alerts: Vec<Alert>,
+    /// Then its state as it stands at the flush (true), or its tombstone (false).
+    pub state: bool,
+}
+
+/// What a partition has to write at its next flush, coalesced: per lead changed since the last
+/// flush, its alerts and one state (however many events changed it), and the partition's
+/// rotation as it last stood; and the events whose offsets wait for that flush. Dropped with its
+/// partition on revocation: nothing of it is written (a late write could land over the next
+/// owner's restore), the waiting events' offsets are not stored, and the next owner reads those
+/// events again and fires those alerts itself — what a crash costs.
+#[derive(Default)]
+pub struct Dirty {
+    leads: HashMap<String, Pending>,
+    rotation: Option<Vec<u8>>,
+    /// Where the events waiting for the next flush learn whether it was acknowledged.
+    next: Option<(oneshot::Sender<bool>, Acked)>,
+    /// How many events wait for the next flush.
+    waiting: usize,
+    /// Writes noted so far (ever): tells a step that wrote something from one that did not.
+    marks: u64,
+}
+
+/// What one flush writes: per lead its [`Pending`], the rotation, and whom to tell the outcome.
+pub struct Flush {
+    pub leads: HashMap<String, Pending>,
+    pub rotation: Option<Vec<u8>>,
+    /// Told whether every write of the flush was acknowledged (the events waiting for it).
+    pub done: Option<oneshot::Sender<bool>>,
+}
+
+impl Dirty {
+    /// Notes a lead's write: its `alerts` after those noted before, and its state (`true`) or
+    /// tombstone (`false`), the last noted winning.
+    pub fn lead(&mut self, lead: String, alerts: Vec<Alert>, state: bool) {
+        self.marks += 1;
+        let pending = self.leads.entry(lead).or_default();
+        pending.alerts.extend(alerts);
+        pending.state = state;
+    }
+
+    /// Notes the partition's rotation record (a later one carries everything an earlier did).
+    pub fn rotation(&mut self, record: Vec<u8>) {
+        self.marks += 1;
+        self.rotation = Some(record);
+    }
+
+    /// Writes noted so far.
+    pub fn marks(&self) -> u64 {
+        self.marks
+    }
+
+    /// For an event whose writes were noted: resolves to whether the next flush (which holds
+    /// them) was acknowledged; false if the partition is dropped before.
+    pub fn wait(&mut self) -> Acked {
+        self.waiting += 1;
+        self.next
+            .get_or_insert_with(|| {
+                let (tx, rx) = oneshot::channel();
+                (tx, rx.map(|r| r.unwrap_or(false)).boxed().shared())
+            })
+            .1
+            .clone()
+    }
+
+    /// How many events wait for the next flush.
+    pub fn waiting(&self) -> usize {
+        self.waiting
+    }
+
+    /// Whether a flush would write nothing and tell nobody.
+    pub fn is_empty(&self) -> bool {
+        self.leads.is_empty() && self.rotation.is_none() && self.next.is_none()
+    }
+
+    /// What to write now; the next flush starts empty.
+    pub fn take(&mut self) -> Flush {
+        self.waiting = 0;
+        Flush {
+            leads: std::mem::take(&mut self.leads),
+            rotation: self.rotation.take(),
+            done: self.next.take().map(|(tx, _)| tx),
+        }
     }
 }
 
@@ -127,5 +221,34 @@ mod tests {
         // Finished writes are forgotten.
         writes.prune();
         assert!(writes.tails.is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_lead_changed_many_times_is_written_once_and_its_events_wait_for_that_write() {
+        let mut dirty = Dirty::default();
+        let first = dirty.wait();
+        for _ in 0..5 {
+            dirty.lead("L-1".into(), Vec::new(), true);
+        }
+        dirty.lead("L-2".into(), Vec::new(), true);
+        dirty.lead("L-2".into(), Vec::new(), false);
+        let second = dirty.wait();
+        assert_eq!(dirty.waiting(), 2);
+        assert!(first.peek().is_none());
+        let flush = dirty.take();
+        assert_eq!(flush.leads.len(), 2, "one write per lead");
+        assert!(flush.leads["L-1"].state);
+        assert!(
+            !flush.leads["L-2"].state,
+            "the last noted wins: a tombstone"
+        );
+        assert!(dirty.is_empty() && dirty.waiting() == 0);
+        flush.done.unwrap().send(true).unwrap();
+        assert!(first.await && second.await);
+        // A partition dropped before its flush: its events' offsets are not stored.
+        let mut dirty = Dirty::default();
+        let waiting = dirty.wait();
+        drop(dirty);
+        assert!(!waiting.await);
     }
 }
