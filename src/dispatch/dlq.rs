@@ -295,7 +295,7 @@ pub async fn replay(
                 maybe_attempted: true,
                 message: &message,
             };
-            let outcome = queue.attempt(&a).await.result;
+            let outcome = queue.attempt(&a, &never).await.result;
             match retry::decide(tries, outcome, &schedule, clock.now()) {
                 Decision::Done(delivered) => break Ok(delivered),
                 Decision::RetryAt {

@@ -1,0 +1,195 @@
+//! The fault suite (issue 14): what people receive when the cluster moves under the daemon.
+//! Each test runs real dispatchers in-process against a real Kafka-protocol endpoint and
+//! counts, at a local receiver, what reached it: every alert exactly once.
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use leadwatch::alert::Alert;
+use leadwatch::clock::Clock;
+use leadwatch::dispatch::template::sample_alert;
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use support::api::{Answer, Api, ApiRequest};
+use support::*;
+
+const PATIENCE: Duration = Duration::from_secs(120);
+
+/// A dispatcher alone (`roles = ["dispatch"]`) in the group `group`, with `sinks`.
+fn dispatch_config(bootstrap: &str, group: &str, sinks: &str) -> String {
+    format!(
+        r#"
+roles = ["dispatch"]
+shutdown_grace = "5s"
+[server]
+listen = "127.0.0.1:0"
+[kafka]
+brokers = "{bootstrap}"
+topic_prefix = "{PREFIX}"
+group_id = "{group}"
+session_timeout = "6s"
+[engine]
+restore_timeout = "20s"
+[dispatch]
+request_timeout = "2s"
+retry_jitter = 0.0
+{sinks}
+"#
+    )
+}
+
+/// `n` breaches, each of its own lead (so spread over every partition), with fresh ids.
+fn breaches(n: u32) -> Vec<Alert> {
+    (0..n)
+        .map(|i| {
+            let mut a = sample_alert("sla.first_touch.breached");
+            a.data.lead = format!("L-{i}");
+            a.data.alert_id = format!("alert_{:032x}", 0xfa17_0000u64 + u64::from(i));
+            a.timestamp = Clock::system().now();
+            a.data.deadline = a.timestamp - jiff::SignedDuration::from_secs(90);
+            a
+        })
+        .collect()
+}
+
+/// Produces `alerts` keyed by lead, placed as the engine places them (murmur2: an alert's
+/// partition is its lead's partition of the ledger and the retry backlog).
+async fn produce_all(bootstrap: &str, alerts: &[Alert]) {
+    let producer: FutureProducer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("partitioner", "murmur2_random")
+        .create()
+        .unwrap();
+    let topic = format!("{PREFIX}.alerts");
+    let sends = alerts.iter().map(|alert| {
+        let (producer, topic) = (&producer, &topic);
+        async move {
+            let body = serde_json::to_vec(alert).unwrap();
+            producer
+                .send(
+                    FutureRecord::to(topic).key(&alert.data.lead).payload(&body),
+                    Duration::from_secs(10),
+                )
+                .await
+                .unwrap();
+        }
+    });
+    futures::future::join_all(sends).await;
+}
+
+/// The alert id a Slack message names (its context block: "type · id").
+fn slack_alert_id(r: &ApiRequest) -> String {
+    let body = r.json();
+    let blocks = body["blocks"].as_array().expect("blocks");
+    let context = blocks
+        .iter()
+        .find(|b| b["type"] == "context")
+        .expect("a context block");
+    let text = context["elements"][0]["text"].as_str().unwrap();
+    text.rsplit(" · ").next().unwrap().to_string()
+}
+
+/// How many messages each alert id got.
+fn per_alert(requests: &[ApiRequest]) -> BTreeMap<String, usize> {
+    let mut counts = BTreeMap::new();
+    for r in requests {
+        *counts.entry(slack_alert_id(r)).or_default() += 1;
+    }
+    counts
+}
+
+/// Over the partitions of `{prefix}.alerts`: the offsets the dispatchers of `group` committed,
+/// and the end offsets.
+async fn alerts_committed(bootstrap: &str, group: &str) -> (i64, i64) {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    let (bootstrap, group) = (bootstrap.to_string(), format!("{group}.dispatch"));
+    tokio::task::spawn_blocking(move || {
+        let consumer: BaseConsumer = rdkafka::ClientConfig::new()
+            .set("bootstrap.servers", &bootstrap)
+            .set("group.id", &group)
+            .create()
+            .unwrap();
+        let topic = format!("{PREFIX}.alerts");
+        let timeout = Duration::from_secs(10);
+        let md = consumer.fetch_metadata(Some(&topic), timeout).unwrap();
+        let mut tpl = rdkafka::TopicPartitionList::new();
+        let mut end = 0;
+        for p in md.topics()[0].partitions() {
+            tpl.add_partition(&topic, p.id());
+            end += consumer
+                .fetch_watermarks(&topic, p.id(), timeout)
+                .unwrap()
+                .1;
+        }
+        let committed = consumer
+            .committed_offsets(tpl, timeout)
+            .unwrap()
+            .elements()
+            .iter()
+            .map(|e| e.offset().to_raw().filter(|o| *o >= 0).unwrap_or(0))
+            .sum();
+        (committed, end)
+    })
+    .await
+    .unwrap()
+}
+
+/// A Slack sink paced at 10 messages a second holds a backlog of hundreds when a second
+/// dispatcher joins the group: the partitions that move are delivered by their new owner, and
+/// what the old owner had queued behind the pace for them is not sent. Every alert reaches
+/// Slack exactly once (before the fix, the old owner kept sending what it had queued, and the
+/// new owner sent it again).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rebalance_while_a_paced_sink_holds_a_backlog_sends_each_alert_once() {
+    const N: u32 = 240;
+    let kafka = kafka(4);
+    let slack = Api::start(|_, _| Answer::new(200, "ok")).await;
+    let sinks = format!(
+        r#"
+[sinks.team_slack]
+kind = "slack"
+webhook_url = "{slack}/services/T000/B000/slacksecret"
+max_per_second = 10
+"#,
+        slack = slack.base,
+    );
+    let config = dispatch_config(kafka.bootstrap(), "lwfaults", &sinks);
+    let first = Daemon::start(&config, &rules_text("1h")).await;
+    let alerts = breaches(N);
+    produce_all(kafka.bootstrap(), &alerts).await;
+    // The first dispatcher has the whole backlog queued behind Slack's pace …
+    wait_for("the first messages", PATIENCE, || async {
+        slack.count() >= 20
+    })
+    .await;
+    // … when a second one joins: half the partitions move.
+    let second = Daemon::start(&config, &rules_text("1h")).await;
+    wait_for("every alert at Slack", PATIENCE, || async {
+        per_alert(&slack.requests()).len() == N as usize
+    })
+    .await;
+    // Both are done: every alert's offset committed, and no retry left in either backlog.
+    wait_for("every alert settled", PATIENCE, || async {
+        let (committed, end) = alerts_committed(kafka.bootstrap(), "lwfaults").await;
+        let backlog = r#"leadwatch_delivery_retry_backlog{sink="team_slack"}"#;
+        committed == end
+            && first.metric_or_zero(backlog).await == 0.0
+            && second.metric_or_zero(backlog).await == 0.0
+    })
+    .await;
+    let counts = per_alert(&slack.requests());
+    let doubled: Vec<_> = counts.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(
+        doubled.is_empty(),
+        "{} of {N} alerts reached Slack more than once ({} messages): {doubled:?}",
+        doubled.len(),
+        slack.count()
+    );
+    assert_eq!(slack.count(), N as usize);
+    for alert in &alerts {
+        assert_eq!(counts.get(alert.id()), Some(&1), "{}", alert.id());
+    }
+    second.stop().await;
+    first.stop().await;
+}
