@@ -193,3 +193,137 @@ max_per_second = 10
     second.stop().await;
     first.stop().await;
 }
+
+/// The dead letters of `sink`: one per alert, as the dispatcher writes them.
+async fn dead_letter_all(bootstrap: &str, sink: &str, alerts: &[Alert]) {
+    let producer: FutureProducer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .create()
+        .unwrap();
+    let topic = format!("{PREFIX}.alerts.dlq");
+    for alert in alerts {
+        let letter = serde_json::json!({
+            "sink": sink,
+            "alert": alert,
+            "attempts": 1,
+            "status": 400,
+            "error": "refused",
+            "dead_at": Clock::system().now(),
+        });
+        let body = serde_json::to_vec(&letter).unwrap();
+        producer
+            .send(
+                FutureRecord::to(&topic).key(alert.id()).payload(&body),
+                Duration::from_secs(10),
+            )
+            .await
+            .unwrap();
+    }
+    // And a record no version could read.
+    producer
+        .send(
+            FutureRecord::to(&topic)
+                .key("garbage")
+                .payload(&b"\xff not json"[..]),
+            Duration::from_secs(10),
+        )
+        .await
+        .unwrap();
+}
+
+/// `dlq replay` interrupted halfway (its sink failed one letter, and the replay was stopped
+/// while it waited to retry), then run again: the receiver has each alert once — what the first
+/// run sent is not sent again — each delivery is in the ledger, and the record that was no dead
+/// letter is referenced in the dead-letter topic again, with its reason, not skipped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_interrupted_dlq_replay_resumes_without_sending_anything_twice() {
+    const N: usize = 6;
+    let kafka = kafka(2);
+    // The fourth request fails (the replay waits a second to retry it: it is stopped then);
+    // every other is taken.
+    let hook = Api::start(|_, before| {
+        if before.len() == 3 {
+            Answer::new(503, "busy")
+        } else {
+            Answer::new(204, "")
+        }
+    })
+    .await;
+    let sinks = format!(
+        r#"
+[sinks.hook]
+kind = "webhook"
+url = "{}/alerts"
+secret = "{SINK_SECRET}"
+"#,
+        hook.base
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("leadwatch.toml");
+    std::fs::write(
+        &path,
+        dispatch_config(kafka.bootstrap(), "lwreplay", &sinks),
+    )
+    .unwrap();
+    std::fs::write(dir.path().join("rules.toml"), rules_text("1h")).unwrap();
+    let cfg = leadwatch::app::Config::load_with_env(&path, Vec::new()).unwrap();
+    let alerts = breaches(N as u32);
+    dead_letter_all(kafka.bootstrap(), "hook", &alerts).await;
+    let clock = Clock::system();
+    let replay =
+        || leadwatch::dispatch::dlq::replay(&cfg.kafka, cfg.dispatch_sections(), "hook", &clock);
+    tokio::select! {
+        done = replay() => panic!("the replay was to be stopped halfway: {done:?}"),
+        () = wait_for("the failed attempt", PATIENCE, || async { hook.count() >= 4 }) => {}
+    }
+    let report = replay().await.unwrap();
+    assert_eq!(
+        (report.delivered, report.dead_again),
+        (N - 3, 0),
+        "{report}"
+    );
+    // Every request but the failed one was taken.
+    let requests = hook.requests();
+    let mut taken: Vec<&str> = requests
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| *i != 3)
+        .map(|(_, r)| r.header("webhook-id"))
+        .collect();
+    taken.sort();
+    let mut want: Vec<&str> = alerts.iter().map(|a| a.id()).collect();
+    want.sort();
+    assert_eq!(
+        taken, want,
+        "each alert taken once, after the interruption too"
+    );
+    // Each delivery is in the ledger.
+    let ledger = read_topic(kafka.bootstrap(), &format!("{PREFIX}.delivered"), N).await;
+    for alert in &alerts {
+        assert!(
+            ledger
+                .iter()
+                .any(|(_, v)| v["alert_id"] == alert.id() && v["sink"] == "hook"),
+            "{} not in the ledger",
+            alert.id()
+        );
+    }
+    // The unreadable record is referenced again, with its reason.
+    let dlq = read_topic(kafka.bootstrap(), &format!("{PREFIX}.alerts.dlq"), N + 2).await;
+    let again: Vec<_> = dlq
+        .iter()
+        .filter(|(_, v)| v["sink"] == "(quarantine)")
+        .collect();
+    assert_eq!(again.len(), 1, "{dlq:?}");
+    assert_eq!(
+        again[0].1["unreadable"]["topic"],
+        format!("{PREFIX}.alerts.dlq")
+    );
+    assert!(
+        again[0].1["unreadable"]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("not a dead letter"),
+        "{again:?}"
+    );
+}
