@@ -327,3 +327,50 @@ secret = "{SINK_SECRET}"
         "{again:?}"
     );
 }
+
+/// The topics are verified at start as far as the broker can describe them. The mock cluster
+/// (like the embedded broker and `dev-broker`) cannot describe topic configurations: that is
+/// said, and the daemon goes on; its metadata still shows one replica per partition, which is a
+/// warning while `kafka.min_replication_factor` is unset and a refusal to start once it is set.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn topics_are_verified_as_far_as_the_broker_describes_them() {
+    let kafka = kafka(2);
+    let mut base = rdkafka::ClientConfig::new();
+    base.set("bootstrap.servers", kafka.bootstrap());
+    let topics = leadwatch::bus::Topics::new(PREFIX);
+    let mut req = leadwatch::bus::admin::Requirements {
+        message_max_bytes: 1_000_000,
+        min_replication_factor: None,
+        min_insync_replicas: None,
+    };
+    let verified = leadwatch::bus::admin::verify_topics(&base, &topics, &req)
+        .await
+        .unwrap();
+    assert!(!verified.described, "{verified:?}");
+    assert_eq!(verified.warnings.len(), 1, "{verified:?}");
+    assert!(
+        verified.warnings[0].starts_with("replication factor below 3: lwtest.events (1), "),
+        "{verified:?}"
+    );
+    // The daemon goes on.
+    let sinks = "[sinks.log]\nkind = \"log\"\n";
+    let config = dispatch_config(kafka.bootstrap(), "lwverify", sinks);
+    let daemon = Daemon::start(&config, &rules_text("1h")).await;
+    wait_for("the daemon to answer", PATIENCE, || async {
+        reqwest::get(daemon.url("/healthz")).await.is_ok()
+    })
+    .await;
+    daemon.stop().await;
+    // A minimum the operator set and the cluster misses: refused, naming topic and key.
+    req.min_replication_factor = Some(3);
+    let refused = leadwatch::bus::admin::verify_topics(&base, &topics, &req)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        refused.contains(
+            "topic `lwtest.state`: replication factor is 1, below `kafka.min_replication_factor` (3)"
+        ),
+        "{refused}"
+    );
+}

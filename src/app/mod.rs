@@ -194,6 +194,19 @@ pub async fn run_with_reloads(
         admin::check_copartitioned(&base, &topics)
             .await
             .context("checking the Kafka topics")?;
+        let requirements = admin::Requirements {
+            message_max_bytes: config
+                .kafka
+                .options
+                .get("message.max.bytes")
+                .and_then(|v| v.trim().parse().ok())
+                .unwrap_or(crate::ingest::config::LIBRDKAFKA_MESSAGE_MAX_BYTES),
+            min_replication_factor: config.kafka.min_replication_factor,
+            min_insync_replicas: config.kafka.min_insync_replicas,
+        };
+        admin::verify_topics(&base, &topics, &requirements)
+            .await
+            .context("verifying the Kafka topics")?;
     }
 
     let producer = Producer::new(&base, metrics.clone()).context("creating the Kafka producer")?;

@@ -25,6 +25,15 @@ pub struct RawKafkaConfig {
     #[serde(default = "default_session_timeout")]
     #[eserde(compat)]
     session_timeout: HumanDuration,
+    /// The fewest replicas each of the daemon's topics must have: the daemon refuses to start
+    /// on fewer. Unset: fewer than 3 is a warning.
+    #[serde(default)]
+    min_replication_factor: Option<i32>,
+    /// The lowest `min.insync.replicas` each of the daemon's topics must have (checked where the
+    /// broker describes topic configurations): the daemon refuses to start below it. Unset: below
+    /// 2 is a warning.
+    #[serde(default)]
+    min_insync_replicas: Option<i32>,
     #[serde(default)]
     #[eserde(compat)]
     options: KafkaOptions,
@@ -39,6 +48,8 @@ impl Default for RawKafkaConfig {
             partitions: default_partitions(),
             replication_factor: default_replication(),
             session_timeout: default_session_timeout(),
+            min_replication_factor: None,
+            min_insync_replicas: None,
             options: Default::default(),
         }
     }
@@ -77,6 +88,10 @@ pub struct KafkaConfig {
     pub replication_factor: i32,
     /// Consumer group session timeout: how long a dead member keeps its partitions.
     pub session_timeout: Duration,
+    /// Refuse to start when a topic has fewer replicas (unset: warn below 3).
+    pub min_replication_factor: Option<i32>,
+    /// Refuse to start when a topic's `min.insync.replicas` is lower (unset: warn below 2).
+    pub min_insync_replicas: Option<i32>,
     /// Passed through to librdkafka as they are (`security.protocol`, `sasl.*`, `ssl.*` …).
     /// Nested tables are joined with dots, so `[kafka.options.sasl] mechanism = "PLAIN"` works.
     pub options: BTreeMap<String, String>,
@@ -221,6 +236,14 @@ impl RawKafkaConfig {
         if self.partitions < 1 {
             problems.push(("partitions".into(), "must be at least 1".into()));
         }
+        for (key, value) in [
+            ("min_replication_factor", self.min_replication_factor),
+            ("min_insync_replicas", self.min_insync_replicas),
+        ] {
+            if value.is_some_and(|v| v < 1) {
+                problems.push((key.into(), "must be at least 1 when set".into()));
+            }
+        }
         if self.replication_factor == 0 || self.replication_factor < -1 {
             problems.push((
                 "replication_factor".into(),
@@ -240,6 +263,8 @@ impl From<RawKafkaConfig> for KafkaConfig {
             partitions: raw.partitions,
             replication_factor: raw.replication_factor,
             session_timeout: raw.session_timeout.0,
+            min_replication_factor: raw.min_replication_factor,
+            min_insync_replicas: raw.min_insync_replicas,
             options: raw.options.0,
         }
     }

@@ -655,6 +655,8 @@ mod tests {
             partitions: 2,
             replication_factor: -1,
             session_timeout: Duration::from_secs(3),
+            min_replication_factor: None,
+            min_insync_replicas: None,
             options: Default::default(),
         }
     }
