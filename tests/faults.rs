@@ -374,3 +374,35 @@ async fn topics_are_verified_as_far_as_the_broker_describes_them() {
         "{refused}"
     );
 }
+
+/// A deploy: on SIGTERM, `/readyz` turns 503 ("draining") first, and the listener keeps
+/// serving webhooks for `server.drain_delay` — the requests an orchestrator still sends while
+/// its endpoints update are taken (202), not refused — before it closes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_sigterm_readiness_turns_off_first_and_webhooks_are_still_taken_while_draining() {
+    let kafka = kafka(2);
+    let receiver = Receiver::start().await;
+    let config = config_text(kafka.bootstrap(), &receiver.url, "")
+        .replace("[server]\n", "[server]\ndrain_delay = \"10s\"\n");
+    let mut daemon = Daemon::start(&config, &rules_text("1h")).await;
+    let readyz = |daemon: &Daemon| {
+        let url = daemon.url("/readyz");
+        async move {
+            let r = reqwest::get(url).await.ok()?;
+            Some((r.status().as_u16(), r.text().await.ok()?))
+        }
+    };
+    wait_for("ready", PATIENCE, || async {
+        readyz(&daemon).await == Some((200, "ready".to_string()))
+    })
+    .await;
+    daemon.begin_stop();
+    wait_for("readiness off", PATIENCE, || async {
+        readyz(&daemon).await == Some((503, "draining".to_string()))
+    })
+    .await;
+    let event = ready_event("evt-drain-1", "L-drain", &now_plus(0));
+    let (status, _, body) = post_signed(&daemon.url("/webhooks/web"), SOURCE_SECRET, &event).await;
+    assert_eq!(status, 202, "{body}");
+    daemon.stop().await;
+}

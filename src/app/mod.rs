@@ -326,12 +326,14 @@ pub async fn run_with_reloads(
             clock.clone(),
         ))
     });
+    let draining = CancellationToken::new();
     let app = http::router(
         ingest,
         producer.clone(),
         metrics.clone(),
         clock.clone(),
         liveness.clone(),
+        draining.clone(),
     );
     tracing::info!(listen = %listener.local_addr()?, "listening");
     let mut http = tokio::spawn(http::serve(
@@ -353,6 +355,23 @@ pub async fn run_with_reloads(
             let error = anyhow::anyhow!("the HTTP server stopped on its own: {served:?}");
             tracing::error!(error = %error, "stopping the daemon");
             failed = Some(error);
+        }
+    }
+    if !http_done && !config.server.drain_delay.0.is_zero() {
+        // Readiness off first; the listener keeps serving while the orchestrator stops sending
+        // requests here (a second signal still exits at once).
+        let delay = config.server.drain_delay.0;
+        draining.cancel();
+        tracing::info!(
+            ?delay,
+            "draining: /readyz answers 503, requests are still served"
+        );
+        tokio::select! {
+            _ = tokio::time::sleep(delay) => {}
+            served = &mut http => {
+                http_done = true;
+                tracing::error!(?served, "the HTTP server stopped on its own while draining");
+            }
         }
     }
     let deadline = clock.instant() + grace;
