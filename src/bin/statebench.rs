@@ -99,6 +99,7 @@ async fn main() -> anyhow::Result<()> {
         session_timeout: Duration::from_secs(10),
         min_replication_factor: None,
         min_insync_replicas: None,
+        instance_id: None,
         options: Default::default(),
     };
     let topics = Topics::new(&prefix);

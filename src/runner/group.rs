@@ -657,6 +657,7 @@ mod tests {
             session_timeout: Duration::from_secs(3),
             min_replication_factor: None,
             min_insync_replicas: None,
+            instance_id: None,
             options: Default::default(),
         }
     }
