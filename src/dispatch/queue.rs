@@ -275,10 +275,11 @@ impl SinkQueue {
             && self.waiting.load(Ordering::SeqCst) < self.inline_capacity
     }
 
-    /// How many of its due retries are handed to the sink at once: about a second's worth
-    /// (what it may hold inline); the next batch goes as these finish.
-    pub fn retry_batch(&self) -> usize {
+    /// How many more due retries the sink may be handed now: up to about a second's worth (what
+    /// it may hold inline) waiting for their turn; the next batch goes as these are sent.
+    pub fn retry_room(&self) -> usize {
         self.inline_capacity
+            .saturating_sub(self.waiting.load(Ordering::SeqCst))
     }
 
     pub fn is_failing(&self) -> bool {

@@ -3,7 +3,7 @@
 //! (`{prefix}.delivered`) and retry backlog (`{prefix}.alerts.retry`) are read back before its
 //! alerts are handed out; each alert is brought to its sinks by [`crate::dispatch::deliver`],
 //! and its offset is stored once every sink is settled. One timer runs the backlog's due
-//! retries, a batch per sink at a time (about a second's worth, the next as those finish); a
+//! retries, a batch per sink at a time (about a second's worth, the next as those are sent); a
 //! sink that answers again gets its backlog at once, in such batches.
 
 use std::collections::HashMap;
@@ -142,16 +142,15 @@ impl Dispatcher {
             group = group.watched(beat);
         }
         tracing::info!(group = %group_id, topic = %topics.alerts, sinks = shared.queues.len(), routes = shared.routes.configs().len(), "dispatcher started");
-        // Due retries being attempted, and how many per sink: each sink is handed a batch of
-        // its due retries at a time (`SinkQueue::retry_batch`), the next as those finish.
+        // Due retries being attempted. Each sink is handed its due retries a batch at a time,
+        // as much as its queue has room for (`SinkQueue::retry_room`: about a second's worth
+        // waiting for their turn), the next as those are sent; a sink no longer configured, a
+        // batch at a time of those not yet finished (each is dead-lettered at once).
         let mut retrying: FuturesUnordered<BoxFuture<'static, String>> = FuturesUnordered::new();
         let mut retrying_per_sink: HashMap<String, usize> = HashMap::new();
-        let room = |per_sink: &HashMap<String, usize>, sink: &str| {
-            let batch = shared
-                .queues
-                .get(sink)
-                .map_or(UNKNOWN_SINK_BATCH, |q| q.retry_batch());
-            batch.saturating_sub(per_sink.get(sink).copied().unwrap_or(0))
+        let room = |per_sink: &HashMap<String, usize>, sink: &str| match shared.queues.get(sink) {
+            Some(queue) => queue.retry_room(),
+            None => UNKNOWN_SINK_BATCH.saturating_sub(per_sink.get(sink).copied().unwrap_or(0)),
         };
         let mut gauge = tokio::time::interval(Duration::from_secs(1));
         gauge.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -204,10 +203,15 @@ impl Dispatcher {
                     }
                     Next::Stage(Own::Due) => {
                         let now = shared.clock.now();
+                        // Taken now and not yet in their queue: counted against its room.
+                        let mut taken: HashMap<String, usize> = HashMap::new();
                         for (_, work) in group.partitions() {
-                            let due = work.backlog.take_due_at_most(now, |sink| room(&retrying_per_sink, sink));
+                            let due = work.backlog.take_due_at_most(now, |sink| {
+                                room(&retrying_per_sink, sink).saturating_sub(taken.get(sink).copied().unwrap_or(0))
+                            });
                             for (lead, entry) in due {
                                 let sink = entry.sink.clone();
+                                *taken.entry(sink.clone()).or_default() += 1;
                                 *retrying_per_sink.entry(sink.clone()).or_default() += 1;
                                 retrying.push(retry_one(shared.clone(), work.clone(), lead, entry).map(move |()| sink).boxed());
                             }
