@@ -37,6 +37,9 @@ struct Health {
     producer: Arc<Producer>,
     metrics: Arc<Metrics>,
     liveness: Arc<Liveness>,
+    /// Cancelled on SIGTERM: `/readyz` answers 503 from then on, while the listener still
+    /// serves for `server.drain_delay`.
+    draining: CancellationToken,
 }
 
 /// The routes, and the limits the listener holds every connection to.
@@ -98,6 +101,7 @@ pub fn router(
     metrics: Arc<Metrics>,
     clock: Clock,
     liveness: Arc<Liveness>,
+    draining: CancellationToken,
 ) -> HttpApp {
     let limits = Limits::of(
         &ingest
@@ -113,6 +117,7 @@ pub fn router(
             producer,
             metrics: metrics.clone(),
             liveness,
+            draining,
         });
     let routes = match ingest {
         Some(ingest) => health.merge(
@@ -179,7 +184,9 @@ async fn header_limit(
 /// Ready when webhooks can be accepted: the producer is healthy and Kafka answers. The engine's
 /// partitions (or a rebalance) do not matter here.
 async fn ready(State(h): State<Health>) -> impl IntoResponse {
-    if h.producer.is_ready() {
+    if h.draining.is_cancelled() {
+        (StatusCode::SERVICE_UNAVAILABLE, "draining")
+    } else if h.producer.is_ready() {
         (StatusCode::OK, "ready")
     } else {
         (StatusCode::SERVICE_UNAVAILABLE, "kafka unavailable")

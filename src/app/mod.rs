@@ -194,6 +194,19 @@ pub async fn run_with_reloads(
         admin::check_copartitioned(&base, &topics)
             .await
             .context("checking the Kafka topics")?;
+        let requirements = admin::Requirements {
+            message_max_bytes: config
+                .kafka
+                .options
+                .get("message.max.bytes")
+                .and_then(|v| v.trim().parse().ok())
+                .unwrap_or(crate::ingest::config::LIBRDKAFKA_MESSAGE_MAX_BYTES),
+            min_replication_factor: config.kafka.min_replication_factor,
+            min_insync_replicas: config.kafka.min_insync_replicas,
+        };
+        admin::verify_topics(&base, &topics, &requirements)
+            .await
+            .context("verifying the Kafka topics")?;
     }
 
     let producer = Producer::new(&base, metrics.clone()).context("creating the Kafka producer")?;
@@ -313,12 +326,14 @@ pub async fn run_with_reloads(
             clock.clone(),
         ))
     });
+    let draining = CancellationToken::new();
     let app = http::router(
         ingest,
         producer.clone(),
         metrics.clone(),
         clock.clone(),
         liveness.clone(),
+        draining.clone(),
     );
     tracing::info!(listen = %listener.local_addr()?, "listening");
     let mut http = tokio::spawn(http::serve(
@@ -340,6 +355,23 @@ pub async fn run_with_reloads(
             let error = anyhow::anyhow!("the HTTP server stopped on its own: {served:?}");
             tracing::error!(error = %error, "stopping the daemon");
             failed = Some(error);
+        }
+    }
+    if !http_done && !config.server.drain_delay.0.is_zero() {
+        // Readiness off first; the listener keeps serving while the orchestrator stops sending
+        // requests here (a second signal still exits at once).
+        let delay = config.server.drain_delay.0;
+        draining.cancel();
+        tracing::info!(
+            ?delay,
+            "draining: /readyz answers 503, requests are still served"
+        );
+        tokio::select! {
+            _ = tokio::time::sleep(delay) => {}
+            served = &mut http => {
+                http_done = true;
+                tracing::error!(?served, "the HTTP server stopped on its own while draining");
+            }
         }
     }
     let deadline = clock.instant() + grace;

@@ -103,6 +103,9 @@ async fn main() -> anyhow::Result<()> {
         partitions: args.partitions,
         replication_factor: 1,
         session_timeout: Duration::from_secs(10),
+        min_replication_factor: None,
+        min_insync_replicas: None,
+        instance_id: None,
         options: Default::default(),
     };
     let topics = Topics::new(&prefix);

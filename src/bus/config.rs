@@ -25,6 +25,21 @@ pub struct RawKafkaConfig {
     #[serde(default = "default_session_timeout")]
     #[eserde(compat)]
     session_timeout: HumanDuration,
+    /// The fewest replicas each of the daemon's topics must have: the daemon refuses to start
+    /// on fewer. Unset: fewer than 3 is a warning.
+    #[serde(default)]
+    min_replication_factor: Option<i32>,
+    /// The lowest `min.insync.replicas` each of the daemon's topics must have (checked where the
+    /// broker describes topic configurations): the daemon refuses to start below it. Unset: below
+    /// 2 is a warning.
+    #[serde(default)]
+    min_insync_replicas: Option<i32>,
+    /// This instance's static group membership id (`group.instance.id` of its consumer groups):
+    /// a member restarted within `session_timeout` under the same id gets its partitions back
+    /// without a rebalance. Unique per instance and stable across its restarts (a StatefulSet's
+    /// pod name, e.g. from `LEADWATCH__KAFKA__INSTANCE_ID`); unset: dynamic membership.
+    #[serde(default)]
+    instance_id: Option<String>,
     #[serde(default)]
     #[eserde(compat)]
     options: KafkaOptions,
@@ -39,6 +54,9 @@ impl Default for RawKafkaConfig {
             partitions: default_partitions(),
             replication_factor: default_replication(),
             session_timeout: default_session_timeout(),
+            min_replication_factor: None,
+            min_insync_replicas: None,
+            instance_id: None,
             options: Default::default(),
         }
     }
@@ -77,6 +95,12 @@ pub struct KafkaConfig {
     pub replication_factor: i32,
     /// Consumer group session timeout: how long a dead member keeps its partitions.
     pub session_timeout: Duration,
+    /// Refuse to start when a topic has fewer replicas (unset: warn below 3).
+    pub min_replication_factor: Option<i32>,
+    /// Refuse to start when a topic's `min.insync.replicas` is lower (unset: warn below 2).
+    pub min_insync_replicas: Option<i32>,
+    /// Static group membership (`group.instance.id`) when set; dynamic when not.
+    pub instance_id: Option<String>,
     /// Passed through to librdkafka as they are (`security.protocol`, `sasl.*`, `ssl.*` …).
     /// Nested tables are joined with dots, so `[kafka.options.sasl] mechanism = "PLAIN"` works.
     pub options: BTreeMap<String, String>,
@@ -197,6 +221,7 @@ const PINNED_OPTIONS: &[(&str, &str)] = &[
         "a lead's state lives where its events go: every producer (and `simulate`) places keys by murmur2",
     ),
     ("group.id", "set `kafka.group_id` instead"),
+    ("group.instance.id", "set `kafka.instance_id` instead"),
     ("bootstrap.servers", "set `kafka.brokers` instead"),
 ];
 
@@ -221,6 +246,26 @@ impl RawKafkaConfig {
         if self.partitions < 1 {
             problems.push(("partitions".into(), "must be at least 1".into()));
         }
+        for (key, value) in [
+            ("min_replication_factor", self.min_replication_factor),
+            ("min_insync_replicas", self.min_insync_replicas),
+        ] {
+            if value.is_some_and(|v| v < 1) {
+                problems.push((key.into(), "must be at least 1 when set".into()));
+            }
+        }
+        if let Some(id) = &self.instance_id
+            && (id.is_empty()
+                || id.len() > 249
+                || !id
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c)))
+        {
+            problems.push((
+                "instance_id".into(),
+                "must be 1 to 249 letters, digits, `.`, `_` or `-`".into(),
+            ));
+        }
         if self.replication_factor == 0 || self.replication_factor < -1 {
             problems.push((
                 "replication_factor".into(),
@@ -240,6 +285,9 @@ impl From<RawKafkaConfig> for KafkaConfig {
             partitions: raw.partitions,
             replication_factor: raw.replication_factor,
             session_timeout: raw.session_timeout.0,
+            min_replication_factor: raw.min_replication_factor,
+            min_insync_replicas: raw.min_insync_replicas,
+            instance_id: raw.instance_id,
             options: raw.options.0,
         }
     }

@@ -151,6 +151,28 @@ pub fn subscribe(
     metrics: Arc<Metrics>,
     hooks: RebalanceHooks,
 ) -> Result<(GroupConsumer, mpsc::UnboundedReceiver<Assignment>), KafkaError> {
+    let cfg = group_config(base, kafka, group, hooks.report_end);
+    let (tx, rx) = mpsc::unbounded_channel();
+    let ctx = GroupContext {
+        group: group.to_string(),
+        topic: topic.to_string(),
+        metrics,
+        assignments: tx,
+        hooks,
+    };
+    let consumer: GroupConsumer = cfg.create_with_context(ctx)?;
+    consumer.subscribe(&[topic])?;
+    Ok((consumer, rx))
+}
+
+/// The configuration of a member of `group`: `base` and `[kafka.options]`, then what
+/// at-least-once processing rests on, and static membership when `kafka.instance_id` is set.
+fn group_config(
+    base: &ClientConfig,
+    kafka: &KafkaConfig,
+    group: &str,
+    report_end: bool,
+) -> ClientConfig {
     let session_ms = kafka.session_timeout.as_millis().max(1000);
     let mut cfg = ClientConfig::new();
     // Defaults a user may change in `[kafka.options]` …
@@ -173,18 +195,12 @@ pub fn subscribe(
             "heartbeat.interval.ms",
             (session_ms / 3).max(100).to_string(),
         )
-        .set("enable.partition.eof", hooks.report_end.to_string());
-    let (tx, rx) = mpsc::unbounded_channel();
-    let ctx = GroupContext {
-        group: group.to_string(),
-        topic: topic.to_string(),
-        metrics,
-        assignments: tx,
-        hooks,
-    };
-    let consumer: GroupConsumer = cfg.create_with_context(ctx)?;
-    consumer.subscribe(&[topic])?;
-    Ok((consumer, rx))
+        .set("enable.partition.eof", report_end.to_string());
+    if let Some(id) = &kafka.instance_id {
+        // Static membership: a restart within the session timeout keeps the partitions.
+        cfg.set("group.instance.id", id);
+    }
+    cfg
 }
 
 /// Stores `offset` (of a message whose work is done) for the next auto-commit.
@@ -235,5 +251,31 @@ pub async fn close(consumer: GroupConsumer, timeout: Duration) {
             }
         }
         Err(e) => tracing::warn!(error = %e, "could not start the consumer close"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn kafka(instance_id: Option<&str>) -> KafkaConfig {
+        let raw = crate::bus::config::RawKafkaConfig::default();
+        KafkaConfig {
+            instance_id: instance_id.map(str::to_string),
+            ..raw.into()
+        }
+    }
+
+    /// `kafka.instance_id` makes each of the instance's groups' members static
+    /// (`group.instance.id`); unset, membership is dynamic as before.
+    #[test]
+    fn an_instance_id_makes_the_member_static() {
+        let base = ClientConfig::new();
+        let dynamic = group_config(&base, &kafka(None), "lw.dispatch", false);
+        assert_eq!(dynamic.get("group.instance.id"), None);
+        assert_eq!(dynamic.get("group.id"), Some("lw.dispatch"));
+        let fixed = group_config(&base, &kafka(Some("leadwatch-0")), "lw.dispatch", false);
+        assert_eq!(fixed.get("group.instance.id"), Some("leadwatch-0"));
+        assert_eq!(fixed.get("enable.auto.offset.store"), Some("false"));
     }
 }

@@ -98,8 +98,8 @@ type Key = (String, String); // (alert id, sink)
 #[derive(Debug, Default)]
 struct Inner {
     leads: HashMap<String, BTreeMap<Key, Pending>>,
-    /// Due times of the entries not being attempted right now.
-    due: BTreeSet<(Timestamp, String, String, String)>, // (when, lead, alert id, sink)
+    /// Per sink, due times of its entries not being attempted right now.
+    due: HashMap<String, BTreeSet<(Timestamp, String, String)>>, // sink → (when, lead, alert id)
     in_flight: HashSet<(String, String, String)>,
     per_sink: HashMap<String, usize>,
 }
@@ -207,55 +207,81 @@ impl Backlog {
 
     /// The earliest due time of an entry not in flight.
     pub fn next_due(&self) -> Option<Timestamp> {
-        self.inner
-            .lock()
-            .expect("backlog lock")
-            .due
-            .first()
-            .map(|(t, ..)| *t)
+        self.next_due_of(|_| true)
     }
 
-    /// Takes the entries due at `now` (they stay in the backlog, marked in flight).
+    /// The earliest due time of an entry not in flight, of the sinks `open` says may take more.
+    pub fn next_due_of(&self, open: impl Fn(&str) -> bool) -> Option<Timestamp> {
+        let inner = self.inner.lock().expect("backlog lock");
+        inner
+            .due
+            .iter()
+            .filter(|(sink, _)| open(sink))
+            .filter_map(|(_, due)| due.first().map(|(t, ..)| *t))
+            .min()
+    }
+
+    /// Takes every entry due at `now` (they stay in the backlog, marked in flight), in due
+    /// order.
     pub fn take_due(&self, now: Timestamp) -> Vec<(String, Pending)> {
+        self.take_due_at_most(now, |_| usize::MAX)
+    }
+
+    /// Takes, per sink, at most `room(sink)` of its entries due at `now`, the earliest first (they
+    /// stay in the backlog, marked in flight); all of them in due order. The rest stay due: a
+    /// sink that answers again after a long outage gets its backlog in batches it can take, not
+    /// all at once.
+    pub fn take_due_at_most(
+        &self,
+        now: Timestamp,
+        mut room: impl FnMut(&str) -> usize,
+    ) -> Vec<(String, Pending)> {
         let mut inner = self.inner.lock().expect("backlog lock");
+        let inner = &mut *inner;
         let mut out = Vec::new();
-        while let Some(first) = inner.due.first().cloned() {
-            if first.0 > now {
-                break;
-            }
-            inner.due.pop_first();
-            let (_, lead, alert_id, sink) = first;
-            let key = (alert_id.clone(), sink.clone());
-            if let Some(p) = inner.leads.get(&lead).and_then(|m| m.get(&key)).cloned() {
-                inner.in_flight.insert((lead.clone(), alert_id, sink));
-                out.push((lead, p));
+        for (sink, due) in inner.due.iter_mut() {
+            let mut room = room(sink);
+            while room > 0 {
+                let Some(first) = due.first().filter(|(t, ..)| *t <= now).cloned() else {
+                    break;
+                };
+                due.pop_first();
+                let (at, lead, alert_id) = first;
+                let key = (alert_id.clone(), sink.clone());
+                if let Some(p) = inner.leads.get(&lead).and_then(|m| m.get(&key)).cloned() {
+                    inner
+                        .in_flight
+                        .insert((lead.clone(), alert_id, sink.clone()));
+                    out.push((at, lead, p));
+                    room -= 1;
+                }
             }
         }
-        out
+        out.sort_by(|a, b| (a.0, &a.1, &a.2.alert_id).cmp(&(b.0, &b.1, &b.2.alert_id)));
+        out.into_iter().map(|(_, lead, p)| (lead, p)).collect()
     }
 
     /// Makes every waiting entry of `sink` due at `now` (the sink answers again). The next
     /// write of a lead's entry carries the earlier time.
     pub fn pull_forward(&self, sink: &str, now: Timestamp) -> usize {
         let mut inner = self.inner.lock().expect("backlog lock");
-        let moved: Vec<_> = inner
-            .due
-            .iter()
-            .filter(|(t, _, _, s)| s == sink && *t > now)
-            .cloned()
-            .collect();
+        let inner = &mut *inner;
+        let Some(due) = inner.due.get_mut(sink) else {
+            return 0;
+        };
+        let moved: Vec<_> = due.iter().filter(|(t, ..)| *t > now).cloned().collect();
         for entry in &moved {
-            inner.due.remove(entry);
-            let (_, lead, alert_id, sink) = entry.clone();
+            due.remove(entry);
+            let (_, lead, alert_id) = entry.clone();
             if let Some(p) = inner
                 .leads
                 .get_mut(&lead)
-                .and_then(|m| m.get_mut(&(alert_id.clone(), sink.clone())))
+                .and_then(|m| m.get_mut(&(alert_id.clone(), sink.to_string())))
             {
                 p.not_before = now;
                 p.early = true;
             }
-            inner.due.insert((now, lead, alert_id, sink));
+            due.insert((now, lead, alert_id));
         }
         moved.len()
     }
@@ -263,11 +289,10 @@ impl Backlog {
 
 impl Inner {
     fn insert(&mut self, lead: &str, p: Pending) {
-        self.due.insert((
+        self.due.entry(p.sink.clone()).or_default().insert((
             p.not_before,
             lead.to_string(),
             p.alert_id.clone(),
-            p.sink.clone(),
         ));
         *self.per_sink.entry(p.sink.clone()).or_default() += 1;
         self.leads
@@ -282,12 +307,12 @@ impl Inner {
             return;
         };
         if let Some(old) = map.remove(&key) {
-            self.due.remove(&(
-                old.not_before,
-                lead.to_string(),
-                alert_id.to_string(),
-                sink.to_string(),
-            ));
+            if let Some(due) = self.due.get_mut(sink) {
+                due.remove(&(old.not_before, lead.to_string(), alert_id.to_string()));
+                if due.is_empty() {
+                    self.due.remove(sink);
+                }
+            }
             if let Some(n) = self.per_sink.get_mut(sink) {
                 *n = n.saturating_sub(1);
             }
@@ -398,6 +423,32 @@ mod tests {
         assert_eq!(restored.len(), 2);
         assert_eq!(restored.next_due(), Some(t(30)));
         assert!(restored.contains("L-1", "a2", "hook"));
+    }
+
+    #[test]
+    fn due_entries_are_taken_in_batches_each_sink_as_much_as_it_has_room_for() {
+        let b = Backlog::default();
+        for i in 0..5 {
+            b.schedule(&format!("L-{i}"), pending(&format!("a{i}"), "slack", i));
+        }
+        b.schedule("L-9", pending("a9", "hook", 3));
+        let room = |sink: &str| if sink == "slack" { 2 } else { 10 };
+        let due: Vec<String> = b
+            .take_due_at_most(t(60), room)
+            .into_iter()
+            .map(|(l, _)| l)
+            .collect();
+        assert_eq!(due, ["L-0", "L-1", "L-9"], "the earliest two of slack's");
+        // The rest stay due, for the next batch; a sink without room wakes nobody.
+        assert_eq!(b.next_due(), Some(t(2)));
+        assert_eq!(b.next_due_of(|sink| sink != "slack"), None);
+        let due: Vec<String> = b
+            .take_due_at_most(t(60), room)
+            .into_iter()
+            .map(|(l, _)| l)
+            .collect();
+        assert_eq!(due, ["L-2", "L-3"]);
+        assert_eq!(b.len(), 6, "taken entries stay until settled");
     }
 
     #[test]

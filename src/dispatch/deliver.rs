@@ -194,6 +194,37 @@ impl Shared {
         });
     }
 
+    /// Writes, in the background, the entry of each lead into which `work`'s restore merged
+    /// late deliveries (recorded by a previous owner after it lost the partition), then
+    /// tombstones those records: in that order, so a crash in between merges them again. The
+    /// writes stop if the partition is revoked.
+    pub(crate) fn fold_late_deliveries(self: &Arc<Self>, work: &Work) {
+        let folded = work.ledger.take_folded();
+        if folded.is_empty() {
+            return;
+        }
+        tracing::info!(
+            partition = work.partition,
+            deliveries = folded.len(),
+            "merged deliveries a previous owner recorded after losing the partition"
+        );
+        let (shared, work) = (self.clone(), work.clone());
+        tokio::spawn(async move {
+            let topic = &shared.topics.delivered;
+            let (producer, revoked) = (&shared.producer, &work.revoked);
+            for (key, lead) in folded {
+                let write = async {
+                    work.ledger.persist(producer, topic, &lead, revoked).await
+                        && Ledger::forget_late(producer, topic, work.partition, &key, revoked).await
+                };
+                tokio::select! {
+                    _ = shared.abandon.cancelled() => break,
+                    written = write => if !written { break },
+                }
+            }
+        });
+    }
+
     /// Sets `leadwatch_delivery_retry_backlog{sink}` from the backlogs of `works`.
     pub(crate) fn report_backlog<'a>(&self, works: impl Iterator<Item = &'a Work>) {
         let mut per_sink: HashMap<&str, i64> =
@@ -339,7 +370,7 @@ pub(crate) async fn fan_out(
                 // attempted it (the alert's own time: engine and dispatcher share a clock, or
                 // NTP keeps theirs close).
                 let maybe_attempted = alert.timestamp < work.assigned_at;
-                let outcome = attempt(&shared, &queue, alert, body, 1, maybe_attempted).await;
+                let outcome = attempt(&shared, &work, &queue, alert, body, 1, maybe_attempted).await;
                 settle(&shared, &work, lead, alert, entry, outcome, false).await
             }
         });
@@ -350,9 +381,11 @@ pub(crate) async fn fan_out(
         .then_some((work.partition, offset))
 }
 
-/// One attempt through the sink's queue; reports a recovered sink to the loop.
+/// One attempt through the sink's queue (abandoned unsent if `work`'s partition is revoked
+/// while it waits its turn); reports a recovered sink to the loop.
 async fn attempt(
     shared: &Shared,
+    work: &Work,
     queue: &SinkQueue,
     alert: &Alert,
     body: &Bytes,
@@ -371,7 +404,7 @@ async fn attempt(
         maybe_attempted,
         message: &message,
     };
-    let outcome = queue.attempt(&a).await;
+    let outcome = queue.attempt(&a, &work.revoked).await;
     if outcome.recovered {
         let _ = shared.recovered.send(queue.name.clone());
     }
@@ -431,7 +464,7 @@ pub(crate) async fn retry_one(shared: Arc<Shared>, work: Work, lead: String, mut
     let outcome = match shared.queues.get(&entry.sink).cloned() {
         Some(queue) => {
             entry.attempts = entry.attempts.saturating_add(1);
-            attempt(&shared, &queue, &alert, &body, entry.attempts, true).await
+            attempt(&shared, &work, &queue, &alert, &body, entry.attempts, true).await
         }
         None => Err(DeliveryError::permanent(format!(
             "sink `{}` is no longer configured",
@@ -453,7 +486,28 @@ async fn settle(
     from_backlog: bool,
 ) -> bool {
     if work.revoked.is_cancelled() {
-        // Another member owns the partition now and redoes what is not recorded.
+        // Another member owns the partition now and redoes what is not recorded. What did
+        // reach the sink is recorded all the same (Slack and Teams have no idempotency key):
+        // that one delivery, merged into the lead's entry at the next restore, never written
+        // over the new owner's entry.
+        if let Ok(Delivered::Sent | Delivered::AlreadyThere) = outcome {
+            shared
+                .metrics
+                .delivery(&entry.sink, "delivered_after_revoke");
+            tracing::info!(sink = %entry.sink, alert_id = %alert.id(), partition = work.partition, "delivered as its partition was revoked; recorded for the next owner");
+            work.ledger
+                .record_late(
+                    &shared.producer,
+                    &shared.topics.delivered,
+                    work.partition,
+                    lead,
+                    alert.id(),
+                    &entry.sink,
+                    shared.clock.now(),
+                    &shared.abandon,
+                )
+                .await;
+        }
         return false;
     }
     let sink = entry.sink.clone();

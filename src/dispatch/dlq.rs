@@ -7,8 +7,15 @@
 //! cause is fixed. It reads the topic from where the previous replay for that sink stopped (its
 //! own consumer group, `{group_id}.dlq-replay.{sink}`, so replaying one sink never skips another's
 //! letters), delivers each with a few quick retries (decided by [`super::retry::decide`], as live
-//! delivery's are, on a short schedule of its own, waiting in the task), writes those that fail
-//! again back to the topic, commits, and says how many of each.
+//! delivery's are, on a short schedule of its own, waiting in the task), records each delivery
+//! in the ledger (a record of that one delivery, as a revoked dispatcher does: merged at the
+//! partition's next restore), writes those that fail again back to the topic, and commits its
+//! position past each letter before the next: an interrupted replay resumes where it stopped and
+//! re-sends nothing it sent (only a letter whose request was under way when it was stopped can
+//! reach the sink twice). A record that is no dead letter this version can read is referenced in
+//! the topic again with the reason (`sink = "(quarantine)"`), never skipped unseen; a letter
+//! whose alert cannot be read is written back, failed again, with the reason. It says how many of
+//! each.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -20,8 +27,10 @@ use jiff::Timestamp;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use rdkafka::{Message as _, Offset, TopicPartitionList};
 use serde::{Deserialize, Serialize};
+use tokio_util::sync::CancellationToken;
 
 use super::config::DispatchSections;
+use super::ledger::Ledger;
 use super::queue::SinkQueue;
 use super::retry::{self, DEFAULT_JITTER, Decision, Schedule, Tries};
 use super::routes::{self, Routes};
@@ -29,9 +38,10 @@ use super::sinks::attempt::ALERT_ID_MAX;
 use super::sinks::{Attempt, Delivered, DeliveryError, Http};
 use crate::alert::Alert;
 use crate::bus::KafkaConfig;
-use crate::bus::producer::Producer;
+use crate::bus::producer::{Producer, QUARANTINE_SINK, Unreadable};
 use crate::bus::{self, Topics};
 use crate::clock::Clock;
+use crate::partitioner::partition_for;
 use crate::telemetry::Metrics;
 
 /// How long one call to Kafka (metadata, offsets, the final flush) may take in a replay.
@@ -112,6 +122,9 @@ pub struct ReplayReport {
     pub dead_again: usize,
     /// Dead letters of other sinks passed over.
     pub other_sinks: usize,
+    /// Records that were no dead letter this version can read: referenced again in the
+    /// dead-letter topic, with the reason.
+    pub unreadable: usize,
 }
 
 impl std::fmt::Display for ReplayReport {
@@ -121,17 +134,59 @@ impl std::fmt::Display for ReplayReport {
             "replayed {} dead letter(s) to sink `{}`: {} delivered, {} failed again (back in the \
              dead-letter topic); {} for other sinks left as they are",
             self.found, self.sink, self.delivered, self.dead_again, self.other_sinks
-        )
+        )?;
+        if self.unreadable > 0 {
+            write!(
+                f,
+                "; {} unreadable record(s) dead-lettered again with the reason",
+                self.unreadable
+            )?;
+        }
+        Ok(())
     }
 }
 
-/// Reads every dead letter of `partitions` from `group`'s committed offsets to the current end.
+/// One record of the dead-letter topic as a replay reads it.
+#[derive(Debug)]
+struct Read {
+    partition: i32,
+    offset: i64,
+    letter: Letter,
+}
+
+#[derive(Debug)]
+enum Letter {
+    Dead(Box<DeadLetter>),
+    /// A reference to a record that could not be read (`sink = "(quarantine)"`): no sink's.
+    Quarantined,
+    /// Not a dead letter this version can read, and why.
+    Unreadable(String),
+}
+
+fn letter(payload: Option<&[u8]>) -> Letter {
+    let payload = payload.unwrap_or_default();
+    match serde_json::from_slice::<DeadLetter>(payload) {
+        Ok(letter) => Letter::Dead(Box::new(letter)),
+        Err(e) => {
+            let sink = serde_json::from_slice::<serde_json::Value>(payload)
+                .ok()
+                .and_then(|v| v["sink"].as_str().map(str::to_string));
+            if sink.as_deref() == Some(QUARANTINE_SINK) {
+                Letter::Quarantined
+            } else {
+                Letter::Unreadable(format!("not a dead letter this version can read: {e}"))
+            }
+        }
+    }
+}
+
+/// Reads every record of `partitions` from `group`'s committed offsets to the current end.
 fn read_new(
     clock: &Clock,
     consumer: &BaseConsumer,
     topic: &str,
     partitions: usize,
-) -> anyhow::Result<(Vec<DeadLetter>, TopicPartitionList, usize)> {
+) -> anyhow::Result<(Vec<Read>, TopicPartitionList)> {
     let timeout = KAFKA_TIMEOUT;
     let mut all = TopicPartitionList::new();
     for p in 0..partitions as i32 {
@@ -160,9 +215,8 @@ fn read_new(
         }
     }
     let mut letters = Vec::new();
-    let mut unreadable = 0;
     if ends.is_empty() {
-        return Ok((letters, done, unreadable));
+        return Ok((letters, done));
     }
     consumer.assign(&assign)?;
     let started = clock.instant();
@@ -175,17 +229,35 @@ fn read_new(
             continue;
         };
         let msg = msg.context("reading the dead-letter topic")?;
-        match msg.payload().map(serde_json::from_slice::<DeadLetter>) {
-            Some(Ok(letter)) => letters.push(letter),
-            _ => unreadable += 1,
-        }
+        letters.push(Read {
+            partition: msg.partition(),
+            offset: msg.offset(),
+            letter: letter(msg.payload()),
+        });
         if let Some(end) = ends.get(&msg.partition())
             && msg.offset() + 1 >= *end
         {
             ends.remove(&msg.partition());
         }
     }
-    Ok((letters, done, unreadable))
+    Ok((letters, done))
+}
+
+/// Commits the replay's position in `partition` past `offset` (that letter is settled: sent
+/// and recorded, written back, or passed over), so an interrupted replay resumes after it.
+async fn commit_past(
+    consumer: &Arc<BaseConsumer>,
+    topic: &str,
+    partition: i32,
+    offset: i64,
+) -> anyhow::Result<()> {
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition_offset(topic, partition, Offset::Offset(offset + 1))?;
+    let consumer = consumer.clone();
+    tokio::task::spawn_blocking(move || consumer.commit(&tpl, CommitMode::Sync))
+        .await
+        .expect("the commit task panicked")
+        .context("committing the replay's position")
 }
 
 /// `leadwatch dlq replay`: re-sends `sink`'s dead letters.
@@ -207,6 +279,8 @@ pub async fn replay(
     let base = bus::client_config(kafka, &kafka.brokers);
     let metrics = Arc::new(Metrics::new());
     let producer = Producer::new(&base, metrics.clone()).context("creating the producer")?;
+    // An unreadable record of the dead-letter topic is referenced there again, with its reason.
+    producer.quarantine_to(&topics.dlq, clock.clone());
     let http = Http::new(config.dispatch.request_timeout.0, clock.clone())
         .context("building the HTTP client")?;
     let queue = SinkQueue::from_config(
@@ -229,7 +303,8 @@ pub async fn replay(
     let consumer: BaseConsumer = cfg.create().context("creating the consumer")?;
     let topic = topics.dlq.clone();
     let reading_clock = clock.clone();
-    let (consumer, (letters, done, unreadable)) = tokio::task::spawn_blocking(move || {
+    let ledger_topic = topics.delivered.clone();
+    let (consumer, (letters, done), ledger_partitions) = tokio::task::spawn_blocking(move || {
         let partitions = consumer
             .fetch_metadata(Some(&topic), KAFKA_TIMEOUT)
             .context("reading the dead-letter topic's metadata")?
@@ -237,17 +312,21 @@ pub async fn replay(
             .first()
             .map_or(0, |t| t.partitions().len());
         anyhow::ensure!(partitions > 0, "topic `{topic}` does not exist");
+        let ledger_partitions = consumer
+            .fetch_metadata(Some(&ledger_topic), KAFKA_TIMEOUT)
+            .context("reading the delivery ledger's metadata")?
+            .topics()
+            .first()
+            .map_or(0, |t| t.partitions().len()) as i32;
+        anyhow::ensure!(
+            ledger_partitions > 0,
+            "topic `{ledger_topic}` does not exist"
+        );
         let read = read_new(&reading_clock, &consumer, &topic, partitions)?;
-        Ok((consumer, read))
+        Ok((Arc::new(consumer), read, ledger_partitions))
     })
     .await
     .expect("the reading task panicked")?;
-    if unreadable > 0 {
-        tracing::warn!(
-            unreadable,
-            "records in the dead-letter topic could not be read"
-        );
-    }
 
     let mut report = ReplayReport {
         sink: sink_name.to_string(),
@@ -264,17 +343,55 @@ pub async fn replay(
         max_retry_after: Duration::from_secs(60),
     };
     let never = tokio_util::sync::CancellationToken::new();
-    for letter in letters {
-        if letter.sink != sink_name {
-            report.other_sinks += 1;
-            continue;
-        }
+    // Each letter is settled — sent and recorded in the ledger, written back, or passed over —
+    // and the replay's position committed past it before the next: an interrupted replay
+    // resumes where it stopped and re-sends nothing it sent.
+    for Read {
+        partition,
+        offset,
+        letter,
+    } in letters
+    {
+        let letter = match letter {
+            Letter::Dead(letter) if letter.sink == sink_name => letter,
+            Letter::Dead(_) | Letter::Quarantined => {
+                report.other_sinks += 1;
+                commit_past(&consumer, &topics.dlq, partition, offset).await?;
+                continue;
+            }
+            Letter::Unreadable(reason) => {
+                let record = Unreadable {
+                    topic: topics.dlq.clone(),
+                    partition,
+                    offset: Some(offset),
+                    key: None,
+                    reason,
+                };
+                anyhow::ensure!(
+                    producer.dead_letter(&record, &never).await,
+                    "could not dead-letter an unreadable record again"
+                );
+                report.unreadable += 1;
+                commit_past(&consumer, &topics.dlq, partition, offset).await?;
+                continue;
+            }
+        };
         report.found += 1;
         let body = Bytes::from(serde_json::to_vec(&letter.alert)?);
         let alert: Alert = match serde_json::from_slice(&body) {
             Ok(a) => a,
             Err(e) => {
-                tracing::error!(error = %e, "a dead letter's alert is unreadable; skipped");
+                // Written back with the reason: never skipped and committed past unseen.
+                tracing::error!(error = %e, "a dead letter's alert is unreadable; written back");
+                let e =
+                    DeliveryError::permanent(format!("the dead letter's alert is unreadable: {e}"));
+                let again = DeadLetter::new(sink_name, &body, letter.attempts, &e, clock.now());
+                anyhow::ensure!(
+                    write(&producer, &topics.dlq, &again, &never).await,
+                    "could not write a dead letter back"
+                );
+                report.dead_again += 1;
+                commit_past(&consumer, &topics.dlq, partition, offset).await?;
                 continue;
             }
         };
@@ -295,7 +412,7 @@ pub async fn replay(
                 maybe_attempted: true,
                 message: &message,
             };
-            let outcome = queue.attempt(&a).await.result;
+            let outcome = queue.attempt(&a, &CancellationToken::new()).await.result;
             match retry::decide(tries, outcome, &schedule, clock.now()) {
                 Decision::Done(delivered) => break Ok(delivered),
                 Decision::RetryAt {
@@ -315,6 +432,26 @@ pub async fn replay(
             }
             Ok(_) => {
                 tracing::info!(alert_id = %alert.id(), sink = sink_name, "dead letter re-sent");
+                // The sink has it: recorded in the ledger as one delivery of its own (merged into
+                // the lead's entry when the dispatcher restores that partition next, never
+                // written over it).
+                let lead = &alert.data.lead;
+                let ledger_partition = partition_for(lead.as_bytes(), ledger_partitions);
+                anyhow::ensure!(
+                    Ledger::default()
+                        .record_late(
+                            &producer,
+                            &topics.delivered,
+                            ledger_partition,
+                            lead,
+                            alert.id(),
+                            sink_name,
+                            clock.now(),
+                            &never,
+                        )
+                        .await,
+                    "could not record a delivery in the ledger"
+                );
                 report.delivered += 1;
             }
             Err(e) => {
@@ -333,6 +470,7 @@ pub async fn replay(
                 report.dead_again += 1;
             }
         }
+        commit_past(&consumer, &topics.dlq, partition, offset).await?;
     }
     producer.flush(KAFKA_TIMEOUT).await;
     tokio::task::spawn_blocking(move || consumer.commit(&done, CommitMode::Sync))

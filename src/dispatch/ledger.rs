@@ -43,33 +43,128 @@ pub enum Mark {
     DeadLettered,
 }
 
+/// One delivery that reached its sink after its partition was revoked: written under a key of
+/// its own ([`late_key`]) to the partition of its alert, so it cannot overwrite the lead's entry
+/// a newer owner writes (compaction keeps the last record per key), and merged into the lead's
+/// entry when the partition is restored next ([`Ledger::take_folded`]).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LateDelivery {
+    pub lead: String,
+    pub alert_id: String,
+    pub sink: String,
+    /// When it reached the sink.
+    pub at: Timestamp,
+}
+
+/// How a late delivery's record is told from a lead's entry: no lead key starts with NUL.
+const LATE_PREFIX: &str = "\u{0}late\u{0}";
+
+/// The key of `alert_id`'s late delivery to `sink` (one per delivery, so two never merge by
+/// overwriting each other either).
+pub fn late_key(alert_id: &str, sink: &str) -> String {
+    format!("{LATE_PREFIX}{alert_id}\u{0}{sink}")
+}
+
 /// One partition's ledger, shared by the deliveries in flight.
 #[derive(Debug, Clone, Default)]
 pub struct Ledger {
     leads: Arc<Mutex<HashMap<String, LeadDeliveries>>>,
+    /// Late deliveries merged at restore, as (their record's key, their lead): once the lead's
+    /// entry holding them is written, their records are tombstoned.
+    folded: Arc<Mutex<Vec<(String, String)>>>,
 }
 
 impl Ledger {
     /// From the partition's records in `{prefix}.delivered`; also the keys of those that could
     /// not be read.
+    /// Late deliveries ([`LateDelivery`]) are merged into their lead's entry.
     pub fn from_snapshot(snapshot: crate::bus::changelog::Snapshot) -> (Ledger, Vec<String>) {
         let mut broken = Vec::new();
-        let leads = snapshot
-            .into_iter()
-            .filter_map(|(k, v)| match serde_json::from_slice(&v) {
-                Ok(d) => Some((k, d)),
-                Err(_) => {
-                    broken.push(k);
-                    None
+        let mut late = Vec::new();
+        let mut leads: HashMap<String, LeadDeliveries> = HashMap::new();
+        for (k, v) in snapshot {
+            if k.starts_with(LATE_PREFIX) {
+                match serde_json::from_slice::<LateDelivery>(&v) {
+                    Ok(d) => late.push((k, d)),
+                    Err(_) => broken.push(k),
                 }
-            })
-            .collect();
+                continue;
+            }
+            match serde_json::from_slice(&v) {
+                Ok(d) => {
+                    leads.insert(k, d);
+                }
+                Err(_) => broken.push(k),
+            }
+        }
+        let mut folded = Vec::new();
+        for (key, d) in late {
+            let entry = leads.entry(d.lead.clone()).or_default();
+            entry
+                .alerts
+                .entry(d.alert_id)
+                .or_insert_with(|| Delivery {
+                    sinks: BTreeSet::new(),
+                    dead_lettered: BTreeSet::new(),
+                    first_at: d.at,
+                })
+                .sinks
+                .insert(d.sink);
+            folded.push((key, d.lead));
+        }
         (
             Ledger {
                 leads: Arc::new(Mutex::new(leads)),
+                folded: Arc::new(Mutex::new(folded)),
             },
             broken,
         )
+    }
+
+    /// The late deliveries merged at restore, as (record key, lead), once: write each lead's
+    /// entry, then tombstone the record.
+    pub fn take_folded(&self) -> Vec<(String, String)> {
+        std::mem::take(&mut *self.folded.lock().expect("ledger lock"))
+    }
+
+    /// Records that `sink` has `alert_id` although this member no longer owns the partition
+    /// (revoked while the request was under way): a record of that one delivery under its own
+    /// key in `partition`, merged at the next restore. True once Kafka has it.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn record_late(
+        &self,
+        producer: &Producer,
+        topic: &str,
+        partition: i32,
+        lead: &str,
+        alert_id: &str,
+        sink: &str,
+        now: Timestamp,
+        abandon: &CancellationToken,
+    ) -> bool {
+        let late = LateDelivery {
+            lead: lead.to_string(),
+            alert_id: alert_id.to_string(),
+            sink: sink.to_string(),
+            at: now,
+        };
+        let bytes = serde_json::to_vec(&late).expect("a late delivery serializes");
+        let key = late_key(alert_id, sink);
+        let enqueue = || producer.enqueue_at(topic, Some(partition), &key, Some(&bytes));
+        producer.until_acked(topic, enqueue, abandon).await
+    }
+
+    /// Tombstones a late delivery's record (`key`, in `partition`) once its lead's entry holds
+    /// it. True once Kafka has it.
+    pub async fn forget_late(
+        producer: &Producer,
+        topic: &str,
+        partition: i32,
+        key: &str,
+        abandon: &CancellationToken,
+    ) -> bool {
+        let enqueue = || producer.enqueue_at(topic, Some(partition), key, None);
+        producer.until_acked(topic, enqueue, abandon).await
     }
 
     pub fn len(&self) -> usize {
@@ -210,6 +305,36 @@ mod tests {
             dead_lettered: BTreeSet::new(),
             first_at: first_at.parse().unwrap(),
         }
+    }
+
+    /// A delivery recorded by an owner that had lost the partition sits under its own key: it
+    /// cannot overwrite the new owner's entry of the lead, and the next restore merges the two.
+    #[test]
+    fn a_late_delivery_is_merged_into_the_leads_entry_at_restore() {
+        let mut newer = LeadDeliveries::default();
+        newer
+            .alerts
+            .insert("alert_b".into(), delivery("2026-11-20T10:00:00Z"));
+        let late = LateDelivery {
+            lead: "L-1".into(),
+            alert_id: "alert_a".into(),
+            sink: "slack".into(),
+            at: "2026-11-20T09:59:00Z".parse().unwrap(),
+        };
+        let key = late_key("alert_a", "slack");
+        let snapshot = [
+            ("L-1".to_string(), serde_json::to_vec(&newer).unwrap()),
+            (key.clone(), serde_json::to_vec(&late).unwrap()),
+            (late_key("alert_x", "slack"), b"{".to_vec()),
+        ]
+        .into();
+        let (ledger, broken) = Ledger::from_snapshot(snapshot);
+        assert_eq!(broken, [late_key("alert_x", "slack")]);
+        assert_eq!(ledger.len(), 1, "a late record is no lead");
+        assert!(ledger.delivered("L-1", "alert_a").contains("slack"));
+        assert!(ledger.delivered("L-1", "alert_b").contains("slack"));
+        assert_eq!(ledger.take_folded(), [(key, "L-1".to_string())]);
+        assert!(ledger.take_folded().is_empty(), "handed out once");
     }
 
     #[test]

@@ -27,6 +27,7 @@ use std::time::Duration;
 
 use tokio::sync::Semaphore;
 use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
 
 use super::config::DispatchConfig;
 use super::retry::{LONGEST_WAIT, Schedule};
@@ -274,6 +275,13 @@ impl SinkQueue {
             && self.waiting.load(Ordering::SeqCst) < self.inline_capacity
     }
 
+    /// How many more due retries the sink may be handed now: up to about a second's worth (what
+    /// it may hold inline) waiting for their turn; the next batch goes as these are sent.
+    pub fn retry_room(&self) -> usize {
+        self.inline_capacity
+            .saturating_sub(self.waiting.load(Ordering::SeqCst))
+    }
+
     pub fn is_failing(&self) -> bool {
         self.failing.load(Ordering::SeqCst)
     }
@@ -285,7 +293,10 @@ impl SinkQueue {
 
     /// One attempt, in turn: decided without a request when the sink can tell from the alert
     /// alone; held back while the sink is paused for its credentials, unless it is the probe.
-    pub async fn attempt(&self, a: &Attempt<'_>) -> Outcome {
+    /// Abandoned, unsent, once `revoked` is cancelled while it waits for its turn (its partition
+    /// moved to another member, which delivers it): revocation is looked at once more after the
+    /// pace's wait, right before the request.
+    pub async fn attempt(&self, a: &Attempt<'_>, revoked: &CancellationToken) -> Outcome {
         if let Some(result) = self.sink.precheck(a) {
             return Outcome {
                 result,
@@ -316,13 +327,31 @@ impl SinkQueue {
             };
         }
         self.waiting.fetch_add(1, Ordering::SeqCst);
-        let permit = self
-            .permits
-            .acquire()
-            .await
-            .expect("the semaphore is never closed");
-        self.limiter.until_ready().await;
+        let turn = async {
+            let permit = self
+                .permits
+                .acquire()
+                .await
+                .expect("the semaphore is never closed");
+            self.limiter.until_ready().await;
+            permit
+        };
+        let permit = tokio::select! {
+            biased;
+            _ = revoked.cancelled() => None,
+            permit = turn => Some(permit),
+        };
         self.waiting.fetch_sub(1, Ordering::SeqCst);
+        // Checked again after the wait: the request is the last moment to not send it.
+        let Some(permit) = permit.filter(|_| !revoked.is_cancelled()) else {
+            self.metrics.delivery(&self.name, "abandoned_on_revoke");
+            return Outcome {
+                result: Err(DeliveryError::retriable(
+                    "abandoned unsent: the partition was revoked (its new owner delivers it)",
+                )),
+                recovered: false,
+            };
+        };
         let result = match tokio::time::timeout(self.attempt_timeout, self.sink.deliver(a)).await {
             Ok(r) => r,
             Err(_) => Err(DeliveryError::retriable(format!(

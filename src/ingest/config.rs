@@ -69,6 +69,13 @@ pub struct ServerConfig {
     /// Most bytes of request headers (names and values); more gets 431.
     #[serde(default = "default_max_header_bytes")]
     pub max_header_bytes: usize,
+    /// On SIGTERM, how long `/readyz` says "draining" while the listener keeps serving, before
+    /// it closes: the time an orchestrator takes to stop sending requests to a terminating
+    /// instance (Kubernetes: a few seconds for its endpoints to update). At most a minute; a
+    /// deployment setting it longer adds it to the termination grace period.
+    #[serde(default = "default_drain_delay")]
+    #[eserde(compat)]
+    pub drain_delay: HumanDuration,
 }
 
 impl Default for ServerConfig {
@@ -88,8 +95,13 @@ impl Default for ServerConfig {
             max_connections: default_max_connections(),
             max_requests_in_flight: default_max_requests_in_flight(),
             max_header_bytes: default_max_header_bytes(),
+            drain_delay: default_drain_delay(),
         }
     }
+}
+
+fn default_drain_delay() -> HumanDuration {
+    HumanDuration(Duration::from_secs(1))
 }
 
 fn default_listen() -> SocketAddr {
@@ -167,6 +179,9 @@ impl ServerConfig {
                 "max_event_bytes".into(),
                 "must be at least `max_field_bytes`".into(),
             ));
+        }
+        if self.drain_delay.0 > Duration::from_secs(60) {
+            problems.push(("drain_delay".into(), "must be at most 1m".into()));
         }
         for (key, value) in [
             ("max_connections", self.max_connections),

@@ -3,8 +3,10 @@
 //! (`{prefix}.delivered`) and retry backlog (`{prefix}.alerts.retry`) are read back before its
 //! alerts are handed out; each alert is brought to its sinks by [`crate::dispatch::deliver`],
 //! and its offset is stored once every sink is settled. One timer runs the backlog's due
-//! retries; a sink that answers again gets its backlog at once.
+//! retries, a batch per sink at a time (about a second's worth, the next as those are sent); a
+//! sink that answers again gets its backlog at once, in such batches.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -27,6 +29,9 @@ use crate::dispatch::deliver::{Shared, Unread, Work, fan_out, retry_one};
 /// How often the ledgers held are swept of deliveries past `dispatch.ledger_retention`.
 const LEDGER_SWEEP: Duration = Duration::from_secs(600);
 
+/// Due retries handed at once to a sink no longer configured (each is dead-lettered at once).
+const UNKNOWN_SINK_BATCH: usize = 16;
+
 /// The dispatcher, ready to run.
 pub struct Dispatcher {
     shared: Arc<Shared>,
@@ -39,8 +44,8 @@ pub struct Dispatcher {
 
 /// The dispatcher's own work, besides what the group hands it.
 enum Own {
-    /// A due retry finished.
-    Retried,
+    /// A due retry to this sink finished.
+    Retried(String),
     /// A sink answers again after failing.
     Recovered(String),
     /// Backlog entries may be due.
@@ -137,7 +142,16 @@ impl Dispatcher {
             group = group.watched(beat);
         }
         tracing::info!(group = %group_id, topic = %topics.alerts, sinks = shared.queues.len(), routes = shared.routes.configs().len(), "dispatcher started");
-        let mut retrying: FuturesUnordered<BoxFuture<'static, ()>> = FuturesUnordered::new();
+        // Due retries being attempted. Each sink is handed its due retries a batch at a time,
+        // as much as its queue has room for (`SinkQueue::retry_room`: about a second's worth
+        // waiting for their turn), the next as those are sent; a sink no longer configured, a
+        // batch at a time of those not yet finished (each is dead-lettered at once).
+        let mut retrying: FuturesUnordered<BoxFuture<'static, String>> = FuturesUnordered::new();
+        let mut retrying_per_sink: HashMap<String, usize> = HashMap::new();
+        let room = |per_sink: &HashMap<String, usize>, sink: &str| match shared.queues.get(sink) {
+            Some(queue) => queue.retry_room(),
+            None => UNKNOWN_SINK_BATCH.saturating_sub(per_sink.get(sink).copied().unwrap_or(0)),
+        };
         let mut gauge = tokio::time::interval(Duration::from_secs(1));
         gauge.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         // Restored ledgers are swept as they come; this is for the ones held for days.
@@ -147,7 +161,10 @@ impl Dispatcher {
         loop {
             let next_due = group
                 .partitions()
-                .filter_map(|(_, w)| w.backlog.next_due())
+                .filter_map(|(_, w)| {
+                    w.backlog
+                        .next_due_of(|sink| room(&retrying_per_sink, sink) > 0)
+                })
                 .min();
             let wake = next_due
                 .map(|t| shared.clock.until(t))
@@ -158,7 +175,7 @@ impl Dispatcher {
             let own = async {
                 tokio::select! {
                     biased;
-                    Some(()) = retrying.next(), if !retrying.is_empty() => Own::Retried,
+                    Some(sink) = retrying.next(), if !retrying.is_empty() => Own::Retried(sink),
                     Some(sink) = self.recovered_rx.recv() => Own::Recovered(sink),
                     _ = tokio::time::sleep(wake) => Own::Due,
                     _ = shared.changed.notified() => Own::Changed,
@@ -171,7 +188,12 @@ impl Dispatcher {
                 _ = shutdown.cancelled() => break,
                 next = group.next_or(own) => match next {
                     Next::Group(event) => self.on(event, &mut group),
-                    Next::Stage(Own::Retried | Own::Changed) => {}
+                    Next::Stage(Own::Retried(sink)) => {
+                        if let Some(n) = retrying_per_sink.get_mut(&sink) {
+                            *n = n.saturating_sub(1);
+                        }
+                    }
+                    Next::Stage(Own::Changed) => {}
                     Next::Stage(Own::Recovered(sink)) => {
                         let now = shared.clock.now();
                         let moved: usize = group.partitions().map(|(_, w)| w.backlog.pull_forward(&sink, now)).sum();
@@ -181,9 +203,17 @@ impl Dispatcher {
                     }
                     Next::Stage(Own::Due) => {
                         let now = shared.clock.now();
+                        // Taken now and not yet in their queue: counted against its room.
+                        let mut taken: HashMap<String, usize> = HashMap::new();
                         for (_, work) in group.partitions() {
-                            for (lead, entry) in work.backlog.take_due(now) {
-                                retrying.push(retry_one(shared.clone(), work.clone(), lead, entry).boxed());
+                            let due = work.backlog.take_due_at_most(now, |sink| {
+                                room(&retrying_per_sink, sink).saturating_sub(taken.get(sink).copied().unwrap_or(0))
+                            });
+                            for (lead, entry) in due {
+                                let sink = entry.sink.clone();
+                                *taken.entry(sink.clone()).or_default() += 1;
+                                *retrying_per_sink.entry(sink.clone()).or_default() += 1;
+                                retrying.push(retry_one(shared.clone(), work.clone(), lead, entry).map(move |()| sink).boxed());
                             }
                         }
                     }
@@ -264,6 +294,7 @@ impl Dispatcher {
                 let (work, unread) =
                     Work::restore(partition, ledger, backlog, self.shared.clock.now());
                 self.dead_letter_unread(partition, unread);
+                self.shared.fold_late_deliveries(&work);
                 self.shared.expire_ledger(&work);
                 // The alerts that waited for the restore go first, in order.
                 for waited in group.ready(partition, work.clone()) {

@@ -666,6 +666,9 @@ mod tests {
             partitions: 2,
             replication_factor: -1,
             session_timeout: Duration::from_secs(3),
+            min_replication_factor: None,
+            min_insync_replicas: None,
+            instance_id: None,
             options: Default::default(),
         }
     }

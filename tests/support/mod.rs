@@ -277,6 +277,13 @@ impl Daemon {
         format!("http://{}{path}", self.addr)
     }
 
+    /// Sends the stop (SIGTERM) without waiting for it: the daemon drains meanwhile.
+    pub fn begin_stop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+
     /// Graceful stop, as on SIGTERM.
     pub async fn stop(mut self) {
         if let Some(stop) = self.stop.take() {

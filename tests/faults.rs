@@ -1,0 +1,408 @@
+//! The fault suite (issue 14): what people receive when the cluster moves under the daemon.
+//! Each test runs real dispatchers in-process against a real Kafka-protocol endpoint and
+//! counts, at a local receiver, what reached it: every alert exactly once.
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use leadwatch::alert::Alert;
+use leadwatch::clock::Clock;
+use leadwatch::dispatch::template::sample_alert;
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use support::api::{Answer, Api, ApiRequest};
+use support::*;
+
+const PATIENCE: Duration = Duration::from_secs(120);
+
+/// A dispatcher alone (`roles = ["dispatch"]`) in the group `group`, with `sinks`.
+fn dispatch_config(bootstrap: &str, group: &str, sinks: &str) -> String {
+    format!(
+        r#"
+roles = ["dispatch"]
+shutdown_grace = "5s"
+[server]
+listen = "127.0.0.1:0"
+[kafka]
+brokers = "{bootstrap}"
+topic_prefix = "{PREFIX}"
+group_id = "{group}"
+session_timeout = "6s"
+[engine]
+restore_timeout = "20s"
+[dispatch]
+request_timeout = "2s"
+retry_jitter = 0.0
+{sinks}
+"#
+    )
+}
+
+/// `n` breaches, each of its own lead (so spread over every partition), with fresh ids.
+fn breaches(n: u32) -> Vec<Alert> {
+    (0..n)
+        .map(|i| {
+            let mut a = sample_alert("sla.first_touch.breached");
+            a.data.lead = format!("L-{i}");
+            a.data.alert_id = format!("alert_{:032x}", 0xfa17_0000u64 + u64::from(i));
+            a.timestamp = Clock::system().now();
+            a.data.deadline = a.timestamp - jiff::SignedDuration::from_secs(90);
+            a
+        })
+        .collect()
+}
+
+/// Produces `alerts` keyed by lead, placed as the engine places them (murmur2: an alert's
+/// partition is its lead's partition of the ledger and the retry backlog).
+async fn produce_all(bootstrap: &str, alerts: &[Alert]) {
+    let producer: FutureProducer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("partitioner", "murmur2_random")
+        .create()
+        .unwrap();
+    let topic = format!("{PREFIX}.alerts");
+    let sends = alerts.iter().map(|alert| {
+        let (producer, topic) = (&producer, &topic);
+        async move {
+            let body = serde_json::to_vec(alert).unwrap();
+            producer
+                .send(
+                    FutureRecord::to(topic).key(&alert.data.lead).payload(&body),
+                    Duration::from_secs(10),
+                )
+                .await
+                .unwrap();
+        }
+    });
+    futures::future::join_all(sends).await;
+}
+
+/// The alert id a Slack message names (its context block: "type · id").
+fn slack_alert_id(r: &ApiRequest) -> String {
+    let body = r.json();
+    let blocks = body["blocks"].as_array().expect("blocks");
+    let context = blocks
+        .iter()
+        .find(|b| b["type"] == "context")
+        .expect("a context block");
+    let text = context["elements"][0]["text"].as_str().unwrap();
+    text.rsplit(" · ").next().unwrap().to_string()
+}
+
+/// How many messages each alert id got.
+fn per_alert(requests: &[ApiRequest]) -> BTreeMap<String, usize> {
+    let mut counts = BTreeMap::new();
+    for r in requests {
+        *counts.entry(slack_alert_id(r)).or_default() += 1;
+    }
+    counts
+}
+
+/// Over the partitions of `{prefix}.alerts`: the offsets the dispatchers of `group` committed,
+/// and the end offsets.
+async fn alerts_committed(bootstrap: &str, group: &str) -> (i64, i64) {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    let (bootstrap, group) = (bootstrap.to_string(), format!("{group}.dispatch"));
+    tokio::task::spawn_blocking(move || {
+        let consumer: BaseConsumer = rdkafka::ClientConfig::new()
+            .set("bootstrap.servers", &bootstrap)
+            .set("group.id", &group)
+            .create()
+            .unwrap();
+        let topic = format!("{PREFIX}.alerts");
+        let timeout = Duration::from_secs(10);
+        let md = consumer.fetch_metadata(Some(&topic), timeout).unwrap();
+        let mut tpl = rdkafka::TopicPartitionList::new();
+        let mut end = 0;
+        for p in md.topics()[0].partitions() {
+            tpl.add_partition(&topic, p.id());
+            end += consumer
+                .fetch_watermarks(&topic, p.id(), timeout)
+                .unwrap()
+                .1;
+        }
+        let committed = consumer
+            .committed_offsets(tpl, timeout)
+            .unwrap()
+            .elements()
+            .iter()
+            .map(|e| e.offset().to_raw().filter(|o| *o >= 0).unwrap_or(0))
+            .sum();
+        (committed, end)
+    })
+    .await
+    .unwrap()
+}
+
+/// A Slack sink paced at 10 messages a second holds a backlog of hundreds when a second
+/// dispatcher joins the group: the partitions that move are delivered by their new owner, and
+/// what the old owner had queued behind the pace for them is not sent. Every alert reaches
+/// Slack exactly once (before the fix, the old owner kept sending what it had queued, and the
+/// new owner sent it again).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rebalance_while_a_paced_sink_holds_a_backlog_sends_each_alert_once() {
+    const N: u32 = 240;
+    let kafka = kafka(4);
+    let slack = Api::start(|_, _| Answer::new(200, "ok")).await;
+    let sinks = format!(
+        r#"
+[sinks.team_slack]
+kind = "slack"
+webhook_url = "{slack}/services/T000/B000/slacksecret"
+max_per_second = 10
+"#,
+        slack = slack.base,
+    );
+    let config = dispatch_config(kafka.bootstrap(), "lwfaults", &sinks);
+    let first = Daemon::start(&config, &rules_text("1h")).await;
+    let alerts = breaches(N);
+    produce_all(kafka.bootstrap(), &alerts).await;
+    // The first dispatcher has the whole backlog queued behind Slack's pace …
+    wait_for("the first messages", PATIENCE, || async {
+        slack.count() >= 20
+    })
+    .await;
+    // … when a second one joins: half the partitions move.
+    let second = Daemon::start(&config, &rules_text("1h")).await;
+    wait_for("every alert at Slack", PATIENCE, || async {
+        per_alert(&slack.requests()).len() == N as usize
+    })
+    .await;
+    // Both are done: every alert's offset committed, and no retry left in either backlog.
+    wait_for("every alert settled", PATIENCE, || async {
+        let (committed, end) = alerts_committed(kafka.bootstrap(), "lwfaults").await;
+        let backlog = r#"leadwatch_delivery_retry_backlog{sink="team_slack"}"#;
+        committed == end
+            && first.metric_or_zero(backlog).await == 0.0
+            && second.metric_or_zero(backlog).await == 0.0
+    })
+    .await;
+    let counts = per_alert(&slack.requests());
+    let doubled: Vec<_> = counts.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(
+        doubled.is_empty(),
+        "{} of {N} alerts reached Slack more than once ({} messages): {doubled:?}",
+        doubled.len(),
+        slack.count()
+    );
+    assert_eq!(slack.count(), N as usize);
+    for alert in &alerts {
+        assert_eq!(counts.get(alert.id()), Some(&1), "{}", alert.id());
+    }
+    second.stop().await;
+    first.stop().await;
+}
+
+/// The dead letters of `sink`: one per alert, as the dispatcher writes them.
+async fn dead_letter_all(bootstrap: &str, sink: &str, alerts: &[Alert]) {
+    let producer: FutureProducer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .create()
+        .unwrap();
+    let topic = format!("{PREFIX}.alerts.dlq");
+    for alert in alerts {
+        let letter = serde_json::json!({
+            "sink": sink,
+            "alert": alert,
+            "attempts": 1,
+            "status": 400,
+            "error": "refused",
+            "dead_at": Clock::system().now(),
+        });
+        let body = serde_json::to_vec(&letter).unwrap();
+        producer
+            .send(
+                FutureRecord::to(&topic).key(alert.id()).payload(&body),
+                Duration::from_secs(10),
+            )
+            .await
+            .unwrap();
+    }
+    // And a record no version could read.
+    producer
+        .send(
+            FutureRecord::to(&topic)
+                .key("garbage")
+                .payload(&b"\xff not json"[..]),
+            Duration::from_secs(10),
+        )
+        .await
+        .unwrap();
+}
+
+/// `dlq replay` interrupted halfway (its sink failed one letter, and the replay was stopped
+/// while it waited to retry), then run again: the receiver has each alert once — what the first
+/// run sent is not sent again — each delivery is in the ledger, and the record that was no dead
+/// letter is referenced in the dead-letter topic again, with its reason, not skipped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_interrupted_dlq_replay_resumes_without_sending_anything_twice() {
+    const N: usize = 6;
+    let kafka = kafka(2);
+    // The fourth request fails (the replay waits a second to retry it: it is stopped then);
+    // every other is taken.
+    let hook = Api::start(|_, before| {
+        if before.len() == 3 {
+            Answer::new(503, "busy")
+        } else {
+            Answer::new(204, "")
+        }
+    })
+    .await;
+    let sinks = format!(
+        r#"
+[sinks.hook]
+kind = "webhook"
+url = "{}/alerts"
+secret = "{SINK_SECRET}"
+"#,
+        hook.base
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("leadwatch.toml");
+    std::fs::write(
+        &path,
+        dispatch_config(kafka.bootstrap(), "lwreplay", &sinks),
+    )
+    .unwrap();
+    std::fs::write(dir.path().join("rules.toml"), rules_text("1h")).unwrap();
+    let cfg = leadwatch::app::Config::load_with_env(&path, Vec::new()).unwrap();
+    let alerts = breaches(N as u32);
+    dead_letter_all(kafka.bootstrap(), "hook", &alerts).await;
+    let clock = Clock::system();
+    let replay =
+        || leadwatch::dispatch::dlq::replay(&cfg.kafka, cfg.dispatch_sections(), "hook", &clock);
+    tokio::select! {
+        done = replay() => panic!("the replay was to be stopped halfway: {done:?}"),
+        () = wait_for("the failed attempt", PATIENCE, || async { hook.count() >= 4 }) => {}
+    }
+    let report = replay().await.unwrap();
+    assert_eq!(
+        (report.delivered, report.dead_again),
+        (N - 3, 0),
+        "{report}"
+    );
+    // Every request but the failed one was taken.
+    let requests = hook.requests();
+    let mut taken: Vec<&str> = requests
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| *i != 3)
+        .map(|(_, r)| r.header("webhook-id"))
+        .collect();
+    taken.sort();
+    let mut want: Vec<&str> = alerts.iter().map(|a| a.id()).collect();
+    want.sort();
+    assert_eq!(
+        taken, want,
+        "each alert taken once, after the interruption too"
+    );
+    // Each delivery is in the ledger.
+    let ledger = read_topic(kafka.bootstrap(), &format!("{PREFIX}.delivered"), N).await;
+    for alert in &alerts {
+        assert!(
+            ledger
+                .iter()
+                .any(|(_, v)| v["alert_id"] == alert.id() && v["sink"] == "hook"),
+            "{} not in the ledger",
+            alert.id()
+        );
+    }
+    // The unreadable record is referenced again, with its reason.
+    let dlq = read_topic(kafka.bootstrap(), &format!("{PREFIX}.alerts.dlq"), N + 2).await;
+    let again: Vec<_> = dlq
+        .iter()
+        .filter(|(_, v)| v["sink"] == "(quarantine)")
+        .collect();
+    assert_eq!(again.len(), 1, "{dlq:?}");
+    assert_eq!(
+        again[0].1["unreadable"]["topic"],
+        format!("{PREFIX}.alerts.dlq")
+    );
+    assert!(
+        again[0].1["unreadable"]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("not a dead letter"),
+        "{again:?}"
+    );
+}
+
+/// The topics are verified at start as far as the broker can describe them. The mock cluster
+/// (like the embedded broker and `dev-broker`) cannot describe topic configurations: that is
+/// said, and the daemon goes on; its metadata still shows one replica per partition, which is a
+/// warning while `kafka.min_replication_factor` is unset and a refusal to start once it is set.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn topics_are_verified_as_far_as_the_broker_describes_them() {
+    let kafka = kafka(2);
+    let mut base = rdkafka::ClientConfig::new();
+    base.set("bootstrap.servers", kafka.bootstrap());
+    let topics = leadwatch::bus::Topics::new(PREFIX);
+    let mut req = leadwatch::bus::admin::Requirements {
+        message_max_bytes: 1_000_000,
+        min_replication_factor: None,
+        min_insync_replicas: None,
+    };
+    let verified = leadwatch::bus::admin::verify_topics(&base, &topics, &req)
+        .await
+        .unwrap();
+    assert!(!verified.described, "{verified:?}");
+    assert_eq!(verified.warnings.len(), 1, "{verified:?}");
+    assert!(
+        verified.warnings[0].starts_with("replication factor below 3: lwtest.events (1), "),
+        "{verified:?}"
+    );
+    // The daemon goes on.
+    let sinks = "[sinks.log]\nkind = \"log\"\n";
+    let config = dispatch_config(kafka.bootstrap(), "lwverify", sinks);
+    let daemon = Daemon::start(&config, &rules_text("1h")).await;
+    wait_for("the daemon to answer", PATIENCE, || async {
+        reqwest::get(daemon.url("/healthz")).await.is_ok()
+    })
+    .await;
+    daemon.stop().await;
+    // A minimum the operator set and the cluster misses: refused, naming topic and key.
+    req.min_replication_factor = Some(3);
+    let refused = leadwatch::bus::admin::verify_topics(&base, &topics, &req)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        refused.contains(
+            "topic `lwtest.state`: replication factor is 1, below `kafka.min_replication_factor` (3)"
+        ),
+        "{refused}"
+    );
+}
+
+/// A deploy: on SIGTERM, `/readyz` turns 503 ("draining") first, and the listener keeps
+/// serving webhooks for `server.drain_delay` — the requests an orchestrator still sends while
+/// its endpoints update are taken (202), not refused — before it closes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_sigterm_readiness_turns_off_first_and_webhooks_are_still_taken_while_draining() {
+    let kafka = kafka(2);
+    let receiver = Receiver::start().await;
+    let config = config_text(kafka.bootstrap(), &receiver.url, "")
+        .replace("[server]\n", "[server]\ndrain_delay = \"10s\"\n");
+    let mut daemon = Daemon::start(&config, &rules_text("1h")).await;
+    let readyz = |daemon: &Daemon| {
+        let url = daemon.url("/readyz");
+        async move {
+            let r = reqwest::get(url).await.ok()?;
+            Some((r.status().as_u16(), r.text().await.ok()?))
+        }
+    };
+    wait_for("ready", PATIENCE, || async {
+        readyz(&daemon).await == Some((200, "ready".to_string()))
+    })
+    .await;
+    daemon.begin_stop();
+    wait_for("readiness off", PATIENCE, || async {
+        readyz(&daemon).await == Some((503, "draining".to_string()))
+    })
+    .await;
+    let event = ready_event("evt-drain-1", "L-drain", &now_plus(0));
+    let (status, _, body) = post_signed(&daemon.url("/webhooks/web"), SOURCE_SECRET, &event).await;
+    assert_eq!(status, 202, "{body}");
+    daemon.stop().await;
+}
