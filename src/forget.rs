@@ -6,6 +6,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use rdkafka::admin::{AdminClient, AdminOptions, ResourceSpecifier};
 use rdkafka::client::DefaultClientContext;
+use rdkafka::consumer::Consumer as _;
 
 use crate::bus::KafkaConfig;
 use crate::bus::producer::Producer;
@@ -14,7 +15,8 @@ use crate::clock::Clock;
 use crate::event::{Change, LeadEvent};
 use crate::telemetry::Metrics;
 
-/// Tombstones the lead in the state and delivery changelogs and asks the running engine (through
+/// Tombstones the lead in the state and delivery changelogs (its entry, and the records of its
+/// late deliveries) and asks the running engine (through
 /// the events topic, in order with the lead's other events) to drop it from memory. Returns what
 /// to tell the user.
 pub async fn forget(kafka: &KafkaConfig, lead: &str, clock: &Clock) -> anyhow::Result<String> {
@@ -37,12 +39,18 @@ pub async fn forget(kafka: &KafkaConfig, lead: &str, clock: &Clock) -> anyhow::R
         change: Change::Forgotten {},
     };
     let payload = serde_json::to_vec(&request)?;
-    let writes = [
+    let late = late_deliveries_of(&base, &topics.delivered, lead, clock).await?;
+    let mut writes = vec![
         producer.enqueue(&topics.state, lead, None),
         producer.enqueue(&topics.delivered, lead, None),
         producer.enqueue(&topics.retry, lead, None),
-        producer.enqueue(&topics.events, lead, Some(&payload)),
     ];
+    // A late delivery's record names the lead under a key of its own: left there, the next
+    // restore would fold it back into the lead's entry.
+    for (partition, key) in &late {
+        writes.push(producer.enqueue_at(&topics.delivered, Some(*partition), key, None));
+    }
+    writes.push(producer.enqueue(&topics.events, lead, Some(&payload)));
     for write in writes {
         let delivery = write.context("queueing the erasure")?;
         match tokio::time::timeout(Duration::from_secs(30), delivery).await {
@@ -80,6 +88,53 @@ pub async fn forget(kafka: &KafkaConfig, lead: &str, clock: &Clock) -> anyhow::R
     }
     report.push_str("  and whatever the sinks (CRM, chat, webhook receivers) received.\n");
     Ok(report)
+}
+
+/// The keys of the late-delivery records (see `dispatch::ledger::LateDelivery`) that name `lead`,
+/// with their partition: they sit in the partition of the lead's alerts, the one the lead's key
+/// hashes to, read to its end as of now.
+async fn late_deliveries_of(
+    base: &rdkafka::ClientConfig,
+    topic: &str,
+    lead: &str,
+    clock: &Clock,
+) -> anyhow::Result<Vec<(i32, String)>> {
+    let (base, topic, lead, clock) = (
+        base.clone(),
+        topic.to_string(),
+        lead.to_string(),
+        clock.clone(),
+    );
+    tokio::task::spawn_blocking(move || {
+        let consumer: rdkafka::consumer::BaseConsumer = base
+            .create()
+            .context("creating a consumer to read the delivery ledger")?;
+        let metadata = consumer
+            .fetch_metadata(Some(&topic), Duration::from_secs(10))
+            .with_context(|| format!("reading the partitions of {topic}"))?;
+        let partitions = metadata
+            .topics()
+            .first()
+            .map(|t| t.partitions().len() as i32)
+            .filter(|n| *n > 0)
+            .with_context(|| format!("{topic} has no partitions"))?;
+        let partition = crate::partitioner::partition_for(lead.as_bytes(), partitions);
+        let snapshot = bus::changelog::read_partition(
+            &base,
+            &topic,
+            partition,
+            Duration::from_secs(120),
+            &clock,
+        )
+        .with_context(|| format!("reading {topic}[{partition}]"))?;
+        Ok(snapshot
+            .into_iter()
+            .filter(|(k, v)| bus::changelog::late_lead(k, v).as_deref() == Some(lead.as_str()))
+            .map(|(k, _)| (partition, k))
+            .collect())
+    })
+    .await
+    .context("reading the delivery ledger died")?
 }
 
 /// `retention.ms` of each topic, in words, where the cluster tells it.

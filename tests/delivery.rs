@@ -2158,3 +2158,86 @@ async fn the_ledger_forgets_deliveries_older_than_the_alerts_retention() {
         .collect();
     assert_eq!(sent, [new.id().to_string()]);
 }
+
+/// `forget` leaves nothing of a lead in `{prefix}.delivered`: besides the lead's entry, a late
+/// delivery's record (written under a key of its own by a dispatcher that lost the partition
+/// while the request was under way) names the lead, and a restore would fold it back into the
+/// forgotten lead's entry. Another lead's late record stays.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forget_erases_a_leads_late_deliveries_so_a_restore_cannot_bring_it_back() {
+    use leadwatch::dispatch::ledger::{Ledger, late_key};
+    use tokio_util::sync::CancellationToken;
+    let partitions = 3;
+    let kafka = kafka(partitions);
+    let mut base = rdkafka::ClientConfig::new();
+    base.set("bootstrap.servers", kafka.bootstrap());
+    let producer = leadwatch::bus::producer::Producer::new(
+        &base,
+        Arc::new(leadwatch::telemetry::Metrics::new()),
+    )
+    .unwrap();
+    let delivered = format!("{PREFIX}.delivered");
+    let now = Clock::system().now();
+    let abandon = CancellationToken::new();
+    let ledger = Ledger::default();
+    for (lead, alert_id) in [("L-gone", "alert_gone"), ("L-stays", "alert_stays")] {
+        let partition = leadwatch::partitioner::partition_for(lead.as_bytes(), partitions);
+        assert!(
+            ledger
+                .record_late(
+                    &producer, &delivered, partition, lead, alert_id, "hook", now, &abandon
+                )
+                .await
+        );
+    }
+
+    let kafka_config = leadwatch::bus::KafkaConfig {
+        brokers: kafka.bootstrap().to_string(),
+        topic_prefix: PREFIX.to_string(),
+        group_id: "lwforget".into(),
+        partitions,
+        replication_factor: -1,
+        session_timeout: Duration::from_secs(10),
+        min_replication_factor: None,
+        min_insync_replicas: None,
+        instance_id: None,
+        options: BTreeMap::new(),
+    };
+    leadwatch::forget::forget(&kafka_config, "L-gone", &Clock::system())
+        .await
+        .unwrap();
+
+    let restored = |lead: &'static str| {
+        let bootstrap = kafka.bootstrap().to_string();
+        let delivered = delivered.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut base = rdkafka::ClientConfig::new();
+            base.set("bootstrap.servers", &bootstrap);
+            leadwatch::bus::changelog::read_partition(
+                &base,
+                &delivered,
+                leadwatch::partitioner::partition_for(lead.as_bytes(), partitions),
+                Duration::from_secs(30),
+                &Clock::system(),
+            )
+            .unwrap()
+        })
+    };
+    let gone = restored("L-gone").await.unwrap();
+    assert!(
+        !gone.contains_key(&late_key("alert_gone", "hook")),
+        "the forgotten lead's late delivery is still in {delivered}"
+    );
+    let (ledger, broken) = Ledger::from_snapshot(gone);
+    assert!(broken.is_empty());
+    assert!(
+        ledger.delivered("L-gone", "alert_gone").is_empty(),
+        "a restore brought the forgotten lead's delivery back"
+    );
+    let stays = restored("L-stays").await.unwrap();
+    let (ledger, _) = Ledger::from_snapshot(stays);
+    assert_eq!(
+        ledger.delivered("L-stays", "alert_stays"),
+        ["hook".to_string()].into()
+    );
+}

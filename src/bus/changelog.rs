@@ -40,6 +40,24 @@ pub enum RestoreError {
 /// What a partition held: the latest value of every key that is not tombstoned.
 pub type Snapshot = HashMap<String, Vec<u8>>;
 
+/// How the record of a late delivery in `{prefix}.delivered` (the dispatcher's ledger writes
+/// one when a delivery reaches its sink after the partition was revoked) is told from a lead's
+/// entry, which is keyed by the lead: no lead key starts with NUL.
+pub const LATE_PREFIX: &str = "\u{0}late\u{0}";
+
+/// The lead a late delivery's record names, if `key` is one (its value carries the lead:
+/// `forget` must find the records of a lead to erase them).
+pub fn late_lead(key: &str, value: &[u8]) -> Option<String> {
+    #[derive(serde::Deserialize)]
+    struct Named {
+        lead: String,
+    }
+    if !key.starts_with(LATE_PREFIX) {
+        return None;
+    }
+    serde_json::from_slice::<Named>(value).ok().map(|n| n.lead)
+}
+
 /// Reads `topic[partition]` from its start to its end — at least to its end offset as of this
 /// call, and on to where the broker says the partition ends (a broker may report an end offset
 /// short of its last batch's records: tansu gives that batch's first offset + 1) — (blocking: run

@@ -10,6 +10,7 @@ use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
+use crate::bus::changelog::LATE_PREFIX;
 use crate::bus::producer::Producer;
 
 /// How many alerts a lead's entry remembers (the oldest are forgotten first).
@@ -46,7 +47,8 @@ pub enum Mark {
 /// One delivery that reached its sink after its partition was revoked: written under a key of
 /// its own ([`late_key`]) to the partition of its alert, so it cannot overwrite the lead's entry
 /// a newer owner writes (compaction keeps the last record per key), and merged into the lead's
-/// entry when the partition is restored next ([`Ledger::take_folded`]).
+/// entry when the partition is restored next ([`Ledger::take_folded`]). `forget` finds a lead's
+/// records by their `lead` ([`crate::bus::changelog::late_lead`]).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct LateDelivery {
     pub lead: String,
@@ -55,9 +57,6 @@ pub struct LateDelivery {
     /// When it reached the sink.
     pub at: Timestamp,
 }
-
-/// How a late delivery's record is told from a lead's entry: no lead key starts with NUL.
-const LATE_PREFIX: &str = "\u{0}late\u{0}";
 
 /// The key of `alert_id`'s late delivery to `sink` (one per delivery, so two never merge by
 /// overwriting each other either).
