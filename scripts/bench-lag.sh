@@ -9,6 +9,7 @@
 #   scripts/bench-lag.sh [--duration 60s] [--concurrency 32] [--batch 100] [--leads 100000]
 #                        [--port 18089] [--broker-port 19389] [--patience 120]
 set -euo pipefail
+. "$(dirname "$0")/daemon-ready.sh"
 
 duration=60s concurrency=32 batch=100 leads=100000 port=18089 bport=19389 patience=120
 while [ $# -gt 0 ]; do
@@ -61,12 +62,7 @@ done
 target/release/leadwatch run --config "$dir/leadwatch.toml" >/dev/null 2>"$dir/daemon.log" &
 pid=$!
 base="http://127.0.0.1:$port"
-for _ in $(seq 600); do
-  curl -fs "$base/readyz" >/dev/null 2>&1 && break
-  kill -0 "$pid" 2>/dev/null || { cat "$dir/daemon.log" >&2; exit 1; }
-  sleep 0.1
-done
-curl -fs "$base/readyz" >/dev/null || { echo "the daemon never became ready" >&2; exit 1; }
+wait_ready "$pid" "$base" "$dir/daemon.log"
 
 lag() {
   curl -fs "$base/metrics" |

@@ -19,6 +19,7 @@
 # `--soak DURATION` instead posts at full speed for DURATION over the leads (default 100000),
 # samples VmRSS every minute, and prints the first minute's against the end and their ratio.
 set -euo pipefail
+. "$(dirname "$0")/daemon-ready.sh"
 
 leads="" per_lead=2 ingest_only=0 concurrency=32 batch=10 port=18088 soak=""
 while [ $# -gt 0 ]; do
@@ -60,12 +61,7 @@ trap cleanup EXIT
 target/release/leadwatch run --config "$dir/leadwatch.toml" >"$dir/alerts.jsonl" 2>"$dir/daemon.log" &
 pid=$!
 base="http://127.0.0.1:$port"
-for _ in $(seq 600); do
-  curl -fs "$base/readyz" >/dev/null 2>&1 && break
-  kill -0 "$pid" 2>/dev/null || { cat "$dir/daemon.log" >&2; exit 1; }
-  sleep 0.1
-done
-curl -fs "$base/readyz" >/dev/null || { echo "the daemon never became ready" >&2; exit 1; }
+wait_ready "$pid" "$base" "$dir/daemon.log"
 
 rss_kb() { awk '/^VmRSS:/ {print $2}' "/proc/$pid/status"; }
 hwm_kb() { awk '/^VmHWM:/ {print $2}' "/proc/$pid/status"; }

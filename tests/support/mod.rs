@@ -597,3 +597,39 @@ pub async fn read_topic(
     .await
     .unwrap()
 }
+
+/// Over the partitions of `{prefix}.alerts`: the offsets the dispatcher of `group` committed
+/// (every alert before them settled or skipped for good), and the end offsets.
+pub async fn alerts_committed(bootstrap: &str, group: &str) -> (i64, i64) {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    let (bootstrap, group) = (bootstrap.to_string(), format!("{group}.dispatch"));
+    tokio::task::spawn_blocking(move || {
+        let consumer: BaseConsumer = rdkafka::ClientConfig::new()
+            .set("bootstrap.servers", &bootstrap)
+            .set("group.id", &group)
+            .create()
+            .unwrap();
+        let topic = format!("{PREFIX}.alerts");
+        let timeout = Duration::from_secs(10);
+        let md = consumer.fetch_metadata(Some(&topic), timeout).unwrap();
+        let mut tpl = rdkafka::TopicPartitionList::new();
+        let mut end = 0;
+        for p in md.topics()[0].partitions() {
+            tpl.add_partition(&topic, p.id());
+            end += consumer
+                .fetch_watermarks(&topic, p.id(), timeout)
+                .unwrap()
+                .1;
+        }
+        let committed = consumer
+            .committed_offsets(tpl, timeout)
+            .unwrap()
+            .elements()
+            .iter()
+            .map(|e| e.offset().to_raw().filter(|o| *o >= 0).unwrap_or(0))
+            .sum();
+        (committed, end)
+    })
+    .await
+    .unwrap()
+}
