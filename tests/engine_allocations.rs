@@ -195,3 +195,54 @@ fn reading_an_event_keeping_a_few_fields_copies_only_those() {
         "{calls} allocator calls to read two fields of 40"
     );
 }
+
+/// A new owner restores a partition's leads from their records: each lead costs what decoding
+/// its record holds, what looking at it again under the rules costs, and its deadline's two
+/// entries (the timer and the lead's armed time) — its key is not copied on the way, nor is it
+/// armed twice.
+#[test]
+fn restoring_a_lead_costs_its_record_and_its_deadline() {
+    let rules = leadwatch::engine::rules::Rules::parse(include_str!("../config/rules.toml"))
+        .expect("the shipped rules");
+    let engine = Engine::new(Arc::new(rules));
+    let mut p = PartitionState::default();
+    let first = event(
+        "e1",
+        "2026-11-02T14:00:00Z",
+        fields(
+            json!({"stage": "MQL", "score": 75, "employees": 40, "region": "NA",
+                      "status": "New", "owner": "alice@example.com"}),
+        ),
+    );
+    p.step(&engine, Input::Event(&first), first.occurred_at);
+    let later: Timestamp = "2026-11-02T16:00:00Z".parse().unwrap();
+    p.step(&engine, Input::Sweep, later);
+    let held = p.lead("hubspot:1").expect("the lead");
+    let next = engine.next_deadline(held).expect("a deadline");
+    let record = held.encode();
+
+    // What the parts cost alone: decoding the record, and looking at the lead again.
+    let (decoding, decoded) = allocations(|| leadwatch::engine::LeadState::decode(&record));
+    let mut decoded = decoded.expect("the record reads");
+    let (looking, _) = allocations(|| {
+        engine.project(&mut decoded);
+        engine.reevaluate(&mut decoded, later);
+        engine.next_deadline(&decoded)
+    });
+
+    let records: leadwatch::engine::step::Records = [("hubspot:1".to_string(), record)].into();
+    let mut q = PartitionState::default();
+    let (calls, wake) = allocations(|| {
+        q.step(&engine, Input::Restore(records), later);
+        q.step(&engine, Input::End, later).wake
+    });
+    assert_eq!(wake, Some(next), "the restored lead is armed as it was");
+    // The deadline's two copies of the key, and the first node of each of the partition's maps
+    // (its leads, its timers, its armed times).
+    let parts = decoding + looking + 2 + 3;
+    assert!(
+        calls <= parts,
+        "{calls} allocator calls to restore one lead, whose parts cost {parts} \
+         ({decoding} decoding, {looking} looking again)"
+    );
+}

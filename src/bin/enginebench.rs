@@ -20,6 +20,9 @@
 //! `--write-events FILE` writes the events as JSON lines (the format `leadwatch simulate`
 //! reads) and exits without running the engine.
 //!
+//! Last, the leads are restored from their records as a new owner of the partitions would
+//! (`Input::Restore`), timed and their allocator calls counted.
+//!
 //! `cargo run --release --bin enginebench -- --leads 200000 [--shape vendor|canonical]
 //! [--rules config/rules.toml] [--write-events FILE]`
 
@@ -323,6 +326,24 @@ fn main() -> anyhow::Result<()> {
         "changelog: {:.0} bytes per lead state (the record; {:.0} as the JSON of earlier builds)",
         state_bytes as f64 / p.len().max(1) as f64,
         json.iter().map(|(_, r)| r.len()).sum::<usize>() as f64 / p.len().max(1) as f64
+    );
+    // The same leads read back from their records, as a new owner of the partitions restores
+    // them: decoded and looked at again under the rules (`Input::Restore`).
+    let restore: leadwatch::engine::step::Records = records
+        .iter()
+        .map(|(k, r)| (k.to_string(), r.clone()))
+        .collect();
+    let leads = p.len();
+    let calls_before = alloc_calls();
+    let started = clock.instant();
+    let mut q = PartitionState::default();
+    q.step(&engine, Input::Restore(restore), later);
+    let restored = clock.instant() - started;
+    println!(
+        "restore: {:.2} µs per lead ({} leads, {:.1} allocator calls per lead)",
+        restored.as_secs_f64() * 1e6 / leads.max(1) as f64,
+        q.len(),
+        (alloc_calls() - calls_before) as f64 / leads.max(1) as f64,
     );
     for batch in BATCHES {
         println!(

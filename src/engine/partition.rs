@@ -98,7 +98,7 @@ impl PartitionState {
                 });
             }
             Input::Restore(records) => {
-                let unreadable = self.put_back(&engine, records);
+                let unreadable = self.put_back(records);
                 if !unreadable.is_empty() {
                     plan.diagnostics
                         .push(Diagnostic::Unreadable { keys: unreadable });
@@ -298,7 +298,7 @@ impl PartitionState {
 
     /// Puts back the records read from the changelog: leads' states, and the partition's
     /// rotation. Returns how many could not be read.
-    fn put_back(&mut self, engine: &Engine, records: Records) -> Vec<String> {
+    fn put_back(&mut self, records: Records) -> Vec<String> {
         let mut unreadable = Vec::new();
         for (key, bytes) in records {
             if key == ROTATION_KEY {
@@ -315,8 +315,9 @@ impl PartitionState {
             if !state.log.is_empty() {
                 self.windowed.insert(key.clone());
             }
-            self.leads.insert(key.clone(), state);
-            self.rearm(engine, &key);
+            // Armed by [`Self::look_again`], which a restore goes on to, once it is under the
+            // rules in force.
+            self.leads.insert(key, state);
         }
         unreadable
     }
@@ -326,15 +327,17 @@ impl PartitionState {
     fn look_again(&mut self, engine: &Engine, now: Timestamp) {
         self.timers.clear();
         self.armed.clear();
-        let keys: Vec<String> = self.leads.keys().cloned().collect();
-        for key in keys {
-            if let Some(state) = self.leads.get_mut(&key) {
-                // Restored records may hold fields these rules do not read (an older version
-                // kept them all; the rules before a reload read others).
-                engine.project(state);
-                engine.reevaluate(state, now);
+        // Nothing is armed now: each lead's deadline goes straight in, without a copy of every
+        // key first.
+        for (key, state) in &mut self.leads {
+            // Restored records may hold fields these rules do not read (an older version kept
+            // them all; the rules before a reload read others).
+            engine.project(state);
+            engine.reevaluate(state, now);
+            if let Some(deadline) = engine.next_deadline(state) {
+                self.timers.insert((deadline, key.clone()));
+                self.armed.insert(key.clone(), deadline);
             }
-            self.rearm(engine, &key);
         }
     }
 
