@@ -153,12 +153,9 @@ async fn main() -> anyhow::Result<()> {
             // restores each and holds every lead.
             let rss_before = rss_bytes();
             let started = clock.instant();
-            let (_rules_tx, rules) = tokio::sync::watch::channel(Arc::new(engine.rules().clone()));
-            let runner = EngineRunner {
+            let (_rules_tx, stop, task) = spawn_engine(
                 engine,
-                rules,
-                config: EngineConfig::default(),
-                ctx: Context {
+                Context {
                     base: base.clone(),
                     kafka,
                     topics,
@@ -167,9 +164,7 @@ async fn main() -> anyhow::Result<()> {
                     clock: clock.clone(),
                     liveness: None,
                 },
-            };
-            let stop = CancellationToken::new();
-            let task = tokio::spawn(runner.run(stop.clone(), Duration::from_secs(10)));
+            );
             let held = || metric(&metrics, "leadwatch_engine_leads ") as usize;
             // Until it holds every lead, or (a broker whose end offsets fall short: tansu's)
             // what it holds has not moved for 20 s; timed to the last change.
@@ -216,13 +211,10 @@ async fn main() -> anyhow::Result<()> {
                 "wrote {events} events in {:.1} s",
                 (clock.instant() - started).as_secs_f64()
             );
-            let (_rules_tx, rules) = tokio::sync::watch::channel(Arc::new(engine.rules().clone()));
             let topics_state = topics.state.clone();
-            let runner = EngineRunner {
+            let (_rules_tx, stop, task) = spawn_engine(
                 engine,
-                rules,
-                config: EngineConfig::default(),
-                ctx: Context {
+                Context {
                     base: base.clone(),
                     kafka,
                     topics,
@@ -231,9 +223,7 @@ async fn main() -> anyhow::Result<()> {
                     clock: clock.clone(),
                     liveness: None,
                 },
-            };
-            let stop = CancellationToken::new();
-            let task = tokio::spawn(runner.run(stop.clone(), Duration::from_secs(10)));
+            );
             let applied = || {
                 metric(
                     &metrics,
@@ -390,6 +380,28 @@ fn read_all(
 }
 
 /// The value of the metric line starting with `prefix` (name, labels and a space); 0 if none.
+/// The engine's runner on `ctx` under `engine`'s rules, spawned: the rules' sender (kept, so
+/// the runner sees no reload), the token that stops it, and its task.
+fn spawn_engine(
+    engine: Engine,
+    ctx: Context,
+) -> (
+    tokio::sync::watch::Sender<Arc<Rules>>,
+    CancellationToken,
+    tokio::task::JoinHandle<Result<(), rdkafka::error::KafkaError>>,
+) {
+    let (rules_tx, rules) = tokio::sync::watch::channel(Arc::new(engine.rules().clone()));
+    let runner = EngineRunner {
+        engine,
+        rules,
+        config: EngineConfig::default(),
+        ctx,
+    };
+    let stop = CancellationToken::new();
+    let task = tokio::spawn(runner.run(stop.clone(), Duration::from_secs(10)));
+    (rules_tx, stop, task)
+}
+
 fn metric(metrics: &Metrics, prefix: &str) -> f64 {
     metrics
         .encode()
