@@ -20,29 +20,6 @@ use support::*;
 
 const PATIENCE: Duration = Duration::from_secs(60);
 
-fn dispatch_config(bootstrap: &str, group: &str, dispatch: &str, sinks: &str) -> String {
-    format!(
-        r#"
-roles = ["dispatch"]
-shutdown_grace = "5s"
-[server]
-listen = "127.0.0.1:0"
-[kafka]
-brokers = "{bootstrap}"
-topic_prefix = "{PREFIX}"
-group_id = "{group}"
-session_timeout = "6s"
-[engine]
-restore_timeout = "20s"
-[dispatch]
-request_timeout = "2s"
-retry_jitter = 0.0
-{dispatch}
-{sinks}
-"#
-    )
-}
-
 /// An alert of `kind` about `lead`, with a fresh id.
 fn alert(kind: &str, lead: &str, n: u32) -> Alert {
     let mut a = sample_alert(kind);

@@ -62,6 +62,13 @@ fn event(id: &str, at: &str, change: Change) -> LeadEvent {
     }
 }
 
+/// An engine under the rules the project ships.
+fn shipped_engine() -> Engine {
+    let rules = leadwatch::engine::rules::Rules::parse(include_str!("../config/rules.toml"))
+        .expect("the shipped rules");
+    Engine::new(Arc::new(rules))
+}
+
 fn fields(v: serde_json::Value) -> Change {
     Change::Updated {
         fields: v.as_object().unwrap().clone(),
@@ -70,9 +77,7 @@ fn fields(v: serde_json::Value) -> Change {
 
 #[test]
 fn the_next_deadline_of_a_lead_is_found_without_copying_it() {
-    let rules = leadwatch::engine::rules::Rules::parse(include_str!("../config/rules.toml"))
-        .expect("the shipped rules");
-    let engine = Engine::new(Arc::new(rules));
+    let engine = shipped_engine();
     let mut p = PartitionState::default();
     let events = [
         event(
@@ -113,9 +118,7 @@ fn the_next_deadline_of_a_lead_is_found_without_copying_it() {
 /// lead's key.
 #[test]
 fn a_re_sent_event_copies_nothing() {
-    let rules = leadwatch::engine::rules::Rules::parse(include_str!("../config/rules.toml"))
-        .expect("the shipped rules");
-    let engine = Engine::new(Arc::new(rules));
+    let engine = shipped_engine();
     let mut p = PartitionState::default();
     let first = event(
         "e1",
@@ -202,9 +205,7 @@ fn reading_an_event_keeping_a_few_fields_copies_only_those() {
 /// armed twice.
 #[test]
 fn restoring_a_lead_costs_its_record_and_its_deadline() {
-    let rules = leadwatch::engine::rules::Rules::parse(include_str!("../config/rules.toml"))
-        .expect("the shipped rules");
-    let engine = Engine::new(Arc::new(rules));
+    let engine = shipped_engine();
     let mut p = PartitionState::default();
     let first = event(
         "e1",

@@ -16,29 +16,6 @@ use support::*;
 
 const PATIENCE: Duration = Duration::from_secs(120);
 
-/// A dispatcher alone (`roles = ["dispatch"]`) in the group `group`, with `sinks`.
-fn dispatch_config(bootstrap: &str, group: &str, sinks: &str) -> String {
-    format!(
-        r#"
-roles = ["dispatch"]
-shutdown_grace = "5s"
-[server]
-listen = "127.0.0.1:0"
-[kafka]
-brokers = "{bootstrap}"
-topic_prefix = "{PREFIX}"
-group_id = "{group}"
-session_timeout = "6s"
-[engine]
-restore_timeout = "20s"
-[dispatch]
-request_timeout = "2s"
-retry_jitter = 0.0
-{sinks}
-"#
-    )
-}
-
 /// `n` breaches, each of its own lead (so spread over every partition), with fresh ids.
 fn breaches(n: u32) -> Vec<Alert> {
     (0..n)
@@ -118,7 +95,7 @@ max_per_second = 10
 "#,
         slack = slack.base,
     );
-    let config = dispatch_config(kafka.bootstrap(), "lwfaults", &sinks);
+    let config = dispatch_config(kafka.bootstrap(), "lwfaults", "", &sinks);
     let first = Daemon::start(&config, &rules_text("1h")).await;
     let alerts = breaches(N);
     produce_all(kafka.bootstrap(), &alerts).await;
@@ -226,7 +203,7 @@ secret = "{SINK_SECRET}"
     let path = dir.path().join("leadwatch.toml");
     std::fs::write(
         &path,
-        dispatch_config(kafka.bootstrap(), "lwreplay", &sinks),
+        dispatch_config(kafka.bootstrap(), "lwreplay", "", &sinks),
     )
     .unwrap();
     std::fs::write(dir.path().join("rules.toml"), rules_text("1h")).unwrap();
@@ -318,7 +295,7 @@ async fn topics_are_verified_as_far_as_the_broker_describes_them() {
     );
     // The daemon goes on.
     let sinks = "[sinks.log]\nkind = \"log\"\n";
-    let config = dispatch_config(kafka.bootstrap(), "lwverify", sinks);
+    let config = dispatch_config(kafka.bootstrap(), "lwverify", "", sinks);
     let daemon = Daemon::start(&config, &rules_text("1h")).await;
     wait_for("the daemon to answer", PATIENCE, || async {
         reqwest::get(daemon.url("/healthz")).await.is_ok()

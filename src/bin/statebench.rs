@@ -153,18 +153,8 @@ async fn main() -> anyhow::Result<()> {
             // restores each and holds every lead.
             let rss_before = rss_bytes();
             let started = clock.instant();
-            let (_rules_tx, stop, task) = spawn_engine(
-                engine,
-                Context {
-                    base: base.clone(),
-                    kafka,
-                    topics,
-                    producer: producer.clone(),
-                    metrics: metrics.clone(),
-                    clock: clock.clone(),
-                    liveness: None,
-                },
-            );
+            let (_rules_tx, stop, task) =
+                spawn_engine(engine, &base, kafka, topics, &producer, &metrics, &clock);
             let held = || metric(&metrics, "leadwatch_engine_leads ") as usize;
             // Until it holds every lead, or (a broker whose end offsets fall short: tansu's)
             // what it holds has not moved for 20 s; timed to the last change.
@@ -212,18 +202,8 @@ async fn main() -> anyhow::Result<()> {
                 (clock.instant() - started).as_secs_f64()
             );
             let topics_state = topics.state.clone();
-            let (_rules_tx, stop, task) = spawn_engine(
-                engine,
-                Context {
-                    base: base.clone(),
-                    kafka,
-                    topics,
-                    producer: producer.clone(),
-                    metrics: metrics.clone(),
-                    clock: clock.clone(),
-                    liveness: None,
-                },
-            );
+            let (_rules_tx, stop, task) =
+                spawn_engine(engine, &base, kafka, topics, &producer, &metrics, &clock);
             let applied = || {
                 metric(
                     &metrics,
@@ -379,12 +359,16 @@ fn read_all(
     })
 }
 
-/// The value of the metric line starting with `prefix` (name, labels and a space); 0 if none.
-/// The engine's runner on `ctx` under `engine`'s rules, spawned: the rules' sender (kept, so
-/// the runner sees no reload), the token that stops it, and its task.
+/// The engine's runner on the cluster of `base` under `engine`'s rules, spawned: the rules'
+/// sender (kept, so the runner sees no reload), the token that stops it, and its task.
 fn spawn_engine(
     engine: Engine,
-    ctx: Context,
+    base: &rdkafka::ClientConfig,
+    kafka: KafkaConfig,
+    topics: Topics,
+    producer: &Arc<Producer>,
+    metrics: &Arc<Metrics>,
+    clock: &Clock,
 ) -> (
     tokio::sync::watch::Sender<Arc<Rules>>,
     CancellationToken,
@@ -395,13 +379,22 @@ fn spawn_engine(
         engine,
         rules,
         config: EngineConfig::default(),
-        ctx,
+        ctx: Context {
+            base: base.clone(),
+            kafka,
+            topics,
+            producer: producer.clone(),
+            metrics: metrics.clone(),
+            clock: clock.clone(),
+            liveness: None,
+        },
     };
     let stop = CancellationToken::new();
     let task = tokio::spawn(runner.run(stop.clone(), Duration::from_secs(10)));
     (rules_tx, stop, task)
 }
 
+/// The value of the metric line starting with `prefix` (name, labels and a space); 0 if none.
 fn metric(metrics: &Metrics, prefix: &str) -> f64 {
     metrics
         .encode()

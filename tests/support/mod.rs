@@ -633,3 +633,28 @@ pub async fn alerts_committed(bootstrap: &str, group: &str) -> (i64, i64) {
     .await
     .unwrap()
 }
+
+/// A dispatcher alone (`roles = ["dispatch"]`) in the group `group`, with `dispatch` (more keys
+/// of `[dispatch]`) and `sinks`.
+pub fn dispatch_config(bootstrap: &str, group: &str, dispatch: &str, sinks: &str) -> String {
+    format!(
+        r#"
+roles = ["dispatch"]
+shutdown_grace = "5s"
+[server]
+listen = "127.0.0.1:0"
+[kafka]
+brokers = "{bootstrap}"
+topic_prefix = "{PREFIX}"
+group_id = "{group}"
+session_timeout = "6s"
+[engine]
+restore_timeout = "20s"
+[dispatch]
+request_timeout = "2s"
+retry_jitter = 0.0
+{dispatch}
+{sinks}
+"#
+    )
+}
