@@ -237,6 +237,9 @@ pub struct Producer {
     /// The cluster answered the last health probe.
     reachable: AtomicBool,
     metrics: Arc<Metrics>,
+    /// How many records librdkafka's queue holds (`queue.buffering.max.messages`, the user's
+    /// if set): what [`Producer::has_room_for`] measures against.
+    queue_max: usize,
     /// Where refused records go ([`Producer::quarantine_to`]); unset: they are only logged and
     /// counted.
     quarantine: OnceLock<Quarantine>,
@@ -307,11 +310,17 @@ impl Producer {
         config.set("partitioner", crate::partitioner::PARTITIONER);
         let ctx = ProducerContext::default();
         let inner = config.create_with_context(ctx.clone())?;
+        // A value librdkafka took (it refuses one it cannot read, above).
+        let queue_max = config
+            .get("queue.buffering.max.messages")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(QUEUE_MAX_MESSAGES as usize);
         Ok(Arc::new(Self {
             current: RwLock::new((Arc::new(inner), ctx)),
             config,
             reachable: AtomicBool::new(false),
             metrics,
+            queue_max,
             quarantine: OnceLock::new(),
             backlog: OnceLock::new(),
         }))
@@ -433,8 +442,7 @@ impl Producer {
     pub fn has_room_for(&self, n: usize) -> bool {
         let (inner, _) = self.inner();
         let used = inner.in_flight_count().max(0) as usize;
-        used + n <= (QUEUE_MAX_MESSAGES as usize) * 9 / 10
-            && self.backlog.get().is_none_or(|b| !b.any_full())
+        used + n <= self.queue_max * 9 / 10 && self.backlog.get().is_none_or(|b| !b.any_full())
     }
 
     /// Sends every record and waits for all delivery reports, up to `deadline`.
@@ -915,6 +923,23 @@ mod tests {
             None,
             "the user's alias alone"
         );
+    }
+
+    /// The room ingest keeps to answer 503 before librdkafka's queue is full is measured against
+    /// the queue the producer really has: a user's `queue.buffering.max.messages` included.
+    #[test]
+    fn room_is_measured_against_the_configured_queue() {
+        let room = |options: &[(&str, &str)], n| {
+            Producer::new(&base(options), Arc::new(Metrics::new()))
+                .unwrap()
+                .has_room_for(n)
+        };
+        // (A fresh producer already counts a few of its own requests in its queue.)
+        let small = [("queue.buffering.max.messages", "1000")];
+        assert!(room(&small, 800), "800 of 1,000");
+        assert!(!room(&small, 1000), "a full queue of 1,000 has no room");
+        assert!(room(&[], 10_000), "the default queue");
+        assert!(!room(&[], 100_000), "the default queue, full");
     }
 
     #[test]
