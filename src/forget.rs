@@ -68,10 +68,15 @@ pub async fn forget(kafka: &KafkaConfig, lead: &str, clock: &Clock) -> anyhow::R
     )
     .await;
     let mut report = format!(
-        "lead `{lead}` erased: tombstones written to {}, {} and {} (compaction removes the \
-         older records), and the running engine drops it from memory when it reads the request.\n\
+        "lead `{lead}` erased: tombstones written to {}, {} (its entry and {} late-delivery \
+         record{}) and {} (compaction removes the older records), and the running engine drops \
+         it from memory when it reads the request.\n\
          Still held until their retention ends:\n",
-        topics.state, topics.delivered, topics.retry
+        topics.state,
+        topics.delivered,
+        late.len(),
+        if late.len() == 1 { "" } else { "s" },
+        topics.retry
     );
     for (topic, what) in [
         (&topics.events, "the lead's events"),

@@ -2144,9 +2144,13 @@ async fn forget_erases_a_leads_late_deliveries_so_a_restore_cannot_bring_it_back
         instance_id: None,
         options: BTreeMap::new(),
     };
-    leadwatch::forget::forget(&kafka_config, "L-gone", &Clock::system())
+    let report = leadwatch::forget::forget(&kafka_config, "L-gone", &Clock::system())
         .await
         .unwrap();
+    assert!(
+        report.contains("its entry and 1 late-delivery record)"),
+        "the user is told what was erased: {report}"
+    );
 
     let restored = |lead: &'static str| {
         let bootstrap = kafka.bootstrap().to_string();
