@@ -7,6 +7,7 @@ use std::collections::{BTreeSet, HashMap, HashSet};
 
 use jiff::Timestamp;
 
+use super::state::Held;
 use super::step::{Diagnostic, Input, LeadWrite, Records, Step, Write};
 use super::{Applied, Engine, LeadState, Notes, footprint};
 use crate::alert::Alert;
@@ -162,7 +163,14 @@ impl PartitionState {
     }
 
     fn count_held(&mut self) {
-        self.held = self.leads.values().map(footprint::of_state).sum();
+        self.held = self
+            .leads
+            .values_mut()
+            .map(|state| {
+                state.held = Held(footprint::of_state(state));
+                state.held.0
+            })
+            .sum();
     }
 
     pub fn is_empty(&self) -> bool {
@@ -198,9 +206,10 @@ impl PartitionState {
             self.leads.insert(key.clone(), LeadState::default());
         }
         let state = self.leads.get_mut(key).expect("inserted");
-        let before = if known { footprint::of_state(state) } else { 0 };
         let applied = engine.apply(state, event);
-        self.held = (self.held + footprint::of_state(state)).saturating_sub(before);
+        let held = footprint::of_state(state);
+        self.held = (self.held + held).saturating_sub(state.held.0);
+        state.held = Held(held);
         match applied {
             Applied::Duplicate => plan.diagnostics.push(Diagnostic::Duplicate),
             Applied::Forget => {
@@ -275,7 +284,7 @@ impl PartitionState {
     fn remove(&mut self, key: &str) {
         self.windowed.remove(key);
         if let Some(state) = self.leads.remove(key) {
-            self.held = self.held.saturating_sub(footprint::of_state(&state));
+            self.held = self.held.saturating_sub(state.held.0);
         }
         if let Some(old) = self.armed.remove(key) {
             self.timers.remove(&(old, key.to_string()));

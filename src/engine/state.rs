@@ -52,6 +52,9 @@ pub struct LeadState {
     /// Alerts already fired, newest last.
     #[serde(default, skip_serializing_if = "VecDeque::is_empty")]
     pub fired: VecDeque<Fired>,
+    /// What this lead held when its partition last counted it (not stored; see [`Held`]).
+    #[serde(skip)]
+    pub held: Held,
 }
 
 /// One alert that fired: what its id is made of.
@@ -183,6 +186,18 @@ pub struct Lead {
     /// What the rules last said of `fields` (not stored; see [`Memo`]).
     #[serde(skip)]
     pub memo: Memo,
+}
+
+/// The bytes a lead held when its partition last counted it ([`super::footprint::of_state`]), so
+/// that an event counts the lead once, after it, rather than before and after. Leads are equal
+/// whatever their counts say.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Held(pub usize);
+
+impl PartialEq for Held {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
 }
 
 /// What the rules last said of a lead's fields, so that a predicate is evaluated again only when
