@@ -6,7 +6,6 @@ use std::time::Duration;
 use anyhow::Context as _;
 use rdkafka::admin::{AdminClient, AdminOptions, ResourceSpecifier};
 use rdkafka::client::DefaultClientContext;
-use rdkafka::consumer::Consumer as _;
 
 use crate::bus::KafkaConfig;
 use crate::bus::producer::Producer;
@@ -114,15 +113,8 @@ async fn late_deliveries_of(
         let consumer: rdkafka::consumer::BaseConsumer = base
             .create()
             .context("creating a consumer to read the delivery ledger")?;
-        let metadata = consumer
-            .fetch_metadata(Some(&topic), Duration::from_secs(10))
-            .with_context(|| format!("reading the partitions of {topic}"))?;
-        let partitions = metadata
-            .topics()
-            .first()
-            .map(|t| t.partitions().len() as i32)
-            .filter(|n| *n > 0)
-            .with_context(|| format!("{topic} has no partitions"))?;
+        let partitions =
+            bus::consumer::partition_count(&consumer, &topic, Duration::from_secs(10))?;
         let partition = crate::partitioner::partition_for(lead.as_bytes(), partitions);
         let snapshot = bus::changelog::read_partition(
             &base,

@@ -2120,15 +2120,13 @@ async fn forget_erases_a_leads_late_deliveries_so_a_restore_cannot_bring_it_back
     let delivered = format!("{PREFIX}.delivered");
     let now = Clock::system().now();
     let abandon = CancellationToken::new();
-    let ledger = Ledger::default();
     for (lead, alert_id) in [("L-gone", "alert_gone"), ("L-stays", "alert_stays")] {
         let partition = leadwatch::partitioner::partition_for(lead.as_bytes(), partitions);
         assert!(
-            ledger
-                .record_late(
-                    &producer, &delivered, partition, lead, alert_id, "hook", now, &abandon
-                )
-                .await
+            Ledger::record_late(
+                &producer, &delivered, partition, lead, alert_id, "hook", now, &abandon
+            )
+            .await
         );
     }
 

@@ -35,7 +35,7 @@ fn breaches(n: u32) -> Vec<Alert> {
 async fn produce_all(bootstrap: &str, alerts: &[Alert]) {
     let producer: FutureProducer = rdkafka::ClientConfig::new()
         .set("bootstrap.servers", bootstrap)
-        .set("partitioner", "murmur2_random")
+        .set("partitioner", leadwatch::partitioner::PARTITIONER)
         .create()
         .unwrap();
     let topic = format!("{PREFIX}.alerts");

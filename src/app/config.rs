@@ -236,11 +236,7 @@ impl Config {
         let kafka: KafkaConfig = raw.kafka.into();
         section("server", raw.server.problems());
         // What spans sections: every record ingest produces must fit the producer's limit.
-        let message_max = kafka
-            .options
-            .get("message.max.bytes")
-            .and_then(|v| v.trim().parse::<usize>().ok())
-            .unwrap_or(crate::ingest::config::LIBRDKAFKA_MESSAGE_MAX_BYTES);
+        let message_max = kafka.message_max_bytes();
         section("server", raw.server.problems_within(message_max));
         let raw_max = crate::ingest::raw::MAX_RAW_RECORD + crate::ingest::config::RECORD_OVERHEAD;
         if message_max < raw_max {

@@ -195,12 +195,7 @@ pub async fn run_with_reloads(
             .await
             .context("checking the Kafka topics")?;
         let requirements = admin::Requirements {
-            message_max_bytes: config
-                .kafka
-                .options
-                .get("message.max.bytes")
-                .and_then(|v| v.trim().parse().ok())
-                .unwrap_or(crate::ingest::config::LIBRDKAFKA_MESSAGE_MAX_BYTES),
+            message_max_bytes: config.kafka.message_max_bytes(),
             min_replication_factor: config.kafka.min_replication_factor,
             min_insync_replicas: config.kafka.min_insync_replicas,
         };

@@ -140,7 +140,19 @@ impl fmt::Debug for KafkaConfig {
     }
 }
 
+/// librdkafka's default `message.max.bytes`: what the producer refuses a record over unless
+/// `[kafka.options]` sets it (pinned by a test against librdkafka itself).
+pub const LIBRDKAFKA_MESSAGE_MAX_BYTES: usize = 1_000_000;
+
 impl KafkaConfig {
+    /// The producer's `message.max.bytes`: `[kafka.options]`'s, else librdkafka's default.
+    pub fn message_max_bytes(&self) -> usize {
+        self.options
+            .get("message.max.bytes")
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(LIBRDKAFKA_MESSAGE_MAX_BYTES)
+    }
+
     pub fn is_embedded(&self) -> bool {
         self.brokers.trim().is_empty()
     }

@@ -142,6 +142,25 @@ impl ConsumerContext for GroupContext {
 
 pub type GroupConsumer = StreamConsumer<GroupContext>;
 
+/// How many partitions `topic` has, as the cluster `consumer` reaches says (blocking, up to
+/// `timeout`); an error naming the topic when it has none (it does not exist).
+pub fn partition_count(
+    consumer: &rdkafka::consumer::BaseConsumer,
+    topic: &str,
+    timeout: Duration,
+) -> anyhow::Result<i32> {
+    use anyhow::Context as _;
+    let metadata = consumer
+        .fetch_metadata(Some(topic), timeout)
+        .with_context(|| format!("reading the partitions of `{topic}`"))?;
+    let partitions = metadata
+        .topics()
+        .first()
+        .map_or(0, |t| t.partitions().len());
+    anyhow::ensure!(partitions > 0, "topic `{topic}` does not exist");
+    Ok(partitions as i32)
+}
+
 /// Joins `group` and subscribes to `topic`.
 pub fn subscribe(
     base: &ClientConfig,

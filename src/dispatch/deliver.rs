@@ -495,18 +495,17 @@ async fn settle(
                 .metrics
                 .delivery(&entry.sink, "delivered_after_revoke");
             tracing::info!(sink = %entry.sink, alert_id = %alert.id(), partition = work.partition, "delivered as its partition was revoked; recorded for the next owner");
-            work.ledger
-                .record_late(
-                    &shared.producer,
-                    &shared.topics.delivered,
-                    work.partition,
-                    lead,
-                    alert.id(),
-                    &entry.sink,
-                    shared.clock.now(),
-                    &shared.abandon,
-                )
-                .await;
+            Ledger::record_late(
+                &shared.producer,
+                &shared.topics.delivered,
+                work.partition,
+                lead,
+                alert.id(),
+                &entry.sink,
+                shared.clock.now(),
+                &shared.abandon,
+            )
+            .await;
         }
         return false;
     }

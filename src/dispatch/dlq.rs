@@ -38,6 +38,7 @@ use super::sinks::attempt::ALERT_ID_MAX;
 use super::sinks::{Attempt, Delivered, DeliveryError, Http};
 use crate::alert::Alert;
 use crate::bus::KafkaConfig;
+use crate::bus::consumer::partition_count;
 use crate::bus::producer::{Producer, QUARANTINE_SINK, Unreadable};
 use crate::bus::{self, Topics};
 use crate::clock::Clock;
@@ -305,25 +306,10 @@ pub async fn replay(
     let reading_clock = clock.clone();
     let ledger_topic = topics.delivered.clone();
     let (consumer, (letters, done), ledger_partitions) = tokio::task::spawn_blocking(move || {
-        let partitions = consumer
-            .fetch_metadata(Some(&topic), KAFKA_TIMEOUT)
-            .context("reading the dead-letter topic's metadata")?
-            .topics()
-            .first()
-            .map_or(0, |t| t.partitions().len());
-        anyhow::ensure!(partitions > 0, "topic `{topic}` does not exist");
-        let ledger_partitions = consumer
-            .fetch_metadata(Some(&ledger_topic), KAFKA_TIMEOUT)
-            .context("reading the delivery ledger's metadata")?
-            .topics()
-            .first()
-            .map_or(0, |t| t.partitions().len()) as i32;
-        anyhow::ensure!(
-            ledger_partitions > 0,
-            "topic `{ledger_topic}` does not exist"
-        );
-        let read = read_new(&reading_clock, &consumer, &topic, partitions)?;
-        Ok((Arc::new(consumer), read, ledger_partitions))
+        let partitions = partition_count(&consumer, &topic, KAFKA_TIMEOUT)?;
+        let ledger_partitions = partition_count(&consumer, &ledger_topic, KAFKA_TIMEOUT)?;
+        let read = read_new(&reading_clock, &consumer, &topic, partitions as usize)?;
+        anyhow::Ok((Arc::new(consumer), read, ledger_partitions))
     })
     .await
     .expect("the reading task panicked")?;
@@ -438,18 +424,17 @@ pub async fn replay(
                 let lead = &alert.data.lead;
                 let ledger_partition = partition_for(lead.as_bytes(), ledger_partitions);
                 anyhow::ensure!(
-                    Ledger::default()
-                        .record_late(
-                            &producer,
-                            &topics.delivered,
-                            ledger_partition,
-                            lead,
-                            alert.id(),
-                            sink_name,
-                            clock.now(),
-                            &never,
-                        )
-                        .await,
+                    Ledger::record_late(
+                        &producer,
+                        &topics.delivered,
+                        ledger_partition,
+                        lead,
+                        alert.id(),
+                        sink_name,
+                        clock.now(),
+                        &never,
+                    )
+                    .await,
                     "could not record a delivery in the ledger"
                 );
                 report.delivered += 1;

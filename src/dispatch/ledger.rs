@@ -131,7 +131,6 @@ impl Ledger {
     /// key in `partition`, merged at the next restore. True once Kafka has it.
     #[allow(clippy::too_many_arguments)]
     pub async fn record_late(
-        &self,
         producer: &Producer,
         topic: &str,
         partition: i32,

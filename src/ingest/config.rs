@@ -147,9 +147,7 @@ fn default_max_header_bytes() -> usize {
     32 * 1024
 }
 
-/// librdkafka's default `message.max.bytes`: what the producer refuses a record over unless
-/// `[kafka.options]` sets it (pinned by a test against librdkafka itself).
-pub const LIBRDKAFKA_MESSAGE_MAX_BYTES: usize = 1_000_000;
+pub use crate::bus::config::LIBRDKAFKA_MESSAGE_MAX_BYTES;
 
 /// Room in a Kafka record for what is not the event's JSON: its key (a lead key, at most
 /// [`super::MAX_KEY_LEN`] bytes) and the record's own framing.

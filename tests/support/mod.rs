@@ -286,9 +286,7 @@ impl Daemon {
 
     /// Graceful stop, as on SIGTERM.
     pub async fn stop(mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
+        self.begin_stop();
         if let Some(task) = self.task.take() {
             task.await.unwrap().unwrap();
         }
