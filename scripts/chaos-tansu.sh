@@ -203,6 +203,15 @@ for _ in $(seq "$settle"); do
 done
 
 stats >"$dir/stats.json"
+# Offsets the broker no longer had when they were to be read (each member counts them since its
+# last start): a loss there is the broker's, said loudly by the daemon, not skipped silently.
+skipped=0
+for i in $(seq 0 $((members - 1))); do
+  n=$(curl -fs "http://127.0.0.1:$((port + i))/metrics" |
+    awk '/^leadwatch_kafka_offsets_skipped_total/ {s += $2} END {print s + 0}')
+  skipped=$((skipped + ${n%.*}))
+done
+echo "offsets skipped as deleted by the broker (members' current runs): $skipped"
 python3 - "$dir/stats.json" "$dir/accepted.txt" "$kills" <<'EOF'
 import json, sys
 stats = json.load(open(sys.argv[1]))
