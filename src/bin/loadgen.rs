@@ -55,6 +55,10 @@ struct Args {
     /// Events per request (1–100).
     #[arg(long, default_value_t = 1)]
     batch: usize,
+    /// Append the lead of every event answered 202 to this file, one a line (a fault run
+    /// compares them with the leads alerted).
+    #[arg(long)]
+    accepted_leads: Option<std::path::PathBuf>,
     /// Distinct leads the events spread over.
     #[arg(long, default_value_t = 10_000)]
     leads: u64,
@@ -73,6 +77,8 @@ struct Tally {
     latencies_us: Vec<u64>,
     statuses: BTreeMap<String, u64>,
     events: u64,
+    /// The leads of the events answered 202 (kept only with `--accepted-leads`).
+    accepted_leads: Vec<String>,
 }
 
 #[tokio::main]
@@ -109,6 +115,7 @@ async fn main() -> anyhow::Result<()> {
                 clock.clone(),
             );
             let (batch, leads, payload, retry) = (args.batch, args.leads, args.payload, args.retry);
+            let keep_leads = args.accepted_leads.is_some();
             tokio::spawn(async move {
                 let mut tally = Tally::default();
                 while end.is_none_or(|end| clock.instant() < end) {
@@ -122,6 +129,14 @@ async fn main() -> anyhow::Result<()> {
                         .map(|i| event(&run, i, leads, now, payload))
                         .collect();
                     let sent_events = events.len() as u64;
+                    let sent_leads: Vec<String> = if keep_leads {
+                        events
+                            .iter()
+                            .filter_map(|e| e["lead"].as_str().map(str::to_string))
+                            .collect()
+                    } else {
+                        Vec::new()
+                    };
                     let body = serde_json::to_vec(&events).expect("json");
                     let id = format!("msg_{run}_{n}");
                     let sent = clock.instant();
@@ -152,6 +167,7 @@ async fn main() -> anyhow::Result<()> {
                                         .latencies_us
                                         .push((clock.instant() - sent).as_micros() as u64);
                                     tally.events += sent_events;
+                                    tally.accepted_leads.extend(sent_leads.iter().cloned());
                                 }
                                 (status.to_string(), (status == 503).then_some(wait))
                             }
@@ -175,6 +191,7 @@ async fn main() -> anyhow::Result<()> {
         let t = w.await?;
         all.latencies_us.extend(t.latencies_us);
         all.events += t.events;
+        all.accepted_leads.extend(t.accepted_leads);
         for (k, v) in t.statuses {
             *all.statuses.entry(k).or_default() += v;
         }
@@ -212,6 +229,19 @@ async fn main() -> anyhow::Result<()> {
         pct(0.99),
         pct(1.0)
     );
+    if let Some(path) = &args.accepted_leads {
+        use std::io::Write as _;
+        let mut file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)?;
+        let mut text = String::new();
+        for lead in &all.accepted_leads {
+            text.push_str(lead);
+            text.push('\n');
+        }
+        file.write_all(text.as_bytes())?;
+    }
     println!("accepted_events={}", all.events);
     Ok(())
 }
