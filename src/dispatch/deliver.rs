@@ -53,20 +53,23 @@ pub(crate) struct Work {
     pub(crate) revoked: CancellationToken,
     /// When this dispatcher took the partition (restored and ready).
     pub(crate) assigned_at: Timestamp,
+    /// The partition generation its records are written with.
+    pub(crate) generation: u64,
 }
 
 impl Work {
     /// A partition's delivery state from its restored ledger (`{prefix}.delivered`) and backlog
     /// (`{prefix}.alerts.retry`), taken at `assigned_at`; also the keys of the records that could
     /// not be read ([`Unread`]: the caller dead-letters them).
+    /// Its records are written with partition generation `generation`.
     pub(crate) fn restore(
         partition: i32,
-        ledger: Snapshot,
-        backlog: Snapshot,
+        (ledger, backlog): (Snapshot, Snapshot),
+        generation: u64,
         assigned_at: Timestamp,
     ) -> (Work, Unread) {
-        let (ledger, ledger_keys) = Ledger::from_snapshot(ledger);
-        let (backlog, backlog_keys) = Backlog::from_snapshot(backlog);
+        let (ledger, ledger_keys) = Ledger::from_snapshot(ledger, generation);
+        let (backlog, backlog_keys) = Backlog::from_snapshot(backlog, generation);
         let unread = Unread {
             ledger: ledger_keys,
             backlog: backlog_keys,
@@ -83,6 +86,7 @@ impl Work {
             backlog,
             revoked: CancellationToken::new(),
             assigned_at,
+            generation,
         };
         (work, unread)
     }
@@ -499,6 +503,7 @@ async fn settle(
                 &shared.producer,
                 &shared.topics.delivered,
                 work.partition,
+                work.generation,
                 lead,
                 alert.id(),
                 &entry.sink,
@@ -742,7 +747,7 @@ mod tests {
             };
             backlog.insert(lead, serde_json::to_vec(&entry).unwrap());
         }
-        Work::restore(3, ledger, backlog, t0()).0
+        Work::restore(3, (ledger, backlog), 1, t0()).0
     }
 
     fn breach() -> Alert {

@@ -289,10 +289,15 @@ impl Dispatcher {
             Event::Restored {
                 partition,
                 snapshots,
+                generation,
             } => {
                 let [ledger, backlog]: [_; 2] = snapshots.try_into().expect("two changelogs");
-                let (work, unread) =
-                    Work::restore(partition, ledger, backlog, self.shared.clock.now());
+                let (work, unread) = Work::restore(
+                    partition,
+                    (ledger, backlog),
+                    generation,
+                    self.shared.clock.now(),
+                );
                 self.dead_letter_unread(partition, unread);
                 self.shared.fold_late_deliveries(&work);
                 self.shared.expire_ledger(&work);

@@ -26,7 +26,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::health::{Beat, Waiting};
 use crate::bus::backlog::Backlog;
-use crate::bus::changelog::{Restored, Restorer, Slot, Slots, Snapshot};
+use crate::bus::changelog::{self, Folded, Restored, Restorer, Slot, Slots, Snapshot};
 use crate::bus::consumer::{self, Assignment, GroupConsumer};
 use crate::bus::producer::{Producer, Unreadable};
 use crate::telemetry::Metrics;
@@ -46,6 +46,11 @@ pub enum Event<P, M> {
     Restored {
         partition: i32,
         snapshots: Vec<Snapshot>,
+        /// The partition generation this member writes the partition's changelog records with
+        /// while it owns it: one more than the highest its changelogs held
+        /// ([`changelog::next_generation`]), so a restore tells its records from an earlier
+        /// owner's late ones.
+        generation: u64,
     },
     /// What was read: a message and whatever was fetched with it, in order, so the stage
     /// processes them together before its other work (events of one request — a status change
@@ -103,7 +108,7 @@ pub struct Group<P, M> {
     restored_tx: mpsc::UnboundedSender<(usize, Restored)>,
     restored_rx: mpsc::UnboundedReceiver<(usize, Restored)>,
     /// Per restoring partition: its generation, and each changelog's snapshot once read.
-    restoring: HashMap<i32, (u64, Vec<Option<Snapshot>>)>,
+    restoring: HashMap<i32, (u64, Vec<Option<Folded>>)>,
     slots: Slots<P, Waited<M>>,
     /// Per partition, per processed message: its offset and whether its work is done (false:
     /// it was not, e.g. the partition moved; its next owner redoes it). In order within a
@@ -561,9 +566,17 @@ impl<P, M> Group<P, M> {
         let (_, snapshots) = self.restoring.remove(&partition)?;
         let still = self.pending.get(&partition).is_some_and(|q| !q.is_empty());
         self.report(|b| b.progressed(partition, still));
+        let read: Vec<Folded> = snapshots.into_iter().flatten().collect();
+        let generation = changelog::next_generation(&read.iter().collect::<Vec<_>>());
+        tracing::debug!(
+            partition,
+            generation,
+            "partition restored; its writes carry this generation"
+        );
         Some(Event::Restored {
             partition,
-            snapshots: snapshots.into_iter().flatten().collect(),
+            snapshots: read.into_iter().map(|r| r.records).collect(),
+            generation,
         })
     }
 
@@ -754,6 +767,7 @@ mod tests {
                 Event::Restored {
                     partition,
                     snapshots,
+                    ..
                 } => {
                     assert_eq!(snapshots.len(), 2, "one snapshot per changelog");
                     assert_eq!(snapshots[0]["lead"], b"state");
@@ -1003,7 +1017,7 @@ mod tests {
             partition: i32,
             timeout: Duration,
             clock: &Clock,
-        ) -> Result<Snapshot, crate::bus::changelog::RestoreError> {
+        ) -> Result<Folded, crate::bus::changelog::RestoreError> {
             match ATTEMPTS.fetch_add(1, std::sync::atomic::Ordering::SeqCst) {
                 0 => panic!("a restore thread dies"),
                 1 => Err(crate::bus::changelog::RestoreError::Timeout {
