@@ -130,9 +130,14 @@ pub fn next_generation(read: &[&Folded]) -> u64 {
 /// holds unless that is of a newer generation (a late write of an earlier owner is passed over);
 /// a tombstone removes the key's value but not the generation it reached, so an older late
 /// record after it stays passed over too.
+///
+/// A kept record's generation is read again from its header when the next record of its key
+/// comes (a few bytes), so the fold holds nothing per key besides the record itself.
 #[derive(Debug, Default)]
 pub struct Fold {
-    keys: HashMap<String, (u64, Option<Vec<u8>>)>,
+    records: Snapshot,
+    /// The generation a tombstoned key had reached.
+    tombstoned: HashMap<String, u64>,
     generation: u64,
     superseded: Vec<String>,
 }
@@ -141,30 +146,40 @@ impl Fold {
     /// The next record of the partition: `value` `None` is a tombstone.
     pub fn push(&mut self, key: &str, value: Option<&[u8]>) {
         let Some(value) = value else {
-            if let Some(kept) = self.keys.get_mut(key) {
-                kept.1 = None;
+            if let Some(gone) = self.records.remove(key) {
+                self.tombstoned
+                    .insert(key.to_string(), generation_of(&gone));
             }
             return;
         };
         let generation = generation_of(value);
         self.generation = self.generation.max(generation);
-        match self.keys.get_mut(key) {
-            Some((kept, _)) if *kept > generation => self.superseded.push(key.to_string()),
-            Some(kept) => *kept = (generation, Some(value.to_vec())),
+        let reached = match self.records.get_mut(key) {
+            Some(kept) => {
+                if generation_of(kept) > generation {
+                    self.superseded.push(key.to_string());
+                } else {
+                    *kept = value.to_vec();
+                }
+                return;
+            }
+            None => self.tombstoned.get(key).copied(),
+        };
+        match reached {
+            Some(reached) if reached > generation => self.superseded.push(key.to_string()),
+            Some(_) => {
+                self.tombstoned.remove(key);
+                self.records.insert(key.to_string(), value.to_vec());
+            }
             None => {
-                self.keys
-                    .insert(key.to_string(), (generation, Some(value.to_vec())));
+                self.records.insert(key.to_string(), value.to_vec());
             }
         }
     }
 
     pub fn finish(self) -> Folded {
         Folded {
-            records: self
-                .keys
-                .into_iter()
-                .filter_map(|(k, (_, v))| v.map(|v| (k, v)))
-                .collect(),
+            records: self.records,
             generation: self.generation,
             superseded: self.superseded,
         }
