@@ -465,6 +465,19 @@ secret = "{SINK_SECRET}"
     let third = Daemon::start(&config, &rules_text("1h")).await;
     produce_all(kafka.bootstrap(), &alerts[1..]).await;
     wait_for("the copy settled", PATIENCE, settled).await;
+    // It wrote the lead's entry again: the last record of the key, the one compaction keeps,
+    // holds both deliveries (not the late record's one).
+    let both = |record: &[u8]| {
+        let body = leadwatch::bus::changelog::unstamp(record).map_or(record, |r| r.1);
+        let entry: serde_json::Value = serde_json::from_slice(body).unwrap_or_default();
+        alerts.iter().all(|a| entry["alerts"].get(a.id()).is_some())
+    };
+    wait_for("the lead's entry written again", PATIENCE, || async {
+        let records = raw_records(kafka.bootstrap(), &delivered, 0).await;
+        let last = records.iter().rev().find(|(k, _)| k == "L-late");
+        last.and_then(|(_, v)| v.as_deref()).is_some_and(both)
+    })
+    .await;
     third.stop().await;
     let requests = hook.requests();
     let ids: Vec<&str> = requests.iter().map(|r| r.header("webhook-id")).collect();

@@ -8,7 +8,7 @@
 //! Nothing here depends on the consumer-group loop in [`super`]: it hands in the partition's
 //! `Work`, the message, or the due entry, and stores the offset `fan_out` resolves to.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -29,7 +29,7 @@ use super::sinks::{Attempt, Delivered, DeliveryError, Http};
 use super::template::Templates;
 use crate::alert::{ALERT_TYPES, Alert};
 use crate::bus::Topics;
-use crate::bus::changelog::Snapshot;
+use crate::bus::changelog::{LATE_PREFIX, Snapshot};
 use crate::bus::producer::Producer;
 use crate::clock::Clock;
 use crate::telemetry::Metrics;
@@ -224,6 +224,51 @@ impl Shared {
                 tokio::select! {
                     _ = shared.abandon.cancelled() => break,
                     written = write => if !written { break },
+                }
+            }
+        });
+    }
+
+    /// Writes again the ledger and backlog entries of the leads whose newest record was
+    /// followed by a late one of an earlier owner (passed over at restore): the last record of
+    /// each key, the one compaction keeps, is this owner's again (a tombstone where the lead has
+    /// nothing). Late-delivery records are keyed per delivery and folded anyway.
+    pub(crate) fn write_superseded_again(
+        self: &Arc<Self>,
+        work: &Work,
+        ledger: Vec<String>,
+        backlog: Vec<String>,
+    ) {
+        let ledger: BTreeSet<String> = ledger
+            .into_iter()
+            .filter(|k| !k.starts_with(LATE_PREFIX))
+            .collect();
+        let backlog: BTreeSet<String> = backlog.into_iter().collect();
+        if ledger.is_empty() && backlog.is_empty() {
+            return;
+        }
+        tracing::info!(
+            partition = work.partition,
+            ledger = ledger.len(),
+            backlog = backlog.len(),
+            "writing again the leads an earlier owner's late records would replace under compaction"
+        );
+        let (shared, work) = (self.clone(), work.clone());
+        tokio::spawn(async move {
+            let topic = &shared.topics.delivered;
+            for lead in ledger {
+                let write = work
+                    .ledger
+                    .persist(&shared.producer, topic, &lead, &work.revoked);
+                tokio::select! {
+                    _ = shared.abandon.cancelled() => return,
+                    written = write => if !written { return },
+                }
+            }
+            for lead in backlog {
+                tokio::select! {
+                    _ = shared.abandon.cancelled() => return,
+                    written = write_backlog(&shared, &work, &lead) => if !written { return },
                 }
             }
         });

@@ -20,6 +20,7 @@
 //! a restore (`Work::restored`), stepping a partition with an event, a tick, a sweep, a reload or
 //! an unwritten write and carrying the step out (`Work::step`).
 
+use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -523,7 +524,7 @@ impl Work {
         &self,
         partition: i32,
         generation: Option<u64>,
-        (records, writes_as): (Records, u64),
+        (records, writes_as, superseded): (Records, u64, Vec<String>),
         building: &mut Building,
         now: Timestamp,
     ) {
@@ -533,6 +534,13 @@ impl Work {
                 let built = tokio::task::spawn_blocking(move || {
                     let mut owned = Owned::new(&abandon, writes_as);
                     let diagnostics = owned.step(&engine, Input::Restore(records), now);
+                    // A lead whose newest state was followed by an earlier owner's late one is
+                    // written again at the first flush: compaction keeps the last record.
+                    for lead in superseded.into_iter().collect::<BTreeSet<_>>() {
+                        if owned.leads.lead(&lead).is_some() {
+                            owned.dirty.lead(lead, Vec::new(), true);
+                        }
+                    }
                     (owned, diagnostics)
                 })
                 .await;
@@ -616,10 +624,18 @@ impl Work {
                 partition,
                 snapshots,
                 generation: writes_as,
+                superseded,
             } => {
                 let records = snapshots.into_iter().next().unwrap_or_default();
+                let superseded = superseded.into_iter().next().unwrap_or_default();
                 let generation = group.generation(partition);
-                self.restored(partition, generation, (records, writes_as), building, now);
+                self.restored(
+                    partition,
+                    generation,
+                    (records, writes_as, superseded),
+                    building,
+                    now,
+                );
             }
             Event::Read(read) => {
                 for r in read {

@@ -51,6 +51,10 @@ pub enum Event<P, M> {
         /// ([`changelog::next_generation`]), so a restore tells its records from an earlier
         /// owner's late ones.
         generation: u64,
+        /// Per changelog, the keys whose newest record was followed by a late one of an earlier
+        /// owner (passed over): the stage writes them again, so that the last record of each
+        /// key, the one compaction keeps, is the newest generation's again.
+        superseded: Vec<Vec<String>>,
     },
     /// What was read: a message and whatever was fetched with it, in order, so the stage
     /// processes them together before its other work (events of one request — a status change
@@ -595,10 +599,12 @@ impl<P, M> Group<P, M> {
             generation,
             "partition restored; its writes carry this generation"
         );
+        let (snapshots, superseded) = read.into_iter().map(|r| (r.records, r.superseded)).unzip();
         Some(Event::Restored {
             partition,
-            snapshots: read.into_iter().map(|r| r.records).collect(),
+            snapshots,
             generation,
+            superseded,
         })
     }
 
