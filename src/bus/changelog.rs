@@ -129,7 +129,9 @@ pub fn next_generation(read: &[&Folded]) -> u64 {
 /// Folds one partition's records, in offset order, per key: a record replaces what its key
 /// holds unless that is of a newer generation (a late write of an earlier owner is passed over);
 /// a tombstone removes the key's value but not the generation it reached, so an older late
-/// record after it stays passed over too.
+/// record after it stays passed over too. A record without a generation (0: an earlier build
+/// wrote it, as during a rolling upgrade, where such a member may own the partition after one of
+/// this build) cannot be told late: it replaces what its key holds, as every record did before.
 ///
 /// A kept record's generation is read again from its header when the next record of its key
 /// comes (a few bytes), so the fold holds nothing per key besides the record itself.
@@ -156,7 +158,7 @@ impl Fold {
         self.generation = self.generation.max(generation);
         let reached = match self.records.get_mut(key) {
             Some(kept) => {
-                if generation_of(kept) > generation {
+                if generation > 0 && generation_of(kept) > generation {
                     self.superseded.push(key.to_string());
                 } else {
                     *kept = value.to_vec();
@@ -166,7 +168,9 @@ impl Fold {
             None => self.tombstoned.get(key).copied(),
         };
         match reached {
-            Some(reached) if reached > generation => self.superseded.push(key.to_string()),
+            Some(reached) if generation > 0 && reached > generation => {
+                self.superseded.push(key.to_string())
+            }
             Some(_) => {
                 self.tombstoned.remove(key);
                 self.records.insert(key.to_string(), value.to_vec());
@@ -547,6 +551,10 @@ mod tests {
         fold.push("L-back", Some(&stamp(4, b"again")));
         fold.push("L-json", Some(b"{\"v\":1}"));
         fold.push("L-json", Some(b"{\"v\":2}"));
+        // An earlier build's record after this build's: it cannot be told late, so it wins as
+        // every later record did before (a rolling upgrade moves partitions both ways).
+        fold.push("L-upgrade", Some(&stamp(4, b"1")));
+        fold.push("L-upgrade", Some(b"{\"by\":\"an earlier build\"}"));
         let read = fold.finish();
         assert_eq!(read.generation, 4);
         assert_eq!(read.records["L-old-first"], stamp(4, b"{\"by\":\"new\"}"));
@@ -557,6 +565,7 @@ mod tests {
         );
         assert_eq!(read.records["L-back"], stamp(4, b"again"));
         assert_eq!(read.records["L-json"], b"{\"v\":2}");
+        assert_eq!(read.records["L-upgrade"], b"{\"by\":\"an earlier build\"}");
         assert_eq!(read.superseded, ["L-old-first", "L-gone"]);
         assert_eq!(next_generation(&[&read, &Folded::default()]), 5);
         assert_eq!(next_generation(&[]), 1);
