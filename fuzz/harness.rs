@@ -23,6 +23,7 @@ use http::{HeaderMap, HeaderName, HeaderValue, Method, Uri};
 use jiff::{SignedDuration, Timestamp};
 
 use leadwatch::alert::{Alert, split_lead_key};
+use leadwatch::bus::changelog;
 use leadwatch::dispatch::backlog::{Backlog, LeadBacklog};
 use leadwatch::dispatch::dlq::DeadLetter;
 use leadwatch::dispatch::ledger::{LeadDeliveries, Ledger};
@@ -710,12 +711,13 @@ pub fn restore_partition(data: &[u8]) {
 /// alert read as `deliver` reads it.
 pub fn decode_backlog(record: &[u8]) {
     let lead = "hubspot:1551";
-    let decoded = serde_json::from_slice::<LeadBacklog>(record).ok();
+    let decoded = changelog::unstamp(record)
+        .and_then(|(_, body)| serde_json::from_slice::<LeadBacklog>(body).ok());
     if let Some(entry) = &decoded {
         round_trips(entry, "a backlog entry");
     }
     let snapshot = HashMap::from([(lead.to_string(), record.to_vec())]);
-    let (backlog, unreadable) = Backlog::from_snapshot(snapshot);
+    let (backlog, unreadable) = Backlog::from_snapshot(snapshot, 7);
     assert_eq!(unreadable, named_if_unreadable(lead, decoded.is_some()));
     let distinct: BTreeSet<(&str, &str)> = decoded
         .iter()
@@ -725,7 +727,12 @@ pub fn decode_backlog(record: &[u8]) {
     assert_eq!(backlog.len(), distinct.len(), "entries lost in the backlog");
     let kept = backlog.serialize_lead(lead);
     if !distinct.is_empty() {
-        let again: LeadBacklog = serde_json::from_slice(&kept).expect("a kept backlog decodes");
+        let (generation, body) = changelog::unstamp(&kept).expect("a kept backlog is stamped");
+        assert_eq!(
+            generation, 7,
+            "written with the generation it was restored for"
+        );
+        let again: LeadBacklog = serde_json::from_slice(body).expect("a kept backlog decodes");
         assert_eq!(again.pending.len(), distinct.len());
     }
     let _ = (backlog.next_due(), backlog.per_sink());
@@ -742,12 +749,13 @@ pub fn decode_backlog(record: &[u8]) {
 /// (`Ledger::from_snapshot`) and asked what each alert has reached.
 pub fn decode_ledger(record: &[u8]) {
     let lead = "hubspot:1551";
-    let decoded = serde_json::from_slice::<LeadDeliveries>(record).ok();
+    let decoded = changelog::unstamp(record)
+        .and_then(|(_, body)| serde_json::from_slice::<LeadDeliveries>(body).ok());
     if let Some(entry) = &decoded {
         round_trips(entry, "a ledger entry");
     }
     let snapshot = HashMap::from([(lead.to_string(), record.to_vec())]);
-    let (ledger, unreadable) = Ledger::from_snapshot(snapshot);
+    let (ledger, unreadable) = Ledger::from_snapshot(snapshot, 7);
     assert_eq!(unreadable, named_if_unreadable(lead, decoded.is_some()));
     for (alert_id, delivery) in decoded.iter().flat_map(|d| &d.alerts) {
         assert_eq!(ledger.delivered(lead, alert_id), delivery.sinks);

@@ -125,6 +125,7 @@ async fn late_deliveries_of(
         )
         .with_context(|| format!("reading {topic}[{partition}]"))?;
         Ok(snapshot
+            .records
             .into_iter()
             .filter(|(k, v)| bus::changelog::late_lead(k, v).as_deref() == Some(lead.as_str()))
             .map(|(k, _)| (partition, k))

@@ -568,7 +568,8 @@ async fn dead_letters(bootstrap: &str, partitions: i32) -> Vec<serde_json::Value
                 Duration::from_secs(30),
                 &Clock::system(),
             )
-            .unwrap();
+            .unwrap()
+            .records;
             out.extend(
                 snapshot
                     .values()
@@ -2124,7 +2125,7 @@ async fn forget_erases_a_leads_late_deliveries_so_a_restore_cannot_bring_it_back
         let partition = leadwatch::partitioner::partition_for(lead.as_bytes(), partitions);
         assert!(
             Ledger::record_late(
-                &producer, &delivered, partition, lead, alert_id, "hook", now, &abandon
+                &producer, &delivered, partition, 1, lead, alert_id, "hook", now, &abandon
             )
             .await
         );
@@ -2164,6 +2165,7 @@ async fn forget_erases_a_leads_late_deliveries_so_a_restore_cannot_bring_it_back
                 &Clock::system(),
             )
             .unwrap()
+            .records
         })
     };
     let gone = restored("L-gone").await.unwrap();
@@ -2171,14 +2173,14 @@ async fn forget_erases_a_leads_late_deliveries_so_a_restore_cannot_bring_it_back
         !gone.contains_key(&late_key("alert_gone", "hook")),
         "the forgotten lead's late delivery is still in {delivered}"
     );
-    let (ledger, broken) = Ledger::from_snapshot(gone);
+    let (ledger, broken) = Ledger::from_snapshot(gone, 2);
     assert!(broken.is_empty());
     assert!(
         ledger.delivered("L-gone", "alert_gone").is_empty(),
         "a restore brought the forgotten lead's delivery back"
     );
     let stays = restored("L-stays").await.unwrap();
-    let (ledger, _) = Ledger::from_snapshot(stays);
+    let (ledger, _) = Ledger::from_snapshot(stays, 2);
     assert_eq!(
         ledger.delivered("L-stays", "alert_stays"),
         ["hook".to_string()].into()

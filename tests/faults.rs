@@ -826,3 +826,143 @@ async fn a_rolling_restart_with_instance_ids_under_load_loses_and_doubles_nothin
 async fn long_rolling_restarts_with_instance_ids_under_load_lose_and_double_nothing() {
     a_rolling_restart(3, 150).await;
 }
+
+/// Every record of `topic[partition]`, in offset order, as (key, value; `None`: a tombstone).
+async fn raw_records(
+    bootstrap: &str,
+    topic: &str,
+    partition: i32,
+) -> Vec<(String, Option<Vec<u8>>)> {
+    use rdkafka::Message;
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    let (bootstrap, topic) = (bootstrap.to_string(), topic.to_string());
+    tokio::task::spawn_blocking(move || {
+        let consumer: BaseConsumer = rdkafka::ClientConfig::new()
+            .set("bootstrap.servers", &bootstrap)
+            .set("group.id", "lwfaults.raw")
+            .set("enable.auto.commit", "false")
+            .create()
+            .unwrap();
+        let timeout = Duration::from_secs(10);
+        let (low, high) = consumer
+            .fetch_watermarks(&topic, partition, timeout)
+            .unwrap();
+        let mut tpl = rdkafka::TopicPartitionList::new();
+        tpl.add_partition_offset(&topic, partition, rdkafka::Offset::Beginning)
+            .unwrap();
+        consumer.assign(&tpl).unwrap();
+        let mut out = Vec::new();
+        let mut next = low;
+        let started = Clock::system().instant();
+        while next < high {
+            assert!(
+                Clock::system().instant() - started < PATIENCE,
+                "{topic}[{partition}] not read to {high}"
+            );
+            let Some(Ok(msg)) = consumer.poll(Duration::from_millis(200)) else {
+                continue;
+            };
+            next = msg.offset() + 1;
+            let key = String::from_utf8_lossy(msg.key().unwrap_or_default()).into_owned();
+            out.push((key, msg.payload().map(<[u8]>::to_vec)));
+        }
+        out
+    })
+    .await
+    .unwrap()
+}
+
+/// Late writes (issue 14): a lead's ledger record that its earlier owner had queued lands after
+/// the next owner recorded a newer delivery of the lead. A restore keeps the newer owner's
+/// record: a copy of the alert it delivered (the engine fired it again after a crash) is not
+/// sent again. Before, the late record won (the last write per key), the ledger forgot the
+/// delivery, and the receiver got the alert twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_late_ledger_record_of_an_earlier_owner_does_not_undo_the_next_owners_deliveries() {
+    let kafka = kafka(1);
+    let hook = Api::start(|_, _| Answer::new(204, "")).await;
+    let sinks = format!(
+        r#"
+[sinks.hook]
+kind = "webhook"
+url = "{}/alerts"
+secret = "{SINK_SECRET}"
+"#,
+        hook.base
+    );
+    let config = dispatch_config(kafka.bootstrap(), "lwlate", "", &sinks);
+    let mut alerts = breaches(2);
+    for alert in &mut alerts {
+        alert.data.lead = "L-late".into();
+    }
+    let delivered = format!("{PREFIX}.delivered");
+    let settled = || async {
+        let (committed, end) = alerts_committed(kafka.bootstrap(), "lwlate").await;
+        committed == end
+    };
+
+    // The earlier owner delivers the first alert and records it.
+    let earlier = Daemon::start(&config, &rules_text("1h")).await;
+    produce_all(kafka.bootstrap(), &alerts[..1]).await;
+    wait_for("the first alert settled", PATIENCE, || async {
+        hook.count() == 1 && settled().await
+    })
+    .await;
+    earlier.stop().await;
+    let (key, old) = raw_records(kafka.bootstrap(), &delivered, 0)
+        .await
+        .pop()
+        .expect("the earlier owner's ledger record");
+    assert_eq!(key, "L-late");
+
+    // The next owner delivers the second alert and records it.
+    let next = Daemon::start(&config, &rules_text("1h")).await;
+    produce_all(kafka.bootstrap(), &alerts[1..]).await;
+    wait_for("the second alert settled", PATIENCE, || async {
+        hook.count() == 2 && settled().await
+    })
+    .await;
+    next.stop().await;
+
+    // The earlier owner's record, queued before it let the partition go, lands only now.
+    let producer: FutureProducer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", kafka.bootstrap())
+        .create()
+        .unwrap();
+    producer
+        .send(
+            FutureRecord::to(&delivered)
+                .partition(0)
+                .key("L-late")
+                .payload(old.as_deref().expect("not a tombstone")),
+            Duration::from_secs(10),
+        )
+        .await
+        .unwrap();
+
+    // A third owner restores the ledger, then meets a copy of the second alert.
+    let third = Daemon::start(&config, &rules_text("1h")).await;
+    produce_all(kafka.bootstrap(), &alerts[1..]).await;
+    wait_for("the copy settled", PATIENCE, settled).await;
+    // It wrote the lead's entry again: the last record of the key, the one compaction keeps,
+    // holds both deliveries (not the late record's one).
+    let both = |record: &[u8]| {
+        let body = leadwatch::bus::changelog::unstamp(record).map_or(record, |r| r.1);
+        let entry: serde_json::Value = serde_json::from_slice(body).unwrap_or_default();
+        alerts.iter().all(|a| entry["alerts"].get(a.id()).is_some())
+    };
+    wait_for("the lead's entry written again", PATIENCE, || async {
+        let records = raw_records(kafka.bootstrap(), &delivered, 0).await;
+        let last = records.iter().rev().find(|(k, _)| k == "L-late");
+        last.and_then(|(_, v)| v.as_deref()).is_some_and(both)
+    })
+    .await;
+    third.stop().await;
+    let requests = hook.requests();
+    let ids: Vec<&str> = requests.iter().map(|r| r.header("webhook-id")).collect();
+    assert_eq!(
+        ids,
+        [alerts[0].id(), alerts[1].id()],
+        "each alert once: the late record of the earlier owner undid the next owner's delivery"
+    );
+}

@@ -418,6 +418,7 @@ async fn forgetting_a_lead_erases_its_state_and_cancels_its_alerts() {
             &Clock::system(),
         )
         .unwrap()
+        .records
     })
     .await
     .unwrap();

@@ -134,6 +134,7 @@ async fn a_lead_state_too_large_for_kafka_wedges_nothing_and_its_lead_still_aler
                 &Clock::system(),
             )
             .unwrap()
+            .records
         };
         (read("lwtest.state"), read("lwtest.alerts.dlq"))
     })

@@ -40,6 +40,156 @@ pub enum RestoreError {
 /// What a partition held: the latest value of every key that is not tombstoned.
 pub type Snapshot = HashMap<String, Vec<u8>>;
 
+/// A changelog partition read back ([`read_partition`]).
+#[derive(Debug, Clone, Default)]
+pub struct Folded {
+    /// Per key, the record of the highest partition generation (see [`generation_of`]); of
+    /// those, the last. Tombstoned keys are left out.
+    pub records: Snapshot,
+    /// The highest partition generation of any record read (0: none carried one). The next
+    /// owner writes with one more ([`next_generation`]).
+    pub generation: u64,
+    /// Records passed over because their key already had a record of a newer generation: late
+    /// writes of an earlier owner.
+    pub superseded: Vec<String>,
+}
+
+/// The header every changelog record this build writes starts with (`{prefix}.state`,
+/// `{prefix}.delivered`, `{prefix}.alerts.retry`): one byte, the record's format version
+/// ([`STAMPED`]; the state record's own, `engine::record::V1`, has the same value and layout),
+/// then the writer's partition generation as an unsigned LEB128 varint, then the body (each
+/// topic's own: a state's MessagePack, a ledger's or backlog's JSON). Records of earlier builds
+/// are JSON and start with `{`: generation 0, their body the whole record.
+///
+/// **The partition generation** is one more than the highest generation read back from the
+/// partition's changelogs when it was assigned ([`next_generation`]). So it only grows per
+/// partition, across owners and restarts, without asking anything of the broker: the consumer
+/// group's generation id is not exposed by librdkafka's API, and it grows per group, not per
+/// partition (a group whose offsets expired starts again at 1). Two owners in a row share a
+/// generation only when none of the earlier one's writes had reached the changelog when the
+/// later one read it: such a late write then ties, and the later offset wins (the README's
+/// "Guarantees" says what remains).
+pub const STAMPED: u8 = 1;
+
+/// The most bytes a LEB128 varint of a `u64` takes.
+const VARINT_MAX: usize = 10;
+
+/// `body` under the header of `generation` ([`STAMPED`]).
+pub fn stamp(generation: u64, body: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(body.len() + 1 + VARINT_MAX);
+    out.push(STAMPED);
+    let mut value = generation;
+    loop {
+        let low = (value & 0x7f) as u8;
+        value >>= 7;
+        if value == 0 {
+            out.push(low);
+            break;
+        }
+        out.push(low | 0x80);
+    }
+    out.extend_from_slice(body);
+    out
+}
+
+/// A record's partition generation and body: (0, the whole record) for one without a header
+/// (JSON of an earlier build); `None` when its header is cut short or malformed.
+pub fn unstamp(record: &[u8]) -> Option<(u64, &[u8])> {
+    match record.first() {
+        None | Some(b'{' | b' ' | b'\t' | b'\n' | b'\r') => Some((0, record)),
+        Some(_) => {
+            let bytes = &record[1..];
+            let mut value = 0u64;
+            for (i, &byte) in bytes.iter().enumerate().take(VARINT_MAX) {
+                let part = u64::from(byte & 0x7f);
+                if i == VARINT_MAX - 1 && part > 1 {
+                    return None;
+                }
+                value |= part << (7 * i);
+                if byte & 0x80 == 0 {
+                    return Some((value, &bytes[i + 1..]));
+                }
+            }
+            None
+        }
+    }
+}
+
+/// The partition generation that wrote `record` (0 when it says none, or cannot be read: an
+/// unreadable record is its reader's to report, not the fold's).
+pub fn generation_of(record: &[u8]) -> u64 {
+    unstamp(record).map_or(0, |(generation, _)| generation)
+}
+
+/// The generation a new owner of a partition writes with, from what its changelogs held.
+pub fn next_generation(read: &[&Folded]) -> u64 {
+    read.iter().map(|f| f.generation).max().unwrap_or(0) + 1
+}
+
+/// Folds one partition's records, in offset order, per key: a record replaces what its key
+/// holds unless that is of a newer generation (a late write of an earlier owner is passed over);
+/// a tombstone removes the key's value but not the generation it reached, so an older late
+/// record after it stays passed over too. A record without a generation (0: an earlier build
+/// wrote it, as during a rolling upgrade, where such a member may own the partition after one of
+/// this build) cannot be told late: it replaces what its key holds, as every record did before.
+///
+/// A kept record's generation is read again from its header when the next record of its key
+/// comes (a few bytes), so the fold holds nothing per key besides the record itself.
+#[derive(Debug, Default)]
+pub struct Fold {
+    records: Snapshot,
+    /// The generation a tombstoned key had reached.
+    tombstoned: HashMap<String, u64>,
+    generation: u64,
+    superseded: Vec<String>,
+}
+
+impl Fold {
+    /// The next record of the partition: `value` `None` is a tombstone.
+    pub fn push(&mut self, key: &str, value: Option<&[u8]>) {
+        let Some(value) = value else {
+            if let Some(gone) = self.records.remove(key) {
+                self.tombstoned
+                    .insert(key.to_string(), generation_of(&gone));
+            }
+            return;
+        };
+        let generation = generation_of(value);
+        self.generation = self.generation.max(generation);
+        let reached = match self.records.get_mut(key) {
+            Some(kept) => {
+                if generation > 0 && generation_of(kept) > generation {
+                    self.superseded.push(key.to_string());
+                } else {
+                    *kept = value.to_vec();
+                }
+                return;
+            }
+            None => self.tombstoned.get(key).copied(),
+        };
+        match reached {
+            Some(reached) if generation > 0 && reached > generation => {
+                self.superseded.push(key.to_string())
+            }
+            Some(_) => {
+                self.tombstoned.remove(key);
+                self.records.insert(key.to_string(), value.to_vec());
+            }
+            None => {
+                self.records.insert(key.to_string(), value.to_vec());
+            }
+        }
+    }
+
+    pub fn finish(self) -> Folded {
+        Folded {
+            records: self.records,
+            generation: self.generation,
+            superseded: self.superseded,
+        }
+    }
+}
+
 /// How the record of a late delivery in `{prefix}.delivered` (the dispatcher's ledger writes
 /// one when a delivery reaches its sink after the partition was revoked) is told from a lead's
 /// entry, which is keyed by the lead: no lead key starts with NUL.
@@ -55,21 +205,22 @@ pub fn late_lead(key: &str, value: &[u8]) -> Option<String> {
     if !key.starts_with(LATE_PREFIX) {
         return None;
     }
-    serde_json::from_slice::<Named>(value).ok().map(|n| n.lead)
+    let (_, body) = unstamp(value)?;
+    serde_json::from_slice::<Named>(body).ok().map(|n| n.lead)
 }
 
 /// Reads `topic[partition]` from its start to its end — at least to its end offset as of this
 /// call, and on to where the broker says the partition ends (a broker may report an end offset
 /// short of its last batch's records: tansu gives that batch's first offset + 1) — (blocking: run
-/// it with `spawn_blocking`). Later records win; a record without a value (tombstone) removes
-/// its key.
+/// it with `spawn_blocking`). Per key, the later record of the highest generation wins
+/// ([`Fold`]); a record without a value (tombstone) removes its key.
 pub fn read_partition(
     base: &ClientConfig,
     topic: &str,
     partition: i32,
     timeout: Duration,
     clock: &Clock,
-) -> Result<Snapshot, RestoreError> {
+) -> Result<Folded, RestoreError> {
     let kafka = |source| RestoreError::Kafka {
         topic: topic.to_string(),
         partition,
@@ -89,9 +240,9 @@ pub fn read_partition(
     let (low, high) = consumer
         .fetch_watermarks(topic, partition, Duration::from_secs(10))
         .map_err(kafka)?;
-    let mut snapshot = Snapshot::new();
+    let mut fold = Fold::default();
     if high <= low {
-        return Ok(snapshot);
+        return Ok(fold.finish());
     }
     let mut tpl = TopicPartitionList::new();
     tpl.add_partition_offset(topic, partition, Offset::Beginning)
@@ -133,25 +284,29 @@ pub fn read_partition(
         let Some(key) = msg.key().and_then(|k| std::str::from_utf8(k).ok()) else {
             continue;
         };
-        match msg.payload() {
-            Some(value) => {
-                snapshot.insert(key.to_string(), value.to_vec());
-            }
-            None => {
-                snapshot.remove(key);
-            }
-        }
+        fold.push(key, msg.payload());
     }
+    let read = fold.finish();
     tracing::debug!(
         topic,
         partition,
         low,
         high,
         at,
-        keys = snapshot.len(),
+        keys = read.records.len(),
+        generation = read.generation,
+        superseded = read.superseded.len(),
         "changelog partition read"
     );
-    Ok(snapshot)
+    if !read.superseded.is_empty() {
+        tracing::info!(
+            topic,
+            partition,
+            superseded = read.superseded.len(),
+            "late records of an earlier owner were passed over"
+        );
+    }
+    Ok(read)
 }
 
 /// One assigned partition of a loop that keeps state per partition: restoring (with the
@@ -263,11 +418,11 @@ pub struct Restored {
     /// Which assignment it was started for: a partition revoked and assigned again meanwhile
     /// makes an older restore stale.
     pub generation: u64,
-    pub result: Result<Snapshot, RestoreError>,
+    pub result: Result<Folded, RestoreError>,
 }
 
 /// How one changelog partition is read ([`read_partition`]; tests hand in others).
-pub type ReadFn = fn(&ClientConfig, &str, i32, Duration, &Clock) -> Result<Snapshot, RestoreError>;
+pub type ReadFn = fn(&ClientConfig, &str, i32, Duration, &Clock) -> Result<Folded, RestoreError>;
 
 /// Starts restores of one changelog topic on blocking threads.
 #[derive(Clone)]
@@ -353,6 +508,69 @@ mod tests {
     use super::*;
     use rdkafka::producer::{BaseProducer, BaseRecord, Producer as _};
 
+    /// A header reads back as the generation it was written with, whatever its size; a
+    /// record of an earlier build (JSON) is generation 0 and all body; a header cut short is
+    /// refused.
+    #[test]
+    fn a_stamped_record_reads_back_its_generation_and_body() {
+        for generation in [0, 1, 127, 128, 300, u64::from(u32::MAX), u64::MAX] {
+            let record = stamp(generation, br#"{"a":1}"#);
+            assert_eq!(record[0], STAMPED);
+            assert_eq!(unstamp(&record), Some((generation, &br#"{"a":1}"#[..])));
+            assert_eq!(generation_of(&record), generation);
+        }
+        assert_eq!(unstamp(br#"{"a":1}"#), Some((0, &br#"{"a":1}"#[..])));
+        assert_eq!(unstamp(&[STAMPED, 0x80]), None, "a varint cut short");
+        assert_eq!(unstamp(&[STAMPED; 12]), Some((1, &[STAMPED; 10][..])));
+        assert_eq!(
+            unstamp(&[
+                STAMPED, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x02
+            ]),
+            None,
+            "over 64 bits"
+        );
+    }
+
+    /// Per key, the record of the highest generation is kept, of those the last: a late record
+    /// of an earlier owner, landing after the new owner's, is passed over (and said so), also
+    /// after the key was tombstoned; a record of the same generation after it wins as before.
+    #[test]
+    fn the_fold_keeps_per_key_the_last_record_of_the_highest_generation() {
+        let mut fold = Fold::default();
+        fold.push("L-old-first", Some(&stamp(3, b"{\"by\":\"old\"}")));
+        fold.push("L-old-first", Some(&stamp(4, b"{\"by\":\"new\"}")));
+        // The old owner's queued writes land after the new owner's.
+        fold.push("L-old-first", Some(&stamp(3, b"{\"by\":\"old, late\"}")));
+        fold.push("L-same", Some(&stamp(4, b"1")));
+        fold.push("L-same", Some(&stamp(4, b"2")));
+        fold.push("L-gone", Some(&stamp(4, b"1")));
+        fold.push("L-gone", None);
+        fold.push("L-gone", Some(&stamp(2, b"late")));
+        fold.push("L-back", Some(&stamp(4, b"1")));
+        fold.push("L-back", None);
+        fold.push("L-back", Some(&stamp(4, b"again")));
+        fold.push("L-json", Some(b"{\"v\":1}"));
+        fold.push("L-json", Some(b"{\"v\":2}"));
+        // An earlier build's record after this build's: it cannot be told late, so it wins as
+        // every later record did before (a rolling upgrade moves partitions both ways).
+        fold.push("L-upgrade", Some(&stamp(4, b"1")));
+        fold.push("L-upgrade", Some(b"{\"by\":\"an earlier build\"}"));
+        let read = fold.finish();
+        assert_eq!(read.generation, 4);
+        assert_eq!(read.records["L-old-first"], stamp(4, b"{\"by\":\"new\"}"));
+        assert_eq!(read.records["L-same"], stamp(4, b"2"));
+        assert!(
+            !read.records.contains_key("L-gone"),
+            "a late record cannot bring a tombstoned key back"
+        );
+        assert_eq!(read.records["L-back"], stamp(4, b"again"));
+        assert_eq!(read.records["L-json"], b"{\"v\":2}");
+        assert_eq!(read.records["L-upgrade"], b"{\"by\":\"an earlier build\"}");
+        assert_eq!(read.superseded, ["L-old-first", "L-gone"]);
+        assert_eq!(next_generation(&[&read, &Folded::default()]), 5);
+        assert_eq!(next_generation(&[]), 1);
+    }
+
     #[test]
     fn a_partition_holding_a_single_record_is_read_back() {
         let kafka = crate::bus::embedded::EmbeddedKafka::start(&[("one".into(), 1)]).unwrap();
@@ -363,8 +581,8 @@ mod tests {
             .send(BaseRecord::to("one").key("L-1").payload("v1"))
             .unwrap();
         producer.flush(Duration::from_secs(10)).unwrap();
-        let snapshot =
+        let read =
             read_partition(&base, "one", 0, Duration::from_secs(20), &Clock::system()).unwrap();
-        assert_eq!(snapshot.get("L-1").map(Vec::as_slice), Some(&b"v1"[..]));
+        assert_eq!(read.records.get("L-1").map(Vec::as_slice), Some(&b"v1"[..]));
     }
 }

@@ -888,6 +888,7 @@ mod tests {
                 &Clock::system(),
             )
             .unwrap()
+            .records
         })
         .await
         .unwrap();

@@ -17,6 +17,7 @@ use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
 
 use super::retry::Tries;
+use crate::bus::changelog;
 use crate::bus::producer::Producer;
 
 /// One delivery waiting for a retry.
@@ -102,6 +103,9 @@ struct Inner {
     due: HashMap<String, BTreeSet<(Timestamp, String, String)>>, // sink → (when, lead, alert id)
     in_flight: HashSet<(String, String, String)>,
     per_sink: HashMap<String, usize>,
+    /// The partition generation its records are written with
+    /// ([`changelog::next_generation`]): a restore passes over an earlier owner's late ones.
+    generation: u64,
 }
 
 /// One partition's backlog, shared by the loop and the deliveries in flight.
@@ -112,20 +116,26 @@ pub struct Backlog {
 
 impl Backlog {
     /// From the partition's records in `{prefix}.alerts.retry`; also the keys of those that
-    /// could not be read.
-    pub fn from_snapshot(snapshot: crate::bus::changelog::Snapshot) -> (Backlog, Vec<String>) {
+    /// could not be read. Its records are written with partition generation `generation`.
+    pub fn from_snapshot(
+        snapshot: crate::bus::changelog::Snapshot,
+        generation: u64,
+    ) -> (Backlog, Vec<String>) {
         let backlog = Backlog::default();
         let mut broken = Vec::new();
         {
             let mut inner = backlog.inner.lock().expect("backlog lock");
+            inner.generation = generation;
             for (lead, bytes) in snapshot {
-                match serde_json::from_slice::<LeadBacklog>(&bytes) {
-                    Ok(entry) => {
+                let entry = changelog::unstamp(&bytes)
+                    .and_then(|(_, body)| serde_json::from_slice::<LeadBacklog>(body).ok());
+                match entry {
+                    Some(entry) => {
                         for p in entry.pending {
                             inner.insert(&lead, p);
                         }
                     }
-                    Err(_) => broken.push(lead),
+                    None => broken.push(lead),
                 }
             }
         }
@@ -332,7 +342,10 @@ impl Inner {
                 .map(|m| m.values().cloned().collect())
                 .unwrap_or_default(),
         };
-        serde_json::to_vec(&entry).expect("the backlog serializes")
+        changelog::stamp(
+            self.generation,
+            &serde_json::to_vec(&entry).expect("the backlog serializes"),
+        )
     }
 }
 
@@ -399,7 +412,8 @@ mod tests {
         // Removing the last of a lead's entries writes a tombstone.
         assert!(b.remove("L-2", "a2", "slack").is_none());
         let left = b.remove("L-1", "a1", "crm").unwrap();
-        let left: LeadBacklog = serde_json::from_slice(&left).unwrap();
+        let (_, left) = changelog::unstamp(&left).unwrap();
+        let left: LeadBacklog = serde_json::from_slice(left).unwrap();
         assert_eq!(left.pending.len(), 1);
         assert_eq!(left.pending[0].sink, "slack");
         assert_eq!(b.per_sink()["slack"], 1);
@@ -418,11 +432,18 @@ mod tests {
             ("L-9".to_string(), b"{".to_vec()),
         ]
         .into();
-        let (restored, broken) = Backlog::from_snapshot(snapshot);
+        let (restored, broken) = Backlog::from_snapshot(snapshot, 5);
         assert_eq!(broken, ["L-9"]);
         assert_eq!(restored.len(), 2);
         assert_eq!(restored.next_due(), Some(t(30)));
         assert!(restored.contains("L-1", "a2", "hook"));
+        // Restored for generation 5, its records say so; an earlier build's JSON reads too.
+        let written = restored.serialize_lead("L-1");
+        assert_eq!(changelog::generation_of(&written), 5);
+        let json = changelog::unstamp(&written).unwrap().1.to_vec();
+        let (earlier, broken) = Backlog::from_snapshot([("L-1".to_string(), json)].into(), 6);
+        assert!(broken.is_empty());
+        assert_eq!(earlier.len(), 2);
     }
 
     #[test]

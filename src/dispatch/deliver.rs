@@ -8,7 +8,7 @@
 //! Nothing here depends on the consumer-group loop in [`super`]: it hands in the partition's
 //! `Work`, the message, or the due entry, and stores the offset `fan_out` resolves to.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -29,7 +29,7 @@ use super::sinks::{Attempt, Delivered, DeliveryError, Http};
 use super::template::Templates;
 use crate::alert::{ALERT_TYPES, Alert};
 use crate::bus::Topics;
-use crate::bus::changelog::Snapshot;
+use crate::bus::changelog::{LATE_PREFIX, Snapshot};
 use crate::bus::producer::Producer;
 use crate::clock::Clock;
 use crate::telemetry::Metrics;
@@ -53,20 +53,23 @@ pub(crate) struct Work {
     pub(crate) revoked: CancellationToken,
     /// When this dispatcher took the partition (restored and ready).
     pub(crate) assigned_at: Timestamp,
+    /// The partition generation its records are written with.
+    pub(crate) generation: u64,
 }
 
 impl Work {
     /// A partition's delivery state from its restored ledger (`{prefix}.delivered`) and backlog
     /// (`{prefix}.alerts.retry`), taken at `assigned_at`; also the keys of the records that could
     /// not be read ([`Unread`]: the caller dead-letters them).
+    /// Its records are written with partition generation `generation`.
     pub(crate) fn restore(
         partition: i32,
-        ledger: Snapshot,
-        backlog: Snapshot,
+        (ledger, backlog): (Snapshot, Snapshot),
+        generation: u64,
         assigned_at: Timestamp,
     ) -> (Work, Unread) {
-        let (ledger, ledger_keys) = Ledger::from_snapshot(ledger);
-        let (backlog, backlog_keys) = Backlog::from_snapshot(backlog);
+        let (ledger, ledger_keys) = Ledger::from_snapshot(ledger, generation);
+        let (backlog, backlog_keys) = Backlog::from_snapshot(backlog, generation);
         let unread = Unread {
             ledger: ledger_keys,
             backlog: backlog_keys,
@@ -83,6 +86,7 @@ impl Work {
             backlog,
             revoked: CancellationToken::new(),
             assigned_at,
+            generation,
         };
         (work, unread)
     }
@@ -220,6 +224,51 @@ impl Shared {
                 tokio::select! {
                     _ = shared.abandon.cancelled() => break,
                     written = write => if !written { break },
+                }
+            }
+        });
+    }
+
+    /// Writes again the ledger and backlog entries of the leads whose newest record was
+    /// followed by a late one of an earlier owner (passed over at restore): the last record of
+    /// each key, the one compaction keeps, is this owner's again (a tombstone where the lead has
+    /// nothing). Late-delivery records are keyed per delivery and folded anyway.
+    pub(crate) fn write_superseded_again(
+        self: &Arc<Self>,
+        work: &Work,
+        ledger: Vec<String>,
+        backlog: Vec<String>,
+    ) {
+        let ledger: BTreeSet<String> = ledger
+            .into_iter()
+            .filter(|k| !k.starts_with(LATE_PREFIX))
+            .collect();
+        let backlog: BTreeSet<String> = backlog.into_iter().collect();
+        if ledger.is_empty() && backlog.is_empty() {
+            return;
+        }
+        tracing::info!(
+            partition = work.partition,
+            ledger = ledger.len(),
+            backlog = backlog.len(),
+            "writing again the leads an earlier owner's late records would replace under compaction"
+        );
+        let (shared, work) = (self.clone(), work.clone());
+        tokio::spawn(async move {
+            let topic = &shared.topics.delivered;
+            for lead in ledger {
+                let write = work
+                    .ledger
+                    .persist(&shared.producer, topic, &lead, &work.revoked);
+                tokio::select! {
+                    _ = shared.abandon.cancelled() => return,
+                    written = write => if !written { return },
+                }
+            }
+            for lead in backlog {
+                tokio::select! {
+                    _ = shared.abandon.cancelled() => return,
+                    written = write_backlog(&shared, &work, &lead) => if !written { return },
                 }
             }
         });
@@ -499,6 +548,7 @@ async fn settle(
                 &shared.producer,
                 &shared.topics.delivered,
                 work.partition,
+                work.generation,
                 lead,
                 alert.id(),
                 &entry.sink,
@@ -742,7 +792,7 @@ mod tests {
             };
             backlog.insert(lead, serde_json::to_vec(&entry).unwrap());
         }
-        Work::restore(3, ledger, backlog, t0()).0
+        Work::restore(3, (ledger, backlog), 1, t0()).0
     }
 
     fn breach() -> Alert {

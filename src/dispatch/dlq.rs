@@ -428,6 +428,7 @@ pub async fn replay(
                         &producer,
                         &topics.delivered,
                         ledger_partition,
+                        0,
                         lead,
                         alert.id(),
                         sink_name,

@@ -10,7 +10,7 @@ use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
-use crate::bus::changelog::LATE_PREFIX;
+use crate::bus::changelog::{self, LATE_PREFIX};
 use crate::bus::producer::Producer;
 
 /// How many alerts a lead's entry remembers (the oldest are forgotten first).
@@ -71,25 +71,36 @@ pub struct Ledger {
     /// Late deliveries merged at restore, as (their record's key, their lead): once the lead's
     /// entry holding them is written, their records are tombstoned.
     folded: Arc<Mutex<Vec<(String, String)>>>,
+    /// The partition generation its records are written with
+    /// ([`changelog::next_generation`]): a restore passes over an earlier owner's late ones.
+    generation: u64,
 }
 
 impl Ledger {
     /// From the partition's records in `{prefix}.delivered`; also the keys of those that could
     /// not be read.
-    /// Late deliveries ([`LateDelivery`]) are merged into their lead's entry.
-    pub fn from_snapshot(snapshot: crate::bus::changelog::Snapshot) -> (Ledger, Vec<String>) {
+    /// Late deliveries ([`LateDelivery`]) are merged into their lead's entry. Its records are
+    /// written with partition generation `generation`.
+    pub fn from_snapshot(
+        snapshot: crate::bus::changelog::Snapshot,
+        generation: u64,
+    ) -> (Ledger, Vec<String>) {
         let mut broken = Vec::new();
         let mut late = Vec::new();
         let mut leads: HashMap<String, LeadDeliveries> = HashMap::new();
         for (k, v) in snapshot {
+            let Some((_, v)) = changelog::unstamp(&v) else {
+                broken.push(k);
+                continue;
+            };
             if k.starts_with(LATE_PREFIX) {
-                match serde_json::from_slice::<LateDelivery>(&v) {
+                match serde_json::from_slice::<LateDelivery>(v) {
                     Ok(d) => late.push((k, d)),
                     Err(_) => broken.push(k),
                 }
                 continue;
             }
-            match serde_json::from_slice(&v) {
+            match serde_json::from_slice(v) {
                 Ok(d) => {
                     leads.insert(k, d);
                 }
@@ -115,6 +126,7 @@ impl Ledger {
             Ledger {
                 leads: Arc::new(Mutex::new(leads)),
                 folded: Arc::new(Mutex::new(folded)),
+                generation,
             },
             broken,
         )
@@ -128,12 +140,14 @@ impl Ledger {
 
     /// Records that `sink` has `alert_id` although this member no longer owns the partition
     /// (revoked while the request was under way): a record of that one delivery under its own
-    /// key in `partition`, merged at the next restore. True once Kafka has it.
+    /// key in `partition`, merged at the next restore, written with the partition generation
+    /// this member had (`generation`; 0 where none, as `dlq replay`). True once Kafka has it.
     #[allow(clippy::too_many_arguments)]
     pub async fn record_late(
         producer: &Producer,
         topic: &str,
         partition: i32,
+        generation: u64,
         lead: &str,
         alert_id: &str,
         sink: &str,
@@ -146,7 +160,10 @@ impl Ledger {
             sink: sink.to_string(),
             at: now,
         };
-        let bytes = serde_json::to_vec(&late).expect("a late delivery serializes");
+        let bytes = changelog::stamp(
+            generation,
+            &serde_json::to_vec(&late).expect("a late delivery serializes"),
+        );
         let key = late_key(alert_id, sink);
         let enqueue = || producer.enqueue_at(topic, Some(partition), &key, Some(&bytes));
         producer.until_acked(topic, enqueue, abandon).await
@@ -280,9 +297,12 @@ impl Ledger {
     ) -> bool {
         let enqueue = || {
             let leads = self.leads.lock().expect("ledger lock");
-            let bytes = leads
-                .get(lead)
-                .map(|entry| serde_json::to_vec(entry).expect("ledger serializes"));
+            let bytes = leads.get(lead).map(|entry| {
+                changelog::stamp(
+                    self.generation,
+                    &serde_json::to_vec(entry).expect("ledger serializes"),
+                )
+            });
             producer.enqueue(topic, lead, bytes.as_deref())
         };
         producer.until_acked(topic, enqueue, abandon).await
@@ -321,12 +341,17 @@ mod tests {
         };
         let key = late_key("alert_a", "slack");
         let snapshot = [
-            ("L-1".to_string(), serde_json::to_vec(&newer).unwrap()),
+            // A record of this build (stamped with its generation) beside one of an earlier
+            // build (JSON): both read.
+            (
+                "L-1".to_string(),
+                changelog::stamp(3, &serde_json::to_vec(&newer).unwrap()),
+            ),
             (key.clone(), serde_json::to_vec(&late).unwrap()),
             (late_key("alert_x", "slack"), b"{".to_vec()),
         ]
         .into();
-        let (ledger, broken) = Ledger::from_snapshot(snapshot);
+        let (ledger, broken) = Ledger::from_snapshot(snapshot, 2);
         assert_eq!(broken, [late_key("alert_x", "slack")]);
         assert_eq!(ledger.len(), 1, "a late record is no lead");
         assert!(ledger.delivered("L-1", "alert_a").contains("slack"));

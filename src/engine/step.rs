@@ -105,7 +105,13 @@ impl LeadWrite<'_> {
 
     /// The state's record; `None` for a tombstone.
     pub fn state_record(&self) -> Option<Vec<u8>> {
-        self.state.map(LeadState::encode)
+        self.state_record_of(0)
+    }
+
+    /// The state's record as written by partition generation `generation`; `None` for a
+    /// tombstone.
+    pub fn state_record_of(&self, generation: u64) -> Option<Vec<u8>> {
+        self.state.map(|state| state.encode_with(generation))
     }
 }
 

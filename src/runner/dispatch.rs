@@ -289,12 +289,22 @@ impl Dispatcher {
             Event::Restored {
                 partition,
                 snapshots,
+                generation,
+                superseded,
             } => {
                 let [ledger, backlog]: [_; 2] = snapshots.try_into().expect("two changelogs");
-                let (work, unread) =
-                    Work::restore(partition, ledger, backlog, self.shared.clock.now());
+                let (work, unread) = Work::restore(
+                    partition,
+                    (ledger, backlog),
+                    generation,
+                    self.shared.clock.now(),
+                );
                 self.dead_letter_unread(partition, unread);
                 self.shared.fold_late_deliveries(&work);
+                let [ledger_keys, backlog_keys]: [_; 2] =
+                    superseded.try_into().expect("two changelogs");
+                self.shared
+                    .write_superseded_again(&work, ledger_keys, backlog_keys);
                 self.shared.expire_ledger(&work);
                 // The alerts that waited for the restore go first, in order.
                 for waited in group.ready(partition, work.clone()) {

@@ -20,6 +20,7 @@
 //! a restore (`Work::restored`), stepping a partition with an event, a tick, a sweep, a reload or
 //! an unwritten write and carrying the step out (`Work::step`).
 
+use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -67,16 +68,21 @@ pub struct Owned {
     dirty: Dirty,
     /// When it next has something to fire, as its latest step said.
     wake: Option<Timestamp>,
+    /// The partition generation its state records are written with
+    /// ([`crate::bus::changelog::next_generation`]): a restore passes over an earlier owner's
+    /// late records.
+    generation: u64,
 }
 
 impl Owned {
-    /// A partition with no leads yet, whose writes give up at `abandon`.
-    fn new(abandon: &CancellationToken) -> Self {
+    /// A partition with no leads yet, whose writes give up at `abandon` and carry `generation`.
+    fn new(abandon: &CancellationToken, generation: u64) -> Self {
         Self {
             leads: PartitionState::default(),
             writes: Writes::new(abandon),
             dirty: Dirty::default(),
             wake: None,
+            generation,
         }
     }
 
@@ -421,7 +427,7 @@ impl Work {
             };
             let state = match (pending.state, write.state.is_some()) {
                 (false, _) => Some(None),
-                (true, true) => Some(write.state_record()),
+                (true, true) => Some(write.state_record_of(owned.generation)),
                 (true, false) => {
                     // The engine drops a lead only with a tombstone; should it not, its last
                     // written state stays rather than a tombstone nobody asked for.
@@ -518,7 +524,7 @@ impl Work {
         &self,
         partition: i32,
         generation: Option<u64>,
-        records: Records,
+        (records, writes_as, superseded): (Records, u64, Vec<String>),
         building: &mut Building,
         now: Timestamp,
     ) {
@@ -526,8 +532,15 @@ impl Work {
         building.push(
             async move {
                 let built = tokio::task::spawn_blocking(move || {
-                    let mut owned = Owned::new(&abandon);
+                    let mut owned = Owned::new(&abandon, writes_as);
                     let diagnostics = owned.step(&engine, Input::Restore(records), now);
+                    // A lead whose newest state was followed by an earlier owner's late one is
+                    // written again at the first flush: compaction keeps the last record.
+                    for lead in superseded.into_iter().collect::<BTreeSet<_>>() {
+                        if owned.leads.lead(&lead).is_some() {
+                            owned.dirty.lead(lead, Vec::new(), true);
+                        }
+                    }
                     (owned, diagnostics)
                 })
                 .await;
@@ -610,10 +623,19 @@ impl Work {
             Event::Restored {
                 partition,
                 snapshots,
+                generation: writes_as,
+                superseded,
             } => {
                 let records = snapshots.into_iter().next().unwrap_or_default();
+                let superseded = superseded.into_iter().next().unwrap_or_default();
                 let generation = group.generation(partition);
-                self.restored(partition, generation, records, building, now);
+                self.restored(
+                    partition,
+                    generation,
+                    (records, writes_as, superseded),
+                    building,
+                    now,
+                );
             }
             Event::Read(read) => {
                 for r in read {
@@ -751,13 +773,13 @@ async fn write_state(
 /// A state record without its reorder window (the lead folded as it stands), if that is
 /// smaller.
 fn without_window(record: &[u8]) -> Option<Vec<u8>> {
-    let mut state = LeadState::decode(record)?;
+    let (generation, mut state) = LeadState::decode_with_generation(record)?;
     if state.log.is_empty() && state.base.is_none() {
         return None;
     }
     state.log.clear();
     state.base = None;
-    Some(state.encode())
+    Some(state.encode_with(generation))
 }
 
 /// About the bytes the leads of every partition this instance owns hold

@@ -16,7 +16,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::future::BoxFuture;
-use futures::stream::FuturesOrdered;
+use futures::stream::{FuturesOrdered, FuturesUnordered};
 use futures::{FutureExt, StreamExt};
 use rdkafka::Message;
 use rdkafka::error::KafkaError;
@@ -26,7 +26,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::health::{Beat, Waiting};
 use crate::bus::backlog::Backlog;
-use crate::bus::changelog::{Restored, Restorer, Slot, Slots, Snapshot};
+use crate::bus::changelog::{self, Folded, Restored, Restorer, Slot, Slots, Snapshot};
 use crate::bus::consumer::{self, Assignment, GroupConsumer};
 use crate::bus::producer::{Producer, Unreadable};
 use crate::telemetry::Metrics;
@@ -46,6 +46,15 @@ pub enum Event<P, M> {
     Restored {
         partition: i32,
         snapshots: Vec<Snapshot>,
+        /// The partition generation this member writes the partition's changelog records with
+        /// while it owns it: one more than the highest its changelogs held
+        /// ([`changelog::next_generation`]), so a restore tells its records from an earlier
+        /// owner's late ones.
+        generation: u64,
+        /// Per changelog, the keys whose newest record was followed by a late one of an earlier
+        /// owner (passed over): the stage writes them again, so that the last record of each
+        /// key, the one compaction keeps, is the newest generation's again.
+        superseded: Vec<Vec<String>>,
     },
     /// What was read: a message and whatever was fetched with it, in order, so the stage
     /// processes them together before its other work (events of one request — a status change
@@ -103,13 +112,21 @@ pub struct Group<P, M> {
     restored_tx: mpsc::UnboundedSender<(usize, Restored)>,
     restored_rx: mpsc::UnboundedReceiver<(usize, Restored)>,
     /// Per restoring partition: its generation, and each changelog's snapshot once read.
-    restoring: HashMap<i32, (u64, Vec<Option<Snapshot>>)>,
+    restoring: HashMap<i32, (u64, Vec<Option<Folded>>)>,
     slots: Slots<P, Waited<M>>,
     /// Per partition, per processed message: its offset and whether its work is done (false:
     /// it was not, e.g. the partition moved; its next owner redoes it). In order within a
     /// partition, so an offset is stored only once every earlier message's work is done; apart
     /// between partitions, so no partition's offsets wait on another's.
     pending: Pending,
+    /// The work of partitions revoked while it was pending: still driven to its end (a delivery
+    /// in flight records what it did), its offsets never stored. They are the next owner's; and
+    /// a partition assigned back to this member starts again from its committed offset, with a
+    /// state restored anew that need not hold what this work did.
+    abandoned: FuturesUnordered<BoxFuture<'static, ()>>,
+    /// Per partition, the highest offset stored in its current assignment: a stored offset
+    /// never goes backwards.
+    stored: HashMap<i32, i64>,
     max_in_flight: usize,
     decode: Decode<M>,
     /// Where the stage's progress is reported (liveness), if anywhere.
@@ -202,6 +219,8 @@ impl<P, M> Group<P, M> {
             restoring: HashMap::new(),
             slots: Slots::default(),
             pending: HashMap::new(),
+            abandoned: FuturesUnordered::new(),
+            stored: HashMap::new(),
             max_in_flight: max_in_flight.max(1),
             decode,
             beat: None,
@@ -269,7 +288,12 @@ impl<P, M> Group<P, M> {
 
     /// Stores a finished message's offset (when its work was done); the partition moved on.
     fn finished(&mut self, partition: i32, offset: i64, done: bool) {
-        if done {
+        let ahead = self
+            .stored
+            .get(&partition)
+            .is_none_or(|last| offset > *last);
+        if done && ahead {
+            self.stored.insert(partition, offset);
             consumer::store(&self.consumer, &self.topic, partition, offset);
             if let Some(backlog) = &self.backlog {
                 backlog.consumed(&self.topic, partition, offset + 1);
@@ -326,6 +350,7 @@ impl<P, M> Group<P, M> {
                 Some((partition, offset, done)) = next_done(&mut self.pending), if in_flight > 0 => {
                     self.finished(partition, offset, done);
                 }
+                Some(()) = self.abandoned.next(), if !self.abandoned.is_empty() => {}
                 _ = self.heartbeat.tick() => self.report_backlog(),
                 out = &mut stage => return Next::Stage(out),
                 received = self.consumer.recv(), if room => {
@@ -443,12 +468,14 @@ impl<P, M> Group<P, M> {
     /// (the stage's own work in flight) are done, storing offsets as they are. False when the
     /// grace ran out (the rest is redone after a restart).
     pub async fn drain(&mut self, grace: Duration, also: impl Future<Output = ()>) -> bool {
+        let mut abandoned = std::mem::take(&mut self.abandoned);
         let offsets = async {
             while let Some((partition, offset, done)) = next_done(&mut self.pending).await {
                 self.finished(partition, offset, done);
             }
         };
-        tokio::time::timeout(grace, futures::future::join(offsets, also))
+        let abandoned_done = async { while abandoned.next().await.is_some() {} };
+        tokio::time::timeout(grace, futures::future::join3(offsets, abandoned_done, also))
             .await
             .is_ok()
     }
@@ -502,6 +529,10 @@ impl<P, M> Group<P, M> {
             .iter()
             .map(|p| {
                 self.report(|b| b.idle(*p));
+                if let Some(work) = self.pending.remove(p) {
+                    self.abandoned.push(work.for_each(|_| async {}).boxed());
+                }
+                self.stored.remove(p);
                 self.expected.remove(p);
                 self.unreadable.remove(p);
                 self.restoring.remove(p);
@@ -561,9 +592,19 @@ impl<P, M> Group<P, M> {
         let (_, snapshots) = self.restoring.remove(&partition)?;
         let still = self.pending.get(&partition).is_some_and(|q| !q.is_empty());
         self.report(|b| b.progressed(partition, still));
+        let read: Vec<Folded> = snapshots.into_iter().flatten().collect();
+        let generation = changelog::next_generation(&read.iter().collect::<Vec<_>>());
+        tracing::debug!(
+            partition,
+            generation,
+            "partition restored; its writes carry this generation"
+        );
+        let (snapshots, superseded) = read.into_iter().map(|r| (r.records, r.superseded)).unzip();
         Some(Event::Restored {
             partition,
-            snapshots: snapshots.into_iter().flatten().collect(),
+            snapshots,
+            generation,
+            superseded,
         })
     }
 
@@ -754,6 +795,7 @@ mod tests {
                 Event::Restored {
                     partition,
                     snapshots,
+                    ..
                 } => {
                     assert_eq!(snapshots.len(), 2, "one snapshot per changelog");
                     assert_eq!(snapshots[0]["lead"], b"state");
@@ -824,6 +866,118 @@ mod tests {
         assert_eq!(
             committed.find_partition("in", 0).unwrap().offset(),
             Offset::Offset(3)
+        );
+    }
+
+    /// A partition revoked while a message's work is pending, then assigned back to this same
+    /// member: that work finishing afterwards (done) does not store its offset. It was the
+    /// earlier assignment's; the state the new assignment restored may not hold what it did, so
+    /// its offset stored now would skip the message for good. It is still driven to its end.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn work_of_an_earlier_assignment_never_stores_its_offset_in_a_later_one() {
+        let broker = EmbeddedKafka::start(&[("in".into(), 1), ("log".into(), 1)]).unwrap();
+        let mut base = ClientConfig::new();
+        base.set("bootstrap.servers", broker.bootstrap());
+        let producer: BaseProducer = base.create().unwrap();
+        producer
+            .send(BaseRecord::to("in").key("lead").payload("one"))
+            .unwrap();
+        producer.flush(Duration::from_secs(10)).unwrap();
+        let hooks = RebalanceHooks {
+            pause_on_assign: true,
+            ..RebalanceHooks::default()
+        };
+        let subscribed = consumer::subscribe(
+            &base,
+            &kafka(broker.bootstrap()),
+            "g-again",
+            "in",
+            Arc::new(Metrics::new()),
+            hooks,
+        )
+        .unwrap();
+        let log = Restorer::new(
+            base.clone(),
+            "log",
+            Duration::from_secs(30),
+            Clock::system(),
+        );
+        let mut group: Group<(), String> = Group::new(subscribed, "in", vec![log], 10, decode);
+        let deadline = Clock::system().instant() + Duration::from_secs(60);
+        let next = async |group: &mut Group<(), String>| {
+            tokio::time::timeout_at(deadline, group.next())
+                .await
+                .expect("the group's events within a minute")
+        };
+
+        // The first assignment: the message's work starts, and waits.
+        let (finish, finished) = tokio::sync::oneshot::channel::<bool>();
+        let mut finished = Some(finished);
+        let ended = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        while finished.is_some() {
+            let read = match next(&mut group).await {
+                Event::Restored { partition, .. } => group
+                    .ready(partition, ())
+                    .into_iter()
+                    .filter_map(|w| match w {
+                        Waited::Message { offset, .. } => Some((partition, offset)),
+                        _ => None,
+                    })
+                    .collect(),
+                Event::Read(read) => read
+                    .into_iter()
+                    .filter_map(|r| match r {
+                        Read::Message {
+                            partition, offset, ..
+                        } => Some((partition, offset)),
+                        _ => None,
+                    })
+                    .collect(),
+                _ => Vec::new(),
+            };
+            for (partition, offset) in read {
+                let finished = finished.take().expect("one message");
+                let ended = ended.clone();
+                group.track(partition, offset, async move {
+                    let done = finished.await.unwrap_or(false);
+                    ended.store(true, std::sync::atomic::Ordering::SeqCst);
+                    done
+                });
+            }
+        }
+
+        // The partition is revoked, then assigned back to this member.
+        group.consumer.unsubscribe();
+        while !matches!(next(&mut group).await, Event::Revoked(_)) {}
+        group.consumer.subscribe(&["in"]).unwrap();
+        loop {
+            if let Event::Restored { partition, .. } = next(&mut group).await {
+                // What waited is the new assignment's to redo (not done here).
+                let _ = group.ready(partition, ());
+                break;
+            }
+        }
+
+        // The earlier assignment's work is done now.
+        finish.send(true).unwrap();
+        assert!(group.drain(Duration::from_secs(10), async {}).await);
+        assert!(
+            ended.load(std::sync::atomic::Ordering::SeqCst),
+            "the earlier work was driven to its end"
+        );
+        group.close(Duration::from_secs(10)).await;
+        let mut cfg = base.clone();
+        cfg.set("group.id", "g-again");
+        let check: BaseConsumer = cfg.create().unwrap();
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition("in", 0);
+        let committed = check
+            .committed_offsets(tpl, Duration::from_secs(10))
+            .unwrap();
+        assert_eq!(
+            committed.find_partition("in", 0).unwrap().offset(),
+            Offset::Invalid,
+            "an earlier assignment's offset was stored"
         );
     }
 
@@ -1003,7 +1157,7 @@ mod tests {
             partition: i32,
             timeout: Duration,
             clock: &Clock,
-        ) -> Result<Snapshot, crate::bus::changelog::RestoreError> {
+        ) -> Result<Folded, crate::bus::changelog::RestoreError> {
             match ATTEMPTS.fetch_add(1, std::sync::atomic::Ordering::SeqCst) {
                 0 => panic!("a restore thread dies"),
                 1 => Err(crate::bus::changelog::RestoreError::Timeout {

@@ -578,11 +578,15 @@ pub async fn read_topic(
         let deadline = Clock::system().instant() + Duration::from_secs(30);
         loop {
             match consumer.poll(Duration::from_millis(300)) {
-                Some(Ok(m)) => out.push((
-                    String::from_utf8_lossy(m.key().unwrap_or_default()).into_owned(),
-                    serde_json::from_slice(m.payload().unwrap_or_default())
-                        .unwrap_or(serde_json::Value::Null),
-                )),
+                Some(Ok(m)) => {
+                    // A changelog record's JSON is its body, after its header.
+                    let payload = m.payload().unwrap_or_default();
+                    let body = leadwatch::bus::changelog::unstamp(payload).map_or(payload, |r| r.1);
+                    out.push((
+                        String::from_utf8_lossy(m.key().unwrap_or_default()).into_owned(),
+                        serde_json::from_slice(body).unwrap_or(serde_json::Value::Null),
+                    ))
+                }
                 _ if out.len() >= min => return out,
                 _ => assert!(
                     Clock::system().instant() < deadline,
