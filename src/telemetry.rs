@@ -101,7 +101,7 @@ pub struct Metrics {
     consumer_lag: Family<GroupLabel, Gauge>,
     leads: Gauge,
     budget: EngineBudget,
-    producer_ready: Gauge,
+    producer_ready: Family<ProducerLabel, Gauge>,
     producer_rebuilds: Counter,
     rules_reloads: Family<OutcomeLabel, Counter>,
     /// Reloads whose rules read a field the rules before did not keep, by field.
@@ -134,6 +134,13 @@ struct TopicReason {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct TopicLabel {
     topic: String,
+}
+
+/// Which of the daemon's producers: `ingest` (webhooks) or `roles` (the engine and the
+/// dispatcher).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ProducerLabel {
+    producer: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -318,10 +325,11 @@ impl Metrics {
             leads.clone(),
         );
         let budget = EngineBudget::register(&mut registry);
-        let producer_ready = Gauge::default();
+        let producer_ready = Family::default();
         registry.register(
             "producer_ready",
-            "1 when the Kafka producer is healthy and the cluster answers",
+            "1 when the Kafka producer is healthy and the cluster answers, by producer (ingest, \
+             roles: the engine's and the dispatcher's)",
             producer_ready.clone(),
         );
         let producer_rebuilds = Counter::default();
@@ -599,8 +607,13 @@ impl Metrics {
         self.producer_rebuilds.inc();
     }
 
-    pub fn set_producer_ready(&self, ready: bool) {
-        self.producer_ready.set(ready as i64);
+    /// Whether the producer `producer` (`ingest`, `roles`) is healthy and the cluster answers.
+    pub fn set_producer_ready(&self, producer: &str, ready: bool) {
+        self.producer_ready
+            .get_or_create(&ProducerLabel {
+                producer: producer.into(),
+            })
+            .set(ready as i64);
     }
 
     pub fn alert_without_recipients(&self, kind: &str) {
