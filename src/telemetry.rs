@@ -100,6 +100,8 @@ pub struct Metrics {
     rule_errors: Family<RuleLabel, Counter>,
     consumer_lag: Family<GroupLabel, Gauge>,
     leads: Gauge,
+    /// Leads with an alert due that the engine holds back while it paces a burst.
+    alerts_deferred: Gauge,
     budget: EngineBudget,
     producer_ready: Family<ProducerLabel, Gauge>,
     producer_rebuilds: Counter,
@@ -324,6 +326,13 @@ impl Metrics {
             "Leads held by this instance's engine",
             leads.clone(),
         );
+        let alerts_deferred = Gauge::default();
+        registry.register(
+            "engine_alerts_deferred",
+            "Leads with an alert due that the engine holds back while it fires a burst in batches \
+             (after an outage, a restore or a reload): each fires as the producer has room",
+            alerts_deferred.clone(),
+        );
         let budget = EngineBudget::register(&mut registry);
         let producer_ready = Family::default();
         registry.register(
@@ -439,6 +448,7 @@ impl Metrics {
             rule_errors,
             consumer_lag,
             leads,
+            alerts_deferred,
             budget,
             producer_ready,
         }
@@ -596,6 +606,12 @@ impl Metrics {
 
     pub fn set_leads(&self, n: i64) {
         self.leads.set(n);
+    }
+
+    /// Leads with an alert due, held back to pace firing.
+    pub fn set_alerts_deferred(&self, n: usize) {
+        self.alerts_deferred
+            .set(i64::try_from(n).unwrap_or(i64::MAX));
     }
 
     /// The engine's memory against `[engine] memory_budget_mib`.
