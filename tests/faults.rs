@@ -396,7 +396,7 @@ struct Answers {
 /// checking that every due alert reached the alerts topic exactly once.
 async fn burst_of_due_alerts_beside_ingest(leads: usize) -> Answers {
     const BATCH: usize = 100;
-    const QUIET: usize = 60;
+    const QUIET: usize = 200;
     let kafka = kafka(4);
     let receiver = Receiver::start().await;
     let config = config_text(

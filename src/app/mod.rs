@@ -1,4 +1,4 @@
-//! Wiring: the embedded broker when none is configured, topics, the producer, and the roles this
+//! Wiring: the embedded broker when none is configured, topics, the producers, and the roles this
 //! instance runs (ingest, engine, dispatch), started together and stopped in order. The root
 //! configuration ([`config`]) and the HTTP listener ([`http`]) live here too.
 
