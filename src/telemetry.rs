@@ -100,8 +100,10 @@ pub struct Metrics {
     rule_errors: Family<RuleLabel, Counter>,
     consumer_lag: Family<GroupLabel, Gauge>,
     leads: Gauge,
+    /// Leads with an alert due that the engine holds back while it paces a burst.
+    alerts_deferred: Gauge,
     budget: EngineBudget,
-    producer_ready: Gauge,
+    producer_ready: Family<ProducerLabel, Gauge>,
     producer_rebuilds: Counter,
     rules_reloads: Family<OutcomeLabel, Counter>,
     /// Reloads whose rules read a field the rules before did not keep, by field.
@@ -134,6 +136,13 @@ struct TopicReason {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct TopicLabel {
     topic: String,
+}
+
+/// Which of the daemon's producers: `ingest` (webhooks) or `roles` (the engine and the
+/// dispatcher).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ProducerLabel {
+    producer: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -317,11 +326,19 @@ impl Metrics {
             "Leads held by this instance's engine",
             leads.clone(),
         );
+        let alerts_deferred = Gauge::default();
+        registry.register(
+            "engine_alerts_deferred",
+            "Leads with an alert due that the engine holds back while it fires a burst in batches \
+             (after an outage, a restore or a reload): each fires as the producer has room",
+            alerts_deferred.clone(),
+        );
         let budget = EngineBudget::register(&mut registry);
-        let producer_ready = Gauge::default();
+        let producer_ready = Family::default();
         registry.register(
             "producer_ready",
-            "1 when the Kafka producer is healthy and the cluster answers",
+            "1 when the Kafka producer is healthy and the cluster answers, by producer (ingest, \
+             roles: the engine's and the dispatcher's)",
             producer_ready.clone(),
         );
         let producer_rebuilds = Counter::default();
@@ -431,6 +448,7 @@ impl Metrics {
             rule_errors,
             consumer_lag,
             leads,
+            alerts_deferred,
             budget,
             producer_ready,
         }
@@ -590,6 +608,12 @@ impl Metrics {
         self.leads.set(n);
     }
 
+    /// Leads with an alert due, held back to pace firing.
+    pub fn set_alerts_deferred(&self, n: usize) {
+        self.alerts_deferred
+            .set(i64::try_from(n).unwrap_or(i64::MAX));
+    }
+
     /// The engine's memory against `[engine] memory_budget_mib`.
     pub fn engine_budget(&self) -> &EngineBudget {
         &self.budget
@@ -599,8 +623,13 @@ impl Metrics {
         self.producer_rebuilds.inc();
     }
 
-    pub fn set_producer_ready(&self, ready: bool) {
-        self.producer_ready.set(ready as i64);
+    /// Whether the producer `producer` (`ingest`, `roles`) is healthy and the cluster answers.
+    pub fn set_producer_ready(&self, producer: &str, ready: bool) {
+        self.producer_ready
+            .get_or_create(&ProducerLabel {
+                producer: producer.into(),
+            })
+            .set(ready as i64);
     }
 
     pub fn alert_without_recipients(&self, kind: &str) {

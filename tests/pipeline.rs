@@ -433,11 +433,12 @@ async fn forgetting_a_lead_erases_its_state_and_cancels_its_alerts() {
 async fn a_fatal_producer_error_turns_readiness_off_and_the_producer_is_rebuilt() {
     use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
     let kafka = kafka(1);
-    // The idempotent producer's first producer-id request is refused for good: librdkafka
-    // raises a fatal error, after which that producer instance can never deliver again.
+    // The idempotent producers' first producer-id requests (ingest's and the roles', one each)
+    // are refused for good: librdkafka raises a fatal error, after which that producer instance
+    // can never deliver again.
     kafka.request_errors(
         RDKafkaApiKey::InitProducerId,
-        &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_CLUSTER_AUTHORIZATION_FAILED],
+        &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_CLUSTER_AUTHORIZATION_FAILED; 2],
     );
     let receiver = Receiver::start().await;
     let daemon = Daemon::start(

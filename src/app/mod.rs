@@ -1,4 +1,4 @@
-//! Wiring: the embedded broker when none is configured, topics, the producer, and the roles this
+//! Wiring: the embedded broker when none is configured, topics, the producers, and the roles this
 //! instance runs (ingest, engine, dispatch), started together and stopped in order. The root
 //! configuration ([`config`]) and the HTTP listener ([`http`]) live here too.
 
@@ -99,6 +99,33 @@ async fn watch_stalls(liveness: Arc<Liveness>, stop: CancellationToken) {
         }
         known = now;
     }
+}
+
+/// Builds the producer `name` (`ingest` or `roles`) as every producer of the daemon is built:
+/// records Kafka refuses for good quarantined next to the dead letters, the embedded broker's
+/// `backlog` (if any) guarded, and its own supervisor (readiness, a rebuild after a fatal error)
+/// running until `stop`.
+fn start_producer(
+    name: &'static str,
+    base: &rdkafka::ClientConfig,
+    topics: &Topics,
+    backlog: Option<Arc<Backlog>>,
+    metrics: &Arc<Metrics>,
+    clock: &Clock,
+    stop: &CancellationToken,
+) -> anyhow::Result<(Arc<Producer>, tokio::task::JoinHandle<()>)> {
+    let producer = Producer::new(base, metrics.clone())
+        .with_context(|| format!("creating the Kafka producer ({name})"))?;
+    producer.quarantine_to(&topics.dlq, clock.clone());
+    if let Some(backlog) = backlog {
+        producer.guard_backlog(backlog);
+    }
+    let supervisor = tokio::spawn(producer.clone().supervise(
+        name,
+        topics.events.clone(),
+        stop.clone(),
+    ));
+    Ok((producer, supervisor))
 }
 
 /// Runs the daemon on `listener` until `shutdown` resolves, then stops within the grace period:
@@ -204,25 +231,41 @@ pub async fn run_with_reloads(
             .context("verifying the Kafka topics")?;
     }
 
-    let producer = Producer::new(&base, metrics.clone()).context("creating the Kafka producer")?;
-    // Records Kafka refuses for good are quarantined next to the dead letters.
-    producer.quarantine_to(&topics.dlq, clock.clone());
-    if embedded.is_some() {
-        // The mock cluster trims what was not read yet: writes wait for the consumers instead.
-        producer.guard_backlog(Arc::new(Backlog::embedded()));
-    }
+    // The mock cluster trims what was not read yet: writes wait for the consumers instead. One
+    // backlog for the process, which every producer guards and every consumer reports to.
+    let backlog = embedded.is_some().then(|| Arc::new(Backlog::embedded()));
     let stop_http = CancellationToken::new();
     let stop_work = CancellationToken::new();
     let stop_supervisor = CancellationToken::new();
     // One shutdown deadline for all stages: the roles drain their in-flight work within most of
-    // it, leaving the rest to leave the group and flush the producer.
+    // it, leaving the rest to leave the group and flush the producers.
     let grace = config.shutdown_grace;
     let drain = grace.mul_f64(0.7);
-    let supervisor = tokio::spawn(
-        producer
-            .clone()
-            .supervise(topics.events.clone(), stop_supervisor.clone()),
-    );
+    let build = |name| {
+        start_producer(
+            name,
+            &base,
+            &topics,
+            backlog.clone(),
+            &metrics,
+            &clock,
+            &stop_supervisor,
+        )
+    };
+    // The engine's and the dispatcher's writes …
+    let roles = config.roles.engine || config.roles.dispatch;
+    let (producer, supervisor) = build(if roles { "roles" } else { "ingest" })?;
+    // … and ingest's own, so a burst of theirs (alerts falling due after an outage, a restore or
+    // a reload) cannot fill the queue ingest answers webhooks by. Alone, ingest has the one.
+    let ingest_producer = if config.roles.ingest && roles {
+        Some(build("ingest")?)
+    } else {
+        None
+    };
+    let (ingest_producer, ingest_supervisor) = match ingest_producer {
+        Some((producer, supervisor)) => (producer, Some(supervisor)),
+        None => (producer.clone(), None),
+    };
 
     let liveness = Liveness::new(clock.clone(), config.stall_timeout, metrics.clone());
     let ctx = Context {
@@ -314,7 +357,7 @@ pub async fn run_with_reloads(
     let ingest = config.roles.ingest.then(|| {
         Arc::new(Ingest::new(
             &config.sources,
-            producer.clone(),
+            ingest_producer.clone(),
             &topics,
             &config.server,
             metrics.clone(),
@@ -324,7 +367,7 @@ pub async fn run_with_reloads(
     let draining = CancellationToken::new();
     let app = http::router(
         ingest,
-        producer.clone(),
+        ingest_producer.clone(),
         metrics.clone(),
         clock.clone(),
         liveness.clone(),
@@ -377,6 +420,15 @@ pub async fn run_with_reloads(
     if !http_done {
         let _ = tokio::time::timeout_at(deadline, &mut http).await;
     }
+    // Ingest takes no more requests: what it queued is flushed first, while the roles drain.
+    let left = |clock: &Clock| {
+        deadline
+            .saturating_duration_since(clock.instant())
+            .max(std::time::Duration::from_secs(1))
+    };
+    if ingest_supervisor.is_some() {
+        ingest_producer.flush(left(&clock)).await;
+    }
     for (role, worker) in workers {
         match tokio::time::timeout_at(deadline, worker).await {
             Ok(Ok(())) => {}
@@ -384,14 +436,15 @@ pub async fn run_with_reloads(
             Err(_) => tracing::warn!(role, "did not stop within the grace period"),
         }
     }
-    let left = deadline
-        .saturating_duration_since(clock.instant())
-        .max(std::time::Duration::from_secs(1));
-    producer.flush(left).await;
+    producer.flush(left(&clock)).await;
     stop_supervisor.cancel();
     let _ = supervisor.await;
+    if let Some(supervisor) = ingest_supervisor {
+        let _ = supervisor.await;
+    }
     let _ = watcher.await;
     reloader.abort();
+    drop(ingest_producer);
     drop(producer);
     drop(embedded);
     tracing::info!("stopped");

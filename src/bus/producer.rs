@@ -1,5 +1,7 @@
-//! The one Kafka producer every role writes through: idempotent, acks=all, a few milliseconds of
-//! linger so concurrent sends batch. It watches its own health (readiness) and rebuilds itself
+//! The Kafka producer the roles write through: idempotent, acks=all, a few milliseconds of
+//! linger so concurrent sends batch. The daemon runs two, built alike (`app`): ingest's own, so
+//! no burst of the engine's or the dispatcher's writes can take its queue, and the one those two
+//! share. It watches its own health (readiness) and rebuilds itself
 //! after a fatal error instead of answering 2xx on top of a broken idempotence sequence.
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -230,7 +232,7 @@ pub struct Unreadable {
 /// `dlq replay` of any sink passes it over.
 pub const QUARANTINE_SINK: &str = "(quarantine)";
 
-/// The shared producer.
+/// A producer and its health.
 pub struct Producer {
     current: RwLock<(Arc<Inner>, ProducerContext)>,
     config: ClientConfig,
@@ -288,9 +290,9 @@ impl Producer {
         // Defaults a user may change in `[kafka.options]` …
         config.set("linger.ms", "5");
         // Batches compressed: a lead's state records repeat their field names and much of the
-        // lead, and vendor payloads (`.events`, `.raw`) are verbose JSON. One producer writes
-        // every topic, so this holds for all of them (librdkafka has no per-topic setting for a
-        // shared producer); the linger above gives a batch something to compress.
+        // lead, and vendor payloads (`.events`, `.raw`) are verbose JSON. A producer writes
+        // several topics, so this holds for all of them (librdkafka has no per-topic setting for
+        // a shared producer); the linger above gives a batch something to compress.
         config.set("compression.type", COMPRESSION);
         config.set("message.timeout.ms", "60000");
         config.set(
@@ -440,9 +442,18 @@ impl Producer {
     /// On the embedded broker, also whether `n` more records fit in the backlog of every
     /// partition a consumer group of this process reads (see [`super::backlog`]).
     pub fn has_room_for(&self, n: usize) -> bool {
+        n <= self.room()
+    }
+
+    /// How many more messages the queue takes before it is 90 % full (0 on the embedded broker
+    /// while a partition's backlog is full): what a burst of writes is paced by.
+    pub fn room(&self) -> usize {
+        if self.backlog.get().is_some_and(|b| b.any_full()) {
+            return 0;
+        }
         let (inner, _) = self.inner();
         let used = inner.in_flight_count().max(0) as usize;
-        used + n <= self.queue_max * 9 / 10 && self.backlog.get().is_none_or(|b| !b.any_full())
+        (self.queue_max * 9 / 10).saturating_sub(used)
     }
 
     /// Sends every record and waits for all delivery reports, up to `deadline`.
@@ -689,8 +700,14 @@ impl Producer {
         let _ = tokio::task::spawn_blocking(move || inner.flush(timeout)).await;
     }
 
-    /// Probes the cluster every second (readiness) and rebuilds the producer after a fatal error.
-    pub async fn supervise(self: Arc<Self>, probe_topic: String, cancel: CancellationToken) {
+    /// Probes the cluster every second (readiness, `leadwatch_producer_ready{producer=name}`) and
+    /// rebuilds the producer after a fatal error.
+    pub async fn supervise(
+        self: Arc<Self>,
+        name: &'static str,
+        probe_topic: String,
+        cancel: CancellationToken,
+    ) {
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -703,7 +720,7 @@ impl Producer {
             // failure while acquiring the idempotence PID): ask it directly too.
             if fatal || inner.client().fatal_error().is_some() {
                 self.mark_fatal();
-                self.metrics.set_producer_ready(false);
+                self.metrics.set_producer_ready(name, false);
                 self.rebuild();
                 continue;
             }
@@ -724,7 +741,7 @@ impl Producer {
                     tracing::warn!("Kafka does not answer; not ready");
                 }
             }
-            self.metrics.set_producer_ready(self.is_ready());
+            self.metrics.set_producer_ready(name, self.is_ready());
         }
     }
 

@@ -81,7 +81,8 @@ impl PartitionState {
             Input::Event(event) => self.on_event(&engine, event, &mut plan),
             Input::NotAnEvent => self.at_end = false,
             Input::End => self.at_end = true,
-            Input::Tick => self.on_tick(&engine, now, &mut plan),
+            Input::Tick => self.on_tick(&engine, now, usize::MAX, &mut plan),
+            Input::TickUpTo(most) => self.on_tick(&engine, now, most, &mut plan),
             Input::Sweep => {
                 self.close_windows(&engine, now);
                 for lead in self.drop_expired(&engine, now) {
@@ -238,16 +239,28 @@ impl PartitionState {
         }
     }
 
-    /// Fires what is due by the horizon, stamped `now`: per lead, its alerts, then its state that
-    /// says they fired; then the rotation, if it moved.
-    fn on_tick(&mut self, engine: &Engine, now: Timestamp, plan: &mut Plan) {
+    /// How many leads have a deadline due by the horizon at `now` (not fired yet).
+    pub fn due(&self, now: Timestamp) -> usize {
+        let Some(horizon) = self.horizon(now) else {
+            return 0;
+        };
+        self.timers
+            .iter()
+            .take_while(|(deadline, _)| *deadline <= horizon)
+            .count()
+    }
+
+    /// Fires what is due by the horizon (of at most `most` leads, the earliest first), stamped
+    /// `now`: per lead, its alerts, then its state that says they fired; then the rotation, if
+    /// it moved.
+    fn on_tick(&mut self, engine: &Engine, now: Timestamp, most: usize, plan: &mut Plan) {
         let Some(horizon) = self.horizon(now) else {
             return;
         };
         if self.next_deadline().is_none_or(|d| d > horizon) {
             return;
         }
-        for (lead, mut alerts) in self.fire(engine, horizon) {
+        for (lead, mut alerts) in self.fire(engine, horizon, most) {
             // Then the state as it is now, recording these alerts as fired.
             if !self.leads.contains_key(&lead) {
                 continue;
@@ -360,14 +373,16 @@ impl PartitionState {
         }
     }
 
-    /// Fires everything due at `now`: per lead, its key and alerts. The lead's state now records
-    /// them as fired.
-    fn fire(&mut self, engine: &Engine, now: Timestamp) -> Vec<(String, Vec<Alert>)> {
+    /// Fires what is due at `now`, of at most `most` leads: per lead, its key and alerts. The
+    /// lead's state now records them as fired.
+    fn fire(&mut self, engine: &Engine, now: Timestamp, most: usize) -> Vec<(String, Vec<Alert>)> {
         let mut fired = Vec::new();
+        let mut looked = 0;
         while let Some((deadline, key)) = self.timers.first().cloned() {
-            if deadline > now {
+            if deadline > now || looked == most {
                 break;
             }
+            looked += 1;
             self.timers.pop_first();
             self.armed.remove(&key);
             if let Some(state) = self.leads.get_mut(&key) {

@@ -31,6 +31,10 @@ pub enum Input<'a> {
     /// that happened in time but still waits in the partition cancels the breach first. Alerts
     /// are stamped `now`.
     Tick,
+    /// As [`Input::Tick`], firing the due deadlines of at most this many leads, the earliest
+    /// first (a shell paces a burst by it). The others stay due, to fire at a later tick: the
+    /// step's `wake` is then at or before `now`.
+    TickUpTo(usize),
     /// Closes the reorder windows `now` has left behind (quiet leads then hold one copy of
     /// themselves) and drops the leads past their retention ([`super::Engine::with_retention`]).
     Sweep,

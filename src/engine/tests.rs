@@ -253,6 +253,55 @@ fn a_partition_that_is_behind_fires_nothing_past_what_it_has_read() {
     assert!(fired(&p.step(&e, Input::Tick, t("15:00:00"))).is_empty());
 }
 
+/// A burst is fired in batches: a tick bounded to `n` leads fires the `n` earliest due, stamped
+/// with the tick's time; the others stay due (the step wakes at once) and fire at the next ticks,
+/// each lead's alert exactly once, none lost.
+#[test]
+fn a_bounded_tick_fires_a_burst_in_batches_each_alert_once() {
+    let e = engine();
+    let mut p = PartitionState::default();
+    for i in 0..10 {
+        let mut event = ready_owned(&format!("10:00:{i:02}"));
+        event.id = format!("e-{i}");
+        event.lead = format!("L-{i}");
+        p.step(&e, Input::Event(&event), t("10:00:10"));
+    }
+    p.step(&e, Input::End, t("10:00:10"));
+    let now = t("15:00:00");
+    assert_eq!(p.due(now), 10, "every first touch is late");
+    let mut leads = Vec::new();
+    let mut batches = Vec::new();
+    loop {
+        let step = p.step(&e, Input::TickUpTo(4), now);
+        let fired: Vec<String> = step
+            .writes
+            .iter()
+            .filter_map(|w| match w {
+                step::Write::Lead(w) if !w.alerts.is_empty() => Some(w.lead.clone()),
+                _ => None,
+            })
+            .collect();
+        let again = step.wake.is_some_and(|w| w <= now);
+        if fired.is_empty() {
+            assert!(!again, "nothing left due");
+            break;
+        }
+        assert!(fired.len() <= 4, "{fired:?}");
+        leads.extend(fired.iter().cloned());
+        batches.push(fired.len());
+        assert_eq!(
+            again,
+            p.due(now) > 0,
+            "the step wakes at once while some are due"
+        );
+    }
+    assert_eq!(batches, [4, 4, 2]);
+    // The earliest deadlines first, each lead once.
+    let expected: Vec<String> = (0..10).map(|i| format!("L-{i}")).collect();
+    assert_eq!(leads, expected);
+    assert_eq!(p.due(now), 0);
+}
+
 #[test]
 fn an_untouched_lead_breaches_exactly_at_the_deadline() {
     let e = engine();

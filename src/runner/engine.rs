@@ -22,6 +22,7 @@
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use futures::future::BoxFuture;
@@ -46,6 +47,55 @@ use crate::engine::step::{Diagnostic, Input, LeadWrite, Records, Write};
 use crate::engine::{Engine, EngineConfig, LeadState};
 use crate::event::LeadEvent;
 use crate::telemetry::Metrics;
+
+/// Most leads whose fired alerts are on their way to Kafka at once while a burst of due alerts
+/// is fired (fewer when the engine's producer has less room): the burst is fired in batches, the
+/// next once at most half of one is still on its way, so the loop goes on reading events and
+/// storing offsets between them, and the producer's queue never fills with alerts.
+const FIRE_WINDOW: usize = 1_000;
+
+/// The records a fired lead writes at least: its alert, then its state.
+const RECORDS_PER_FIRED_LEAD: usize = 2;
+
+/// How soon a paced burst looks for room again when none of its own writes finishes meanwhile
+/// (the dispatcher's writes hold the producer's room).
+const PACE: Duration = Duration::from_millis(100);
+
+/// How many more leads may fire now, with `on_their_way` fired and not yet written and room for
+/// `window` in all: none while more than half of it is on its way (firing goes in batches).
+fn allowance(window: usize, on_their_way: usize) -> usize {
+    if on_their_way > window / 2 {
+        0
+    } else {
+        window - on_their_way
+    }
+}
+
+/// Leads whose fired alerts were handed to Kafka and are not written yet, counted while their
+/// writes are on their way (each is one [`OnItsWay`], released when its write settles or is
+/// dropped).
+#[derive(Clone, Default)]
+struct OnTheirWay(Arc<AtomicUsize>);
+
+impl OnTheirWay {
+    fn count(&self) -> usize {
+        self.0.load(Ordering::Relaxed)
+    }
+
+    fn one(&self) -> OnItsWay {
+        self.0.fetch_add(1, Ordering::Relaxed);
+        OnItsWay(self.0.clone())
+    }
+}
+
+/// One lead's fired alerts on their way (see [`OnTheirWay`]).
+struct OnItsWay(Arc<AtomicUsize>);
+
+impl Drop for OnItsWay {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
 
 /// Everything the engine loop needs.
 pub struct EngineRunner {
@@ -214,6 +264,7 @@ impl EngineRunner {
             metrics: ctx.metrics.clone(),
             abandon,
             reloads: 0,
+            on_their_way: OnTheirWay::default(),
         };
         let mut firing: Firing = FuturesUnordered::new();
         let mut building: Building = FuturesUnordered::new();
@@ -225,6 +276,8 @@ impl EngineRunner {
         let mut sweep = tokio::time::interval(config.sweep_interval.0);
         sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut budget = Budget::new(&config, work.engine.reorder_window(), &work.metrics);
+        // Some partition has alerts due that the last tick held back (a burst fired in batches).
+        let mut pacing = false;
 
         loop {
             // On the embedded broker, alerts wait while the dispatcher is far behind (the broker
@@ -234,8 +287,11 @@ impl EngineRunner {
                 .backlog()
                 .is_some_and(|b| b.full(&ctx.topics.alerts));
             // A partition that is behind wakes the loop with its messages instead.
+            // A paced burst goes on as its writes finish (or, failing those, after a pause).
             let wake = if held {
                 Duration::from_millis(100)
+            } else if pacing {
+                PACE
             } else {
                 group
                     .partitions()
@@ -287,6 +343,10 @@ impl EngineRunner {
                         for (partition, p) in group.partitions_mut() {
                             work.flush(partition, p, &mut firing);
                         }
+                        let now = clock.now();
+                        work.metrics.set_alerts_deferred(
+                            group.partitions().map(|(_, p)| p.leads.due(now)).sum(),
+                        );
                     }
                     Next::Stage(Own::Sweep) => {
                         let now = clock.now();
@@ -302,11 +362,33 @@ impl EngineRunner {
                 }
             }
 
-            // Fire whatever is due, also under a steady stream of events.
+            // Fire whatever is due, also under a steady stream of events; a burst in batches,
+            // each sized to the room the producer has.
             let now = clock.now();
             if !held {
+                let window = FIRE_WINDOW.min(work.producer.room() / RECORDS_PER_FIRED_LEAD);
+                let mut on_their_way = work.on_their_way.count()
+                    + group
+                        .partitions()
+                        .map(|(_, p)| p.dirty.alerted())
+                        .sum::<usize>();
                 for (partition, p) in group.partitions_mut() {
-                    work.step(partition, p, Input::Tick, now);
+                    let before = p.dirty.alerted();
+                    let most = allowance(window, on_their_way);
+                    work.step(partition, p, Input::TickUpTo(most), now);
+                    on_their_way += p.dirty.alerted() - before;
+                }
+                let paced = pacing;
+                pacing = group
+                    .partitions()
+                    .any(|(_, p)| p.wake.is_some_and(|wake| wake <= now));
+                // A batch is written at once, not at the next flush: the next one waits for it.
+                if pacing || paced {
+                    for (partition, p) in group.partitions_mut() {
+                        if p.dirty.alerted() > 0 {
+                            work.flush(partition, p, &mut firing);
+                        }
+                    }
                 }
             }
             work.metrics
@@ -361,6 +443,8 @@ struct Work {
     abandon: CancellationToken,
     /// Rules reloads so far.
     reloads: u64,
+    /// Leads whose fired alerts are being written.
+    on_their_way: OnTheirWay,
 }
 
 /// One write of a step on its way to Kafka.
@@ -371,9 +455,16 @@ struct Sent {
 }
 
 impl Sent {
-    /// Resolves once the write is done: to the alerts to fire again, if it was not written.
-    fn refire(self, partition: i32) -> BoxFuture<'static, Result<(), (i32, Vec<Alert>)>> {
+    /// Resolves once the write is done: to the alerts to fire again, if it was not written. Its
+    /// fired alerts count as on their way until then.
+    fn refire(
+        self,
+        partition: i32,
+        on_their_way: &OnTheirWay,
+    ) -> BoxFuture<'static, Result<(), (i32, Vec<Alert>)>> {
+        let on_its_way = (!self.fired.is_empty()).then(|| on_their_way.one());
         async move {
+            let _on_its_way = on_its_way;
             if self.acked.await || self.fired.is_empty() {
                 Ok(())
             } else {
@@ -452,7 +543,7 @@ impl Work {
                 .boxed(),
             );
         }
-        see_through(firing, partition, sent);
+        see_through(firing, partition, sent, &self.on_their_way);
     }
 
     /// Sends one lead's write after its earlier writes: the records of its `fired` alerts, then
@@ -884,8 +975,13 @@ impl Budget {
 }
 
 /// Sees writes through in `firing`: one that is not written hands its alerts back.
-fn see_through(firing: &mut Firing, partition: i32, sent: impl IntoIterator<Item = Sent>) {
-    firing.extend(sent.into_iter().map(|s| s.refire(partition)));
+fn see_through(
+    firing: &mut Firing,
+    partition: i32,
+    sent: impl IntoIterator<Item = Sent>,
+    on_their_way: &OnTheirWay,
+) {
+    firing.extend(sent.into_iter().map(|s| s.refire(partition, on_their_way)));
 }
 
 /// Counts and logs what the engine noticed in a step of `partition`.

@@ -92,6 +92,8 @@ pub struct Dirty {
     next: Option<(oneshot::Sender<bool>, Acked)>,
     /// How many events wait for the next flush.
     waiting: usize,
+    /// How many of `leads` fired alerts (what a paced burst counts as on its way).
+    alerted: usize,
     /// Writes noted so far (ever): tells a step that wrote something from one that did not.
     marks: u64,
 }
@@ -110,6 +112,9 @@ impl Dirty {
     pub fn lead(&mut self, lead: String, alerts: Vec<Alert>, state: bool) {
         self.marks += 1;
         let pending = self.leads.entry(lead).or_default();
+        if pending.alerts.is_empty() && !alerts.is_empty() {
+            self.alerted += 1;
+        }
         pending.alerts.extend(alerts);
         pending.state = state;
     }
@@ -143,6 +148,11 @@ impl Dirty {
         self.waiting
     }
 
+    /// How many leads noted for the next flush fired alerts.
+    pub fn alerted(&self) -> usize {
+        self.alerted
+    }
+
     /// Whether a flush would write nothing and tell nobody.
     pub fn is_empty(&self) -> bool {
         self.leads.is_empty() && self.rotation.is_none() && self.next.is_none()
@@ -151,6 +161,7 @@ impl Dirty {
     /// What to write now; the next flush starts empty.
     pub fn take(&mut self) -> Flush {
         self.waiting = 0;
+        self.alerted = 0;
         Flush {
             leads: std::mem::take(&mut self.leads),
             rotation: self.rotation.take(),
