@@ -34,11 +34,7 @@ pub fn of_state(state: &LeadState) -> usize {
 
 fn of_lead(lead: &Lead) -> usize {
     of_map(&lead.fields)
-        + lead
-            .field_at
-            .keys()
-            .map(|k| ENTRY + k.len() + 16)
-            .sum::<usize>()
+        + lead.field_at.heap_bytes()
         + text(&lead.source)
         + text(&lead.origin)
         + text(&lead.owner)

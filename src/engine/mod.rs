@@ -459,9 +459,7 @@ impl Engine {
                     match lead.field_at.get_mut(k) {
                         Some(newer) if *newer > at => continue,
                         Some(set) => *set = at,
-                        None => {
-                            lead.field_at.insert(k.clone(), at);
-                        }
+                        None => lead.field_at.insert(k, at),
                     }
                     let changed = if v.is_null() {
                         lead.fields.remove(k).is_some()

@@ -11,7 +11,7 @@
 //! Alerts that fired are remembered by what their ids are made of (rule, level, clock start,
 //! variant), outside the fold: re-folding never makes one fire twice.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::VecDeque;
 
 use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
@@ -111,10 +111,10 @@ pub struct Lead {
     /// When each field was last set (event time).
     #[serde(
         default,
-        skip_serializing_if = "BTreeMap::is_empty",
+        skip_serializing_if = "FieldTimes::is_empty",
         with = "crate::engine::record::time::map"
     )]
-    pub field_at: BTreeMap<String, Timestamp>,
+    pub field_at: FieldTimes,
     /// The configured source of its latest event.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub source: Option<String>,
@@ -186,6 +186,92 @@ pub struct Lead {
     /// What the rules last said of `fields` (not stored; see [`Memo`]).
     #[serde(skip)]
     pub memo: Memo,
+}
+
+/// When each of a lead's fields was last set: a vector sorted by name, not a map. A lead has a
+/// dozen such fields; a `BTreeMap` of them took about 1.3 KB in tree nodes, this a third of it
+/// (issue 13). Written to the changelog as the map it was.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct FieldTimes(Vec<(Box<str>, Timestamp)>);
+
+impl FieldTimes {
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    fn find(&self, name: &str) -> Result<usize, usize> {
+        self.0.binary_search_by(|(k, _)| (**k).cmp(name))
+    }
+
+    /// When `name` was last set.
+    pub fn get(&self, name: &str) -> Option<Timestamp> {
+        self.find(name).ok().map(|i| self.0[i].1)
+    }
+
+    /// The time of `name`, to change in place.
+    pub fn get_mut(&mut self, name: &str) -> Option<&mut Timestamp> {
+        self.find(name).ok().map(|i| &mut self.0[i].1)
+    }
+
+    /// Sets when `name` was last set.
+    pub fn insert(&mut self, name: &str, at: Timestamp) {
+        match self.find(name) {
+            Ok(i) => self.0[i].1 = at,
+            Err(i) => {
+                // Grown a few at a time: a lead gains its fields in its first events, and
+                // doubling would leave up to half the vector unused for its whole life.
+                if self.0.len() == self.0.capacity() {
+                    self.0.reserve_exact(4);
+                }
+                self.0.insert(i, (name.into(), at));
+            }
+        }
+    }
+
+    /// Keeps only the names `keep` says.
+    pub fn retain(&mut self, mut keep: impl FnMut(&str) -> bool) {
+        self.0.retain(|(k, _)| keep(k));
+    }
+
+    /// The names, sorted.
+    pub fn keys(&self) -> impl Iterator<Item = &str> {
+        self.0.iter().map(|(k, _)| &**k)
+    }
+
+    /// The names and times, sorted by name.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, Timestamp)> {
+        self.0.iter().map(|(k, t)| (&**k, *t))
+    }
+
+    /// The bytes its vector holds on the heap (its names included).
+    pub fn heap_bytes(&self) -> usize {
+        self.0.capacity() * size_of::<(Box<str>, Timestamp)>()
+            + self.0.iter().map(|(k, _)| k.len()).sum::<usize>()
+    }
+}
+
+/// Names and times in any order; a name given twice keeps its last time.
+impl<K: AsRef<str>> FromIterator<(K, Timestamp)> for FieldTimes {
+    fn from_iter<I: IntoIterator<Item = (K, Timestamp)>>(items: I) -> Self {
+        let mut all: Vec<(Box<str>, Timestamp)> = items
+            .into_iter()
+            .map(|(k, t)| (k.as_ref().into(), t))
+            .collect();
+        // Stable: of equal names, the last given stays last, and is the one kept.
+        all.sort_by(|a, b| a.0.cmp(&b.0));
+        let mut kept: Vec<(Box<str>, Timestamp)> = Vec::with_capacity(all.len());
+        for item in all {
+            match kept.last_mut() {
+                Some(last) if last.0 == item.0 => *last = item,
+                _ => kept.push(item),
+            }
+        }
+        FieldTimes(kept)
+    }
 }
 
 /// The bytes a lead held when its partition last counted it ([`super::footprint::of_state`]), so
