@@ -15,7 +15,9 @@ use crate::event::LeadEvent;
 
 #[derive(Debug, Default)]
 pub struct PartitionState {
-    leads: HashMap<String, LeadState>,
+    /// Each lead's state, boxed: a table keeps up to half its slots empty, and a slot of the
+    /// state itself (over 500 bytes) cost more than the state's own heap (issue 13).
+    leads: HashMap<String, Box<LeadState>>,
     /// `(deadline, lead)` for every lead with something due.
     timers: BTreeSet<(Timestamp, String)>,
     /// The deadline each lead is armed at, to find its entry in `timers`.
@@ -136,7 +138,11 @@ impl PartitionState {
                     state,
                 } => {
                     // Planned only for leads the step keeps.
-                    let state = if state { Some(leads.get(&lead)?) } else { None };
+                    let state = if state {
+                        Some(&**leads.get(&lead)?)
+                    } else {
+                        None
+                    };
                     Some(Write::Lead(LeadWrite {
                         lead,
                         alerts,
@@ -178,12 +184,12 @@ impl PartitionState {
     }
 
     pub fn lead(&self, key: &str) -> Option<&LeadState> {
-        self.leads.get(key)
+        self.leads.get(key).map(|s| &**s)
     }
 
     /// Every lead and its state.
     pub fn iter(&self) -> impl Iterator<Item = (&String, &LeadState)> {
-        self.leads.iter()
+        self.leads.iter().map(|(k, s)| (k, &**s))
     }
 
     /// The earliest deadline in this partition.
@@ -203,7 +209,7 @@ impl PartitionState {
         // The key is copied for a lead not seen before only.
         let known = self.leads.contains_key(key);
         if !known {
-            self.leads.insert(key.clone(), LeadState::default());
+            self.leads.insert(key.clone(), Box::default());
         }
         let state = self.leads.get_mut(key).expect("inserted");
         let applied = engine.apply(state, event);
@@ -326,7 +332,7 @@ impl PartitionState {
             }
             // Armed by [`Self::look_again`], which a restore goes on to, once it is under the
             // rules in force.
-            self.leads.insert(key, state);
+            self.leads.insert(key, Box::new(state));
         }
         unreadable
     }
