@@ -55,6 +55,9 @@ pub struct LeadState {
     /// What this lead held when its partition last counted it (not stored; see [`Held`]).
     #[serde(skip)]
     pub held: Held,
+    /// The deadline its partition armed it at (not stored; see [`Armed`]).
+    #[serde(skip)]
+    pub armed: Armed,
 }
 
 /// One alert that fired: what its id is made of.
@@ -281,6 +284,18 @@ impl<K: AsRef<str>> FromIterator<(K, Timestamp)> for FieldTimes {
 pub struct Held(pub usize);
 
 impl PartialEq for Held {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
+}
+
+/// The deadline a lead's partition armed it at, to find its entry in the partition's timers:
+/// kept here rather than in a map of its own beside the leads (a second copy of every key).
+/// Leads are equal whatever their partitions armed them at.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Armed(pub Option<Timestamp>);
+
+impl PartialEq for Armed {
     fn eq(&self, _: &Self) -> bool {
         true
     }

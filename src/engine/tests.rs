@@ -2107,14 +2107,14 @@ mod properties {
             }
             let mut p = live.p;
             let mut q = PartitionState::default();
-            let records = p.iter().map(|(key, state)| (key.clone(), serde_json::to_vec(state).unwrap())).collect();
+            let records = p.iter().map(|(key, state)| (key.to_string(), serde_json::to_vec(state).unwrap())).collect();
             let restored = q.step(&e, Input::Restore(records), t("00:00:00") + SignedDuration::from_secs(later));
             let unreadable = restored.diagnostics.iter().any(|d| matches!(d, Diagnostic::Unreadable { .. }));
             prop_assert!(!unreadable, "every record is read back");
             let states = |p: &PartitionState| {
                 let mut v: Vec<(String, String)> = p
                     .iter()
-                    .map(|(k, s)| (k.clone(), serde_json::to_string(s).unwrap()))
+                    .map(|(k, s)| (k.to_string(), serde_json::to_string(s).unwrap()))
                     .collect();
                 v.sort();
                 v
