@@ -136,19 +136,19 @@ fn held_per_lead(leads: usize, open: bool) -> isize {
 }
 
 /// A lead waiting on its owner, its window closed, holds its dozen kept fields and their times,
-/// its clock and its deadline, the partition's maps included, in under 2.8 KB (3.5 KB before).
+/// its clock and its deadline, the partition's maps included, in under 2.6 KB (3.5 KB before).
 #[test]
 fn a_lead_waiting_on_people_holds_little_memory() {
     let held = held_per_lead(1_000, false);
     println!("{held} bytes per lead, window closed");
-    assert!(held <= 2_800, "{held} bytes per lead");
+    assert!(held <= 2_600, "{held} bytes per lead");
 }
 
 /// While its reorder window is open (the hour after its events), a lead also holds its patches
-/// and the state before them: under 4.9 KB (5.6 KB before).
+/// and the state before them: under 4.7 KB (5.6 KB before).
 #[test]
 fn a_lead_in_its_reorder_window_holds_little_memory() {
     let held = held_per_lead(1_000, true);
     println!("{held} bytes per lead, window open");
-    assert!(held <= 4_900, "{held} bytes per lead");
+    assert!(held <= 4_700, "{held} bytes per lead");
 }

@@ -27,7 +27,7 @@ pub fn of_state(state: &LeadState) -> usize {
             .fired
             .iter()
             .map(|f: &Fired| {
-                size_of::<Fired>() + f.rule.len() + f.variant.as_ref().map_or(0, String::len)
+                size_of::<Fired>() + f.rule.len() + f.variant.as_ref().map_or(0, |v| v.len())
             })
             .sum::<usize>()
 }

@@ -492,10 +492,10 @@ mod tests {
                 state.fired = fired
                     .into_iter()
                     .map(|(rule, level, clock, variant)| Fired {
-                        rule,
+                        rule: String::into_boxed_str(rule),
                         level,
                         clock,
-                        variant,
+                        variant: variant.map(String::into_boxed_str),
                     })
                     .collect();
                 state

@@ -63,18 +63,19 @@ pub struct LeadState {
 /// One alert that fired: what its id is made of.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Fired {
-    pub rule: String,
+    /// Boxed strings (16 bytes, not 24: never grown), as `variant`.
+    pub rule: Box<str>,
     pub level: u32,
     #[serde(with = "crate::engine::record::time")]
     pub clock: Timestamp,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub variant: Option<String>,
+    pub variant: Option<Box<str>>,
 }
 
 impl Fired {
     /// Whether this is the alert made of these (what its id is made of).
     fn is(&self, rule: &str, level: u32, clock: Timestamp, variant: Option<&str>) -> bool {
-        self.rule == rule
+        &*self.rule == rule
             && self.level == level
             && self.clock == clock
             && self.variant.as_deref() == variant
@@ -532,12 +533,16 @@ impl LeadState {
         }
         if self.fired.len() == FIRED_REMEMBERED {
             self.fired.pop_front();
+        } else {
+            // A few alerts per lead: grown one at a time, not doubled (alerts are rare next to
+            // events, and the deque lives as long as the lead).
+            self.fired.reserve_exact(1);
         }
         self.fired.push_back(Fired {
-            rule: rule.to_string(),
+            rule: rule.into(),
             level,
             clock,
-            variant: variant.map(str::to_string),
+            variant: variant.map(Into::into),
         });
     }
 
@@ -608,6 +613,8 @@ impl Lead {
             return;
         }
         let i = self.touches.partition_point(|t| t.at <= touch.at);
+        // Grown one at a time, not doubled: a lead has a few touches, kept for its whole life.
+        self.touches.reserve_exact(1);
         self.touches.insert(i, touch);
         if self.touches.len() > TOUCHES_KEPT {
             self.touches.remove(0);
