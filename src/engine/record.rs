@@ -165,10 +165,10 @@ pub mod time {
                 ) -> Result<FieldTimes, A::Error> {
                     // At most a few hundred entries preallocated, whatever the record claims.
                     let mut items = Vec::with_capacity(map.size_hint().unwrap_or(0).min(256));
-                    while let Some((k, t)) = map.next_entry::<std::borrow::Cow<'de, str>, Time>()? {
-                        items.push((k, t.0));
+                    while let Some((k, t)) = map.next_entry::<String, Time>()? {
+                        items.push((k.into_boxed_str(), t.0));
                     }
-                    Ok(items.into_iter().collect())
+                    Ok(FieldTimes::from_vec(items))
                 }
             }
             d.deserialize_map(Visit)

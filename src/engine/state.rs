@@ -261,10 +261,21 @@ impl FieldTimes {
 /// Names and times in any order; a name given twice keeps its last time.
 impl<K: AsRef<str>> FromIterator<(K, Timestamp)> for FieldTimes {
     fn from_iter<I: IntoIterator<Item = (K, Timestamp)>>(items: I) -> Self {
-        let mut all: Vec<(Box<str>, Timestamp)> = items
+        let all: Vec<(Box<str>, Timestamp)> = items
             .into_iter()
             .map(|(k, t)| (k.as_ref().into(), t))
             .collect();
+        FieldTimes::from_vec(all)
+    }
+}
+
+impl FieldTimes {
+    /// Names and times in any order (a record's are sorted already: taken as they are); a name
+    /// given twice keeps its last time.
+    pub fn from_vec(mut all: Vec<(Box<str>, Timestamp)>) -> Self {
+        if all.windows(2).all(|w| w[0].0 < w[1].0) {
+            return FieldTimes(all);
+        }
         // Stable: of equal names, the last given stays last, and is the one kept.
         all.sort_by(|a, b| a.0.cmp(&b.0));
         let mut kept: Vec<(Box<str>, Timestamp)> = Vec::with_capacity(all.len());
@@ -708,6 +719,33 @@ mod tests {
     /// hashes: computed any other way after an upgrade, a re-sent or replayed event would be
     /// applied again (a replayed call counted as a second attempt). Literals computed once; do
     /// not update them, undo the change.
+    /// Field times read in any order come out sorted by name, a name given twice with its last
+    /// time; set and found again by name.
+    #[test]
+    fn field_times_are_kept_by_name() {
+        let t = |s: i64| Timestamp::from_second(s).unwrap();
+        let mut times: FieldTimes = [("stage", t(1)), ("owner", t(2)), ("stage", t(3))]
+            .into_iter()
+            .collect();
+        assert_eq!(
+            times.iter().collect::<Vec<_>>(),
+            [("owner", t(2)), ("stage", t(3))]
+        );
+        times.insert("email", t(4));
+        times.insert("owner", t(5));
+        *times.get_mut("stage").unwrap() = t(6);
+        assert_eq!(
+            times.keys().collect::<Vec<_>>(),
+            ["email", "owner", "stage"]
+        );
+        assert_eq!(
+            (times.get("owner"), times.get("stage"), times.get("score")),
+            (Some(t(5)), Some(t(6)), None)
+        );
+        times.retain(|k| k != "owner");
+        assert_eq!(times.len(), 2);
+    }
+
     #[test]
     fn event_keys_are_pinned() {
         assert_eq!(event_key("evt-1"), 8_881_273_919_641_520_361);
