@@ -54,6 +54,9 @@ struct Args {
     /// exit without running the engine.
     #[arg(long)]
     write_events: Option<PathBuf>,
+    /// Also print where the leads' bytes go, part by part.
+    #[arg(long)]
+    breakdown: bool,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -283,13 +286,16 @@ fn main() -> anyhow::Result<()> {
     let elapsed = clock.instant() - started;
     let calls = alloc_calls() - calls_before;
     let live_after = live_bytes();
+    if args.breakdown {
+        breakdown(p.iter().map(|(_, s)| s));
+    }
 
     let open = p.iter().filter(|(_, s)| s.lead.episode.is_some()).count();
     // One record per lead, as the changelog holds it after one update each (key, value).
-    let records: Vec<(&str, Vec<u8>)> = p.iter().map(|(k, s)| (k.as_str(), s.encode())).collect();
+    let records: Vec<(&str, Vec<u8>)> = p.iter().map(|(k, s)| (k, s.encode())).collect();
     let json: Vec<(&str, Vec<u8>)> = p
         .iter()
-        .map(|(k, s)| (k.as_str(), serde_json::to_vec(s).expect("a state as JSON")))
+        .map(|(k, s)| (k, serde_json::to_vec(s).expect("a state as JSON")))
         .collect();
     let state_bytes: usize = records.iter().map(|(_, r)| r.len()).sum();
     println!("rules: {}", path.display());
@@ -354,4 +360,54 @@ fn main() -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+/// Where the bytes of these leads' states go: each part's allocated bytes per lead, measured on
+/// clones of the states by clearing one part after another (a clone's vectors are exactly
+/// their length, so slack the originals have is not in the parts). The partition's own maps are
+/// what `memory:` counts beyond the states.
+fn breakdown<'a>(states: impl Iterator<Item = &'a leadwatch::engine::LeadState>) {
+    let before = live_bytes();
+    let mut clones: Vec<Box<leadwatch::engine::LeadState>> =
+        states.map(|s| Box::new(s.clone())).collect();
+    let n = clones.len().max(1) as f64;
+    let total = live_bytes() - before;
+    let mut parts: Vec<(&str, usize)> = Vec::new();
+    let mut cut = |name: &'static str, f: &dyn Fn(&mut leadwatch::engine::LeadState)| {
+        let b = live_bytes();
+        for s in clones.iter_mut() {
+            f(s);
+        }
+        parts.push((name, b - live_bytes()));
+    };
+    cut("base", &|s| s.base = None);
+    cut("log", &|s| s.log = Vec::new());
+    cut("recent_events", &|s| s.recent_events = Default::default());
+    cut("fired", &|s| s.fired = Default::default());
+    cut("lead.fields", &|s| s.lead.fields = Default::default());
+    cut("lead.field_at", &|s| s.lead.field_at = Default::default());
+    cut("lead.touches", &|s| s.lead.touches = Default::default());
+    cut("lead.closeouts", &|s| s.lead.closeouts = Default::default());
+    cut("lead strings", &|s| {
+        s.lead.source = None;
+        s.lead.origin = None;
+        s.lead.owner = None;
+        if let Some(c) = s.lead.episode.as_mut().and_then(|e| e.clock.as_mut()) {
+            c.owner = String::new();
+        }
+    });
+    let rest = live_bytes() - before;
+    println!(
+        "breakdown: {:.0} bytes per lead in clones of the states, by part:",
+        total as f64 / n
+    );
+    for (name, bytes) in parts {
+        println!("  {name}: {:.0}", bytes as f64 / n);
+    }
+    println!(
+        "  the rest (the state itself, {} bytes, in its box): {:.0}",
+        std::mem::size_of::<leadwatch::engine::LeadState>(),
+        rest as f64 / n
+    );
+    drop(clones);
 }

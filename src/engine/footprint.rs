@@ -27,18 +27,14 @@ pub fn of_state(state: &LeadState) -> usize {
             .fired
             .iter()
             .map(|f: &Fired| {
-                size_of::<Fired>() + f.rule.len() + f.variant.as_ref().map_or(0, String::len)
+                size_of::<Fired>() + f.rule.len() + f.variant.as_ref().map_or(0, |v| v.len())
             })
             .sum::<usize>()
 }
 
 fn of_lead(lead: &Lead) -> usize {
     of_map(&lead.fields)
-        + lead
-            .field_at
-            .keys()
-            .map(|k| ENTRY + k.len() + 16)
-            .sum::<usize>()
+        + lead.field_at.heap_bytes()
         + text(&lead.source)
         + text(&lead.origin)
         + text(&lead.owner)

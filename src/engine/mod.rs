@@ -321,6 +321,8 @@ impl Engine {
             // The window opens: keep the lead as it was before it, to fold again from.
             state.base = Some(Box::new(state.lead.clone()));
         }
+        // The window holds a few events for an hour: grown one at a time, not doubled.
+        state.log.reserve_exact(1);
         if at == state.log.len() {
             // In order: one more step.
             self.step(&mut state.lead, &entry);
@@ -459,9 +461,7 @@ impl Engine {
                     match lead.field_at.get_mut(k) {
                         Some(newer) if *newer > at => continue,
                         Some(set) => *set = at,
-                        None => {
-                            lead.field_at.insert(k.clone(), at);
-                        }
+                        None => lead.field_at.insert(k, at),
                     }
                     let changed = if v.is_null() {
                         lead.fields.remove(k).is_some()

@@ -4,10 +4,11 @@
 //! made here, and the shell only carries it out.
 
 use std::collections::{BTreeSet, HashMap, HashSet};
+use std::sync::Arc;
 
 use jiff::Timestamp;
 
-use super::state::Held;
+use super::state::{Armed, Held};
 use super::step::{Diagnostic, Input, LeadWrite, Records, Step, Write};
 use super::{Applied, Engine, LeadState, Notes, footprint};
 use crate::alert::Alert;
@@ -15,13 +16,15 @@ use crate::event::LeadEvent;
 
 #[derive(Debug, Default)]
 pub struct PartitionState {
-    leads: HashMap<String, LeadState>,
+    /// Each lead's state, boxed: a table keeps up to half its slots empty, and a slot of the
+    /// state itself (over 500 bytes) cost more than the state's own heap (issue 13).
+    /// Each key is held once and shared with `timers` and `windowed`; the deadline a lead is
+    /// armed at, to find its entry in `timers`, is kept in its state ([`Armed`]).
+    leads: HashMap<Arc<str>, Box<LeadState>>,
     /// `(deadline, lead)` for every lead with something due.
-    timers: BTreeSet<(Timestamp, String)>,
-    /// The deadline each lead is armed at, to find its entry in `timers`.
-    armed: HashMap<String, Timestamp>,
+    timers: BTreeSet<(Timestamp, Arc<str>)>,
     /// Leads with events in their reorder window (two copies of themselves until it closes).
-    windowed: HashSet<String>,
+    windowed: HashSet<Arc<str>>,
     /// Where the pools' round-robin stands in this partition.
     rotation: super::alerts::Rotation,
     /// The rotation moved since it was last written.
@@ -137,7 +140,11 @@ impl PartitionState {
                     state,
                 } => {
                     // Planned only for leads the step keeps.
-                    let state = if state { Some(leads.get(&lead)?) } else { None };
+                    let state = if state {
+                        Some(&**leads.get(lead.as_str())?)
+                    } else {
+                        None
+                    };
                     Some(Write::Lead(LeadWrite {
                         lead,
                         alerts,
@@ -179,12 +186,12 @@ impl PartitionState {
     }
 
     pub fn lead(&self, key: &str) -> Option<&LeadState> {
-        self.leads.get(key)
+        self.leads.get(key).map(|s| &**s)
     }
 
     /// Every lead and its state.
-    pub fn iter(&self) -> impl Iterator<Item = (&String, &LeadState)> {
-        self.leads.iter()
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &LeadState)> {
+        self.leads.iter().map(|(k, s)| (&**k, &**s))
     }
 
     /// The earliest deadline in this partition.
@@ -202,11 +209,10 @@ impl PartitionState {
         self.at_end = false;
         let key = &event.lead;
         // The key is copied for a lead not seen before only.
-        let known = self.leads.contains_key(key);
-        if !known {
-            self.leads.insert(key.clone(), LeadState::default());
+        if !self.leads.contains_key(key.as_str()) {
+            self.leads.insert(Arc::from(key.as_str()), Box::default());
         }
-        let state = self.leads.get_mut(key).expect("inserted");
+        let state = self.leads.get_mut(key.as_str()).expect("inserted");
         let applied = engine.apply(state, event);
         let held = footprint::of_state(state);
         self.held = (self.held + held).saturating_sub(state.held.0);
@@ -220,7 +226,11 @@ impl PartitionState {
                     .push(Diagnostic::Forgotten { lead: key.clone() });
             }
             Applied::Changed => {
-                self.windowed.insert(key.clone());
+                if !self.windowed.contains(key.as_str())
+                    && let Some((shared, _)) = self.leads.get_key_value(key.as_str())
+                {
+                    self.windowed.insert(shared.clone());
+                }
                 self.rearm(engine, key);
                 plan.lead(key, Vec::new(), true);
                 plan.diagnostics.push(Diagnostic::Applied);
@@ -262,7 +272,7 @@ impl PartitionState {
         }
         for (lead, mut alerts) in self.fire(engine, horizon, most) {
             // Then the state as it is now, recording these alerts as fired.
-            if !self.leads.contains_key(&lead) {
+            if !self.leads.contains_key(lead.as_str()) {
                 continue;
             }
             for alert in &mut alerts {
@@ -296,11 +306,11 @@ impl PartitionState {
 
     fn remove(&mut self, key: &str) {
         self.windowed.remove(key);
-        if let Some(state) = self.leads.remove(key) {
+        if let Some((key, state)) = self.leads.remove_entry(key) {
             self.held = self.held.saturating_sub(state.held.0);
-        }
-        if let Some(old) = self.armed.remove(key) {
-            self.timers.remove(&(old, key.to_string()));
+            if let Armed(Some(old)) = state.armed {
+                self.timers.remove(&(old, key));
+            }
         }
     }
 
@@ -310,7 +320,7 @@ impl PartitionState {
             .leads
             .iter()
             .filter(|(_, s)| engine.expired(s, now))
-            .map(|(k, _)| k.clone())
+            .map(|(k, _)| k.to_string())
             .collect();
         for key in &gone {
             self.remove(key);
@@ -334,12 +344,13 @@ impl PartitionState {
                 unreadable.push(key);
                 continue;
             };
+            let key: Arc<str> = key.into();
             if !state.log.is_empty() {
                 self.windowed.insert(key.clone());
             }
             // Armed by [`Self::look_again`], which a restore goes on to, once it is under the
             // rules in force.
-            self.leads.insert(key, state);
+            self.leads.insert(key, Box::new(state));
         }
         unreadable
     }
@@ -348,28 +359,32 @@ impl PartitionState {
     /// looked at again under them (see [`Engine::reevaluate`]), and its deadlines recomputed.
     fn look_again(&mut self, engine: &Engine, now: Timestamp) {
         self.timers.clear();
-        self.armed.clear();
-        // Nothing is armed now: each lead's deadline goes straight in, without a copy of every
-        // key first.
+        // Nothing is armed now: each lead's deadline goes straight in.
         for (key, state) in &mut self.leads {
             // Restored records may hold fields these rules do not read (an older version kept
             // them all; the rules before a reload read others).
             engine.project(state);
             engine.reevaluate(state, now);
-            if let Some(deadline) = engine.next_deadline(state) {
+            let deadline = engine.next_deadline(state);
+            state.armed = Armed(deadline);
+            if let Some(deadline) = deadline {
                 self.timers.insert((deadline, key.clone()));
-                self.armed.insert(key.clone(), deadline);
             }
         }
     }
 
     fn rearm(&mut self, engine: &Engine, key: &str) {
-        if let Some(old) = self.armed.remove(key) {
-            self.timers.remove(&(old, key.to_string()));
+        let Some((shared, _)) = self.leads.get_key_value(key) else {
+            return;
+        };
+        let shared = shared.clone();
+        let state = self.leads.get_mut(key).expect("found");
+        if let Some(old) = state.armed.0.take() {
+            self.timers.remove(&(old, shared.clone()));
         }
-        if let Some(deadline) = self.leads.get(key).and_then(|s| engine.next_deadline(s)) {
-            self.timers.insert((deadline, key.to_string()));
-            self.armed.insert(key.to_string(), deadline);
+        if let Some(deadline) = engine.next_deadline(state) {
+            state.armed = Armed(Some(deadline));
+            self.timers.insert((deadline, shared));
         }
     }
 
@@ -384,13 +399,13 @@ impl PartitionState {
             }
             looked += 1;
             self.timers.pop_first();
-            self.armed.remove(&key);
-            if let Some(state) = self.leads.get_mut(&key) {
+            if let Some(state) = self.leads.get_mut(&*key) {
+                state.armed = Armed(None);
                 let before = self.rotation.clone();
                 let alerts = engine.fire_due_with(&key, state, now, &mut self.rotation);
                 self.rotation_moved |= self.rotation != before;
                 if !alerts.is_empty() {
-                    fired.push((key.clone(), alerts));
+                    fired.push((key.to_string(), alerts));
                 }
             }
             self.rearm(engine, &key);
@@ -400,7 +415,7 @@ impl PartitionState {
 
     /// Lets `alert` fire again (its write to Kafka failed).
     fn fire_again(&mut self, engine: &Engine, alert: &Alert) {
-        if let Some(state) = self.leads.get_mut(&alert.data.lead) {
+        if let Some(state) = self.leads.get_mut(alert.data.lead.as_str()) {
             engine.unfire(state, alert);
             self.rearm(engine, &alert.data.lead);
         }

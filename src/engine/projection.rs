@@ -128,7 +128,7 @@ impl Projection {
 
     fn lead(&self, lead: &mut Lead) {
         lead.fields.retain(|k, _| self.keeps(k));
-        lead.field_at.retain(|k, _| self.keeps(k));
+        lead.field_at.retain(|k| self.keeps(k));
     }
 
     /// The fields this projection keeps that `before` dropped: after a rules reload, leads lack

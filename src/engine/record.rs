@@ -92,8 +92,6 @@ fn take_varint(bytes: &[u8]) -> Option<(u64, &[u8])> {
 /// RFC 3339 string in human-readable formats (JSON: what other uses of a state, and old
 /// records, have), `[seconds, nanoseconds]` since the Unix epoch in binary ones.
 pub mod time {
-    use std::collections::BTreeMap;
-
     use jiff::Timestamp;
     use serde::de::Error as _;
     use serde::{Deserialize, Deserializer, Serialize, Serializer};
@@ -145,22 +143,35 @@ pub mod time {
         }
     }
 
-    /// A map of names to times.
+    /// A lead's field times, as a map of names to times.
     pub mod map {
         use super::*;
+        use crate::engine::state::FieldTimes;
 
-        pub fn serialize<S: Serializer>(
-            m: &BTreeMap<String, Timestamp>,
-            s: S,
-        ) -> Result<S::Ok, S::Error> {
-            s.collect_map(m.iter().map(|(k, t)| (k, Time(*t))))
+        pub fn serialize<S: Serializer>(m: &FieldTimes, s: S) -> Result<S::Ok, S::Error> {
+            s.collect_map(m.iter().map(|(k, t)| (k, Time(t))))
         }
 
-        pub fn deserialize<'de, D: Deserializer<'de>>(
-            d: D,
-        ) -> Result<BTreeMap<String, Timestamp>, D::Error> {
-            let m = BTreeMap::<String, Time>::deserialize(d)?;
-            Ok(m.into_iter().map(|(k, t)| (k, t.0)).collect())
+        pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<FieldTimes, D::Error> {
+            struct Visit;
+            impl<'de> serde::de::Visitor<'de> for Visit {
+                type Value = FieldTimes;
+                fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                    f.write_str("a map of field names to times")
+                }
+                fn visit_map<A: serde::de::MapAccess<'de>>(
+                    self,
+                    mut map: A,
+                ) -> Result<FieldTimes, A::Error> {
+                    // At most a few hundred entries preallocated, whatever the record claims.
+                    let mut items = Vec::with_capacity(map.size_hint().unwrap_or(0).min(256));
+                    while let Some((k, t)) = map.next_entry::<String, Time>()? {
+                        items.push((k.into_boxed_str(), t.0));
+                    }
+                    Ok(FieldTimes::from_vec(items))
+                }
+            }
+            d.deserialize_map(Visit)
         }
     }
 }
@@ -401,7 +412,8 @@ mod tests {
         (
             (
                 fields(),
-                proptest::collection::btree_map(text(), time(), 0..4),
+                proptest::collection::btree_map(text(), time(), 0..4)
+                    .prop_map(|m| m.into_iter().collect()),
                 proptest::option::of(text()),
                 proptest::option::of(text()),
                 proptest::option::of(text()),
@@ -480,10 +492,10 @@ mod tests {
                 state.fired = fired
                     .into_iter()
                     .map(|(rule, level, clock, variant)| Fired {
-                        rule,
+                        rule: String::into_boxed_str(rule),
                         level,
                         clock,
-                        variant,
+                        variant: variant.map(String::into_boxed_str),
                     })
                     .collect();
                 state

@@ -11,7 +11,7 @@
 //! Alerts that fired are remembered by what their ids are made of (rule, level, clock start,
 //! variant), outside the fold: re-folding never makes one fire twice.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::VecDeque;
 
 use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
@@ -55,23 +55,27 @@ pub struct LeadState {
     /// What this lead held when its partition last counted it (not stored; see [`Held`]).
     #[serde(skip)]
     pub held: Held,
+    /// The deadline its partition armed it at (not stored; see [`Armed`]).
+    #[serde(skip)]
+    pub armed: Armed,
 }
 
 /// One alert that fired: what its id is made of.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Fired {
-    pub rule: String,
+    /// Boxed strings (16 bytes, not 24: never grown), as `variant`.
+    pub rule: Box<str>,
     pub level: u32,
     #[serde(with = "crate::engine::record::time")]
     pub clock: Timestamp,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub variant: Option<String>,
+    pub variant: Option<Box<str>>,
 }
 
 impl Fired {
     /// Whether this is the alert made of these (what its id is made of).
     fn is(&self, rule: &str, level: u32, clock: Timestamp, variant: Option<&str>) -> bool {
-        self.rule == rule
+        &*self.rule == rule
             && self.level == level
             && self.clock == clock
             && self.variant.as_deref() == variant
@@ -111,10 +115,10 @@ pub struct Lead {
     /// When each field was last set (event time).
     #[serde(
         default,
-        skip_serializing_if = "BTreeMap::is_empty",
+        skip_serializing_if = "FieldTimes::is_empty",
         with = "crate::engine::record::time::map"
     )]
-    pub field_at: BTreeMap<String, Timestamp>,
+    pub field_at: FieldTimes,
     /// The configured source of its latest event.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub source: Option<String>,
@@ -188,6 +192,103 @@ pub struct Lead {
     pub memo: Memo,
 }
 
+/// When each of a lead's fields was last set: a vector sorted by name, not a map. A lead has a
+/// dozen such fields; a `BTreeMap` of them took about 1.3 KB in tree nodes, this a third of it
+/// (issue 13). Written to the changelog as the map it was.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct FieldTimes(Vec<(Box<str>, Timestamp)>);
+
+impl FieldTimes {
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    fn find(&self, name: &str) -> Result<usize, usize> {
+        self.0.binary_search_by(|(k, _)| (**k).cmp(name))
+    }
+
+    /// When `name` was last set.
+    pub fn get(&self, name: &str) -> Option<Timestamp> {
+        self.find(name).ok().map(|i| self.0[i].1)
+    }
+
+    /// The time of `name`, to change in place.
+    pub fn get_mut(&mut self, name: &str) -> Option<&mut Timestamp> {
+        self.find(name).ok().map(|i| &mut self.0[i].1)
+    }
+
+    /// Sets when `name` was last set.
+    pub fn insert(&mut self, name: &str, at: Timestamp) {
+        match self.find(name) {
+            Ok(i) => self.0[i].1 = at,
+            Err(i) => {
+                // Grown a few at a time: a lead gains its fields in its first events, and
+                // doubling would leave up to half the vector unused for its whole life.
+                if self.0.len() == self.0.capacity() {
+                    self.0.reserve_exact(4);
+                }
+                self.0.insert(i, (name.into(), at));
+            }
+        }
+    }
+
+    /// Keeps only the names `keep` says.
+    pub fn retain(&mut self, mut keep: impl FnMut(&str) -> bool) {
+        self.0.retain(|(k, _)| keep(k));
+    }
+
+    /// The names, sorted.
+    pub fn keys(&self) -> impl Iterator<Item = &str> {
+        self.0.iter().map(|(k, _)| &**k)
+    }
+
+    /// The names and times, sorted by name.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, Timestamp)> {
+        self.0.iter().map(|(k, t)| (&**k, *t))
+    }
+
+    /// The bytes its vector holds on the heap (its names included).
+    pub fn heap_bytes(&self) -> usize {
+        self.0.capacity() * size_of::<(Box<str>, Timestamp)>()
+            + self.0.iter().map(|(k, _)| k.len()).sum::<usize>()
+    }
+}
+
+/// Names and times in any order; a name given twice keeps its last time.
+impl<K: AsRef<str>> FromIterator<(K, Timestamp)> for FieldTimes {
+    fn from_iter<I: IntoIterator<Item = (K, Timestamp)>>(items: I) -> Self {
+        let all: Vec<(Box<str>, Timestamp)> = items
+            .into_iter()
+            .map(|(k, t)| (k.as_ref().into(), t))
+            .collect();
+        FieldTimes::from_vec(all)
+    }
+}
+
+impl FieldTimes {
+    /// Names and times in any order (a record's are sorted already: taken as they are); a name
+    /// given twice keeps its last time.
+    pub fn from_vec(mut all: Vec<(Box<str>, Timestamp)>) -> Self {
+        if all.windows(2).all(|w| w[0].0 < w[1].0) {
+            return FieldTimes(all);
+        }
+        // Stable: of equal names, the last given stays last, and is the one kept.
+        all.sort_by(|a, b| a.0.cmp(&b.0));
+        let mut kept: Vec<(Box<str>, Timestamp)> = Vec::with_capacity(all.len());
+        for item in all {
+            match kept.last_mut() {
+                Some(last) if last.0 == item.0 => *last = item,
+                _ => kept.push(item),
+            }
+        }
+        FieldTimes(kept)
+    }
+}
+
 /// The bytes a lead held when its partition last counted it ([`super::footprint::of_state`]), so
 /// that an event counts the lead once, after it, rather than before and after. Leads are equal
 /// whatever their counts say.
@@ -195,6 +296,18 @@ pub struct Lead {
 pub struct Held(pub usize);
 
 impl PartialEq for Held {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
+}
+
+/// The deadline a lead's partition armed it at, to find its entry in the partition's timers:
+/// kept here rather than in a map of its own beside the leads (a second copy of every key).
+/// Leads are equal whatever their partitions armed them at.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Armed(pub Option<Timestamp>);
+
+impl PartialEq for Armed {
     fn eq(&self, _: &Self) -> bool {
         true
     }
@@ -431,12 +544,16 @@ impl LeadState {
         }
         if self.fired.len() == FIRED_REMEMBERED {
             self.fired.pop_front();
+        } else {
+            // A few alerts per lead: grown one at a time, not doubled (alerts are rare next to
+            // events, and the deque lives as long as the lead).
+            self.fired.reserve_exact(1);
         }
         self.fired.push_back(Fired {
-            rule: rule.to_string(),
+            rule: rule.into(),
             level,
             clock,
-            variant: variant.map(str::to_string),
+            variant: variant.map(Into::into),
         });
     }
 
@@ -507,6 +624,8 @@ impl Lead {
             return;
         }
         let i = self.touches.partition_point(|t| t.at <= touch.at);
+        // Grown one at a time, not doubled: a lead has a few touches, kept for its whole life.
+        self.touches.reserve_exact(1);
         self.touches.insert(i, touch);
         if self.touches.len() > TOUCHES_KEPT {
             self.touches.remove(0);
@@ -600,6 +719,33 @@ mod tests {
     /// hashes: computed any other way after an upgrade, a re-sent or replayed event would be
     /// applied again (a replayed call counted as a second attempt). Literals computed once; do
     /// not update them, undo the change.
+    /// Field times read in any order come out sorted by name, a name given twice with its last
+    /// time; set and found again by name.
+    #[test]
+    fn field_times_are_kept_by_name() {
+        let t = |s: i64| Timestamp::from_second(s).unwrap();
+        let mut times: FieldTimes = [("stage", t(1)), ("owner", t(2)), ("stage", t(3))]
+            .into_iter()
+            .collect();
+        assert_eq!(
+            times.iter().collect::<Vec<_>>(),
+            [("owner", t(2)), ("stage", t(3))]
+        );
+        times.insert("email", t(4));
+        times.insert("owner", t(5));
+        *times.get_mut("stage").unwrap() = t(6);
+        assert_eq!(
+            times.keys().collect::<Vec<_>>(),
+            ["email", "owner", "stage"]
+        );
+        assert_eq!(
+            (times.get("owner"), times.get("stage"), times.get("score")),
+            (Some(t(5)), Some(t(6)), None)
+        );
+        times.retain(|k| k != "owner");
+        assert_eq!(times.len(), 2);
+    }
+
     #[test]
     fn event_keys_are_pinned() {
         assert_eq!(event_key("evt-1"), 8_881_273_919_641_520_361);

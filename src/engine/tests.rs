@@ -1766,19 +1766,19 @@ fn a_lead_keeps_only_the_fields_something_reads() {
     p.apply(&e, &update("late", "09:59:00", forty_fields()));
     let state = p.lead("L-1").unwrap();
     let kept = e.rules().kept_fields().fields().unwrap().clone();
-    let mut held: Vec<&String> = state.lead.fields.keys().collect();
+    let mut held: Vec<&str> = state.lead.fields.keys().map(String::as_str).collect();
     held.extend(state.lead.field_at.keys());
     if let Some(base) = &state.base {
-        held.extend(base.fields.keys());
+        held.extend(base.fields.keys().map(String::as_str));
         held.extend(base.field_at.keys());
     }
     for entry in &state.log {
         if let Change::Updated { fields } = &entry.change {
-            held.extend(fields.keys());
+            held.extend(fields.keys().map(String::as_str));
         }
     }
     assert_eq!(state.log.len(), 2, "both events are in the window");
-    let unread: Vec<&&String> = held.iter().filter(|f| !kept.contains(**f)).collect();
+    let unread: Vec<&&str> = held.iter().filter(|f| !kept.contains(**f)).collect();
     assert!(unread.is_empty(), "fields nothing reads: {unread:?}");
     // What is read is all there.
     assert_eq!(state.lead.fields.len(), 13);
@@ -2156,14 +2156,14 @@ mod properties {
             }
             let mut p = live.p;
             let mut q = PartitionState::default();
-            let records = p.iter().map(|(key, state)| (key.clone(), serde_json::to_vec(state).unwrap())).collect();
+            let records = p.iter().map(|(key, state)| (key.to_string(), serde_json::to_vec(state).unwrap())).collect();
             let restored = q.step(&e, Input::Restore(records), t("00:00:00") + SignedDuration::from_secs(later));
             let unreadable = restored.diagnostics.iter().any(|d| matches!(d, Diagnostic::Unreadable { .. }));
             prop_assert!(!unreadable, "every record is read back");
             let states = |p: &PartitionState| {
                 let mut v: Vec<(String, String)> = p
                     .iter()
-                    .map(|(k, s)| (k.clone(), serde_json::to_string(s).unwrap()))
+                    .map(|(k, s)| (k.to_string(), serde_json::to_string(s).unwrap()))
                     .collect();
                 v.sort();
                 v
