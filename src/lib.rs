@@ -32,4 +32,5 @@ pub mod partitioner;
 pub mod runner;
 pub mod signature;
 pub mod simulate;
+pub mod stamp;
 pub mod telemetry;

@@ -54,12 +54,9 @@ pub struct Folded {
     pub superseded: Vec<String>,
 }
 
-/// The header every changelog record this build writes starts with (`{prefix}.state`,
-/// `{prefix}.delivered`, `{prefix}.alerts.retry`): one byte, the record's format version
-/// ([`STAMPED`]; the state record's own, `engine::record::V1`, has the same value and layout),
-/// then the writer's partition generation as an unsigned LEB128 varint, then the body (each
-/// topic's own: a state's MessagePack, a ledger's or backlog's JSON). Records of earlier builds
-/// are JSON and start with `{`: generation 0, their body the whole record.
+/// The header every changelog record starts with ([`crate::stamp`]: the format version, then
+/// the writer's partition generation); the ledger's and backlog's bodies are JSON, the state's
+/// is its own (`engine::record`, under the same header).
 ///
 /// **The partition generation** is one more than the highest generation read back from the
 /// partition's changelogs when it was assigned ([`next_generation`]). So it only grows per
@@ -69,50 +66,20 @@ pub struct Folded {
 /// generation only when none of the earlier one's writes had reached the changelog when the
 /// later one read it: such a late write then ties, and the later offset wins (the README's
 /// "Guarantees" says what remains).
-pub const STAMPED: u8 = 1;
-
-/// The most bytes a LEB128 varint of a `u64` takes.
-const VARINT_MAX: usize = 10;
+pub const STAMPED: u8 = crate::stamp::V1;
 
 /// `body` under the header of `generation` ([`STAMPED`]).
 pub fn stamp(generation: u64, body: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(body.len() + 1 + VARINT_MAX);
-    out.push(STAMPED);
-    let mut value = generation;
-    loop {
-        let low = (value & 0x7f) as u8;
-        value >>= 7;
-        if value == 0 {
-            out.push(low);
-            break;
-        }
-        out.push(low | 0x80);
-    }
+    let mut out = Vec::with_capacity(body.len() + 1 + crate::stamp::VARINT_MAX);
+    crate::stamp::write(&mut out, generation);
     out.extend_from_slice(body);
     out
 }
 
 /// A record's partition generation and body: (0, the whole record) for one without a header
-/// (JSON of an earlier build); `None` when its header is cut short or malformed.
+/// (JSON of an earlier build); `None` when its header is unknown, cut short or malformed.
 pub fn unstamp(record: &[u8]) -> Option<(u64, &[u8])> {
-    match record.first() {
-        None | Some(b'{' | b' ' | b'\t' | b'\n' | b'\r') => Some((0, record)),
-        Some(_) => {
-            let bytes = &record[1..];
-            let mut value = 0u64;
-            for (i, &byte) in bytes.iter().enumerate().take(VARINT_MAX) {
-                let part = u64::from(byte & 0x7f);
-                if i == VARINT_MAX - 1 && part > 1 {
-                    return None;
-                }
-                value |= part << (7 * i);
-                if byte & 0x80 == 0 {
-                    return Some((value, &bytes[i + 1..]));
-                }
-            }
-            None
-        }
-    }
+    crate::stamp::read(record)
 }
 
 /// The partition generation that wrote `record` (0 when it says none, or cannot be read: an

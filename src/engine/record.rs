@@ -17,22 +17,19 @@ use serde::{Deserialize, Serialize};
 
 use super::state::LeadState;
 
-/// Version 1: MessagePack with named fields and integer times.
-pub const V1: u8 = 1;
+/// Version 1: MessagePack with named fields and integer times, under the header of
+/// [`crate::stamp`].
+pub const V1: u8 = crate::stamp::V1;
 
 /// The deepest nesting a record may have: a state's own (a few levels) around field values that
 /// were JSON (which serde_json bounds at 128), with room to spare. Deeper is refused rather than
 /// risk the stack.
 const MAX_DEPTH: usize = 256;
 
-/// The most bytes a LEB128 varint of a `u64` takes.
-const VARINT_MAX: usize = 10;
-
 /// `state`'s record, as written by partition generation `generation`.
 pub fn encode(state: &LeadState, generation: u64) -> Vec<u8> {
     let mut out = Vec::with_capacity(256);
-    out.push(V1);
-    put_varint(&mut out, generation);
+    crate::stamp::write(&mut out, generation);
     let mut ser = rmp_serde::Serializer::new(&mut out).with_struct_map();
     state.serialize(&mut ser).expect("lead state serializes");
     out
@@ -42,50 +39,16 @@ pub fn encode(state: &LeadState, generation: u64) -> Vec<u8> {
 /// it) and the state; `None` when it cannot be read (corrupt, trailing bytes, or a version this
 /// build does not know).
 pub fn decode(record: &[u8]) -> Option<(u64, LeadState)> {
-    match record.first()? {
-        &V1 => {
-            let (generation, body) = take_varint(&record[1..])?;
-            // Read from the slice itself, which is left with what the state did not take.
-            let mut de = rmp_serde::Deserializer::new(body);
-            de.set_max_depth(MAX_DEPTH);
-            let state = LeadState::deserialize(&mut de).ok()?;
-            de.get_ref().is_empty().then_some((generation, state))
-        }
-        // What builds before versions wrote (serde_json writes no leading whitespace, but JSON
-        // allows it).
-        b'{' | b' ' | b'\t' | b'\n' | b'\r' => {
-            serde_json::from_slice(record).ok().map(|state| (0, state))
-        }
-        _ => None,
+    let (generation, body) = crate::stamp::read(record)?;
+    if crate::stamp::is_unstamped(record) {
+        // What builds before versions wrote.
+        return serde_json::from_slice(body).ok().map(|state| (0, state));
     }
-}
-
-fn put_varint(out: &mut Vec<u8>, mut value: u64) {
-    loop {
-        let low = (value & 0x7f) as u8;
-        value >>= 7;
-        if value == 0 {
-            out.push(low);
-            return;
-        }
-        out.push(low | 0x80);
-    }
-}
-
-/// A varint and what follows it; `None` when it is cut short or over 64 bits.
-fn take_varint(bytes: &[u8]) -> Option<(u64, &[u8])> {
-    let mut value = 0u64;
-    for (i, &byte) in bytes.iter().enumerate().take(VARINT_MAX) {
-        let part = u64::from(byte & 0x7f);
-        if i == VARINT_MAX - 1 && part > 1 {
-            return None;
-        }
-        value |= part << (7 * i);
-        if byte & 0x80 == 0 {
-            return Some((value, &bytes[i + 1..]));
-        }
-    }
-    None
+    // Read from the slice itself, which is left with what the state did not take.
+    let mut de = rmp_serde::Deserializer::new(body);
+    de.set_max_depth(MAX_DEPTH);
+    let state = LeadState::deserialize(&mut de).ok()?;
+    de.get_ref().is_empty().then_some((generation, state))
 }
 
 /// Times in a state (`#[serde(with = "…::time")]`, and [`time::option`], [`time::map`]): an
