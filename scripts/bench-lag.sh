@@ -42,12 +42,7 @@ cleanup() {
 }
 trap cleanup EXIT
 
-scripts/tansu-broker.sh "$bport" >"$dir/broker.log" 2>&1 &
-broker=$!
-for _ in $(seq 100); do
-  (exec 3<>"/dev/tcp/127.0.0.1/$bport") 2>/dev/null && break
-  sleep 0.1
-done
+start_tansu "$bport" "$dir/broker.log"
 
 # The example config on tansu (the daemon creates its topics, six partitions each), lag
 # reported every second.

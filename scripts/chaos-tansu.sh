@@ -72,12 +72,7 @@ cleanup() {
 }
 trap cleanup EXIT
 
-scripts/tansu-broker.sh "$bport" >"$dir/broker.log" 2>&1 &
-broker=$!
-for _ in $(seq 100); do
-  (exec 3<>"/dev/tcp/127.0.0.1/$bport") 2>/dev/null && break
-  sleep 0.1
-done
+start_tansu "$bport" "$dir/broker.log"
 
 # The receiver: answers 200 to every alert, counts requests per alert id and the lead of each;
 # GET /stats gives {"requests": N, "ids": {alert_id: [lead, count, [arrival, …]]}}.
