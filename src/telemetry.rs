@@ -117,6 +117,10 @@ pub struct Metrics {
     http_refused: Family<ReasonLabel, Counter>,
     reassignments_skipped: Family<SinkReason, Counter>,
     ledger_expired: Counter,
+    /// Attempts a revocation of dispatcher partitions waits for now.
+    revoke_waiting: Gauge,
+    /// Revocations that stopped waiting at their bound.
+    revoke_waits_exceeded: Counter,
     /// What must never pass silently: quarantined records, skipped offsets, unreadable records,
     /// failed restores, role restarts, stalls.
     kafka: KafkaTrouble,
@@ -420,9 +424,25 @@ impl Metrics {
              dispatch.ledger_retention (the alerts topic no longer holds it)",
             ledger_expired.clone(),
         );
+        let revoke_waiting = Gauge::default();
+        registry.register(
+            "dispatch_revoke_waiting",
+            "Deliveries a revocation of dispatcher partitions waits for: under way to a sink, \
+             what they came to not yet acknowledged by Kafka (the rebalance goes on after)",
+            revoke_waiting.clone(),
+        );
+        let revoke_waits_exceeded = Counter::default();
+        registry.register(
+            "dispatch_revoke_waits_exceeded",
+            "Revocations of dispatcher partitions that stopped waiting for their deliveries at \
+             the bound (each a warning log): those deliveries may be sent again by the next owner",
+            revoke_waits_exceeded.clone(),
+        );
         let kafka = KafkaTrouble::register(&mut registry);
         Self {
             kafka,
+            revoke_waiting,
+            revoke_waits_exceeded,
             reassignments_skipped,
             ledger_expired,
             values_cut,
@@ -557,6 +577,17 @@ impl Metrics {
         self.retry_backlog
             .get_or_create(&SinkLabel { sink: sink.into() })
             .set(n);
+    }
+
+    /// `leadwatch_dispatch_revoke_waiting`.
+    pub fn set_revoke_waiting(&self, n: usize) {
+        self.revoke_waiting
+            .set(i64::try_from(n).unwrap_or(i64::MAX));
+    }
+
+    /// `leadwatch_dispatch_revoke_waits_exceeded_total`.
+    pub fn revoke_wait_exceeded(&self) {
+        self.revoke_waits_exceeded.inc();
     }
 
     /// `leadwatch_ledger_deliveries_expired_total`.

@@ -1204,3 +1204,77 @@ async fn a_burst_of_100k_due_alerts_beside_steady_ingest() {
     );
     println!("p99 during the burst / quiet p99: {ratio:.2}");
 }
+
+/// A delivery in flight at a revocation (issue 14): the sink has the request, its answer held,
+/// when a second dispatcher joins and takes the partition. The revocation waits for the answer
+/// and for the delivery's record before the partition moves, so the next owner's restore sees
+/// the delivery and does not send the alert again. Before, the partition moved at once: the
+/// next owner restored a ledger without the delivery and sent the alert a second time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delivery_in_flight_at_a_revocation_is_recorded_before_the_next_owner_restores() {
+    let kafka = kafka(2);
+    let (release, held) = tokio::sync::watch::channel(false);
+    let receiver = Receiver::start_held(held).await;
+    let sinks = format!(
+        r#"
+[sinks.hook]
+kind = "webhook"
+url = "{}"
+secret = "{SINK_SECRET}"
+"#,
+        receiver.url
+    );
+    // The held answer must not run into the attempt's timeout.
+    let config = dispatch_config(kafka.bootstrap(), "lwheld", "", &sinks)
+        .replace(r#"request_timeout = "2s""#, r#"request_timeout = "20s""#);
+    // One alert on each partition: whichever partition moves, one delivery is in flight on it.
+    let mut alerts = breaches(2);
+    for (partition, alert) in alerts.iter_mut().enumerate() {
+        alert.data.lead = (0..)
+            .map(|i| format!("L-held-{i}"))
+            .find(|lead| {
+                leadwatch::partitioner::partition_for(lead.as_bytes(), 2) == partition as i32
+            })
+            .unwrap();
+    }
+
+    let first = Daemon::start(&config, &rules_text("1h")).await;
+    produce_all(kafka.bootstrap(), &alerts).await;
+    wait_for(
+        "both alerts at the receiver, answers held",
+        PATIENCE,
+        || async { receiver.count() == 2 },
+    )
+    .await;
+    // A second dispatcher joins: one partition moves while its delivery waits for its answer.
+    let second = Daemon::start(&config, &rules_text("1h")).await;
+    wait_for(
+        "the revocation waiting for the delivery (or the next owner sending it again)",
+        PATIENCE,
+        || async {
+            let waiting = find_metric(&first.metrics().await, "leadwatch_dispatch_revoke_waiting");
+            receiver.count() > 2 || waiting.is_some_and(|n| n > 0.0)
+        },
+    )
+    .await;
+    release.send(true).unwrap();
+    wait_for("every alert settled", PATIENCE, || async {
+        let (committed, end) = alerts_committed(kafka.bootstrap(), "lwheld").await;
+        committed == end
+    })
+    .await;
+    let mut ids: Vec<String> = receiver
+        .all()
+        .iter()
+        .map(|r| r.header("webhook-id").to_string())
+        .collect();
+    ids.sort();
+    let mut expected: Vec<String> = alerts.iter().map(|a| a.id().to_string()).collect();
+    expected.sort();
+    assert_eq!(
+        ids, expected,
+        "each alert once: the next owner sent again what was in flight at the revocation"
+    );
+    second.stop().await;
+    first.stop().await;
+}

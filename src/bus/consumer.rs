@@ -26,14 +26,19 @@ pub enum Assignment {
     Revoked(Vec<i32>),
 }
 
+/// A hook given the partitions being revoked ([`RebalanceHooks::on_revoke`]).
+pub type OnRevoke = Box<dyn Fn(&[i32]) + Send + Sync>;
+
 /// What a member does when partitions move.
 #[derive(Default)]
 pub struct RebalanceHooks {
     /// Pause newly assigned partitions; the owning loop resumes each once its state is restored.
     pub pause_on_assign: bool,
-    /// Runs on revocation before the partitions move, on the consumer's thread: keep it bounded
-    /// (flushing the producer, so the next owner reads every state change written so far).
-    pub on_revoke: Option<Box<dyn Fn() + Send + Sync>>,
+    /// Runs on revocation, given the partitions revoked, before they move, on the consumer's
+    /// thread (the one polling it, a tokio worker's): keep it bounded (flushing the producer, so
+    /// the next owner reads every state change written so far), and wait for nothing that needs
+    /// the loop polling the consumer.
+    pub on_revoke: Option<OnRevoke>,
     /// Report reaching the end of a partition (`KafkaError::PartitionEOF`), so the owner knows it
     /// has read everything accepted so far.
     pub report_end: bool,
@@ -100,10 +105,11 @@ fn committed(
 impl ConsumerContext for GroupContext {
     fn pre_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         if let Rebalance::Revoke(tpl) = rebalance {
+            let revoked = partitions(tpl);
             if let Some(hook) = &self.hooks.on_revoke {
-                hook();
+                hook(&revoked);
             }
-            let _ = self.assignments.send(Assignment::Revoked(partitions(tpl)));
+            let _ = self.assignments.send(Assignment::Revoked(revoked));
         }
     }
 

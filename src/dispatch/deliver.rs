@@ -55,6 +55,59 @@ pub(crate) struct Work {
     pub(crate) assigned_at: Timestamp,
     /// The partition generation its records are written with.
     pub(crate) generation: u64,
+    /// Its attempts past the backlog, from before their request until what they came to is
+    /// recorded: a revocation waits for them ([`Sending::wait`]).
+    pub(crate) sending: Arc<Sending>,
+}
+
+/// A partition's attempts under way: each from before its request (while it waits its turn in
+/// the sink's queue, which a revocation ends unsent) until its settling, the ledger record
+/// included, is acknowledged by Kafka. A revocation waits for them on the consumer's thread,
+/// so this is a plain lock and condition variable, not tokio's.
+#[derive(Default)]
+pub(crate) struct Sending {
+    count: std::sync::Mutex<usize>,
+    idle: std::sync::Condvar,
+}
+
+/// One attempt under way, from [`Sending::start`] until dropped.
+pub(crate) struct Underway(Arc<Sending>);
+
+impl Sending {
+    pub(crate) fn start(self: &Arc<Self>) -> Underway {
+        *self.count.lock().expect("sending lock") += 1;
+        Underway(self.clone())
+    }
+
+    /// Attempts under way now.
+    pub(crate) fn count(&self) -> usize {
+        *self.count.lock().expect("sending lock")
+    }
+
+    /// Blocks until no attempt is under way, for at most `bound` (as `clock` tells); returns
+    /// how many still are.
+    pub(crate) fn wait(&self, bound: Duration, clock: &Clock) -> usize {
+        let deadline = clock.instant() + bound;
+        let mut count = self.count.lock().expect("sending lock");
+        while *count > 0 {
+            let left = deadline.saturating_duration_since(clock.instant());
+            if left.is_zero() {
+                break;
+            }
+            count = self.idle.wait_timeout(count, left).expect("sending lock").0;
+        }
+        *count
+    }
+}
+
+impl Drop for Underway {
+    fn drop(&mut self) {
+        let mut count = self.0.count.lock().expect("sending lock");
+        *count = count.saturating_sub(1);
+        if *count == 0 {
+            self.0.idle.notify_all();
+        }
+    }
 }
 
 impl Work {
@@ -87,6 +140,7 @@ impl Work {
             revoked: CancellationToken::new(),
             assigned_at,
             generation,
+            sending: Arc::default(),
         };
         (work, unread)
     }
@@ -415,6 +469,7 @@ pub(crate) async fn fan_out(
                     return schedule(&shared, &work, lead, entry).await;
                 }
                 entry.attempts = 1;
+                let _underway = work.sending.start();
                 // Fired before this dispatcher took the partition: its earlier owner may have
                 // attempted it (the alert's own time: engine and dispatcher share a clock, or
                 // NTP keeps theirs close).
@@ -510,6 +565,7 @@ pub(crate) async fn retry_one(shared: Arc<Shared>, work: Work, lead: String, mut
             return;
         }
     };
+    let _underway = work.sending.start();
     let outcome = match shared.queues.get(&entry.sink).cloned() {
         Some(queue) => {
             entry.attempts = entry.attempts.saturating_add(1);

@@ -282,6 +282,11 @@ impl SinkQueue {
             .saturating_sub(self.waiting.load(Ordering::SeqCst))
     }
 
+    /// The longest one attempt may take.
+    pub fn attempt_timeout(&self) -> Duration {
+        self.attempt_timeout
+    }
+
     pub fn is_failing(&self) -> bool {
         self.failing.load(Ordering::SeqCst)
     }

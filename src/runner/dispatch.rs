@@ -25,9 +25,17 @@ use crate::bus::consumer::{self, RebalanceHooks};
 use crate::bus::producer::Unreadable;
 use crate::dispatch::DispatchSections;
 use crate::dispatch::deliver::{Shared, Unread, Work, fan_out, retry_one};
+use tokio_util::task::AbortOnDropHandle;
 
 /// How often the ledgers held are swept of deliveries past `dispatch.ledger_retention`.
 const LEDGER_SWEEP: Duration = Duration::from_secs(600);
+
+/// The longest a revocation waits for its partitions' deliveries under way: a rebalance is held
+/// meanwhile (every member of the group waits for it).
+const REVOKE_WAIT_CAP: Duration = Duration::from_secs(30);
+
+/// Time for a delivery's record to be acknowledged by Kafka, once the sink answered.
+const RECORD_WAIT: Duration = Duration::from_secs(5);
 
 /// Due retries handed at once to a sink no longer configured (each is dead-lettered at once).
 const UNKNOWN_SINK_BATCH: usize = 16;
@@ -40,6 +48,9 @@ pub struct Dispatcher {
     ctx: Context,
     max_in_flight: usize,
     restore_timeout: Duration,
+    /// The ready partitions' work, for the revocation hook (on the consumer's thread) to wait
+    /// for what they have under way.
+    owned: Arc<std::sync::Mutex<HashMap<i32, Work>>>,
 }
 
 /// The dispatcher's own work, besides what the group hands it.
@@ -86,6 +97,7 @@ impl Dispatcher {
             ctx: ctx.clone(),
             max_in_flight: config.dispatch.max_in_flight,
             restore_timeout,
+            owned: Arc::default(),
         })
     }
 
@@ -100,14 +112,26 @@ impl Dispatcher {
         let ctx = self.ctx.clone();
         let topics = &ctx.topics;
         let group_id = format!("{}.dispatch", ctx.kafka.group_id);
-        let producer = ctx.producer.clone();
+        let (producer, owned, for_revoke) =
+            (ctx.producer.clone(), self.owned.clone(), shared.clone());
         let hooks = RebalanceHooks {
             pause_on_assign: true,
             report_end: false,
-            // Before partitions move, make every ledger and backlog write so far durable, so the
-            // next owner's restore sees it.
-            on_revoke: Some(Box::new(move || {
-                producer.flush_blocking(Duration::from_secs(5))
+            // Before partitions move, the deliveries under way for them end and are recorded
+            // (the rest is abandoned unsent), and every ledger and backlog write so far is made
+            // durable, so the next owner's restore sees it.
+            on_revoke: Some(Box::new(move |revoked: &[i32]| {
+                let works: Vec<Work> = {
+                    let owned = owned.lock().expect("owned partitions lock");
+                    revoked
+                        .iter()
+                        .filter_map(|p| owned.get(p).cloned())
+                        .collect()
+                };
+                on_consumer_thread(|can_wait| {
+                    finish_underway(&for_revoke, &works, can_wait);
+                    producer.flush_blocking(Duration::from_secs(5))
+                })
             })),
         };
         let subscribed = consumer::subscribe(
@@ -213,7 +237,10 @@ impl Dispatcher {
                                 let sink = entry.sink.clone();
                                 *taken.entry(sink.clone()).or_default() += 1;
                                 *retrying_per_sink.entry(sink.clone()).or_default() += 1;
-                                retrying.push(retry_one(shared.clone(), work.clone(), lead, entry).map(move |()| sink).boxed());
+                                // A task of its own: it goes on while a revocation holds
+                                // this loop (`finish_underway`).
+                                let task = AbortOnDropHandle::new(tokio::spawn(retry_one(shared.clone(), work.clone(), lead, entry)));
+                                retrying.push(task.map(move |_| sink).boxed());
                             }
                         }
                     }
@@ -239,6 +266,8 @@ impl Dispatcher {
             tracing::warn!("grace period over; unfinished deliveries are redone after a restart");
             shared.abandon.cancel();
         }
+        // The grace was the wait: leaving the group waits for nothing more.
+        self.owned.lock().expect("owned partitions lock").clear();
         group.close(Duration::from_secs(5)).await;
         tracing::info!("dispatcher stopped");
         Ok(())
@@ -306,6 +335,10 @@ impl Dispatcher {
                 self.shared
                     .write_superseded_again(&work, ledger_keys, backlog_keys);
                 self.shared.expire_ledger(&work);
+                self.owned
+                    .lock()
+                    .expect("owned partitions lock")
+                    .insert(partition, work.clone());
                 // The alerts that waited for the restore go first, in order.
                 for waited in group.ready(partition, work.clone()) {
                     match waited {
@@ -349,6 +382,12 @@ impl Dispatcher {
             Event::Revoked(partitions) => {
                 let ps: Vec<i32> = partitions.iter().map(|(p, _)| *p).collect();
                 tracing::info!(partitions = ?ps, "dispatcher partitions revoked");
+                {
+                    let mut owned = self.owned.lock().expect("owned partitions lock");
+                    for p in &ps {
+                        owned.remove(p);
+                    }
+                }
                 // Its deliveries in flight stop writing; the next owner redoes what is unsettled.
                 for work in partitions.into_iter().filter_map(|(_, w)| w) {
                     work.revoked.cancel();
@@ -366,7 +405,86 @@ impl Dispatcher {
         alert: Alert,
         body: Bytes,
     ) {
-        let settled = fan_out(self.shared.clone(), work.clone(), offset, alert, body);
-        group.track(work.partition, offset, settled.map(|done| done.is_some()));
+        // A task of its own: it goes on while a revocation holds this loop (`finish_underway`).
+        let settled = AbortOnDropHandle::new(tokio::spawn(fan_out(
+            self.shared.clone(),
+            work.clone(),
+            offset,
+            alert,
+            body,
+        )));
+        group.track(
+            work.partition,
+            offset,
+            settled.map(|done| matches!(done, Ok(Some(_)))),
+        );
+    }
+}
+
+/// Runs `f` on the consumer's thread, a tokio worker, moving the worker's other tasks to
+/// another thread while it blocks. `f` is told whether waiting for other tasks can work: not on
+/// a single-threaded runtime, where they would only run once `f` returns.
+fn on_consumer_thread<R>(f: impl FnOnce(bool) -> R) -> R {
+    use tokio::runtime::{Handle, RuntimeFlavor};
+    match Handle::try_current().map(|h| h.runtime_flavor()) {
+        Ok(RuntimeFlavor::CurrentThread) => f(false),
+        Ok(_) => tokio::task::block_in_place(|| f(true)),
+        // A thread of its own (leaving the group at shutdown): tasks run elsewhere.
+        Err(_) => f(true),
+    }
+}
+
+/// On revocation, before the partitions move: their attempts waiting for their turn are
+/// abandoned unsent, and those already under way at a sink are waited for until what they came
+/// to is recorded and acknowledged (a delivery as a late record the next owner's restore folds
+/// in), so that the next owner does not send them again. The wait is bounded by the longest
+/// attempt any sink may take plus [`RECORD_WAIT`], at most [`REVOKE_WAIT_CAP`]; past it, a
+/// warning names how many were left (the next owner may send those again).
+fn finish_underway(shared: &Shared, works: &[Work], can_wait: bool) {
+    for work in works {
+        work.revoked.cancel();
+    }
+    let underway: usize = works.iter().map(|w| w.sending.count()).sum();
+    if underway == 0 {
+        return;
+    }
+    if !can_wait {
+        tracing::warn!(
+            underway,
+            "revoked partitions' deliveries under way cannot be waited for on a single-threaded runtime; the next owner may send them again"
+        );
+        return;
+    }
+    let longest = shared
+        .queues
+        .values()
+        .map(|q| q.attempt_timeout())
+        .max()
+        .unwrap_or_default();
+    let bound = (longest + RECORD_WAIT).min(REVOKE_WAIT_CAP);
+    let clock = &shared.clock;
+    let deadline = clock.instant() + bound;
+    shared.metrics.set_revoke_waiting(underway);
+    tracing::info!(
+        underway,
+        ?bound,
+        "revocation waits for its partitions' deliveries under way"
+    );
+    let left: usize = works
+        .iter()
+        .map(|w| {
+            w.sending
+                .wait(deadline.saturating_duration_since(clock.instant()), clock)
+        })
+        .sum();
+    shared.metrics.set_revoke_waiting(0);
+    if left > 0 {
+        shared.metrics.revoke_wait_exceeded();
+        tracing::warn!(
+            underway,
+            left,
+            ?bound,
+            "revocation stopped waiting for its partitions' deliveries: those left may be sent again by the next owner"
+        );
     }
 }

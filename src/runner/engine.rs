@@ -222,7 +222,7 @@ impl EngineRunner {
             report_end: true,
             // Before partitions move, make every state change written so far durable, so the
             // next owner's restore sees it.
-            on_revoke: Some(Box::new(move || {
+            on_revoke: Some(Box::new(move |_| {
                 producer_for_revoke.flush_blocking(Duration::from_secs(5))
             })),
         };

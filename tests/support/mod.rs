@@ -104,12 +104,23 @@ impl Receiver {
     /// recorded as they arrive ([`Receiver::all`]), and again once answered
     /// ([`Receiver::answered`]).
     pub async fn start_slow(delay: Duration) -> Self {
+        Self::serve(delay, None).await
+    }
+
+    /// A receiver that records each request as it arrives and holds its answer until `release`
+    /// says true (a sink whose response is held).
+    pub async fn start_held(release: tokio::sync::watch::Receiver<bool>) -> Self {
+        Self::serve(Duration::ZERO, Some(release)).await
+    }
+
+    async fn serve(delay: Duration, hold: Option<tokio::sync::watch::Receiver<bool>>) -> Self {
         let received = Arc::new(Mutex::new(Vec::new()));
         let answered = Arc::new(Mutex::new(Vec::new()));
         let app = Router::new().route("/alerts", post(record)).with_state((
             received.clone(),
             answered.clone(),
             delay,
+            hold,
         ));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
@@ -162,13 +173,14 @@ type ReceiverState = (
     Arc<Mutex<Vec<Received>>>,
     Arc<Mutex<Vec<Received>>>,
     Duration,
+    Option<tokio::sync::watch::Receiver<bool>>,
 );
 
-/// Records the request, waits `delay`, answers 200. The answer's body records the request as
+/// Records the request, waits `delay` (and for the release, when held), answers 200. The answer's body records the request as
 /// answered when the server takes it to write back, after the status line and headers: a
 /// request whose sender is gone by then is dropped with its handler, unanswered.
 async fn record(
-    State((received, answered, delay)): State<ReceiverState>,
+    State((received, answered, delay, hold)): State<ReceiverState>,
     headers: HeaderMap,
     body: Bytes,
 ) -> (StatusCode, axum::body::Body) {
@@ -176,6 +188,9 @@ async fn record(
     received.lock().unwrap().push(request.clone());
     if !delay.is_zero() {
         tokio::time::sleep(delay).await;
+    }
+    if let Some(mut hold) = hold {
+        let _ = hold.wait_for(|released| *released).await;
     }
     let written = futures::stream::once(async move {
         answered.lock().unwrap().push(request);
