@@ -38,7 +38,7 @@ use deadlines::Due;
 pub use partition::PartitionState;
 pub use projection::Projection;
 use rules::{Facts, Predicate, Rules, Settings};
-pub use state::{Closeout, Episode, Lead, LeadState, Logged, Memo};
+pub use state::{Closeout, Episode, Fields, Lead, LeadState, Logged, Memo, Patch};
 use step::Diagnostic;
 
 /// How long a lead's state is kept once nothing is pending for it.
@@ -314,7 +314,7 @@ impl Engine {
             event: key,
             source: event.source.clone(),
             // Only the fields something reads enter the state (the window's log, the lead).
-            change: self.projection().change(&event.change),
+            change: self.projection().logged(&event.change),
         };
         let at = state.position(entry.at);
         if state.log.is_empty() {
@@ -441,7 +441,7 @@ impl Engine {
         }
         lead.origin.get_or_insert_with(|| e.source.clone());
         match &e.change {
-            Change::Updated { fields } => {
+            Patch::Updated(fields) => {
                 // A change after a deletion is the record back (HubSpot's restore, an undelete).
                 if lead.deleted_at.is_some_and(|d| at > d) {
                     lead.deleted_at = None;
@@ -456,7 +456,7 @@ impl Engine {
                     .map(|p| self.judge(&mut lead.memo, Memo::TOUCH, p, &Facts::new(&lead.fields)));
                 // What the patch changes makes stale what the rules reading it said.
                 let mut stale = 0;
-                for (k, v) in fields {
+                for (k, v) in fields.iter() {
                     // A patch older than the value it would replace does not undo it.
                     match lead.field_at.get_mut(k) {
                         Some(newer) if *newer > at => continue,
@@ -473,7 +473,7 @@ impl Engine {
                                 true
                             }
                             None => {
-                                lead.fields.insert(k.clone(), v.clone());
+                                lead.fields.insert(k.to_string(), v.clone());
                                 true
                             }
                         }
@@ -495,8 +495,23 @@ impl Engine {
                 {
                     lead.detail_changed_at = Some(at);
                 }
-                let facts = Facts::with_change(&lead.fields, fields);
                 let l = &self.rules.lifecycle;
+                // The patch as a map only for rules that read `change` (the shipped ones do not).
+                let change = if [
+                    Some(&l.sales_ready),
+                    l.closed.as_ref(),
+                    l.converted.as_ref(),
+                ]
+                .into_iter()
+                .chain([touch_rule])
+                .flatten()
+                .any(Predicate::uses_change)
+                {
+                    fields.to_map()
+                } else {
+                    serde_json::Map::new()
+                };
+                let facts = Facts::with_change(&lead.fields, &change);
                 let memo = &mut lead.memo;
                 let verdict = Verdict {
                     ready: self.judge(memo, Memo::SALES_READY, &l.sales_ready, &facts),
@@ -519,7 +534,7 @@ impl Engine {
                     lead.add_touch(state::Touch { at, event: e.event });
                 }
             }
-            Change::Activity { activity } => {
+            Patch::Other(Change::Activity { activity }) => {
                 lead.last_activity_at = Some(lead.last_activity_at.map_or(at, |t| t.max(at)));
                 if self
                     .rules
@@ -531,12 +546,13 @@ impl Engine {
                     lead.add_touch(state::Touch { at, event: e.event });
                 }
             }
-            Change::Deleted {} | Change::Merged { .. } => {
+            Patch::Other(Change::Deleted {} | Change::Merged { .. }) => {
                 lead.deleted_at = Some(at);
                 lead.ended_at = Some(at);
                 lead.episode = None;
             }
-            Change::Forgotten {} => {}
+            // A patch is never kept as `Other` (see `Patch::from`).
+            Patch::Other(Change::Forgotten {} | Change::Updated { .. }) => {}
         }
         // A close-out is judged on the lead as it was at that moment: what events stamped with
         // the same instant (applied after it) set counts too. Its reason and detail are judged

@@ -207,6 +207,34 @@ mod tests {
         assert_eq!(serde_json::to_value(&state).unwrap(), json);
     }
 
+    /// A window's patch, kept as a sorted slice rather than a map, is written byte for byte as
+    /// the change it was, in both formats: records of either build read in the other.
+    #[test]
+    fn a_kept_patch_is_written_as_the_change_it_was() {
+        use crate::engine::state::Patch;
+        use crate::event::Change;
+        let json: Value = serde_json::from_str(JSON_RECORD).unwrap();
+        for entry in json["log"].as_array().unwrap() {
+            let change: Change = serde_json::from_value(entry.clone()).unwrap();
+            let patch = Patch::from(change.clone());
+            assert_eq!(msgpack(&patch), msgpack(&change), "{entry}");
+            assert_eq!(
+                serde_json::to_string(&patch).unwrap(),
+                serde_json::to_string(&change).unwrap()
+            );
+            let back: Patch =
+                serde_json::from_str(&serde_json::to_string(&change).unwrap()).unwrap();
+            assert_eq!(back, patch);
+        }
+    }
+
+    fn msgpack<T: Serialize>(value: &T) -> Vec<u8> {
+        let mut out = Vec::new();
+        let mut ser = rmp_serde::Serializer::new(&mut out).with_struct_map();
+        value.serialize(&mut ser).unwrap();
+        out
+    }
+
     /// A record written now is versioned and compact: it reads back as the same state, with the
     /// writer's generation, in two thirds of the bytes of the JSON it replaces (before
     /// compression), with no time spelled out as text.
@@ -483,7 +511,7 @@ mod tests {
                         seq,
                         event,
                         source,
-                        change,
+                        change: change.into(),
                     })
                     .collect();
                 state.lead = lead;

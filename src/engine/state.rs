@@ -103,7 +103,135 @@ pub struct Logged {
     pub event: u64,
     pub source: String,
     #[serde(flatten)]
-    pub change: Change,
+    pub change: Patch,
+}
+
+/// An event's change as the reorder window keeps it: a patch's fields in a sorted slice rather
+/// than a map (a one-field patch took a 630-byte tree node; issue 13), any other change as it
+/// came. Written to the changelog, and read back, exactly as the [`Change`] it was.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Patch {
+    /// `lead.updated`: the fields it sets (`null` clears one).
+    Updated(Fields),
+    /// Any other change.
+    Other(Change),
+}
+
+impl From<Change> for Patch {
+    fn from(change: Change) -> Self {
+        match change {
+            Change::Updated { fields } => Patch::Updated(fields.into_iter().collect()),
+            other => Patch::Other(other),
+        }
+    }
+}
+
+impl Serialize for Patch {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        /// [`Change::Updated`] as it is written, borrowing the fields.
+        #[derive(Serialize)]
+        #[serde(tag = "type")]
+        enum Written<'a> {
+            #[serde(rename = "lead.updated")]
+            Updated { fields: &'a Fields },
+        }
+        match self {
+            Patch::Updated(fields) => Written::Updated { fields }.serialize(s),
+            Patch::Other(change) => change.serialize(s),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Patch {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        Change::deserialize(d).map(Patch::from)
+    }
+}
+
+/// A patch's fields, sorted by name (the order a map of them iterates in, so a patch is folded
+/// as before). Written as the map it was.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Fields(Box<[(Box<str>, Value)]>);
+
+impl Fields {
+    fn find(&self, name: &str) -> Result<usize, usize> {
+        self.0.binary_search_by(|(k, _)| (**k).cmp(name))
+    }
+
+    pub fn get(&self, name: &str) -> Option<&Value> {
+        self.find(name).ok().map(|i| &self.0[i].1)
+    }
+
+    pub fn contains_key(&self, name: &str) -> bool {
+        self.find(name).is_ok()
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// The names and values, sorted by name.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &Value)> {
+        self.0.iter().map(|(k, v)| (&**k, v))
+    }
+
+    /// The names, sorted.
+    pub fn keys(&self) -> impl Iterator<Item = &str> {
+        self.0.iter().map(|(k, _)| &**k)
+    }
+
+    /// Keeps only the names `keep` says.
+    pub fn retain(&mut self, mut keep: impl FnMut(&str) -> bool) {
+        let mut all = std::mem::take(&mut self.0).into_vec();
+        all.retain(|(k, _)| keep(k));
+        self.0 = all.into_boxed_slice();
+    }
+
+    /// The fields as a map (what a rule reading `change` is given).
+    pub fn to_map(&self) -> Map<String, Value> {
+        self.iter()
+            .map(|(k, v)| (k.to_string(), v.clone()))
+            .collect()
+    }
+
+    /// The bytes it holds on the heap (its names included, its values' own heap not).
+    pub fn heap_bytes(&self) -> usize {
+        self.0.len() * size_of::<(Box<str>, Value)>()
+            + self.0.iter().map(|(k, _)| k.len()).sum::<usize>()
+    }
+}
+
+/// Names and values in any order; a name given twice keeps its last value.
+impl<K: AsRef<str>> FromIterator<(K, Value)> for Fields {
+    fn from_iter<I: IntoIterator<Item = (K, Value)>>(items: I) -> Self {
+        let mut all: Vec<(Box<str>, Value)> = items
+            .into_iter()
+            .map(|(k, v)| (k.as_ref().into(), v))
+            .collect();
+        if !all.windows(2).all(|w| w[0].0 < w[1].0) {
+            // Stable: of equal names, the last given stays last, and is the one kept.
+            all.sort_by(|a, b| a.0.cmp(&b.0));
+            let mut kept: Vec<(Box<str>, Value)> = Vec::with_capacity(all.len());
+            for item in all {
+                match kept.last_mut() {
+                    Some(last) if last.0 == item.0 => *last = item,
+                    _ => kept.push(item),
+                }
+            }
+            all = kept;
+        }
+        Fields(all.into_boxed_slice())
+    }
+}
+
+impl Serialize for Fields {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_map(self.iter())
+    }
 }
 
 /// The lead as the rules see it.

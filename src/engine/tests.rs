@@ -1773,8 +1773,8 @@ fn a_lead_keeps_only_the_fields_something_reads() {
         held.extend(base.field_at.keys());
     }
     for entry in &state.log {
-        if let Change::Updated { fields } = &entry.change {
-            held.extend(fields.keys().map(String::as_str));
+        if let crate::engine::Patch::Updated(fields) = &entry.change {
+            held.extend(fields.keys());
         }
     }
     assert_eq!(state.log.len(), 2, "both events are in the window");
