@@ -319,7 +319,7 @@ impl Engine {
         let at = state.position(entry.at);
         if state.log.is_empty() {
             // The window opens: keep the lead as it was before it, to fold again from.
-            state.base = Some(Box::new(state.lead.clone()));
+            state.open_window();
         }
         // The window holds a few events for an hour: grown one at a time, not doubled.
         state.log.reserve_exact(1);
@@ -338,10 +338,10 @@ impl Engine {
 
     /// Recomputes the lead from `base` and the window (after a late event, a rules reload).
     pub fn rebuild(&self, state: &mut LeadState) {
-        let Some(base) = &state.base else {
+        let Some(base) = state.window_base() else {
             return;
         };
-        let mut lead = (**base).clone();
+        let mut lead = base.clone();
         for entry in &state.log {
             self.step(&mut lead, entry);
         }
@@ -424,9 +424,8 @@ impl Engine {
             state.base = None;
             return;
         }
-        let base = state
-            .base
-            .get_or_insert_with(|| Box::new(state.lead.clone()));
+        // No base kept: the window opened on the empty lead.
+        let base = state.base.get_or_insert_with(Box::default);
         for entry in state.log.drain(..old) {
             self.step(base, &entry);
         }

@@ -48,13 +48,16 @@ pub fn decode(record: &[u8]) -> Option<(u64, LeadState)> {
             // Read from the slice itself, which is left with what the state did not take.
             let mut de = rmp_serde::Deserializer::new(body);
             de.set_max_depth(MAX_DEPTH);
-            let state = LeadState::deserialize(&mut de).ok()?;
+            let mut state = LeadState::deserialize(&mut de).ok()?;
+            state.drop_empty_base();
             de.get_ref().is_empty().then_some((generation, state))
         }
         // What builds before versions wrote (serde_json writes no leading whitespace, but JSON
         // allows it).
         b'{' | b' ' | b'\t' | b'\n' | b'\r' => {
-            serde_json::from_slice(record).ok().map(|state| (0, state))
+            let mut state: LeadState = serde_json::from_slice(record).ok()?;
+            state.drop_empty_base();
+            Some((0, state))
         }
         _ => None,
     }
@@ -199,6 +202,9 @@ mod tests {
         let (generation, state) = decode(JSON_RECORD.as_bytes()).expect("an old record reads");
         assert_eq!(generation, 0);
         assert_eq!(state.log.len(), 5);
+        // Its window opened on a lead with nothing yet: that empty base is not held, but is
+        // written back as it was.
+        assert!(state.base.is_none());
         assert_eq!(
             state.lead.last_event_at,
             Some("2026-11-25T09:30:00.25Z".parse().unwrap())
