@@ -66,7 +66,7 @@ fn of_logged(logged: &Logged) -> usize {
                         .map(|(_, v)| of_value(v) - size_of::<Value>())
                         .sum::<usize>()
             }
-            Patch::Other(other) => size_of_val(other),
+            Patch::Other(other) => size_of_val(&**other),
         }
 }
 

@@ -420,7 +420,9 @@ impl Engine {
             return;
         }
         if old == state.log.len() {
-            state.log.clear();
+            // Let go of the window's vector too, not only its events: a closed window is how
+            // most leads spend their life.
+            state.log = Vec::new();
             state.base = None;
             return;
         }
@@ -533,25 +535,27 @@ impl Engine {
                     lead.add_touch(state::Touch { at, event: e.event });
                 }
             }
-            Patch::Other(Change::Activity { activity }) => {
-                lead.last_activity_at = Some(lead.last_activity_at.map_or(at, |t| t.max(at)));
-                if self
-                    .rules
-                    .touch_kinds
-                    .iter()
-                    .any(|k| k.eq_ignore_ascii_case(activity.kind.trim()))
-                    && self.activity_counts(lead, activity)
-                {
-                    lead.add_touch(state::Touch { at, event: e.event });
+            Patch::Other(other) => match &**other {
+                Change::Activity { activity } => {
+                    lead.last_activity_at = Some(lead.last_activity_at.map_or(at, |t| t.max(at)));
+                    if self
+                        .rules
+                        .touch_kinds
+                        .iter()
+                        .any(|k| k.eq_ignore_ascii_case(activity.kind.trim()))
+                        && self.activity_counts(lead, activity)
+                    {
+                        lead.add_touch(state::Touch { at, event: e.event });
+                    }
                 }
-            }
-            Patch::Other(Change::Deleted {} | Change::Merged { .. }) => {
-                lead.deleted_at = Some(at);
-                lead.ended_at = Some(at);
-                lead.episode = None;
-            }
-            // A patch is never kept as `Other` (see `Patch::from`).
-            Patch::Other(Change::Forgotten {} | Change::Updated { .. }) => {}
+                Change::Deleted {} | Change::Merged { .. } => {
+                    lead.deleted_at = Some(at);
+                    lead.ended_at = Some(at);
+                    lead.episode = None;
+                }
+                // A patch is never kept as `Other` (see `Patch::from`).
+                Change::Forgotten {} | Change::Updated { .. } => {}
+            },
         }
         // A close-out is judged on the lead as it was at that moment: what events stamped with
         // the same instant (applied after it) set counts too. Its reason and detail are judged

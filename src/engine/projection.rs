@@ -95,7 +95,7 @@ impl Projection {
                     .map(|(k, v)| (k.as_str(), v.clone()))
                     .collect(),
             ),
-            other => Patch::Other(other.clone()),
+            other => Patch::Other(Box::new(other.clone())),
         }
     }
 

@@ -167,15 +167,16 @@ pub struct Logged {
 pub enum Patch {
     /// `lead.updated`: the fields it sets (`null` clears one).
     Updated(Fields),
-    /// Any other change.
-    Other(Change),
+    /// Any other change (boxed: an activity's strings would make every kept event 40 bytes
+    /// larger).
+    Other(Box<Change>),
 }
 
 impl From<Change> for Patch {
     fn from(change: Change) -> Self {
         match change {
             Change::Updated { fields } => Patch::Updated(fields.into_iter().collect()),
-            other => Patch::Other(other),
+            other => Patch::Other(Box::new(other)),
         }
     }
 }
