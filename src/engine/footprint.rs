@@ -6,8 +6,7 @@ use std::mem::size_of;
 
 use serde_json::{Map, Value};
 
-use super::state::{Closeout, Fired, Lead, LeadState, Logged, Touch};
-use crate::event::Change;
+use super::state::{Closeout, Fired, Lead, LeadState, Logged, Patch, Touch};
 
 /// What one map entry costs beyond its key and value (tree or table nodes, their slack).
 const ENTRY: usize = 32;
@@ -59,8 +58,15 @@ fn of_logged(logged: &Logged) -> usize {
     size_of::<Logged>()
         + logged.source.len()
         + match &logged.change {
-            Change::Updated { fields } => of_map(fields),
-            other => size_of_val(other),
+            // Each value's own heap: the slice already holds the values themselves.
+            Patch::Updated(fields) => {
+                fields.heap_bytes()
+                    + fields
+                        .iter()
+                        .map(|(_, v)| of_value(v) - size_of::<Value>())
+                        .sum::<usize>()
+            }
+            Patch::Other(other) => size_of_val(&**other),
         }
 }
 

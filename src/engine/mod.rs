@@ -38,7 +38,7 @@ use deadlines::Due;
 pub use partition::PartitionState;
 pub use projection::Projection;
 use rules::{Facts, Predicate, Rules, Settings};
-pub use state::{Closeout, Episode, Lead, LeadState, Logged, Memo};
+pub use state::{Closeout, Episode, Fields, Lead, LeadState, Logged, Memo, Patch};
 use step::Diagnostic;
 
 /// How long a lead's state is kept once nothing is pending for it.
@@ -314,12 +314,12 @@ impl Engine {
             event: key,
             source: event.source.clone(),
             // Only the fields something reads enter the state (the window's log, the lead).
-            change: self.projection().change(&event.change),
+            change: self.projection().logged(&event.change),
         };
         let at = state.position(entry.at);
         if state.log.is_empty() {
             // The window opens: keep the lead as it was before it, to fold again from.
-            state.base = Some(Box::new(state.lead.clone()));
+            state.open_window();
         }
         // The window holds a few events for an hour: grown one at a time, not doubled.
         state.log.reserve_exact(1);
@@ -338,10 +338,10 @@ impl Engine {
 
     /// Recomputes the lead from `base` and the window (after a late event, a rules reload).
     pub fn rebuild(&self, state: &mut LeadState) {
-        let Some(base) = &state.base else {
+        let Some(base) = state.window_base() else {
             return;
         };
-        let mut lead = (**base).clone();
+        let mut lead = base.clone();
         for entry in &state.log {
             self.step(&mut lead, entry);
         }
@@ -420,13 +420,14 @@ impl Engine {
             return;
         }
         if old == state.log.len() {
-            state.log.clear();
+            // Let go of the window's vector too, not only its events: a closed window is how
+            // most leads spend their life.
+            state.log = Vec::new();
             state.base = None;
             return;
         }
-        let base = state
-            .base
-            .get_or_insert_with(|| Box::new(state.lead.clone()));
+        // No base kept: the window opened on the empty lead.
+        let base = state.base.get_or_insert_with(Box::default);
         for entry in state.log.drain(..old) {
             self.step(base, &entry);
         }
@@ -441,7 +442,7 @@ impl Engine {
         }
         lead.origin.get_or_insert_with(|| e.source.clone());
         match &e.change {
-            Change::Updated { fields } => {
+            Patch::Updated(fields) => {
                 // A change after a deletion is the record back (HubSpot's restore, an undelete).
                 if lead.deleted_at.is_some_and(|d| at > d) {
                     lead.deleted_at = None;
@@ -456,7 +457,7 @@ impl Engine {
                     .map(|p| self.judge(&mut lead.memo, Memo::TOUCH, p, &Facts::new(&lead.fields)));
                 // What the patch changes makes stale what the rules reading it said.
                 let mut stale = 0;
-                for (k, v) in fields {
+                for (k, v) in fields.iter() {
                     // A patch older than the value it would replace does not undo it.
                     match lead.field_at.get_mut(k) {
                         Some(newer) if *newer > at => continue,
@@ -473,7 +474,7 @@ impl Engine {
                                 true
                             }
                             None => {
-                                lead.fields.insert(k.clone(), v.clone());
+                                lead.fields.insert(k.to_string(), v.clone());
                                 true
                             }
                         }
@@ -495,8 +496,23 @@ impl Engine {
                 {
                     lead.detail_changed_at = Some(at);
                 }
-                let facts = Facts::with_change(&lead.fields, fields);
                 let l = &self.rules.lifecycle;
+                // The patch as a map only for rules that read `change` (the shipped ones do not).
+                let change = if [
+                    Some(&l.sales_ready),
+                    l.closed.as_ref(),
+                    l.converted.as_ref(),
+                ]
+                .into_iter()
+                .chain([touch_rule])
+                .flatten()
+                .any(Predicate::uses_change)
+                {
+                    fields.to_map()
+                } else {
+                    serde_json::Map::new()
+                };
+                let facts = Facts::with_change(&lead.fields, &change);
                 let memo = &mut lead.memo;
                 let verdict = Verdict {
                     ready: self.judge(memo, Memo::SALES_READY, &l.sales_ready, &facts),
@@ -519,24 +535,27 @@ impl Engine {
                     lead.add_touch(state::Touch { at, event: e.event });
                 }
             }
-            Change::Activity { activity } => {
-                lead.last_activity_at = Some(lead.last_activity_at.map_or(at, |t| t.max(at)));
-                if self
-                    .rules
-                    .touch_kinds
-                    .iter()
-                    .any(|k| k.eq_ignore_ascii_case(activity.kind.trim()))
-                    && self.activity_counts(lead, activity)
-                {
-                    lead.add_touch(state::Touch { at, event: e.event });
+            Patch::Other(other) => match &**other {
+                Change::Activity { activity } => {
+                    lead.last_activity_at = Some(lead.last_activity_at.map_or(at, |t| t.max(at)));
+                    if self
+                        .rules
+                        .touch_kinds
+                        .iter()
+                        .any(|k| k.eq_ignore_ascii_case(activity.kind.trim()))
+                        && self.activity_counts(lead, activity)
+                    {
+                        lead.add_touch(state::Touch { at, event: e.event });
+                    }
                 }
-            }
-            Change::Deleted {} | Change::Merged { .. } => {
-                lead.deleted_at = Some(at);
-                lead.ended_at = Some(at);
-                lead.episode = None;
-            }
-            Change::Forgotten {} => {}
+                Change::Deleted {} | Change::Merged { .. } => {
+                    lead.deleted_at = Some(at);
+                    lead.ended_at = Some(at);
+                    lead.episode = None;
+                }
+                // A patch is never kept as `Other` (see `Patch::from`).
+                Change::Forgotten {} | Change::Updated { .. } => {}
+            },
         }
         // A close-out is judged on the lead as it was at that moment: what events stamped with
         // the same instant (applied after it) set counts too. Its reason and detail are judged

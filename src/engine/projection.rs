@@ -11,10 +11,8 @@
 use std::collections::BTreeSet;
 use std::sync::Arc;
 
-use serde_json::{Map, Value};
-
 use super::rules::{Predicate, Rules};
-use super::state::{Lead, LeadState};
+use super::state::{Lead, LeadState, Patch};
 use crate::event::Change;
 
 /// The fields the engine itself reads, whatever the rules say: the owner (clocks, recipients,
@@ -87,25 +85,17 @@ impl Projection {
         }
     }
 
-    /// The kept fields of a patch, copied.
-    pub fn patch(&self, fields: &Map<String, Value>) -> Map<String, Value> {
-        match self {
-            Projection::All => fields.clone(),
-            Projection::Only(_) => fields
-                .iter()
-                .filter(|(k, _)| self.keeps(k))
-                .map(|(k, v)| (k.clone(), v.clone()))
-                .collect(),
-        }
-    }
-
-    /// An event's change as a lead keeps it.
-    pub fn change(&self, change: &Change) -> Change {
+    /// An event's change as the reorder window keeps it: a patch's kept fields.
+    pub fn logged(&self, change: &Change) -> Patch {
         match change {
-            Change::Updated { fields } => Change::Updated {
-                fields: self.patch(fields),
-            },
-            other => other.clone(),
+            Change::Updated { fields } => Patch::Updated(
+                fields
+                    .iter()
+                    .filter(|(k, _)| self.keeps(k))
+                    .map(|(k, v)| (k.as_str(), v.clone()))
+                    .collect(),
+            ),
+            other => Patch::Other(Box::new(other.clone())),
         }
     }
 
@@ -120,8 +110,8 @@ impl Projection {
             self.lead(base);
         }
         for entry in &mut state.log {
-            if let Change::Updated { fields } = &mut entry.change {
-                fields.retain(|k, _| self.keeps(k));
+            if let Patch::Updated(fields) = &mut entry.change {
+                fields.retain(|k| self.keeps(k));
             }
         }
     }

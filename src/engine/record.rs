@@ -40,15 +40,21 @@ pub fn encode(state: &LeadState, generation: u64) -> Vec<u8> {
 /// build does not know).
 pub fn decode(record: &[u8]) -> Option<(u64, LeadState)> {
     let (generation, body) = crate::stamp::read(record)?;
-    if crate::stamp::is_unstamped(record) {
+    let mut state: LeadState = if crate::stamp::is_unstamped(record) {
         // What builds before versions wrote.
-        return serde_json::from_slice(body).ok().map(|state| (0, state));
-    }
-    // Read from the slice itself, which is left with what the state did not take.
-    let mut de = rmp_serde::Deserializer::new(body);
-    de.set_max_depth(MAX_DEPTH);
-    let state = LeadState::deserialize(&mut de).ok()?;
-    de.get_ref().is_empty().then_some((generation, state))
+        serde_json::from_slice(body).ok()?
+    } else {
+        // Read from the slice itself, which is left with what the state did not take.
+        let mut de = rmp_serde::Deserializer::new(body);
+        de.set_max_depth(MAX_DEPTH);
+        let state = LeadState::deserialize(&mut de).ok()?;
+        if !de.get_ref().is_empty() {
+            return None;
+        }
+        state
+    };
+    state.drop_empty_base();
+    Some((generation, state))
 }
 
 /// Times in a state (`#[serde(with = "…::time")]`, and [`time::option`], [`time::map`]): an
@@ -162,12 +168,43 @@ mod tests {
         let (generation, state) = decode(JSON_RECORD.as_bytes()).expect("an old record reads");
         assert_eq!(generation, 0);
         assert_eq!(state.log.len(), 5);
+        // Its window opened on a lead with nothing yet: that empty base is not held, but is
+        // written back as it was.
+        assert!(state.base.is_none());
         assert_eq!(
             state.lead.last_event_at,
             Some("2026-11-25T09:30:00.25Z".parse().unwrap())
         );
         let json: Value = serde_json::from_str(JSON_RECORD).unwrap();
         assert_eq!(serde_json::to_value(&state).unwrap(), json);
+    }
+
+    /// A window's patch, kept as a sorted slice rather than a map, is written byte for byte as
+    /// the change it was, in both formats: records of either build read in the other.
+    #[test]
+    fn a_kept_patch_is_written_as_the_change_it_was() {
+        use crate::engine::state::Patch;
+        use crate::event::Change;
+        let json: Value = serde_json::from_str(JSON_RECORD).unwrap();
+        for entry in json["log"].as_array().unwrap() {
+            let change: Change = serde_json::from_value(entry.clone()).unwrap();
+            let patch = Patch::from(change.clone());
+            assert_eq!(msgpack(&patch), msgpack(&change), "{entry}");
+            assert_eq!(
+                serde_json::to_string(&patch).unwrap(),
+                serde_json::to_string(&change).unwrap()
+            );
+            let back: Patch =
+                serde_json::from_str(&serde_json::to_string(&change).unwrap()).unwrap();
+            assert_eq!(back, patch);
+        }
+    }
+
+    fn msgpack<T: Serialize>(value: &T) -> Vec<u8> {
+        let mut out = Vec::new();
+        let mut ser = rmp_serde::Serializer::new(&mut out).with_struct_map();
+        value.serialize(&mut ser).unwrap();
+        out
     }
 
     /// A record written now is versioned and compact: it reads back as the same state, with the
@@ -446,7 +483,7 @@ mod tests {
                         seq,
                         event,
                         source,
-                        change,
+                        change: change.into(),
                     })
                     .collect();
                 state.lead = lead;

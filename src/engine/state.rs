@@ -30,12 +30,16 @@ pub const TOUCHES_KEPT: usize = 64;
 /// How many close-outs a lead keeps (their alerts are derived from them).
 pub const CLOSEOUTS_KEPT: usize = 4;
 
-/// Everything the engine knows about one lead. Serialized as-is to the state changelog.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+/// Everything the engine knows about one lead. Serialized as-is to the state changelog (an
+/// empty base as the empty lead it stands for).
+#[derive(Debug, Clone, Default, Deserialize)]
 pub struct LeadState {
     /// The lead with every event older than the reorder window folded in; `None` while the
-    /// window is empty (the lead itself is then the base, and is what is stored).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// window is empty (the lead itself is then the base, and is what is stored), and while the
+    /// window opened on a lead with nothing yet, the base then being the empty lead
+    /// ([`LeadState::window_base`]): a new lead does not hold a copy of nothing (456 bytes, in
+    /// every lead's first hour; issue 13).
+    #[serde(default)]
     pub base: Option<Box<Lead>>,
     /// The events of the reorder window, in event-time order (ties in arrival order).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -58,6 +62,56 @@ pub struct LeadState {
     /// The deadline its partition armed it at (not stored; see [`Armed`]).
     #[serde(skip)]
     pub armed: Armed,
+}
+
+/// The base of a window opened on a lead with nothing yet.
+static EMPTY: std::sync::LazyLock<Lead> = std::sync::LazyLock::new(Lead::default);
+
+/// Two states are the same when their windows fold from the same lead, whether an empty base
+/// is kept or not.
+impl PartialEq for LeadState {
+    fn eq(&self, other: &Self) -> bool {
+        self.window_base() == other.window_base()
+            && self.log == other.log
+            && self.lead == other.lead
+            && self.seq == other.seq
+            && self.recent_events == other.recent_events
+            && self.fired == other.fired
+    }
+}
+
+/// Written as it always was: a window's base in full, the empty lead included, so that records
+/// read the same in earlier builds.
+impl Serialize for LeadState {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        #[derive(Serialize)]
+        struct Written<'a> {
+            #[serde(skip_serializing_if = "Option::is_none")]
+            base: Option<&'a Lead>,
+            #[serde(skip_serializing_if = "no_log")]
+            log: &'a [Logged],
+            lead: &'a Lead,
+            seq: u64,
+            recent_events: &'a VecDeque<u64>,
+            #[serde(skip_serializing_if = "no_fired")]
+            fired: &'a VecDeque<Fired>,
+        }
+        fn no_log(log: &&[Logged]) -> bool {
+            log.is_empty()
+        }
+        fn no_fired(fired: &&VecDeque<Fired>) -> bool {
+            fired.is_empty()
+        }
+        Written {
+            base: self.window_base(),
+            log: &self.log,
+            lead: &self.lead,
+            seq: self.seq,
+            recent_events: &self.recent_events,
+            fired: &self.fired,
+        }
+        .serialize(s)
+    }
 }
 
 /// One alert that fired: what its id is made of.
@@ -103,7 +157,136 @@ pub struct Logged {
     pub event: u64,
     pub source: String,
     #[serde(flatten)]
-    pub change: Change,
+    pub change: Patch,
+}
+
+/// An event's change as the reorder window keeps it: a patch's fields in a sorted slice rather
+/// than a map (a one-field patch took a 630-byte tree node; issue 13), any other change as it
+/// came. Written to the changelog, and read back, exactly as the [`Change`] it was.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Patch {
+    /// `lead.updated`: the fields it sets (`null` clears one).
+    Updated(Fields),
+    /// Any other change (boxed: an activity's strings would make every kept event 40 bytes
+    /// larger).
+    Other(Box<Change>),
+}
+
+impl From<Change> for Patch {
+    fn from(change: Change) -> Self {
+        match change {
+            Change::Updated { fields } => Patch::Updated(fields.into_iter().collect()),
+            other => Patch::Other(Box::new(other)),
+        }
+    }
+}
+
+impl Serialize for Patch {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        /// [`Change::Updated`] as it is written, borrowing the fields.
+        #[derive(Serialize)]
+        #[serde(tag = "type")]
+        enum Written<'a> {
+            #[serde(rename = "lead.updated")]
+            Updated { fields: &'a Fields },
+        }
+        match self {
+            Patch::Updated(fields) => Written::Updated { fields }.serialize(s),
+            Patch::Other(change) => change.serialize(s),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Patch {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        Change::deserialize(d).map(Patch::from)
+    }
+}
+
+/// A patch's fields, sorted by name (the order a map of them iterates in, so a patch is folded
+/// as before). Written as the map it was.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Fields(Box<[(Box<str>, Value)]>);
+
+impl Fields {
+    fn find(&self, name: &str) -> Result<usize, usize> {
+        self.0.binary_search_by(|(k, _)| (**k).cmp(name))
+    }
+
+    pub fn get(&self, name: &str) -> Option<&Value> {
+        self.find(name).ok().map(|i| &self.0[i].1)
+    }
+
+    pub fn contains_key(&self, name: &str) -> bool {
+        self.find(name).is_ok()
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// The names and values, sorted by name.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &Value)> {
+        self.0.iter().map(|(k, v)| (&**k, v))
+    }
+
+    /// The names, sorted.
+    pub fn keys(&self) -> impl Iterator<Item = &str> {
+        self.0.iter().map(|(k, _)| &**k)
+    }
+
+    /// Keeps only the names `keep` says.
+    pub fn retain(&mut self, mut keep: impl FnMut(&str) -> bool) {
+        let mut all = std::mem::take(&mut self.0).into_vec();
+        all.retain(|(k, _)| keep(k));
+        self.0 = all.into_boxed_slice();
+    }
+
+    /// The fields as a map (what a rule reading `change` is given).
+    pub fn to_map(&self) -> Map<String, Value> {
+        self.iter()
+            .map(|(k, v)| (k.to_string(), v.clone()))
+            .collect()
+    }
+
+    /// The bytes it holds on the heap (its names included, its values' own heap not).
+    pub fn heap_bytes(&self) -> usize {
+        self.0.len() * size_of::<(Box<str>, Value)>()
+            + self.0.iter().map(|(k, _)| k.len()).sum::<usize>()
+    }
+}
+
+/// Names and values in any order; a name given twice keeps its last value.
+impl<K: AsRef<str>> FromIterator<(K, Value)> for Fields {
+    fn from_iter<I: IntoIterator<Item = (K, Value)>>(items: I) -> Self {
+        let mut all: Vec<(Box<str>, Value)> = items
+            .into_iter()
+            .map(|(k, v)| (k.as_ref().into(), v))
+            .collect();
+        if !all.windows(2).all(|w| w[0].0 < w[1].0) {
+            // Stable: of equal names, the last given stays last, and is the one kept.
+            all.sort_by(|a, b| a.0.cmp(&b.0));
+            let mut kept: Vec<(Box<str>, Value)> = Vec::with_capacity(all.len());
+            for item in all {
+                match kept.last_mut() {
+                    Some(last) if last.0 == item.0 => *last = item,
+                    _ => kept.push(item),
+                }
+            }
+            all = kept;
+        }
+        Fields(all.into_boxed_slice())
+    }
+}
+
+impl Serialize for Fields {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_map(self.iter())
+    }
 }
 
 /// The lead as the rules see it.
@@ -526,6 +709,27 @@ impl LeadState {
     /// A lead's record read back, with the partition generation that wrote it (0 when unknown).
     pub fn decode_with_generation(record: &[u8]) -> Option<(u64, Self)> {
         super::record::decode(record)
+    }
+
+    /// The lead the reorder window folds from: `None` while the window is empty.
+    pub fn window_base(&self) -> Option<&Lead> {
+        match &self.base {
+            Some(base) => Some(base),
+            None if !self.log.is_empty() => Some(&EMPTY),
+            None => None,
+        }
+    }
+
+    /// Opens the window: keeps the lead as it is, to fold again from (nothing when it is empty).
+    pub fn open_window(&mut self) {
+        self.base = (self.lead != *EMPTY).then(|| Box::new(self.lead.clone()));
+    }
+
+    /// Lets go of a base read back that is the empty lead (see [`LeadState::base`]).
+    pub fn drop_empty_base(&mut self) {
+        if !self.log.is_empty() && self.base.as_deref() == Some(&*EMPTY) {
+            self.base = None;
+        }
     }
 
     pub fn has_fired(
