@@ -210,7 +210,7 @@ pub struct Fields(Box<[(Box<str>, Value)]>);
 
 impl Fields {
     fn find(&self, name: &str) -> Result<usize, usize> {
-        self.0.binary_search_by(|(k, _)| (**k).cmp(name))
+        find_by_name(&self.0, name)
     }
 
     pub fn get(&self, name: &str) -> Option<&Value> {
@@ -263,23 +263,11 @@ impl Fields {
 /// Names and values in any order; a name given twice keeps its last value.
 impl<K: AsRef<str>> FromIterator<(K, Value)> for Fields {
     fn from_iter<I: IntoIterator<Item = (K, Value)>>(items: I) -> Self {
-        let mut all: Vec<(Box<str>, Value)> = items
+        let all = items
             .into_iter()
             .map(|(k, v)| (k.as_ref().into(), v))
             .collect();
-        if !all.windows(2).all(|w| w[0].0 < w[1].0) {
-            // Stable: of equal names, the last given stays last, and is the one kept.
-            all.sort_by(|a, b| a.0.cmp(&b.0));
-            let mut kept: Vec<(Box<str>, Value)> = Vec::with_capacity(all.len());
-            for item in all {
-                match kept.last_mut() {
-                    Some(last) if last.0 == item.0 => *last = item,
-                    _ => kept.push(item),
-                }
-            }
-            all = kept;
-        }
-        Fields(all.into_boxed_slice())
+        Fields(sorted_by_name(all).into_boxed_slice())
     }
 }
 
@@ -391,7 +379,7 @@ impl FieldTimes {
     }
 
     fn find(&self, name: &str) -> Result<usize, usize> {
-        self.0.binary_search_by(|(k, _)| (**k).cmp(name))
+        find_by_name(&self.0, name)
     }
 
     /// When `name` was last set.
@@ -455,21 +443,33 @@ impl<K: AsRef<str>> FromIterator<(K, Timestamp)> for FieldTimes {
 impl FieldTimes {
     /// Names and times in any order (a record's are sorted already: taken as they are); a name
     /// given twice keeps its last time.
-    pub fn from_vec(mut all: Vec<(Box<str>, Timestamp)>) -> Self {
-        if all.windows(2).all(|w| w[0].0 < w[1].0) {
-            return FieldTimes(all);
-        }
-        // Stable: of equal names, the last given stays last, and is the one kept.
-        all.sort_by(|a, b| a.0.cmp(&b.0));
-        let mut kept: Vec<(Box<str>, Timestamp)> = Vec::with_capacity(all.len());
-        for item in all {
-            match kept.last_mut() {
-                Some(last) if last.0 == item.0 => *last = item,
-                _ => kept.push(item),
-            }
-        }
-        FieldTimes(kept)
+    pub fn from_vec(all: Vec<(Box<str>, Timestamp)>) -> Self {
+        FieldTimes(sorted_by_name(all))
     }
+}
+
+/// Where `name` is in `items` (sorted by name), or where it would go: the lookup of [`Fields`]
+/// and [`FieldTimes`].
+fn find_by_name<V>(items: &[(Box<str>, V)], name: &str) -> Result<usize, usize> {
+    items.binary_search_by(|(k, _)| (**k).cmp(name))
+}
+
+/// `all` sorted by name, a name given twice keeping its last value; taken as it is when sorted
+/// already (a record's are). The order of [`Fields`] and [`FieldTimes`].
+fn sorted_by_name<V>(mut all: Vec<(Box<str>, V)>) -> Vec<(Box<str>, V)> {
+    if all.windows(2).all(|w| w[0].0 < w[1].0) {
+        return all;
+    }
+    // Stable: of equal names, the last given stays last, and is the one kept.
+    all.sort_by(|a, b| a.0.cmp(&b.0));
+    let mut kept: Vec<(Box<str>, V)> = Vec::with_capacity(all.len());
+    for item in all {
+        match kept.last_mut() {
+            Some(last) if last.0 == item.0 => *last = item,
+            _ => kept.push(item),
+        }
+    }
+    kept
 }
 
 /// The bytes a lead held when its partition last counted it ([`super::footprint::of_state`]), so
