@@ -176,6 +176,29 @@ pub fn late_lead(key: &str, value: &[u8]) -> Option<String> {
     serde_json::from_slice::<Named>(body).ok().map(|n| n.lead)
 }
 
+/// How `forget`'s marker in `{prefix}.delivered` is keyed: this, then the lead (no lead key
+/// starts with NUL). It sits in the partition of the lead's alerts, stamped with a generation
+/// above every owner's that could have written a late delivery of the lead before the erasure
+/// ([`Forgotten`]).
+pub const FORGOT_PREFIX: &str = "\u{0}forgot\u{0}";
+
+/// The key of `lead`'s forget marker.
+pub fn forgot_key(lead: &str) -> String {
+    format!("{FORGOT_PREFIX}{lead}")
+}
+
+/// The body of a forget marker ([`FORGOT_PREFIX`]): a restore drops (and tombstones) the late
+/// deliveries of `lead` written with the marker's generation or an earlier one — by the owners
+/// of the partition up to the erasure, landing after `forget` read the partition — and keeps
+/// those of owners that restored after it (a delivery of the lead coming back with new events).
+/// The marker itself is tombstoned once it is older than the ledger's retention.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Forgotten {
+    pub lead: String,
+    /// When the lead was forgotten.
+    pub at: jiff::Timestamp,
+}
+
 /// Reads `topic[partition]` from its start to its end — at least to its end offset as of this
 /// call, and on to where the broker says the partition ends (a broker may report an end offset
 /// short of its last batch's records: tansu gives that batch's first offset + 1) — (blocking: run
