@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use backon::{ExponentialBuilder, Retryable};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::message::{Message as _, OwnedMessage};
+use rdkafka::message::{Header, Message as _, OwnedHeaders, OwnedMessage};
 use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer as _, PurgeConfig};
 use rdkafka::{ClientConfig, ClientContext};
 use tokio_util::sync::CancellationToken;
@@ -423,6 +423,32 @@ impl Producer {
         key: &str,
         payload: Option<&[u8]>,
     ) -> Result<Queued, SendError> {
+        self.enqueue_stamped(topic, partition, key, payload, None)
+    }
+
+    /// As [`Producer::enqueue_at`], a changelog record written by partition generation
+    /// `generation`: a record carries it in its value's stamp already; a tombstone (no payload)
+    /// carries it in its header ([`crate::stamp::TOMBSTONE_HEADER`]), so a restore tells an
+    /// earlier owner's late tombstone from the current owner's.
+    pub fn enqueue_as(
+        &self,
+        generation: u64,
+        topic: &str,
+        partition: Option<i32>,
+        key: &str,
+        payload: Option<&[u8]>,
+    ) -> Result<Queued, SendError> {
+        self.enqueue_stamped(topic, partition, key, payload, Some(generation))
+    }
+
+    fn enqueue_stamped(
+        &self,
+        topic: &str,
+        partition: Option<i32>,
+        key: &str,
+        payload: Option<&[u8]>,
+        generation: Option<u64>,
+    ) -> Result<Queued, SendError> {
         let (inner, fatal) = self.inner();
         if fatal {
             return Err(SendError::Fatal);
@@ -431,8 +457,17 @@ impl Producer {
         if let Some(partition) = partition {
             record = record.partition(partition);
         }
-        if let Some(payload) = payload {
-            record = record.payload(payload);
+        let stamp;
+        match (payload, generation) {
+            (Some(payload), _) => record = record.payload(payload),
+            (None, Some(generation)) => {
+                stamp = crate::stamp::header(generation);
+                record = record.headers(OwnedHeaders::new().insert(Header {
+                    key: crate::stamp::TOMBSTONE_HEADER,
+                    value: Some(stamp.as_slice()),
+                }));
+            }
+            (None, None) => {}
         }
         let note = self.backlog.get().filter(|b| b.watches(topic)).map(|b| {
             let bytes = key.len() + payload.map_or(0, <[u8]>::len);
@@ -544,19 +579,21 @@ impl Producer {
         .await
     }
 
-    /// Sends one record, retrying what may succeed later, until Kafka acknowledges it, refuses
-    /// it for good, or `abandon`: the caller decides what a refusal means.
+    /// Sends one changelog record of partition generation `generation` (a tombstone carries it
+    /// in its header: [`Producer::enqueue_as`]), retrying what may succeed later, until Kafka
+    /// acknowledges it, refuses it for good, or `abandon`: the caller decides what a refusal
+    /// means.
     pub async fn write(
         &self,
+        generation: u64,
         topic: &str,
-        partition: Option<i32>,
         key: &str,
         payload: Option<&[u8]>,
         abandon: &CancellationToken,
     ) -> Written {
         write_with(
             topic,
-            || self.enqueue_at(topic, partition, key, payload),
+            || self.enqueue_as(generation, topic, None, key, payload),
             abandon,
         )
         .await

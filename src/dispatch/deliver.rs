@@ -291,7 +291,13 @@ impl Shared {
             for (key, lead) in folded {
                 let write = async {
                     work.ledger.persist(producer, topic, &lead, revoked).await
-                        && Ledger::forget_late(producer, topic, work.partition, &key, revoked).await
+                        && Ledger::forget_late(
+                            producer,
+                            (topic, work.partition, work.generation),
+                            &key,
+                            revoked,
+                        )
+                        .await
                 };
                 tokio::select! {
                     _ = shared.abandon.cancelled() => break,
@@ -309,13 +315,8 @@ impl Shared {
         tokio::spawn(async move {
             let topic = &shared.topics.delivered;
             for key in keys {
-                let write = Ledger::forget_late(
-                    &shared.producer,
-                    topic,
-                    work.partition,
-                    &key,
-                    &work.revoked,
-                );
+                let at = (topic.as_str(), work.partition, work.generation);
+                let write = Ledger::forget_late(&shared.producer, at, &key, &work.revoked);
                 tokio::select! {
                     _ = shared.abandon.cancelled() => break,
                     written = write => if !written { break },
@@ -807,7 +808,7 @@ async fn write_backlog(shared: &Shared, work: &Work, lead: &str) -> bool {
     };
     backlog::persist(
         &shared.producer,
-        &shared.topics.retry,
+        (&shared.topics.retry, work.generation),
         lead,
         snapshot,
         &shared.abandon,

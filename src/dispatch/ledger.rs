@@ -224,15 +224,15 @@ impl Ledger {
     }
 
     /// Tombstones a late delivery's record (`key`, in `partition`) once its lead's entry holds
-    /// it (or its lead was forgotten), or an expired forget marker. True once Kafka has it.
+    /// it (or its lead was forgotten), or an expired forget marker, as partition generation
+    /// `generation` wrote it. True once Kafka has it.
     pub async fn forget_late(
         producer: &Producer,
-        topic: &str,
-        partition: i32,
+        (topic, partition, generation): (&str, i32, u64),
         key: &str,
         abandon: &CancellationToken,
     ) -> bool {
-        let enqueue = || producer.enqueue_at(topic, Some(partition), key, None);
+        let enqueue = || producer.enqueue_as(generation, topic, Some(partition), key, None);
         producer.until_acked(topic, enqueue, abandon).await
     }
 
@@ -357,7 +357,7 @@ impl Ledger {
                     &serde_json::to_vec(entry).expect("ledger serializes"),
                 )
             });
-            producer.enqueue(topic, lead, bytes.as_deref())
+            producer.enqueue_as(self.generation, topic, None, lead, bytes.as_deref())
         };
         producer.until_acked(topic, enqueue, abandon).await
     }

@@ -563,7 +563,14 @@ impl Work {
                 }
             };
             let alerts = write.alert_records();
-            sent.push(self.send_lead(&mut owned.writes, write.lead, write.alerts, alerts, state));
+            sent.push(self.send_lead(
+                &mut owned.writes,
+                owned.generation,
+                write.lead,
+                write.alerts,
+                alerts,
+                state,
+            ));
         }
         if let Some(rotation) = rotation {
             sent.push(self.send_rotation(partition, rotation));
@@ -584,10 +591,11 @@ impl Work {
 
     /// Sends one lead's write after its earlier writes: the records of its `fired` alerts, then
     /// — only once they are all in Kafka — its state (`Some(None)`: its tombstone; `None`:
-    /// nothing).
+    /// nothing), both of partition generation `generation`.
     fn send_lead(
         &self,
         writes: &mut Writes,
+        generation: u64,
         lead: String,
         fired: Vec<Alert>,
         alerts: Vec<Vec<u8>>,
@@ -610,7 +618,8 @@ impl Work {
                 }
                 match state {
                     Some(state) => {
-                        write_state(&producer, &topics.state, &lead, state, &metrics, &token).await
+                        let to = (topics.state.as_str(), lead.as_str(), generation);
+                        write_state(&producer, to, state, &metrics, &token).await
                     }
                     None => true,
                 }
@@ -864,14 +873,13 @@ impl Work {
 /// lead is as its last state written. True once settled; false when abandoned.
 async fn write_state(
     producer: &Producer,
-    topic: &str,
-    lead: &str,
+    (topic, lead, generation): (&str, &str, u64),
     state: Option<Vec<u8>>,
     metrics: &Metrics,
     token: &CancellationToken,
 ) -> bool {
     let mut refusal = match producer
-        .write(topic, None, lead, state.as_deref(), token)
+        .write(generation, topic, lead, state.as_deref(), token)
         .await
     {
         Written::Acked => return true,
@@ -881,7 +889,10 @@ async fn write_state(
     if refusal.why == Permanent::TooLarge
         && let Some(slim) = state.as_deref().and_then(without_window)
     {
-        match producer.write(topic, None, lead, Some(&slim), token).await {
+        match producer
+            .write(generation, topic, lead, Some(&slim), token)
+            .await
+        {
             Written::Acked => {
                 metrics.state_without_window();
                 tracing::warn!(
