@@ -101,10 +101,10 @@ async fn watch_stalls(liveness: Arc<Liveness>, stop: CancellationToken) {
     }
 }
 
-/// Builds the producer `name` (`ingest`, `engine` or `dispatch`) as every producer of the daemon is built:
-/// records Kafka refuses for good quarantined next to the dead letters, the embedded broker's
-/// `backlog` (if any) guarded, and its own supervisor (readiness, a rebuild after a fatal error)
-/// running until `stop`.
+/// Builds the producer `name` (`ingest`, `engine` or `dispatch`) as every producer of the
+/// daemon is built: named in its metrics, records Kafka refuses for good quarantined next to the
+/// dead letters, the embedded broker's `backlog` (if any) guarded, and its own supervisor
+/// (readiness, a rebuild after a fatal error) running until `stop`.
 fn start_producer(
     name: &'static str,
     base: &rdkafka::ClientConfig,
