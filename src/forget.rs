@@ -38,7 +38,19 @@ pub async fn forget(kafka: &KafkaConfig, lead: &str, clock: &Clock) -> anyhow::R
         change: Change::Forgotten {},
     };
     let payload = serde_json::to_vec(&request)?;
-    let late = late_deliveries_of(&base, &topics.delivered, lead, clock).await?;
+    let Scanned {
+        partition,
+        late,
+        generation,
+    } = scan(&base, &topics, lead, clock).await?;
+    let marker = bus::changelog::stamp(
+        generation,
+        &serde_json::to_vec(&bus::changelog::Forgotten {
+            lead: lead.to_string(),
+            at: now,
+        })?,
+    );
+    let marker_key = bus::changelog::forgot_key(lead);
     let mut writes = vec![
         producer.enqueue(&topics.state, lead, None),
         producer.enqueue(&topics.delivered, lead, None),
@@ -46,9 +58,17 @@ pub async fn forget(kafka: &KafkaConfig, lead: &str, clock: &Clock) -> anyhow::R
     ];
     // A late delivery's record names the lead under a key of its own: left there, the next
     // restore would fold it back into the lead's entry.
-    for (partition, key) in &late {
-        writes.push(producer.enqueue_at(&topics.delivered, Some(*partition), key, None));
+    for key in &late {
+        writes.push(producer.enqueue_at(&topics.delivered, Some(partition), key, None));
     }
+    // One written after the partition was read (a dispatcher that lost the partition, its
+    // delivery under way) is dropped at restore by the marker.
+    writes.push(producer.enqueue_at(
+        &topics.delivered,
+        Some(partition),
+        &marker_key,
+        Some(&marker),
+    ));
     writes.push(producer.enqueue(&topics.events, lead, Some(&payload)));
     for write in writes {
         let delivery = write.context("queueing the erasure")?;
@@ -68,8 +88,8 @@ pub async fn forget(kafka: &KafkaConfig, lead: &str, clock: &Clock) -> anyhow::R
     .await;
     let mut report = format!(
         "lead `{lead}` erased: tombstones written to {}, {} (its entry and {} late-delivery \
-         record{}) and {} (compaction removes the older records), and the running engine drops \
-         it from memory when it reads the request.\n\
+         record{}) with a marker that drops those landing later, and {} (compaction removes \
+         the older records), and the running engine drops it from memory when it reads the request.\n\
          Still held until their retention ends:\n",
         topics.state,
         topics.delivered,
@@ -94,18 +114,31 @@ pub async fn forget(kafka: &KafkaConfig, lead: &str, clock: &Clock) -> anyhow::R
     Ok(report)
 }
 
-/// The keys of the late-delivery records (see `dispatch::ledger::LateDelivery`) that name `lead`,
-/// with their partition: they sit in the partition of the lead's alerts, the one the lead's key
-/// hashes to, read to its end as of now.
-async fn late_deliveries_of(
+/// What `forget` read of the lead's partition of the delivery ledger.
+struct Scanned {
+    /// The partition of the lead's alerts, its ledger entry and its late deliveries.
+    partition: i32,
+    /// The keys of the late-delivery records (see `dispatch::ledger::LateDelivery`) that name
+    /// the lead, as of now.
+    late: Vec<String>,
+    /// The generation of the forget marker: above every generation the partition's ledger and
+    /// retry backlog hold, so at least that of every owner that restored it so far (each wrote
+    /// with one more than it read), and below that of every owner restoring after the marker.
+    generation: u64,
+}
+
+/// Reads the lead's partition of `{prefix}.delivered` and `{prefix}.alerts.retry` (the alerts'
+/// partition, the one the lead's key hashes to) to its end as of now.
+async fn scan(
     base: &rdkafka::ClientConfig,
-    topic: &str,
+    topics: &Topics,
     lead: &str,
     clock: &Clock,
-) -> anyhow::Result<Vec<(i32, String)>> {
-    let (base, topic, lead, clock) = (
+) -> anyhow::Result<Scanned> {
+    let (base, delivered, retry, lead, clock) = (
         base.clone(),
-        topic.to_string(),
+        topics.delivered.clone(),
+        topics.retry.clone(),
         lead.to_string(),
         clock.clone(),
     );
@@ -114,22 +147,31 @@ async fn late_deliveries_of(
             .create()
             .context("creating a consumer to read the delivery ledger")?;
         let partitions =
-            bus::consumer::partition_count(&consumer, &topic, Duration::from_secs(10))?;
+            bus::consumer::partition_count(&consumer, &delivered, Duration::from_secs(10))?;
         let partition = crate::partitioner::partition_for(lead.as_bytes(), partitions);
-        let snapshot = bus::changelog::read_partition(
-            &base,
-            &topic,
-            partition,
-            Duration::from_secs(120),
-            &clock,
-        )
-        .with_context(|| format!("reading {topic}[{partition}]"))?;
-        Ok(snapshot
+        let read = |topic: &str| {
+            bus::changelog::read_partition(
+                &base,
+                topic,
+                partition,
+                Duration::from_secs(120),
+                &clock,
+            )
+            .with_context(|| format!("reading {topic}[{partition}]"))
+        };
+        let (ledger, backlog) = (read(&delivered)?, read(&retry)?);
+        let generation = bus::changelog::next_generation(&[&ledger, &backlog]);
+        let late = ledger
             .records
             .into_iter()
             .filter(|(k, v)| bus::changelog::late_lead(k, v).as_deref() == Some(lead.as_str()))
-            .map(|(k, _)| (partition, k))
-            .collect())
+            .map(|(k, _)| k)
+            .collect();
+        Ok(Scanned {
+            partition,
+            late,
+            generation,
+        })
     })
     .await
     .context("reading the delivery ledger died")?

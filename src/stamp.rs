@@ -31,6 +31,28 @@ pub fn write(out: &mut Vec<u8>, generation: u64) {
     }
 }
 
+/// The record header (Kafka's, beside key and value) in which a tombstone carries its writer's
+/// partition generation: a tombstone has no value to start with the stamp, so the stamp's
+/// bytes ([`header`]: version and generation, nothing after) travel there. A tombstone without
+/// it (an earlier build's, or `forget`'s) reads as generation 0.
+pub const TOMBSTONE_HEADER: &str = "leadwatch-stamp";
+
+/// The stamp of `generation` alone: what a tombstone's [`TOMBSTONE_HEADER`] holds.
+pub fn header(generation: u64) -> Vec<u8> {
+    let mut out = Vec::with_capacity(1 + VARINT_MAX);
+    write(&mut out, generation);
+    out
+}
+
+/// The generation a tombstone's [`TOMBSTONE_HEADER`] value names: 0 without one, or when it
+/// cannot be read (as a tombstone of an earlier build).
+pub fn tombstone_generation(header: Option<&[u8]>) -> u64 {
+    header
+        .and_then(read)
+        .filter(|(_, rest)| rest.is_empty())
+        .map_or(0, |(generation, _)| generation)
+}
+
 /// Whether `record` predates the header: JSON of an earlier build (serde_json writes no leading
 /// whitespace, but JSON allows it).
 pub fn is_unstamped(record: &[u8]) -> bool {
@@ -78,6 +100,16 @@ mod tests {
         }
         assert_eq!(read(b"{\"a\":1}"), Some((0, &b"{\"a\":1}"[..])));
         assert_eq!(read(&[2, 0]), None, "an unknown version is refused");
+        for generation in [1, 300, u64::MAX] {
+            assert_eq!(tombstone_generation(Some(&header(generation))), generation);
+        }
+        assert_eq!(
+            tombstone_generation(None),
+            0,
+            "an earlier build's tombstone"
+        );
+        assert_eq!(tombstone_generation(Some(&[2, 5])), 0, "an unknown version");
+        assert_eq!(tombstone_generation(Some(&[V1, 5, 0])), 0, "bytes after it");
         assert_eq!(read(&[V1, 0x80]), None, "a varint cut short");
         assert_eq!(
             read(&[

@@ -105,6 +105,8 @@ pub struct Metrics {
     budget: EngineBudget,
     producer_ready: Family<ProducerLabel, Gauge>,
     producer_rebuilds: Counter,
+    /// Records a producer dropped unsent when a revocation's flush did not finish, by producer.
+    producer_purged: Family<ProducerLabel, Counter>,
     rules_reloads: Family<OutcomeLabel, Counter>,
     /// Reloads whose rules read a field the rules before did not keep, by field.
     fields_missing_after_reload: Family<FieldLabel, Counter>,
@@ -342,7 +344,7 @@ impl Metrics {
         registry.register(
             "producer_ready",
             "1 when the Kafka producer is healthy and the cluster answers, by producer (ingest, \
-             roles: the engine's and the dispatcher's)",
+             engine, dispatch)",
             producer_ready.clone(),
         );
         let producer_rebuilds = Counter::default();
@@ -350,6 +352,13 @@ impl Metrics {
             "producer_rebuilds",
             "Kafka producers rebuilt after a fatal error",
             producer_rebuilds.clone(),
+        );
+        let producer_purged = Family::default();
+        registry.register(
+            "producer_purged",
+            "Records a producer held and dropped unsent (purged) because a revocation's flush did \
+             not finish, so they cannot land after the next owner restored, by producer",
+            producer_purged.clone(),
         );
         let alerts_without_recipients = Family::default();
         registry.register(
@@ -455,6 +464,7 @@ impl Metrics {
             ingest_events,
             raw_records,
             producer_rebuilds,
+            producer_purged,
             registry,
             webhook_requests,
             events_produced,
@@ -654,7 +664,17 @@ impl Metrics {
         self.producer_rebuilds.inc();
     }
 
-    /// Whether the producer `producer` (`ingest`, `roles`) is healthy and the cluster answers.
+    /// `records` the producer `producer` held were purged at a revocation.
+    pub fn producer_purged(&self, producer: &str, records: u64) {
+        self.producer_purged
+            .get_or_create(&ProducerLabel {
+                producer: producer.into(),
+            })
+            .inc_by(records);
+    }
+
+    /// Whether the producer `producer` (`ingest`, `engine`, `dispatch`) is healthy and the
+    /// cluster answers.
     pub fn set_producer_ready(&self, producer: &str, ready: bool) {
         self.producer_ready
             .get_or_create(&ProducerLabel {

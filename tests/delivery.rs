@@ -2185,4 +2185,70 @@ async fn forget_erases_a_leads_late_deliveries_so_a_restore_cannot_bring_it_back
         ledger.delivered("L-stays", "alert_stays"),
         ["hook".to_string()].into()
     );
+
+    // A late delivery of the forgotten lead written after `forget` read the partition (by the
+    // owner of generation 1, its request under way at the erasure) is dropped at the next
+    // restore, and its record tombstoned; one of an owner that restored after the erasure (the
+    // lead came back with new events) is kept.
+    let partition = leadwatch::partitioner::partition_for(b"L-gone", partitions);
+    assert!(
+        Ledger::record_late(
+            &producer,
+            &delivered,
+            partition,
+            1,
+            "L-gone",
+            "alert_gone",
+            "slack",
+            now,
+            &abandon
+        )
+        .await
+    );
+    let read = {
+        let bootstrap = kafka.bootstrap().to_string();
+        let delivered = delivered.clone();
+        move || {
+            let mut base = rdkafka::ClientConfig::new();
+            base.set("bootstrap.servers", &bootstrap);
+            leadwatch::bus::changelog::read_partition(
+                &base,
+                &delivered,
+                partition,
+                Duration::from_secs(30),
+                &Clock::system(),
+            )
+            .unwrap()
+        }
+    };
+    let folded = tokio::task::spawn_blocking(read.clone()).await.unwrap();
+    let next = leadwatch::bus::changelog::next_generation(&[&folded]);
+    let (ledger, _) = Ledger::from_snapshot(folded.records, next);
+    assert!(
+        ledger.delivered("L-gone", "alert_gone").is_empty(),
+        "a late delivery written after forget's scan brought the forgotten lead back"
+    );
+    assert_eq!(ledger.take_dropped(), [late_key("alert_gone", "slack")]);
+    assert!(
+        Ledger::record_late(
+            &producer,
+            &delivered,
+            partition,
+            next,
+            "L-gone",
+            "alert_back",
+            "hook",
+            now,
+            &abandon
+        )
+        .await
+    );
+    let folded = tokio::task::spawn_blocking(read).await.unwrap();
+    let (ledger, _) = Ledger::from_snapshot(folded.records, next + 1);
+    assert_eq!(
+        ledger.delivered("L-gone", "alert_back"),
+        ["hook".to_string()].into(),
+        "a delivery of the lead after its erasure is kept"
+    );
+    assert!(ledger.delivered("L-gone", "alert_gone").is_empty());
 }

@@ -101,10 +101,10 @@ async fn watch_stalls(liveness: Arc<Liveness>, stop: CancellationToken) {
     }
 }
 
-/// Builds the producer `name` (`ingest` or `roles`) as every producer of the daemon is built:
-/// records Kafka refuses for good quarantined next to the dead letters, the embedded broker's
-/// `backlog` (if any) guarded, and its own supervisor (readiness, a rebuild after a fatal error)
-/// running until `stop`.
+/// Builds the producer `name` (`ingest`, `engine` or `dispatch`) as every producer of the
+/// daemon is built: named in its metrics, records Kafka refuses for good quarantined next to the
+/// dead letters, the embedded broker's `backlog` (if any) guarded, and its own supervisor
+/// (readiness, a rebuild after a fatal error) running until `stop`.
 fn start_producer(
     name: &'static str,
     base: &rdkafka::ClientConfig,
@@ -116,6 +116,7 @@ fn start_producer(
 ) -> anyhow::Result<(Arc<Producer>, tokio::task::JoinHandle<()>)> {
     let producer = Producer::new(base, metrics.clone())
         .with_context(|| format!("creating the Kafka producer ({name})"))?;
+    producer.name(name);
     producer.quarantine_to(&topics.dlq, clock.clone());
     if let Some(backlog) = backlog {
         producer.guard_backlog(backlog);
@@ -252,27 +253,40 @@ pub async fn run_with_reloads(
             &stop_supervisor,
         )
     };
-    // The engine's and the dispatcher's writes …
-    let roles = config.roles.engine || config.roles.dispatch;
-    let (producer, supervisor) = build(if roles { "roles" } else { "ingest" })?;
-    // … and ingest's own, so a burst of theirs (alerts falling due after an outage, a restore or
-    // a reload) cannot fill the queue ingest answers webhooks by. Alone, ingest has the one.
-    let ingest_producer = if config.roles.ingest && roles {
-        Some(build("ingest")?)
-    } else {
-        None
+    // Each role writes through a producer of its own. The engine and the dispatcher are
+    // different consumer groups: a revocation of one purges (when its flush cannot finish) only
+    // its own producer's queue, never the other's writes. And ingest has its own, so a burst of
+    // theirs (alerts falling due after an outage, a restore or a reload) cannot fill the queue
+    // ingest answers webhooks by.
+    let mut producers = Vec::new();
+    for (role, name) in [
+        (config.roles.engine, "engine"),
+        (config.roles.dispatch, "dispatch"),
+        (config.roles.ingest, "ingest"),
+    ] {
+        if role {
+            producers.push((name, build(name)?));
+        }
+    }
+    if producers.is_empty() {
+        // No role at all (refused by the configuration's check): one producer for the probes.
+        producers.push(("ingest", build("ingest")?));
+    }
+    let producer_of = |name: &str| {
+        producers
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map(|(_, (producer, _))| producer.clone())
     };
-    let (ingest_producer, ingest_supervisor) = match ingest_producer {
-        Some((producer, supervisor)) => (producer, Some(supervisor)),
-        None => (producer.clone(), None),
-    };
+    let first = producers[0].1.0.clone();
+    let ingest_producer = producer_of("ingest").unwrap_or_else(|| first.clone());
 
     let liveness = Liveness::new(clock.clone(), config.stall_timeout, metrics.clone());
     let ctx = Context {
         base: base.clone(),
         kafka: config.kafka.clone(),
         topics: topics.clone(),
-        producer: producer.clone(),
+        producer: first.clone(),
         metrics: metrics.clone(),
         clock: clock.clone(),
         liveness: Some(liveness.clone()),
@@ -282,8 +296,12 @@ pub async fn run_with_reloads(
     // turning, and `/healthz` says so.
     let watcher = tokio::spawn(watch_stalls(liveness.clone(), stop_supervisor.clone()));
     let mut workers = Vec::new();
-    if config.roles.engine {
-        let (ctx, rules_rx) = (ctx.clone(), rules_rx.clone());
+    if let Some(producer) = producer_of("engine") {
+        let ctx = Context {
+            producer,
+            ..ctx.clone()
+        };
+        let rules_rx = rules_rx.clone();
         let engine = config.engine.clone();
         let links = config.source_links();
         let start = move |stop: CancellationToken| {
@@ -310,7 +328,11 @@ pub async fn run_with_reloads(
             )),
         ));
     }
-    if config.roles.dispatch {
+    if let Some(producer) = producer_of("dispatch") {
+        let ctx = Context {
+            producer,
+            ..ctx.clone()
+        };
         // Built once here, so a configuration the sinks refuse stops the start with its reason.
         let first = Dispatcher::new(
             config.dispatch_sections(),
@@ -426,7 +448,7 @@ pub async fn run_with_reloads(
             .saturating_duration_since(clock.instant())
             .max(std::time::Duration::from_secs(1))
     };
-    if ingest_supervisor.is_some() {
+    if config.roles.ingest {
         ingest_producer.flush(left(&clock)).await;
     }
     for (role, worker) in workers {
@@ -436,16 +458,20 @@ pub async fn run_with_reloads(
             Err(_) => tracing::warn!(role, "did not stop within the grace period"),
         }
     }
-    producer.flush(left(&clock)).await;
+    for (name, (producer, _)) in &producers {
+        if *name != "ingest" {
+            producer.flush(left(&clock)).await;
+        }
+    }
     stop_supervisor.cancel();
-    let _ = supervisor.await;
-    if let Some(supervisor) = ingest_supervisor {
+    for (_, (_, supervisor)) in producers.iter_mut() {
         let _ = supervisor.await;
     }
     let _ = watcher.await;
     reloader.abort();
     drop(ingest_producer);
-    drop(producer);
+    drop(first);
+    drop(producers);
     drop(embedded);
     tracing::info!("stopped");
     match failed {

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
+use rdkafka::message::Headers as _;
 use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
 
 use crate::clock::Clock;
@@ -95,8 +96,9 @@ pub fn next_generation(read: &[&Folded]) -> u64 {
 
 /// Folds one partition's records, in offset order, per key: a record replaces what its key
 /// holds unless that is of a newer generation (a late write of an earlier owner is passed over);
-/// a tombstone removes the key's value but not the generation it reached, so an older late
-/// record after it stays passed over too. A record without a generation (0: an earlier build
+/// a tombstone (its generation in its header) likewise removes the key's value unless that is of
+/// a newer generation, but not the generation the key reached, so an older late record after it
+/// stays passed over too. A record without a generation (0: an earlier build
 /// wrote it, as during a rolling upgrade, where such a member may own the partition after one of
 /// this build) cannot be told late: it replaces what its key holds, as every record did before.
 ///
@@ -112,13 +114,11 @@ pub struct Fold {
 }
 
 impl Fold {
-    /// The next record of the partition: `value` `None` is a tombstone.
+    /// The next record of the partition: `value` `None` is a tombstone without a generation (see
+    /// [`Fold::tombstone`]).
     pub fn push(&mut self, key: &str, value: Option<&[u8]>) {
         let Some(value) = value else {
-            if let Some(gone) = self.records.remove(key) {
-                self.tombstoned
-                    .insert(key.to_string(), generation_of(&gone));
-            }
+            self.tombstone(key, 0);
             return;
         };
         let generation = generation_of(value);
@@ -148,6 +148,31 @@ impl Fold {
         }
     }
 
+    /// The next record of the partition is a tombstone written by `generation` (its header,
+    /// [`crate::stamp::TOMBSTONE_HEADER`]; 0: none, an earlier build's or `forget`'s). One of an
+    /// earlier generation than the key's record is an earlier owner's late write: passed over,
+    /// as a late record is (the owner writes the key again). Otherwise it removes the key's
+    /// value, and the generation the key reached (its record's or the tombstone's) passes over
+    /// older records after it.
+    pub fn tombstone(&mut self, key: &str, generation: u64) {
+        self.generation = self.generation.max(generation);
+        if let Some(kept) = self.records.get(key) {
+            let reached = generation_of(kept);
+            if generation > 0 && reached > generation {
+                self.superseded.push(key.to_string());
+                return;
+            }
+            self.records.remove(key);
+            self.tombstoned
+                .insert(key.to_string(), reached.max(generation));
+            return;
+        }
+        if generation > 0 {
+            let reached = self.tombstoned.entry(key.to_string()).or_default();
+            *reached = (*reached).max(generation);
+        }
+    }
+
     pub fn finish(self) -> Folded {
         Folded {
             records: self.records,
@@ -174,6 +199,29 @@ pub fn late_lead(key: &str, value: &[u8]) -> Option<String> {
     }
     let (_, body) = unstamp(value)?;
     serde_json::from_slice::<Named>(body).ok().map(|n| n.lead)
+}
+
+/// How `forget`'s marker in `{prefix}.delivered` is keyed: this, then the lead (no lead key
+/// starts with NUL). It sits in the partition of the lead's alerts, stamped with a generation
+/// above every owner's that could have written a late delivery of the lead before the erasure
+/// ([`Forgotten`]).
+pub const FORGOT_PREFIX: &str = "\u{0}forgot\u{0}";
+
+/// The key of `lead`'s forget marker.
+pub fn forgot_key(lead: &str) -> String {
+    format!("{FORGOT_PREFIX}{lead}")
+}
+
+/// The body of a forget marker ([`FORGOT_PREFIX`]): a restore drops (and tombstones) the late
+/// deliveries of `lead` written with the marker's generation or an earlier one — by the owners
+/// of the partition up to the erasure, landing after `forget` read the partition — and keeps
+/// those of owners that restored after it (a delivery of the lead coming back with new events).
+/// The marker itself is tombstoned once it is older than the ledger's retention.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Forgotten {
+    pub lead: String,
+    /// When the lead was forgotten.
+    pub at: jiff::Timestamp,
 }
 
 /// Reads `topic[partition]` from its start to its end — at least to its end offset as of this
@@ -251,7 +299,18 @@ pub fn read_partition(
         let Some(key) = msg.key().and_then(|k| std::str::from_utf8(k).ok()) else {
             continue;
         };
-        fold.push(key, msg.payload());
+        match msg.payload() {
+            Some(value) => fold.push(key, Some(value)),
+            None => {
+                let header = msg.headers().and_then(|headers| {
+                    headers
+                        .iter()
+                        .find(|h| h.key == crate::stamp::TOMBSTONE_HEADER)
+                        .and_then(|h| h.value)
+                });
+                fold.tombstone(key, crate::stamp::tombstone_generation(header));
+            }
+        }
     }
     let read = fold.finish();
     tracing::debug!(
@@ -536,6 +595,72 @@ mod tests {
         assert_eq!(read.superseded, ["L-old-first", "L-gone"]);
         assert_eq!(next_generation(&[&read, &Folded::default()]), 5);
         assert_eq!(next_generation(&[]), 1);
+    }
+
+    /// A tombstone carrying its writer's generation is honoured as a record is: an earlier
+    /// owner's late tombstone, landing after the newer owner's record, is passed over (and
+    /// the key named, so the owner writes it again); the owner's own removes the key, and an
+    /// older record after it stays passed over even when nothing of the key came before. A
+    /// tombstone without one (an earlier build's, `forget`'s) removes the key as before.
+    #[test]
+    fn the_fold_honours_the_generation_a_tombstone_carries() {
+        let mut fold = Fold::default();
+        fold.push("L-kept", Some(&stamp(4, b"new")));
+        fold.tombstone("L-kept", 3);
+        fold.push("L-own", Some(&stamp(4, b"1")));
+        fold.tombstone("L-own", 4);
+        fold.push("L-own", Some(&stamp(3, b"late")));
+        fold.tombstone("L-bare", 6);
+        fold.push("L-bare", Some(&stamp(5, b"late")));
+        fold.push("L-old-build", Some(&stamp(4, b"1")));
+        fold.tombstone("L-old-build", 0);
+        let read = fold.finish();
+        assert_eq!(read.records["L-kept"], stamp(4, b"new"));
+        assert!(!read.records.contains_key("L-own"));
+        assert!(!read.records.contains_key("L-bare"));
+        assert!(!read.records.contains_key("L-old-build"));
+        assert_eq!(read.superseded, ["L-kept", "L-own", "L-bare"]);
+        assert_eq!(read.generation, 6, "a tombstone's generation counts");
+    }
+
+    /// Through Kafka: a tombstone written as an earlier generation (its header) that lands after
+    /// the next owner's record does not remove it at restore. Before, a tombstone carried no
+    /// generation and removed the newer record.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_earlier_owners_late_tombstone_does_not_remove_the_newer_record() {
+        use crate::bus::producer::Producer;
+        let kafka = crate::bus::embedded::EmbeddedKafka::start(&[("state".into(), 1)]).unwrap();
+        let mut cfg = ClientConfig::new();
+        cfg.set("bootstrap.servers", kafka.bootstrap());
+        let producer =
+            Producer::new(&cfg, std::sync::Arc::new(crate::telemetry::Metrics::new())).unwrap();
+        let written = |generation: u64, key: &'static str, value: Option<Vec<u8>>| {
+            let queued = producer
+                .enqueue_as(generation, "state", Some(0), key, value.as_deref())
+                .unwrap();
+            async move { assert!(matches!(queued.await, Ok(Ok(_)))) }
+        };
+        written(3, "L-1", Some(stamp(3, b"old"))).await;
+        written(4, "L-1", Some(stamp(4, b"new"))).await;
+        // The earlier owner's tombstone, queued before the partition moved, lands last.
+        written(3, "L-1", None).await;
+        written(4, "L-2", Some(stamp(4, b"1"))).await;
+        written(4, "L-2", None).await;
+        let read = tokio::task::spawn_blocking(move || {
+            read_partition(&cfg, "state", 0, Duration::from_secs(20), &Clock::system()).unwrap()
+        })
+        .await
+        .unwrap();
+        assert_eq!(
+            read.records.get("L-1"),
+            Some(&stamp(4, b"new")),
+            "the late tombstone removed the newer owner's record"
+        );
+        assert_eq!(read.superseded, ["L-1"], "the owner writes it again");
+        assert!(
+            !read.records.contains_key("L-2"),
+            "the owner's own tombstone"
+        );
     }
 
     #[test]

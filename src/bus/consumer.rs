@@ -26,8 +26,22 @@ pub enum Assignment {
     Revoked(Vec<i32>),
 }
 
+/// A revocation, as a hook is told of it ([`RebalanceHooks::on_revoke`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Revocation {
+    /// The partitions being revoked.
+    pub partitions: Vec<i32>,
+    /// Whether the member keeps other partitions of the topic (the group rebalances
+    /// incrementally, `cooperative-sticky`: a revocation can be partial). Writes of a kept
+    /// partition may be in the producer's queue beside the revoked ones'.
+    pub keeps_others: bool,
+    /// Whether the hook may wait for other tasks: not on a single-threaded runtime, where they
+    /// would only run once the hook returns.
+    pub can_wait: bool,
+}
+
 /// A hook given the partitions being revoked ([`RebalanceHooks::on_revoke`]).
-pub type OnRevoke = Box<dyn Fn(&[i32]) + Send + Sync>;
+pub type OnRevoke = Box<dyn Fn(&Revocation) + Send + Sync>;
 
 /// What a member does when partitions move.
 #[derive(Default)]
@@ -35,7 +49,8 @@ pub struct RebalanceHooks {
     /// Pause newly assigned partitions; the owning loop resumes each once its state is restored.
     pub pause_on_assign: bool,
     /// Runs on revocation, given the partitions revoked, before they move, on the consumer's
-    /// thread (the one polling it, a tokio worker's): keep it bounded (flushing the producer, so
+    /// thread (the one polling it, a tokio worker's, whose other tasks are moved to another
+    /// worker meanwhile: [`on_consumer_thread`]): keep it bounded (flushing the producer, so
     /// the next owner reads every state change written so far), and wait for nothing that needs
     /// the loop polling the consumer.
     pub on_revoke: Option<OnRevoke>,
@@ -103,11 +118,21 @@ fn committed(
 }
 
 impl ConsumerContext for GroupContext {
-    fn pre_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+    fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         if let Rebalance::Revoke(tpl) = rebalance {
             let revoked = partitions(tpl);
             if let Some(hook) = &self.hooks.on_revoke {
-                hook(&revoked);
+                // Before the revocation is applied, the assignment still holds the revoked
+                // partitions; unreadable, it is taken to hold others (the cautious answer).
+                let held = consumer.assignment().map(|a| partitions(&a)).ok();
+                let keeps_others = held.is_none_or(|held| keeps_others(&held, &revoked));
+                on_consumer_thread(|can_wait| {
+                    hook(&Revocation {
+                        partitions: revoked.clone(),
+                        keeps_others,
+                        can_wait,
+                    })
+                });
             }
             let _ = self.assignments.send(Assignment::Revoked(revoked));
         }
@@ -147,6 +172,25 @@ impl ConsumerContext for GroupContext {
 }
 
 pub type GroupConsumer = StreamConsumer<GroupContext>;
+
+/// Whether a member holding `held` keeps any partition once `revoked` is taken away.
+pub fn keeps_others(held: &[i32], revoked: &[i32]) -> bool {
+    held.iter().any(|p| !revoked.contains(p))
+}
+
+/// Runs `f` on the consumer's thread, a tokio worker, moving the worker's other tasks to
+/// another thread while it blocks (ingest answering webhooks, the roles' writes). `f` is told
+/// whether waiting for other tasks can work: not on a single-threaded runtime, where they would
+/// only run once `f` returns.
+pub fn on_consumer_thread<R>(f: impl FnOnce(bool) -> R) -> R {
+    use tokio::runtime::{Handle, RuntimeFlavor};
+    match Handle::try_current().map(|h| h.runtime_flavor()) {
+        Ok(RuntimeFlavor::CurrentThread) => f(false),
+        Ok(_) => tokio::task::block_in_place(|| f(true)),
+        // A thread of its own (leaving the group at shutdown): tasks run elsewhere.
+        Err(_) => f(true),
+    }
+}
 
 /// How many partitions `topic` has, as the cluster `consumer` reaches says (blocking, up to
 /// `timeout`); an error naming the topic when it has none (it does not exist).
@@ -289,6 +333,16 @@ mod tests {
             instance_id: instance_id.map(str::to_string),
             ..raw.into()
         }
+    }
+
+    /// A revocation is partial when the member keeps any other partition (cooperative-sticky
+    /// takes only what must move): then the revocation hooks purge nothing.
+    #[test]
+    fn a_revocation_keeps_others_unless_it_takes_every_partition_held() {
+        assert!(keeps_others(&[0, 1, 2], &[1]));
+        assert!(!keeps_others(&[0, 1, 2], &[2, 0, 1]));
+        assert!(!keeps_others(&[3], &[3]));
+        assert!(!keeps_others(&[], &[]));
     }
 
     /// `kafka.instance_id` makes each of the instance's groups' members static

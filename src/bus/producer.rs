@@ -1,7 +1,8 @@
 //! The Kafka producer the roles write through: idempotent, acks=all, a few milliseconds of
-//! linger so concurrent sends batch. The daemon runs two, built alike (`app`): ingest's own, so
-//! no burst of the engine's or the dispatcher's writes can take its queue, and the one those two
-//! share. It watches its own health (readiness) and rebuilds itself
+//! linger so concurrent sends batch. The daemon runs one per role, built alike (`app`): no burst
+//! of the engine's or the dispatcher's writes can take ingest's queue, and a revocation in one
+//! consumer group purges ([`Producer::settle_revocation`]) only its own role's writes. It
+//! watches its own health (readiness) and rebuilds itself
 //! after a fatal error instead of answering 2xx on top of a broken idempotence sequence.
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -10,8 +11,8 @@ use std::time::Duration;
 
 use backon::{ExponentialBuilder, Retryable};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::message::{Message as _, OwnedMessage};
-use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer as _};
+use rdkafka::message::{Header, Message as _, OwnedHeaders, OwnedMessage};
+use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer as _, PurgeConfig};
 use rdkafka::{ClientConfig, ClientContext};
 use tokio_util::sync::CancellationToken;
 
@@ -248,6 +249,21 @@ pub struct Producer {
     /// What is produced and not yet consumed, per partition, against the embedded broker's
     /// limits ([`Producer::guard_backlog`]); unset on a real cluster.
     backlog: OnceLock<Arc<Backlog>>,
+    /// Its name in metrics and logs ([`Producer::name`]: `ingest`, `engine`, `dispatch`).
+    name: OnceLock<&'static str>,
+}
+
+/// How a revocation left what the producer held ([`Producer::settle_revocation`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Settled {
+    /// Everything queued was acknowledged.
+    Flushed,
+    /// The flush did not finish; what was left was purged: about this many records, which will
+    /// not reach Kafka (those already on the wire may still land).
+    Purged(u64),
+    /// The flush did not finish and nothing was purged (records of partitions the member keeps
+    /// share the queue): what was left may land after the next owner restored.
+    Left,
 }
 
 /// A record on its way: resolves to Kafka's delivery report, as [`DeliveryFuture`] does, and
@@ -325,7 +341,17 @@ impl Producer {
             queue_max,
             quarantine: OnceLock::new(),
             backlog: OnceLock::new(),
+            name: OnceLock::new(),
         }))
+    }
+
+    /// Names the producer in metrics and logs. Set once; later calls are ignored.
+    pub fn name(&self, name: &'static str) {
+        let _ = self.name.set(name);
+    }
+
+    fn label(&self) -> &'static str {
+        self.name.get().copied().unwrap_or("producer")
     }
 
     /// Keeps `backlog` (the embedded broker's limits): writes that could push a partition a
@@ -397,6 +423,32 @@ impl Producer {
         key: &str,
         payload: Option<&[u8]>,
     ) -> Result<Queued, SendError> {
+        self.enqueue_stamped(topic, partition, key, payload, None)
+    }
+
+    /// As [`Producer::enqueue_at`], a changelog record written by partition generation
+    /// `generation`: a record carries it in its value's stamp already; a tombstone (no payload)
+    /// carries it in its header ([`crate::stamp::TOMBSTONE_HEADER`]), so a restore tells an
+    /// earlier owner's late tombstone from the current owner's.
+    pub fn enqueue_as(
+        &self,
+        generation: u64,
+        topic: &str,
+        partition: Option<i32>,
+        key: &str,
+        payload: Option<&[u8]>,
+    ) -> Result<Queued, SendError> {
+        self.enqueue_stamped(topic, partition, key, payload, Some(generation))
+    }
+
+    fn enqueue_stamped(
+        &self,
+        topic: &str,
+        partition: Option<i32>,
+        key: &str,
+        payload: Option<&[u8]>,
+        generation: Option<u64>,
+    ) -> Result<Queued, SendError> {
         let (inner, fatal) = self.inner();
         if fatal {
             return Err(SendError::Fatal);
@@ -405,8 +457,17 @@ impl Producer {
         if let Some(partition) = partition {
             record = record.partition(partition);
         }
-        if let Some(payload) = payload {
-            record = record.payload(payload);
+        let stamp;
+        match (payload, generation) {
+            (Some(payload), _) => record = record.payload(payload),
+            (None, Some(generation)) => {
+                stamp = crate::stamp::header(generation);
+                record = record.headers(OwnedHeaders::new().insert(Header {
+                    key: crate::stamp::TOMBSTONE_HEADER,
+                    value: Some(stamp.as_slice()),
+                }));
+            }
+            (None, None) => {}
         }
         let note = self.backlog.get().filter(|b| b.watches(topic)).map(|b| {
             let bytes = key.len() + payload.map_or(0, <[u8]>::len);
@@ -518,19 +579,21 @@ impl Producer {
         .await
     }
 
-    /// Sends one record, retrying what may succeed later, until Kafka acknowledges it, refuses
-    /// it for good, or `abandon`: the caller decides what a refusal means.
+    /// Sends one changelog record of partition generation `generation` (a tombstone carries it
+    /// in its header: [`Producer::enqueue_as`]), retrying what may succeed later, until Kafka
+    /// acknowledges it, refuses it for good, or `abandon`: the caller decides what a refusal
+    /// means.
     pub async fn write(
         &self,
+        generation: u64,
         topic: &str,
-        partition: Option<i32>,
         key: &str,
         payload: Option<&[u8]>,
         abandon: &CancellationToken,
     ) -> Written {
         write_with(
             topic,
-            || self.enqueue_at(topic, partition, key, payload),
+            || self.enqueue_as(generation, topic, None, key, payload),
             abandon,
         )
         .await
@@ -675,23 +738,31 @@ impl Producer {
         }
     }
 
-    /// As [`Producer::flush`], blocking the calling thread (rebalance callbacks, which run inside
-    /// a consumer's poll on a runtime worker: the runtime is told, so its other tasks — ingest
-    /// answering webhooks — move to another worker meanwhile).
-    pub fn flush_blocking(&self, timeout: Duration) {
+    /// At a revocation, before the partitions move (blocking: a rebalance callback, run off the
+    /// runtime's other tasks by `bus::consumer`): waits up to `timeout` for everything queued to
+    /// be acknowledged, so the next owner's restore reads every write made so far. When that
+    /// does not finish (the broker unreachable, requests failing) and `may_purge`, what the
+    /// producer still holds is purged — dropped unsent, so it cannot land after the next owner
+    /// restored — and counted (`leadwatch_producer_purged_total{producer}`). librdkafka purges a
+    /// producer's whole queue, not one partition's: the caller allows it only when every write
+    /// queued is the revoked partitions' (the member keeps no other partition of its group, and
+    /// those partitions' writes were stopped first, so no retry queues them again).
+    pub fn settle_revocation(&self, timeout: Duration, may_purge: bool) -> Settled {
         let (inner, _) = self.inner();
-        let flush = || {
-            if let Err(e) = inner.flush(timeout) {
-                tracing::warn!(error = %e, "flush did not finish");
-            }
+        let Err(e) = inner.flush(timeout) else {
+            return Settled::Flushed;
         };
-        let multi_thread = tokio::runtime::Handle::try_current()
-            .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
-        if multi_thread {
-            tokio::task::block_in_place(flush);
-        } else {
-            flush();
+        let held = u64::try_from(inner.in_flight_count()).unwrap_or(0);
+        if !may_purge {
+            tracing::warn!(error = %e, producer = self.label(), held, "a revocation's flush did not finish; the member keeps other partitions, whose writes share the queue, so nothing is purged: what is left may land after the next owner restored");
+            return Settled::Left;
         }
+        inner.purge(PurgeConfig::default().queue().inflight());
+        // The purged records' delivery reports (their writers learn they were purged).
+        let _ = inner.flush(Duration::from_millis(500));
+        self.metrics.producer_purged(self.label(), held);
+        tracing::warn!(error = %e, producer = self.label(), held, "a revocation's flush did not finish; what the producer held is purged, so it cannot land after the next owner restored");
+        Settled::Purged(held)
     }
 
     /// Waits for everything queued to be acknowledged, at most `timeout`.
@@ -916,6 +987,104 @@ mod tests {
         assert_eq!(letter["quarantined"]["reason"], "too_large");
         assert!(letter["body_excerpt"].as_str().unwrap().len() <= EXCERPT_BYTES);
         assert!(letters.contains_key("L-refused"));
+    }
+
+    /// Reads partition `partition` of `topic` back (the last record per key).
+    async fn landed(cfg: &ClientConfig, topic: &str, partition: i32) -> Vec<String> {
+        let (cfg, topic) = (cfg.clone(), topic.to_string());
+        let folded = tokio::task::spawn_blocking(move || {
+            crate::bus::changelog::read_partition(
+                &cfg,
+                &topic,
+                partition,
+                Duration::from_secs(20),
+                &Clock::system(),
+            )
+            .unwrap()
+        })
+        .await
+        .unwrap();
+        let mut keys: Vec<String> = folded.records.keys().cloned().collect();
+        keys.sort();
+        keys
+    }
+
+    /// A revocation whose flush cannot finish (the broker is down) purges what the producer
+    /// holds when the member keeps no other partition: once the broker is back, the revoked
+    /// partition's queued record never lands (before, librdkafka sent it then: after the next
+    /// owner had restored, over its newer record). The producer goes on writing after the
+    /// purge. When the member keeps other partitions, whose writes share the queue, nothing
+    /// is purged: their records are not lost.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_revocation_whose_flush_cannot_finish_purges_what_would_land_late() {
+        use rdkafka::error::RDKafkaErrorCode as C;
+        let kafka = crate::bus::embedded::EmbeddedKafka::start(&[("state".into(), 2)]).unwrap();
+        let mut cfg = ClientConfig::new();
+        cfg.set("bootstrap.servers", kafka.bootstrap());
+        let metrics = Arc::new(Metrics::new());
+        let producer = Producer::new(&cfg, metrics.clone()).unwrap();
+        producer.name("engine");
+        let never = CancellationToken::new();
+        let settle = |may_purge| {
+            let producer = producer.clone();
+            tokio::task::spawn_blocking(move || {
+                producer.settle_revocation(Duration::from_millis(500), may_purge)
+            })
+        };
+        for p in [0, 1] {
+            assert!(
+                producer
+                    .send_until_acked_at("state", Some(p), "L-before", Some(b"1"), &never)
+                    .await
+            );
+        }
+
+        // Every partition revoked.
+        kafka.broker_down();
+        let late = producer
+            .enqueue_at("state", Some(0), "L-late", Some(b"late"))
+            .unwrap();
+        let settled = settle(true).await.unwrap();
+        assert!(
+            matches!(settled, Settled::Purged(n) if n >= 1),
+            "{settled:?}"
+        );
+        match late.await {
+            Ok(Err((KafkaError::MessageProduction(C::PurgeQueue | C::PurgeInflight), _))) => {}
+            other => panic!("the purged record's writer learns it was purged: {other:?}"),
+        }
+        kafka.broker_up();
+        assert!(
+            producer
+                .send_until_acked_at("state", Some(0), "L-after", Some(b"2"), &never)
+                .await,
+            "the producer writes on after a purge"
+        );
+        assert_eq!(
+            landed(&cfg, "state", 0).await,
+            ["L-after", "L-before"],
+            "the revoked partition's record, queued when its flush timed out, never lands"
+        );
+        assert!(
+            metrics
+                .encode()
+                .contains("leadwatch_producer_purged_total{producer=\"engine\"}"),
+            "{}",
+            metrics.encode()
+        );
+
+        // Partition 0 revoked, partition 1 kept: its record is not purged, and lands.
+        kafka.broker_down();
+        let kept = producer
+            .enqueue_at("state", Some(1), "L-kept", Some(b"kept"))
+            .unwrap();
+        assert_eq!(settle(false).await.unwrap(), Settled::Left);
+        kafka.broker_up();
+        assert!(
+            matches!(kept.await, Ok(Ok(_))),
+            "a kept partition's write lands"
+        );
+        assert_eq!(landed(&cfg, "state", 1).await, ["L-before", "L-kept"]);
     }
 
     /// What leadwatch writes is compressed on the broker without any setting (a lead's state

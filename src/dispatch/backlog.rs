@@ -355,12 +355,12 @@ impl Inner {
 /// one lead's writes reach Kafka in the order of their snapshots and the last holds the latest.
 pub async fn persist(
     producer: &Producer,
-    topic: &str,
+    (topic, generation): (&str, u64),
     lead: &str,
     snapshot: impl Fn() -> Option<Vec<u8>>,
     abandon: &tokio_util::sync::CancellationToken,
 ) -> bool {
-    let enqueue = || producer.enqueue(topic, lead, snapshot().as_deref());
+    let enqueue = || producer.enqueue_as(generation, topic, None, lead, snapshot().as_deref());
     producer.until_acked(topic, enqueue, abandon).await
 }
 

@@ -29,7 +29,7 @@ use super::sinks::{Attempt, Delivered, DeliveryError, Http};
 use super::template::Templates;
 use crate::alert::{ALERT_TYPES, Alert};
 use crate::bus::Topics;
-use crate::bus::changelog::{LATE_PREFIX, Snapshot};
+use crate::bus::changelog::{FORGOT_PREFIX, LATE_PREFIX, Snapshot};
 use crate::bus::producer::Producer;
 use crate::clock::Clock;
 use crate::telemetry::Metrics;
@@ -224,6 +224,15 @@ impl Shared {
         let Ok(before) = self.clock.now().checked_sub(retention) else {
             return;
         };
+        let markers = work.ledger.expire_markers(before);
+        if !markers.is_empty() {
+            tracing::info!(
+                partition = work.partition,
+                markers = markers.len(),
+                "forget markers older than dispatch.ledger_retention are tombstoned"
+            );
+            self.tombstone_late(work, markers);
+        }
         let (forgotten, leads) = work.ledger.expire(before, &work.backlog.leads());
         if forgotten == 0 {
             return;
@@ -257,6 +266,15 @@ impl Shared {
     /// tombstones those records: in that order, so a crash in between merges them again. The
     /// writes stop if the partition is revoked.
     pub(crate) fn fold_late_deliveries(self: &Arc<Self>, work: &Work) {
+        let dropped = work.ledger.take_dropped();
+        if !dropped.is_empty() {
+            tracing::info!(
+                partition = work.partition,
+                deliveries = dropped.len(),
+                "late deliveries of forgotten leads dropped; their records are tombstoned"
+            );
+            self.tombstone_late(work, dropped);
+        }
         let folded = work.ledger.take_folded();
         if folded.is_empty() {
             return;
@@ -273,8 +291,32 @@ impl Shared {
             for (key, lead) in folded {
                 let write = async {
                     work.ledger.persist(producer, topic, &lead, revoked).await
-                        && Ledger::forget_late(producer, topic, work.partition, &key, revoked).await
+                        && Ledger::forget_late(
+                            producer,
+                            (topic, work.partition, work.generation),
+                            &key,
+                            revoked,
+                        )
+                        .await
                 };
+                tokio::select! {
+                    _ = shared.abandon.cancelled() => break,
+                    written = write => if !written { break },
+                }
+            }
+        });
+    }
+
+    /// Tombstones, in the background, records of `work`'s partition of the ledger that are not
+    /// a lead's entry (dropped late deliveries, expired forget markers); the writes stop if the
+    /// partition is revoked.
+    fn tombstone_late(self: &Arc<Self>, work: &Work, keys: Vec<String>) {
+        let (shared, work) = (self.clone(), work.clone());
+        tokio::spawn(async move {
+            let topic = &shared.topics.delivered;
+            for key in keys {
+                let at = (topic.as_str(), work.partition, work.generation);
+                let write = Ledger::forget_late(&shared.producer, at, &key, &work.revoked);
                 tokio::select! {
                     _ = shared.abandon.cancelled() => break,
                     written = write => if !written { break },
@@ -286,7 +328,7 @@ impl Shared {
     /// Writes again the ledger and backlog entries of the leads whose newest record was
     /// followed by a late one of an earlier owner (passed over at restore): the last record of
     /// each key, the one compaction keeps, is this owner's again (a tombstone where the lead has
-    /// nothing). Late-delivery records are keyed per delivery and folded anyway.
+    /// nothing). Late-delivery records are keyed per delivery and folded anyway; forget markers are `forget`'s.
     pub(crate) fn write_superseded_again(
         self: &Arc<Self>,
         work: &Work,
@@ -295,7 +337,7 @@ impl Shared {
     ) {
         let ledger: BTreeSet<String> = ledger
             .into_iter()
-            .filter(|k| !k.starts_with(LATE_PREFIX))
+            .filter(|k| !k.starts_with(LATE_PREFIX) && !k.starts_with(FORGOT_PREFIX))
             .collect();
         let backlog: BTreeSet<String> = backlog.into_iter().collect();
         if ledger.is_empty() && backlog.is_empty() {
@@ -766,7 +808,7 @@ async fn write_backlog(shared: &Shared, work: &Work, lead: &str) -> bool {
     };
     backlog::persist(
         &shared.producer,
-        &shared.topics.retry,
+        (&shared.topics.retry, work.generation),
         lead,
         snapshot,
         &shared.abandon,

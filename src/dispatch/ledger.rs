@@ -10,7 +10,7 @@ use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
-use crate::bus::changelog::{self, LATE_PREFIX};
+use crate::bus::changelog::{self, FORGOT_PREFIX, Forgotten, LATE_PREFIX};
 use crate::bus::producer::Producer;
 
 /// How many alerts a lead's entry remembers (the oldest are forgotten first).
@@ -71,6 +71,12 @@ pub struct Ledger {
     /// Late deliveries merged at restore, as (their record's key, their lead): once the lead's
     /// entry holding them is written, their records are tombstoned.
     folded: Arc<Mutex<Vec<(String, String)>>>,
+    /// Late deliveries of forgotten leads dropped at restore (their records' keys): their
+    /// records are tombstoned.
+    dropped: Arc<Mutex<Vec<String>>>,
+    /// `forget`'s markers ([`Forgotten`]) by their key, with when the lead was forgotten: each
+    /// is tombstoned once older than the ledger's retention ([`Ledger::expire_markers`]).
+    markers: Arc<Mutex<BTreeMap<String, Timestamp>>>,
     /// The partition generation its records are written with
     /// ([`changelog::next_generation`]): a restore passes over an earlier owner's late ones.
     generation: u64,
@@ -79,8 +85,11 @@ pub struct Ledger {
 impl Ledger {
     /// From the partition's records in `{prefix}.delivered`; also the keys of those that could
     /// not be read.
-    /// Late deliveries ([`LateDelivery`]) are merged into their lead's entry. Its records are
-    /// written with partition generation `generation`.
+    /// Late deliveries ([`LateDelivery`]) are merged into their lead's entry, except those of a
+    /// lead `forget` erased that were written with its marker's generation or an earlier one
+    /// (they landed after `forget` read the partition): those are dropped, their records to be
+    /// tombstoned ([`Ledger::take_dropped`]). Its records are written with partition generation
+    /// `generation`.
     pub fn from_snapshot(
         snapshot: crate::bus::changelog::Snapshot,
         generation: u64,
@@ -88,14 +97,28 @@ impl Ledger {
         let mut broken = Vec::new();
         let mut late = Vec::new();
         let mut leads: HashMap<String, LeadDeliveries> = HashMap::new();
+        // Per forgotten lead, its marker's generation.
+        let mut forgotten: HashMap<String, u64> = HashMap::new();
+        let mut markers = BTreeMap::new();
         for (k, v) in snapshot {
-            let Some((_, v)) = changelog::unstamp(&v) else {
+            let Some((written_by, v)) = changelog::unstamp(&v) else {
                 broken.push(k);
                 continue;
             };
             if k.starts_with(LATE_PREFIX) {
                 match serde_json::from_slice::<LateDelivery>(v) {
-                    Ok(d) => late.push((k, d)),
+                    Ok(d) => late.push((k, written_by, d)),
+                    Err(_) => broken.push(k),
+                }
+                continue;
+            }
+            if k.starts_with(FORGOT_PREFIX) {
+                match serde_json::from_slice::<Forgotten>(v) {
+                    Ok(f) => {
+                        let reached = forgotten.entry(f.lead).or_default();
+                        *reached = (*reached).max(written_by);
+                        markers.insert(k, f.at);
+                    }
                     Err(_) => broken.push(k),
                 }
                 continue;
@@ -108,7 +131,15 @@ impl Ledger {
             }
         }
         let mut folded = Vec::new();
-        for (key, d) in late {
+        let mut dropped = Vec::new();
+        for (key, written_by, d) in late {
+            if forgotten
+                .get(&d.lead)
+                .is_some_and(|&marker| written_by <= marker)
+            {
+                dropped.push(key);
+                continue;
+            }
             let entry = leads.entry(d.lead.clone()).or_default();
             entry
                 .alerts
@@ -126,6 +157,8 @@ impl Ledger {
             Ledger {
                 leads: Arc::new(Mutex::new(leads)),
                 folded: Arc::new(Mutex::new(folded)),
+                dropped: Arc::new(Mutex::new(dropped)),
+                markers: Arc::new(Mutex::new(markers)),
                 generation,
             },
             broken,
@@ -136,6 +169,27 @@ impl Ledger {
     /// entry, then tombstone the record.
     pub fn take_folded(&self) -> Vec<(String, String)> {
         std::mem::take(&mut *self.folded.lock().expect("ledger lock"))
+    }
+
+    /// The records of forgotten leads' late deliveries dropped at restore, once: tombstone them.
+    pub fn take_dropped(&self) -> Vec<String> {
+        std::mem::take(&mut *self.dropped.lock().expect("ledger lock"))
+    }
+
+    /// Forgets `forget`'s markers of leads forgotten before `before` (the ledger's retention:
+    /// every late delivery they drop was written long before), returning their keys, to be
+    /// tombstoned.
+    pub fn expire_markers(&self, before: Timestamp) -> Vec<String> {
+        let mut markers = self.markers.lock().expect("ledger lock");
+        let old: Vec<String> = markers
+            .iter()
+            .filter(|(_, at)| **at < before)
+            .map(|(k, _)| k.clone())
+            .collect();
+        for k in &old {
+            markers.remove(k);
+        }
+        old
     }
 
     /// Records that `sink` has `alert_id` although this member no longer owns the partition
@@ -170,15 +224,15 @@ impl Ledger {
     }
 
     /// Tombstones a late delivery's record (`key`, in `partition`) once its lead's entry holds
-    /// it. True once Kafka has it.
+    /// it (or its lead was forgotten), or an expired forget marker, as partition generation
+    /// `generation` wrote it. True once Kafka has it.
     pub async fn forget_late(
         producer: &Producer,
-        topic: &str,
-        partition: i32,
+        (topic, partition, generation): (&str, i32, u64),
         key: &str,
         abandon: &CancellationToken,
     ) -> bool {
-        let enqueue = || producer.enqueue_at(topic, Some(partition), key, None);
+        let enqueue = || producer.enqueue_as(generation, topic, Some(partition), key, None);
         producer.until_acked(topic, enqueue, abandon).await
     }
 
@@ -303,7 +357,7 @@ impl Ledger {
                     &serde_json::to_vec(entry).expect("ledger serializes"),
                 )
             });
-            producer.enqueue(topic, lead, bytes.as_deref())
+            producer.enqueue_as(self.generation, topic, None, lead, bytes.as_deref())
         };
         producer.until_acked(topic, enqueue, abandon).await
     }
@@ -358,6 +412,75 @@ mod tests {
         assert!(ledger.delivered("L-1", "alert_b").contains("slack"));
         assert_eq!(ledger.take_folded(), [(key, "L-1".to_string())]);
         assert!(ledger.take_folded().is_empty(), "handed out once");
+    }
+
+    /// `forget`'s marker drops the late deliveries of its lead written by owners up to the
+    /// erasure (its generation or earlier, an earlier build's included), not those written
+    /// after it, nor other leads'; the marker is no lead, and it expires with the retention.
+    #[test]
+    fn a_forget_marker_drops_its_leads_late_deliveries_of_owners_up_to_the_erasure() {
+        let late = |lead: &str, alert: &str, generation: u64| {
+            let body = serde_json::to_vec(&LateDelivery {
+                lead: lead.into(),
+                alert_id: alert.into(),
+                sink: "slack".into(),
+                at: "2026-11-20T09:59:00Z".parse().unwrap(),
+            })
+            .unwrap();
+            let record = match generation {
+                0 => body,
+                g => changelog::stamp(g, &body),
+            };
+            (late_key(alert, "slack"), record)
+        };
+        let marker = changelog::stamp(
+            4,
+            &serde_json::to_vec(&Forgotten {
+                lead: "L-gone".into(),
+                at: "2026-11-20T10:00:00Z".parse().unwrap(),
+            })
+            .unwrap(),
+        );
+        let snapshot = [
+            (changelog::forgot_key("L-gone"), marker),
+            late("L-gone", "alert_old", 0),
+            late("L-gone", "alert_at", 4),
+            late("L-gone", "alert_new", 5),
+            late("L-other", "alert_other", 3),
+        ]
+        .into();
+        let (ledger, broken) = Ledger::from_snapshot(snapshot, 6);
+        assert!(broken.is_empty(), "{broken:?}");
+        assert!(ledger.delivered("L-gone", "alert_old").is_empty());
+        assert!(ledger.delivered("L-gone", "alert_at").is_empty());
+        assert!(ledger.delivered("L-gone", "alert_new").contains("slack"));
+        assert!(ledger.delivered("L-other", "alert_other").contains("slack"));
+        assert_eq!(ledger.len(), 2, "a marker is no lead");
+        let mut dropped = ledger.take_dropped();
+        dropped.sort();
+        assert_eq!(
+            dropped,
+            [
+                late_key("alert_at", "slack"),
+                late_key("alert_old", "slack")
+            ]
+        );
+        assert!(
+            ledger
+                .expire_markers("2026-11-20T10:00:00Z".parse().unwrap())
+                .is_empty(),
+            "kept for the retention"
+        );
+        assert_eq!(
+            ledger.expire_markers("2026-11-27T10:00:01Z".parse().unwrap()),
+            [changelog::forgot_key("L-gone")]
+        );
+        assert!(
+            ledger
+                .expire_markers("2026-11-28T10:00:00Z".parse().unwrap())
+                .is_empty(),
+            "tombstoned once"
+        );
     }
 
     #[test]

@@ -21,7 +21,7 @@ use super::Context;
 use super::group::{Event, Group, Next, Read, Waited};
 use crate::alert::Alert;
 use crate::bus::changelog::Restorer;
-use crate::bus::consumer::{self, RebalanceHooks};
+use crate::bus::consumer::{self, RebalanceHooks, Revocation};
 use crate::bus::producer::Unreadable;
 use crate::dispatch::DispatchSections;
 use crate::dispatch::deliver::{Shared, Unread, Work, fan_out, retry_one};
@@ -36,6 +36,9 @@ const REVOKE_WAIT_CAP: Duration = Duration::from_secs(30);
 
 /// Time for a delivery's record to be acknowledged by Kafka, once the sink answered.
 const RECORD_WAIT: Duration = Duration::from_secs(5);
+/// How long a revocation then waits for the dispatcher's writes to be acknowledged before what
+/// is left is purged (or, when kept partitions share the queue, left to land late).
+const REVOKE_FLUSH: Duration = Duration::from_secs(5);
 
 /// Due retries handed at once to a sink no longer configured (each is dead-lettered at once).
 const UNKNOWN_SINK_BATCH: usize = 16;
@@ -120,18 +123,20 @@ impl Dispatcher {
             // Before partitions move, the deliveries under way for them end and are recorded
             // (the rest is abandoned unsent), and every ledger and backlog write so far is made
             // durable, so the next owner's restore sees it.
-            on_revoke: Some(Box::new(move |revoked: &[i32]| {
+            // What cannot be made durable in time is purged when no kept partition shares the
+            // producer's queue (a delivery's late record, written until acknowledged whatever
+            // the partition, is queued again: it is meant to land after the revocation).
+            on_revoke: Some(Box::new(move |revocation: &Revocation| {
                 let works: Vec<Work> = {
                     let owned = owned.lock().expect("owned partitions lock");
-                    revoked
+                    revocation
+                        .partitions
                         .iter()
                         .filter_map(|p| owned.get(p).cloned())
                         .collect()
                 };
-                on_consumer_thread(|can_wait| {
-                    finish_underway(&for_revoke, &works, can_wait);
-                    producer.flush_blocking(Duration::from_secs(5))
-                })
+                finish_underway(&for_revoke, &works, revocation.can_wait);
+                producer.settle_revocation(REVOKE_FLUSH, !revocation.keeps_others);
             })),
         };
         let subscribed = consumer::subscribe(
@@ -418,19 +423,6 @@ impl Dispatcher {
             offset,
             settled.map(|done| matches!(done, Ok(Some(_)))),
         );
-    }
-}
-
-/// Runs `f` on the consumer's thread, a tokio worker, moving the worker's other tasks to
-/// another thread while it blocks. `f` is told whether waiting for other tasks can work: not on
-/// a single-threaded runtime, where they would only run once `f` returns.
-fn on_consumer_thread<R>(f: impl FnOnce(bool) -> R) -> R {
-    use tokio::runtime::{Handle, RuntimeFlavor};
-    match Handle::try_current().map(|h| h.runtime_flavor()) {
-        Ok(RuntimeFlavor::CurrentThread) => f(false),
-        Ok(_) => tokio::task::block_in_place(|| f(true)),
-        // A thread of its own (leaving the group at shutdown): tasks run elsewhere.
-        Err(_) => f(true),
     }
 }
 

@@ -39,7 +39,7 @@ use super::writes::{Acked, Dirty, Flush, Writes};
 use crate::alert::Alert;
 use crate::bus::Topics;
 use crate::bus::changelog::Restorer;
-use crate::bus::consumer::{self, RebalanceHooks};
+use crate::bus::consumer::{self, RebalanceHooks, Revocation};
 use crate::bus::producer::{Permanent, Producer, Unreadable, Written};
 use crate::engine::partition::{PartitionState, ROTATION_KEY};
 use crate::engine::rules::Rules;
@@ -217,13 +217,17 @@ impl EngineRunner {
             ctx,
         } = self;
         let producer_for_revoke = ctx.producer.clone();
+        let revokers = Revokers::default();
+        let for_revoke = revokers.clone();
         let hooks = RebalanceHooks {
             pause_on_assign: true,
             report_end: true,
-            // Before partitions move, make every state change written so far durable, so the
-            // next owner's restore sees it.
-            on_revoke: Some(Box::new(move |_| {
-                producer_for_revoke.flush_blocking(Duration::from_secs(5))
+            // Before partitions move, their writes stop (none is queued again), and every state
+            // change written so far is made durable, so the next owner's restore sees it; what
+            // cannot be made durable in time is purged when no kept partition shares the queue.
+            on_revoke: Some(Box::new(move |revocation: &Revocation| {
+                for_revoke.revoke(&revocation.partitions);
+                producer_for_revoke.settle_revocation(REVOKE_FLUSH, !revocation.keeps_others);
             })),
         };
         let subscribed = consumer::subscribe(
@@ -265,6 +269,7 @@ impl EngineRunner {
             abandon,
             reloads: 0,
             on_their_way: OnTheirWay::default(),
+            revokers,
         };
         let mut firing: Firing = FuturesUnordered::new();
         let mut building: Building = FuturesUnordered::new();
@@ -445,6 +450,37 @@ struct Work {
     reloads: u64,
     /// Leads whose fired alerts are being written.
     on_their_way: OnTheirWay,
+    /// What stops each owned partition's writes, for the revocation hook.
+    revokers: Revokers,
+}
+
+/// How long a revocation waits for the engine's writes to be acknowledged before what is left
+/// is purged (or, when kept partitions share the queue, left to land late).
+const REVOKE_FLUSH: Duration = Duration::from_secs(5);
+
+/// What stops each owned partition's writes ([`Writes::revoker`]), shared with the revocation
+/// hook: it stops them before the revocation reaches the loop, so that a write failing
+/// meanwhile — a purged one above all — is not queued again.
+#[derive(Clone, Default)]
+struct Revokers(Arc<std::sync::Mutex<std::collections::HashMap<i32, CancellationToken>>>);
+
+impl Revokers {
+    fn insert(&self, partition: i32, token: CancellationToken) {
+        self.0
+            .lock()
+            .expect("revokers lock")
+            .insert(partition, token);
+    }
+
+    /// Stops the writes of `partitions` and forgets them.
+    fn revoke(&self, partitions: &[i32]) {
+        let mut map = self.0.lock().expect("revokers lock");
+        for p in partitions {
+            if let Some(token) = map.remove(p) {
+                token.cancel();
+            }
+        }
+    }
 }
 
 /// One write of a step on its way to Kafka.
@@ -527,7 +563,14 @@ impl Work {
                 }
             };
             let alerts = write.alert_records();
-            sent.push(self.send_lead(&mut owned.writes, write.lead, write.alerts, alerts, state));
+            sent.push(self.send_lead(
+                &mut owned.writes,
+                owned.generation,
+                write.lead,
+                write.alerts,
+                alerts,
+                state,
+            ));
         }
         if let Some(rotation) = rotation {
             sent.push(self.send_rotation(partition, rotation));
@@ -548,10 +591,11 @@ impl Work {
 
     /// Sends one lead's write after its earlier writes: the records of its `fired` alerts, then
     /// — only once they are all in Kafka — its state (`Some(None)`: its tombstone; `None`:
-    /// nothing).
+    /// nothing), both of partition generation `generation`.
     fn send_lead(
         &self,
         writes: &mut Writes,
+        generation: u64,
         lead: String,
         fired: Vec<Alert>,
         alerts: Vec<Vec<u8>>,
@@ -574,7 +618,8 @@ impl Work {
                 }
                 match state {
                     Some(state) => {
-                        write_state(&producer, &topics.state, &lead, state, &metrics, &token).await
+                        let to = (topics.state.as_str(), lead.as_str(), generation);
+                        write_state(&producer, to, state, &metrics, &token).await
                     }
                     None => true,
                 }
@@ -672,6 +717,7 @@ impl Work {
             self.step(partition, &mut owned, Input::Reload, now);
         }
         tracing::info!(partition, leads = owned.leads.len(), "lead state restored");
+        self.revokers.insert(partition, owned.writes.revoker());
         for waited in group.ready(partition, owned) {
             let arrived = match waited {
                 Waited::Message { offset, message } => Arrived::Event(offset, message),
@@ -761,6 +807,7 @@ impl Work {
             Event::Revoked(partitions) => {
                 let ps: Vec<i32> = partitions.iter().map(|(p, _)| *p).collect();
                 tracing::info!(partitions = ?ps, "engine partitions revoked");
+                self.revokers.revoke(&ps);
                 for (partition, owned) in partitions {
                     if let Some(owned) = owned {
                         owned.writes.revoke();
@@ -826,14 +873,13 @@ impl Work {
 /// lead is as its last state written. True once settled; false when abandoned.
 async fn write_state(
     producer: &Producer,
-    topic: &str,
-    lead: &str,
+    (topic, lead, generation): (&str, &str, u64),
     state: Option<Vec<u8>>,
     metrics: &Metrics,
     token: &CancellationToken,
 ) -> bool {
     let mut refusal = match producer
-        .write(topic, None, lead, state.as_deref(), token)
+        .write(generation, topic, lead, state.as_deref(), token)
         .await
     {
         Written::Acked => return true,
@@ -843,7 +889,10 @@ async fn write_state(
     if refusal.why == Permanent::TooLarge
         && let Some(slim) = state.as_deref().and_then(without_window)
     {
-        match producer.write(topic, None, lead, Some(&slim), token).await {
+        match producer
+            .write(generation, topic, lead, Some(&slim), token)
+            .await
+        {
             Written::Acked => {
                 metrics.state_without_window();
                 tracing::warn!(

@@ -63,6 +63,12 @@ impl Writes {
         self.token.cancel();
     }
 
+    /// What [`Writes::revoke`] cancels, for a revocation hook to cancel before the revocation
+    /// reaches the loop (a write failing meanwhile is then not queued again).
+    pub fn revoker(&self) -> CancellationToken {
+        self.token.clone()
+    }
+
     /// Forgets the writes that are done (they no longer hold back anything).
     pub fn prune(&mut self) {
         self.tails.retain(|_, acked| acked.peek().is_none());
