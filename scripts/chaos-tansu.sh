@@ -11,6 +11,11 @@
 #   scripts/chaos-tansu.sh [--duration 30m] [--kill-every 3m] [--down 5s] [--members 3]
 #       [--events-per-tick 200] [--tick 5] [--within 20s] [--static] [--profile release]
 #       [--port 18190] [--broker-port 19490] [--receiver-port 18290] [--settle 300] [--keep DIR]
+#       [--broker tansu|dev]
+#
+# --broker dev runs the same on `leadwatch dev-broker` (librdkafka's mock cluster, in memory; it
+# keeps at most 100,000 records or 5 MiB per partition, so keep such runs short or light): a
+# second group coordinator to compare tansu's rebalances with.
 #
 # --keep DIR runs in DIR (created; it must not hold an earlier run) and leaves it there: the
 # members' logs (JSON lines: every "alert delivered" with its alert id), the kills and the
@@ -28,7 +33,7 @@ set -euo pipefail
 . "$(dirname "$0")/daemon-ready.sh"
 
 duration=30m kill_every=3m down=5s members=3 per_tick=200 tick=5 within=20s static=""
-profile=release port=18190 bport=19490 rport=18290 settle=300 keep=""
+profile=release port=18190 bport=19490 rport=18290 settle=300 keep="" broker_kind=tansu
 while [ $# -gt 0 ]; do
   case "$1" in
     --duration) duration="$2"; shift 2 ;;
@@ -45,6 +50,7 @@ while [ $# -gt 0 ]; do
     --receiver-port) rport="$2"; shift 2 ;;
     --settle) settle="$2"; shift 2 ;;
     --keep) keep="$2"; shift 2 ;;
+    --broker) broker_kind="$2"; shift 2 ;;
     *) echo "unknown argument: $1" >&2; exit 64 ;;
   esac
 done
@@ -87,7 +93,23 @@ cleanup() {
 }
 trap cleanup EXIT
 
-start_tansu "$bport" "$dir/broker.log"
+case "$broker_kind" in
+  tansu) start_tansu "$bport" "$dir/broker.log" ;;
+  dev)
+    # The mock cluster binds a port of its own: its first line says which.
+    "$bin/leadwatch" dev-broker --partitions 6 --topic-prefix chaos >"$dir/broker.out" \
+      2>"$dir/broker.log" &
+    broker=$!
+    for _ in $(seq 300); do
+      grep -q '^bootstrap=' "$dir/broker.out" 2>/dev/null && break
+      kill -0 "$broker" 2>/dev/null || { cat "$dir/broker.log" >&2; exit 1; }
+      sleep 0.1
+    done
+    bport=$(sed -n 's/^bootstrap=.*:\([0-9]*\)$/\1/p' "$dir/broker.out")
+    [ -n "$bport" ] || { echo "dev-broker said no bootstrap address" >&2; exit 1; }
+    ;;
+  *) echo "--broker: tansu or dev, not $broker_kind" >&2; exit 64 ;;
+esac
 
 # The receiver: answers 200 to every alert, counts requests per alert id and the lead of each;
 # GET /stats gives {"requests": N, "ids": {alert_id: [lead, count, [arrival, …]]}}. Each request
@@ -224,7 +246,7 @@ start_member() { # index
 }
 
 for i in $(seq 0 $((members - 1))); do start_member "$i"; done
-echo "$members members ready on tansu :$bport; receiver :$rport; $duration, a kill every $kill_every"
+echo "$members members ready on $broker_kind :$bport; receiver :$rport; $duration, a kill every $kill_every"
 
 total=$(seconds "$duration")
 end=$(( $(date +%s) + total ))

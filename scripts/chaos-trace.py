@@ -15,6 +15,10 @@ the nearest kill before it. Each doubled alert is classed:
   to two members at once.
 - two live members: the copies came from different live processes, not both owners by their
   logs: a ledger that missed a delivery.
+- timed out, landed late: a copy reached the receiver after the sender's request timeout
+  (`dispatch.request_timeout`, 10 s) had passed since it was signed: the sender saw its attempt
+  time out and retried (under the same `webhook-id`), and the receiver took the first one late
+  (a stalled receiver or host). At-least-once at a sink, as documented, not an ownership matter.
 - kill window, sender gone: the first copy's sender could not be named (its process was
   going) and it arrived within 2 s before a kill, every later copy from a live member.
 - unknown sender: the receiver could not tell who sent a copy.
@@ -89,6 +93,7 @@ def main() -> int:
     ap.add_argument("dir")
     ap.add_argument("--partitions", type=int, default=6)
     ap.add_argument("--around", type=float, default=60)
+    ap.add_argument("--request-timeout", type=float, default=10, help="the members' dispatch.request_timeout, in seconds")
     ap.add_argument("--all-lines", action="store_true", help="print every rebalance line, not only the dispatcher's")
     args = ap.parse_args()
     d = args.dir
@@ -201,7 +206,10 @@ def main() -> int:
         first = cs[0]
         pids = [c.get("pid") for c in cs]
         near_kill = any(0 <= t - first["at"] <= 2 for t, _, _ in kills)
-        if first.get("pid") is None and near_kill and all(p is not None for p in pids[1:]):
+        late = [c for c in cs if c.get("signed") and c["at"] - int(c["signed"]) >= args.request_timeout - 1]
+        if late:
+            cls = "timed out, landed late"
+        elif first.get("pid") is None and near_kill and all(p is not None for p in pids[1:]):
             cls = "kill window, sender gone"
         elif any(p is None for p in pids):
             cls = "unknown sender"
