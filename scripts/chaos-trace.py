@@ -8,7 +8,9 @@ that sent it, the member logs' "alert delivered" lines for it, and where that st
 the nearest kill before it. Each doubled alert is classed:
 
 - kill window: the first copy came from a process killed within 10 s after sending it (it may
-  not have recorded the delivery): the documented crash window.
+  not have recorded the delivery): the documented crash window. A kill's time is noted just
+  before the signal, and what the process had written to its socket still arrives after it
+  died: a copy read up to 1 s after that time counts as sent before the kill.
 - one process twice: every copy came from the same process.
 - two owners at once: the copies came from different live processes, and by their own logs
   both held the alert's partition (dispatcher) when they sent it: the group gave one partition
@@ -20,7 +22,8 @@ the nearest kill before it. Each doubled alert is classed:
   time out and retried (under the same `webhook-id`), and the receiver took the first one late
   (a stalled receiver or host). At-least-once at a sink, as documented, not an ownership matter.
 - kill window, sender gone: the first copy's sender could not be named (its process was
-  going) and it arrived within 2 s before a kill, every later copy from a live member.
+  gone) and it arrived from 2 s before a kill to 1 s after, every later copy from a live
+  member.
 - unknown sender: the receiver could not tell who sent a copy.
 
 Then the times a partition had two owners at once by the members' own logs (per group), and,
@@ -147,7 +150,7 @@ def main() -> int:
             continue
         member = int(name[len("member-") : -len(".log")])
         for raw in open(os.path.join(d, name), errors="replace"):
-            if "partitions" not in raw:
+            if "partitions" not in raw and "stopping" not in raw:
                 continue
             try:
                 rec = json.loads(raw)
@@ -156,10 +159,16 @@ def main() -> int:
             fields = rec.get("fields", {})
             msg = fields.get("message", "")
             group = "dispatch" if msg.startswith("dispatcher ") else "engine" if msg.startswith("engine ") else None
-            if group is None or " partitions" not in msg:
+            if group is None:
+                continue
+            t = parse_ts(rec["timestamp"])
+            if msg.endswith(" stopping"):
+                # Shutting down: it leaves the group without a revocation line.
+                holds[group][pid_of(member, t)].append((t, "revoke", list(range(args.partitions))))
+                continue
+            if " partitions" not in msg:
                 continue
             parts = json.loads(fields.get("partitions", "[]"))
-            t = parse_ts(rec["timestamp"])
             kind = "revoke" if "revoked" in msg else "assign"
             holds[group][pid_of(member, t)].append((t, kind, parts))
 
@@ -205,7 +214,8 @@ def main() -> int:
     for alert_id, cs in sorted(doubled.items(), key=lambda kv: kv[1][0]["at"]):
         first = cs[0]
         pids = [c.get("pid") for c in cs]
-        near_kill = any(0 <= t - first["at"] <= 2 for t, _, _ in kills)
+        # Copies read up to 1 s after a kill's noted time were written before the signal landed.
+        near_kill = any(-1 <= t - first["at"] <= 2 for t, _, _ in kills)
         late = [c for c in cs if c.get("signed") and c["at"] - int(c["signed"]) >= args.request_timeout - 1]
         if late:
             cls = "timed out, landed late"
@@ -215,7 +225,7 @@ def main() -> int:
             cls = "unknown sender"
         elif len(set(pids)) == 1:
             cls = "one process twice"
-        elif first["pid"] in killed_at and 0 <= killed_at[first["pid"]] - first["at"] <= 10:
+        elif first["pid"] in killed_at and -1 <= killed_at[first["pid"]] - first["at"] <= 10:
             cls = "kill window"
         elif all(held("dispatch", c["pid"], partition_for(c["lead"], args.partitions), c["at"]) for c in cs):
             cls = "two owners at once"
