@@ -10,7 +10,20 @@
 #
 #   scripts/chaos-tansu.sh [--duration 30m] [--kill-every 3m] [--down 5s] [--members 3]
 #       [--events-per-tick 200] [--tick 5] [--within 20s] [--static] [--profile release]
-#       [--port 18190] [--broker-port 19490] [--receiver-port 18290] [--settle 300]
+#       [--port 18190] [--broker-port 19490] [--receiver-port 18290] [--settle 300] [--keep DIR]
+#       [--broker tansu|dev]
+#
+# --broker dev runs the same on `leadwatch dev-broker` (librdkafka's mock cluster, in memory; it
+# keeps at most 100,000 records or 5 MiB per partition, so keep such runs short or light): a
+# second group coordinator to compare tansu's rebalances with.
+#
+# --keep DIR runs in DIR (created; it must not hold an earlier run) and leaves it there: the
+# members' logs (JSON lines: every "alert delivered" with its alert id), the kills and the
+# members' pids (kills.txt, members.txt), every request the receiver took (requests.jsonl: alert
+# id, lead, arrival, `webhook-timestamp`, and the member whose connection sent it, found from
+# the connection's socket) and the accepted leads. `scripts/chaos-trace.py DIR` (run at the end
+# when an alert came twice) says, per doubled alert, who sent each copy and when against the
+# kills.
 #
 # --static sets `kafka.instance_id` (static membership) on each member; --profile debug uses the
 # debug build (no release build needed). Durations are sleep(1)'s (`90s`, `3m`).
@@ -20,7 +33,7 @@ set -euo pipefail
 . "$(dirname "$0")/daemon-ready.sh"
 
 duration=30m kill_every=3m down=5s members=3 per_tick=200 tick=5 within=20s static=""
-profile=release port=18190 bport=19490 rport=18290 settle=300
+profile=release port=18190 bport=19490 rport=18290 settle=300 keep="" broker_kind=tansu
 while [ $# -gt 0 ]; do
   case "$1" in
     --duration) duration="$2"; shift 2 ;;
@@ -36,6 +49,8 @@ while [ $# -gt 0 ]; do
     --broker-port) bport="$2"; shift 2 ;;
     --receiver-port) rport="$2"; shift 2 ;;
     --settle) settle="$2"; shift 2 ;;
+    --keep) keep="$2"; shift 2 ;;
+    --broker) broker_kind="$2"; shift 2 ;;
     *) echo "unknown argument: $1" >&2; exit 64 ;;
   esac
 done
@@ -58,7 +73,13 @@ dir_name=$profile
 bin="target/$dir_name"
 secret='whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw'
 sink_secret='whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD'
-dir="$(mktemp -d)"
+if [ -n "$keep" ]; then
+  [ -e "$keep" ] && [ -n "$(ls -A "$keep")" ] && { echo "--keep $keep: not empty" >&2; exit 64; }
+  mkdir -p "$keep"
+  dir="$(cd "$keep" && pwd)"
+else
+  dir="$(mktemp -d)"
+fi
 broker="" receiver="" loader=""
 declare -a pids
 cleanup() {
@@ -68,30 +89,94 @@ cleanup() {
       wait "$p" 2>/dev/null || true
     fi
   done
-  rm -rf "$dir"
+  if [ -n "$keep" ]; then echo "kept: $dir"; else rm -rf "$dir"; fi
 }
 trap cleanup EXIT
 
-start_tansu "$bport" "$dir/broker.log"
+case "$broker_kind" in
+  tansu) start_tansu "$bport" "$dir/broker.log" ;;
+  dev)
+    # The mock cluster binds a port of its own: its first line says which.
+    "$bin/leadwatch" dev-broker --partitions 6 --topic-prefix chaos >"$dir/broker.out" \
+      2>"$dir/broker.log" &
+    broker=$!
+    for _ in $(seq 300); do
+      grep -q '^bootstrap=' "$dir/broker.out" 2>/dev/null && break
+      kill -0 "$broker" 2>/dev/null || { cat "$dir/broker.log" >&2; exit 1; }
+      sleep 0.1
+    done
+    bport=$(sed -n 's/^bootstrap=.*:\([0-9]*\)$/\1/p' "$dir/broker.out")
+    [ -n "$bport" ] || { echo "dev-broker said no bootstrap address" >&2; exit 1; }
+    ;;
+  *) echo "--broker: tansu or dev, not $broker_kind" >&2; exit 64 ;;
+esac
 
 # The receiver: answers 200 to every alert, counts requests per alert id and the lead of each;
-# GET /stats gives {"requests": N, "ids": {alert_id: [lead, count, [arrival, …]]}}.
+# GET /stats gives {"requests": N, "ids": {alert_id: [lead, count, [arrival, …]]}}. Each request
+# is also a line of requests.jsonl: the alert id, the lead, the arrival (epoch seconds), the
+# `webhook-timestamp` it was signed with, and the member that sent it: the process holding the
+# connection's other end (looked up once per connection in /proc, among members.txt's pids).
 cat >"$dir/receiver.py" <<'EOF'
-import json, sys, threading, time
+import json, os, sys, threading, time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 ids, lock, total = {}, threading.Lock(), [0]
+port, run_dir = int(sys.argv[1]), sys.argv[2]
+log = open(os.path.join(run_dir, "requests.jsonl"), "a", buffering=1)
+
+def sender(peer_port):
+    """(pid, member index) of the member whose socket is 127.0.0.1:peer_port, if any."""
+    local, remote = ":%04X" % peer_port, ":%04X" % port
+    inodes = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            for line in open(table).readlines()[1:]:
+                f = line.split()
+                if f[1].endswith(local) and f[2].endswith(remote):
+                    inodes.add("socket:[%s]" % f[9])
+        except OSError:
+            pass
+    try:
+        members = [l.split()[:2] for l in open(os.path.join(run_dir, "members.txt"))]
+    except OSError:
+        members = []
+    for pid, index in reversed(members):
+        try:
+            fds = os.listdir("/proc/%s/fd" % pid)
+        except OSError:
+            continue
+        for fd in fds:
+            try:
+                if os.readlink("/proc/%s/fd/%s" % (pid, fd)) in inodes:
+                    return int(pid), int(index)
+            except OSError:
+                pass
+    return None, None
+
 class H(BaseHTTPRequestHandler):
+    # Keep-alive, as a real receiver: the sender is looked up once per connection, as soon as
+    # it is accepted (a member killed a moment later is still there to be named).
+    protocol_version = "HTTP/1.1"
+    def setup(self):
+        super().setup()
+        self.member = sender(self.client_address[1])
     def do_POST(self):
         body = self.rfile.read(int(self.headers.get("content-length", 0)))
+        arrived = time.time()
+        if self.member[0] is None:
+            self.member = sender(self.client_address[1])
         try:
             lead = json.loads(body)["data"]["lead"]
         except Exception:
             lead = "?"
+        alert_id = self.headers.get("webhook-id", "?")
         with lock:
             total[0] += 1
-            entry = ids.setdefault(self.headers.get("webhook-id", "?"), [lead, 0, []])
+            entry = ids.setdefault(alert_id, [lead, 0, []])
             entry[1] += 1
-            entry[2].append(time.strftime("%H:%M:%S", time.gmtime()))
+            entry[2].append(time.strftime("%H:%M:%S", time.gmtime(arrived)))
+            log.write(json.dumps({"id": alert_id, "lead": lead, "at": round(arrived, 3),
+                "signed": self.headers.get("webhook-timestamp"), "pid": self.member[0],
+                "member": self.member[1], "port": self.client_address[1]}) + "\n")
         self.send_response(200); self.send_header("content-length", "2"); self.end_headers()
         self.wfile.write(b"ok")
     def do_GET(self):
@@ -100,9 +185,16 @@ class H(BaseHTTPRequestHandler):
         self.send_response(200); self.send_header("content-length", str(len(body))); self.end_headers()
         self.wfile.write(body)
     def log_message(self, *a): pass
-ThreadingHTTPServer(("127.0.0.1", int(sys.argv[1])), H).serve_forever()
+class Server(ThreadingHTTPServer):
+    daemon_threads = True
+    def handle_error(self, request, client_address):
+        # A killed member's connection: its alert was received and counted, the answer is lost.
+        if not isinstance(sys.exc_info()[1], (BrokenPipeError, ConnectionResetError)):
+            super().handle_error(request, client_address)
+Server(("127.0.0.1", port), H).serve_forever()
 EOF
-python3 "$dir/receiver.py" "$rport" &
+touch "$dir/members.txt" "$dir/kills.txt"
+python3 "$dir/receiver.py" "$rport" "$dir" &
 receiver=$!
 
 cat >"$dir/rules.toml" <<EOF
@@ -145,13 +237,16 @@ EOF
 start_member() { # index
   local i=$1
   config "$i" >"$dir/member-$i.toml"
-  "$bin/leadwatch" run --config "$dir/member-$i.toml" >>"$dir/member-$i.log" 2>&1 &
+  # JSON lines: every delivery is logged with its alert id ("alert delivered").
+  LEADWATCH_LOG_FORMAT=json "$bin/leadwatch" run --config "$dir/member-$i.toml" \
+    >>"$dir/member-$i.log" 2>&1 &
   pids[i]=$!
+  echo "${pids[i]} $i $(date +%s.%N)" >>"$dir/members.txt"
   wait_ready "${pids[i]}" "http://127.0.0.1:$((port + i))" "$dir/member-$i.log"
 }
 
 for i in $(seq 0 $((members - 1))); do start_member "$i"; done
-echo "$members members ready on tansu :$bport; receiver :$rport; $duration, a kill every $kill_every"
+echo "$members members ready on $broker_kind :$bport; receiver :$rport; $duration, a kill every $kill_every"
 
 total=$(seconds "$duration")
 end=$(( $(date +%s) + total ))
@@ -174,6 +269,7 @@ every=$(seconds "$kill_every")
 while [ $(( $(date +%s) + every )) -le "$end" ]; do
   sleep "$every"
   echo "$(date -u +%T) kill -9 member $victim"
+  echo "$(date +%s.%N) $victim ${pids[victim]}" >>"$dir/kills.txt"
   kill -KILL "${pids[victim]}" 2>/dev/null || true
   wait "${pids[victim]}" 2>/dev/null || true
   kills=$((kills + 1))
@@ -207,7 +303,8 @@ for i in $(seq 0 $((members - 1))); do
   skipped=$((skipped + ${n%.*}))
 done
 echo "offsets skipped as deleted by the broker (members' current runs): $skipped"
-python3 - "$dir/stats.json" "$dir/accepted.txt" "$kills" <<'EOF'
+status=0
+python3 - "$dir/stats.json" "$dir/accepted.txt" "$kills" <<'EOF' || status=$?
 import json, sys
 stats = json.load(open(sys.argv[1]))
 acked = set(l.strip() for l in open(sys.argv[2]) if l.strip())
@@ -233,3 +330,8 @@ print(f"acknowledged leads lost (never alerted): {len(lost)} {lost[:5]}")
 print(f"leads alerted without a 202 (landed, unacknowledged): {len(extra)}")
 sys.exit(1 if lost or doubled else 0)
 EOF
+# Who sent each copy of a doubled alert, and when against the kills.
+if [ "$status" -ne 0 ] && [ -s "$dir/requests.jsonl" ]; then
+  python3 "$root/scripts/chaos-trace.py" "$dir" || true
+fi
+exit "$status"
