@@ -135,7 +135,7 @@ pub mod time {
                     // At most a few hundred entries preallocated, whatever the record claims.
                     let mut items = Vec::with_capacity(map.size_hint().unwrap_or(0).min(256));
                     while let Some((k, t)) = map.next_entry::<String, Time>()? {
-                        items.push((k.into_boxed_str(), t.0));
+                        items.push((k.into(), t.0));
                     }
                     Ok(FieldTimes::from_vec(items))
                 }
@@ -154,6 +154,7 @@ mod tests {
     use serde_json::{Map, Value};
 
     use super::*;
+    use crate::engine::fields::LeadFields;
     use crate::engine::state::{Closeout, Episode, Fired, Lead, Logged, Owed, Touch};
     use crate::event::{Activity, Change};
 
@@ -411,7 +412,7 @@ mod tests {
     fn lead() -> impl Strategy<Value = Lead> {
         (
             (
-                fields(),
+                fields().prop_map(LeadFields::from),
                 proptest::collection::btree_map(text(), time(), 0..4)
                     .prop_map(|m| m.into_iter().collect()),
                 proptest::option::of(text()),
