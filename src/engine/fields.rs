@@ -19,6 +19,25 @@ use serde_json::{Map, Number, Value};
 /// A field's name, shared by every lead that has the field.
 pub type Name = Arc<str>;
 
+/// A name read from a record: copied once from the record's bytes (not first into a `String`).
+pub struct Key(pub Name);
+
+impl<'de> Deserialize<'de> for Key {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visit;
+        impl serde::de::Visitor<'_> for Visit {
+            type Value = Name;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a field name")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Name, E> {
+                Ok(Name::from(v))
+            }
+        }
+        d.deserialize_str(Visit).map(Key)
+    }
+}
+
 /// One field's value.
 #[derive(Debug, Clone, PartialEq)]
 pub enum FieldValue {
@@ -263,8 +282,8 @@ impl<'de> Deserialize<'de> for LeadFields {
             ) -> Result<LeadFields, A::Error> {
                 // At most a few hundred entries preallocated, whatever the record claims.
                 let mut items = Vec::with_capacity(map.size_hint().unwrap_or(0).min(256));
-                while let Some((k, v)) = map.next_entry::<String, FieldValue>()? {
-                    items.push((Name::from(k), v));
+                while let Some((Key(k), v)) = map.next_entry::<Key, FieldValue>()? {
+                    items.push((k, v));
                 }
                 Ok(LeadFields(
                     super::state::sorted_by_name(items).into_boxed_slice(),

@@ -138,12 +138,20 @@ impl Projection {
     /// An event's change as the reorder window keeps it: a patch's kept fields.
     pub fn logged(&self, change: &Change) -> Patch {
         match change {
-            Change::Updated { fields } => Patch::Updated(Fields::from_named(
-                fields
-                    .iter()
-                    .filter_map(|(k, v)| Some((self.name(k)?, v.clone())))
-                    .collect(),
-            )),
+            Change::Updated { fields } => {
+                // Room for what can be kept at most: one allocation, at most one shrink.
+                let most = match self {
+                    Projection::All => fields.len(),
+                    Projection::Only(kept) => fields.len().min(kept.names.len()),
+                };
+                let mut named = Vec::with_capacity(most);
+                named.extend(
+                    fields
+                        .iter()
+                        .filter_map(|(k, v)| Some((self.name(k)?, v.clone()))),
+                );
+                Patch::Updated(Fields::from_named(named))
+            }
             other => Patch::Other(Box::new(other.clone())),
         }
     }

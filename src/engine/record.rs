@@ -115,6 +115,7 @@ pub mod time {
     /// A lead's field times, as a map of names to times.
     pub mod map {
         use super::*;
+        use crate::engine::fields::Key;
         use crate::engine::state::FieldTimes;
 
         pub fn serialize<S: Serializer>(m: &FieldTimes, s: S) -> Result<S::Ok, S::Error> {
@@ -134,8 +135,8 @@ pub mod time {
                 ) -> Result<FieldTimes, A::Error> {
                     // At most a few hundred entries preallocated, whatever the record claims.
                     let mut items = Vec::with_capacity(map.size_hint().unwrap_or(0).min(256));
-                    while let Some((k, t)) = map.next_entry::<String, Time>()? {
-                        items.push((k.into(), t.0));
+                    while let Some((Key(k), t)) = map.next_entry::<Key, Time>()? {
+                        items.push((k, t.0));
                     }
                     Ok(FieldTimes::from_vec(items))
                 }
