@@ -247,3 +247,72 @@ fn restoring_a_lead_costs_its_record_and_its_deadline() {
          ({decoding} decoding, {looking} looking again)"
     );
 }
+
+/// A Salesforce-sized snapshot of 40 fields, 12 of them kept, as the reorder window keeps it: the
+/// kept names are the rules' own, shared, not copied into every event (nor then into the lead's
+/// fields and their times); only the values are.
+#[test]
+fn a_kept_patch_copies_its_values_not_its_names() {
+    let engine = shipped_engine();
+    let mut fields: serde_json::Map<String, serde_json::Value> = (0..28)
+        .map(|i| (format!("Field_{i}__c"), json!(format!("value {i}"))))
+        .collect();
+    let kept = [
+        "stage",
+        "status",
+        "owner",
+        "email",
+        "name",
+        "first_name",
+        "last_name",
+        "company",
+        "score",
+        "employees",
+        "disposition_reason",
+        "disposition_detail",
+    ];
+    for k in kept {
+        fields.insert(k.into(), json!(format!("{k} value")));
+    }
+    let change = Change::Updated { fields };
+    let (calls, patch) = allocations(|| engine.projection().logged(&change));
+    let leadwatch::engine::Patch::Updated(patch) = patch else {
+        panic!("an update");
+    };
+    assert_eq!(patch.len(), kept.len(), "every field named kept");
+    // Each kept value, and the slice (allocated once, shrunk at most once).
+    assert!(
+        calls <= kept.len() + 2,
+        "{calls} allocator calls to keep {} fields of 40",
+        kept.len()
+    );
+}
+
+/// A lead's state read back from its record: each field name is copied once from the record,
+/// not through a string first.
+#[test]
+fn a_record_read_back_copies_each_name_once() {
+    let engine = shipped_engine();
+    let mut p = PartitionState::default();
+    let fields: serde_json::Map<String, serde_json::Value> =
+        (0..12).map(|i| (format!("f{i}"), json!(i))).collect();
+    let e = event("e1", "2026-11-02T14:00:00Z", Change::Updated { fields });
+    let engine = engine.keeping_every_field();
+    p.step(&engine, Input::Event(&e), e.occurred_at);
+    p.step(
+        &engine,
+        Input::Sweep,
+        "2026-11-02T18:00:00Z".parse().unwrap(),
+    );
+    let state = p.lead("hubspot:1").expect("the lead");
+    assert_eq!(state.lead.fields.len(), 12);
+    let record = state.encode();
+    let (calls, read) = allocations(|| leadwatch::engine::LeadState::decode(&record).unwrap());
+    assert_eq!(read.lead.fields, state.lead.fields);
+    // Each name twice (the fields and their times), the two slices with their growth, the
+    // lead's few strings and lists.
+    assert!(
+        calls <= 2 * 12 + 16,
+        "{calls} allocator calls to read 12 fields back"
+    );
+}

@@ -142,8 +142,11 @@ async fn a_lead_state_too_large_for_kafka_wedges_nothing_and_its_lead_still_aler
     .unwrap();
     let huge_state = leadwatch::engine::LeadState::decode(&state["L-huge"]).unwrap();
     assert_eq!(
-        huge_state.lead.fields["disposition_detail"]
-            .as_str()
+        huge_state
+            .lead
+            .fields
+            .get("disposition_detail")
+            .and_then(|v| v.as_str())
             .unwrap()
             .len(),
         900_000

@@ -32,7 +32,7 @@ pub fn of_state(state: &LeadState) -> usize {
 }
 
 fn of_lead(lead: &Lead) -> usize {
-    of_map(&lead.fields)
+    lead.fields.heap_bytes()
         + lead.field_at.heap_bytes()
         + text(&lead.source)
         + text(&lead.origin)

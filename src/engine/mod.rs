@@ -17,6 +17,7 @@ pub mod alerts;
 pub mod calendar;
 pub mod config;
 pub mod deadlines;
+pub mod fields;
 pub mod footprint;
 pub mod partition;
 pub mod projection;
@@ -35,6 +36,7 @@ use crate::alert::Alert;
 use crate::event::{Change, LeadEvent};
 pub use config::{DEFAULT_REORDER_WINDOW, EngineConfig};
 use deadlines::Due;
+pub use fields::{FieldValue, LeadFields};
 pub use partition::PartitionState;
 pub use projection::Projection;
 use rules::{Facts, Predicate, Rules, Settings};
@@ -457,29 +459,14 @@ impl Engine {
                     .map(|p| self.judge(&mut lead.memo, Memo::TOUCH, p, &Facts::new(&lead.fields)));
                 // What the patch changes makes stale what the rules reading it said.
                 let mut stale = 0;
-                for (k, v) in fields.iter() {
+                for (k, v) in fields.named() {
                     // A patch older than the value it would replace does not undo it.
                     match lead.field_at.get_mut(k) {
                         Some(newer) if *newer > at => continue,
                         Some(set) => *set = at,
-                        None => lead.field_at.insert(k, at),
+                        None => lead.field_at.insert(k.clone(), at),
                     }
-                    let changed = if v.is_null() {
-                        lead.fields.remove(k).is_some()
-                    } else {
-                        match lead.fields.get_mut(k) {
-                            Some(old) if old == v => false,
-                            Some(old) => {
-                                *old = v.clone();
-                                true
-                            }
-                            None => {
-                                lead.fields.insert(k.to_string(), v.clone());
-                                true
-                            }
-                        }
-                    };
-                    if changed {
+                    if lead.fields.set(k, v) {
                         stale |= self.rules.slots_reading(k);
                     }
                 }

@@ -11,8 +11,9 @@
 use std::collections::BTreeSet;
 use std::sync::Arc;
 
+use super::fields::Name;
 use super::rules::{Predicate, Rules};
-use super::state::{Lead, LeadState, Patch};
+use super::state::{Fields, Lead, LeadState, Patch};
 use crate::event::Change;
 
 /// The fields the engine itself reads, whatever the rules say: the owner (clocks, recipients,
@@ -35,8 +36,31 @@ pub const ENGINE_FIELDS: [&str; 8] = [
 pub enum Projection {
     /// Every field: a rule reads `lead` (or `change`) as a whole, or a reference run.
     All,
-    /// Only these (sorted).
-    Only(Arc<BTreeSet<String>>),
+    /// Only these.
+    Only(Arc<Kept>),
+}
+
+/// The fields a projection keeps, and the one copy of each name that every lead's fields share.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Kept {
+    /// The names (sorted).
+    set: BTreeSet<String>,
+    /// The same names, shared: what a lead's fields, field times and patches point at.
+    names: Box<[Name]>,
+}
+
+impl Kept {
+    fn new(set: BTreeSet<String>) -> Self {
+        let names = set.iter().map(|n| Name::from(n.as_str())).collect();
+        Self { set, names }
+    }
+
+    fn name(&self, field: &str) -> Option<&Name> {
+        self.names
+            .binary_search_by(|n| (**n).cmp(field))
+            .ok()
+            .map(|i| &self.names[i])
+    }
 }
 
 impl Projection {
@@ -66,14 +90,40 @@ impl Projection {
                 None => return Projection::All,
             }
         }
-        Projection::Only(Arc::new(kept))
+        Projection::Only(Arc::new(Kept::new(kept)))
     }
 
     /// Whether a field of this name is kept.
     pub fn keeps(&self, field: &str) -> bool {
         match self {
             Projection::All => true,
-            Projection::Only(kept) => kept.contains(field),
+            Projection::Only(kept) => kept.set.contains(field),
+        }
+    }
+
+    /// The name of a field kept, shared (a copy of its own when every field is kept); `None`
+    /// when it is not kept.
+    pub fn name(&self, field: &str) -> Option<Name> {
+        match self {
+            Projection::All => Some(Name::from(field)),
+            Projection::Only(kept) => kept.name(field).cloned(),
+        }
+    }
+
+    /// Whether a field of this name is kept; if so, points `name` at the shared copy of it (a
+    /// state read back, or kept under other rules, has names of its own).
+    pub fn intern(&self, name: &mut Name) -> bool {
+        match self {
+            Projection::All => true,
+            Projection::Only(kept) => match kept.name(name) {
+                Some(shared) => {
+                    if !Arc::ptr_eq(shared, name) {
+                        *name = shared.clone();
+                    }
+                    true
+                }
+                None => false,
+            },
         }
     }
 
@@ -81,26 +131,33 @@ impl Projection {
     pub fn fields(&self) -> Option<&BTreeSet<String>> {
         match self {
             Projection::All => None,
-            Projection::Only(kept) => Some(kept),
+            Projection::Only(kept) => Some(&kept.set),
         }
     }
 
     /// An event's change as the reorder window keeps it: a patch's kept fields.
     pub fn logged(&self, change: &Change) -> Patch {
         match change {
-            Change::Updated { fields } => Patch::Updated(
-                fields
-                    .iter()
-                    .filter(|(k, _)| self.keeps(k))
-                    .map(|(k, v)| (k.as_str(), v.clone()))
-                    .collect(),
-            ),
+            Change::Updated { fields } => {
+                // Room for what can be kept at most: one allocation, at most one shrink.
+                let most = match self {
+                    Projection::All => fields.len(),
+                    Projection::Only(kept) => fields.len().min(kept.names.len()),
+                };
+                let mut named = Vec::with_capacity(most);
+                named.extend(
+                    fields
+                        .iter()
+                        .filter_map(|(k, v)| Some((self.name(k)?, v.clone()))),
+                );
+                Patch::Updated(Fields::from_named(named))
+            }
             other => Patch::Other(Box::new(other.clone())),
         }
     }
 
-    /// Drops from a lead's state every field not kept: the lead, its base and the patches of its
-    /// reorder window.
+    /// Drops from a lead's state every field not kept (the lead, its base and the patches of its
+    /// reorder window), and points the names of those kept at their shared copies.
     pub fn state(&self, state: &mut LeadState) {
         if matches!(self, Projection::All) {
             return;
@@ -111,14 +168,14 @@ impl Projection {
         }
         for entry in &mut state.log {
             if let Patch::Updated(fields) = &mut entry.change {
-                fields.retain(|k| self.keeps(k));
+                fields.keep(|k| self.intern(k));
             }
         }
     }
 
     fn lead(&self, lead: &mut Lead) {
-        lead.fields.retain(|k, _| self.keeps(k));
-        lead.field_at.retain(|k| self.keeps(k));
+        lead.fields.keep(|k| self.intern(k));
+        lead.field_at.keep(|k| self.intern(k));
     }
 
     /// The fields this projection keeps that `before` dropped: after a rules reload, leads lack
@@ -129,7 +186,7 @@ impl Projection {
             (Projection::All, _) => Vec::new(),
             (Projection::Only(_), Projection::All) => vec!["*".to_string()],
             (Projection::Only(old), Projection::Only(new)) => {
-                new.difference(old).cloned().collect()
+                new.set.difference(&old.set).cloned().collect()
             }
         }
     }

@@ -115,6 +115,7 @@ pub mod time {
     /// A lead's field times, as a map of names to times.
     pub mod map {
         use super::*;
+        use crate::engine::fields::Key;
         use crate::engine::state::FieldTimes;
 
         pub fn serialize<S: Serializer>(m: &FieldTimes, s: S) -> Result<S::Ok, S::Error> {
@@ -134,8 +135,8 @@ pub mod time {
                 ) -> Result<FieldTimes, A::Error> {
                     // At most a few hundred entries preallocated, whatever the record claims.
                     let mut items = Vec::with_capacity(map.size_hint().unwrap_or(0).min(256));
-                    while let Some((k, t)) = map.next_entry::<String, Time>()? {
-                        items.push((k.into_boxed_str(), t.0));
+                    while let Some((Key(k), t)) = map.next_entry::<Key, Time>()? {
+                        items.push((k, t.0));
                     }
                     Ok(FieldTimes::from_vec(items))
                 }
@@ -154,6 +155,7 @@ mod tests {
     use serde_json::{Map, Value};
 
     use super::*;
+    use crate::engine::fields::LeadFields;
     use crate::engine::state::{Closeout, Episode, Fired, Lead, Logged, Owed, Touch};
     use crate::event::{Activity, Change};
 
@@ -411,7 +413,7 @@ mod tests {
     fn lead() -> impl Strategy<Value = Lead> {
         (
             (
-                fields(),
+                fields().prop_map(LeadFields::from),
                 proptest::collection::btree_map(text(), time(), 0..4)
                     .prop_map(|m| m.into_iter().collect()),
                 proptest::option::of(text()),

@@ -17,6 +17,7 @@ use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
+use super::fields::{FieldValue, LeadFields, Name};
 use crate::event::Change;
 
 /// How many recent event ids a lead remembers, to ignore re-sent events.
@@ -204,9 +205,9 @@ impl<'de> Deserialize<'de> for Patch {
 }
 
 /// A patch's fields, sorted by name (the order a map of them iterates in, so a patch is folded
-/// as before). Written as the map it was.
+/// as before), their names shared ([`Name`]). Written as the map it was.
 #[derive(Debug, Clone, Default, PartialEq)]
-pub struct Fields(Box<[(Box<str>, Value)]>);
+pub struct Fields(Box<[(Name, Value)]>);
 
 impl Fields {
     fn find(&self, name: &str) -> Result<usize, usize> {
@@ -234,6 +235,11 @@ impl Fields {
         self.0.iter().map(|(k, v)| (&**k, v))
     }
 
+    /// The names and values, sorted by name, each name as it is shared.
+    pub fn named(&self) -> impl Iterator<Item = (&Name, &Value)> {
+        self.0.iter().map(|(k, v)| (k, v))
+    }
+
     /// The names, sorted.
     pub fn keys(&self) -> impl Iterator<Item = &str> {
         self.0.iter().map(|(k, _)| &**k)
@@ -241,9 +247,23 @@ impl Fields {
 
     /// Keeps only the names `keep` says.
     pub fn retain(&mut self, mut keep: impl FnMut(&str) -> bool) {
+        self.keep(|k| keep(k));
+    }
+
+    /// Keeps the names `keep` keeps, each as `keep` leaves it (see
+    /// [`super::Projection::intern`]).
+    pub fn keep(&mut self, mut keep: impl FnMut(&mut Name) -> bool) {
+        if self.0.iter_mut().all(|(k, _)| keep(k)) {
+            return;
+        }
         let mut all = std::mem::take(&mut self.0).into_vec();
-        all.retain(|(k, _)| keep(k));
+        all.retain_mut(|(k, _)| keep(k));
         self.0 = all.into_boxed_slice();
+    }
+
+    /// Names (shared already) and values in any order; a name given twice keeps its last value.
+    pub fn from_named(all: Vec<(Name, Value)>) -> Self {
+        Fields(sorted_by_name(all).into_boxed_slice())
     }
 
     /// The fields as a map (what a rule reading `change` is given).
@@ -253,10 +273,9 @@ impl Fields {
             .collect()
     }
 
-    /// The bytes it holds on the heap (its names included, its values' own heap not).
+    /// The bytes it holds on the heap (its names are shared, its values' own heap not counted).
     pub fn heap_bytes(&self) -> usize {
-        self.0.len() * size_of::<(Box<str>, Value)>()
-            + self.0.iter().map(|(k, _)| k.len()).sum::<usize>()
+        self.0.len() * size_of::<(Name, Value)>()
     }
 }
 
@@ -265,9 +284,9 @@ impl<K: AsRef<str>> FromIterator<(K, Value)> for Fields {
     fn from_iter<I: IntoIterator<Item = (K, Value)>>(items: I) -> Self {
         let all = items
             .into_iter()
-            .map(|(k, v)| (k.as_ref().into(), v))
+            .map(|(k, v)| (Name::from(k.as_ref()), v))
             .collect();
-        Fields(sorted_by_name(all).into_boxed_slice())
+        Fields::from_named(all)
     }
 }
 
@@ -280,9 +299,9 @@ impl Serialize for Fields {
 /// The lead as the rules see it.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Lead {
-    /// Every field, each patch merged in.
+    /// Every field kept, each patch merged in.
     #[serde(default)]
-    pub fields: Map<String, Value>,
+    pub fields: LeadFields,
     /// When each field was last set (event time).
     #[serde(
         default,
@@ -367,7 +386,7 @@ pub struct Lead {
 /// dozen such fields; a `BTreeMap` of them took about 1.3 KB in tree nodes, this a third of it
 /// (issue 13). Written to the changelog as the map it was.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct FieldTimes(Vec<(Box<str>, Timestamp)>);
+pub struct FieldTimes(Vec<(Name, Timestamp)>);
 
 impl FieldTimes {
     pub fn is_empty(&self) -> bool {
@@ -393,8 +412,8 @@ impl FieldTimes {
     }
 
     /// Sets when `name` was last set.
-    pub fn insert(&mut self, name: &str, at: Timestamp) {
-        match self.find(name) {
+    pub fn insert(&mut self, name: Name, at: Timestamp) {
+        match self.find(&name) {
             Ok(i) => self.0[i].1 = at,
             Err(i) => {
                 // Grown a few at a time: a lead gains its fields in its first events, and
@@ -402,7 +421,7 @@ impl FieldTimes {
                 if self.0.len() == self.0.capacity() {
                     self.0.reserve_exact(4);
                 }
-                self.0.insert(i, (name.into(), at));
+                self.0.insert(i, (name, at));
             }
         }
     }
@@ -410,6 +429,12 @@ impl FieldTimes {
     /// Keeps only the names `keep` says.
     pub fn retain(&mut self, mut keep: impl FnMut(&str) -> bool) {
         self.0.retain(|(k, _)| keep(k));
+    }
+
+    /// Keeps the names `keep` keeps, each as `keep` leaves it (see
+    /// [`super::Projection::intern`]).
+    pub fn keep(&mut self, mut keep: impl FnMut(&mut Name) -> bool) {
+        self.0.retain_mut(|(k, _)| keep(k));
     }
 
     /// The names, sorted.
@@ -422,19 +447,18 @@ impl FieldTimes {
         self.0.iter().map(|(k, t)| (&**k, *t))
     }
 
-    /// The bytes its vector holds on the heap (its names included).
+    /// The bytes its vector holds on the heap (its names are shared).
     pub fn heap_bytes(&self) -> usize {
-        self.0.capacity() * size_of::<(Box<str>, Timestamp)>()
-            + self.0.iter().map(|(k, _)| k.len()).sum::<usize>()
+        self.0.capacity() * size_of::<(Name, Timestamp)>()
     }
 }
 
 /// Names and times in any order; a name given twice keeps its last time.
 impl<K: AsRef<str>> FromIterator<(K, Timestamp)> for FieldTimes {
     fn from_iter<I: IntoIterator<Item = (K, Timestamp)>>(items: I) -> Self {
-        let all: Vec<(Box<str>, Timestamp)> = items
+        let all: Vec<(Name, Timestamp)> = items
             .into_iter()
-            .map(|(k, t)| (k.as_ref().into(), t))
+            .map(|(k, t)| (Name::from(k.as_ref()), t))
             .collect();
         FieldTimes::from_vec(all)
     }
@@ -443,26 +467,26 @@ impl<K: AsRef<str>> FromIterator<(K, Timestamp)> for FieldTimes {
 impl FieldTimes {
     /// Names and times in any order (a record's are sorted already: taken as they are); a name
     /// given twice keeps its last time.
-    pub fn from_vec(all: Vec<(Box<str>, Timestamp)>) -> Self {
+    pub fn from_vec(all: Vec<(Name, Timestamp)>) -> Self {
         FieldTimes(sorted_by_name(all))
     }
 }
 
-/// Where `name` is in `items` (sorted by name), or where it would go: the lookup of [`Fields`]
-/// and [`FieldTimes`].
-fn find_by_name<V>(items: &[(Box<str>, V)], name: &str) -> Result<usize, usize> {
+/// Where `name` is in `items` (sorted by name), or where it would go: the lookup of [`Fields`],
+/// [`FieldTimes`] and [`LeadFields`].
+pub(super) fn find_by_name<V>(items: &[(Name, V)], name: &str) -> Result<usize, usize> {
     items.binary_search_by(|(k, _)| (**k).cmp(name))
 }
 
 /// `all` sorted by name, a name given twice keeping its last value; taken as it is when sorted
-/// already (a record's are). The order of [`Fields`] and [`FieldTimes`].
-fn sorted_by_name<V>(mut all: Vec<(Box<str>, V)>) -> Vec<(Box<str>, V)> {
+/// already (a record's are). The order of [`Fields`], [`FieldTimes`] and [`LeadFields`].
+pub(super) fn sorted_by_name<V>(mut all: Vec<(Name, V)>) -> Vec<(Name, V)> {
     if all.windows(2).all(|w| w[0].0 < w[1].0) {
         return all;
     }
     // Stable: of equal names, the last given stays last, and is the one kept.
     all.sort_by(|a, b| a.0.cmp(&b.0));
-    let mut kept: Vec<(Box<str>, V)> = Vec::with_capacity(all.len());
+    let mut kept: Vec<(Name, V)> = Vec::with_capacity(all.len());
     for item in all {
         match kept.last_mut() {
             Some(last) if last.0 == item.0 => *last = item,
@@ -795,16 +819,20 @@ impl LeadState {
 }
 
 impl Lead {
-    /// A string field, trimmed, `None` when absent or blank.
+    /// A string field, trimmed, `None` when absent or blank; numbers are written out.
     pub fn text(&self, name: &str) -> Option<String> {
-        text(&self.fields, name)
+        match self.fields.get(name)? {
+            FieldValue::String(s) => Some(s.trim().to_string()).filter(|s| !s.is_empty()),
+            FieldValue::Number(n) => Some(n.to_string()),
+            _ => None,
+        }
     }
 
     /// Whether [`Lead::text`] of `name` is `value`, without copying it.
     pub fn text_is(&self, name: &str, value: Option<&str>) -> bool {
         match self.fields.get(name) {
-            Some(Value::String(s)) => Some(s.trim()).filter(|s| !s.is_empty()) == value,
-            Some(Value::Number(_)) => self.text(name).as_deref() == value,
+            Some(FieldValue::String(s)) => Some(s.trim()).filter(|s| !s.is_empty()) == value,
+            Some(FieldValue::Number(_)) => self.text(name).as_deref() == value,
             _ => value.is_none(),
         }
     }
@@ -906,15 +934,6 @@ fn id_hash(id: &str) -> u64 {
     u64::from_be_bytes(digest[..8].try_into().expect("8 bytes"))
 }
 
-/// A string field, trimmed, `None` when absent or blank; numbers are written out.
-pub fn text(fields: &Map<String, Value>, name: &str) -> Option<String> {
-    match fields.get(name)? {
-        Value::String(s) => Some(s.trim().to_string()).filter(|s| !s.is_empty()),
-        Value::Number(n) => Some(n.to_string()),
-        _ => None,
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -935,8 +954,8 @@ mod tests {
             times.iter().collect::<Vec<_>>(),
             [("owner", t(2)), ("stage", t(3))]
         );
-        times.insert("email", t(4));
-        times.insert("owner", t(5));
+        times.insert("email".into(), t(4));
+        times.insert("owner".into(), t(5));
         *times.get_mut("stage").unwrap() = t(6);
         assert_eq!(
             times.keys().collect::<Vec<_>>(),

@@ -17,6 +17,8 @@ use cel::common::types::{
 use cel::common::value::{CowVal, Val};
 use serde_json::{Map, Value};
 
+use crate::engine::fields::{FieldValue, LeadFields};
+
 /// Canonical fields that are numbers, whatever the vendor sent.
 pub const NUMERIC_FIELDS: [&str; 3] = ["score", "employees", "annual_revenue"];
 
@@ -81,7 +83,7 @@ pub enum PredicateError {
 /// reads them in place ([`FieldsVal`]), converting only the fields an expression touches.
 #[derive(Clone, Copy)]
 pub struct Facts<'a> {
-    lead: &'a Map<String, Value>,
+    lead: &'a LeadFields,
     change: &'a Map<String, Value>,
     activity: &'a Map<String, Value>,
 }
@@ -90,7 +92,7 @@ static NO_CHANGE: std::sync::LazyLock<Map<String, Value>> = std::sync::LazyLock:
 
 impl<'a> Facts<'a> {
     /// The lead's fields, with no change being applied.
-    pub fn new(fields: &'a Map<String, Value>) -> Self {
+    pub fn new(fields: &'a LeadFields) -> Self {
         Self {
             lead: fields,
             change: &NO_CHANGE,
@@ -98,7 +100,7 @@ impl<'a> Facts<'a> {
         }
     }
 
-    pub fn with_change(fields: &'a Map<String, Value>, change: &'a Map<String, Value>) -> Self {
+    pub fn with_change(fields: &'a LeadFields, change: &'a Map<String, Value>) -> Self {
         Self {
             lead: fields,
             change,
@@ -107,7 +109,7 @@ impl<'a> Facts<'a> {
     }
 
     /// The lead's fields and an activity being applied (`[first_touch] touch_counts`).
-    pub fn with_activity(fields: &'a Map<String, Value>, activity: &'a Map<String, Value>) -> Self {
+    pub fn with_activity(fields: &'a LeadFields, activity: &'a Map<String, Value>) -> Self {
         Self {
             lead: fields,
             change: &NO_CHANGE,
@@ -213,7 +215,7 @@ impl Predicate {
         EVALUATIONS.with(|n| n.set(n.get() + 1));
         let root: &cel::Context<'_, '_> = &cel.root;
         let mut scope = root.new_inner_scope();
-        scope.add_variable_as_val("lead", Box::new(FieldsVal::top(facts.lead)));
+        scope.add_variable_as_val("lead", Box::new(FieldsVal::lead(facts.lead)));
         scope.add_variable_as_val("change", Box::new(FieldsVal::top(facts.change)));
         scope.add_variable_as_val("activity", Box::new(FieldsVal::nested(facts.activity)));
         match self.program.execute(&scope) {
@@ -361,24 +363,45 @@ fn field_reads<'e>(expr: &'e cel::IdedExpr, out: &mut std::collections::BTreeSet
     }
 }
 
-/// A JSON object seen as a CEL `map(string, dyn)` in place: `lead.stage`, `has(lead.score)`,
-/// `"x" in lead` and `size(lead)` read the fields without copying the map; a value is converted
-/// only when an expression touches it. At the top level, canonical numeric fields are numbers
-/// even when the vendor sent strings.
+/// A lead's fields, or a JSON object, seen as a CEL `map(string, dyn)` in place: `lead.stage`,
+/// `has(lead.score)`, `"x" in lead` and `size(lead)` read the fields without copying them; a
+/// value is converted only when an expression touches it. At the top level, canonical numeric
+/// fields are numbers even when the vendor sent strings.
 #[derive(Debug, Clone, Copy)]
 pub struct FieldsVal<'v> {
-    fields: &'v Map<String, Value>,
+    fields: Object<'v>,
     top: bool,
 }
 
+/// What a [`FieldsVal`] reads.
+#[derive(Debug, Clone, Copy)]
+enum Object<'v> {
+    /// A lead's fields, as it holds them.
+    Lead(&'v LeadFields),
+    Json(&'v Map<String, Value>),
+}
+
 impl<'v> FieldsVal<'v> {
+    fn lead(fields: &'v LeadFields) -> Self {
+        Self {
+            fields: Object::Lead(fields),
+            top: true,
+        }
+    }
+
     fn top(fields: &'v Map<String, Value>) -> Self {
-        Self { fields, top: true }
+        Self {
+            fields: Object::Json(fields),
+            top: true,
+        }
     }
 
     /// Not a lead: no canonical numeric fields.
     fn nested(fields: &'v Map<String, Value>) -> Self {
-        Self { fields, top: false }
+        Self {
+            fields: Object::Json(fields),
+            top: false,
+        }
     }
 
     fn key(idx: &dyn Val) -> Option<&str> {
@@ -426,13 +449,30 @@ impl<'v> Indexer for FieldsVal<'v> {
         let Some(key) = Self::key(idx) else {
             return Err(ExecutionError::no_such_key("(not a string key)"));
         };
-        let Some(value) = self.fields.get(key) else {
-            return Err(ExecutionError::no_such_key(key));
+        let numeric = self.top && NUMERIC_FIELDS.contains(&key);
+        let value = match self.fields {
+            Object::Lead(fields) => fields.get(key).map(|v| match v {
+                FieldValue::Number(n) if numeric => numeric_number(n),
+                FieldValue::Number(n) => json_number(n),
+                FieldValue::String(s) => numeric
+                    .then(|| numeric_str(s))
+                    .flatten()
+                    .unwrap_or_else(|| Box::new(CelString::from(&**s))),
+                FieldValue::Null => Box::new(CelNull),
+                FieldValue::Bool(b) => Box::new(CelBool::from(*b)),
+                FieldValue::Json(v) => json_val(v),
+            }),
+            Object::Json(fields) => fields.get(key).map(|value| {
+                numeric
+                    .then(|| numeric_val(value))
+                    .flatten()
+                    .unwrap_or_else(|| json_val(value))
+            }),
         };
-        let coerced = (self.top && NUMERIC_FIELDS.contains(&key))
-            .then(|| numeric_val(value))
-            .flatten();
-        Ok(CowVal::Owned(coerced.unwrap_or_else(|| json_val(value))))
+        match value {
+            Some(value) => Ok(CowVal::Owned(value)),
+            None => Err(ExecutionError::no_such_key(key)),
+        }
     }
 
     fn steal<'w>(self: Box<Self>, idx: &dyn Val) -> Result<Box<dyn Val + 'w>, ExecutionError>
@@ -445,37 +485,58 @@ impl<'v> Indexer for FieldsVal<'v> {
 
 impl Container for FieldsVal<'_> {
     fn contains(&self, idx: &dyn Val) -> Result<bool, ExecutionError> {
-        Ok(Self::key(idx).is_some_and(|k| self.fields.contains_key(k)))
+        Ok(Self::key(idx).is_some_and(|k| match self.fields {
+            Object::Lead(fields) => fields.contains_key(k),
+            Object::Json(fields) => fields.contains_key(k),
+        }))
     }
 }
 
 impl Sizer for FieldsVal<'_> {
     fn size(&self) -> CelInt {
-        CelInt::from(self.fields.len() as i64)
+        let len = match self.fields {
+            Object::Lead(fields) => fields.len(),
+            Object::Json(fields) => fields.len(),
+        };
+        CelInt::from(len as i64)
     }
 }
 
 /// A number, or a string holding one (`"60"`, `" 1200.5 "`, `"1,200"`), as a CEL number.
 fn numeric_val<'w>(v: &Value) -> Option<Box<dyn Val + 'w>> {
-    let number = |n: &serde_json::Number| -> Box<dyn Val + 'w> {
-        match n.as_i64() {
-            Some(i) => Box::new(CelInt::from(i)),
-            None => Box::new(CelDouble::from(n.as_f64().unwrap_or(f64::NAN))),
-        }
-    };
     match v {
-        Value::Number(n) => Some(number(n)),
-        Value::String(s) => {
-            let s = s.trim().replace(',', "");
-            if let Ok(i) = s.parse::<i64>() {
-                Some(Box::new(CelInt::from(i)))
-            } else {
-                s.parse::<f64>()
-                    .ok()
-                    .map(|f| Box::new(CelDouble::from(f)) as Box<dyn Val + 'w>)
-            }
-        }
+        Value::Number(n) => Some(numeric_number(n)),
+        Value::String(s) => numeric_str(s),
         _ => None,
+    }
+}
+
+/// A number as a canonical numeric field is: an integer, else a double.
+fn numeric_number<'w>(n: &serde_json::Number) -> Box<dyn Val + 'w> {
+    match n.as_i64() {
+        Some(i) => Box::new(CelInt::from(i)),
+        None => Box::new(CelDouble::from(n.as_f64().unwrap_or(f64::NAN))),
+    }
+}
+
+/// A string holding a number (`"60"`, `" 1200.5 "`, `"1,200"`), as a CEL number.
+fn numeric_str<'w>(s: &str) -> Option<Box<dyn Val + 'w>> {
+    let s = s.trim().replace(',', "");
+    if let Ok(i) = s.parse::<i64>() {
+        Some(Box::new(CelInt::from(i)))
+    } else {
+        s.parse::<f64>()
+            .ok()
+            .map(|f| Box::new(CelDouble::from(f)) as Box<dyn Val + 'w>)
+    }
+}
+
+/// A JSON number as a CEL number: an integer, an unsigned integer, else a double.
+fn json_number<'w>(n: &serde_json::Number) -> Box<dyn Val + 'w> {
+    match (n.as_i64(), n.as_u64()) {
+        (Some(i), _) => Box::new(CelInt::from(i)),
+        (None, Some(u)) => Box::new(CelUInt::from(u)),
+        _ => Box::new(CelDouble::from(n.as_f64().unwrap_or(f64::NAN))),
     }
 }
 
@@ -487,11 +548,7 @@ where
     match v {
         Value::Null => Box::new(CelNull),
         Value::Bool(b) => Box::new(CelBool::from(*b)),
-        Value::Number(n) => match (n.as_i64(), n.as_u64()) {
-            (Some(i), _) => Box::new(CelInt::from(i)),
-            (None, Some(u)) => Box::new(CelUInt::from(u)),
-            _ => Box::new(CelDouble::from(n.as_f64().unwrap_or(f64::NAN))),
-        },
+        Value::Number(n) => json_number(n),
         Value::String(s) => Box::new(CelString::from(s.as_str())),
         Value::Array(items) => Box::new(CelList::from(
             items
@@ -499,10 +556,7 @@ where
                 .map(json_val)
                 .collect::<Vec<Box<dyn Val + 'w>>>(),
         )),
-        Value::Object(obj) => Box::new(FieldsVal {
-            fields: obj,
-            top: false,
-        }),
+        Value::Object(obj) => Box::new(FieldsVal::nested(obj)),
     }
 }
 
@@ -514,7 +568,7 @@ mod tests {
     fn eval(expr: &str, fields: Value) -> Result<bool, PredicateError> {
         let cel = Cel::default();
         let p = Predicate::compile(&cel, "test", expr).unwrap();
-        p.eval(&cel, &Facts::new(fields.as_object().unwrap()))
+        p.eval(&cel, &Facts::new(&fields.as_object().unwrap().into()))
     }
 
     #[test]
@@ -600,7 +654,8 @@ mod tests {
         let p = Predicate::compile(&cel, "t", "has(change.notes_last_contacted)").unwrap();
         let fields = json!({"notes_last_contacted": "x"});
         let fields = fields.as_object().unwrap();
-        assert!(!p.eval(&cel, &Facts::new(fields)).unwrap());
-        assert!(p.eval(&cel, &Facts::with_change(fields, fields)).unwrap());
+        let lead = fields.into();
+        assert!(!p.eval(&cel, &Facts::new(&lead)).unwrap());
+        assert!(p.eval(&cel, &Facts::with_change(&lead, fields)).unwrap());
     }
 }

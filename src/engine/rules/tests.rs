@@ -71,8 +71,8 @@ marketing_ops = ["mops@example.com"]
 queue = "sdr-queue@example.com"
 "#;
 
-fn fields(v: Value) -> serde_json::Map<String, Value> {
-    v.as_object().unwrap().clone()
+fn fields(v: Value) -> crate::engine::LeadFields {
+    v.as_object().unwrap().into()
 }
 
 #[test]
