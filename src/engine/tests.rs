@@ -1646,6 +1646,45 @@ fn a_rules_edit_applies_the_lifecycle_to_leads_as_they_stand() {
     );
 }
 
+/// A restore looks at every lead again under the rules in force, as a reload does: a lead whose
+/// record predates a rules edit made while nobody owned its partition starts the episode the
+/// edited rules call for at the restore, and the deadline that passed before the partition was
+/// restored fires once. (Without the look again, the lead would never alert.)
+#[test]
+fn a_restore_under_edited_rules_starts_the_episodes_they_call_for_and_fires_once() {
+    let e = engine_with(ALL_RULES);
+    let mut p = PartitionState::default();
+    let mut nurture = update("n", "10:00:00", json!({"stage": "nurture", "owner": "bob"}));
+    nurture.lead = "L-nurture".into();
+    p.apply(&e, &nurture);
+    assert!(p.lead("L-nurture").unwrap().lead.episode.is_none());
+    let records: step::Records = p.iter().map(|(k, s)| (k.to_string(), s.encode())).collect();
+    let edited = engine_with(&ALL_RULES.replace(
+        "sales_ready = 'lead.stage == \"MQL\"'",
+        "sales_ready = '(lead.stage == \"MQL\" && lead.score >= 60) || lead.stage == \"nurture\"'",
+    ));
+    let mut q = PartitionState::default();
+    q.step(&edited, Input::Restore(records), t("12:00:00"));
+    let started = q.lead("L-nurture").unwrap().lead.episode.clone();
+    assert_eq!(
+        started.map(|episode| episode.started_at),
+        Some(t("12:00:00")),
+        "the episode the edited rules call for, from the restore"
+    );
+    let fired: Vec<Alert> = q
+        .fire_due(&edited, at("+2d 10:00:00"))
+        .into_iter()
+        .flat_map(|(_, alerts)| alerts)
+        .collect();
+    assert!(!fired.is_empty(), "the passed deadline fires");
+    assert!(
+        fired
+            .iter()
+            .all(|a| a.data.clock_started_at == t("12:00:00"))
+    );
+    assert_eq!(q.fire_due(&edited, at("+2d 10:00:00")), [], "once");
+}
+
 #[test]
 fn no_reminder_after_its_deadline() {
     let e = engine();
