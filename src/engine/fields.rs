@@ -152,15 +152,32 @@ impl<'de> Deserialize<'de> for FieldValue {
 
 /// A lead's fields, sorted by name. A dozen fields took about 1 KB as a map (a tree node, and a
 /// copy of every name); here 40 bytes each, the names shared.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct LeadFields(Box<[(Name, FieldValue)]>);
+/// Values by name, sorted by name, each name shared ([`Name`]): a lead's fields
+/// ([`LeadFields`]) and a window patch's ([`super::state::Fields`]). Written as the map it was:
+/// names in order, as a map of them iterates.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ByName<V>(Box<[(Name, V)]>);
 
-impl LeadFields {
+/// A lead's fields.
+pub type LeadFields = ByName<FieldValue>;
+
+impl<V> Default for ByName<V> {
+    fn default() -> Self {
+        ByName(Box::default())
+    }
+}
+
+impl<V> ByName<V> {
+    /// Names (shared already) and values in any order; a name given twice keeps its last value.
+    pub fn from_named(all: Vec<(Name, V)>) -> Self {
+        ByName(super::state::sorted_by_name(all).into_boxed_slice())
+    }
+
     fn find(&self, name: &str) -> Result<usize, usize> {
         super::state::find_by_name(&self.0, name)
     }
 
-    pub fn get(&self, name: &str) -> Option<&FieldValue> {
+    pub fn get(&self, name: &str) -> Option<&V> {
         self.find(name).ok().map(|i| &self.0[i].1)
     }
 
@@ -177,8 +194,13 @@ impl LeadFields {
     }
 
     /// The names and values, sorted by name.
-    pub fn iter(&self) -> impl Iterator<Item = (&str, &FieldValue)> {
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &V)> {
         self.0.iter().map(|(k, v)| (&**k, v))
+    }
+
+    /// The names and values, sorted by name, each name as it is shared.
+    pub fn named(&self) -> impl Iterator<Item = (&Name, &V)> {
+        self.0.iter().map(|(k, v)| (k, v))
     }
 
     /// The names, sorted.
@@ -186,6 +208,61 @@ impl LeadFields {
         self.0.iter().map(|(k, _)| &**k)
     }
 
+    /// Keeps only the names `keep` says.
+    pub fn retain(&mut self, mut keep: impl FnMut(&str) -> bool) {
+        self.keep(|k| keep(k));
+    }
+
+    /// Keeps the names `keep` keeps, each as `keep` leaves it (see
+    /// [`super::Projection::intern`]).
+    pub fn keep(&mut self, mut keep: impl FnMut(&mut Name) -> bool) {
+        if self.0.iter_mut().all(|(k, _)| keep(k)) {
+            return;
+        }
+        let mut all = std::mem::take(&mut self.0).into_vec();
+        all.retain_mut(|(k, _)| keep(k));
+        self.0 = all.into_boxed_slice();
+    }
+
+    /// The bytes its slice holds on the heap (its names are shared; its values' own heap not
+    /// counted).
+    fn slice_bytes(&self) -> usize {
+        self.0.len() * size_of::<(Name, V)>()
+    }
+}
+
+impl<V: Serialize> Serialize for ByName<V> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_map(self.iter())
+    }
+}
+
+impl ByName<Value> {
+    /// The fields as a map (what a rule reading `change` is given).
+    pub fn to_map(&self) -> Map<String, Value> {
+        self.iter()
+            .map(|(k, v)| (k.to_string(), v.clone()))
+            .collect()
+    }
+
+    /// The bytes it holds on the heap (its names are shared, its values' own heap not counted).
+    pub fn heap_bytes(&self) -> usize {
+        self.slice_bytes()
+    }
+}
+
+/// Names and values in any order; a name given twice keeps its last value.
+impl<K: AsRef<str>> FromIterator<(K, Value)> for ByName<Value> {
+    fn from_iter<I: IntoIterator<Item = (K, Value)>>(items: I) -> Self {
+        let all = items
+            .into_iter()
+            .map(|(k, v)| (Name::from(k.as_ref()), v))
+            .collect();
+        ByName::from_named(all)
+    }
+}
+
+impl LeadFields {
     /// Sets `name` to `v` as a patch does (`null` clears it); whether its value changed.
     pub fn set(&mut self, name: &Name, v: &Value) -> bool {
         match (self.find(name), v) {
@@ -213,17 +290,6 @@ impl LeadFields {
         }
     }
 
-    /// Keeps the names `keep` keeps, each as `keep` leaves it (see
-    /// [`super::Projection::intern`]).
-    pub fn keep(&mut self, mut keep: impl FnMut(&mut Name) -> bool) {
-        if self.0.iter_mut().all(|(k, _)| keep(k)) {
-            return;
-        }
-        let mut all = std::mem::take(&mut self.0).into_vec();
-        all.retain_mut(|(k, _)| keep(k));
-        self.0 = all.into_boxed_slice();
-    }
-
     /// The fields as a map of JSON values.
     pub fn to_map(&self) -> Map<String, Value> {
         self.iter()
@@ -233,8 +299,7 @@ impl LeadFields {
 
     /// The bytes it holds on the heap: its slice and its values' own (its names are shared).
     pub fn heap_bytes(&self) -> usize {
-        self.0.len() * size_of::<(Name, FieldValue)>()
-            + self.0.iter().map(|(_, v)| v.heap_bytes()).sum::<usize>()
+        self.slice_bytes() + self.0.iter().map(|(_, v)| v.heap_bytes()).sum::<usize>()
     }
 }
 
@@ -245,7 +310,7 @@ impl<K: AsRef<str>> FromIterator<(K, Value)> for LeadFields {
             .into_iter()
             .map(|(k, v)| (Name::from(k.as_ref()), FieldValue::from(v)))
             .collect();
-        LeadFields(super::state::sorted_by_name(all).into_boxed_slice())
+        ByName::from_named(all)
     }
 }
 
@@ -258,13 +323,6 @@ impl From<Map<String, Value>> for LeadFields {
 impl From<&Map<String, Value>> for LeadFields {
     fn from(map: &Map<String, Value>) -> Self {
         map.iter().map(|(k, v)| (k, v.clone())).collect()
-    }
-}
-
-/// Written as the map of JSON values it was: names in order, as a map of them iterates.
-impl Serialize for LeadFields {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_map(self.0.iter().map(|(k, v)| (&**k, v)))
     }
 }
 
@@ -285,9 +343,7 @@ impl<'de> Deserialize<'de> for LeadFields {
                 while let Some((Key(k), v)) = map.next_entry::<Key, FieldValue>()? {
                     items.push((k, v));
                 }
-                Ok(LeadFields(
-                    super::state::sorted_by_name(items).into_boxed_slice(),
-                ))
+                Ok(ByName::from_named(items))
             }
         }
         d.deserialize_map(Visit)

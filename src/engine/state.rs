@@ -15,7 +15,7 @@ use std::collections::VecDeque;
 
 use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
-use serde_json::{Map, Value};
+use serde_json::Value;
 
 use super::fields::{FieldValue, LeadFields, Name};
 use crate::event::Change;
@@ -206,95 +206,7 @@ impl<'de> Deserialize<'de> for Patch {
 
 /// A patch's fields, sorted by name (the order a map of them iterates in, so a patch is folded
 /// as before), their names shared ([`Name`]). Written as the map it was.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct Fields(Box<[(Name, Value)]>);
-
-impl Fields {
-    fn find(&self, name: &str) -> Result<usize, usize> {
-        find_by_name(&self.0, name)
-    }
-
-    pub fn get(&self, name: &str) -> Option<&Value> {
-        self.find(name).ok().map(|i| &self.0[i].1)
-    }
-
-    pub fn contains_key(&self, name: &str) -> bool {
-        self.find(name).is_ok()
-    }
-
-    pub fn len(&self) -> usize {
-        self.0.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
-    }
-
-    /// The names and values, sorted by name.
-    pub fn iter(&self) -> impl Iterator<Item = (&str, &Value)> {
-        self.0.iter().map(|(k, v)| (&**k, v))
-    }
-
-    /// The names and values, sorted by name, each name as it is shared.
-    pub fn named(&self) -> impl Iterator<Item = (&Name, &Value)> {
-        self.0.iter().map(|(k, v)| (k, v))
-    }
-
-    /// The names, sorted.
-    pub fn keys(&self) -> impl Iterator<Item = &str> {
-        self.0.iter().map(|(k, _)| &**k)
-    }
-
-    /// Keeps only the names `keep` says.
-    pub fn retain(&mut self, mut keep: impl FnMut(&str) -> bool) {
-        self.keep(|k| keep(k));
-    }
-
-    /// Keeps the names `keep` keeps, each as `keep` leaves it (see
-    /// [`super::Projection::intern`]).
-    pub fn keep(&mut self, mut keep: impl FnMut(&mut Name) -> bool) {
-        if self.0.iter_mut().all(|(k, _)| keep(k)) {
-            return;
-        }
-        let mut all = std::mem::take(&mut self.0).into_vec();
-        all.retain_mut(|(k, _)| keep(k));
-        self.0 = all.into_boxed_slice();
-    }
-
-    /// Names (shared already) and values in any order; a name given twice keeps its last value.
-    pub fn from_named(all: Vec<(Name, Value)>) -> Self {
-        Fields(sorted_by_name(all).into_boxed_slice())
-    }
-
-    /// The fields as a map (what a rule reading `change` is given).
-    pub fn to_map(&self) -> Map<String, Value> {
-        self.iter()
-            .map(|(k, v)| (k.to_string(), v.clone()))
-            .collect()
-    }
-
-    /// The bytes it holds on the heap (its names are shared, its values' own heap not counted).
-    pub fn heap_bytes(&self) -> usize {
-        self.0.len() * size_of::<(Name, Value)>()
-    }
-}
-
-/// Names and values in any order; a name given twice keeps its last value.
-impl<K: AsRef<str>> FromIterator<(K, Value)> for Fields {
-    fn from_iter<I: IntoIterator<Item = (K, Value)>>(items: I) -> Self {
-        let all = items
-            .into_iter()
-            .map(|(k, v)| (Name::from(k.as_ref()), v))
-            .collect();
-        Fields::from_named(all)
-    }
-}
-
-impl Serialize for Fields {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_map(self.iter())
-    }
-}
+pub type Fields = super::fields::ByName<Value>;
 
 /// The lead as the rules see it.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
