@@ -699,6 +699,42 @@ mod tests {
         Ok(text.to_string())
     }
 
+    /// A member of `group` on topic `in` of `broker` that pauses each partition it is assigned
+    /// until the group has restored it.
+    fn subscribe_paused(
+        base: &ClientConfig,
+        broker: &EmbeddedKafka,
+        group: &str,
+        metrics: Arc<Metrics>,
+    ) -> (
+        consumer::GroupConsumer,
+        tokio::sync::mpsc::UnboundedReceiver<consumer::Assignment>,
+    ) {
+        let hooks = RebalanceHooks {
+            pause_on_assign: true,
+            ..RebalanceHooks::default()
+        };
+        consumer::subscribe(
+            base,
+            &kafka(broker.bootstrap()),
+            group,
+            "in",
+            metrics,
+            hooks,
+        )
+        .unwrap()
+    }
+
+    /// A restorer of `topic`'s partitions, patient for 30 s.
+    fn restorer(base: &ClientConfig, topic: &str) -> Restorer {
+        Restorer::new(
+            base.clone(),
+            topic,
+            Duration::from_secs(30),
+            Clock::system(),
+        )
+    }
+
     fn kafka(bootstrap: &str) -> KafkaConfig {
         KafkaConfig {
             brokers: bootstrap.to_string(),
@@ -737,31 +773,11 @@ mod tests {
         }
         producer.flush(Duration::from_secs(10)).unwrap();
 
-        let restorer = |topic: &str| {
-            Restorer::new(
-                base.clone(),
-                topic,
-                Duration::from_secs(30),
-                Clock::system(),
-            )
-        };
-        let hooks = RebalanceHooks {
-            pause_on_assign: true,
-            ..RebalanceHooks::default()
-        };
-        let subscribed = consumer::subscribe(
-            &base,
-            &kafka(broker.bootstrap()),
-            "g",
-            "in",
-            Arc::new(Metrics::new()),
-            hooks,
-        )
-        .unwrap();
+        let subscribed = subscribe_paused(&base, &broker, "g", Arc::new(Metrics::new()));
         let mut group: Group<Vec<String>, String> = Group::new(
             subscribed,
             "in",
-            vec![restorer("log"), restorer("other")],
+            vec![restorer(&base, "log"), restorer(&base, "other")],
             10,
             decode,
         );
@@ -883,26 +899,9 @@ mod tests {
             .send(BaseRecord::to("in").key("lead").payload("one"))
             .unwrap();
         producer.flush(Duration::from_secs(10)).unwrap();
-        let hooks = RebalanceHooks {
-            pause_on_assign: true,
-            ..RebalanceHooks::default()
-        };
-        let subscribed = consumer::subscribe(
-            &base,
-            &kafka(broker.bootstrap()),
-            "g-again",
-            "in",
-            Arc::new(Metrics::new()),
-            hooks,
-        )
-        .unwrap();
-        let log = Restorer::new(
-            base.clone(),
-            "log",
-            Duration::from_secs(30),
-            Clock::system(),
-        );
-        let mut group: Group<(), String> = Group::new(subscribed, "in", vec![log], 10, decode);
+        let subscribed = subscribe_paused(&base, &broker, "g-again", Arc::new(Metrics::new()));
+        let mut group: Group<(), String> =
+            Group::new(subscribed, "in", vec![restorer(&base, "log")], 10, decode);
         let deadline = Clock::system().instant() + Duration::from_secs(60);
         let next = async |group: &mut Group<(), String>| {
             tokio::time::timeout_at(deadline, group.next())
@@ -1179,29 +1178,13 @@ mod tests {
             .send(BaseRecord::to("log").key("lead").payload("state"))
             .unwrap();
         producer.flush(Duration::from_secs(10)).unwrap();
-        let mut restorer = Restorer::new(
-            base.clone(),
-            "log",
-            Duration::from_secs(30),
-            Clock::system(),
-        );
-        restorer.read = flaky;
+        let mut flaky_restorer = restorer(&base, "log");
+        flaky_restorer.read = flaky;
         let metrics = Arc::new(Metrics::new());
-        let hooks = RebalanceHooks {
-            pause_on_assign: true,
-            ..RebalanceHooks::default()
-        };
-        let subscribed = consumer::subscribe(
-            &base,
-            &kafka(broker.bootstrap()),
-            "g-restore",
-            "in",
-            metrics.clone(),
-            hooks,
-        )
-        .unwrap();
-        let mut group: Group<(), String> = Group::new(subscribed, "in", vec![restorer], 10, decode)
-            .counting(metrics.clone(), None);
+        let subscribed = subscribe_paused(&base, &broker, "g-restore", metrics.clone());
+        let mut group: Group<(), String> =
+            Group::new(subscribed, "in", vec![flaky_restorer], 10, decode)
+                .counting(metrics.clone(), None);
 
         let deadline = Clock::system().instant() + Duration::from_secs(30);
         let snapshots = loop {
