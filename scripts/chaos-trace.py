@@ -120,57 +120,53 @@ def main() -> int:
                 best = pid
         return best
 
+    def member_records(keep=lambda raw: True):
+        """Each member's log records (JSON lines `keep` keeps), as (member, record)."""
+        for name in sorted(os.listdir(d)):
+            if not (name.startswith("member-") and name.endswith(".log")):
+                continue
+            member = int(name[len("member-") : -len(".log")])
+            for raw in open(os.path.join(d, name), errors="replace"):
+                if not keep(raw):
+                    continue
+                try:
+                    yield member, json.loads(raw)
+                except ValueError:
+                    continue
+
     # Members' logs: deliveries per alert, and rebalance lines.
     delivered = collections.defaultdict(list)  # alert id -> [(time, member, pid, outcome)]
     lines = []  # (time, member, pid, message, fields)
-    for name in sorted(os.listdir(d)):
-        if not (name.startswith("member-") and name.endswith(".log")):
-            continue
-        member = int(name[len("member-") : -len(".log")])
-        for raw in open(os.path.join(d, name), errors="replace"):
-            try:
-                rec = json.loads(raw)
-            except ValueError:
-                continue
-            fields = rec.get("fields", {})
-            msg = fields.get("message", "")
-            t = parse_ts(rec["timestamp"])
-            pid = pid_of(member, t)
-            if msg == "alert delivered" or msg.startswith("delivered as its partition was revoked"):
-                delivered[fields.get("alert_id")].append((t, member, pid, fields.get("outcome", msg)))
-            target = rec.get("target", "")
-            if msg.startswith(REBALANCE) and (args.all_lines or "dispatch" in target or "dispatcher" in msg):
-                lines.append((t, member, pid, msg, fields, target))
+    for member, rec in member_records():
+        fields = rec.get("fields", {})
+        msg = fields.get("message", "")
+        t = parse_ts(rec["timestamp"])
+        pid = pid_of(member, t)
+        if msg == "alert delivered" or msg.startswith("delivered as its partition was revoked"):
+            delivered[fields.get("alert_id")].append((t, member, pid, fields.get("outcome", msg)))
+        target = rec.get("target", "")
+        if msg.startswith(REBALANCE) and (args.all_lines or "dispatch" in target or "dispatcher" in msg):
+            lines.append((t, member, pid, msg, fields, target))
 
     # Who held which partition when, by the members' own logs (assignments are incremental:
     # cooperative-sticky), per group; a killed process holds nothing after its kill.
     holds = {"dispatch": collections.defaultdict(list), "engine": collections.defaultdict(list)}
-    for name in sorted(os.listdir(d)):
-        if not (name.startswith("member-") and name.endswith(".log")):
+    for member, rec in member_records(lambda raw: "partitions" in raw or "stopping" in raw):
+        fields = rec.get("fields", {})
+        msg = fields.get("message", "")
+        group = "dispatch" if msg.startswith("dispatcher ") else "engine" if msg.startswith("engine ") else None
+        if group is None:
             continue
-        member = int(name[len("member-") : -len(".log")])
-        for raw in open(os.path.join(d, name), errors="replace"):
-            if "partitions" not in raw and "stopping" not in raw:
-                continue
-            try:
-                rec = json.loads(raw)
-            except ValueError:
-                continue
-            fields = rec.get("fields", {})
-            msg = fields.get("message", "")
-            group = "dispatch" if msg.startswith("dispatcher ") else "engine" if msg.startswith("engine ") else None
-            if group is None:
-                continue
-            t = parse_ts(rec["timestamp"])
-            if msg.endswith(" stopping"):
-                # Shutting down: it leaves the group without a revocation line.
-                holds[group][pid_of(member, t)].append((t, "revoke", list(range(args.partitions))))
-                continue
-            if " partitions" not in msg:
-                continue
-            parts = json.loads(fields.get("partitions", "[]"))
-            kind = "revoke" if "revoked" in msg else "assign"
-            holds[group][pid_of(member, t)].append((t, kind, parts))
+        t = parse_ts(rec["timestamp"])
+        if msg.endswith(" stopping"):
+            # Shutting down: it leaves the group without a revocation line.
+            holds[group][pid_of(member, t)].append((t, "revoke", list(range(args.partitions))))
+            continue
+        if " partitions" not in msg:
+            continue
+        parts = json.loads(fields.get("partitions", "[]"))
+        kind = "revoke" if "revoked" in msg else "assign"
+        holds[group][pid_of(member, t)].append((t, kind, parts))
 
     def held(group, pid, partition, t):
         if pid in killed_at and t > killed_at[pid]:
