@@ -253,6 +253,11 @@ pub struct Producer {
     name: OnceLock<&'static str>,
 }
 
+/// How long a revocation waits for a role's writes to be acknowledged before what is left is
+/// purged (or, when kept partitions share the queue, left to land late):
+/// [`Producer::settle_revocation`]'s timeout for the engine and the dispatcher alike.
+pub const REVOKE_FLUSH: Duration = Duration::from_secs(5);
+
 /// How a revocation left what the producer held ([`Producer::settle_revocation`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Settled {

@@ -248,17 +248,24 @@ impl Shared {
         // Given up on revocation (a write of this generation must not land over the next
         // owner's) and at the end of the grace period.
         tokio::spawn(async move {
-            let topic = &shared.topics.delivered;
-            for lead in leads {
-                let write = work
-                    .ledger
-                    .persist(&shared.producer, topic, &lead, &work.revoked);
-                tokio::select! {
-                    _ = shared.abandon.cancelled() => break,
-                    written = write => if !written { break },
-                }
-            }
+            shared.persist_leads(&work, leads).await;
         });
+    }
+
+    /// Writes the ledger entry of each of `leads`, one after another; false once one is not
+    /// written (the partition revoked) or the dispatcher gives up its writes.
+    async fn persist_leads(&self, work: &Work, leads: impl IntoIterator<Item = String>) -> bool {
+        let topic = &self.topics.delivered;
+        for lead in leads {
+            let write = work
+                .ledger
+                .persist(&self.producer, topic, &lead, &work.revoked);
+            tokio::select! {
+                _ = self.abandon.cancelled() => return false,
+                written = write => if !written { return false },
+            }
+        }
+        true
     }
 
     /// Writes, in the background, the entry of each lead into which `work`'s restore merged
@@ -351,15 +358,8 @@ impl Shared {
         );
         let (shared, work) = (self.clone(), work.clone());
         tokio::spawn(async move {
-            let topic = &shared.topics.delivered;
-            for lead in ledger {
-                let write = work
-                    .ledger
-                    .persist(&shared.producer, topic, &lead, &work.revoked);
-                tokio::select! {
-                    _ = shared.abandon.cancelled() => return,
-                    written = write => if !written { return },
-                }
+            if !shared.persist_leads(&work, ledger).await {
+                return;
             }
             for lead in backlog {
                 tokio::select! {

@@ -180,15 +180,14 @@ impl Ledger {
     /// every late delivery they drop was written long before), returning their keys, to be
     /// tombstoned.
     pub fn expire_markers(&self, before: Timestamp) -> Vec<String> {
-        let mut markers = self.markers.lock().expect("ledger lock");
-        let old: Vec<String> = markers
-            .iter()
-            .filter(|(_, at)| **at < before)
-            .map(|(k, _)| k.clone())
-            .collect();
-        for k in &old {
-            markers.remove(k);
-        }
+        let mut old = Vec::new();
+        self.markers.lock().expect("ledger lock").retain(|k, at| {
+            let keep = *at >= before;
+            if !keep {
+                old.push(k.clone());
+            }
+            keep
+        });
         old
     }
 

@@ -36,9 +36,6 @@ const REVOKE_WAIT_CAP: Duration = Duration::from_secs(30);
 
 /// Time for a delivery's record to be acknowledged by Kafka, once the sink answered.
 const RECORD_WAIT: Duration = Duration::from_secs(5);
-/// How long a revocation then waits for the dispatcher's writes to be acknowledged before what
-/// is left is purged (or, when kept partitions share the queue, left to land late).
-const REVOKE_FLUSH: Duration = Duration::from_secs(5);
 
 /// Due retries handed at once to a sink no longer configured (each is dead-lettered at once).
 const UNKNOWN_SINK_BATCH: usize = 16;
@@ -136,7 +133,10 @@ impl Dispatcher {
                         .collect()
                 };
                 finish_underway(&for_revoke, &works, revocation.can_wait);
-                producer.settle_revocation(REVOKE_FLUSH, !revocation.keeps_others);
+                producer.settle_revocation(
+                    crate::bus::producer::REVOKE_FLUSH,
+                    !revocation.keeps_others,
+                );
             })),
         };
         let subscribed = consumer::subscribe(

@@ -227,7 +227,10 @@ impl EngineRunner {
             // cannot be made durable in time is purged when no kept partition shares the queue.
             on_revoke: Some(Box::new(move |revocation: &Revocation| {
                 for_revoke.revoke(&revocation.partitions);
-                producer_for_revoke.settle_revocation(REVOKE_FLUSH, !revocation.keeps_others);
+                producer_for_revoke.settle_revocation(
+                    crate::bus::producer::REVOKE_FLUSH,
+                    !revocation.keeps_others,
+                );
             })),
         };
         let subscribed = consumer::subscribe(
@@ -453,10 +456,6 @@ struct Work {
     /// What stops each owned partition's writes, for the revocation hook.
     revokers: Revokers,
 }
-
-/// How long a revocation waits for the engine's writes to be acknowledged before what is left
-/// is purged (or, when kept partitions share the queue, left to land late).
-const REVOKE_FLUSH: Duration = Duration::from_secs(5);
 
 /// What stops each owned partition's writes ([`Writes::revoker`]), shared with the revocation
 /// hook: it stops them before the revocation reaches the loop, so that a write failing
