@@ -85,25 +85,9 @@ impl FieldValue {
     pub fn heap_bytes(&self) -> usize {
         match self {
             FieldValue::String(s) => s.len(),
-            FieldValue::Json(v) => size_of::<Value>() + json_heap_bytes(v),
+            FieldValue::Json(v) => super::footprint::of_value(v),
             FieldValue::Null | FieldValue::Bool(_) | FieldValue::Number(_) => 0,
         }
-    }
-}
-
-/// About the bytes a JSON value holds on the heap.
-fn json_heap_bytes(v: &Value) -> usize {
-    match v {
-        Value::String(s) => s.len(),
-        Value::Array(items) => items
-            .iter()
-            .map(|v| size_of::<Value>() + json_heap_bytes(v))
-            .sum(),
-        Value::Object(map) => map
-            .iter()
-            .map(|(k, v)| 32 + k.len() + size_of::<Value>() + json_heap_bytes(v))
-            .sum(),
-        Value::Null | Value::Bool(_) | Value::Number(_) => 0,
     }
 }
 
@@ -150,15 +134,14 @@ impl<'de> Deserialize<'de> for FieldValue {
     }
 }
 
-/// A lead's fields, sorted by name. A dozen fields took about 1 KB as a map (a tree node, and a
-/// copy of every name); here 40 bytes each, the names shared.
 /// Values by name, sorted by name, each name shared ([`Name`]): a lead's fields
 /// ([`LeadFields`]) and a window patch's ([`super::state::Fields`]). Written as the map it was:
 /// names in order, as a map of them iterates.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ByName<V>(Box<[(Name, V)]>);
 
-/// A lead's fields.
+/// A lead's fields. A dozen fields took about 1 KB as a map (a tree node, and a copy of every
+/// name); here 40 bytes each, the names shared.
 pub type LeadFields = ByName<FieldValue>;
 
 impl<V> Default for ByName<V> {
@@ -206,11 +189,6 @@ impl<V> ByName<V> {
     /// The names, sorted.
     pub fn keys(&self) -> impl Iterator<Item = &str> {
         self.0.iter().map(|(k, _)| &**k)
-    }
-
-    /// Keeps only the names `keep` says.
-    pub fn retain(&mut self, mut keep: impl FnMut(&str) -> bool) {
-        self.keep(|k| keep(k));
     }
 
     /// Keeps the names `keep` keeps, each as `keep` leaves it (see

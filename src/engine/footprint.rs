@@ -70,7 +70,8 @@ fn of_logged(logged: &Logged) -> usize {
         }
 }
 
-fn of_value(v: &Value) -> usize {
+/// The bytes a JSON value takes: itself and its heap.
+pub(super) fn of_value(v: &Value) -> usize {
     size_of::<Value>()
         + match v {
             Value::String(s) => s.len(),
