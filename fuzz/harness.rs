@@ -23,7 +23,6 @@ use http::{HeaderMap, HeaderName, HeaderValue, Method, Uri};
 use jiff::{SignedDuration, Timestamp};
 
 use leadwatch::alert::{Alert, split_lead_key};
-use leadwatch::bus::changelog;
 use leadwatch::dispatch::backlog::{Backlog, LeadBacklog};
 use leadwatch::dispatch::dlq::DeadLetter;
 use leadwatch::dispatch::ledger::{LeadDeliveries, Ledger};
@@ -711,7 +710,7 @@ pub fn restore_partition(data: &[u8]) {
 /// alert read as `deliver` reads it.
 pub fn decode_backlog(record: &[u8]) {
     let lead = "hubspot:1551";
-    let decoded = changelog::unstamp(record)
+    let decoded = leadwatch::stamp::read(record)
         .and_then(|(_, body)| serde_json::from_slice::<LeadBacklog>(body).ok());
     if let Some(entry) = &decoded {
         round_trips(entry, "a backlog entry");
@@ -727,7 +726,7 @@ pub fn decode_backlog(record: &[u8]) {
     assert_eq!(backlog.len(), distinct.len(), "entries lost in the backlog");
     let kept = backlog.serialize_lead(lead);
     if !distinct.is_empty() {
-        let (generation, body) = changelog::unstamp(&kept).expect("a kept backlog is stamped");
+        let (generation, body) = leadwatch::stamp::read(&kept).expect("a kept backlog is stamped");
         assert_eq!(
             generation, 7,
             "written with the generation it was restored for"
@@ -749,7 +748,7 @@ pub fn decode_backlog(record: &[u8]) {
 /// (`Ledger::from_snapshot`) and asked what each alert has reached.
 pub fn decode_ledger(record: &[u8]) {
     let lead = "hubspot:1551";
-    let decoded = changelog::unstamp(record)
+    let decoded = leadwatch::stamp::read(record)
         .and_then(|(_, body)| serde_json::from_slice::<LeadDeliveries>(body).ok());
     if let Some(entry) = &decoded {
         round_trips(entry, "a ledger entry");

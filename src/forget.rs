@@ -160,7 +160,7 @@ async fn scan(
             .with_context(|| format!("reading {topic}[{partition}]"))
         };
         let (ledger, backlog) = (read(&delivered)?, read(&retry)?);
-        let generation = bus::changelog::next_generation(&[&ledger, &backlog]);
+        let generation = bus::changelog::next_generation([&ledger, &backlog]);
         let late = ledger
             .records
             .into_iter()

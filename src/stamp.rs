@@ -111,6 +111,7 @@ mod tests {
         assert_eq!(tombstone_generation(Some(&[2, 5])), 0, "an unknown version");
         assert_eq!(tombstone_generation(Some(&[V1, 5, 0])), 0, "bytes after it");
         assert_eq!(read(&[V1, 0x80]), None, "a varint cut short");
+        assert_eq!(read(&[V1; 12]), Some((1, &[V1; 10][..])));
         assert_eq!(
             read(&[
                 V1, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x02

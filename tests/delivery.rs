@@ -2222,7 +2222,7 @@ async fn forget_erases_a_leads_late_deliveries_so_a_restore_cannot_bring_it_back
         }
     };
     let folded = tokio::task::spawn_blocking(read.clone()).await.unwrap();
-    let next = leadwatch::bus::changelog::next_generation(&[&folded]);
+    let next = leadwatch::bus::changelog::next_generation([&folded]);
     let (ledger, _) = Ledger::from_snapshot(folded.records, next);
     assert!(
         ledger.delivered("L-gone", "alert_gone").is_empty(),

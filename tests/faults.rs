@@ -947,7 +947,7 @@ secret = "{SINK_SECRET}"
     // It wrote the lead's entry again: the last record of the key, the one compaction keeps,
     // holds both deliveries (not the late record's one).
     let both = |record: &[u8]| {
-        let body = leadwatch::bus::changelog::unstamp(record).map_or(record, |r| r.1);
+        let body = leadwatch::stamp::read(record).map_or(record, |r| r.1);
         let entry: serde_json::Value = serde_json::from_slice(body).unwrap_or_default();
         alerts.iter().all(|a| entry["alerts"].get(a.id()).is_some())
     };

@@ -55,8 +55,8 @@ pub struct Folded {
     pub superseded: Vec<String>,
 }
 
-/// The header every changelog record starts with ([`crate::stamp`]: the format version, then
-/// the writer's partition generation); the ledger's and backlog's bodies are JSON, the state's
+/// `body` under the header every changelog record starts with ([`crate::stamp`]: the format
+/// version, then `generation`, the writer's partition generation); the ledger's and backlog's bodies are JSON, the state's
 /// is its own (`engine::record`, under the same header).
 ///
 /// **The partition generation** is one more than the highest generation read back from the
@@ -67,9 +67,6 @@ pub struct Folded {
 /// generation only when none of the earlier one's writes had reached the changelog when the
 /// later one read it: such a late write then ties, and the later offset wins (the README's
 /// "Guarantees" says what remains).
-pub const STAMPED: u8 = crate::stamp::V1;
-
-/// `body` under the header of `generation` ([`STAMPED`]).
 pub fn stamp(generation: u64, body: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(body.len() + 1 + crate::stamp::VARINT_MAX);
     crate::stamp::write(&mut out, generation);
@@ -77,21 +74,15 @@ pub fn stamp(generation: u64, body: &[u8]) -> Vec<u8> {
     out
 }
 
-/// A record's partition generation and body: (0, the whole record) for one without a header
-/// (JSON of an earlier build); `None` when its header is unknown, cut short or malformed.
-pub fn unstamp(record: &[u8]) -> Option<(u64, &[u8])> {
-    crate::stamp::read(record)
-}
-
 /// The partition generation that wrote `record` (0 when it says none, or cannot be read: an
 /// unreadable record is its reader's to report, not the fold's).
 pub fn generation_of(record: &[u8]) -> u64 {
-    unstamp(record).map_or(0, |(generation, _)| generation)
+    crate::stamp::read(record).map_or(0, |(generation, _)| generation)
 }
 
 /// The generation a new owner of a partition writes with, from what its changelogs held.
-pub fn next_generation(read: &[&Folded]) -> u64 {
-    read.iter().map(|f| f.generation).max().unwrap_or(0) + 1
+pub fn next_generation<'a>(read: impl IntoIterator<Item = &'a Folded>) -> u64 {
+    read.into_iter().map(|f| f.generation).max().unwrap_or(0) + 1
 }
 
 /// Folds one partition's records, in offset order, per key: a record replaces what its key
@@ -114,13 +105,8 @@ pub struct Fold {
 }
 
 impl Fold {
-    /// The next record of the partition: `value` `None` is a tombstone without a generation (see
-    /// [`Fold::tombstone`]).
-    pub fn push(&mut self, key: &str, value: Option<&[u8]>) {
-        let Some(value) = value else {
-            self.tombstone(key, 0);
-            return;
-        };
+    /// The next record of the partition (a tombstone goes to [`Fold::tombstone`]).
+    pub fn push(&mut self, key: &str, value: &[u8]) {
         let generation = generation_of(value);
         self.generation = self.generation.max(generation);
         let reached = match self.records.get_mut(key) {
@@ -197,7 +183,7 @@ pub fn late_lead(key: &str, value: &[u8]) -> Option<String> {
     if !key.starts_with(LATE_PREFIX) {
         return None;
     }
-    let (_, body) = unstamp(value)?;
+    let (_, body) = crate::stamp::read(value)?;
     serde_json::from_slice::<Named>(body).ok().map(|n| n.lead)
 }
 
@@ -300,7 +286,7 @@ pub fn read_partition(
             continue;
         };
         match msg.payload() {
-            Some(value) => fold.push(key, Some(value)),
+            Some(value) => fold.push(key, value),
             None => {
                 let header = msg.headers().and_then(|headers| {
                     headers
@@ -534,27 +520,20 @@ mod tests {
     use super::*;
     use rdkafka::producer::{BaseProducer, BaseRecord, Producer as _};
 
-    /// A header reads back as the generation it was written with, whatever its size; a
-    /// record of an earlier build (JSON) is generation 0 and all body; a header cut short is
-    /// refused.
+    /// A stamped record reads back as its generation and body, whatever the generation's size
+    /// (the header's edge cases are `stamp.rs`'s).
     #[test]
     fn a_stamped_record_reads_back_its_generation_and_body() {
         for generation in [0, 1, 127, 128, 300, u64::from(u32::MAX), u64::MAX] {
             let record = stamp(generation, br#"{"a":1}"#);
-            assert_eq!(record[0], STAMPED);
-            assert_eq!(unstamp(&record), Some((generation, &br#"{"a":1}"#[..])));
+            assert_eq!(record[0], crate::stamp::V1);
+            assert_eq!(
+                crate::stamp::read(&record),
+                Some((generation, &br#"{"a":1}"#[..]))
+            );
             assert_eq!(generation_of(&record), generation);
         }
-        assert_eq!(unstamp(br#"{"a":1}"#), Some((0, &br#"{"a":1}"#[..])));
-        assert_eq!(unstamp(&[STAMPED, 0x80]), None, "a varint cut short");
-        assert_eq!(unstamp(&[STAMPED; 12]), Some((1, &[STAMPED; 10][..])));
-        assert_eq!(
-            unstamp(&[
-                STAMPED, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x02
-            ]),
-            None,
-            "over 64 bits"
-        );
+        assert_eq!(generation_of(br#"{"a":1}"#), 0, "an earlier build's JSON");
     }
 
     /// Per key, the record of the highest generation is kept, of those the last: a late record
@@ -563,24 +542,24 @@ mod tests {
     #[test]
     fn the_fold_keeps_per_key_the_last_record_of_the_highest_generation() {
         let mut fold = Fold::default();
-        fold.push("L-old-first", Some(&stamp(3, b"{\"by\":\"old\"}")));
-        fold.push("L-old-first", Some(&stamp(4, b"{\"by\":\"new\"}")));
+        fold.push("L-old-first", &stamp(3, b"{\"by\":\"old\"}"));
+        fold.push("L-old-first", &stamp(4, b"{\"by\":\"new\"}"));
         // The old owner's queued writes land after the new owner's.
-        fold.push("L-old-first", Some(&stamp(3, b"{\"by\":\"old, late\"}")));
-        fold.push("L-same", Some(&stamp(4, b"1")));
-        fold.push("L-same", Some(&stamp(4, b"2")));
-        fold.push("L-gone", Some(&stamp(4, b"1")));
-        fold.push("L-gone", None);
-        fold.push("L-gone", Some(&stamp(2, b"late")));
-        fold.push("L-back", Some(&stamp(4, b"1")));
-        fold.push("L-back", None);
-        fold.push("L-back", Some(&stamp(4, b"again")));
-        fold.push("L-json", Some(b"{\"v\":1}"));
-        fold.push("L-json", Some(b"{\"v\":2}"));
+        fold.push("L-old-first", &stamp(3, b"{\"by\":\"old, late\"}"));
+        fold.push("L-same", &stamp(4, b"1"));
+        fold.push("L-same", &stamp(4, b"2"));
+        fold.push("L-gone", &stamp(4, b"1"));
+        fold.tombstone("L-gone", 0);
+        fold.push("L-gone", &stamp(2, b"late"));
+        fold.push("L-back", &stamp(4, b"1"));
+        fold.tombstone("L-back", 0);
+        fold.push("L-back", &stamp(4, b"again"));
+        fold.push("L-json", b"{\"v\":1}");
+        fold.push("L-json", b"{\"v\":2}");
         // An earlier build's record after this build's: it cannot be told late, so it wins as
         // every later record did before (a rolling upgrade moves partitions both ways).
-        fold.push("L-upgrade", Some(&stamp(4, b"1")));
-        fold.push("L-upgrade", Some(b"{\"by\":\"an earlier build\"}"));
+        fold.push("L-upgrade", &stamp(4, b"1"));
+        fold.push("L-upgrade", b"{\"by\":\"an earlier build\"}");
         let read = fold.finish();
         assert_eq!(read.generation, 4);
         assert_eq!(read.records["L-old-first"], stamp(4, b"{\"by\":\"new\"}"));
@@ -593,7 +572,7 @@ mod tests {
         assert_eq!(read.records["L-json"], b"{\"v\":2}");
         assert_eq!(read.records["L-upgrade"], b"{\"by\":\"an earlier build\"}");
         assert_eq!(read.superseded, ["L-old-first", "L-gone"]);
-        assert_eq!(next_generation(&[&read, &Folded::default()]), 5);
+        assert_eq!(next_generation([&read, &Folded::default()]), 5);
         assert_eq!(next_generation(&[]), 1);
     }
 
@@ -605,14 +584,14 @@ mod tests {
     #[test]
     fn the_fold_honours_the_generation_a_tombstone_carries() {
         let mut fold = Fold::default();
-        fold.push("L-kept", Some(&stamp(4, b"new")));
+        fold.push("L-kept", &stamp(4, b"new"));
         fold.tombstone("L-kept", 3);
-        fold.push("L-own", Some(&stamp(4, b"1")));
+        fold.push("L-own", &stamp(4, b"1"));
         fold.tombstone("L-own", 4);
-        fold.push("L-own", Some(&stamp(3, b"late")));
+        fold.push("L-own", &stamp(3, b"late"));
         fold.tombstone("L-bare", 6);
-        fold.push("L-bare", Some(&stamp(5, b"late")));
-        fold.push("L-old-build", Some(&stamp(4, b"1")));
+        fold.push("L-bare", &stamp(5, b"late"));
+        fold.push("L-old-build", &stamp(4, b"1"));
         fold.tombstone("L-old-build", 0);
         let read = fold.finish();
         assert_eq!(read.records["L-kept"], stamp(4, b"new"));

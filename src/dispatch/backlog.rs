@@ -127,7 +127,7 @@ impl Backlog {
             let mut inner = backlog.inner.lock().expect("backlog lock");
             inner.generation = generation;
             for (lead, bytes) in snapshot {
-                let entry = changelog::unstamp(&bytes)
+                let entry = crate::stamp::read(&bytes)
                     .and_then(|(_, body)| serde_json::from_slice::<LeadBacklog>(body).ok());
                 match entry {
                     Some(entry) => {
@@ -412,7 +412,7 @@ mod tests {
         // Removing the last of a lead's entries writes a tombstone.
         assert!(b.remove("L-2", "a2", "slack").is_none());
         let left = b.remove("L-1", "a1", "crm").unwrap();
-        let (_, left) = changelog::unstamp(&left).unwrap();
+        let (_, left) = crate::stamp::read(&left).unwrap();
         let left: LeadBacklog = serde_json::from_slice(left).unwrap();
         assert_eq!(left.pending.len(), 1);
         assert_eq!(left.pending[0].sink, "slack");
@@ -440,7 +440,7 @@ mod tests {
         // Restored for generation 5, its records say so; an earlier build's JSON reads too.
         let written = restored.serialize_lead("L-1");
         assert_eq!(changelog::generation_of(&written), 5);
-        let json = changelog::unstamp(&written).unwrap().1.to_vec();
+        let json = crate::stamp::read(&written).unwrap().1.to_vec();
         let (earlier, broken) = Backlog::from_snapshot([("L-1".to_string(), json)].into(), 6);
         assert!(broken.is_empty());
         assert_eq!(earlier.len(), 2);

@@ -101,7 +101,7 @@ impl Ledger {
         let mut forgotten: HashMap<String, u64> = HashMap::new();
         let mut markers = BTreeMap::new();
         for (k, v) in snapshot {
-            let Some((written_by, v)) = changelog::unstamp(&v) else {
+            let Some((written_by, v)) = crate::stamp::read(&v) else {
                 broken.push(k);
                 continue;
             };

@@ -593,7 +593,7 @@ impl<P, M> Group<P, M> {
         let still = self.pending.get(&partition).is_some_and(|q| !q.is_empty());
         self.report(|b| b.progressed(partition, still));
         let read: Vec<Folded> = snapshots.into_iter().flatten().collect();
-        let generation = changelog::next_generation(&read.iter().collect::<Vec<_>>());
+        let generation = changelog::next_generation(read.iter());
         tracing::debug!(
             partition,
             generation,

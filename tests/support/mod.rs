@@ -596,7 +596,7 @@ pub async fn read_topic(
                 Some(Ok(m)) => {
                     // A changelog record's JSON is its body, after its header.
                     let payload = m.payload().unwrap_or_default();
-                    let body = leadwatch::bus::changelog::unstamp(payload).map_or(payload, |r| r.1);
+                    let body = leadwatch::stamp::read(payload).map_or(payload, |r| r.1);
                     out.push((
                         String::from_utf8_lossy(m.key().unwrap_or_default()).into_owned(),
                         serde_json::from_slice(body).unwrap_or(serde_json::Value::Null),
