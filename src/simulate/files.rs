@@ -118,13 +118,12 @@ pub fn run_files(
     let keep = |name: &str| projection.keeps(name) || identity.reads(name);
     let (read, bad) =
         read_projected(std::io::BufReader::new(file), Some(&keep)).map_err(events_error)?;
-    let read = super::join(identity, read);
     for b in &bad {
         eprintln!("{}:{}: skipped: {}", events.display(), b.line, b.message);
     }
     let mut out = std::io::BufWriter::new(std::io::stdout().lock());
     let mut failed = None;
-    let card = super::run(&engine, read, until, partitions, |alert| {
+    let card = super::run_joined(&engine, identity, read, until, partitions, |alert| {
         let line = Fired {
             alert,
             fired_at: alert.timestamp,

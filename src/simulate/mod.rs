@@ -10,7 +10,7 @@
 //! close-out reasons, leads never touched, attempts and close-outs that became overdue.
 //!
 //! Records of one person (a Marketo lead and its Salesforce lead) are one lead, as `[identity]`
-//! of the rules file says ([`join`]).
+//! of the rules file says ([`join`], [`run_joined`]).
 
 mod files;
 mod join;
@@ -23,7 +23,7 @@ use crate::engine::step::{Input, Write};
 use crate::engine::{Engine, PartitionState};
 use crate::event::LeadEvent;
 pub use files::{BadLine, FileError, Fired, read_events, run_files};
-pub use join::join;
+pub use join::{Joined, join, run_joined};
 use scorecard::Recorder;
 pub use scorecard::{Report, Scorecard};
 

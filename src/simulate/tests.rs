@@ -408,18 +408,27 @@ fn marketo_recipe(salesforce_at: &str, marketo_at: &str, call_at: &str) -> Strin
 /// The alerts of `text` under `RULES` with `identity` (a section of the rules file) through
 /// `simulate`'s join, as (lead, type, time).
 fn joined(identity: &str, text: &str) -> Vec<(String, String, Timestamp)> {
+    joined_alerts(identity, text)
+        .into_iter()
+        .map(|a| (a.data.lead, a.kind, a.timestamp))
+        .collect()
+}
+
+/// As [`joined`], the whole alerts.
+fn joined_alerts(identity: &str, text: &str) -> Vec<Alert> {
     let rules = format!("{RULES}\n{identity}");
     let engine = Engine::new(Arc::new(Rules::parse(&rules).unwrap()));
     let identity = crate::identity::IdentityConfig::parse(&rules).unwrap();
     let (events, bad) = read_events(text.as_bytes()).unwrap();
     assert!(bad.is_empty(), "{bad:?}");
     let mut fired = Vec::new();
-    run(
+    run_joined(
         &engine,
-        join(&identity, events),
+        &identity,
+        events,
         Some("2026-11-23T00:00:00Z".parse().unwrap()),
         6,
-        |a| fired.push((a.data.lead.clone(), a.kind.clone(), a.timestamp)),
+        |a| fired.push(a.clone()),
     );
     fired
 }
@@ -472,6 +481,16 @@ fn the_crm_record_names_the_joined_lead_whichever_system_came_first() {
             "salesforce at {sf}, marketo at {mk}"
         );
     }
+    // The alert lists the person's records; a lead of one record lists none.
+    let text = marketo_recipe("09:58:00", "10:00:00", "15:00:00");
+    let alerts = joined_alerts("", &text);
+    assert_eq!(alerts[0].data.records, ["marketo:501", "salesforce:00Q1"]);
+    let off = joined_alerts("[identity]\nenabled = false\n", &text);
+    assert!(off.iter().all(|a| a.data.records.is_empty()), "{off:?}");
+    // Left out of the JSON, and an alert without it (an earlier build's) reads back the same.
+    let json = serde_json::to_string(&off[0]).unwrap();
+    assert!(!json.contains("records"), "{json}");
+    assert_eq!(serde_json::from_str::<Alert>(&json).unwrap(), off[0]);
 }
 
 #[test]
