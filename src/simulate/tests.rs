@@ -511,3 +511,24 @@ fn marketo_s_salesforce_id_joins_without_an_email() {
         )]
     );
 }
+
+/// A CRM's merge of two records of one person ends no lead: the person goes on, and its clock
+/// with it.
+#[test]
+fn a_merge_of_two_records_of_one_person_ends_no_lead() {
+    let text = r#"
+{"id":"a1","type":"lead.updated","lead":"salesforce:00QB","occurred_at":"2026-11-22T10:00:00Z","fields":{"email":"ann@example.com","stage":"MQL","owner":"rep@example.com"}}
+{"id":"b1","type":"lead.updated","lead":"salesforce:00QA","occurred_at":"2026-11-22T10:01:00Z","fields":{"email":"ann@example.com"}}
+{"id":"m1","type":"lead.merged","lead":"salesforce:00QB","occurred_at":"2026-11-22T10:02:00Z","into":"salesforce:00QA"}
+"#;
+    let breached = |lead: &str| {
+        (
+            lead.to_string(),
+            "sla.first_touch.breached".to_string(),
+            ts("14:00:00"),
+        )
+    };
+    assert_eq!(joined("", text)[0], breached("salesforce:00QA"));
+    // Without the join the merge ends 00QB's episode: nothing fires.
+    assert_eq!(joined("[identity]\nenabled = false\n", text), []);
+}
