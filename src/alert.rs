@@ -94,6 +94,11 @@ pub struct AlertData {
     pub link: Option<String>,
     /// One sentence a person can act on.
     pub message: String,
+    /// Every record of the lead's person when the identity join made it of several
+    /// (`marketo:501`, `salesforce:00Q…`), least key first; left out for a lead of one record
+    /// (and by alerts of builds before the join, which read back as such).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub records: Vec<String>,
 }
 
 fn default_to() -> Vec<String> {

@@ -10,8 +10,9 @@
 //! - vocabulary: [`event`], [`alert`], [`partitioner`], [`signature`], [`telemetry`];
 //! - core: [`bus`] (Kafka plumbing), [`engine`] (pure, one entry point:
 //!   [`engine::PartitionState::step`]);
-//! - edges: [`ingest`] (one folder per vendor), [`dispatch`] (sinks, the retry decision),
-//!   [`simulate`] (the engine over a file, the scorecard), [`forget`];
+//! - edges: [`ingest`] (one folder per vendor), [`identity`] (which records are one person),
+//!   [`dispatch`] (sinks, the retry decision), [`simulate`] (the engine over a file, the
+//!   scorecard), [`forget`];
 //! - [`runner`]: the consumer-group skeleton, once, and the stages on it;
 //! - [`app`]: wiring, the root configuration, the HTTP listener;
 //! - [`cli`]: one file per subcommand.
@@ -27,6 +28,7 @@ pub mod dispatch;
 pub mod engine;
 pub mod event;
 pub mod forget;
+pub mod identity;
 pub mod ingest;
 pub mod partitioner;
 pub mod runner;

@@ -32,7 +32,8 @@ kind = "log"
     .unwrap();
     std::fs::write(
         &rules,
-        "[lifecycle]\nsales_ready = 'lead.stage == \"sales_ready\"'\n[first_touch]\nwithin = \"soon\"\n",
+        "[lifecycle]\nsales_ready = 'lead.stage == \"sales_ready\"'\n[first_touch]\nwithin = \"soon\"\n\
+         [identity]\nsources = [\"salesforce\", \"zoho\"]\n",
     )
     .unwrap();
     let out = leadwatch()
@@ -45,7 +46,7 @@ kind = "log"
     let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
     let c = config.display().to_string();
     let r = rules.display().to_string();
-    assert_eq!(lines.len(), 3, "{stderr}");
+    assert_eq!(lines.len(), 4, "{stderr}");
     assert!(
         lines
             .iter()
@@ -62,6 +63,13 @@ kind = "log"
         lines
             .iter()
             .any(|l| l.starts_with(&format!("{r}:first_touch.within: `soon` is not a duration"))),
+        "{stderr}"
+    );
+    // `[identity]` of the rules file: identity/ checks it, in the same list.
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.starts_with(&format!("{r}:identity.sources[1]: `zoho` is not one of"))),
         "{stderr}"
     );
 }

@@ -18,6 +18,7 @@ use crate::dispatch::sinks::SinkConfig;
 use crate::dispatch::{DispatchConfig, DispatchSections};
 use crate::engine::EngineConfig;
 use crate::engine::rules::Rules;
+use crate::identity::IdentityConfig;
 use crate::ingest::{ServerConfig, SourceConfig};
 
 /// The daemon's whole configuration, validated.
@@ -40,6 +41,8 @@ pub struct Config {
     /// Where the rules were read from (resolved against the config file's folder).
     pub rules_path: PathBuf,
     pub rules: Rules,
+    /// `[identity]` of the rules file: read by `simulate`; the daemon does not join yet.
+    pub identity: IdentityConfig,
 }
 
 /// The file's shape. Every section and field has a default except sources and sinks.
@@ -107,9 +110,27 @@ fn default_stall_timeout() -> HumanDuration {
     HumanDuration(Duration::from_secs(300))
 }
 
-/// Reads and compiles a rules file, listing every problem with its key path.
-pub fn load_rules(path: &Path) -> Result<Rules, Problems> {
-    crate::conf::load_file(path, "rules file", Rules::from_value)
+/// A rules file: the engine's rules, and `[identity]` (how records are joined into persons).
+#[derive(Debug, Clone)]
+pub struct RulesFile {
+    pub rules: Rules,
+    pub identity: IdentityConfig,
+}
+
+/// Reads and compiles a rules file, listing every problem with its key path (the engine's and
+/// `[identity]`'s, in one list).
+pub fn load_rules(path: &Path) -> Result<RulesFile, Problems> {
+    crate::conf::load_file(path, "rules file", |value| {
+        match (Rules::from_value(value), IdentityConfig::from_rules(value)) {
+            (Ok(rules), Ok(identity)) => Ok(RulesFile { rules, identity }),
+            (rules, identity) => Err(rules
+                .err()
+                .into_iter()
+                .chain(identity.err())
+                .flatten()
+                .collect()),
+        }
+    })
 }
 
 impl Config {
@@ -214,7 +235,7 @@ impl Config {
         path: &Path,
         raw: RawConfig,
         rules_path: PathBuf,
-        rules: Result<Rules, Problems>,
+        rules: Result<RulesFile, Problems>,
         early: Vec<Problem>,
     ) -> Result<Config, Problems> {
         let mut problems = early;
@@ -341,7 +362,8 @@ impl Config {
                 sinks: raw.sinks,
                 routes: raw.routes,
                 rules_path,
-                rules,
+                rules: rules.rules,
+                identity: rules.identity,
             }),
             _ => Err(Problems(problems)),
         }

@@ -156,7 +156,8 @@ pub async fn run_with_reloads(
         let (path, metrics) = (config.rules_path.clone(), metrics.clone());
         tokio::spawn(async move {
             while reloads.recv().await.is_some() {
-                match config::load_rules(&path) {
+                // `[identity]` is checked with the rest; the daemon does not join yet.
+                match config::load_rules(&path).map(|file| file.rules) {
                     Ok(rules) => {
                         tracing::info!(rules = %path.display(), "rules reloaded");
                         let missing = rules

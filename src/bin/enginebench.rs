@@ -208,7 +208,9 @@ fn main() -> anyhow::Result<()> {
     let path = args.rules.unwrap_or_else(|| {
         PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/config/rules.toml"))
     });
-    let rules = leadwatch::app::config::load_rules(&path).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let rules = leadwatch::app::config::load_rules(&path)
+        .map_err(|e| anyhow::anyhow!("{e}"))?
+        .rules;
     let engine = Engine::new(Arc::new(rules));
 
     // A week of leads, one every few seconds, in time order.

@@ -1,4 +1,5 @@
-//! `leadwatch simulate`: a rules file over past events with a simulated clock.
+//! `leadwatch simulate`: a rules file over past events with a simulated clock, each person's
+//! records joined as its `[identity]` says.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -43,7 +44,10 @@ impl Simulate {
             (None, Some(path)) => {
                 let cfg = super::load(path)?;
                 (
-                    cfg.rules.clone(),
+                    crate::app::config::RulesFile {
+                        rules: cfg.rules.clone(),
+                        identity: cfg.identity.clone(),
+                    },
                     cfg.source_links(),
                     Some(cfg.kafka.partitions),
                 )
@@ -59,7 +63,8 @@ impl Simulate {
             .or(configured)
             .unwrap_or(crate::bus::DEFAULT_PARTITIONS);
         match simulate::run_files(
-            rules,
+            rules.rules,
+            &rules.identity,
             links,
             &self.events,
             self.until,

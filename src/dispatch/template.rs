@@ -591,6 +591,7 @@ pub fn sample_alert(kind: &str) -> Alert {
             },
             link: Some("https://example.my.salesforce.com/00Q5g000001".into()),
             message: format!("Lead Jane Doe needs attention ({kind})."),
+            records: Vec::new(),
         },
     }
 }

@@ -89,6 +89,8 @@ pub fn build(
             lead_info: info,
             link: link.map(|template| template.replace("{id}", split_lead_key(key).1)),
             message,
+            // The identity join's to fill (`simulate` does); the engine sees one lead key.
+            records: Vec::new(),
         },
     }
 }

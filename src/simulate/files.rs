@@ -10,6 +10,7 @@ use crate::alert::Alert;
 use crate::engine::Engine;
 use crate::engine::rules::Rules;
 use crate::event::{Envelope, LeadEvent};
+use crate::identity::IdentityConfig;
 
 /// A line that could not be read.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -90,9 +91,11 @@ pub enum FileError {
 
 /// `leadwatch simulate`: reads the events file, prints every alert as a JSON line on stdout
 /// (with `fired_at`), names unreadable lines on stderr, and writes the scorecard to `scorecard`
-/// (or stderr). `links` are the sources' link templates into the CRM, by source name.
+/// (or stderr). Records of one person are joined as `identity` says. `links` are the sources'
+/// link templates into the CRM, by source name.
 pub fn run_files(
     rules: Rules,
+    identity: &IdentityConfig,
     links: std::collections::HashMap<String, String>,
     events: &std::path::Path,
     until: Option<Timestamp>,
@@ -111,7 +114,8 @@ pub fn run_files(
         .with_reorder_window(std::time::Duration::ZERO);
     let file = std::fs::File::open(events).map_err(events_error)?;
     let projection = engine.projection();
-    let keep = |name: &str| projection.keeps(name);
+    // The fields the join reads are kept for it (the engine drops them as it drops any other).
+    let keep = |name: &str| projection.keeps(name) || identity.reads(name);
     let (read, bad) =
         read_projected(std::io::BufReader::new(file), Some(&keep)).map_err(events_error)?;
     for b in &bad {
@@ -119,7 +123,7 @@ pub fn run_files(
     }
     let mut out = std::io::BufWriter::new(std::io::stdout().lock());
     let mut failed = None;
-    let card = super::run(&engine, read, until, partitions, |alert| {
+    let card = super::run_joined(&engine, identity, read, until, partitions, |alert| {
         let line = Fired {
             alert,
             fired_at: alert.timestamp,

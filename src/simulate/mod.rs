@@ -8,8 +8,12 @@
 //! with `fired_at` (simulated time) on top. The scorecard measures each owner and each source:
 //! leads handed off, touched within the SLA, business time to first touch, attempts before close,
 //! close-out reasons, leads never touched, attempts and close-outs that became overdue.
+//!
+//! Records of one person (a Marketo lead and its Salesforce lead) are one lead, as `[identity]`
+//! of the rules file says ([`join`], [`run_joined`]).
 
 mod files;
+mod join;
 mod scorecard;
 
 use jiff::Timestamp;
@@ -19,6 +23,7 @@ use crate::engine::step::{Input, Write};
 use crate::engine::{Engine, PartitionState};
 use crate::event::LeadEvent;
 pub use files::{BadLine, FileError, Fired, read_events, run_files};
+pub use join::{Joined, join, run_joined};
 use scorecard::Recorder;
 pub use scorecard::{Report, Scorecard};
 

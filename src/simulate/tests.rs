@@ -391,3 +391,144 @@ hours = { mon = "09:00-17:00", tue = "09:00-17:00", wed = "09:00-17:00", thu = "
     );
     assert_eq!(card.alerts.get("disposition.late"), None);
 }
+
+/// Issue 15, the README's Marketo recipe: Marketo marks a person MQL with an owner, and the
+/// rep calls that person's Salesforce lead minutes later. `at` gives each event's time: the
+/// Salesforce lead's update (with its email), Marketo's MQL, the call.
+fn marketo_recipe(salesforce_at: &str, marketo_at: &str, call_at: &str) -> String {
+    format!(
+        r#"
+{{"id":"sf1","type":"lead.updated","lead":"salesforce:00Q1","occurred_at":"2026-11-22T{salesforce_at}Z","fields":{{"Email":"Ann@Example.com","email":"Ann@Example.com","status":"Open - Not Contacted","owner":"rep@example.com"}},"source":"sf"}}
+{{"id":"mk1","type":"lead.updated","lead":"marketo:501","occurred_at":"2026-11-22T{marketo_at}Z","fields":{{"email":" ann@example.com","stage":"MQL","score":80,"owner":"rep@example.com"}},"source":"mk"}}
+{{"id":"sf2","type":"lead.activity","lead":"salesforce:00Q1","occurred_at":"2026-11-22T{call_at}Z","activity":{{"kind":"call","by":"rep@example.com"}},"source":"sf"}}
+"#
+    )
+}
+
+/// The alerts of `text` under `RULES` with `identity` (a section of the rules file) through
+/// `simulate`'s join, as (lead, type, time).
+fn joined(identity: &str, text: &str) -> Vec<(String, String, Timestamp)> {
+    joined_alerts(identity, text)
+        .into_iter()
+        .map(|a| (a.data.lead, a.kind, a.timestamp))
+        .collect()
+}
+
+/// As [`joined`], the whole alerts.
+fn joined_alerts(identity: &str, text: &str) -> Vec<Alert> {
+    let rules = format!("{RULES}\n{identity}");
+    let engine = Engine::new(Arc::new(Rules::parse(&rules).unwrap()));
+    let identity = crate::identity::IdentityConfig::parse(&rules).unwrap();
+    let (events, bad) = read_events(text.as_bytes()).unwrap();
+    assert!(bad.is_empty(), "{bad:?}");
+    let mut fired = Vec::new();
+    run_joined(
+        &engine,
+        &identity,
+        events,
+        Some("2026-11-23T00:00:00Z".parse().unwrap()),
+        6,
+        |a| fired.push(a.clone()),
+    );
+    fired
+}
+
+#[test]
+fn a_person_marketo_handed_off_and_the_rep_called_in_salesforce_gets_no_alerts() {
+    let crm_first = marketo_recipe("09:58:00", "10:00:00", "10:05:00");
+    assert_eq!(joined("", &crm_first), []);
+    // Marketo's MQL before the Salesforce lead is seen: the same.
+    let map_first = marketo_recipe("10:02:00", "10:00:00", "10:05:00");
+    assert_eq!(joined("", &map_first), []);
+}
+
+#[test]
+fn without_the_join_the_marketo_record_is_a_lead_of_its_own_and_alerts_falsely() {
+    let text = marketo_recipe("09:58:00", "10:00:00", "10:05:00");
+    let off = joined("[identity]\nenabled = false\n", &text);
+    let marketo = |kind: &str, at: &str| ("marketo:501".to_string(), kind.to_string(), ts(at));
+    assert_eq!(
+        off,
+        [
+            marketo("sla.first_touch.breached", "14:00:00"),
+            marketo("sla.first_touch.escalated", "18:00:00"),
+        ]
+    );
+    // The email join by the MAP turned off: the same as today.
+    assert_eq!(
+        joined("[identity]\nsources = [\"salesforce\"]\n", &text),
+        off
+    );
+}
+
+#[test]
+fn the_crm_record_names_the_joined_lead_whichever_system_came_first() {
+    // The call comes an hour late: one breach, for the person, under the Salesforce key.
+    let breach = [(
+        "salesforce:00Q1".to_string(),
+        "sla.first_touch.breached".to_string(),
+        ts("14:00:00"),
+    )];
+    for (sf, mk) in [
+        ("09:58:00", "10:00:00"),
+        ("10:02:00", "10:00:00"),
+        ("10:00:00", "10:00:00"),
+    ] {
+        let text = marketo_recipe(sf, mk, "15:00:00");
+        assert_eq!(
+            joined("", &text),
+            breach,
+            "salesforce at {sf}, marketo at {mk}"
+        );
+    }
+    // The alert lists the person's records; a lead of one record lists none.
+    let text = marketo_recipe("09:58:00", "10:00:00", "15:00:00");
+    let alerts = joined_alerts("", &text);
+    assert_eq!(alerts[0].data.records, ["marketo:501", "salesforce:00Q1"]);
+    let off = joined_alerts("[identity]\nenabled = false\n", &text);
+    assert!(off.iter().all(|a| a.data.records.is_empty()), "{off:?}");
+    // Left out of the JSON, and an alert without it (an earlier build's) reads back the same.
+    let json = serde_json::to_string(&off[0]).unwrap();
+    assert!(!json.contains("records"), "{json}");
+    assert_eq!(serde_json::from_str::<Alert>(&json).unwrap(), off[0]);
+}
+
+#[test]
+fn marketo_s_salesforce_id_joins_without_an_email() {
+    // The template sends `sfdcLeadId` and no email; Salesforce's events carry none either.
+    let text = marketo_recipe("09:58:00", "10:00:00", "15:00:00")
+        .replace(r#""email":" ann@example.com","#, r#""sfdcLeadId":"00Q1","#)
+        .replace(
+            r#""Email":"Ann@Example.com","email":"Ann@Example.com","#,
+            "",
+        );
+    assert_eq!(
+        joined("", &text),
+        [(
+            "salesforce:00Q1".to_string(),
+            "sla.first_touch.breached".to_string(),
+            ts("14:00:00"),
+        )]
+    );
+}
+
+/// A CRM's merge of two records of one person ends no lead: the person goes on, and its clock
+/// with it.
+#[test]
+fn a_merge_of_two_records_of_one_person_ends_no_lead() {
+    let text = r#"
+{"id":"a1","type":"lead.updated","lead":"salesforce:00QB","occurred_at":"2026-11-22T10:00:00Z","fields":{"email":"ann@example.com","stage":"MQL","owner":"rep@example.com"}}
+{"id":"b1","type":"lead.updated","lead":"salesforce:00QA","occurred_at":"2026-11-22T10:01:00Z","fields":{"email":"ann@example.com"}}
+{"id":"m1","type":"lead.merged","lead":"salesforce:00QB","occurred_at":"2026-11-22T10:02:00Z","into":"salesforce:00QA"}
+"#;
+    let breached = |lead: &str| {
+        (
+            lead.to_string(),
+            "sla.first_touch.breached".to_string(),
+            ts("14:00:00"),
+        )
+    };
+    assert_eq!(joined("", text)[0], breached("salesforce:00QA"));
+    // Without the join the merge ends 00QB's episode: nothing fires.
+    assert_eq!(joined("[identity]\nenabled = false\n", text), []);
+}

@@ -270,6 +270,11 @@ struct RawRules {
     #[serde(default)]
     #[eserde(compat)]
     recipients: BTreeMap<String, OneOrMany>,
+    /// `[identity]`: read by `crate::identity` from the same file; declared so it is a known key.
+    #[serde(default)]
+    #[eserde(compat)]
+    #[allow(dead_code)]
+    identity: Option<serde::de::IgnoredAny>,
 }
 
 #[derive(eserde::Deserialize)]

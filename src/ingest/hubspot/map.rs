@@ -392,6 +392,30 @@ mod tests {
         assert_eq!(ids, ids2);
     }
 
+    /// The contact's synced Salesforce lead id reaches the event under HubSpot's own name, where
+    /// `[identity]`'s default key (`hubspot` → `salesforceleadid`) reads it; so does the email,
+    /// under its canonical name, trimmed.
+    #[test]
+    fn the_synced_salesforce_id_and_the_email_reach_the_patch() {
+        let s = source("");
+        let change = |property: &str, value: &str| {
+            format!(
+                r#"[{{"eventId":1,"subscriptionId":2,"portalId":62515,"occurredAt":1764064800000,"subscriptionType":"contact.propertyChange","objectId":1551,"propertyName":"{property}","propertyValue":"{value}"}}]"#
+            )
+        };
+        let fields = |body: String| {
+            let parsed = s.parse("hs", body.as_bytes(), now()).unwrap();
+            match &parsed.events[0].change {
+                Change::Updated { fields } => fields.clone(),
+                other => panic!("{other:?}"),
+            }
+        };
+        let f = fields(change("salesforceleadid", "00Q5e00000AbCdE"));
+        assert_eq!(f["salesforceleadid"], json!("00Q5e00000AbCdE"));
+        let f = fields(change("email", " Ann@Example.com "));
+        assert_eq!(f["email"], json!("Ann@Example.com"));
+    }
+
     #[test]
     fn a_call_associated_with_a_contact_is_a_touch_once() {
         let parsed = fixture_events("call_engagement.http", &source(""));

@@ -316,6 +316,26 @@ mod tests {
         );
     }
 
+    /// The Salesforce lead id the template passes on (a member `sfdcLeadId`, Marketo's API
+    /// name of the synced id) reaches the event under its own name, where `[identity]`'s default key (`marketo` →
+    /// `sfdcLeadId`) reads it, in a JSON template and a form alike.
+    #[test]
+    fn the_salesforce_lead_id_of_the_template_reaches_the_patch() {
+        let s = source("");
+        for body in [
+            &br#"{"leadId": 318581, "sfdcLeadId": "00Q5e00000AbCdE", "email": "ann@example.com"}"#
+                [..],
+            b"leadId=318581&sfdcLeadId=00Q5e00000AbCdE&email=ann%40example.com",
+        ] {
+            let parsed = s.parse("mk", body, now()).unwrap();
+            let Change::Updated { fields } = &parsed.events[0].change else {
+                panic!("{parsed:?}")
+            };
+            assert_eq!(fields["sfdcLeadId"], json!("00Q5e00000AbCdE"));
+            assert_eq!(fields["email"], json!("ann@example.com"));
+        }
+    }
+
     /// An email a Marketo program sent (the activity types `Send Email`, `Email Delivered`, as
     /// a campaign's webhook passes them on) is an `automated` activity; a rep's sales email or
     /// call is not.
