@@ -59,6 +59,28 @@ fn key_value(value: &Value) -> Option<String> {
     (!v.is_empty()).then_some(v)
 }
 
+/// A Salesforce record id in the 18-character form its records' keys carry (`salesforce:{Id}`,
+/// as its API and outbound messages send it): a 15-character id (what a report, a formula or a
+/// synced field may hold) gains its three check characters, which encode, five characters at a
+/// time, which are upper-case letters. Anything else is left as it is.
+pub fn salesforce_id18(id: &str) -> std::borrow::Cow<'_, str> {
+    const CHECK: &[u8; 32] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZ012345";
+    if id.len() != 15 || !id.bytes().all(|b| b.is_ascii_alphanumeric()) {
+        return id.into();
+    }
+    let mut full = String::with_capacity(18);
+    full.push_str(id);
+    for chunk in id.as_bytes().chunks(5) {
+        let bits = chunk
+            .iter()
+            .enumerate()
+            .filter(|(_, b)| b.is_ascii_uppercase())
+            .fold(0, |n, (i, _)| n | 1 << i);
+        full.push(char::from(CHECK[bits]));
+    }
+    full.into()
+}
+
 /// What `event` says of its record's identities: each slot it sets, with the identity now there
 /// (`None`: it cleared it). Nothing when the join is off or the record's system may not assert
 /// identities.
@@ -78,7 +100,10 @@ pub fn assertions(config: &IdentityConfig, event: &LeadEvent) -> Vec<(Slot, Opti
                     continue;
                 }
                 if let Some(value) = fields.get(&key.field) {
-                    let record = key_value(value).map(|v| format!("{}:{v}", key.record));
+                    let record = key_value(value).map(|v| match key.record.as_str() {
+                        "salesforce" => format!("salesforce:{}", salesforce_id18(&v)),
+                        system => format!("{system}:{v}"),
+                    });
                     found.push((Slot::Key(i), record.map(Identity::Record)));
                 }
             }

@@ -96,9 +96,10 @@ fn a_configured_key_names_a_record_of_another_system() {
             (Slot::Email, email("a@b.example")),
             (
                 Slot::Key(0),
-                Some(Identity::Record("salesforce:00Q5e00000AbCdE".into()))
+                Some(Identity::Record("salesforce:00Q5e00000AbCdEEAV".into())),
             )
-        ]
+        ],
+        "a 15-character Salesforce id names the record by its 18-character key"
     );
     // HubSpot's synced Salesforce id, the default's second key; another system's field is not.
     let h = updated(
@@ -122,6 +123,31 @@ fn a_configured_key_names_a_record_of_another_system() {
         assertions(&custom, &updated("pipedrive:9", json!({"hs_id": 31}))),
         [(Slot::Key(0), Some(Identity::Record("hubspot:31".into())))]
     );
+}
+
+/// Salesforce's published pair, and what is not a 15-character id is left alone.
+#[test]
+fn a_15_character_salesforce_id_gains_its_check_characters() {
+    assert_eq!(salesforce_id18("001A0000006Vm9r"), "001A0000006Vm9rIAC");
+    assert_eq!(salesforce_id18("001A0000006Vm9rIAC"), "001A0000006Vm9rIAC");
+    assert_eq!(salesforce_id18("00Q7"), "00Q7");
+    assert_eq!(salesforce_id18("00Q5e00000AbC-E"), "00Q5e00000AbC-E");
+    // A Marketo record carrying the 15 joins the Salesforce lead whose key has the 18.
+    let c = IdentityConfig::default();
+    let mut r = Resolver::default();
+    observe_event(
+        &mut r,
+        &c,
+        "salesforce:001A0000006Vm9rIAC",
+        json!({"status": "Open"}),
+    );
+    let m = observe_event(
+        &mut r,
+        &c,
+        "marketo:7",
+        json!({"sfdcLeadId": "001A0000006Vm9r"}),
+    );
+    assert_eq!(m.lead, "salesforce:001A0000006Vm9rIAC");
 }
 
 #[test]
