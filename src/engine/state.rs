@@ -13,10 +13,10 @@
 
 use std::collections::VecDeque;
 
-use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use super::at::At;
 use super::fields::{FieldValue, LeadFields, Name};
 use crate::event::Change;
 
@@ -121,15 +121,14 @@ pub struct Fired {
     /// Boxed strings (16 bytes, not 24: never grown), as `variant`.
     pub rule: Box<str>,
     pub level: u32,
-    #[serde(with = "crate::engine::record::time")]
-    pub clock: Timestamp,
+    pub clock: At,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub variant: Option<Box<str>>,
 }
 
 impl Fired {
     /// Whether this is the alert made of these (what its id is made of).
-    fn is(&self, rule: &str, level: u32, clock: Timestamp, variant: Option<&str>) -> bool {
+    fn is(&self, rule: &str, level: u32, clock: At, variant: Option<&str>) -> bool {
         &*self.rule == rule
             && self.level == level
             && self.clock == clock
@@ -140,8 +139,7 @@ impl Fired {
 /// One touch of a lead.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Touch {
-    #[serde(with = "crate::engine::record::time")]
-    pub at: Timestamp,
+    pub at: At,
     /// The event it came from ([`event_key`]): an event replayed under a new id is the same
     /// touch, two calls logged in the same second are two.
     pub event: u64,
@@ -150,8 +148,7 @@ pub struct Touch {
 /// An event kept in the reorder window.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Logged {
-    #[serde(with = "crate::engine::record::time")]
-    pub at: Timestamp,
+    pub at: At,
     pub seq: u64,
     /// [`event_key`] of its id.
     #[serde(default)]
@@ -231,64 +228,36 @@ pub struct Lead {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub owner: Option<String>,
     /// Since when it has had this owner (or none).
-    #[serde(
-        default,
-        skip_serializing_if = "Option::is_none",
-        with = "crate::engine::record::time::option"
-    )]
-    pub owner_since: Option<Timestamp>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner_since: Option<At>,
     /// The current sales-ready episode.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub episode: Option<Episode>,
     /// Deleted or merged away in its system.
-    #[serde(
-        default,
-        skip_serializing_if = "Option::is_none",
-        with = "crate::engine::record::time::option"
-    )]
-    pub deleted_at: Option<Timestamp>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deleted_at: Option<At>,
     /// When it last stopped being workable (closed, converted, deleted), for retention.
-    #[serde(
-        default,
-        skip_serializing_if = "Option::is_none",
-        with = "crate::engine::record::time::option"
-    )]
-    pub ended_at: Option<Timestamp>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ended_at: Option<At>,
     /// Touches (activities of a touch kind, field changes matching `lifecycle.touch`), by time
     /// ascending, the newest [`TOUCHES_KEPT`].
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub touches: Vec<Touch>,
-    #[serde(
-        default,
-        skip_serializing_if = "Option::is_none",
-        with = "crate::engine::record::time::option"
-    )]
-    pub last_activity_at: Option<Timestamp>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_activity_at: Option<At>,
     /// When `disposition_reason` last changed value (event time; re-sending the same value is no
     /// change): a reason that stands from before an episode began is not that episode's reason.
-    #[serde(
-        default,
-        skip_serializing_if = "Option::is_none",
-        with = "crate::engine::record::time::option"
-    )]
-    pub reason_changed_at: Option<Timestamp>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason_changed_at: Option<At>,
     /// When `disposition_detail` last changed value, likewise.
-    #[serde(
-        default,
-        skip_serializing_if = "Option::is_none",
-        with = "crate::engine::record::time::option"
-    )]
-    pub detail_changed_at: Option<Timestamp>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detail_changed_at: Option<At>,
     /// The latest close-outs of sales-ready episodes, oldest first.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub closeouts: Vec<Closeout>,
     /// The newest event time seen.
-    #[serde(
-        default,
-        skip_serializing_if = "Option::is_none",
-        with = "crate::engine::record::time::option"
-    )]
-    pub last_event_at: Option<Timestamp>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_event_at: Option<At>,
     /// What the rules last said of `fields` (not stored; see [`Memo`]).
     #[serde(skip)]
     pub memo: Memo,
@@ -298,7 +267,7 @@ pub struct Lead {
 /// dozen such fields; a `BTreeMap` of them took about 1.3 KB in tree nodes, this a third of it
 /// (issue 13). Written to the changelog as the map it was.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct FieldTimes(Vec<(Name, Timestamp)>);
+pub struct FieldTimes(Vec<(Name, At)>);
 
 impl FieldTimes {
     pub fn is_empty(&self) -> bool {
@@ -314,17 +283,17 @@ impl FieldTimes {
     }
 
     /// When `name` was last set.
-    pub fn get(&self, name: &str) -> Option<Timestamp> {
+    pub fn get(&self, name: &str) -> Option<At> {
         self.find(name).ok().map(|i| self.0[i].1)
     }
 
     /// The time of `name`, to change in place.
-    pub fn get_mut(&mut self, name: &str) -> Option<&mut Timestamp> {
+    pub fn get_mut(&mut self, name: &str) -> Option<&mut At> {
         self.find(name).ok().map(|i| &mut self.0[i].1)
     }
 
     /// Sets when `name` was last set.
-    pub fn insert(&mut self, name: Name, at: Timestamp) {
+    pub fn insert(&mut self, name: Name, at: At) {
         match self.find(&name) {
             Ok(i) => self.0[i].1 = at,
             Err(i) => {
@@ -355,20 +324,20 @@ impl FieldTimes {
     }
 
     /// The names and times, sorted by name.
-    pub fn iter(&self) -> impl Iterator<Item = (&str, Timestamp)> {
+    pub fn iter(&self) -> impl Iterator<Item = (&str, At)> {
         self.0.iter().map(|(k, t)| (&**k, *t))
     }
 
     /// The bytes its vector holds on the heap (its names are shared).
     pub fn heap_bytes(&self) -> usize {
-        self.0.capacity() * size_of::<(Name, Timestamp)>()
+        self.0.capacity() * size_of::<(Name, At)>()
     }
 }
 
 /// Names and times in any order; a name given twice keeps its last time.
-impl<K: AsRef<str>> FromIterator<(K, Timestamp)> for FieldTimes {
-    fn from_iter<I: IntoIterator<Item = (K, Timestamp)>>(items: I) -> Self {
-        let all: Vec<(Name, Timestamp)> = items
+impl<K: AsRef<str>> FromIterator<(K, At)> for FieldTimes {
+    fn from_iter<I: IntoIterator<Item = (K, At)>>(items: I) -> Self {
+        let all: Vec<(Name, At)> = items
             .into_iter()
             .map(|(k, t)| (Name::from(k.as_ref()), t))
             .collect();
@@ -379,7 +348,7 @@ impl<K: AsRef<str>> FromIterator<(K, Timestamp)> for FieldTimes {
 impl FieldTimes {
     /// Names and times in any order (a record's are sorted already: taken as they are); a name
     /// given twice keeps its last time.
-    pub fn from_vec(all: Vec<(Name, Timestamp)>) -> Self {
+    pub fn from_vec(all: Vec<(Name, At)>) -> Self {
         FieldTimes(sorted_by_name(all))
     }
 }
@@ -424,7 +393,7 @@ impl PartialEq for Held {
 /// kept here rather than in a map of its own beside the leads (a second copy of every key).
 /// Leads are equal whatever their partitions armed them at.
 #[derive(Debug, Clone, Copy, Default)]
-pub struct Armed(pub Option<Timestamp>);
+pub struct Armed(pub Option<At>);
 
 impl PartialEq for Armed {
     fn eq(&self, _: &Self) -> bool {
@@ -549,45 +518,33 @@ impl PartialEq for Memo {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Episode {
     /// When the lead became sales-ready.
-    #[serde(with = "crate::engine::record::time")]
-    pub started_at: Timestamp,
+    pub started_at: At,
     /// Since when it has been sales-ready without an owner (the handoff clock).
-    #[serde(
-        default,
-        skip_serializing_if = "Option::is_none",
-        with = "crate::engine::record::time::option"
-    )]
-    pub unassigned_since: Option<Timestamp>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unassigned_since: Option<At>,
     /// The first-touch clock, running while it has an owner.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub clock: Option<Clock>,
     /// The first owner's clock start: when the lead was handed off (for the scorecard).
-    #[serde(
-        default,
-        skip_serializing_if = "Option::is_none",
-        with = "crate::engine::record::time::option"
-    )]
-    pub handed_off_at: Option<Timestamp>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub handed_off_at: Option<At>,
 }
 
 /// The first-touch clock of one owner.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Clock {
     /// The later of sales-ready and owned; an owner change restarts the clock.
-    #[serde(with = "crate::engine::record::time")]
-    pub started_at: Timestamp,
+    pub started_at: At,
     pub owner: String,
 }
 
 /// A close of a lead that was sales-ready in that episode: what the close-out rules judge.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Closeout {
-    #[serde(with = "crate::engine::record::time")]
-    pub closed_at: Timestamp,
+    pub closed_at: At,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub owner: Option<String>,
-    #[serde(with = "crate::engine::record::time")]
-    pub sales_ready_at: Timestamp,
+    pub sales_ready_at: At,
     /// The lead's `disposition_reason` and `disposition_detail` at the close.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
@@ -595,20 +552,12 @@ pub struct Closeout {
     pub detail: Option<String>,
     /// Touches from the start of the episode to the close.
     pub attempts: u32,
-    #[serde(
-        default,
-        skip_serializing_if = "Option::is_none",
-        with = "crate::engine::record::time::option"
-    )]
-    pub last_activity_at: Option<Timestamp>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_activity_at: Option<At>,
     /// The episode's last touch at the close: the close-out was due `feedback_within` after it
     /// (or after the episode start, without one), as `disposition.overdue` was while it was open.
-    #[serde(
-        default,
-        skip_serializing_if = "Option::is_none",
-        with = "crate::engine::record::time::option"
-    )]
-    pub last_touch_at: Option<Timestamp>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_touch_at: Option<At>,
     /// The alerts it owes, judged at the close under the rules then in force.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub owes: Vec<Owed>,
@@ -620,8 +569,7 @@ pub struct Owed {
     /// The alert type.
     pub kind: String,
     /// The deadline it reports (for `disposition.late`, when the close was due).
-    #[serde(with = "crate::engine::record::time")]
-    pub deadline: Timestamp,
+    pub deadline: At,
 }
 
 impl LeadState {
@@ -668,17 +616,11 @@ impl LeadState {
         }
     }
 
-    pub fn has_fired(
-        &self,
-        rule: &str,
-        level: u32,
-        clock: Timestamp,
-        variant: Option<&str>,
-    ) -> bool {
+    pub fn has_fired(&self, rule: &str, level: u32, clock: At, variant: Option<&str>) -> bool {
         self.fired.iter().any(|f| f.is(rule, level, clock, variant))
     }
 
-    pub fn mark_fired(&mut self, rule: &str, level: u32, clock: Timestamp, variant: Option<&str>) {
+    pub fn mark_fired(&mut self, rule: &str, level: u32, clock: At, variant: Option<&str>) {
         if self.has_fired(rule, level, clock, variant) {
             return;
         }
@@ -697,13 +639,7 @@ impl LeadState {
         });
     }
 
-    pub fn unmark_fired(
-        &mut self,
-        rule: &str,
-        level: u32,
-        clock: Timestamp,
-        variant: Option<&str>,
-    ) {
+    pub fn unmark_fired(&mut self, rule: &str, level: u32, clock: At, variant: Option<&str>) {
         self.fired.retain(|f| !f.is(rule, level, clock, variant));
     }
 
@@ -725,7 +661,7 @@ impl LeadState {
     }
 
     /// Where an event at `at` goes in the log (after every event at or before `at`).
-    pub fn position(&self, at: Timestamp) -> usize {
+    pub fn position(&self, at: At) -> usize {
         self.log.partition_point(|e| e.at <= at)
     }
 }
@@ -752,8 +688,8 @@ impl Lead {
     /// The `disposition_reason` and `disposition_detail` that count for an episode begun at
     /// `since`: each only if it changed since (one whose change predates this state's record of
     /// changes counts).
-    pub fn disposition_since(&self, since: Timestamp) -> (Option<String>, Option<String>) {
-        let fresh = |changed: Option<Timestamp>| changed.is_none_or(|t| t >= since);
+    pub fn disposition_since(&self, since: At) -> (Option<String>, Option<String>) {
+        let fresh = |changed: Option<At>| changed.is_none_or(|t| t >= since);
         (
             self.text("disposition_reason")
                 .filter(|_| fresh(self.reason_changed_at)),
@@ -777,20 +713,20 @@ impl Lead {
     }
 
     /// The first touch at or after `from`.
-    pub fn first_touch_since(&self, from: Timestamp) -> Option<Timestamp> {
+    pub fn first_touch_since(&self, from: At) -> Option<At> {
         let i = self.touches.partition_point(|t| t.at < from);
         self.touches.get(i).map(|t| t.at)
     }
 
     /// The touches at or after `from`: how many, and the last.
-    pub fn touches_since(&self, from: Timestamp) -> (u32, Option<Timestamp>) {
+    pub fn touches_since(&self, from: At) -> (u32, Option<At>) {
         let i = self.touches.partition_point(|t| t.at < from);
         let since = &self.touches[i..];
         (since.len() as u32, since.last().map(|t| t.at))
     }
 
     /// The last touch in `[from, to]`.
-    pub fn last_touch_between(&self, from: Timestamp, to: Timestamp) -> Option<Timestamp> {
+    pub fn last_touch_between(&self, from: At, to: At) -> Option<At> {
         let end = self.touches.partition_point(|t| t.at <= to);
         self.touches[..end]
             .last()
@@ -799,7 +735,7 @@ impl Lead {
     }
 
     /// Touches in `[from, to]`.
-    pub fn touches_between(&self, from: Timestamp, to: Timestamp) -> u32 {
+    pub fn touches_between(&self, from: At, to: At) -> u32 {
         self.touches
             .iter()
             .filter(|t| t.at >= from && t.at <= to)
@@ -858,7 +794,7 @@ mod tests {
     /// time; set and found again by name.
     #[test]
     fn field_times_are_kept_by_name() {
-        let t = |s: i64| Timestamp::from_second(s).unwrap();
+        let t = |s: i64| At::new(jiff::Timestamp::from_second(s).unwrap());
         let mut times: FieldTimes = [("stage", t(1)), ("owner", t(2)), ("stage", t(3))]
             .into_iter()
             .collect();
