@@ -33,7 +33,6 @@ pub fn of_state(state: &LeadState) -> usize {
 
 fn of_lead(lead: &Lead) -> usize {
     lead.fields.heap_bytes()
-        + lead.field_at.heap_bytes()
         + text(&lead.source)
         + text(&lead.origin)
         + text(&lead.owner)

@@ -465,12 +465,7 @@ impl Engine {
                 let mut stale = 0;
                 for (k, v) in fields.named() {
                     // A patch older than the value it would replace does not undo it.
-                    match lead.field_at.get_mut(k) {
-                        Some(newer) if *newer > at => continue,
-                        Some(set) => *set = at,
-                        None => lead.field_at.insert(k.clone(), at),
-                    }
-                    if lead.fields.set(k, v) {
+                    if lead.fields.set(k, v, at) == Some(true) {
                         stale |= self.rules.slots_reading(k);
                     }
                 }

@@ -92,33 +92,33 @@ pub mod time {
         }
     }
 
-    /// A lead's field times, as a map of names to times.
+    /// A lead's field times, as a map of names to times: written from its fields
+    /// ([`LeadFields::times`]), read as names and times (see [`LeadFields::with_times`]).
     pub mod map {
         use super::*;
-        use crate::engine::fields::Key;
-        use crate::engine::state::FieldTimes;
+        use crate::engine::fields::{Key, LeadFields, Name};
 
-        pub fn serialize<S: Serializer>(m: &FieldTimes, s: S) -> Result<S::Ok, S::Error> {
-            s.collect_map(m.iter())
+        pub fn serialize<S: Serializer>(fields: &&LeadFields, s: S) -> Result<S::Ok, S::Error> {
+            s.collect_map(fields.times())
         }
 
-        pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<FieldTimes, D::Error> {
+        pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<(Name, At)>, D::Error> {
             struct Visit;
             impl<'de> serde::de::Visitor<'de> for Visit {
-                type Value = FieldTimes;
+                type Value = Vec<(Name, At)>;
                 fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
                     f.write_str("a map of field names to times")
                 }
                 fn visit_map<A: serde::de::MapAccess<'de>>(
                     self,
                     mut map: A,
-                ) -> Result<FieldTimes, A::Error> {
+                ) -> Result<Vec<(Name, At)>, A::Error> {
                     // At most a few hundred entries preallocated, whatever the record claims.
                     let mut items = Vec::with_capacity(map.size_hint().unwrap_or(0).min(256));
                     while let Some((Key(k), t)) = map.next_entry::<Key, At>()? {
                         items.push((k, t));
                     }
-                    Ok(FieldTimes::from_vec(items))
+                    Ok(items)
                 }
             }
             d.deserialize_map(Visit)
@@ -136,7 +136,7 @@ mod tests {
 
     use super::*;
     use crate::engine::at::At;
-    use crate::engine::fields::LeadFields;
+    use crate::engine::fields::{LeadFields, Name};
     use crate::engine::state::{Closeout, Episode, Fired, Lead, Logged, Owed, Touch};
     use crate::event::{Activity, Change};
 
@@ -397,8 +397,11 @@ mod tests {
         (
             (
                 fields().prop_map(LeadFields::from),
-                proptest::collection::btree_map(text(), time(), 0..4)
-                    .prop_map(|m| m.into_iter().collect()),
+                proptest::collection::btree_map(text(), time(), 0..4).prop_map(|m| {
+                    m.into_iter()
+                        .map(|(k, t)| (Name::from(k), t))
+                        .collect::<Vec<_>>()
+                }),
                 proptest::option::of(text()),
                 proptest::option::of(text()),
                 proptest::option::of(text()),
@@ -415,13 +418,9 @@ mod tests {
         )
             .prop_map(|(a, b, touches, c, closeouts)| {
                 let mut lead = Lead::default();
-                (
-                    lead.fields,
-                    lead.field_at,
-                    lead.source,
-                    lead.origin,
-                    lead.owner,
-                ) = a;
+                let (fields, times, source, origin, owner) = a;
+                lead.fields = fields.with_times(times);
+                (lead.source, lead.origin, lead.owner) = (source, origin, owner);
                 (
                     lead.owner_since,
                     lead.episode,

@@ -205,162 +205,175 @@ impl<'de> Deserialize<'de> for Patch {
 /// as before), their names shared ([`Name`]). Written as the map it was.
 pub type Fields = super::fields::ByName<Value>;
 
-/// The lead as the rules see it.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+/// The lead as the rules see it. Written as [`Stored`] (its fields as two maps, their values and
+/// their times), and read back from it.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(from = "Stored")]
 pub struct Lead {
-    /// Every field kept, each patch merged in.
-    #[serde(default)]
+    /// Every field kept, each patch merged in, with when it was last set (event time).
     pub fields: LeadFields,
-    /// When each field was last set (event time).
-    #[serde(
-        default,
-        skip_serializing_if = "FieldTimes::is_empty",
-        with = "crate::engine::record::time::map"
-    )]
-    pub field_at: FieldTimes,
     /// The configured source of its latest event.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub source: Option<String>,
     /// The configured source of its first event: where the lead came from.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub origin: Option<String>,
     /// The current owner, from the `owner` field.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub owner: Option<String>,
     /// Since when it has had this owner (or none).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub owner_since: Option<At>,
     /// The current sales-ready episode.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub episode: Option<Episode>,
     /// Deleted or merged away in its system.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub deleted_at: Option<At>,
     /// When it last stopped being workable (closed, converted, deleted), for retention.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ended_at: Option<At>,
     /// Touches (activities of a touch kind, field changes matching `lifecycle.touch`), by time
     /// ascending, the newest [`TOUCHES_KEPT`].
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub touches: Vec<Touch>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_activity_at: Option<At>,
     /// When `disposition_reason` last changed value (event time; re-sending the same value is no
     /// change): a reason that stands from before an episode began is not that episode's reason.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason_changed_at: Option<At>,
     /// When `disposition_detail` last changed value, likewise.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub detail_changed_at: Option<At>,
     /// The latest close-outs of sales-ready episodes, oldest first.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub closeouts: Vec<Closeout>,
     /// The newest event time seen.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_event_at: Option<At>,
     /// What the rules last said of `fields` (not stored; see [`Memo`]).
-    #[serde(skip)]
     pub memo: Memo,
 }
 
-/// When each of a lead's fields was last set: a vector sorted by name, not a map. A lead has a
-/// dozen such fields; a `BTreeMap` of them took about 1.3 KB in tree nodes, this a third of it
-/// (issue 13). Written to the changelog as the map it was.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct FieldTimes(Vec<(Name, At)>);
+/// A lead as the changelog holds it, as every build wrote it: its fields' values (`fields`) and
+/// their times (`field_at`) as two maps, the rest as the lead has it. Read into a lead
+/// ([`Lead`]'s `Deserialize`); [`Written`] is the same, borrowing the lead.
+#[derive(Deserialize)]
+struct Stored {
+    #[serde(default)]
+    fields: LeadFields,
+    #[serde(default, with = "crate::engine::record::time::map")]
+    field_at: Vec<(Name, At)>,
+    #[serde(default)]
+    source: Option<String>,
+    #[serde(default)]
+    origin: Option<String>,
+    #[serde(default)]
+    owner: Option<String>,
+    #[serde(default)]
+    owner_since: Option<At>,
+    #[serde(default)]
+    episode: Option<Episode>,
+    #[serde(default)]
+    deleted_at: Option<At>,
+    #[serde(default)]
+    ended_at: Option<At>,
+    #[serde(default)]
+    touches: Vec<Touch>,
+    #[serde(default)]
+    last_activity_at: Option<At>,
+    #[serde(default)]
+    reason_changed_at: Option<At>,
+    #[serde(default)]
+    detail_changed_at: Option<At>,
+    #[serde(default)]
+    closeouts: Vec<Closeout>,
+    #[serde(default)]
+    last_event_at: Option<At>,
+}
 
-impl FieldTimes {
-    pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
-    }
-
-    pub fn len(&self) -> usize {
-        self.0.len()
-    }
-
-    fn find(&self, name: &str) -> Result<usize, usize> {
-        find_by_name(&self.0, name)
-    }
-
-    /// When `name` was last set.
-    pub fn get(&self, name: &str) -> Option<At> {
-        self.find(name).ok().map(|i| self.0[i].1)
-    }
-
-    /// The time of `name`, to change in place.
-    pub fn get_mut(&mut self, name: &str) -> Option<&mut At> {
-        self.find(name).ok().map(|i| &mut self.0[i].1)
-    }
-
-    /// Sets when `name` was last set.
-    pub fn insert(&mut self, name: Name, at: At) {
-        match self.find(&name) {
-            Ok(i) => self.0[i].1 = at,
-            Err(i) => {
-                // Grown a few at a time: a lead gains its fields in its first events, and
-                // doubling would leave up to half the vector unused for its whole life.
-                if self.0.len() == self.0.capacity() {
-                    self.0.reserve_exact(4);
-                }
-                self.0.insert(i, (name, at));
-            }
+impl From<Stored> for Lead {
+    fn from(s: Stored) -> Lead {
+        Lead {
+            fields: s.fields.with_times(s.field_at),
+            source: s.source,
+            origin: s.origin,
+            owner: s.owner,
+            owner_since: s.owner_since,
+            episode: s.episode,
+            deleted_at: s.deleted_at,
+            ended_at: s.ended_at,
+            touches: s.touches,
+            last_activity_at: s.last_activity_at,
+            reason_changed_at: s.reason_changed_at,
+            detail_changed_at: s.detail_changed_at,
+            closeouts: s.closeouts,
+            last_event_at: s.last_event_at,
+            memo: Memo::default(),
         }
     }
-
-    /// Keeps only the names `keep` says.
-    pub fn retain(&mut self, mut keep: impl FnMut(&str) -> bool) {
-        self.0.retain(|(k, _)| keep(k));
-    }
-
-    /// Keeps the names `keep` keeps, each as `keep` leaves it (see
-    /// [`super::Projection::intern`]).
-    pub fn keep(&mut self, mut keep: impl FnMut(&mut Name) -> bool) {
-        self.0.retain_mut(|(k, _)| keep(k));
-    }
-
-    /// The names, sorted.
-    pub fn keys(&self) -> impl Iterator<Item = &str> {
-        self.0.iter().map(|(k, _)| &**k)
-    }
-
-    /// The names and times, sorted by name.
-    pub fn iter(&self) -> impl Iterator<Item = (&str, At)> {
-        self.0.iter().map(|(k, t)| (&**k, *t))
-    }
-
-    /// The bytes its vector holds on the heap (its names are shared).
-    pub fn heap_bytes(&self) -> usize {
-        self.0.capacity() * size_of::<(Name, At)>()
-    }
 }
 
-/// Names and times in any order; a name given twice keeps its last time.
-impl<K: AsRef<str>> FromIterator<(K, At)> for FieldTimes {
-    fn from_iter<I: IntoIterator<Item = (K, At)>>(items: I) -> Self {
-        let all: Vec<(Name, At)> = items
-            .into_iter()
-            .map(|(k, t)| (Name::from(k.as_ref()), t))
-            .collect();
-        FieldTimes::from_vec(all)
-    }
+/// A lead written as [`Stored`] (the same names, in the same order), borrowing it.
+#[derive(Serialize)]
+struct Written<'a> {
+    fields: super::fields::Values<'a>,
+    #[serde(
+        skip_serializing_if = "no_times",
+        with = "crate::engine::record::time::map"
+    )]
+    field_at: &'a LeadFields,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    source: &'a Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    origin: &'a Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    owner: &'a Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    owner_since: Option<At>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    episode: &'a Option<Episode>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    deleted_at: Option<At>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    ended_at: Option<At>,
+    #[serde(skip_serializing_if = "<[Touch]>::is_empty")]
+    touches: &'a [Touch],
+    #[serde(skip_serializing_if = "Option::is_none")]
+    last_activity_at: Option<At>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reason_changed_at: Option<At>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    detail_changed_at: Option<At>,
+    #[serde(skip_serializing_if = "<[Closeout]>::is_empty")]
+    closeouts: &'a [Closeout],
+    #[serde(skip_serializing_if = "Option::is_none")]
+    last_event_at: Option<At>,
 }
 
-impl FieldTimes {
-    /// Names and times in any order (a record's are sorted already: taken as they are); a name
-    /// given twice keeps its last time.
-    pub fn from_vec(all: Vec<(Name, At)>) -> Self {
-        FieldTimes(sorted_by_name(all))
+fn no_times(fields: &&LeadFields) -> bool {
+    fields.times().next().is_none()
+}
+
+impl Serialize for Lead {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        Written {
+            fields: self.fields.values(),
+            field_at: &self.fields,
+            source: &self.source,
+            origin: &self.origin,
+            owner: &self.owner,
+            owner_since: self.owner_since,
+            episode: &self.episode,
+            deleted_at: self.deleted_at,
+            ended_at: self.ended_at,
+            touches: &self.touches,
+            last_activity_at: self.last_activity_at,
+            reason_changed_at: self.reason_changed_at,
+            detail_changed_at: self.detail_changed_at,
+            closeouts: &self.closeouts,
+            last_event_at: self.last_event_at,
+        }
+        .serialize(s)
     }
 }
 
 /// Where `name` is in `items` (sorted by name), or where it would go: the lookup of [`Fields`],
-/// [`FieldTimes`] and [`LeadFields`].
+/// [`LeadFields`].
 pub(super) fn find_by_name<V>(items: &[(Name, V)], name: &str) -> Result<usize, usize> {
     items.binary_search_by(|(k, _)| (**k).cmp(name))
 }
 
 /// `all` sorted by name, a name given twice keeping its last value; taken as it is when sorted
-/// already (a record's are). The order of [`Fields`], [`FieldTimes`] and [`LeadFields`].
+/// already (a record's are). The order of [`Fields`] and [`LeadFields`].
 pub(super) fn sorted_by_name<V>(mut all: Vec<(Name, V)>) -> Vec<(Name, V)> {
     if all.windows(2).all(|w| w[0].0 < w[1].0) {
         return all;
@@ -791,30 +804,45 @@ mod tests {
     /// applied again (a replayed call counted as a second attempt). Literals computed once; do
     /// not update them, undo the change.
     /// Field times read in any order come out sorted by name, a name given twice with its last
-    /// time; set and found again by name.
+    /// time, each with its field; a patch older than a field's time does not set it, and a field
+    /// cleared keeps its time (so an older patch does not set it again either).
     #[test]
-    fn field_times_are_kept_by_name() {
+    fn field_times_are_kept_with_their_fields() {
         let t = |s: i64| At::new(jiff::Timestamp::from_second(s).unwrap());
-        let mut times: FieldTimes = [("stage", t(1)), ("owner", t(2)), ("stage", t(3))]
-            .into_iter()
-            .collect();
+        let name = |n: &str| Name::from(n);
+        let mut fields =
+            LeadFields::from_iter([("stage", serde_json::json!("MQL"))]).with_times(vec![
+                (name("stage"), t(1)),
+                (name("owner"), t(2)),
+                (name("stage"), t(3)),
+            ]);
         assert_eq!(
-            times.iter().collect::<Vec<_>>(),
+            fields.times().collect::<Vec<_>>(),
             [("owner", t(2)), ("stage", t(3))]
         );
-        times.insert("email".into(), t(4));
-        times.insert("owner".into(), t(5));
-        *times.get_mut("stage").unwrap() = t(6);
+        // `owner` has a time and no value: cleared.
+        assert_eq!(fields.keys().collect::<Vec<_>>(), ["stage"]);
+        assert_eq!(fields.set(&name("owner"), &"bob".into(), t(1)), None);
+        assert_eq!(fields.set(&name("stage"), &"SQL".into(), t(2)), None);
+        assert_eq!(fields.set(&name("stage"), &"SQL".into(), t(4)), Some(true));
+        assert_eq!(fields.set(&name("stage"), &"SQL".into(), t(5)), Some(false));
+        assert_eq!(fields.set(&name("email"), &"a@b".into(), t(4)), Some(true));
+        assert_eq!(fields.set(&name("email"), &Value::Null, t(6)), Some(true));
+        assert_eq!(fields.set(&name("email"), &"old@b".into(), t(5)), None);
+        assert_eq!(fields.keys().collect::<Vec<_>>(), ["stage"]);
         assert_eq!(
-            times.keys().collect::<Vec<_>>(),
+            (
+                fields.time("email"),
+                fields.time("stage"),
+                fields.time("score")
+            ),
+            (Some(t(6)), Some(t(5)), None)
+        );
+        assert_eq!(
+            fields.names().collect::<Vec<_>>(),
             ["email", "owner", "stage"]
         );
-        assert_eq!(
-            (times.get("owner"), times.get("stage"), times.get("score")),
-            (Some(t(5)), Some(t(6)), None)
-        );
-        times.retain(|k| k != "owner");
-        assert_eq!(times.len(), 2);
+        assert_eq!(fields.len(), 1);
     }
 
     #[test]
