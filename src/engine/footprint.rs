@@ -25,9 +25,7 @@ pub fn of_state(state: &LeadState) -> usize {
         + state
             .fired
             .iter()
-            .map(|f: &Fired| {
-                size_of::<Fired>() + f.rule.len() + f.variant.as_ref().map_or(0, |v| v.len())
-            })
+            .map(|f: &Fired| size_of::<Fired>() + f.heap_bytes())
             .sum::<usize>()
 }
 

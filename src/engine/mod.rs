@@ -577,6 +577,8 @@ impl Engine {
                     c.last_touch_at = last_touch_at;
                 }
                 c.owes = deadlines::judge(c, &settings);
+                // Kept for the lead's life: no room left unused.
+                c.owes.shrink_to_fit();
             }
         }
     }

@@ -290,6 +290,20 @@ mod tests {
         ]
     }
 
+    /// A rule's or variant's name: one the engine fires, or any other.
+    fn fired_name() -> impl Strategy<Value = String> {
+        prop_oneof![
+            text(),
+            prop::sample::select(vec![
+                "first_touch",
+                "reminder",
+                "disposition",
+                "disposition.late"
+            ])
+            .prop_map(String::from),
+        ]
+    }
+
     fn text() -> impl Strategy<Value = String> {
         prop_oneof!["[a-z_]{0,8}", ".{0,12}"]
     }
@@ -453,7 +467,12 @@ mod tests {
             any::<u64>(),
             proptest::collection::vec(any::<u64>(), 0..4),
             proptest::collection::vec(
-                (text(), any::<u32>(), time(), proptest::option::of(text())),
+                (
+                    fired_name(),
+                    any::<u32>(),
+                    time(),
+                    proptest::option::of(fired_name()),
+                ),
                 0..3,
             ),
         )
@@ -475,11 +494,8 @@ mod tests {
                 state.recent_events = VecDeque::from(recent);
                 state.fired = fired
                     .into_iter()
-                    .map(|(rule, level, clock, variant)| Fired {
-                        rule: String::into_boxed_str(rule),
-                        level,
-                        clock,
-                        variant: variant.map(String::into_boxed_str),
+                    .map(|(rule, level, clock, variant)| {
+                        Fired::new(&rule, level, clock, variant.as_deref())
                     })
                     .collect();
                 state

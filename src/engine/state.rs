@@ -115,24 +115,131 @@ impl Serialize for LeadState {
     }
 }
 
-/// One alert that fired: what its id is made of.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// One alert that fired: what its id is made of (rule, level, clock start, variant). 32 bytes:
+/// the rule and variant the engine fires are kept as places in [`NAMES`], not as strings of
+/// their own (a lead remembers a few alerts for its whole life). Written as it always was: its
+/// rule, level, clock and variant by name.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(from = "FiredStored")]
 pub struct Fired {
-    /// Boxed strings (16 bytes, not 24: never grown), as `variant`.
-    pub rule: Box<str>,
+    names: FiredNames,
     pub level: u32,
     pub clock: At,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub variant: Option<Box<str>>,
+}
+
+/// The names of the rules and variants the engine fires alerts of ([`super::deadlines`]).
+/// Only memory depends on it being complete: any other name is kept as a string.
+const NAMES: [&str; 11] = [
+    "handoff",
+    "first_touch",
+    "follow_up",
+    "disposition",
+    "reminder",
+    super::deadlines::MISSING_REASON,
+    super::deadlines::UNKNOWN_REASON,
+    super::deadlines::VAGUE_REASON,
+    super::deadlines::LATE,
+    super::deadlines::ATTEMPT_OVERDUE,
+    super::deadlines::OVERDUE,
+];
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum FiredNames {
+    /// The rule's place in [`NAMES`], and the variant's plus one (0: none).
+    Known { rule: u8, variant: u8 },
+    /// A rule or variant not in [`NAMES`] (a record of another build).
+    Other(Box<(Box<str>, Option<Box<str>>)>),
 }
 
 impl Fired {
+    pub fn new(rule: &str, level: u32, clock: At, variant: Option<&str>) -> Fired {
+        let place = |name: &str| NAMES.iter().position(|n| *n == name);
+        let names = match (place(rule), variant.map(place)) {
+            (Some(rule), None) => FiredNames::Known {
+                rule: rule as u8,
+                variant: 0,
+            },
+            (Some(rule), Some(Some(variant))) => FiredNames::Known {
+                rule: rule as u8,
+                variant: variant as u8 + 1,
+            },
+            _ => FiredNames::Other(Box::new((rule.into(), variant.map(Into::into)))),
+        };
+        Fired {
+            names,
+            level,
+            clock,
+        }
+    }
+
+    pub fn rule(&self) -> &str {
+        match &self.names {
+            FiredNames::Known { rule, .. } => NAMES[usize::from(*rule)],
+            FiredNames::Other(names) => &names.0,
+        }
+    }
+
+    pub fn variant(&self) -> Option<&str> {
+        match &self.names {
+            FiredNames::Known { variant: 0, .. } => None,
+            FiredNames::Known { variant, .. } => Some(NAMES[usize::from(*variant) - 1]),
+            FiredNames::Other(names) => names.1.as_deref(),
+        }
+    }
+
+    /// The bytes it holds on the heap (only names not in [`NAMES`]).
+    pub fn heap_bytes(&self) -> usize {
+        match &self.names {
+            FiredNames::Known { .. } => 0,
+            FiredNames::Other(names) => {
+                size_of_val(&**names) + names.0.len() + names.1.as_ref().map_or(0, |v| v.len())
+            }
+        }
+    }
+
     /// Whether this is the alert made of these (what its id is made of).
     fn is(&self, rule: &str, level: u32, clock: At, variant: Option<&str>) -> bool {
-        &*self.rule == rule
-            && self.level == level
+        self.level == level
             && self.clock == clock
-            && self.variant.as_deref() == variant
+            && self.rule() == rule
+            && self.variant() == variant
+    }
+}
+
+/// [`Fired`] as the changelog holds it.
+#[derive(Deserialize)]
+struct FiredStored {
+    rule: Box<str>,
+    level: u32,
+    clock: At,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    variant: Option<Box<str>>,
+}
+
+impl From<FiredStored> for Fired {
+    fn from(f: FiredStored) -> Fired {
+        Fired::new(&f.rule, f.level, f.clock, f.variant.as_deref())
+    }
+}
+
+impl Serialize for Fired {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        /// [`FiredStored`], borrowing the names.
+        #[derive(Serialize)]
+        struct Written<'a> {
+            rule: &'a str,
+            level: u32,
+            clock: At,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            variant: Option<&'a str>,
+        }
+        Written {
+            rule: self.rule(),
+            level: self.level,
+            clock: self.clock,
+            variant: self.variant(),
+        }
+        .serialize(s)
     }
 }
 
@@ -644,12 +751,8 @@ impl LeadState {
             // events, and the deque lives as long as the lead).
             self.fired.reserve_exact(1);
         }
-        self.fired.push_back(Fired {
-            rule: rule.into(),
-            level,
-            clock,
-            variant: variant.map(Into::into),
-        });
+        self.fired
+            .push_back(Fired::new(rule, level, clock, variant));
     }
 
     pub fn unmark_fired(&mut self, rule: &str, level: u32, clock: At, variant: Option<&str>) {
@@ -756,6 +859,8 @@ impl Lead {
     }
 
     pub fn push_closeout(&mut self, c: Closeout) {
+        // Grown one at a time, not doubled: a lead has a close-out or two, kept for its life.
+        self.closeouts.reserve_exact(1);
         self.closeouts.push(c);
         if self.closeouts.len() > CLOSEOUTS_KEPT {
             self.closeouts.remove(0);
@@ -843,6 +948,30 @@ mod tests {
             ["email", "owner", "stage"]
         );
         assert_eq!(fields.len(), 1);
+    }
+
+    /// The alerts a lead remembers take no heap for the names the engine fires; any other name
+    /// (a record of another build) is kept as it came.
+    #[test]
+    fn fired_alerts_are_kept_small() {
+        assert!(size_of::<Fired>() <= 32);
+        let clock = At::new(jiff::Timestamp::UNIX_EPOCH);
+        let known = Fired::new("first_touch", 0, clock, Some("reminder"));
+        assert_eq!(known.heap_bytes(), 0);
+        assert_eq!(
+            (known.rule(), known.variant()),
+            ("first_touch", Some("reminder"))
+        );
+        let other = Fired::new("first_touch", 2, clock, Some("nudge"));
+        assert!(other.heap_bytes() > 0);
+        assert_eq!(
+            (other.rule(), other.variant()),
+            ("first_touch", Some("nudge"))
+        );
+        let mut state = LeadState::default();
+        state.mark_fired("handoff", 0, clock, None);
+        assert!(state.has_fired("handoff", 0, clock, None));
+        assert!(!state.has_fired("handoff", 0, clock, Some("reminder")));
     }
 
     #[test]
