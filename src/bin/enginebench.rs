@@ -386,8 +386,9 @@ fn breakdown<'a>(states: impl Iterator<Item = &'a leadwatch::engine::LeadState>)
     cut("log", &|s| s.log = Vec::new());
     cut("recent_events", &|s| s.recent_events = Default::default());
     cut("fired", &|s| s.fired = Default::default());
-    cut("lead.fields", &|s| s.lead.fields = Default::default());
-    cut("lead.field_at", &|s| s.lead.field_at = Default::default());
+    cut("lead.fields (and their times)", &|s| {
+        s.lead.fields = Default::default()
+    });
     cut("lead.touches", &|s| s.lead.touches = Default::default());
     cut("lead.closeouts", &|s| s.lead.closeouts = Default::default());
     cut("lead strings", &|s| {

@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use jiff::Timestamp;
 
+use super::at::At;
 use super::calendar::{Calendar, SlaDuration};
 use super::deadlines::{self, Due, What};
 use super::rules::{Rules, Settings};
@@ -52,14 +53,14 @@ pub fn build(
             reason: c.reason.clone(),
             detail: c.detail.clone(),
             attempts: c.attempts,
-            closed_at: c.closed_at,
-            last_activity_at: c.last_activity_at,
+            closed_at: c.closed_at.ts(),
+            last_activity_at: c.last_activity_at.map(At::ts),
         }),
         _ => None,
     };
     let sales_ready_at = match &due.what {
-        What::Closeout(c) => Some(c.sales_ready_at),
-        _ => lead.episode.as_ref().map(|e| e.started_at),
+        What::Closeout(c) => Some(c.sales_ready_at.ts()),
+        _ => lead.episode.as_ref().map(|e| e.started_at.ts()),
     };
     let message = message(
         rules,
@@ -376,13 +377,13 @@ fn message(
                 deadlines::INSUFFICIENT_ATTEMPTS => format!(
                     "{who} was closed by {closer} at {} after {} attempt(s); the agreement is at least {} \
                      before a lead is disqualified.",
-                    at(c.closed_at),
+                    at(c.closed_at.ts()),
                     c.attempts,
                     settings.follow_up.as_ref().map_or(0, |f| f.min_attempts)
                 ),
                 deadlines::MISSING_REASON => format!(
                     "{who} was closed by {closer} at {} without a reason. Give one of: {agreed}.",
-                    at(c.closed_at)
+                    at(c.closed_at.ts())
                 ),
                 deadlines::UNKNOWN_REASON => format!(
                     "{who} was closed by {closer} with the reason \"{}\", which is not on the agreed \
@@ -398,8 +399,8 @@ fn message(
                 _ => format!(
                     "{who} was closed by {closer} at {}, {} after the close-out was due ({}, {} \
                      after its last touch).",
-                    at(c.closed_at),
-                    late_by(due.deadline, c.closed_at),
+                    at(c.closed_at.ts()),
+                    late_by(due.deadline, c.closed_at.ts()),
                     at(due.deadline),
                     d.and_then(|d| d.feedback_within)
                         .map(|f| sla_words(cal, f))

@@ -19,6 +19,7 @@
 
 use jiff::Timestamp;
 
+use super::at::At;
 use super::calendar;
 use super::rules::Settings;
 use super::state::{Closeout, Lead, Owed};
@@ -126,7 +127,9 @@ pub fn owed<'a>(lead: &'a Lead, settings: &'a Settings) -> Vec<Due<'a>> {
     // Room for what an episode owes at most without a close-out, so it is allocated once.
     let mut out = Vec::with_capacity(8);
     if let Some(episode) = &lead.episode {
-        if let (Some(since), Some(handoff)) = (episode.unassigned_since, &settings.handoff) {
+        if let (Some(since), Some(handoff)) =
+            (episode.unassigned_since.map(At::ts), &settings.handoff)
+        {
             let deadline = calendar::add(cal, since, handoff.assign_within);
             out.push(Due {
                 kind: UNASSIGNED,
@@ -142,9 +145,9 @@ pub fn owed<'a>(lead: &'a Lead, settings: &'a Settings) -> Vec<Due<'a>> {
             });
         }
         if let (Some(clock), Some(ft)) = (&episode.clock, &settings.first_touch) {
-            let touched = lead.first_touch_since(clock.started_at);
+            let touched = lead.first_touch_since(clock.started_at).map(At::ts);
             let cancelled = |at: Timestamp| touched.is_some_and(|t| t <= at);
-            let start = clock.started_at;
+            let start = clock.started_at.ts();
             let deadline = calendar::add(cal, start, ft.within);
             let first_touch = |step| What::FirstTouch {
                 owner: &clock.owner,
@@ -188,8 +191,8 @@ pub fn owed<'a>(lead: &'a Lead, settings: &'a Settings) -> Vec<Due<'a>> {
             // this owner's: reassigning a lead does not keep it from the manager. Its ids are
             // made of the handoff, so each step fires once per episode whoever owns the lead;
             // any touch since the handoff, at or before a step, cancels it.
-            let handoff = episode.handed_off_at.unwrap_or(start);
-            let touched_since_handoff = lead.first_touch_since(handoff);
+            let handoff = episode.handed_off_at.map_or(start, At::ts);
+            let touched_since_handoff = lead.first_touch_since(At::new(handoff)).map(At::ts);
             // Each step no earlier than the one before, whatever the calendar does to them.
             let mut previous = calendar::add(cal, handoff, ft.within);
             for (i, step) in ft.escalate.iter().enumerate() {
@@ -212,6 +215,7 @@ pub fn owed<'a>(lead: &'a Lead, settings: &'a Settings) -> Vec<Due<'a>> {
             }
         }
         let (attempts, last_touch) = lead.touches_since(episode.started_at);
+        let last_touch = last_touch.map(At::ts);
         if let (Some(clock), Some(f)) = (&episode.clock, &settings.follow_up)
             && let (Some(every), Some(last)) = (f.attempt_every, last_touch)
             && attempts < f.min_attempts
@@ -239,7 +243,7 @@ pub fn owed<'a>(lead: &'a Lead, settings: &'a Settings) -> Vec<Due<'a>> {
             .as_ref()
             .and_then(|d| d.feedback_within)
         {
-            let from = last_touch.unwrap_or(episode.started_at);
+            let from = last_touch.unwrap_or(episode.started_at.ts());
             let deadline = calendar::add(cal, from, within);
             out.push(Due {
                 kind: OVERDUE,
@@ -274,10 +278,12 @@ pub fn owed<'a>(lead: &'a Lead, settings: &'a Settings) -> Vec<Due<'a>> {
                 _ => continue,
             };
             let fire_at = match kind {
-                MISSING_REASON | UNKNOWN_REASON | VAGUE_REASON => {
-                    c.closed_at.saturating_add(grace).unwrap_or(Timestamp::MAX)
-                }
-                _ => c.closed_at,
+                MISSING_REASON | UNKNOWN_REASON | VAGUE_REASON => c
+                    .closed_at
+                    .ts()
+                    .saturating_add(grace)
+                    .unwrap_or(Timestamp::MAX),
+                _ => c.closed_at.ts(),
             };
             // A late close whose gap was already called overdue while the lead was open is
             // scored late, not alerted again.
@@ -292,8 +298,8 @@ pub fn owed<'a>(lead: &'a Lead, settings: &'a Settings) -> Vec<Due<'a>> {
                 rule,
                 level: 0,
                 variant,
-                clock: c.closed_at,
-                deadline: owed.deadline,
+                clock: c.closed_at.ts(),
+                deadline: owed.deadline.ts(),
                 fire_at,
                 to: To::Roles(&["owner", "marketing_ops"]),
                 what: What::Closeout(c),
@@ -312,22 +318,22 @@ pub fn judge(c: &Closeout, settings: &Settings) -> Vec<Owed> {
     let mut owes = Vec::new();
     let owed = |kind: &str, deadline| Owed {
         kind: kind.to_string(),
-        deadline,
+        deadline: At::new(deadline),
     };
     if let Some(f) = &settings.follow_up
         && c.attempts < f.min_attempts
     {
-        owes.push(owed(INSUFFICIENT_ATTEMPTS, c.closed_at));
+        owes.push(owed(INSUFFICIENT_ATTEMPTS, c.closed_at.ts()));
     }
     let Some(d) = &settings.disposition else {
         return owes;
     };
     if let Some(kind) = reason_problem(c, d) {
-        owes.push(owed(kind, c.closed_at));
+        owes.push(owed(kind, c.closed_at.ts()));
     }
     if let Some(within) = d.feedback_within {
         let due_by = calendar::add(cal, feedback_from(c), within);
-        if c.closed_at > due_by {
+        if c.closed_at.ts() > due_by {
             owes.push(owed(LATE, due_by));
         }
     }
@@ -341,6 +347,7 @@ fn feedback_from(c: &Closeout) -> Timestamp {
     c.last_touch_at
         .filter(|t| *t >= c.sales_ready_at)
         .unwrap_or(c.sales_ready_at)
+        .ts()
 }
 
 /// Which reason alert a close-out gets, if any. Reasons match trimmed and case-insensitively.

@@ -16,6 +16,8 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Number, Value};
 
+use super::at::At;
+
 /// A field's name, shared by every lead that has the field.
 pub type Name = Arc<str>;
 
@@ -140,9 +142,22 @@ impl<'de> Deserialize<'de> for FieldValue {
 #[derive(Debug, Clone, PartialEq)]
 pub struct ByName<V>(Box<[(Name, V)]>);
 
-/// A lead's fields. A dozen fields took about 1 KB as a map (a tree node, and a copy of every
-/// name); here 40 bytes each, the names shared.
-pub type LeadFields = ByName<FieldValue>;
+/// One of a lead's fields: its value and when it was last set. One entry per field, so that
+/// whatever else the engine learns of a field joins it here rather than in a map of its own.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Field {
+    /// `None` once a patch cleared it: its time is kept, so an older patch does not set it again.
+    pub value: Option<FieldValue>,
+    /// When it was last set (event time); `None` for a value read from a record that kept no
+    /// time of it.
+    pub at: Option<At>,
+}
+
+/// A lead's fields, with their times. A dozen fields took about 1 KB as a map (a tree node, and
+/// a copy of every name) and as much again for their times; here 48 bytes each, the names
+/// shared. Written to the changelog as the two maps they were: `fields` (the values, see
+/// [`LeadFields::values`]) and `field_at` (the times, [`LeadFields::times`]).
+pub type LeadFields = ByName<Field>;
 
 impl<V> Default for ByName<V> {
     fn default() -> Self {
@@ -160,34 +175,13 @@ impl<V> ByName<V> {
         super::state::find_by_name(&self.0, name)
     }
 
-    pub fn get(&self, name: &str) -> Option<&V> {
-        self.find(name).ok().map(|i| &self.0[i].1)
-    }
-
-    pub fn contains_key(&self, name: &str) -> bool {
-        self.find(name).is_ok()
-    }
-
-    pub fn len(&self) -> usize {
-        self.0.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
-    }
-
-    /// The names and values, sorted by name.
-    pub fn iter(&self) -> impl Iterator<Item = (&str, &V)> {
-        self.0.iter().map(|(k, v)| (&**k, v))
-    }
-
-    /// The names and values, sorted by name, each name as it is shared.
+    /// The names and entries, sorted by name, each name as it is shared.
     pub fn named(&self) -> impl Iterator<Item = (&Name, &V)> {
         self.0.iter().map(|(k, v)| (k, v))
     }
 
-    /// The names, sorted.
-    pub fn keys(&self) -> impl Iterator<Item = &str> {
+    /// Every name held, sorted.
+    pub fn names(&self) -> impl Iterator<Item = &str> {
         self.0.iter().map(|(k, _)| &**k)
     }
 
@@ -209,13 +203,39 @@ impl<V> ByName<V> {
     }
 }
 
-impl<V: Serialize> Serialize for ByName<V> {
+impl Serialize for ByName<Value> {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         s.collect_map(self.iter())
     }
 }
 
 impl ByName<Value> {
+    pub fn get(&self, name: &str) -> Option<&Value> {
+        self.find(name).ok().map(|i| &self.0[i].1)
+    }
+
+    pub fn contains_key(&self, name: &str) -> bool {
+        self.find(name).is_ok()
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// The names and values, sorted by name.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &Value)> {
+        self.0.iter().map(|(k, v)| (&**k, v))
+    }
+
+    /// The names, sorted.
+    pub fn keys(&self) -> impl Iterator<Item = &str> {
+        self.names()
+    }
+
     /// The fields as a map (what a rule reading `change` is given).
     pub fn to_map(&self) -> Map<String, Value> {
         self.iter()
@@ -241,31 +261,119 @@ impl<K: AsRef<str>> FromIterator<(K, Value)> for ByName<Value> {
 }
 
 impl LeadFields {
-    /// Sets `name` to `v` as a patch does (`null` clears it); whether its value changed.
-    pub fn set(&mut self, name: &Name, v: &Value) -> bool {
-        match (self.find(name), v) {
-            (Ok(i), Value::Null) => {
-                let mut all = std::mem::take(&mut self.0).into_vec();
-                all.remove(i);
-                self.0 = all.into_boxed_slice();
-                true
+    /// The value of `name`, if it has one.
+    pub fn get(&self, name: &str) -> Option<&FieldValue> {
+        self.find(name)
+            .ok()
+            .and_then(|i| self.0[i].1.value.as_ref())
+    }
+
+    /// When `name` was last set.
+    pub fn time(&self, name: &str) -> Option<At> {
+        self.find(name).ok().and_then(|i| self.0[i].1.at)
+    }
+
+    pub fn contains_key(&self, name: &str) -> bool {
+        self.get(name).is_some()
+    }
+
+    /// How many fields have a value.
+    pub fn len(&self) -> usize {
+        self.0.iter().filter(|(_, f)| f.value.is_some()).count()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.iter().all(|(_, f)| f.value.is_none())
+    }
+
+    /// The names and values, sorted by name.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &FieldValue)> {
+        self.0
+            .iter()
+            .filter_map(|(k, f)| Some((&**k, f.value.as_ref()?)))
+    }
+
+    /// The names that have a value, sorted.
+    pub fn keys(&self) -> impl Iterator<Item = &str> {
+        self.iter().map(|(k, _)| k)
+    }
+
+    /// The names and times, sorted by name.
+    pub fn times(&self) -> impl Iterator<Item = (&str, At)> {
+        self.0.iter().filter_map(|(k, f)| Some((&**k, f.at?)))
+    }
+
+    /// Sets `name` to `v` at `at` as a patch does (`null` clears it): `None` when the field was
+    /// set later than `at` already (an older patch does not undo a newer value), else whether its
+    /// value changed.
+    pub fn set(&mut self, name: &Name, v: &Value, at: At) -> Option<bool> {
+        match self.find(name) {
+            Ok(i) => {
+                let field = &mut self.0[i].1;
+                if field.at.is_some_and(|t| t > at) {
+                    return None;
+                }
+                field.at = Some(at);
+                let changed = match (&field.value, v) {
+                    (None, Value::Null) => false,
+                    (Some(_), Value::Null) => {
+                        field.value = None;
+                        true
+                    }
+                    (Some(old), v) if *old == *v => false,
+                    (_, v) => {
+                        field.value = Some(FieldValue::of(v));
+                        true
+                    }
+                };
+                Some(changed)
             }
-            (Err(_), Value::Null) => false,
-            (Ok(i), v) if self.0[i].1 == *v => false,
-            (Ok(i), v) => {
-                self.0[i].1 = FieldValue::of(v);
-                true
-            }
-            (Err(i), v) => {
+            Err(i) => {
                 // A boxed slice grows by one: a lead gains its fields in its first events and
                 // keeps them for its whole life, with no room left unused.
                 let mut all = std::mem::take(&mut self.0).into_vec();
                 all.reserve_exact(1);
-                all.insert(i, (name.clone(), FieldValue::of(v)));
+                let value = (!v.is_null()).then(|| FieldValue::of(v));
+                let changed = value.is_some();
+                all.insert(
+                    i,
+                    (
+                        name.clone(),
+                        Field {
+                            value,
+                            at: Some(at),
+                        },
+                    ),
+                );
                 self.0 = all.into_boxed_slice();
-                true
+                Some(changed)
             }
         }
+    }
+
+    /// These fields with these times (names in any order, a name given twice keeping its last
+    /// time): a time whose field has no value is that of a field cleared.
+    pub fn with_times(self, times: Vec<(Name, At)>) -> Self {
+        if times.is_empty() {
+            return self;
+        }
+        let mut all = self.0.into_vec();
+        for (name, at) in super::state::sorted_by_name(times) {
+            match super::state::find_by_name(&all, &name) {
+                Ok(i) => all[i].1.at = Some(at),
+                Err(i) => all.insert(
+                    i,
+                    (
+                        name,
+                        Field {
+                            value: None,
+                            at: Some(at),
+                        },
+                    ),
+                ),
+            }
+        }
+        ByName(all.into_boxed_slice())
     }
 
     /// The fields as a map of JSON values.
@@ -275,18 +383,44 @@ impl LeadFields {
             .collect()
     }
 
+    /// The values, written as the map of JSON values they were (the `fields` of a record).
+    pub fn values(&self) -> Values<'_> {
+        Values(self)
+    }
+
     /// The bytes it holds on the heap: its slice and its values' own (its names are shared).
     pub fn heap_bytes(&self) -> usize {
-        self.slice_bytes() + self.0.iter().map(|(_, v)| v.heap_bytes()).sum::<usize>()
+        self.slice_bytes()
+            + self
+                .0
+                .iter()
+                .filter_map(|(_, f)| f.value.as_ref())
+                .map(FieldValue::heap_bytes)
+                .sum::<usize>()
     }
 }
 
-/// Names and values in any order; a name given twice keeps its last value.
+/// A lead's field values, written as the map of JSON values they were.
+pub struct Values<'a>(&'a LeadFields);
+
+impl Serialize for Values<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_map(self.0.iter())
+    }
+}
+
+/// Names and values in any order; a name given twice keeps its last value. No times.
 impl<K: AsRef<str>> FromIterator<(K, Value)> for LeadFields {
     fn from_iter<I: IntoIterator<Item = (K, Value)>>(items: I) -> Self {
         let all = items
             .into_iter()
-            .map(|(k, v)| (Name::from(k.as_ref()), FieldValue::from(v)))
+            .map(|(k, v)| {
+                let field = Field {
+                    value: Some(FieldValue::from(v)),
+                    at: None,
+                };
+                (Name::from(k.as_ref()), field)
+            })
             .collect();
         ByName::from_named(all)
     }
@@ -304,6 +438,8 @@ impl From<&Map<String, Value>> for LeadFields {
     }
 }
 
+/// The values of a record's `fields`, with no times (those are its `field_at`: see
+/// [`LeadFields::with_times`]).
 impl<'de> Deserialize<'de> for LeadFields {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         struct Visit;
@@ -319,7 +455,13 @@ impl<'de> Deserialize<'de> for LeadFields {
                 // At most a few hundred entries preallocated, whatever the record claims.
                 let mut items = Vec::with_capacity(map.size_hint().unwrap_or(0).min(256));
                 while let Some((Key(k), v)) = map.next_entry::<Key, FieldValue>()? {
-                    items.push((k, v));
+                    items.push((
+                        k,
+                        Field {
+                            value: Some(v),
+                            at: None,
+                        },
+                    ));
                 }
                 Ok(ByName::from_named(items))
             }
@@ -367,10 +509,10 @@ mod tests {
         fn written_and_read_as_the_map_they_were(map in fields()) {
             let compact = LeadFields::from(&map);
             prop_assert_eq!(
-                serde_json::to_vec(&compact).unwrap(),
+                serde_json::to_vec(&compact.values()).unwrap(),
                 serde_json::to_vec(&map).unwrap()
             );
-            prop_assert_eq!(msgpack(&compact), msgpack(&map));
+            prop_assert_eq!(msgpack(&compact.values()), msgpack(&map));
             let from_json: LeadFields =
                 serde_json::from_slice(&serde_json::to_vec(&map).unwrap()).unwrap();
             prop_assert_eq!(&from_json, &compact);
@@ -383,10 +525,11 @@ mod tests {
         #[test]
         fn set_as_a_map_is(patches in prop::collection::vec(fields(), 0..6)) {
             let (mut compact, mut map) = (LeadFields::default(), Map::new());
+            let at = At::new(jiff::Timestamp::UNIX_EPOCH);
             for patch in &patches {
                 for (k, v) in patch {
                     let name = Name::from(k.as_str());
-                    let changed = compact.set(&name, v);
+                    let changed = compact.set(&name, v, at).expect("not older");
                     let before = map.get(k).cloned();
                     if v.is_null() {
                         map.remove(k);
@@ -410,7 +553,7 @@ mod tests {
 
     #[test]
     fn values_are_kept_compact() {
-        assert!(size_of::<(Name, FieldValue)>() <= 40);
+        assert!(size_of::<(Name, Field)>() <= 48);
         let fields: LeadFields = [("stage", json!("MQL")), ("score", json!(80))]
             .into_iter()
             .collect();

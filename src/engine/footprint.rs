@@ -25,15 +25,12 @@ pub fn of_state(state: &LeadState) -> usize {
         + state
             .fired
             .iter()
-            .map(|f: &Fired| {
-                size_of::<Fired>() + f.rule.len() + f.variant.as_ref().map_or(0, |v| v.len())
-            })
+            .map(|f: &Fired| size_of::<Fired>() + f.heap_bytes())
             .sum::<usize>()
 }
 
 fn of_lead(lead: &Lead) -> usize {
     lead.fields.heap_bytes()
-        + lead.field_at.heap_bytes()
         + text(&lead.source)
         + text(&lead.origin)
         + text(&lead.owner)

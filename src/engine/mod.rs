@@ -14,6 +14,7 @@
 //! - [`alerts`]: an owed alert turned into what people receive (recipients, message).
 
 pub mod alerts;
+pub mod at;
 pub mod calendar;
 pub mod config;
 pub mod deadlines;
@@ -34,6 +35,7 @@ use jiff::{SignedDuration, Timestamp};
 
 use crate::alert::Alert;
 use crate::event::{Change, LeadEvent};
+use at::At;
 pub use config::{DEFAULT_REORDER_WINDOW, EngineConfig};
 use deadlines::Due;
 pub use fields::{FieldValue, LeadFields};
@@ -311,7 +313,7 @@ impl Engine {
         }
         state.seq += 1;
         let entry = Logged {
-            at: event.occurred_at,
+            at: At::new(event.occurred_at),
             seq: state.seq,
             event: key,
             source: event.source.clone(),
@@ -375,6 +377,7 @@ impl Engine {
         {
             return;
         }
+        let now = At::new(now);
         let at = lead.last_event_at.map_or(now, |t| t.max(now));
         let facts = Facts::new(&lead.fields);
         let verdict = Verdict {
@@ -404,14 +407,15 @@ impl Engine {
     /// Folds events older than the reorder window (counted back from the newest) into `base`.
     fn trim(&self, state: &mut LeadState) {
         if let Some(newest) = state.log.last().map(|e| e.at) {
-            self.trim_before(state, newest);
+            self.trim_before(state, newest.ts());
         }
     }
 
     fn trim_before(&self, state: &mut LeadState, now: Timestamp) {
-        let horizon = now
-            .saturating_sub(self.reorder_window)
-            .unwrap_or(Timestamp::MIN);
+        let horizon = At::new(
+            now.saturating_sub(self.reorder_window)
+                .unwrap_or(Timestamp::MIN),
+        );
         let old = state
             .log
             .iter()
@@ -461,12 +465,7 @@ impl Engine {
                 let mut stale = 0;
                 for (k, v) in fields.named() {
                     // A patch older than the value it would replace does not undo it.
-                    match lead.field_at.get_mut(k) {
-                        Some(newer) if *newer > at => continue,
-                        Some(set) => *set = at,
-                        None => lead.field_at.insert(k.clone(), at),
-                    }
-                    if lead.fields.set(k, v) {
+                    if lead.fields.set(k, v, at) == Some(true) {
                         stale |= self.rules.slots_reading(k);
                     }
                 }
@@ -557,7 +556,13 @@ impl Engine {
             let same = c.closed_at == at;
             let in_grace = lead.episode.is_none()
                 && at > c.closed_at
-                && at <= c.closed_at.saturating_add(grace).unwrap_or(Timestamp::MAX);
+                && at
+                    <= At::new(
+                        c.closed_at
+                            .ts()
+                            .saturating_add(grace)
+                            .unwrap_or(Timestamp::MAX),
+                    );
             if same || in_grace {
                 let (reason, detail) = lead.disposition_since(c.sales_ready_at);
                 let attempts = lead.touches_between(c.sales_ready_at, c.closed_at);
@@ -572,6 +577,8 @@ impl Engine {
                     c.last_touch_at = last_touch_at;
                 }
                 c.owes = deadlines::judge(c, &settings);
+                // Kept for the lead's life: no room left unused.
+                c.owes.shrink_to_fit();
             }
         }
     }
@@ -614,7 +621,7 @@ impl Engine {
     /// episode and its clocks.
     /// `judge`: a close is judged by the close-out rules (not when new rules are applied to a
     /// lead that had no event).
-    fn lifecycle(&self, lead: &mut Lead, at: Timestamp, verdict: Verdict, judge: bool) {
+    fn lifecycle(&self, lead: &mut Lead, at: At, verdict: Verdict, judge: bool) {
         if !lead.text_is("owner", lead.owner.as_deref()) || lead.owner_since.is_none() {
             lead.owner = lead.text("owner");
             lead.owner_since = Some(at);
@@ -696,9 +703,9 @@ impl Engine {
 
     /// Whether an owed alert is still to fire: neither it nor one that said it already fired.
     fn unfired(state: &LeadState, d: &Due) -> bool {
-        !state.has_fired(d.rule, d.level, d.clock, d.variant)
+        !state.has_fired(d.rule, d.level, At::new(d.clock), d.variant)
             && d.said_by
-                .is_none_or(|s| !state.has_fired(s.rule, s.level, s.clock, s.variant))
+                .is_none_or(|s| !state.has_fired(s.rule, s.level, At::new(s.clock), s.variant))
     }
 
     /// The next instant at which [`Engine::fire_due`] has something to do for this lead.
@@ -775,7 +782,7 @@ impl Engine {
         }
         drop(due);
         for (rule, level, clock, variant) in fired {
-            state.mark_fired(rule, level, clock, variant);
+            state.mark_fired(rule, level, At::new(clock), variant);
         }
         alerts
     }
@@ -786,7 +793,7 @@ impl Engine {
         state.unmark_fired(
             &d.rule,
             d.level,
-            d.clock_started_at,
+            At::new(d.clock_started_at),
             deadlines::variant_of(&alert.kind),
         );
     }
@@ -795,9 +802,9 @@ impl Engine {
     /// deleted, merged) `retention.ended` ago, or it has had no event for `retention.idle`.
     pub fn expired(&self, state: &LeadState, now: Timestamp) -> bool {
         let retention = self.retention;
-        let past = |t: Option<Timestamp>, d: Duration| {
+        let past = |t: Option<At>, d: Duration| {
             let d = SignedDuration::try_from(d).unwrap_or(SignedDuration::MAX);
-            t.is_some_and(|t| t.saturating_add(d).unwrap_or(Timestamp::MAX) <= now)
+            t.is_some_and(|t| t.ts().saturating_add(d).unwrap_or(Timestamp::MAX) <= now)
         };
         let lead = &state.lead;
         let due = past(lead.ended_at, retention.ended)

@@ -8,6 +8,7 @@ use std::sync::Arc;
 
 use jiff::Timestamp;
 
+use super::at::At;
 use super::state::{Armed, Held};
 use super::step::{Diagnostic, Input, LeadWrite, Records, Step, Write};
 use super::{Applied, Engine, LeadState, Notes, footprint};
@@ -22,7 +23,7 @@ pub struct PartitionState {
     /// armed at, to find its entry in `timers`, is kept in its state ([`Armed`]).
     leads: HashMap<Arc<str>, Box<LeadState>>,
     /// `(deadline, lead)` for every lead with something due.
-    timers: BTreeSet<(Timestamp, Arc<str>)>,
+    timers: BTreeSet<(At, Arc<str>)>,
     /// Leads with events in their reorder window (two copies of themselves until it closes).
     windowed: HashSet<Arc<str>>,
     /// Where the pools' round-robin stands in this partition.
@@ -196,7 +197,7 @@ impl PartitionState {
 
     /// The earliest deadline in this partition.
     pub fn next_deadline(&self) -> Option<Timestamp> {
-        self.timers.first().map(|(t, _)| *t)
+        self.timers.first().map(|(t, _)| t.ts())
     }
 
     /// Applies an event: the lead's new state to write (or its tombstone), nothing for a
@@ -254,6 +255,7 @@ impl PartitionState {
         let Some(horizon) = self.horizon(now) else {
             return 0;
         };
+        let horizon = At::new(horizon);
         self.timers
             .iter()
             .take_while(|(deadline, _)| *deadline <= horizon)
@@ -365,7 +367,7 @@ impl PartitionState {
             // them all; the rules before a reload read others).
             engine.project(state);
             engine.reevaluate(state, now);
-            let deadline = engine.next_deadline(state);
+            let deadline = engine.next_deadline(state).map(At::new);
             state.armed = Armed(deadline);
             if let Some(deadline) = deadline {
                 self.timers.insert((deadline, key.clone()));
@@ -382,7 +384,7 @@ impl PartitionState {
         if let Some(old) = state.armed.0.take() {
             self.timers.remove(&(old, shared.clone()));
         }
-        if let Some(deadline) = engine.next_deadline(state) {
+        if let Some(deadline) = engine.next_deadline(state).map(At::new) {
             state.armed = Armed(Some(deadline));
             self.timers.insert((deadline, shared));
         }
@@ -394,7 +396,7 @@ impl PartitionState {
         let mut fired = Vec::new();
         let mut looked = 0;
         while let Some((deadline, key)) = self.timers.first().cloned() {
-            if deadline > now || looked == most {
+            if deadline > At::new(now) || looked == most {
                 break;
             }
             looked += 1;

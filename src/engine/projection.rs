@@ -175,7 +175,6 @@ impl Projection {
 
     fn lead(&self, lead: &mut Lead) {
         lead.fields.keep(|k| self.intern(k));
-        lead.field_at.keep(|k| self.intern(k));
     }
 
     /// The fields this projection keeps that `before` dropped: after a rules reload, leads lack

@@ -57,88 +57,68 @@ pub fn decode(record: &[u8]) -> Option<(u64, LeadState)> {
     Some((generation, state))
 }
 
-/// Times in a state (`#[serde(with = "…::time")]`, and [`time::option`], [`time::map`]): an
-/// RFC 3339 string in human-readable formats (JSON: what other uses of a state, and old
-/// records, have), `[seconds, nanoseconds]` since the Unix epoch in binary ones.
+/// Times in a state ([`At`](super::at::At), and a lead's field times as a map of them): an RFC
+/// 3339 string in human-readable formats (JSON: what other uses of a state, and old records,
+/// have), `[seconds, nanoseconds]` since the Unix epoch in binary ones; as a [`jiff::Timestamp`]
+/// was written before states held their times as [`At`](super::at::At).
 pub mod time {
     use jiff::Timestamp;
     use serde::de::Error as _;
     use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-    /// One time, written as its format wants it.
-    struct Time(Timestamp);
+    use crate::engine::at::At;
 
-    impl Serialize for Time {
+    impl Serialize for At {
         fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+            let t = self.ts();
             if s.is_human_readable() {
-                self.0.serialize(s)
+                t.serialize(s)
             } else {
-                (self.0.as_second(), self.0.subsec_nanosecond()).serialize(s)
+                (t.as_second(), t.subsec_nanosecond()).serialize(s)
             }
         }
     }
 
-    impl<'de> Deserialize<'de> for Time {
+    impl<'de> Deserialize<'de> for At {
         fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
             if d.is_human_readable() {
-                Timestamp::deserialize(d).map(Time)
+                Timestamp::deserialize(d).map(At::new)
             } else {
                 let (second, nanosecond) = <(i64, i32)>::deserialize(d)?;
                 Timestamp::new(second, nanosecond)
-                    .map(Time)
+                    .map(At::new)
                     .map_err(D::Error::custom)
             }
         }
     }
 
-    pub fn serialize<S: Serializer>(t: &Timestamp, s: S) -> Result<S::Ok, S::Error> {
-        Time(*t).serialize(s)
-    }
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Timestamp, D::Error> {
-        Time::deserialize(d).map(|t| t.0)
-    }
-
-    /// An optional time.
-    pub mod option {
-        use super::*;
-
-        pub fn serialize<S: Serializer>(t: &Option<Timestamp>, s: S) -> Result<S::Ok, S::Error> {
-            t.map(Time).serialize(s)
-        }
-
-        pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Timestamp>, D::Error> {
-            Ok(Option::<Time>::deserialize(d)?.map(|t| t.0))
-        }
-    }
-
-    /// A lead's field times, as a map of names to times.
+    /// A lead's field times, as a map of names to times: written from its fields
+    /// ([`LeadFields::times`]), read as names and times (see [`LeadFields::with_times`]).
     pub mod map {
         use super::*;
-        use crate::engine::fields::Key;
-        use crate::engine::state::FieldTimes;
+        use crate::engine::fields::{Key, LeadFields, Name};
 
-        pub fn serialize<S: Serializer>(m: &FieldTimes, s: S) -> Result<S::Ok, S::Error> {
-            s.collect_map(m.iter().map(|(k, t)| (k, Time(t))))
+        pub fn serialize<S: Serializer>(fields: &&LeadFields, s: S) -> Result<S::Ok, S::Error> {
+            s.collect_map(fields.times())
         }
 
-        pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<FieldTimes, D::Error> {
+        pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<(Name, At)>, D::Error> {
             struct Visit;
             impl<'de> serde::de::Visitor<'de> for Visit {
-                type Value = FieldTimes;
+                type Value = Vec<(Name, At)>;
                 fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
                     f.write_str("a map of field names to times")
                 }
                 fn visit_map<A: serde::de::MapAccess<'de>>(
                     self,
                     mut map: A,
-                ) -> Result<FieldTimes, A::Error> {
+                ) -> Result<Vec<(Name, At)>, A::Error> {
                     // At most a few hundred entries preallocated, whatever the record claims.
                     let mut items = Vec::with_capacity(map.size_hint().unwrap_or(0).min(256));
-                    while let Some((Key(k), t)) = map.next_entry::<Key, Time>()? {
-                        items.push((k, t.0));
+                    while let Some((Key(k), t)) = map.next_entry::<Key, At>()? {
+                        items.push((k, t));
                     }
-                    Ok(FieldTimes::from_vec(items))
+                    Ok(items)
                 }
             }
             d.deserialize_map(Visit)
@@ -155,7 +135,8 @@ mod tests {
     use serde_json::{Map, Value};
 
     use super::*;
-    use crate::engine::fields::LeadFields;
+    use crate::engine::at::At;
+    use crate::engine::fields::{LeadFields, Name};
     use crate::engine::state::{Closeout, Episode, Fired, Lead, Logged, Owed, Touch};
     use crate::event::{Activity, Change};
 
@@ -296,14 +277,30 @@ mod tests {
         assert_eq!(p.lead("L-v1").map(|s| s.seq), Some(5));
     }
 
-    fn time() -> impl Strategy<Value = Timestamp> {
+    /// Instants of jiff's whole range (held at the ends of [`At`]'s span beyond it) and of ours.
+    fn time() -> impl Strategy<Value = At> {
         let (min, max) = (
             Timestamp::MIN.as_nanosecond(),
             Timestamp::MAX.as_nanosecond(),
         );
         prop_oneof![
-            (min..=max).prop_map(|n| Timestamp::from_nanosecond(n).unwrap()),
-            (1_700_000_000i64..1_900_000_000).prop_map(|s| Timestamp::from_second(s).unwrap()),
+            (min..=max).prop_map(|n| At::new(Timestamp::from_nanosecond(n).unwrap())),
+            (1_700_000_000i64..1_900_000_000, 0..1_000_000_000i32)
+                .prop_map(|(s, ns)| At::new(Timestamp::new(s, ns).unwrap())),
+        ]
+    }
+
+    /// A rule's or variant's name: one the engine fires, or any other.
+    fn fired_name() -> impl Strategy<Value = String> {
+        prop_oneof![
+            text(),
+            prop::sample::select(vec![
+                "first_touch",
+                "reminder",
+                "disposition",
+                "disposition.late"
+            ])
+            .prop_map(String::from),
         ]
     }
 
@@ -353,7 +350,7 @@ mod tests {
         ]
     }
 
-    fn opt_time() -> impl Strategy<Value = Option<Timestamp>> {
+    fn opt_time() -> impl Strategy<Value = Option<At>> {
         proptest::option::of(time())
     }
 
@@ -414,8 +411,11 @@ mod tests {
         (
             (
                 fields().prop_map(LeadFields::from),
-                proptest::collection::btree_map(text(), time(), 0..4)
-                    .prop_map(|m| m.into_iter().collect()),
+                proptest::collection::btree_map(text(), time(), 0..4).prop_map(|m| {
+                    m.into_iter()
+                        .map(|(k, t)| (Name::from(k), t))
+                        .collect::<Vec<_>>()
+                }),
                 proptest::option::of(text()),
                 proptest::option::of(text()),
                 proptest::option::of(text()),
@@ -432,13 +432,9 @@ mod tests {
         )
             .prop_map(|(a, b, touches, c, closeouts)| {
                 let mut lead = Lead::default();
-                (
-                    lead.fields,
-                    lead.field_at,
-                    lead.source,
-                    lead.origin,
-                    lead.owner,
-                ) = a;
+                let (fields, times, source, origin, owner) = a;
+                lead.fields = fields.with_times(times);
+                (lead.source, lead.origin, lead.owner) = (source, origin, owner);
                 (
                     lead.owner_since,
                     lead.episode,
@@ -471,7 +467,12 @@ mod tests {
             any::<u64>(),
             proptest::collection::vec(any::<u64>(), 0..4),
             proptest::collection::vec(
-                (text(), any::<u32>(), time(), proptest::option::of(text())),
+                (
+                    fired_name(),
+                    any::<u32>(),
+                    time(),
+                    proptest::option::of(fired_name()),
+                ),
                 0..3,
             ),
         )
@@ -493,11 +494,8 @@ mod tests {
                 state.recent_events = VecDeque::from(recent);
                 state.fired = fired
                     .into_iter()
-                    .map(|(rule, level, clock, variant)| Fired {
-                        rule: String::into_boxed_str(rule),
-                        level,
-                        clock,
-                        variant: variant.map(String::into_boxed_str),
+                    .map(|(rule, level, clock, variant)| {
+                        Fired::new(&rule, level, clock, variant.as_deref())
                     })
                     .collect();
                 state

@@ -13,10 +13,10 @@
 
 use std::collections::VecDeque;
 
-use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use super::at::At;
 use super::fields::{FieldValue, LeadFields, Name};
 use crate::event::Change;
 
@@ -115,33 +115,138 @@ impl Serialize for LeadState {
     }
 }
 
-/// One alert that fired: what its id is made of.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// One alert that fired: what its id is made of (rule, level, clock start, variant). 32 bytes:
+/// the rule and variant the engine fires are kept as places in [`NAMES`], not as strings of
+/// their own (a lead remembers a few alerts for its whole life). Written as it always was: its
+/// rule, level, clock and variant by name.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(from = "FiredStored")]
 pub struct Fired {
-    /// Boxed strings (16 bytes, not 24: never grown), as `variant`.
-    pub rule: Box<str>,
+    names: FiredNames,
     pub level: u32,
-    #[serde(with = "crate::engine::record::time")]
-    pub clock: Timestamp,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub variant: Option<Box<str>>,
+    pub clock: At,
+}
+
+/// The names of the rules and variants the engine fires alerts of ([`super::deadlines`]).
+/// Only memory depends on it being complete: any other name is kept as a string.
+const NAMES: [&str; 11] = [
+    "handoff",
+    "first_touch",
+    "follow_up",
+    "disposition",
+    "reminder",
+    super::deadlines::MISSING_REASON,
+    super::deadlines::UNKNOWN_REASON,
+    super::deadlines::VAGUE_REASON,
+    super::deadlines::LATE,
+    super::deadlines::ATTEMPT_OVERDUE,
+    super::deadlines::OVERDUE,
+];
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum FiredNames {
+    /// The rule's place in [`NAMES`], and the variant's plus one (0: none).
+    Known { rule: u8, variant: u8 },
+    /// A rule or variant not in [`NAMES`] (a record of another build).
+    Other(Box<(Box<str>, Option<Box<str>>)>),
 }
 
 impl Fired {
+    pub fn new(rule: &str, level: u32, clock: At, variant: Option<&str>) -> Fired {
+        let place = |name: &str| NAMES.iter().position(|n| *n == name);
+        let names = match (place(rule), variant.map(place)) {
+            (Some(rule), None) => FiredNames::Known {
+                rule: rule as u8,
+                variant: 0,
+            },
+            (Some(rule), Some(Some(variant))) => FiredNames::Known {
+                rule: rule as u8,
+                variant: variant as u8 + 1,
+            },
+            _ => FiredNames::Other(Box::new((rule.into(), variant.map(Into::into)))),
+        };
+        Fired {
+            names,
+            level,
+            clock,
+        }
+    }
+
+    pub fn rule(&self) -> &str {
+        match &self.names {
+            FiredNames::Known { rule, .. } => NAMES[usize::from(*rule)],
+            FiredNames::Other(names) => &names.0,
+        }
+    }
+
+    pub fn variant(&self) -> Option<&str> {
+        match &self.names {
+            FiredNames::Known { variant: 0, .. } => None,
+            FiredNames::Known { variant, .. } => Some(NAMES[usize::from(*variant) - 1]),
+            FiredNames::Other(names) => names.1.as_deref(),
+        }
+    }
+
+    /// The bytes it holds on the heap (only names not in [`NAMES`]).
+    pub fn heap_bytes(&self) -> usize {
+        match &self.names {
+            FiredNames::Known { .. } => 0,
+            FiredNames::Other(names) => {
+                size_of_val(&**names) + names.0.len() + names.1.as_ref().map_or(0, |v| v.len())
+            }
+        }
+    }
+
     /// Whether this is the alert made of these (what its id is made of).
-    fn is(&self, rule: &str, level: u32, clock: Timestamp, variant: Option<&str>) -> bool {
-        &*self.rule == rule
-            && self.level == level
+    fn is(&self, rule: &str, level: u32, clock: At, variant: Option<&str>) -> bool {
+        self.level == level
             && self.clock == clock
-            && self.variant.as_deref() == variant
+            && self.rule() == rule
+            && self.variant() == variant
+    }
+}
+
+/// [`Fired`] as the changelog holds it.
+#[derive(Deserialize)]
+struct FiredStored {
+    rule: Box<str>,
+    level: u32,
+    clock: At,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    variant: Option<Box<str>>,
+}
+
+impl From<FiredStored> for Fired {
+    fn from(f: FiredStored) -> Fired {
+        Fired::new(&f.rule, f.level, f.clock, f.variant.as_deref())
+    }
+}
+
+impl Serialize for Fired {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        /// [`FiredStored`], borrowing the names.
+        #[derive(Serialize)]
+        struct Written<'a> {
+            rule: &'a str,
+            level: u32,
+            clock: At,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            variant: Option<&'a str>,
+        }
+        Written {
+            rule: self.rule(),
+            level: self.level,
+            clock: self.clock,
+            variant: self.variant(),
+        }
+        .serialize(s)
     }
 }
 
 /// One touch of a lead.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Touch {
-    #[serde(with = "crate::engine::record::time")]
-    pub at: Timestamp,
+    pub at: At,
     /// The event it came from ([`event_key`]): an event replayed under a new id is the same
     /// touch, two calls logged in the same second are two.
     pub event: u64,
@@ -150,8 +255,7 @@ pub struct Touch {
 /// An event kept in the reorder window.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Logged {
-    #[serde(with = "crate::engine::record::time")]
-    pub at: Timestamp,
+    pub at: At,
     pub seq: u64,
     /// [`event_key`] of its id.
     #[serde(default)]
@@ -208,190 +312,175 @@ impl<'de> Deserialize<'de> for Patch {
 /// as before), their names shared ([`Name`]). Written as the map it was.
 pub type Fields = super::fields::ByName<Value>;
 
-/// The lead as the rules see it.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+/// The lead as the rules see it. Written as [`Stored`] (its fields as two maps, their values and
+/// their times), and read back from it.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(from = "Stored")]
 pub struct Lead {
-    /// Every field kept, each patch merged in.
-    #[serde(default)]
+    /// Every field kept, each patch merged in, with when it was last set (event time).
     pub fields: LeadFields,
-    /// When each field was last set (event time).
-    #[serde(
-        default,
-        skip_serializing_if = "FieldTimes::is_empty",
-        with = "crate::engine::record::time::map"
-    )]
-    pub field_at: FieldTimes,
     /// The configured source of its latest event.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub source: Option<String>,
     /// The configured source of its first event: where the lead came from.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub origin: Option<String>,
     /// The current owner, from the `owner` field.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub owner: Option<String>,
     /// Since when it has had this owner (or none).
-    #[serde(
-        default,
-        skip_serializing_if = "Option::is_none",
-        with = "crate::engine::record::time::option"
-    )]
-    pub owner_since: Option<Timestamp>,
+    pub owner_since: Option<At>,
     /// The current sales-ready episode.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub episode: Option<Episode>,
     /// Deleted or merged away in its system.
-    #[serde(
-        default,
-        skip_serializing_if = "Option::is_none",
-        with = "crate::engine::record::time::option"
-    )]
-    pub deleted_at: Option<Timestamp>,
+    pub deleted_at: Option<At>,
     /// When it last stopped being workable (closed, converted, deleted), for retention.
-    #[serde(
-        default,
-        skip_serializing_if = "Option::is_none",
-        with = "crate::engine::record::time::option"
-    )]
-    pub ended_at: Option<Timestamp>,
+    pub ended_at: Option<At>,
     /// Touches (activities of a touch kind, field changes matching `lifecycle.touch`), by time
     /// ascending, the newest [`TOUCHES_KEPT`].
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub touches: Vec<Touch>,
-    #[serde(
-        default,
-        skip_serializing_if = "Option::is_none",
-        with = "crate::engine::record::time::option"
-    )]
-    pub last_activity_at: Option<Timestamp>,
+    pub last_activity_at: Option<At>,
     /// When `disposition_reason` last changed value (event time; re-sending the same value is no
     /// change): a reason that stands from before an episode began is not that episode's reason.
-    #[serde(
-        default,
-        skip_serializing_if = "Option::is_none",
-        with = "crate::engine::record::time::option"
-    )]
-    pub reason_changed_at: Option<Timestamp>,
+    pub reason_changed_at: Option<At>,
     /// When `disposition_detail` last changed value, likewise.
-    #[serde(
-        default,
-        skip_serializing_if = "Option::is_none",
-        with = "crate::engine::record::time::option"
-    )]
-    pub detail_changed_at: Option<Timestamp>,
+    pub detail_changed_at: Option<At>,
     /// The latest close-outs of sales-ready episodes, oldest first.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub closeouts: Vec<Closeout>,
     /// The newest event time seen.
-    #[serde(
-        default,
-        skip_serializing_if = "Option::is_none",
-        with = "crate::engine::record::time::option"
-    )]
-    pub last_event_at: Option<Timestamp>,
+    pub last_event_at: Option<At>,
     /// What the rules last said of `fields` (not stored; see [`Memo`]).
-    #[serde(skip)]
     pub memo: Memo,
 }
 
-/// When each of a lead's fields was last set: a vector sorted by name, not a map. A lead has a
-/// dozen such fields; a `BTreeMap` of them took about 1.3 KB in tree nodes, this a third of it
-/// (issue 13). Written to the changelog as the map it was.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct FieldTimes(Vec<(Name, Timestamp)>);
+/// A lead as the changelog holds it, as every build wrote it: its fields' values (`fields`) and
+/// their times (`field_at`) as two maps, the rest as the lead has it. Read into a lead
+/// ([`Lead`]'s `Deserialize`); [`Written`] is the same, borrowing the lead.
+#[derive(Deserialize)]
+struct Stored {
+    #[serde(default)]
+    fields: LeadFields,
+    #[serde(default, with = "crate::engine::record::time::map")]
+    field_at: Vec<(Name, At)>,
+    #[serde(default)]
+    source: Option<String>,
+    #[serde(default)]
+    origin: Option<String>,
+    #[serde(default)]
+    owner: Option<String>,
+    #[serde(default)]
+    owner_since: Option<At>,
+    #[serde(default)]
+    episode: Option<Episode>,
+    #[serde(default)]
+    deleted_at: Option<At>,
+    #[serde(default)]
+    ended_at: Option<At>,
+    #[serde(default)]
+    touches: Vec<Touch>,
+    #[serde(default)]
+    last_activity_at: Option<At>,
+    #[serde(default)]
+    reason_changed_at: Option<At>,
+    #[serde(default)]
+    detail_changed_at: Option<At>,
+    #[serde(default)]
+    closeouts: Vec<Closeout>,
+    #[serde(default)]
+    last_event_at: Option<At>,
+}
 
-impl FieldTimes {
-    pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
-    }
-
-    pub fn len(&self) -> usize {
-        self.0.len()
-    }
-
-    fn find(&self, name: &str) -> Result<usize, usize> {
-        find_by_name(&self.0, name)
-    }
-
-    /// When `name` was last set.
-    pub fn get(&self, name: &str) -> Option<Timestamp> {
-        self.find(name).ok().map(|i| self.0[i].1)
-    }
-
-    /// The time of `name`, to change in place.
-    pub fn get_mut(&mut self, name: &str) -> Option<&mut Timestamp> {
-        self.find(name).ok().map(|i| &mut self.0[i].1)
-    }
-
-    /// Sets when `name` was last set.
-    pub fn insert(&mut self, name: Name, at: Timestamp) {
-        match self.find(&name) {
-            Ok(i) => self.0[i].1 = at,
-            Err(i) => {
-                // Grown a few at a time: a lead gains its fields in its first events, and
-                // doubling would leave up to half the vector unused for its whole life.
-                if self.0.len() == self.0.capacity() {
-                    self.0.reserve_exact(4);
-                }
-                self.0.insert(i, (name, at));
-            }
+impl From<Stored> for Lead {
+    fn from(s: Stored) -> Lead {
+        Lead {
+            fields: s.fields.with_times(s.field_at),
+            source: s.source,
+            origin: s.origin,
+            owner: s.owner,
+            owner_since: s.owner_since,
+            episode: s.episode,
+            deleted_at: s.deleted_at,
+            ended_at: s.ended_at,
+            touches: s.touches,
+            last_activity_at: s.last_activity_at,
+            reason_changed_at: s.reason_changed_at,
+            detail_changed_at: s.detail_changed_at,
+            closeouts: s.closeouts,
+            last_event_at: s.last_event_at,
+            memo: Memo::default(),
         }
     }
-
-    /// Keeps only the names `keep` says.
-    pub fn retain(&mut self, mut keep: impl FnMut(&str) -> bool) {
-        self.0.retain(|(k, _)| keep(k));
-    }
-
-    /// Keeps the names `keep` keeps, each as `keep` leaves it (see
-    /// [`super::Projection::intern`]).
-    pub fn keep(&mut self, mut keep: impl FnMut(&mut Name) -> bool) {
-        self.0.retain_mut(|(k, _)| keep(k));
-    }
-
-    /// The names, sorted.
-    pub fn keys(&self) -> impl Iterator<Item = &str> {
-        self.0.iter().map(|(k, _)| &**k)
-    }
-
-    /// The names and times, sorted by name.
-    pub fn iter(&self) -> impl Iterator<Item = (&str, Timestamp)> {
-        self.0.iter().map(|(k, t)| (&**k, *t))
-    }
-
-    /// The bytes its vector holds on the heap (its names are shared).
-    pub fn heap_bytes(&self) -> usize {
-        self.0.capacity() * size_of::<(Name, Timestamp)>()
-    }
 }
 
-/// Names and times in any order; a name given twice keeps its last time.
-impl<K: AsRef<str>> FromIterator<(K, Timestamp)> for FieldTimes {
-    fn from_iter<I: IntoIterator<Item = (K, Timestamp)>>(items: I) -> Self {
-        let all: Vec<(Name, Timestamp)> = items
-            .into_iter()
-            .map(|(k, t)| (Name::from(k.as_ref()), t))
-            .collect();
-        FieldTimes::from_vec(all)
-    }
+/// A lead written as [`Stored`] (the same names, in the same order), borrowing it.
+#[derive(Serialize)]
+struct Written<'a> {
+    fields: super::fields::Values<'a>,
+    #[serde(
+        skip_serializing_if = "no_times",
+        with = "crate::engine::record::time::map"
+    )]
+    field_at: &'a LeadFields,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    source: &'a Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    origin: &'a Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    owner: &'a Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    owner_since: Option<At>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    episode: &'a Option<Episode>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    deleted_at: Option<At>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    ended_at: Option<At>,
+    #[serde(skip_serializing_if = "<[Touch]>::is_empty")]
+    touches: &'a [Touch],
+    #[serde(skip_serializing_if = "Option::is_none")]
+    last_activity_at: Option<At>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reason_changed_at: Option<At>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    detail_changed_at: Option<At>,
+    #[serde(skip_serializing_if = "<[Closeout]>::is_empty")]
+    closeouts: &'a [Closeout],
+    #[serde(skip_serializing_if = "Option::is_none")]
+    last_event_at: Option<At>,
 }
 
-impl FieldTimes {
-    /// Names and times in any order (a record's are sorted already: taken as they are); a name
-    /// given twice keeps its last time.
-    pub fn from_vec(all: Vec<(Name, Timestamp)>) -> Self {
-        FieldTimes(sorted_by_name(all))
+fn no_times(fields: &&LeadFields) -> bool {
+    fields.times().next().is_none()
+}
+
+impl Serialize for Lead {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        Written {
+            fields: self.fields.values(),
+            field_at: &self.fields,
+            source: &self.source,
+            origin: &self.origin,
+            owner: &self.owner,
+            owner_since: self.owner_since,
+            episode: &self.episode,
+            deleted_at: self.deleted_at,
+            ended_at: self.ended_at,
+            touches: &self.touches,
+            last_activity_at: self.last_activity_at,
+            reason_changed_at: self.reason_changed_at,
+            detail_changed_at: self.detail_changed_at,
+            closeouts: &self.closeouts,
+            last_event_at: self.last_event_at,
+        }
+        .serialize(s)
     }
 }
 
 /// Where `name` is in `items` (sorted by name), or where it would go: the lookup of [`Fields`],
-/// [`FieldTimes`] and [`LeadFields`].
+/// [`LeadFields`].
 pub(super) fn find_by_name<V>(items: &[(Name, V)], name: &str) -> Result<usize, usize> {
     items.binary_search_by(|(k, _)| (**k).cmp(name))
 }
 
 /// `all` sorted by name, a name given twice keeping its last value; taken as it is when sorted
-/// already (a record's are). The order of [`Fields`], [`FieldTimes`] and [`LeadFields`].
+/// already (a record's are). The order of [`Fields`] and [`LeadFields`].
 pub(super) fn sorted_by_name<V>(mut all: Vec<(Name, V)>) -> Vec<(Name, V)> {
     if all.windows(2).all(|w| w[0].0 < w[1].0) {
         return all;
@@ -424,7 +513,7 @@ impl PartialEq for Held {
 /// kept here rather than in a map of its own beside the leads (a second copy of every key).
 /// Leads are equal whatever their partitions armed them at.
 #[derive(Debug, Clone, Copy, Default)]
-pub struct Armed(pub Option<Timestamp>);
+pub struct Armed(pub Option<At>);
 
 impl PartialEq for Armed {
     fn eq(&self, _: &Self) -> bool {
@@ -549,45 +638,33 @@ impl PartialEq for Memo {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Episode {
     /// When the lead became sales-ready.
-    #[serde(with = "crate::engine::record::time")]
-    pub started_at: Timestamp,
+    pub started_at: At,
     /// Since when it has been sales-ready without an owner (the handoff clock).
-    #[serde(
-        default,
-        skip_serializing_if = "Option::is_none",
-        with = "crate::engine::record::time::option"
-    )]
-    pub unassigned_since: Option<Timestamp>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unassigned_since: Option<At>,
     /// The first-touch clock, running while it has an owner.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub clock: Option<Clock>,
     /// The first owner's clock start: when the lead was handed off (for the scorecard).
-    #[serde(
-        default,
-        skip_serializing_if = "Option::is_none",
-        with = "crate::engine::record::time::option"
-    )]
-    pub handed_off_at: Option<Timestamp>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub handed_off_at: Option<At>,
 }
 
 /// The first-touch clock of one owner.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Clock {
     /// The later of sales-ready and owned; an owner change restarts the clock.
-    #[serde(with = "crate::engine::record::time")]
-    pub started_at: Timestamp,
+    pub started_at: At,
     pub owner: String,
 }
 
 /// A close of a lead that was sales-ready in that episode: what the close-out rules judge.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Closeout {
-    #[serde(with = "crate::engine::record::time")]
-    pub closed_at: Timestamp,
+    pub closed_at: At,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub owner: Option<String>,
-    #[serde(with = "crate::engine::record::time")]
-    pub sales_ready_at: Timestamp,
+    pub sales_ready_at: At,
     /// The lead's `disposition_reason` and `disposition_detail` at the close.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
@@ -595,20 +672,12 @@ pub struct Closeout {
     pub detail: Option<String>,
     /// Touches from the start of the episode to the close.
     pub attempts: u32,
-    #[serde(
-        default,
-        skip_serializing_if = "Option::is_none",
-        with = "crate::engine::record::time::option"
-    )]
-    pub last_activity_at: Option<Timestamp>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_activity_at: Option<At>,
     /// The episode's last touch at the close: the close-out was due `feedback_within` after it
     /// (or after the episode start, without one), as `disposition.overdue` was while it was open.
-    #[serde(
-        default,
-        skip_serializing_if = "Option::is_none",
-        with = "crate::engine::record::time::option"
-    )]
-    pub last_touch_at: Option<Timestamp>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_touch_at: Option<At>,
     /// The alerts it owes, judged at the close under the rules then in force.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub owes: Vec<Owed>,
@@ -620,8 +689,7 @@ pub struct Owed {
     /// The alert type.
     pub kind: String,
     /// The deadline it reports (for `disposition.late`, when the close was due).
-    #[serde(with = "crate::engine::record::time")]
-    pub deadline: Timestamp,
+    pub deadline: At,
 }
 
 impl LeadState {
@@ -668,17 +736,11 @@ impl LeadState {
         }
     }
 
-    pub fn has_fired(
-        &self,
-        rule: &str,
-        level: u32,
-        clock: Timestamp,
-        variant: Option<&str>,
-    ) -> bool {
+    pub fn has_fired(&self, rule: &str, level: u32, clock: At, variant: Option<&str>) -> bool {
         self.fired.iter().any(|f| f.is(rule, level, clock, variant))
     }
 
-    pub fn mark_fired(&mut self, rule: &str, level: u32, clock: Timestamp, variant: Option<&str>) {
+    pub fn mark_fired(&mut self, rule: &str, level: u32, clock: At, variant: Option<&str>) {
         if self.has_fired(rule, level, clock, variant) {
             return;
         }
@@ -689,21 +751,11 @@ impl LeadState {
             // events, and the deque lives as long as the lead).
             self.fired.reserve_exact(1);
         }
-        self.fired.push_back(Fired {
-            rule: rule.into(),
-            level,
-            clock,
-            variant: variant.map(Into::into),
-        });
+        self.fired
+            .push_back(Fired::new(rule, level, clock, variant));
     }
 
-    pub fn unmark_fired(
-        &mut self,
-        rule: &str,
-        level: u32,
-        clock: Timestamp,
-        variant: Option<&str>,
-    ) {
+    pub fn unmark_fired(&mut self, rule: &str, level: u32, clock: At, variant: Option<&str>) {
         self.fired.retain(|f| !f.is(rule, level, clock, variant));
     }
 
@@ -725,7 +777,7 @@ impl LeadState {
     }
 
     /// Where an event at `at` goes in the log (after every event at or before `at`).
-    pub fn position(&self, at: Timestamp) -> usize {
+    pub fn position(&self, at: At) -> usize {
         self.log.partition_point(|e| e.at <= at)
     }
 }
@@ -752,8 +804,8 @@ impl Lead {
     /// The `disposition_reason` and `disposition_detail` that count for an episode begun at
     /// `since`: each only if it changed since (one whose change predates this state's record of
     /// changes counts).
-    pub fn disposition_since(&self, since: Timestamp) -> (Option<String>, Option<String>) {
-        let fresh = |changed: Option<Timestamp>| changed.is_none_or(|t| t >= since);
+    pub fn disposition_since(&self, since: At) -> (Option<String>, Option<String>) {
+        let fresh = |changed: Option<At>| changed.is_none_or(|t| t >= since);
         (
             self.text("disposition_reason")
                 .filter(|_| fresh(self.reason_changed_at)),
@@ -777,20 +829,20 @@ impl Lead {
     }
 
     /// The first touch at or after `from`.
-    pub fn first_touch_since(&self, from: Timestamp) -> Option<Timestamp> {
+    pub fn first_touch_since(&self, from: At) -> Option<At> {
         let i = self.touches.partition_point(|t| t.at < from);
         self.touches.get(i).map(|t| t.at)
     }
 
     /// The touches at or after `from`: how many, and the last.
-    pub fn touches_since(&self, from: Timestamp) -> (u32, Option<Timestamp>) {
+    pub fn touches_since(&self, from: At) -> (u32, Option<At>) {
         let i = self.touches.partition_point(|t| t.at < from);
         let since = &self.touches[i..];
         (since.len() as u32, since.last().map(|t| t.at))
     }
 
     /// The last touch in `[from, to]`.
-    pub fn last_touch_between(&self, from: Timestamp, to: Timestamp) -> Option<Timestamp> {
+    pub fn last_touch_between(&self, from: At, to: At) -> Option<At> {
         let end = self.touches.partition_point(|t| t.at <= to);
         self.touches[..end]
             .last()
@@ -799,7 +851,7 @@ impl Lead {
     }
 
     /// Touches in `[from, to]`.
-    pub fn touches_between(&self, from: Timestamp, to: Timestamp) -> u32 {
+    pub fn touches_between(&self, from: At, to: At) -> u32 {
         self.touches
             .iter()
             .filter(|t| t.at >= from && t.at <= to)
@@ -807,6 +859,8 @@ impl Lead {
     }
 
     pub fn push_closeout(&mut self, c: Closeout) {
+        // Grown one at a time, not doubled: a lead has a close-out or two, kept for its life.
+        self.closeouts.reserve_exact(1);
         self.closeouts.push(c);
         if self.closeouts.len() > CLOSEOUTS_KEPT {
             self.closeouts.remove(0);
@@ -855,30 +909,69 @@ mod tests {
     /// applied again (a replayed call counted as a second attempt). Literals computed once; do
     /// not update them, undo the change.
     /// Field times read in any order come out sorted by name, a name given twice with its last
-    /// time; set and found again by name.
+    /// time, each with its field; a patch older than a field's time does not set it, and a field
+    /// cleared keeps its time (so an older patch does not set it again either).
     #[test]
-    fn field_times_are_kept_by_name() {
-        let t = |s: i64| Timestamp::from_second(s).unwrap();
-        let mut times: FieldTimes = [("stage", t(1)), ("owner", t(2)), ("stage", t(3))]
-            .into_iter()
-            .collect();
+    fn field_times_are_kept_with_their_fields() {
+        let t = |s: i64| At::new(jiff::Timestamp::from_second(s).unwrap());
+        let name = |n: &str| Name::from(n);
+        let mut fields =
+            LeadFields::from_iter([("stage", serde_json::json!("MQL"))]).with_times(vec![
+                (name("stage"), t(1)),
+                (name("owner"), t(2)),
+                (name("stage"), t(3)),
+            ]);
         assert_eq!(
-            times.iter().collect::<Vec<_>>(),
+            fields.times().collect::<Vec<_>>(),
             [("owner", t(2)), ("stage", t(3))]
         );
-        times.insert("email".into(), t(4));
-        times.insert("owner".into(), t(5));
-        *times.get_mut("stage").unwrap() = t(6);
+        // `owner` has a time and no value: cleared.
+        assert_eq!(fields.keys().collect::<Vec<_>>(), ["stage"]);
+        assert_eq!(fields.set(&name("owner"), &"bob".into(), t(1)), None);
+        assert_eq!(fields.set(&name("stage"), &"SQL".into(), t(2)), None);
+        assert_eq!(fields.set(&name("stage"), &"SQL".into(), t(4)), Some(true));
+        assert_eq!(fields.set(&name("stage"), &"SQL".into(), t(5)), Some(false));
+        assert_eq!(fields.set(&name("email"), &"a@b".into(), t(4)), Some(true));
+        assert_eq!(fields.set(&name("email"), &Value::Null, t(6)), Some(true));
+        assert_eq!(fields.set(&name("email"), &"old@b".into(), t(5)), None);
+        assert_eq!(fields.keys().collect::<Vec<_>>(), ["stage"]);
         assert_eq!(
-            times.keys().collect::<Vec<_>>(),
+            (
+                fields.time("email"),
+                fields.time("stage"),
+                fields.time("score")
+            ),
+            (Some(t(6)), Some(t(5)), None)
+        );
+        assert_eq!(
+            fields.names().collect::<Vec<_>>(),
             ["email", "owner", "stage"]
         );
+        assert_eq!(fields.len(), 1);
+    }
+
+    /// The alerts a lead remembers take no heap for the names the engine fires; any other name
+    /// (a record of another build) is kept as it came.
+    #[test]
+    fn fired_alerts_are_kept_small() {
+        assert!(size_of::<Fired>() <= 32);
+        let clock = At::new(jiff::Timestamp::UNIX_EPOCH);
+        let known = Fired::new("first_touch", 0, clock, Some("reminder"));
+        assert_eq!(known.heap_bytes(), 0);
         assert_eq!(
-            (times.get("owner"), times.get("stage"), times.get("score")),
-            (Some(t(5)), Some(t(6)), None)
+            (known.rule(), known.variant()),
+            ("first_touch", Some("reminder"))
         );
-        times.retain(|k| k != "owner");
-        assert_eq!(times.len(), 2);
+        let other = Fired::new("first_touch", 2, clock, Some("nudge"));
+        assert!(other.heap_bytes() > 0);
+        assert_eq!(
+            (other.rule(), other.variant()),
+            ("first_touch", Some("nudge"))
+        );
+        let mut state = LeadState::default();
+        state.mark_fired("handoff", 0, clock, None);
+        assert!(state.has_fired("handoff", 0, clock, None));
+        assert!(!state.has_fired("handoff", 0, clock, Some("reminder")));
     }
 
     #[test]

@@ -513,7 +513,7 @@ fn a_partition_fires_leads_in_deadline_order_and_rearms() {
     assert!(fired.iter().all(|(a, s)| s.has_fired(
         "first_touch",
         0,
-        a.data.clock_started_at,
+        At::new(a.data.clock_started_at),
         None
     )));
     assert_eq!(p.next_deadline(), Some(t("15:00:00")));
@@ -709,7 +709,11 @@ fn a_restored_state_keeps_its_window_for_late_events() {
     }
     assert_eq!(back, s);
     assert_eq!(
-        back.lead.touches.iter().map(|t| t.at).collect::<Vec<_>>(),
+        back.lead
+            .touches
+            .iter()
+            .map(|t| t.at.ts())
+            .collect::<Vec<_>>(),
         [t("10:15:00")]
     );
     assert_eq!(e.next_deadline(&back), Some(t("14:30:00")));
@@ -1632,9 +1636,9 @@ fn a_rules_edit_applies_the_lifecycle_to_leads_as_they_stand() {
     ));
     p.reload(&edited, t("12:00:00"));
     let kept = p.lead("L-low").unwrap().lead.episode.clone().unwrap();
-    assert_eq!(kept.started_at, t("10:00:00"));
+    assert_eq!(kept.started_at, At::new(t("10:00:00")));
     let started = p.lead("L-nurture").unwrap().lead.episode.clone().unwrap();
-    assert_eq!(started.started_at, t("12:00:00"));
+    assert_eq!(started.started_at, At::new(t("12:00:00")));
     let fired = p.fire_due(&edited, at("+2d 10:00:00"));
     let nurture: Vec<_> = fired.iter().filter(|(k, _)| k == "L-nurture").collect();
     assert_eq!(nurture.len(), 1);
@@ -1668,7 +1672,7 @@ fn a_restore_under_edited_rules_starts_the_episodes_they_call_for_and_fires_once
     let started = q.lead("L-nurture").unwrap().lead.episode.clone();
     assert_eq!(
         started.map(|episode| episode.started_at),
-        Some(t("12:00:00")),
+        Some(At::new(t("12:00:00"))),
         "the episode the edited rules call for, from the restore"
     );
     let fired: Vec<Alert> = q
@@ -1806,11 +1810,9 @@ fn a_lead_keeps_only_the_fields_something_reads() {
     p.apply(&e, &update("late", "09:59:00", forty_fields()));
     let state = p.lead("L-1").unwrap();
     let kept = e.rules().kept_fields().fields().unwrap().clone();
-    let mut held: Vec<&str> = state.lead.fields.keys().collect();
-    held.extend(state.lead.field_at.keys());
+    let mut held: Vec<&str> = state.lead.fields.names().collect();
     if let Some(base) = &state.base {
-        held.extend(base.fields.keys());
-        held.extend(base.field_at.keys());
+        held.extend(base.fields.names());
     }
     for entry in &state.log {
         if let crate::engine::Patch::Updated(fields) = &entry.change {

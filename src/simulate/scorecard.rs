@@ -144,13 +144,15 @@ impl Recorder {
     ) {
         let settings = engine.settings(lead);
         let cal = settings.calendar.as_deref();
+        let started = clock.started_at.ts();
         let touch = lead
             .first_touch_since(clock.started_at)
+            .map(|t| t.ts())
             .filter(|t| *t <= ended);
         let deadline = settings
             .first_touch
             .as_ref()
-            .map(|ft| calendar::add(cal, clock.started_at, ft.within));
+            .map(|ft| calendar::add(cal, started, ft.within));
         let outcome = match (touch, deadline) {
             (Some(t), Some(d)) if t > d => Outcome::Late,
             (Some(_), _) => Outcome::InTime,
@@ -162,7 +164,7 @@ impl Recorder {
             lead: key.to_string(),
             owner: clock.owner.clone(),
             source: lead.origin.clone().unwrap_or_default(),
-            to_first_touch: touch.map(|t| calendar::between(cal, clock.started_at, t)),
+            to_first_touch: touch.map(|t| calendar::between(cal, started, t)),
             outcome,
         });
     }
