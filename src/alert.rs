@@ -202,20 +202,62 @@ pub fn alert_id_of(
     clock_started_at: Timestamp,
     variant: Option<&str>,
 ) -> String {
+    use std::fmt::Write as _;
     let mut h = Sha256::new();
-    let level = level.to_string();
-    let clock = clock_started_at.to_string();
-    let mut parts = vec![lead, rule, &level, &clock];
+    let mut part = |bytes: &[u8]| {
+        h.update((bytes.len() as u64).to_be_bytes());
+        h.update(bytes);
+    };
+    part(lead.as_bytes());
+    part(rule.as_bytes());
+    // The level and the clock start as text (as they always were hashed), written into one
+    // buffer on the stack rather than a string each.
+    let mut text = Text::default();
+    write!(text, "{level}").expect("fits");
+    let level_end = text.len;
+    write!(text, "{clock_started_at}").expect("fits");
+    part(&text.buf[..level_end]);
+    part(&text.buf[level_end..text.len]);
     if let Some(v) = variant {
-        parts.push(v);
-    }
-    for part in parts {
-        h.update((part.len() as u64).to_be_bytes());
-        h.update(part.as_bytes());
+        part(v.as_bytes());
     }
     let digest = h.finalize();
-    let hex: String = digest[..16].iter().map(|b| format!("{b:02x}")).collect();
-    format!("alert_{hex}")
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut id = String::with_capacity(6 + 32);
+    id.push_str("alert_");
+    for b in &digest[..16] {
+        id.push(char::from(HEX[usize::from(b >> 4)]));
+        id.push(char::from(HEX[usize::from(b & 0xf)]));
+    }
+    id
+}
+
+/// A little text written on the stack (an alert id's level and clock start: at most a few dozen
+/// bytes).
+struct Text {
+    buf: [u8; 96],
+    len: usize,
+}
+
+impl Default for Text {
+    fn default() -> Self {
+        Self {
+            buf: [0; 96],
+            len: 0,
+        }
+    }
+}
+
+impl std::fmt::Write for Text {
+    fn write_str(&mut self, s: &str) -> std::fmt::Result {
+        let end = self.len + s.len();
+        self.buf
+            .get_mut(self.len..end)
+            .ok_or(std::fmt::Error)?
+            .copy_from_slice(s.as_bytes());
+        self.len = end;
+        Ok(())
+    }
 }
 
 #[cfg(test)]

@@ -9,8 +9,10 @@
 //! - Working intervals are local times turned into instants in the calendar's time zone (jiff),
 //!   so a DST change moves them with the wall clock; holidays are dates in that zone.
 
+use std::borrow::Cow;
 use std::collections::BTreeSet;
 use std::fmt;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use jiff::civil::{Date, DateTime, Time, Weekday};
@@ -125,6 +127,32 @@ pub struct Calendar {
     /// and not overlapping; the end may be 1440 (24:00).
     hours: [Vec<(u16, u16)>; 7],
     holidays: BTreeSet<Date>,
+    /// Each date's working intervals as instants, worked out once per year of dates (see
+    /// [`Days`]), shared by the clones of this calendar.
+    days: Arc<Days>,
+}
+
+/// The first year whose dates' intervals [`Days`] keeps.
+const DAYS_FROM_YEAR: i16 = 1970;
+/// How many years of dates [`Days`] keeps; dates outside them are worked out at each use.
+const DAYS_YEARS: usize = 200;
+
+/// A calendar's working intervals by date, each year's worked out the first time one of its
+/// dates is asked for: every deadline of every lead is computed from them (after every event),
+/// and turning a local time into an instant in a time zone is most of that work (issue 13).
+struct Days {
+    years: Box<[OnceLock<Year>]>,
+}
+
+/// One year's dates' working intervals, by day of the year (from 0).
+type Year = Box<[Box<[(Timestamp, Timestamp)]>]>;
+
+impl Default for Days {
+    fn default() -> Self {
+        Self {
+            years: (0..DAYS_YEARS).map(|_| OnceLock::new()).collect(),
+        }
+    }
 }
 
 impl fmt::Debug for Calendar {
@@ -232,6 +260,7 @@ impl Calendar {
                 tz,
                 hours: week,
                 holidays: days,
+                days: Arc::default(),
             }),
             _ => Err(problems),
         }
@@ -259,8 +288,28 @@ impl Calendar {
             .unwrap_or(Timestamp::MAX)
     }
 
-    /// The working intervals of one local date, as instants.
-    fn intervals(
+    /// The working intervals of one local date, as instants: kept once worked out (see
+    /// [`Days`]).
+    fn intervals(&self, date: Date) -> Cow<'_, [(Timestamp, Timestamp)]> {
+        let year = usize::try_from(date.year() - DAYS_FROM_YEAR).ok();
+        let Some(cell) = year.and_then(|y| self.days.years.get(y)) else {
+            return Cow::Owned(self.work_out_intervals(date).collect());
+        };
+        let days = cell.get_or_init(|| {
+            let first = date.first_of_year();
+            (0..first.days_in_year())
+                .map(|i| {
+                    let day = first.checked_add(i64::from(i).days()).expect("in its year");
+                    self.work_out_intervals(day).collect()
+                })
+                .collect()
+        });
+        let day = usize::try_from(date.day_of_year() - 1).expect("from 1");
+        Cow::Borrowed(&days[day])
+    }
+
+    /// The working intervals of one local date, as instants, worked out.
+    fn work_out_intervals(
         &self,
         date: Date,
     ) -> impl DoubleEndedIterator<Item = (Timestamp, Timestamp)> + '_ {
@@ -289,7 +338,7 @@ impl Calendar {
             let Ok(date) = first.checked_add(offset.days()) else {
                 break;
             };
-            for (a, b) in self.intervals(date) {
+            for &(a, b) in self.intervals(date).iter() {
                 if b <= start {
                     continue;
                 }
@@ -315,7 +364,7 @@ impl Calendar {
             let Ok(date) = last.checked_sub(offset.days()) else {
                 break;
             };
-            for (a, b) in self.intervals(date).rev() {
+            for &(a, b) in self.intervals(date).iter().rev() {
                 if a >= end {
                     continue;
                 }
@@ -337,7 +386,7 @@ impl Calendar {
             let Ok(date) = first.checked_add(offset.days()) else {
                 break;
             };
-            for (a, b) in self.intervals(date) {
+            for &(a, b) in self.intervals(date).iter() {
                 if t < b {
                     return a.max(t);
                 }
@@ -369,14 +418,19 @@ impl Calendar {
     /// Whether `t` is the start of a working range (a day's opening, or the end of a break).
     fn is_opening(&self, t: Timestamp) -> bool {
         let date = t.to_zoned(self.tz.clone()).date();
-        self.intervals(date).any(|(a, _)| a == t)
+        self.intervals(date).iter().any(|&(a, _)| a == t)
     }
 
     /// The end of the last working range that ends at or before `t`.
     fn close_before(&self, t: Timestamp) -> Option<Timestamp> {
         let mut day = t.to_zoned(self.tz.clone()).date();
         for _ in 0..MAX_DAYS {
-            if let Some(close) = self.intervals(day).map(|(_, b)| b).rfind(|b| *b <= t) {
+            if let Some(close) = self
+                .intervals(day)
+                .iter()
+                .map(|&(_, b)| b)
+                .rfind(|b| *b <= t)
+            {
                 return Some(close);
             }
             day = day.yesterday().ok()?;
@@ -439,7 +493,7 @@ impl Calendar {
         let last = self.local_date(to);
         let mut date = first;
         for _ in 0..MAX_DAYS {
-            for (a, b) in self.intervals(date) {
+            for &(a, b) in self.intervals(date).iter() {
                 let (a, b) = (a.max(from), b.min(to));
                 if b > a {
                     total += b.duration_since(a);

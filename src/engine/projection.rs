@@ -47,15 +47,37 @@ pub struct Kept {
     set: BTreeSet<String>,
     /// The same names, shared: what a lead's fields, field times and patches point at.
     names: Box<[Name]>,
+    /// A bit per [`Kept::shape`] of each name: most of a vendor's fields (dozens per event) are
+    /// not kept, and this tells most of them so without a search among the names.
+    shapes: [u64; 4],
 }
 
 impl Kept {
     fn new(set: BTreeSet<String>) -> Self {
-        let names = set.iter().map(|n| Name::from(n.as_str())).collect();
-        Self { set, names }
+        let names: Box<[Name]> = set.iter().map(|n| Name::from(n.as_str())).collect();
+        let mut shapes = [0; 4];
+        for name in &names {
+            let shape = Self::shape(name);
+            shapes[shape / 64] |= 1 << (shape % 64);
+        }
+        Self { set, names, shapes }
+    }
+
+    /// One of 256 shapes of a name, from its length and its first and last bytes.
+    fn shape(name: &str) -> usize {
+        let bytes = name.as_bytes();
+        let (first, last) = (bytes.first().copied(), bytes.last().copied());
+        let mixed = (bytes.len() as u32).wrapping_mul(0x9e37)
+            ^ u32::from(first.unwrap_or(0)).wrapping_mul(0x85eb)
+            ^ u32::from(last.unwrap_or(0)).wrapping_mul(0xc2b3);
+        ((mixed ^ (mixed >> 8)) & 0xff) as usize
     }
 
     fn name(&self, field: &str) -> Option<&Name> {
+        let shape = Self::shape(field);
+        if self.shapes[shape / 64] & (1 << (shape % 64)) == 0 {
+            return None;
+        }
         self.names
             .binary_search_by(|n| (**n).cmp(field))
             .ok()
