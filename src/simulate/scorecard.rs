@@ -84,6 +84,17 @@ impl Recorder {
             .push((owner, origin.unwrap_or_default().to_string(), kind));
     }
 
+    /// Takes in what another partition's recorder saw (a lead is on one partition only, and the
+    /// scorecard counts, so the order they are taken in changes nothing).
+    pub(super) fn merge(&mut self, other: Recorder) {
+        self.handoffs.extend(other.handoffs);
+        self.closeouts.extend(other.closeouts);
+        for (kind, n) in other.alerts {
+            *self.alerts.entry(kind).or_default() += n;
+        }
+        self.overdue.extend(other.overdue);
+    }
+
     /// Records the clocks and close-outs an event ended or made.
     pub(super) fn observe(
         &mut self,
