@@ -2,7 +2,7 @@
 //! touched within the SLA, business time to first touch, attempts and reasons at close-outs,
 //! leads never touched, attempts and close-outs that became overdue, and the alerts fired.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
 use jiff::Timestamp;
@@ -44,7 +44,8 @@ enum Outcome {
 #[derive(Debug, Default)]
 pub(super) struct Recorder {
     handoffs: Vec<Handoff>,
-    closeouts: Vec<(String, String, Closeout)>,
+    /// Each lead's close-outs, by when they closed: the source, the close-out.
+    closeouts: HashMap<(String, Timestamp), (String, Closeout)>,
     alerts: BTreeMap<String, u64>,
     /// Attempts and close-outs that became overdue while the lead was open: (owner, source,
     /// alert type).
@@ -84,6 +85,17 @@ impl Recorder {
             .push((owner, origin.unwrap_or_default().to_string(), kind));
     }
 
+    /// Takes in what another partition's recorder saw (a lead is on one partition only, and the
+    /// scorecard counts, so the order they are taken in changes nothing).
+    pub(super) fn merge(&mut self, other: Recorder) {
+        self.handoffs.extend(other.handoffs);
+        self.closeouts.extend(other.closeouts);
+        for (kind, n) in other.alerts {
+            *self.alerts.entry(kind).or_default() += n;
+        }
+        self.overdue.extend(other.overdue);
+    }
+
     /// Records the clocks and close-outs an event ended or made.
     pub(super) fn observe(
         &mut self,
@@ -108,13 +120,6 @@ impl Recorder {
         {
             // A close refreshed by a later event (the same instant, or its reason within
             // `reason_grace`) replaces its first record, whatever other leads did in between.
-            if let Some(i) = self
-                .closeouts
-                .iter()
-                .rposition(|(k, _, old)| k == key && old.closed_at == c.closed_at)
-            {
-                self.closeouts.remove(i);
-            }
             let source = after.origin.clone().unwrap_or_default();
             let mut c = c.clone();
             // Counted under the agreed spelling ("no budget" is "No budget").
@@ -129,7 +134,8 @@ impl Recorder {
                         .unwrap_or_else(|| trimmed.to_string()),
                 );
             }
-            self.closeouts.push((key.to_string(), source, c));
+            self.closeouts
+                .insert((key.to_string(), c.closed_at), (source, c));
         }
     }
 
@@ -189,7 +195,7 @@ impl Recorder {
                 t.handoff(h);
             }
         }
-        for (_, source, c) in &self.closeouts {
+        for (source, c) in self.closeouts.values() {
             let owner = c.owner.clone().unwrap_or_else(|| NO_OWNER.into());
             for t in [
                 by_owner.entry(owner.clone()).or_default(),

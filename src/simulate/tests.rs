@@ -532,3 +532,48 @@ fn a_merge_of_two_records_of_one_person_ends_no_lead() {
     // Without the join the merge ends 00QB's episode: nothing fires.
     assert_eq!(joined("[identity]\nenabled = false\n", text), []);
 }
+
+#[test]
+fn partitions_run_side_by_side_still_fire_in_the_one_clock_s_order() {
+    // Eight leads handed off seven minutes apart, on several partitions, their deadlines
+    // interleaved with each other and with later events (one lead touched in between).
+    let mut text: String = (0..8)
+        .map(|i| {
+            format!(
+                r#"{{"id":"h{i}","type":"lead.updated","lead":"L{i}","occurred_at":"2026-11-22T10:{:02}:00Z","fields":{{"stage":"MQL","owner":"alice"}},"source":"hs"}}
+"#,
+                i * 7
+            )
+        })
+        .collect();
+    text += r#"{"id":"c3","type":"lead.activity","lead":"L3","occurred_at":"2026-11-22T14:05:00Z","activity":{"kind":"call"},"source":"hs"}
+"#;
+    let on: std::collections::BTreeSet<i32> = (0..8)
+        .map(|i| crate::partitioner::partition_for(format!("L{i}").as_bytes(), 6))
+        .collect();
+    assert!(on.len() > 2, "the leads share a partition: {on:?}");
+    let (fired, card) = run_text(&text, "2026-11-23T00:00:00Z");
+    let order: Vec<(Timestamp, &str, &str)> = fired
+        .iter()
+        .map(|a| (a.timestamp, a.data.lead.as_str(), a.kind.as_str()))
+        .collect();
+    let mut expected = order.clone();
+    expected.sort();
+    assert_eq!(order, expected);
+    // Every breach but L3's (touched at 14:05, before its 14:21 deadline), then the
+    // escalations.
+    assert_eq!(order.len(), 14, "{order:?}");
+    assert!(!order.iter().any(|(_, lead, _)| *lead == "L3"));
+    // One partition, one thread: the same alerts in the same order.
+    let events = read_events(text.as_bytes()).unwrap().0;
+    let mut one = Vec::new();
+    run(
+        &engine(),
+        events,
+        Some("2026-11-23T00:00:00Z".parse().unwrap()),
+        1,
+        |a| one.push(a.clone()),
+    );
+    assert_eq!(one, fired);
+    assert_eq!(card.total.handed_off, 8);
+}
