@@ -135,7 +135,7 @@ impl Recorder {
                 );
             }
             self.closeouts
-                .insert((key.to_string(), c.closed_at), (source, c));
+                .insert((key.to_string(), c.closed_at.ts()), (source, c));
         }
     }
 
