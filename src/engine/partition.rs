@@ -6,6 +6,7 @@
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 
+use foldhash::fast::RandomState;
 use jiff::Timestamp;
 
 use super::at::At;
@@ -21,11 +22,13 @@ pub struct PartitionState {
     /// state itself (over 500 bytes) cost more than the state's own heap (issue 13).
     /// Each key is held once and shared with `timers` and `windowed`; the deadline a lead is
     /// armed at, to find its entry in `timers`, is kept in its state ([`Armed`]).
-    leads: HashMap<Arc<str>, Box<LeadState>>,
+    /// Hashed with foldhash (seeded per process) rather than SipHash: an event hashes its lead's
+    /// key about 7 times across these maps (issue 13).
+    leads: HashMap<Arc<str>, Box<LeadState>, RandomState>,
     /// `(deadline, lead)` for every lead with something due.
     timers: BTreeSet<(At, Arc<str>)>,
     /// Leads with events in their reorder window (two copies of themselves until it closes).
-    windowed: HashSet<Arc<str>>,
+    windowed: HashSet<Arc<str>, RandomState>,
     /// Where the pools' round-robin stands in this partition.
     rotation: super::alerts::Rotation,
     /// The rotation moved since it was last written.
