@@ -533,6 +533,43 @@ fn a_merge_of_two_records_of_one_person_ends_no_lead() {
     assert_eq!(joined("[identity]\nenabled = false\n", text), []);
 }
 
+/// A record merged into one the file never shows leaves its person, who goes on (here the
+/// Salesforce lead, still untouched, breaches); a lone record merged away still ends.
+#[test]
+fn a_record_merged_away_leaves_its_person_who_goes_on() {
+    let text = r#"
+{"id":"sf1","type":"lead.updated","lead":"salesforce:00Q1","occurred_at":"2026-11-22T10:00:00Z","fields":{"email":"ann@example.com","stage":"MQL","owner":"rep@example.com"}}
+{"id":"mk1","type":"lead.updated","lead":"marketo:501","occurred_at":"2026-11-22T10:01:00Z","fields":{"email":"ann@example.com","stage":"MQL"}}
+{"id":"m1","type":"lead.merged","lead":"marketo:501","occurred_at":"2026-11-22T10:02:00Z","into":"marketo:999"}
+{"id":"mk2","type":"lead.updated","lead":"marketo:777","occurred_at":"2026-11-22T10:00:00Z","fields":{"stage":"MQL","owner":"rep@example.com"}}
+{"id":"m2","type":"lead.merged","lead":"marketo:777","occurred_at":"2026-11-22T10:02:00Z","into":"marketo:999"}
+"#;
+    let fired = joined("", text);
+    let breached: Vec<&str> = fired
+        .iter()
+        .filter(|(_, kind, _)| kind == "sla.first_touch.breached")
+        .map(|(lead, _, _)| lead.as_str())
+        .collect();
+    assert_eq!(breached, ["salesforce:00Q1"], "{fired:?}");
+}
+
+/// What comes after `--until` is not applied, so it joins no one either: an email the CRM
+/// record gains the day after leaves the Marketo lead its own until then.
+#[test]
+fn an_identity_learned_after_until_joins_no_one() {
+    let text = r#"
+{"id":"mk1","type":"lead.updated","lead":"marketo:501","occurred_at":"2026-11-22T10:00:00Z","fields":{"email":"ann@example.com","stage":"MQL","owner":"rep@example.com"}}
+{"id":"sf1","type":"lead.updated","lead":"salesforce:00Q1","occurred_at":"2026-11-22T10:00:00Z","fields":{"status":"Open"}}
+{"id":"sf2","type":"lead.updated","lead":"salesforce:00Q1","occurred_at":"2026-11-24T10:00:00Z","fields":{"email":"ann@example.com"}}
+"#;
+    let leads: Vec<String> = joined("", text)
+        .into_iter()
+        .map(|(lead, _, _)| lead)
+        .collect();
+    assert!(!leads.is_empty(), "the MQL breaches before --until");
+    assert!(leads.iter().all(|l| l == "marketo:501"), "{leads:?}");
+}
+
 #[test]
 fn partitions_run_side_by_side_still_fire_in_the_one_clock_s_order() {
     // Eight leads handed off seven minutes apart, on several partitions, their deadlines
