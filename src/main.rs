@@ -9,6 +9,7 @@ use clap::Parser;
 /// per lead, made from several threads) it keeps fewer pages resident.
 /// `scripts/bench-memory.sh --leads 200000`: 798 MB resident (glibc), 774 MB (glibc with
 /// `MALLOC_ARENA_MAX=2`), 746 MB (mimalloc), 726 MB (jemalloc); one run each.
+#[cfg(not(target_env = "msvc"))]
 #[global_allocator]
 static ALLOC: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
